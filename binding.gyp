@@ -1,0 +1,22 @@
+{
+  "targets": [
+    {
+      "target_name": "ring_attention",
+      "sources": [
+        "native/addon.cpp",
+        "native/tensor.cpp",
+        "native/cpu/attention_fwd.cpp",
+        "native/cpu/attention_bwd.cpp",
+        "native/ring/local_group.cpp",
+        "native/ring/ring_attention.cpp",
+        "native/cuda/stub.cpp"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions"],
+      "ldflags": ["-pthread"]
+    }
+  ]
+}

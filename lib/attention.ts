@@ -1,0 +1,100 @@
+// attention() and attentionBackward() on one device: exact blockwise attention,
+// layout [batch, seq, heads, headDim] as in flash-attn.
+import { checkBoolean, checkOptions, checkPositiveNumber, fail } from './errors.js';
+import { native } from './native.js';
+import { checkTensor, wrap, type Tensor } from './tensor.js';
+
+export interface AttentionOptions {
+  /** Mask keys after the query; with seqQ != seqK aligned bottom right (key j visible to query i when j <= i + seqK - seqQ). */
+  causal?: boolean;
+  /** Softmax scale; default 1/sqrt(headDim). */
+  scale?: number;
+}
+
+export interface AttentionResult {
+  /** [batch, seqQ, heads, headDim], dtype of q. */
+  out: Tensor;
+  /** [batch, heads, seqQ] float32, natural-log log-sum-exp of the scaled scores; -Infinity for a row that sees no key. */
+  lse: Tensor;
+}
+
+export interface AttentionGradients {
+  dq: Tensor;
+  dk: Tensor;
+  dv: Tensor;
+}
+
+export const MAX_HEAD_DIM = 256;
+
+const fmt = (shape: readonly number[]) => `[${shape.join(', ')}]`;
+
+function check4d(t: Tensor, name: string): void {
+  if (t.shape.length !== 4 || t.shape.some((d) => d < 1))
+    fail('range', `${name}: expected shape [batch, seq, heads, headDim] with every size >= 1, got ${fmt(t.shape)}`);
+}
+
+/** Checks q, k, v for attention and returns the resolved options (internal; the ring uses it too). */
+export function checkAttentionInputs(q: unknown, k: unknown, v: unknown, opts: unknown, optsName = 'opts') {
+  const tq = checkTensor(q, 'q'), tk = checkTensor(k, 'k'), tv = checkTensor(v, 'v');
+  check4d(tq, 'q');
+  check4d(tk, 'k');
+  check4d(tv, 'v');
+  for (const [t, name] of [[tk, 'k'], [tv, 'v']] as const) {
+    if (t.dtype !== tq.dtype) fail('type', `${name}: dtype '${t.dtype}' does not match q's '${tq.dtype}'`);
+    if (t.device !== tq.device) fail('type', `${name}: device '${t.device}' does not match q's '${tq.device}'`);
+  }
+  const [bq, , hq, dq] = tq.shape as [number, number, number, number];
+  const [bk, , hk, dk] = tk.shape as [number, number, number, number];
+  if (bk !== bq) fail('range', `k: batch ${bk} does not match q's batch ${bq}`);
+  if (dk !== dq) fail('range', `k: headDim ${dk} does not match q's headDim ${dq}`);
+  if (tv.shape.some((d, i) => d !== tk.shape[i])) fail('range', `v: expected the shape of k ${fmt(tk.shape)}, got ${fmt(tv.shape)}`);
+  if (hq % hk !== 0) fail('range', `k: ${hk} kv heads must divide q's ${hq} heads (GQA/MQA)`);
+  if (dq > MAX_HEAD_DIM) fail('range', `q: headDim ${dq} exceeds the supported maximum of ${MAX_HEAD_DIM}`);
+  if (tq.device === 'cuda') fail('range', `q: attention on 'cuda' tensors needs the CUDA kernels, which this version does not have yet; use 'cpu' tensors`);
+  const o = checkOptions(opts, optsName);
+  const causal = checkBoolean(o.causal, `${optsName}.causal`) ?? false;
+  const scale = checkPositiveNumber(o.scale, `${optsName}.scale`) ?? 1 / Math.sqrt(dq);
+  return { q: tq, k: tk, v: tv, causal, scale, options: o };
+}
+
+/** Checks the forward results handed to a backward call (internal). */
+export function checkBackwardInputs(dout: unknown, out: unknown, lse: unknown, q: Tensor): { dout: Tensor; out: Tensor; lse: Tensor } {
+  const td = checkTensor(dout, 'dout'), to = checkTensor(out, 'out'), tl = checkTensor(lse, 'lse');
+  for (const [t, name] of [[td, 'dout'], [to, 'out']] as const) {
+    if (t.shape.length !== 4 || t.shape.some((d, i) => d !== q.shape[i]))
+      fail('range', `${name}: expected the shape of q ${fmt(q.shape)}, got ${fmt(t.shape)}`);
+    if (t.dtype !== q.dtype) fail('type', `${name}: dtype '${t.dtype}' does not match q's '${q.dtype}'`);
+    if (t.device !== q.device) fail('type', `${name}: device '${t.device}' does not match q's '${q.device}'`);
+  }
+  const [b, s, h] = q.shape as [number, number, number];
+  if (tl.shape.length !== 3 || tl.shape[0] !== b || tl.shape[1] !== h || tl.shape[2] !== s)
+    fail('range', `lse: expected shape [batch, heads, seqQ] = ${fmt([b, h, s])}, got ${fmt(tl.shape)}`);
+  if (tl.dtype !== 'float32') fail('type', `lse: expected dtype 'float32', got '${tl.dtype}'`);
+  if (tl.device !== q.device) fail('type', `lse: device '${tl.device}' does not match q's '${q.device}'`);
+  return { dout: td, out: to, lse: tl };
+}
+
+/** Exact attention softmax(q k^T * scale) v, computed blockwise; k/v may have fewer heads than q. */
+export function attention(q: Tensor, k: Tensor, v: Tensor, opts?: AttentionOptions): AttentionResult {
+  const a = checkAttentionInputs(q, k, v, opts);
+  const [out, lse] = native.attentionForward(a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale);
+  const [b, s, h] = a.q.shape as [number, number, number];
+  return { out: wrap(out, a.q.shape, a.q.dtype, a.q.device), lse: wrap(lse, [b, h, s], 'float32', a.q.device) };
+}
+
+/** Gradients of attention() given dout, recomputing the probabilities from q, k and lse. */
+export function attentionBackward(
+  dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, opts?: AttentionOptions,
+): AttentionGradients {
+  const a = checkAttentionInputs(q, k, v, opts);
+  const f = checkBackwardInputs(dout, out, lse, a.q);
+  const [dq, dk, dv] = native.attentionBackward(
+    f.dout.handle('dout'), a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), f.out.handle('out'), f.lse.handle('lse'),
+    a.causal, a.scale,
+  );
+  return {
+    dq: wrap(dq, a.q.shape, a.q.dtype, a.q.device),
+    dk: wrap(dk, a.k.shape, a.k.dtype, a.k.device),
+    dv: wrap(dv, a.v.shape, a.v.dtype, a.v.device),
+  };
+}

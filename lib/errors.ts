@@ -1,0 +1,45 @@
+// Argument checks shared by the public functions. Each message names the argument and
+// says what was expected, as users see it.
+export function fail(kind: 'type' | 'range', message: string): never {
+  throw kind === 'type' ? new TypeError(message) : new RangeError(message);
+}
+
+export function checkBoolean(value: unknown, name: string): boolean | undefined {
+  if (value !== undefined && typeof value !== 'boolean') fail('type', `${name}: expected a boolean, got ${describe(value)}`);
+  return value as boolean | undefined;
+}
+
+export function checkPositiveNumber(value: unknown, name: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number') fail('type', `${name}: expected a number, got ${describe(value)}`);
+  if (!Number.isFinite(value) || value <= 0) fail('range', `${name}: expected a finite number > 0, got ${value}`);
+  return value;
+}
+
+export function checkInteger(value: unknown, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof value !== 'number') fail('type', `${name}: expected an integer, got ${describe(value)}`);
+  if (!Number.isInteger(value) || value < min || value > max)
+    fail('range', `${name}: expected an integer in [${min}, ${max}], got ${value}`);
+  return value;
+}
+
+export function checkOneOf<T extends string>(value: unknown, name: string, allowed: readonly T[]): T | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !allowed.includes(value as T))
+    fail(typeof value === 'string' ? 'range' : 'type', `${name}: expected one of ${allowed.map((a) => `'${a}'`).join(', ')}, got ${describe(value)}`);
+  return value as T;
+}
+
+export function checkOptions(value: unknown, name: string): Record<string, unknown> {
+  if (value === undefined) return {};
+  if (value === null || typeof value !== 'object') fail('type', `${name}: expected an options object, got ${describe(value)}`);
+  return value as Record<string, unknown>;
+}
+
+export function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return `an array of length ${value.length}`;
+  if (typeof value === 'string') return `'${value}'`;
+  if (typeof value === 'object') return (value as object).constructor?.name ?? 'an object';
+  return `${typeof value} ${String(value)}`;
+}

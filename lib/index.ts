@@ -1,0 +1,35 @@
+// ring-attention: exact attention over sequences split across devices (Ring Attention with
+// Blockwise Transformers, Liu, Zaharia & Abbeel 2023), for TypeScript.
+import { native, nativePath, type CudaInfo, type CudaMemoryStats } from './native.js';
+
+export { attention, attentionBackward, MAX_HEAD_DIM } from './attention.js';
+export type { AttentionGradients, AttentionOptions, AttentionResult } from './attention.js';
+export { ProcessGroup } from './group.js';
+export { launch, MAX_WORLD_SIZE } from './launch.js';
+export type { LaunchOptions, RankContext } from './launch.js';
+export { ringAttention, ringAttentionBackward } from './ring.js';
+export type { RingAttentionOptions } from './ring.js';
+export { gatherSequence, shardSequence } from './shard.js';
+export type { GatherOptions, Layout, ShardOptions } from './shard.js';
+export { Tensor, tensor } from './tensor.js';
+export type { DeviceName, DType, TensorOptions } from './tensor.js';
+export type { CudaInfo, CudaMemoryStats };
+
+export interface BuildInfo {
+  /** The .node file that was loaded. */
+  binary: string;
+  /** 'cuda' when a CUDA device can be used, else 'cpu'. */
+  backend: 'cpu' | 'cuda';
+  cuda: CudaInfo;
+}
+
+/** What was loaded and what it can use here. */
+export function info(): BuildInfo {
+  const cuda = native.cudaInfo();
+  return { binary: nativePath, backend: cuda.available ? 'cuda' : 'cpu', cuda };
+}
+
+/** The CUDA caching allocator's counters (all zero without CUDA). */
+export function cudaMemoryStats(): CudaMemoryStats {
+  return native.cudaMemoryStats();
+}

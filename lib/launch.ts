@@ -1,0 +1,105 @@
+// launch(): one worker thread per rank, each running the module's default export with its
+// own ProcessGroup. The first rank to fail aborts the group, which releases every rank
+// waiting in native code, and the promise rejects with that rank's error.
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
+
+import { checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
+import type { ProcessGroup } from './group.js';
+import { native } from './native.js';
+import { checkDevice, DEVICES, type DeviceName } from './tensor.js';
+
+export interface LaunchOptions {
+  worldSize: number;
+  backend?: 'local';
+  /** Passed to each rank as `device`. Default 'cpu'. */
+  device?: DeviceName;
+  /** How long a rank waits for a peer before failing. Default 300000 (5 minutes). */
+  timeoutMs?: number;
+}
+
+/** What each rank's function receives. */
+export interface RankContext<A = unknown> {
+  rank: number;
+  worldSize: number;
+  group: ProcessGroup;
+  args: A;
+  device: DeviceName;
+}
+
+export const MAX_WORLD_SIZE = 256;
+
+/** @internal What a rank worker posts back. */
+export type RankMessage = { ok: true; value: unknown } | { ok: false; error: { name: string; message: string; stack?: string } };
+
+function moduleHref(module: unknown): string {
+  if (module instanceof URL) return module.href;
+  if (typeof module !== 'string') fail('type', `module: expected a path or URL, got ${describe(module)}`);
+  if (module.startsWith('file:')) return module;
+  const path = resolve(module);
+  if (!existsSync(path)) fail('range', `module: no file at ${path}`);
+  return pathToFileURL(path).href;
+}
+
+function rebuild(e: { name: string; message: string; stack?: string }, rank: number): Error {
+  const Kind = e.name === 'TypeError' ? TypeError : e.name === 'RangeError' ? RangeError : Error;
+  const error = new Kind(e.message);
+  if (e.stack) error.stack = e.stack;
+  return Object.assign(error, { rank });
+}
+
+/** Runs the module's default export once per rank and resolves with their return values in rank order. */
+export async function launch(opts: LaunchOptions, module: string | URL, args?: unknown): Promise<unknown[]> {
+  const o = checkOptions(opts, 'opts');
+  if (opts === undefined) fail('type', 'opts: expected { worldSize }');
+  const worldSize = checkInteger(o.worldSize, 'opts.worldSize', 1, MAX_WORLD_SIZE);
+  checkOneOf(o.backend, 'opts.backend', ['local'] as const);
+  const device = checkOneOf(o.device, 'opts.device', DEVICES) ?? 'cpu';
+  checkDevice(device, 'opts.device');
+  const timeoutMs = o.timeoutMs === undefined ? 300_000 : checkInteger(o.timeoutMs, 'opts.timeoutMs', 1);
+  const href = moduleHref(module);
+
+  const groupId = native.groupCreate(worldSize, timeoutMs);
+  const results: unknown[] = new Array(worldSize);
+  const workers: Worker[] = [];
+  let firstError: Error | undefined;
+
+  const failRank = (rank: number, error: Error) => {
+    if (firstError) return;
+    firstError = error;
+    native.groupAbort(groupId, `rank ${rank} failed: ${error.message}`);
+    for (const w of workers) void w.terminate();
+  };
+
+  try {
+    await new Promise<void>((done) => {
+      let running = worldSize;
+      for (let rank = 0; rank < worldSize; ++rank) {
+        let reported = false;
+        const w = new Worker(new URL('./rank-worker.js', import.meta.url), {
+          workerData: { href, rank, worldSize, groupId, args, device },
+        });
+        w.on('message', (m: RankMessage) => {
+          reported = true;
+          if (m.ok) results[rank] = m.value;
+          else failRank(rank, rebuild(m.error, rank));
+        });
+        w.on('error', (e) => {
+          reported = true;
+          failRank(rank, Object.assign(e, { rank }));
+        });
+        w.on('exit', (code) => {
+          if (!reported && !firstError) failRank(rank, Object.assign(new Error(`rank ${rank} exited with code ${code} before returning`), { rank }));
+          if (--running === 0) done();
+        });
+        workers.push(w);
+      }
+    });
+  } finally {
+    native.groupDestroy(groupId);
+  }
+  if (firstError) throw firstError;
+  return results;
+}

@@ -1,0 +1,64 @@
+// Loads the addon (a prebuild first, then a local build; node-gyp-build decides) and
+// types its functions. Nothing here checks arguments: the callers in this folder do.
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface TensorHandle {
+  toFloat32Array(): Float32Array;
+  dispose(): void;
+  readonly byteLength: number;
+}
+
+export interface CudaInfo {
+  compiled: boolean;
+  available: boolean;
+  deviceCount: number;
+  driverVersion: number;
+  runtimeVersion: number;
+  architectures: string;
+  reason: string;
+  devices: { name: string; computeCapability: string; totalMemory: number; multiprocessors: number }[];
+}
+
+export interface CudaMemoryStats {
+  cudaMallocCalls: number;
+  cacheHits: number;
+  bytesInUse: number;
+  bytesCached: number;
+}
+
+interface Native {
+  createTensor(data: Float32Array, shape: number[], dtype: number, device: number): TensorHandle;
+  attentionForward(q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number): [TensorHandle, TensorHandle];
+  attentionBackward(
+    dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle, out: TensorHandle, lse: TensorHandle,
+    causal: boolean, scale: number,
+  ): [TensorHandle, TensorHandle, TensorHandle];
+  groupCreate(worldSize: number, timeoutMs: number): number;
+  groupAbort(id: number, reason: string): void;
+  groupLeave(id: number, rank: number): void;
+  groupDestroy(id: number): void;
+  groupSend(id: number, rank: number, peer: number, t: TensorHandle): void;
+  groupRecv(id: number, rank: number, peer: number, into: TensorHandle): void;
+  groupAllReduce(id: number, rank: number, t: TensorHandle): void;
+  groupBarrier(id: number, rank: number): void;
+  ringForward(
+    id: number, rank: number, q: TensorHandle, k: TensorHandle, v: TensorHandle,
+    causal: boolean, scale: number, zigzag: boolean,
+  ): [TensorHandle, TensorHandle];
+  ringBackward(
+    id: number, rank: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle,
+    out: TensorHandle, lse: TensorHandle, causal: boolean, scale: number, zigzag: boolean,
+  ): [TensorHandle, TensorHandle, TensorHandle];
+  cudaInfo(): CudaInfo;
+  cudaMemoryStats(): CudaMemoryStats;
+  cudaEmptyCache(): void;
+}
+
+const require = createRequire(import.meta.url);
+const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+export const native: Native = require('node-gyp-build')(packageRoot);
+/** Path of the binary that was loaded, for diagnostics. */
+export const nativePath: string = require('node-gyp-build').resolve(packageRoot);

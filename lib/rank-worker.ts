@@ -1,0 +1,39 @@
+// The body of one rank's worker thread (see launch.ts).
+import { parentPort, workerData } from 'node:worker_threads';
+
+import { ProcessGroup } from './group.js';
+import type { RankMessage } from './launch.js';
+import { native } from './native.js';
+
+const { href, rank, worldSize, groupId, args, device } = workerData as {
+  href: string; rank: number; worldSize: number; groupId: number; args: unknown; device: string;
+};
+
+function post(message: RankMessage): void {
+  try {
+    parentPort!.postMessage(message);
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    parentPort!.postMessage({
+      ok: false,
+      error: { name: 'TypeError', message: `rank ${rank} returned a value that cannot be sent between threads (${why}); return plain data such as await t.toFloat32Array()` },
+    } satisfies RankMessage);
+  }
+}
+
+try {
+  const mod = (await import(href)) as { default?: unknown };
+  if (typeof mod.default !== 'function') throw new TypeError(`module: ${href} has no default export function`);
+  const group = ProcessGroup.attach(groupId, rank, worldSize);
+  const value = await (mod.default as (ctx: unknown) => unknown)({ rank, worldSize, group, args, device });
+  native.groupLeave(groupId, rank);  // peers still waiting on this rank now fail fast
+  post({ ok: true, value });
+} catch (e) {
+  try {
+    native.groupLeave(groupId, rank);
+  } catch {
+    /* the group is already gone */
+  }
+  const error = e instanceof Error ? e : new Error(String(e));
+  post({ ok: false, error: { name: error.name, message: error.message, stack: error.stack } });
+}

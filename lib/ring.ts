@@ -1,0 +1,57 @@
+// ringAttention(): collective attention over a launch() group. Each rank passes its shard
+// of the sequence (see shardSequence) and gets its shard of the result; K/V shards travel
+// around the ring in native code and partial results merge through the log-sum-exp.
+import { checkAttentionInputs, checkBackwardInputs, type AttentionGradients, type AttentionOptions, type AttentionResult } from './attention.js';
+import { checkOneOf, fail } from './errors.js';
+import { ProcessGroup } from './group.js';
+import { native } from './native.js';
+import { LAYOUTS, type Layout } from './shard.js';
+import { wrap } from './tensor.js';
+import type { Tensor } from './tensor.js';
+
+export interface RingAttentionOptions extends AttentionOptions {
+  /** The group that launch() passed to this rank. */
+  group: ProcessGroup;
+  /** How the sequence was sharded; must match shardSequence(). Default 'contiguous'. */
+  layout?: Layout;
+}
+
+function checkRing(q: unknown, k: unknown, v: unknown, opts: unknown) {
+  if (opts === undefined) fail('type', 'opts: expected { group } from launch()');
+  const a = checkAttentionInputs(q, k, v, opts);
+  const groupId = ProcessGroup.idOf(a.options.group, 'opts.group');
+  const group = a.options.group as ProcessGroup;
+  const layout = checkOneOf(a.options.layout, 'opts.layout', LAYOUTS) ?? 'contiguous';
+  const seq = a.q.shape[1]!;
+  if (a.k.shape[1] !== seq) fail('range', `k: this rank's shard has ${a.k.shape[1]} tokens, q's has ${seq}; ring attention needs equal shards`);
+  if (layout === 'zigzag' && seq % 2 !== 0)
+    fail('range', `q: the zigzag layout cuts the sequence into 2*worldSize chunks, so each shard has an even length; this one has ${seq}`);
+  return { ...a, groupId, group, zigzag: layout === 'zigzag' };
+}
+
+/** Attention over the whole sequence, each rank holding one shard of q, k and v. Every rank of the group must call it. */
+export function ringAttention(q: Tensor, k: Tensor, v: Tensor, opts: RingAttentionOptions): AttentionResult {
+  const a = checkRing(q, k, v, opts);
+  const [out, lse] = native.ringForward(
+    a.groupId, a.group.rank, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag,
+  );
+  const [b, s, h] = a.q.shape as [number, number, number];
+  return { out: wrap(out, a.q.shape, a.q.dtype, a.q.device), lse: wrap(lse, [b, h, s], 'float32', a.q.device) };
+}
+
+/** Gradients of ringAttention() for this rank's shard; dK/dV travel the ring and come home summed. */
+export function ringAttentionBackward(
+  dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, opts: RingAttentionOptions,
+): AttentionGradients {
+  const a = checkRing(q, k, v, opts);
+  const f = checkBackwardInputs(dout, out, lse, a.q);
+  const [dq, dk, dv] = native.ringBackward(
+    a.groupId, a.group.rank, f.dout.handle('dout'), a.q.handle('q'), a.k.handle('k'), a.v.handle('v'),
+    f.out.handle('out'), f.lse.handle('lse'), a.causal, a.scale, a.zigzag,
+  );
+  return {
+    dq: wrap(dq, a.q.shape, a.q.dtype, a.q.device),
+    dk: wrap(dk, a.k.shape, a.k.dtype, a.k.device),
+    dv: wrap(dv, a.v.shape, a.v.dtype, a.v.device),
+  };
+}

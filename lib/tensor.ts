@@ -1,0 +1,105 @@
+// Tensors: a typed handle on native memory (host or CUDA device), freed by dispose().
+import { checkOneOf, checkOptions, describe, fail } from './errors.js';
+import { native, type TensorHandle } from './native.js';
+
+export type DType = 'float32' | 'bfloat16' | 'float16';
+export type DeviceName = 'cpu' | 'cuda';
+
+export const DTYPES: readonly DType[] = ['float32', 'bfloat16', 'float16']; // index = native enum
+export const DEVICES: readonly DeviceName[] = ['cpu', 'cuda'];
+
+export interface TensorOptions {
+  /** Storage type; compute is float32 on the CPU whatever this is. Default 'float32'. */
+  dtype?: DType;
+  /** Default 'cpu'. 'cuda' needs a CUDA device (see `info()`). */
+  device?: DeviceName;
+}
+
+export class Tensor implements Disposable {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly device: DeviceName;
+  #handle: TensorHandle | null;
+
+  private constructor(handle: TensorHandle, shape: readonly number[], dtype: DType, device: DeviceName) {
+    this.#handle = handle;
+    this.shape = Object.freeze([...shape]);
+    this.dtype = dtype;
+    this.device = device;
+  }
+
+  /** @internal */
+  static fromHandle(handle: TensorHandle, shape: readonly number[], dtype: DType, device: DeviceName): Tensor {
+    return new Tensor(handle, shape, dtype, device);
+  }
+
+  /** @internal The native handle; throws, naming the argument, once disposed. */
+  handle(name: string): TensorHandle {
+    if (this.#handle === null) fail('type', `${name}: tensor has been disposed`);
+    return this.#handle;
+  }
+
+  get disposed(): boolean {
+    return this.#handle === null;
+  }
+
+  get numel(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+
+  /** Copies the values out as float32 (converting bfloat16/float16). */
+  async toFloat32Array(): Promise<Float32Array> {
+    return this.handle('tensor').toFloat32Array();
+  }
+
+  /** Frees the memory now. Idempotent; any later use throws. */
+  dispose(): void {
+    this.#handle?.dispose();
+    this.#handle = null;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+export function checkTensor(value: unknown, name: string): Tensor {
+  if (!(value instanceof Tensor)) fail('type', `${name}: expected a Tensor, got ${describe(value)}`);
+  value.handle(name);
+  return value;
+}
+
+export function checkShape(shape: unknown, name: string): number[] {
+  if (!Array.isArray(shape)) fail('type', `${name}: expected an array of integers, got ${describe(shape)}`);
+  shape.forEach((d, i) => {
+    if (typeof d !== 'number' || !Number.isInteger(d) || d < 0)
+      fail('range', `${name}[${i}]: expected a non-negative integer, got ${describe(d)}`);
+  });
+  return shape as number[];
+}
+
+export function checkDevice(device: DeviceName, name: string): void {
+  if (device !== 'cuda') return;
+  const cuda = native.cudaInfo();
+  if (!cuda.available) fail('range', `${name}: 'cuda' is not available here (${cuda.reason}); use 'cpu'`);
+}
+
+/** A tensor holding `data` (row-major) with the given shape. */
+export function tensor(data: Float32Array, shape: number[], opts?: TensorOptions): Tensor {
+  if (!(data instanceof Float32Array)) fail('type', `data: expected a Float32Array, got ${describe(data)}`);
+  checkShape(shape, 'shape');
+  const o = checkOptions(opts, 'opts');
+  const dtype = checkOneOf(o.dtype, 'opts.dtype', DTYPES) ?? 'float32';
+  const device = checkOneOf(o.device, 'opts.device', DEVICES) ?? 'cpu';
+  const numel = shape.reduce((a, b) => a * b, 1);
+  if (numel !== data.length)
+    fail('range', `shape: [${shape.join(', ')}] holds ${numel} elements, but data has ${data.length}`);
+  checkDevice(device, 'opts.device');
+  const handle = native.createTensor(data, shape, DTYPES.indexOf(dtype), DEVICES.indexOf(device));
+  return Tensor.fromHandle(handle, shape, dtype, device);
+}
+
+/** Wraps a fresh native result of the given shape (internal). */
+export function wrap(handle: TensorHandle, shape: readonly number[], dtype: DType, device: DeviceName): Tensor {
+  return Tensor.fromHandle(handle, shape, dtype, device);
+}

@@ -1,0 +1,388 @@
+// The N-API layer: one function per library operation, each a thin mapping onto the
+// native code. Argument checks with user-facing messages live in lib/ (TypeScript); the
+// checks here only keep a bad call from crashing the process.
+#include <napi.h>
+
+#include <cmath>
+
+#include "common.h"
+#include "cpu/attention.h"
+#include "cuda/device.h"
+#include "ring/ring_attention.h"
+
+namespace {
+
+using ra::Device;
+using ra::DType;
+using ra::Tensor;
+using ra::UserError;
+
+class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "TensorHandle",
+                       {InstanceMethod("toFloat32Array", &TensorHandle::ToFloat32Array),
+                        InstanceMethod("dispose", &TensorHandle::Dispose),
+                        InstanceAccessor("byteLength", &TensorHandle::ByteLength, nullptr)});
+  }
+  explicit TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorHandle>(info) {}
+  ~TensorHandle() override { Release(Env()); }
+
+  Tensor tensor;
+  bool disposed = false;
+
+  void Adopt(Napi::Env env, Tensor t) {
+    tensor = std::move(t);
+    if (tensor.device == Device::CPU) Napi::MemoryManagement::AdjustExternalMemory(env, int64_t(tensor.storage->bytes));
+  }
+
+ private:
+  void Release(Napi::Env env) {
+    if (disposed || !tensor.storage) return;
+    if (tensor.device == Device::CPU) Napi::MemoryManagement::AdjustExternalMemory(env, -int64_t(tensor.storage->bytes));
+    tensor.storage.reset();
+    disposed = true;
+  }
+  Napi::Value ToFloat32Array(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    Release(info.Env());
+    return info.Env().Undefined();
+  }
+  Napi::Value ByteLength(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), disposed ? 0.0 : double(tensor.storage->bytes));
+  }
+};
+
+struct AddonData {
+  Napi::FunctionReference tensor_ctor;
+};
+
+// Runs `fn`, turning native errors into JS exceptions of the right kind.
+template <typename F>
+Napi::Value guard(const Napi::CallbackInfo& info, F&& fn) {
+  Napi::Env env = info.Env();
+  try {
+    return fn(env);
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const UserError& e) {
+    if (e.kind == "TypeError") throw Napi::TypeError::New(env, e.what());
+    if (e.kind == "RangeError") throw Napi::RangeError::New(env, e.what());
+    throw Napi::Error::New(env, e.what());
+  } catch (const std::bad_alloc&) {
+    throw Napi::RangeError::New(env, "out of host memory");
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, std::string("ring-attention native error: ") + e.what());
+  }
+}
+
+Napi::Value wrap(Napi::Env env, Tensor t) {
+  Napi::Object obj = env.GetInstanceData<AddonData>()->tensor_ctor.New({});
+  TensorHandle::Unwrap(obj)->Adopt(env, std::move(t));
+  return obj;
+}
+
+Tensor& unwrap(Napi::Env env, const Napi::Value& v, const char* name) {
+  auto* data = env.GetInstanceData<AddonData>();
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
+    throw Napi::TypeError::New(env, std::string(name) + ": expected a tensor handle");
+  TensorHandle* h = TensorHandle::Unwrap(v.As<Napi::Object>());
+  if (h->disposed) throw Napi::TypeError::New(env, std::string(name) + ": tensor has been disposed");
+  return h->tensor;
+}
+
+Napi::Value TensorHandle::ToFloat32Array(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    if (disposed) throw Napi::TypeError::New(env, "tensor has been disposed");
+    auto out = Napi::Float32Array::New(env, size_t(tensor.numel()));
+    if (tensor.device == Device::CPU) ra::convert_to_f32(tensor.dtype, tensor.storage->ptr, out.Data(), out.ElementLength());
+    else ra::cuda::download_f32(tensor.storage->ptr, tensor.dtype, out.Data(), out.ElementLength());
+    return out;
+  });
+}
+
+std::vector<int64_t> shape_of(const Napi::Value& v) {
+  auto arr = v.As<Napi::Array>();
+  std::vector<int64_t> shape(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); ++i) shape[i] = arr.Get(i).As<Napi::Number>().Int64Value();
+  return shape;
+}
+
+// createTensor(data: Float32Array, shape: number[], dtype: 0|1|2, device: 0|1)
+Napi::Value CreateTensor(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto data = info[0].As<Napi::Float32Array>();
+    auto shape = shape_of(info[1]);
+    auto dtype = DType(info[2].As<Napi::Number>().Int32Value());
+    auto device = Device(info[3].As<Napi::Number>().Int32Value());
+    Tensor t = Tensor::empty(shape, dtype, device);
+    if (size_t(t.numel()) != data.ElementLength()) throw Napi::RangeError::New(env, "data: length does not match shape");
+    if (device == Device::CPU) ra::convert_from_f32(dtype, data.Data(), t.storage->ptr, data.ElementLength());
+    else ra::cuda::upload_f32(data.Data(), t.storage->ptr, dtype, data.ElementLength());
+    return wrap(env, std::move(t));
+  });
+}
+
+// The float32 view of a CPU tensor: the tensor itself, or a converted copy.
+struct F32 {
+  std::vector<float> copy;
+  const float* ptr;
+  explicit F32(const Tensor& t) : ptr(nullptr) {
+    if (t.device != Device::CPU) throw UserError("Error", "CUDA attention kernels are not in this build yet");
+    if (t.dtype == DType::F32) ptr = t.f32();
+    else { copy = t.to_f32(); ptr = copy.data(); }
+  }
+};
+
+Tensor finish(std::vector<int64_t> shape, DType dtype, const std::vector<float>& values) {
+  return ra::cpu_tensor_from_f32(shape, dtype, values.data());
+}
+
+ra::cpu::AttnParams whole_params(const Tensor& q, const Tensor& k, bool causal, float scale) {
+  ra::cpu::AttnParams p{};
+  const auto& qs = q.shape;
+  const auto& ks = k.shape;
+  if (qs.size() != 4 || ks.size() != 4 || qs[0] != ks[0] || qs[3] != ks[3] || ks[2] == 0 || qs[2] % ks[2] != 0)
+    throw UserError("RangeError", "attention: inconsistent shapes");
+  p.batch = int(qs[0]);
+  p.seq_q = int(qs[1]);
+  p.heads = int(qs[2]);
+  p.head_dim = int(qs[3]);
+  p.seq_k = int(ks[1]);
+  p.kv_heads = int(ks[2]);
+  p.q_row_stride = p.o_row_stride = qs[2] * qs[3];
+  p.q_batch_stride = p.o_batch_stride = qs[1] * qs[2] * qs[3];
+  p.k_row_stride = ks[2] * ks[3];
+  p.k_batch_stride = ks[1] * ks[2] * ks[3];
+  p.lse_head_stride = qs[1];
+  p.lse_batch_stride = qs[1] * qs[2];
+  p.scale = scale;
+  p.causal = causal;
+  p.causal_offset = ks[1] - qs[1];
+  p.accumulate = false;
+  return p;
+}
+
+// attentionForward(q, k, v, causal, scale) -> [out, lse]
+Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    const Tensor &q = unwrap(env, info[0], "q"), &k = unwrap(env, info[1], "k"), &v = unwrap(env, info[2], "v");
+    auto p = whole_params(q, k, info[3].ToBoolean(), info[4].As<Napi::Number>().FloatValue());
+    F32 q32(q), k32(k), v32(v);
+    std::vector<float> out(size_t(q.numel())), lse(size_t(p.batch) * p.heads * p.seq_q);
+    p.q = q32.ptr, p.k = k32.ptr, p.v = v32.ptr, p.out = out.data(), p.lse = lse.data();
+    ra::cpu::attention_forward(p);
+    auto result = Napi::Array::New(env, 2);
+    result.Set(0u, wrap(env, finish(q.shape, q.dtype, out)));
+    result.Set(1u, wrap(env, finish({p.batch, p.heads, p.seq_q}, DType::F32, lse)));
+    return result;
+  });
+}
+
+// attentionBackward(dout, q, k, v, out, lse, causal, scale) -> [dq, dk, dv]
+Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    const Tensor &dout = unwrap(env, info[0], "dout"), &q = unwrap(env, info[1], "q"), &k = unwrap(env, info[2], "k"),
+                 &v = unwrap(env, info[3], "v"), &out = unwrap(env, info[4], "out"), &lse = unwrap(env, info[5], "lse");
+    auto p = whole_params(q, k, info[6].ToBoolean(), info[7].As<Napi::Number>().FloatValue());
+    F32 do32(dout), q32(q), k32(k), v32(v), o32(out), l32(lse);
+    p.q = q32.ptr, p.k = k32.ptr, p.v = v32.ptr, p.out = const_cast<float*>(o32.ptr), p.lse = const_cast<float*>(l32.ptr);
+    std::vector<float> delta(size_t(p.batch) * p.heads * p.seq_q);
+    ra::cpu::attention_delta(p, do32.ptr, delta.data());
+    std::vector<float> dq(size_t(q.numel()), 0.f), dk(size_t(k.numel()), 0.f), dv(size_t(v.numel()), 0.f);
+    ra::cpu::attention_backward({p, do32.ptr, delta.data(), dq.data(), dk.data(), dv.data()});
+    auto result = Napi::Array::New(env, 3);
+    result.Set(0u, wrap(env, finish(q.shape, q.dtype, dq)));
+    result.Set(1u, wrap(env, finish(k.shape, k.dtype, dk)));
+    result.Set(2u, wrap(env, finish(v.shape, v.dtype, dv)));
+    return result;
+  });
+}
+
+// ---- groups (in-process transport) ----
+
+int64_t group_id(const Napi::Value& v) { return v.As<Napi::Number>().Int64Value(); }
+
+Napi::Value GroupCreate(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    return Napi::Number::New(env, double(ra::ring::create_group(info[0].As<Napi::Number>().Int32Value(),
+                                                                info[1].As<Napi::Number>().Int64Value())));
+  });
+}
+Napi::Value GroupAbort(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::ring::find_group(group_id(info[0]))->abort(info[1].As<Napi::String>().Utf8Value());
+    return env.Undefined();
+  });
+}
+Napi::Value GroupLeave(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::ring::find_group(group_id(info[0]))->leave(info[1].As<Napi::Number>().Int32Value());
+    return env.Undefined();
+  });
+}
+Napi::Value GroupDestroy(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::ring::destroy_group(group_id(info[0]));
+    return env.Undefined();
+  });
+}
+
+ra::ring::LocalTransport transport(const Napi::CallbackInfo& info) {
+  return ra::ring::LocalTransport(ra::ring::find_group(group_id(info[0])), info[1].As<Napi::Number>().Int32Value());
+}
+
+// groupSend(id, rank, peer, tensor); groupRecv(id, rank, peer, into)
+Napi::Value GroupSend(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto t = transport(info);
+    const Tensor& x = unwrap(env, info[3], "tensor");
+    t.send(info[2].As<Napi::Number>().Int32Value(), ra::ring::TAG_USER, std::make_shared<std::vector<float>>(x.to_f32()));
+    return env.Undefined();
+  });
+}
+Napi::Value GroupRecv(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto t = transport(info);
+    Tensor& into = unwrap(env, info[3], "into");
+    auto block = t.recv(info[2].As<Napi::Number>().Int32Value(), ra::ring::TAG_USER);
+    if (block->size() != size_t(into.numel()))
+      throw UserError("RangeError", "into: received " + std::to_string(block->size()) + " elements, tensor holds " +
+                                        std::to_string(into.numel()));
+    if (into.device == Device::CPU) ra::convert_from_f32(into.dtype, block->data(), into.storage->ptr, block->size());
+    else ra::cuda::upload_f32(block->data(), into.storage->ptr, into.dtype, block->size());
+    return env.Undefined();
+  });
+}
+// groupAllReduce(id, rank, tensor): in-place sum, float32 accumulation
+Napi::Value GroupAllReduce(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto t = transport(info);
+    Tensor& x = unwrap(env, info[2], "tensor");
+    std::vector<float> values = x.to_f32();
+    t.all_reduce_sum(values.data(), values.size());
+    if (x.device == Device::CPU) ra::convert_from_f32(x.dtype, values.data(), x.storage->ptr, values.size());
+    else ra::cuda::upload_f32(values.data(), x.storage->ptr, x.dtype, values.size());
+    return env.Undefined();
+  });
+}
+Napi::Value GroupBarrier(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    transport(info).barrier();
+    return env.Undefined();
+  });
+}
+
+ra::ring::RingShape ring_shape(const Tensor& q, const Tensor& k, bool causal, float scale, bool zigzag) {
+  if (q.shape.size() != 4 || k.shape.size() != 4 || q.shape[0] != k.shape[0] || q.shape[1] != k.shape[1] ||
+      q.shape[3] != k.shape[3] || k.shape[2] == 0 || q.shape[2] % k.shape[2] != 0)
+    throw UserError("RangeError", "ringAttention: inconsistent shapes");
+  return {int(q.shape[0]), int(q.shape[1]), int(q.shape[2]), int(k.shape[2]), int(q.shape[3]), scale, causal, zigzag};
+}
+
+// ringForward(id, rank, q, k, v, causal, scale, zigzag) -> [out, lse]
+Napi::Value RingForward(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto t = transport(info);
+    const Tensor &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"), &v = unwrap(env, info[4], "v");
+    auto s = ring_shape(q, k, info[5].ToBoolean(), info[6].As<Napi::Number>().FloatValue(), info[7].ToBoolean());
+    F32 q32(q), k32(k), v32(v);
+    std::vector<float> out(size_t(q.numel())), lse(size_t(s.batch) * s.heads * s.seq);
+    ra::ring::ring_forward(t, s, q32.ptr, k32.ptr, v32.ptr, out.data(), lse.data());
+    auto result = Napi::Array::New(env, 2);
+    result.Set(0u, wrap(env, finish(q.shape, q.dtype, out)));
+    result.Set(1u, wrap(env, finish({s.batch, s.heads, s.seq}, DType::F32, lse)));
+    return result;
+  });
+}
+
+// ringBackward(id, rank, dout, q, k, v, out, lse, causal, scale, zigzag) -> [dq, dk, dv]
+Napi::Value RingBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto t = transport(info);
+    const Tensor &dout = unwrap(env, info[2], "dout"), &q = unwrap(env, info[3], "q"), &k = unwrap(env, info[4], "k"),
+                 &v = unwrap(env, info[5], "v"), &out = unwrap(env, info[6], "out"), &lse = unwrap(env, info[7], "lse");
+    auto s = ring_shape(q, k, info[8].ToBoolean(), info[9].As<Napi::Number>().FloatValue(), info[10].ToBoolean());
+    F32 do32(dout), q32(q), k32(k), v32(v), o32(out), l32(lse);
+    std::vector<float> dq(size_t(q.numel())), dk(size_t(k.numel())), dv(size_t(v.numel()));
+    ra::ring::ring_backward(t, s, do32.ptr, q32.ptr, k32.ptr, v32.ptr, o32.ptr, l32.ptr, dq.data(), dk.data(), dv.data());
+    auto result = Napi::Array::New(env, 3);
+    result.Set(0u, wrap(env, finish(q.shape, q.dtype, dq)));
+    result.Set(1u, wrap(env, finish(k.shape, k.dtype, dk)));
+    result.Set(2u, wrap(env, finish(v.shape, v.dtype, dv)));
+    return result;
+  });
+}
+
+// ---- CUDA runtime facts ----
+
+Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto r = ra::cuda::query();
+    auto o = Napi::Object::New(env);
+    o.Set("compiled", r.compiled);
+    o.Set("available", r.available);
+    o.Set("deviceCount", r.device_count);
+    o.Set("driverVersion", r.driver_version);
+    o.Set("runtimeVersion", r.runtime_version);
+    o.Set("architectures", r.archs);
+    o.Set("reason", r.reason);
+    auto devices = Napi::Array::New(env, r.devices.size());
+    for (size_t i = 0; i < r.devices.size(); ++i) {
+      auto d = Napi::Object::New(env);
+      d.Set("name", r.devices[i].name);
+      d.Set("computeCapability", std::to_string(r.devices[i].major) + "." + std::to_string(r.devices[i].minor));
+      d.Set("totalMemory", double(r.devices[i].total_memory));
+      d.Set("multiprocessors", r.devices[i].multiprocessors);
+      devices.Set(uint32_t(i), d);
+    }
+    o.Set("devices", devices);
+    return o;
+  });
+}
+
+Napi::Value CudaMemoryStats(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto s = ra::cuda::allocator_stats();
+    auto o = Napi::Object::New(env);
+    o.Set("cudaMallocCalls", double(s.cuda_malloc_calls));
+    o.Set("cacheHits", double(s.cache_hits));
+    o.Set("bytesInUse", double(s.bytes_in_use));
+    o.Set("bytesCached", double(s.bytes_cached));
+    return o;
+  });
+}
+
+Napi::Value CudaEmptyCache(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::cuda::empty_cache();
+    return env.Undefined();
+  });
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* data = new AddonData();
+  data->tensor_ctor = Napi::Persistent(TensorHandle::Define(env));
+  env.SetInstanceData(data);
+  exports.Set("createTensor", Napi::Function::New(env, CreateTensor));
+  exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
+  exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
+  exports.Set("groupCreate", Napi::Function::New(env, GroupCreate));
+  exports.Set("groupAbort", Napi::Function::New(env, GroupAbort));
+  exports.Set("groupLeave", Napi::Function::New(env, GroupLeave));
+  exports.Set("groupDestroy", Napi::Function::New(env, GroupDestroy));
+  exports.Set("groupSend", Napi::Function::New(env, GroupSend));
+  exports.Set("groupRecv", Napi::Function::New(env, GroupRecv));
+  exports.Set("groupAllReduce", Napi::Function::New(env, GroupAllReduce));
+  exports.Set("groupBarrier", Napi::Function::New(env, GroupBarrier));
+  exports.Set("ringForward", Napi::Function::New(env, RingForward));
+  exports.Set("ringBackward", Napi::Function::New(env, RingBackward));
+  exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
+  exports.Set("cudaMemoryStats", Napi::Function::New(env, CudaMemoryStats));
+  exports.Set("cudaEmptyCache", Napi::Function::New(env, CudaEmptyCache));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(ring_attention, Init)

@@ -1,0 +1,22 @@
+// Stands in for device.cu in builds without nvcc (binding.gyp, or CMake with no CUDA).
+#include "device.h"
+
+namespace ra::cuda {
+
+static UserError not_compiled() {
+  return UserError("Error", "this build of ring-attention has no CUDA support (built without nvcc)");
+}
+
+RuntimeInfo query() {
+  RuntimeInfo info;
+  info.reason = "this build has no CUDA support (built without nvcc)";
+  return info;
+}
+void* alloc(size_t) { throw not_compiled(); }
+void release(void*) {}
+AllocatorStats allocator_stats() { return {}; }
+void empty_cache() {}
+void upload_f32(const float*, void*, DType, size_t) { throw not_compiled(); }
+void download_f32(const void*, DType, float*, size_t) { throw not_compiled(); }
+
+}  // namespace ra::cuda

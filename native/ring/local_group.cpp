@@ -1,0 +1,136 @@
+// The in-process transport: mailboxes keyed by (from, to, tag) under one mutex.
+#include <chrono>
+
+#include "transport.h"
+
+namespace ra::ring {
+
+namespace {
+const char* tag_name(int tag) { return tag == TAG_KV ? "K/V block" : tag == TAG_DKV ? "dK/dV block" : "send()"; }
+}  // namespace
+
+template <typename Ready>
+void LocalGroup::wait(std::unique_lock<std::mutex>& lock, int me, Ready ready, const std::string& what) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
+  while (!ready()) {
+    if (!aborted_.empty()) throw UserError("Error", "group aborted: " + aborted_);
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && !ready() && aborted_.empty())
+      throw UserError("Error", "rank " + std::to_string(me) + " timed out after " + std::to_string(timeout_ms_) +
+                                   " ms waiting for " + what +
+                                   "; every rank must make the same collective calls in the same order");
+  }
+  if (!aborted_.empty()) throw UserError("Error", "group aborted: " + aborted_);
+}
+
+void LocalGroup::check_usable(int rank) {
+  if (!aborted_.empty()) throw UserError("Error", "group aborted: " + aborted_);
+  if (left_[size_t(rank)])
+    throw UserError("Error", "rank " + std::to_string(rank) +
+                                 " already returned from its launch() function; a group is usable only inside it");
+}
+
+void LocalGroup::send(int from, int to, int tag, Block block) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_usable(from);
+  mail_[{from, to, tag}].push_back(std::move(block));
+  cv_.notify_all();
+}
+
+Block LocalGroup::recv(int from, int to, int tag) {
+  std::unique_lock<std::mutex> lock(mu_);
+  check_usable(to);
+  auto& box = mail_[{from, to, tag}];
+  const std::string what = std::string("a ") + tag_name(tag) + " from rank " + std::to_string(from);
+  wait(lock, to, [&] {
+    if (!box.empty()) return true;
+    if (left_[size_t(from)])
+      throw UserError("Error", "rank " + std::to_string(to) + " waits for " + what + ", which returned without sending it");
+    return false;
+  }, what);
+  Block b = std::move(box.front());
+  box.pop_front();
+  return b;
+}
+
+void LocalGroup::all_reduce_sum(int rank, float* data, size_t n) {
+  std::unique_lock<std::mutex> lock(mu_);
+  check_usable(rank);
+  if (arrived_ == 0) {
+    sum_.assign(data, data + n);
+  } else if (sum_.size() != n) {
+    abort_locked("rank " + std::to_string(rank) + " joined an allReduce of " + std::to_string(n) + " elements, others of " +
+          std::to_string(sum_.size()));
+    throw UserError("RangeError", "group aborted: " + aborted_);
+  } else {
+    for (size_t i = 0; i < n; ++i) sum_[i] += data[i];
+  }
+  arrived_mask_[size_t(rank)] = 1;
+  const int64_t gen = generation_;
+  if (++arrived_ == world_) {
+    result_.swap(sum_);
+    arrived_ = 0;
+    std::fill(arrived_mask_.begin(), arrived_mask_.end(), 0);
+    ++generation_;
+    cv_.notify_all();
+  } else {
+    wait(lock, rank, [&] {
+      if (generation_ != gen) return true;
+      for (int r = 0; r < world_; ++r)
+        if (left_[size_t(r)] && !arrived_mask_[size_t(r)])
+          throw UserError("Error", "rank " + std::to_string(rank) + " waits in a collective for rank " +
+                                       std::to_string(r) + ", which returned without joining it");
+      return false;
+    }, "every rank to join a collective (allReduce, barrier)");
+  }
+  if (n) std::copy(result_.begin(), result_.end(), data);
+}
+
+void LocalGroup::abort_locked(const std::string& reason) {
+  if (aborted_.empty()) aborted_ = reason;
+  cv_.notify_all();
+}
+
+void LocalGroup::abort(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  abort_locked(reason);
+}
+
+void LocalGroup::leave(int rank) {
+  std::lock_guard<std::mutex> lock(mu_);
+  left_[size_t(rank)] = 1;
+  cv_.notify_all();
+}
+
+namespace {
+std::mutex registry_mu;
+std::map<int64_t, std::shared_ptr<LocalGroup>> registry;
+int64_t next_id = 1;
+}  // namespace
+
+int64_t create_group(int world_size, int64_t timeout_ms) {
+  std::lock_guard<std::mutex> lock(registry_mu);
+  registry[next_id] = std::make_shared<LocalGroup>(world_size, timeout_ms);
+  return next_id++;
+}
+
+std::shared_ptr<LocalGroup> find_group(int64_t id) {
+  std::lock_guard<std::mutex> lock(registry_mu);
+  auto it = registry.find(id);
+  if (it == registry.end())
+    throw UserError("Error", "group " + std::to_string(id) + " is not active: groups live only inside their launch()");
+  return it->second;
+}
+
+void destroy_group(int64_t id) {
+  std::shared_ptr<LocalGroup> g;
+  {
+    std::lock_guard<std::mutex> lock(registry_mu);
+    auto it = registry.find(id);
+    if (it == registry.end()) return;
+    g = it->second;
+    registry.erase(it);
+  }
+  g->abort("its launch() has ended");  // releases any thread still waiting on it
+}
+
+}  // namespace ra::ring

@@ -1,0 +1,124 @@
+// The ring loop, forward and backward. Each step: hand the K/V block we hold to the next
+// rank (posted before computing, so the transfer runs under the compute), compute on it,
+// then take the next block from the previous rank. Which part of the block a step
+// computes is decided by `plan`: causal + zigzag gives every rank half a block per step.
+#include <algorithm>
+#include <limits>
+
+#include "../cpu/attention.h"
+#include "ring_attention.h"
+
+namespace ra::ring {
+
+namespace {
+
+struct Plan {
+  bool skip = false;
+  int q_off = 0, q_len = 0, k_off = 0, k_len = 0;
+  bool causal = false;
+};
+
+// Which queries of this rank attend to which keys of the block that started on `src`.
+Plan plan(const RingShape& s, int rank, int src) {
+  const int n = s.seq, half = s.seq / 2;
+  if (!s.causal) return {false, 0, n, 0, n, false};
+  if (src == rank) return {false, 0, n, 0, n, true};  // own block: the diagonal
+  if (!s.zigzag) return src < rank ? Plan{false, 0, n, 0, n, false} : Plan{true};
+  // zigzag: this rank holds chunks (r, 2N-1-r), the block chunks (src, 2N-1-src).
+  if (src < rank) return {false, 0, n, 0, half, false};  // every query sees chunk src, none sees 2N-1-src
+  return {false, half, n - half, 0, n, false};          // only chunk 2N-1-r sees them, and sees all
+}
+
+cpu::AttnParams params(const RingShape& s, const Plan& pl, const float* q, const float* k, const float* v, float* out,
+                       float* lse) {
+  const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
+  cpu::AttnParams p{};
+  p.q = q + pl.q_off * qrow;
+  p.k = k + pl.k_off * krow;
+  p.v = v + pl.k_off * krow;
+  p.out = out + pl.q_off * qrow;
+  p.lse = lse + pl.q_off;
+  p.q_batch_stride = p.o_batch_stride = s.seq * qrow;
+  p.q_row_stride = p.o_row_stride = qrow;
+  p.k_batch_stride = s.seq * krow;
+  p.k_row_stride = krow;
+  p.lse_batch_stride = int64_t(s.heads) * s.seq;
+  p.lse_head_stride = s.seq;
+  p.batch = s.batch;
+  p.heads = s.heads;
+  p.kv_heads = s.kv_heads;
+  p.head_dim = s.head_dim;
+  p.seq_q = pl.q_len;
+  p.seq_k = pl.k_len;
+  p.scale = s.scale;
+  p.causal = pl.causal;
+  p.causal_offset = 0;  // a diagonal block is square
+  p.accumulate = true;
+  return p;
+}
+
+size_t kv_elems(const RingShape& s) { return size_t(s.batch) * s.seq * s.kv_heads * s.head_dim; }
+
+Block pack_kv(const RingShape& s, const float* k, const float* v) {
+  const size_t n = kv_elems(s);
+  auto b = std::make_shared<std::vector<float>>(2 * n);
+  std::copy(k, k + n, b->begin());
+  std::copy(v, v + n, b->begin() + n);
+  return b;
+}
+
+}  // namespace
+
+void ring_forward(Transport& t, const RingShape& s, const float* q, const float* k, const float* v, float* out,
+                  float* lse) {
+  const int N = t.world_size(), r = t.rank(), next = (r + 1) % N, prev = (r + N - 1) % N;
+  const size_t n_kv = kv_elems(s);
+  // The running result stays float32 across all steps; the caller rounds it once at the end.
+  std::fill(out, out + size_t(s.batch) * s.seq * s.heads * s.head_dim, 0.f);
+  std::fill(lse, lse + size_t(s.batch) * s.heads * s.seq, -std::numeric_limits<float>::infinity());
+  Block kv = pack_kv(s, k, v);
+  for (int step = 0; step < N; ++step) {
+    if (step + 1 < N) t.send(next, TAG_KV, kv);
+    const Plan pl = plan(s, r, (r - step + N) % N);
+    if (!pl.skip) cpu::attention_forward(params(s, pl, q, kv->data(), kv->data() + n_kv, out, lse));
+    if (step + 1 < N) kv = t.recv(prev, TAG_KV);
+  }
+}
+
+void ring_backward(Transport& t, const RingShape& s, const float* dout, const float* q, const float* k,
+                   const float* v, const float* out, const float* lse, float* dq, float* dk, float* dv) {
+  const int N = t.world_size(), r = t.rank(), next = (r + 1) % N, prev = (r + N - 1) % N;
+  const size_t n_kv = kv_elems(s), n_q = size_t(s.batch) * s.seq * s.heads * s.head_dim;
+  const Plan whole{false, 0, s.seq, 0, s.seq, s.causal};
+  std::vector<float> delta(size_t(s.batch) * s.heads * s.seq);
+  cpu::AttnParams full = params(s, whole, q, k, v, const_cast<float*>(out), const_cast<float*>(lse));
+  cpu::attention_delta(full, dout, delta.data());
+
+  std::fill(dq, dq + n_q, 0.f);
+  Block kv = pack_kv(s, k, v);
+  // dK/dV of a block travel with it, gathering every rank's contribution in float32, and
+  // reach their owner with one extra hop after the last step.
+  for (int step = 0; step < N; ++step) {
+    if (step + 1 < N) t.send(next, TAG_KV, kv);
+    Block dkv = step == 0 ? std::make_shared<std::vector<float>>(2 * n_kv, 0.f) : t.recv(prev, TAG_DKV);
+    const Plan pl = plan(s, r, (r - step + N) % N);
+    if (!pl.skip) {
+      cpu::AttnBwdParams b;
+      b.fwd = params(s, pl, q, kv->data(), kv->data() + n_kv, const_cast<float*>(out), const_cast<float*>(lse));
+      const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
+      b.dout = dout + pl.q_off * qrow;
+      b.delta = delta.data() + pl.q_off;
+      b.dq = dq + pl.q_off * qrow;
+      b.dk = dkv->data() + pl.k_off * krow;
+      b.dv = dkv->data() + n_kv + pl.k_off * krow;
+      cpu::attention_backward(b);
+    }
+    t.send(next, TAG_DKV, dkv);
+    if (step + 1 < N) kv = t.recv(prev, TAG_KV);
+  }
+  Block mine = t.recv(prev, TAG_DKV);
+  std::copy(mine->begin(), mine->begin() + n_kv, dk);
+  std::copy(mine->begin() + n_kv, mine->end(), dv);
+}
+
+}  // namespace ra::ring

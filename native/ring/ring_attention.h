@@ -1,0 +1,21 @@
+// Ring attention over a group: each rank keeps its query shard while K/V shards travel
+// rank -> rank+1, and the partial results merge through the log-sum-exp. All buffers are
+// float32, contiguous [batch, seq_local, heads, dim]; lse is [batch, heads, seq_local].
+#pragma once
+#include "transport.h"
+
+namespace ra::ring {
+
+struct RingShape {
+  int batch, seq, heads, kv_heads, head_dim;  // seq: this rank's shard length
+  float scale;
+  bool causal;
+  bool zigzag;  // shard = chunks (r, 2N-1-r) of 2N; else contiguous chunk r of N
+};
+
+void ring_forward(Transport& t, const RingShape& s, const float* q, const float* k, const float* v, float* out,
+                  float* lse);
+void ring_backward(Transport& t, const RingShape& s, const float* dout, const float* q, const float* k,
+                   const float* v, const float* out, const float* lse, float* dq, float* dk, float* dv);
+
+}  // namespace ra::ring

@@ -1,0 +1,88 @@
+// Point-to-point and collective traffic between the ranks of a group, behind one small
+// interface so the ring loop does not know whether its peers are threads (LocalGroup,
+// here) or other processes (NCCL, later). Blocks are float32 host buffers handed over by
+// pointer: a sender must not write a block after sending it.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "../common.h"
+
+namespace ra::ring {
+
+using Block = std::shared_ptr<std::vector<float>>;
+
+enum Tag : int { TAG_USER = 0, TAG_KV = 1, TAG_DKV = 2 };
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  virtual void send(int peer, int tag, Block block) = 0;  // returns at once
+  virtual Block recv(int peer, int tag) = 0;              // waits, with the group's timeout
+  virtual void all_reduce_sum(float* data, size_t n) = 0;
+  virtual void barrier() = 0;
+};
+
+// The ranks of one launch(), as threads of this process. Every wait gives up with an
+// error on timeout, on abort (another rank failed), or when the rank it waits for has
+// already left, so no misuse ends in a hang.
+class LocalGroup {
+ public:
+  LocalGroup(int world_size, int64_t timeout_ms) : world_(world_size), timeout_ms_(timeout_ms), left_(world_size) {}
+  int world_size() const { return world_; }
+  void send(int from, int to, int tag, Block block);
+  Block recv(int from, int to, int tag);
+  void all_reduce_sum(int rank, float* data, size_t n);
+  void abort(const std::string& reason);
+  void leave(int rank);  // the rank's function returned or threw
+
+ private:
+  template <typename Ready>
+  void wait(std::unique_lock<std::mutex>& lock, int me, Ready ready, const std::string& what);
+  void check_usable(int rank);
+  void abort_locked(const std::string& reason);
+
+  const int world_;
+  const int64_t timeout_ms_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::tuple<int, int, int>, std::deque<Block>> mail_;  // (from, to, tag) -> FIFO
+  std::vector<char> left_;
+  std::string aborted_;
+  // all_reduce: ranks add into sum_; the last to arrive publishes result_ and bumps generation_.
+  int64_t generation_ = 0;
+  int arrived_ = 0;
+  std::vector<char> arrived_mask_ = std::vector<char>(size_t(world_));
+  std::vector<float> sum_, result_;
+};
+
+// Process-wide registry, so that worker threads find their group by id.
+int64_t create_group(int world_size, int64_t timeout_ms);
+std::shared_ptr<LocalGroup> find_group(int64_t id);  // throws when it is not active
+void destroy_group(int64_t id);
+
+class LocalTransport : public Transport {
+ public:
+  LocalTransport(std::shared_ptr<LocalGroup> g, int rank) : g_(std::move(g)), rank_(rank) {}
+  int rank() const override { return rank_; }
+  int world_size() const override { return g_->world_size(); }
+  void send(int peer, int tag, Block b) override { g_->send(rank_, peer, tag, std::move(b)); }
+  Block recv(int peer, int tag) override { return g_->recv(peer, rank_, tag); }
+  void all_reduce_sum(float* data, size_t n) override { g_->all_reduce_sum(rank_, data, n); }
+  void barrier() override { g_->all_reduce_sum(rank_, nullptr, 0); }
+
+ private:
+  std::shared_ptr<LocalGroup> g_;
+  int rank_;
+};
+
+}  // namespace ra::ring

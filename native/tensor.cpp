@@ -1,0 +1,70 @@
+// Storage on either device, and the dtype conversions at the storage boundary.
+#include <cstdlib>
+
+#include "common.h"
+#include "cuda/device.h"
+
+namespace ra {
+
+void convert_from_f32(DType to, const float* src, void* dst, size_t n) {
+  if (to == DType::F32) {
+    std::memcpy(dst, src, n * 4);
+  } else if (to == DType::BF16) {
+    auto* d = static_cast<uint16_t*>(dst);
+    for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+  } else {
+    auto* d = static_cast<uint16_t*>(dst);
+    for (size_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
+  }
+}
+
+void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
+  if (from == DType::F32) {
+    std::memcpy(dst, src, n * 4);
+  } else if (from == DType::BF16) {
+    auto* s = static_cast<const uint16_t*>(src);
+    for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+  } else {
+    auto* s = static_cast<const uint16_t*>(src);
+    for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+  }
+}
+
+Storage::Storage(Device d, size_t n) : device(d), bytes(n), ptr(nullptr) {
+  size_t padded = (n + 63) / 64 * 64;
+  if (d == Device::CPU) {
+    ptr = std::aligned_alloc(64, padded ? padded : 64);
+    if (!ptr) throw UserError("RangeError", "out of host memory allocating " + std::to_string(n) + " bytes");
+  } else {
+    ptr = cuda::alloc(padded ? padded : 64);
+  }
+}
+
+Storage::~Storage() {
+  if (device == Device::CPU) std::free(ptr);
+  else cuda::release(ptr);
+}
+
+Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {
+  Tensor t;
+  t.dtype = dtype;
+  t.device = device;
+  t.shape = std::move(shape);
+  t.storage = std::make_shared<Storage>(device, size_t(t.numel()) * dtype_size(dtype));
+  return t;
+}
+
+std::vector<float> Tensor::to_f32() const {
+  std::vector<float> out(static_cast<size_t>(numel()));
+  if (device == Device::CPU) convert_to_f32(dtype, storage->ptr, out.data(), out.size());
+  else cuda::download_f32(storage->ptr, dtype, out.data(), out.size());
+  return out;
+}
+
+Tensor cpu_tensor_from_f32(const std::vector<int64_t>& shape, DType dtype, const float* values) {
+  Tensor t = Tensor::empty(shape, dtype, Device::CPU);
+  convert_from_f32(dtype, values, t.storage->ptr, size_t(t.numel()));
+  return t;
+}
+
+}  // namespace ra
