@@ -32,7 +32,9 @@ export interface RankContext<A = unknown> {
 export const MAX_WORLD_SIZE = 256;
 
 /** @internal What a rank worker posts back. */
-export type RankMessage = { ok: true; value: unknown } | { ok: false; error: { name: string; message: string; stack?: string } };
+export type RankMessage =
+  | { ok: true; value: unknown }
+  | { ok: false; secondary?: boolean; error: { name: string; message: string; stack?: string } };
 
 function moduleHref(module: unknown): string {
   if (module instanceof URL) return module.href;
@@ -65,6 +67,7 @@ export async function launch(opts: LaunchOptions, module: string | URL, args?: u
   const results: unknown[] = new Array(worldSize);
   const workers: Worker[] = [];
   let firstError: Error | undefined;
+  let secondaryError: Error | undefined; // a rank released by another's failure; reported only if nothing else is
 
   const failRank = (rank: number, error: Error) => {
     if (firstError) return;
@@ -84,6 +87,7 @@ export async function launch(opts: LaunchOptions, module: string | URL, args?: u
         w.on('message', (m: RankMessage) => {
           reported = true;
           if (m.ok) results[rank] = m.value;
+          else if (m.secondary) secondaryError ??= rebuild(m.error, rank);
           else failRank(rank, rebuild(m.error, rank));
         });
         w.on('error', (e) => {
@@ -91,7 +95,7 @@ export async function launch(opts: LaunchOptions, module: string | URL, args?: u
           failRank(rank, Object.assign(e, { rank }));
         });
         w.on('exit', (code) => {
-          if (!reported && !firstError) failRank(rank, Object.assign(new Error(`rank ${rank} exited with code ${code} before returning`), { rank }));
+          if (!reported && !firstError && !secondaryError) failRank(rank, Object.assign(new Error(`rank ${rank} exited with code ${code} before returning`), { rank }));
           if (--running === 0) done();
         });
         workers.push(w);
@@ -100,6 +104,6 @@ export async function launch(opts: LaunchOptions, module: string | URL, args?: u
   } finally {
     native.groupDestroy(groupId);
   }
-  if (firstError) throw firstError;
+  if (firstError ?? secondaryError) throw firstError ?? secondaryError;
   return results;
 }

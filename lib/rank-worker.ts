@@ -26,14 +26,16 @@ try {
   if (typeof mod.default !== 'function') throw new TypeError(`module: ${href} has no default export function`);
   const group = ProcessGroup.attach(groupId, rank, worldSize);
   const value = await (mod.default as (ctx: unknown) => unknown)({ rank, worldSize, group, args, device });
-  native.groupLeave(groupId, rank);  // peers still waiting on this rank now fail fast
+  native.groupLeave(groupId, rank); // peers still waiting on this rank now fail fast
   post({ ok: true, value });
 } catch (e) {
+  const error = e instanceof Error ? e : new Error(String(e));
+  // Released because another rank failed: that rank's error is the one to report.
+  const secondary = (error as { code?: string }).code === 'ERR_RING_ATTENTION_ABORTED';
   try {
-    native.groupLeave(groupId, rank);
+    if (!secondary) native.groupAbort(groupId, `rank ${rank} failed: ${error.message}`);
   } catch {
     /* the group is already gone */
   }
-  const error = e instanceof Error ? e : new Error(String(e));
-  post({ ok: false, error: { name: error.name, message: error.message, stack: error.stack } });
+  post({ ok: false, secondary, error: { name: error.name, message: error.message, stack: error.stack } });
 }

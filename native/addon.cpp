@@ -33,13 +33,20 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
 
   void Adopt(Napi::Env env, Tensor t) {
     tensor = std::move(t);
-    if (tensor.device == Device::CPU) Napi::MemoryManagement::AdjustExternalMemory(env, int64_t(tensor.storage->bytes));
+    ReportHostBytes(env, int64_t(tensor.storage->bytes));
   }
 
  private:
+  // Tells V8 how much host memory a tensor holds so that GC pressure is right. The C call,
+  // not node-addon-api's throwing wrapper: this also runs in the destructor, possibly while
+  // a worker's environment is being torn down, where an exception would abort the process.
+  void ReportHostBytes(Napi::Env env, int64_t delta) {
+    int64_t total;
+    if (tensor.device == Device::CPU) napi_adjust_external_memory(env, delta, &total);
+  }
   void Release(Napi::Env env) {
     if (disposed || !tensor.storage) return;
-    if (tensor.device == Device::CPU) Napi::MemoryManagement::AdjustExternalMemory(env, -int64_t(tensor.storage->bytes));
+    ReportHostBytes(env, -int64_t(tensor.storage->bytes));
     tensor.storage.reset();
     disposed = true;
   }
@@ -68,7 +75,10 @@ Napi::Value guard(const Napi::CallbackInfo& info, F&& fn) {
   } catch (const UserError& e) {
     if (e.kind == "TypeError") throw Napi::TypeError::New(env, e.what());
     if (e.kind == "RangeError") throw Napi::RangeError::New(env, e.what());
-    throw Napi::Error::New(env, e.what());
+    Napi::Error error = Napi::Error::New(env, e.what());
+    // A rank released because another failed: launch() reports the other's error instead.
+    if (e.kind == "Aborted") error.Set("code", Napi::String::New(env, "ERR_RING_ATTENTION_ABORTED"));
+    throw error;
   } catch (const std::bad_alloc&) {
     throw Napi::RangeError::New(env, "out of host memory");
   } catch (const std::exception& e) {

@@ -20,7 +20,8 @@ inline const char* dtype_name(DType t) {
 }
 
 // Thrown by native code for errors the caller can fix; the N-API layer turns it into a
-// JS exception of the named kind ("TypeError", "RangeError" or "Error").
+// JS exception of the named kind ("TypeError", "RangeError", "Error", or "Aborted": an
+// Error with code ERR_RING_ATTENTION_ABORTED, thrown in ranks released by another's failure).
 struct UserError : std::runtime_error {
   std::string kind;
   UserError(std::string k, const std::string& msg) : std::runtime_error(msg), kind(std::move(k)) {}

@@ -13,17 +13,17 @@ template <typename Ready>
 void LocalGroup::wait(std::unique_lock<std::mutex>& lock, int me, Ready ready, const std::string& what) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
   while (!ready()) {
-    if (!aborted_.empty()) throw UserError("Error", "group aborted: " + aborted_);
+    if (!aborted_.empty()) throw UserError("Aborted", "group aborted: " + aborted_);
     if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && !ready() && aborted_.empty())
       throw UserError("Error", "rank " + std::to_string(me) + " timed out after " + std::to_string(timeout_ms_) +
                                    " ms waiting for " + what +
                                    "; every rank must make the same collective calls in the same order");
   }
-  if (!aborted_.empty()) throw UserError("Error", "group aborted: " + aborted_);
+  if (!aborted_.empty()) throw UserError("Aborted", "group aborted: " + aborted_);
 }
 
 void LocalGroup::check_usable(int rank) {
-  if (!aborted_.empty()) throw UserError("Error", "group aborted: " + aborted_);
+  if (!aborted_.empty()) throw UserError("Aborted", "group aborted: " + aborted_);
   if (left_[size_t(rank)])
     throw UserError("Error", "rank " + std::to_string(rank) +
                                  " already returned from its launch() function; a group is usable only inside it");
@@ -58,9 +58,10 @@ void LocalGroup::all_reduce_sum(int rank, float* data, size_t n) {
   if (arrived_ == 0) {
     sum_.assign(data, data + n);
   } else if (sum_.size() != n) {
-    abort_locked("rank " + std::to_string(rank) + " joined an allReduce of " + std::to_string(n) + " elements, others of " +
-          std::to_string(sum_.size()));
-    throw UserError("RangeError", "group aborted: " + aborted_);
+    const std::string why = "rank " + std::to_string(rank) + " joined an allReduce of " + std::to_string(n) +
+                            " elements, others of " + std::to_string(sum_.size());
+    abort_locked(why);
+    throw UserError("RangeError", why);
   } else {
     for (size_t i = 0; i < n; ++i) sum_[i] += data[i];
   }

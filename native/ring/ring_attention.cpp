@@ -59,6 +59,15 @@ cpu::AttnParams params(const RingShape& s, const Plan& pl, const float* q, const
 
 size_t kv_elems(const RingShape& s) { return size_t(s.batch) * s.seq * s.kv_heads * s.head_dim; }
 
+// A block from a rank whose shard has another shape would be read out of bounds: refuse it.
+Block checked(Block b, size_t expected, int from, const char* what) {
+  if (b->size() != expected)
+    throw UserError("RangeError", std::string("received a ") + what + " of " + std::to_string(b->size()) +
+                                      " values from rank " + std::to_string(from) + ", expected " +
+                                      std::to_string(expected) + ": every rank must pass shards of the same shape");
+  return b;
+}
+
 Block pack_kv(const RingShape& s, const float* k, const float* v) {
   const size_t n = kv_elems(s);
   auto b = std::make_shared<std::vector<float>>(2 * n);
@@ -81,7 +90,7 @@ void ring_forward(Transport& t, const RingShape& s, const float* q, const float*
     if (step + 1 < N) t.send(next, TAG_KV, kv);
     const Plan pl = plan(s, r, (r - step + N) % N);
     if (!pl.skip) cpu::attention_forward(params(s, pl, q, kv->data(), kv->data() + n_kv, out, lse));
-    if (step + 1 < N) kv = t.recv(prev, TAG_KV);
+    if (step + 1 < N) kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block");
   }
 }
 
@@ -100,7 +109,7 @@ void ring_backward(Transport& t, const RingShape& s, const float* dout, const fl
   // reach their owner with one extra hop after the last step.
   for (int step = 0; step < N; ++step) {
     if (step + 1 < N) t.send(next, TAG_KV, kv);
-    Block dkv = step == 0 ? std::make_shared<std::vector<float>>(2 * n_kv, 0.f) : t.recv(prev, TAG_DKV);
+    Block dkv = step == 0 ? std::make_shared<std::vector<float>>(2 * n_kv, 0.f) : checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block");
     const Plan pl = plan(s, r, (r - step + N) % N);
     if (!pl.skip) {
       cpu::AttnBwdParams b;
@@ -114,9 +123,9 @@ void ring_backward(Transport& t, const RingShape& s, const float* dout, const fl
       cpu::attention_backward(b);
     }
     t.send(next, TAG_DKV, dkv);
-    if (step + 1 < N) kv = t.recv(prev, TAG_KV);
+    if (step + 1 < N) kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block");
   }
-  Block mine = t.recv(prev, TAG_DKV);
+  Block mine = checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block");
   std::copy(mine->begin(), mine->begin() + n_kv, dk);
   std::copy(mine->begin() + n_kv, mine->end(), dv);
 }

@@ -1,0 +1,141 @@
+// attention() and attentionBackward() against the float64 reference.
+import { describe, expect, it } from 'vitest';
+
+import { attention, attentionBackward } from '../dist/index.js';
+import { attentionBackwardRef, attentionRef, worstError, type Dims } from './reference.js';
+import { asTensors, makeInputs, read } from './helpers.js';
+
+// float32 compute over <= 300 keys: the per-element error of the blockwise result stays
+// near 1e-6; 2e-5 absolute + 1e-4 relative leaves room without hiding a wrong mask or merge.
+const F32_TOL = { atol: 2e-5, rtol: 1e-4 };
+
+interface Case extends Dims {
+  name: string;
+  causal: boolean;
+}
+
+const cases: Case[] = [
+  { name: 'square, dim 64', batch: 2, seqQ: 70, seqK: 70, heads: 2, kvHeads: 2, dim: 64, causal: false },
+  { name: 'square causal, dim 64', batch: 2, seqQ: 70, seqK: 70, heads: 2, kvHeads: 2, dim: 64, causal: true },
+  { name: 'dim 80, odd length', batch: 1, seqQ: 97, seqK: 97, heads: 2, kvHeads: 2, dim: 80, causal: true },
+  { name: 'dim 128, GQA 4:2', batch: 1, seqQ: 65, seqK: 65, heads: 4, kvHeads: 2, dim: 128, causal: true },
+  { name: 'MQA 4:1', batch: 1, seqQ: 33, seqK: 33, heads: 4, kvHeads: 1, dim: 32, causal: false },
+  { name: 'seqQ < seqK causal (bottom right)', batch: 1, seqQ: 37, seqK: 130, heads: 2, kvHeads: 1, dim: 16, causal: true },
+  { name: 'seqQ > seqK causal (first rows see nothing)', batch: 1, seqQ: 90, seqK: 41, heads: 2, kvHeads: 2, dim: 16, causal: true },
+  { name: 'seqQ != seqK', batch: 2, seqQ: 29, seqK: 75, heads: 3, kvHeads: 3, dim: 8, causal: false },
+  { name: 'dim 256, one token', batch: 1, seqQ: 1, seqK: 1, heads: 1, kvHeads: 1, dim: 256, causal: true },
+  { name: 'odd dim 3', batch: 1, seqQ: 67, seqK: 67, heads: 1, kvHeads: 1, dim: 3, causal: true },
+];
+
+describe('attention forward', () => {
+  for (const c of cases) {
+    it(c.name, async () => {
+      const inp = makeInputs(c, 11);
+      const t = asTensors(c, inp);
+      const { out, lse } = attention(t.q, t.k, t.v, { causal: c.causal });
+      const ref = attentionRef(inp.q, inp.k, inp.v, c, { causal: c.causal });
+      expect(out.shape).toEqual([c.batch, c.seqQ, c.heads, c.dim]);
+      expect(lse.shape).toEqual([c.batch, c.heads, c.seqQ]);
+      expect(lse.dtype).toBe('float32');
+      expect(worstError(await read(out), ref.out, F32_TOL.atol, F32_TOL.rtol)).toBeLessThan(1);
+      expect(worstError(await read(lse), ref.lse, F32_TOL.atol, F32_TOL.rtol)).toBeLessThan(1);
+    });
+  }
+
+  it('rows that see no key give 0 and lse -Infinity, never NaN', async () => {
+    const c: Dims = { batch: 1, seqQ: 6, seqK: 2, heads: 1, kvHeads: 1, dim: 4 };
+    const t = asTensors(c, makeInputs(c, 5));
+    const { out, lse } = attention(t.q, t.k, t.v, { causal: true });
+    const o = await read(out), l = await read(lse);
+    // query i sees keys j <= i + 2 - 6: rows 0..3 see nothing
+    expect(Array.from(l.slice(0, 4))).toEqual([-Infinity, -Infinity, -Infinity, -Infinity]);
+    expect(Array.from(o.slice(0, 16))).toEqual(new Array(16).fill(0));
+    expect(o.every((x) => !Number.isNaN(x))).toBe(true);
+    expect(Number.isFinite(l[4]!)).toBe(true);
+  });
+
+  it('honours an explicit scale', async () => {
+    const c: Dims = { batch: 1, seqQ: 20, seqK: 20, heads: 1, kvHeads: 1, dim: 8 };
+    const inp = makeInputs(c, 3);
+    const t = asTensors(c, inp);
+    const { out } = attention(t.q, t.k, t.v, { scale: 2.5 });
+    const ref = attentionRef(inp.q, inp.k, inp.v, c, { causal: false, scale: 2.5 });
+    expect(worstError(await read(out), ref.out, 1e-5, 1e-4)).toBeLessThan(1);
+  });
+
+  for (const dtype of ['bfloat16', 'float16'] as const) {
+    it(`${dtype} storage: computed in float32, rounded once`, async () => {
+      const c: Dims = { batch: 1, seqQ: 50, seqK: 50, heads: 2, kvHeads: 1, dim: 32 };
+      const inp = makeInputs(c, 21, dtype);
+      const t = asTensors(c, inp, dtype);
+      const { out, lse } = attention(t.q, t.k, t.v, { causal: true });
+      expect(out.dtype).toBe(dtype);
+      const ref = attentionRef(inp.q, inp.k, inp.v, c, { causal: true });
+      // one rounding of the output: half an ulp, 2^-8 (bf16) or 2^-11 (fp16) relative
+      const rtol = dtype === 'bfloat16' ? 2 ** -8 : 2 ** -11;
+      expect(worstError(await read(out), ref.out, 1e-5, rtol)).toBeLessThan(1);
+      expect(worstError(await read(lse), ref.lse, 1e-5, 1e-5)).toBeLessThan(1);
+    });
+  }
+});
+
+describe('attention backward', () => {
+  for (const c of cases.filter((x) => x.seqQ * x.seqK <= 100 * 100)) {
+    it(c.name, async () => {
+      const inp = makeInputs(c, 31);
+      const t = asTensors(c, inp);
+      const { out, lse } = attention(t.q, t.k, t.v, { causal: c.causal });
+      const g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal: c.causal });
+      const ref = attentionBackwardRef(inp.dout, inp.q, inp.k, inp.v, c, { causal: c.causal });
+      expect(g.dq.shape).toEqual(t.q.shape);
+      expect(g.dk.shape).toEqual(t.k.shape);
+      expect(worstError(await read(g.dq), ref.dq, 5e-5, 1e-3)).toBeLessThan(1);
+      expect(worstError(await read(g.dk), ref.dk, 5e-5, 1e-3)).toBeLessThan(1);
+      expect(worstError(await read(g.dv), ref.dv, 5e-5, 1e-3)).toBeLessThan(1);
+    });
+  }
+
+  it('rows that see no key contribute no gradient and no NaN', async () => {
+    const c: Dims = { batch: 1, seqQ: 6, seqK: 2, heads: 1, kvHeads: 1, dim: 4 };
+    const inp = makeInputs(c, 7);
+    const t = asTensors(c, inp);
+    const { out, lse } = attention(t.q, t.k, t.v, { causal: true });
+    const g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal: true });
+    const dq = await read(g.dq);
+    expect(Array.from(dq.slice(0, 16))).toEqual(new Array(16).fill(0));
+    for (const x of [dq, await read(g.dk), await read(g.dv)]) expect(x.every(Number.isFinite)).toBe(true);
+  });
+});
+
+describe('attention backward against finite differences', () => {
+  // Central differences of L = sum(out * dout) through the float64 reference forward,
+  // so the check shares nothing with the kernel under test.
+  const c: Dims = { batch: 1, seqQ: 5, seqK: 7, heads: 2, kvHeads: 1, dim: 3 };
+  for (const causal of [false, true]) {
+    it(`causal=${causal}`, async () => {
+      const inp = makeInputs(c, 41);
+      const t = asTensors(c, inp);
+      const { out, lse } = attention(t.q, t.k, t.v, { causal });
+      const g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal });
+      const loss = (q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>) =>
+        attentionRef(q, k, v, c, { causal }).out.reduce((s, o, i) => s + o * inp.dout[i]!, 0);
+      const h = 1e-5;
+      for (const [name, grad] of [['q', g.dq], ['k', g.dk], ['v', g.dv]] as const) {
+        const ours = await read(grad);
+        const base = { q: Float64Array.from(inp.q), k: Float64Array.from(inp.k), v: Float64Array.from(inp.v) };
+        const fd = new Float64Array(ours.length);
+        for (let i = 0; i < fd.length; ++i) {
+          const x = base[name];
+          const keep = x[i]!;
+          x[i] = keep + h;
+          const up = loss(base.q, base.k, base.v);
+          x[i] = keep - h;
+          const down = loss(base.q, base.k, base.v);
+          x[i] = keep;
+          fd[i] = (up - down) / (2 * h);
+        }
+        expect(worstError(ours, fd, 1e-4, 1e-3), `d${name}`).toBeLessThan(1);
+      }
+    });
+  }
+});

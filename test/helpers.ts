@@ -1,0 +1,32 @@
+// Shared by the test files: random inputs as tensors, and reading results back.
+import { tensor, type DType, type Tensor } from '../dist/index.js';
+import { randomArray, roundTo, type Dims } from './reference.js';
+
+export interface Inputs {
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  dout: Float32Array;
+}
+
+/** Random q, k, v, dout for `x`, already rounded to `dtype` so the reference sees what the kernel sees. */
+export function makeInputs(x: Dims, seed: number, dtype: DType = 'float32'): Inputs {
+  const nq = x.batch * x.seqQ * x.heads * x.dim, nk = x.batch * x.seqK * x.kvHeads * x.dim;
+  return {
+    q: roundTo(dtype, randomArray(nq, seed)),
+    k: roundTo(dtype, randomArray(nk, seed + 1)),
+    v: roundTo(dtype, randomArray(nk, seed + 2)),
+    dout: roundTo(dtype, randomArray(nq, seed + 3)),
+  };
+}
+
+export function asTensors(x: Dims, inp: Inputs, dtype: DType = 'float32') {
+  return {
+    q: tensor(inp.q, [x.batch, x.seqQ, x.heads, x.dim], { dtype }),
+    k: tensor(inp.k, [x.batch, x.seqK, x.kvHeads, x.dim], { dtype }),
+    v: tensor(inp.v, [x.batch, x.seqK, x.kvHeads, x.dim], { dtype }),
+    dout: tensor(inp.dout, [x.batch, x.seqQ, x.heads, x.dim], { dtype }),
+  };
+}
+
+export const read = (t: Tensor) => t.toFloat32Array();

@@ -1,0 +1,99 @@
+// launch(): ranks as worker threads, results in rank order, and failure without hangs.
+import { describe, expect, it } from 'vitest';
+
+import { launch } from '../dist/index.js';
+
+const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
+
+describe('launch', () => {
+  it('runs every rank and resolves with their values in rank order', async () => {
+    const results = (await launch({ worldSize: 4 }, fixture('group-ops.mjs'), { tag: 'x' })) as any[];
+    expect(results.map((r) => r.rank)).toEqual([0, 1, 2, 3]);
+    for (const [rank, r] of results.entries()) {
+      expect(r.worldSize).toBe(4);
+      expect(r.args).toEqual({ tag: 'x' });
+      expect(r.device).toBe('cpu');
+      expect(Array.from(r.sum)).toEqual([6, 4, 60]); // allReduce(sum) of [rank, 1, 10 rank]
+      const prev = (rank + 3) % 4;
+      expect(Array.from(r.fromPrev)).toEqual([prev, prev]); // send/recv around the ring
+    }
+  });
+
+  it('accepts a path string as well as a URL', async () => {
+    const path = new URL(fixture('group-ops.mjs')).pathname;
+    const results = await launch({ worldSize: 1 }, path);
+    expect(results).toHaveLength(1);
+  });
+
+  for (const op of ['barrier', 'ring'] as const)
+    it(`a rank that throws rejects the launch with its error and releases ranks blocked in ${op}`, async () => {
+      const started = Date.now();
+      const error = await launch({ worldSize: 4, timeoutMs: 60_000 }, fixture('fail-one.mjs'), { failing: 2, op }).catch((e) => e);
+      expect(error).toBeInstanceOf(RangeError);
+      expect(error.message).toBe('rank 2 refuses');
+      expect(error.rank).toBe(2);
+      expect(Date.now() - started).toBeLessThan(20_000); // released by the abort, not by the 60 s timeout
+    });
+
+  it('a rank stuck in a JavaScript loop is terminated when another fails', async () => {
+    const error = await launch({ worldSize: 3 }, fixture('fail-one.mjs'), { failing: 0, spinning: 1 }).catch((e) => e);
+    expect(error.message).toBe('rank 0 refuses');
+  });
+
+  for (const op of ['barrier', 'recv'] as const)
+    it(`a rank that returns early makes peers waiting on it in ${op} fail fast`, async () => {
+      const started = Date.now();
+      const error = await launch({ worldSize: 3, timeoutMs: 60_000 }, fixture('leave-early.mjs'), { op }).catch((e) => e);
+      expect(error).toBeInstanceOf(Error);
+      expect(error.message).toMatch(/rank 0, which returned without/);
+      expect(Date.now() - started).toBeLessThan(20_000);
+    });
+
+  it('a peer that does not arrive in time gives a timeout error naming the wait', async () => {
+    const error = await launch({ worldSize: 2, timeoutMs: 300 }, fixture('slow-peer.mjs'), { sleepMs: 5_000 }).catch((e) => e);
+    expect(error.message).toMatch(/rank 0 timed out after 300 ms waiting for every rank to join a collective/);
+  });
+
+  it('mismatched shard sizes are refused, not read out of bounds', async () => {
+    const error = await launch({ worldSize: 2 }, fixture('mismatched-shards.mjs')).catch((e) => e);
+    expect(error).toBeInstanceOf(Error);
+    expect(error.message).toMatch(/every rank must pass shards of the same shape|group aborted/);
+  });
+
+  it('a return value that cannot cross threads is a TypeError', async () => {
+    const error = await launch({ worldSize: 2 }, fixture('returns-function.mjs')).catch((e) => e);
+    expect(error).toBeInstanceOf(TypeError);
+    expect(error.message).toMatch(/cannot be sent between threads/);
+  });
+
+  it('a module without a default export function is a TypeError', async () => {
+    const error = await launch({ worldSize: 1 }, fixture('no-default.mjs')).catch((e) => e);
+    expect(error).toBeInstanceOf(TypeError);
+    expect(error.message).toMatch(/has no default export function/);
+  });
+
+  it('bad options and modules are refused before any rank starts', async () => {
+    await expect(launch({ worldSize: 0 }, fixture('group-ops.mjs'))).rejects.toThrow(RangeError);
+    await expect(launch({ worldSize: 0 }, fixture('group-ops.mjs'))).rejects.toThrow(/opts\.worldSize: expected an integer in \[1, 256\], got 0/);
+    await expect(launch({ worldSize: 1.5 }, fixture('group-ops.mjs'))).rejects.toThrow(/opts\.worldSize/);
+    await expect(launch({ worldSize: '2' } as any, fixture('group-ops.mjs'))).rejects.toThrow(TypeError);
+    await expect(launch({ worldSize: 2, backend: 'mpi' } as any, fixture('group-ops.mjs'))).rejects.toThrow(/opts\.backend: expected one of 'local'/);
+    await expect(launch({ worldSize: 2, timeoutMs: -1 }, fixture('group-ops.mjs'))).rejects.toThrow(/opts\.timeoutMs/);
+    await expect(launch(undefined as any, fixture('group-ops.mjs'))).rejects.toThrow(TypeError);
+    await expect(launch({ worldSize: 2 }, '/nonexistent/rank.mjs')).rejects.toThrow(/module: no file at \/nonexistent\/rank\.mjs/);
+    await expect(launch({ worldSize: 2 }, 42 as any)).rejects.toThrow(TypeError);
+  });
+
+  it('ring misuse inside a rank throws errors that name the argument', async () => {
+    const [r] = (await launch({ worldSize: 1 }, fixture('ring-misuse.mjs'))) as any[];
+    expect(r.zigzagOdd).toEqual({ name: 'RangeError', message: expect.stringMatching(/^q: the zigzag layout .* this one has 3/) });
+    expect(r.seqMismatch).toEqual({ name: 'RangeError', message: expect.stringMatching(/^k: this rank's shard has 3 tokens, q's has 4/) });
+    expect(r.badLayout).toEqual({ name: 'RangeError', message: expect.stringMatching(/^opts\.layout: expected one of 'contiguous', 'zigzag', got 'spiral'/) });
+    expect(r.fakeGroup).toEqual({ name: 'TypeError', message: expect.stringMatching(/^opts\.group: expected the ProcessGroup that launch\(\) passed/) });
+    expect(r.noOpts).toEqual({ name: 'TypeError', message: expect.stringMatching(/^opts: expected \{ group \}/) });
+    expect(r.badLse).toEqual({ name: 'RangeError', message: expect.stringMatching(/^lse: expected shape \[batch, heads, seqQ\] = \[1, 1, 4\], got \[1, 4, 1, 4\]/) });
+    expect(r.badPeer).toEqual({ name: 'RangeError', message: expect.stringMatching(/^peer: expected an integer in \[0, 0\], got 5/) });
+    expect(r.recvSize).toEqual({ name: 'RangeError', message: expect.stringMatching(/^into: received 16 elements, tensor holds 12/) });
+    expect(r.lseOk).toBeNull();
+  });
+});

@@ -1,0 +1,88 @@
+// ringAttention over launch() groups of 1-8 ranks: the gathered result must equal
+// single-device attention over the whole sequence (checked against the float64 reference).
+import { describe, expect, it } from 'vitest';
+
+import { gatherSequence, launch, tensor, type DType } from '../dist/index.js';
+import { attentionBackwardRef, attentionRef, worstError, type Dims } from './reference.js';
+import { makeInputs, read } from './helpers.js';
+
+const rankModule = new URL('./fixtures/ring-rank.mjs', import.meta.url);
+
+interface RankResult {
+  out: Float32Array;
+  lse: Float32Array;
+  dq: Float32Array;
+  dk: Float32Array;
+  dv: Float32Array;
+}
+
+async function runRing(x: Dims, worldSize: number, causal: boolean, layout: 'contiguous' | 'zigzag', dtype: DType = 'float32') {
+  const inputs = makeInputs(x, 100 + worldSize, dtype);
+  const results = (await launch({ worldSize }, rankModule, { x, inputs, causal, layout, dtype })) as RankResult[];
+  const local = x.seqQ / worldSize;
+  const gather = (name: keyof RankResult, heads: number, dim = 1) =>
+    read(gatherSequence(results.map((r) => tensor(r[name], dim === 1 ? [x.batch, local, heads, x.dim] : [x.batch, heads, local])), { layout, dim }));
+  return {
+    inputs,
+    out: await gather('out', x.heads),
+    lse: await gather('lse', x.heads, 2),
+    dq: await gather('dq', x.heads),
+    dk: await gather('dk', x.kvHeads),
+    dv: await gather('dv', x.kvHeads),
+  };
+}
+
+// Each chunk of the zigzag layout has 5 or 7 tokens: no multiple of any block size.
+const dims = (worldSize: number, chunk = 5): Dims => {
+  const seq = 2 * worldSize * chunk;
+  return { batch: 2, seqQ: seq, seqK: seq, heads: 4, kvHeads: 2, dim: 16 };
+};
+
+describe('ring attention equals attention over the whole sequence', () => {
+  for (const worldSize of [1, 2, 3, 4, 8])
+    for (const layout of ['contiguous', 'zigzag'] as const)
+      for (const causal of [true, false]) {
+        if (!causal && layout === 'zigzag' && worldSize > 4) continue;  // same code path as contiguous non-causal
+        it(`N=${worldSize} ${layout} causal=${causal}: forward and backward`, async () => {
+          const x = dims(worldSize, worldSize === 3 ? 7 : 5);
+          const r = await runRing(x, worldSize, causal, layout);
+          const ref = attentionRef(r.inputs.q, r.inputs.k, r.inputs.v, x, { causal });
+          const g = attentionBackwardRef(r.inputs.dout, r.inputs.q, r.inputs.k, r.inputs.v, x, { causal });
+          expect(worstError(r.out, ref.out, 2e-5, 1e-4), 'out').toBeLessThan(1);
+          expect(worstError(r.lse, ref.lse, 2e-5, 1e-4), 'lse').toBeLessThan(1);
+          expect(worstError(r.dq, g.dq, 5e-5, 1e-3), 'dq').toBeLessThan(1);
+          expect(worstError(r.dk, g.dk, 5e-5, 1e-3), 'dk').toBeLessThan(1);
+          expect(worstError(r.dv, g.dv, 5e-5, 1e-3), 'dv').toBeLessThan(1);
+        });
+      }
+
+  it('head dim 80 with MQA, N=4 zigzag causal', async () => {
+    const x: Dims = { batch: 1, seqQ: 8 * 3, seqK: 8 * 3, heads: 2, kvHeads: 1, dim: 80 };
+    const r = await runRing(x, 4, true, 'zigzag');
+    const ref = attentionRef(r.inputs.q, r.inputs.k, r.inputs.v, x, { causal: true });
+    const g = attentionBackwardRef(r.inputs.dout, r.inputs.q, r.inputs.k, r.inputs.v, x, { causal: true });
+    expect(worstError(r.out, ref.out, 2e-5, 1e-4)).toBeLessThan(1);
+    expect(worstError(r.dk, g.dk, 5e-5, 1e-3)).toBeLessThan(1);
+    expect(worstError(r.dv, g.dv, 5e-5, 1e-3)).toBeLessThan(1);
+  });
+});
+
+describe('bfloat16 across the ring: float32 accumulation, one rounding at the end', () => {
+  // Were partial outputs kept in bf16 between steps, error would grow with N. Ours must
+  // stay within one bf16 rounding of the float64 result (on the same rounded inputs) at
+  // every N, for the output and for the gradients that travel with K/V.
+  for (const worldSize of [1, 2, 4, 8]) {
+    it(`N=${worldSize}`, async () => {
+      const x = dims(worldSize, 4);
+      const r = await runRing(x, worldSize, true, 'zigzag', 'bfloat16');
+      const ref = attentionRef(r.inputs.q, r.inputs.k, r.inputs.v, x, { causal: true });
+      // the backward is handed the bf16 forward output, as in training; so is the reference
+      const g = attentionBackwardRef(r.inputs.dout, r.inputs.q, r.inputs.k, r.inputs.v, x, { causal: true }, r.out);
+      const oneRounding = 2 ** -8;
+      expect(worstError(r.out, ref.out, 1e-5, oneRounding), 'out').toBeLessThan(1);
+      expect(worstError(r.dq, g.dq, 1e-4, oneRounding), 'dq').toBeLessThan(1);
+      expect(worstError(r.dk, g.dk, 1e-4, oneRounding), 'dk').toBeLessThan(1);
+      expect(worstError(r.dv, g.dv, 1e-4, oneRounding), 'dv').toBeLessThan(1);
+    });
+  }
+});
