@@ -1,0 +1,107 @@
+// Tensors: values round-trip, half types round as IEEE says, dispose is deterministic.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+
+import { info, tensor, Tensor } from '../dist/index.js';
+import { roundTo } from './reference.js';
+
+describe('tensor', () => {
+  it('keeps shape, dtype, device and float32 values exactly', async () => {
+    const data = new Float32Array([1.5, -2, 3.25, 0, 1e-30, -7]);
+    const t = tensor(data, [2, 3]);
+    expect(t).toBeInstanceOf(Tensor);
+    expect(t.shape).toEqual([2, 3]);
+    expect(t.dtype).toBe('float32');
+    expect(t.device).toBe('cpu');
+    expect(Array.from(await t.toFloat32Array())).toEqual(Array.from(data));
+  });
+
+  it('copies its input: later writes to the array do not change the tensor', async () => {
+    const data = new Float32Array([1, 2]);
+    const t = tensor(data, [2]);
+    data[0] = 99;
+    expect(Array.from(await t.toFloat32Array())).toEqual([1, 2]);
+  });
+
+  it('rounds to bfloat16 to nearest even', async () => {
+    // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to even gives 1; 1 + 3*2^-8 rounds up to 1 + 2^-6
+    const t = tensor(new Float32Array([1 + 2 ** -8, 1 + 3 * 2 ** -8, -3.14159, 65504]), [4], { dtype: 'bfloat16' });
+    expect(Array.from(await t.toFloat32Array())).toEqual([1, 1 + 2 ** -6, -3.140625, 65536]);
+  });
+
+  it('rounds to float16 as IEEE binary16', async () => {
+    const values = new Float32Array([1 + 2 ** -11, 0.1, -2.5e-3, 1000.7]);
+    const t = tensor(values, [4], { dtype: 'float16' });
+    expect(Array.from(await t.toFloat32Array())).toEqual(Array.from(roundTo('float16', values)));
+    expect((await t.toFloat32Array())[0]).toBe(1); // a tie, to even
+  });
+
+  it('keeps NaN and infinities through half types', async () => {
+    for (const dtype of ['bfloat16', 'float16'] as const) {
+      const t = tensor(new Float32Array([NaN, Infinity, -Infinity]), [3], { dtype });
+      const out = await t.toFloat32Array();
+      expect(Number.isNaN(out[0])).toBe(true);
+      expect(out[1]).toBe(Infinity);
+      expect(out[2]).toBe(-Infinity);
+    }
+  });
+
+  it('dispose() frees it; any later use throws a TypeError; dispose is idempotent', async () => {
+    const t = tensor(new Float32Array(4), [4]);
+    t.dispose();
+    expect(t.disposed).toBe(true);
+    t.dispose();
+    await expect(t.toFloat32Array()).rejects.toThrow(new TypeError('tensor: tensor has been disposed'));
+  });
+
+  it('Symbol.dispose frees it at the end of a using block', () => {
+    let escaped: Tensor;
+    {
+      using t = tensor(new Float32Array(4), [4]);
+      escaped = t;
+      expect(t.disposed).toBe(false);
+    }
+    expect(escaped.disposed).toBe(true);
+  });
+
+  it('refuses bad arguments with errors naming them', () => {
+    expect(() => tensor([1, 2] as any, [2])).toThrow(new TypeError('data: expected a Float32Array, got an array of length 2'));
+    expect(() => tensor(new Float64Array(2) as any, [2])).toThrow(/^data: expected a Float32Array, got Float64Array/);
+    expect(() => tensor(new Float32Array(5), [2, 3])).toThrow(new RangeError('shape: [2, 3] holds 6 elements, but data has 5'));
+    expect(() => tensor(new Float32Array(2), [2, -1] as any)).toThrow(/^shape\[1\]: expected a non-negative integer, got number -1/);
+    expect(() => tensor(new Float32Array(2), [1.5] as any)).toThrow(RangeError);
+    expect(() => tensor(new Float32Array(2), 2 as any)).toThrow(/^shape: expected an array/);
+    expect(() => tensor(new Float32Array(2), [2], { dtype: 'int8' as any })).toThrow(/^opts\.dtype: expected one of 'float32', 'bfloat16', 'float16', got 'int8'/);
+    expect(() => tensor(new Float32Array(2), [2], { device: 'tpu' as any })).toThrow(/^opts\.device: expected one of 'cpu', 'cuda'/);
+    expect(() => tensor(new Float32Array(2), [2], 'cpu' as any)).toThrow(/^opts: expected an options object/);
+  });
+
+  it.skipIf(info().cuda.available)("device 'cuda' without a usable GPU is refused with the reason", () => {
+    expect(() => tensor(new Float32Array(2), [2], { device: 'cuda' })).toThrow(/^opts\.device: 'cuda' is not available here \(.+\); use 'cpu'/);
+  });
+});
+
+const found = (tool: string) => spawnSync(tool, ['--version'], { stdio: 'ignore' }).status === 0;
+const toolchain = { cmake: found('cmake'), nvcc: found('nvcc') || existsSync('/usr/local/cuda/bin/nvcc') };
+
+describe('info', () => {
+  it('names the binary and the backend; without a GPU the backend is the CPU', () => {
+    const i = info();
+    expect(i.binary).toMatch(/\.node$/);
+    expect(['cpu', 'cuda']).toContain(i.backend);
+    if (!i.cuda.available) {
+      expect(i.backend).toBe('cpu');
+      expect(i.cuda.reason.length).toBeGreaterThan(0);
+    }
+  });
+
+  // Where CMake and nvcc are both found (CI's machine: nvcc, no GPU), the install must have
+  // compiled the CUDA part into the binary, and it must still load and run on the CPU.
+  it.runIf(toolchain.cmake && toolchain.nvcc)('with CMake and nvcc present, the build has CUDA compiled in', () => {
+    const i = info();
+    expect(i.cuda.compiled).toBe(true);
+    expect(i.cuda.runtimeVersion).toBeGreaterThanOrEqual(13000);
+    expect(i.cuda.architectures).toMatch(/90a/);
+  });
+});
