@@ -73,36 +73,46 @@ export async function launch(opts: LaunchOptions, module: string | URL, args?: u
     if (firstError) return;
     firstError = error;
     native.groupAbort(groupId, `rank ${rank} failed: ${error.message}`);
-    for (const w of workers) void w.terminate();
+    for (const w of workers) void w.terminate(); // ranks spinning in JavaScript; those in native code were released by the abort
   };
 
   try {
+    // Settles once every rank has reported (or failed); workers are then terminated, so a
+    // timer left running in a rank cannot keep the launch pending.
     await new Promise<void>((done) => {
-      let running = worldSize;
+      let pending = worldSize;
+      const settle = () => {
+        if (--pending === 0) done();
+      };
       for (let rank = 0; rank < worldSize; ++rank) {
         let reported = false;
         const w = new Worker(new URL('./rank-worker.js', import.meta.url), {
           workerData: { href, rank, worldSize, groupId, args, device },
         });
-        w.on('message', (m: RankMessage) => {
+        const report = (handle: () => void) => {
+          if (reported) return;
           reported = true;
-          if (m.ok) results[rank] = m.value;
-          else if (m.secondary) secondaryError ??= rebuild(m.error, rank);
-          else failRank(rank, rebuild(m.error, rank));
-        });
-        w.on('error', (e) => {
-          reported = true;
-          failRank(rank, Object.assign(e, { rank }));
-        });
-        w.on('exit', (code) => {
-          if (!reported && !firstError && !secondaryError) failRank(rank, Object.assign(new Error(`rank ${rank} exited with code ${code} before returning`), { rank }));
-          if (--running === 0) done();
-        });
+          handle();
+          settle();
+        };
+        w.on('message', (m: RankMessage) =>
+          report(() => {
+            if (m.ok) results[rank] = m.value;
+            else if (m.secondary) secondaryError ??= rebuild(m.error, rank);
+            else failRank(rank, rebuild(m.error, rank));
+          }));
+        w.on('error', (e) => report(() => failRank(rank, Object.assign(e, { rank }))));
+        w.on('exit', (code) =>
+          report(() => {
+            if (!firstError && !secondaryError)
+              failRank(rank, Object.assign(new Error(`rank ${rank} exited with code ${code} before returning`), { rank }));
+          }));
         workers.push(w);
       }
     });
   } finally {
     native.groupDestroy(groupId);
+    await Promise.all(workers.map((w) => w.terminate()));
   }
   if (firstError ?? secondaryError) throw firstError ?? secondaryError;
   return results;

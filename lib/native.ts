@@ -51,6 +51,8 @@ interface Native {
     id: number, rank: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle,
     out: TensorHandle, lse: TensorHandle, causal: boolean, scale: number, zigzag: boolean,
   ): [TensorHandle, TensorHandle, TensorHandle];
+  /** Per ring step: [qLen, kLen, causal 0|1] that `rank` computes; [0, 0, 0] for a skipped step. */
+  ringPlan(rank: number, worldSize: number, seq: number, causal: boolean, zigzag: boolean): [number, number, number][];
   cudaInfo(): CudaInfo;
   cudaMemoryStats(): CudaMemoryStats;
   cudaEmptyCache(): void;

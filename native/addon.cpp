@@ -144,8 +144,31 @@ struct F32 {
   }
 };
 
-Tensor finish(std::vector<int64_t> shape, DType dtype, const std::vector<float>& values) {
-  return ra::cpu_tensor_from_f32(shape, dtype, values.data());
+// A result tensor that kernels write as float32: in place when its dtype is float32,
+// else into scratch that is rounded to the dtype once, in done().
+struct Output {
+  Tensor tensor;
+  std::vector<float> scratch;
+  float* ptr;
+  Output(std::vector<int64_t> shape, DType dtype) : tensor(Tensor::empty(std::move(shape), dtype, Device::CPU)) {
+    if (dtype == DType::F32) {
+      ptr = tensor.f32();
+    } else {
+      scratch.resize(size_t(tensor.numel()));
+      ptr = scratch.data();
+    }
+  }
+  Tensor done() {
+    if (!scratch.empty()) ra::convert_from_f32(tensor.dtype, scratch.data(), tensor.storage->ptr, scratch.size());
+    return std::move(tensor);
+  }
+};
+
+template <size_t N>
+Napi::Array wrap_all(Napi::Env env, Output (&outs)[N]) {
+  auto result = Napi::Array::New(env, N);
+  for (size_t i = 0; i < N; ++i) result.Set(uint32_t(i), wrap(env, outs[i].done()));
+  return result;
 }
 
 ra::cpu::AttnParams whole_params(const Tensor& q, const Tensor& k, bool causal, float scale) {
@@ -179,13 +202,10 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
     const Tensor &q = unwrap(env, info[0], "q"), &k = unwrap(env, info[1], "k"), &v = unwrap(env, info[2], "v");
     auto p = whole_params(q, k, info[3].ToBoolean(), info[4].As<Napi::Number>().FloatValue());
     F32 q32(q), k32(k), v32(v);
-    std::vector<float> out(size_t(q.numel())), lse(size_t(p.batch) * p.heads * p.seq_q);
-    p.q = q32.ptr, p.k = k32.ptr, p.v = v32.ptr, p.out = out.data(), p.lse = lse.data();
+    Output outs[] = {{q.shape, q.dtype}, {{p.batch, p.heads, p.seq_q}, DType::F32}};
+    p.q = q32.ptr, p.k = k32.ptr, p.v = v32.ptr, p.out = outs[0].ptr, p.lse = outs[1].ptr;
     ra::cpu::attention_forward(p);
-    auto result = Napi::Array::New(env, 2);
-    result.Set(0u, wrap(env, finish(q.shape, q.dtype, out)));
-    result.Set(1u, wrap(env, finish({p.batch, p.heads, p.seq_q}, DType::F32, lse)));
-    return result;
+    return wrap_all(env, outs);
   });
 }
 
@@ -199,13 +219,10 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
     p.q = q32.ptr, p.k = k32.ptr, p.v = v32.ptr, p.out = const_cast<float*>(o32.ptr), p.lse = const_cast<float*>(l32.ptr);
     std::vector<float> delta(size_t(p.batch) * p.heads * p.seq_q);
     ra::cpu::attention_delta(p, do32.ptr, delta.data());
-    std::vector<float> dq(size_t(q.numel()), 0.f), dk(size_t(k.numel()), 0.f), dv(size_t(v.numel()), 0.f);
-    ra::cpu::attention_backward({p, do32.ptr, delta.data(), dq.data(), dk.data(), dv.data()});
-    auto result = Napi::Array::New(env, 3);
-    result.Set(0u, wrap(env, finish(q.shape, q.dtype, dq)));
-    result.Set(1u, wrap(env, finish(k.shape, k.dtype, dk)));
-    result.Set(2u, wrap(env, finish(v.shape, v.dtype, dv)));
-    return result;
+    Output outs[] = {{q.shape, q.dtype}, {k.shape, k.dtype}, {v.shape, v.dtype}};
+    for (auto& o : outs) std::fill(o.ptr, o.ptr + o.tensor.numel(), 0.f);  // the kernel accumulates
+    ra::cpu::attention_backward({p, do32.ptr, delta.data(), outs[0].ptr, outs[1].ptr, outs[2].ptr});
+    return wrap_all(env, outs);
   });
 }
 
@@ -297,12 +314,9 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
     const Tensor &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"), &v = unwrap(env, info[4], "v");
     auto s = ring_shape(q, k, info[5].ToBoolean(), info[6].As<Napi::Number>().FloatValue(), info[7].ToBoolean());
     F32 q32(q), k32(k), v32(v);
-    std::vector<float> out(size_t(q.numel())), lse(size_t(s.batch) * s.heads * s.seq);
-    ra::ring::ring_forward(t, s, q32.ptr, k32.ptr, v32.ptr, out.data(), lse.data());
-    auto result = Napi::Array::New(env, 2);
-    result.Set(0u, wrap(env, finish(q.shape, q.dtype, out)));
-    result.Set(1u, wrap(env, finish({s.batch, s.heads, s.seq}, DType::F32, lse)));
-    return result;
+    Output outs[] = {{q.shape, q.dtype}, {{s.batch, s.heads, s.seq}, DType::F32}};
+    ra::ring::ring_forward(t, s, q32.ptr, k32.ptr, v32.ptr, outs[0].ptr, outs[1].ptr);
+    return wrap_all(env, outs);
   });
 }
 
@@ -314,13 +328,29 @@ Napi::Value RingBackward(const Napi::CallbackInfo& info) {
                  &v = unwrap(env, info[5], "v"), &out = unwrap(env, info[6], "out"), &lse = unwrap(env, info[7], "lse");
     auto s = ring_shape(q, k, info[8].ToBoolean(), info[9].As<Napi::Number>().FloatValue(), info[10].ToBoolean());
     F32 do32(dout), q32(q), k32(k), v32(v), o32(out), l32(lse);
-    std::vector<float> dq(size_t(q.numel())), dk(size_t(k.numel())), dv(size_t(v.numel()));
-    ra::ring::ring_backward(t, s, do32.ptr, q32.ptr, k32.ptr, v32.ptr, o32.ptr, l32.ptr, dq.data(), dk.data(), dv.data());
-    auto result = Napi::Array::New(env, 3);
-    result.Set(0u, wrap(env, finish(q.shape, q.dtype, dq)));
-    result.Set(1u, wrap(env, finish(k.shape, k.dtype, dk)));
-    result.Set(2u, wrap(env, finish(v.shape, v.dtype, dv)));
-    return result;
+    Output outs[] = {{q.shape, q.dtype}, {k.shape, k.dtype}, {v.shape, v.dtype}};
+    ra::ring::ring_backward(t, s, do32.ptr, q32.ptr, k32.ptr, v32.ptr, o32.ptr, l32.ptr, outs[0].ptr, outs[1].ptr,
+                            outs[2].ptr);
+    return wrap_all(env, outs);
+  });
+}
+
+// ringPlan(rank, worldSize, seq, causal, zigzag) -> per step [qLen, kLen, causal(0|1)] (skip: [0, 0, 0]).
+// What each ring step computes, for tests and benchmarks of the work balance.
+Napi::Value RingPlan(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    const int rank = info[0].As<Napi::Number>().Int32Value(), n = info[1].As<Napi::Number>().Int32Value();
+    ra::ring::RingShape s{1, info[2].As<Napi::Number>().Int32Value(), 1, 1, 1, 1.f, info[3].ToBoolean(), info[4].ToBoolean()};
+    auto steps = Napi::Array::New(env, size_t(n));
+    for (int step = 0; step < n; ++step) {
+      auto p = ra::ring::plan(s, rank, (rank - step + n) % n);
+      auto row = Napi::Array::New(env, 3);
+      row.Set(0u, p.skip ? 0 : p.q_len);
+      row.Set(1u, p.skip ? 0 : p.k_len);
+      row.Set(2u, !p.skip && p.causal ? 1 : 0);
+      steps.Set(uint32_t(step), row);
+    }
+    return steps;
   });
 }
 
@@ -387,6 +417,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("groupBarrier", Napi::Function::New(env, GroupBarrier));
   exports.Set("ringForward", Napi::Function::New(env, RingForward));
   exports.Set("ringBackward", Napi::Function::New(env, RingBackward));
+  exports.Set("ringPlan", Napi::Function::New(env, RingPlan));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("cudaMemoryStats", Napi::Function::New(env, CudaMemoryStats));
   exports.Set("cudaEmptyCache", Napi::Function::New(env, CudaEmptyCache));

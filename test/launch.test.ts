@@ -2,6 +2,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { launch } from '../dist/index.js';
+import { ProcessGroup } from '../dist/group.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
 
@@ -58,6 +59,17 @@ describe('launch', () => {
     const error = await launch({ worldSize: 2 }, fixture('mismatched-shards.mjs')).catch((e) => e);
     expect(error).toBeInstanceOf(Error);
     expect(error.message).toMatch(/every rank must pass shards of the same shape|group aborted/);
+  });
+
+  it('resolves once every rank has returned, even if a rank leaves a timer running', async () => {
+    const started = Date.now();
+    expect(await launch({ worldSize: 2 }, fixture('leaves-timer.mjs'))).toEqual([0, 1]);
+    expect(Date.now() - started).toBeLessThan(20_000);
+  });
+
+  it('a group whose launch has ended (or never began) is refused', () => {
+    const stale = ProcessGroup.attach(123_456_789, 0, 1);
+    expect(() => stale.barrier()).toThrow(/^group 123456789 is not active: groups live only inside their launch\(\)/);
   });
 
   it('a return value that cannot cross threads is a TypeError', async () => {

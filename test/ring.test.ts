@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { gatherSequence, launch, tensor, type DType } from '../dist/index.js';
 import { attentionBackwardRef, attentionRef, worstError, type Dims } from './reference.js';
 import { makeInputs, read } from './helpers.js';
+import { native } from '../dist/native.js';
 
 const rankModule = new URL('./fixtures/ring-rank.mjs', import.meta.url);
 
@@ -56,6 +57,17 @@ describe('ring attention equals attention over the whole sequence', () => {
         });
       }
 
+  it('head dim 128 with GQA 4:1, N=2 contiguous causal', async () => {
+    const x: Dims = { batch: 1, seqQ: 2 * 9, seqK: 2 * 9, heads: 4, kvHeads: 1, dim: 128 };
+    const r = await runRing(x, 2, true, 'contiguous');
+    const ref = attentionRef(r.inputs.q, r.inputs.k, r.inputs.v, x, { causal: true });
+    const g = attentionBackwardRef(r.inputs.dout, r.inputs.q, r.inputs.k, r.inputs.v, x, { causal: true });
+    expect(worstError(r.out, ref.out, 2e-5, 1e-4)).toBeLessThan(1);
+    expect(worstError(r.dq, g.dq, 5e-5, 1e-3)).toBeLessThan(1);
+    expect(worstError(r.dk, g.dk, 5e-5, 1e-3)).toBeLessThan(1);
+    expect(worstError(r.dv, g.dv, 5e-5, 1e-3)).toBeLessThan(1);
+  });
+
   it('head dim 80 with MQA, N=4 zigzag causal', async () => {
     const x: Dims = { batch: 1, seqQ: 8 * 3, seqK: 8 * 3, heads: 2, kvHeads: 1, dim: 80 };
     const r = await runRing(x, 4, true, 'zigzag');
@@ -64,6 +76,34 @@ describe('ring attention equals attention over the whole sequence', () => {
     expect(worstError(r.out, ref.out, 2e-5, 1e-4)).toBeLessThan(1);
     expect(worstError(r.dk, g.dk, 5e-5, 1e-3)).toBeLessThan(1);
     expect(worstError(r.dv, g.dv, 5e-5, 1e-3)).toBeLessThan(1);
+  });
+});
+
+describe('work balance across ranks (the step plan the ring loop follows)', () => {
+  // work of one step in query-key pairs; a causal (diagonal) block does half its square
+  const work = ([q, k, causal]: [number, number, number]) => (causal ? (q * k) / 2 : q * k);
+
+  it('causal zigzag: at every step every rank does the same work, half a block after the first step', () => {
+    const N = 4, seq = 10;
+    const plans = [0, 1, 2, 3].map((rank) => native.ringPlan(rank, N, seq, true, true));
+    for (let step = 0; step < N; ++step) {
+      const w = plans.map((p) => work(p[step]!));
+      expect(new Set(w).size, `step ${step}: ${w}`).toBe(1);
+      expect(w[0]).toBe((seq * seq) / 2); // the diagonal block at step 0, then half blocks
+    }
+  });
+
+  it('causal contiguous: rank r computes at r + 1 steps and skips the rest (the imbalance zigzag removes)', () => {
+    const N = 4;
+    for (let rank = 0; rank < N; ++rank) {
+      const active = native.ringPlan(rank, N, 8, true, false).filter((p) => work(p) > 0).length;
+      expect(active).toBe(rank + 1);
+    }
+  });
+
+  it('not causal: every step is a full block', () => {
+    for (const zigzag of [false, true])
+      expect(native.ringPlan(1, 3, 6, false, zigzag)).toEqual([[6, 6, 0], [6, 6, 0], [6, 6, 0]]);
   });
 });
 

@@ -72,7 +72,7 @@ unsigned grid_for(size_t n) { return unsigned(std::min<size_t>((n + 255) / 256, 
 
 }  // namespace
 
-RuntimeInfo query() {
+static RuntimeInfo query_once() {
   RuntimeInfo info;
   info.compiled = true;
   info.archs = RA_CUDA_ARCHS;
@@ -98,6 +98,12 @@ RuntimeInfo query() {
     info.devices.push_back({p.name, p.major, p.minor, p.totalGlobalMem, p.multiProcessorCount});
   }
   info.available = true;
+  return info;
+}
+
+// Devices do not come and go within a process; ask the driver once.
+RuntimeInfo query() {
+  static const RuntimeInfo info = query_once();
   return info;
 }
 

@@ -10,14 +10,6 @@
 
 namespace ra::ring {
 
-namespace {
-
-struct Plan {
-  bool skip = false;
-  int q_off = 0, q_len = 0, k_off = 0, k_len = 0;
-  bool causal = false;
-};
-
 // Which queries of this rank attend to which keys of the block that started on `src`.
 Plan plan(const RingShape& s, int rank, int src) {
   const int n = s.seq, half = s.seq / 2;
@@ -28,6 +20,8 @@ Plan plan(const RingShape& s, int rank, int src) {
   if (src < rank) return {false, 0, n, 0, half, false};  // every query sees chunk src, none sees 2N-1-src
   return {false, half, n - half, 0, n, false};          // only chunk 2N-1-r sees them, and sees all
 }
+
+namespace {
 
 cpu::AttnParams params(const RingShape& s, const Plan& pl, const float* q, const float* k, const float* v, float* out,
                        float* lse) {

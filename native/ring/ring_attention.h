@@ -13,6 +13,15 @@ struct RingShape {
   bool zigzag;  // shard = chunks (r, 2N-1-r) of 2N; else contiguous chunk r of N
 };
 
+// The part of the block that started on rank `src` which rank `rank` computes with: query
+// rows [q_off, q_off + q_len) against key rows [k_off, k_off + k_len) of the local shards.
+struct Plan {
+  bool skip = false;
+  int q_off = 0, q_len = 0, k_off = 0, k_len = 0;
+  bool causal = false;
+};
+Plan plan(const RingShape& s, int rank, int src);
+
 void ring_forward(Transport& t, const RingShape& s, const float* q, const float* k, const float* v, float* out,
                   float* lse);
 void ring_backward(Transport& t, const RingShape& s, const float* dout, const float* q, const float* k,
