@@ -2,7 +2,7 @@
 // layout [batch, seq, heads, headDim] as in flash-attn.
 import { checkBoolean, checkOptions, checkPositiveNumber, fail } from './errors.js';
 import { native } from './native.js';
-import { checkTensor, wrap, type Tensor } from './tensor.js';
+import { checkTensor, Tensor } from './tensor.js';
 
 export interface AttentionOptions {
   /** Mask keys after the query; with seqQ != seqK aligned bottom right (key j visible to query i when j <= i + seqK - seqQ). */
@@ -79,7 +79,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts?: AttentionOptio
   const a = checkAttentionInputs(q, k, v, opts);
   const [out, lse] = native.attentionForward(a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale);
   const [b, s, h] = a.q.shape as [number, number, number];
-  return { out: wrap(out, a.q.shape, a.q.dtype, a.q.device), lse: wrap(lse, [b, h, s], 'float32', a.q.device) };
+  return { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
 }
 
 /** Gradients of attention() given dout, recomputing the probabilities from q, k and lse. */
@@ -93,8 +93,8 @@ export function attentionBackward(
     a.causal, a.scale,
   );
   return {
-    dq: wrap(dq, a.q.shape, a.q.dtype, a.q.device),
-    dk: wrap(dk, a.k.shape, a.k.dtype, a.k.device),
-    dv: wrap(dv, a.v.shape, a.v.dtype, a.v.device),
+    dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),
+    dk: Tensor.fromHandle(dk, a.k.shape, a.k.dtype, a.k.device),
+    dv: Tensor.fromHandle(dv, a.v.shape, a.v.dtype, a.v.device),
   };
 }

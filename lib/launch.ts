@@ -30,6 +30,8 @@ export interface RankContext<A = unknown> {
 }
 
 export const MAX_WORLD_SIZE = 256;
+/** As for setTimeout: about 24.8 days. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
 /** @internal What a rank worker posts back. */
 export type RankMessage =
@@ -60,7 +62,7 @@ export async function launch(opts: LaunchOptions, module: string | URL, args?: u
   checkOneOf(o.backend, 'opts.backend', ['local'] as const);
   const device = checkOneOf(o.device, 'opts.device', DEVICES) ?? 'cpu';
   checkDevice(device, 'opts.device');
-  const timeoutMs = o.timeoutMs === undefined ? 300_000 : checkInteger(o.timeoutMs, 'opts.timeoutMs', 1);
+  const timeoutMs = o.timeoutMs === undefined ? 300_000 : checkInteger(o.timeoutMs, 'opts.timeoutMs', 1, MAX_TIMEOUT_MS);
   const href = moduleHref(module);
 
   const groupId = native.groupCreate(worldSize, timeoutMs);

@@ -7,7 +7,6 @@ import { fileURLToPath } from 'node:url';
 export interface TensorHandle {
   toFloat32Array(): Float32Array;
   dispose(): void;
-  readonly byteLength: number;
 }
 
 export interface CudaInfo {

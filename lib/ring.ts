@@ -6,8 +6,7 @@ import { checkOneOf, fail } from './errors.js';
 import { ProcessGroup } from './group.js';
 import { native } from './native.js';
 import { LAYOUTS, type Layout } from './shard.js';
-import { wrap } from './tensor.js';
-import type { Tensor } from './tensor.js';
+import { Tensor } from './tensor.js';
 
 export interface RingAttentionOptions extends AttentionOptions {
   /** The group that launch() passed to this rank. */
@@ -36,7 +35,7 @@ export function ringAttention(q: Tensor, k: Tensor, v: Tensor, opts: RingAttenti
     a.groupId, a.group.rank, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag,
   );
   const [b, s, h] = a.q.shape as [number, number, number];
-  return { out: wrap(out, a.q.shape, a.q.dtype, a.q.device), lse: wrap(lse, [b, h, s], 'float32', a.q.device) };
+  return { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
 }
 
 /** Gradients of ringAttention() for this rank's shard; dK/dV travel the ring and come home summed. */
@@ -50,8 +49,8 @@ export function ringAttentionBackward(
     f.out.handle('out'), f.lse.handle('lse'), a.causal, a.scale, a.zigzag,
   );
   return {
-    dq: wrap(dq, a.q.shape, a.q.dtype, a.q.device),
-    dk: wrap(dk, a.k.shape, a.k.dtype, a.k.device),
-    dv: wrap(dv, a.v.shape, a.v.dtype, a.v.device),
+    dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),
+    dk: Tensor.fromHandle(dk, a.k.shape, a.k.dtype, a.k.device),
+    dv: Tensor.fromHandle(dv, a.v.shape, a.v.dtype, a.v.device),
   };
 }

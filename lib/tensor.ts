@@ -69,7 +69,7 @@ export function checkTensor(value: unknown, name: string): Tensor {
   return value;
 }
 
-export function checkShape(shape: unknown, name: string): number[] {
+function checkShape(shape: unknown, name: string): number[] {
   if (!Array.isArray(shape)) fail('type', `${name}: expected an array of integers, got ${describe(shape)}`);
   shape.forEach((d, i) => {
     if (typeof d !== 'number' || !Number.isInteger(d) || d < 0)
@@ -96,10 +96,5 @@ export function tensor(data: Float32Array, shape: number[], opts?: TensorOptions
     fail('range', `shape: [${shape.join(', ')}] holds ${numel} elements, but data has ${data.length}`);
   checkDevice(device, 'opts.device');
   const handle = native.createTensor(data, shape, DTYPES.indexOf(dtype), DEVICES.indexOf(device));
-  return Tensor.fromHandle(handle, shape, dtype, device);
-}
-
-/** Wraps a fresh native result of the given shape (internal). */
-export function wrap(handle: TensorHandle, shape: readonly number[], dtype: DType, device: DeviceName): Tensor {
   return Tensor.fromHandle(handle, shape, dtype, device);
 }

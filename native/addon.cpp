@@ -22,8 +22,7 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "TensorHandle",
                        {InstanceMethod("toFloat32Array", &TensorHandle::ToFloat32Array),
-                        InstanceMethod("dispose", &TensorHandle::Dispose),
-                        InstanceAccessor("byteLength", &TensorHandle::ByteLength, nullptr)});
+                        InstanceMethod("dispose", &TensorHandle::Dispose)});
   }
   explicit TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorHandle>(info) {}
   ~TensorHandle() override { Release(Env()); }
@@ -54,9 +53,6 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     Release(info.Env());
     return info.Env().Undefined();
-  }
-  Napi::Value ByteLength(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), disposed ? 0.0 : double(tensor.storage->bytes));
   }
 };
 

@@ -91,6 +91,7 @@ describe('launch', () => {
     await expect(launch({ worldSize: '2' } as any, fixture('group-ops.mjs'))).rejects.toThrow(TypeError);
     await expect(launch({ worldSize: 2, backend: 'mpi' } as any, fixture('group-ops.mjs'))).rejects.toThrow(/opts\.backend: expected one of 'local'/);
     await expect(launch({ worldSize: 2, timeoutMs: -1 }, fixture('group-ops.mjs'))).rejects.toThrow(/opts\.timeoutMs/);
+    await expect(launch({ worldSize: 2, timeoutMs: 2 ** 40 }, fixture('group-ops.mjs'))).rejects.toThrow(/opts\.timeoutMs: expected an integer in \[1, 2147483647\]/);
     await expect(launch(undefined as any, fixture('group-ops.mjs'))).rejects.toThrow(TypeError);
     await expect(launch({ worldSize: 2 }, '/nonexistent/rank.mjs')).rejects.toThrow(/module: no file at \/nonexistent\/rank\.mjs/);
     await expect(launch({ worldSize: 2 }, 42 as any)).rejects.toThrow(TypeError);
