@@ -5,6 +5,7 @@
       "sources": [
         "native/addon.cpp",
         "native/tensor.cpp",
+        "native/build_info.cpp",
         "native/cpu/attention_fwd.cpp",
         "native/cpu/attention_bwd.cpp",
         "native/ring/local_group.cpp",
@@ -16,7 +17,8 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
       "cflags_cc": ["-std=c++17", "-O3", "-fexceptions"],
-      "ldflags": ["-pthread"]
+      "ldflags": ["-pthread"],
+      "libraries": ["-ldl"]
     }
   ]
 }

@@ -18,6 +18,8 @@ export type { CudaInfo, CudaMemoryStats };
 export interface BuildInfo {
   /** The .node file that was loaded. */
   binary: string;
+  /** How it was obtained: a prebuilt binary from the package, or built at install. */
+  build: 'prebuild' | 'cmake-js' | 'node-gyp';
   /** 'cuda' when a CUDA device can be used, else 'cpu'. */
   backend: 'cpu' | 'cuda';
   cuda: CudaInfo;
@@ -26,7 +28,8 @@ export interface BuildInfo {
 /** What was loaded and what it can use here. */
 export function info(): BuildInfo {
   const cuda = native.cudaInfo();
-  return { binary: nativePath, backend: cuda.available ? 'cuda' : 'cpu', cuda };
+  const build = /[\\/]prebuilds[\\/]/.test(nativePath) ? 'prebuild' : (native.buildSystem() as 'cmake-js' | 'node-gyp');
+  return { binary: nativePath, build, backend: cuda.available ? 'cuda' : 'cpu', cuda };
 }
 
 /** The CUDA caching allocator's counters (all zero without CUDA). */

@@ -53,6 +53,10 @@ interface Native {
   /** Per ring step: [qLen, kLen, causal 0|1] that `rank` computes; [0, 0, 0] for a skipped step. */
   ringPlan(rank: number, worldSize: number, seq: number, causal: boolean, zigzag: boolean): [number, number, number][];
   cudaInfo(): CudaInfo;
+  /** 'cmake-js' or 'node-gyp'. */
+  buildSystem(): string;
+  /** The file `nameOrPath` resolves to through the dynamic loader, or '' when it cannot be opened. */
+  findLibrary(nameOrPath: string): string;
   cudaMemoryStats(): CudaMemoryStats;
   cudaEmptyCache(): void;
 }

@@ -69,7 +69,7 @@ export function checkTensor(value: unknown, name: string): Tensor {
   return value;
 }
 
-function checkShape(shape: unknown, name: string): number[] {
+function checkShape(shape: unknown, name: string): readonly number[] {
   if (!Array.isArray(shape)) fail('type', `${name}: expected an array of integers, got ${describe(shape)}`);
   shape.forEach((d, i) => {
     if (typeof d !== 'number' || !Number.isInteger(d) || d < 0)
@@ -85,7 +85,7 @@ export function checkDevice(device: DeviceName, name: string): void {
 }
 
 /** A tensor holding `data` (row-major) with the given shape. */
-export function tensor(data: Float32Array, shape: number[], opts?: TensorOptions): Tensor {
+export function tensor(data: Float32Array, shape: readonly number[], opts?: TensorOptions): Tensor {
   if (!(data instanceof Float32Array)) fail('type', `data: expected a Float32Array, got ${describe(data)}`);
   checkShape(shape, 'shape');
   const o = checkOptions(opts, 'opts');
@@ -95,6 +95,6 @@ export function tensor(data: Float32Array, shape: number[], opts?: TensorOptions
   if (numel !== data.length)
     fail('range', `shape: [${shape.join(', ')}] holds ${numel} elements, but data has ${data.length}`);
   checkDevice(device, 'opts.device');
-  const handle = native.createTensor(data, shape, DTYPES.indexOf(dtype), DEVICES.indexOf(device));
+  const handle = native.createTensor(data, [...shape], DTYPES.indexOf(dtype), DEVICES.indexOf(device));
   return Tensor.fromHandle(handle, shape, dtype, device);
 }

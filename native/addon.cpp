@@ -350,7 +350,17 @@ Napi::Value RingPlan(const Napi::CallbackInfo& info) {
   });
 }
 
-// ---- CUDA runtime facts ----
+// ---- facts about this binary and this machine ----
+
+Napi::Value BuildSystem(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), ra::build_system()); }
+
+// findLibrary(nameOrPath) -> the resolved path, or "" when the loader cannot open it
+Napi::Value FindLibrary(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    return Napi::String::New(env, ra::find_library(info[0].As<Napi::String>().Utf8Value()));
+  });
+}
+
 
 Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
@@ -414,6 +424,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ringForward", Napi::Function::New(env, RingForward));
   exports.Set("ringBackward", Napi::Function::New(env, RingBackward));
   exports.Set("ringPlan", Napi::Function::New(env, RingPlan));
+  exports.Set("buildSystem", Napi::Function::New(env, BuildSystem));
+  exports.Set("findLibrary", Napi::Function::New(env, FindLibrary));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("cudaMemoryStats", Napi::Function::New(env, CudaMemoryStats));
   exports.Set("cudaEmptyCache", Napi::Function::New(env, CudaEmptyCache));

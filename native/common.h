@@ -87,7 +87,9 @@ struct Tensor {
   float* f32() { return static_cast<float*>(storage->ptr); }
 };
 
-// A CPU tensor of `dtype` holding `values` (converted from float32).
-Tensor cpu_tensor_from_f32(const std::vector<int64_t>& shape, DType dtype, const float* values);
+// build_info.cpp: which build system made this binary ("cmake-js" or "node-gyp"), and the
+// file a library name resolves to through the dynamic loader ("" when it cannot be opened).
+const char* build_system();
+std::string find_library(const std::string& name);
 
 }  // namespace ra

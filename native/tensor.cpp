@@ -61,10 +61,4 @@ std::vector<float> Tensor::to_f32() const {
   return out;
 }
 
-Tensor cpu_tensor_from_f32(const std::vector<int64_t>& shape, DType dtype, const float* values) {
-  Tensor t = Tensor::empty(shape, dtype, Device::CPU);
-  convert_from_f32(dtype, values, t.storage->ptr, size_t(t.numel()));
-  return t;
-}
-
 }  // namespace ra

@@ -1,0 +1,46 @@
+#!/usr/bin/env node
+// The `ring-attention` command. `ring-attention info [--json]` says which binary was loaded
+// and how it was obtained, what CUDA it can use, and where NCCL and cuBLAS were found.
+import { readFileSync } from 'node:fs';
+
+import { info } from './index.js';
+import { findLibrary, LIBRARIES, type LibraryReport } from './libraries.js';
+
+const HELP = `usage: ring-attention <command>
+
+commands:
+  info [--json]   the loaded binary, the backend, the GPU and driver, and where NCCL and cuBLAS were found
+`;
+
+const version = (v: number) => (v ? `${Math.floor(v / 1000)}.${(v % 1000) / 10}` : 'none');
+const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+
+function report(json: boolean): void {
+  const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+  const i = info();
+  const libraries: Record<string, LibraryReport> = Object.fromEntries(
+    Object.entries(LIBRARIES).map(([key, spec]) => [key, findLibrary(spec)]));
+  if (json) {
+    console.log(JSON.stringify({ version: pkg.version, ...i, libraries }, null, 2));
+    return;
+  }
+  const origin = { prebuild: 'prebuilt binary', 'cmake-js': 'built from source with cmake-js', 'node-gyp': 'built from source with node-gyp (CPU only)' }[i.build];
+  const lines: [string, string][] = [
+    ['version', pkg.version],
+    ['binary', `${i.binary} (${origin})`],
+    ['backend', i.backend === 'cuda' ? 'cuda' : `cpu${i.cuda.reason ? ` (${i.cuda.reason})` : ''}`],
+    ['cuda', i.cuda.compiled ? `compiled in: runtime ${version(i.cuda.runtimeVersion)}, architectures ${i.cuda.architectures}` : 'not compiled in'],
+    ['driver', i.cuda.driverVersion ? `supports CUDA ${version(i.cuda.driverVersion)}` : 'none found'],
+    ...i.cuda.devices.map((d, n): [string, string] => [`gpu ${n}`, `${d.name} (sm_${d.computeCapability.replace('.', '')}, ${gib(d.totalMemory)}, ${d.multiprocessors} SMs)`]),
+    ...Object.values(libraries).map((l): [string, string] => [l.name, l.path ? `${l.path} (from ${l.from})` : `not found; searched ${l.searched.join(', ')}`]),
+  ];
+  for (const [key, value] of lines) console.log(`${key.padEnd(18)} ${value}`);
+}
+
+const [command, ...rest] = process.argv.slice(2);
+if (command === 'info') {
+  report(rest.includes('--json'));
+} else {
+  process.stdout.write(HELP);
+  process.exitCode = command === undefined || command === '--help' || command === 'help' ? 0 : 1;
+}

@@ -1,0 +1,29 @@
+// Facts about this binary and the shared libraries it can find, for `ring-attention info`.
+#include <dlfcn.h>
+#include <link.h>
+
+#include <string>
+
+#include "common.h"
+
+#ifndef RA_BUILD_SYSTEM
+#define RA_BUILD_SYSTEM "node-gyp"
+#endif
+
+namespace ra {
+
+const char* build_system() { return RA_BUILD_SYSTEM; }
+
+// Opens `name` as the dynamic loader would (a bare soname searches LD_LIBRARY_PATH and the
+// ldconfig cache; a path is taken as is) and returns the file it resolved to, or "".
+std::string find_library(const std::string& name) {
+  void* handle = dlopen(name.c_str(), RTLD_LAZY | RTLD_LOCAL);
+  if (!handle) return "";
+  std::string path;
+  struct link_map* map = nullptr;
+  if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && map && map->l_name) path = map->l_name;
+  dlclose(handle);
+  return path.empty() ? name : path;
+}
+
+}  // namespace ra

@@ -1,0 +1,21 @@
+#!/usr/bin/env node
+// prebuildify has no cmake-js backend: `npm run prebuild` points PREBUILD_NODE_GYP here.
+// prebuildify calls this as it would call node-gyp ("rebuild --target=... --arch=...
+// --release"); we build the release binary with cmake-js instead (CUDA required, every
+// supported architecture, CUDA runtime linked statically) into build/Release, where
+// prebuildify picks it up and copies it to prebuilds/<platform>-<arch>/.
+//   RING_ATTENTION_CUDA_ARCHS="90a"  builds only those architectures (CI's package test)
+import { spawnSync } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const require = createRequire(import.meta.url);
+const archs = process.env.RING_ATTENTION_CUDA_ARCHS;
+
+const args = [require.resolve('cmake-js/bin/cmake-js'), 'rebuild', '--out', 'build', '--CDRING_ATTENTION_REQUIRE_CUDA=ON',
+  archs ? `--CDCMAKE_CUDA_ARCHITECTURES=${archs}` : '--CDRING_ATTENTION_FAT_BINARY=ON'];
+if (spawnSync('ninja', ['--version'], { stdio: 'ignore' }).status === 0) args.push('--generator', 'Ninja');
+console.log(`ring-attention prebuild: cmake-js ${args.slice(1).join(' ')}`);
+process.exit(spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit' }).status ?? 1);

@@ -1,0 +1,4 @@
+import * as ra from 'ring-attention';
+import { check } from './check.mjs';
+
+console.log(JSON.stringify(await check(ra)));
