@@ -109,6 +109,14 @@ describe.skipIf(!ready)(ready ? 'the packed package' : `the packed package (skip
     expect(printed).toMatch(/^\[ 1, 1024, 8, 64 \] \[ 1, 1024, 8, 64 \] \[ 1, 1024, 2, 64 \] Float32Array\(2\)/);
   }, 600_000);
 
+  for (const [mode, build] of [['source', 'cmake-js'], ['cpu', 'node-gyp']] as const)
+    it(`RING_ATTENTION_BUILD=${mode} builds with ${build} even though the prebuild fits`, () => {
+      const app = installInto(tarball, { ...process.env, RING_ATTENTION_BUILD: mode });
+      const r = run(app, 'esm.mjs');
+      expect(r.build).toBe(build);
+      expect(r.maxDiff).toBeLessThan(1e-5);
+    }, 600_000);
+
   it('without a prebuild, builds from source with cmake-js, CUDA inside', () => {
     const app = installInto(pack(false), process.env);
     const r = run(app, 'esm.mjs');
