@@ -1,0 +1,37 @@
+// Reading a process's place in the job from torchrun's or Slurm's variables.
+import { describe, expect, it } from 'vitest';
+
+import { readDistributedEnv } from '../dist/dist-env.js';
+
+const torchrun = { RANK: '5', WORLD_SIZE: '16', LOCAL_RANK: '1', LOCAL_WORLD_SIZE: '4', MASTER_ADDR: 'node-a', MASTER_PORT: '29500', TORCHELASTIC_RUN_ID: 'job7' };
+const slurm = { SLURM_PROCID: '6', SLURM_NTASKS: '8', SLURM_LOCALID: '2', SLURM_STEP_TASKS_PER_NODE: '4(x2)', SLURM_JOB_ID: '991', SLURM_STEP_ID: '0', MASTER_ADDR: 'gpu01', MASTER_PORT: '12345' };
+
+describe('readDistributedEnv', () => {
+  it("reads torchrun's variables", () => {
+    expect(readDistributedEnv(torchrun)).toEqual({
+      rank: 5, worldSize: 16, localRank: 1, localWorldSize: 4, masterAddr: 'node-a', masterPort: 29500, jobToken: 'job7', launcher: 'torchrun' });
+  });
+
+  it("reads Slurm's variables, the master from the environment", () => {
+    expect(readDistributedEnv(slurm)).toEqual({
+      rank: 6, worldSize: 8, localRank: 2, localWorldSize: 4, masterAddr: 'gpu01', masterPort: 12345, jobToken: 'slurm-991.0', launcher: 'slurm' });
+  });
+
+  it('prefers torchrun variables when both are present (torchrun inside an allocation)', () => {
+    expect(readDistributedEnv({ ...slurm, ...torchrun }).launcher).toBe('torchrun');
+  });
+
+  it('an explicit job token wins', () => {
+    expect(readDistributedEnv({ ...torchrun, RING_ATTENTION_JOB_TOKEN: 'mine' }).jobToken).toBe('mine');
+  });
+
+  it('refuses missing or bad values, naming the variable', () => {
+    expect(() => readDistributedEnv({})).toThrow(/no RANK\/WORLD_SIZE .* or SLURM_PROCID\/SLURM_NTASKS .* found/);
+    expect(() => readDistributedEnv({ ...torchrun, RANK: '16' })).toThrow(/^environment: RANK must be an integer in \[0, 15\], got '16'/);
+    expect(() => readDistributedEnv({ ...torchrun, WORLD_SIZE: 'two' })).toThrow(/^environment: WORLD_SIZE must be an integer/);
+    expect(() => readDistributedEnv({ ...torchrun, MASTER_ADDR: undefined })).toThrow(/^environment: MASTER_ADDR is not set$/);
+    expect(() => readDistributedEnv({ ...torchrun, MASTER_PORT: '70000' })).toThrow(/^environment: MASTER_PORT must be an integer in \[1, 65535\]/);
+    expect(() => readDistributedEnv({ ...slurm, MASTER_ADDR: undefined })).toThrow(/MASTER_ADDR is not set; under srun, export MASTER_ADDR=\$\(scontrol show hostnames/);
+    expect(() => readDistributedEnv({ ...slurm, SLURM_LOCALID: '4' })).toThrow(/^environment: SLURM_LOCALID must be an integer in \[0, 3\]/);
+  });
+});
