@@ -4,12 +4,14 @@
 import { readFileSync } from 'node:fs';
 
 import { info } from './index.js';
+import { launchProcesses, LAUNCH_USAGE } from './launcher.js';
 import { findLibrary, LIBRARIES, type LibraryReport } from './libraries.js';
 
 const HELP = `usage: ring-attention <command>
 
 commands:
   info [--json]   the loaded binary, the backend, the GPU and driver, and where NCCL and cuBLAS were found
+  launch ...      one process per GPU, torchrun style (ring-attention launch --help)
 `;
 
 const version = (v: number) => (v ? `${Math.floor(v / 1000)}.${(v % 1000) / 10}` : 'none');
@@ -40,6 +42,9 @@ function report(json: boolean): void {
 const [command, ...rest] = process.argv.slice(2);
 if (command === 'info') {
   report(rest.includes('--json'));
+} else if (command === 'launch') {
+  if (rest[0] === '--help') process.stdout.write(LAUNCH_USAGE);
+  else process.exitCode = await launchProcesses(rest);
 } else {
   process.stdout.write(HELP);
   process.exitCode = command === undefined || command === '--help' || command === 'help' ? 0 : 1;

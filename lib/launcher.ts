@@ -1,0 +1,155 @@
+// `ring-attention launch`: one process per GPU, in the manner of torchrun. Each gets
+// torchrun's variables (so the same script runs under torchrun --no-python or srun), its
+// GPU through CUDA_VISIBLE_DEVICES, and the job's token. The first rank to fail takes the
+// others down, and the launcher exits with that rank's code and shows its last error output.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { constants } from 'node:os';
+import { resolve } from 'node:path';
+
+export const LAUNCH_USAGE = `usage: ring-attention launch --nproc-per-node N [--nnodes M --node-rank R]
+         [--master-addr HOST] [--master-port PORT] [--rdzv-id ID] [--grace-ms MS] script.js [args...]
+
+  --nproc-per-node N   processes on this node, one per GPU (required)
+  --nnodes M           nodes in the job (default 1); run the same command on each node
+  --node-rank R        this node's index in [0, M) (default 0)
+  --master-addr HOST   where rank 0 runs (default 127.0.0.1)
+  --master-port PORT   rank 0's rendezvous port (default 29500)
+  --rdzv-id ID         the job's token, the same on every node (required with --nnodes > 1)
+  --grace-ms MS        after a failure, how long the other ranks get to exit before SIGKILL (default 5000)
+`;
+
+interface LaunchArgs {
+  nprocPerNode: number;
+  nnodes: number;
+  nodeRank: number;
+  masterAddr: string;
+  masterPort: number;
+  rdzvId: string;
+  graceMs: number;
+  script: string;
+  scriptArgs: string[];
+}
+
+class UsageError extends Error {}
+
+function integer(name: string, raw: string | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (raw === undefined || !/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max)
+    throw new UsageError(`--${name}: expected an integer in [${min}, ${max}], got ${raw === undefined ? 'nothing' : `'${raw}'`}`);
+  return Number(raw);
+}
+
+export function parseLaunchArgs(argv: string[]): LaunchArgs {
+  const opts = new Map<string, string>();
+  let i = 0;
+  for (; i < argv.length && argv[i]!.startsWith('--'); ++i) {
+    const [key, inline] = argv[i]!.slice(2).split(/=(.*)/s, 2) as [string, string | undefined];
+    if (!['nproc-per-node', 'nnodes', 'node-rank', 'master-addr', 'master-port', 'rdzv-id', 'grace-ms'].includes(key))
+      throw new UsageError(`unknown option --${key}`);
+    opts.set(key, inline ?? argv[++i] ?? '');
+  }
+  const script = argv[i];
+  if (!opts.has('nproc-per-node')) throw new UsageError('--nproc-per-node is required');
+  if (!script) throw new UsageError('no script given');
+  if (!existsSync(script)) throw new UsageError(`script: no file at ${resolve(script)}`);
+  const nnodes = integer('nnodes', opts.get('nnodes') ?? '1', 1);
+  if (nnodes > 1 && !opts.get('rdzv-id') && !process.env.RING_ATTENTION_JOB_TOKEN)
+    throw new UsageError('--rdzv-id is required with --nnodes > 1: give every node the same job id');
+  return {
+    nprocPerNode: integer('nproc-per-node', opts.get('nproc-per-node'), 1, 1024),
+    nnodes,
+    nodeRank: integer('node-rank', opts.get('node-rank') ?? '0', 0, nnodes - 1),
+    masterAddr: opts.get('master-addr') || '127.0.0.1',
+    masterPort: integer('master-port', opts.get('master-port') ?? '29500', 1, 65535),
+    rdzvId: opts.get('rdzv-id') || process.env.RING_ATTENTION_JOB_TOKEN || randomBytes(12).toString('hex'),
+    graceMs: integer('grace-ms', opts.get('grace-ms') ?? '5000', 0),
+    script,
+    scriptArgs: argv.slice(i + 1),
+  };
+}
+
+// The devices this node may use: CUDA_VISIBLE_DEVICES if set (rank i gets its i-th entry), else 0..N-1.
+function deviceFor(localRank: number, n: number): string {
+  const visible = process.env.CUDA_VISIBLE_DEVICES?.split(',').map((d) => d.trim()).filter(Boolean);
+  if (!visible) return String(localRank);
+  if (visible.length < n) throw new UsageError(`CUDA_VISIBLE_DEVICES lists ${visible.length} device(s), fewer than --nproc-per-node ${n}`);
+  return visible[localRank]!;
+}
+
+const TAIL_BYTES = 8 * 1024;
+
+/** Runs the job and resolves with the launcher's exit code. */
+export async function launchProcesses(argv: string[]): Promise<number> {
+  let a: LaunchArgs;
+  let devices: string[];
+  try {
+    a = parseLaunchArgs(argv);
+    devices = Array.from({ length: a.nprocPerNode }, (_, l) => deviceFor(l, a.nprocPerNode));
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    process.stderr.write(`ring-attention launch: ${e.message}\n\n${LAUNCH_USAGE}`);
+    return 2;
+  }
+
+  const worldSize = a.nnodes * a.nprocPerNode;
+  const children: ChildProcess[] = [];
+  const tails: string[] = [];
+  let failure: { rank: number; code: number | null; signal: NodeJS.Signals | null } | undefined;
+  let interrupted: NodeJS.Signals | undefined;
+  let killTimer: NodeJS.Timeout | undefined;
+
+  const stopOthers = () => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+    killTimer ??= setTimeout(() => {
+      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    }, a.graceMs);
+  };
+  const forward = (signal: NodeJS.Signals) => {
+    interrupted ??= signal;
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill(signal);
+  };
+  process.on('SIGINT', forward);
+  process.on('SIGTERM', forward);
+
+  await new Promise<void>((done) => {
+    let running = a.nprocPerNode;
+    for (let local = 0; local < a.nprocPerNode; ++local) {
+      const rank = a.nodeRank * a.nprocPerNode + local;
+      const child = spawn(process.execPath, [a.script, ...a.scriptArgs], {
+        stdio: ['inherit', 'inherit', 'pipe'],
+        env: {
+          ...process.env,
+          RANK: String(rank), WORLD_SIZE: String(worldSize),
+          LOCAL_RANK: String(local), LOCAL_WORLD_SIZE: String(a.nprocPerNode), GROUP_RANK: String(a.nodeRank),
+          MASTER_ADDR: a.masterAddr, MASTER_PORT: String(a.masterPort),
+          RING_ATTENTION_JOB_TOKEN: a.rdzvId, CUDA_VISIBLE_DEVICES: devices[local],
+        },
+      });
+      tails[rank] = '';
+      child.stderr!.on('data', (d: Buffer) => {
+        process.stderr.write(d);
+        tails[rank] = (tails[rank] + d.toString()).slice(-TAIL_BYTES);
+      });
+      child.on('exit', (code, signal) => {
+        if ((code !== 0 || signal) && !failure && !interrupted) {
+          failure = { rank, code, signal };
+          stopOthers();
+        }
+        if (--running === 0) done();
+      });
+      children.push(child);
+    }
+  });
+
+  clearTimeout(killTimer);
+  process.off('SIGINT', forward);
+  process.off('SIGTERM', forward);
+  const bySignal = (signal: NodeJS.Signals) => 128 + constants.signals[signal];
+  if (interrupted) return bySignal(interrupted);
+  if (!failure) return 0;
+  const how = failure.signal ? `was killed by ${failure.signal}` : `exited with code ${failure.code}`;
+  process.stderr.write(`\nring-attention launch: rank ${failure.rank} ${how}; the other ranks were stopped.\n` +
+    (tails[failure.rank] ? `rank ${failure.rank}'s last error output:\n${tails[failure.rank]!.trimEnd()}\n` : ''));
+  return failure.signal ? bySignal(failure.signal) : failure.code!;
+}

@@ -1,0 +1,84 @@
+// `ring-attention launch` with real processes.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+
+const cli = new URL('../dist/cli.js', import.meta.url).pathname;
+const rankScript = new URL('./fixtures/launch-rank.mjs', import.meta.url).pathname;
+
+function launch(args: string[], env: NodeJS.ProcessEnv = {}) {
+  const started = Date.now();
+  const r = spawnSync(process.execPath, [cli, 'launch', ...args], { encoding: 'utf8', env: { ...process.env, CUDA_VISIBLE_DEVICES: undefined, ...env }, timeout: 60_000 });
+  return { ...r, ms: Date.now() - started };
+}
+
+const reports = (stdout: string) => stdout.trim().split('\n').map((l) => JSON.parse(l)).sort((a, b) => a.env.RANK - b.env.RANK);
+
+describe('ring-attention launch', () => {
+  it('starts one process per rank with torchrun\'s variables, its GPU, and the script\'s arguments', () => {
+    const r = launch(['--nproc-per-node', '3', '--master-port', '29611', rankScript, 'report', '--flag', 'x']);
+    expect(r.status).toBe(0);
+    const ranks = reports(r.stdout);
+    expect(ranks.map((x) => x.env)).toEqual([0, 1, 2].map((i) => ({
+      RANK: String(i), WORLD_SIZE: '3', LOCAL_RANK: String(i), LOCAL_WORLD_SIZE: '3', GROUP_RANK: '0',
+      MASTER_ADDR: '127.0.0.1', MASTER_PORT: '29611', RING_ATTENTION_JOB_TOKEN: ranks[0].env.RING_ATTENTION_JOB_TOKEN, CUDA_VISIBLE_DEVICES: String(i),
+    })));
+    expect(ranks[0].env.RING_ATTENTION_JOB_TOKEN).toMatch(/^[0-9a-f]{24}$/);
+    for (const x of ranks) expect(x.args).toEqual(['--flag', 'x']); // after the fixture's mode word
+  });
+
+  it('numbers ranks across nodes and maps CUDA_VISIBLE_DEVICES entries to local ranks', () => {
+    const r = launch(['--nnodes=2', '--node-rank=1', '--nproc-per-node=2', '--rdzv-id=job42', '--master-addr=10.0.0.1', rankScript, 'report'], { CUDA_VISIBLE_DEVICES: '4,6' });
+    expect(r.status).toBe(0);
+    expect(reports(r.stdout).map((x) => [x.env.RANK, x.env.WORLD_SIZE, x.env.LOCAL_RANK, x.env.GROUP_RANK, x.env.CUDA_VISIBLE_DEVICES, x.env.RING_ATTENTION_JOB_TOKEN]))
+      .toEqual([['2', '4', '0', '1', '4', 'job42'], ['3', '4', '1', '1', '6', 'job42']]);
+  });
+
+  it('a rank that throws takes the job down, and the launcher exits non-zero with its error', () => {
+    const r = launch(['--nproc-per-node', '3', rankScript, 'fail-1']);
+    expect(r.status).toBe(1);
+    expect(r.ms).toBeLessThan(20_000); // the others were stopped, not waited for (they sleep 60 s)
+    expect(r.stderr).toMatch(/ring-attention launch: rank 1 exited with code 1; the other ranks were stopped\.\nrank 1's last error output:\n[\s\S]*boom from rank 1/);
+  });
+
+  it("exits with the failing rank's exit code", () => {
+    const r = launch(['--nproc-per-node', '3', '--grace-ms', '100', rankScript, 'exit-3']);
+    expect(r.status).toBe(3);
+    expect(r.stderr).toMatch(/rank 2 exited with code 3/);
+  });
+
+  it('forwards SIGTERM to every rank and exits with 143', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ring-attention-launch-'));
+    const p = spawn(process.execPath, [cli, 'launch', '--nproc-per-node', '2', rankScript, 'sigterm', dir], { env: { ...process.env, CUDA_VISIBLE_DEVICES: undefined } });
+    let ready = 0;
+    await new Promise<void>((resolve) => p.stdout.on('data', (d: Buffer) => {
+      ready += d.toString().split('ready').length - 1;
+      if (ready === 2) resolve();
+    }));
+    p.kill('SIGTERM');
+    const code = await new Promise((resolve) => p.on('exit', resolve));
+    expect(code).toBe(143);
+    expect(existsSync(join(dir, 'rank-0')) && existsSync(join(dir, 'rank-1'))).toBe(true);
+  });
+
+  it('refuses bad command lines with usage and exit code 2', () => {
+    const cases: [string[], RegExp, NodeJS.ProcessEnv?][] = [
+      [[rankScript, 'report'], /--nproc-per-node is required/],
+      [['--nproc-per-node', '0', rankScript], /--nproc-per-node: expected an integer in \[1, 1024\], got '0'/],
+      [['--nproc-per-node', '2'], /no script given/],
+      [['--nproc-per-node', '2', '/nope.js'], /script: no file at \/nope\.js/],
+      [['--nproc-per-node', '2', '--bogus', '1', rankScript], /unknown option --bogus/],
+      [['--nproc-per-node', '2', '--nnodes', '2', rankScript], /--rdzv-id is required with --nnodes > 1/],
+      [['--nproc-per-node', '2', '--nnodes', '2', '--node-rank', '2', '--rdzv-id', 'a', rankScript], /--node-rank: expected an integer in \[0, 1\]/],
+      [['--nproc-per-node', '3', rankScript], /CUDA_VISIBLE_DEVICES lists 2 device\(s\), fewer than --nproc-per-node 3/, { CUDA_VISIBLE_DEVICES: '0,1' }],
+    ];
+    for (const [args, message, env] of cases) {
+      const r = launch(args, env);
+      expect(r.status, args.join(' ')).toBe(2);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr).toMatch(/usage: ring-attention launch/);
+    }
+  });
+});
