@@ -10,6 +10,8 @@
         "native/cpu/attention_bwd.cpp",
         "native/ring/local_group.cpp",
         "native/ring/ring_attention.cpp",
+        "native/nccl/loader.cpp",
+        "native/nccl/group_stub.cpp",
         "native/cuda/stub.cpp"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -1,54 +1,90 @@
-// A process group as launch() hands it to each rank: the ranks are worker threads of this
-// process and talk through the native in-process transport.
+// Process groups. 'local': the ranks of one launch(), worker threads of this process, over
+// the native in-process transport. 'nccl': one process per GPU (initProcessGroup), over
+// NCCL on CUDA tensors.
 import { checkInteger, describe, fail } from './errors.js';
 import { native } from './native.js';
 import { checkTensor, type Tensor } from './tensor.js';
 
+export type Backend = 'local' | 'nccl';
+
 export class ProcessGroup {
-  readonly backend = 'local' as const;
+  readonly backend: Backend;
   readonly rank: number;
   readonly worldSize: number;
   readonly #id: number;
+  #destroyed = false;
 
-  private constructor(id: number, rank: number, worldSize: number) {
+  private constructor(backend: Backend, id: number, rank: number, worldSize: number) {
+    this.backend = backend;
     this.#id = id;
     this.rank = rank;
     this.worldSize = worldSize;
   }
 
-  /** @internal Used by the launcher's worker to build its rank's group. */
-  static attach(id: number, rank: number, worldSize: number): ProcessGroup {
-    return new ProcessGroup(id, rank, worldSize);
+  /** @internal Builds a rank's group: a launch() worker's ('local') or initProcessGroup's ('nccl'). */
+  static attach(id: number, rank: number, worldSize: number, backend: Backend = 'local'): ProcessGroup {
+    return new ProcessGroup(backend, id, rank, worldSize);
   }
 
-  /** @internal The native group id; checks that `value` really is a group. */
+  /** @internal The native group id; checks that `value` really is a live group. */
   static idOf(value: unknown, name: string): number {
     if (!(value instanceof ProcessGroup) || !(#id in value))
-      fail('type', `${name}: expected the ProcessGroup that launch() passed to this rank, got ${describe(value)}`);
+      fail('type', `${name}: expected a ProcessGroup from launch() or initProcessGroup(), got ${describe(value)}`);
+    if (value.#destroyed) throw new Error(`${name}: this group has been destroyed`);
     return value.#id;
   }
 
   #peer(peer: unknown): number {
-    return checkInteger(peer, 'peer', 0, this.worldSize - 1);
+    const p = checkInteger(peer, 'peer', 0, this.worldSize - 1);
+    if (this.backend === 'nccl' && p === this.rank) fail('range', `peer: an NCCL group cannot send to or receive from its own rank (${p})`);
+    return p;
   }
 
-  /** Sends a copy of `t` to rank `peer`; returns without waiting for the receiver. */
+  #tensor(t: unknown, name: string): Tensor {
+    const x = checkTensor(t, name);
+    if (this.backend === 'nccl' && x.device !== 'cuda') fail('type', `${name}: an NCCL group works on 'cuda' tensors, got '${x.device}'`);
+    return x;
+  }
+
+  /** Sends `t` to rank `peer`, returning without waiting for the receiver. */
   send(t: Tensor, peer: number): void {
-    native.groupSend(this.#id, this.rank, this.#peer(peer), checkTensor(t, 't').handle('t'));
+    const id = ProcessGroup.idOf(this, 'group'), h = this.#tensor(t, 't').handle('t'), p = this.#peer(peer);
+    if (this.backend === 'nccl') native.ncclSend(id, h, p);
+    else native.groupSend(id, this.rank, p, h);
   }
 
   /** Waits for the matching send() from `peer` and writes it into `into` (same element count). */
   recv(into: Tensor, peer: number): void {
-    native.groupRecv(this.#id, this.rank, this.#peer(peer), checkTensor(into, 'into').handle('into'));
+    const id = ProcessGroup.idOf(this, 'group'), h = this.#tensor(into, 'into').handle('into'), p = this.#peer(peer);
+    if (this.backend === 'nccl') native.ncclRecv(id, h, p);
+    else native.groupRecv(id, this.rank, p, h);
   }
 
-  /** Sums `t` over all ranks, in place, accumulating in float32. Every rank must call it. */
+  /** Sums `t` over all ranks, in place. Every rank must call it. */
   allReduce(t: Tensor): void {
-    native.groupAllReduce(this.#id, this.rank, checkTensor(t, 't').handle('t'));
+    const id = ProcessGroup.idOf(this, 'group'), h = this.#tensor(t, 't').handle('t');
+    if (this.backend === 'nccl') native.ncclAllReduce(id, h);
+    else native.groupAllReduce(id, this.rank, h);
   }
 
   /** Returns once every rank has called barrier(). */
   barrier(): void {
-    native.groupBarrier(this.#id, this.rank);
+    const id = ProcessGroup.idOf(this, 'group');
+    if (this.backend === 'nccl') native.ncclBarrier(id);
+    else native.groupBarrier(id, this.rank);
+  }
+
+  /** Releases the group (the NCCL communicator; for a 'local' group, this rank leaves it). Idempotent. */
+  destroy(): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    if (this.backend === 'nccl') native.ncclGroupDestroy(this.#id);
+    else {
+      try {
+        native.groupLeave(this.#id, this.rank);
+      } catch {
+        /* its launch() has already ended */
+      }
+    }
   }
 }

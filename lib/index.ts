@@ -5,6 +5,11 @@ import { native, nativePath, type CudaInfo, type CudaMemoryStats } from './nativ
 export { attention, attentionBackward, MAX_HEAD_DIM } from './attention.js';
 export type { AttentionGradients, AttentionOptions, AttentionResult } from './attention.js';
 export { ProcessGroup } from './group.js';
+export type { Backend } from './group.js';
+export { initProcessGroup } from './process-group.js';
+export type { InitProcessGroupOptions } from './process-group.js';
+export { readDistributedEnv } from './dist-env.js';
+export type { DistributedEnv } from './dist-env.js';
 export { launch, MAX_WORLD_SIZE } from './launch.js';
 export type { LaunchOptions, RankContext } from './launch.js';
 export { ringAttention, ringAttentionBackward } from './ring.js';

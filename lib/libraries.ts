@@ -3,7 +3,7 @@
 // the CUDA install, then the directories of NVIDIA's Python wheels (pip install torch brings them).
 import { spawnSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 
 import { native } from './native.js';
 
@@ -55,7 +55,9 @@ export function findLibrary(spec: LibrarySpec): LibraryReport {
   };
   const explicit = process.env[spec.envVar];
   if (explicit) {
-    const file = existsSync(explicit) && statSync(explicit).isDirectory() ? join(explicit, spec.name) : explicit;
+    // A directory, or a path that names no shared library (it may not exist yet), means "look in here".
+    const isDir = existsSync(explicit) ? statSync(explicit).isDirectory() : !/\.so(\.|$)/.test(basename(explicit));
+    const file = isDir ? join(explicit, spec.name) : explicit;
     const hit = attempt(file, spec.envVar);
     if (hit) return hit;
   }

@@ -52,6 +52,14 @@ interface Native {
   ): [TensorHandle, TensorHandle, TensorHandle];
   /** Per ring step: [qLen, kLen, causal 0|1] that `rank` computes; [0, 0, 0] for a skipped step. */
   ringPlan(rank: number, worldSize: number, seq: number, causal: boolean, zigzag: boolean): [number, number, number][];
+  ncclLoad(path: string): number;
+  ncclUniqueId(): Uint8Array;
+  ncclGroupCreate(id: Uint8Array, rank: number, worldSize: number, device: number, timeoutMs: number): number;
+  ncclGroupDestroy(id: number): void;
+  ncclSend(id: number, t: TensorHandle, peer: number): void;
+  ncclRecv(id: number, into: TensorHandle, peer: number): void;
+  ncclAllReduce(id: number, t: TensorHandle): void;
+  ncclBarrier(id: number): void;
   cudaInfo(): CudaInfo;
   /** 'cmake-js' or 'node-gyp'. */
   buildSystem(): string;

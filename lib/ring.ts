@@ -20,6 +20,8 @@ function checkRing(q: unknown, k: unknown, v: unknown, opts: unknown) {
   const a = checkAttentionInputs(q, k, v, opts);
   const groupId = ProcessGroup.idOf(a.options.group, 'opts.group');
   const group = a.options.group as ProcessGroup;
+  if (group.backend === 'nccl')
+    throw new Error("opts.group: ring attention over an NCCL group needs the CUDA attention kernels, which this version does not have yet; use launch() groups");
   const layout = checkOneOf(a.options.layout, 'opts.layout', LAYOUTS) ?? 'contiguous';
   const seq = a.q.shape[1]!;
   if (a.k.shape[1] !== seq) fail('range', `k: this rank's shard has ${a.k.shape[1]} tokens, q's has ${seq}; ring attention needs equal shards`);

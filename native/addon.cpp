@@ -8,6 +8,7 @@
 #include "common.h"
 #include "cpu/attention.h"
 #include "cuda/device.h"
+#include "nccl/group.h"
 #include "ring/ring_attention.h"
 
 namespace {
@@ -350,6 +351,73 @@ Napi::Value RingPlan(const Napi::CallbackInfo& info) {
   });
 }
 
+// ---- NCCL groups (between processes) ----
+
+// ncclLoad(path) -> NCCL's version code
+Napi::Value NcclLoad(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    const auto& api = ra::nccl::load(info[0].As<Napi::String>().Utf8Value());
+    int version = 0;
+    api.GetVersion(&version);
+    return Napi::Number::New(env, version);
+  });
+}
+
+Napi::Value NcclUniqueId(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto id = ra::nccl::unique_id();
+    auto out = Napi::Uint8Array::New(env, sizeof(id));
+    std::memcpy(out.Data(), &id, sizeof(id));
+    return out;
+  });
+}
+
+// ncclGroupCreate(id: Uint8Array(128), rank, worldSize, device, timeoutMs) -> group id
+Napi::Value NcclGroupCreate(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto bytes = info[0].As<Napi::Uint8Array>();
+    ra::nccl::ncclUniqueId id;
+    if (bytes.ByteLength() != sizeof(id)) throw UserError("RangeError", "the NCCL unique id must have 128 bytes");
+    std::memcpy(&id, bytes.Data(), sizeof(id));
+    auto n = [&](int i) { return info[i].As<Napi::Number>(); };
+    return Napi::Number::New(env, double(ra::nccl::create_group(id, n(1).Int32Value(), n(2).Int32Value(),
+                                                                n(3).Int32Value(), n(4).Int64Value())));
+  });
+}
+
+Napi::Value NcclGroupDestroy(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::nccl::destroy_group(group_id(info[0]));
+    return env.Undefined();
+  });
+}
+
+// ncclSend(group, tensor, peer); ncclRecv(group, into, peer); ncclAllReduce(group, t); ncclBarrier(group)
+Napi::Value NcclSend(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::nccl::send(group_id(info[0]), unwrap(env, info[1], "t"), info[2].As<Napi::Number>().Int32Value());
+    return env.Undefined();
+  });
+}
+Napi::Value NcclRecv(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::nccl::recv(group_id(info[0]), unwrap(env, info[1], "into"), info[2].As<Napi::Number>().Int32Value());
+    return env.Undefined();
+  });
+}
+Napi::Value NcclAllReduce(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::nccl::all_reduce_sum(group_id(info[0]), unwrap(env, info[1], "t"));
+    return env.Undefined();
+  });
+}
+Napi::Value NcclBarrier(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::nccl::barrier(group_id(info[0]));
+    return env.Undefined();
+  });
+}
+
 // ---- facts about this binary and this machine ----
 
 Napi::Value BuildSystem(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), ra::build_system()); }
@@ -424,6 +492,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ringForward", Napi::Function::New(env, RingForward));
   exports.Set("ringBackward", Napi::Function::New(env, RingBackward));
   exports.Set("ringPlan", Napi::Function::New(env, RingPlan));
+  exports.Set("ncclLoad", Napi::Function::New(env, NcclLoad));
+  exports.Set("ncclUniqueId", Napi::Function::New(env, NcclUniqueId));
+  exports.Set("ncclGroupCreate", Napi::Function::New(env, NcclGroupCreate));
+  exports.Set("ncclGroupDestroy", Napi::Function::New(env, NcclGroupDestroy));
+  exports.Set("ncclSend", Napi::Function::New(env, NcclSend));
+  exports.Set("ncclRecv", Napi::Function::New(env, NcclRecv));
+  exports.Set("ncclAllReduce", Napi::Function::New(env, NcclAllReduce));
+  exports.Set("ncclBarrier", Napi::Function::New(env, NcclBarrier));
   exports.Set("buildSystem", Napi::Function::New(env, BuildSystem));
   exports.Set("findLibrary", Napi::Function::New(env, FindLibrary));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));

@@ -102,7 +102,7 @@ describe('launch', () => {
     expect(r.zigzagOdd).toEqual({ name: 'RangeError', message: expect.stringMatching(/^q: the zigzag layout .* this one has 3/) });
     expect(r.seqMismatch).toEqual({ name: 'RangeError', message: expect.stringMatching(/^k: this rank's shard has 3 tokens, q's has 4/) });
     expect(r.badLayout).toEqual({ name: 'RangeError', message: expect.stringMatching(/^opts\.layout: expected one of 'contiguous', 'zigzag', got 'spiral'/) });
-    expect(r.fakeGroup).toEqual({ name: 'TypeError', message: expect.stringMatching(/^opts\.group: expected the ProcessGroup that launch\(\) passed/) });
+    expect(r.fakeGroup).toEqual({ name: 'TypeError', message: expect.stringMatching(/^opts\.group: expected a ProcessGroup from launch\(\) or initProcessGroup\(\)/) });
     expect(r.noOpts).toEqual({ name: 'TypeError', message: expect.stringMatching(/^opts: expected \{ group \}/) });
     expect(r.badLse).toEqual({ name: 'RangeError', message: expect.stringMatching(/^lse: expected shape \[batch, heads, seqQ\] = \[1, 1, 4\], got \[1, 4, 1, 4\]/) });
     expect(r.badPeer).toEqual({ name: 'RangeError', message: expect.stringMatching(/^peer: expected an integer in \[0, 0\], got 5/) });

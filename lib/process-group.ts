@@ -1,0 +1,42 @@
+// initProcessGroup(): this process's place in a multi-process job (torchrun, srun or
+// `ring-attention launch`), NCCL found and loaded, rank 0's NCCL id handed to every rank
+// through our rendezvous, and an NCCL communicator on this process's GPU.
+import { readDistributedEnv } from './dist-env.js';
+import { checkInteger, checkOptions, fail } from './errors.js';
+import { ProcessGroup } from './group.js';
+import { findLibrary, LIBRARIES } from './libraries.js';
+import { native } from './native.js';
+import { rendezvous } from './rendezvous.js';
+
+export interface InitProcessGroupOptions {
+  backend: 'nccl';
+  /** How long the rendezvous and each collective may take before failing. Default 300000 (5 minutes). */
+  timeoutMs?: number;
+  /** The variables to read instead of process.env (torchrun's or Slurm's). */
+  env?: Record<string, string | undefined>;
+}
+
+/** Joins the job this process was started in and returns its NCCL group. Every rank must call it. */
+export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<ProcessGroup> {
+  const o = checkOptions(opts, 'opts');
+  if (o.backend !== 'nccl')
+    fail(typeof o.backend === 'string' ? 'range' : 'type', `opts.backend: expected 'nccl' (groups of threads come from launch()), got ${JSON.stringify(o.backend)}`);
+  const timeoutMs = o.timeoutMs === undefined ? 300_000 : checkInteger(o.timeoutMs, 'opts.timeoutMs', 1, 2 ** 31 - 1);
+  const env = readDistributedEnv((o.env as Record<string, string | undefined> | undefined) ?? process.env);
+
+  const nccl = findLibrary(LIBRARIES.nccl);
+  if (!nccl.path)
+    throw new Error(`initProcessGroup: NCCL (${nccl.name}) was not found; looked in ${nccl.searched.join(', ')}. ` +
+      `Install it (pip install nvidia-nccl-cu13, or the system package libnccl2), or set ${LIBRARIES.nccl.envVar} to the library or its directory.`);
+  native.ncclLoad(nccl.path);
+  const cuda = native.cudaInfo();
+  if (!cuda.available) throw new Error(`initProcessGroup: the 'nccl' backend needs a CUDA device (${cuda.reason})`);
+  // `ring-attention launch` leaves each process one visible GPU; under torchrun all are visible.
+  const device = cuda.deviceCount > 1 ? env.localRank % cuda.deviceCount : 0;
+
+  const id = await rendezvous({
+    rank: env.rank, worldSize: env.worldSize, addr: env.masterAddr, port: env.masterPort, token: env.jobToken, timeoutMs,
+    payload: env.rank === 0 ? native.ncclUniqueId() : undefined,
+  });
+  return ProcessGroup.attach(native.ncclGroupCreate(id, env.rank, env.worldSize, device, timeoutMs), env.rank, env.worldSize, 'nccl');
+}

@@ -1,0 +1,160 @@
+// NCCL process groups (see group.h). Host code only; compiled by nvcc for the CUDA runtime.
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "../cuda/device.h"
+#include "group.h"
+
+namespace ra::nccl {
+
+namespace {
+
+void check_cuda(cudaError_t e, const std::string& what) {
+  if (e != cudaSuccess) throw UserError("Error", what + " failed: " + cudaGetErrorString(e));
+}
+
+ncclDataType_t nccl_type(DType t) {
+  return t == DType::F32 ? ncclFloat32 : t == DType::BF16 ? ncclBfloat16 : ncclFloat16;
+}
+
+class Group {
+ public:
+  Group(const ncclUniqueId& id, int rank, int world, int device, int64_t timeout_ms)
+      : api_(loaded()), rank_(rank), timeout_ms_(timeout_ms) {
+    check_cuda(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating the communication stream");
+    // The rendezvous has just seen every rank alive, so a blocking init is expected to return.
+    check(api_.CommInitRank(&comm_, world, id, rank), "ncclCommInitRank");
+    scratch_ = cuda::alloc(sizeof(float));
+  }
+  ~Group() {
+    try {
+      if (comm_) wait("destroy (pending sends)");
+    } catch (...) {
+      // wait() aborted the communicator; nothing more to flush
+    }
+    if (comm_) api_.CommDestroy(comm_);
+    for (auto& [event, storage] : inflight_) cudaEventDestroy(event);
+    cudaStreamDestroy(stream_);
+    cuda::release(scratch_);
+  }
+
+  void send(const Tensor& t, int peer) {
+    reap();
+    check(api_.Send(t.storage->ptr, size_t(t.numel()), nccl_type(t.dtype), peer, live(), stream_), "ncclSend");
+    cudaEvent_t done;
+    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+    check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
+    inflight_.emplace_back(done, t.storage);  // the tensor's memory lives until the send completes
+  }
+  void recv(Tensor& into, int peer) {
+    check(api_.Recv(into.storage->ptr, size_t(into.numel()), nccl_type(into.dtype), peer, live(), stream_), "ncclRecv");
+    wait("recv from rank " + std::to_string(peer));
+  }
+  void all_reduce_sum(Tensor& t) {
+    check(api_.AllReduce(t.storage->ptr, t.storage->ptr, size_t(t.numel()), nccl_type(t.dtype), ncclSum, live(), stream_),
+          "ncclAllReduce");
+    wait("allReduce");
+  }
+  void barrier() {
+    check(api_.AllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, live(), stream_), "ncclAllReduce (barrier)");
+    wait("barrier");
+  }
+
+ private:
+  ncclComm_t live() {
+    if (!comm_) throw UserError("Error", "this NCCL group was aborted after an earlier error or timeout");
+    return comm_;
+  }
+  void check(ncclResult_t r, const char* what) {
+    if (r != ncclSuccess && r != ncclInProgress)
+      throw UserError("Error", std::string(what) + " failed on rank " + std::to_string(rank_) + ": " + api_.GetErrorString(r));
+  }
+  void abort() {
+    api_.CommAbort(comm_);
+    comm_ = nullptr;
+  }
+  // Polls until the stream is idle; an NCCL error or the deadline aborts the communicator.
+  void wait(const std::string& what) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
+    for (;;) {
+      cudaError_t e = cudaStreamQuery(stream_);
+      if (e == cudaSuccess) break;
+      if (e != cudaErrorNotReady) check_cuda(e, what);
+      ncclResult_t async = ncclSuccess;
+      api_.CommGetAsyncError(comm_, &async);
+      if (async != ncclSuccess && async != ncclInProgress) {
+        std::string why = api_.GetErrorString(async);
+        abort();
+        throw UserError("Error", "NCCL " + what + " failed on rank " + std::to_string(rank_) + ": " + why);
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        abort();
+        throw UserError("Error", "NCCL " + what + " on rank " + std::to_string(rank_) + " did not finish within " +
+                                     std::to_string(timeout_ms_) + " ms; the communicator was aborted (a peer may have "
+                                     "died, or the ranks called different collectives)");
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    reap();
+  }
+  void reap() {  // frees the buffers of sends that have completed
+    for (auto it = inflight_.begin(); it != inflight_.end();) {
+      if (cudaEventQuery(it->first) != cudaSuccess) break;  // in stream order: later ones are not done either
+      cudaEventDestroy(it->first);
+      it = inflight_.erase(it);
+    }
+  }
+
+  const Api& api_;
+  int rank_;
+  int64_t timeout_ms_;
+  ncclComm_t comm_ = nullptr;
+  cudaStream_t stream_ = nullptr;
+  void* scratch_ = nullptr;
+  std::vector<std::pair<cudaEvent_t, std::shared_ptr<Storage>>> inflight_;
+};
+
+std::mutex registry_mu;
+std::map<int64_t, std::unique_ptr<Group>> registry;
+int64_t next_id = 1;
+
+Group& find(int64_t id) {
+  std::lock_guard<std::mutex> lock(registry_mu);
+  auto it = registry.find(id);
+  if (it == registry.end()) throw UserError("Error", "this NCCL group has been destroyed");
+  return *it->second;
+}
+
+}  // namespace
+
+int64_t create_group(const ncclUniqueId& id, int rank, int world_size, int device, int64_t timeout_ms) {
+  auto g = std::make_unique<Group>(id, rank, world_size, device, timeout_ms);
+  std::lock_guard<std::mutex> lock(registry_mu);
+  registry[next_id] = std::move(g);
+  return next_id++;
+}
+
+void destroy_group(int64_t id) {
+  std::unique_ptr<Group> g;
+  {
+    std::lock_guard<std::mutex> lock(registry_mu);
+    auto it = registry.find(id);
+    if (it == registry.end()) return;
+    g = std::move(it->second);
+    registry.erase(it);
+  }
+}
+
+void send(int64_t g, const Tensor& t, int peer) { find(g).send(t, peer); }
+void recv(int64_t g, Tensor& into, int peer) { find(g).recv(into, peer); }
+void all_reduce_sum(int64_t g, Tensor& t) { find(g).all_reduce_sum(t); }
+void barrier(int64_t g) { find(g).barrier(); }
+
+}  // namespace ra::nccl

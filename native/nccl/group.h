@@ -1,0 +1,19 @@
+// Process groups over NCCL: one communicator per process, its own CUDA stream. Every
+// wait polls the stream and ncclCommGetAsyncError against a deadline; past it the
+// communicator is aborted and the caller gets an error, never a silent hang.
+#pragma once
+#include <cstdint>
+
+#include "../common.h"
+#include "nccl_api.h"
+
+namespace ra::nccl {
+
+int64_t create_group(const ncclUniqueId& id, int rank, int world_size, int device, int64_t timeout_ms);
+void destroy_group(int64_t group);
+void send(int64_t group, const Tensor& t, int peer);  // enqueues; the buffer is kept until sent
+void recv(int64_t group, Tensor& into, int peer);     // waits for the data
+void all_reduce_sum(int64_t group, Tensor& t);        // in place; waits
+void barrier(int64_t group);
+
+}  // namespace ra::nccl

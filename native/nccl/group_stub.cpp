@@ -1,0 +1,14 @@
+// Builds without CUDA have no NCCL groups.
+#include "group.h"
+
+namespace ra::nccl {
+
+static UserError no_cuda() { return UserError("Error", "NCCL groups need a build with CUDA (this one was built without nvcc)"); }
+int64_t create_group(const ncclUniqueId&, int, int, int, int64_t) { throw no_cuda(); }
+void destroy_group(int64_t) {}
+void send(int64_t, const Tensor&, int) { throw no_cuda(); }
+void recv(int64_t, Tensor&, int) { throw no_cuda(); }
+void all_reduce_sum(int64_t, Tensor&) { throw no_cuda(); }
+void barrier(int64_t) { throw no_cuda(); }
+
+}  // namespace ra::nccl

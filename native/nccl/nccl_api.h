@@ -1,0 +1,48 @@
+// The part of NCCL we call, declared here so that one binary builds without NCCL and
+// loads it at run time (dlopen). The values and signatures are NCCL's (nccl.h, 2.19+);
+// check_nccl_h.cpp verifies them against the real header whenever the build finds one.
+#pragma once
+#include <cstddef>
+#include <string>
+
+struct CUstream_st;  // the CUDA runtime's stream, declared as cuda_runtime.h does
+
+namespace ra::nccl {
+
+typedef struct ncclComm* ncclComm_t;
+typedef ::CUstream_st* cudaStream_t;
+typedef struct { char internal[128]; } ncclUniqueId;
+
+typedef enum {
+  ncclSuccess = 0, ncclUnhandledCudaError = 1, ncclSystemError = 2, ncclInternalError = 3,
+  ncclInvalidArgument = 4, ncclInvalidUsage = 5, ncclRemoteError = 6, ncclInProgress = 7,
+} ncclResult_t;
+typedef enum { ncclFloat16 = 6, ncclFloat32 = 7, ncclBfloat16 = 9 } ncclDataType_t;
+typedef enum { ncclSum = 0 } ncclRedOp_t;
+
+// Function pointers, named as in nccl.h without the prefix.
+struct Api {
+  ncclResult_t (*GetVersion)(int* version);
+  ncclResult_t (*GetUniqueId)(ncclUniqueId* id);
+  ncclResult_t (*CommInitRank)(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank);
+  ncclResult_t (*CommDestroy)(ncclComm_t comm);
+  ncclResult_t (*CommAbort)(ncclComm_t comm);
+  ncclResult_t (*CommGetAsyncError)(ncclComm_t comm, ncclResult_t* error);
+  const char* (*GetErrorString)(ncclResult_t result);
+  ncclResult_t (*Send)(const void* buf, size_t count, ncclDataType_t type, int peer, ncclComm_t comm, cudaStream_t stream);
+  ncclResult_t (*Recv)(void* buf, size_t count, ncclDataType_t type, int peer, ncclComm_t comm, cudaStream_t stream);
+  ncclResult_t (*AllReduce)(const void* send, void* recv, size_t count, ncclDataType_t type, ncclRedOp_t op,
+                            ncclComm_t comm, cudaStream_t stream);
+  ncclResult_t (*GroupStart)();
+  ncclResult_t (*GroupEnd)();
+};
+
+// Opens libnccl at `path` once per process and resolves every symbol above; throws a
+// UserError naming what is missing. Later calls return the same library.
+const Api& load(const std::string& path);
+// The library load() opened; throws when none was.
+const Api& loaded();
+// A fresh ncclUniqueId from the loaded library (rank 0 hands it out through the rendezvous).
+ncclUniqueId unique_id();
+
+}  // namespace ra::nccl
