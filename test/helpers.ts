@@ -1,4 +1,6 @@
 // Shared by the test files: random inputs as tensors, and reading results back.
+import { createServer } from 'node:net';
+
 import { tensor, type DType, type Tensor } from '../dist/index.js';
 import { randomArray, roundTo, type Dims } from './reference.js';
 
@@ -30,3 +32,12 @@ export function asTensors(x: Dims, inp: Inputs, dtype: DType = 'float32') {
 }
 
 export const read = (t: Tensor) => t.toFloat32Array();
+
+/** A TCP port that was free a moment ago, for rendezvous tests. */
+export async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}

@@ -1,18 +1,12 @@
 // The TCP rendezvous with real processes on loopback.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import { describe, expect, it } from 'vitest';
 
-const script = new URL('./fixtures/rdzv-rank.mjs', import.meta.url).pathname;
+import { freePort } from './helpers.js';
 
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
+const script = new URL('./fixtures/rdzv-rank.mjs', import.meta.url).pathname;
 
 interface Outcome {
   ok: boolean;

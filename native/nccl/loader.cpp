@@ -29,18 +29,11 @@ const Api& load(const std::string& path) {
   if (!lib) throw UserError("Error", "cannot load NCCL from " + path + ": " + dlerror());
   Api a{};
   try {
-    resolve(lib, path, "ncclGetVersion", a.GetVersion);
-    resolve(lib, path, "ncclGetUniqueId", a.GetUniqueId);
-    resolve(lib, path, "ncclCommInitRank", a.CommInitRank);
-    resolve(lib, path, "ncclCommDestroy", a.CommDestroy);
-    resolve(lib, path, "ncclCommAbort", a.CommAbort);
-    resolve(lib, path, "ncclCommGetAsyncError", a.CommGetAsyncError);
-    resolve(lib, path, "ncclGetErrorString", a.GetErrorString);
-    resolve(lib, path, "ncclSend", a.Send);
-    resolve(lib, path, "ncclRecv", a.Recv);
-    resolve(lib, path, "ncclAllReduce", a.AllReduce);
-    resolve(lib, path, "ncclGroupStart", a.GroupStart);
-    resolve(lib, path, "ncclGroupEnd", a.GroupEnd);
+#define RESOLVE(fn) resolve(lib, path, "nccl" #fn, a.fn)
+    RESOLVE(GetVersion), RESOLVE(GetUniqueId), RESOLVE(CommInitRank), RESOLVE(CommDestroy), RESOLVE(CommAbort);
+    RESOLVE(CommGetAsyncError), RESOLVE(GetErrorString), RESOLVE(Send), RESOLVE(Recv), RESOLVE(AllReduce);
+    RESOLVE(GroupStart), RESOLVE(GroupEnd);
+#undef RESOLVE
   } catch (...) {
     dlclose(lib);
     throw;

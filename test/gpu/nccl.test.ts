@@ -1,8 +1,9 @@
 // An NCCL group of one on the GPU machine (NCCL refuses two ranks on one GPU, so larger
 // groups are exercised by the in-process ring): init through the rendezvous, allReduce,
 // barrier, destroy. Skipped, with the reason in the title, where there is no GPU or NCCL.
-import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
+
+import { freePort } from '../helpers.js';
 
 import { info, initProcessGroup, tensor } from '../../dist/index.js';
 import { findLibrary, LIBRARIES } from '../../dist/libraries.js';
@@ -10,14 +11,6 @@ import { findLibrary, LIBRARIES } from '../../dist/libraries.js';
 const cuda = info().cuda;
 const nccl = findLibrary(LIBRARIES.nccl);
 const why = !cuda.available ? cuda.reason : !nccl.path ? 'libnccl.so.2 not found' : '';
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
-  const port = (s.address() as { port: number }).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
 
 describe.skipIf(!!why)(why ? `NCCL group (skipped: ${why})` : 'NCCL group', () => {
   it('a group of one: allReduce is the identity, barrier returns, destroy releases it', async () => {
