@@ -42,7 +42,7 @@ describe('initProcessGroup', () => {
     expect(error.message).toMatch(/libstdc\+\+\.so\.6 is not a usable NCCL: it has no ncclGetVersion \(NCCL 2\.19 or newer is needed\)/);
   });
 
-  it.skipIf(!ncclHere || info().cuda.available)('with NCCL but no GPU: says the backend needs a CUDA device', async () => {
+  it.skipIf(!ncclHere || info().cuda.available)('(runs where NCCL is installed and no GPU) says the backend needs a CUDA device', async () => {
     await expect(initProcessGroup({ backend: 'nccl', env })).rejects.toThrow(/the 'nccl' backend needs a CUDA device/);
   });
 });
