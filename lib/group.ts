@@ -46,7 +46,11 @@ export class ProcessGroup {
     return x;
   }
 
-  /** Sends `t` to rank `peer`, returning without waiting for the receiver. */
+  /**
+   * Sends `t` to rank `peer`, returning without waiting for the receiver. On an NCCL group the
+   * send is posted together with this rank's next recv() (one NCCL group) or before its next
+   * collective, so the ring pattern send(next); recv(prev) cannot deadlock.
+   */
   send(t: Tensor, peer: number): void {
     const id = ProcessGroup.idOf(this, 'group'), h = this.#tensor(t, 't').handle('t'), p = this.#peer(peer);
     if (this.backend === 'nccl') native.ncclSend(id, h, p);

@@ -64,6 +64,11 @@ export async function launch(opts: LaunchOptions, module: string | URL, args?: u
   checkDevice(device, 'opts.device');
   const timeoutMs = o.timeoutMs === undefined ? 300_000 : checkInteger(o.timeoutMs, 'opts.timeoutMs', 1, MAX_TIMEOUT_MS);
   const href = moduleHref(module);
+  try {
+    structuredClone(args); // what every rank receives: refuse it here, not in N workers
+  } catch (e) {
+    fail('type', `args: cannot be sent to the ranks' threads (${(e as Error).message}); pass plain data`);
+  }
 
   const groupId = native.groupCreate(worldSize, timeoutMs);
   const results: unknown[] = new Array(worldSize);

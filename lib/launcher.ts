@@ -63,7 +63,7 @@ export function parseLaunchArgs(argv: string[]): LaunchArgs {
     masterAddr: opts.get('master-addr') || '127.0.0.1',
     masterPort: integer('master-port', opts.get('master-port') ?? '29500', 1, 65535),
     rdzvId: opts.get('rdzv-id') || process.env.RING_ATTENTION_JOB_TOKEN || randomBytes(12).toString('hex'),
-    graceMs: integer('grace-ms', opts.get('grace-ms') ?? '5000', 0),
+    graceMs: integer('grace-ms', opts.get('grace-ms') ?? '5000', 0, 2 ** 31 - 1),
     script,
     scriptArgs: argv.slice(i + 1),
   };
@@ -131,12 +131,20 @@ export async function launchProcesses(argv: string[]): Promise<number> {
         process.stderr.write(d);
         tails[rank] = (tails[rank] + d.toString()).slice(-TAIL_BYTES);
       });
-      child.on('exit', (code, signal) => {
+      let ended = false;
+      const end = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (ended) return; // a failed spawn may report both 'error' and 'exit'
+        ended = true;
         if ((code !== 0 || signal) && !failure && !interrupted) {
           failure = { rank, code, signal };
           stopOthers();
         }
         if (--running === 0) done();
+      };
+      child.on('exit', end);
+      child.on('error', (e) => {
+        tails[rank] += `could not start: ${e.message}\n`;
+        end(1, null);
       });
       children.push(child);
     }

@@ -94,13 +94,13 @@ Tensor& unwrap(Napi::Env env, const Napi::Value& v, const char* name) {
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
     throw Napi::TypeError::New(env, std::string(name) + ": expected a tensor handle");
   TensorHandle* h = TensorHandle::Unwrap(v.As<Napi::Object>());
-  if (h->disposed) throw Napi::TypeError::New(env, std::string(name) + ": tensor has been disposed");
+  if (h->disposed || !h->tensor.storage) throw Napi::TypeError::New(env, std::string(name) + ": tensor has been disposed");
   return h->tensor;
 }
 
 Napi::Value TensorHandle::ToFloat32Array(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    if (disposed) throw Napi::TypeError::New(env, "tensor has been disposed");
+    if (disposed || !tensor.storage) throw Napi::TypeError::New(env, "tensor has been disposed");
     auto out = Napi::Float32Array::New(env, size_t(tensor.numel()));
     if (tensor.device == Device::CPU) ra::convert_to_f32(tensor.dtype, tensor.storage->ptr, out.Data(), out.ElementLength());
     else ra::cuda::download_f32(tensor.storage->ptr, tensor.dtype, out.Data(), out.ElementLength());
@@ -241,7 +241,10 @@ Napi::Value GroupAbort(const Napi::CallbackInfo& info) {
 }
 Napi::Value GroupLeave(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    ra::ring::find_group(group_id(info[0]))->leave(info[1].As<Napi::Number>().Int32Value());
+    auto group = ra::ring::find_group(group_id(info[0]));
+    const int rank = info[1].As<Napi::Number>().Int32Value();
+    if (rank < 0 || rank >= group->world_size()) throw UserError("RangeError", "rank " + std::to_string(rank) + " is not in this group");
+    group->leave(rank);
     return env.Undefined();
   });
 }
@@ -252,14 +255,23 @@ Napi::Value GroupDestroy(const Napi::CallbackInfo& info) {
   });
 }
 
-ra::ring::LocalTransport transport(const Napi::CallbackInfo& info) {
-  return ra::ring::LocalTransport(ra::ring::find_group(group_id(info[0])), info[1].As<Napi::Number>().Int32Value());
+// The transport of rank info[1] in group info[0]; ranks (and a peer in info[2], when given)
+// are range-checked here because the group indexes its tables with them.
+ra::ring::LocalTransport transport(const Napi::CallbackInfo& info, bool has_peer = false) {
+  auto group = ra::ring::find_group(group_id(info[0]));
+  const int rank = info[1].As<Napi::Number>().Int32Value(), world = group->world_size();
+  if (rank < 0 || rank >= world) throw UserError("RangeError", "rank " + std::to_string(rank) + " is not in this group");
+  if (has_peer) {
+    const int peer = info[2].As<Napi::Number>().Int32Value();
+    if (peer < 0 || peer >= world) throw UserError("RangeError", "peer " + std::to_string(peer) + " is not in this group");
+  }
+  return ra::ring::LocalTransport(std::move(group), rank);
 }
 
 // groupSend(id, rank, peer, tensor); groupRecv(id, rank, peer, into)
 Napi::Value GroupSend(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    auto t = transport(info);
+    auto t = transport(info, true);
     const Tensor& x = unwrap(env, info[3], "tensor");
     t.send(info[2].As<Napi::Number>().Int32Value(), ra::ring::TAG_USER, std::make_shared<std::vector<float>>(x.to_f32()));
     return env.Undefined();
@@ -267,7 +279,7 @@ Napi::Value GroupSend(const Napi::CallbackInfo& info) {
 }
 Napi::Value GroupRecv(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    auto t = transport(info);
+    auto t = transport(info, true);
     Tensor& into = unwrap(env, info[3], "into");
     auto block = t.recv(info[2].As<Napi::Number>().Int32Value(), ra::ring::TAG_USER);
     if (block->size() != size_t(into.numel()))

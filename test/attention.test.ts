@@ -139,3 +139,18 @@ describe('attention backward against finite differences', () => {
     });
   }
 });
+
+describe('thread count', () => {
+  it('an absurd RING_ATTENTION_NUM_THREADS is capped, not a crash', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const code = `import('${new URL('../dist/index.js', import.meta.url).href}').then(async (ra) => {
+      const q = ra.tensor(new Float32Array(8192 * 32 * 8), [8192, 32, 8, 1]); // 65536 work items
+      const { out } = ra.attention(q, q, q, { causal: true });
+      console.log((await out.toFloat32Array()).length);
+    })`;
+    const r = spawnSync(process.execPath, ['-e', code], { encoding: 'utf8', env: { ...process.env, RING_ATTENTION_NUM_THREADS: '1000000' } });
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toBe(String(8192 * 32 * 8));
+    expect(r.status).toBe(0);
+  });
+});

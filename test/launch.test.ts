@@ -1,7 +1,7 @@
 // launch(): ranks as worker threads, results in rank order, and failure without hangs.
 import { describe, expect, it } from 'vitest';
 
-import { launch } from '../dist/index.js';
+import { launch, tensor } from '../dist/index.js';
 import { ProcessGroup } from '../dist/group.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
@@ -70,6 +70,27 @@ describe('launch', () => {
   it('a group whose launch has ended (or never began) is refused', () => {
     const stale = ProcessGroup.attach(123_456_789, 0, 1);
     expect(() => stale.barrier()).toThrow(/^group 123456789 is not active: groups live only inside their launch\(\)/);
+  });
+
+  it('an allReduce that timed out is not retried into a wrong sum: the group is aborted', async () => {
+    // rank 0 catches its timeout and retries; before the fix the retry returned 2 (its own value twice)
+    const [zero, one] = (await launch({ worldSize: 2, timeoutMs: 300 }, fixture('allreduce-retry.mjs'))) as any[];
+    expect(zero.first).toMatch(/^rank 0 timed out after 300 ms waiting for every rank to join a collective/);
+    expect(zero.second).toMatch(/^group aborted: rank 0 timed out/);
+    expect(zero.retried).toBeUndefined();
+    expect(one.error).toMatch(/^group aborted: rank 0 timed out/);
+  });
+
+  it('args that cannot be sent to the ranks are a TypeError naming args', async () => {
+    await expect(launch({ worldSize: 2 }, fixture('group-ops.mjs'), { f: () => 1 })).rejects.toThrow(/^args: cannot be sent to the ranks' threads/);
+  });
+
+  it('internal handles misused from JavaScript throw instead of crashing', () => {
+    const stale = ProcessGroup.attach(123_456_789, 0, 1);
+    expect(() => stale.send(tensor(new Float32Array(1), [1]), 0)).toThrow(/not active/);
+    const t = tensor(new Float32Array(1), [1]);
+    const EmptyHandle = (t as any).handle('t').constructor;
+    expect(() => new EmptyHandle().toFloat32Array()).toThrow(/tensor has been disposed/);
   });
 
   it('a return value that cannot cross threads is a TypeError', async () => {

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -14,18 +15,21 @@ namespace ra::cpu {
 
 inline int hardware_threads() {
   static const int n = [] {
+    const int cores = std::max(1, int(std::thread::hardware_concurrency()));
     if (const char* env = std::getenv("RING_ATTENTION_NUM_THREADS")) {
       int v = std::atoi(env);
-      if (v > 0) return v;
+      if (v > 0) return std::min(v, 4 * cores);  // more than that only costs thread creation
     }
-    return std::max(1, int(std::thread::hardware_concurrency()));
+    return cores;
   }();
   return n;
 }
 
+// Callers inside parallel_for right now, across all kernels and ranks.
+inline std::atomic<int> active_callers{0};
+
 template <typename F>
 void parallel_for(int64_t n, F&& fn) {
-  static std::atomic<int> active_callers{0};
   int callers = ++active_callers;
   int threads = int(std::min<int64_t>(n, std::max(1, hardware_threads() / std::max(1, callers))));
   std::atomic<int64_t> next{0};
@@ -41,7 +45,11 @@ void parallel_for(int64_t n, F&& fn) {
     }
   };
   std::vector<std::thread> pool;
-  for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+  try {
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+  } catch (const std::system_error&) {
+    // the system gave fewer threads than asked: the ones we have share the work
+  }
   worker();
   for (auto& t : pool) t.join();
   --active_callers;

@@ -30,17 +30,27 @@ size_t round_size(size_t n) {
   return n < (size_t(1) << 20) ? (n + small - 1) / small * small : (n + large - 1) / large * large;
 }
 
+struct Block {
+  int device;
+  size_t size;  // rounded
+  bool operator<(const Block& o) const { return device != o.device ? device < o.device : size < o.size; }
+};
+
 struct Cache {
   std::mutex mu;
-  std::multimap<size_t, void*> free_blocks;     // rounded size -> block, reused exactly
-  std::unordered_map<void*, size_t> live;       // block -> rounded size
+  std::multimap<Block, void*> free_blocks;  // (device, rounded size) -> block, reused exactly
+  std::unordered_map<void*, Block> live;
   AllocatorStats stats;
 
   void release_all_free() {
-    for (auto& [size, p] : free_blocks) {
+    int current = 0;
+    cudaGetDevice(&current);
+    for (auto& [block, p] : free_blocks) {
+      cudaSetDevice(block.device);
       cudaFree(p);
-      stats.bytes_cached -= size;
+      stats.bytes_cached -= block.size;
     }
+    cudaSetDevice(current);
     free_blocks.clear();
   }
 };
@@ -109,9 +119,11 @@ RuntimeInfo query() {
 
 void* alloc(size_t bytes) {
   Cache& c = cache();
-  size_t size = round_size(bytes);
+  const size_t size = round_size(bytes);
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");  // blocks belong to the device they were made on
   std::lock_guard<std::mutex> lock(c.mu);
-  auto it = c.free_blocks.find(size);
+  auto it = c.free_blocks.find(Block{device, size});
   void* p = nullptr;
   if (it != c.free_blocks.end()) {
     p = it->second;
@@ -132,7 +144,7 @@ void* alloc(size_t bytes) {
     }
     c.stats.cuda_malloc_calls++;
   }
-  c.live[p] = size;
+  c.live[p] = Block{device, size};
   c.stats.bytes_in_use += size;
   return p;
 }
@@ -143,11 +155,11 @@ void release(void* ptr) {
   std::lock_guard<std::mutex> lock(c.mu);
   auto it = c.live.find(ptr);
   if (it == c.live.end()) return;
-  size_t size = it->second;
+  const Block block = it->second;
   c.live.erase(it);
-  c.stats.bytes_in_use -= size;
-  c.stats.bytes_cached += size;
-  c.free_blocks.emplace(size, ptr);
+  c.stats.bytes_in_use -= block.size;
+  c.stats.bytes_cached += block.size;
+  c.free_blocks.emplace(block, ptr);
 }
 
 AllocatorStats allocator_stats() {

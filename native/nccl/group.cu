@@ -35,7 +35,10 @@ class Group {
   }
   ~Group() {
     try {
-      if (comm_) wait("destroy (pending sends)");
+      if (comm_) {
+        flush();
+        wait("destroy (pending sends)");
+      }
     } catch (...) {
       // wait() aborted the communicator; nothing more to flush
     }
@@ -45,26 +48,33 @@ class Group {
     cuda::release(scratch_);
   }
 
+  // Sends are posted with the next recv (or before the next collective) inside one NCCL group,
+  // so that the ring pattern send(next); recv(prev) progresses instead of each rank's send
+  // blocking its stream while the peer's recv waits behind the peer's own send.
   void send(const Tensor& t, int peer) {
+    live();
     reap();
-    check(api_.Send(t.storage->ptr, size_t(t.numel()), nccl_type(t.dtype), peer, live(), stream_), "ncclSend");
-    cudaEvent_t done;
-    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
-    check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
-    inflight_.emplace_back(done, t.storage);  // the tensor's memory lives until the send completes
+    pending_.push_back({t.storage, size_t(t.numel()), nccl_type(t.dtype), peer});
   }
   void recv(Tensor& into, int peer) {
-    check(api_.Recv(into.storage->ptr, size_t(into.numel()), nccl_type(into.dtype), peer, live(), stream_), "ncclRecv");
+    grouped([&] {
+      check(api_.Recv(into.storage->ptr, size_t(into.numel()), nccl_type(into.dtype), peer, live(), stream_), "ncclRecv");
+    });
     wait("recv from rank " + std::to_string(peer));
   }
   void all_reduce_sum(Tensor& t) {
+    flush();
     check(api_.AllReduce(t.storage->ptr, t.storage->ptr, size_t(t.numel()), nccl_type(t.dtype), ncclSum, live(), stream_),
           "ncclAllReduce");
     wait("allReduce");
   }
   void barrier() {
+    flush();
     check(api_.AllReduce(scratch_, scratch_, 1, ncclFloat32, ncclSum, live(), stream_), "ncclAllReduce (barrier)");
     wait("barrier");
+  }
+  void flush() {
+    if (!pending_.empty()) grouped([] {});
   }
 
  private:
@@ -75,6 +85,32 @@ class Group {
   void check(ncclResult_t r, const char* what) {
     if (r != ncclSuccess && r != ncclInProgress)
       throw UserError("Error", std::string(what) + " failed on rank " + std::to_string(rank_) + ": " + api_.GetErrorString(r));
+  }
+  // Posts the pending sends and whatever `more` posts as one NCCL group; each sent tensor's
+  // memory is kept until the stream passes the group.
+  template <typename F>
+  void grouped(F&& more) {
+    check(api_.GroupStart(), "ncclGroupStart");
+    ncclResult_t first_error = ncclSuccess;
+    try {
+      for (const auto& p : pending_) {
+        ncclResult_t r = api_.Send(p.storage->ptr, p.count, p.type, p.peer, live(), stream_);
+        if (first_error == ncclSuccess && r != ncclSuccess && r != ncclInProgress) first_error = r;
+      }
+      more();
+    } catch (...) {
+      api_.GroupEnd();
+      throw;
+    }
+    check(api_.GroupEnd(), "ncclGroupEnd");
+    check(first_error, "ncclSend");
+    for (auto& p : pending_) {
+      cudaEvent_t done;
+      check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+      check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
+      inflight_.emplace_back(done, std::move(p.storage));
+    }
+    pending_.clear();
   }
   void abort() {
     api_.CommAbort(comm_);
@@ -118,6 +154,13 @@ class Group {
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   void* scratch_ = nullptr;
+  struct PendingSend {
+    std::shared_ptr<Storage> storage;
+    size_t count;
+    ncclDataType_t type;
+    int peer;
+  };
+  std::vector<PendingSend> pending_;
   std::vector<std::pair<cudaEvent_t, std::shared_ptr<Storage>>> inflight_;
 };
 

@@ -11,7 +11,9 @@ namespace ra::nccl {
 
 int64_t create_group(const ncclUniqueId& id, int rank, int world_size, int device, int64_t timeout_ms);
 void destroy_group(int64_t group);
-void send(int64_t group, const Tensor& t, int peer);  // enqueues; the buffer is kept until sent
+// A send is posted with this rank's next recv, in one NCCL group, or before its next collective;
+// the tensor's memory is kept until it has been sent.
+void send(int64_t group, const Tensor& t, int peer);
 void recv(int64_t group, Tensor& into, int peer);     // waits for the data
 void all_reduce_sum(int64_t group, Tensor& t);        // in place; waits
 void barrier(int64_t group);

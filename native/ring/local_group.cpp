@@ -55,6 +55,11 @@ Block LocalGroup::recv(int from, int to, int tag) {
 void LocalGroup::all_reduce_sum(int rank, float* data, size_t n) {
   std::unique_lock<std::mutex> lock(mu_);
   check_usable(rank);
+  if (arrived_mask_[size_t(rank)]) {  // only after an earlier failure of this same collective
+    const std::string why = "rank " + std::to_string(rank) + " joined the same allReduce twice";
+    abort_locked(why);
+    throw UserError("Error", why);
+  }
   if (arrived_ == 0) {
     sum_.assign(data, data + n);
   } else if (sum_.size() != n) {
@@ -74,14 +79,20 @@ void LocalGroup::all_reduce_sum(int rank, float* data, size_t n) {
     ++generation_;
     cv_.notify_all();
   } else {
-    wait(lock, rank, [&] {
-      if (generation_ != gen) return true;
-      for (int r = 0; r < world_; ++r)
-        if (left_[size_t(r)] && !arrived_mask_[size_t(r)])
-          throw UserError("Error", "rank " + std::to_string(rank) + " waits in a collective for rank " +
-                                       std::to_string(r) + ", which returned without joining it");
-      return false;
-    }, "every rank to join a collective (allReduce, barrier)");
+    try {
+      wait(lock, rank, [&] {
+        if (generation_ != gen) return true;
+        for (int r = 0; r < world_; ++r)
+          if (left_[size_t(r)] && !arrived_mask_[size_t(r)])
+            throw UserError("Error", "rank " + std::to_string(rank) + " waits in a collective for rank " +
+                                         std::to_string(r) + ", which returned without joining it");
+        return false;
+      }, "every rank to join a collective (allReduce, barrier)");
+    } catch (const UserError& e) {
+      // This rank's data is already in the sum: the collective cannot be completed or retried.
+      abort_locked(e.what());
+      throw;
+    }
   }
   if (n) std::copy(result_.begin(), result_.end(), data);
 }
