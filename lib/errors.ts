@@ -1,5 +1,10 @@
 // Argument checks shared by the public functions. Each message names the argument and
 // says what was expected, as users see it.
+/** The longest delay a Node.js timer honours (about 24.8 days); longer ones fire at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+/** How long a rank waits for its peers, unless told otherwise: 5 minutes. */
+export const DEFAULT_TIMEOUT_MS = 300_000;
+
 export function fail(kind: 'type' | 'range', message: string): never {
   throw kind === 'type' ? new TypeError(message) : new RangeError(message);
 }

@@ -6,7 +6,7 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 
-import { checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
+import { checkInteger, checkOneOf, checkOptions, describe, fail, MAX_TIMER_MS, DEFAULT_TIMEOUT_MS } from './errors.js';
 import type { ProcessGroup } from './group.js';
 import { native } from './native.js';
 import { checkDevice, DEVICES, type DeviceName } from './tensor.js';
@@ -30,8 +30,6 @@ export interface RankContext<A = unknown> {
 }
 
 export const MAX_WORLD_SIZE = 256;
-/** As for setTimeout: about 24.8 days. */
-const MAX_TIMEOUT_MS = 2 ** 31 - 1;
 
 /** @internal What a rank worker posts back. */
 export type RankMessage =
@@ -62,7 +60,7 @@ export async function launch(opts: LaunchOptions, module: string | URL, args?: u
   checkOneOf(o.backend, 'opts.backend', ['local'] as const);
   const device = checkOneOf(o.device, 'opts.device', DEVICES) ?? 'cpu';
   checkDevice(device, 'opts.device');
-  const timeoutMs = o.timeoutMs === undefined ? 300_000 : checkInteger(o.timeoutMs, 'opts.timeoutMs', 1, MAX_TIMEOUT_MS);
+  const timeoutMs = o.timeoutMs === undefined ? DEFAULT_TIMEOUT_MS : checkInteger(o.timeoutMs, 'opts.timeoutMs', 1, MAX_TIMER_MS);
   const href = moduleHref(module);
   try {
     structuredClone(args); // what every rank receives: refuse it here, not in N workers

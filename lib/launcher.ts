@@ -8,6 +8,8 @@ import { existsSync } from 'node:fs';
 import { constants } from 'node:os';
 import { resolve } from 'node:path';
 
+import { MAX_TIMER_MS } from './errors.js';
+
 export const LAUNCH_USAGE = `usage: ring-attention launch --nproc-per-node N [--nnodes M --node-rank R]
          [--master-addr HOST] [--master-port PORT] [--rdzv-id ID] [--grace-ms MS] script.js [args...]
 
@@ -63,7 +65,7 @@ export function parseLaunchArgs(argv: string[]): LaunchArgs {
     masterAddr: opts.get('master-addr') || '127.0.0.1',
     masterPort: integer('master-port', opts.get('master-port') ?? '29500', 1, 65535),
     rdzvId: opts.get('rdzv-id') || process.env.RING_ATTENTION_JOB_TOKEN || randomBytes(12).toString('hex'),
-    graceMs: integer('grace-ms', opts.get('grace-ms') ?? '5000', 0, 2 ** 31 - 1),
+    graceMs: integer('grace-ms', opts.get('grace-ms') ?? '5000', 0, MAX_TIMER_MS),
     script,
     scriptArgs: argv.slice(i + 1),
   };

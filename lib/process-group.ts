@@ -2,7 +2,7 @@
 // `ring-attention launch`), NCCL found and loaded, rank 0's NCCL id handed to every rank
 // through our rendezvous, and an NCCL communicator on this process's GPU.
 import { readDistributedEnv } from './dist-env.js';
-import { checkInteger, checkOptions, fail } from './errors.js';
+import { checkInteger, checkOptions, fail, MAX_TIMER_MS, DEFAULT_TIMEOUT_MS } from './errors.js';
 import { ProcessGroup } from './group.js';
 import { findLibrary, LIBRARIES } from './libraries.js';
 import { native } from './native.js';
@@ -21,7 +21,7 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
   const o = checkOptions(opts, 'opts');
   if (o.backend !== 'nccl')
     fail(typeof o.backend === 'string' ? 'range' : 'type', `opts.backend: expected 'nccl' (groups of threads come from launch()), got ${JSON.stringify(o.backend)}`);
-  const timeoutMs = o.timeoutMs === undefined ? 300_000 : checkInteger(o.timeoutMs, 'opts.timeoutMs', 1, 2 ** 31 - 1);
+  const timeoutMs = o.timeoutMs === undefined ? DEFAULT_TIMEOUT_MS : checkInteger(o.timeoutMs, 'opts.timeoutMs', 1, MAX_TIMER_MS);
   const env = readDistributedEnv((o.env as Record<string, string | undefined> | undefined) ?? process.env);
 
   const nccl = findLibrary(LIBRARIES.nccl);
