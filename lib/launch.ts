@@ -54,8 +54,8 @@ function rebuild(e: { name: string; message: string; stack?: string }, rank: num
 
 /** Runs the module's default export once per rank and resolves with their return values in rank order. */
 export async function launch(opts: LaunchOptions, module: string | URL, args?: unknown): Promise<unknown[]> {
-  const o = checkOptions(opts, 'opts');
   if (opts === undefined) fail('type', 'opts: expected { worldSize }');
+  const o = checkOptions(opts, 'opts');
   const worldSize = checkInteger(o.worldSize, 'opts.worldSize', 1, MAX_WORLD_SIZE);
   checkOneOf(o.backend, 'opts.backend', ['local'] as const);
   const device = checkOneOf(o.device, 'opts.device', DEVICES) ?? 'cpu';

@@ -43,7 +43,7 @@ class Group {
       // wait() aborted the communicator; nothing more to flush
     }
     if (comm_) api_.CommDestroy(comm_);
-    for (auto& [event, storage] : inflight_) cudaEventDestroy(event);
+    for (auto& [event, buffers] : inflight_) cudaEventDestroy(event);
     cudaStreamDestroy(stream_);
     cuda::release(scratch_);
   }
@@ -104,12 +104,13 @@ class Group {
     }
     check(api_.GroupEnd(), "ncclGroupEnd");
     check(first_error, "ncclSend");
-    for (auto& p : pending_) {
-      cudaEvent_t done;
-      check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
-      check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
-      inflight_.emplace_back(done, std::move(p.storage));
-    }
+    if (pending_.empty()) return;
+    cudaEvent_t done;  // one point in the stream after which every buffer of this group is free
+    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+    check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
+    std::vector<std::shared_ptr<Storage>> buffers;
+    for (auto& p : pending_) buffers.push_back(std::move(p.storage));
+    inflight_.emplace_back(done, std::move(buffers));
     pending_.clear();
   }
   void abort() {
@@ -161,7 +162,7 @@ class Group {
     int peer;
   };
   std::vector<PendingSend> pending_;
-  std::vector<std::pair<cudaEvent_t, std::shared_ptr<Storage>>> inflight_;
+  std::vector<std::pair<cudaEvent_t, std::vector<std::shared_ptr<Storage>>>> inflight_;
 };
 
 std::mutex registry_mu;

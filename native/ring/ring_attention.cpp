@@ -51,6 +51,29 @@ cpu::AttnParams params(const RingShape& s, const Plan& pl, const float* q, const
   return p;
 }
 
+// params() over a finished forward: AttnParams' out/lse are writable for the forward's sake,
+// but the backward passes only read them.
+cpu::AttnParams read_params(const RingShape& s, const Plan& pl, const float* q, const float* k, const float* v,
+                            const float* out, const float* lse) {
+  return params(s, pl, q, k, v, const_cast<float*>(out), const_cast<float*>(lse));
+}
+
+// The backward of one step: the forward's arrays, plus the same slices of dout, delta, dq
+// and the travelling dK/dV block.
+cpu::AttnBwdParams bwd_params(const RingShape& s, const Plan& pl, const float* q, const float* kv, size_t n_kv,
+                              const float* out, const float* lse, const float* dout, const float* delta, float* dq,
+                              float* dkv) {
+  const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
+  cpu::AttnBwdParams b;
+  b.fwd = read_params(s, pl, q, kv, kv + n_kv, out, lse);
+  b.dout = dout + pl.q_off * qrow;
+  b.delta = delta + pl.q_off;
+  b.dq = dq + pl.q_off * qrow;
+  b.dk = dkv + pl.k_off * krow;
+  b.dv = dkv + n_kv + pl.k_off * krow;
+  return b;
+}
+
 size_t kv_elems(const RingShape& s) { return size_t(s.batch) * s.seq * s.kv_heads * s.head_dim; }
 
 // A block from a rank whose shard has another shape would be read out of bounds: refuse it.
@@ -94,8 +117,7 @@ void ring_backward(Transport& t, const RingShape& s, const float* dout, const fl
   const size_t n_kv = kv_elems(s), n_q = size_t(s.batch) * s.seq * s.heads * s.head_dim;
   const Plan whole{false, 0, s.seq, 0, s.seq, s.causal};
   std::vector<float> delta(size_t(s.batch) * s.heads * s.seq);
-  cpu::AttnParams full = params(s, whole, q, k, v, const_cast<float*>(out), const_cast<float*>(lse));
-  cpu::attention_delta(full, dout, delta.data());
+  cpu::attention_delta(read_params(s, whole, q, k, v, out, lse), dout, delta.data());
 
   std::fill(dq, dq + n_q, 0.f);
   Block kv = pack_kv(s, k, v);
@@ -105,17 +127,8 @@ void ring_backward(Transport& t, const RingShape& s, const float* dout, const fl
     if (step + 1 < N) t.send(next, TAG_KV, kv);
     Block dkv = step == 0 ? std::make_shared<std::vector<float>>(2 * n_kv, 0.f) : checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block");
     const Plan pl = plan(s, r, (r - step + N) % N);
-    if (!pl.skip) {
-      cpu::AttnBwdParams b;
-      b.fwd = params(s, pl, q, kv->data(), kv->data() + n_kv, const_cast<float*>(out), const_cast<float*>(lse));
-      const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
-      b.dout = dout + pl.q_off * qrow;
-      b.delta = delta.data() + pl.q_off;
-      b.dq = dq + pl.q_off * qrow;
-      b.dk = dkv->data() + pl.k_off * krow;
-      b.dv = dkv->data() + n_kv + pl.k_off * krow;
-      cpu::attention_backward(b);
-    }
+    if (!pl.skip)
+      cpu::attention_backward(bwd_params(s, pl, q, kv->data(), n_kv, out, lse, dout, delta.data(), dq, dkv->data()));
     t.send(next, TAG_DKV, dkv);
     if (step + 1 < N) kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block");
   }
