@@ -9,6 +9,11 @@ export interface AttentionOptions {
   causal?: boolean;
   /** Softmax scale; default 1/sqrt(headDim). */
   scale?: number;
+  /**
+   * Backward only: the same bits on every run. On CUDA, dQ is computed in its own pass
+   * instead of with atomic adds (slower); the CPU backward is always deterministic.
+   */
+  deterministic?: boolean;
 }
 
 export interface AttentionResult {
@@ -50,11 +55,13 @@ export function checkAttentionInputs(q: unknown, k: unknown, v: unknown, opts: u
   if (tv.shape.some((d, i) => d !== tk.shape[i])) fail('range', `v: expected the shape of k ${fmt(tk.shape)}, got ${fmt(tv.shape)}`);
   if (hq % hk !== 0) fail('range', `k: ${hk} kv heads must divide q's ${hq} heads (GQA/MQA)`);
   if (dq > MAX_HEAD_DIM) fail('range', `q: headDim ${dq} exceeds the supported maximum of ${MAX_HEAD_DIM}`);
-  if (tq.device === 'cuda') fail('range', `q: attention on 'cuda' tensors needs the CUDA kernels, which this version does not have yet; use 'cpu' tensors`);
+  if (tq.device === 'cuda' && tq.dtype === 'float32')
+    fail('type', `q: attention on 'cuda' tensors takes dtype 'bfloat16' or 'float16' (the kernels use tensor cores), got 'float32'`);
   const o = checkOptions(opts, optsName);
   const causal = checkBoolean(o.causal, `${optsName}.causal`) ?? false;
   const scale = checkPositiveNumber(o.scale, `${optsName}.scale`) ?? 1 / Math.sqrt(dq);
-  return { q: tq, k: tk, v: tv, causal, scale, options: o };
+  const deterministic = checkBoolean(o.deterministic, `${optsName}.deterministic`) ?? false;
+  return { q: tq, k: tk, v: tv, causal, scale, deterministic, options: o };
 }
 
 /** Checks the forward results handed to a backward call (internal). */
@@ -90,7 +97,7 @@ export function attentionBackward(
   const f = checkBackwardInputs(dout, out, lse, a.q);
   const [dq, dk, dv] = native.attentionBackward(
     f.dout.handle('dout'), a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), f.out.handle('out'), f.lse.handle('lse'),
-    a.causal, a.scale,
+    a.causal, a.scale, a.deterministic,
   );
   return {
     dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),

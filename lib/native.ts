@@ -32,7 +32,7 @@ interface Native {
   attentionForward(q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number): [TensorHandle, TensorHandle];
   attentionBackward(
     dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle, out: TensorHandle, lse: TensorHandle,
-    causal: boolean, scale: number,
+    causal: boolean, scale: number, deterministic: boolean,
   ): [TensorHandle, TensorHandle, TensorHandle];
   groupCreate(worldSize: number, timeoutMs: number): number;
   groupAbort(id: number, reason: string): void;

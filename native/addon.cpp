@@ -7,6 +7,7 @@
 
 #include "common.h"
 #include "cpu/attention.h"
+#include "cuda/attention.h"
 #include "cuda/device.h"
 #include "nccl/group.h"
 #include "ring/ring_attention.h"
@@ -197,7 +198,16 @@ ra::cpu::AttnParams whole_params(const Tensor& q, const Tensor& k, bool causal, 
 Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &q = unwrap(env, info[0], "q"), &k = unwrap(env, info[1], "k"), &v = unwrap(env, info[2], "v");
-    auto p = whole_params(q, k, info[3].ToBoolean(), info[4].As<Napi::Number>().FloatValue());
+    const bool causal = info[3].ToBoolean();
+    const float scale = info[4].As<Napi::Number>().FloatValue();
+    if (q.device == Device::CUDA) {
+      auto r = ra::cuda::attention_forward(q, k, v, causal, scale);
+      auto result = Napi::Array::New(env, 2);
+      result.Set(0u, wrap(env, std::move(r.out)));
+      result.Set(1u, wrap(env, std::move(r.lse)));
+      return result;
+    }
+    auto p = whole_params(q, k, causal, scale);
     F32 q32(q), k32(k), v32(v);
     Output outs[] = {{q.shape, q.dtype}, {{p.batch, p.heads, p.seq_q}, DType::F32}};
     p.q = q32.ptr, p.k = k32.ptr, p.v = v32.ptr, p.out = outs[0].ptr, p.lse = outs[1].ptr;
@@ -206,12 +216,23 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   });
 }
 
-// attentionBackward(dout, q, k, v, out, lse, causal, scale) -> [dq, dk, dv]
+// attentionBackward(dout, q, k, v, out, lse, causal, scale, deterministic) -> [dq, dk, dv]
+// (the CPU backward is always deterministic)
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &dout = unwrap(env, info[0], "dout"), &q = unwrap(env, info[1], "q"), &k = unwrap(env, info[2], "k"),
                  &v = unwrap(env, info[3], "v"), &out = unwrap(env, info[4], "out"), &lse = unwrap(env, info[5], "lse");
-    auto p = whole_params(q, k, info[6].ToBoolean(), info[7].As<Napi::Number>().FloatValue());
+    const bool causal = info[6].ToBoolean();
+    const float scale = info[7].As<Napi::Number>().FloatValue();
+    if (q.device == Device::CUDA) {
+      auto g = ra::cuda::attention_backward(dout, q, k, v, out, lse, causal, scale, info[8].ToBoolean());
+      auto result = Napi::Array::New(env, 3);
+      result.Set(0u, wrap(env, std::move(g.dq)));
+      result.Set(1u, wrap(env, std::move(g.dk)));
+      result.Set(2u, wrap(env, std::move(g.dv)));
+      return result;
+    }
+    auto p = whole_params(q, k, causal, scale);
     F32 do32(dout), q32(q), k32(k), v32(v), o32(out), l32(lse);
     p.q = q32.ptr, p.k = k32.ptr, p.v = v32.ptr, p.out = const_cast<float*>(o32.ptr), p.lse = const_cast<float*>(l32.ptr);
     std::vector<float> delta(size_t(p.batch) * p.heads * p.seq_q);

@@ -22,6 +22,7 @@ describe('attention refuses bad input', () => {
     ['dtype mismatch', () => attention(q, t([2, 8, 2, 16], 'bfloat16'), kv), TypeError, /^k: dtype 'bfloat16' does not match q's 'float32'/],
     ['headDim above 256', () => attention(t([1, 2, 1, 257]), t([1, 2, 1, 257]), t([1, 2, 1, 257])), RangeError, /^q: headDim 257 exceeds the supported maximum of 256/],
     ['causal not boolean', () => attention(q, kv, kv, { causal: 'yes' as any }), TypeError, /^opts\.causal: expected a boolean, got 'yes'/],
+    ['deterministic not boolean', () => attention(q, kv, kv, { deterministic: 1 as any }), TypeError, /^opts\.deterministic: expected a boolean, got number 1/],
     ['negative scale', () => attention(q, kv, kv, { scale: -1 }), RangeError, /^opts\.scale: expected a finite number > 0, got -1/],
     ['NaN scale', () => attention(q, kv, kv, { scale: NaN }), RangeError, /^opts\.scale/],
     ['options not an object', () => attention(q, kv, kv, 5 as any), TypeError, /^opts: expected an options object, got number 5/],

@@ -1,7 +1,7 @@
 // Shared by the test files: random inputs as tensors, and reading results back.
 import { createServer } from 'node:net';
 
-import { tensor, type DType, type Tensor } from '../dist/index.js';
+import { tensor, type DeviceName, type DType, type Tensor } from '../dist/index.js';
 import { randomArray, roundTo, type Dims } from './reference.js';
 
 export interface Inputs {
@@ -22,12 +22,12 @@ export function makeInputs(x: Dims, seed: number, dtype: DType = 'float32'): Inp
   };
 }
 
-export function asTensors(x: Dims, inp: Inputs, dtype: DType = 'float32') {
+export function asTensors(x: Dims, inp: Inputs, dtype: DType = 'float32', device: DeviceName = 'cpu') {
   return {
-    q: tensor(inp.q, [x.batch, x.seqQ, x.heads, x.dim], { dtype }),
-    k: tensor(inp.k, [x.batch, x.seqK, x.kvHeads, x.dim], { dtype }),
-    v: tensor(inp.v, [x.batch, x.seqK, x.kvHeads, x.dim], { dtype }),
-    dout: tensor(inp.dout, [x.batch, x.seqQ, x.heads, x.dim], { dtype }),
+    q: tensor(inp.q, [x.batch, x.seqQ, x.heads, x.dim], { dtype, device }),
+    k: tensor(inp.k, [x.batch, x.seqK, x.kvHeads, x.dim], { dtype, device }),
+    v: tensor(inp.v, [x.batch, x.seqK, x.kvHeads, x.dim], { dtype, device }),
+    dout: tensor(inp.dout, [x.batch, x.seqQ, x.heads, x.dim], { dtype, device }),
   };
 }
 

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "check.h"
 #include "device.h"
 
 #ifndef RA_CUDA_ARCHS
@@ -17,11 +18,6 @@
 
 namespace ra::cuda {
 namespace {
-
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess)
-    throw UserError("Error", std::string("CUDA ") + what + " failed: " + cudaGetErrorString(e));
-}
 
 // Sizes are rounded so that buffers of nearly equal size share a bucket: 512 B steps below
 // 1 MiB, 2 MiB steps above (the granularity cudaMalloc itself works in for large blocks).
@@ -186,6 +182,16 @@ void upload_f32(const float* host, void* dst, DType dtype, size_t n) {
   check(cudaGetLastError(), "conversion kernel launch");
   check(cudaDeviceSynchronize(), "conversion kernel");
 }
+
+void f32_to_dtype(const float* src, void* dst, DType dtype, size_t n) {
+  if (n == 0) return;
+  if (dtype == DType::F32) check(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyDeviceToDevice), "device copy");
+  else if (dtype == DType::BF16) from_f32_kernel<<<grid_for(n), 256>>>(src, static_cast<__nv_bfloat16*>(dst), n);
+  else from_f32_kernel<<<grid_for(n), 256>>>(src, static_cast<__half*>(dst), n);
+  check(cudaGetLastError(), "conversion kernel launch");
+}
+
+void zero(void* ptr, size_t bytes) { check(cudaMemsetAsync(ptr, 0, bytes), "cudaMemsetAsync"); }
 
 void download_f32(const void* src, DType dtype, float* host, size_t n) {
   if (dtype == DType::F32) {

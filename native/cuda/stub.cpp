@@ -1,4 +1,5 @@
 // Stands in for device.cu in builds without nvcc (binding.gyp, or CMake with no CUDA).
+#include "attention.h"
 #include "device.h"
 
 namespace ra::cuda {
@@ -18,5 +19,12 @@ AllocatorStats allocator_stats() { return {}; }
 void empty_cache() {}
 void upload_f32(const float*, void*, DType, size_t) { throw not_compiled(); }
 void download_f32(const void*, DType, float*, size_t) { throw not_compiled(); }
+void f32_to_dtype(const float*, void*, DType, size_t) { throw not_compiled(); }
+void zero(void*, size_t) { throw not_compiled(); }
+AttnOut attention_forward(const Tensor&, const Tensor&, const Tensor&, bool, float) { throw not_compiled(); }
+AttnGrads attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool,
+                             float, bool) {
+  throw not_compiled();
+}
 
 }  // namespace ra::cuda

@@ -42,9 +42,9 @@ describe.skipIf(!cuda.available)(title, () => {
     expect(after.bytesInUse).toBe(before.bytesInUse);
   });
 
-  it('attention on cuda tensors says the kernels are not in this version yet', () => {
+  it('attention on float32 cuda tensors is refused: the kernels take bfloat16/float16', () => {
     const q = tensor(new Float32Array(16), [1, 2, 2, 4], { device: 'cuda' });
-    expect(() => attention(q, q, q)).toThrow(/^q: attention on 'cuda' tensors needs the CUDA kernels/);
+    expect(() => attention(q, q, q)).toThrow(new TypeError("q: attention on 'cuda' tensors takes dtype 'bfloat16' or 'float16' (the kernels use tensor cores), got 'float32'"));
   });
 
   it('mixing devices is refused, naming the argument', () => {

@@ -1,0 +1,21 @@
+// Attention on whole CUDA tensors, [batch, seq, heads, head_dim], bfloat16 or float16:
+// what attention()/attentionBackward() call for 'cuda' tensors. The work is enqueued on the
+// default stream; results are ready for any later kernel or copy without a host wait.
+#pragma once
+#include "../common.h"
+
+namespace ra::cuda {
+
+struct AttnOut {
+  Tensor out;  // dtype of q
+  Tensor lse;  // float32 [batch, heads, seq_q]
+};
+struct AttnGrads {
+  Tensor dq, dk, dv;
+};
+
+AttnOut attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale);
+AttnGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                             const Tensor& lse, bool causal, float scale, bool deterministic);
+
+}  // namespace ra::cuda

@@ -1,0 +1,308 @@
+// Backward, FlashAttention-2 style: the probabilities are recomputed from Q, K and the
+// forward's lse, never stored. dK/dV: one block per (key tile, kv head, batch), looping over
+// the query tiles of every query head of its GQA group, so that dK/dV of a group sum in
+// registers without atomics. dQ: either float32 atomics from that same loop, or
+// (deterministic) a second kernel, one block per query tile, that owns its dQ rows.
+#pragma once
+#include <cmath>
+
+#include "flash.h"
+#include "kernel_traits.h"
+#include "mma.cuh"
+
+namespace ra::cuda::flash {
+
+// lse in log2 units for exp2; a row that saw no key (lse -inf) gets +inf, so that its
+// recomputed probabilities are 0, not exp(+inf) or NaN.
+__device__ __forceinline__ float lse_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * kLog2e; }
+
+template <typename Tr, bool kCausal>
+__global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams bp, int col_base, bool with_dq) {
+  using T = typename Tr::T;
+  const FwdParams& p = bp.fwd;
+  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kS = Tr::kStride;
+  constexpr int kDA = Tr::kDAcc, kSS = Tr::kSdsStride, kMT = kBM / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sdO = sQ + kBM * kS;
+  T* sK = sdO + kBM * kS;
+  T* sV = sK + kBN * kS;
+  T* sdS = sV + kBN * kS;  // dS^T: [key][query]
+  float* sLse = reinterpret_cast<float*>(sdS + kBN * kSS);
+  float* sDelta = sLse + kBM;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int kvh = blockIdx.y, b = blockIdx.z, n0 = blockIdx.x * kBN;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + int64_t(n0) * p.k_row_stride + int64_t(kvh) * p.head_dim;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + int64_t(n0) * p.v_row_stride + int64_t(kvh) * p.head_dim;
+  load_tile<kBN, kD, Tr::kNThreads>(sK, k, p.k_row_stride, p.seq_k - n0, p.head_dim, p.vec_ok);
+  load_tile<kBN, kD, Tr::kNThreads>(sV, v, p.v_row_stride, p.seq_k - n0, p.head_dim, p.vec_ok);
+  cp_async_commit();
+
+  float dk[kDA / 8][4] = {}, dv[kDA / 8][4] = {};
+  const float scale_log2 = p.scale * kLog2e;
+  const int group = p.heads / p.kv_heads;
+  const int m_blocks = (p.seq_q + kBM - 1) / kBM;
+  // Causal: query tiles that end before the first query seeing key n0 are skipped.
+  int m_begin = 0;
+  if (kCausal) {
+    const int64_t first = int64_t(n0) - p.causal_offset;
+    m_begin = first <= 0 ? 0 : int(min(first / kBM, int64_t(m_blocks)));
+  }
+  const int key0 = n0 + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
+
+  for (int hq = kvh * group; hq < (kvh + 1) * group; ++hq) {
+    for (int mb = m_begin; mb < m_blocks; ++mb) {
+      const int m0 = mb * kBM;
+      __syncthreads();  // every warp is done with the previous Q, dO and dS tiles
+      const int64_t q_off = b * p.q_batch_stride + int64_t(m0) * p.q_row_stride + int64_t(hq) * p.head_dim;
+      const int64_t o_off = b * p.o_batch_stride + int64_t(m0) * p.o_row_stride + int64_t(hq) * p.head_dim;
+      load_tile<kBM, kD, Tr::kNThreads>(sQ, static_cast<const T*>(p.q) + q_off, p.q_row_stride, p.seq_q - m0,
+                                        p.head_dim, p.vec_ok);
+      load_tile<kBM, kD, Tr::kNThreads>(sdO, static_cast<const T*>(bp.dout) + o_off, p.o_row_stride, p.seq_q - m0,
+                                        p.head_dim, p.vec_ok);
+      const int64_t l_off = b * p.lse_batch_stride + int64_t(hq) * p.lse_head_stride + m0;
+      for (int i = threadIdx.x; i < kBM; i += Tr::kNThreads) {
+        const bool in = m0 + i < p.seq_q;
+        sLse[i] = in ? lse_log2(p.lse[l_off + i]) : INFINITY;
+        sDelta[i] = in ? bp.delta[l_off + i] : 0.f;
+      }
+      cp_async_commit();
+      cp_async_wait_all();
+      __syncthreads();
+
+      // S^T = K Q^T for this warp's 16 keys, then P^T (0 where masked).
+      float s[kMT][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk) {
+        uint32_t a[4];
+        load_a(a, sK + warp * 16 * kS + kk * 16, kS, lane);
+#pragma unroll
+        for (int mt = 0; mt < kMT; mt += 2) {
+          uint32_t bb[4];
+          load_b(bb, sQ + mt * 8 * kS + kk * 16, kS, lane);
+          MmaOp<T>::run(s[mt], a, bb[0], bb[1]);
+          MmaOp<T>::run(s[mt + 1], a, bb[2], bb[3]);
+        }
+      }
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = key0 + (e >> 1) * 8, qi = mt * 8 + 2 * t + (e & 1);
+          const bool masked = key >= p.seq_k || (kCausal && key > int64_t(m0 + qi) + p.causal_offset);
+          s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - sLse[qi]);
+        }
+      // dV += P^T dO
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk) {
+        uint32_t a[4];
+        acc_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+        for (int dt = 0; dt < kDA / 8; dt += 2) {
+          uint32_t bb[4];
+          load_b_trans(bb, sdO + kk * 16 * kS + col_base + dt * 8, kS, lane);
+          MmaOp<T>::run(dv[dt], a, bb[0], bb[1]);
+          MmaOp<T>::run(dv[dt + 1], a, bb[2], bb[3]);
+        }
+      }
+      // dP^T = V dO^T, then dS^T = P^T * (dP^T - delta), in place of P^T.
+      {
+        float dp[kMT][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; ++kk) {
+          uint32_t a[4];
+          load_a(a, sV + warp * 16 * kS + kk * 16, kS, lane);
+#pragma unroll
+          for (int mt = 0; mt < kMT; mt += 2) {
+            uint32_t bb[4];
+            load_b(bb, sdO + mt * 8 * kS + kk * 16, kS, lane);
+            MmaOp<T>::run(dp[mt], a, bb[0], bb[1]);
+            MmaOp<T>::run(dp[mt + 1], a, bb[2], bb[3]);
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][e] *= dp[mt][e] - sDelta[mt * 8 + 2 * t + (e & 1)];
+      }
+      // dK += dS^T Q (scaled once, at the end)
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk) {
+        uint32_t a[4];
+        acc_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+        for (int dt = 0; dt < kDA / 8; dt += 2) {
+          uint32_t bb[4];
+          load_b_trans(bb, sQ + kk * 16 * kS + col_base + dt * 8, kS, lane);
+          MmaOp<T>::run(dk[dt], a, bb[0], bb[1]);
+          MmaOp<T>::run(dk[dt + 1], a, bb[2], bb[3]);
+        }
+      }
+      if (!with_dq) continue;
+
+      // dQ = dS K for this query tile: dS^T goes through shared memory because each warp
+      // needs every key of the tile; warp w then owns queries 16w .. 16w + 15.
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * kSS + mt * 8 + 2 * t) = MmaOp<T>::pack(s[mt][0], s[mt][1]);
+        *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * kSS + mt * 8 + 2 * t) = MmaOp<T>::pack(s[mt][2], s[mt][3]);
+      }
+      __syncthreads();
+      float* dq = bp.dq_accum + b * bp.dq_batch_stride + int64_t(hq) * p.head_dim;
+      for (int c0 = 0; c0 < kD && c0 < p.head_dim; c0 += 32) {  // 32 columns at a time: few registers
+        float acc[4][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < kBN / 16; ++kk) {
+          uint32_t a[4];
+          load_a_trans(a, sdS + kk * 16 * kSS + warp * 16, kSS, lane);
+#pragma unroll
+          for (int dt = 0; dt < 4; dt += 2) {
+            uint32_t bb[4];
+            load_b_trans(bb, sK + kk * 16 * kS + c0 + dt * 8, kS, lane);
+            MmaOp<T>::run(acc[dt], a, bb[0], bb[1]);
+            MmaOp<T>::run(acc[dt + 1], a, bb[2], bb[3]);
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int row = m0 + warp * 16 + g + 8 * r;
+          if (row >= p.seq_q) continue;
+          float* dst = dq + int64_t(row) * bp.dq_row_stride;
+#pragma unroll
+          for (int dt = 0; dt < 4; ++dt) {
+            const int col = c0 + dt * 8 + 2 * t;
+            if (col < p.head_dim) atomicAdd(dst + col, acc[dt][2 * r] * p.scale);
+            if (col + 1 < p.head_dim) atomicAdd(dst + col + 1, acc[dt][2 * r + 1] * p.scale);
+          }
+        }
+      }
+    }
+  }
+
+  // This block alone owns these dK/dV rows: a plain read-add-write is race-free and deterministic.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key0 + 8 * r;
+    if (key >= p.seq_k) continue;
+    float* dkr = bp.dk_accum + b * bp.dk_batch_stride + int64_t(key) * bp.dk_row_stride + int64_t(kvh) * p.head_dim;
+    float* dvr = bp.dv_accum + b * bp.dk_batch_stride + int64_t(key) * bp.dk_row_stride + int64_t(kvh) * p.head_dim;
+#pragma unroll
+    for (int dt = 0; dt < kDA / 8; ++dt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int col = col_base + dt * 8 + 2 * t + e;
+        if (col >= p.head_dim) continue;
+        dkr[col] += dk[dt][2 * r + e] * p.scale;
+        dvr[col] += dv[dt][2 * r + e];
+      }
+  }
+}
+
+// Deterministic dQ: one block per (query tile, head, batch) owning its rows; the scores and
+// dP are recomputed once more (about 40% more backward FLOPs than the atomic path).
+template <typename Tr, bool kCausal>
+__global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams bp) {
+  using T = typename Tr::T;
+  const FwdParams& p = bp.fwd;
+  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kS = Tr::kStride;
+  constexpr int kNT = kBN / 8, kDT = kD / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sdO = sQ + kBM * kS;
+  T* sK = sdO + kBM * kS;
+  T* sV = sK + kBN * kS;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int h = blockIdx.y, b = blockIdx.z, kvh = h / (p.heads / p.kv_heads), m0 = blockIdx.x * kBM;
+  const int64_t q_off = b * p.q_batch_stride + int64_t(m0) * p.q_row_stride + int64_t(h) * p.head_dim;
+  const int64_t o_off = b * p.o_batch_stride + int64_t(m0) * p.o_row_stride + int64_t(h) * p.head_dim;
+  load_tile<kBM, kD, Tr::kNThreads>(sQ, static_cast<const T*>(p.q) + q_off, p.q_row_stride, p.seq_q - m0, p.head_dim,
+                                    p.vec_ok);
+  load_tile<kBM, kD, Tr::kNThreads>(sdO, static_cast<const T*>(bp.dout) + o_off, p.o_row_stride, p.seq_q - m0,
+                                    p.head_dim, p.vec_ok);
+  cp_async_commit();
+
+  const int row0 = m0 + warp * 16 + g;
+  float lse2[2], delta[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + 8 * r;
+    const int64_t l = b * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + row;
+    lse2[r] = row < p.seq_q ? lse_log2(p.lse[l]) : INFINITY;
+    delta[r] = row < p.seq_q ? bp.delta[l] : 0.f;
+  }
+  int n_end = p.seq_k;
+  if (kCausal) n_end = int(max(int64_t(0), min(int64_t(p.seq_k), int64_t(m0) + kBM + p.causal_offset)));
+  const int n_blocks = (n_end + kBN - 1) / kBN;
+  const float scale_log2 = p.scale * kLog2e;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + int64_t(kvh) * p.head_dim;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + int64_t(kvh) * p.head_dim;
+
+  float acc[kDT][4] = {};
+  for (int nb = 0; nb < n_blocks; ++nb) {
+    const int n0 = nb * kBN;
+    __syncthreads();  // every warp is done with the previous K/V
+    load_tile<kBN, kD, Tr::kNThreads>(sK, k + int64_t(n0) * p.k_row_stride, p.k_row_stride, p.seq_k - n0, p.head_dim,
+                                      p.vec_ok);
+    load_tile<kBN, kD, Tr::kNThreads>(sV, v + int64_t(n0) * p.v_row_stride, p.v_row_stride, p.seq_k - n0, p.head_dim,
+                                      p.vec_ok);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+
+    float s[kNT][4] = {}, dp[kNT][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      uint32_t a[4], ao[4];
+      load_a(a, sQ + warp * 16 * kS + kk * 16, kS, lane);
+      load_a(ao, sdO + warp * 16 * kS + kk * 16, kS, lane);
+#pragma unroll
+      for (int nt = 0; nt < kNT; nt += 2) {
+        uint32_t bk[4], bv[4];
+        load_b(bk, sK + nt * 8 * kS + kk * 16, kS, lane);
+        load_b(bv, sV + nt * 8 * kS + kk * 16, kS, lane);
+        MmaOp<T>::run(s[nt], a, bk[0], bk[1]);
+        MmaOp<T>::run(s[nt + 1], a, bk[2], bk[3]);
+        MmaOp<T>::run(dp[nt], ao, bv[0], bv[1]);
+        MmaOp<T>::run(dp[nt + 1], ao, bv[2], bv[3]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int col = n0 + nt * 8 + 2 * t + (e & 1), r = e >> 1;
+        const bool masked = col >= p.seq_k || (kCausal && col > int64_t(row0 + 8 * r) + p.causal_offset);
+        const float prob = masked ? 0.f : exp2f(s[nt][e] * scale_log2 - lse2[r]);
+        s[nt][e] = prob * (dp[nt][e] - delta[r]);
+      }
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      uint32_t a[4];
+      acc_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int dt = 0; dt < kDT; dt += 2) {
+        uint32_t bb[4];
+        load_b_trans(bb, sK + kk * 16 * kS + dt * 8, kS, lane);
+        MmaOp<T>::run(acc[dt], a, bb[0], bb[1]);
+        MmaOp<T>::run(acc[dt + 1], a, bb[2], bb[3]);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + 8 * r;
+    if (row >= p.seq_q) continue;
+    float* dst = bp.dq_accum + b * bp.dq_batch_stride + int64_t(row) * bp.dq_row_stride + int64_t(h) * p.head_dim;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int col = dt * 8 + 2 * t + e;
+        if (col < p.head_dim) dst[col] += acc[dt][2 * r + e] * p.scale;
+      }
+  }
+}
+
+}  // namespace ra::cuda::flash

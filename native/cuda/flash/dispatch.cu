@@ -1,0 +1,82 @@
+// Host entry points: turn the runtime dtype, head dim and causal flag into one of the
+// instantiations in inst/, once per call. Also the small delta kernel the backward needs.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "../check.h"
+#include "launch.h"
+
+namespace ra::cuda::flash {
+namespace {
+
+template <typename T, template <typename, int, bool> class Run, typename P>
+void by_dim(const P& p, int head_dim, bool causal, cudaStream_t s) {
+  if (head_dim > kMaxHeadDim)
+    throw UserError("RangeError", "head dim " + std::to_string(head_dim) + " exceeds the CUDA kernels' maximum of 256");
+  if (head_dim <= 64) causal ? Run<T, 64, true>::go(p, s) : Run<T, 64, false>::go(p, s);
+  else if (head_dim <= 128) causal ? Run<T, 128, true>::go(p, s) : Run<T, 128, false>::go(p, s);
+  else causal ? Run<T, 256, true>::go(p, s) : Run<T, 256, false>::go(p, s);
+}
+
+template <typename T, int D, bool C>
+struct Fwd {
+  static void go(const FwdParams& p, cudaStream_t s) { run_fwd<T, D, C>(p, s); }
+};
+template <typename T, int D, bool C>
+struct Bwd {
+  static void go(const BwdParams& p, cudaStream_t s) { run_bwd<T, D, C>(p, s); }
+};
+
+void check_params(const FwdParams& p) {
+  if (p.kv_heads < 1 || p.heads % p.kv_heads != 0) throw UserError("RangeError", "kv heads must divide heads");
+  if (p.head_dim < 1) throw UserError("RangeError", "head dim must be at least 1");
+}
+
+// One warp per (b, h, i): the dot product of a dout row with an out row.
+template <typename T>
+__global__ void delta_kernel(FwdParams p, const T* out, const T* dout, float* delta) {
+  const int64_t rows = int64_t(p.batch) * p.heads * p.seq_q;
+  const int64_t w = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= rows) return;
+  const int i = int(w % p.seq_q), h = int(w / p.seq_q % p.heads), b = int(w / (int64_t(p.seq_q) * p.heads));
+  const int64_t off = b * p.o_batch_stride + int64_t(i) * p.o_row_stride + int64_t(h) * p.head_dim;
+  float sum = 0.f;
+  for (int d = lane; d < p.head_dim; d += 32) sum += float(out[off + d]) * float(dout[off + d]);
+  for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+  if (lane == 0) delta[b * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + i] = sum;
+}
+
+}  // namespace
+
+void forward(const FwdParams& p, DType dtype, bool causal, void* stream) {
+  check_params(p);
+  if (p.seq_q == 0 || p.batch == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (dtype == DType::BF16) by_dim<__nv_bfloat16, Fwd>(p, p.head_dim, causal, s);
+  else if (dtype == DType::F16) by_dim<__half, Fwd>(p, p.head_dim, causal, s);
+  else throw UserError("TypeError", "CUDA attention takes bfloat16 or float16 tensors");
+}
+
+void backward(const BwdParams& p, DType dtype, bool causal, void* stream) {
+  check_params(p.fwd);
+  if (p.fwd.seq_q == 0 || p.fwd.seq_k == 0 || p.fwd.batch == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  if (dtype == DType::BF16) by_dim<__nv_bfloat16, Bwd>(p, p.fwd.head_dim, causal, s);
+  else if (dtype == DType::F16) by_dim<__half, Bwd>(p, p.fwd.head_dim, causal, s);
+  else throw UserError("TypeError", "CUDA attention takes bfloat16 or float16 tensors");
+}
+
+void compute_delta(const FwdParams& p, const void* out, const void* dout, float* delta, DType dtype, void* stream) {
+  const int64_t rows = int64_t(p.batch) * p.heads * p.seq_q;
+  if (rows == 0) return;
+  auto s = static_cast<cudaStream_t>(stream);
+  const unsigned blocks = unsigned((rows * 32 + 255) / 256);
+  if (dtype == DType::BF16)
+    delta_kernel<<<blocks, 256, 0, s>>>(p, static_cast<const __nv_bfloat16*>(out), static_cast<const __nv_bfloat16*>(dout), delta);
+  else
+    delta_kernel<<<blocks, 256, 0, s>>>(p, static_cast<const __half*>(out), static_cast<const __half*>(dout), delta);
+  check(cudaGetLastError(), "attention delta launch");
+}
+
+}  // namespace ra::cuda::flash

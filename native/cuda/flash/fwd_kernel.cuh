@@ -1,0 +1,170 @@
+// Forward: one block per (64-query tile, head, batch). Each warp owns 16 query rows; the
+// loop over key tiles computes S = Q K^T on tensor cores, updates the running max and sum
+// (online softmax, in registers), and accumulates O += P V with P taken straight from the
+// score registers. K(j+1) streams into shared memory while P V(j) computes, V(j) while S(j).
+#pragma once
+#include <cmath>
+
+#include "flash.h"
+#include "kernel_traits.h"
+#include "mma.cuh"
+
+namespace ra::cuda::flash {
+
+template <typename Tr, bool kCausal>
+__global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
+  using T = typename Tr::T;
+  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kS = Tr::kStride;
+  constexpr int kNT = kBN / 8, kDT = kD / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + kBM * kS;
+  T* sV = sK + kBN * kS;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  // Causal: the longest tiles (last queries) first, so that the tail of the grid is short.
+  const int m_block = kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z, kvh = h / (p.heads / p.kv_heads);
+  const int m0 = m_block * kBM;
+  const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + int64_t(m0) * p.q_row_stride + int64_t(h) * p.head_dim;
+  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + int64_t(kvh) * p.head_dim;
+  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + int64_t(kvh) * p.head_dim;
+
+  // Key tiles past the diagonal of this query tile are never loaded.
+  int n_end = p.seq_k;
+  if (kCausal) n_end = int(max(int64_t(0), min(int64_t(p.seq_k), int64_t(m0) + kBM + p.causal_offset)));
+  const int n_blocks = (n_end + kBN - 1) / kBN;
+
+  load_tile<kBM, kD, Tr::kNThreads>(sQ, q, p.q_row_stride, p.seq_q - m0, p.head_dim, p.vec_ok);
+  if (n_blocks > 0) load_tile<kBN, kD, Tr::kNThreads>(sK, k, p.k_row_stride, p.seq_k, p.head_dim, p.vec_ok);
+  cp_async_commit();
+
+  float acc[kDT][4] = {};
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+  const float scale_log2 = p.scale * kLog2e;
+  const int row0 = m0 + warp * 16 + g;  // this lane's query rows: row0 and row0 + 8
+  const T* sQw = sQ + warp * 16 * kS;
+
+  for (int nb = 0; nb < n_blocks; ++nb) {
+    const int n0 = nb * kBN;
+    cp_async_wait_all();
+    __syncthreads();  // K(nb) has landed, and every warp is done with V(nb - 1)
+    load_tile<kBN, kD, Tr::kNThreads>(sV, v + int64_t(n0) * p.v_row_stride, p.v_row_stride, p.seq_k - n0,
+                                      p.head_dim, p.vec_ok);
+    cp_async_commit();
+
+    float s[kNT][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kD / 16; ++kk) {
+      uint32_t a[4];
+      load_a(a, sQw + kk * 16, kS, lane);
+#pragma unroll
+      for (int nt = 0; nt < kNT; nt += 2) {
+        uint32_t bb[4];
+        load_b(bb, sK + nt * 8 * kS + kk * 16, kS, lane);
+        MmaOp<T>::run(s[nt], a, bb[0], bb[1]);
+        MmaOp<T>::run(s[nt + 1], a, bb[2], bb[3]);
+      }
+    }
+    // Only the ragged last tile and tiles crossing the diagonal need a mask.
+    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset)) {
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = n0 + nt * 8 + 2 * t + (e & 1);
+          const int64_t row = row0 + (e >> 1) * 8;
+          if (col >= p.seq_k || (kCausal && col > row + p.causal_offset)) s[nt][e] = -INFINITY;
+        }
+    }
+    // Online softmax. A row that has seen no key yet keeps max -inf; using 0 in its place
+    // makes every exp2 of -inf exactly 0 instead of NaN (field notes: fully masked rows).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = row_max[r];
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+      mx = quad_max(mx);
+      const float ms = mx == -INFINITY ? 0.f : mx * scale_log2;
+      const float corr = exp2f(row_max[r] * scale_log2 - ms);
+      row_max[r] = mx;
+      float sum = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        s[nt][2 * r] = exp2f(s[nt][2 * r] * scale_log2 - ms);
+        s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] * scale_log2 - ms);
+        sum += s[nt][2 * r] + s[nt][2 * r + 1];
+      }
+      row_sum[r] = row_sum[r] * corr + sum;  // per lane; the quad's partial sums add up at the end
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        acc[dt][2 * r] *= corr;
+        acc[dt][2 * r + 1] *= corr;
+      }
+    }
+
+    cp_async_wait_all();
+    __syncthreads();  // V(nb) has landed, and every warp is done with K(nb)
+    if (nb + 1 < n_blocks)
+      load_tile<kBN, kD, Tr::kNThreads>(sK, k + int64_t(n0 + kBN) * p.k_row_stride, p.k_row_stride,
+                                        p.seq_k - n0 - kBN, p.head_dim, p.vec_ok);
+    cp_async_commit();
+
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      uint32_t a[4];
+      acc_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int dt = 0; dt < kDT; dt += 2) {
+        uint32_t bb[4];
+        load_b_trans(bb, sV + kk * 16 * kS + dt * 8, kS, lane);
+        MmaOp<T>::run(acc[dt], a, bb[0], bb[1]);
+        MmaOp<T>::run(acc[dt + 1], a, bb[2], bb[3]);
+      }
+    }
+  }
+
+  // Epilogue. With out_accum (a ring step), merge (out, lse) into the running float32 result
+  // through the log-sum-exp; every lane of a quad reads the old lse before lane 0 rewrites it.
+  float l[2], lse_old[2] = {-INFINITY, -INFINITY};
+  float* lse_row[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + 8 * r;
+    l[r] = quad_sum(row_sum[r]);
+    lse_row[r] = p.lse + b * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + row;
+    if (p.out_accum != nullptr && row < p.seq_q) lse_old[r] = *lse_row[r];
+  }
+  __syncwarp();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row0 + 8 * r;
+    if (row >= p.seq_q) continue;
+    const float lse_new = l[r] > 0.f ? row_max[r] * p.scale + logf(l[r]) : -INFINITY;
+    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    if (p.out_accum == nullptr) {
+      T* o = static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(row) * p.o_row_stride + int64_t(h) * p.head_dim;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        const int col = dt * 8 + 2 * t;
+        if (col < p.head_dim) store2(o + col, acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv, col + 1 < p.head_dim);
+      }
+      if (t == 0) *lse_row[r] = lse_new;
+    } else {
+      if (lse_new == -INFINITY) continue;  // this block adds nothing to the row
+      const float mx = fmaxf(lse_old[r], lse_new);
+      const float lse = mx + logf(expf(lse_old[r] - mx) + expf(lse_new - mx));
+      const float wa = lse_old[r] == -INFINITY ? 0.f : expf(lse_old[r] - lse), wb = expf(lse_new - lse) * inv;
+      float* o = p.out_accum + b * p.o_batch_stride + int64_t(row) * p.o_row_stride + int64_t(h) * p.head_dim;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        const int col = dt * 8 + 2 * t;
+        if (col < p.head_dim) o[col] = (wa == 0.f ? 0.f : wa * o[col]) + wb * acc[dt][2 * r];
+        if (col + 1 < p.head_dim) o[col + 1] = (wa == 0.f ? 0.f : wa * o[col + 1]) + wb * acc[dt][2 * r + 1];
+      }
+      if (t == 0) *lse_row[r] = lse;
+    }
+  }
+}
+
+}  // namespace ra::cuda::flash

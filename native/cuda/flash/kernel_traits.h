@@ -1,0 +1,47 @@
+// Compile-time tile shapes. Every warp owns 16 rows of the tile it iterates with (queries in
+// the forward and the dQ pass, keys in the dK/dV pass), so a block's tile is 16 x warps.
+// Shared memory rows are padded by 8 elements (see load_tile). Chosen so that the largest
+// configuration fits the 99 KiB that sm_86/sm_89 allow per block; not yet tuned on a GPU.
+#pragma once
+
+namespace ra::cuda::flash {
+
+template <int kHeadDim_, int kBlockN_, typename T_>
+struct FwdTraits {
+  using T = T_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kNWarps = 4;
+  static constexpr int kNThreads = kNWarps * 32;
+  static constexpr int kBlockM = 16 * kNWarps;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStride = kHeadDim + 8;
+  static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kStride * int(sizeof(T));
+};
+
+// Head dims up to 128: 64 x 64 tiles. 256: 64 x 32, which keeps the float32 output
+// accumulator (16 x 256 per warp = 128 registers a lane) and the scores in registers.
+template <int kHeadDim, typename T>
+using FwdTraitsFor = FwdTraits<kHeadDim, (kHeadDim <= 128 ? 64 : 32), T>;
+
+// kDAcc: the dK/dV columns one pass accumulates in registers (two float32 16 x kDAcc tiles
+// per warp). Head dim 256 runs the dK/dV kernel twice, once per half of the columns.
+template <int kHeadDim_, int kNWarps_, typename T_>
+struct BwdTraits {
+  using T = T_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kNWarps = kNWarps_;
+  static constexpr int kNThreads = kNWarps * 32;
+  static constexpr int kBlockM = 16 * kNWarps;
+  static constexpr int kBlockN = 16 * kNWarps;
+  static constexpr int kDAcc = kHeadDim <= 128 ? kHeadDim : 128;
+  static constexpr int kStride = kHeadDim + 8;
+  static constexpr int kSdsStride = kBlockM + 8;
+  // Q, dO (kBlockM rows), K, V (kBlockN rows), dS^T (kBlockN x kBlockM), lse and delta.
+  static constexpr int kSmemBytes = (2 * kBlockM + 2 * kBlockN) * kStride * int(sizeof(T)) +
+                                    kBlockN * kSdsStride * int(sizeof(T)) + 2 * kBlockM * int(sizeof(float));
+};
+
+template <int kHeadDim, typename T>
+using BwdTraitsFor = BwdTraits<kHeadDim, (kHeadDim <= 128 ? 4 : 2), T>;
+
+}  // namespace ra::cuda::flash
