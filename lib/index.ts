@@ -37,6 +37,15 @@ export function info(): BuildInfo {
   return { binary: nativePath, build, backend: cuda.available ? 'cuda' : 'cpu', cuda };
 }
 
+/**
+ * Waits until the GPU has finished all queued work (a no-op without CUDA). Library calls
+ * return once their kernels are queued; time GPU work with this, and it also surfaces an
+ * asynchronous kernel error as an exception here rather than at a later call.
+ */
+export function cudaSynchronize(): void {
+  native.cudaSynchronize();
+}
+
 /** The CUDA caching allocator's counters (all zero without CUDA). */
 export function cudaMemoryStats(): CudaMemoryStats {
   return native.cudaMemoryStats();

@@ -67,6 +67,7 @@ interface Native {
   findLibrary(nameOrPath: string): string;
   cudaMemoryStats(): CudaMemoryStats;
   cudaEmptyCache(): void;
+  cudaSynchronize(): void;
 }
 
 const require = createRequire(import.meta.url);

@@ -20,8 +20,6 @@ function checkRing(q: unknown, k: unknown, v: unknown, opts: unknown) {
   const a = checkAttentionInputs(q, k, v, opts);
   const groupId = ProcessGroup.idOf(a.options.group, 'opts.group');
   const group = a.options.group as ProcessGroup;
-  if (a.q.device === 'cuda')
-    fail('range', `q: ring attention on 'cuda' tensors is not in this version yet (attention() on one GPU is); use 'cpu' tensors`);
   if (group.backend === 'nccl')
     throw new Error("opts.group: ring attention over an NCCL group needs the CUDA attention kernels, which this version does not have yet; use launch() groups");
   const layout = checkOneOf(a.options.layout, 'opts.layout', LAYOUTS) ?? 'contiguous';

@@ -9,6 +9,7 @@
 #include "cpu/attention.h"
 #include "cuda/attention.h"
 #include "cuda/device.h"
+#include "cuda/ring_cuda.h"
 #include "nccl/group.h"
 #include "ring/ring_attention.h"
 
@@ -136,7 +137,7 @@ struct F32 {
   std::vector<float> copy;
   const float* ptr;
   explicit F32(const Tensor& t) : ptr(nullptr) {
-    if (t.device != Device::CPU) throw UserError("Error", "CUDA attention kernels are not in this build yet");
+    if (t.device != Device::CPU) throw UserError("TypeError", "expected a CPU tensor");
     if (t.dtype == DType::F32) ptr = t.f32();
     else { copy = t.to_f32(); ptr = copy.data(); }
   }
@@ -343,6 +344,15 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
     auto t = transport(info);
     const Tensor &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"), &v = unwrap(env, info[4], "v");
     auto s = ring_shape(q, k, info[5].ToBoolean(), info[6].As<Napi::Number>().FloatValue(), info[7].ToBoolean());
+    if (q.device == Device::CUDA) {
+      Tensor out = Tensor::empty(q.shape, q.dtype, Device::CUDA);
+      Tensor lse = Tensor::empty({s.batch, s.heads, s.seq}, DType::F32, Device::CUDA);
+      ra::cuda::ring_forward(t, s, q, k, v, out, lse);
+      auto result = Napi::Array::New(env, 2);
+      result.Set(0u, wrap(env, std::move(out)));
+      result.Set(1u, wrap(env, std::move(lse)));
+      return result;
+    }
     F32 q32(q), k32(k), v32(v);
     Output outs[] = {{q.shape, q.dtype}, {{s.batch, s.heads, s.seq}, DType::F32}};
     ra::ring::ring_forward(t, s, q32.ptr, k32.ptr, v32.ptr, outs[0].ptr, outs[1].ptr);
@@ -357,6 +367,14 @@ Napi::Value RingBackward(const Napi::CallbackInfo& info) {
     const Tensor &dout = unwrap(env, info[2], "dout"), &q = unwrap(env, info[3], "q"), &k = unwrap(env, info[4], "k"),
                  &v = unwrap(env, info[5], "v"), &out = unwrap(env, info[6], "out"), &lse = unwrap(env, info[7], "lse");
     auto s = ring_shape(q, k, info[8].ToBoolean(), info[9].As<Napi::Number>().FloatValue(), info[10].ToBoolean());
+    if (q.device == Device::CUDA) {
+      Tensor g[] = {Tensor::empty(q.shape, q.dtype, Device::CUDA), Tensor::empty(k.shape, k.dtype, Device::CUDA),
+                    Tensor::empty(k.shape, k.dtype, Device::CUDA)};
+      ra::cuda::ring_backward(t, s, dout, q, k, v, out, lse, g[0], g[1], g[2]);
+      auto result = Napi::Array::New(env, 3);
+      for (uint32_t i = 0; i < 3; ++i) result.Set(i, wrap(env, std::move(g[i])));
+      return result;
+    }
     F32 do32(dout), q32(q), k32(k), v32(v), o32(out), l32(lse);
     Output outs[] = {{q.shape, q.dtype}, {k.shape, k.dtype}, {v.shape, v.dtype}};
     ra::ring::ring_backward(t, s, do32.ptr, q32.ptr, k32.ptr, v32.ptr, o32.ptr, l32.ptr, outs[0].ptr, outs[1].ptr,
@@ -500,6 +518,13 @@ Napi::Value CudaMemoryStats(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::cuda::synchronize();
+    return env.Undefined();
+  });
+}
+
 Napi::Value CudaEmptyCache(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     ra::cuda::empty_cache();
@@ -538,6 +563,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("cudaMemoryStats", Napi::Function::New(env, CudaMemoryStats));
   exports.Set("cudaEmptyCache", Napi::Function::New(env, CudaEmptyCache));
+  exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize));
   return exports;
 }
 

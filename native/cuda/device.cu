@@ -183,15 +183,22 @@ void upload_f32(const float* host, void* dst, DType dtype, size_t n) {
   check(cudaDeviceSynchronize(), "conversion kernel");
 }
 
-void f32_to_dtype(const float* src, void* dst, DType dtype, size_t n) {
+void f32_to_dtype(const float* src, void* dst, DType dtype, size_t n, void* stream) {
   if (n == 0) return;
-  if (dtype == DType::F32) check(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyDeviceToDevice), "device copy");
-  else if (dtype == DType::BF16) from_f32_kernel<<<grid_for(n), 256>>>(src, static_cast<__nv_bfloat16*>(dst), n);
-  else from_f32_kernel<<<grid_for(n), 256>>>(src, static_cast<__half*>(dst), n);
+  auto s = static_cast<cudaStream_t>(stream);
+  if (dtype == DType::F32) check(cudaMemcpyAsync(dst, src, n * 4, cudaMemcpyDeviceToDevice, s), "device copy");
+  else if (dtype == DType::BF16) from_f32_kernel<<<grid_for(n), 256, 0, s>>>(src, static_cast<__nv_bfloat16*>(dst), n);
+  else from_f32_kernel<<<grid_for(n), 256, 0, s>>>(src, static_cast<__half*>(dst), n);
   check(cudaGetLastError(), "conversion kernel launch");
 }
 
-void zero(void* ptr, size_t bytes) { check(cudaMemsetAsync(ptr, 0, bytes), "cudaMemsetAsync"); }
+void synchronize() {
+  if (query().available) check(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+}
+
+void zero(void* ptr, size_t bytes, void* stream) {
+  check(cudaMemsetAsync(ptr, 0, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
+}
 
 void download_f32(const void* src, DType dtype, float* host, size_t n) {
   if (dtype == DType::F32) {

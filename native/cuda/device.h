@@ -44,8 +44,10 @@ void empty_cache();
 // Host float32 <-> device tensor of `dtype`; conversion runs on the device.
 void upload_f32(const float* host, void* device_dst, DType dtype, size_t n);
 void download_f32(const void* device_src, DType dtype, float* host, size_t n);
-// Device-side work, enqueued on the default stream without waiting for it.
-void f32_to_dtype(const float* src, void* dst, DType dtype, size_t n);
-void zero(void* ptr, size_t bytes);
+// Device-side work, enqueued on `stream` (a cudaStream_t; null: the default stream) without waiting for it.
+void f32_to_dtype(const float* src, void* dst, DType dtype, size_t n, void* stream = nullptr);
+void zero(void* ptr, size_t bytes, void* stream = nullptr);
+// Waits for all queued device work (benchmarks, and surfacing asynchronous kernel errors).
+void synchronize();
 
 }  // namespace ra::cuda

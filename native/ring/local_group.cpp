@@ -6,7 +6,14 @@
 namespace ra::ring {
 
 namespace {
-const char* tag_name(int tag) { return tag == TAG_KV ? "K/V block" : tag == TAG_DKV ? "dK/dV block" : "send()"; }
+const char* tag_name(int tag) {
+  switch (tag) {
+    case TAG_KV: case TAG_DEV_KV: return "K/V block";
+    case TAG_DKV: case TAG_DEV_DKV: return "dK/dV block";
+    case TAG_DEV_KV_ACK: case TAG_DEV_DKV_ACK: return "receipt for a block";
+    default: return "send()";
+  }
+}
 }  // namespace
 
 template <typename Ready>
@@ -29,14 +36,14 @@ void LocalGroup::check_usable(int rank) {
                                  " already returned from its launch() function; a group is usable only inside it");
 }
 
-void LocalGroup::send(int from, int to, int tag, Block block) {
+void LocalGroup::send(int from, int to, int tag, Message block) {
   std::lock_guard<std::mutex> lock(mu_);
   check_usable(from);
   mail_[{from, to, tag}].push_back(std::move(block));
   cv_.notify_all();
 }
 
-Block LocalGroup::recv(int from, int to, int tag) {
+Message LocalGroup::recv(int from, int to, int tag) {
   std::unique_lock<std::mutex> lock(mu_);
   check_usable(to);
   auto& box = mail_[{from, to, tag}];
@@ -47,7 +54,7 @@ Block LocalGroup::recv(int from, int to, int tag) {
       throw UserError("Error", "rank " + std::to_string(to) + " waits for " + what + ", which returned without sending it");
     return false;
   }, what);
-  Block b = std::move(box.front());
+  Message b = std::move(box.front());
   box.pop_front();
   return b;
 }

@@ -1,7 +1,8 @@
 // Point-to-point and collective traffic between the ranks of a group, behind one small
 // interface so the ring loop does not know whether its peers are threads (LocalGroup,
-// here) or other processes (NCCL, later). Blocks are float32 host buffers handed over by
-// pointer: a sender must not write a block after sending it.
+// here) or other processes (NCCL). Blocks are float32 host buffers handed over by pointer:
+// a sender must not write a block after sending it. Ranks on CUDA exchange other messages
+// (device buffers with events, see cuda/ring_cuda.cu) through the same mailboxes.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -19,7 +20,12 @@ namespace ra::ring {
 
 using Block = std::shared_ptr<std::vector<float>>;
 
-enum Tag : int { TAG_USER = 0, TAG_KV = 1, TAG_DKV = 2 };
+enum Tag : int {
+  TAG_USER = 0, TAG_KV = 1, TAG_DKV = 2,
+  // CUDA ranks: a device block offered to the next rank, and the receipt that it was copied.
+  TAG_DEV_KV = 3, TAG_DEV_KV_ACK = 4, TAG_DEV_DKV = 5, TAG_DEV_DKV_ACK = 6,
+};
+using Message = std::shared_ptr<void>;
 
 class Transport {
  public:
@@ -39,8 +45,8 @@ class LocalGroup {
  public:
   LocalGroup(int world_size, int64_t timeout_ms) : world_(world_size), timeout_ms_(timeout_ms), left_(world_size) {}
   int world_size() const { return world_; }
-  void send(int from, int to, int tag, Block block);
-  Block recv(int from, int to, int tag);
+  void send(int from, int to, int tag, Message m);
+  Message recv(int from, int to, int tag);
   void all_reduce_sum(int rank, float* data, size_t n);
   void abort(const std::string& reason);
   void leave(int rank);  // the rank's function returned or threw
@@ -55,7 +61,7 @@ class LocalGroup {
   const int64_t timeout_ms_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::map<std::tuple<int, int, int>, std::deque<Block>> mail_;  // (from, to, tag) -> FIFO
+  std::map<std::tuple<int, int, int>, std::deque<Message>> mail_;  // (from, to, tag) -> FIFO
   std::vector<char> left_;
   std::string aborted_;
   // all_reduce: ranks add into sum_; the last to arrive publishes result_ and bumps generation_.
@@ -76,7 +82,10 @@ class LocalTransport : public Transport {
   int rank() const override { return rank_; }
   int world_size() const override { return g_->world_size(); }
   void send(int peer, int tag, Block b) override { g_->send(rank_, peer, tag, std::move(b)); }
-  Block recv(int peer, int tag) override { return g_->recv(peer, rank_, tag); }
+  Block recv(int peer, int tag) override { return std::static_pointer_cast<std::vector<float>>(g_->recv(peer, rank_, tag)); }
+  // Messages of other types, for the CUDA ring; the tag fixes the type.
+  void post(int peer, int tag, Message m) { g_->send(rank_, peer, tag, std::move(m)); }
+  Message take(int peer, int tag) { return g_->recv(peer, rank_, tag); }
   void all_reduce_sum(float* data, size_t n) override { g_->all_reduce_sum(rank_, data, n); }
   void barrier() override { g_->all_reduce_sum(rank_, nullptr, 0); }
 

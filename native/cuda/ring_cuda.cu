@@ -1,0 +1,257 @@
+// The ring loop on CUDA for in-process ranks. Each rank computes on one stream and moves
+// blocks on another: at step k the copy of the next K/V block (device to device, from the
+// previous rank's buffer into our spare one) runs while the kernel works on the current
+// block; events order the two, and two buffers alternate. The host waits only for the
+// peer threads to post their offers and receipts, never for the GPU.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <exception>
+
+#include "check.h"
+#include "device.h"
+#include "flash/flash.h"
+#include "ring_cuda.h"
+
+namespace ra::cuda {
+namespace {
+
+struct Stream {
+  cudaStream_t s;
+  Stream() { check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"); }
+  ~Stream() { cudaStreamDestroy(s); }
+};
+
+struct Event {
+  cudaEvent_t e;
+  Event() { check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate"); }
+  ~Event() { cudaEventDestroy(e); }  // safe while pending: released once it completes
+  void record(cudaStream_t s) { check(cudaEventRecord(e, s), "cudaEventRecord"); }
+  void wait_on(cudaStream_t s) const { check(cudaStreamWaitEvent(s, e, 0), "cudaStreamWaitEvent"); }
+};
+
+// A block offered to the next rank: where it is and the event after which it holds the data.
+struct Offer {
+  const void* ptr;
+  size_t bytes;
+  Event ready;
+};
+// The receiver's answer: `copied` completes when the block has been copied out.
+struct Receipt {
+  Event copied;
+};
+
+// Traffic of one kind (K/V or dK/dV) for one rank: offers go to the next rank, copies come
+// from the previous one. An offered buffer is written again only after reclaim().
+class Channel {
+ public:
+  Channel(ring::LocalTransport& t, int tag, int ack_tag)
+      : t_(t), tag_(tag), ack_tag_(ack_tag), next_((t.rank() + 1) % t.world_size()),
+        prev_((t.rank() + t.world_size() - 1) % t.world_size()) {}
+
+  void offer(const void* ptr, size_t bytes, cudaStream_t producer) {
+    auto o = std::make_shared<Offer>();
+    o->ptr = ptr, o->bytes = bytes;
+    o->ready.record(producer);
+    t_.post(next_, tag_, o);
+    ++outstanding_;
+  }
+  // Enqueues on `comm` the copy of the previous rank's next offer into `into`.
+  void receive(void* into, size_t bytes, cudaStream_t comm) {
+    auto o = std::static_pointer_cast<Offer>(t_.take(prev_, tag_));
+    if (o->bytes != bytes)
+      throw UserError("RangeError", "received a block of " + std::to_string(o->bytes) + " bytes from rank " +
+                                        std::to_string(prev_) + ", expected " + std::to_string(bytes) +
+                                        ": every rank must pass shards of the same shape and dtype");
+    o->ready.wait_on(comm);
+    check(cudaMemcpyAsync(into, o->ptr, bytes, cudaMemcpyDeviceToDevice, comm), "device copy");
+    auto r = std::make_shared<Receipt>();
+    r->copied.record(comm);
+    t_.post(prev_, ack_tag_, r);
+  }
+  // Makes `s` wait until the next rank has copied all but the last `keep` of our offers.
+  void reclaim(cudaStream_t s, int keep) {
+    for (; outstanding_ > keep; --outstanding_)
+      std::static_pointer_cast<Receipt>(t_.take(next_, ack_tag_))->copied.wait_on(s);
+  }
+
+ private:
+  ring::LocalTransport& t_;
+  const int tag_, ack_tag_, next_, prev_;
+  int outstanding_ = 0;
+};
+
+__global__ void fill_kernel(float* p, float value, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) p[i] = value;
+}
+
+// Kernel parameters for one step: queries [q_off, q_off + q_len) of this rank against keys
+// [k_off, k_off + k_len) of the block in `kv` (K, then V), as planned by ring::plan.
+flash::FwdParams step_params(const ring::RingShape& s, const ring::Plan& pl, const char* q, const char* kv,
+                             size_t esz, float* lse) {
+  const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
+  const int64_t n_kv = int64_t(s.batch) * s.seq * krow;
+  flash::FwdParams p{};
+  p.q = q + pl.q_off * qrow * esz;
+  p.k = kv + pl.k_off * krow * esz;
+  p.v = kv + (n_kv + pl.k_off * krow) * esz;
+  p.lse = lse + pl.q_off;
+  p.q_batch_stride = p.o_batch_stride = s.seq * qrow;
+  p.q_row_stride = p.o_row_stride = qrow;
+  p.k_batch_stride = p.v_batch_stride = s.seq * krow;
+  p.k_row_stride = p.v_row_stride = krow;
+  p.lse_batch_stride = int64_t(s.heads) * s.seq;
+  p.lse_head_stride = s.seq;
+  p.batch = s.batch, p.heads = s.heads, p.kv_heads = s.kv_heads, p.head_dim = s.head_dim;
+  p.seq_q = pl.q_len, p.seq_k = pl.k_len;
+  p.scale = s.scale;
+  p.causal_offset = 0;  // a diagonal block is square
+  p.vec_ok = s.head_dim % 8 == 0;
+  return p;
+}
+
+// On an error mid-loop, the buffers below go back to the cache while our streams may still
+// use them: wait for the streams first (declared after the buffers, so it runs before them).
+struct DrainOnError {
+  cudaStream_t a, b;
+  ~DrainOnError() {
+    if (std::uncaught_exceptions() == 0) return;
+    cudaStreamSynchronize(a);
+    cudaStreamSynchronize(b);
+  }
+};
+
+// Inputs were written on the default stream; our streams start after them.
+void after_default_stream(cudaStream_t a, cudaStream_t b) {
+  Event e;
+  e.record(nullptr);
+  e.wait_on(a);
+  e.wait_on(b);
+}
+// Later work on the default stream (and the caching allocator's reuse of our temporaries,
+// which that work may receive) starts after everything this call enqueued.
+void before_default_stream(cudaStream_t s) {
+  Event e;
+  e.record(s);
+  e.wait_on(nullptr);
+}
+
+void pack_kv(void* kv, const Tensor& k, const Tensor& v, cudaStream_t s) {
+  const size_t bytes = k.storage->bytes;
+  check(cudaMemcpyAsync(kv, k.storage->ptr, bytes, cudaMemcpyDeviceToDevice, s), "device copy");
+  check(cudaMemcpyAsync(static_cast<char*>(kv) + bytes, v.storage->ptr, bytes, cudaMemcpyDeviceToDevice, s), "device copy");
+}
+
+}  // namespace
+
+void ring_forward(ring::LocalTransport& t, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                  Tensor& out, Tensor& lse) {
+  const int N = t.world_size(), r = t.rank();
+  const size_t esz = dtype_size(q.dtype), kv_bytes = 2 * k.storage->bytes, n_q = size_t(q.numel());
+  Stream compute, comm;
+  after_default_stream(compute.s, comm.s);
+  Storage kv0(Device::CUDA, kv_bytes), kv1(Device::CUDA, kv_bytes), acc(Device::CUDA, n_q * 4);
+  Storage* kv[2] = {&kv0, &kv1};
+  DrainOnError drain{compute.s, comm.s};
+  pack_kv(kv0.ptr, k, v, compute.s);
+  // The running result stays float32 across steps and is rounded once at the end.
+  zero(acc.ptr, n_q * 4, compute.s);
+  fill_kernel<<<1024, 256, 0, compute.s>>>(lse.f32(), -INFINITY, size_t(lse.numel()));
+  check(cudaGetLastError(), "fill launch");
+
+  Channel ch(t, ring::TAG_DEV_KV, ring::TAG_DEV_KV_ACK);
+  Event computed[2], arrived;
+  for (int step = 0; step < N; ++step) {
+    const int cur = step & 1;
+    if (step + 1 < N) {
+      ch.offer(kv[cur]->ptr, kv_bytes, step == 0 ? compute.s : comm.s);
+      ch.reclaim(comm.s, 1);                        // the next rank has copied kv[1 - cur]
+      if (step > 0) computed[1 - cur].wait_on(comm.s);  // and so has our own kernel
+      ch.receive(kv[1 - cur]->ptr, kv_bytes, comm.s);
+      arrived.record(comm.s);
+    }
+    const ring::Plan pl = ring::plan(s, r, (r - step + N) % N);
+    if (!pl.skip) {
+      auto p = step_params(s, pl, static_cast<const char*>(q.storage->ptr), static_cast<const char*>(kv[cur]->ptr), esz,
+                           lse.f32());
+      p.out_accum = static_cast<float*>(acc.ptr) + pl.q_off * int64_t(s.heads) * s.head_dim;
+      flash::forward(p, q.dtype, pl.causal, compute.s);
+    }
+    computed[cur].record(compute.s);
+    if (step + 1 < N) arrived.wait_on(compute.s);
+  }
+  ch.reclaim(compute.s, 0);  // our buffers are freed below
+  f32_to_dtype(static_cast<float*>(acc.ptr), out.storage->ptr, out.dtype, n_q, compute.s);
+  before_default_stream(compute.s);
+}
+
+void ring_backward(ring::LocalTransport& t, const ring::RingShape& s, const Tensor& dout, const Tensor& q,
+                   const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk,
+                   Tensor& dv) {
+  const int N = t.world_size(), r = t.rank();
+  const size_t esz = dtype_size(q.dtype), kv_bytes = 2 * k.storage->bytes, n_q = size_t(q.numel());
+  const size_t n_kv = size_t(k.numel()), dkv_bytes = 2 * n_kv * 4;
+  const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
+  Stream compute, comm;
+  after_default_stream(compute.s, comm.s);
+  Storage kv0(Device::CUDA, kv_bytes), kv1(Device::CUDA, kv_bytes), dkv0(Device::CUDA, dkv_bytes),
+      dkv1(Device::CUDA, dkv_bytes), dq_acc(Device::CUDA, n_q * 4), delta(Device::CUDA, size_t(lse.numel()) * 4);
+  Storage* kv[2] = {&kv0, &kv1};
+  Storage* dkv[2] = {&dkv0, &dkv1};
+  DrainOnError drain{compute.s, comm.s};
+  pack_kv(kv0.ptr, k, v, compute.s);
+  zero(dkv0.ptr, dkv_bytes, compute.s);
+  zero(dq_acc.ptr, n_q * 4, compute.s);
+  const ring::Plan whole{false, 0, s.seq, 0, s.seq, s.causal};
+  auto wp = step_params(s, whole, static_cast<const char*>(q.storage->ptr), static_cast<const char*>(kv0.ptr), esz,
+                        const_cast<float*>(lse.f32()));
+  flash::compute_delta(wp, out.storage->ptr, dout.storage->ptr, static_cast<float*>(delta.ptr), q.dtype, compute.s);
+
+  // dK/dV of a block travel with it, gathering every rank's contribution in float32, and
+  // reach their owner with one extra hop after the last step.
+  Channel ch_kv(t, ring::TAG_DEV_KV, ring::TAG_DEV_KV_ACK), ch_dkv(t, ring::TAG_DEV_DKV, ring::TAG_DEV_DKV_ACK);
+  Event computed[2], kv_arrived, dkv_arrived;
+  for (int step = 0; step < N; ++step) {
+    const int cur = step & 1;
+    if (step + 1 < N) {
+      ch_kv.offer(kv[cur]->ptr, kv_bytes, step == 0 ? compute.s : comm.s);
+      ch_kv.reclaim(comm.s, 1);
+      if (step > 0) computed[1 - cur].wait_on(comm.s);
+      ch_kv.receive(kv[1 - cur]->ptr, kv_bytes, comm.s);
+      kv_arrived.record(comm.s);
+    }
+    if (step > 0) dkv_arrived.wait_on(compute.s);
+    const ring::Plan pl = ring::plan(s, r, (r - step + N) % N);
+    if (!pl.skip) {
+      flash::BwdParams bp{};
+      bp.fwd = step_params(s, pl, static_cast<const char*>(q.storage->ptr), static_cast<const char*>(kv[cur]->ptr), esz,
+                           const_cast<float*>(lse.f32()));
+      bp.dout = static_cast<const char*>(dout.storage->ptr) + pl.q_off * qrow * esz;
+      bp.delta = static_cast<const float*>(delta.ptr) + pl.q_off;
+      bp.dq_accum = static_cast<float*>(dq_acc.ptr) + pl.q_off * qrow;
+      bp.dk_accum = static_cast<float*>(dkv[cur]->ptr) + pl.k_off * krow;
+      bp.dv_accum = static_cast<float*>(dkv[cur]->ptr) + n_kv + pl.k_off * krow;
+      bp.dq_batch_stride = s.seq * qrow, bp.dq_row_stride = qrow;
+      bp.dk_batch_stride = s.seq * krow, bp.dk_row_stride = krow;
+      bp.deterministic = false;
+      flash::backward(bp, q.dtype, pl.causal, compute.s);
+    }
+    computed[cur].record(compute.s);
+    ch_dkv.offer(dkv[cur]->ptr, dkv_bytes, compute.s);
+    ch_dkv.reclaim(comm.s, 1);
+    computed[cur].wait_on(comm.s);  // covers step - 1's use of dkv[1 - cur] as well
+    ch_dkv.receive(dkv[1 - cur]->ptr, dkv_bytes, comm.s);
+    dkv_arrived.record(comm.s);
+    if (step + 1 < N) kv_arrived.wait_on(compute.s);
+  }
+  dkv_arrived.wait_on(compute.s);  // our own block's dK/dV, home after its last hop
+  ch_kv.reclaim(compute.s, 0);
+  ch_dkv.reclaim(compute.s, 0);
+  const float* mine = static_cast<const float*>(dkv[N & 1]->ptr);
+  f32_to_dtype(static_cast<float*>(dq_acc.ptr), dq.storage->ptr, dq.dtype, n_q, compute.s);
+  f32_to_dtype(mine, dk.storage->ptr, dk.dtype, n_kv, compute.s);
+  f32_to_dtype(mine + n_kv, dv.storage->ptr, dv.dtype, n_kv, compute.s);
+  before_default_stream(compute.s);
+}
+
+}  // namespace ra::cuda

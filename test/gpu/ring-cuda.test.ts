@@ -1,0 +1,64 @@
+// Ring attention on CUDA through the in-process transport: N virtual ranks (worker threads)
+// share one GPU, K/V blocks move by device-to-device copies on each rank's communication
+// stream. The gathered result must equal single-device CUDA attention and the float64
+// reference, within the bfloat16 tolerances justified in attention-cuda.test.ts.
+import { describe, expect, it } from 'vitest';
+
+import { attention, attentionBackward, gatherSequence, info, launch, tensor } from '../../dist/index.js';
+import { asTensors, makeInputs, read } from '../helpers.js';
+import { attentionBackwardRef, attentionRef, type Dims } from '../reference.js';
+
+const cuda = info().cuda;
+const title = cuda.available ? 'ring attention on CUDA (virtual ranks on one GPU)' : `ring attention on CUDA (skipped: ${cuda.reason})`;
+const rankModule = new URL('../fixtures/ring-rank.mjs', import.meta.url);
+
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let diff = 0, scale = 1e-30;
+  for (let i = 0; i < b.length; ++i) {
+    if (Number.isNaN(a[i]!)) return Infinity;
+    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
+  }
+  return diff / scale;
+}
+
+type Name = 'out' | 'lse' | 'dq' | 'dk' | 'dv';
+
+async function runRing(x: Dims, worldSize: number, causal: boolean, layout: 'contiguous' | 'zigzag') {
+  const inputs = makeInputs(x, 300 + worldSize, 'bfloat16');
+  const results = (await launch({ worldSize }, rankModule, { x, inputs, causal, layout, dtype: 'bfloat16', device: 'cuda' })) as Record<Name, Float32Array>[];
+  const local = x.seqQ / worldSize;
+  const gather = (name: Name, heads: number, dim = 1) =>
+    read(gatherSequence(results.map((r) => tensor(r[name], dim === 1 ? [x.batch, local, heads, x.dim] : [x.batch, heads, local])), { layout, dim }));
+  return {
+    inputs, out: await gather('out', x.heads), lse: await gather('lse', x.heads, 2),
+    dq: await gather('dq', x.heads), dk: await gather('dk', x.kvHeads), dv: await gather('dv', x.kvHeads),
+  };
+}
+
+describe.skipIf(!cuda.available)(title, () => {
+  for (const worldSize of [1, 2, 4, 8])
+    for (const layout of ['contiguous', 'zigzag'] as const)
+      for (const causal of [true, false]) {
+        if (!causal && layout === 'zigzag') continue;  // the same schedule as contiguous
+        it(`N=${worldSize} ${layout} causal=${causal}: equals single-device CUDA attention and float64`, async () => {
+          // 2N chunks of 40 tokens: tiles are ragged in every shard.
+          const x: Dims = { batch: 1, seqQ: 80 * worldSize, seqK: 80 * worldSize, heads: 4, kvHeads: 2, dim: 64 };
+          const r = await runRing(x, worldSize, causal, layout);
+          const t = asTensors(x, r.inputs, 'bfloat16', 'cuda');
+          const one = attention(t.q, t.k, t.v, { causal });
+          const g = attentionBackward(t.dout, t.q, t.k, t.v, one.out, one.lse, { causal });
+          const single = { out: await read(one.out), lse: await read(one.lse), dq: await read(g.dq), dk: await read(g.dk), dv: await read(g.dv) };
+          const ref = attentionRef(r.inputs.q, r.inputs.k, r.inputs.v, x, { causal });
+          const gref = attentionBackwardRef(r.inputs.dout, r.inputs.q, r.inputs.k, r.inputs.v, x, { causal });
+          const reference = { out: ref.out, lse: ref.lse, dq: gref.dq, dk: gref.dk, dv: gref.dv };
+          for (const k of ['out', 'dq', 'dk', 'dv'] as const) {
+            const tol = k === 'out' ? 1.5e-2 : 2e-2;
+            expect(relErr(r[k], single[k]), `${k} vs single device`).toBeLessThan(tol);
+            expect(relErr(r[k], reference[k]), `${k} vs float64`).toBeLessThan(tol);
+          }
+          expect(relErr(r.lse, reference.lse)).toBeLessThan(1e-4);
+          for (const tt of [...Object.values(t), one.out, one.lse, g.dq, g.dk, g.dv]) tt.dispose();
+        });
+      }
+});
