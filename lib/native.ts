@@ -60,6 +60,11 @@ interface Native {
   ncclRecv(id: number, into: TensorHandle, peer: number): void;
   ncclAllReduce(id: number, t: TensorHandle): void;
   ncclBarrier(id: number): void;
+  ncclRingForward(id: number, q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number, zigzag: boolean): [TensorHandle, TensorHandle];
+  ncclRingBackward(
+    id: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle, out: TensorHandle, lse: TensorHandle,
+    causal: boolean, scale: number, zigzag: boolean,
+  ): [TensorHandle, TensorHandle, TensorHandle];
   cudaInfo(): CudaInfo;
   /** 'cmake-js' or 'node-gyp'. */
   buildSystem(): string;

@@ -20,8 +20,8 @@ function checkRing(q: unknown, k: unknown, v: unknown, opts: unknown) {
   const a = checkAttentionInputs(q, k, v, opts);
   const groupId = ProcessGroup.idOf(a.options.group, 'opts.group');
   const group = a.options.group as ProcessGroup;
-  if (group.backend === 'nccl')
-    throw new Error("opts.group: ring attention over an NCCL group needs the CUDA attention kernels, which this version does not have yet; use launch() groups");
+  if (group.backend === 'nccl' && a.q.device !== 'cuda')
+    fail('type', `q: ring attention over an NCCL group works on 'cuda' tensors, got '${a.q.device}'`);
   const layout = checkOneOf(a.options.layout, 'opts.layout', LAYOUTS) ?? 'contiguous';
   const seq = a.q.shape[1]!;
   if (a.k.shape[1] !== seq) fail('range', `k: this rank's shard has ${a.k.shape[1]} tokens, q's has ${seq}; ring attention needs equal shards`);
@@ -33,9 +33,9 @@ function checkRing(q: unknown, k: unknown, v: unknown, opts: unknown) {
 /** Attention over the whole sequence, each rank holding one shard of q, k and v. Every rank of the group must call it. */
 export function ringAttention(q: Tensor, k: Tensor, v: Tensor, opts: RingAttentionOptions): AttentionResult {
   const a = checkRing(q, k, v, opts);
-  const [out, lse] = native.ringForward(
-    a.groupId, a.group.rank, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag,
-  );
+  const [out, lse] = a.group.backend === 'nccl'
+    ? native.ncclRingForward(a.groupId, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag)
+    : native.ringForward(a.groupId, a.group.rank, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag);
   const [b, s, h] = a.q.shape as [number, number, number];
   return { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
 }
@@ -46,10 +46,10 @@ export function ringAttentionBackward(
 ): AttentionGradients {
   const a = checkRing(q, k, v, opts);
   const f = checkBackwardInputs(dout, out, lse, a.q);
-  const [dq, dk, dv] = native.ringBackward(
-    a.groupId, a.group.rank, f.dout.handle('dout'), a.q.handle('q'), a.k.handle('k'), a.v.handle('v'),
-    f.out.handle('out'), f.lse.handle('lse'), a.causal, a.scale, a.zigzag,
-  );
+  const h = [f.dout.handle('dout'), a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), f.out.handle('out'), f.lse.handle('lse')] as const;
+  const [dq, dk, dv] = a.group.backend === 'nccl'
+    ? native.ncclRingBackward(a.groupId, ...h, a.causal, a.scale, a.zigzag)
+    : native.ringBackward(a.groupId, a.group.rank, ...h, a.causal, a.scale, a.zigzag);
   return {
     dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),
     dk: Tensor.fromHandle(dk, a.k.shape, a.k.dtype, a.k.device),

@@ -469,6 +469,36 @@ Napi::Value NcclBarrier(const Napi::CallbackInfo& info) {
   });
 }
 
+// ncclRingForward(group, q, k, v, causal, scale, zigzag) -> [out, lse] (CUDA tensors)
+Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    const Tensor &q = unwrap(env, info[1], "q"), &k = unwrap(env, info[2], "k"), &v = unwrap(env, info[3], "v");
+    auto s = ring_shape(q, k, info[4].ToBoolean(), info[5].As<Napi::Number>().FloatValue(), info[6].ToBoolean());
+    Tensor out = Tensor::empty(q.shape, q.dtype, Device::CUDA);
+    Tensor lse = Tensor::empty({s.batch, s.heads, s.seq}, DType::F32, Device::CUDA);
+    ra::cuda::ring_forward_nccl(group_id(info[0]), s, q, k, v, out, lse);
+    auto result = Napi::Array::New(env, 2);
+    result.Set(0u, wrap(env, std::move(out)));
+    result.Set(1u, wrap(env, std::move(lse)));
+    return result;
+  });
+}
+
+// ncclRingBackward(group, dout, q, k, v, out, lse, causal, scale, zigzag) -> [dq, dk, dv]
+Napi::Value NcclRingBackward(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    const Tensor &dout = unwrap(env, info[1], "dout"), &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"),
+                 &v = unwrap(env, info[4], "v"), &out = unwrap(env, info[5], "out"), &lse = unwrap(env, info[6], "lse");
+    auto s = ring_shape(q, k, info[7].ToBoolean(), info[8].As<Napi::Number>().FloatValue(), info[9].ToBoolean());
+    Tensor g[] = {Tensor::empty(q.shape, q.dtype, Device::CUDA), Tensor::empty(k.shape, k.dtype, Device::CUDA),
+                  Tensor::empty(k.shape, k.dtype, Device::CUDA)};
+    ra::cuda::ring_backward_nccl(group_id(info[0]), s, dout, q, k, v, out, lse, g[0], g[1], g[2]);
+    auto result = Napi::Array::New(env, 3);
+    for (uint32_t i = 0; i < 3; ++i) result.Set(i, wrap(env, std::move(g[i])));
+    return result;
+  });
+}
+
 // ---- facts about this binary and this machine ----
 
 Napi::Value BuildSystem(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), ra::build_system()); }
@@ -558,6 +588,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ncclRecv", Napi::Function::New(env, NcclRecv));
   exports.Set("ncclAllReduce", Napi::Function::New(env, NcclAllReduce));
   exports.Set("ncclBarrier", Napi::Function::New(env, NcclBarrier));
+  exports.Set("ncclRingForward", Napi::Function::New(env, NcclRingForward));
+  exports.Set("ncclRingBackward", Napi::Function::New(env, NcclRingBackward));
   exports.Set("buildSystem", Napi::Function::New(env, BuildSystem));
   exports.Set("findLibrary", Napi::Function::New(env, FindLibrary));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));

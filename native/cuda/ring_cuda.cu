@@ -1,8 +1,8 @@
-// The ring loop on CUDA for in-process ranks. Each rank computes on one stream and moves
-// blocks on another: at step k the copy of the next K/V block (device to device, from the
-// previous rank's buffer into our spare one) runs while the kernel works on the current
-// block; events order the two, and two buffers alternate. The host waits only for the
-// peer threads to post their offers and receipts, never for the GPU.
+// The ring loop on CUDA. Each rank computes on one stream and moves blocks on another: at
+// step k the transfer of the next K/V block into the spare buffer runs while the kernel
+// works on the current one; events order the two, and two buffers alternate. Blocks move
+// by device-to-device copies between in-process ranks, or by NCCL between processes. Inside
+// the loop the host waits only for peer threads' posts (in-process), never for the GPU.
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -11,6 +11,7 @@
 #include "check.h"
 #include "device.h"
 #include "flash/flash.h"
+#include "../nccl/group.h"
 #include "ring_cuda.h"
 
 namespace ra::cuda {
@@ -30,55 +31,94 @@ struct Event {
   void wait_on(cudaStream_t s) const { check(cudaStreamWaitEvent(s, e, 0), "cudaStreamWaitEvent"); }
 };
 
-// A block offered to the next rank: where it is and the event after which it holds the data.
+// Block traffic between ring neighbours, for one rank: send to rank + 1, receive from rank - 1.
+class Link {
+ public:
+  enum Kind { KV = 0, DKV = 1 };
+  virtual ~Link() = default;
+  virtual int rank() const = 0;
+  virtual int world() const = 0;
+  // Enqueues on `comm` the send of `send` (whose data `comm` already waits for) and the
+  // receive into `recv` once `recv_free` (if any) has completed. Does not wait.
+  virtual void exchange(Kind kind, const void* send, void* recv, size_t bytes, cudaStream_t comm,
+                        const Event* recv_free) = 0;
+  // Before the buffers are freed: every send has completed (in `compute`'s order, or waited for).
+  virtual void finish(cudaStream_t compute, cudaStream_t comm) = 0;
+};
+
+// In-process peers (threads): a block is offered to the next rank (its address and an event
+// after which it holds the data); that rank copies it device-to-device on its communication
+// stream and answers with a receipt, whose event the sender waits on before writing the
+// buffer again.
 struct Offer {
   const void* ptr;
   size_t bytes;
   Event ready;
 };
-// The receiver's answer: `copied` completes when the block has been copied out.
 struct Receipt {
   Event copied;
 };
 
-// Traffic of one kind (K/V or dK/dV) for one rank: offers go to the next rank, copies come
-// from the previous one. An offered buffer is written again only after reclaim().
-class Channel {
+class LocalLink : public Link {
  public:
-  Channel(ring::LocalTransport& t, int tag, int ack_tag)
-      : t_(t), tag_(tag), ack_tag_(ack_tag), next_((t.rank() + 1) % t.world_size()),
-        prev_((t.rank() + t.world_size() - 1) % t.world_size()) {}
+  explicit LocalLink(ring::LocalTransport& t)
+      : t_(t), next_((t.rank() + 1) % t.world_size()), prev_((t.rank() + t.world_size() - 1) % t.world_size()) {}
+  int rank() const override { return t_.rank(); }
+  int world() const override { return t_.world_size(); }
 
-  void offer(const void* ptr, size_t bytes, cudaStream_t producer) {
+  void exchange(Kind kind, const void* send, void* recv, size_t bytes, cudaStream_t comm, const Event* recv_free) override {
     auto o = std::make_shared<Offer>();
-    o->ptr = ptr, o->bytes = bytes;
-    o->ready.record(producer);
-    t_.post(next_, tag_, o);
-    ++outstanding_;
-  }
-  // Enqueues on `comm` the copy of the previous rank's next offer into `into`.
-  void receive(void* into, size_t bytes, cudaStream_t comm) {
-    auto o = std::static_pointer_cast<Offer>(t_.take(prev_, tag_));
-    if (o->bytes != bytes)
-      throw UserError("RangeError", "received a block of " + std::to_string(o->bytes) + " bytes from rank " +
+    o->ptr = send, o->bytes = bytes;
+    o->ready.record(comm);
+    t_.post(next_, kTag[kind], o);
+    ++outstanding_[kind];
+    reclaim(kind, comm, 1);  // `recv` is the buffer offered last time: the next rank has copied it
+    if (recv_free) recv_free->wait_on(comm);
+    auto in = std::static_pointer_cast<Offer>(t_.take(prev_, kTag[kind]));
+    if (in->bytes != bytes)
+      throw UserError("RangeError", "received a block of " + std::to_string(in->bytes) + " bytes from rank " +
                                         std::to_string(prev_) + ", expected " + std::to_string(bytes) +
                                         ": every rank must pass shards of the same shape and dtype");
-    o->ready.wait_on(comm);
-    check(cudaMemcpyAsync(into, o->ptr, bytes, cudaMemcpyDeviceToDevice, comm), "device copy");
+    in->ready.wait_on(comm);
+    check(cudaMemcpyAsync(recv, in->ptr, bytes, cudaMemcpyDeviceToDevice, comm), "device copy");
     auto r = std::make_shared<Receipt>();
     r->copied.record(comm);
-    t_.post(prev_, ack_tag_, r);
+    t_.post(prev_, kAckTag[kind], r);
   }
-  // Makes `s` wait until the next rank has copied all but the last `keep` of our offers.
-  void reclaim(cudaStream_t s, int keep) {
-    for (; outstanding_ > keep; --outstanding_)
-      std::static_pointer_cast<Receipt>(t_.take(next_, ack_tag_))->copied.wait_on(s);
+  void finish(cudaStream_t compute, cudaStream_t) override {
+    reclaim(KV, compute, 0);
+    reclaim(DKV, compute, 0);
   }
 
  private:
+  static constexpr int kTag[2] = {ring::TAG_DEV_KV, ring::TAG_DEV_DKV};
+  static constexpr int kAckTag[2] = {ring::TAG_DEV_KV_ACK, ring::TAG_DEV_DKV_ACK};
+  // Makes `s` wait until the next rank has copied all but the last `keep` of our offers.
+  void reclaim(Kind kind, cudaStream_t s, int keep) {
+    for (; outstanding_[kind] > keep; --outstanding_[kind])
+      std::static_pointer_cast<Receipt>(t_.take(next_, kAckTag[kind]))->copied.wait_on(s);
+  }
   ring::LocalTransport& t_;
-  const int tag_, ack_tag_, next_, prev_;
-  int outstanding_ = 0;
+  const int next_, prev_;
+  int outstanding_[2] = {0, 0};
+};
+
+// Processes over NCCL: a grouped send/recv on the ring's communication stream. NCCL errors
+// and hangs surface in finish(), which polls the stream against the group's timeout.
+class NcclLink : public Link {
+ public:
+  explicit NcclLink(int64_t group) : g_(group), rank_(nccl::group_rank(group)), world_(nccl::group_world_size(group)) {}
+  int rank() const override { return rank_; }
+  int world() const override { return world_; }
+  void exchange(Kind, const void* send, void* recv, size_t bytes, cudaStream_t comm, const Event* recv_free) override {
+    if (recv_free) recv_free->wait_on(comm);
+    nccl::ring_exchange(g_, send, recv, bytes, comm);
+  }
+  void finish(cudaStream_t, cudaStream_t comm) override { nccl::wait_stream(g_, comm, "ring attention transfers"); }
+
+ private:
+  int64_t g_;
+  int rank_, world_;
 };
 
 __global__ void fill_kernel(float* p, float value, size_t n) {
@@ -142,11 +182,9 @@ void pack_kv(void* kv, const Tensor& k, const Tensor& v, cudaStream_t s) {
   check(cudaMemcpyAsync(static_cast<char*>(kv) + bytes, v.storage->ptr, bytes, cudaMemcpyDeviceToDevice, s), "device copy");
 }
 
-}  // namespace
-
-void ring_forward(ring::LocalTransport& t, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
-                  Tensor& out, Tensor& lse) {
-  const int N = t.world_size(), r = t.rank();
+void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
+                  Tensor& lse) {
+  const int N = link.world(), r = link.rank();
   const size_t esz = dtype_size(q.dtype), kv_bytes = 2 * k.storage->bytes, n_q = size_t(q.numel());
   Stream compute, comm;
   after_default_stream(compute.s, comm.s);
@@ -154,20 +192,20 @@ void ring_forward(ring::LocalTransport& t, const ring::RingShape& s, const Tenso
   Storage* kv[2] = {&kv0, &kv1};
   DrainOnError drain{compute.s, comm.s};
   pack_kv(kv0.ptr, k, v, compute.s);
+  Event packed, computed[2], arrived;
+  packed.record(compute.s);
+  packed.wait_on(comm.s);
   // The running result stays float32 across steps and is rounded once at the end.
   zero(acc.ptr, n_q * 4, compute.s);
   fill_kernel<<<1024, 256, 0, compute.s>>>(lse.f32(), -INFINITY, size_t(lse.numel()));
   check(cudaGetLastError(), "fill launch");
 
-  Channel ch(t, ring::TAG_DEV_KV, ring::TAG_DEV_KV_ACK);
-  Event computed[2], arrived;
   for (int step = 0; step < N; ++step) {
     const int cur = step & 1;
+    // The next block moves on `comm` while the kernel below works on this one; kv[1 - cur]
+    // is free once the previous step's kernel is done with it.
     if (step + 1 < N) {
-      ch.offer(kv[cur]->ptr, kv_bytes, step == 0 ? compute.s : comm.s);
-      ch.reclaim(comm.s, 1);                        // the next rank has copied kv[1 - cur]
-      if (step > 0) computed[1 - cur].wait_on(comm.s);  // and so has our own kernel
-      ch.receive(kv[1 - cur]->ptr, kv_bytes, comm.s);
+      link.exchange(Link::KV, kv[cur]->ptr, kv[1 - cur]->ptr, kv_bytes, comm.s, step > 0 ? &computed[1 - cur] : nullptr);
       arrived.record(comm.s);
     }
     const ring::Plan pl = ring::plan(s, r, (r - step + N) % N);
@@ -180,15 +218,14 @@ void ring_forward(ring::LocalTransport& t, const ring::RingShape& s, const Tenso
     computed[cur].record(compute.s);
     if (step + 1 < N) arrived.wait_on(compute.s);
   }
-  ch.reclaim(compute.s, 0);  // our buffers are freed below
+  link.finish(compute.s, comm.s);
   f32_to_dtype(static_cast<float*>(acc.ptr), out.storage->ptr, out.dtype, n_q, compute.s);
   before_default_stream(compute.s);
 }
 
-void ring_backward(ring::LocalTransport& t, const ring::RingShape& s, const Tensor& dout, const Tensor& q,
-                   const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk,
-                   Tensor& dv) {
-  const int N = t.world_size(), r = t.rank();
+void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv) {
+  const int N = link.world(), r = link.rank();
   const size_t esz = dtype_size(q.dtype), kv_bytes = 2 * k.storage->bytes, n_q = size_t(q.numel());
   const size_t n_kv = size_t(k.numel()), dkv_bytes = 2 * n_kv * 4;
   const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
@@ -200,6 +237,9 @@ void ring_backward(ring::LocalTransport& t, const ring::RingShape& s, const Tens
   Storage* dkv[2] = {&dkv0, &dkv1};
   DrainOnError drain{compute.s, comm.s};
   pack_kv(kv0.ptr, k, v, compute.s);
+  Event packed, computed[2], kv_arrived, dkv_arrived;
+  packed.record(compute.s);
+  packed.wait_on(comm.s);
   zero(dkv0.ptr, dkv_bytes, compute.s);
   zero(dq_acc.ptr, n_q * 4, compute.s);
   const ring::Plan whole{false, 0, s.seq, 0, s.seq, s.causal};
@@ -209,15 +249,10 @@ void ring_backward(ring::LocalTransport& t, const ring::RingShape& s, const Tens
 
   // dK/dV of a block travel with it, gathering every rank's contribution in float32, and
   // reach their owner with one extra hop after the last step.
-  Channel ch_kv(t, ring::TAG_DEV_KV, ring::TAG_DEV_KV_ACK), ch_dkv(t, ring::TAG_DEV_DKV, ring::TAG_DEV_DKV_ACK);
-  Event computed[2], kv_arrived, dkv_arrived;
   for (int step = 0; step < N; ++step) {
     const int cur = step & 1;
     if (step + 1 < N) {
-      ch_kv.offer(kv[cur]->ptr, kv_bytes, step == 0 ? compute.s : comm.s);
-      ch_kv.reclaim(comm.s, 1);
-      if (step > 0) computed[1 - cur].wait_on(comm.s);
-      ch_kv.receive(kv[1 - cur]->ptr, kv_bytes, comm.s);
+      link.exchange(Link::KV, kv[cur]->ptr, kv[1 - cur]->ptr, kv_bytes, comm.s, step > 0 ? &computed[1 - cur] : nullptr);
       kv_arrived.record(comm.s);
     }
     if (step > 0) dkv_arrived.wait_on(compute.s);
@@ -237,21 +272,46 @@ void ring_backward(ring::LocalTransport& t, const ring::RingShape& s, const Tens
       flash::backward(bp, q.dtype, pl.causal, compute.s);
     }
     computed[cur].record(compute.s);
-    ch_dkv.offer(dkv[cur]->ptr, dkv_bytes, compute.s);
-    ch_dkv.reclaim(comm.s, 1);
-    computed[cur].wait_on(comm.s);  // covers step - 1's use of dkv[1 - cur] as well
-    ch_dkv.receive(dkv[1 - cur]->ptr, dkv_bytes, comm.s);
-    dkv_arrived.record(comm.s);
+    // dkv[cur] is complete for this rank; the kernel of the previous step, the last reader
+    // of dkv[1 - cur], is done before this one.
+    if (N > 1) {  // alone, the block never leaves (and NCCL is not asked to send to itself)
+      computed[cur].wait_on(comm.s);
+      link.exchange(Link::DKV, dkv[cur]->ptr, dkv[1 - cur]->ptr, dkv_bytes, comm.s, nullptr);
+      dkv_arrived.record(comm.s);
+    }
     if (step + 1 < N) kv_arrived.wait_on(compute.s);
   }
-  dkv_arrived.wait_on(compute.s);  // our own block's dK/dV, home after its last hop
-  ch_kv.reclaim(compute.s, 0);
-  ch_dkv.reclaim(compute.s, 0);
-  const float* mine = static_cast<const float*>(dkv[N & 1]->ptr);
+  if (N > 1) dkv_arrived.wait_on(compute.s);  // our own block's dK/dV, home after its last hop
+  link.finish(compute.s, comm.s);
+  const float* mine = static_cast<const float*>(dkv[N == 1 ? 0 : N & 1]->ptr);
   f32_to_dtype(static_cast<float*>(dq_acc.ptr), dq.storage->ptr, dq.dtype, n_q, compute.s);
   f32_to_dtype(mine, dk.storage->ptr, dk.dtype, n_kv, compute.s);
   f32_to_dtype(mine + n_kv, dv.storage->ptr, dv.dtype, n_kv, compute.s);
   before_default_stream(compute.s);
+}
+
+}  // namespace
+
+void ring_forward(ring::LocalTransport& t, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                  Tensor& out, Tensor& lse) {
+  LocalLink link(t);
+  forward_loop(link, s, q, k, v, out, lse);
+}
+void ring_backward(ring::LocalTransport& t, const ring::RingShape& s, const Tensor& dout, const Tensor& q,
+                   const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk,
+                   Tensor& dv) {
+  LocalLink link(t);
+  backward_loop(link, s, dout, q, k, v, out, lse, dq, dk, dv);
+}
+void ring_forward_nccl(int64_t group, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
+                       Tensor& out, Tensor& lse) {
+  NcclLink link(group);
+  forward_loop(link, s, q, k, v, out, lse);
+}
+void ring_backward_nccl(int64_t group, const ring::RingShape& s, const Tensor& dout, const Tensor& q, const Tensor& k,
+                        const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv) {
+  NcclLink link(group);
+  backward_loop(link, s, dout, q, k, v, out, lse, dq, dk, dv);
 }
 
 }  // namespace ra::cuda

@@ -31,6 +31,13 @@ void ring_backward(ring::LocalTransport&, const ring::RingShape&, const Tensor&,
                    const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, Tensor&) {
   throw not_compiled();
 }
+void ring_forward_nccl(int64_t, const ring::RingShape&, const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&) {
+  throw not_compiled();
+}
+void ring_backward_nccl(int64_t, const ring::RingShape&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                        const Tensor&, const Tensor&, Tensor&, Tensor&, Tensor&) {
+  throw not_compiled();
+}
 AttnOut attention_forward(const Tensor&, const Tensor&, const Tensor&, bool, float) { throw not_compiled(); }
 AttnGrads attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool,
                              float, bool) {

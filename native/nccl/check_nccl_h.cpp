@@ -48,6 +48,7 @@ static_assert(sizeof(ours::ncclRedOp_t) == sizeof(::ncclRedOp_t));
 SAME_VALUE(ncclSuccess);
 SAME_VALUE(ncclInProgress);
 SAME_VALUE(ncclRemoteError);
+SAME_VALUE(ncclUint8);
 SAME_VALUE(ncclFloat16);
 SAME_VALUE(ncclFloat32);
 SAME_VALUE(ncclBfloat16);

@@ -26,7 +26,7 @@ ncclDataType_t nccl_type(DType t) {
 class Group {
  public:
   Group(const ncclUniqueId& id, int rank, int world, int device, int64_t timeout_ms)
-      : api_(loaded()), rank_(rank), timeout_ms_(timeout_ms) {
+      : api_(loaded()), rank_(rank), world_(world), timeout_ms_(timeout_ms) {
     check_cuda(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
     check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating the communication stream");
     // The rendezvous has just seen every rank alive, so a blocking init is expected to return.
@@ -76,6 +76,19 @@ class Group {
   void flush() {
     if (!pending_.empty()) grouped([] {});
   }
+  int rank() const { return rank_; }
+  int world() const { return world_; }
+  void ring_exchange(const void* send, void* recv, size_t bytes, cudaStream_t s) {
+    flush();  // user sends stay ordered before ring traffic
+    const int next = (rank_ + 1) % world_, prev = (rank_ + world_ - 1) % world_;
+    check(api_.GroupStart(), "ncclGroupStart");
+    ncclResult_t a = api_.Send(send, bytes, ncclUint8, next, live(), s);
+    ncclResult_t b = api_.Recv(recv, bytes, ncclUint8, prev, live(), s);
+    check(api_.GroupEnd(), "ncclGroupEnd");
+    check(a, "ncclSend");
+    check(b, "ncclRecv");
+  }
+  void wait_stream(cudaStream_t stream, const std::string& what) { wait(what, stream); }
 
  private:
   ncclComm_t live() {
@@ -118,10 +131,10 @@ class Group {
     comm_ = nullptr;
   }
   // Polls until the stream is idle; an NCCL error or the deadline aborts the communicator.
-  void wait(const std::string& what) {
+  void wait(const std::string& what, cudaStream_t stream = nullptr) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
     for (;;) {
-      cudaError_t e = cudaStreamQuery(stream_);
+      cudaError_t e = cudaStreamQuery(stream ? stream : stream_);
       if (e == cudaSuccess) break;
       if (e != cudaErrorNotReady) check_cuda(e, what);
       ncclResult_t async = ncclSuccess;
@@ -150,7 +163,7 @@ class Group {
   }
 
   const Api& api_;
-  int rank_;
+  int rank_, world_;
   int64_t timeout_ms_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
@@ -200,5 +213,13 @@ void send(int64_t g, const Tensor& t, int peer) { find(g).send(t, peer); }
 void recv(int64_t g, Tensor& into, int peer) { find(g).recv(into, peer); }
 void all_reduce_sum(int64_t g, Tensor& t) { find(g).all_reduce_sum(t); }
 void barrier(int64_t g) { find(g).barrier(); }
+int group_rank(int64_t g) { return find(g).rank(); }
+int group_world_size(int64_t g) { return find(g).world(); }
+void ring_exchange(int64_t g, const void* send, void* recv, size_t bytes, void* stream) {
+  find(g).ring_exchange(send, recv, bytes, static_cast<cudaStream_t>(stream));
+}
+void wait_stream(int64_t g, void* stream, const std::string& what) {
+  find(g).wait_stream(static_cast<cudaStream_t>(stream), what);
+}
 
 }  // namespace ra::nccl

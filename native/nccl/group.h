@@ -18,4 +18,14 @@ void recv(int64_t group, Tensor& into, int peer);     // waits for the data
 void all_reduce_sum(int64_t group, Tensor& t);        // in place; waits
 void barrier(int64_t group);
 
+// For the ring loop (cuda/ring_cuda.cu), which moves blocks on its own stream (a cudaStream_t):
+int group_rank(int64_t group);
+int group_world_size(int64_t group);
+// Enqueues on `stream`, as one NCCL group, the send of `bytes` to rank + 1 and the receive
+// of as many from rank - 1 into `recv`. Does not wait.
+void ring_exchange(int64_t group, const void* send, void* recv, size_t bytes, void* stream);
+// Waits until `stream` is idle, polling NCCL's errors; past the group's timeout, or on an
+// error, the communicator is aborted and this throws.
+void wait_stream(int64_t group, void* stream, const std::string& what);
+
 }  // namespace ra::nccl

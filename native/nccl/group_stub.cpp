@@ -10,5 +10,9 @@ void send(int64_t, const Tensor&, int) { throw no_cuda(); }
 void recv(int64_t, Tensor&, int) { throw no_cuda(); }
 void all_reduce_sum(int64_t, Tensor&) { throw no_cuda(); }
 void barrier(int64_t) { throw no_cuda(); }
+int group_rank(int64_t) { throw no_cuda(); }
+int group_world_size(int64_t) { throw no_cuda(); }
+void ring_exchange(int64_t, const void*, void*, size_t, void*) { throw no_cuda(); }
+void wait_stream(int64_t, void*, const std::string&) { throw no_cuda(); }
 
 }  // namespace ra::nccl

@@ -5,7 +5,8 @@ import { describe, expect, it } from 'vitest';
 
 import { freePort } from '../helpers.js';
 
-import { info, initProcessGroup, tensor } from '../../dist/index.js';
+import { attention, attentionBackward, info, initProcessGroup, ringAttention, ringAttentionBackward, tensor } from '../../dist/index.js';
+import { randomArray } from '../reference.js';
 import { findLibrary, LIBRARIES } from '../../dist/libraries.js';
 
 const cuda = info().cuda;
@@ -23,6 +24,22 @@ describe.skipIf(!!why)(why ? `NCCL group (skipped: ${why})` : 'NCCL group', () =
       expect(Array.from(await t.toFloat32Array())).toEqual([1, -2, 3.5]);
     }
     group.barrier();
+
+    // The ring's degenerate case: one rank, the whole sequence; equals attention() bit for bit
+    // in the forward (same kernel, one merge into an empty result) and closely in the backward.
+    const shape = [1, 200, 4, 64];
+    const [q, k, v, dout] = [1, 2, 3, 4].map((seed) => tensor(randomArray(200 * 4 * 64, seed), shape, { dtype: 'bfloat16', device: 'cuda' }));
+    const ring = ringAttention(q!, k!, v!, { group, causal: true });
+    const one = attention(q!, k!, v!, { causal: true });
+    expect(Array.from(await ring.out.toFloat32Array())).toEqual(Array.from(await one.out.toFloat32Array()));
+    const rg = ringAttentionBackward(dout!, q!, k!, v!, ring.out, ring.lse, { group, causal: true });
+    const og = attentionBackward(dout!, q!, k!, v!, one.out, one.lse, { causal: true });
+    for (const [a, b] of [[rg.dq, og.dq], [rg.dk, og.dk], [rg.dv, og.dv]] as const) {
+      const x = await a.toFloat32Array(), y = await b.toFloat32Array();
+      let diff = 0, scale = 0;
+      for (let i = 0; i < y.length; ++i) diff = Math.max(diff, Math.abs(x[i]! - y[i]!)), scale = Math.max(scale, Math.abs(y[i]!));
+      expect(diff / scale).toBeLessThan(1e-2);  // dQ's atomic adds differ in order; everything else is the same arithmetic
+    }
     expect(() => group.allReduce(tensor(new Float32Array(1), [1]))).toThrow(/^t: an NCCL group works on 'cuda' tensors, got 'cpu'/);
     expect(() => group.send(tensor(new Float32Array(1), [1], { device: 'cuda' }), 0)).toThrow(/cannot send to or receive from its own rank/);
     group.destroy();
