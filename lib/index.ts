@@ -16,6 +16,16 @@ export { ringAttention, ringAttentionBackward } from './ring.js';
 export type { RingAttentionOptions } from './ring.js';
 export { gatherSequence, shardSequence } from './shard.js';
 export type { GatherOptions, Layout, ShardOptions } from './shard.js';
+export { float16BitsToFloat32, float32ToBfloat16Bits, float32ToFloat16Bits, bfloat16BitsToFloat32 } from './half.js';
+export { llamaPresets, llamaTensorNames, loadLlamaConfig, parameterCount, parseLlamaConfig } from './llama-config.js';
+export type { LlamaConfig, LlamaPreset, ResolvedLlamaConfig } from './llama-config.js';
+export { MAX_HEADER_BYTES, readSafetensors, readSafetensorsHeader } from './safetensors.js';
+export type {
+  FloatDType, LoadedTensor, ReadSafetensorsOptions, SafetensorsContents, SafetensorsDType, SafetensorsEntry, SafetensorsHeader,
+} from './safetensors.js';
+export { INDEX_FILE, readSafetensorsDir, safetensorsWeightMap, SINGLE_FILE } from './safetensors-dir.js';
+export { writeSafetensors } from './safetensors-write.js';
+export type { TensorToWrite, WritableDType } from './safetensors-write.js';
 export { Tensor, tensor } from './tensor.js';
 export type { DeviceName, DType, TensorOptions } from './tensor.js';
 export type { CudaInfo, CudaMemoryStats };

@@ -1,0 +1,169 @@
+// LLaMA-style model shapes, spelled as Hugging Face's config.json spells them, and the tensor
+// names and shapes of transformers' LlamaForCausalLM, so checkpoints can be checked against them.
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { checkBoolean, checkInteger, checkOneOf, describe, fail } from './errors.js';
+
+export interface LlamaConfig {
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  /** Default num_attention_heads (multi-head attention); fewer is grouped-query attention. */
+  num_key_value_heads: number;
+  vocab_size: number;
+  /** Default 1e-6. */
+  rms_norm_eps: number;
+  /** Default 10000. */
+  rope_theta: number;
+  /** lm_head shares embed_tokens' weight. Default false. */
+  tie_word_embeddings: boolean;
+  /** Default hidden_size / num_attention_heads. */
+  head_dim?: number;
+  max_position_embeddings?: number;
+  /** Passed through unchecked (e.g. Llama 3's { rope_type: 'llama3', factor, ... }); null or absent: plain RoPE. */
+  rope_scaling?: Record<string, unknown> | null;
+}
+
+/** A checked config with every default filled in, head_dim included. */
+export type ResolvedLlamaConfig = LlamaConfig & { head_dim: number };
+
+/**
+ * Checks a parsed config.json (keys as HF spells them; unknown keys ignored) and fills HF's
+ * defaults. Each error names the key.
+ */
+export function parseLlamaConfig(json: unknown): ResolvedLlamaConfig {
+  return parse(json, 'config', '');
+}
+
+// `what` names the whole object in errors, `where` prefixes its keys.
+function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig {
+  if (json === null || typeof json !== 'object' || Array.isArray(json))
+    fail('type', `${what}: expected a config object, got ${describe(json)}`);
+  const c = json as Record<string, unknown>;
+  const int = (key: string) => {
+    if (c[key] === undefined) fail('type', `${where}${key}: missing; expected a positive integer`);
+    return checkInteger(c[key], `${where}${key}`, 1);
+  };
+  // HF treats null like absent for these two (the Python default is None).
+  const optInt = (key: string) => (c[key] === undefined || c[key] === null ? undefined : int(key));
+  const positive = (key: string, dflt: number) => {
+    const v = c[key] ?? dflt;
+    if (typeof v !== 'number') fail('type', `${where}${key}: expected a number, got ${describe(v)}`);
+    if (!Number.isFinite(v) || v <= 0) fail('range', `${where}${key}: expected a finite number > 0, got ${v}`);
+    return v;
+  };
+
+  const hidden = int('hidden_size'), heads = int('num_attention_heads');
+  const kvHeads = optInt('num_key_value_heads') ?? heads;
+  if (heads % kvHeads !== 0)
+    fail('range', `${where}num_key_value_heads: ${kvHeads} does not divide num_attention_heads ${heads}`);
+  let headDim = optInt('head_dim');
+  if (headDim === undefined) {
+    if (hidden % heads !== 0)
+      fail('range', `${where}num_attention_heads: ${heads} does not divide hidden_size ${hidden} (give head_dim to decouple them)`);
+    headDim = hidden / heads;
+  }
+  if (headDim % 2 !== 0) fail('range', `${where}head_dim: expected an even number (RoPE rotates pairs), got ${headDim}`);
+  // Keys that change the computation or the tensor set in ways this layer does not implement.
+  checkOneOf(c.hidden_act, `${where}hidden_act`, ['silu']);
+  for (const key of ['attention_bias', 'mlp_bias'])
+    if (checkBoolean(c[key], `${where}${key}`)) fail('range', `${where}${key}: true is not supported (no bias tensors)`);
+  const ropeScaling = c.rope_scaling;
+  if (ropeScaling !== undefined && ropeScaling !== null && (typeof ropeScaling !== 'object' || Array.isArray(ropeScaling)))
+    fail('type', `${where}rope_scaling: expected an object or null, got ${describe(ropeScaling)}`);
+
+  const config: ResolvedLlamaConfig = {
+    hidden_size: hidden,
+    intermediate_size: int('intermediate_size'),
+    num_hidden_layers: int('num_hidden_layers'),
+    num_attention_heads: heads,
+    num_key_value_heads: kvHeads,
+    vocab_size: int('vocab_size'),
+    rms_norm_eps: positive('rms_norm_eps', 1e-6),
+    rope_theta: positive('rope_theta', 10000),
+    tie_word_embeddings: checkBoolean(c.tie_word_embeddings, `${where}tie_word_embeddings`) ?? false,
+    head_dim: headDim,
+  };
+  if (c.max_position_embeddings !== undefined) config.max_position_embeddings = int('max_position_embeddings');
+  if (ropeScaling !== undefined) config.rope_scaling = ropeScaling as Record<string, unknown> | null;
+  return config;
+}
+
+/** Reads and checks `config.json` from a checkpoint directory, or the file itself. */
+export async function loadLlamaConfig(dirOrFile: string): Promise<ResolvedLlamaConfig> {
+  if (typeof dirOrFile !== 'string' || dirOrFile === '') fail('type', `dirOrFile: expected a path, got ${describe(dirOrFile)}`);
+  const file = (await stat(dirOrFile)).isDirectory() ? join(dirOrFile, 'config.json') : dirOrFile;
+  if ((await stat(file)).size > 10_000_000) fail('range', `${file}: larger than 10 MB; not a config.json`);
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(file, 'utf8'));
+  } catch (e) {
+    throw new Error(`${file}: not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+  return parse(json, file, `${file}: `);
+}
+
+const preset = (c: ResolvedLlamaConfig): Readonly<ResolvedLlamaConfig> => {
+  if (c.rope_scaling) Object.freeze(c.rope_scaling);
+  return Object.freeze(c);
+};
+
+/** Shapes of known models (from their config.json), and a tiny one for tests. */
+export const llamaPresets = Object.freeze({
+  tiny: preset({
+    hidden_size: 64, intermediate_size: 176, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2,
+    vocab_size: 256, rms_norm_eps: 1e-6, rope_theta: 10000, tie_word_embeddings: false, head_dim: 16,
+    max_position_embeddings: 256,
+  }),
+  '125M': preset({
+    hidden_size: 768, intermediate_size: 2048, num_hidden_layers: 12, num_attention_heads: 12, num_key_value_heads: 12,
+    vocab_size: 32000, rms_norm_eps: 1e-6, rope_theta: 10000, tie_word_embeddings: false, head_dim: 64,
+    max_position_embeddings: 2048,
+  }),
+  /** meta-llama/Llama-3.2-1B */
+  '1B': preset({
+    hidden_size: 2048, intermediate_size: 8192, num_hidden_layers: 16, num_attention_heads: 32, num_key_value_heads: 8,
+    vocab_size: 128256, rms_norm_eps: 1e-5, rope_theta: 500000, tie_word_embeddings: true, head_dim: 64,
+    max_position_embeddings: 131072,
+    rope_scaling: { rope_type: 'llama3', factor: 32, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 },
+  }),
+  /** meta-llama/Llama-2-7b-hf */
+  '7B': preset({
+    hidden_size: 4096, intermediate_size: 11008, num_hidden_layers: 32, num_attention_heads: 32, num_key_value_heads: 32,
+    vocab_size: 32000, rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: false, head_dim: 128,
+    max_position_embeddings: 4096,
+  }),
+});
+export type LlamaPreset = keyof typeof llamaPresets;
+
+/** LlamaForCausalLM's tensors, name -> shape, in the order the model defines them. */
+export function llamaTensorNames(config: LlamaConfig): Map<string, number[]> {
+  const c = parse(config, 'config', 'config.');
+  const { hidden_size: h, intermediate_size: ffn, vocab_size: vocab, head_dim: d } = c;
+  const q = c.num_attention_heads * d, kv = c.num_key_value_heads * d;
+  const names = new Map<string, number[]>([['model.embed_tokens.weight', [vocab, h]]]);
+  for (let i = 0; i < c.num_hidden_layers; ++i) {
+    const p = `model.layers.${i}.`;
+    names.set(`${p}self_attn.q_proj.weight`, [q, h]);
+    names.set(`${p}self_attn.k_proj.weight`, [kv, h]);
+    names.set(`${p}self_attn.v_proj.weight`, [kv, h]);
+    names.set(`${p}self_attn.o_proj.weight`, [h, q]);
+    names.set(`${p}mlp.gate_proj.weight`, [ffn, h]);
+    names.set(`${p}mlp.up_proj.weight`, [ffn, h]);
+    names.set(`${p}mlp.down_proj.weight`, [h, ffn]);
+    names.set(`${p}input_layernorm.weight`, [h]);
+    names.set(`${p}post_attention_layernorm.weight`, [h]);
+  }
+  names.set('model.norm.weight', [h]);
+  if (!c.tie_word_embeddings) names.set('lm_head.weight', [vocab, h]);
+  return names;
+}
+
+/** The exact number of parameters in llamaTensorNames(config) (a tied lm_head counts once). */
+export function parameterCount(config: LlamaConfig): number {
+  let n = 0;
+  for (const shape of llamaTensorNames(config).values()) n += shape.reduce((a, b) => a * b, 1);
+  return n;
+}

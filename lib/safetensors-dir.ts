@@ -1,0 +1,89 @@
+// A checkpoint directory as Hugging Face saves it: one `model.safetensors`, or shards listed
+// by `model.safetensors.index.json` ({ "weight_map": { tensor name: shard file } }). The index
+// is checked like a header: shard names must be plain file names in the directory, every shard
+// must exist, and every tensor must be in the shard the index names.
+import { open, readFile, stat } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+
+import { describe, fail } from './errors.js';
+import {
+  checkNames, checkPath, readHeader, readTensor,
+  type LoadedTensor, type ReadSafetensorsOptions, type SafetensorsContents,
+} from './safetensors.js';
+
+export const SINGLE_FILE = 'model.safetensors';
+export const INDEX_FILE = 'model.safetensors.index.json';
+const MAX_INDEX_BYTES = 100_000_000;
+
+/** Which files hold which tensors: the single file, or the shards the index names. */
+export async function safetensorsWeightMap(dir: string): Promise<Map<string, string>> {
+  checkPath(dir, 'dir');
+  if (!(await stat(dir)).isDirectory()) fail('type', `dir: ${dir} is not a directory`);
+  const single = join(dir, SINGLE_FILE), index = join(dir, INDEX_FILE);
+  if (await exists(single)) {
+    const fh = await open(single, 'r');
+    try {
+      const header = await readHeader(fh, single);
+      return new Map([...header.tensors.keys()].map((n) => [n, SINGLE_FILE]));
+    } finally {
+      await fh.close();
+    }
+  }
+  if (!(await exists(index))) throw new Error(`${dir}: neither ${SINGLE_FILE} nor ${INDEX_FILE} is there`);
+  if ((await stat(index)).size > MAX_INDEX_BYTES) fail('range', `${index}: larger than ${MAX_INDEX_BYTES} bytes`);
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(index, 'utf8'));
+  } catch (e) {
+    throw new Error(`${index}: not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+  const weightMap = (json as { weight_map?: unknown } | null)?.weight_map;
+  if (weightMap === null || typeof weightMap !== 'object' || Array.isArray(weightMap))
+    fail('type', `${index}: weight_map: expected an object of tensor name -> file name, got ${describe(weightMap)}`);
+  const map = new Map<string, string>();
+  for (const [name, file] of Object.entries(weightMap)) {
+    // A hostile index must not reach outside the directory ('../x', '/etc/x').
+    if (typeof file !== 'string' || file === '' || file === '.' || file === '..' || basename(file) !== file || file.includes('\\'))
+      fail('range', `${index}: weight_map['${name}']: expected a file name in the directory, got ${describe(file)}`);
+    map.set(name, file);
+  }
+  return map;
+}
+
+/** Reads a checkpoint directory (all tensors, or `opts.names`) as float32. */
+export async function readSafetensorsDir(dir: string, opts?: ReadSafetensorsOptions): Promise<SafetensorsContents> {
+  const names = checkNames(opts);
+  const weightMap = await safetensorsWeightMap(dir);
+  const byFile = new Map<string, string[]>();
+  for (const name of names ?? weightMap.keys()) {
+    const file = weightMap.get(name);
+    if (file === undefined) fail('range', `opts.names: ${dir} has no tensor '${name}'`);
+    byFile.set(file, [...(byFile.get(file) ?? []), name]);
+  }
+  // Every shard is checked, also those none of the requested tensors are in.
+  for (const file of new Set(weightMap.values())) if (!byFile.has(file)) byFile.set(file, []);
+
+  const metadata: [string, string][] = [];
+  const tensors = new Map<string, LoadedTensor>();
+  for (const [file, wanted] of byFile) {
+    const path = join(dir, file);
+    if (!(await exists(path))) throw new Error(`${join(dir, INDEX_FILE)}: weight_map names ${file}, which does not exist in ${dir}`);
+    const fh = await open(path, 'r');
+    try {
+      const header = await readHeader(fh, path);
+      metadata.push(...Object.entries(header.metadata)); // shards normally agree; later ones win
+      const missing = [...weightMap].find(([n, f]) => f === file && !header.tensors.has(n));
+      if (missing) fail('range', `${path}: tensor '${missing[0]}' is not in this file, though the index puts it there`);
+      for (const name of wanted) tensors.set(name, await readTensor(fh, path, name, header.tensors.get(name)!, header.dataStart));
+    } finally {
+      await fh.close();
+    }
+  }
+  // Shard by shard, then put back in the order asked for (or the index's order).
+  const order = names ?? [...weightMap.keys()];
+  return { metadata: Object.fromEntries(metadata), tensors: new Map(order.map((n) => [n, tensors.get(n)!])) };
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then((s) => s.isFile(), () => false);
+}

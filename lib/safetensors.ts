@@ -1,0 +1,222 @@
+// Safetensors checkpoints (https://huggingface.co/docs/safetensors): an 8-byte little-endian
+// header length N, N bytes of JSON, then the tensors' bytes. The header is untrusted input:
+// every field is checked before any offset in it is used, so a hostile file gives an error
+// naming the file and field, never a huge allocation or a read past the data.
+import { open, type FileHandle } from 'node:fs/promises';
+
+import { describe, fail } from './errors.js';
+import { bfloat16BitsToFloat32, float16BitsToFloat32 } from './half.js';
+
+/** Every dtype the format defines, with its size in bytes; the header may name any of them. */
+const ITEM_SIZE = {
+  BOOL: 1, U8: 1, I8: 1, F8_E4M3: 1, F8_E5M2: 1, I16: 2, U16: 2, F16: 2, BF16: 2,
+  I32: 4, U32: 4, F32: 4, I64: 8, U64: 8, F64: 8,
+} as const;
+export type SafetensorsDType = keyof typeof ITEM_SIZE;
+/** The dtypes whose values can be read (as float32). */
+export type FloatDType = 'F32' | 'BF16' | 'F16' | 'F64';
+const READABLE: readonly string[] = ['F32', 'BF16', 'F16', 'F64'];
+
+/** The safetensors reference implementation's limit: larger headers are refused unread. */
+export const MAX_HEADER_BYTES = 100_000_000;
+
+export interface SafetensorsEntry {
+  dtype: SafetensorsDType;
+  shape: number[];
+  /** [begin, end) in bytes, relative to the start of the data section. */
+  dataOffsets: [number, number];
+}
+
+export interface SafetensorsHeader {
+  /** `__metadata__`, or {} when the file has none. */
+  metadata: Record<string, string>;
+  /** In header order, except that integer-like names come first (JavaScript's key order). */
+  tensors: Map<string, SafetensorsEntry>;
+  /** Absolute file offset of the data section (8 + N). */
+  dataStart: number;
+  fileSize: number;
+}
+
+export interface LoadedTensor {
+  dtype: FloatDType;
+  shape: number[];
+  /** The values, row-major, converted to float32. */
+  data: Float32Array;
+}
+
+export interface SafetensorsContents {
+  metadata: Record<string, string>;
+  tensors: Map<string, LoadedTensor>;
+}
+
+export interface ReadSafetensorsOptions {
+  /** Read only these tensors (each must exist). Default: all. */
+  names?: string[];
+}
+
+/** Reads and checks the header only (two small reads, whatever the file's size). */
+export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
+  checkPath(path, 'path');
+  const fh = await open(path, 'r');
+  try {
+    return await readHeader(fh, path);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Reads the tensors (all, or `opts.names`) as float32, one positional read per chunk. */
+export async function readSafetensors(path: string, opts?: ReadSafetensorsOptions): Promise<SafetensorsContents> {
+  checkPath(path, 'path');
+  const names = checkNames(opts);
+  const fh = await open(path, 'r');
+  try {
+    const header = await readHeader(fh, path);
+    const tensors = new Map<string, LoadedTensor>();
+    for (const name of names ?? header.tensors.keys()) {
+      const entry = header.tensors.get(name);
+      if (!entry) fail('range', `opts.names: ${path} has no tensor '${name}'`);
+      tensors.set(name, await readTensor(fh, path, name, entry, header.dataStart));
+    }
+    return { metadata: header.metadata, tensors };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** @internal Also used by the sharded-checkpoint loader. */
+export function checkNames(opts: unknown): string[] | undefined {
+  if (opts === undefined) return undefined;
+  if (opts === null || typeof opts !== 'object') fail('type', `opts: expected an options object, got ${describe(opts)}`);
+  const names = (opts as ReadSafetensorsOptions).names;
+  if (names === undefined) return undefined;
+  if (!Array.isArray(names)) fail('type', `opts.names: expected an array of strings, got ${describe(names)}`);
+  names.forEach((n, i) => {
+    if (typeof n !== 'string') fail('type', `opts.names[${i}]: expected a string, got ${describe(n)}`);
+  });
+  return [...new Set(names)];
+}
+
+/** @internal */
+export function checkPath(path: unknown, name: string): asserts path is string {
+  if (typeof path !== 'string' || path === '') fail('type', `${name}: expected a file path, got ${describe(path)}`);
+}
+
+/** @internal */
+export async function readHeader(fh: FileHandle, file: string): Promise<SafetensorsHeader> {
+  const fileSize = (await fh.stat()).size;
+  if (fileSize < 8) throw new Error(`${file}: not a safetensors file: ${fileSize} bytes, shorter than the 8-byte header length`);
+  const lenBytes = new Uint8Array(8);
+  await readFully(fh, lenBytes, 0, file, 'header length');
+  const n = new DataView(lenBytes.buffer).getBigUint64(0, true);
+  if (n > BigInt(MAX_HEADER_BYTES))
+    fail('range', `${file}: header length ${n} bytes exceeds the limit of ${MAX_HEADER_BYTES}`);
+  if (n > BigInt(fileSize - 8))
+    fail('range', `${file}: header length ${n} bytes is beyond the end of the file (${fileSize} bytes)`);
+  const headerBytes = new Uint8Array(Number(n));
+  await readFully(fh, headerBytes, 8, file, 'header');
+  let json: unknown;
+  try {
+    json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
+  } catch (e) {
+    throw new Error(`${file}: header is not valid UTF-8 JSON: ${(e as Error).message}`, { cause: e });
+  }
+  const dataStart = 8 + Number(n);
+  return { ...parseHeader(json, file, fileSize - dataStart), dataStart, fileSize };
+}
+
+function parseHeader(json: unknown, file: string, dataSize: number): Pick<SafetensorsHeader, 'metadata' | 'tensors'> {
+  if (!isObject(json)) fail('type', `${file}: header: expected a JSON object, got ${describe(json)}`);
+  let metadata: Record<string, string> = {};
+  const tensors = new Map<string, SafetensorsEntry>();
+  for (const [name, value] of Object.entries(json)) {
+    if (name === '__metadata__') metadata = parseMetadata(value, `${file}: __metadata__`);
+    else tensors.set(name, parseEntry(value, `${file}: tensor '${name}'`, dataSize));
+  }
+  // Sorted by begin, each tensor must start at or after the previous one's end; empty ones hold no bytes.
+  const spans = [...tensors].filter(([, t]) => t.dataOffsets[1] > t.dataOffsets[0]);
+  spans.sort(([, a], [, b]) => a.dataOffsets[0] - b.dataOffsets[0]);
+  for (let i = 1; i < spans.length; ++i) {
+    const [prevName, prev] = spans[i - 1]!, [name, t] = spans[i]!;
+    if (t.dataOffsets[0] < prev.dataOffsets[1])
+      fail('range', `${file}: tensor '${name}': data_offsets [${t.dataOffsets}] overlap tensor '${prevName}' [${prev.dataOffsets}]`);
+  }
+  return { metadata, tensors };
+}
+
+/** @internal `__metadata__` must map strings to strings (also used for writing). */
+export function parseMetadata(value: unknown, where: string): Record<string, string> {
+  if (!isObject(value)) fail('type', `${where}: expected an object of strings, got ${describe(value)}`);
+  for (const [k, v] of Object.entries(value))
+    if (typeof v !== 'string') fail('type', `${where}['${k}']: expected a string, got ${describe(v)}`);
+  return Object.fromEntries(Object.entries(value)) as Record<string, string>; // own keys only, '__proto__' included
+}
+
+function parseEntry(value: unknown, where: string, dataSize: number): SafetensorsEntry {
+  if (!isObject(value)) fail('type', `${where}: expected an object with dtype, shape, data_offsets, got ${show(value)}`);
+  const { dtype, shape, data_offsets: offsets } = value;
+  if (typeof dtype !== 'string' || !Object.hasOwn(ITEM_SIZE, dtype))
+    fail(typeof dtype === 'string' ? 'range' : 'type', `${where}: dtype: expected one of ${Object.keys(ITEM_SIZE).join(', ')}, got ${show(dtype)}`);
+  if (!Array.isArray(shape)) fail('type', `${where}: shape: expected an array of non-negative integers, got ${show(shape)}`);
+  shape.forEach((d: unknown, i) => {
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
+      fail('range', `${where}: shape[${i}]: expected a non-negative integer, got ${show(d)}`);
+  });
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0))
+    fail('range', `${where}: data_offsets: expected two non-negative integers [begin, end], got ${JSON.stringify(offsets) ?? 'nothing'}`);
+  const [begin, end] = offsets as [number, number];
+  if (begin > end) fail('range', `${where}: data_offsets: begin ${begin} is after end ${end}`);
+  if (end > dataSize) fail('range', `${where}: data_offsets: end ${end} is beyond the data section (${dataSize} bytes)`);
+  // The product stops once past 2^53, so the comparison is exact whatever the dimensions.
+  const span = end - begin, dims = shape as number[];
+  let bytes = dims.includes(0) ? 0 : ITEM_SIZE[dtype as SafetensorsDType];
+  for (const d of dims) if ((bytes *= d) > Number.MAX_SAFE_INTEGER) break;
+  if (bytes !== span) {
+    const needs = bytes > Number.MAX_SAFE_INTEGER ? `more than 2^53` : `${bytes}`;
+    fail('range', `${where}: data_offsets span ${span} bytes, but ${dtype} [${dims.join(', ')}] needs ${needs}`);
+  }
+  return { dtype: dtype as SafetensorsDType, shape: [...dims], dataOffsets: [begin, end] };
+}
+
+const show = (v: unknown) => (v === undefined ? 'nothing' : describe(v));
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+const CHUNK_BYTES = 1 << 24; // converting types goes through a buffer this size, not one the tensor's size
+
+/** @internal One tensor's values as float32, read with positional reads. */
+export async function readTensor(fh: FileHandle, file: string, name: string, entry: SafetensorsEntry, dataStart: number): Promise<LoadedTensor> {
+  const { dtype, shape, dataOffsets } = entry;
+  if (!READABLE.includes(dtype))
+    fail('range', `${file}: tensor '${name}': dtype ${dtype} cannot be read as float32 (supported: ${READABLE.join(', ')})`);
+  const itemSize = ITEM_SIZE[dtype];
+  const numel = (dataOffsets[1] - dataOffsets[0]) / itemSize;
+  const data = new Float32Array(numel);
+  const where = `tensor '${name}'`, start = dataStart + dataOffsets[0];
+  if (dtype === 'F32' && LITTLE_ENDIAN) {
+    await readFully(fh, new Uint8Array(data.buffer), start, file, where);
+  } else {
+    const buf = new Uint8Array(Math.min(numel * itemSize, CHUNK_BYTES));
+    const view = new DataView(buf.buffer);
+    const per = CHUNK_BYTES / itemSize;
+    for (let i = 0; i < numel; i += per) {
+      const m = Math.min(per, numel - i);
+      await readFully(fh, buf.subarray(0, m * itemSize), start + i * itemSize, file, where);
+      if (dtype === 'F32') for (let j = 0; j < m; ++j) data[i + j] = view.getFloat32(4 * j, true);
+      else if (dtype === 'F64') for (let j = 0; j < m; ++j) data[i + j] = view.getFloat64(8 * j, true);
+      else if (dtype === 'BF16') for (let j = 0; j < m; ++j) data[i + j] = bfloat16BitsToFloat32(view.getUint16(2 * j, true));
+      else for (let j = 0; j < m; ++j) data[i + j] = float16BitsToFloat32(view.getUint16(2 * j, true));
+    }
+  }
+  return { dtype: dtype as FloatDType, shape: [...shape], data };
+}
+
+// fs reads are capped near 2 GiB and may return short; loop, and refuse a file that shrank.
+async function readFully(fh: FileHandle, buf: Uint8Array, position: number, file: string, what: string): Promise<void> {
+  for (let done = 0; done < buf.length;) {
+    const len = Math.min(buf.length - done, 1 << 30);
+    const { bytesRead } = await fh.read(buf, done, len, position + done);
+    if (bytesRead === 0) throw new Error(`${file}: ${what}: file ended at byte ${position + done}; was it changed while being read?`);
+    done += bytesRead;
+  }
+}

@@ -1,0 +1,135 @@
+// LlamaConfig: HF's defaults, every bad key named, presets with their published parameter
+// counts, and LlamaForCausalLM's tensor names and shapes.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+import { llamaPresets, llamaTensorNames, loadLlamaConfig, parameterCount, parseLlamaConfig } from '../dist/index.js';
+
+const minimal = { hidden_size: 64, intermediate_size: 176, num_hidden_layers: 2, num_attention_heads: 4, vocab_size: 256 };
+
+describe('parseLlamaConfig', () => {
+  it("fills Hugging Face's defaults and derives head_dim", () => {
+    expect(parseLlamaConfig(minimal)).toEqual({
+      ...minimal, num_key_value_heads: 4, rms_norm_eps: 1e-6, rope_theta: 10000, tie_word_embeddings: false, head_dim: 16,
+    });
+    // null means "default" for these two, as in transformers
+    expect(parseLlamaConfig({ ...minimal, num_key_value_heads: null, head_dim: null }).head_dim).toBe(16);
+  });
+
+  it('keeps given values, ignores unknown keys, passes rope_scaling through', () => {
+    const rope_scaling = { rope_type: 'llama3', factor: 8 };
+    const c = parseLlamaConfig({
+      ...minimal, num_key_value_heads: 2, rms_norm_eps: 1e-5, rope_theta: 500000, tie_word_embeddings: true,
+      max_position_embeddings: 4096, rope_scaling, model_type: 'llama', architectures: ['LlamaForCausalLM'], hidden_act: 'silu',
+    });
+    expect(c).toEqual({
+      ...minimal, num_key_value_heads: 2, rms_norm_eps: 1e-5, rope_theta: 500000, tie_word_embeddings: true,
+      head_dim: 16, max_position_embeddings: 4096, rope_scaling,
+    });
+    expect(c).not.toHaveProperty('model_type');
+  });
+
+  it('an explicit head_dim need not divide hidden_size (Mistral-Nemo style)', () => {
+    expect(parseLlamaConfig({ ...minimal, hidden_size: 80, head_dim: 16 }).head_dim).toBe(16);
+  });
+
+  it('refuses each bad key, naming it', () => {
+    const bad = (patch: Record<string, unknown>) => () => parseLlamaConfig({ ...minimal, ...patch });
+    for (const key of ['hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'vocab_size']) {
+      expect(bad({ [key]: 0 })).toThrow(new RangeError(`${key}: expected an integer in [1, 9007199254740991], got 0`));
+      expect(bad({ [key]: 2.5 })).toThrow(RangeError);
+      expect(bad({ [key]: '64' })).toThrow(new TypeError(`${key}: expected an integer, got '64'`));
+      expect(bad({ [key]: undefined })).toThrow(new TypeError(`${key}: missing; expected a positive integer`));
+    }
+    expect(bad({ num_key_value_heads: 3 })).toThrow(new RangeError('num_key_value_heads: 3 does not divide num_attention_heads 4'));
+    expect(bad({ num_key_value_heads: -1 })).toThrow(/^num_key_value_heads: expected an integer in \[1/);
+    expect(bad({ hidden_size: 66 })).toThrow(new RangeError('num_attention_heads: 4 does not divide hidden_size 66 (give head_dim to decouple them)'));
+    expect(bad({ hidden_size: 12, num_attention_heads: 4 })).toThrow(new RangeError('head_dim: expected an even number (RoPE rotates pairs), got 3'));
+    expect(bad({ head_dim: 0 })).toThrow(/^head_dim: expected an integer in \[1/);
+    for (const key of ['rms_norm_eps', 'rope_theta']) {
+      expect(bad({ [key]: 0 })).toThrow(new RangeError(`${key}: expected a finite number > 0, got 0`));
+      expect(bad({ [key]: -1e-5 })).toThrow(RangeError);
+      expect(bad({ [key]: Infinity })).toThrow(RangeError);
+      expect(bad({ [key]: '1e-5' })).toThrow(new TypeError(`${key}: expected a number, got '1e-5'`));
+    }
+    expect(bad({ tie_word_embeddings: 'true' })).toThrow(new TypeError("tie_word_embeddings: expected a boolean, got 'true'"));
+    expect(bad({ max_position_embeddings: 0 })).toThrow(/^max_position_embeddings: expected an integer/);
+    expect(bad({ rope_scaling: 'llama3' })).toThrow(new TypeError("rope_scaling: expected an object or null, got 'llama3'"));
+    expect(bad({ hidden_act: 'gelu' })).toThrow(/^hidden_act: expected one of 'silu', got 'gelu'/);
+    expect(bad({ attention_bias: true })).toThrow(new RangeError('attention_bias: true is not supported (no bias tensors)'));
+    expect(bad({ mlp_bias: true })).toThrow(/^mlp_bias: true is not supported/);
+    expect(parseLlamaConfig({ ...minimal, attention_bias: false, mlp_bias: false }).hidden_size).toBe(64);
+    expect(() => parseLlamaConfig(null)).toThrow(new TypeError('config: expected a config object, got null'));
+    expect(() => parseLlamaConfig([minimal])).toThrow(/^config: expected a config object, got an array/);
+  });
+});
+
+describe('loadLlamaConfig', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'llama-config-test-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('reads config.json from a directory or a file path, and names the file in errors', async () => {
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...minimal, num_key_value_heads: 2 }));
+    expect((await loadLlamaConfig(dir)).num_key_value_heads).toBe(2);
+    expect((await loadLlamaConfig(join(dir, 'config.json'))).head_dim).toBe(16);
+    const file = join(dir, 'bad.json');
+    writeFileSync(file, JSON.stringify({ ...minimal, vocab_size: -1 }));
+    await expect(loadLlamaConfig(file)).rejects.toThrow(`${file}: vocab_size: expected an integer in [1, 9007199254740991], got -1`);
+    writeFileSync(file, '{"hidden_size": ');
+    await expect(loadLlamaConfig(file)).rejects.toThrow(`${file}: not valid JSON`);
+    await expect(loadLlamaConfig(join(dir, 'missing'))).rejects.toThrow(/ENOENT/);
+  });
+});
+
+describe('presets, parameter counts and tensor names', () => {
+  it('presets are valid configs and frozen', () => {
+    for (const [name, c] of Object.entries(llamaPresets)) {
+      expect(parseLlamaConfig(c), name).toEqual(c);
+      expect(Object.isFrozen(c)).toBe(true);
+    }
+    expect(llamaPresets['1B'].rope_scaling).toMatchObject({ rope_type: 'llama3', factor: 32 });
+  });
+
+  it('counts parameters as published: Llama-3.2-1B (tied) and Llama-2-7B', () => {
+    expect(parameterCount(llamaPresets['1B'])).toBe(1_235_814_400);
+    expect(parameterCount(llamaPresets['7B'])).toBe(6_738_415_616);
+    // By hand: embed + 12 * (4 * 768^2 attention + 3 * 768 * 2048 mlp + 2 * 768 norms) + norm + lm_head
+    expect(parameterCount(llamaPresets['125M'])).toBe(32000 * 768 + 12 * (4 * 768 ** 2 + 3 * 768 * 2048 + 2 * 768) + 768 + 32000 * 768);
+    // tiny: kv projections are half width (2 of 4 heads)
+    expect(parameterCount(llamaPresets.tiny)).toBe(256 * 64 * 2 + 2 * (64 * 64 * 2 + 32 * 64 * 2 + 3 * 64 * 176 + 2 * 64) + 64);
+  });
+
+  it("names LlamaForCausalLM's tensors with their shapes", () => {
+    const names = llamaTensorNames(llamaPresets.tiny);
+    expect(names.size).toBe(1 + 2 * 9 + 2);
+    expect([...names].slice(0, 10)).toEqual([
+      ['model.embed_tokens.weight', [256, 64]],
+      ['model.layers.0.self_attn.q_proj.weight', [64, 64]],
+      ['model.layers.0.self_attn.k_proj.weight', [32, 64]],
+      ['model.layers.0.self_attn.v_proj.weight', [32, 64]],
+      ['model.layers.0.self_attn.o_proj.weight', [64, 64]],
+      ['model.layers.0.mlp.gate_proj.weight', [176, 64]],
+      ['model.layers.0.mlp.up_proj.weight', [176, 64]],
+      ['model.layers.0.mlp.down_proj.weight', [64, 176]],
+      ['model.layers.0.input_layernorm.weight', [64]],
+      ['model.layers.0.post_attention_layernorm.weight', [64]],
+    ]);
+    expect(names.get('model.layers.1.mlp.down_proj.weight')).toEqual([64, 176]);
+    expect([...names.keys()].slice(-2)).toEqual(['model.norm.weight', 'lm_head.weight']);
+    expect(names.get('lm_head.weight')).toEqual([256, 64]);
+
+    const tied = llamaTensorNames(llamaPresets['1B']);
+    expect(tied.has('lm_head.weight')).toBe(false);
+    expect(tied.get('model.layers.15.self_attn.k_proj.weight')).toEqual([512, 2048]);
+    // An explicit head_dim sets the projection widths, not hidden_size / heads.
+    const wide = llamaTensorNames({ ...llamaPresets.tiny, head_dim: 32 });
+    expect(wide.get('model.layers.0.self_attn.q_proj.weight')).toEqual([128, 64]);
+    expect(wide.get('model.layers.0.self_attn.o_proj.weight')).toEqual([64, 128]);
+    expect(() => llamaTensorNames({ ...llamaPresets.tiny, num_key_value_heads: 3 })).toThrow(/^config\.num_key_value_heads: 3 does not divide/);
+  });
+});
