@@ -403,6 +403,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   data->tensor_ctor = Napi::Persistent(TensorHandle::Define(env));
   env.SetInstanceData(data);
+  register_ops(env, exports);
   exports.Set("createTensor", Napi::Function::New(env, CreateTensor));
   exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
   exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
