@@ -3,11 +3,13 @@
 //
 // Angles are computed in double: inv_freq[i] = theta^(-2i/D), angle = pos * inv_freq[i],
 // then cos/sin rounded to float32. Hugging Face computes inv_freq and pos * inv_freq in
-// float32, where at position 1M the angle is off by up to ~0.03 rad (half an ulp of 1e6
-// is 0.03) and rounding decides which of two neighbouring positions a token looks like.
-// Positions here are arbitrary per token (zigzag shards see 0..s and far-away blocks), so
-// we keep them exact: the result is the true rotation, within float32 rounding of cos/sin,
-// at any position. It matches HF's float32 result to ~1e-6 at small positions.
+// float32; at position 1M the high-frequency angles are then off by up to ~0.03 rad
+// (half a float32 ulp of 1e6), and by 2^-24 relative at any position. Positions here are
+// arbitrary per token (zigzag shards hold blocks far apart), and the attention score
+// should depend only on the distance between two tokens, which exact angles keep at any
+// position. We therefore choose double: the true rotation to float32 rounding of cos/sin,
+// equal to HF's float32 result to ~1e-6 at small positions and differing from it by HF's
+// own rounding at large ones.
 #include <cmath>
 #include <vector>
 
