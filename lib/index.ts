@@ -11,6 +11,8 @@ export type { InitProcessGroupOptions } from './process-group.js';
 export { readDistributedEnv } from './dist-env.js';
 export type { DistributedEnv } from './dist-env.js';
 export { launch, MAX_WORLD_SIZE } from './launch.js';
+/** CPU ops of a LLaMA-style training step with their backwards (linear, embedding, rmsNorm, rope, ffn, cross-entropy, AdamW, ...). */
+export * as ops from './ops.js';
 export type { LaunchOptions, RankContext } from './launch.js';
 export { ringAttention, ringAttentionBackward } from './ring.js';
 export type { RingAttentionOptions } from './ring.js';

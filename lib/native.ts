@@ -73,6 +73,36 @@ interface Native {
   cudaMemoryStats(): CudaMemoryStats;
   cudaEmptyCache(): void;
   cudaSynchronize(): void;
+  // Training ops (native/ops_addon.cpp): float32 CPU tensors; lib/ops.ts checks the arguments.
+  // "+=" arguments accumulate into the tensor given, other outputs are overwritten.
+  opsLinear(x: TensorHandle, w: TensorHandle): TensorHandle;
+  opsLinearBackward(dy: TensorHandle, x: TensorHandle, w: TensorHandle, dx: TensorHandle | null, dw: TensorHandle): void;
+  opsEmbedding(ids: Int32Array, table: TensorHandle): TensorHandle;
+  opsEmbeddingBackward(ids: Int32Array, dy: TensorHandle, dtable: TensorHandle): void;
+  /** -> [y, rstd] */
+  opsRmsNorm(x: TensorHandle, w: TensorHandle, eps: number): [TensorHandle, TensorHandle];
+  opsRmsNormBackward(dy: TensorHandle, x: TensorHandle, w: TensorHandle, rstd: TensorHandle, dx: TensorHandle, dw: TensorHandle): void;
+  opsRope(x: TensorHandle, positions: Int32Array, theta: number, inverse: boolean): TensorHandle;
+  opsFfn(x: TensorHandle, wGate: TensorHandle, wUp: TensorHandle, wDown: TensorHandle, blockRows: number): TensorHandle;
+  opsFfnBackward(
+    dy: TensorHandle, x: TensorHandle, wGate: TensorHandle, wUp: TensorHandle, wDown: TensorHandle, blockRows: number,
+    dx: TensorHandle, dwGate: TensorHandle, dwUp: TensorHandle, dwDown: TensorHandle,
+  ): void;
+  /** -> [lossSum, count] */
+  opsCrossEntropy(
+    h: TensorHandle, wHead: TensorHandle, targets: Int32Array, chunkRows: number, ignoreIndex: number, gradScale: number,
+    dh: TensorHandle | null, dwHead: TensorHandle | null,
+  ): [number, number];
+  opsAdamW(
+    param: TensorHandle, grad: TensorHandle, m: TensorHandle, v: TensorHandle,
+    step: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number,
+  ): void;
+  opsSumOfSquares(t: TensorHandle): number;
+  opsScale(t: TensorHandle, s: number): void;
+  opsAdd(a: TensorHandle, b: TensorHandle): void;
+  opsZero(t: TensorHandle): void;
+  /** A handle on the same memory with another shape of the same element count. */
+  opsView(t: TensorHandle, shape: number[]): TensorHandle;
 }
 
 const require = createRequire(import.meta.url);

@@ -10,6 +10,7 @@
 #include "cuda/attention.h"
 #include "cuda/device.h"
 #include "cuda/ring_cuda.h"
+#include "napi_util.h"
 #include "nccl/group.h"
 #include "ring/ring_attention.h"
 
@@ -20,95 +21,7 @@ using ra::DType;
 using ra::Tensor;
 using ra::UserError;
 
-class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
- public:
-  static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "TensorHandle",
-                       {InstanceMethod("toFloat32Array", &TensorHandle::ToFloat32Array),
-                        InstanceMethod("dispose", &TensorHandle::Dispose)});
-  }
-  explicit TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorHandle>(info) {}
-  ~TensorHandle() override { Release(Env()); }
-
-  Tensor tensor;
-  bool disposed = false;
-
-  void Adopt(Napi::Env env, Tensor t) {
-    tensor = std::move(t);
-    ReportHostBytes(env, int64_t(tensor.storage->bytes));
-  }
-
- private:
-  // Tells V8 how much host memory a tensor holds so that GC pressure is right. The C call,
-  // not node-addon-api's throwing wrapper: this also runs in the destructor, possibly while
-  // a worker's environment is being torn down, where an exception would abort the process.
-  void ReportHostBytes(Napi::Env env, int64_t delta) {
-    int64_t total;
-    if (tensor.device == Device::CPU) napi_adjust_external_memory(env, delta, &total);
-  }
-  void Release(Napi::Env env) {
-    if (disposed || !tensor.storage) return;
-    ReportHostBytes(env, -int64_t(tensor.storage->bytes));
-    tensor.storage.reset();
-    disposed = true;
-  }
-  Napi::Value ToFloat32Array(const Napi::CallbackInfo& info);
-  Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    Release(info.Env());
-    return info.Env().Undefined();
-  }
-};
-
-struct AddonData {
-  Napi::FunctionReference tensor_ctor;
-};
-
-// Runs `fn`, turning native errors into JS exceptions of the right kind.
-template <typename F>
-Napi::Value guard(const Napi::CallbackInfo& info, F&& fn) {
-  Napi::Env env = info.Env();
-  try {
-    return fn(env);
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const UserError& e) {
-    if (e.kind == "TypeError") throw Napi::TypeError::New(env, e.what());
-    if (e.kind == "RangeError") throw Napi::RangeError::New(env, e.what());
-    Napi::Error error = Napi::Error::New(env, e.what());
-    // A rank released because another failed: launch() reports the other's error instead.
-    if (e.kind == "Aborted") error.Set("code", Napi::String::New(env, "ERR_RING_ATTENTION_ABORTED"));
-    throw error;
-  } catch (const std::bad_alloc&) {
-    throw Napi::RangeError::New(env, "out of host memory");
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(env, std::string("ring-attention native error: ") + e.what());
-  }
-}
-
-Napi::Value wrap(Napi::Env env, Tensor t) {
-  Napi::Object obj = env.GetInstanceData<AddonData>()->tensor_ctor.New({});
-  TensorHandle::Unwrap(obj)->Adopt(env, std::move(t));
-  return obj;
-}
-
-Tensor& unwrap(Napi::Env env, const Napi::Value& v, const char* name) {
-  auto* data = env.GetInstanceData<AddonData>();
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
-    throw Napi::TypeError::New(env, std::string(name) + ": expected a tensor handle");
-  TensorHandle* h = TensorHandle::Unwrap(v.As<Napi::Object>());
-  if (h->disposed || !h->tensor.storage) throw Napi::TypeError::New(env, std::string(name) + ": tensor has been disposed");
-  return h->tensor;
-}
-
-Napi::Value TensorHandle::ToFloat32Array(const Napi::CallbackInfo& info) {
-  return guard(info, [&](Napi::Env env) -> Napi::Value {
-    if (disposed || !tensor.storage) throw Napi::TypeError::New(env, "tensor has been disposed");
-    auto out = Napi::Float32Array::New(env, size_t(tensor.numel()));
-    if (tensor.device == Device::CPU) ra::convert_to_f32(tensor.dtype, tensor.storage->ptr, out.Data(), out.ElementLength());
-    else ra::cuda::download_f32(tensor.storage->ptr, tensor.dtype, out.Data(), out.ElementLength());
-    return out;
-  });
-}
+using namespace ra::napi;
 
 std::vector<int64_t> shape_of(const Napi::Value& v) {
   auto arr = v.As<Napi::Array>();
@@ -566,6 +479,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   data->tensor_ctor = Napi::Persistent(TensorHandle::Define(env));
   env.SetInstanceData(data);
+  register_ops(env, exports);
   exports.Set("createTensor", Napi::Function::New(env, CreateTensor));
   exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
   exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));

@@ -1,0 +1,407 @@
+// The training ops (lib/ops.ts) against float64 references (test/ops-reference.ts):
+// forwards against the reference, backwards against central finite differences of the
+// reference forward and against the float64 analytic gradient, the += / overwrite
+// contract, and argument errors.
+import { spawnSync } from 'node:child_process';
+
+import { describe, expect, it } from 'vitest';
+
+import { ops, tensor, type Tensor } from '../dist/index.js';
+import {
+  adamwRef, crossEntropyRef, ffnBackwardRef, ffnRef, finiteDiff, linearBackwardRef, linearRef, project,
+  rmsNormBackwardRef, rmsNormRef, ropeRef,
+} from './ops-reference.js';
+import { randomArray, worstError } from './reference.js';
+
+// Float32 kernels against float64 references on sums of <= ~300 terms of size ~1: the
+// forward error is ~1e-6 relative; 1e-5 relative + 1e-5 absolute (for values near 0 after
+// cancellation). Gradients: 1e-4 relative + 2e-5 absolute.
+const FWD = { atol: 1e-5, rtol: 1e-5 };
+const GRAD = { atol: 2e-5, rtol: 1e-4 };
+
+const t = (data: Float32Array, shape: number[]) => tensor(data, shape);
+const rand = (n: number, seed: number, scale = 1) => randomArray(n, seed).map((v) => v * scale);
+const read = (x: Tensor) => x.toFloat32Array();
+const f64 = (a: ArrayLike<number>) => Float64Array.from(a);
+const zeros = (shape: number[]) => tensor(new Float32Array(shape.reduce((a, b) => a * b, 1)), shape);
+
+describe('linear', () => {
+  // sizes that are not multiples of the micro-kernel (6x16, 4x8) or the tiles (KC = NC = 256)
+  for (const [M, K, N] of [[37, 45, 29], [1, 1, 1], [130, 300, 270], [5, 600, 17]] as const) {
+    it(`forward ${M}x${K} · (${N}x${K})ᵀ`, async () => {
+      const x = rand(M * K, 1), w = rand(N * K, 2);
+      const y = ops.linear(t(x, [M, K]), t(w, [N, K]));
+      expect(y.shape).toEqual([M, N]);
+      const atol = FWD.atol * Math.sqrt(K / 50);
+      expect(worstError(await read(y), linearRef(x, w, M, K, N), atol, FWD.rtol)).toBeLessThan(1);
+    });
+  }
+
+  it('backward against finite differences and the float64 gradient; dx overwritten, dw +=', async () => {
+    const [M, K, N] = [5, 7, 6];
+    const x = rand(M * K, 3), w = rand(N * K, 4), r = rand(M * N, 5);
+    const dx = t(rand(M * K, 99), [M, K]); // garbage: must be overwritten
+    const dw = zeros([N, K]);
+    ops.linearBackward(t(r, [M, N]), t(x, [M, K]), t(w, [N, K]), dx, dw);
+    const X = f64(x), W = f64(w);
+    const loss = () => project(linearRef(X, W, M, K, N), r);
+    expect(worstError(await read(dx), finiteDiff(loss, X), GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+    expect(worstError(await read(dw), finiteDiff(loss, W), GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+    // a second call adds the same gradient again: dw doubles exactly, dx is rewritten
+    const once = await read(dw);
+    ops.linearBackward(t(r, [M, N]), t(x, [M, K]), t(w, [N, K]), dx, dw);
+    expect(Array.from(await read(dw))).toEqual(Array.from(once, (v) => 2 * v));
+    expect(worstError(await read(dx), linearBackwardRef(r, x, w, M, K, N).dx, GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+  });
+
+  it('backward at tile-crossing sizes matches the float64 gradient; dx may be null', async () => {
+    const [M, K, N] = [70, 260, 40];
+    const x = rand(M * K, 6), w = rand(N * K, 7), dy = rand(M * N, 8);
+    const dx = zeros([M, K]), dw = zeros([N, K]);
+    ops.linearBackward(t(dy, [M, N]), t(x, [M, K]), t(w, [N, K]), dx, dw);
+    const ref = linearBackwardRef(dy, x, w, M, K, N);
+    expect(worstError(await read(dx), ref.dx, 2e-5, 1e-4)).toBeLessThan(1);
+    expect(worstError(await read(dw), ref.dw, 2e-5, 1e-4)).toBeLessThan(1);
+    const dw2 = zeros([N, K]);
+    ops.linearBackward(t(dy, [M, N]), t(x, [M, K]), t(w, [N, K]), null, dw2);
+    expect(Array.from(await read(dw2))).toEqual(Array.from(await read(dw)));
+  });
+
+  it('the portable kernel (forced by RING_ATTENTION_PORTABLE_GEMM) agrees with the reference', () => {
+    const [M, K, N] = [23, 270, 19];
+    const code = `import('${new URL('../dist/index.js', import.meta.url).href}').then(async ({ ops, tensor }) => {
+      const x = tensor(Float32Array.from(JSON.parse(process.argv[1])), [${M}, ${K}]);
+      const w = tensor(Float32Array.from(JSON.parse(process.argv[2])), [${N}, ${K}]);
+      const dw = tensor(new Float32Array(${N * K}), [${N}, ${K}]);
+      ops.linearBackward(ops.linear(x, w), x, w, null, dw);
+      console.log(JSON.stringify([Array.from(await ops.linear(x, w).toFloat32Array()), Array.from(await dw.toFloat32Array())]));
+    })`;
+    const x = rand(M * K, 9), w = rand(N * K, 10);
+    const r = spawnSync(process.execPath, ['-e', code, JSON.stringify(Array.from(x)), JSON.stringify(Array.from(w))], {
+      encoding: 'utf8', env: { ...process.env, RING_ATTENTION_PORTABLE_GEMM: '1' },
+    });
+    expect(r.stderr).toBe('');
+    const [y, dw] = JSON.parse(r.stdout) as [number[], number[]];
+    const yRef = linearRef(x, w, M, K, N);
+    expect(worstError(y, yRef, 3e-5, 1e-5)).toBeLessThan(1);
+    expect(worstError(dw, linearBackwardRef(yRef, x, w, M, K, N).dw, 1e-3, 1e-4)).toBeLessThan(1);
+  });
+
+  it('errors name the argument', () => {
+    const x = zeros([3, 4]);
+    expect(() => ops.linear(x, zeros([5, 3]))).toThrow(/^w: expected shape \[N, K\] .* = \[5, 4\], got \[5, 3\]/);
+    expect(() => ops.linear(zeros([12]), x)).toThrow(RangeError);
+    expect(() => ops.linear(zeros([12]), x)).toThrow(/^x: expected shape \[M, K\]/);
+    const bf = tensor(new Float32Array(12), [3, 4], { dtype: 'bfloat16' });
+    expect(() => ops.linear(bf, x)).toThrow(TypeError);
+    expect(() => ops.linear(bf, x)).toThrow(/^x: needs float32 cpu tensors; CUDA ops are not implemented yet/);
+    expect(() => ops.linearBackward(zeros([3, 6]), x, zeros([5, 4]), null, zeros([5, 4]))).toThrow(/^dy: expected shape \[M, N\] = \[3, 5\]/);
+    expect(() => ops.linearBackward(zeros([3, 5]), x, zeros([5, 4]), null, zeros([4, 5]))).toThrow(/^dw: /);
+    const dy = zeros([3, 4]), w = zeros([4, 4]);
+    expect(() => ops.linearBackward(dy, x, w, dy, zeros([4, 4]))).toThrow(/^dx: must not be the same memory as dy/);
+    const gone = zeros([3, 4]);
+    gone.dispose();
+    expect(() => ops.linear(gone, x)).toThrow(/^x: tensor has been disposed/);
+  });
+});
+
+describe('embedding', () => {
+  const [V, C] = [11, 19];
+  const table = rand(V * C, 11);
+  const ids = Int32Array.from([3, 0, 10, 3, 7, 3, 1]); // repeats: the backward must add them up
+
+  it('forward copies the rows', async () => {
+    const y = await read(ops.embedding(ids, t(table, [V, C])));
+    const ref = Array.from(ids).flatMap((id) => Array.from(table.subarray(id * C, (id + 1) * C)));
+    expect(Array.from(y)).toEqual(ref);
+  });
+
+  it('backward scatter-adds into dtable (+=), against finite differences', async () => {
+    const dy = rand(ids.length * C, 12);
+    const init = rand(V * C, 13);
+    const dtable = t(init, [V, C]);
+    ops.embeddingBackward(ids, t(dy, [ids.length, C]), dtable);
+    const T = f64(table);
+    const loss = () => project(Array.from(ids).flatMap((id) => Array.from(T.subarray(id * C, (id + 1) * C))), dy);
+    const fd = finiteDiff(loss, T);
+    expect(worstError(await read(dtable), fd.map((g, i) => g + init[i]!), 1e-6, 1e-5)).toBeLessThan(1);
+  });
+
+  it('an id out of range is a RangeError naming it', () => {
+    const tt = t(table, [V, C]);
+    expect(() => ops.embedding(Int32Array.from([1, 2, 11]), tt)).toThrow(/^ids\[2\]: 11 is outside the table rows \[0, 11\)/);
+    expect(() => ops.embedding(Int32Array.from([-1]), tt)).toThrow(RangeError);
+    expect(() => ops.embeddingBackward(Int32Array.from([0, 12]), zeros([2, C]), zeros([V, C]))).toThrow(/^ids\[1\]: 12/);
+    expect(() => ops.embedding([1, 2] as unknown as Int32Array, tt)).toThrow(/^ids: expected an Int32Array/);
+    expect(() => ops.embeddingBackward(ids, zeros([ids.length + 1, C]), zeros([V, C]))).toThrow(/^dy: expected shape \[M, C\] \(M: ids.length\)/);
+  });
+});
+
+describe('rmsNorm', () => {
+  const eps = 1e-5;
+
+  it('forward (y and rstd) against LlamaRMSNorm in float64', async () => {
+    const [M, C] = [9, 37];
+    const x = rand(M * C, 21, 3), w = rand(C, 22);
+    const { y, rstd } = ops.rmsNorm(t(x, [M, C]), t(w, [C]), eps);
+    const ref = rmsNormRef(x, w, eps, M, C);
+    expect(rstd.shape).toEqual([M]);
+    expect(worstError(await read(y), ref.y, FWD.atol, FWD.rtol)).toBeLessThan(1);
+    expect(worstError(await read(rstd), ref.rstd, 0, FWD.rtol)).toBeLessThan(1);
+  });
+
+  it('backward against finite differences and the float64 gradient; dw +=', async () => {
+    for (const [M, C, fd] of [[3, 5, true], [9, 37, false]] as const) {
+      const x = rand(M * C, 23), w = rand(C, 24), r = rand(M * C, 25);
+      const { rstd } = ops.rmsNorm(t(x, [M, C]), t(w, [C]), eps);
+      const dx = t(rand(M * C, 98), [M, C]), dw = zeros([C]);
+      ops.rmsNormBackward(t(r, [M, C]), t(x, [M, C]), t(w, [C]), rstd, dx, dw);
+      const ref = rmsNormBackwardRef(r, x, w, eps, M, C);
+      expect(worstError(await read(dx), ref.dx, GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+      expect(worstError(await read(dw), ref.dw, GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+      if (fd) {
+        const X = f64(x), W = f64(w);
+        const loss = () => project(rmsNormRef(X, W, eps, M, C).y, r);
+        expect(worstError(await read(dx), finiteDiff(loss, X), GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+        expect(worstError(await read(dw), finiteDiff(loss, W), GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+      }
+      const once = await read(dw);
+      ops.rmsNormBackward(t(r, [M, C]), t(x, [M, C]), t(w, [C]), rstd, dx, dw);
+      expect(Array.from(await read(dw))).toEqual(Array.from(once, (v) => 2 * v));
+    }
+  });
+
+  it('errors name the argument', () => {
+    expect(() => ops.rmsNorm(zeros([2, 4]), zeros([5]), eps)).toThrow(/^w: expected shape \[C\] = \[4\], got \[5\]/);
+    expect(() => ops.rmsNorm(zeros([2, 4]), zeros([4]), -1)).toThrow(/^eps: /);
+    const { rstd } = ops.rmsNorm(zeros([2, 4]), zeros([4]), eps);
+    expect(() => ops.rmsNormBackward(zeros([2, 4]), zeros([2, 4]), zeros([4]), zeros([3]), zeros([2, 4]), zeros([4]))).toThrow(/^rstd: expected shape \[M\] = \[2\]/);
+    expect(() => ops.rmsNormBackward(zeros([2, 4]), zeros([2, 4]), zeros([4]), rstd, zeros([2, 4]), zeros([2, 4]))).toThrow(/^dw: /);
+  });
+});
+
+describe('rope', () => {
+  const [M, H, D] = [7, 3, 10];
+  // zigzag-like, non-contiguous positions, up to 1M
+  const positions = Int32Array.from([0, 1, 2, 61, 62, 500_001, 999_999]);
+  const theta = 10000;
+
+  it('the rotate_half convention: pairs (i, i + D/2), inv_freq = theta^(-2i/D)', async () => {
+    // x = e_1 (second element of the first half) at position 3, D = 4: inv_freq[1] = theta^-0.5
+    const x = t(Float32Array.from([0, 1, 0, 0]), [1, 1, 4]);
+    const y = await read(ops.rope(x, Int32Array.from([3]), 100));
+    const a = 3 * 100 ** -0.5;
+    expect(worstError(y, [0, Math.cos(a), 0, Math.sin(a)], 1e-7, 0)).toBeLessThan(1);
+  });
+
+  it('forward against float64, with non-contiguous and large positions', async () => {
+    const x = rand(M * H * D, 31);
+    const y = ops.rope(t(x, [M, H, D]), positions, theta);
+    expect(y.shape).toEqual([M, H, D]);
+    // angles computed in double: at position 1M the result is still the exact rotation
+    expect(worstError(await read(y), ropeRef(x, positions, theta, M, H, D), 1e-6, 1e-6)).toBeLessThan(1);
+  });
+
+  it('backward is the inverse rotation: against finite differences, and undoes the forward', async () => {
+    const x = rand(M * H * D, 32), r = rand(M * H * D, 33);
+    const dx = await read(ops.ropeBackward(t(r, [M, H, D]), positions, theta));
+    const X = f64(x);
+    const fd = finiteDiff(() => project(ropeRef(X, positions, theta, M, H, D), r), X);
+    expect(worstError(dx, fd, GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+    const back = await read(ops.ropeBackward(ops.rope(t(x, [M, H, D]), positions, theta), positions, theta));
+    expect(worstError(back, x, 1e-6, 0)).toBeLessThan(1);
+  });
+
+  it('errors name the argument', () => {
+    const x = zeros([M, H, D]);
+    expect(() => ops.rope(x, new Int32Array(M - 1), theta)).toThrow(/^positions: expected length 7 \(x's tokens M\), got 6/);
+    expect(() => ops.ropeBackward(x, new Int32Array(M + 1), theta)).toThrow(/^positions: expected length 7 \(dy's tokens M\)/);
+    expect(() => ops.rope(zeros([M, H, 9]), new Int32Array(M), theta)).toThrow(/^x: expected shape \[M, H, D\] .* D even/);
+    expect(() => ops.rope(zeros([M, H * D]), new Int32Array(M), theta)).toThrow(/^x: /);
+    expect(() => ops.rope(x, new Int32Array(M), 0)).toThrow(/^theta: /);
+    expect(() => ops.rope(x, Array.from({ length: M }, () => 0) as unknown as Int32Array, theta)).toThrow(/^positions: expected an Int32Array/);
+    // reshape gives rope the [M, H, D] view of a projection's [M, H*D] output
+    expect(ops.rope(ops.reshape(zeros([M, H * D]), [M, H, D]), new Int32Array(M), theta).shape).toEqual([M, H, D]);
+  });
+});
+
+describe('ffn (SwiGLU)', () => {
+  const [M, C, F] = [11, 12, 20];
+  const x = rand(M * C, 41), wg = rand(F * C, 42, 0.5), wu = rand(F * C, 43, 0.5), wd = rand(C * F, 44, 0.5);
+  const args = () => [t(x, [M, C]), t(wg, [F, C]), t(wu, [F, C]), t(wd, [C, F])] as const;
+
+  it('forward against float64; the same bits for blockRows 1, 7, M and more than M', async () => {
+    const ys = [];
+    for (const b of [1, 7, M, 100]) ys.push(Array.from(await read(ops.ffn(...args(), b))));
+    expect(worstError(ys[0]!, ffnRef(x, wg, wu, wd, M, C, F), FWD.atol, FWD.rtol)).toBeLessThan(1);
+    for (const y of ys.slice(1)) expect(y).toEqual(ys[0]);
+  });
+
+  it('backward against the float64 gradient for several blockRows; dx the same bits, dw +=', async () => {
+    const dy = rand(M * C, 45);
+    const ref = ffnBackwardRef(dy, x, wg, wu, wd, M, C, F);
+    let dx0: number[] | undefined;
+    for (const b of [1, 7, M]) {
+      const g = { dx: t(rand(M * C, 97), [M, C]), dwGate: zeros([F, C]), dwUp: zeros([F, C]), dwDown: zeros([C, F]) };
+      ops.ffnBackward(t(dy, [M, C]), ...args(), b, g.dx, g.dwGate, g.dwUp, g.dwDown);
+      const dx = Array.from(await read(g.dx));
+      expect(worstError(dx, ref.dx, GRAD.atol, GRAD.rtol), `dx, blockRows ${b}`).toBeLessThan(1);
+      for (const k of ['dwGate', 'dwUp', 'dwDown'] as const)
+        expect(worstError(await read(g[k]), ref[k], GRAD.atol, GRAD.rtol), `${k}, blockRows ${b}`).toBeLessThan(1);
+      if (dx0) expect(dx).toEqual(dx0);
+      dx0 = dx;
+      // a second call adds the gradient again: exactly twice with one block, else within rounding
+      const once = await read(g.dwDown);
+      ops.ffnBackward(t(dy, [M, C]), ...args(), b, g.dx, g.dwGate, g.dwUp, g.dwDown);
+      const twice = await read(g.dwDown);
+      if (b === M) expect(Array.from(twice)).toEqual(Array.from(once, (v) => 2 * v));
+      expect(worstError(twice, ref.dwDown.map((v) => 2 * v), GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+    }
+  });
+
+  it('backward against finite differences of the float64 forward', async () => {
+    const [m, c, f] = [3, 4, 5];
+    const xs = rand(m * c, 46), g = rand(f * c, 47), u = rand(f * c, 48), d = rand(c * f, 49), r = rand(m * c, 50);
+    const out = { dx: zeros([m, c]), dwGate: zeros([f, c]), dwUp: zeros([f, c]), dwDown: zeros([c, f]) };
+    ops.ffnBackward(t(r, [m, c]), t(xs, [m, c]), t(g, [f, c]), t(u, [f, c]), t(d, [c, f]), 2, out.dx, out.dwGate, out.dwUp, out.dwDown);
+    const P = { dx: f64(xs), dwGate: f64(g), dwUp: f64(u), dwDown: f64(d) };
+    const loss = () => project(ffnRef(P.dx, P.dwGate, P.dwUp, P.dwDown, m, c, f), r);
+    for (const k of ['dx', 'dwGate', 'dwUp', 'dwDown'] as const)
+      expect(worstError(await read(out[k]), finiteDiff(loss, P[k]), GRAD.atol, GRAD.rtol), k).toBeLessThan(1);
+  });
+
+  it('errors name the argument', () => {
+    const [a, b, c, d] = args();
+    expect(() => ops.ffn(a, b, c, zeros([F, C]), 4)).toThrow(/^wDown: expected shape \[C, F\] = \[12, 20\], got \[20, 12\]/);
+    expect(() => ops.ffn(a, b, zeros([F + 1, C]), d, 4)).toThrow(/^wUp: /);
+    expect(() => ops.ffn(a, b, c, d, 0)).toThrow(/^blockRows: expected an integer in \[1, /);
+    expect(() => ops.ffnBackward(zeros([M, C]), a, b, c, d, 4, zeros([M, C]), zeros([F, C]), zeros([C, F]), zeros([C, F]))).toThrow(/^dwUp: /);
+  });
+});
+
+describe('crossEntropyLoss (fused LM head)', () => {
+  const [M, C, V] = [13, 10, 37];
+  const h = rand(M * C, 51), w = rand(V * C, 52);
+  const targets = Int32Array.from([5, 0, 36, -100, 12, 12, 7, -100, 1, 30, 2, 3, 35]);
+
+  it('loss and count against float64; the same for any chunkRows', () => {
+    const ref = crossEntropyRef(h, w, targets, M, C, V);
+    const results = [1, 4, M, 100].map((chunkRows) => ops.crossEntropyLoss(t(h, [M, C]), t(w, [V, C]), targets, { chunkRows }));
+    expect(results[0]!.count).toBe(11);
+    expect(Math.abs(results[0]!.loss - ref.loss) / ref.loss).toBeLessThan(1e-6);
+    for (const r of results.slice(1)) expect(r).toEqual(results[0]);
+  });
+
+  it('logits() against float64', async () => {
+    const l = ops.logits(t(h, [M, C]), t(w, [V, C]));
+    expect(l.shape).toEqual([M, V]);
+    expect(worstError(await read(l), crossEntropyRef(h, w, targets, M, C, V).logits, FWD.atol, FWD.rtol)).toBeLessThan(1);
+  });
+
+  it('dh (overwritten) and dwHead (+=) against the float64 gradient, scaled by gradScale, per chunkRows', async () => {
+    const ref = crossEntropyRef(h, w, targets, M, C, V);
+    const gradScale = 1 / 11;
+    for (const chunkRows of [1, 4, M]) {
+      const dh = t(rand(M * C, 96), [M, C]), dwHead = zeros([V, C]);
+      const r = ops.crossEntropyLoss(t(h, [M, C]), t(w, [V, C]), targets, { chunkRows, gradScale, dh, dwHead });
+      expect(Math.abs(r.loss - ref.loss) / ref.loss).toBeLessThan(1e-6);
+      const dhv = await read(dh);
+      expect(worstError(dhv, ref.dh.map((g) => g * gradScale), 1e-6, GRAD.rtol)).toBeLessThan(1);
+      expect(worstError(await read(dwHead), ref.dwHead.map((g) => g * gradScale), 1e-6, GRAD.rtol)).toBeLessThan(1);
+      expect(Array.from(dhv.subarray(3 * C, 4 * C))).toEqual(new Array(C).fill(0)); // ignored token
+    }
+  });
+
+  it('gradients against finite differences of the float64 loss; dwHead +=; custom ignoreIndex', async () => {
+    const [m, c, v] = [4, 3, 7];
+    const hs = rand(m * c, 53), ws = rand(v * c, 54), tg = Int32Array.from([6, 0, 3, 2]);
+    const dh = zeros([m, c]), dwHead = zeros([v, c]);
+    ops.crossEntropyLoss(t(hs, [m, c]), t(ws, [v, c]), tg, { chunkRows: 3, ignoreIndex: 3, gradScale: 0.5, dh, dwHead });
+    const H = f64(hs), W = f64(ws);
+    const loss = () => 0.5 * crossEntropyRef(H, W, tg, m, c, v, 3).loss;
+    expect(worstError(await read(dh), finiteDiff(loss, H), GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+    const fdW = finiteDiff(loss, W);
+    expect(worstError(await read(dwHead), fdW, GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+    const r = ops.crossEntropyLoss(t(hs, [m, c]), t(ws, [v, c]), tg, { chunkRows: 2, ignoreIndex: 3, gradScale: 0.5, dwHead });
+    expect(r.count).toBe(3);
+    expect(worstError(await read(dwHead), fdW.map((g) => 2 * g), GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+  });
+
+  it('stable with large logits (log-sum-exp)', async () => {
+    const big = h.map((x) => x * 300);
+    const ref = crossEntropyRef(big, w, targets, M, C, V);
+    const dh = zeros([M, C]);
+    const r = ops.crossEntropyLoss(t(big, [M, C]), t(w, [V, C]), targets, { chunkRows: 5, dh });
+    expect(Number.isFinite(r.loss)).toBe(true);
+    expect(Math.abs(r.loss - ref.loss) / ref.loss).toBeLessThan(1e-5);
+    expect(worstError(await read(dh), ref.dh, 1e-5, 1e-3)).toBeLessThan(1);
+  });
+
+  it('errors name the argument', () => {
+    const [th, tw] = [t(h, [M, C]), t(w, [V, C])];
+    const bad = Int32Array.from(targets);
+    bad[4] = V;
+    expect(() => ops.crossEntropyLoss(th, tw, bad, { chunkRows: 4 })).toThrow(/^targets\[4\]: 37 is outside the vocabulary \[0, 37\)/);
+    expect(() => ops.crossEntropyLoss(th, tw, targets.subarray(1), { chunkRows: 4 })).toThrow(/^targets: expected length 13/);
+    expect(() => ops.crossEntropyLoss(th, tw, targets, { chunkRows: 0 })).toThrow(/^opts.chunkRows: /);
+    expect(() => ops.crossEntropyLoss(th, tw, targets, { chunkRows: 4, dwHead: zeros([C, V]) })).toThrow(/^opts.dwHead: expected shape \[V, C\] = \[37, 10\]/);
+    expect(() => ops.crossEntropyLoss(th, tw, targets, { chunkRows: 4, dh: th })).toThrow(/^dh: must not be the same memory as h/);
+    expect(() => ops.crossEntropyLoss(th, zeros([V, C + 1]), targets, { chunkRows: 4 })).toThrow(/^wHead: /);
+  });
+});
+
+describe('adamw', () => {
+  it('matches torch.optim.AdamW in float64 over several steps', async () => {
+    const n = 50;
+    const o = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
+    const p0 = rand(n, 61), grads = [62, 63, 64, 65, 66].map((s) => rand(n, s, 2));
+    const param = t(p0, [5, 10]), m = zeros([5, 10]), v = zeros([5, 10]);
+    grads.forEach((g, i) => ops.adamw(param, t(g, [5, 10]), m, v, { step: i + 1, ...o }));
+    const ref = adamwRef(p0, grads, o);
+    expect(worstError(await read(param), ref.param, 1e-6, 1e-5)).toBeLessThan(1);
+    expect(worstError(await read(m), ref.m, 1e-7, 1e-5)).toBeLessThan(1);
+    expect(worstError(await read(v), ref.v, 1e-8, 1e-5)).toBeLessThan(1);
+  });
+
+  it('weight decay is decoupled (param *= 1 - lr*wd with a zero gradient); defaults as torch', async () => {
+    const param = t(Float32Array.from([1, -2, 4]), [3]), z = zeros([3]);
+    ops.adamw(param, z, zeros([3]), zeros([3]), { step: 1, lr: 0.1 }); // weightDecay 0.01
+    expect(worstError(await read(param), [0.999, -1.998, 3.996], 1e-7, 0)).toBeLessThan(1);
+  });
+
+  it('errors name the argument', () => {
+    const p = zeros([4]);
+    expect(() => ops.adamw(p, zeros([5]), zeros([4]), zeros([4]), { step: 1, lr: 1 })).toThrow(/^grad: /);
+    expect(() => ops.adamw(p, zeros([4]), zeros([4]), zeros([4]), { step: 0, lr: 1 })).toThrow(/^opts.step: /);
+    expect(() => ops.adamw(p, zeros([4]), zeros([4]), zeros([4]), { step: 1, lr: 1, beta2: 1 })).toThrow(/^opts.beta2: /);
+  });
+});
+
+describe('gradient utilities', () => {
+  it('sumOfSquares in double, scale, add, zero', async () => {
+    const n = 100_003; // several chunks
+    const a = rand(n, 71), b = rand(n, 72);
+    const ta = t(a, [n]);
+    const ref = a.reduce((s, x) => s + x * x, 0);
+    expect(Math.abs(ops.sumOfSquares(ta) - ref) / ref).toBeLessThan(1e-12);
+    ops.add(ta, t(b, [n]));
+    expect(Array.from(await read(ta))).toEqual(Array.from(a, (x, i) => Math.fround(x + b[i]!)));
+    ops.scale(ta, 0.5);
+    expect(Array.from(await read(ta))).toEqual(Array.from(a, (x, i) => Math.fround(Math.fround(x + b[i]!) * 0.5)));
+    ops.zero(ta);
+    expect(ops.sumOfSquares(ta)).toBe(0);
+    expect(() => ops.add(ta, zeros([n - 1]))).toThrow(/^b: expected shape/);
+    expect(() => ops.scale(ta, NaN)).toThrow(/^s: /);
+  });
+
+  it('reshape shares memory', async () => {
+    const x = t(Float32Array.from([1, 2, 3, 4, 5, 6]), [2, 3]);
+    const v = ops.reshape(x, [3, 2]);
+    expect(v.shape).toEqual([3, 2]);
+    ops.scale(v, 2);
+    expect(Array.from(await read(x))).toEqual([2, 4, 6, 8, 10, 12]);
+    v.dispose();
+    expect(Array.from(await read(x))).toEqual([2, 4, 6, 8, 10, 12]);
+    expect(() => ops.reshape(x, [4, 2])).toThrow(/^shape: \[4, 2\] holds 8 elements/);
+  });
+});
