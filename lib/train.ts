@@ -113,20 +113,29 @@ export class Trainer implements Disposable {
     return { tokens, targets, ctx };
   }
 
-  /** Sums numbers over the group in float32 pairs (hi + lo), so doubles keep ~14 digits. */
+  /**
+   * Sums numbers over the group with the same bits on every run: each rank writes its values,
+   * split into float32 pairs (hi + lo, so doubles keep ~14 digits), into its own slot of a
+   * zeroed buffer; the allReduce then adds only zeros to each value (exact in any arrival
+   * order), and the slots are summed here in rank order, in double.
+   */
   #allReduceNumbers(xs: number[]): number[] {
     const group = this.#o.group;
     if (!group || group.worldSize === 1) return xs;
-    const a = new Float32Array(2 * xs.length);
+    const n = 2 * xs.length, a = new Float32Array(n * group.worldSize), base = n * group.rank;
     xs.forEach((x, i) => {
-      a[2 * i] = x;
-      a[2 * i + 1] = x - a[2 * i]!;
+      a[base + 2 * i] = x;
+      a[base + 2 * i + 1] = x - a[base + 2 * i]!;
     });
     const t = tensor(a, [a.length]);
     try {
       group.allReduce(t);
       const r = t.handle('t').toFloat32Array();
-      return xs.map((_, i) => r[2 * i]! + r[2 * i + 1]!);
+      return xs.map((_, i) => {
+        let s = 0;
+        for (let k = 0; k < group.worldSize; ++k) s += r[k * n + 2 * i]! + r[k * n + 2 * i + 1]!;
+        return s;
+      });
     } finally {
       t.dispose();
     }
@@ -156,6 +165,8 @@ export class Trainer implements Disposable {
     const total = this.#totalCount(targets);
     zeroGrads(this.#grads);
     const r = runLlama(this.model, this.#grads, tokens, targets, ctx, 1 / total);
+    // The group's allReduce adds in the order the ranks arrive: the sums agree on every rank,
+    // but may differ from run to run in the last float32 bit.
     const group = this.#o.group;
     if (group && group.worldSize > 1) for (const g of this.gradients.values()) group.allReduce(g);
     const [lossSum] = this.#allReduceNumbers([r.lossSum]);
