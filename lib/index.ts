@@ -21,6 +21,12 @@ export type { GatherOptions, Layout, ShardOptions } from './shard.js';
 export { float16BitsToFloat32, float32ToBfloat16Bits, float32ToFloat16Bits, bfloat16BitsToFloat32 } from './half.js';
 export { llamaPresets, llamaTensorNames, loadLlamaConfig, parameterCount, parseLlamaConfig } from './llama-config.js';
 export type { LlamaConfig, LlamaPreset, ResolvedLlamaConfig } from './llama-config.js';
+export { createLlama, initLlama, LlamaModel, loadLlama, saveLlama } from './llama-model.js';
+export type { InitLlamaOptions, LlamaLayerParams, LlamaParams } from './llama-model.js';
+export { IGNORE_INDEX, shardTokens } from './llama.js';
+export type { ShardTokensOptions } from './llama.js';
+export { createTrainer, Trainer } from './train.js';
+export type { ForwardOptions, ForwardResult, StepResult, TrainerOptions } from './train.js';
 export { MAX_HEADER_BYTES, readSafetensors, readSafetensorsHeader } from './safetensors.js';
 export type {
   FloatDType, LoadedTensor, ReadSafetensorsOptions, SafetensorsContents, SafetensorsDType, SafetensorsEntry, SafetensorsHeader,

@@ -1,0 +1,202 @@
+// A LLaMA model's parameters: float32 CPU tensors keyed by the names transformers'
+// LlamaForCausalLM uses (see llamaTensorNames), made from a seed, from arrays, or from a
+// checkpoint directory, and saved so that transformers loads them.
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { checkInteger, checkOptions, describe, fail } from './errors.js';
+import { llamaTensorNames, loadLlamaConfig, parseLlamaConfig, type LlamaConfig, type ResolvedLlamaConfig } from './llama-config.js';
+import { readSafetensorsDir, SINGLE_FILE } from './safetensors-dir.js';
+import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
+import { tensor, type Tensor } from './tensor.js';
+
+/** One decoder layer's parameters (C hidden, F intermediate, H heads, KVH kv heads, D head dim). */
+export interface LlamaLayerParams {
+  inputNorm: Tensor; // (C)          input_layernorm.weight
+  wq: Tensor; //        (H*D, C)     self_attn.q_proj.weight
+  wk: Tensor; //        (KVH*D, C)   self_attn.k_proj.weight
+  wv: Tensor; //        (KVH*D, C)   self_attn.v_proj.weight
+  wo: Tensor; //        (C, H*D)     self_attn.o_proj.weight
+  postNorm: Tensor; //  (C)          post_attention_layernorm.weight
+  wGate: Tensor; //     (F, C)       mlp.gate_proj.weight
+  wUp: Tensor; //       (F, C)       mlp.up_proj.weight
+  wDown: Tensor; //     (C, F)       mlp.down_proj.weight
+}
+
+/** The whole model's parameters as fields; `head` is `embed` itself when the embeddings are tied. */
+export interface LlamaParams {
+  embed: Tensor; // (V, C)  model.embed_tokens.weight
+  layers: LlamaLayerParams[];
+  norm: Tensor; //  (C)     model.norm.weight
+  head: Tensor; //  (V, C)  lm_head.weight, or embed when tie_word_embeddings
+}
+
+/** Views a name -> tensor map (llamaTensorNames' names) as LlamaParams. */
+export function paramsFromMap(config: ResolvedLlamaConfig, t: ReadonlyMap<string, Tensor>): LlamaParams {
+  const get = (name: string) => t.get(name) ?? fail('range', `tensors: '${name}' is missing`);
+  const layers: LlamaLayerParams[] = [];
+  for (let i = 0; i < config.num_hidden_layers; ++i) {
+    const p = `model.layers.${i}.`;
+    layers.push({
+      inputNorm: get(`${p}input_layernorm.weight`),
+      wq: get(`${p}self_attn.q_proj.weight`), wk: get(`${p}self_attn.k_proj.weight`),
+      wv: get(`${p}self_attn.v_proj.weight`), wo: get(`${p}self_attn.o_proj.weight`),
+      postNorm: get(`${p}post_attention_layernorm.weight`),
+      wGate: get(`${p}mlp.gate_proj.weight`), wUp: get(`${p}mlp.up_proj.weight`), wDown: get(`${p}mlp.down_proj.weight`),
+    });
+  }
+  const embed = get('model.embed_tokens.weight');
+  return { embed, layers, norm: get('model.norm.weight'), head: config.tie_word_embeddings ? embed : get('lm_head.weight') };
+}
+
+export class LlamaModel implements Disposable {
+  readonly config: ResolvedLlamaConfig;
+  /** Every parameter by its transformers name, in llamaTensorNames' order (no lm_head when tied). */
+  readonly tensors: ReadonlyMap<string, Tensor>;
+  /** The same tensors as fields, for the forward and backward. */
+  readonly params: LlamaParams;
+
+  /** @internal use initLlama, createLlama or loadLlama. */
+  constructor(config: ResolvedLlamaConfig, tensors: Map<string, Tensor>) {
+    this.config = config;
+    this.tensors = tensors;
+    this.params = paramsFromMap(config, tensors);
+  }
+
+  get disposed(): boolean {
+    return [...this.tensors.values()].some((t) => t.disposed);
+  }
+
+  /** Copies every parameter out, name -> values. */
+  toArrays(): Map<string, Float32Array> {
+    return new Map([...this.tensors].map(([n, t]) => [n, t.handle(n).toFloat32Array()]));
+  }
+
+  /** Frees every parameter now. Idempotent. */
+  dispose(): void {
+    for (const t of this.tensors.values()) t.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** The config, checked, and refused when it asks for something this model does not compute. */
+export function checkModelConfig(config: unknown, name = 'config'): ResolvedLlamaConfig {
+  const c = parseLlamaConfig(config);
+  if (c.rope_scaling !== undefined && c.rope_scaling !== null)
+    fail('range', `${name}.rope_scaling: ${JSON.stringify(c.rope_scaling)} is not supported yet (only plain RoPE, rope_scaling null)`);
+  return c;
+}
+
+/**
+ * Checks `arrays` against llamaTensorNames(config): every tensor present with its shape,
+ * nothing extra (a tied model has no lm_head.weight). `where` prefixes the messages.
+ */
+function checkArrays(c: ResolvedLlamaConfig, arrays: ReadonlyMap<string, { shape?: number[]; data: Float32Array }>, where: string, shapes: boolean): void {
+  const expected = llamaTensorNames(c);
+  const missing = [...expected.keys()].filter((n) => !arrays.has(n));
+  if (missing.length) fail('range', `${where}: missing ${missing.length} tensor(s): ${missing.slice(0, 5).map((n) => `'${n}'`).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
+  const extra = [...arrays.keys()].filter((n) => !expected.has(n));
+  if (extra.length) {
+    const tied = extra.includes('lm_head.weight') && c.tie_word_embeddings ? ' (tie_word_embeddings is true: the head is embed_tokens)' : '';
+    fail('range', `${where}: unexpected tensor(s) ${extra.slice(0, 5).map((n) => `'${n}'`).join(', ')}${tied}`);
+  }
+  for (const [name, shape] of expected) {
+    const a = arrays.get(name)!;
+    const numel = shape.reduce((x, y) => x * y, 1);
+    const got = shapes ? a.shape! : [a.data.length];
+    if ((shapes && (got.length !== shape.length || got.some((d, i) => d !== shape[i]))) || a.data.length !== numel)
+      fail('range', `${where}: '${name}' has shape [${got.join(', ')}], expected [${shape.join(', ')}]`);
+  }
+}
+
+function build(c: ResolvedLlamaConfig, data: (name: string, shape: number[]) => Float32Array): LlamaModel {
+  const tensors = new Map<string, Tensor>();
+  try {
+    for (const [name, shape] of llamaTensorNames(c)) tensors.set(name, tensor(data(name, shape), shape));
+  } catch (e) {
+    for (const t of tensors.values()) t.dispose();
+    throw e;
+  }
+  return new LlamaModel(c, tensors);
+}
+
+export interface InitLlamaOptions {
+  /** The PRNG seed (an integer); the same seed gives the same weights on every rank. */
+  seed: number;
+  /** Standard deviation of the normal initialisation of matrices (HF's initializer_range). Default 0.02. */
+  std?: number;
+}
+
+/** A model with weights ~ normal(0, std) from a seeded PRNG and norm weights 1, as HF initialises LLaMA. */
+export function initLlama(config: LlamaConfig, opts: InitLlamaOptions): LlamaModel {
+  const c = checkModelConfig(config);
+  if (opts === undefined) fail('type', 'opts: expected { seed }');
+  const o = checkOptions(opts, 'opts');
+  const seed = checkInteger(o.seed, 'opts.seed', -(2 ** 31), 2 ** 32 - 1);
+  const std = o.std === undefined ? 0.02 : o.std;
+  if (typeof std !== 'number' || !Number.isFinite(std) || std < 0) fail('range', `opts.std: expected a finite number >= 0, got ${describe(std)}`);
+  const normal = gaussian(seed);
+  return build(c, (_name, shape) => {
+    const a = new Float32Array(shape.reduce((x, y) => x * y, 1));
+    if (shape.length === 1) a.fill(1);
+    else for (let i = 0; i < a.length; ++i) a[i] = std * normal();
+    return a;
+  });
+}
+
+/** A model from arrays keyed by transformers' names (each checked: present, right size, nothing extra). */
+export function createLlama(config: LlamaConfig, arrays: ReadonlyMap<string, Float32Array>): LlamaModel {
+  const c = checkModelConfig(config);
+  if (!(arrays instanceof Map)) fail('type', `arrays: expected a Map of name -> Float32Array, got ${describe(arrays)}`);
+  for (const [n, a] of arrays) if (!(a instanceof Float32Array)) fail('type', `arrays: '${n}': expected a Float32Array, got ${describe(a)}`);
+  checkArrays(c, new Map([...arrays].map(([n, data]) => [n, { data }])), 'arrays', false);
+  return build(c, (name) => arrays.get(name)!);
+}
+
+/** Loads config.json and the safetensors weights of a transformers LlamaForCausalLM checkpoint directory. */
+export async function loadLlama(dir: string): Promise<LlamaModel> {
+  if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
+  const c = checkModelConfig(await loadLlamaConfig(dir), join(dir, 'config.json'));
+  const { tensors } = await readSafetensorsDir(dir);
+  checkArrays(c, tensors, dir, true);
+  return build(c, (name) => tensors.get(name)!.data);
+}
+
+/** The config.json transformers writes for a LlamaForCausalLM with this config. */
+export function hfConfigJson(c: ResolvedLlamaConfig): Record<string, unknown> {
+  return {
+    architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_act: 'silu', torch_dtype: 'float32',
+    attention_bias: false, mlp_bias: false, attention_dropout: 0, initializer_range: 0.02, pretraining_tp: 1, use_cache: true,
+    hidden_size: c.hidden_size, intermediate_size: c.intermediate_size, num_hidden_layers: c.num_hidden_layers,
+    num_attention_heads: c.num_attention_heads, num_key_value_heads: c.num_key_value_heads, head_dim: c.head_dim,
+    vocab_size: c.vocab_size, rms_norm_eps: c.rms_norm_eps, rope_theta: c.rope_theta, rope_scaling: null,
+    tie_word_embeddings: c.tie_word_embeddings, max_position_embeddings: c.max_position_embeddings ?? 2048,
+  };
+}
+
+/** Writes dir/config.json and dir/model.safetensors (float32, transformers' names), creating dir. */
+export async function saveLlama(dir: string, model: LlamaModel): Promise<void> {
+  if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
+  if (!(model instanceof LlamaModel)) fail('type', `model: expected a LlamaModel, got ${describe(model)}`);
+  await mkdir(dir, { recursive: true });
+  const out: Record<string, TensorToWrite> = {};
+  for (const [name, t] of model.tensors) out[name] = { shape: [...t.shape], data: t.handle(`model '${name}'`).toFloat32Array() };
+  await writeSafetensors(join(dir, SINGLE_FILE), out, { format: 'pt' });
+  await writeFile(join(dir, 'config.json'), `${JSON.stringify(hfConfigJson(model.config), null, 2)}\n`);
+}
+
+/** Standard normal samples from a seeded mulberry32 PRNG (Box-Muller). */
+function gaussian(seed: number): () => number {
+  let s = seed >>> 0;
+  const uniform = () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return () => Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
+}

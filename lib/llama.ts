@@ -1,0 +1,259 @@
+// The LLaMA forward and backward, written out per layer as in karpathy/llm.c (no autograd):
+// the backward mirrors the forward call by call, in reverse. The sequence is sharded over a
+// group: each rank holds M tokens of it and the attention runs as ring attention.
+//
+// Sizes: M tokens of this rank's shard, C hidden, F intermediate, H heads, KVH kv heads,
+// D head dim, V vocabulary, L layers.
+//
+// What is kept between the forward and the backward, per layer:
+//   checkpoint: true   only the layer's input x (M, C); the backward recomputes the layer
+//                      (ring attention included) before going back through it.
+//   checkpoint: false  every activation of LayerActs below.
+// Either way the FFN keeps nothing: ffnBackward recomputes gate/up per row block, and the
+// cross-entropy never forms the (M, V) logits.
+//
+// Calls that accumulate (+=): every weight gradient (linearBackward's dw, rmsNormBackward's
+// dw, ffnBackward's dW, embeddingBackward, crossEntropyLoss's dwHead) and ops.add. Calls that
+// overwrite: every input gradient (dx, dh). Weight gradients are zeroed before a backward.
+import { attention, attentionBackward } from './attention.js';
+import { checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
+import type { ProcessGroup } from './group.js';
+import type { LlamaLayerParams, LlamaModel, LlamaParams } from './llama-model.js';
+import {
+  add, crossEntropyLoss, embedding, embeddingBackward, ffn, ffnBackward, linear, linearBackward, logits as headLogits,
+  reshape, rmsNorm, rmsNormBackward, rope, ropeBackward, zero,
+} from './ops.js';
+import { ringAttention, ringAttentionBackward } from './ring.js';
+import { LAYOUTS, type Layout } from './shard.js';
+import { tensor, type Tensor } from './tensor.js';
+
+export const IGNORE_INDEX = -100;
+
+export interface ShardTokensOptions {
+  rank: number;
+  worldSize: number;
+  /** Default 'contiguous'. */
+  layout?: Layout;
+}
+
+/** Positions (in the whole sequence) of the `local` tokens that `rank` holds. */
+export function shardPositions(local: number, rank: number, worldSize: number, layout: Layout): Int32Array {
+  const pos = new Int32Array(local);
+  if (layout === 'contiguous') for (let i = 0; i < local; ++i) pos[i] = rank * local + i;
+  else {
+    if (local % 2 !== 0) fail('range', `tokens: a zigzag shard holds two equal chunks, so its length is even; got ${local}`);
+    const c = local / 2;
+    for (let i = 0; i < c; ++i) {
+      pos[i] = rank * c + i;
+      pos[c + i] = (2 * worldSize - 1 - rank) * c + i;
+    }
+  }
+  return pos;
+}
+
+/** This rank's shard of a whole sequence of token ids (or targets), and its tokens' positions. */
+export function shardTokens(tokens: Int32Array, opts: ShardTokensOptions): { tokens: Int32Array; positions: Int32Array } {
+  if (!(tokens instanceof Int32Array)) fail('type', `tokens: expected an Int32Array, got ${describe(tokens)}`);
+  if (opts === undefined) fail('type', 'opts: expected { rank, worldSize, layout }');
+  const o = checkOptions(opts, 'opts');
+  const worldSize = checkInteger(o.worldSize, 'opts.worldSize', 1);
+  const rank = checkInteger(o.rank, 'opts.rank', 0, worldSize - 1);
+  const layout = checkOneOf(o.layout, 'opts.layout', LAYOUTS) ?? 'contiguous';
+  const chunks = layout === 'zigzag' ? 2 * worldSize : worldSize;
+  if (tokens.length === 0 || tokens.length % chunks !== 0)
+    fail('range', `tokens: the ${layout} layout cuts the sequence into ${chunks} equal chunks; its length ${tokens.length} is not a positive multiple of ${chunks}`);
+  const local = tokens.length / worldSize;
+  const positions = shardPositions(local, rank, worldSize, layout);
+  return { tokens: Int32Array.from(positions, (p) => tokens[p]!), positions };
+}
+
+/** How one run of the model goes (resolved and checked by the caller). */
+export interface RunContext {
+  group: ProcessGroup | undefined;
+  layout: Layout;
+  positions: Int32Array; // (M) this rank's tokens' positions in the whole sequence
+  checkpoint: boolean;
+  ffnBlockRows: number;
+  ceChunkRows: number;
+}
+
+/** One layer's activations; all but `x` are freed after the layer's backward (or right away with checkpointing). */
+interface LayerActs {
+  x: Tensor; //     (M, C)          the layer's input (owned by the caller)
+  h: Tensor; //     (M, C)          rmsNorm(x, input_layernorm)
+  rstd1: Tensor; // (M)
+  q: Tensor; //     (1, M, H, D)    rope(h · wqᵀ)
+  k: Tensor; //     (1, M, KVH, D)  rope(h · wkᵀ)
+  v: Tensor; //     (1, M, KVH, D)  h · wvᵀ
+  att: Tensor; //   (1, M, H, D)    (ring) attention over the whole sequence
+  lse: Tensor; //   (1, H, M)
+  x1: Tensor; //    (M, C)          x + att · woᵀ
+  h2: Tensor; //    (M, C)          rmsNorm(x1, post_attention_layernorm)
+  rstd2: Tensor; // (M)
+}
+
+const zeros = (shape: number[]) => tensor(new Float32Array(shape.reduce((a, b) => a * b, 1)), shape);
+
+/** A view of t with another shape; t's own handle is released (the memory lives on in the view). */
+function as(t: Tensor, shape: number[]): Tensor {
+  const v = reshape(t, shape);
+  t.dispose();
+  return v;
+}
+
+function freeActs(a: LayerActs): void {
+  for (const t of [a.h, a.rstd1, a.q, a.k, a.v, a.att, a.lse, a.x1, a.h2, a.rstd2]) t.dispose();
+}
+
+/** The layer's forward: its activations and its output x2 = x1 + ffn(h2) (M, C). */
+function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext): { acts: LayerActs; out: Tensor } {
+  const c = model.config, M = x.shape[0]!, H = c.num_attention_heads, KVH = c.num_key_value_heads, D = c.head_dim;
+  const { y: h, rstd: rstd1 } = rmsNorm(x, p.inputNorm, c.rms_norm_eps);
+  const q = as(rope(as(linear(h, p.wq), [M, H, D]), ctx.positions, c.rope_theta), [1, M, H, D]);
+  const k = as(rope(as(linear(h, p.wk), [M, KVH, D]), ctx.positions, c.rope_theta), [1, M, KVH, D]);
+  const v = as(linear(h, p.wv), [1, M, KVH, D]);
+  const { out: att, lse } = ctx.group
+    ? ringAttention(q, k, v, { group: ctx.group, causal: true, layout: ctx.layout })
+    : attention(q, k, v, { causal: true });
+  const att2 = reshape(att, [M, H * D]);
+  const x1 = linear(att2, p.wo); // o_proj, then the residual: x1 = x + o
+  att2.dispose();
+  add(x1, x);
+  const { y: h2, rstd: rstd2 } = rmsNorm(x1, p.postNorm, c.rms_norm_eps);
+  const out = ffn(h2, p.wGate, p.wUp, p.wDown, ctx.ffnBlockRows);
+  add(out, x1);
+  return { acts: { x, h, rstd1, q, k, v, att, lse, x1, h2, rstd2 }, out };
+}
+
+/** The layer's backward, opposite layerForward: dout (M, C) -> dx (M, C); weight grads +=. */
+function layerBackward(model: LlamaModel, p: LlamaLayerParams, g: LlamaLayerParams, a: LayerActs, dout: Tensor, ctx: RunContext): Tensor {
+  const c = model.config, M = a.x.shape[0]!, C = c.hidden_size, H = c.num_attention_heads, KVH = c.num_key_value_heads, D = c.head_dim;
+  // out = x1 + ffn(h2)
+  const dh2 = zeros([M, C]);
+  ffnBackward(dout, a.h2, p.wGate, p.wUp, p.wDown, ctx.ffnBlockRows, dh2, g.wGate, g.wUp, g.wDown); // dh2 =, dW +=
+  const dx1 = zeros([M, C]);
+  rmsNormBackward(dh2, a.x1, p.postNorm, a.rstd2, dx1, g.postNorm); // dx1 =, dw +=
+  dh2.dispose();
+  add(dx1, dout); // the residual
+  // x1 = x + att · woᵀ
+  const att2 = reshape(a.att, [M, H * D]);
+  const datt = zeros([M, H * D]);
+  linearBackward(dx1, att2, p.wo, datt, g.wo); // datt =, dwo +=
+  att2.dispose();
+  const datt4 = as(datt, [1, M, H, D]);
+  const { dq, dk, dv } = ctx.group
+    ? ringAttentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { group: ctx.group, causal: true, layout: ctx.layout })
+    : attentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { causal: true });
+  datt4.dispose();
+  // q = rope(h · wqᵀ), k = rope(h · wkᵀ), v = h · wvᵀ
+  const dqLin = as(ropeBackward(as(dq, [M, H, D]), ctx.positions, c.rope_theta), [M, H * D]);
+  const dkLin = as(ropeBackward(as(dk, [M, KVH, D]), ctx.positions, c.rope_theta), [M, KVH * D]);
+  const dvLin = as(dv, [M, KVH * D]);
+  const dh = zeros([M, C]), tmp = zeros([M, C]);
+  linearBackward(dqLin, a.h, p.wq, dh, g.wq); // dh =, dwq +=
+  linearBackward(dkLin, a.h, p.wk, tmp, g.wk); // tmp =, dwk +=
+  add(dh, tmp);
+  linearBackward(dvLin, a.h, p.wv, tmp, g.wv); // tmp =, dwv +=
+  add(dh, tmp);
+  for (const t of [dqLin, dkLin, dvLin, tmp]) t.dispose();
+  // h = rmsNorm(x)
+  const dx = zeros([M, C]);
+  rmsNormBackward(dh, a.x, p.inputNorm, a.rstd1, dx, g.inputNorm); // dx =, dw +=
+  dh.dispose();
+  add(dx, dx1); // the residual
+  dx1.dispose();
+  return dx;
+}
+
+export interface RunResult {
+  /** Sum of -log p(target) over this rank's counted tokens. */
+  lossSum: number;
+  /** This rank's targets that are not IGNORE_INDEX. */
+  count: number;
+  /** (M, V) logits of this rank's tokens, when asked for. */
+  logits?: Float32Array;
+}
+
+/**
+ * One forward (and, with `grads`, the backward) over this rank's M tokens. `gradScale`
+ * multiplies every gradient (1 / the number of counted targets of the whole sequence for a
+ * mean loss). Gradients are those of this rank's share of the loss; the caller sums them
+ * over the group.
+ */
+export function runLlama(
+  model: LlamaModel, grads: LlamaParams | null, tokens: Int32Array, targets: Int32Array, ctx: RunContext,
+  gradScale: number, wantLogits = false,
+): RunResult {
+  const { params: P, config } = model;
+  const L = config.num_hidden_layers;
+  // xs[l]: the input of layer l, xs[L]: the last layer's output. acts[l]: kept only without checkpointing.
+  const xs: Tensor[] = [embedding(tokens, P.embed)];
+  const acts: (LayerActs | null)[] = [];
+  try {
+    for (let l = 0; l < L; ++l) {
+      const { acts: a, out } = layerForward(model, P.layers[l]!, xs[l]!, ctx);
+      xs.push(out);
+      if (grads === null || ctx.checkpoint) {
+        freeActs(a);
+        if (grads === null) xs[l]!.dispose(); // a forward alone keeps nothing behind
+        acts.push(null);
+      } else acts.push(a);
+    }
+    const xL = xs[L]!;
+    const { y: hf, rstd: rstdF } = rmsNorm(xL, P.norm, config.rms_norm_eps);
+    const dhf = grads ? zeros([...hf.shape]) : undefined;
+    let result: RunResult;
+    try {
+      const ce = crossEntropyLoss(hf, P.head, targets, {
+        chunkRows: ctx.ceChunkRows, ignoreIndex: IGNORE_INDEX, gradScale, dh: dhf, dwHead: grads?.head,
+      }); // dhf =, dhead += (into dembed when tied)
+      result = { lossSum: ce.loss, count: ce.count };
+      if (wantLogits) {
+        const lg = headLogits(hf, P.head);
+        result.logits = lg.handle('logits').toFloat32Array();
+        lg.dispose();
+      }
+    } finally {
+      hf.dispose();
+    }
+    if (!grads) {
+      rstdF.dispose();
+      return result;
+    }
+    // ---- backward: the mirror image ----
+    let dx = zeros([...xL.shape]);
+    rmsNormBackward(dhf!, xL, P.norm, rstdF, dx, grads.norm); // dx =, dnorm +=
+    dhf!.dispose();
+    rstdF.dispose();
+    for (let l = L - 1; l >= 0; --l) {
+      let a = acts[l];
+      if (!a) {
+        const re = layerForward(model, P.layers[l]!, xs[l]!, ctx); // recompute (checkpointing)
+        re.out.dispose(); // the same values as xs[l + 1]
+        a = re.acts;
+      }
+      acts[l] = a;
+      const dPrev = layerBackward(model, P.layers[l]!, grads.layers[l]!, a, dx, ctx);
+      freeActs(a);
+      acts[l] = null;
+      dx.dispose();
+      xs[l + 1]!.dispose();
+      dx = dPrev;
+    }
+    embeddingBackward(tokens, dx, grads.embed); // dembed +=
+    dx.dispose();
+    return result;
+  } finally {
+    for (const a of acts) if (a) freeActs(a);
+    for (const x of xs) x.dispose();
+  }
+}
+
+/** Zeroes every gradient tensor (a tied head is the embedding, zeroed once). */
+export function zeroGrads(g: LlamaParams): void {
+  for (const t of new Set(allTensors(g))) zero(t);
+}
+
+export function allTensors(p: LlamaParams): Tensor[] {
+  return [p.embed, ...p.layers.flatMap((l) => Object.values(l) as Tensor[]), p.norm, p.head];
+}

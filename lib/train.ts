@@ -1,0 +1,292 @@
+// Training a LlamaModel on a sequence sharded over a group: the loss is the mean over every
+// counted target of the whole sequence, gradients are summed over the ranks, clipped by their
+// global norm, and applied with AdamW. Checkpoints hold the weights (as transformers loads
+// them), AdamW's moments and the step.
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { checkBoolean, checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
+import { ProcessGroup } from './group.js';
+import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type RunContext } from './llama.js';
+import { LlamaModel, paramsFromMap, saveLlama, type LlamaParams } from './llama-model.js';
+import { adamw, add, scale, sumOfSquares, zero } from './ops.js';
+import { readSafetensors } from './safetensors.js';
+import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
+import { LAYOUTS, type Layout } from './shard.js';
+import { tensor, type Tensor } from './tensor.js';
+
+export interface TrainerOptions {
+  /** The launch() group the sequence is sharded over; none: the whole sequence on this thread. */
+  group?: ProcessGroup;
+  /** How the sequence is sharded (as shardTokens). Default 'contiguous'. */
+  layout?: Layout;
+  /** Learning rate, or a function of the step (from 1). */
+  lr: number | ((step: number) => number);
+  /** Decoupled weight decay of matrices; norm weights get none. Default 0.01 (torch's AdamW). */
+  weightDecay?: number;
+  /** Default [0.9, 0.999]. */
+  betas?: [number, number];
+  /** Default 1e-8. */
+  eps?: number;
+  /** Clip the global gradient norm to this (torch's clip_grad_norm_). Default: no clipping. */
+  maxGradNorm?: number;
+  /** Keep only each layer's input and recompute the layer in the backward. Default true. */
+  checkpoint?: boolean;
+  /** Tokens per FFN row block. Default 256. */
+  ffnBlockRows?: number;
+  /** Tokens per cross-entropy chunk (the (chunk, V) logits are all that exist). Default 256. */
+  ceChunkRows?: number;
+}
+
+export interface StepResult {
+  /** Mean cross-entropy over every counted target of the whole sequence (all ranks). */
+  loss: number;
+  /** Global L2 norm of the gradient before clipping. */
+  gradNorm: number;
+}
+
+export interface ForwardOptions {
+  /** Also return this rank's (M, V) logits. */
+  logits?: boolean;
+}
+
+export interface ForwardResult {
+  /** Mean cross-entropy over every counted target of the whole sequence (all ranks). */
+  loss: number;
+  /** Counted targets of the whole sequence. */
+  count: number;
+  /** (M, V) row-major, this rank's tokens, when asked for. */
+  logits?: Float32Array;
+}
+
+const TRAINER_FILE = 'trainer.json';
+const OPTIMIZER_FILE = 'optimizer.safetensors';
+
+function positiveNumber(v: unknown, name: string, dflt: number, min = 0, inclusive = true): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number') fail('type', `${name}: expected a number, got ${describe(v)}`);
+  if (!Number.isFinite(v) || (inclusive ? v < min : v <= min)) fail('range', `${name}: expected a finite number ${inclusive ? '>=' : '>'} ${min}, got ${v}`);
+  return v;
+}
+
+type ResolvedOptions = Required<Omit<TrainerOptions, 'group' | 'maxGradNorm'>> & { group?: ProcessGroup; maxGradNorm?: number };
+
+export class Trainer implements Disposable {
+  readonly model: LlamaModel;
+  /** The gradients of the last backward()/step(), summed over the group, by parameter name. */
+  readonly gradients: ReadonlyMap<string, Tensor>;
+  #grads: LlamaParams;
+  #m: Map<string, Tensor>;
+  #v: Map<string, Tensor>;
+  #step = 0;
+  #o: ResolvedOptions;
+
+  /** @internal use createTrainer. */
+  constructor(model: LlamaModel, o: ResolvedOptions) {
+    this.model = model;
+    this.#o = o;
+    const zerosLike = (t: Tensor) => tensor(new Float32Array(t.numel), t.shape);
+    const make = () => new Map([...model.tensors].map(([n, t]) => [n, zerosLike(t)]));
+    const g = make();
+    this.gradients = g;
+    this.#grads = paramsFromMap(model.config, g);
+    this.#m = make();
+    this.#v = make();
+  }
+
+  /** Optimizer steps taken so far. */
+  get stepCount(): number {
+    return this.#step;
+  }
+
+  #context(tokens: unknown, targets: unknown): { tokens: Int32Array; targets: Int32Array; ctx: RunContext } {
+    if (!(tokens instanceof Int32Array)) fail('type', `tokens: expected an Int32Array (this rank's shard), got ${describe(tokens)}`);
+    if (!(targets instanceof Int32Array)) fail('type', `targets: expected an Int32Array (this rank's shard), got ${describe(targets)}`);
+    if (targets.length !== tokens.length) fail('range', `targets: expected ${tokens.length} targets (one per token), got ${targets.length}`);
+    if (tokens.length === 0) fail('range', 'tokens: this rank\'s shard is empty');
+    const { group, layout } = this.#o;
+    const rank = group?.rank ?? 0, worldSize = group?.worldSize ?? 1;
+    const positions = shardPositions(tokens.length, rank, worldSize, layout);
+    const ctx: RunContext = {
+      group, layout, positions, checkpoint: this.#o.checkpoint, ffnBlockRows: this.#o.ffnBlockRows, ceChunkRows: this.#o.ceChunkRows,
+    };
+    return { tokens, targets, ctx };
+  }
+
+  /**
+   * Sums numbers over the group with the same bits on every run: each rank writes its values,
+   * split into float32 pairs (hi + lo, so doubles keep ~14 digits), into its own slot of a
+   * zeroed buffer; the allReduce then adds only zeros to each value (exact in any arrival
+   * order), and the slots are summed here in rank order, in double.
+   */
+  #allReduceNumbers(xs: number[]): number[] {
+    const group = this.#o.group;
+    if (!group || group.worldSize === 1) return xs;
+    const n = 2 * xs.length, a = new Float32Array(n * group.worldSize), base = n * group.rank;
+    xs.forEach((x, i) => {
+      a[base + 2 * i] = x;
+      a[base + 2 * i + 1] = x - a[base + 2 * i]!;
+    });
+    const t = tensor(a, [a.length]);
+    try {
+      group.allReduce(t);
+      const r = t.handle('t').toFloat32Array();
+      return xs.map((_, i) => {
+        let s = 0;
+        for (let k = 0; k < group.worldSize; ++k) s += r[k * n + 2 * i]! + r[k * n + 2 * i + 1]!;
+        return s;
+      });
+    } finally {
+      t.dispose();
+    }
+  }
+
+  #totalCount(targets: Int32Array): number {
+    let count = 0;
+    for (const t of targets) if (t !== IGNORE_INDEX) ++count;
+    const [total] = this.#allReduceNumbers([count]);
+    if (total === 0) fail('range', `targets: every target of the whole sequence is ${IGNORE_INDEX} (ignored); there is no loss to compute`);
+    return total!;
+  }
+
+  /** The loss of the whole sequence (every rank must call it with its shard); nothing is kept or changed. */
+  forward(tokens: Int32Array, targets: Int32Array, opts?: ForwardOptions): ForwardResult {
+    const { ctx } = this.#context(tokens, targets);
+    const wantLogits = checkBoolean(checkOptions(opts, 'opts').logits, 'opts.logits') ?? false;
+    const total = this.#totalCount(targets);
+    const r = runLlama(this.model, null, tokens, targets, ctx, 1, wantLogits);
+    const [lossSum] = this.#allReduceNumbers([r.lossSum]);
+    return { loss: lossSum! / total, count: total, ...(r.logits ? { logits: r.logits } : {}) };
+  }
+
+  /** Forward and backward: `gradients` then hold d(mean loss)/d(parameter), summed over the group. Returns the loss. */
+  backward(tokens: Int32Array, targets: Int32Array): number {
+    const { ctx } = this.#context(tokens, targets);
+    const total = this.#totalCount(targets);
+    zeroGrads(this.#grads);
+    const r = runLlama(this.model, this.#grads, tokens, targets, ctx, 1 / total);
+    // The group's allReduce adds in the order the ranks arrive: the sums agree on every rank,
+    // but may differ from run to run in the last float32 bit.
+    const group = this.#o.group;
+    if (group && group.worldSize > 1) for (const g of this.gradients.values()) group.allReduce(g);
+    const [lossSum] = this.#allReduceNumbers([r.lossSum]);
+    return lossSum! / total;
+  }
+
+  /** Global L2 norm of the gradients (the same on every rank: they are summed over the group). */
+  gradNorm(): number {
+    let s = 0;
+    for (const g of this.gradients.values()) s += sumOfSquares(g);
+    return Math.sqrt(s);
+  }
+
+  /** One training step on this rank's shard of one sequence (every rank calls it). */
+  step(tokens: Int32Array, targets: Int32Array): StepResult {
+    const loss = this.backward(tokens, targets);
+    const gradNorm = this.gradNorm();
+    if (!Number.isFinite(gradNorm)) throw new Error(`step ${this.#step + 1}: the gradient norm is ${gradNorm} (loss ${loss}); no update was applied`);
+    const { maxGradNorm, betas, eps, weightDecay } = this.#o;
+    if (maxGradNorm !== undefined) {
+      const coef = maxGradNorm / (gradNorm + 1e-6); // as torch.nn.utils.clip_grad_norm_
+      if (coef < 1) for (const g of this.gradients.values()) scale(g, coef);
+    }
+    const step = ++this.#step;
+    const lr = typeof this.#o.lr === 'function' ? this.#o.lr(step) : this.#o.lr;
+    positiveNumber(lr, `opts.lr(${step})`, 0);
+    for (const [name, p] of this.model.tensors) {
+      // Decoupled weight decay on matrices only: norm weights (1-D) are not decayed, as usual for LLaMA.
+      const wd = p.shape.length === 1 ? 0 : weightDecay;
+      adamw(p, this.gradients.get(name)!, this.#m.get(name)!, this.#v.get(name)!, { step, lr, beta1: betas[0], beta2: betas[1], eps, weightDecay: wd });
+    }
+    return { loss, gradNorm };
+  }
+
+  /**
+   * Writes dir/config.json + model.safetensors (the weights, as transformers loads them),
+   * dir/optimizer.safetensors (AdamW's m and v) and dir/trainer.json (the step). In a group,
+   * rank 0 writes (every rank holds the same state) and every rank returns once it is written.
+   */
+  async saveCheckpoint(dir: string): Promise<void> {
+    if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
+    const group = this.#o.group;
+    if (!group || group.rank === 0) {
+      await mkdir(dir, { recursive: true });
+      await saveLlama(dir, this.model);
+      const out: Record<string, TensorToWrite> = {};
+      for (const [kind, map] of [['m', this.#m], ['v', this.#v]] as const)
+        for (const [n, t] of map) out[`${kind}.${n}`] = { shape: [...t.shape], data: t.handle(n).toFloat32Array() };
+      await writeSafetensors(join(dir, OPTIMIZER_FILE), out, { format: 'pt' });
+      await writeFile(join(dir, TRAINER_FILE), `${JSON.stringify({ format: 'ring-attention-trainer', version: 1, step: this.#step }, null, 2)}\n`);
+    }
+    group?.barrier();
+  }
+
+  /** Restores weights, AdamW's moments and the step from a saveCheckpoint() directory of the same model shape. */
+  async restoreCheckpoint(dir: string): Promise<void> {
+    if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
+    const meta = JSON.parse(await readFile(join(dir, TRAINER_FILE), 'utf8')) as { format?: unknown; step?: unknown };
+    if (meta.format !== 'ring-attention-trainer') fail('range', `${join(dir, TRAINER_FILE)}: not a trainer checkpoint (format ${describe(meta.format)})`);
+    const step = checkInteger(meta.step, `${join(dir, TRAINER_FILE)}: step`, 0);
+    const weights = (await readSafetensors(join(dir, 'model.safetensors'))).tensors;
+    const moments = (await readSafetensors(join(dir, OPTIMIZER_FILE))).tensors;
+    // Check everything before writing anything.
+    const plan: [Tensor, Float32Array][] = [];
+    const want = (file: string, map: typeof weights, key: string, t: Tensor) => {
+      const got = map.get(key);
+      if (!got) fail('range', `${join(dir, file)}: tensor '${key}' is missing`);
+      if (got.shape.length !== t.shape.length || got.shape.some((d, i) => d !== t.shape[i]))
+        fail('range', `${join(dir, file)}: '${key}' has shape [${got.shape.join(', ')}], this model's is [${t.shape.join(', ')}]`);
+      plan.push([t, got.data]);
+    };
+    for (const [n, t] of this.model.tensors) {
+      want('model.safetensors', weights, n, t);
+      want(OPTIMIZER_FILE, moments, `m.${n}`, this.#m.get(n)!);
+      want(OPTIMIZER_FILE, moments, `v.${n}`, this.#v.get(n)!);
+    }
+    const extra = [...weights.keys()].find((n) => !this.model.tensors.has(n));
+    if (extra) fail('range', `${join(dir, 'model.safetensors')}: unexpected tensor '${extra}' for this model`);
+    for (const [t, data] of plan) {
+      const src = tensor(data, t.shape);
+      zero(t); // copy in place: t = 0 + src
+      add(t, src);
+      src.dispose();
+    }
+    this.#step = step;
+  }
+
+  /** Frees the gradients and AdamW's moments now (the model is its owner's to dispose). Idempotent. */
+  dispose(): void {
+    for (const map of [this.gradients, this.#m, this.#v]) for (const t of map.values()) t.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** A trainer for `model`: gradients and AdamW state, allocated now (3 tensors per parameter). */
+export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer {
+  if (!(model instanceof LlamaModel)) fail('type', `model: expected a LlamaModel from initLlama/loadLlama/createLlama, got ${describe(model)}`);
+  if (model.disposed) fail('type', 'model: has been disposed');
+  if (opts === undefined) fail('type', 'opts: expected { lr, ... }');
+  const o = checkOptions(opts, 'opts');
+  if (o.group !== undefined) ProcessGroup.idOf(o.group, 'opts.group');
+  const lr = typeof o.lr === 'function' ? (o.lr as (s: number) => number) : positiveNumber(o.lr ?? fail('type', 'opts.lr: missing; expected a number >= 0 or a function of the step'), 'opts.lr', 0);
+  const betas = o.betas === undefined ? [0.9, 0.999] : o.betas;
+  if (!Array.isArray(betas) || betas.length !== 2) fail('type', `opts.betas: expected [beta1, beta2], got ${describe(betas)}`);
+  betas.forEach((b, i) => {
+    if (positiveNumber(b, `opts.betas[${i}]`, 0) >= 1) fail('range', `opts.betas[${i}]: expected a number in [0, 1), got ${b}`);
+  });
+  return new Trainer(model, {
+    group: o.group as ProcessGroup | undefined,
+    layout: checkOneOf(o.layout, 'opts.layout', LAYOUTS) ?? 'contiguous',
+    lr,
+    weightDecay: positiveNumber(o.weightDecay, 'opts.weightDecay', 0.01),
+    betas: betas as [number, number],
+    eps: positiveNumber(o.eps, 'opts.eps', 1e-8, 0, false),
+    maxGradNorm: o.maxGradNorm === undefined ? undefined : positiveNumber(o.maxGradNorm, 'opts.maxGradNorm', 0, 0, false),
+    checkpoint: checkBoolean(o.checkpoint, 'opts.checkpoint') ?? true,
+    ffnBlockRows: o.ffnBlockRows === undefined ? 256 : checkInteger(o.ffnBlockRows, 'opts.ffnBlockRows', 1),
+    ceChunkRows: o.ceChunkRows === undefined ? 256 : checkInteger(o.ceChunkRows, 'opts.ceChunkRows', 1),
+  });
+}

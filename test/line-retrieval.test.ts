@@ -1,0 +1,32 @@
+// examples/line-retrieval.mjs runs end to end with tiny settings (2 ranks, ring attention),
+// prints its header, one line per evaluation and the final accuracy, and exits 0; bad
+// options exit 2 naming the option.
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+import { describe, expect, it } from 'vitest';
+
+const script = fileURLToPath(new URL('../examples/line-retrieval.mjs', import.meta.url));
+const run = (...args: string[]) => spawnSync(process.execPath, [script, ...args], { encoding: 'utf8', timeout: 60_000 });
+
+describe('examples/line-retrieval.mjs', () => {
+  it('trains a few steps over 2 ranks and prints loss and retrieval accuracy (plain lines off a TTY)', () => {
+    const r = run('--steps', '6', '--ranks', '2', '--lines', '3', '--eval-every', '3', '--eval-sequences', '2', '--layout', 'contiguous');
+    expect(r.status, r.stderr).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines[0]).toMatch(/^line retrieval: 3 lines \+ 3 questions = 20 tokens per sequence, 2 ranks \(contiguous\)/);
+    const evals = lines.filter((l) => l.startsWith('step '));
+    expect(evals).toHaveLength(2);
+    for (const [i, l] of evals.entries())
+      expect(l).toMatch(new RegExp(`^step ${3 * (i + 1)}/6  train loss \\d+\\.\\d{4}  eval loss \\d+\\.\\d{4}  retrieval accuracy \\d+\\.\\d%  \\(\\d+\\.\\d s\\)$`));
+    expect(lines.at(-1)).toMatch(/^final retrieval accuracy \d+\.\d% on 6 questions$/);
+    expect(r.stdout).not.toContain('\r'); // no progress bar when stdout is not a TTY
+  });
+
+  it('refuses bad options with exit code 2', () => {
+    const r = run('--layout', 'ring');
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/--layout: expected 'contiguous' or 'zigzag', got 'ring'/);
+    expect(run('--steps', '0').stderr).toMatch(/--steps: expected an integer >= 1/);
+  });
+});

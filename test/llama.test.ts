@@ -1,0 +1,401 @@
+// The LLaMA model layer (lib/llama*.ts, lib/train.ts) against an independent float64 model
+// written below from the definitions (sharing no code with lib/): logits, loss, and every
+// parameter's gradient against central finite differences of the float64 loss. Then the
+// invariances the ring must keep: world size 1 vs 4, contiguous vs zigzag, checkpointing on
+// vs off; then save/load, checkpoint/restore, refusals, and a short training run.
+import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import {
+  createLlama, createTrainer, initLlama, launch, llamaPresets, llamaTensorNames, loadLlama, saveLlama, shardTokens,
+  writeSafetensors, type LlamaConfig, type ResolvedLlamaConfig,
+} from '../dist/index.js';
+import { randomArray, worstError } from './reference.js';
+
+const rankModule = new URL('./fixtures/llama-rank.mjs', import.meta.url);
+const tiny = llamaPresets.tiny as ResolvedLlamaConfig; // C 64, F 176, L 2, H 4, KVH 2 (GQA), D 16, V 256
+const tiedTiny: ResolvedLlamaConfig = { ...tiny, tie_word_embeddings: true };
+const S = 32; // whole sequence; a multiple of 2 * 4 for zigzag over 4 ranks
+
+// ---------------- the independent float64 reference ----------------
+
+type W = Map<string, Float64Array>;
+
+function rmsnormRef(x: Float64Array, w: Float64Array, M: number, C: number, eps: number): Float64Array {
+  const y = new Float64Array(M * C);
+  for (let m = 0; m < M; ++m) {
+    let ss = 0;
+    for (let c = 0; c < C; ++c) ss += x[m * C + c]! ** 2;
+    const r = 1 / Math.sqrt(ss / C + eps);
+    for (let c = 0; c < C; ++c) y[m * C + c] = x[m * C + c]! * r * w[c]!;
+  }
+  return y;
+}
+
+/** y [M, N] = x [M, K] · wᵀ, w [N, K]. */
+function matmulT(x: Float64Array, w: Float64Array, M: number, K: number, N: number): Float64Array {
+  const y = new Float64Array(M * N);
+  for (let m = 0; m < M; ++m)
+    for (let n = 0; n < N; ++n) {
+      let s = 0;
+      for (let k = 0; k < K; ++k) s += x[m * K + k]! * w[n * K + k]!;
+      y[m * N + n] = s;
+    }
+  return y;
+}
+
+/** HF rotate_half RoPE on [M, heads, D] at positions 0..M-1, in place. */
+function ropeRef(x: Float64Array, M: number, heads: number, D: number, theta: number): void {
+  const half = D / 2;
+  for (let m = 0; m < M; ++m)
+    for (let h = 0; h < heads; ++h)
+      for (let i = 0; i < half; ++i) {
+        const angle = m * Math.pow(theta, (-2 * i) / D);
+        const o = (m * heads + h) * D, a = x[o + i]!, b = x[o + i + half]!;
+        x[o + i] = a * Math.cos(angle) - b * Math.sin(angle);
+        x[o + i + half] = b * Math.cos(angle) + a * Math.sin(angle);
+      }
+}
+
+/** Logits [M, V] and mean cross-entropy over targets != -100 of the whole model, in float64. */
+function referenceModel(c: ResolvedLlamaConfig, w: W, tokens: ArrayLike<number>, targets: ArrayLike<number>) {
+  const M = tokens.length, C = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, KVH = c.num_key_value_heads;
+  const D = c.head_dim, V = c.vocab_size, eps = c.rms_norm_eps;
+  const get = (n: string) => w.get(n)!;
+  const embed = get('model.embed_tokens.weight');
+  let x = new Float64Array(M * C);
+  for (let m = 0; m < M; ++m) for (let i = 0; i < C; ++i) x[m * C + i] = embed[tokens[m]! * C + i]!;
+  for (let l = 0; l < c.num_hidden_layers; ++l) {
+    const p = `model.layers.${l}.`;
+    const h = rmsnormRef(x, get(`${p}input_layernorm.weight`), M, C, eps);
+    const q = matmulT(h, get(`${p}self_attn.q_proj.weight`), M, C, H * D);
+    const k = matmulT(h, get(`${p}self_attn.k_proj.weight`), M, C, KVH * D);
+    const v = matmulT(h, get(`${p}self_attn.v_proj.weight`), M, C, KVH * D);
+    ropeRef(q, M, H, D, c.rope_theta);
+    ropeRef(k, M, KVH, D, c.rope_theta);
+    const att = new Float64Array(M * H * D);
+    for (let hd = 0; hd < H; ++hd) {
+      const kv = Math.floor(hd / (H / KVH));
+      for (let i = 0; i < M; ++i) {
+        const s = new Float64Array(i + 1);
+        let mx = -Infinity;
+        for (let j = 0; j <= i; ++j) {
+          let dot = 0;
+          for (let d = 0; d < D; ++d) dot += q[(i * H + hd) * D + d]! * k[(j * KVH + kv) * D + d]!;
+          s[j] = dot / Math.sqrt(D);
+          mx = Math.max(mx, s[j]!);
+        }
+        let z = 0;
+        for (let j = 0; j <= i; ++j) z += (s[j] = Math.exp(s[j]! - mx));
+        for (let j = 0; j <= i; ++j)
+          for (let d = 0; d < D; ++d) att[(i * H + hd) * D + d] += (s[j]! / z) * v[(j * KVH + kv) * D + d]!;
+      }
+    }
+    const o = matmulT(att, get(`${p}self_attn.o_proj.weight`), M, H * D, C);
+    for (let i = 0; i < M * C; ++i) x[i] += o[i]!;
+    const h2 = rmsnormRef(x, get(`${p}post_attention_layernorm.weight`), M, C, eps);
+    const g = matmulT(h2, get(`${p}mlp.gate_proj.weight`), M, C, F);
+    const u = matmulT(h2, get(`${p}mlp.up_proj.weight`), M, C, F);
+    for (let i = 0; i < M * F; ++i) g[i] = (g[i]! / (1 + Math.exp(-g[i]!))) * u[i]!; // silu(gate) * up
+    const f = matmulT(g, get(`${p}mlp.down_proj.weight`), M, F, C);
+    for (let i = 0; i < M * C; ++i) x[i] += f[i]!;
+  }
+  x = rmsnormRef(x, get('model.norm.weight'), M, C, eps);
+  const logits = matmulT(x, c.tie_word_embeddings ? embed : get('lm_head.weight'), M, C, V);
+  let loss = 0, count = 0;
+  for (let m = 0; m < M; ++m) {
+    const t = targets[m]!;
+    if (t === -100) continue;
+    let mx = -Infinity;
+    for (let j = 0; j < V; ++j) mx = Math.max(mx, logits[m * V + j]!);
+    let z = 0;
+    for (let j = 0; j < V; ++j) z += Math.exp(logits[m * V + j]! - mx);
+    loss += mx + Math.log(z) - logits[m * V + t]!;
+    ++count;
+  }
+  return { logits, loss: loss / count };
+}
+
+// ---------------- inputs ----------------
+
+/** Random weights large enough that every path matters: matrices ~U(-0.25, 0.25), norms ~1 ± 0.2. */
+function randomWeights(c: LlamaConfig, seed: number): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  let s = seed;
+  for (const [name, shape] of llamaTensorNames(c)) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    const r = randomArray(n, ++s);
+    out.set(name, shape.length === 1 ? r.map((v) => 1 + 0.2 * v) : r.map((v) => 0.25 * v));
+  }
+  return out;
+}
+
+function sequence(seed: number, V: number) {
+  const r = randomArray(2 * S, seed);
+  const tokens = Int32Array.from({ length: S }, (_, i) => Math.floor(((r[i]! + 1) / 2) * V));
+  const targets = Int32Array.from({ length: S }, (_, i) => Math.floor(((r[S + i]! + 1) / 2) * V));
+  targets[3] = -100; // ignored targets count for nothing, in any shard
+  targets[S - 2] = -100;
+  return { tokens, targets };
+}
+
+const f64Map = (w: Map<string, Float32Array>): W => new Map([...w].map(([n, a]) => [n, Float64Array.from(a)]));
+const maxAbs = (a: ArrayLike<number>) => Array.prototype.reduce.call(a, (m: number, v) => Math.max(m, Math.abs(v as number)), 0) as number;
+
+/** Loss, logits and every gradient on one thread (no group). */
+async function single(c: ResolvedLlamaConfig, weights: Map<string, Float32Array>, seq: ReturnType<typeof sequence>, checkpoint = true) {
+  using model = createLlama(c, weights);
+  using trainer = createTrainer(model, { lr: 1e-3, checkpoint, ffnBlockRows: 7, ceChunkRows: 5 });
+  const fwd = trainer.forward(seq.tokens, seq.targets, { logits: true });
+  const loss = trainer.backward(seq.tokens, seq.targets);
+  const grads = new Map<string, Float32Array>();
+  for (const [n, g] of trainer.gradients) grads.set(n, await g.toFloat32Array());
+  return { logits: fwd.logits!, forwardLoss: fwd.loss, count: fwd.count, loss, grads };
+}
+
+interface RankOut { positions: number[]; logits: Float32Array; forwardLoss: number; loss: number; grads: Record<string, Float32Array> }
+
+async function ranks(worldSize: number, layout: 'contiguous' | 'zigzag', c: ResolvedLlamaConfig, weights: Map<string, Float32Array>, seq: ReturnType<typeof sequence>, checkpoint = true) {
+  const args = { config: c, weights: Object.fromEntries(weights), tokens: seq.tokens, targets: seq.targets, layout, checkpoint };
+  const out = (await launch({ worldSize }, rankModule, args)) as RankOut[];
+  // Put every rank's logits rows back at their positions in the whole sequence.
+  const V = c.vocab_size, logits = new Float32Array(S * V);
+  for (const r of out) r.positions.forEach((p, i) => logits.set(r.logits.subarray(i * V, (i + 1) * V), p * V));
+  return { out, logits };
+}
+
+// ---------------- tests ----------------
+
+describe('against the independent float64 model', () => {
+  for (const c of [tiny, tiedTiny]) {
+    const what = c.tie_word_embeddings ? 'tied embeddings' : 'separate lm_head';
+    const weights = randomWeights(c, 10), seq = sequence(77, c.vocab_size);
+    const ref = referenceModel(c, f64Map(weights), seq.tokens, seq.targets);
+
+    it(`${what}: logits and loss`, async () => {
+      const ours = await single(c, weights, seq);
+      // float32 sums of <= 176 terms through 2 layers: logits of size ~3 within 1e-4 abs + 1e-4 rel.
+      expect(worstError(ours.logits, ref.logits, 1e-4, 1e-4)).toBeLessThan(1);
+      expect(Math.abs(ours.forwardLoss - ref.loss)).toBeLessThan(1e-5 * ref.loss);
+      expect(ours.loss).toBe(ours.forwardLoss); // the backward's forward is the same computation
+      expect(ours.count).toBe(S - 2);
+    });
+
+    it(`${what}: every parameter's gradient against central differences of the float64 loss`, async () => {
+      const ours = await single(c, weights, seq);
+      const w64 = f64Map(weights);
+      expect([...ours.grads.keys()]).toEqual([...llamaTensorNames(c).keys()]);
+      const h = 1e-4; // float64 central differences: truncation ~h² · |f'''| ≈ 1e-9, far below float32 noise
+      for (const [name, g] of ours.grads) {
+        const scaleOfTensor = maxAbs(g);
+        expect(scaleOfTensor, name).toBeGreaterThan(0);
+        // 4 coordinates per tensor: the largest gradient and 3 random ones.
+        let arg = 0;
+        for (let i = 1; i < g.length; ++i) if (Math.abs(g[i]!) > Math.abs(g[arg]!)) arg = i;
+        const r = randomArray(3, name.length * 31 + 7);
+        const coords = [arg, ...[...r].map((v) => Math.floor(((v + 1) / 2) * g.length))];
+        const p = w64.get(name)!;
+        for (const i of coords) {
+          const keep = p[i]!;
+          p[i] = keep + h;
+          const up = referenceModel(c, w64, seq.tokens, seq.targets).loss;
+          p[i] = keep - h;
+          const down = referenceModel(c, w64, seq.tokens, seq.targets).loss;
+          p[i] = keep;
+          const fd = (up - down) / (2 * h);
+          // float32 gradient against float64: within 1e-3 of the tensor's largest gradient, + 1e-7.
+          expect(Math.abs(g[i]! - fd), `${name}[${i}]: ours ${g[i]} vs finite difference ${fd}`).toBeLessThan(1e-3 * scaleOfTensor + 1e-7);
+        }
+      }
+    });
+  }
+});
+
+describe('sharded over a ring: the same loss and the same gradients', () => {
+  const weights = randomWeights(tiny, 20), seq = sequence(5, tiny.vocab_size);
+  let base: Awaited<ReturnType<typeof single>>;
+  beforeAll(async () => {
+    base = await single(tiny, weights, seq);
+  });
+
+  // World size 1 vs 4: the ring merges partial attention in another order, and the gradient
+  // allReduce sums 4 partial float32 sums: differences ~1e-6 relative. Tolerances: loss 1e-6
+  // relative; logits 2e-5 abs + 1e-5 rel; every gradient element within 1e-4 of its tensor's
+  // largest |gradient| (and 1e-5 relative elementwise for the rest).
+  const expectSame = (r: Awaited<ReturnType<typeof ranks>>, exact = false) => {
+    for (const o of r.out) {
+      expect(Math.abs(o.loss - base.loss), 'loss').toBeLessThan(1e-6 * base.loss);
+      expect(Math.abs(o.forwardLoss - base.loss), 'forward loss').toBeLessThan(1e-6 * base.loss);
+    }
+    expect(worstError(r.logits, base.logits, 2e-5, 1e-5), 'logits').toBeLessThan(1);
+    for (const [name, g] of base.grads) {
+      for (const o of r.out) {
+        const got = o.grads[name]!;
+        if (exact) expect(got, name).toEqual(r.out[0]!.grads[name]);
+        expect(worstError(got, g, 1e-4 * maxAbs(g), 1e-5), `${name} on rank ${o.positions[0]}`).toBeLessThan(1);
+      }
+    }
+  };
+
+  it('4 ranks, contiguous (every rank ends with the same summed gradients)', async () => expectSame(await ranks(4, 'contiguous', tiny, weights, seq), true));
+  it('4 ranks, zigzag', async () => expectSame(await ranks(4, 'zigzag', tiny, weights, seq), true));
+  it('2 ranks, zigzag, tied embeddings (the head and embedding gradients add up)', async () => {
+    const tw = randomWeights(tiedTiny, 30);
+    const b = await single(tiedTiny, tw, seq);
+    const r = await ranks(2, 'zigzag', tiedTiny, tw, seq);
+    expect(Math.abs(r.out[0]!.loss - b.loss)).toBeLessThan(1e-6 * b.loss);
+    for (const [name, g] of b.grads) expect(worstError(r.out[1]!.grads[name]!, g, 1e-4 * maxAbs(g), 1e-5), name).toBeLessThan(1);
+  });
+
+  it('contiguous vs zigzag over 4 ranks agree (gradients within 1e-4 of each tensor\'s scale)', async () => {
+    const a = await ranks(4, 'contiguous', tiny, weights, seq), b = await ranks(4, 'zigzag', tiny, weights, seq);
+    expect(Math.abs(a.out[0]!.loss - b.out[0]!.loss)).toBeLessThan(1e-6 * base.loss);
+    for (const [name, g] of Object.entries(a.out[0]!.grads))
+      expect(worstError(b.out[0]!.grads[name]!, g, 1e-4 * maxAbs(g), 1e-5), name).toBeLessThan(1);
+  });
+
+  it('checkpointing on vs off: bit-identical loss and gradients on one thread; over 4 zigzag ranks the same loss bits', async () => {
+    const off = await single(tiny, weights, seq, false);
+    expect(off.loss).toBe(base.loss);
+    for (const [name, g] of base.grads) expect(off.grads.get(name), name).toEqual(g);
+    // Over ranks the loss is still bit-identical (its scalars are reduced in rank order); the
+    // gradients' allReduce adds in arrival order, so they may differ in the last float32 bits.
+    const a = await ranks(4, 'zigzag', tiny, weights, seq, true), b = await ranks(4, 'zigzag', tiny, weights, seq, false);
+    expect(b.out[2]!.loss).toBe(a.out[2]!.loss);
+    for (const [name, g] of Object.entries(a.out[2]!.grads)) expect(worstError(b.out[2]!.grads[name]!, g, 1e-6 * maxAbs(g), 1e-6), name).toBeLessThan(1);
+  });
+
+  it('training steps: the same losses on 1 thread and over 2 zigzag ranks (with clipping)', async () => {
+    const args = { config: tiny, weights: Object.fromEntries(weights), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag', steps: 4, lr: 3e-3, maxGradNorm: 0.5 };
+    const [r0] = (await launch({ worldSize: 2 }, rankModule, args)) as { losses: number[] }[];
+    using model = createLlama(tiny, weights);
+    using trainer = createTrainer(model, { lr: 3e-3, maxGradNorm: 0.5, ffnBlockRows: 7, ceChunkRows: 5 });
+    const losses = [0, 1, 2, 3].map(() => trainer.step(seq.tokens, seq.targets).loss);
+    expect(losses[3]).toBeLessThan(losses[0]!);
+    r0!.losses.forEach((l, i) => expect(Math.abs(l - losses[i]!), `step ${i + 1}`).toBeLessThan(1e-5 * losses[i]!));
+  });
+});
+
+describe('shardTokens', () => {
+  it('contiguous and zigzag shards, with positions', () => {
+    const t = Int32Array.from({ length: 8 }, (_, i) => 10 + i);
+    expect(shardTokens(t, { rank: 1, worldSize: 2 })).toEqual({ tokens: Int32Array.from([14, 15, 16, 17]), positions: Int32Array.from([4, 5, 6, 7]) });
+    expect(shardTokens(t, { rank: 1, worldSize: 2, layout: 'zigzag' })).toEqual({ tokens: Int32Array.from([12, 13, 14, 15]), positions: Int32Array.from([2, 3, 4, 5]) });
+    expect(shardTokens(t, { rank: 0, worldSize: 2, layout: 'zigzag' }).positions).toEqual(Int32Array.from([0, 1, 6, 7]));
+  });
+  it('refuses lengths the layout cannot cut, naming the argument', () => {
+    expect(() => shardTokens(new Int32Array(6), { rank: 0, worldSize: 2, layout: 'zigzag' })).toThrow(/tokens: the zigzag layout cuts the sequence into 4/);
+    expect(() => shardTokens([1, 2] as unknown as Int32Array, { rank: 0, worldSize: 1 })).toThrow(/tokens: expected an Int32Array/);
+    expect(() => shardTokens(new Int32Array(4), { rank: 2, worldSize: 2 })).toThrow(/opts.rank/);
+  });
+});
+
+describe('saving, loading, checkpoints', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'llama-test-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+  const seq = sequence(9, tiny.vocab_size);
+
+  for (const c of [tiny, tiedTiny]) {
+    it(`save then load gives identical logits (${c.tie_word_embeddings ? 'tied' : 'untied'}), as transformers names them`, async () => {
+      const where = join(dir, `saved-${c.tie_word_embeddings}`);
+      let before: Float32Array;
+      {
+        using model = initLlama(c, { seed: 3 });
+        using tr = createTrainer(model, { lr: 1e-2 });
+        tr.step(seq.tokens, seq.targets); // norms no longer all 1
+        before = tr.forward(seq.tokens, seq.targets, { logits: true }).logits!;
+        await saveLlama(where, model);
+      }
+      const cfg = JSON.parse(await readFile(join(where, 'config.json'), 'utf8'));
+      expect(cfg).toMatchObject({ architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_act: 'silu', tie_word_embeddings: c.tie_word_embeddings, rope_scaling: null, num_key_value_heads: 2 });
+      using loaded = await loadLlama(where);
+      expect([...loaded.tensors.keys()]).toEqual([...llamaTensorNames(c).keys()]);
+      expect(loaded.tensors.has('lm_head.weight')).toBe(!c.tie_word_embeddings);
+      using tr2 = createTrainer(loaded, { lr: 1e-2 });
+      expect(tr2.forward(seq.tokens, seq.targets, { logits: true }).logits).toEqual(before);
+    });
+  }
+
+  it('restore a checkpoint, then step: the same losses as an uninterrupted run', async () => {
+    const opts = { lr: 5e-3, weightDecay: 0.1, maxGradNorm: 1 };
+    using a = initLlama(tiny, { seed: 4 });
+    using ta = createTrainer(a, opts);
+    const straight = [0, 1, 2, 3, 4, 5].map(() => ta.step(seq.tokens, seq.targets).loss);
+
+    const ck = join(dir, 'ck');
+    {
+      using b = initLlama(tiny, { seed: 4 });
+      using tb = createTrainer(b, opts);
+      for (let i = 0; i < 3; ++i) expect(tb.step(seq.tokens, seq.targets).loss).toBe(straight[i]);
+      await tb.saveCheckpoint(ck);
+    }
+    using c = initLlama(tiny, { seed: 999 }); // other weights: the restore must replace them all
+    using tc = createTrainer(c, opts);
+    await tc.restoreCheckpoint(ck);
+    expect(tc.stepCount).toBe(3);
+    for (let i = 3; i < 6; ++i) expect(tc.step(seq.tokens, seq.targets).loss, `step ${i + 1}`).toBe(straight[i]);
+  });
+
+  it('refuses missing, extra and mis-shaped tensors, and rope_scaling, naming them', async () => {
+    const good = randomWeights(tiny, 1);
+    const write = async (name: string, cfg: object, w: Map<string, Float32Array>, shapes: Map<string, number[]> = llamaTensorNames(tiny)) => {
+      const d = join(dir, name);
+      await mkdir(d, { recursive: true });
+      await writeFile(join(d, 'config.json'), JSON.stringify(cfg));
+      await writeSafetensors(join(d, 'model.safetensors'), Object.fromEntries([...w].map(([n, data]) => [n, { data, shape: shapes.get(n) ?? [data.length] }])));
+      return d;
+    };
+    const missing = new Map(good);
+    missing.delete('model.layers.1.mlp.up_proj.weight');
+    await expect(loadLlama(await write('missing', tiny, missing))).rejects.toThrow(/missing 1 tensor\(s\): 'model.layers.1.mlp.up_proj.weight'/);
+    const extra = new Map(good).set('model.layers.0.self_attn.rotary_emb.inv_freq', new Float32Array(8));
+    await expect(loadLlama(await write('extra', tiny, extra))).rejects.toThrow(/unexpected tensor\(s\) 'model.layers.0.self_attn.rotary_emb.inv_freq'/);
+    const shapes = new Map(llamaTensorNames(tiny)).set('model.layers.0.self_attn.k_proj.weight', [64, 32]);
+    await expect(loadLlama(await write('shape', tiny, good, shapes))).rejects.toThrow(/'model.layers.0.self_attn.k_proj.weight' has shape \[64, 32\], expected \[32, 64\]/);
+    await expect(loadLlama(await write('tied-with-head', tiedTiny, good))).rejects.toThrow(/unexpected tensor\(s\) 'lm_head.weight' \(tie_word_embeddings is true/);
+    const scaled = { ...tiny, rope_scaling: { rope_type: 'llama3', factor: 8 } };
+    await expect(loadLlama(await write('scaled', scaled, good))).rejects.toThrow(/rope_scaling: .* is not supported yet/);
+    expect(() => initLlama(llamaPresets['1B'], { seed: 1 })).toThrow(/config.rope_scaling: .* not supported yet/);
+    const short = new Map(good).set('model.norm.weight', new Float32Array(3));
+    expect(() => createLlama(tiny, short)).toThrow(/arrays: 'model.norm.weight' has shape \[3\], expected \[64\]/);
+  });
+
+  it('trainer arguments are checked; dispose frees every tensor', () => {
+    using model = initLlama(tiny, { seed: 1 });
+    expect(() => createTrainer(model, {} as never)).toThrow(/opts.lr: missing/);
+    expect(() => createTrainer(model, { lr: 1, betas: [0.9, 1] })).toThrow(/opts.betas\[1\]/);
+    const tr = createTrainer(model, { lr: 1e-3 });
+    expect(() => tr.step(new Int32Array(4), new Int32Array(3))).toThrow(/targets: expected 4 targets/);
+    expect(() => tr.step(new Int32Array(4), new Int32Array(4).fill(-100))).toThrow(/targets: every target .* is -100/);
+    expect(() => tr.step(new Int32Array(4).fill(300), new Int32Array(4))).toThrow(/ids\[0\]: 300 is outside/);
+    tr.dispose();
+    expect([...tr.gradients.values()].every((g) => g.disposed)).toBe(true);
+    model.dispose();
+    expect(model.disposed).toBe(true);
+    expect(() => createTrainer(model, { lr: 1 })).toThrow(/model: has been disposed/);
+  });
+});
+
+describe('training', () => {
+  it('the loss falls on a synthetic task (next token of a repeated random pattern), over 2 zigzag ranks', async () => {
+    const pattern = Int32Array.from(randomArray(11, 3), (v) => Math.floor(((v + 1) / 2) * 256));
+    const tokens = Int32Array.from({ length: 64 }, (_, i) => pattern[i % 11]!);
+    const targets = Int32Array.from({ length: 64 }, (_, i) => pattern[(i + 1) % 11]!);
+    using model = initLlama(tiny, { seed: 7 });
+    const weights = model.toArrays();
+    const args = { config: tiny, weights: Object.fromEntries(weights), tokens, targets, layout: 'zigzag', steps: 30, lr: 3e-3, maxGradNorm: 1 };
+    const [r0] = (await launch({ worldSize: 2 }, rankModule, args)) as { losses: number[] }[];
+    const l = r0!.losses;
+    expect(l[0]).toBeGreaterThan(5); // ~ln 256 = 5.55 at the start
+    expect(l[29]).toBeLessThan(0.25 * l[0]!);
+    expect(Math.min(...l.slice(20))).toBeLessThan(Math.min(...l.slice(0, 10)));
+  });
+});
