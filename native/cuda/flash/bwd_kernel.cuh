@@ -180,6 +180,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
     }
   }
 
+  cp_async_wait_all();  // a key tile that no query sees never waited for its K/V load
+
   // This block alone owns these dK/dV rows: a plain read-add-write is race-free and deterministic.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {

@@ -124,6 +124,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
     }
   }
 
+  cp_async_wait_all();  // a tile that sees no key never waited for its Q load
+
   // Epilogue. With out_accum (a ring step), merge (out, lse) into the running float32 result
   // through the log-sum-exp; every lane of a quad reads the old lse before lane 0 rewrites it.
   float l[2], lse_old[2] = {-INFINITY, -INFINITY};
