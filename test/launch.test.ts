@@ -7,6 +7,10 @@ import { ProcessGroup } from '../dist/group.js';
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
 
 describe('launch', () => {
+  it('allReduce sums in rank order whatever order the ranks join in (the same bits on every run)', async () => {
+    expect(await launch({ worldSize: 4 }, fixture('allreduce-order.mjs'))).toEqual([1, 1, 1, 1]);
+  });
+
   it('runs every rank and resolves with their values in rank order', async () => {
     const results = (await launch({ worldSize: 4 }, fixture('group-ops.mjs'), { tag: 'x' })) as any[];
     expect(results.map((r) => r.rank)).toEqual([0, 1, 2, 3]);

@@ -30,6 +30,12 @@ flash::FwdParams whole(const Tensor& q, const Tensor& k, bool causal, float scal
   return p;
 }
 
+// The TS layer checks every argument; these checks only keep a bad call from reading out of bounds.
+void same(const Tensor& t, const std::vector<int64_t>& shape, DType dtype, const char* name) {
+  if (t.shape != shape || t.dtype != dtype || t.device != Device::CUDA)
+    throw UserError("RangeError", std::string("attention: ") + name + " does not match the expected shape, dtype or device");
+}
+
 Tensor zeros_f32(const std::vector<int64_t>& shape) {
   Tensor t = Tensor::empty(shape, DType::F32, Device::CUDA);
   zero(t.storage->ptr, t.storage->bytes);
@@ -40,6 +46,8 @@ Tensor zeros_f32(const std::vector<int64_t>& shape) {
 
 AttnOut attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale) {
   auto p = whole(q, k, causal, scale);
+  same(v, k.shape, q.dtype, "v");
+  same(k, k.shape, q.dtype, "k");
   AttnOut r{Tensor::empty(q.shape, q.dtype, Device::CUDA), Tensor::empty({p.batch, p.heads, p.seq_q}, DType::F32, Device::CUDA)};
   p.q = q.storage->ptr, p.k = k.storage->ptr, p.v = v.storage->ptr;
   p.out = r.out.storage->ptr, p.out_accum = nullptr, p.lse = r.lse.f32();
@@ -52,6 +60,11 @@ AttnGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& 
   flash::BwdParams bp{};
   bp.fwd = whole(q, k, causal, scale);
   auto& p = bp.fwd;
+  same(v, k.shape, q.dtype, "v");
+  same(k, k.shape, q.dtype, "k");
+  same(out, q.shape, q.dtype, "out");
+  same(dout, q.shape, q.dtype, "dout");
+  same(lse, {p.batch, p.heads, p.seq_q}, DType::F32, "lse");
   p.q = q.storage->ptr, p.k = k.storage->ptr, p.v = v.storage->ptr, p.lse = const_cast<float*>(lse.f32());
   Tensor delta = Tensor::empty({p.batch, p.heads, p.seq_q}, DType::F32, Device::CUDA);
   flash::compute_delta(p, out.storage->ptr, dout.storage->ptr, delta.f32(), q.dtype, nullptr);

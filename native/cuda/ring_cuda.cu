@@ -161,7 +161,10 @@ struct DrainOnError {
   }
 };
 
-// Inputs were written on the default stream; our streams start after them.
+// Inputs were written on the default stream; our streams start after them. Called after our
+// allocations: the caching allocator (shared by all threads) may hand us blocks that another
+// rank freed while its work on them was still queued; that rank made the default stream wait
+// for that work before freeing, so an event recorded here, later, covers it.
 void after_default_stream(cudaStream_t a, cudaStream_t b) {
   Event e;
   e.record(nullptr);
@@ -187,9 +190,9 @@ void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const T
   const int N = link.world(), r = link.rank();
   const size_t esz = dtype_size(q.dtype), kv_bytes = 2 * k.storage->bytes, n_q = size_t(q.numel());
   Stream compute, comm;
-  after_default_stream(compute.s, comm.s);
   Storage kv0(Device::CUDA, kv_bytes), kv1(Device::CUDA, kv_bytes), acc(Device::CUDA, n_q * 4);
   Storage* kv[2] = {&kv0, &kv1};
+  after_default_stream(compute.s, comm.s);  // after the allocations: see there
   DrainOnError drain{compute.s, comm.s};
   pack_kv(kv0.ptr, k, v, compute.s);
   Event packed, computed[2], arrived;
@@ -230,11 +233,11 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
   const size_t n_kv = size_t(k.numel()), dkv_bytes = 2 * n_kv * 4;
   const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
   Stream compute, comm;
-  after_default_stream(compute.s, comm.s);
   Storage kv0(Device::CUDA, kv_bytes), kv1(Device::CUDA, kv_bytes), dkv0(Device::CUDA, dkv_bytes),
       dkv1(Device::CUDA, dkv_bytes), dq_acc(Device::CUDA, n_q * 4), delta(Device::CUDA, size_t(lse.numel()) * 4);
   Storage* kv[2] = {&kv0, &kv1};
   Storage* dkv[2] = {&dkv0, &dkv1};
+  after_default_stream(compute.s, comm.s);
   DrainOnError drain{compute.s, comm.s};
   pack_kv(kv0.ptr, k, v, compute.s);
   Event packed, computed[2], kv_arrived, dkv_arrived;

@@ -68,19 +68,21 @@ void LocalGroup::all_reduce_sum(int rank, float* data, size_t n) {
     throw UserError("Error", why);
   }
   if (arrived_ == 0) {
-    sum_.assign(data, data + n);
-  } else if (sum_.size() != n) {
+    size_ = n;
+  } else if (size_ != n) {
     const std::string why = "rank " + std::to_string(rank) + " joined an allReduce of " + std::to_string(n) +
-                            " elements, others of " + std::to_string(sum_.size());
+                            " elements, others of " + std::to_string(size_);
     abort_locked(why);
     throw UserError("RangeError", why);
-  } else {
-    for (size_t i = 0; i < n; ++i) sum_[i] += data[i];
   }
+  contrib_[size_t(rank)].assign(data, data + n);
   arrived_mask_[size_t(rank)] = 1;
   const int64_t gen = generation_;
   if (++arrived_ == world_) {
-    result_.swap(sum_);
+    // Summed in rank order, not arrival order: the same bits on every run.
+    result_ = contrib_[0];
+    for (int r = 1; r < world_; ++r)
+      for (size_t i = 0; i < n; ++i) result_[i] += contrib_[size_t(r)][i];
     arrived_ = 0;
     std::fill(arrived_mask_.begin(), arrived_mask_.end(), 0);
     ++generation_;

@@ -64,11 +64,14 @@ class LocalGroup {
   std::map<std::tuple<int, int, int>, std::deque<Message>> mail_;  // (from, to, tag) -> FIFO
   std::vector<char> left_;
   std::string aborted_;
-  // all_reduce: ranks add into sum_; the last to arrive publishes result_ and bumps generation_.
+  // all_reduce: ranks leave their data in contrib_; the last to arrive sums it in rank order
+  // into result_ and bumps generation_.
   int64_t generation_ = 0;
   int arrived_ = 0;
+  size_t size_ = 0;
   std::vector<char> arrived_mask_ = std::vector<char>(size_t(world_));
-  std::vector<float> sum_, result_;
+  std::vector<std::vector<float>> contrib_ = std::vector<std::vector<float>>(size_t(world_));
+  std::vector<float> result_;
 };
 
 // Process-wide registry, so that worker threads find their group by id.

@@ -22,7 +22,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
   const FwdParams& p = bp.fwd;
   constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kS = Tr::kStride;
   constexpr int kDA = Tr::kDAcc, kSS = Tr::kSdsStride, kMT = kBM / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  RA_DYNAMIC_SMEM(smem);
   T* sQ = reinterpret_cast<T*>(smem);
   T* sdO = sQ + kBM * kS;
   T* sK = sdO + kBM * kS;
@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
   const FwdParams& p = bp.fwd;
   constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kS = Tr::kStride;
   constexpr int kNT = kBN / 8, kDT = kD / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  RA_DYNAMIC_SMEM(smem);
   T* sQ = reinterpret_cast<T*>(smem);
   T* sdO = sQ + kBM * kS;
   T* sK = sdO + kBM * kS;
@@ -292,6 +292,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
       }
     }
   }
+  cp_async_wait_all();  // a query tile that sees no key never waited for its Q/dO load
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + 8 * r;

@@ -16,7 +16,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
   using T = typename Tr::T;
   constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kS = Tr::kStride;
   constexpr int kNT = kBN / 8, kDT = kD / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  RA_DYNAMIC_SMEM(smem);
   T* sQ = reinterpret_cast<T*>(smem);
   T* sK = sQ + kBM * kS;
   T* sV = sK + kBN * kS;

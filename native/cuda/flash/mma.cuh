@@ -4,44 +4,48 @@
 // lane = 4 * g + t; an accumulator tile (16 x 8) gives each lane rows g and g + 8,
 // columns 2t and 2t + 1, as c[0], c[1] (row g) and c[2], c[3] (row g + 8).
 #pragma once
+#include <cstdint>
+#ifndef RA_FLASH_EMULATOR
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cstdint>
+#endif
 
 namespace ra::cuda::flash {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <typename T> struct MmaOp;
-template <> struct MmaOp<__nv_bfloat16> {
-  __device__ static void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ static uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-};
-template <> struct MmaOp<__half> {
-  __device__ static void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ static uint32_t pack(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-};
-
+// ---- The hardware primitives: tensor-core MMA, ldmatrix, cp.async, dynamic shared memory.
+// Under RA_FLASH_EMULATOR (test/flash-emulator/) the same kernels run on the CPU, one fiber
+// per thread, with these emulated from the PTX ISA's layouts; nothing else differs.
+#ifdef RA_FLASH_EMULATOR
+#define RA_DYNAMIC_SMEM(name) unsigned char* name = emu_smem
+template <typename T>
+inline void mma_m16n8k16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) { emu_mma<T>(c, a, b0, b1); }
+inline void ldmatrix_x4(uint32_t* r, const void* row) { emu_ldmatrix(r, row, false); }
+inline void ldmatrix_x4_trans(uint32_t* r, const void* row) { emu_ldmatrix(r, row, true); }
+inline void cp_async16(void* dst, const void* src) { emu_cp_async16(dst, src); }
+inline void cp_async_commit() { emu_cp_commit(); }
+inline void cp_async_wait_all() { emu_cp_wait(); }
+#else
+#define RA_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+template <typename T> __device__ void mma_m16n8k16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_m16n8k16<__nv_bfloat16>(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_m16n8k16<__half>(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
-
 // Four 8x8 matrices of 16-bit values; lane l gives the address of row (l % 8) of matrix l / 8.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -51,6 +55,30 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* row) 
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(row)));
 }
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+#endif
+
+template <typename T> struct MmaOp;
+template <> struct MmaOp<__nv_bfloat16> {
+  __device__ static void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    mma_m16n8k16<__nv_bfloat16>(c, a, b0, b1);
+  }
+  __device__ static uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+template <> struct MmaOp<__half> {
+  __device__ static void run(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) { mma_m16n8k16<__half>(c, a, b0, b1); }
+  __device__ static uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
 
 // The A operand (16 x 16, row-major in shared memory at `tile` with `stride` elements per
 // row): r[0] rows 0-7 cols 0-7, r[1] rows 8-15 cols 0-7, r[2] rows 0-7 cols 8-15, r[3] rows 8-15 cols 8-15.
@@ -88,12 +116,6 @@ __device__ __forceinline__ void acc_to_a(uint32_t* a, const float* c0, const flo
   a[2] = MmaOp<T>::pack(c1[0], c1[1]);
   a[3] = MmaOp<T>::pack(c1[2], c1[3]);
 }
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
 // Rows [0, kRows) x columns [0, kCols) of a tile into shared memory (row stride kCols + 8,
 // which puts the eight rows an ldmatrix reads in different banks). Rows at or past

@@ -1,0 +1,267 @@
+// A CPU emulator for the flash-attention kernels (native/cuda/flash/), so that CI, which has
+// no GPU, runs the real kernel code: each CUDA thread is a fiber; __syncthreads, __syncwarp and
+// the shuffles are real barriers between them; ldmatrix, mma.sync m16n8k16 and cp.async are
+// emulated from the PTX ISA's fragment layouts (mma.cuh switches to these under
+// RA_FLASH_EMULATOR). Shared memory is exactly the launch size, filled with NaN bytes; warps
+// run at random relative speeds; cp.async lands at issue or only at the wait ("deferred").
+// What it checks: index math, masking, barriers, bounds (with AddressSanitizer). What it
+// cannot: the hardware itself; that is test/gpu's job. x86-64 only (the fiber switch).
+#pragma once
+#include <cstdint>
+#include <cmath>
+#include <cstring>
+#include <cstdio>
+#include <cstdlib>
+#include <ucontext.h>
+#include <vector>
+#include <random>
+#include <functional>
+#include <array>
+#include <algorithm>
+#include "native/common.h"
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __shared__
+#define __align__(n)
+
+struct dim3 { unsigned x = 1, y = 1, z = 1; };
+inline dim3 threadIdx, blockIdx, gridDim, blockDim;
+inline unsigned char* emu_smem = nullptr;
+inline size_t emu_smem_bytes = 0;
+
+struct __nv_bfloat16 {
+  uint16_t x;
+  __nv_bfloat16() = default;
+  __nv_bfloat16(float f) : x(ra::f32_to_bf16(f)) {}
+  operator float() const { return ra::bf16_to_f32(x); }
+};
+struct __half {
+  uint16_t x;
+  __half() = default;
+  __half(float f) : x(ra::f32_to_f16(f)) {}
+  operator float() const { return ra::f16_to_f32(x); }
+};
+struct __nv_bfloat162 { __nv_bfloat16 x, y; };
+struct __half2 { __half x, y; };
+inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__nv_bfloat16(a), __nv_bfloat16(b)}; }
+inline __half2 __floats2half2_rn(float a, float b) { return {__half(a), __half(b)}; }
+template <class T> inline float bits_to_f(uint16_t u);
+template <> inline float bits_to_f<__nv_bfloat16>(uint16_t u) { return ra::bf16_to_f32(u); }
+template <> inline float bits_to_f<__half>(uint16_t u) { return ra::f16_to_f32(u); }
+
+template <class T> inline T max(T a, T b) { return a > b ? a : b; }
+template <class T> inline T min(T a, T b) { return a < b ? a : b; }
+
+[[noreturn]] inline void emu_fail(const char* what) {
+  fprintf(stderr, "EMU FAILURE: %s (block %u,%u,%u thread %u)\n", what, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x);
+  abort();
+}
+
+// ---- fibers ----
+extern "C" void emu_switch(void** save_sp, void* new_sp);
+asm(R"(
+.text
+.globl emu_switch
+.type emu_switch,@function
+emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+)");
+struct Fiber {
+  void* sp = nullptr;
+  char* stack;
+  bool done = false;
+  unsigned tid;
+  std::vector<std::pair<void*, std::array<char, 16>>> pending, committed;
+};
+inline std::vector<Fiber>* emu_fibers;
+inline int emu_cur = -1;
+inline void* emu_sched_sp;
+inline std::function<void()> emu_body;
+inline std::mt19937 emu_rng(1234);
+inline bool emu_deferred_cp = false;
+inline uint64_t emu_progress = 0;
+
+inline void emu_yield() { emu_switch(&(*emu_fibers)[emu_cur].sp, emu_sched_sp); }
+
+struct Barrier { int n = 0, count = 0; unsigned gen = 0; };
+inline void emu_barrier(Barrier& b) {
+  unsigned g = b.gen;
+  if (++b.count == b.n) { b.count = 0; b.gen++; emu_progress++; }
+  else while (b.gen == g) emu_yield();
+}
+struct WarpScratch {
+  Barrier bar;
+  const void* ptr[32];
+  uint32_t a[32][4], b[32][2];
+  float f[32];
+};
+inline Barrier emu_block_bar;
+inline WarpScratch emu_warps[16];
+
+inline int lane_id() { return threadIdx.x % 32; }
+inline WarpScratch& my_warp() { return emu_warps[threadIdx.x / 32]; }
+
+inline void __syncthreads() { emu_barrier(emu_block_bar); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu_barrier(my_warp().bar); }
+inline float __shfl_xor_sync(unsigned, float x, int m) {
+  auto& w = my_warp();
+  w.f[lane_id()] = x;
+  emu_barrier(w.bar);
+  float r = w.f[lane_id() ^ m];
+  emu_barrier(w.bar);
+  return r;
+}
+inline float atomicAdd(float* p, float v) { float o = *p; *p = o + v; return o; }
+
+inline void check_smem(const void* p, size_t n, const char* what) {
+  auto a = (const unsigned char*)p;
+  if (a < emu_smem || a + n > emu_smem + emu_smem_bytes) emu_fail(what);
+}
+inline void emu_ldmatrix(uint32_t* r, const void* row, bool trans) {
+  auto& w = my_warp();
+  const int l = lane_id();
+  if (uintptr_t(row) % 16) emu_fail("ldmatrix row not 16-byte aligned");
+  check_smem(row, 16, "ldmatrix row outside dynamic smem");
+  w.ptr[l] = row;
+  emu_barrier(w.bar);
+  for (int i = 0; i < 4; ++i) {
+    uint16_t h[2];
+    for (int e = 0; e < 2; ++e) {
+      const uint16_t* src;
+      if (!trans) src = (const uint16_t*)w.ptr[i * 8 + l / 4] + 2 * (l % 4) + e;
+      else src = (const uint16_t*)w.ptr[i * 8 + 2 * (l % 4) + e] + l / 4;
+      h[e] = *src;
+    }
+    r[i] = uint32_t(h[0]) | (uint32_t(h[1]) << 16);
+  }
+  emu_barrier(w.bar);
+}
+template <class T>
+inline void emu_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  auto& w = my_warp();
+  const int l = lane_id();
+  for (int i = 0; i < 4; ++i) w.a[l][i] = a[i];
+  w.b[l][0] = b0, w.b[l][1] = b1;
+  emu_barrier(w.bar);
+  float A[16][16], B[16][8];
+  auto lo = [](uint32_t v) { return bits_to_f<T>(uint16_t(v & 0xffff)); };
+  auto hi = [](uint32_t v) { return bits_to_f<T>(uint16_t(v >> 16)); };
+  for (int L = 0; L < 32; ++L) {
+    const int g = L >> 2, t = L & 3;
+    A[g][2 * t] = lo(w.a[L][0]), A[g][2 * t + 1] = hi(w.a[L][0]);
+    A[g + 8][2 * t] = lo(w.a[L][1]), A[g + 8][2 * t + 1] = hi(w.a[L][1]);
+    A[g][2 * t + 8] = lo(w.a[L][2]), A[g][2 * t + 9] = hi(w.a[L][2]);
+    A[g + 8][2 * t + 8] = lo(w.a[L][3]), A[g + 8][2 * t + 9] = hi(w.a[L][3]);
+    B[2 * t][g] = lo(w.b[L][0]), B[2 * t + 1][g] = hi(w.b[L][0]);
+    B[2 * t + 8][g] = lo(w.b[L][1]), B[2 * t + 9][g] = hi(w.b[L][1]);
+  }
+  const int g = l >> 2, t = l & 3;
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+    float s = c[e];
+    for (int k = 0; k < 16; ++k) s += A[row][k] * B[k][col];
+    c[e] = s;
+  }
+  emu_barrier(w.bar);
+}
+inline void emu_cp_async16(void* dst, const void* src) {
+  if (uintptr_t(dst) % 16 || uintptr_t(src) % 16) emu_fail("cp.async address not 16-byte aligned");
+  check_smem(dst, 16, "cp.async dst outside dynamic smem");
+  auto& f = (*emu_fibers)[emu_cur];
+  std::array<char, 16> data;
+  memcpy(data.data(), src, 16);  // reads global now (ASan checks it)
+  if (!emu_deferred_cp) memcpy(dst, data.data(), 16);
+  else f.pending.push_back({dst, data});
+}
+inline void emu_cp_commit() {
+  auto& f = (*emu_fibers)[emu_cur];
+  for (auto& x : f.pending) f.committed.push_back(x);
+  f.pending.clear();
+}
+inline void emu_cp_wait() {
+  auto& f = (*emu_fibers)[emu_cur];
+  for (auto& [dst, d] : f.committed) memcpy(dst, d.data(), 16);
+  f.committed.clear();
+}
+
+inline void emu_fiber_entry() {
+  emu_body();
+  (*emu_fibers)[emu_cur].done = true;
+  emu_progress++;
+  emu_switch(&(*emu_fibers)[emu_cur].sp, emu_sched_sp);
+  abort();
+}
+
+// Runs every block of the grid, one at a time, each with nthreads fibers.
+inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function<void()> body) {
+  gridDim = grid;
+  blockDim = dim3{unsigned(nthreads), 1, 1};
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        blockIdx = dim3{x, y, z};
+        emu_smem_bytes = smem_bytes;
+        emu_smem = (unsigned char*)aligned_alloc(16, (smem_bytes + 15) / 16 * 16 + 16);
+        memset(emu_smem, 0xff, smem_bytes);
+        emu_block_bar = Barrier{nthreads};
+        for (int w = 0; w < nthreads / 32; ++w) emu_warps[w].bar = Barrier{32};
+        std::vector<Fiber> fibers(nthreads);
+        emu_fibers = &fibers;
+        emu_body = body;
+        for (int i = 0; i < nthreads; ++i) {
+          auto& f = fibers[i];
+          f.tid = i;
+          static std::vector<std::vector<char>> pool;
+          if (pool.size() <= size_t(i)) pool.emplace_back(1 << 20);
+          f.stack = pool[i].data();
+          uintptr_t top = (uintptr_t(f.stack) + (1 << 20)) & ~uintptr_t(15);
+          void** sp = (void**)(top - 16);
+          sp[0] = (void*)&emu_fiber_entry;  // returned into by emu_switch; rsp = top - 8 at entry
+          sp -= 6;
+          for (int r = 0; r < 6; ++r) sp[r] = nullptr;
+          f.sp = sp;
+        }
+        std::vector<float> speed(nthreads / 32 + 1);
+        for (auto& sp : speed) sp = std::uniform_real_distribution<float>(0.05f, 1.f)(emu_rng);
+        int live = nthreads;
+        uint64_t last_progress = emu_progress, idle = 0;
+        while (live > 0) {
+          // random order of a pass, so that warps run ahead of each other in varied ways
+          for (int i = 0; i < nthreads; ++i) {
+            if (fibers[i].done) continue;
+            if (float(emu_rng() >> 8) * (1.f / 16777216.f) > speed[i / 32]) continue;
+            emu_cur = i;
+            threadIdx = dim3{unsigned(i), 0, 0};
+            emu_switch(&emu_sched_sp, fibers[i].sp);
+            if (fibers[i].done) {
+              --live;
+              // PTX leaves a block that exits with copies in flight undefined: the kernels wait.
+              if (!fibers[i].pending.empty() || !fibers[i].committed.empty()) emu_fail("thread exited with cp.async outstanding");
+            }
+          }
+          if (emu_progress == last_progress) {
+            if (++idle > 100000) { fprintf(stderr, "EMU DEADLOCK in block %u,%u,%u (divergent barrier?)\n", x, y, z); abort(); }
+          } else idle = 0, last_progress = emu_progress;
+        }
+        free(emu_smem);
+        emu_smem = nullptr;
+      }
+}

@@ -1,0 +1,195 @@
+// Runs the flash-attention kernels on the CPU emulator (shim.h) against a float64 reference:
+// forward (out, lse), the ring merge into a float32 running output, and the backward with
+// atomic and deterministic dQ, over dtypes, head dims 1-256, ragged tiles, GQA and causal
+// shapes where whole tiles see no key. Built and run by test/flash-emulator.test.ts:
+//   g++ -std=c++20 -O2 -fsanitize=address -DRA_FLASH_EMULATOR -I. -Itest/flash-emulator \
+//       test/flash-emulator/test.cpp -o t && ./t [deferred]
+#include "shim.h"
+#include "native/cuda/flash/fwd_kernel.cuh"
+#include "native/cuda/flash/bwd_kernel.cuh"
+#include <string>
+using namespace ra::cuda::flash;
+
+template <class T, int D, bool C> void run_fwd_t(const FwdParams& p) {
+  using Tr = FwdTraitsFor<D, T>;
+  dim3 grid{unsigned((p.seq_q + Tr::kBlockM - 1) / Tr::kBlockM), unsigned(p.heads), unsigned(p.batch)};
+  emu_launch(grid, Tr::kNThreads, Tr::kSmemBytes, [&] { fwd_kernel<Tr, C>(p); });
+}
+template <class T, int D, bool C> void run_bwd_t(const BwdParams& p) {
+  using Tr = BwdTraitsFor<D, T>;
+  dim3 gk{unsigned((p.fwd.seq_k + Tr::kBlockN - 1) / Tr::kBlockN), unsigned(p.fwd.kv_heads), unsigned(p.fwd.batch)};
+  for (int col = 0; col < p.fwd.head_dim; col += Tr::kDAcc)
+    emu_launch(gk, Tr::kNThreads, Tr::kSmemBytes, [&] { bwd_dkdv_kernel<Tr, C>(p, col, !p.deterministic && col == 0); });
+  if (!p.deterministic) return;
+  const int smem = (2 * Tr::kBlockM + 2 * Tr::kBlockN) * Tr::kStride * int(sizeof(T));
+  dim3 gq{unsigned((p.fwd.seq_q + Tr::kBlockM - 1) / Tr::kBlockM), unsigned(p.fwd.heads), unsigned(p.fwd.batch)};
+  emu_launch(gq, Tr::kNThreads, smem, [&] { bwd_dq_kernel<Tr, C>(p); });
+}
+template <class T> void fwd(const FwdParams& p, bool c) {
+  if (p.seq_q == 0 || p.batch == 0) return;
+  int d = p.head_dim;
+  if (d <= 64) c ? run_fwd_t<T, 64, true>(p) : run_fwd_t<T, 64, false>(p);
+  else if (d <= 128) c ? run_fwd_t<T, 128, true>(p) : run_fwd_t<T, 128, false>(p);
+  else c ? run_fwd_t<T, 256, true>(p) : run_fwd_t<T, 256, false>(p);
+}
+template <class T> void bwd(const BwdParams& p, bool c) {
+  if (p.fwd.seq_q == 0 || p.fwd.seq_k == 0 || p.fwd.batch == 0) return;
+  int d = p.fwd.head_dim;
+  if (d <= 64) c ? run_bwd_t<T, 64, true>(p) : run_bwd_t<T, 64, false>(p);
+  else if (d <= 128) c ? run_bwd_t<T, 128, true>(p) : run_bwd_t<T, 128, false>(p);
+  else c ? run_bwd_t<T, 256, true>(p) : run_bwd_t<T, 256, false>(p);
+}
+
+struct Case { int B, Sq, Sk, H, Hkv, D; bool causal, det; };
+
+template <class T>
+bool run_case(const Case& c, int mode) {
+  std::mt19937 rng(c.B * 1000003 + c.Sq * 7919 + c.Sk * 31 + c.D);
+  std::uniform_real_distribution<float> U(-1.f, 1.f);
+  const size_t nq = size_t(c.B) * c.Sq * c.H * c.D, nk = size_t(c.B) * c.Sk * c.Hkv * c.D;
+  std::vector<T> q(nq), k(nk), v(nk), dO(nq), out(nq);
+  std::vector<float> qf(nq), kf(nk), vf(nk), dOf(nq);
+  for (size_t i = 0; i < nq; ++i) q[i] = T(U(rng) * 2.f), qf[i] = float(q[i]), dO[i] = T(U(rng)), dOf[i] = float(dO[i]);
+  for (size_t i = 0; i < nk; ++i) k[i] = T(U(rng) * 2.f), kf[i] = float(k[i]), v[i] = T(U(rng)), vf[i] = float(v[i]);
+  const float scale = 1.f / std::sqrt(float(c.D));
+  const int64_t off = c.causal ? int64_t(c.Sk) - c.Sq : 0;
+  const int grp = c.H / c.Hkv;
+  auto Q = [&](int b, int i, int h) { return &qf[((size_t(b) * c.Sq + i) * c.H + h) * c.D]; };
+  auto K = [&](int b, int j, int h) { return &kf[((size_t(b) * c.Sk + j) * c.Hkv + h) * c.D]; };
+  auto V = [&](int b, int j, int h) { return &vf[((size_t(b) * c.Sk + j) * c.Hkv + h) * c.D]; };
+  auto DO = [&](int b, int i, int h) { return &dOf[((size_t(b) * c.Sq + i) * c.H + h) * c.D]; };
+  // reference forward
+  std::vector<double> ro(nq, 0.0), rP;  std::vector<float> rlse(size_t(c.B) * c.H * c.Sq);
+  std::vector<double> rdq(nq, 0), rdk(nk, 0), rdv(nk, 0);
+  std::vector<float> delta(rlse.size());
+  std::vector<T> outr(nq);
+  for (int b = 0; b < c.B; ++b) for (int h = 0; h < c.H; ++h) for (int i = 0; i < c.Sq; ++i) {
+    const int kh = h / grp;
+    std::vector<double> s(c.Sk, -INFINITY);
+    double m = -INFINITY;
+    for (int j = 0; j < c.Sk; ++j) {
+      if (c.causal && j > i + off) continue;
+      double d = 0; for (int e = 0; e < c.D; ++e) d += double(Q(b, i, h)[e]) * K(b, j, kh)[e];
+      s[j] = d * scale; m = std::max(m, s[j]);
+    }
+    double l = 0; for (int j = 0; j < c.Sk; ++j) if (s[j] > -INFINITY) l += std::exp(s[j] - m);
+    const size_t li = (size_t(b) * c.H + h) * c.Sq + i;
+    rlse[li] = l > 0 ? float(m + std::log(l)) : -INFINITY;
+    double* o = &ro[((size_t(b) * c.Sq + i) * c.H + h) * c.D];
+    if (l > 0) for (int j = 0; j < c.Sk; ++j) if (s[j] > -INFINITY) {
+      double pj = std::exp(s[j] - m) / l; for (int e = 0; e < c.D; ++e) o[e] += pj * V(b, j, kh)[e];
+    }
+    double dl = 0;
+    for (int e = 0; e < c.D; ++e) { T t = T(float(o[e])); outr[&o[e] - ro.data()] = t; dl += double(float(t)) * DO(b, i, h)[e]; }
+    delta[li] = float(dl);
+    // backward
+    for (int j = 0; j < c.Sk; ++j) {
+      if (!(s[j] > -INFINITY)) continue;
+      const double P = std::exp(s[j] - double(rlse[li]));
+      double dp = 0; for (int e = 0; e < c.D; ++e) dp += double(DO(b, i, h)[e]) * V(b, j, kh)[e];
+      const double dS = P * (dp - delta[li]);
+      for (int e = 0; e < c.D; ++e) {
+        rdq[((size_t(b) * c.Sq + i) * c.H + h) * c.D + e] += scale * dS * K(b, j, kh)[e];
+        rdk[((size_t(b) * c.Sk + j) * c.Hkv + kh) * c.D + e] += scale * dS * Q(b, i, h)[e];
+        rdv[((size_t(b) * c.Sk + j) * c.Hkv + kh) * c.D + e] += P * DO(b, i, h)[e];
+      }
+    }
+  }
+  FwdParams p{};
+  p.batch = c.B, p.seq_q = c.Sq, p.heads = c.H, p.head_dim = c.D, p.seq_k = c.Sk, p.kv_heads = c.Hkv;
+  p.q_row_stride = p.o_row_stride = int64_t(c.H) * c.D;
+  p.q_batch_stride = p.o_batch_stride = int64_t(c.Sq) * c.H * c.D;
+  p.k_row_stride = p.v_row_stride = int64_t(c.Hkv) * c.D;
+  p.k_batch_stride = p.v_batch_stride = int64_t(c.Sk) * c.Hkv * c.D;
+  p.lse_head_stride = c.Sq, p.lse_batch_stride = int64_t(c.Sq) * c.H;
+  p.scale = scale, p.causal_offset = off, p.vec_ok = c.D % 8 == 0;
+  std::vector<float> lse(rlse.size(), 12345.f);
+  for (auto& x : out) x = T(NAN);
+  p.q = q.data(), p.k = k.data(), p.v = v.data(), p.out = out.data(), p.lse = lse.data();
+  bool ok = true;
+  char name[200];
+  snprintf(name, sizeof name, "%s B%d Sq%d Sk%d H%d/%d D%d causal%d det%d mode%d", sizeof(T) == 2 && std::is_same<T, __half>::value ? "f16" : "bf16",
+           c.B, c.Sq, c.Sk, c.H, c.Hkv, c.D, c.causal, c.det, mode);
+  auto cmp = [&](const char* what, auto get, size_t n, auto ref, double tol) {
+    double mx = 0, mr = 1e-6; size_t bad = SIZE_MAX;
+    for (size_t i = 0; i < n; ++i) {
+      double a = get(i), r = ref(i);
+      if (std::isinf(r) || std::isinf(a)) { if (a != r && bad == SIZE_MAX) bad = i; continue; }
+      if (std::isnan(a)) { if (bad == SIZE_MAX) bad = i; continue; }
+      mx = std::max(mx, std::fabs(a - r)); mr = std::max(mr, std::fabs(r));
+    }
+    const bool pass = bad == SIZE_MAX && mx <= tol * mr;
+    if (!pass) { ok = false; printf("  FAIL %s %s: max err %.3g (ref max %.3g)%s", name, what, mx, mr, bad != SIZE_MAX ? " nan/inf mismatch at " : "");
+      if (bad != SIZE_MAX) printf("%zu (got %g want %g)", bad, double(get(bad)), double(ref(bad))); printf("\n"); }
+  };
+  const double tol = std::is_same<T, __half>::value ? 4e-3 : 2e-2;
+  if (mode == 0) {
+    fwd<T>(p, c.causal);
+    cmp("out", [&](size_t i) { return double(float(out[i])); }, nq, [&](size_t i) { return ro[i]; }, tol);
+    cmp("lse", [&](size_t i) { return double(lse[i]); }, lse.size(), [&](size_t i) { return double(rlse[i]); }, 1e-4);
+    // backward, given reference lse and delta
+    std::vector<float> dq(nq, 0.f), dk(nk, 0.f), dv(nk, 0.f);
+    BwdParams bp{};
+    bp.fwd = p; bp.fwd.lse = rlse.data();
+    bp.dout = dO.data(); bp.delta = delta.data();
+    bp.dq_accum = dq.data(), bp.dk_accum = dk.data(), bp.dv_accum = dv.data();
+    bp.dq_batch_stride = p.q_batch_stride, bp.dq_row_stride = p.q_row_stride;
+    bp.dk_batch_stride = p.k_batch_stride, bp.dk_row_stride = p.k_row_stride;
+    bp.deterministic = c.det;
+    bwd<T>(bp, c.causal);
+    cmp("dq", [&](size_t i) { return double(dq[i]); }, nq, [&](size_t i) { return rdq[i]; }, tol * 1.5);
+    cmp("dk", [&](size_t i) { return double(dk[i]); }, nk, [&](size_t i) { return rdk[i]; }, tol * 1.5);
+    cmp("dv", [&](size_t i) { return double(dv[i]); }, nk, [&](size_t i) { return rdv[i]; }, tol * 1.5);
+  } else {
+    // ring merge: keys in two pieces [0, s1) and [s1, Sk), each a separate call accumulating into float out
+    if (c.causal) return true;
+    std::vector<float> acc(nq, 0.f);
+    std::vector<float> l2(lse.size(), -INFINITY);
+    const int s1 = c.Sk / 3;
+    FwdParams a = p; a.out_accum = acc.data(); a.lse = l2.data(); a.out = nullptr;
+    a.seq_k = s1; fwd<T>(a, false);
+    FwdParams b2 = a; b2.seq_k = c.Sk - s1; b2.k = k.data() + int64_t(s1) * p.k_row_stride; b2.v = v.data() + int64_t(s1) * p.v_row_stride;
+    fwd<T>(b2, false);
+    cmp("merged out", [&](size_t i) { return double(acc[i]); }, nq, [&](size_t i) { return ro[i]; }, tol);
+    cmp("merged lse", [&](size_t i) { return double(l2[i]); }, lse.size(), [&](size_t i) { return double(rlse[i]); }, 1e-4);
+  }
+  if (ok) printf("  ok   %s\n", name);
+  fflush(stdout);
+  return ok;
+}
+
+int main(int argc, char** argv) {
+  emu_deferred_cp = argc > 1 && std::string(argv[1]) == "deferred";
+  std::vector<Case> cases = {
+    {1, 64, 64, 1, 1, 64, false, false},
+    {2, 70, 100, 4, 2, 64, false, false},
+    {1, 100, 70, 2, 1, 64, true, false},
+    {1, 70, 100, 2, 2, 64, true, true},
+    {1, 37, 150, 2, 1, 33, true, false},
+    {1, 130, 90, 3, 1, 80, true, true},
+    {1, 90, 130, 2, 2, 128, false, true},
+    {1, 77, 77, 2, 1, 128, true, false},
+    {1, 50, 70, 2, 1, 200, true, false},
+    {1, 70, 45, 2, 2, 256, true, true},
+    {1, 40, 66, 1, 1, 256, false, false},
+    {1, 20, 130, 1, 1, 8, true, false},
+    {1, 1, 1, 1, 1, 1, false, false},
+    {1, 200, 30, 2, 1, 64, true, false},
+    {1, 200, 30, 2, 1, 64, true, true},
+    {3, 1, 150, 4, 1, 96, true, false},
+    {1, 65, 129, 8, 2, 100, true, true},
+    {2, 129, 65, 2, 1, 160, false, false},
+    {1, 97, 97, 4, 4, 48, true, false},
+  };
+  int fails = 0;
+  const char* only = getenv("ONLY");
+  for (size_t i = 0; i < cases.size(); ++i) {
+    if (only && std::to_string(i) != only) continue;
+    for (int mode = 0; mode < 2; ++mode) {
+      fails += !run_case<__nv_bfloat16>(cases[i], mode);
+      if (i % 3 == 0) fails += !run_case<__half>(cases[i], mode);
+    }
+  }
+  printf("%d failures\n", fails);
+  return fails != 0;
+}
