@@ -3,11 +3,12 @@
 // table and written as JSON under bench/results/. FLOPs follow the usual accounting:
 // forward 4*b*s^2*h*d (halved when causal), backward 2.5x forward; recomputation not counted.
 //   node bench/attention-cpu.mjs [--max-seq 4096] [--heads 4] [--dims 64,128] [--reps 3] [--out FILE]
-import { execSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+
+import { commitHash, medianMs, random } from './common.mjs';
 
 import { attention, attentionBackward, info, tensor } from '../dist/index.js';
 
@@ -24,24 +25,8 @@ const { values: opt } = parseArgs({
 const heads = Number(opt.heads), reps = Number(opt.reps);
 const dims = opt.dims.split(',').map(Number);
 
-function random(n) {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; ++i) a[i] = Math.random() * 2 - 1;
-  return a;
-}
-
-// Median of `reps` timed runs after one warm-up, in seconds.
-function time(fn) {
-  fn();
-  const ts = [];
-  for (let i = 0; i < reps; ++i) {
-    const t0 = process.hrtime.bigint();
-    fn();
-    ts.push(Number(process.hrtime.bigint() - t0) / 1e9);
-  }
-  return ts.sort((a, b) => a - b)[Math.floor(ts.length / 2)];
-}
-
+// seconds, as the table prints
+const time = (fn) => medianMs(fn, reps) / 1e3;
 const rows = [];
 for (const dim of dims)
   for (const causal of [false, true])
@@ -69,13 +54,7 @@ for (const dim of dims)
       for (const t of [q, k, v, dout, fwd.out, fwd.lse]) t.dispose();
     }
 
-const commit = (() => {
-  try {
-    return execSync('git rev-parse --short HEAD', { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
-  } catch {
-    return 'unknown';
-  }
-})();
+const commit = commitHash();
 const date = new Date().toISOString();
 const result = {
   suite: 'attention-cpu', date, commit, command: process.argv.slice(1).join(' '),

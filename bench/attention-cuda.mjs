@@ -6,11 +6,13 @@
 // recomputation is not counted. Prints a table with ours/torch-best per row and writes JSON
 // under bench/results/.
 //   node bench/attention-cuda.mjs [--min-seq 1024] [--max-seq 32768] [--dims 64,128] [--reps 10] [--no-torch] [--out FILE]
-import { execSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+
+import { commitHash, medianMs, random } from './common.mjs';
 
 import { attention, attentionBackward, cudaSynchronize, info, tensor } from '../dist/index.js';
 
@@ -38,26 +40,6 @@ for (const dim of opt.dims.split(',').map(Number))
       configs.push({ batch: Math.max(1, Math.floor(16384 / seq)), seq, heads: 2048 / dim, dim, causal });
 
 const flops = (c) => (4 * c.batch * c.seq * c.seq * c.heads * c.dim) / (c.causal ? 2 : 1);
-
-function random(n) {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; ++i) a[i] = Math.random() * 2 - 1;
-  return a;
-}
-
-// Median of `reps` runs after a warm-up, in milliseconds, waiting for the GPU each time.
-function time(fn) {
-  fn();
-  cudaSynchronize();
-  const ts = [];
-  for (let i = 0; i < reps; ++i) {
-    const t0 = process.hrtime.bigint();
-    fn();
-    cudaSynchronize();
-    ts.push(Number(process.hrtime.bigint() - t0) / 1e6);
-  }
-  return ts.sort((a, b) => a - b)[Math.floor(ts.length / 2)];
-}
 
 function ours(c) {
   const shape = [c.batch, c.seq, c.heads, c.dim];
@@ -92,6 +74,7 @@ function torchRows() {
 
 const tflops = (f, ms) => (ms ? f / (ms * 1e-3) / 1e12 : NaN);
 const torch = torchRows();
+const time = (fn) => medianMs(fn, reps, cudaSynchronize);
 const rows = [];
 const fmt = (x, w = 7) => (Number.isFinite(x) ? x.toFixed(1) : '-').padStart(w);
 console.log(`GPU ${cuda.devices[0].name}, driver ${cuda.driverVersion}, CUDA runtime ${cuda.runtimeVersion}` +
@@ -116,9 +99,7 @@ for (const c of configs) {
     `${best ? row.ratioToBestTorch.toFixed(2).padStart(10) : '         -'}`);
 }
 
-const commit = (() => {
-  try { return execSync('git rev-parse --short HEAD', { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim(); } catch { return 'unknown'; }
-})();
+const commit = commitHash();
 const date = new Date().toISOString();
 const result = {
   suite: 'attention-cuda', date, commit, command: process.argv.slice(1).join(' '),

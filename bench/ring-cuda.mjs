@@ -7,10 +7,11 @@
 // block, to set beside the ring's time per step. (The copy of one K/V block alone is not
 // measured yet.) bfloat16, causal, zigzag.
 //   node bench/ring-cuda.mjs [--ranks 2,4,8] [--min-block 1024] [--max-block 32768] [--heads 16] [--kv-heads 16] [--dim 128] [--reps 5] [--out FILE]
-import { execSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
+
+import { commitHash, medianMs, random } from './common.mjs';
 
 import { attention, attentionBackward, cudaSynchronize, info, launch, tensor } from '../dist/index.js';
 
@@ -34,23 +35,6 @@ if (!cuda.available) {
 const heads = Number(opt.heads), kvHeads = Number(opt['kv-heads']), dim = Number(opt.dim), reps = Number(opt.reps);
 const rankModule = new URL('./ring-rank.mjs', import.meta.url);
 
-function random(n) {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; ++i) a[i] = Math.random() * 2 - 1;
-  return a;
-}
-function time(fn) {
-  fn();
-  cudaSynchronize();
-  const ts = [];
-  for (let i = 0; i < reps; ++i) {
-    const t0 = process.hrtime.bigint();
-    fn();
-    cudaSynchronize();
-    ts.push(Number(process.hrtime.bigint() - t0) / 1e6);
-  }
-  return ts.sort((a, b) => a - b)[Math.floor(ts.length / 2)];
-}
 const make = (seq, h) => tensor(random(seq * h * dim), [1, seq, h, dim], { dtype: 'bfloat16', device: 'cuda' });
 
 // Single-device attention over `seq` tokens: forward and backward times.
@@ -65,6 +49,7 @@ function single(seq, causal) {
   return r;
 }
 
+const time = (fn) => medianMs(fn, reps, cudaSynchronize);
 const rows = [];
 console.log(`GPU ${cuda.devices[0].name}; heads ${heads}, kv heads ${kvHeads}, dim ${dim}, bfloat16, causal zigzag`);
 console.log('   N   block    total | single fwd   ring fwd  ratio | single bwd   ring bwd  ratio | step kernel (non-causal block)');
@@ -89,9 +74,7 @@ for (const N of opt.ranks.split(',').map(Number))
       `${f(s.backwardMs)}${f(ring.backwardMs)}${row.ratioBackward.toFixed(2).padStart(7)} |${f(row.stepKernelForwardMs)} fwd ${f(row.stepKernelBackwardMs)} bwd`);
   }
 
-const commit = (() => {
-  try { return execSync('git rev-parse --short HEAD', { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim(); } catch { return 'unknown'; }
-})();
+const commit = commitHash();
 const date = new Date().toISOString();
 const out = opt.out ?? join('bench', 'results', `ring-cuda-${date.slice(0, 10)}-${commit}.json`);
 mkdirSync(dirname(out), { recursive: true });

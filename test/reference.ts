@@ -129,6 +129,17 @@ export function worstError(a: ArrayLike<number>, b: ArrayLike<number>, atol: num
   return worst;
 }
 
+/** max |a - b| / max |b| (the error relative to the reference's scale); Infinity when a holds a NaN. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let diff = 0, scale = 1e-30;
+  for (let i = 0; i < b.length; ++i) {
+    if (Number.isNaN(a[i]!)) return Infinity;
+    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    scale = Math.max(scale, Math.abs(b[i]!));
+  }
+  return diff / scale;
+}
+
 /** Rounds float32 values to bfloat16 or float16 as the library's storage does (via the typed arrays). */
 export function roundTo(dtype: 'float32' | 'bfloat16' | 'float16', x: Float32Array): Float32Array {
   if (dtype === 'float32') return x;

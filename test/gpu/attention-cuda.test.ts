@@ -21,7 +21,7 @@ import { describe, expect, it } from 'vitest';
 
 import { attention, attentionBackward, info, type DType } from '../../dist/index.js';
 import { asTensors, makeInputs, read } from '../helpers.js';
-import { attentionBackwardRef, attentionRef, type Dims } from '../reference.js';
+import { attentionBackwardRef, attentionRef, relErr, type Dims } from '../reference.js';
 
 const cuda = info().cuda;
 const title = cuda.available ? 'CUDA attention kernels' : `CUDA attention kernels (skipped: ${cuda.reason})`;
@@ -31,17 +31,6 @@ const TOL: Record<Half, { out: number; grad: number }> = {
   bfloat16: { out: 1.5e-2, grad: 2e-2 },
   float16: { out: 2e-3, grad: 3e-3 },
 };
-
-/** max |a - b| / max |b|, or Infinity when a holds a NaN. */
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let diff = 0, scale = 1e-30;
-  for (let i = 0; i < b.length; ++i) {
-    if (Number.isNaN(a[i]!)) return Infinity;
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / scale;
-}
 
 function lseErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let worst = 0;

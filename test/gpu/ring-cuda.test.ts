@@ -6,21 +6,11 @@ import { describe, expect, it } from 'vitest';
 
 import { attention, attentionBackward, gatherSequence, info, launch, tensor } from '../../dist/index.js';
 import { asTensors, makeInputs, read } from '../helpers.js';
-import { attentionBackwardRef, attentionRef, type Dims } from '../reference.js';
+import { attentionBackwardRef, attentionRef, relErr, type Dims } from '../reference.js';
 
 const cuda = info().cuda;
 const title = cuda.available ? 'ring attention on CUDA (virtual ranks on one GPU)' : `ring attention on CUDA (skipped: ${cuda.reason})`;
 const rankModule = new URL('../fixtures/ring-rank.mjs', import.meta.url);
-
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let diff = 0, scale = 1e-30;
-  for (let i = 0; i < b.length; ++i) {
-    if (Number.isNaN(a[i]!)) return Infinity;
-    diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
-    scale = Math.max(scale, Math.abs(b[i]!));
-  }
-  return diff / scale;
-}
 
 type Name = 'out' | 'lse' | 'dq' | 'dk' | 'dv';
 
