@@ -82,6 +82,26 @@ Napi::Array wrap_all(Napi::Env env, Output (&outs)[N]) {
   for (size_t i = 0; i < N; ++i) result.Set(uint32_t(i), wrap(env, outs[i].done()));
   return result;
 }
+template <size_t N>
+Napi::Array wrap_all(Napi::Env env, Tensor (&ts)[N]) {
+  auto result = Napi::Array::New(env, N);
+  for (size_t i = 0; i < N; ++i) result.Set(uint32_t(i), wrap(env, std::move(ts[i])));
+  return result;
+}
+// Empty CUDA results of a ring call: [out, lse] and [dq, dk, dv].
+struct FwdOuts {
+  Tensor t[2];
+};
+struct BwdOuts {
+  Tensor t[3];
+};
+FwdOuts cuda_fwd_outputs(const Tensor& q, const ra::ring::RingShape& s) {
+  return {{Tensor::empty(q.shape, q.dtype, Device::CUDA), Tensor::empty({s.batch, s.heads, s.seq}, DType::F32, Device::CUDA)}};
+}
+BwdOuts cuda_bwd_outputs(const Tensor& q, const Tensor& k) {
+  return {{Tensor::empty(q.shape, q.dtype, Device::CUDA), Tensor::empty(k.shape, k.dtype, Device::CUDA),
+           Tensor::empty(k.shape, k.dtype, Device::CUDA)}};
+}
 
 ra::cpu::AttnParams whole_params(const Tensor& q, const Tensor& k, bool causal, float scale) {
   ra::cpu::AttnParams p{};
@@ -116,10 +136,8 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
     const float scale = info[4].As<Napi::Number>().FloatValue();
     if (q.device == Device::CUDA) {
       auto r = ra::cuda::attention_forward(q, k, v, causal, scale);
-      auto result = Napi::Array::New(env, 2);
-      result.Set(0u, wrap(env, std::move(r.out)));
-      result.Set(1u, wrap(env, std::move(r.lse)));
-      return result;
+      Tensor ts[] = {std::move(r.out), std::move(r.lse)};
+      return wrap_all(env, ts);
     }
     auto p = whole_params(q, k, causal, scale);
     F32 q32(q), k32(k), v32(v);
@@ -140,11 +158,8 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
     const float scale = info[7].As<Napi::Number>().FloatValue();
     if (q.device == Device::CUDA) {
       auto g = ra::cuda::attention_backward(dout, q, k, v, out, lse, causal, scale, info[8].ToBoolean());
-      auto result = Napi::Array::New(env, 3);
-      result.Set(0u, wrap(env, std::move(g.dq)));
-      result.Set(1u, wrap(env, std::move(g.dk)));
-      result.Set(2u, wrap(env, std::move(g.dv)));
-      return result;
+      Tensor ts[] = {std::move(g.dq), std::move(g.dk), std::move(g.dv)};
+      return wrap_all(env, ts);
     }
     auto p = whole_params(q, k, causal, scale);
     F32 do32(dout), q32(q), k32(k), v32(v), o32(out), l32(lse);
@@ -258,13 +273,9 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
     const Tensor &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"), &v = unwrap(env, info[4], "v");
     auto s = ring_shape(q, k, info[5].ToBoolean(), info[6].As<Napi::Number>().FloatValue(), info[7].ToBoolean());
     if (q.device == Device::CUDA) {
-      Tensor out = Tensor::empty(q.shape, q.dtype, Device::CUDA);
-      Tensor lse = Tensor::empty({s.batch, s.heads, s.seq}, DType::F32, Device::CUDA);
-      ra::cuda::ring_forward(t, s, q, k, v, out, lse);
-      auto result = Napi::Array::New(env, 2);
-      result.Set(0u, wrap(env, std::move(out)));
-      result.Set(1u, wrap(env, std::move(lse)));
-      return result;
+      auto r = cuda_fwd_outputs(q, s);
+      ra::cuda::ring_forward(t, s, q, k, v, r.t[0], r.t[1]);
+      return wrap_all(env, r.t);
     }
     F32 q32(q), k32(k), v32(v);
     Output outs[] = {{q.shape, q.dtype}, {{s.batch, s.heads, s.seq}, DType::F32}};
@@ -281,12 +292,9 @@ Napi::Value RingBackward(const Napi::CallbackInfo& info) {
                  &v = unwrap(env, info[5], "v"), &out = unwrap(env, info[6], "out"), &lse = unwrap(env, info[7], "lse");
     auto s = ring_shape(q, k, info[8].ToBoolean(), info[9].As<Napi::Number>().FloatValue(), info[10].ToBoolean());
     if (q.device == Device::CUDA) {
-      Tensor g[] = {Tensor::empty(q.shape, q.dtype, Device::CUDA), Tensor::empty(k.shape, k.dtype, Device::CUDA),
-                    Tensor::empty(k.shape, k.dtype, Device::CUDA)};
-      ra::cuda::ring_backward(t, s, dout, q, k, v, out, lse, g[0], g[1], g[2]);
-      auto result = Napi::Array::New(env, 3);
-      for (uint32_t i = 0; i < 3; ++i) result.Set(i, wrap(env, std::move(g[i])));
-      return result;
+      auto r = cuda_bwd_outputs(q, k);
+      ra::cuda::ring_backward(t, s, dout, q, k, v, out, lse, r.t[0], r.t[1], r.t[2]);
+      return wrap_all(env, r.t);
     }
     F32 do32(dout), q32(q), k32(k), v32(v), o32(out), l32(lse);
     Output outs[] = {{q.shape, q.dtype}, {k.shape, k.dtype}, {v.shape, v.dtype}};
@@ -387,13 +395,9 @@ Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &q = unwrap(env, info[1], "q"), &k = unwrap(env, info[2], "k"), &v = unwrap(env, info[3], "v");
     auto s = ring_shape(q, k, info[4].ToBoolean(), info[5].As<Napi::Number>().FloatValue(), info[6].ToBoolean());
-    Tensor out = Tensor::empty(q.shape, q.dtype, Device::CUDA);
-    Tensor lse = Tensor::empty({s.batch, s.heads, s.seq}, DType::F32, Device::CUDA);
-    ra::cuda::ring_forward_nccl(group_id(info[0]), s, q, k, v, out, lse);
-    auto result = Napi::Array::New(env, 2);
-    result.Set(0u, wrap(env, std::move(out)));
-    result.Set(1u, wrap(env, std::move(lse)));
-    return result;
+    auto r = cuda_fwd_outputs(q, s);
+    ra::cuda::ring_forward_nccl(group_id(info[0]), s, q, k, v, r.t[0], r.t[1]);
+    return wrap_all(env, r.t);
   });
 }
 
@@ -403,12 +407,9 @@ Napi::Value NcclRingBackward(const Napi::CallbackInfo& info) {
     const Tensor &dout = unwrap(env, info[1], "dout"), &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"),
                  &v = unwrap(env, info[4], "v"), &out = unwrap(env, info[5], "out"), &lse = unwrap(env, info[6], "lse");
     auto s = ring_shape(q, k, info[7].ToBoolean(), info[8].As<Napi::Number>().FloatValue(), info[9].ToBoolean());
-    Tensor g[] = {Tensor::empty(q.shape, q.dtype, Device::CUDA), Tensor::empty(k.shape, k.dtype, Device::CUDA),
-                  Tensor::empty(k.shape, k.dtype, Device::CUDA)};
-    ra::cuda::ring_backward_nccl(group_id(info[0]), s, dout, q, k, v, out, lse, g[0], g[1], g[2]);
-    auto result = Napi::Array::New(env, 3);
-    for (uint32_t i = 0; i < 3; ++i) result.Set(i, wrap(env, std::move(g[i])));
-    return result;
+    auto r = cuda_bwd_outputs(q, k);
+    ra::cuda::ring_backward_nccl(group_id(info[0]), s, dout, q, k, v, out, lse, r.t[0], r.t[1], r.t[2]);
+    return wrap_all(env, r.t);
   });
 }
 
