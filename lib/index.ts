@@ -1,6 +1,6 @@
 // ring-attention: exact attention over sequences split across devices (Ring Attention with
 // Blockwise Transformers, Liu, Zaharia & Abbeel 2023), for TypeScript.
-import { native, nativePath, type CudaInfo, type CudaMemoryStats } from './native.js';
+import { native, nativePath, type CudaInfo, type CudaMemoryStats, type HostMemoryStats } from './native.js';
 
 export { attention, attentionBackward, MAX_HEAD_DIM } from './attention.js';
 export type { AttentionGradients, AttentionOptions, AttentionResult } from './attention.js';
@@ -36,7 +36,7 @@ export { writeSafetensors } from './safetensors-write.js';
 export type { TensorToWrite, WritableDType } from './safetensors-write.js';
 export { Tensor, tensor } from './tensor.js';
 export type { DeviceName, DType, TensorOptions } from './tensor.js';
-export type { CudaInfo, CudaMemoryStats };
+export type { CudaInfo, CudaMemoryStats, HostMemoryStats };
 
 export interface BuildInfo {
   /** The .node file that was loaded. */
@@ -67,4 +67,17 @@ export function cudaSynchronize(): void {
 /** The CUDA caching allocator's counters (all zero without CUDA). */
 export function cudaMemoryStats(): CudaMemoryStats {
   return native.cudaMemoryStats();
+}
+
+/**
+ * CPU tensor storage held by this process (all threads, so all in-process ranks together).
+ * Workspaces inside native ops are not counted; they are bounded by the op's block sizes.
+ */
+export function hostMemoryStats(): HostMemoryStats {
+  return native.hostMemoryStats();
+}
+
+/** Starts both peaks (host and CUDA) afresh from what is in use now. */
+export function resetPeakMemoryStats(): void {
+  native.resetPeakMemoryStats();
 }

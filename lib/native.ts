@@ -25,6 +25,15 @@ export interface CudaMemoryStats {
   cacheHits: number;
   bytesInUse: number;
   bytesCached: number;
+  /** Most bytes in use since start or resetPeakMemoryStats(). */
+  peakBytesInUse: number;
+}
+
+export interface HostMemoryStats {
+  /** Bytes of CPU tensor storage held now, by every thread of this process. */
+  bytesInUse: number;
+  /** Most bytes held since start or resetPeakMemoryStats(). */
+  peakBytesInUse: number;
 }
 
 interface Native {
@@ -71,6 +80,8 @@ interface Native {
   /** The file `nameOrPath` resolves to through the dynamic loader, or '' when it cannot be opened. */
   findLibrary(nameOrPath: string): string;
   cudaMemoryStats(): CudaMemoryStats;
+  hostMemoryStats(): HostMemoryStats;
+  resetPeakMemoryStats(): void;
   cudaEmptyCache(): void;
   cudaSynchronize(): void;
   // Training ops (native/ops_addon.cpp): float32 CPU tensors; lib/ops.ts checks the arguments.

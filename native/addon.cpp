@@ -458,7 +458,26 @@ Napi::Value CudaMemoryStats(const Napi::CallbackInfo& info) {
     o.Set("cacheHits", double(s.cache_hits));
     o.Set("bytesInUse", double(s.bytes_in_use));
     o.Set("bytesCached", double(s.bytes_cached));
+    o.Set("peakBytesInUse", double(s.peak_bytes_in_use));
     return o;
+  });
+}
+
+Napi::Value HostMemoryStats(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    auto s = ra::host_memory_stats();
+    auto o = Napi::Object::New(env);
+    o.Set("bytesInUse", double(s.bytes_in_use));
+    o.Set("peakBytesInUse", double(s.peak_bytes_in_use));
+    return o;
+  });
+}
+
+Napi::Value ResetPeakMemoryStats(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::reset_host_peak();
+    ra::cuda::reset_peak();
+    return env.Undefined();
   });
 }
 
@@ -509,6 +528,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("findLibrary", Napi::Function::New(env, FindLibrary));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("cudaMemoryStats", Napi::Function::New(env, CudaMemoryStats));
+  exports.Set("hostMemoryStats", Napi::Function::New(env, HostMemoryStats));
+  exports.Set("resetPeakMemoryStats", Napi::Function::New(env, ResetPeakMemoryStats));
   exports.Set("cudaEmptyCache", Napi::Function::New(env, CudaEmptyCache));
   exports.Set("cudaSynchronize", Napi::Function::New(env, CudaSynchronize));
   return exports;

@@ -57,6 +57,15 @@ inline float f16_to_f32(uint16_t u) {
 void convert_from_f32(DType to, const float* src, void* dst, size_t n);
 void convert_to_f32(DType from, const void* src, float* dst, size_t n);
 
+// Host tensor storage of the whole process (every thread): bytes held now and the most held
+// since start or reset_host_peak(). Benchmarks read these; op workspaces are not counted.
+struct HostMemoryStats {
+  size_t bytes_in_use;
+  size_t peak_bytes_in_use;
+};
+HostMemoryStats host_memory_stats();
+void reset_host_peak();
+
 // Bytes on one device. CPU memory is 64-byte aligned; CUDA memory comes from the caching
 // allocator and goes back to it, so steady-state steps never call cudaMalloc.
 struct Storage {

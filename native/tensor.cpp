@@ -1,4 +1,5 @@
 // Storage on either device, and the dtype conversions at the storage boundary.
+#include <atomic>
 #include <cstdlib>
 
 #include "common.h"
@@ -30,19 +31,38 @@ void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
   }
 }
 
+namespace {
+std::atomic<size_t> host_in_use{0}, host_peak{0};
+
+void count_host(size_t bytes) {
+  const size_t now = host_in_use.fetch_add(bytes) + bytes;
+  size_t peak = host_peak.load();
+  while (now > peak && !host_peak.compare_exchange_weak(peak, now)) {
+  }
+}
+}  // namespace
+
+HostMemoryStats host_memory_stats() { return {host_in_use.load(), host_peak.load()}; }
+void reset_host_peak() { host_peak.store(host_in_use.load()); }
+
 Storage::Storage(Device d, size_t n) : device(d), bytes(n), ptr(nullptr) {
   size_t padded = (n + 63) / 64 * 64;
   if (d == Device::CPU) {
     ptr = std::aligned_alloc(64, padded ? padded : 64);
     if (!ptr) throw UserError("RangeError", "out of host memory allocating " + std::to_string(n) + " bytes");
+    count_host(padded);
   } else {
     ptr = cuda::alloc(padded ? padded : 64);
   }
 }
 
 Storage::~Storage() {
-  if (device == Device::CPU) std::free(ptr);
-  else cuda::release(ptr);
+  if (device == Device::CPU) {
+    std::free(ptr);
+    host_in_use.fetch_sub((bytes + 63) / 64 * 64);
+  } else {
+    cuda::release(ptr);
+  }
 }
 
 Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {

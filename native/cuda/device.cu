@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <unordered_map>
@@ -142,6 +143,7 @@ void* alloc(size_t bytes) {
   }
   c.live[p] = Block{device, size};
   c.stats.bytes_in_use += size;
+  c.stats.peak_bytes_in_use = std::max(c.stats.peak_bytes_in_use, c.stats.bytes_in_use);
   return p;
 }
 
@@ -161,6 +163,11 @@ void release(void* ptr) {
 AllocatorStats allocator_stats() {
   std::lock_guard<std::mutex> lock(cache().mu);
   return cache().stats;
+}
+
+void reset_peak() {
+  std::lock_guard<std::mutex> lock(cache().mu);
+  cache().stats.peak_bytes_in_use = cache().stats.bytes_in_use;
 }
 
 void empty_cache() {

@@ -33,12 +33,14 @@ struct AllocatorStats {
   size_t cache_hits = 0;         // allocations served from the cache
   size_t bytes_in_use = 0;
   size_t bytes_cached = 0;       // freed by tensors, held for reuse
+  size_t peak_bytes_in_use = 0;  // since start or the last reset_peak()
 };
 
 RuntimeInfo query();
 void* alloc(size_t bytes);
 void release(void* ptr);
 AllocatorStats allocator_stats();
+void reset_peak();  // peak_bytes_in_use := bytes_in_use
 void empty_cache();
 
 // Host float32 <-> device tensor of `dtype`; conversion runs on the device.

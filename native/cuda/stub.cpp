@@ -17,6 +17,7 @@ RuntimeInfo query() {
 void* alloc(size_t) { throw not_compiled(); }
 void release(void*) {}
 AllocatorStats allocator_stats() { return {}; }
+void reset_peak() {}
 void empty_cache() {}
 void upload_f32(const float*, void*, DType, size_t) { throw not_compiled(); }
 void download_f32(const void*, DType, float*, size_t) { throw not_compiled(); }
