@@ -101,6 +101,15 @@ function as(t: Tensor, shape: number[]): Tensor {
   return v;
 }
 
+/** f(t), then t's handle released: for a temporary that only f reads. */
+function consume(t: Tensor, f: (t: Tensor) => Tensor): Tensor {
+  try {
+    return f(t);
+  } finally {
+    t.dispose();
+  }
+}
+
 function freeActs(a: LayerActs): void {
   for (const t of [a.h, a.rstd1, a.q, a.k, a.v, a.att, a.lse, a.x1, a.h2, a.rstd2]) t.dispose();
 }
@@ -109,8 +118,8 @@ function freeActs(a: LayerActs): void {
 function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext): { acts: LayerActs; out: Tensor } {
   const c = model.config, M = x.shape[0]!, H = c.num_attention_heads, KVH = c.num_key_value_heads, D = c.head_dim;
   const { y: h, rstd: rstd1 } = rmsNorm(x, p.inputNorm, c.rms_norm_eps);
-  const q = as(rope(as(linear(h, p.wq), [M, H, D]), ctx.positions, c.rope_theta), [1, M, H, D]);
-  const k = as(rope(as(linear(h, p.wk), [M, KVH, D]), ctx.positions, c.rope_theta), [1, M, KVH, D]);
+  const q = as(consume(as(linear(h, p.wq), [M, H, D]), (t) => rope(t, ctx.positions, c.rope_theta)), [1, M, H, D]);
+  const k = as(consume(as(linear(h, p.wk), [M, KVH, D]), (t) => rope(t, ctx.positions, c.rope_theta)), [1, M, KVH, D]);
   const v = as(linear(h, p.wv), [1, M, KVH, D]);
   const { out: att, lse } = ctx.group
     ? ringAttention(q, k, v, { group: ctx.group, causal: true, layout: ctx.layout })
@@ -146,8 +155,8 @@ function layerBackward(model: LlamaModel, p: LlamaLayerParams, g: LlamaLayerPara
     : attentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { causal: true });
   datt4.dispose();
   // q = rope(h · wqᵀ), k = rope(h · wkᵀ), v = h · wvᵀ
-  const dqLin = as(ropeBackward(as(dq, [M, H, D]), ctx.positions, c.rope_theta), [M, H * D]);
-  const dkLin = as(ropeBackward(as(dk, [M, KVH, D]), ctx.positions, c.rope_theta), [M, KVH * D]);
+  const dqLin = as(consume(as(dq, [M, H, D]), (t) => ropeBackward(t, ctx.positions, c.rope_theta)), [M, H * D]);
+  const dkLin = as(consume(as(dk, [M, KVH, D]), (t) => ropeBackward(t, ctx.positions, c.rope_theta)), [M, KVH * D]);
   const dvLin = as(dv, [M, KVH * D]);
   const dh = zeros([M, C]), tmp = zeros([M, C]);
   linearBackward(dqLin, a.h, p.wq, dh, g.wq); // dh =, dwq +=
