@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // The `ring-attention` command. `ring-attention info [--json]` says which binary was loaded
-// and how it was obtained, what CUDA it can use, and where NCCL and cuBLAS were found.
+// and how it was obtained, what CUDA it can use, and where NCCL and cuBLAS were found;
+// `launch` starts a job; `bench` runs a benchmark suite.
 import { readFileSync } from 'node:fs';
 
+import { runBench } from './bench/index.js';
 import { info } from './index.js';
 import { launchProcesses, LAUNCH_USAGE } from './launcher.js';
 import { findLibrary, LIBRARIES, type LibraryReport } from './libraries.js';
@@ -12,6 +14,7 @@ const HELP = `usage: ring-attention <command>
 commands:
   info [--json]   the loaded binary, the backend, the GPU and driver, and where NCCL and cuBLAS were found
   launch ...      one process per GPU, torchrun style (ring-attention launch --help)
+  bench <suite>   mfu, attention, ring or memory; JSON, CSV and SVG under bench/results (ring-attention bench --help)
 `;
 
 const version = (v: number) => (v ? `${Math.floor(v / 1000)}.${(v % 1000) / 10}` : 'none');
@@ -45,6 +48,13 @@ if (command === 'info') {
 } else if (command === 'launch') {
   if (rest[0] === '--help') process.stdout.write(LAUNCH_USAGE);
   else process.exitCode = await launchProcesses(rest);
+} else if (command === 'bench') {
+  try {
+    await runBench(rest);
+  } catch (e) {
+    console.error(`ring-attention bench: ${(e as Error).message}`);
+    process.exitCode = 1;
+  }
 } else {
   process.stdout.write(HELP);
   process.exitCode = command === undefined || command === '--help' || command === 'help' ? 0 : 1;

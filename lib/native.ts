@@ -51,13 +51,14 @@ interface Native {
   groupRecv(id: number, rank: number, peer: number, into: TensorHandle): void;
   groupAllReduce(id: number, rank: number, t: TensorHandle): void;
   groupBarrier(id: number, rank: number): void;
+  // `parts` (benchmarks only): 0 the whole schedule, 1 its compute alone, 2 its transfers alone.
   ringForward(
     id: number, rank: number, q: TensorHandle, k: TensorHandle, v: TensorHandle,
-    causal: boolean, scale: number, zigzag: boolean,
+    causal: boolean, scale: number, zigzag: boolean, parts?: number,
   ): [TensorHandle, TensorHandle];
   ringBackward(
     id: number, rank: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle,
-    out: TensorHandle, lse: TensorHandle, causal: boolean, scale: number, zigzag: boolean,
+    out: TensorHandle, lse: TensorHandle, causal: boolean, scale: number, zigzag: boolean, parts?: number,
   ): [TensorHandle, TensorHandle, TensorHandle];
   /** Per ring step: [qLen, kLen, causal 0|1] that `rank` computes; [0, 0, 0] for a skipped step. */
   ringPlan(rank: number, worldSize: number, seq: number, causal: boolean, zigzag: boolean): [number, number, number][];
@@ -69,10 +70,12 @@ interface Native {
   ncclRecv(id: number, into: TensorHandle, peer: number): void;
   ncclAllReduce(id: number, t: TensorHandle): void;
   ncclBarrier(id: number): void;
-  ncclRingForward(id: number, q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number, zigzag: boolean): [TensorHandle, TensorHandle];
+  ncclRingForward(
+    id: number, q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number, zigzag: boolean, parts?: number,
+  ): [TensorHandle, TensorHandle];
   ncclRingBackward(
     id: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle, out: TensorHandle, lse: TensorHandle,
-    causal: boolean, scale: number, zigzag: boolean,
+    causal: boolean, scale: number, zigzag: boolean, parts?: number,
   ): [TensorHandle, TensorHandle, TensorHandle];
   cudaInfo(): CudaInfo;
   /** 'cmake-js' or 'node-gyp'. */

@@ -259,11 +259,20 @@ Napi::Value GroupBarrier(const Napi::CallbackInfo& info) {
   });
 }
 
-ra::ring::RingShape ring_shape(const Tensor& q, const Tensor& k, bool causal, float scale, bool zigzag) {
+// The ring calls' arguments from `at` on: causal, scale, zigzag, then optionally the parts
+// to run (0 both, 1 compute only, 2 transfers only; benchmarks only).
+ra::ring::RingShape ring_shape(const Napi::CallbackInfo& info, size_t at, const Tensor& q, const Tensor& k) {
   if (q.shape.size() != 4 || k.shape.size() != 4 || q.shape[0] != k.shape[0] || q.shape[1] != k.shape[1] ||
       q.shape[3] != k.shape[3] || k.shape[2] == 0 || q.shape[2] % k.shape[2] != 0)
     throw UserError("RangeError", "ringAttention: inconsistent shapes");
-  return {int(q.shape[0]), int(q.shape[1]), int(q.shape[2]), int(k.shape[2]), int(q.shape[3]), scale, causal, zigzag};
+  ra::ring::RingShape s{int(q.shape[0]), int(q.shape[1]), int(q.shape[2]), int(k.shape[2]), int(q.shape[3]),
+                        info[at + 1].As<Napi::Number>().FloatValue(), info[at].ToBoolean(), info[at + 2].ToBoolean()};
+  if (info.Length() > at + 3 && info[at + 3].IsNumber()) {
+    const int parts = info[at + 3].As<Napi::Number>().Int32Value();
+    if (parts < 0 || parts > 2) throw UserError("RangeError", "parts: expected 0, 1 or 2");
+    s.parts = static_cast<ra::ring::Parts>(parts);
+  }
+  return s;
 }
 
 // ringForward(id, rank, q, k, v, causal, scale, zigzag) -> [out, lse]
@@ -271,7 +280,7 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
     const Tensor &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"), &v = unwrap(env, info[4], "v");
-    auto s = ring_shape(q, k, info[5].ToBoolean(), info[6].As<Napi::Number>().FloatValue(), info[7].ToBoolean());
+    auto s = ring_shape(info, 5, q, k);
     if (q.device == Device::CUDA) {
       auto r = cuda_fwd_outputs(q, s);
       ra::cuda::ring_forward(t, s, q, k, v, r.t[0], r.t[1]);
@@ -290,7 +299,7 @@ Napi::Value RingBackward(const Napi::CallbackInfo& info) {
     auto t = transport(info);
     const Tensor &dout = unwrap(env, info[2], "dout"), &q = unwrap(env, info[3], "q"), &k = unwrap(env, info[4], "k"),
                  &v = unwrap(env, info[5], "v"), &out = unwrap(env, info[6], "out"), &lse = unwrap(env, info[7], "lse");
-    auto s = ring_shape(q, k, info[8].ToBoolean(), info[9].As<Napi::Number>().FloatValue(), info[10].ToBoolean());
+    auto s = ring_shape(info, 8, q, k);
     if (q.device == Device::CUDA) {
       auto r = cuda_bwd_outputs(q, k);
       ra::cuda::ring_backward(t, s, dout, q, k, v, out, lse, r.t[0], r.t[1], r.t[2]);
@@ -394,7 +403,7 @@ Napi::Value NcclBarrier(const Napi::CallbackInfo& info) {
 Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &q = unwrap(env, info[1], "q"), &k = unwrap(env, info[2], "k"), &v = unwrap(env, info[3], "v");
-    auto s = ring_shape(q, k, info[4].ToBoolean(), info[5].As<Napi::Number>().FloatValue(), info[6].ToBoolean());
+    auto s = ring_shape(info, 4, q, k);
     auto r = cuda_fwd_outputs(q, s);
     ra::cuda::ring_forward_nccl(group_id(info[0]), s, q, k, v, r.t[0], r.t[1]);
     return wrap_all(env, r.t);
@@ -406,7 +415,7 @@ Napi::Value NcclRingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &dout = unwrap(env, info[1], "dout"), &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"),
                  &v = unwrap(env, info[4], "v"), &out = unwrap(env, info[5], "out"), &lse = unwrap(env, info[6], "lse");
-    auto s = ring_shape(q, k, info[7].ToBoolean(), info[8].As<Napi::Number>().FloatValue(), info[9].ToBoolean());
+    auto s = ring_shape(info, 7, q, k);
     auto r = cuda_bwd_outputs(q, k);
     ra::cuda::ring_backward_nccl(group_id(info[0]), s, dout, q, k, v, out, lse, r.t[0], r.t[1], r.t[2]);
     return wrap_all(env, r.t);

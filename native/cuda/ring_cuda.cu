@@ -204,22 +204,23 @@ void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const T
   check(cudaGetLastError(), "fill launch");
 
   for (int step = 0; step < N; ++step) {
-    const int cur = step & 1;
+    const int cur = s.moves() ? step & 1 : 0;
+    const bool move = s.moves() && step + 1 < N;
     // The next block moves on `comm` while the kernel below works on this one; kv[1 - cur]
     // is free once the previous step's kernel is done with it.
-    if (step + 1 < N) {
+    if (move) {
       link.exchange(Link::KV, kv[cur]->ptr, kv[1 - cur]->ptr, kv_bytes, comm.s, step > 0 ? &computed[1 - cur] : nullptr);
       arrived.record(comm.s);
     }
     const ring::Plan pl = ring::plan(s, r, (r - step + N) % N);
-    if (!pl.skip) {
+    if (!pl.skip && s.computes()) {
       auto p = step_params(s, pl, static_cast<const char*>(q.storage->ptr), static_cast<const char*>(kv[cur]->ptr), esz,
                            lse.f32());
       p.out_accum = static_cast<float*>(acc.ptr) + pl.q_off * int64_t(s.heads) * s.head_dim;
       flash::forward(p, q.dtype, pl.causal, compute.s);
     }
     computed[cur].record(compute.s);
-    if (step + 1 < N) arrived.wait_on(compute.s);
+    if (move) arrived.wait_on(compute.s);
   }
   link.finish(compute.s, comm.s);
   f32_to_dtype(static_cast<float*>(acc.ptr), out.storage->ptr, out.dtype, n_q, compute.s);
@@ -252,15 +253,17 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
 
   // dK/dV of a block travel with it, gathering every rank's contribution in float32, and
   // reach their owner with one extra hop after the last step.
+  const bool travels = N > 1 && s.moves();  // alone, a block never leaves (and NCCL is not asked to send to itself)
   for (int step = 0; step < N; ++step) {
-    const int cur = step & 1;
-    if (step + 1 < N) {
+    const int cur = s.moves() ? step & 1 : 0;
+    const bool move = s.moves() && step + 1 < N;
+    if (move) {
       link.exchange(Link::KV, kv[cur]->ptr, kv[1 - cur]->ptr, kv_bytes, comm.s, step > 0 ? &computed[1 - cur] : nullptr);
       kv_arrived.record(comm.s);
     }
-    if (step > 0) dkv_arrived.wait_on(compute.s);
+    if (step > 0 && travels) dkv_arrived.wait_on(compute.s);
     const ring::Plan pl = ring::plan(s, r, (r - step + N) % N);
-    if (!pl.skip) {
+    if (!pl.skip && s.computes()) {
       flash::BwdParams bp{};
       bp.fwd = step_params(s, pl, static_cast<const char*>(q.storage->ptr), static_cast<const char*>(kv[cur]->ptr), esz,
                            const_cast<float*>(lse.f32()));
@@ -277,16 +280,16 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
     computed[cur].record(compute.s);
     // dkv[cur] is complete for this rank; the kernel of the previous step, the last reader
     // of dkv[1 - cur], is done before this one.
-    if (N > 1) {  // alone, the block never leaves (and NCCL is not asked to send to itself)
+    if (travels) {
       computed[cur].wait_on(comm.s);
       link.exchange(Link::DKV, dkv[cur]->ptr, dkv[1 - cur]->ptr, dkv_bytes, comm.s, nullptr);
       dkv_arrived.record(comm.s);
     }
-    if (step + 1 < N) kv_arrived.wait_on(compute.s);
+    if (move) kv_arrived.wait_on(compute.s);
   }
-  if (N > 1) dkv_arrived.wait_on(compute.s);  // our own block's dK/dV, home after its last hop
+  if (travels) dkv_arrived.wait_on(compute.s);  // our own block's dK/dV, home after its last hop
   link.finish(compute.s, comm.s);
-  const float* mine = static_cast<const float*>(dkv[N == 1 ? 0 : N & 1]->ptr);
+  const float* mine = static_cast<const float*>(dkv[travels ? N & 1 : 0]->ptr);
   f32_to_dtype(static_cast<float*>(dq_acc.ptr), dq.storage->ptr, dq.dtype, n_q, compute.s);
   f32_to_dtype(mine, dk.storage->ptr, dk.dtype, n_kv, compute.s);
   f32_to_dtype(mine + n_kv, dv.storage->ptr, dv.dtype, n_kv, compute.s);

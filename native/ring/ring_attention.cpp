@@ -104,10 +104,11 @@ void ring_forward(Transport& t, const RingShape& s, const float* q, const float*
   std::fill(lse, lse + size_t(s.batch) * s.heads * s.seq, -std::numeric_limits<float>::infinity());
   Block kv = pack_kv(s, k, v);
   for (int step = 0; step < N; ++step) {
-    if (step + 1 < N) t.send(next, TAG_KV, kv);
+    const bool move = s.moves() && step + 1 < N;
+    if (move) t.send(next, TAG_KV, kv);
     const Plan pl = plan(s, r, (r - step + N) % N);
-    if (!pl.skip) cpu::attention_forward(params(s, pl, q, kv->data(), kv->data() + n_kv, out, lse));
-    if (step + 1 < N) kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block");
+    if (!pl.skip && s.computes()) cpu::attention_forward(params(s, pl, q, kv->data(), kv->data() + n_kv, out, lse));
+    if (move) kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block");
   }
 }
 
@@ -123,16 +124,18 @@ void ring_backward(Transport& t, const RingShape& s, const float* dout, const fl
   Block kv = pack_kv(s, k, v);
   // dK/dV of a block travel with it, gathering every rank's contribution in float32, and
   // reach their owner with one extra hop after the last step.
+  Block dkv = std::make_shared<std::vector<float>>(2 * n_kv, 0.f);
   for (int step = 0; step < N; ++step) {
-    if (step + 1 < N) t.send(next, TAG_KV, kv);
-    Block dkv = step == 0 ? std::make_shared<std::vector<float>>(2 * n_kv, 0.f) : checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block");
+    const bool move = s.moves() && step + 1 < N;
+    if (move) t.send(next, TAG_KV, kv);
+    if (step > 0 && s.moves()) dkv = checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block");
     const Plan pl = plan(s, r, (r - step + N) % N);
-    if (!pl.skip)
+    if (!pl.skip && s.computes())
       cpu::attention_backward(bwd_params(s, pl, q, kv->data(), n_kv, out, lse, dout, delta.data(), dq, dkv->data()));
-    t.send(next, TAG_DKV, dkv);
-    if (step + 1 < N) kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block");
+    if (s.moves()) t.send(next, TAG_DKV, dkv);
+    if (move) kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block");
   }
-  Block mine = checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block");
+  Block mine = s.moves() ? checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block") : dkv;
   std::copy(mine->begin(), mine->begin() + n_kv, dk);
   std::copy(mine->begin() + n_kv, mine->end(), dv);
 }

@@ -6,11 +6,18 @@
 
 namespace ra::ring {
 
+// Which parts of the ring schedule run. Only benchmarks ask for one part alone, to time a
+// step's compute and its transfers apart; the results of a part alone are meaningless.
+enum class Parts { Both = 0, ComputeOnly = 1, TransfersOnly = 2 };
+
 struct RingShape {
   int batch, seq, heads, kv_heads, head_dim;  // seq: this rank's shard length
   float scale;
   bool causal;
   bool zigzag;  // shard = chunks (r, 2N-1-r) of 2N; else contiguous chunk r of N
+  Parts parts = Parts::Both;
+  bool computes() const { return parts != Parts::TransfersOnly; }
+  bool moves() const { return parts != Parts::ComputeOnly; }
 };
 
 // The part of the block that started on rank `src` which rank `rank` computes with: query

@@ -1,0 +1,142 @@
+// `bench attention`: our attention kernels' forward, backward and forward+backward TFLOP/s
+// against sequence length, beside PyTorch's scaled_dot_product_attention (each backend torch
+// offers on this device) in the same run when python3 can import torch. FLOPs: forward
+// 4·b·s²·h·d, halved when causal; backward 2.5x forward; recomputation not counted.
+// bfloat16 on CUDA (flash-attention's benchmark shapes: batch x seq = 16K tokens, heads x dim
+// = 2048), float32 on the CPU.
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+
+import { attention, attentionBackward } from '../attention.js';
+import { cudaSynchronize } from '../index.js';
+import { tensor, type Tensor } from '../tensor.js';
+import { medianMs, randomArray } from './timing.js';
+import { packageRoot, type Column } from './report.js';
+import { intList, intOption, type Suite } from './suite.js';
+
+interface Config { batch: number; seq: number; heads: number; dim: number; causal: boolean }
+
+interface Timings { forwardMs: number; backwardMs: number; totalMs: number }
+
+export interface AttentionRow extends Config {
+  /** 'ours' or a torch backend (flash, cudnn, efficient, math). */
+  impl: string;
+  forwardMs: number | null;
+  backwardMs: number | null;
+  totalMs: number | null;
+  forwardTflops: number | null;
+  backwardTflops: number | null;
+  totalTflops: number | null;
+  /** Ours: fastest torch backend's fwd+bwd time / ours (above 1: ours faster). */
+  ratioToBestTorch: number | null;
+  error?: string;
+}
+
+const flops = (c: Config) => (4 * c.batch * c.seq * c.seq * c.heads * c.dim) / (c.causal ? 2 : 1);
+const tf = (f: number, ms: number | null | undefined) => (ms ? f / (ms * 1e-3) / 1e12 : null);
+
+function ours(c: Config, device: 'cpu' | 'cuda', reps: number): Timings {
+  const shape = [c.batch, c.seq, c.heads, c.dim];
+  const n = shape.reduce((a, b) => a * b, 1);
+  const opts = device === 'cuda' ? { dtype: 'bfloat16' as const, device: 'cuda' as const } : {};
+  const [q, k, v, dout] = [0, 1, 2, 3].map(() => tensor(randomArray(n), shape, opts)) as [Tensor, Tensor, Tensor, Tensor];
+  const sync = device === 'cuda' ? cudaSynchronize : () => {};
+  const dispose = (...ts: Tensor[]) => ts.forEach((t) => t.dispose());
+  const fwd = attention(q, k, v, { causal: c.causal });
+  try {
+    return {
+      forwardMs: medianMs(() => { const r = attention(q, k, v, { causal: c.causal }); dispose(r.out, r.lse); }, reps, sync),
+      backwardMs: medianMs(() => {
+        const g = attentionBackward(dout, q, k, v, fwd.out, fwd.lse, { causal: c.causal });
+        dispose(g.dq, g.dk, g.dv);
+      }, reps, sync),
+      totalMs: medianMs(() => {
+        const r = attention(q, k, v, { causal: c.causal });
+        const g = attentionBackward(dout, q, k, v, r.out, r.lse, { causal: c.causal });
+        dispose(r.out, r.lse, g.dq, g.dk, g.dv);
+      }, reps, sync),
+    };
+  } finally {
+    dispose(q, k, v, dout, fwd.out, fwd.lse);
+  }
+}
+
+/** Torch's rows, or why there are none. */
+function torchRows(configs: Config[], reps: number, device: string): { rows: (Config & Partial<Timings> & { backend: string; error?: string })[]; meta: unknown } | string {
+  const script = join(packageRoot, 'bench', 'sdpa_bench.py');
+  const r = spawnSync('python3', [script, JSON.stringify(configs), String(reps), device], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  if (r.status !== 0) return (r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').pop()!;
+  const [meta, ...rows] = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  return { meta, rows };
+}
+
+export const attentionSuite: Suite<AttentionRow> = {
+  name: 'attention',
+  summary: 'our attention kernels beside PyTorch SDPA, TFLOP/s against sequence length',
+  options: {
+    'min-seq': { type: 'string', help: 'first sequence length', cpu: '256', cuda: '1024', smoke: '64' },
+    'max-seq': { type: 'string', help: 'last sequence length (doubling)', cpu: '2048', cuda: '32768', smoke: '128' },
+    dims: { type: 'string', help: 'head dims', cpu: '64,128', cuda: '64,128', smoke: '32' },
+    'head-width': { type: 'string', help: 'heads x head dim', cpu: '256', cuda: '2048', smoke: '64' },
+    tokens: { type: 'string', help: 'batch x seq per config (batch 1 beyond)', cpu: '2048', cuda: '16384', smoke: '128' },
+    reps: { type: 'string', help: 'timed runs per figure (median)', cpu: '3', cuda: '10', smoke: '1' },
+    'no-torch': { type: 'boolean', help: 'do not run PyTorch' },
+  },
+  async run(o, ctx) {
+    const reps = intOption(o, 'reps'), width = intOption(o, 'head-width'), tokens = intOption(o, 'tokens');
+    const configs: Config[] = [];
+    for (const dim of intList(o, 'dims'))
+      for (const causal of [false, true])
+        for (let seq = intOption(o, 'min-seq'); seq <= intOption(o, 'max-seq'); seq *= 2)
+          configs.push({ batch: Math.max(1, Math.floor(tokens / seq)), seq, heads: Math.max(1, Math.floor(width / dim)), dim, causal });
+    const notes: string[] = [];
+    const torch = o['no-torch'] ? 'not asked for (--no-torch)' : torchRows(configs, reps, ctx.device);
+    if (typeof torch === 'string') notes.push(`PyTorch SDPA not measured: ${torch}`);
+    else notes.push(`PyTorch: ${JSON.stringify(torch.meta)}`);
+
+    const rows: AttentionRow[] = [];
+    const progress = ctx.progress(configs.length);
+    try {
+      for (const c of configs) {
+        progress.start(`seq ${c.seq} dim ${c.dim}${c.causal ? ' causal' : ''}`);
+        const f = flops(c);
+        const row = (impl: string, t: Partial<Timings>, error?: string): AttentionRow => ({
+          ...c, impl, forwardMs: t.forwardMs ?? null, backwardMs: t.backwardMs ?? null, totalMs: t.totalMs ?? null,
+          forwardTflops: tf(f, t.forwardMs), backwardTflops: tf(2.5 * f, t.backwardMs), totalTflops: tf(3.5 * f, t.totalMs),
+          ratioToBestTorch: null, ...(error ? { error } : {}),
+        });
+        const mine = row('ours', ours(c, ctx.device, reps));
+        const theirs = typeof torch === 'string' ? [] : torch.rows
+          .filter((r) => r.seq === c.seq && r.dim === c.dim && r.causal === c.causal)
+          .map((r) => row(`torch ${r.backend}`, r, r.error));
+        const best = theirs.filter((r) => r.totalMs).sort((a, b) => a.totalMs! - b.totalMs!)[0];
+        if (best) mine.ratioToBestTorch = best.totalMs! / mine.totalMs!;
+        rows.push(mine, ...theirs);
+        progress.done(`ours ${mine.totalTflops!.toFixed(3)} TFLOP/s fwd+bwd${best ? `, x${mine.ratioToBestTorch!.toFixed(2)} torch ${best.impl.slice(6)}` : ''}`);
+      }
+    } finally {
+      progress.stop();
+    }
+    notes.push(`ours/torch: the fastest torch backend's fwd+bwd time over ours, per row (above 1: ours is faster); ${ctx.device === 'cuda' ? 'bfloat16' : 'float32'}`);
+    return { suite: 'attention', params: o, rows, notes, columns: COLUMNS, chart: {
+      title: 'Attention forward+backward TFLOP/s',
+      x: { title: 'sequence length', value: (r) => r.seq, log2: true },
+      y: { title: 'TFLOP/s (fwd+bwd)', value: (r) => r.totalTflops },
+      series: (r) => `${r.impl}, d${r.dim}${r.causal ? ', causal' : ''}`,
+    } };
+  },
+};
+
+const COLUMNS: Column<AttentionRow>[] = [
+  { header: 'impl', value: (r) => r.impl },
+  { header: 'seq', value: (r) => r.seq },
+  { header: 'batch', value: (r) => r.batch },
+  { header: 'heads', value: (r) => r.heads },
+  { header: 'dim', value: (r) => r.dim },
+  { header: 'causal', value: (r) => (r.causal ? 'yes' : 'no') },
+  { header: 'fwd TFLOP/s', value: (r) => r.forwardTflops, digits: 3 },
+  { header: 'bwd TFLOP/s', value: (r) => r.backwardTflops, digits: 3 },
+  { header: 'fwd+bwd TFLOP/s', value: (r) => r.totalTflops, digits: 3 },
+  { header: 'ours/torch', value: (r) => r.ratioToBestTorch, digits: 2 },
+  { header: 'error', value: (r) => r.error ?? null },
+];

@@ -1,0 +1,102 @@
+// `bench memory`: peak memory of a training step against context length, with gradient
+// checkpointing on and off. What the step adds to the weights, gradients and AdamW moments
+// ("activations") should grow linearly with the context (blockwise attention and FFN keep no
+// seq x seq or seq x ffn tensors), with a slope of about one hidden-sized vector per token per
+// layer plus one layer's working set when checkpointing (the paper's Table 1). The suite fits
+// that line and prints its slope in hidden-sized float32 vectors per token per layer.
+import type { Column } from './report.js';
+import { intOption, type Suite } from './suite.js';
+import { measureStep, type StepArgs } from './train-step.js';
+import type { LlamaConfig } from '../llama-config.js';
+
+export interface MemoryRow {
+  model: string;
+  context: number;
+  checkpoint: boolean;
+  /** Weights, gradients and optimizer moments: held before the step. */
+  baseBytes: number;
+  peakBytes: number;
+  /** peak - base: what the step itself needs. */
+  activationBytes: number;
+  /** activationBytes / (context x layers x hidden x 4): float32 hidden-sized vectors per token per layer. */
+  vectorsPerTokenLayer: number;
+}
+
+/** Least-squares line through (x, y); r2 is the share of the variance it explains. */
+export function fitLine(xs: number[], ys: number[]): { slope: number; intercept: number; r2: number } {
+  const n = xs.length, mx = xs.reduce((a, b) => a + b, 0) / n, my = ys.reduce((a, b) => a + b, 0) / n;
+  let sxy = 0, sxx = 0, syy = 0;
+  for (let i = 0; i < n; ++i) {
+    sxy += (xs[i]! - mx) * (ys[i]! - my);
+    sxx += (xs[i]! - mx) ** 2;
+    syy += (ys[i]! - my) ** 2;
+  }
+  const slope = sxx ? sxy / sxx : 0;
+  return { slope, intercept: my - slope * mx, r2: syy ? (sxy * sxy) / (sxx * syy) : 1 };
+}
+
+export const memorySuite: Suite<MemoryRow> = {
+  name: 'memory',
+  summary: 'peak memory of a training step against context length, checkpointing on and off',
+  options: {
+    model: { type: 'string', help: 'preset (tiny, 125M, 1B, 7B) or a config.json path', cpu: 'tiny', cuda: '1B' },
+    'min-context': { type: 'string', help: 'first context length', cpu: '256', cuda: '4096', smoke: '64' },
+    'max-context': { type: 'string', help: 'last context length; 0: double until a step does not fit', cpu: '4096', cuda: '0', smoke: '256' },
+  },
+  async run(o, ctx) {
+    const config: LlamaConfig = await ctx.modelConfig(o.model as string);
+    const max = Number(o['max-context']) || Infinity;
+    const contexts: number[] = [];
+    for (let c = intOption(o, 'min-context'); c <= max && contexts.length < 64; c *= 2) contexts.push(c);
+    const rows: MemoryRow[] = [];
+    const notes: string[] = [];
+    const progress = ctx.progress(2 * contexts.length);
+    try {
+      for (const checkpoint of [true, false])
+        for (const context of contexts) {
+          progress.start(`context ${context}, checkpointing ${checkpoint ? 'on' : 'off'}`);
+          const args: StepArgs = { config, device: ctx.device, context, checkpoint, layout: 'contiguous', steps: 0, breakdown: false };
+          let m;
+          try {
+            m = measureStep(args);
+          } catch (e) {
+            notes.push(`context ${context}, checkpointing ${checkpoint ? 'on' : 'off'}: stopped (${(e as Error).message.split('\n')[0]})`);
+            progress.done('does not fit');
+            if (rows.length === 0) throw e;
+            break;
+          }
+          const activationBytes = m.peakBytes - m.baseBytes;
+          rows.push({ model: String(o.model), context, checkpoint, baseBytes: m.baseBytes, peakBytes: m.peakBytes, activationBytes,
+            vectorsPerTokenLayer: activationBytes / (context * config.num_hidden_layers * config.hidden_size * 4) });
+          progress.done(`peak ${(m.peakBytes / 2 ** 20).toFixed(1)} MiB`);
+        }
+    } finally {
+      progress.stop();
+    }
+    for (const checkpoint of [true, false]) {
+      const rs = rows.filter((r) => r.checkpoint === checkpoint);
+      if (rs.length < 2) continue;
+      const f = fitLine(rs.map((r) => r.context), rs.map((r) => r.activationBytes));
+      notes.push(`checkpointing ${checkpoint ? 'on ' : 'off'}: activations = ${(f.intercept / 2 ** 20).toFixed(1)} MiB + ` +
+        `${(f.slope / 1024).toFixed(1)} KiB x context (r² ${f.r2.toFixed(4)}); ` +
+        `${(f.slope / (config.num_hidden_layers * config.hidden_size * 4)).toFixed(2)} float32 hidden vectors per token per layer`);
+    }
+    notes.push(ctx.device === 'cuda' ? 'bytes from the CUDA caching allocator (tensors in use, not the cache)'
+      : 'bytes of CPU tensor storage (op workspaces, bounded by their block sizes, are not counted)');
+    return { suite: 'memory', params: o, rows, notes, columns: COLUMNS, chart: {
+      title: `Peak memory of a training step, ${o.model}`,
+      x: { title: 'context length (tokens)', value: (r) => r.context, log2: true },
+      y: { title: 'peak memory (GiB)', value: (r) => r.peakBytes / 2 ** 30 },
+      series: (r) => `checkpointing ${r.checkpoint ? 'on' : 'off'}`,
+    } };
+  },
+};
+
+const COLUMNS: Column<MemoryRow>[] = [
+  { header: 'context', value: (r) => r.context },
+  { header: 'checkpoint', value: (r) => (r.checkpoint ? 'on' : 'off') },
+  { header: 'base MiB', value: (r) => r.baseBytes / 2 ** 20, digits: 1 },
+  { header: 'peak MiB', value: (r) => r.peakBytes / 2 ** 20, digits: 1 },
+  { header: 'activations MiB', value: (r) => r.activationBytes / 2 ** 20, digits: 2 },
+  { header: 'vectors/token/layer', value: (r) => r.vectorsPerTokenLayer, digits: 2 },
+];

@@ -1,0 +1,124 @@
+// `bench mfu`: a LLaMA training step at context lengths doubling from --min-context until
+// one does not fit (or --max-context), with tokens/s, achieved TFLOP/s and MFU per length,
+// and a breakdown of the step by op family at each. On one device, on N in-process ranks
+// (--ranks), or on every process of a launched NCCL job (each GPU holds 1/N of the context).
+import { launch } from '../launch.js';
+import { initProcessGroup } from '../process-group.js';
+import { parameterCount } from '../llama-config.js';
+import { flopsPerToken, peakTflops } from './flops.js';
+import type { Breakdown } from './profile.js';
+import type { Column } from './report.js';
+import type { Suite, SuiteContext } from './suite.js';
+import { measureStep, resolveConfig, type StepArgs, type StepMeasure } from './train-step.js';
+
+export interface MfuRow {
+  model: string;
+  context: number;
+  ranks: number;
+  stepMs: number;
+  tokensPerSecond: number;
+  /** Model FLOPs per second over the whole group. */
+  tflops: number;
+  /** tflops / (peak x ranks), null when the peak is unknown. */
+  mfu: number | null;
+  loss: number;
+  peakBytes: number;
+  breakdownMs: Breakdown | null;
+}
+
+const FAMILY_ORDER = ['attention', 'feed-forward', 'linear (q,k,v,o)', 'LM head + loss', 'RMSNorm', 'RoPE', 'embedding',
+  'optimizer + clipping', 'gradient all-reduce', 'other'];
+
+export const mfuSuite: Suite<MfuRow> = {
+  name: 'mfu',
+  summary: 'training-step MFU of a LLaMA preset against context length',
+  options: {
+    model: { type: 'string', help: 'preset (tiny, 125M, 1B, 7B) or a config.json path', cpu: 'tiny', cuda: '1B' },
+    'min-context': { type: 'string', help: 'first context length (tokens, whole sequence)', cpu: '256', cuda: '4096', smoke: '64' },
+    'max-context': { type: 'string', help: 'last context length; default: double until a step does not fit', cpu: '1024', cuda: '0', smoke: '128' },
+    ranks: { type: 'string', help: 'in-process ranks sharing this device (a launched NCCL job uses its own size)', cpu: '1', cuda: '1' },
+    steps: { type: 'string', help: 'timed steps per length (median), after one warm-up step', cpu: '3', cuda: '3', smoke: '1' },
+    layout: { type: 'string', help: 'contiguous or zigzag', cpu: 'zigzag', cuda: 'zigzag' },
+    'peak-tflops': { type: 'string', help: 'the device peak, for a GPU not in the table or for the CPU', cpu: '', cuda: '' },
+    'no-checkpoint': { type: 'boolean', help: 'keep every activation instead of recomputing each layer' },
+  },
+  async run(o, ctx) {
+    const config = await ctx.modelConfig(o.model as string);
+    const launched = ctx.launchedWorldSize > 1;
+    const group = launched ? await initProcessGroup({ backend: 'nccl' }) : undefined;
+    const ranks = launched ? ctx.launchedWorldSize : Number(o.ranks);
+    const peak = o['peak-tflops'] ? { tflops: Number(o['peak-tflops']), matched: '--peak-tflops' } : peakTflops(ctx.machine.gpu);
+    const rows: MfuRow[] = [];
+    const notes: string[] = [];
+    const max = Number(o['max-context']) || Infinity;
+    const contexts: number[] = [];
+    for (let c = Number(o['min-context']); c <= max && contexts.length < 64; c *= 2) contexts.push(c);
+    const progress = ctx.progress(Number.isFinite(max) ? contexts.length : contexts.length);
+    try {
+      for (const context of contexts) {
+        progress.start(`context ${context}`);
+        const args: StepArgs = { config, device: ctx.device, context, checkpoint: !o['no-checkpoint'], layout: o.layout as never,
+          steps: Number(o.steps), breakdown: true };
+        let m: StepMeasure;
+        try {
+          m = group ? measureStep(args, group)
+            : ranks === 1 ? measureStep(args)
+            : (await launch({ worldSize: ranks, device: ctx.device }, new URL('./train-step.js', import.meta.url), args))[0] as StepMeasure;
+        } catch (e) {
+          const why = (e as Error).message.split('\n')[0]!;
+          notes.push(`context ${context}: stopped (${why})`);
+          progress.done('does not run');
+          if (rows.length === 0) throw e;
+          break;
+        }
+        const tflops = (flopsPerToken(config, context) * context) / (m.stepMs! * 1e-3) / 1e12;
+        const row: MfuRow = {
+          model: String(o.model), context, ranks, stepMs: m.stepMs!, tokensPerSecond: context / (m.stepMs! * 1e-3), tflops,
+          mfu: peak ? tflops / (peak.tflops * ranks) : null, loss: m.loss, peakBytes: m.peakBytes, breakdownMs: m.breakdown,
+        };
+        rows.push(row);
+        progress.done(`${row.tokensPerSecond.toFixed(0)} tokens/s${row.mfu === null ? '' : `, MFU ${(row.mfu * 100).toFixed(1)}%`}`);
+      }
+    } finally {
+      progress.stop();
+      group?.destroy();
+    }
+    notes.push(`model ${o.model}: ${(parameterCount(config) / 1e6).toFixed(1)}M parameters; FLOPs per token = 6 x matmul parameters + ` +
+      '12 x layers x heads x head dim x context / 2 (causal), recomputation not counted');
+    notes.push(peak ? `peak ${peak.tflops} TFLOP/s per device (${peak.matched}, dense bfloat16)` :
+      `MFU not computed: no peak known for ${ctx.machine.gpu ?? 'the CPU'} (give --peak-tflops)`);
+    if (ranks > 1 && !launched) notes.push(`${ranks} in-process ranks share one device; MFU is against one device's peak x ${ranks}`);
+    const last = rows.at(-1)?.breakdownMs;
+    if (last) {
+      const total = Object.values(last).reduce((a, b) => a + b, 0);
+      notes.push(`where a step goes at context ${rows.at(-1)!.context} (one profiled step, device synced around each op): ` +
+        FAMILY_ORDER.filter((f) => last[f]).map((f) => `${f} ${((100 * last[f]!) / total).toFixed(0)}%`).join(', '));
+    }
+    return { suite: 'mfu', params: { ...o, ranks }, rows, notes, columns: COLUMNS, chart: {
+      title: `Training-step ${peak ? 'MFU' : 'TFLOP/s'}, ${o.model}`,
+      x: { title: 'context length (tokens)', value: (r) => r.context, log2: true },
+      y: peak ? { title: 'MFU', value: (r) => r.mfu, format: '%' } : { title: 'model TFLOP/s', value: (r) => r.tflops },
+      series: (r) => `${r.model}, ${r.ranks} rank${r.ranks > 1 ? 's' : ''}`,
+      ...(peak ? { rule: { y: 0.5, label: 'target 50%' } } : {}),
+    } };
+  },
+};
+
+const COLUMNS: Column<MfuRow>[] = [
+  { header: 'context', value: (r) => r.context },
+  { header: 'ranks', value: (r) => r.ranks },
+  { header: 'step ms', value: (r) => r.stepMs, digits: 1 },
+  { header: 'tokens/s', value: (r) => r.tokensPerSecond, digits: 0 },
+  { header: 'TFLOP/s', value: (r) => r.tflops, digits: 3 },
+  { header: 'MFU %', value: (r) => (r.mfu === null ? null : r.mfu * 100), digits: 1 },
+  { header: 'peak MiB', value: (r) => r.peakBytes / 2 ** 20, digits: 1 },
+  { header: 'attention %', value: (r) => share(r, 'attention'), digits: 0 },
+  { header: 'ffn %', value: (r) => share(r, 'feed-forward'), digits: 0 },
+  { header: 'loss', value: (r) => r.loss, digits: 3 },
+];
+
+function share(r: MfuRow, family: string): number | null {
+  if (!r.breakdownMs) return null;
+  const total = Object.values(r.breakdownMs).reduce((a, b) => a + b, 0);
+  return (100 * (r.breakdownMs[family] ?? 0)) / total;
+}

@@ -1,0 +1,144 @@
+// What every benchmark result carries (machine, versions, commit, date, the exact command),
+// and writing it: a table on stdout, then JSON, CSV and an SVG chart under the output folder.
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import { stringify } from 'csv-stringify/sync';
+
+import { info } from '../index.js';
+import { findLibrary, LIBRARIES } from '../libraries.js';
+import { native } from '../native.js';
+import { renderChart, type ChartSpec } from './chart.js';
+
+export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export interface Machine {
+  device: 'cpu' | 'cuda';
+  gpu: string | null;
+  gpuMemoryBytes: number | null;
+  driver: string | null;
+  cudaRuntime: string | null;
+  nccl: string | null;
+  cpu: string;
+  cores: number;
+  node: string;
+  binary: string;
+}
+
+/** CUDA's version codes (12040) as text (12.4). */
+const cudaVersion = (v: number) => (v ? `${Math.floor(v / 1000)}.${(v % 1000) / 10}` : null);
+
+/** NCCL's version where it can be loaded (loading it has no other effect), else null. */
+function ncclVersion(): string | null {
+  const found = findLibrary(LIBRARIES.nccl);
+  if (!found.path) return null;
+  try {
+    const code = native.ncclLoad(found.path);  // e.g. 22703 -> 2.27.3
+    return `${Math.floor(code / 10000)}.${Math.floor(code / 100) % 100}.${code % 100}`;
+  } catch {
+    return null;
+  }
+}
+
+export function describeMachine(device: 'cpu' | 'cuda'): Machine {
+  const i = info();
+  const gpu = device === 'cuda' ? i.cuda.devices[0] : undefined;
+  return {
+    device,
+    gpu: gpu?.name ?? null,
+    gpuMemoryBytes: gpu?.totalMemory ?? null,
+    driver: device === 'cuda' ? cudaVersion(i.cuda.driverVersion) : null,
+    cudaRuntime: device === 'cuda' ? cudaVersion(i.cuda.runtimeVersion) : null,
+    nccl: device === 'cuda' ? ncclVersion() : null,
+    cpu: cpus()[0]?.model ?? 'unknown',
+    cores: cpus().length,
+    node: process.version,
+    binary: i.binary,
+  };
+}
+
+/** HEAD of the checkout the package runs from, or the package version when it is not one. */
+export function commitOf(): string {
+  try {
+    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: packageRoot, stdio: ['ignore', 'pipe', 'ignore'] })
+      .toString().trim();
+  } catch {
+    const pkg = JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string };
+    return `v${pkg.version}`;
+  }
+}
+
+/** One column of the table and the CSV: a header and how to read it from a row. */
+export interface Column<R> {
+  header: string;
+  value: (row: R) => string | number | boolean | null;
+  /** Digits after the point in the table (CSV keeps full precision). */
+  digits?: number;
+}
+
+export function formatTable<R>(columns: Column<R>[], rows: R[]): string {
+  const cell = (c: Column<R>, r: R) => {
+    const v = c.value(r);
+    if (v === null || (typeof v === 'number' && !Number.isFinite(v))) return '-';
+    return typeof v === 'number' && c.digits !== undefined ? v.toFixed(c.digits) : String(v);
+  };
+  const cells = rows.map((r) => columns.map((c) => cell(c, r)));
+  const widths = columns.map((c, j) => Math.max(c.header.length, ...cells.map((row) => row[j]!.length)));
+  const line = (xs: string[]) => xs.map((x, j) => x.padStart(widths[j]!)).join('  ');
+  return [line(columns.map((c) => c.header)), line(widths.map((w) => '-'.repeat(w))), ...cells.map(line)].join('\n');
+}
+
+export interface SuiteResult<R> {
+  suite: string;
+  /** Suite parameters as given (after defaults), recorded in the JSON. */
+  params: Record<string, unknown>;
+  rows: R[];
+  columns: Column<R>[];
+  chart: ChartSpec<R> | null;
+  /** Lines printed under the table: what limits the figures, what was not measured. */
+  notes: string[];
+}
+
+export interface Written {
+  json: string;
+  csv: string;
+  svg: string | null;
+  /** Why there is no chart, when there is none. */
+  chartSkipped?: string;
+}
+
+/** Prints the table and notes, writes JSON, CSV and (when vega is installed) the SVG chart. */
+export async function writeResult<R>(result: SuiteResult<R>, machine: Machine, outDir: string, argv: string[]): Promise<Written> {
+  const commit = commitOf();
+  const date = new Date().toISOString();
+  const base = join(outDir, `${result.suite}-${machine.device}-${date.slice(0, 10)}-${commit}`);
+  mkdirSync(outDir, { recursive: true });
+  console.log(formatTable(result.columns, result.rows));
+  for (const n of result.notes) console.log(n);
+
+  const json = `${base}.json`;
+  writeFileSync(json, JSON.stringify({
+    suite: result.suite, date, commit, command: ['ring-attention', 'bench', ...argv].join(' '), machine,
+    params: result.params, notes: result.notes, rows: result.rows,
+  }, null, 2) + '\n');
+  const csv = `${base}.csv`;
+  writeFileSync(csv, stringify([result.columns.map((c) => c.header), ...result.rows.map((r) => result.columns.map((c) => c.value(r)))]));
+
+  const written: Written = { json, csv, svg: null };
+  if (result.chart) {
+    const title = `${result.chart.title} — ${machine.gpu ?? machine.cpu}, ${date.slice(0, 10)}, ${commit}`;
+    const chart = await renderChart({ ...result.chart, title }, result.rows);
+    if (typeof chart === 'string') {
+      written.svg = `${base}.svg`;
+      writeFileSync(written.svg, chart);
+    } else {
+      written.chartSkipped = chart.skipped;
+    }
+  }
+  console.log(`wrote ${[written.json, written.csv, written.svg].filter(Boolean).join(', ')}`);
+  if (written.chartSkipped) console.log(`no chart: ${written.chartSkipped}`);
+  return written;
+}

@@ -1,0 +1,139 @@
+// `bench ring`: the ring of N in-process ranks on this device against single-device
+// attention over the same total sequence, forward and backward, at per-rank blocks doubling
+// from --min-block. The ranks share the device, so the work is equal: a ratio near 1 means
+// the ring adds nothing (issue #5's target: <= 1.05 from 4K-token blocks). Each ring call is
+// also timed with its compute alone and its transfers alone: when the transfers hide under
+// the compute, the whole takes about max(compute, transfers), not their sum.
+import { attention, attentionBackward } from '../attention.js';
+import { cudaSynchronize } from '../index.js';
+import { launch } from '../launch.js';
+import type { Layout } from '../shard.js';
+import { tensor, type Tensor } from '../tensor.js';
+import type { Column } from './report.js';
+import type { RingParts, RingRankArgs } from './ring-rank.js';
+import { intList, intOption, type Suite } from './suite.js';
+import { medianMs, randomArray } from './timing.js';
+
+export interface RingRow {
+  ranks: number;
+  block: number;
+  total: number;
+  singleForwardMs: number;
+  singleBackwardMs: number;
+  forward: RingParts;
+  backward: RingParts;
+  /** Ring time / single-device time. */
+  ratioForward: number;
+  ratioBackward: number;
+  /** Whole / max(compute alone, transfers alone): 1 when the transfers hide completely. */
+  overlapForward: number;
+  overlapBackward: number;
+}
+
+function single(seq: number, a: RingRankArgs): { forwardMs: number; backwardMs: number } {
+  const opts = a.device === 'cuda' ? { dtype: 'bfloat16' as const, device: 'cuda' as const } : {};
+  const make = (h: number) => tensor(randomArray(seq * h * a.dim), [1, seq, h, a.dim], opts);
+  const [q, k, v, dout] = [make(a.heads), make(a.kvHeads), make(a.kvHeads), make(a.heads)] as [Tensor, Tensor, Tensor, Tensor];
+  const sync = a.device === 'cuda' ? cudaSynchronize : () => {};
+  const fwd = attention(q, k, v, { causal: a.causal });
+  try {
+    return {
+      forwardMs: medianMs(() => { const o = attention(q, k, v, { causal: a.causal }); o.out.dispose(); o.lse.dispose(); }, a.reps, sync),
+      backwardMs: medianMs(() => {
+        const g = attentionBackward(dout, q, k, v, fwd.out, fwd.lse, { causal: a.causal });
+        g.dq.dispose(); g.dk.dispose(); g.dv.dispose();
+      }, a.reps, sync),
+    };
+  } finally {
+    for (const t of [q, k, v, dout, fwd.out, fwd.lse]) t.dispose();
+  }
+}
+
+const worst = (rs: { forward: RingParts; backward: RingParts }[], pass: 'forward' | 'backward'): RingParts => ({
+  both: Math.max(...rs.map((r) => r[pass].both)),
+  compute: Math.max(...rs.map((r) => r[pass].compute)),
+  transfers: Math.max(...rs.map((r) => r[pass].transfers)),
+});
+
+export const ringSuite: Suite<RingRow> = {
+  name: 'ring',
+  summary: 'ring overhead against single-device attention for N in-process ranks; compute and transfers apart',
+  options: {
+    ranks: { type: 'string', help: 'ring sizes', cpu: '2,4', cuda: '2,4,8', smoke: '2' },
+    'min-block': { type: 'string', help: 'first per-rank block (tokens)', cpu: '256', cuda: '1024', smoke: '32' },
+    'max-block': { type: 'string', help: 'last per-rank block (doubling)', cpu: '1024', cuda: '32768', smoke: '64' },
+    heads: { type: 'string', help: 'query heads', cpu: '4', cuda: '16', smoke: '2' },
+    'kv-heads': { type: 'string', help: 'key/value heads', cpu: '4', cuda: '16', smoke: '2' },
+    dim: { type: 'string', help: 'head dim', cpu: '64', cuda: '128', smoke: '16' },
+    layout: { type: 'string', help: 'zigzag or contiguous', cpu: 'zigzag', cuda: 'zigzag' },
+    reps: { type: 'string', help: 'timed runs per figure (median)', cpu: '3', cuda: '5', smoke: '1' },
+    'no-causal': { type: 'boolean', help: 'full attention instead of causal' },
+  },
+  async run(o, ctx) {
+    const base = {
+      heads: intOption(o, 'heads'), kvHeads: intOption(o, 'kv-heads'), dim: intOption(o, 'dim'), causal: !o['no-causal'],
+      layout: o.layout as Layout, reps: intOption(o, 'reps'), device: ctx.device,
+    };
+    const points: [number, number][] = [];
+    for (const n of intList(o, 'ranks'))
+      for (let b = intOption(o, 'min-block'); b <= intOption(o, 'max-block'); b *= 2) points.push([n, b]);
+    const rows: RingRow[] = [];
+    const notes: string[] = [];
+    const progress = ctx.progress(points.length);
+    try {
+      for (const [ranks, block] of points) {
+        progress.start(`${ranks} ranks x ${block} tokens`);
+        const args: RingRankArgs = { ...base, block };
+        let results: { forward: RingParts; backward: RingParts }[], s: { forwardMs: number; backwardMs: number };
+        try {
+          s = single(ranks * block, args);
+          results = await launch({ worldSize: ranks, device: ctx.device }, new URL('./ring-rank.js', import.meta.url), args) as typeof results;
+        } catch (e) {
+          notes.push(`${ranks} ranks x ${block}: stopped (${(e as Error).message.split('\n')[0]})`);
+          progress.done('does not run');
+          continue;
+        }
+        const forward = worst(results, 'forward'), backward = worst(results, 'backward');
+        const row: RingRow = {
+          ranks, block, total: ranks * block, singleForwardMs: s.forwardMs, singleBackwardMs: s.backwardMs, forward, backward,
+          ratioForward: forward.both / s.forwardMs, ratioBackward: backward.both / s.backwardMs,
+          overlapForward: forward.both / Math.max(forward.compute, forward.transfers),
+          overlapBackward: backward.both / Math.max(backward.compute, backward.transfers),
+        };
+        rows.push(row);
+        progress.done(`ring/single fwd ${row.ratioForward.toFixed(2)}, bwd ${row.ratioBackward.toFixed(2)}`);
+      }
+    } finally {
+      progress.stop();
+    }
+    notes.push(`ring/single: ring time over single-device time for the same total sequence (the ranks share ${ctx.device === 'cuda' ? 'one GPU' : 'the CPU'}); ` +
+      'whole/max: the whole ring call over the larger of its compute alone and its transfers alone (1.00: transfers fully hidden; ' +
+      '(compute+transfers)/max: none hidden)');
+    if (ctx.device === 'cpu') notes.push('on the CPU, in-process transfers pass pointers: there is nothing to hide, and the ranks contend for the same cores');
+    return { suite: 'ring', params: o, rows, notes, columns: COLUMNS, chart: {
+      title: 'Ring overhead: ring / single-device time (forward+backward)',
+      x: { title: 'ranks', value: (r) => r.ranks, log2: true },
+      y: { title: 'ring time / single-device time', value: (r) => (r.forward.both + r.backward.both) / (r.singleForwardMs + r.singleBackwardMs) },
+      series: (r) => `block ${r.block}`,
+      rule: { y: 1.05, label: 'target 1.05' },
+    } };
+  },
+};
+
+const COLUMNS: Column<RingRow>[] = [
+  { header: 'ranks', value: (r) => r.ranks },
+  { header: 'block', value: (r) => r.block },
+  { header: 'total', value: (r) => r.total },
+  { header: 'single fwd ms', value: (r) => r.singleForwardMs, digits: 2 },
+  { header: 'ring fwd ms', value: (r) => r.forward.both, digits: 2 },
+  { header: 'ring/single fwd', value: (r) => r.ratioForward, digits: 2 },
+  { header: 'single bwd ms', value: (r) => r.singleBackwardMs, digits: 2 },
+  { header: 'ring bwd ms', value: (r) => r.backward.both, digits: 2 },
+  { header: 'ring/single bwd', value: (r) => r.ratioBackward, digits: 2 },
+  { header: 'fwd compute ms', value: (r) => r.forward.compute, digits: 2 },
+  { header: 'fwd transfers ms', value: (r) => r.forward.transfers, digits: 2 },
+  { header: 'fwd whole/max', value: (r) => r.overlapForward, digits: 2 },
+  { header: 'bwd compute ms', value: (r) => r.backward.compute, digits: 2 },
+  { header: 'bwd transfers ms', value: (r) => r.backward.transfers, digits: 2 },
+  { header: 'bwd whole/max', value: (r) => r.overlapBackward, digits: 2 },
+];

@@ -1,0 +1,50 @@
+// What a benchmark suite is: named options with defaults per device (and smaller ones for
+// --smoke, CI's run), and a run that returns rows, table columns, a chart and notes.
+import type { LlamaConfig } from '../llama-config.js';
+import type { Progress } from './progress.js';
+import type { Machine, SuiteResult } from './report.js';
+
+export interface OptionSpec {
+  type: 'string' | 'boolean';
+  help: string;
+  /** Defaults of string options on each device, and under --smoke (on the CPU). */
+  cpu?: string;
+  cuda?: string;
+  smoke?: string;
+}
+
+export interface SuiteContext {
+  device: 'cpu' | 'cuda';
+  machine: Machine;
+  /** Processes in the launched job (torchrun / srun / ring-attention launch); 1 when not launched. */
+  launchedWorldSize: number;
+  /** This process's rank in that job; only rank 0 prints and writes. */
+  launchedRank: number;
+  progress(points: number): Progress;
+  /** A preset's config, or a config.json file's. */
+  modelConfig(nameOrPath: string): Promise<LlamaConfig>;
+}
+
+export type SuiteOptions = Record<string, string | boolean | undefined>;
+
+export interface Suite<R> {
+  name: string;
+  summary: string;
+  options: Record<string, OptionSpec>;
+  run(options: SuiteOptions, ctx: SuiteContext): Promise<SuiteResult<R>>;
+}
+
+/** A positive integer option, or a RangeError that names it. */
+export function intOption(o: SuiteOptions, name: string, min = 1): number {
+  const v = Number(o[name]);
+  if (!Number.isSafeInteger(v) || v < min) throw new RangeError(`--${name}: expected an integer >= ${min}, got '${o[name]}'`);
+  return v;
+}
+
+/** A comma-separated list of positive integers. */
+export function intList(o: SuiteOptions, name: string): number[] {
+  const xs = String(o[name]).split(',').map(Number);
+  if (xs.length === 0 || xs.some((x) => !Number.isSafeInteger(x) || x < 1))
+    throw new RangeError(`--${name}: expected comma-separated integers >= 1, got '${o[name]}'`);
+  return xs;
+}

@@ -1,0 +1,98 @@
+// One rank's part of the `mfu` and `memory` suites: a LLaMA training step (forward, backward
+// with or without checkpointing, clipping, AdamW) on random tokens at one context length,
+// timed, profiled by op family, and its peak memory read. The default export is the launch()
+// rank module, so N in-process ranks run the same code as one.
+import type { ProcessGroup } from '../group.js';
+import { cudaMemoryStats, cudaSynchronize, hostMemoryStats, resetPeakMemoryStats } from '../index.js';
+import { llamaPresets, parseLlamaConfig, type LlamaConfig } from '../llama-config.js';
+import { shardTokens } from '../llama.js';
+import { initLlama } from '../llama-model.js';
+import type { Layout } from '../shard.js';
+import { createTrainer } from '../train.js';
+import { profile, type Breakdown } from './profile.js';
+
+export interface StepArgs {
+  config: LlamaConfig;
+  device: 'cpu' | 'cuda';
+  /** Whole sequence length, over all ranks. */
+  context: number;
+  checkpoint: boolean;
+  layout: Layout;
+  /** Timed steps after one warm-up step; 0 measures memory only (the warm-up step). */
+  steps: number;
+  /** Also run one step with every op timed. */
+  breakdown: boolean;
+}
+
+export interface StepMeasure {
+  /** Median of the timed steps (ms), null when steps = 0. */
+  stepMs: number | null;
+  /** Milliseconds per op family in one profiled step, when asked for. */
+  breakdown: Breakdown | null;
+  /** Bytes held before the first step: weights, gradients, AdamW moments (this rank's device). */
+  baseBytes: number;
+  /** Most bytes held during the warm-up step (this rank's device). */
+  peakBytes: number;
+  loss: number;
+}
+
+/** A seeded stream of token ids in [0, vocab). */
+function randomTokens(n: number, vocab: number, seed: number): Int32Array {
+  let a = seed >>> 0;
+  const out = new Int32Array(n);
+  for (let i = 0; i < n; ++i) {
+    a = (Math.imul(a, 1664525) + 1013904223) >>> 0;
+    out[i] = a % vocab;
+  }
+  return out;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/** Whether the model layer runs on `device` (its CUDA ops are issue #6). */
+function checkModelDevice(device: string): void {
+  if (device !== 'cpu') throw new Error('the model layer runs on CPU tensors only so far (its CUDA ops are issue #6); use --device cpu');
+}
+
+export function measureStep(args: StepArgs, group?: ProcessGroup): StepMeasure {
+  checkModelDevice(args.device);
+  const memory = () => (args.device === 'cuda' ? cudaMemoryStats() : hostMemoryStats());
+  const sync = args.device === 'cuda' ? cudaSynchronize : () => {};
+  const rank = group?.rank ?? 0, worldSize = group?.worldSize ?? 1;
+
+  using model = initLlama(args.config, { seed: 1 });
+  using trainer = createTrainer(model, {
+    group, layout: args.layout, lr: 1e-4, maxGradNorm: 1, checkpoint: args.checkpoint,
+  });
+  const whole = randomTokens(args.context + 1, args.config.vocab_size, 7);
+  const shard = (a: Int32Array) => shardTokens(a, { rank, worldSize, layout: args.layout }).tokens;
+  const tokens = shard(whole.subarray(0, args.context)), targets = shard(whole.subarray(1));
+
+  sync();
+  resetPeakMemoryStats();
+  const baseBytes = memory().bytesInUse;
+  let { loss } = trainer.step(tokens, targets);
+  sync();
+  const peakBytes = memory().peakBytesInUse;
+
+  const times: number[] = [];
+  for (let i = 0; i < args.steps; ++i) {
+    group?.barrier();
+    const t0 = performance.now();
+    loss = trainer.step(tokens, targets).loss;  // returns the loss as a number: the step has finished
+    sync();
+    times.push(performance.now() - t0);
+  }
+  const breakdown = args.breakdown ? profile(() => void trainer.step(tokens, targets), sync) : null;
+  return { stepMs: times.length ? median(times) : null, breakdown, baseBytes, peakBytes, loss };
+}
+
+/** A preset name, or an already parsed config (from --config). */
+export function resolveConfig(model: string | LlamaConfig): LlamaConfig {
+  if (typeof model !== 'string') return parseLlamaConfig(model);
+  const preset = (llamaPresets as Record<string, LlamaConfig>)[model];
+  if (!preset) throw new RangeError(`--model: expected one of ${Object.keys(llamaPresets).join(', ')} or a config.json path, got '${model}'`);
+  return preset;
+}
+
+export default ({ group, args }: { group: ProcessGroup; args: StepArgs }): StepMeasure => measureStep(args, group);
