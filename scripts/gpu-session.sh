@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything a GPU session checks, in one command (see ../shared/gpu/README.md for how to carry
-# Node there): build, the GPU tests, then both GPU benchmarks, logs and JSON under $OUT.
+# Node there): build, the GPU tests, then the benchmark suites; logs, JSON, CSV and SVG under $OUT.
 #   source .gpu/env.sh && bash scripts/gpu-session.sh        (QUICK=1: tests only)
 set -u
 OUT=${OUT:-/tmp/ring-attention-gpu}
@@ -21,6 +21,9 @@ grep -E "✓|×|Tests " "$OUT/test-gpu.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -
 [ "${QUICK:-0}" = 1 ] && exit 0
 
 step "attention beside torch SDPA"
-timeout 240 node bench/attention-cuda.mjs --max-seq "${MAX_SEQ:-16384}" --reps 5 --out "$OUT/attention-cuda.json" 2>&1 | tee "$OUT/bench-attention.log"
+timeout 240 node dist/cli.js bench attention --max-seq "${MAX_SEQ:-16384}" --reps 5 --out-dir "$OUT" 2>&1 | tee "$OUT/bench-attention.log"
 step "ring overhead"
-timeout 180 node bench/ring-cuda.mjs --max-block "${MAX_BLOCK:-8192}" --reps 3 --out "$OUT/ring-cuda.json" 2>&1 | tee "$OUT/bench-ring.log"
+timeout 180 node dist/cli.js bench ring --max-block "${MAX_BLOCK:-8192}" --reps 3 --out-dir "$OUT" 2>&1 | tee "$OUT/bench-ring.log"
+step "training-step MFU and memory (needs the model layer on CUDA)"
+timeout 120 node dist/cli.js bench mfu --out-dir "$OUT" 2>&1 | tee "$OUT/bench-mfu.log"
+timeout 120 node dist/cli.js bench memory --out-dir "$OUT" 2>&1 | tee "$OUT/bench-memory.log"

@@ -1,0 +1,209 @@
+// The benchmark suites: their arithmetic checked by hand, and each suite run end to end on the
+// CPU at --smoke sizes through the CLI (what `npm run bench -- <suite>` runs), its JSON, CSV
+// and SVG read back and checked for consistency.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+
+import { flopsPerToken, matmulParameters, peakTflops } from '../dist/bench/flops.js';
+import { fitLine } from '../dist/bench/memory.js';
+import { familyOf, profile } from '../dist/bench/profile.js';
+import { native } from '../dist/native.js';
+import {
+  createTrainer, hostMemoryStats, initLlama, launch, llamaPresets, parameterCount, tensor,
+} from '../dist/index.js';
+
+const root = join(import.meta.dirname, '..');
+const out = mkdtempSync(join(tmpdir(), 'ring-attention-bench-'));
+afterAll(() => rmSync(out, { recursive: true, force: true }));
+
+function bench(...args: string[]) {
+  const r = spawnSync(process.execPath, [join(root, 'dist', 'cli.js'), 'bench', ...args], { encoding: 'utf8', timeout: 300_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+interface Written { json: Record<string, unknown> & { rows: Record<string, unknown>[] }; csv: string[]; svg: string }
+
+/** Runs a suite at smoke sizes into its own folder and reads back what it wrote. */
+function smoke(suite: string, ...args: string[]): Written & { stdout: string; stderr: string } {
+  const dir = join(out, suite);
+  const r = bench(suite, '--smoke', '--device', 'cpu', '--out-dir', dir, ...args);
+  expect(r.status, r.stderr).toBe(0);
+  const file = (ext: string) => join(dir, readdirSync(dir).find((f) => f.endsWith(ext))!);
+  return {
+    json: JSON.parse(readFileSync(file('.json'), 'utf8')),
+    csv: readFileSync(file('.csv'), 'utf8').trim().split('\n'),
+    svg: readFileSync(file('.svg'), 'utf8'),
+    stdout: r.stdout, stderr: r.stderr,
+  };
+}
+
+function checkCommon(w: Written, suite: string): void {
+  expect(w.json.suite).toBe(suite);
+  expect(w.json.command).toMatch(new RegExp(`^ring-attention bench ${suite} --smoke`));
+  expect(w.json.date).toMatch(/^\d{4}-\d\d-\d\dT/);
+  expect(w.json.commit).toMatch(/^([0-9a-f]{7,}|v\d)/);
+  expect(w.json.machine).toMatchObject({ device: 'cpu', gpu: null, node: process.version });
+  expect(w.json.rows.length).toBeGreaterThan(0);
+  expect(w.csv.length).toBe(w.json.rows.length + 1); // a header, then one line per row
+  expect(w.svg.startsWith('<svg')).toBe(true);
+  expect(w.svg).toContain('<path'); // lines were drawn
+}
+
+describe('FLOP accounting and peaks', () => {
+  it('counts the matmul parameters of Llama-2-7B by hand', () => {
+    const layer = 4 * 4096 * 4096 + 3 * 4096 * 11008;
+    const expected = 32 * layer + 32000 * 4096; // the LM head; the embedding lookup is no matmul
+    expect(matmulParameters(llamaPresets['7B'])).toBe(expected);
+    // = all parameters less the embedding and the 2L+1 norm vectors
+    expect(parameterCount(llamaPresets['7B']) - 32000 * 4096 - 65 * 4096).toBe(expected);
+    expect(flopsPerToken(llamaPresets['7B'], 4096)).toBe(6 * expected + (12 * 32 * 4096 * 4096) / 2);
+    expect(flopsPerToken(llamaPresets['7B'], 4096, false)).toBe(6 * expected + 12 * 32 * 4096 * 4096);
+  });
+
+  it('counts GQA (Llama-3.2-1B, tied head) by hand', () => {
+    const layer = 2048 * 2048 + 2 * 2048 * 512 + 2048 * 2048 + 3 * 2048 * 8192;
+    expect(matmulParameters(llamaPresets['1B'])).toBe(16 * layer + 128256 * 2048);
+  });
+
+  it('looks up dense bfloat16 peaks from CUDA device names', () => {
+    expect(peakTflops('NVIDIA H100 80GB HBM3')?.tflops).toBe(989);
+    expect(peakTflops('NVIDIA H100 PCIe')?.tflops).toBe(756);
+    expect(peakTflops('NVIDIA H100 NVL')?.tflops).toBe(835);
+    expect(peakTflops('NVIDIA H200')?.tflops).toBe(989);
+    expect(peakTflops('NVIDIA A100-SXM4-80GB')?.tflops).toBe(312);
+    expect(peakTflops('NVIDIA GeForce GTX 1080')).toBeNull();
+    expect(peakTflops(null)).toBeNull();
+  });
+
+  it('fits a line', () => {
+    const f = fitLine([1, 2, 4, 8], [5, 7, 11, 19]);
+    expect(f.slope).toBeCloseTo(2, 12);
+    expect(f.intercept).toBeCloseTo(3, 12);
+    expect(f.r2).toBeCloseTo(1, 12);
+    expect(fitLine([1, 2, 3], [1, 3, 2]).r2).toBeLessThan(0.5);
+  });
+});
+
+describe('profiling by op family', () => {
+  it('names the families of the native calls a step makes', () => {
+    expect(familyOf('ringBackward')).toBe('attention');
+    expect(familyOf('opsFfnBackward')).toBe('feed-forward');
+    expect(familyOf('opsCrossEntropy')).toBe('LM head + loss');
+    expect(familyOf('opsAdamW')).toBe('optimizer + clipping');
+    expect(familyOf('groupAllReduce')).toBe('gradient all-reduce');
+    expect(familyOf('createTensor')).toBeNull();
+  });
+
+  it('times a training step by family and puts the native functions back', () => {
+    const before = native.opsLinear;
+    using model = initLlama(llamaPresets.tiny, { seed: 3 });
+    using trainer = createTrainer(model, { lr: 1e-3 });
+    const t = Int32Array.from({ length: 64 }, (_, i) => (i * 7) % 256);
+    const ms = profile(() => void trainer.step(t, t), () => {});
+    expect(native.opsLinear).toBe(before);
+    for (const f of ['attention', 'linear (q,k,v,o)', 'feed-forward', 'LM head + loss', 'RMSNorm', 'RoPE', 'embedding', 'optimizer + clipping'])
+      expect(ms[f], f).toBeGreaterThan(0);
+    expect(ms.other).toBeGreaterThanOrEqual(0);
+  });
+});
+
+describe('memory accounting', () => {
+  it('counts host tensor bytes, and a training step gives back everything it took', () => {
+    const base = hostMemoryStats().bytesInUse;
+    const t = tensor(new Float32Array(1000), [1000]);
+    expect(hostMemoryStats().bytesInUse - base).toBe(4032); // 4000 bytes, 64-byte aligned
+    t.dispose();
+    expect(hostMemoryStats().bytesInUse).toBe(base);
+
+    using model = initLlama(llamaPresets.tiny, { seed: 3 });
+    using trainer = createTrainer(model, { lr: 1e-3, checkpoint: true });
+    const held = hostMemoryStats().bytesInUse;
+    const tokens = Int32Array.from({ length: 128 }, (_, i) => i % 256);
+    trainer.step(tokens, tokens);
+    trainer.step(tokens, tokens);
+    expect(hostMemoryStats().bytesInUse).toBe(held); // nothing left for the garbage collector
+    expect(hostMemoryStats().peakBytesInUse).toBeGreaterThan(held);
+  });
+});
+
+describe('ring parts (benchmarks only)', () => {
+  it('refuses an unknown part by name', async () => {
+    const err = await launch({ worldSize: 2 }, new URL('./fixtures/ring-parts.mjs', import.meta.url), { parts: 'bogus' }).catch((e: Error) => e);
+    expect(String(err)).toMatch(/opts\.parts/);
+  });
+
+  it('runs the compute alone and the transfers alone without a hang, on both passes', async () => {
+    const results = await launch({ worldSize: 3 }, new URL('./fixtures/ring-parts.mjs', import.meta.url), {}) as { finite: boolean[] }[];
+    expect(results.map((r) => r.finite)).toEqual([[true, true, true, true], [true, true, true, true], [true, true, true, true]]);
+  });
+});
+
+describe('ring-attention bench (CPU, smoke sizes)', () => {
+  it('mfu: tokens/s and TFLOP/s follow from the step time and the FLOP count', () => {
+    const w = smoke('mfu');
+    checkCommon(w, 'mfu');
+    for (const r of w.json.rows as unknown as { context: number; stepMs: number; tokensPerSecond: number; tflops: number; mfu: null; breakdownMs: Record<string, number> }[]) {
+      expect(r.tokensPerSecond).toBeCloseTo(r.context / (r.stepMs / 1e3), 6);
+      expect(r.tflops).toBeCloseTo((flopsPerToken(llamaPresets.tiny, r.context) * r.context) / (r.stepMs / 1e3) / 1e12, 9);
+      expect(r.mfu).toBeNull(); // no peak is known for a CPU
+      expect(r.breakdownMs.attention).toBeGreaterThan(0);
+    }
+    expect(w.stdout).toMatch(/MFU not computed: no peak known/);
+    expect(w.stderr).toMatch(/\[mfu 1\/2\] context 64: /); // plain progress lines when not a terminal
+  });
+
+  it('mfu: MFU against a given peak', () => {
+    const w = smoke('mfu', '--peak-tflops', '0.5', '--ranks', '2');
+    const r = w.json.rows[0] as { tflops: number; mfu: number; ranks: number };
+    expect(r.ranks).toBe(2);
+    expect(r.mfu).toBeCloseTo(r.tflops / (0.5 * 2), 12);
+  });
+
+  it('attention: ours at every point, TFLOP/s from the stated FLOPs', () => {
+    const w = smoke('attention');
+    checkCommon(w, 'attention');
+    const rows = w.json.rows as unknown as { impl: string; seq: number; batch: number; heads: number; dim: number; causal: boolean; forwardMs: number; forwardTflops: number }[];
+    expect(rows.filter((r) => r.impl === 'ours').length).toBe(4); // seq 64, 128 x causal or not, dim 32
+    for (const r of rows.filter((x) => x.impl === 'ours')) {
+      const f = (4 * r.batch * r.seq * r.seq * r.heads * r.dim) / (r.causal ? 2 : 1);
+      expect(r.forwardTflops).toBeCloseTo(f / (r.forwardMs * 1e-3) / 1e12, 9);
+    }
+  });
+
+  it('ring: the whole call, its compute alone and its transfers alone', () => {
+    const w = smoke('ring');
+    checkCommon(w, 'ring');
+    for (const r of w.json.rows as unknown as { forward: Record<string, number>; backward: Record<string, number>; ratioForward: number; singleForwardMs: number }[]) {
+      for (const p of [r.forward, r.backward]) for (const k of ['both', 'compute', 'transfers']) expect(p[k]).toBeGreaterThan(0);
+      expect(r.ratioForward).toBeCloseTo(r.forward.both! / r.singleForwardMs, 9);
+    }
+  });
+
+  it('memory: activations grow linearly with the context, and checkpointing keeps fewer', () => {
+    const w = smoke('memory');
+    checkCommon(w, 'memory');
+    const rows = w.json.rows as unknown as { context: number; checkpoint: boolean; activationBytes: number }[];
+    for (const ck of [true, false]) {
+      const rs = rows.filter((r) => r.checkpoint === ck);
+      expect(rs.map((r) => r.context)).toEqual([64, 128, 256]);
+      expect(fitLine(rs.map((r) => r.context), rs.map((r) => r.activationBytes)).r2).toBeGreaterThan(0.999);
+    }
+    for (const on of rows.filter((r) => r.checkpoint)) {
+      const off = rows.find((r) => !r.checkpoint && r.context === on.context)!;
+      expect(on.activationBytes).toBeLessThan(off.activationBytes);
+    }
+  });
+
+  it('refuses bad arguments with messages that name them', () => {
+    expect(bench('nope').stderr).toMatch(/unknown suite 'nope'; expected one of mfu, attention, ring, memory/);
+    expect(bench('mfu', '--bogus').stderr).toMatch(/bench mfu: .*--bogus/);
+    expect(bench('mfu', '--model', 'huge', '--device', 'cpu').stderr).toMatch(/--model: expected one of tiny, 125M, 1B, 7B/);
+    expect(bench('ring', '--reps', '0', '--device', 'cpu').stderr).toMatch(/--reps: expected an integer >= 1/);
+    expect(bench('ring', '--device', 'tpu').stderr).toMatch(/--device: expected cpu or cuda/);
+    expect(bench('ring', '--device', 'tpu').status).toBe(1);
+    expect(bench('--help').stdout).toMatch(/usage: ring-attention bench <suite>/);
+  });
+});
