@@ -2,6 +2,7 @@
 // nvidia-nccl wheel): every declaration in nccl_api.h must match NCCL's, or the build fails.
 #include <nccl.h>
 
+#include <cstddef>
 #include <type_traits>
 
 #include "nccl_api.h"
@@ -19,6 +20,7 @@ template <> struct Real<ours::ncclResult_t> { using type = ::ncclResult_t; };
 template <> struct Real<ours::ncclResult_t*> { using type = ::ncclResult_t*; };
 template <> struct Real<ours::ncclDataType_t> { using type = ::ncclDataType_t; };
 template <> struct Real<ours::ncclRedOp_t> { using type = ::ncclRedOp_t; };
+template <> struct Real<ours::ncclConfig_t*> { using type = ::ncclConfig_t*; };
 template <typename F> struct RealFn;
 template <typename R, typename... A> struct RealFn<R (*)(A...)> {
   using type = typename Real<R>::type (*)(typename Real<A>::type...);
@@ -29,6 +31,7 @@ template <typename R, typename... A> struct RealFn<R (*)(A...)> {
 SAME_FN(GetVersion, ncclGetVersion);
 SAME_FN(GetUniqueId, ncclGetUniqueId);
 SAME_FN(CommInitRank, ncclCommInitRank);
+SAME_FN(CommInitRankConfig, ncclCommInitRankConfig);
 SAME_FN(CommDestroy, ncclCommDestroy);
 SAME_FN(CommAbort, ncclCommAbort);
 SAME_FN(CommGetAsyncError, ncclCommGetAsyncError);
@@ -41,6 +44,14 @@ SAME_FN(GroupEnd, ncclGroupEnd);
 
 static_assert(std::is_same_v<ours::cudaStream_t, ::cudaStream_t>);
 static_assert(sizeof(ours::ncclUniqueId) == sizeof(::ncclUniqueId));
+// Our config is the head of NCCL's: the same offsets, and the magic NCCL_CONFIG_INITIALIZER sets.
+static_assert(offsetof(ours::ncclConfig_t, size) == offsetof(::ncclConfig_t, size));
+static_assert(offsetof(ours::ncclConfig_t, magic) == offsetof(::ncclConfig_t, magic));
+static_assert(offsetof(ours::ncclConfig_t, version) == offsetof(::ncclConfig_t, version));
+static_assert(offsetof(ours::ncclConfig_t, blocking) == offsetof(::ncclConfig_t, blocking));
+static_assert(ours::kNcclConfigVersion == NCCL_VERSION(2, 14, 0));
+constexpr ::ncclConfig_t kInitializer = NCCL_CONFIG_INITIALIZER;
+static_assert(kInitializer.magic == ours::kNcclConfigMagic);
 static_assert(sizeof(ours::ncclResult_t) == sizeof(::ncclResult_t));
 static_assert(sizeof(ours::ncclDataType_t) == sizeof(::ncclDataType_t));
 static_assert(sizeof(ours::ncclRedOp_t) == sizeof(::ncclRedOp_t));

@@ -29,8 +29,24 @@ class Group {
       : api_(loaded()), rank_(rank), world_(world), timeout_ms_(timeout_ms) {
     check_cuda(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
     check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating the communication stream");
-    // The rendezvous has just seen every rank alive, so a blocking init is expected to return.
-    check(api_.CommInitRank(&comm_, world, id, rank), "ncclCommInitRank");
+    // Nonblocking, so that a rank that never joins costs the others the group's timeout, not a
+    // hang: the handle comes back at once and the join is polled (and aborted) like any wait.
+    ncclConfig_t config{};
+    config.size = offsetof(ncclConfig_t, blocking) + sizeof(int);  // no tail padding over NCCL's next field
+    config.magic = kNcclConfigMagic;
+    config.version = kNcclConfigVersion;
+    config.blocking = 0;
+    try {
+      const ncclResult_t r = api_.CommInitRankConfig(&comm_, world, id, rank, &config);
+      if (r != ncclSuccess && r != ncclInProgress) {
+        if (comm_) abort();
+        throw UserError("Error", "ncclCommInitRankConfig failed on rank " + std::to_string(rank) + ": " + api_.GetErrorString(r));
+      }
+      settle("joining the communicator (ncclCommInitRankConfig)");
+    } catch (...) {
+      cudaStreamDestroy(stream_);  // no destructor runs for a constructor that throws
+      throw;
+    }
     scratch_ = cuda::alloc(sizeof(float));
   }
   ~Group() {
@@ -95,9 +111,33 @@ class Group {
     if (!comm_) throw UserError("Error", "this NCCL group was aborted after an earlier error or timeout");
     return comm_;
   }
+  // A nonblocking communicator may answer ncclInProgress while it enqueues; the next call (and
+  // any event we record after the work) must wait until it has finished doing so.
   void check(ncclResult_t r, const char* what) {
-    if (r != ncclSuccess && r != ncclInProgress)
+    if (r == ncclInProgress) settle(what);
+    else if (r != ncclSuccess)
       throw UserError("Error", std::string(what) + " failed on rank " + std::to_string(rank_) + ": " + api_.GetErrorString(r));
+  }
+  // Polls until the communicator has no call in progress; an error or the deadline aborts it.
+  void settle(const std::string& what) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
+    for (;;) {
+      ncclResult_t state = ncclInProgress;
+      api_.CommGetAsyncError(comm_, &state);
+      if (state == ncclSuccess) return;
+      if (state != ncclInProgress) {
+        std::string why = api_.GetErrorString(state);
+        abort();
+        throw UserError("Error", "NCCL " + what + " failed on rank " + std::to_string(rank_) + ": " + why);
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        abort();
+        throw UserError("Error", "NCCL " + what + " on rank " + std::to_string(rank_) + " did not finish within " +
+                                     std::to_string(timeout_ms_) + " ms; the communicator was aborted (a rank may have "
+                                     "died or never joined)");
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
   }
   // Posts the pending sends and whatever `more` posts as one NCCL group; each sent tensor's
   // memory is kept until the stream passes the group.

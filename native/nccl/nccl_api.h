@@ -20,11 +20,24 @@ typedef enum {
 typedef enum { ncclUint8 = 1, ncclFloat16 = 6, ncclFloat32 = 7, ncclBfloat16 = 9 } ncclDataType_t;
 typedef enum { ncclSum = 0 } ncclRedOp_t;
 
+// The head of nccl.h's ncclConfig_t, which is versioned: NCCL copies `size` bytes over its
+// defaults and resets every field newer than `version`, so declaring the fields up to
+// `blocking` (2.14) and claiming 2.14 leaves the rest at NCCL's defaults.
+typedef struct {
+  size_t size;
+  unsigned int magic;
+  unsigned int version;
+  int blocking;
+} ncclConfig_t;
+constexpr unsigned int kNcclConfigMagic = 0xcafebeef;
+constexpr unsigned int kNcclConfigVersion = 21400;  // NCCL_VERSION(2, 14, 0)
+
 // Function pointers, named as in nccl.h without the prefix.
 struct Api {
   ncclResult_t (*GetVersion)(int* version);
   ncclResult_t (*GetUniqueId)(ncclUniqueId* id);
   ncclResult_t (*CommInitRank)(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank);
+  ncclResult_t (*CommInitRankConfig)(ncclComm_t* comm, int nranks, ncclUniqueId id, int rank, ncclConfig_t* config);
   ncclResult_t (*CommDestroy)(ncclComm_t comm);
   ncclResult_t (*CommAbort)(ncclComm_t comm);
   ncclResult_t (*CommGetAsyncError)(ncclComm_t comm, ncclResult_t* error);
