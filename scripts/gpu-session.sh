@@ -22,6 +22,9 @@ grep -E "✓|×|Tests " "$OUT/test-gpu.log" | sed 's/\x1b\[[0-9;]*m//g' | tail -
 
 step "attention beside torch SDPA"
 timeout 240 node dist/cli.js bench attention --max-seq "${MAX_SEQ:-16384}" --reps 5 --out-dir "$OUT" 2>&1 | tee "$OUT/bench-attention.log"
+step "1M tokens on one GPU (issue #4's memory target: batch 1, 8 heads, dim 128, causal and not)"
+timeout 400 node dist/cli.js bench attention --min-seq 1048576 --max-seq 1048576 --dims 128 --head-width 1024 --tokens 1048576 \
+  --reps 1 --no-torch --out-dir "$OUT/attention-1m" 2>&1 | tee "$OUT/bench-attention-1m.log"
 step "ring overhead"
 timeout 180 node dist/cli.js bench ring --max-block "${MAX_BLOCK:-8192}" --reps 3 --out-dir "$OUT" 2>&1 | tee "$OUT/bench-ring.log"
 step "training-step MFU and memory (needs the model layer on CUDA)"

@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 
 import { attention, attentionBackward } from '../attention.js';
-import { cudaSynchronize } from '../index.js';
+import { cudaMemoryStats, cudaSynchronize, hostMemoryStats, resetPeakMemoryStats } from '../index.js';
 import { tensor, type Tensor } from '../tensor.js';
 import { medianMs, randomArray } from './timing.js';
 import { packageRoot, type Column } from './report.js';
@@ -16,7 +16,7 @@ import { intList, intOption, type Suite } from './suite.js';
 
 interface Config { batch: number; seq: number; heads: number; dim: number; causal: boolean }
 
-interface Timings { forwardMs: number; backwardMs: number; totalMs: number }
+interface Timings { forwardMs: number; backwardMs: number; totalMs: number; peakBytes?: number }
 
 export interface AttentionRow extends Config {
   /** 'ours' or a torch backend (flash, cudnn, efficient, math). */
@@ -27,6 +27,8 @@ export interface AttentionRow extends Config {
   forwardTflops: number | null;
   backwardTflops: number | null;
   totalTflops: number | null;
+  /** Ours: most bytes held during the runs, inputs included (the issue's memory target is O(seq)). */
+  peakBytes: number | null;
   /** Ours: fastest torch backend's fwd+bwd time / ours (above 1: ours faster). */
   ratioToBestTorch: number | null;
   error?: string;
@@ -42,6 +44,7 @@ function ours(c: Config, device: 'cpu' | 'cuda', reps: number): Timings {
   const [q, k, v, dout] = [0, 1, 2, 3].map(() => tensor(randomArray(n), shape, opts)) as [Tensor, Tensor, Tensor, Tensor];
   const sync = device === 'cuda' ? cudaSynchronize : () => {};
   const dispose = (...ts: Tensor[]) => ts.forEach((t) => t.dispose());
+  resetPeakMemoryStats();
   const fwd = attention(q, k, v, { causal: c.causal });
   try {
     return {
@@ -59,6 +62,12 @@ function ours(c: Config, device: 'cpu' | 'cuda', reps: number): Timings {
   } finally {
     dispose(q, k, v, dout, fwd.out, fwd.lse);
   }
+}
+
+/** ours() with the peak memory of its runs. */
+function oursMeasured(c: Config, device: 'cpu' | 'cuda', reps: number): Timings {
+  const t = ours(c, device, reps);
+  return { ...t, peakBytes: (device === 'cuda' ? cudaMemoryStats() : hostMemoryStats()).peakBytesInUse };
 }
 
 /** Torch's rows, or why there are none. */
@@ -103,9 +112,9 @@ export const attentionSuite: Suite<AttentionRow> = {
         const row = (impl: string, t: Partial<Timings>, error?: string): AttentionRow => ({
           ...c, impl, forwardMs: t.forwardMs ?? null, backwardMs: t.backwardMs ?? null, totalMs: t.totalMs ?? null,
           forwardTflops: tf(f, t.forwardMs), backwardTflops: tf(2.5 * f, t.backwardMs), totalTflops: tf(3.5 * f, t.totalMs),
-          ratioToBestTorch: null, ...(error ? { error } : {}),
+          peakBytes: t.peakBytes ?? null, ratioToBestTorch: null, ...(error ? { error } : {}),
         });
-        const mine = row('ours', ours(c, ctx.device, reps));
+        const mine = row('ours', oursMeasured(c, ctx.device, reps));
         const theirs = typeof torch === 'string' ? [] : torch.rows
           .filter((r) => r.seq === c.seq && r.dim === c.dim && r.causal === c.causal)
           .map((r) => row(`torch ${r.backend}`, r, r.error));
@@ -138,5 +147,6 @@ const COLUMNS: Column<AttentionRow>[] = [
   { header: 'bwd TFLOP/s', value: (r) => r.backwardTflops, digits: 3 },
   { header: 'fwd+bwd TFLOP/s', value: (r) => r.totalTflops, digits: 3 },
   { header: 'ours/torch', value: (r) => r.ratioToBestTorch, digits: 2 },
+  { header: 'peak MiB', value: (r) => (r.peakBytes === null ? null : r.peakBytes / 2 ** 20), digits: 1 },
   { header: 'error', value: (r) => r.error ?? null },
 ];
