@@ -19,7 +19,7 @@ CrossEntropyResult cross_entropy(const Tensor& h, const Tensor& w_head, const in
   expect(w_head, t, "wHead");
   if (dh) expect(*dh, t, "dh");
   if (dw_head) expect(*dw_head, DType::F32, "dwHead");
-  const int64_t M = h.shape[0], C = h.numel() / M, V = w_head.shape[0];
+  const int64_t M = rows(h), C = cols(h), V = rows(w_head);
   CrossEntropyResult res{0.0, 0};
   if (M == 0) return res;
   const int64_t R = std::max<int64_t>(1, std::min(chunk_rows, M));

@@ -7,7 +7,7 @@ namespace ra::cuda::ops {
 
 Tensor embedding(const int32_t* ids, int64_t M, const Tensor& table) {
   const DType t = activation_dtype(table, "table");
-  const int64_t C = table.numel() / table.shape[0];
+  const int64_t C = cols(table);
   Tensor out = Tensor::empty({M, C}, t, Device::CUDA);
   if (M == 0) return out;
   Tensor d_ids = upload_ints(ids, M);
@@ -22,8 +22,8 @@ Tensor embedding(const int32_t* ids, int64_t M, const Tensor& table) {
 void embedding_backward(const int32_t* ids, int64_t M, const Tensor& dy, Tensor& dtable) {
   const DType t = activation_dtype(dy, "dy");
   expect(dtable, DType::F32, "dtable");
-  const int64_t C = dtable.numel() / dtable.shape[0];
-  if (M == 0) return;
+  const int64_t C = cols(dtable);
+  if (M == 0 || C == 0) return;
   Tensor d_ids = upload_ints(ids, M);
   by_dtype(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;

@@ -15,7 +15,7 @@ namespace ra::cuda::ops {
 Tensor ffn(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, const Tensor& w_down, int64_t block_rows) {
   const DType t = activation_dtype(x, "x");
   expect(w_gate, t, "wGate"), expect(w_up, t, "wUp"), expect(w_down, t, "wDown");
-  const int64_t M = x.shape[0], C = x.numel() / M, F = w_gate.shape[0];
+  const int64_t M = rows(x), C = cols(x), F = rows(w_gate);
   Tensor y = Tensor::empty({M, C}, t, Device::CUDA);
   if (M == 0) return y;
   const int64_t B = std::max<int64_t>(1, std::min(block_rows, M));
@@ -41,7 +41,7 @@ void ffn_backward(const Tensor& dy, const Tensor& x, const Tensor& w_gate, const
   const DType t = activation_dtype(x, "x");
   expect(w_gate, t, "wGate"), expect(w_up, t, "wUp"), expect(w_down, t, "wDown"), expect(dy, t, "dy"), expect(dx, t, "dx");
   expect(dw_gate, DType::F32, "dwGate"), expect(dw_up, DType::F32, "dwUp"), expect(dw_down, DType::F32, "dwDown");
-  const int64_t M = x.shape[0], C = x.numel() / M, F = w_gate.shape[0];
+  const int64_t M = rows(x), C = cols(x), F = rows(w_gate);
   if (M == 0) return;
   const int64_t B = std::max<int64_t>(1, std::min(block_rows, M));
   const bool f32 = t == DType::F32;

@@ -65,7 +65,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const voi
 Tensor linear(const Tensor& x, const Tensor& w) {
   const DType t = activation_dtype(x, "x");
   expect(w, t, "w");
-  const int64_t M = x.shape[0], K = x.numel() / M, N = w.shape[0];
+  const int64_t M = rows(x), K = cols(x), N = rows(w);
   Tensor y = Tensor::empty({M, N}, t, Device::CUDA);
   gemm(false, true, M, N, K, x.storage->ptr, K, w.storage->ptr, K, t, 0.f, y.storage->ptr, N, t);
   return y;
@@ -76,7 +76,7 @@ void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor*
   const DType t = activation_dtype(x, "x");
   expect(w, t, "w"), expect(dy, t, "dy"), expect(dw, DType::F32, "dw");
   if (dx) expect(*dx, t, "dx");
-  const int64_t M = x.shape[0], K = x.numel() / M, N = w.shape[0];
+  const int64_t M = rows(x), K = cols(x), N = rows(w);
   if (dx) gemm(false, false, M, K, N, dy.storage->ptr, N, w.storage->ptr, K, t, 0.f, dx->storage->ptr, K, t);
   gemm(true, false, N, K, M, dy.storage->ptr, N, x.storage->ptr, K, t, 1.f, dw.storage->ptr, K, DType::F32);
 }

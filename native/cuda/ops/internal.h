@@ -38,6 +38,9 @@ inline DType activation_dtype(const Tensor& t, const char* name) {
   return t.dtype;
 }
 inline void check_launch(const char* what) { check(cudaGetLastError(), what); }
+// A tensor as a matrix: rows = shape[0], cols = the rest (0 for an empty tensor, never a division by 0).
+inline int64_t rows(const Tensor& t) { return t.shape.empty() ? 1 : t.shape[0]; }
+inline int64_t cols(const Tensor& t) { return rows(t) == 0 ? 0 : t.numel() / rows(t); }
 
 // Row-major C[M,N] (= when beta is 0, += when 1) op(A)[M,K] op(B)[K,N] with leading
 // dimensions lda, ldb, ldc (row strides). A and B share a dtype (float32 or bfloat16); C is
