@@ -19,6 +19,7 @@
         "native/ring/local_group.cpp",
         "native/ring/ring_attention.cpp",
         "native/nccl/loader.cpp",
+        "native/cublas/loader.cpp",
         "native/nccl/group_stub.cpp",
         "native/cuda/stub.cpp"
       ],

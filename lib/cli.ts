@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { runBench } from './bench/index.js';
 import { info } from './index.js';
 import { launchProcesses, LAUNCH_USAGE } from './launcher.js';
-import { findLibrary, LIBRARIES, type LibraryReport } from './libraries.js';
+import { findCublas, findLibrary, LIBRARIES, type LibraryReport } from './libraries.js';
 
 const HELP = `usage: ring-attention <command>
 
@@ -23,8 +23,8 @@ const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
 function report(json: boolean): void {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
   const i = info();
-  const libraries: Record<string, LibraryReport> = Object.fromEntries(
-    Object.entries(LIBRARIES).map(([key, spec]) => [key, findLibrary(spec)]));
+  const [cublas, cublasLt] = findCublas();  // .so.13, else .so.12, as the CUDA ops load them
+  const libraries: Record<string, LibraryReport> = { nccl: findLibrary(LIBRARIES.nccl), cublas, cublasLt };
   if (json) {
     console.log(JSON.stringify({ version: pkg.version, ...i, libraries }, null, 2));
     return;

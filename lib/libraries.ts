@@ -1,9 +1,10 @@
 // Finding the shared libraries that are loaded at run time (NCCL, cuBLAS), in the order a
 // user expects: an explicit path from the environment, the dynamic loader's own search,
 // the CUDA install, then the directories of NVIDIA's Python wheels (pip install torch brings them).
+// cuBLAS is looked for as CUDA 13's .so.13 first, then CUDA 12's .so.12 (findCublas).
 import { spawnSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 
 import { native } from './native.js';
 
@@ -75,4 +76,25 @@ export function findLibrary(spec: LibrarySpec): LibraryReport {
     if (hit) return hit;
   }
   return { name: spec.name, path: null, from: null, searched };
+}
+
+/**
+ * libcublas and libcublasLt of one major version, .so.13 first, then .so.12 (both keep the
+ * cublasGemmEx we call); libcublasLt is taken from libcublas's directory when it is there, so
+ * that the pair matches. A report whose path is null lists every place tried.
+ */
+export function findCublas(lib: LibrarySpec = LIBRARIES.cublas, lt: LibrarySpec = LIBRARIES.cublasLt): [LibraryReport, LibraryReport] {
+  const searched: string[] = [];
+  const names = (major: string) => [lib, lt].map((s) => ({ ...s, name: s.name.replace(/\.so\.\d+$/, `.so.${major}`) }));
+  for (const major of ['13', '12']) {
+    const [l, t] = names(major) as [LibrarySpec, LibrarySpec];
+    const found = findLibrary(l);
+    searched.push(...found.searched);
+    if (!found.path) continue;
+    const beside = join(dirname(found.path), t.name);
+    const besidePath = existsSync(beside) ? native.findLibrary(beside) : '';
+    return [found, besidePath ? { name: t.name, path: besidePath, from: found.from, searched: [beside] } : findLibrary(t)];
+  }
+  const none = (s: LibrarySpec, tried: string[]): LibraryReport => ({ name: `${s.name} (or .so.12)`, path: null, from: null, searched: tried });
+  return [none(lib, searched), none(lt, [])];
 }

@@ -87,7 +87,7 @@ interface Native {
   resetPeakMemoryStats(): void;
   cudaEmptyCache(): void;
   cudaSynchronize(): void;
-  // Training ops (native/ops_addon.cpp): float32 CPU tensors; lib/ops.ts checks the arguments.
+  // Training ops (native/ops_addon.cpp): CPU (float32) or CUDA tensors; lib/ops.ts checks the arguments.
   // "+=" arguments accumulate into the tensor given, other outputs are overwritten.
   opsLinear(x: TensorHandle, w: TensorHandle): TensorHandle;
   opsLinearBackward(dy: TensorHandle, x: TensorHandle, w: TensorHandle, dx: TensorHandle | null, dw: TensorHandle): void;
@@ -117,6 +117,8 @@ interface Native {
   opsZero(t: TensorHandle): void;
   /** A handle on the same memory with another shape of the same element count. */
   opsView(t: TensorHandle, shape: number[]): TensorHandle;
+  /** Opens libcublasLt, then libcublas, for the CUDA ops' matrix products; idempotent. */
+  cublasLoad(ltPath: string, path: string): void;
 }
 
 const require = createRequire(import.meta.url);

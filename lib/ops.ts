@@ -1,40 +1,94 @@
-// The CPU ops of a LLaMA-style training step, each with its backward, written per layer as
-// in karpathy/llm.c (no autograd). Thin typed wrappers over native/cpu/ops: arguments are
-// checked here with messages that name them; the native side computes.
+// The ops of a LLaMA-style training step, each with its backward, written per layer as in
+// karpathy/llm.c (no autograd). Thin typed wrappers over native code: arguments are checked
+// here with messages that name them; native/cpu/ops computes for 'cpu' tensors and
+// native/cuda/ops for 'cuda' tensors (matrix products through cuBLAS, opened at first use).
 //
-// Conventions: tensors are float32 on the CPU (other dtypes/devices throw a TypeError).
-// Rows are tokens. Forward ops return new tensors. Backward ops write into tensors the
-// caller owns: an input gradient such as `dx` is overwritten, a weight gradient such as
-// `dw` is accumulated into (`+=`, so micro-batches and blocks add up; zero it with
-// `zero()` before a step). Token ids, targets and positions are Int32Arrays.
+// Conventions: rows are tokens. Forward ops return new tensors. Backward ops write into
+// tensors the caller owns: an input gradient such as `dx` is overwritten, a weight gradient
+// such as `dw` is accumulated into (`+=`, so micro-batches and blocks add up; zero it with
+// `zero()` before a step). Token ids, targets and positions are Int32Arrays (uploaded for
+// the call on CUDA).
+//
+// Devices and dtypes: every tensor of a call is on the device of its first tensor argument
+// (else a TypeError naming both). On 'cpu' everything is float32. On 'cuda' the activations
+// and weights of a call (x, w, y, dy, dx, table, h, wHead, dh, ...) are all float32 or all
+// bfloat16; weight-gradient accumulators (dw, dtable, dwGate, dwUp, dwDown, dwHead), rmsNorm's
+// rstd and every adamw tensor are float32. Sums are float32 or wider whatever the dtype.
+// CUDA ops queue their work without waiting for it, except crossEntropyLoss and
+// sumOfSquares, which return a number and so wait for the device.
 import { checkInteger, checkOptions, describe, fail } from './errors.js';
+import { findCublas, LIBRARIES } from './libraries.js';
 import { native } from './native.js';
-import { checkTensor, Tensor } from './tensor.js';
+import { checkTensor, Tensor, type DeviceName, type DType } from './tensor.js';
 
 const fmt = (shape: readonly number[]) => `[${shape.join(', ')}]`;
 
-/** A float32 CPU tensor, or a TypeError naming the argument. */
-function f32(value: unknown, name: string): Tensor {
-  const t = checkTensor(value, name);
-  if (t.dtype !== 'float32' || t.device !== 'cpu')
-    fail('type', `${name}: needs float32 cpu tensors; CUDA ops are not implemented yet (got ${t.dtype} on ${t.device})`);
-  return t;
+/** The device and storage type of one call, taken from its first tensor argument. */
+class Call {
+  readonly device: DeviceName;
+  readonly dtype: DType;
+  readonly #ref: string;
+
+  constructor(value: unknown, name: string, kind: 'same' | 'f32' = 'same') {
+    const t = checkTensor(value, name);
+    this.device = t.device;
+    this.#ref = name;
+    if (kind === 'f32' || t.device === 'cpu') {
+      if (t.dtype !== 'float32')
+        fail('type', kind === 'f32' ? `${name}: needs float32, got ${t.dtype}` : `${name}: cpu ops take float32 tensors (bfloat16 runs on cuda), got ${t.dtype}`);
+    } else if (t.dtype !== 'float32' && t.dtype !== 'bfloat16') {
+      fail('type', `${name}: cuda ops take float32 or bfloat16 tensors, got ${t.dtype}`);
+    }
+    this.dtype = t.dtype;
+  }
+
+  /** A tensor on this call's device: of its dtype ('same'), or float32 ('f32': accumulators, rstd). */
+  tensor(value: unknown, name: string, kind: 'same' | 'f32' = 'same'): Tensor {
+    const t = checkTensor(value, name);
+    if (t.device !== this.device) fail('type', `${name}: device '${t.device}' does not match ${this.#ref}'s '${this.device}'`);
+    const want = kind === 'f32' ? 'float32' : this.dtype;
+    if (t.dtype !== want)
+      fail('type', kind === 'f32'
+        ? `${name}: needs float32 (it accumulates or keeps float32 state), got ${t.dtype}`
+        : `${name}: dtype '${t.dtype}' does not match ${this.#ref}'s '${this.dtype}'`);
+    return t;
+  }
+
+  /** A new tensor from a native handle, on this call's device. */
+  wrap(handle: ReturnType<typeof native.opsLinear>, shape: readonly number[], dtype: DType = this.dtype): Tensor {
+    return Tensor.fromHandle(handle, shape, dtype, this.device);
+  }
 }
 
-/** A float32 CPU tensor of rank 2 with every size >= 1; returns [rows, cols]. */
-function matrix(value: unknown, name: string, dims: string): [Tensor, number, number] {
-  const t = f32(value, name);
+/** A tensor of rank 2 with every size >= 1; returns [tensor, rows, cols]. */
+function matrix(c: Call, value: unknown, name: string, dims: string, kind: 'same' | 'f32' = 'same'): [Tensor, number, number] {
+  const t = c.tensor(value, name, kind);
   if (t.shape.length !== 2 || t.shape.some((d) => d < 1))
     fail('range', `${name}: expected shape ${dims} with every size >= 1, got ${fmt(t.shape)}`);
   return [t, t.shape[0]!, t.shape[1]!];
 }
 
-/** A float32 CPU tensor of exactly `shape`; `dims` names the sizes in the message. */
-function shaped(value: unknown, name: string, shape: readonly number[], dims: string): Tensor {
-  const t = f32(value, name);
+/** A tensor of exactly `shape`; `dims` names the sizes in the message. */
+function shaped(c: Call, value: unknown, name: string, shape: readonly number[], dims: string, kind: 'same' | 'f32' = 'same'): Tensor {
+  const t = c.tensor(value, name, kind);
   if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
     fail('range', `${name}: expected shape ${dims} = ${fmt(shape)}, got ${fmt(t.shape)}`);
   return t;
+}
+
+let cublasLoaded = false;
+/** Opens cuBLAS before the first CUDA matrix product; an Error naming every place looked in when it is missing. */
+function needCublas(c: Call, op: string): void {
+  if (c.device !== 'cuda' || cublasLoaded) return;
+  const [lib, lt] = findCublas();
+  if (!lib.path || !lt.path) {
+    const missing = !lib.path ? lib : lt;
+    throw new Error(`${op}: cuBLAS (${missing.name}) was not found, needed for matrix products on cuda; looked in ` +
+      `${missing.searched.join(', ')}. Install it (pip install nvidia-cublas, or the CUDA toolkit), or set ` +
+      `${LIBRARIES.cublas.envVar} to the directory of libcublas.so and libcublasLt.so.`);
+  }
+  native.cublasLoad(lt.path, lib.path);
+  cublasLoaded = true;
 }
 
 function int32Array(value: unknown, name: string, length?: number, lengthName?: string): Int32Array {
@@ -63,20 +117,24 @@ function checkFinite(value: unknown, name: string, min = -Infinity, minInclusive
 
 /** nn.Linear without bias: y [M,N] = x [M,K] · wᵀ, w [N,K]. */
 export function linear(x: Tensor, w: Tensor): Tensor {
-  const [tx, M, K] = matrix(x, 'x', '[M, K]');
-  const [tw, N] = matrix(w, 'w', '[N, K]');
-  shaped(tw, 'w', [N, K], "[N, K] (K: x's columns)");
-  return Tensor.fromHandle(native.opsLinear(tx.handle('x'), tw.handle('w')), [M, N], 'float32', 'cpu');
+  const c = new Call(x, 'x');
+  const [tx, M, K] = matrix(c, x, 'x', '[M, K]');
+  const [tw, N] = matrix(c, w, 'w', '[N, K]');
+  shaped(c, tw, 'w', [N, K], "[N, K] (K: x's columns)");
+  needCublas(c, 'linear');
+  return c.wrap(native.opsLinear(tx.handle('x'), tw.handle('w')), [M, N]);
 }
 
-/** Gradients of linear(): dx [M,K] = dy · w (overwritten; skipped when null), dw [N,K] += dyᵀ · x. */
+/** Gradients of linear(): dx [M,K] = dy · w (overwritten; skipped when null), dw [N,K] += dyᵀ · x (float32). */
 export function linearBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor): void {
-  const [tx, M, K] = matrix(x, 'x', '[M, K]');
-  const [tw, N] = matrix(w, 'w', '[N, K]');
-  shaped(tw, 'w', [N, K], "[N, K] (K: x's columns)");
-  const tdy = shaped(dy, 'dy', [M, N], '[M, N]');
-  const tdx = dx === null ? null : shaped(dx, 'dx', [M, K], '[M, K]');
-  const tdw = shaped(dw, 'dw', [N, K], '[N, K]');
+  const c = new Call(x, 'x');
+  const [tx, M, K] = matrix(c, x, 'x', '[M, K]');
+  const [tw, N] = matrix(c, w, 'w', '[N, K]');
+  shaped(c, tw, 'w', [N, K], "[N, K] (K: x's columns)");
+  const tdy = shaped(c, dy, 'dy', [M, N], '[M, N]');
+  const tdx = dx === null ? null : shaped(c, dx, 'dx', [M, K], '[M, K]');
+  const tdw = shaped(c, dw, 'dw', [N, K], '[N, K]', 'f32');
+  needCublas(c, 'linearBackward');
   native.opsLinearBackward(tdy.handle('dy'), tx.handle('x'), tw.handle('w'), tdx?.handle('dx') ?? null, tdw.handle('dw'));
 }
 
@@ -85,16 +143,18 @@ export function linearBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | nu
 /** Rows of `table` [V,C] for each id: [M,C]. An id outside [0, V) is a RangeError naming it. */
 export function embedding(ids: Int32Array, table: Tensor): Tensor {
   const a = int32Array(ids, 'ids');
-  const [tt, V, C] = matrix(table, 'table', '[V, C]');
+  const c = new Call(table, 'table');
+  const [tt, V, C] = matrix(c, table, 'table', '[V, C]');
   checkIndices(a, 'ids', V, 'the table rows');
-  return Tensor.fromHandle(native.opsEmbedding(a, tt.handle('table')), [a.length, C], 'float32', 'cpu');
+  return c.wrap(native.opsEmbedding(a, tt.handle('table')), [a.length, C]);
 }
 
-/** dtable [V,C] += the rows of dy [M,C] scattered to their ids (deterministic). */
+/** dtable [V,C] (float32) += the rows of dy [M,C] scattered to their ids (deterministic, no atomics). */
 export function embeddingBackward(ids: Int32Array, dy: Tensor, dtable: Tensor): void {
-  const [tt, V, C] = matrix(dtable, 'dtable', '[V, C]');
+  const c = new Call(dy, 'dy');
+  const [tt, V, C] = matrix(c, dtable, 'dtable', '[V, C]', 'f32');
   const a = int32Array(ids, 'ids');
-  const tdy = shaped(dy, 'dy', [a.length, C], '[M, C] (M: ids.length)');
+  const tdy = shaped(c, dy, 'dy', [a.length, C], '[M, C] (M: ids.length)');
   checkIndices(a, 'ids', V, 'the table rows');
   native.opsEmbeddingBackward(a, tdy.handle('dy'), tt.handle('dtable'));
 }
@@ -103,32 +163,35 @@ export function embeddingBackward(ids: Int32Array, dy: Tensor, dtable: Tensor): 
 
 /** Hugging Face LlamaRMSNorm: y = w * x / sqrt(mean(x²) + eps) over the last axis; rstd [M] for the backward. */
 export function rmsNorm(x: Tensor, w: Tensor, eps: number): { y: Tensor; rstd: Tensor } {
-  const [tx, M, C] = matrix(x, 'x', '[M, C]');
-  const tw = shaped(w, 'w', [C], '[C]');
+  const c = new Call(x, 'x');
+  const [tx, M, C] = matrix(c, x, 'x', '[M, C]');
+  const tw = shaped(c, w, 'w', [C], '[C]');
   const e = checkFinite(eps, 'eps', 0);
   const [y, rstd] = native.opsRmsNorm(tx.handle('x'), tw.handle('w'), e);
-  return { y: Tensor.fromHandle(y, [M, C], 'float32', 'cpu'), rstd: Tensor.fromHandle(rstd, [M], 'float32', 'cpu') };
+  return { y: c.wrap(y, [M, C]), rstd: c.wrap(rstd, [M], 'float32') };
 }
 
-/** Gradients of rmsNorm(): dx [M,C] overwritten, dw [C] +=. */
+/** Gradients of rmsNorm(): dx [M,C] overwritten, dw [C] (float32) +=. */
 export function rmsNormBackward(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, dx: Tensor, dw: Tensor): void {
-  const [tx, M, C] = matrix(x, 'x', '[M, C]');
-  const tw = shaped(w, 'w', [C], '[C]');
-  const tdy = shaped(dy, 'dy', [M, C], '[M, C]');
-  const tr = shaped(rstd, 'rstd', [M], '[M]');
-  const tdx = shaped(dx, 'dx', [M, C], '[M, C]');
-  const tdw = shaped(dw, 'dw', [C], '[C]');
+  const c = new Call(x, 'x');
+  const [tx, M, C] = matrix(c, x, 'x', '[M, C]');
+  const tw = shaped(c, w, 'w', [C], '[C]');
+  const tdy = shaped(c, dy, 'dy', [M, C], '[M, C]');
+  const tr = shaped(c, rstd, 'rstd', [M], '[M]', 'f32');
+  const tdx = shaped(c, dx, 'dx', [M, C], '[M, C]');
+  const tdw = shaped(c, dw, 'dw', [C], '[C]', 'f32');
   native.opsRmsNormBackward(tdy.handle('dy'), tx.handle('x'), tw.handle('w'), tr.handle('rstd'), tdx.handle('dx'), tdw.handle('dw'));
 }
 
 // ---- rotary position embedding ----
 
 function ropeArgs(x: unknown, name: string, positions: unknown, theta: unknown) {
-  const t = f32(x, name);
+  const c = new Call(x, name);
+  const t = c.tensor(x, name);
   if (t.shape.length !== 3 || t.shape.some((d) => d < 1) || t.shape[2]! % 2 !== 0)
     fail('range', `${name}: expected shape [M, H, D] with every size >= 1 and D even, got ${fmt(t.shape)}`);
   const p = int32Array(positions, 'positions', t.shape[0], `${name}'s tokens M`);
-  return { t, p, theta: checkFinite(theta, 'theta', 0, false) };
+  return { c, t, p, theta: checkFinite(theta, 'theta', 0, false) };
 }
 
 /**
@@ -138,24 +201,25 @@ function ropeArgs(x: unknown, name: string, positions: unknown, theta: unknown) 
  */
 export function rope(x: Tensor, positions: Int32Array, theta: number): Tensor {
   const a = ropeArgs(x, 'x', positions, theta);
-  return Tensor.fromHandle(native.opsRope(a.t.handle('x'), a.p, a.theta, false), a.t.shape, 'float32', 'cpu');
+  return a.c.wrap(native.opsRope(a.t.handle('x'), a.p, a.theta, false), a.t.shape);
 }
 
 /** Gradient of rope(): the inverse rotation of dy [M,H,D], as a new tensor. */
 export function ropeBackward(dy: Tensor, positions: Int32Array, theta: number): Tensor {
   const a = ropeArgs(dy, 'dy', positions, theta);
-  return Tensor.fromHandle(native.opsRope(a.t.handle('dy'), a.p, a.theta, true), a.t.shape, 'float32', 'cpu');
+  return a.c.wrap(native.opsRope(a.t.handle('dy'), a.p, a.theta, true), a.t.shape);
 }
 
 // ---- SwiGLU feed-forward ----
 
 function ffnArgs(x: unknown, wGate: unknown, wUp: unknown, wDown: unknown, blockRows: unknown) {
-  const [tx, M, C] = matrix(x, 'x', '[M, C]');
-  const [tg, F] = matrix(wGate, 'wGate', '[F, C]');
-  shaped(tg, 'wGate', [F, C], "[F, C] (C: x's columns)");
-  const tu = shaped(wUp, 'wUp', [F, C], '[F, C]');
-  const td = shaped(wDown, 'wDown', [C, F], '[C, F]');
-  return { tx, tg, tu, td, M, C, F, blockRows: checkInteger(blockRows, 'blockRows', 1) };
+  const c = new Call(x, 'x');
+  const [tx, M, C] = matrix(c, x, 'x', '[M, C]');
+  const [tg, F] = matrix(c, wGate, 'wGate', '[F, C]');
+  shaped(c, tg, 'wGate', [F, C], "[F, C] (C: x's columns)");
+  const tu = shaped(c, wUp, 'wUp', [F, C], '[F, C]');
+  const td = shaped(c, wDown, 'wDown', [C, F], '[C, F]');
+  return { c, tx, tg, tu, td, M, C, F, blockRows: checkInteger(blockRows, 'blockRows', 1) };
 }
 
 /**
@@ -165,21 +229,23 @@ function ffnArgs(x: unknown, wGate: unknown, wUp: unknown, wDown: unknown, block
  */
 export function ffn(x: Tensor, wGate: Tensor, wUp: Tensor, wDown: Tensor, blockRows: number): Tensor {
   const a = ffnArgs(x, wGate, wUp, wDown, blockRows);
+  needCublas(a.c, 'ffn');
   const y = native.opsFfn(a.tx.handle('x'), a.tg.handle('wGate'), a.tu.handle('wUp'), a.td.handle('wDown'), a.blockRows);
-  return Tensor.fromHandle(y, [a.M, a.C], 'float32', 'cpu');
+  return a.c.wrap(y, [a.M, a.C]);
 }
 
-/** Gradients of ffn(), recomputing gate/up per block: dx [M,C] overwritten; dwGate, dwUp [F,C] and dwDown [C,F] +=. */
+/** Gradients of ffn(), recomputing gate/up per block: dx [M,C] overwritten; dwGate, dwUp [F,C] and dwDown [C,F] (float32) +=. */
 export function ffnBackward(
   dy: Tensor, x: Tensor, wGate: Tensor, wUp: Tensor, wDown: Tensor, blockRows: number,
   dx: Tensor, dwGate: Tensor, dwUp: Tensor, dwDown: Tensor,
 ): void {
   const a = ffnArgs(x, wGate, wUp, wDown, blockRows);
-  const tdy = shaped(dy, 'dy', [a.M, a.C], '[M, C]');
-  const tdx = shaped(dx, 'dx', [a.M, a.C], '[M, C]');
-  const tdg = shaped(dwGate, 'dwGate', [a.F, a.C], '[F, C]');
-  const tdu = shaped(dwUp, 'dwUp', [a.F, a.C], '[F, C]');
-  const tdd = shaped(dwDown, 'dwDown', [a.C, a.F], '[C, F]');
+  const tdy = shaped(a.c, dy, 'dy', [a.M, a.C], '[M, C]');
+  const tdx = shaped(a.c, dx, 'dx', [a.M, a.C], '[M, C]');
+  const tdg = shaped(a.c, dwGate, 'dwGate', [a.F, a.C], '[F, C]', 'f32');
+  const tdu = shaped(a.c, dwUp, 'dwUp', [a.F, a.C], '[F, C]', 'f32');
+  const tdd = shaped(a.c, dwDown, 'dwDown', [a.C, a.F], '[C, F]', 'f32');
+  needCublas(a.c, 'ffnBackward');
   native.opsFfnBackward(
     tdy.handle('dy'), a.tx.handle('x'), a.tg.handle('wGate'), a.tu.handle('wUp'), a.td.handle('wDown'), a.blockRows,
     tdx.handle('dx'), tdg.handle('dwGate'), tdu.handle('dwUp'), tdd.handle('dwDown'),
@@ -197,7 +263,7 @@ export interface CrossEntropyOptions {
   gradScale?: number;
   /** [M,C], overwritten with gradScale * d(lossSum)/dh. */
   dh?: Tensor;
-  /** [V,C], += gradScale * d(lossSum)/dwHead. */
+  /** [V,C] float32, += gradScale * d(lossSum)/dwHead. */
   dwHead?: Tensor;
 }
 
@@ -214,17 +280,19 @@ export interface CrossEntropyResult {
  * dh / dwHead it also computes their gradients in the same pass.
  */
 export function crossEntropyLoss(h: Tensor, wHead: Tensor, targets: Int32Array, opts: CrossEntropyOptions): CrossEntropyResult {
-  const [th, M, C] = matrix(h, 'h', '[M, C]');
-  const [tw, V] = matrix(wHead, 'wHead', '[V, C]');
-  shaped(tw, 'wHead', [V, C], "[V, C] (C: h's columns)");
+  const c = new Call(h, 'h');
+  const [th, M, C] = matrix(c, h, 'h', '[M, C]');
+  const [tw, V] = matrix(c, wHead, 'wHead', '[V, C]');
+  shaped(c, tw, 'wHead', [V, C], "[V, C] (C: h's columns)");
   const o = checkOptions(opts, 'opts');
   const chunkRows = checkInteger(o.chunkRows, 'opts.chunkRows', 1);
   const ignoreIndex = o.ignoreIndex === undefined ? -100 : checkInteger(o.ignoreIndex, 'opts.ignoreIndex', -(2 ** 31), 2 ** 31 - 1);
   const gradScale = o.gradScale === undefined ? 1 : checkFinite(o.gradScale, 'opts.gradScale');
   const t = int32Array(targets, 'targets', M, "h's tokens M");
   checkIndices(t, 'targets', V, 'the vocabulary', ignoreIndex);
-  const dh = o.dh === undefined ? null : shaped(o.dh, 'opts.dh', [M, C], '[M, C]');
-  const dw = o.dwHead === undefined ? null : shaped(o.dwHead, 'opts.dwHead', [V, C], '[V, C]');
+  const dh = o.dh === undefined ? null : shaped(c, o.dh, 'opts.dh', [M, C], '[M, C]');
+  const dw = o.dwHead === undefined ? null : shaped(c, o.dwHead, 'opts.dwHead', [V, C], '[V, C]', 'f32');
+  needCublas(c, 'crossEntropyLoss');
   const [loss, count] = native.opsCrossEntropy(
     th.handle('h'), tw.handle('wHead'), t, chunkRows, ignoreIndex, gradScale, dh?.handle('opts.dh') ?? null, dw?.handle('opts.dwHead') ?? null,
   );
@@ -233,10 +301,12 @@ export function crossEntropyLoss(h: Tensor, wHead: Tensor, targets: Int32Array, 
 
 /** All the logits h [M,C] · wHeadᵀ [V,C] -> [M,V], for small problems and tests. */
 export function logits(h: Tensor, wHead: Tensor): Tensor {
-  const [th, M, C] = matrix(h, 'h', '[M, C]');
-  const [tw, V] = matrix(wHead, 'wHead', '[V, C]');
-  shaped(tw, 'wHead', [V, C], "[V, C] (C: h's columns)");
-  return Tensor.fromHandle(native.opsLinear(th.handle('h'), tw.handle('wHead')), [M, V], 'float32', 'cpu');
+  const c = new Call(h, 'h');
+  const [th, M, C] = matrix(c, h, 'h', '[M, C]');
+  const [tw, V] = matrix(c, wHead, 'wHead', '[V, C]');
+  shaped(c, tw, 'wHead', [V, C], "[V, C] (C: h's columns)");
+  needCublas(c, 'logits');
+  return c.wrap(native.opsLinear(th.handle('h'), tw.handle('wHead')), [M, V]);
 }
 
 // ---- optimizer and gradient utilities ----
@@ -255,12 +325,13 @@ export interface AdamWOptions {
   weightDecay?: number;
 }
 
-/** One torch.optim.AdamW step, fused and in place on param, m (first moment) and v (second moment). */
+/** One torch.optim.AdamW step, fused and in place on param, m (first moment) and v (second moment); all float32. */
 export function adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: AdamWOptions): void {
-  const tp = f32(param, 'param');
-  const tg = shaped(grad, 'grad', tp.shape, "param's shape");
-  const tm = shaped(m, 'm', tp.shape, "param's shape");
-  const tv = shaped(v, 'v', tp.shape, "param's shape");
+  const c = new Call(param, 'param', 'f32');
+  const tp = c.tensor(param, 'param');
+  const tg = shaped(c, grad, 'grad', tp.shape, "param's shape");
+  const tm = shaped(c, m, 'm', tp.shape, "param's shape");
+  const tv = shaped(c, v, 'v', tp.shape, "param's shape");
   const o = checkOptions(opts, 'opts');
   const step = checkInteger(o.step, 'opts.step', 1);
   const lr = checkFinite(o.lr, 'opts.lr', 0);
@@ -276,25 +347,29 @@ export function adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: A
   native.opsAdamW(tp.handle('param'), tg.handle('grad'), tm.handle('m'), tv.handle('v'), step, lr, beta1, beta2, eps, weightDecay);
 }
 
-/** Sum of squares of every element, accumulated in double (for the global gradient norm). */
+/** Sum of squares of every element, accumulated in double, deterministic (for the global gradient norm). */
 export function sumOfSquares(t: Tensor): number {
-  return native.opsSumOfSquares(f32(t, 't').handle('t'));
+  new Call(t, 't');
+  return native.opsSumOfSquares(t.handle('t'));
 }
 
 /** t *= s, in place. */
 export function scale(t: Tensor, s: number): void {
-  native.opsScale(f32(t, 't').handle('t'), checkFinite(s, 's'));
+  new Call(t, 't');
+  native.opsScale(t.handle('t'), checkFinite(s, 's'));
 }
 
 /** t = 0, in place. */
 export function zero(t: Tensor): void {
-  native.opsZero(f32(t, 't').handle('t'));
+  new Call(t, 't');
+  native.opsZero(t.handle('t'));
 }
 
 /** a += b, in place; b has a's shape. */
 export function add(a: Tensor, b: Tensor): void {
-  const ta = f32(a, 'a');
-  const tb = shaped(b, 'b', ta.shape, "a's shape");
+  const c = new Call(a, 'a');
+  const ta = c.tensor(a, 'a');
+  const tb = shaped(c, b, 'b', ta.shape, "a's shape");
   native.opsAdd(ta.handle('a'), tb.handle('b'));
 }
 

@@ -1,6 +1,7 @@
-// The N-API functions of the training ops (native/cpu/ops.h). lib/ops.ts checks the
-// arguments with user-facing messages; the checks here only keep a call that bypasses it
-// from reading or writing out of bounds.
+// The N-API functions of the training ops: float32 CPU tensors go to native/cpu/ops.h, CUDA
+// tensors to native/cuda/ops/ops.h. lib/ops.ts checks the arguments with user-facing
+// messages; the checks here only keep a call that bypasses it from reading or writing out
+// of bounds (the CUDA ops check their dtypes themselves).
 #include <napi.h>
 
 #include <cstdint>
@@ -9,6 +10,7 @@
 
 #include "common.h"
 #include "cpu/ops.h"
+#include "cuda/ops/ops.h"
 #include "napi_util.h"
 
 namespace ra::napi {
@@ -16,20 +18,34 @@ namespace ra::napi {
 namespace {
 
 namespace ops = ra::cpu::ops;
+namespace cuops = ra::cuda::ops;
 
-// A float32 CPU tensor argument, optionally of exactly `numel` elements.
-Tensor& f32(Napi::Env env, const Napi::Value& v, const char* name, int64_t numel = -1) {
-  Tensor& t = unwrap(env, v, name);
-  if (t.device != Device::CPU || t.dtype != DType::F32)
-    throw UserError("TypeError", std::string(name) + ": needs float32 cpu tensors; CUDA ops are not implemented yet");
-  if (numel >= 0 && t.numel() != numel)
-    throw UserError("RangeError", std::string(name) + ": expected " + std::to_string(numel) + " elements, got " +
-                                      std::to_string(t.numel()));
-  return t;
-}
-Tensor* f32_or_null(Napi::Env env, const Napi::Value& v, const char* name, int64_t numel) {
-  return v.IsNull() || v.IsUndefined() ? nullptr : &f32(env, v, name, numel);
-}
+// The tensor arguments of one call: all on the device of the first; on the CPU float32
+// (the CUDA ops check their own dtypes). Optionally of exactly `numel` elements.
+struct Args {
+  Napi::Env env;
+  const Tensor* first = nullptr;
+  const char* first_name = "";
+
+  Tensor& operator()(const Napi::Value& v, const char* name, int64_t numel = -1) {
+    Tensor& t = unwrap(env, v, name);
+    if (!first) first = &t, first_name = name;
+    if (t.device != first->device)
+      throw UserError("TypeError", std::string(name) + ": device '" + device_name(t.device) + "' does not match " +
+                                       first_name + "'s '" + device_name(first->device) + "'");
+    if (t.device == Device::CPU && t.dtype != DType::F32)
+      throw UserError("TypeError", std::string(name) + ": cpu ops take float32 tensors, got " + dtype_name(t.dtype));
+    if (numel >= 0 && t.numel() != numel)
+      throw UserError("RangeError", std::string(name) + ": expected " + std::to_string(numel) + " elements, got " +
+                                        std::to_string(t.numel()));
+    return t;
+  }
+  Tensor* or_null(const Napi::Value& v, const char* name, int64_t numel) {
+    return v.IsNull() || v.IsUndefined() ? nullptr : &(*this)(v, name, numel);
+  }
+  bool cuda() const { return first && first->device == Device::CUDA; }
+  static const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+};
 
 // A tensor of rank >= 1: rows = shape[0], cols = the product of the rest.
 int64_t rows_of(const Tensor& t) { return t.shape.empty() ? 1 : t.shape[0]; }
@@ -64,9 +80,11 @@ int64_t int64(const Napi::Value& v) { return v.As<Napi::Number>().Int64Value(); 
 // linear(x [M,K], w [N,K]) -> y [M,N]
 Napi::Value Linear(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    const Tensor &x = f32(env, info[0], "x"), &w = f32(env, info[1], "w");
+    Args a{env};
+    const Tensor &x = a(info[0], "x"), &w = a(info[1], "w");
     const int64_t M = rows_of(x), K = cols_of(x), N = rows_of(w);
-    f32(env, info[1], "w", N * K);
+    a(info[1], "w", N * K);
+    if (a.cuda()) return wrap(env, cuops::linear(x, w));
     Tensor y = Tensor::empty({M, N}, DType::F32, Device::CPU);
     ops::linear_forward(x.f32(), w.f32(), y.f32(), M, K, N);
     return wrap(env, std::move(y));
@@ -76,14 +94,16 @@ Napi::Value Linear(const Napi::CallbackInfo& info) {
 // linearBackward(dy [M,N], x [M,K], w [N,K], dx [M,K] | null, dw [N,K])
 Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    const Tensor &x = f32(env, info[1], "x"), &w = f32(env, info[2], "w");
+    Args a{env};
+    const Tensor &x = a(info[1], "x"), &w = a(info[2], "w");
     const int64_t M = rows_of(x), K = cols_of(x), N = rows_of(w);
-    const Tensor& dy = f32(env, info[0], "dy", M * N);
-    f32(env, info[2], "w", N * K);
-    Tensor* dx = f32_or_null(env, info[3], "dx", M * K);
-    Tensor& dw = f32(env, info[4], "dw", N * K);
+    const Tensor& dy = a(info[0], "dy", M * N);
+    a(info[2], "w", N * K);
+    Tensor* dx = a.or_null(info[3], "dx", M * K);
+    Tensor& dw = a(info[4], "dw", N * K);
     distinct(dx, "dx", dy, "dy"), distinct(dx, "dx", w, "w"), distinct(&dw, "dw", dy, "dy"), distinct(&dw, "dw", x, "x");
-    ops::linear_backward(dy.f32(), x.f32(), w.f32(), dx ? dx->f32() : nullptr, dw.f32(), M, K, N);
+    if (a.cuda()) cuops::linear_backward(dy, x, w, dx, dw);
+    else ops::linear_backward(dy.f32(), x.f32(), w.f32(), dx ? dx->f32() : nullptr, dw.f32(), M, K, N);
     return env.Undefined();
   });
 }
@@ -91,11 +111,13 @@ Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
 // embedding(ids Int32Array[M], table [V,C]) -> [M,C]
 Napi::Value Embedding(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    const Tensor& table = f32(env, info[1], "table");
+    Args a{env};
+    const Tensor& table = a(info[1], "table");
     if (!info[0].IsTypedArray()) throw UserError("TypeError", "ids: expected an Int32Array");
     auto ids = int32s(info[0], "ids", int64_t(info[0].As<Napi::TypedArray>().ElementLength()));
     const int64_t M = int64_t(ids.ElementLength()), V = rows_of(table), C = cols_of(table);
     check_range(ids, "ids", V);
+    if (a.cuda()) return wrap(env, cuops::embedding(ids.Data(), M, table));
     Tensor y = Tensor::empty({M, C}, DType::F32, Device::CPU);
     ops::embedding_forward(ids.Data(), table.f32(), y.f32(), M, C);
     return wrap(env, std::move(y));
@@ -105,14 +127,16 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
 // embeddingBackward(ids, dy [M,C], dtable [V,C])
 Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    Tensor& dtable = f32(env, info[2], "dtable");
+    Args a{env};
+    Tensor& dtable = a(info[2], "dtable");
     const int64_t V = rows_of(dtable), C = cols_of(dtable);
-    const Tensor& dy = f32(env, info[1], "dy");
+    const Tensor& dy = a(info[1], "dy");
     if (cols_of(dy) != C) throw UserError("RangeError", "dy: expected rows of " + std::to_string(C) + " elements");
     auto ids = int32s(info[0], "ids", rows_of(dy));
     check_range(ids, "ids", V);
     distinct(&dtable, "dtable", dy, "dy");
-    ops::embedding_backward(ids.Data(), dy.f32(), dtable.f32(), rows_of(dy), C);
+    if (a.cuda()) cuops::embedding_backward(ids.Data(), rows_of(dy), dy, dtable);
+    else ops::embedding_backward(ids.Data(), dy.f32(), dtable.f32(), rows_of(dy), C);
     return env.Undefined();
   });
 }
@@ -120,11 +144,14 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
 // rmsNorm(x [M,C], w [C], eps) -> [y, rstd [M]]
 Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    const Tensor& x = f32(env, info[0], "x");
+    Args a{env};
+    const Tensor& x = a(info[0], "x");
     const int64_t M = rows_of(x), C = cols_of(x);
-    const Tensor& w = f32(env, info[1], "w", C);
-    Tensor y = Tensor::empty(x.shape, DType::F32, Device::CPU), rstd = Tensor::empty({M}, DType::F32, Device::CPU);
-    ops::rmsnorm_forward(x.f32(), w.f32(), float(num(info[2])), y.f32(), rstd.f32(), M, C);
+    const Tensor& w = a(info[1], "w", C);
+    const Device dev = x.device;
+    Tensor y = Tensor::empty(x.shape, x.dtype, dev), rstd = Tensor::empty({M}, DType::F32, dev);
+    if (a.cuda()) cuops::rmsnorm(x, w, float(num(info[2])), y, rstd);
+    else ops::rmsnorm_forward(x.f32(), w.f32(), float(num(info[2])), y.f32(), rstd.f32(), M, C);
     auto out = Napi::Array::New(env, 2);
     out.Set(0u, wrap(env, std::move(y)));
     out.Set(1u, wrap(env, std::move(rstd)));
@@ -135,13 +162,15 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
 // rmsNormBackward(dy, x, w, rstd, dx, dw)
 Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    const Tensor& x = f32(env, info[1], "x");
+    Args a{env};
+    const Tensor& x = a(info[1], "x");
     const int64_t M = rows_of(x), C = cols_of(x);
-    const Tensor &dy = f32(env, info[0], "dy", M * C), &w = f32(env, info[2], "w", C), &rstd = f32(env, info[3], "rstd", M);
-    Tensor &dx = f32(env, info[4], "dx", M * C), &dw = f32(env, info[5], "dw", C);
+    const Tensor &dy = a(info[0], "dy", M * C), &w = a(info[2], "w", C), &rstd = a(info[3], "rstd", M);
+    Tensor &dx = a(info[4], "dx", M * C), &dw = a(info[5], "dw", C);
     distinct(&dx, "dx", dy, "dy"), distinct(&dx, "dx", x, "x"), distinct(&dx, "dx", w, "w"), distinct(&dx, "dx", rstd, "rstd");
     distinct(&dw, "dw", dy, "dy"), distinct(&dw, "dw", x, "x"), distinct(&dw, "dw", rstd, "rstd"), distinct(&dw, "dw", dx, "dx");
-    ops::rmsnorm_backward(dy.f32(), x.f32(), w.f32(), rstd.f32(), dx.f32(), dw.f32(), M, C);
+    if (a.cuda()) cuops::rmsnorm_backward(dy, x, w, rstd, dx, dw);
+    else ops::rmsnorm_backward(dy.f32(), x.f32(), w.f32(), rstd.f32(), dx.f32(), dw.f32(), M, C);
     return env.Undefined();
   });
 }
@@ -149,10 +178,12 @@ Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
 // rope(x [M,H,D], positions Int32Array[M], theta, inverse) -> [M,H,D]
 Napi::Value Rope(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    const Tensor& x = f32(env, info[0], "x");
+    Args a{env};
+    const Tensor& x = a(info[0], "x");
     if (x.shape.size() != 3 || x.shape[2] % 2 != 0) throw UserError("RangeError", "x: expected shape [M, H, D] with D even");
     const int64_t M = x.shape[0], H = x.shape[1], D = x.shape[2];
     auto pos = int32s(info[1], "positions", M);
+    if (a.cuda()) return wrap(env, cuops::rope(x, pos.Data(), num(info[2]), info[3].ToBoolean()));
     Tensor y = Tensor::empty(x.shape, DType::F32, Device::CPU);
     ops::rope(x.f32(), pos.Data(), y.f32(), M, H, D, num(info[2]), info[3].ToBoolean());
     return wrap(env, std::move(y));
@@ -163,25 +194,27 @@ struct FfnArgs {
   int64_t M, C, F, block;
   const Tensor *x, *wg, *wu, *wd;
 };
-FfnArgs ffn_args(Napi::Env env, const Napi::CallbackInfo& info, int first) {
-  FfnArgs a{};
-  a.x = &f32(env, info[first], "x");
-  a.wg = &f32(env, info[first + 1], "wGate");
-  a.M = rows_of(*a.x), a.C = cols_of(*a.x), a.F = rows_of(*a.wg);
-  f32(env, info[first + 1], "wGate", a.F * a.C);
-  a.wu = &f32(env, info[first + 2], "wUp", a.F * a.C);
-  a.wd = &f32(env, info[first + 3], "wDown", a.C * a.F);
-  a.block = int64(info[first + 4]);
-  if (a.block < 1) throw UserError("RangeError", "blockRows: expected an integer >= 1");
-  return a;
+FfnArgs ffn_args(Args& a, const Napi::CallbackInfo& info, int first) {
+  FfnArgs f{};
+  f.x = &a(info[first], "x");
+  f.wg = &a(info[first + 1], "wGate");
+  f.M = rows_of(*f.x), f.C = cols_of(*f.x), f.F = rows_of(*f.wg);
+  a(info[first + 1], "wGate", f.F * f.C);
+  f.wu = &a(info[first + 2], "wUp", f.F * f.C);
+  f.wd = &a(info[first + 3], "wDown", f.C * f.F);
+  f.block = int64(info[first + 4]);
+  if (f.block < 1) throw UserError("RangeError", "blockRows: expected an integer >= 1");
+  return f;
 }
 
 // ffn(x [M,C], wGate [F,C], wUp [F,C], wDown [C,F], blockRows) -> y [M,C]
 Napi::Value Ffn(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    auto a = ffn_args(env, info, 0);
-    Tensor y = Tensor::empty(a.x->shape, DType::F32, Device::CPU);
-    ops::ffn_forward(a.x->f32(), a.wg->f32(), a.wu->f32(), a.wd->f32(), y.f32(), a.M, a.C, a.F, a.block);
+    Args a{env};
+    auto f = ffn_args(a, info, 0);
+    if (a.cuda()) return wrap(env, cuops::ffn(*f.x, *f.wg, *f.wu, *f.wd, f.block));
+    Tensor y = Tensor::empty(f.x->shape, DType::F32, Device::CPU);
+    ops::ffn_forward(f.x->f32(), f.wg->f32(), f.wu->f32(), f.wd->f32(), y.f32(), f.M, f.C, f.F, f.block);
     return wrap(env, std::move(y));
   });
 }
@@ -189,11 +222,13 @@ Napi::Value Ffn(const Napi::CallbackInfo& info) {
 // ffnBackward(dy, x, wGate, wUp, wDown, blockRows, dx, dwGate, dwUp, dwDown)
 Napi::Value FfnBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    auto a = ffn_args(env, info, 1);
-    const Tensor& dy = f32(env, info[0], "dy", a.M * a.C);
-    Tensor &dx = f32(env, info[6], "dx", a.M * a.C), &dwg = f32(env, info[7], "dwGate", a.F * a.C),
-           &dwu = f32(env, info[8], "dwUp", a.F * a.C), &dwd = f32(env, info[9], "dwDown", a.C * a.F);
-    const Tensor* ins[] = {&dy, a.x, a.wg, a.wu, a.wd};
+    Args a{env};
+    const Tensor& dy = a(info[0], "dy");
+    auto f = ffn_args(a, info, 1);
+    a(info[0], "dy", f.M * f.C);
+    Tensor &dx = a(info[6], "dx", f.M * f.C), &dwg = a(info[7], "dwGate", f.F * f.C),
+           &dwu = a(info[8], "dwUp", f.F * f.C), &dwd = a(info[9], "dwDown", f.C * f.F);
+    const Tensor* ins[] = {&dy, f.x, f.wg, f.wu, f.wd};
     const char* in_names[] = {"dy", "x", "wGate", "wUp", "wDown"};
     Tensor* outs[] = {&dx, &dwg, &dwu, &dwd};
     const char* out_names[] = {"dx", "dwGate", "dwUp", "dwDown"};
@@ -201,8 +236,9 @@ Napi::Value FfnBackward(const Napi::CallbackInfo& info) {
       for (int i = 0; i < 5; ++i) distinct(outs[o], out_names[o], *ins[i], in_names[i]);
       for (int p = 0; p < o; ++p) distinct(outs[o], out_names[o], *outs[p], out_names[p]);
     }
-    ops::ffn_backward(dy.f32(), a.x->f32(), a.wg->f32(), a.wu->f32(), a.wd->f32(), dx.f32(), dwg.f32(), dwu.f32(),
-                      dwd.f32(), a.M, a.C, a.F, a.block);
+    if (a.cuda()) cuops::ffn_backward(dy, *f.x, *f.wg, *f.wu, *f.wd, f.block, dx, dwg, dwu, dwd);
+    else ops::ffn_backward(dy.f32(), f.x->f32(), f.wg->f32(), f.wu->f32(), f.wd->f32(), dx.f32(), dwg.f32(), dwu.f32(),
+                           dwd.f32(), f.M, f.C, f.F, f.block);
     return env.Undefined();
   });
 }
@@ -211,23 +247,32 @@ Napi::Value FfnBackward(const Napi::CallbackInfo& info) {
 //              dh [M,C] | null, dwHead [V,C] | null) -> [lossSum, count]
 Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    const Tensor &h = f32(env, info[0], "h"), &w = f32(env, info[1], "wHead");
+    Args a{env};
+    const Tensor &h = a(info[0], "h"), &w = a(info[1], "wHead");
     const int64_t M = rows_of(h), C = cols_of(h), V = rows_of(w);
-    f32(env, info[1], "wHead", V * C);
+    a(info[1], "wHead", V * C);
     auto targets = int32s(info[2], "targets", M);
     const int32_t ignore = info[4].As<Napi::Number>().Int32Value();
     check_range(targets, "targets", V, ignore);
     const int64_t chunk = int64(info[3]);
     if (chunk < 1) throw UserError("RangeError", "chunkRows: expected an integer >= 1");
-    Tensor* dh = f32_or_null(env, info[6], "dh", M * C);
-    Tensor* dw = f32_or_null(env, info[7], "dwHead", V * C);
+    Tensor* dh = a.or_null(info[6], "dh", M * C);
+    Tensor* dw = a.or_null(info[7], "dwHead", V * C);
     distinct(dh, "dh", h, "h"), distinct(dh, "dh", w, "wHead"), distinct(dw, "dwHead", h, "h"), distinct(dw, "dwHead", w, "wHead");
     if (dh && dw) distinct(dh, "dh", *dw, "dwHead");
-    auto r = ops::cross_entropy(h.f32(), w.f32(), targets.Data(), M, C, V, chunk, ignore, float(num(info[5])),
-                                dh ? dh->f32() : nullptr, dw ? dw->f32() : nullptr);
+    double loss_sum;
+    int64_t count;
+    if (a.cuda()) {
+      auto r = cuops::cross_entropy(h, w, targets.Data(), chunk, ignore, float(num(info[5])), dh, dw);
+      loss_sum = r.loss_sum, count = r.count;
+    } else {
+      auto r = ops::cross_entropy(h.f32(), w.f32(), targets.Data(), M, C, V, chunk, ignore, float(num(info[5])),
+                                  dh ? dh->f32() : nullptr, dw ? dw->f32() : nullptr);
+      loss_sum = r.loss_sum, count = r.count;
+    }
     auto out = Napi::Array::New(env, 2);
-    out.Set(0u, Napi::Number::New(env, r.loss_sum));
-    out.Set(1u, Napi::Number::New(env, double(r.count)));
+    out.Set(0u, Napi::Number::New(env, loss_sum));
+    out.Set(1u, Napi::Number::New(env, double(count)));
     return out;
   });
 }
@@ -235,41 +280,60 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
 // adamw(param, grad, m, v, step, lr, beta1, beta2, eps, weightDecay)
 Napi::Value AdamW(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    Tensor& p = f32(env, info[0], "param");
+    Args a{env};
+    Tensor& p = a(info[0], "param");
     const int64_t n = p.numel();
-    const Tensor& g = f32(env, info[1], "grad", n);
-    Tensor &m = f32(env, info[2], "m", n), &v = f32(env, info[3], "v", n);
-    ops::adamw(p.f32(), g.f32(), m.f32(), v.f32(), n, int64(info[4]), float(num(info[5])), float(num(info[6])),
-               float(num(info[7])), float(num(info[8])), float(num(info[9])));
+    const Tensor& g = a(info[1], "grad", n);
+    Tensor &m = a(info[2], "m", n), &v = a(info[3], "v", n);
+    const int64_t step = int64(info[4]);
+    const float lr = float(num(info[5])), b1 = float(num(info[6])), b2 = float(num(info[7])), eps = float(num(info[8])),
+                wd = float(num(info[9]));
+    if (a.cuda()) cuops::adamw(p, g, m, v, step, lr, b1, b2, eps, wd);
+    else ops::adamw(p.f32(), g.f32(), m.f32(), v.f32(), n, step, lr, b1, b2, eps, wd);
     return env.Undefined();
   });
 }
 
 Napi::Value SumOfSquares(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    const Tensor& t = f32(env, info[0], "t");
-    return Napi::Number::New(env, ops::sum_of_squares(t.f32(), t.numel()));
+    Args a{env};
+    const Tensor& t = a(info[0], "t");
+    return Napi::Number::New(env, a.cuda() ? cuops::sum_of_squares(t) : ops::sum_of_squares(t.f32(), t.numel()));
   });
 }
 Napi::Value Scale(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    Tensor& t = f32(env, info[0], "t");
-    ops::scale(t.f32(), t.numel(), float(num(info[1])));
+    Args a{env};
+    Tensor& t = a(info[0], "t");
+    if (a.cuda()) cuops::scale(t, float(num(info[1])));
+    else ops::scale(t.f32(), t.numel(), float(num(info[1])));
     return env.Undefined();
   });
 }
 Napi::Value Add(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    Tensor& a = f32(env, info[0], "a");
-    const Tensor& b = f32(env, info[1], "b", a.numel());
-    ops::add(a.f32(), b.f32(), a.numel());
+    Args args{env};
+    Tensor& a = args(info[0], "a");
+    const Tensor& b = args(info[1], "b", a.numel());
+    if (args.cuda()) cuops::add(a, b);
+    else ops::add(a.f32(), b.f32(), a.numel());
     return env.Undefined();
   });
 }
 Napi::Value Zero(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    Tensor& t = f32(env, info[0], "t");
-    ops::zero(t.f32(), t.numel());
+    Args a{env};
+    Tensor& t = a(info[0], "t");
+    if (a.cuda()) cuops::zero(t);
+    else ops::zero(t.f32(), t.numel());
+    return env.Undefined();
+  });
+}
+
+// cublasLoad(ltPath, path): opens cuBLAS for the CUDA matrix products (lib/ops.ts finds the files)
+Napi::Value CublasLoad(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    cuops::load_cublas(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::String>().Utf8Value());
     return env.Undefined();
   });
 }
@@ -307,6 +371,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
       {"opsAdd", Add},
       {"opsZero", Zero},
       {"opsView", View},
+      {"cublasLoad", CublasLoad},
   };
   for (const auto& [name, fn] : fns) exports.Set(name, Napi::Function::New(env, fn, name));
 }

@@ -94,7 +94,9 @@ describe('linear', () => {
     expect(() => ops.linear(zeros([12]), x)).toThrow(/^x: expected shape \[M, K\]/);
     const bf = tensor(new Float32Array(12), [3, 4], { dtype: 'bfloat16' });
     expect(() => ops.linear(bf, x)).toThrow(TypeError);
-    expect(() => ops.linear(bf, x)).toThrow(/^x: needs float32 cpu tensors; CUDA ops are not implemented yet/);
+    expect(() => ops.linear(bf, x)).toThrow(/^x: cpu ops take float32 tensors \(bfloat16 runs on cuda\), got bfloat16/);
+    expect(() => ops.linear(x, bf)).toThrow(new TypeError("w: dtype 'bfloat16' does not match x's 'float32'"));
+    expect(() => ops.rmsNormBackward(x, x, zeros([4]), zeros([3]), zeros([3, 4]), bf)).toThrow(/^dw: needs float32/);
     expect(() => ops.linearBackward(zeros([3, 6]), x, zeros([5, 4]), null, zeros([5, 4]))).toThrow(/^dy: expected shape \[M, N\] = \[3, 5\]/);
     expect(() => ops.linearBackward(zeros([3, 5]), x, zeros([5, 4]), null, zeros([4, 5]))).toThrow(/^dw: /);
     const dy = zeros([3, 4]), w = zeros([4, 4]);

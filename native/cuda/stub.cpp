@@ -1,6 +1,7 @@
 // Stands in for device.cu in builds without nvcc (binding.gyp, or CMake with no CUDA).
 #include "attention.h"
 #include "device.h"
+#include "ops/ops.h"
 #include "ring_cuda.h"
 
 namespace ra::cuda {
@@ -44,5 +45,30 @@ AttnGrads attention_backward(const Tensor&, const Tensor&, const Tensor&, const 
                              float, bool) {
   throw not_compiled();
 }
+
+
+namespace ops {
+void load_cublas(const std::string&, const std::string&) { throw not_compiled(); }
+Tensor linear(const Tensor&, const Tensor&) { throw not_compiled(); }
+void linear_backward(const Tensor&, const Tensor&, const Tensor&, Tensor*, Tensor&) { throw not_compiled(); }
+Tensor embedding(const int32_t*, int64_t, const Tensor&) { throw not_compiled(); }
+void embedding_backward(const int32_t*, int64_t, const Tensor&, Tensor&) { throw not_compiled(); }
+void rmsnorm(const Tensor&, const Tensor&, float, Tensor&, Tensor&) { throw not_compiled(); }
+void rmsnorm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&) { throw not_compiled(); }
+Tensor rope(const Tensor&, const int32_t*, double, bool) { throw not_compiled(); }
+Tensor ffn(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t) { throw not_compiled(); }
+void ffn_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, Tensor&, Tensor&,
+                  Tensor&, Tensor&) {
+  throw not_compiled();
+}
+CrossEntropyResult cross_entropy(const Tensor&, const Tensor&, const int32_t*, int64_t, int32_t, float, Tensor*, Tensor*) {
+  throw not_compiled();
+}
+void adamw(Tensor&, const Tensor&, Tensor&, Tensor&, int64_t, float, float, float, float, float) { throw not_compiled(); }
+double sum_of_squares(const Tensor&) { throw not_compiled(); }
+void scale(Tensor&, float) { throw not_compiled(); }
+void add(Tensor&, const Tensor&) { throw not_compiled(); }
+void zero(Tensor&) { throw not_compiled(); }
+}  // namespace ops
 
 }  // namespace ra::cuda

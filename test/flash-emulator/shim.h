@@ -1,5 +1,6 @@
-// A CPU emulator for the flash-attention kernels (native/cuda/flash/), so that CI, which has
-// no GPU, runs the real kernel code: each CUDA thread is a fiber; __syncthreads, __syncwarp and
+// A CPU emulator for the flash-attention kernels (native/cuda/flash/) and the training-op
+// kernels (native/cuda/ops/*.cuh, driven by test/ops-emulator/), so that CI, which has no
+// GPU, runs the real kernel code: each CUDA thread is a fiber; __syncthreads, __syncwarp and
 // the shuffles are real barriers between them; ldmatrix, mma.sync m16n8k16 and cp.async are
 // emulated from the PTX ISA's fragment layouts (mma.cuh switches to these under
 // RA_FLASH_EMULATOR). Shared memory is exactly the launch size, filled with NaN bytes; warps
@@ -49,6 +50,10 @@ struct __nv_bfloat162 { __nv_bfloat16 x, y; };
 struct __half2 { __half x, y; };
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__nv_bfloat16(a), __nv_bfloat16(b)}; }
 inline __half2 __floats2half2_rn(float a, float b) { return {__half(a), __half(b)}; }
+inline float __bfloat162float(__nv_bfloat16 h) { return float(h); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
+struct CUstream_st;
+typedef CUstream_st* cudaStream_t;
 template <class T> inline float bits_to_f(uint16_t u);
 template <> inline float bits_to_f<__nv_bfloat16>(uint16_t u) { return ra::bf16_to_f32(u); }
 template <> inline float bits_to_f<__half>(uint16_t u) { return ra::f16_to_f32(u); }
@@ -128,6 +133,19 @@ inline float __shfl_xor_sync(unsigned, float x, int m) {
   float r = w.f[lane_id() ^ m];
   emu_barrier(w.bar);
   return r;
+}
+inline double __shfl_xor_sync(unsigned, double x, int m) {
+  // two float-sized halves through the same barrier protocol, as the hardware moves 64-bit values
+  uint64_t u;
+  memcpy(&u, &x, 8);
+  float lo, hi;
+  uint32_t l32 = uint32_t(u), h32 = uint32_t(u >> 32);
+  memcpy(&lo, &l32, 4), memcpy(&hi, &h32, 4);
+  lo = __shfl_xor_sync(0xffffffffu, lo, m), hi = __shfl_xor_sync(0xffffffffu, hi, m);
+  memcpy(&l32, &lo, 4), memcpy(&h32, &hi, 4);
+  u = uint64_t(l32) | (uint64_t(h32) << 32);
+  memcpy(&x, &u, 8);
+  return x;
 }
 inline float atomicAdd(float* p, float v) { float o = *p; *p = o + v; return o; }
 

@@ -1,0 +1,69 @@
+// Launchers of AdamW and the gradient utilities (optim.cuh) for whole tensors.
+#include <cmath>
+#include <vector>
+
+#include "internal.h"
+#include "ops.h"
+#include "optim.cuh"
+
+namespace ra::cuda::ops {
+
+void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, int64_t step, float lr, float beta1, float beta2,
+           float eps, float weight_decay) {
+  expect(param, DType::F32, "param"), expect(grad, DType::F32, "grad"), expect(m, DType::F32, "m"), expect(v, DType::F32, "v");
+  const int64_t n = param.numel();
+  if (n == 0) return;
+  // the scalars exactly as the CPU op computes them
+  const double bc1 = 1.0 - std::pow(double(beta1), double(step));
+  const double bc2 = 1.0 - std::pow(double(beta2), double(step));
+  const float step_size = float(double(lr) / bc1), bc2_sqrt = float(std::sqrt(bc2)), decay = 1.f - lr * weight_decay;
+  launch_adamw(ptr<float>(param), ptr<float>(grad), ptr<float>(m), ptr<float>(v), n, beta1, beta2, eps, step_size,
+               bc2_sqrt, decay, nullptr);
+  check_launch("adamw kernel launch");
+}
+
+double sum_of_squares(const Tensor& t) {
+  const DType dt = activation_dtype(t, "t");
+  const int64_t n = t.numel();
+  if (n == 0) return 0;
+  const unsigned blocks = sum_of_squares_blocks(n);
+  Tensor partial = scratch(2 * int64_t(blocks), DType::F32);  // doubles
+  by_dtype(dt, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    launch_sum_of_squares<T>(ptr<T>(t), n, ptr<double>(partial), nullptr);
+  });
+  check_launch("sumOfSquares kernel launch");
+  std::vector<double> host(blocks);
+  check(cudaMemcpy(host.data(), partial.storage->ptr, blocks * sizeof(double), cudaMemcpyDeviceToHost), "copy to host");
+  double total = 0;
+  for (double p : host) total += p;  // in block order: deterministic
+  return total;
+}
+
+void scale(Tensor& t, float s) {
+  const DType dt = activation_dtype(t, "t");
+  if (t.numel() == 0) return;
+  by_dtype(dt, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    launch_scale<T>(ptr<T>(t), t.numel(), s, nullptr);
+  });
+  check_launch("scale kernel launch");
+}
+
+void add(Tensor& a, const Tensor& b) {
+  const DType dt = activation_dtype(a, "a");
+  expect(b, dt, "b");
+  if (a.numel() == 0) return;
+  by_dtype(dt, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    launch_add<T>(ptr<T>(a), ptr<T>(b), a.numel(), nullptr);
+  });
+  check_launch("add kernel launch");
+}
+
+void zero(Tensor& t) {
+  activation_dtype(t, "t");
+  if (t.numel() > 0) ra::cuda::zero(t.storage->ptr, size_t(t.numel()) * dtype_size(t.dtype));
+}
+
+}  // namespace ra::cuda::ops

@@ -1,0 +1,163 @@
+// The training ops on CUDA tensors (native/cuda/ops/) against the CPU ops on the same inputs,
+// in float32 and bfloat16, with the += / overwrite contract and the device/dtype refusals.
+// Needs a CUDA device and cuBLAS; elsewhere skipped, with the reason in the title.
+//
+// Tolerances (relative to the largest CPU value, test/reference.ts relErr):
+// - float32: cuBLAS sums in another order than the CPU's blocked gemm, both in float32 (no
+//   TF32): ~1e-7 * sqrt(K) relative, so 1e-5 for anything with a product, 2e-6 for
+//   elementwise kernels (FMA contraction and float expf/sinf differ by an ulp or two).
+//   Lookups and the embedding scatter-add (same token order, float32) are bit-identical.
+// - bfloat16: inputs are rounded to bfloat16 first, so both sides see the same values; CUDA
+//   rounds its outputs and the operands of later products (h, dg, du, dlogits) to bfloat16
+//   (relative step 2^-8 = 3.9e-3), so 2e-2, as test/gpu/attention-cuda.test.ts allows.
+//   Weight gradients accumulate in float32 but from bfloat16-rounded operands: 2e-2 too.
+// - Losses and sums of squares are returned in double: 1e-5 (float32 exp sums) and 1e-10.
+import { describe, expect, it } from 'vitest';
+
+import { info, ops, tensor, type DType, type Tensor } from '../../dist/index.js';
+import { findCublas } from '../../dist/libraries.js';
+import { randomArray, relErr, roundTo } from '../reference.js';
+
+const cuda = info().cuda;
+const [blas] = cuda.available ? findCublas() : [null];
+const why = !cuda.available ? cuda.reason : !blas?.path ? `cuBLAS not found (looked in ${blas?.searched.join(', ')})` : '';
+const title = why ? `CUDA training ops (skipped: ${why})` : 'CUDA training ops';
+
+type D = Extract<DType, 'float32' | 'bfloat16'>;
+const TOL: Record<D, { prod: number; elem: number }> = { float32: { prod: 1e-5, elem: 2e-6 }, bfloat16: { prod: 2e-2, elem: 2e-2 } };
+
+const n = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+/** The same values (already rounded to dtype) on the CPU as float32 and on CUDA as dtype. */
+function pair(shape: number[], seed: number, dtype: D, scale = 1) {
+  const data = roundTo(dtype, randomArray(n(shape), seed).map((v) => v * scale));
+  return { data, cpu: tensor(data, shape), gpu: tensor(data, shape, { dtype, device: 'cuda' }) };
+}
+/** A float32 accumulator with the same random start on both devices (checks +=). */
+function acc(shape: number[], seed: number) {
+  const data = randomArray(n(shape), seed);
+  return { cpu: tensor(data, shape), gpu: tensor(data, shape, { device: 'cuda' }) };
+}
+/** An output of dtype on CUDA filled with garbage (checks overwrite), and a CPU float32 one. */
+function out(shape: number[], dtype: D) {
+  const junk = new Float32Array(n(shape)).fill(12345);
+  return { cpu: tensor(junk, shape), gpu: tensor(junk, shape, { dtype, device: 'cuda' }) };
+}
+const read = (t: Tensor) => t.toFloat32Array();
+async function close(gpu: Tensor, cpu: Tensor, tol: number, what: string) {
+  expect(relErr(await read(gpu), await read(cpu)), what).toBeLessThan(tol);
+}
+function ids(count: number, hi: number, seed: number, ignore?: number) {
+  const r = randomArray(count, seed);
+  return Int32Array.from(r, (v, i) => (ignore !== undefined && i % 5 === 2 ? ignore : Math.floor((v + 0.5) * hi) % hi));
+}
+
+describe.skipIf(!!why)(title, () => {
+  for (const dtype of ['float32', 'bfloat16'] as const) {
+    const tol = TOL[dtype];
+
+    for (const [M, K, N] of [[37, 45, 29], [130, 300, 270]] as const)
+      it(`${dtype} linear ${M}x${K}x${N}: y, dx overwritten, dw +=`, async () => {
+        const x = pair([M, K], 1, dtype), w = pair([N, K], 2, dtype), dy = pair([M, N], 3, dtype);
+        await close(ops.linear(x.gpu, w.gpu), ops.linear(x.cpu, w.cpu), tol.prod, 'y');
+        const dx = out([M, K], dtype), dw = acc([N, K], 4);
+        ops.linearBackward(dy.gpu, x.gpu, w.gpu, dx.gpu, dw.gpu);
+        ops.linearBackward(dy.cpu, x.cpu, w.cpu, dx.cpu, dw.cpu);
+        await close(dx.gpu, dx.cpu, tol.prod, 'dx');
+        await close(dw.gpu, dw.cpu, tol.prod, 'dw');
+        await close(ops.logits(x.gpu, w.gpu), ops.logits(x.cpu, w.cpu), tol.prod, 'logits');
+      });
+
+    it(`${dtype} embedding: rows copied exactly, dtable += in token order (repeated ids)`, async () => {
+      const [M, C, V] = [300, 70, 11];
+      const tbl = pair([V, C], 5, dtype), dy = pair([M, C], 6, dtype), id = ids(M, V, 7);
+      expect(Array.from(await read(ops.embedding(id, tbl.gpu)))).toEqual(Array.from(await read(ops.embedding(id, tbl.cpu))));
+      const dt = acc([V, C], 8);
+      ops.embeddingBackward(id, dy.gpu, dt.gpu);
+      ops.embeddingBackward(id, dy.cpu, dt.cpu);
+      expect(Array.from(await read(dt.gpu))).toEqual(Array.from(await read(dt.cpu)));
+    });
+
+    it(`${dtype} rmsNorm: y, rstd; dx overwritten, dw += (300 rows > the 128 dw chunks, C = 257)`, async () => {
+      const [M, C] = [300, 257];
+      const x = pair([M, C], 9, dtype, 2), w = pair([C], 10, dtype), dy = pair([M, C], 11, dtype);
+      const g = ops.rmsNorm(x.gpu, w.gpu, 1e-5), c = ops.rmsNorm(x.cpu, w.cpu, 1e-5);
+      await close(g.y, c.y, tol.elem, 'y');
+      await close(g.rstd, c.rstd, 2e-6, 'rstd');
+      const dx = out([M, C], dtype), dw = acc([C], 12);
+      ops.rmsNormBackward(dy.gpu, x.gpu, w.gpu, g.rstd, dx.gpu, dw.gpu);
+      ops.rmsNormBackward(dy.cpu, x.cpu, w.cpu, c.rstd, dx.cpu, dw.cpu);
+      await close(dx.gpu, dx.cpu, tol.elem * 5, 'dx');
+      await close(dw.gpu, dw.cpu, dtype === 'float32' ? 1e-5 : tol.elem, 'dw');
+    });
+
+    it(`${dtype} rope and its backward, positions up to 2M (angles in double on both)`, async () => {
+      const [M, H, D] = [77, 3, 128];
+      const x = pair([M, H, D], 13, dtype), pos = Int32Array.from({ length: M }, (_, i) => (i % 3 ? i : 2_000_000 - i * 7919));
+      await close(ops.rope(x.gpu, pos, 500000), ops.rope(x.cpu, pos, 500000), tol.elem, 'rope');
+      await close(ops.ropeBackward(x.gpu, pos, 500000), ops.ropeBackward(x.cpu, pos, 500000), tol.elem, 'ropeBackward');
+    });
+
+    it(`${dtype} ffn in blocks of 7 rows (ragged): y, dx overwritten, dw* +=`, async () => {
+      const [M, C, F] = [33, 48, 100];
+      const x = pair([M, C], 14, dtype), wg = pair([F, C], 15, dtype, 0.3), wu = pair([F, C], 16, dtype, 0.3);
+      const wd = pair([C, F], 17, dtype, 0.3), dy = pair([M, C], 18, dtype);
+      await close(ops.ffn(x.gpu, wg.gpu, wu.gpu, wd.gpu, 7), ops.ffn(x.cpu, wg.cpu, wu.cpu, wd.cpu, 7), tol.prod, 'y');
+      const dx = out([M, C], dtype), dg = acc([F, C], 19), du = acc([F, C], 20), dd = acc([C, F], 21);
+      ops.ffnBackward(dy.gpu, x.gpu, wg.gpu, wu.gpu, wd.gpu, 7, dx.gpu, dg.gpu, du.gpu, dd.gpu);
+      ops.ffnBackward(dy.cpu, x.cpu, wg.cpu, wu.cpu, wd.cpu, 7, dx.cpu, dg.cpu, du.cpu, dd.cpu);
+      for (const [name, a] of [['dx', dx], ['dwGate', dg], ['dwUp', du], ['dwDown', dd]] as const)
+        await close(a.gpu, a.cpu, tol.prod, name);
+    });
+
+    it(`${dtype} crossEntropyLoss in chunks of 5 with ignored targets: loss, count, dh overwritten, dwHead +=`, async () => {
+      const [M, C, V] = [23, 40, 1001];
+      const h = pair([M, C], 22, dtype), w = pair([V, C], 23, dtype), tg = ids(M, V, 24, -100);
+      const dh = out([M, C], dtype), dw = acc([V, C], 25);
+      const g = ops.crossEntropyLoss(h.gpu, w.gpu, tg, { chunkRows: 5, gradScale: 0.1, dh: dh.gpu, dwHead: dw.gpu });
+      const c = ops.crossEntropyLoss(h.cpu, w.cpu, tg, { chunkRows: 5, gradScale: 0.1, dh: dh.cpu, dwHead: dw.cpu });
+      expect(g.count).toBe(c.count);
+      expect(Math.abs(g.loss - c.loss) / c.loss).toBeLessThan(dtype === 'float32' ? 1e-5 : 1e-2);
+      await close(dh.gpu, dh.cpu, tol.prod, 'dh');
+      await close(dw.gpu, dw.cpu, tol.prod, 'dwHead');
+      const lossOnly = ops.crossEntropyLoss(h.gpu, w.gpu, tg, { chunkRows: 100 });
+      expect(Math.abs(lossOnly.loss - g.loss) / g.loss).toBeLessThan(1e-6);
+    });
+
+    it(`${dtype} sumOfSquares, scale, add, zero`, async () => {
+      const a = pair([70001], 26, dtype), b = pair([70001], 27, dtype);
+      const s = ops.sumOfSquares(a.gpu);
+      expect(Math.abs(s - ops.sumOfSquares(a.cpu)) / s).toBeLessThan(1e-10);
+      expect(ops.sumOfSquares(a.gpu)).toBe(s);  // deterministic
+      ops.add(a.gpu, b.gpu), ops.add(a.cpu, b.cpu);
+      await close(a.gpu, a.cpu, tol.elem, 'add');
+      ops.scale(a.gpu, 0.3), ops.scale(a.cpu, 0.3);
+      await close(a.gpu, a.cpu, tol.elem, 'scale');
+      ops.zero(a.gpu);
+      expect((await read(a.gpu)).every((v) => v === 0)).toBe(true);
+    });
+  }
+
+  it('adamw (float32) equals the CPU step', async () => {
+    const shape = [1000, 7];
+    const p = acc(shape, 28), g = acc(shape, 29), m = acc(shape, 30);
+    const v = { cpu: tensor(randomArray(7000, 31).map(Math.abs), shape), gpu: tensor(randomArray(7000, 31).map(Math.abs), shape, { device: 'cuda' }) };
+    for (const step of [1, 2, 3]) {
+      ops.adamw(p.gpu, g.gpu, m.gpu, v.gpu, { step, lr: 1e-2, weightDecay: 0.1, beta2: 0.95 });
+      ops.adamw(p.cpu, g.cpu, m.cpu, v.cpu, { step, lr: 1e-2, weightDecay: 0.1, beta2: 0.95 });
+    }
+    for (const [name, a] of [['param', p], ['m', m], ['v', v]] as const) await close(a.gpu, a.cpu, 2e-6, name);
+  });
+
+  it('refuses mixed devices, float16, and a bfloat16 accumulator, naming the argument', () => {
+    const x = tensor(new Float32Array(12), [3, 4], { device: 'cuda' });
+    expect(() => ops.linear(x, tensor(new Float32Array(20), [5, 4]))).toThrow(new TypeError("w: device 'cpu' does not match x's 'cuda'"));
+    const h = tensor(new Float32Array(12), [3, 4], { dtype: 'float16', device: 'cuda' });
+    expect(() => ops.linear(h, h)).toThrow(new TypeError('x: cuda ops take float32 or bfloat16 tensors, got float16'));
+    const b = tensor(new Float32Array(12), [3, 4], { dtype: 'bfloat16', device: 'cuda' });
+    const bw = tensor(new Float32Array(16), [4, 4], { dtype: 'bfloat16', device: 'cuda' });
+    expect(() => ops.linearBackward(b, b, bw, null, bw)).toThrow(/^dw: needs float32/);
+    const fw = tensor(new Float32Array(16), [4, 4], { device: 'cuda' });
+    expect(() => ops.linear(b, fw)).toThrow(new TypeError("w: dtype 'float32' does not match x's 'bfloat16'"));
+    expect(() => ops.adamw(b, b, b, b, { step: 1, lr: 1 })).toThrow(/^param: needs float32, got bfloat16/);
+  });
+});

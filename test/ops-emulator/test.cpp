@@ -1,0 +1,240 @@
+// Runs the training-op kernels of native/cuda/ops/*.cuh, unmodified and through their own
+// launch functions, on the CPU emulator (test/flash-emulator/shim.h) against float64
+// references: embedding, RMSNorm, RoPE, SwiGLU, the cross-entropy rows, AdamW, sum of
+// squares, scale and add, in float32 and bfloat16, over ragged shapes (no multiple of the
+// block sizes; more rows than the dw chunks; more elements than one grid-stride pass).
+// The cuBLAS products of the ops cannot run here; test/gpu/ops-cuda.test.ts covers them.
+// Built and run by test/ops-emulator.test.ts:
+//   g++ -std=c++20 -O2 -fsanitize=address -DRA_FLASH_EMULATOR -I. -Itest/flash-emulator \
+//       test/ops-emulator/test.cpp -o t && ./t
+#include "shim.h"
+#include "native/cuda/ops/cross_entropy.cuh"
+#include "native/cuda/ops/embedding.cuh"
+#include "native/cuda/ops/optim.cuh"
+#include "native/cuda/ops/rmsnorm.cuh"
+#include "native/cuda/ops/rope.cuh"
+#include "native/cuda/ops/swiglu.cuh"
+#include <string>
+#include <type_traits>
+using namespace ra::cuda::ops;
+
+static int failures = 0;
+static std::mt19937 rng(7);
+static float U(float a = 1.f) { return std::uniform_real_distribution<float>(-a, a)(rng); }
+
+template <class T> const char* tname() { return std::is_same_v<T, float> ? "f32" : "bf16"; }
+// A value exactly representable in T, so the float64 reference sees what the kernel sees.
+template <class T> float rnd(float v) { return float(T(v)); }
+
+inline double as_double(double v) { return v; }
+inline double as_double(float v) { return v; }
+inline double as_double(__nv_bfloat16 v) { return float(v); }
+
+// Every got[i] within tol * max(max|want|, 1e-3) of want[i] (tol 0: equal), and no NaN.
+template <class G>
+void check(const std::string& name, const G& got, const std::vector<double>& want, double tol) {
+  double err = 0, scale = 1e-3;  // a floor: some references cancel to ~0 (rmsNorm dx at C = 1)
+  size_t bad = SIZE_MAX;
+  for (size_t i = 0; i < want.size(); ++i) {
+    const double g = as_double(got[i]);
+    if (std::isnan(g) && bad == SIZE_MAX) bad = i;
+    err = std::max(err, std::fabs(g - want[i])), scale = std::max(scale, std::fabs(want[i]));
+  }
+  const bool ok = bad == SIZE_MAX && err <= tol * scale;
+  if (!ok) ++failures;
+  printf("  %s %s: max err %.3g (ref max %.3g, tol %.3g)%s\n", ok ? "ok  " : "FAIL", name.c_str(), err, scale, tol,
+         bad != SIZE_MAX ? " NaN" : "");
+}
+
+template <class T> double tol(double f32) { return std::is_same_v<T, float> ? f32 : 8e-3; }
+
+template <class T>
+void embedding(int64_t M, int64_t C, int64_t V) {
+  std::vector<int32_t> ids(M);
+  for (auto& i : ids) i = int32_t(rng() % V);
+  std::vector<T> table(V * C), out(M * C, T(NAN)), dy(M * C);
+  std::vector<float> dtable(V * C);
+  for (auto& x : table) x = T(U());
+  for (auto& x : dy) x = T(U());
+  for (auto& x : dtable) x = U();
+  std::vector<double> want(M * C), dwant(dtable.begin(), dtable.end());
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t c = 0; c < C; ++c) want[m * C + c] = float(table[ids[m] * C + c]), dwant[ids[m] * C + c] += float(dy[m * C + c]);
+  launch_embedding_fwd<T>(ids.data(), table.data(), out.data(), M, C, nullptr);
+  launch_embedding_bwd<T>(ids.data(), dy.data(), dtable.data(), M, C, nullptr);
+  const std::string n = std::string("embedding ") + tname<T>() + " M" + std::to_string(M) + " C" + std::to_string(C) + " V" + std::to_string(V);
+  check(n + " out", out, want, 0);
+  check(n + " dtable", dtable, dwant, 1e-6);
+}
+
+template <class T>
+void rmsnorm(int64_t M, int64_t C) {
+  const float eps = 1e-5f;
+  std::vector<T> x(M * C), w(C), y(M * C, T(NAN)), dy(M * C), dx(M * C, T(NAN));
+  std::vector<float> rstd(M, NAN), dw(C);
+  for (auto& v : x) v = T(U(2));
+  for (auto& v : w) v = T(1 + U(0.5f));
+  for (auto& v : dy) v = T(U());
+  for (auto& v : dw) v = U();
+  std::vector<double> wy(M * C), wr(M), wdx(M * C), wdw(dw.begin(), dw.end());
+  for (int64_t m = 0; m < M; ++m) {
+    double ss = 0, s = 0;
+    for (int64_t c = 0; c < C; ++c) ss += double(float(x[m * C + c])) * float(x[m * C + c]);
+    const double r = 1 / std::sqrt(ss / C + eps);
+    wr[m] = r;
+    for (int64_t c = 0; c < C; ++c) {
+      const double xv = float(x[m * C + c]), wv = float(w[c]), g = float(dy[m * C + c]);
+      wy[m * C + c] = wv * xv * r, s += g * wv * xv, wdw[c] += g * xv * r;
+    }
+    for (int64_t c = 0; c < C; ++c)
+      wdx[m * C + c] = r * (double(float(w[c])) * float(dy[m * C + c]) - double(float(x[m * C + c])) * r * r * s / C);
+  }
+  launch_rmsnorm_fwd<T>(x.data(), w.data(), eps, y.data(), rstd.data(), M, C, nullptr);
+  std::vector<float> partial(rmsnorm_dw_chunks(M) * C, NAN);
+  std::vector<float> rstd_in(wr.begin(), wr.end());
+  launch_rmsnorm_bwd<T>(dy.data(), x.data(), w.data(), rstd_in.data(), dx.data(), dw.data(), partial.data(), M, C, nullptr);
+  const std::string n = std::string("rmsNorm ") + tname<T>() + " M" + std::to_string(M) + " C" + std::to_string(C);
+  check(n + " y", y, wy, tol<T>(2e-6));
+  check(n + " rstd", rstd, wr, 2e-6);
+  check(n + " dx", dx, wdx, tol<T>(1e-5));
+  check(n + " dw", dw, wdw, 1e-5);
+}
+
+template <class T>
+void rope(int64_t M, int64_t H, int64_t D, bool inverse, bool in_place) {
+  const double theta = 10000;
+  std::vector<int32_t> pos(M);
+  for (auto& p : pos) p = int32_t(rng() % 3 == 0 ? rng() % 2000000 : rng() % 100);
+  std::vector<T> x(M * H * D), out(M * H * D, T(NAN));
+  for (auto& v : x) v = T(U());
+  std::vector<double> want(M * H * D);
+  const int64_t half = D / 2;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < half; ++i) {
+      const double a = double(pos[m]) * std::pow(theta, -2.0 * double(i) / double(D));
+      const double c = float(std::cos(a)), s = (inverse ? -1 : 1) * double(float(std::sin(a)));
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t o = (m * H + h) * D;
+        const double u = float(x[o + i]), v = float(x[o + i + half]);
+        want[o + i] = u * c - v * s, want[o + i + half] = v * c + u * s;
+      }
+    }
+  T* dst = in_place ? x.data() : out.data();
+  launch_rope<T>(x.data(), pos.data(), dst, M, H, D, theta, inverse, nullptr);
+  const std::string n = std::string("rope ") + tname<T>() + (inverse ? " inverse" : "") + (in_place ? " in place" : "") +
+                        " M" + std::to_string(M) + " H" + std::to_string(H) + " D" + std::to_string(D);
+  check(n, in_place ? x : out, want, tol<T>(1e-6));
+}
+
+template <class T>
+void swiglu(int64_t n) {
+  std::vector<float> g(n), u(n), dh(n);
+  for (int64_t i = 0; i < n; ++i) g[i] = U(6), u[i] = U(2), dh[i] = U();
+  std::vector<T> h(n, T(NAN)), dg(n, T(NAN)), du(n, T(NAN));
+  std::vector<double> wh(n), wdg(n), wdu(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double gv = g[i], s = 1 / (1 + std::exp(-gv));
+    wh[i] = gv * s * u[i], wdg[i] = dh[i] * u[i] * s * (1 + gv * (1 - s)), wdu[i] = dh[i] * gv * s;
+  }
+  launch_swiglu_fwd<T>(g.data(), u.data(), h.data(), n, nullptr);
+  launch_swiglu_bwd<T>(g.data(), u.data(), dh.data(), dg.data(), du.data(), n, nullptr);
+  const std::string nm = std::string("swiglu ") + tname<T>() + " n" + std::to_string(n);
+  check(nm + " h", h, wh, tol<T>(2e-6));
+  check(nm + " dg", dg, wdg, tol<T>(2e-6));
+  check(nm + " du", du, wdu, tol<T>(2e-6));
+  if constexpr (std::is_same_v<T, float>) {  // in place, as ffn.cu runs it for float32
+    std::vector<float> g2 = g, u2 = u;
+    launch_swiglu_bwd<float>(g2.data(), u2.data(), dh.data(), g2.data(), u2.data(), n, nullptr);
+    check(nm + " dg in place", g2, wdg, 2e-6);
+    check(nm + " du in place", u2, wdu, 2e-6);
+  }
+}
+
+template <class T>
+void cross_entropy(int64_t rows, int64_t V, bool in_place) {
+  const int32_t ignore = -100;
+  const float gs = 0.37f;
+  std::vector<float> logits(rows * V);
+  for (auto& v : logits) v = U(4);
+  std::vector<int32_t> t(rows);
+  for (auto& x : t) x = rng() % 4 == 0 ? ignore : int32_t(rng() % V);
+  std::vector<double> loss(rows, NAN), wl(rows), wd(rows * V);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (t[r] == ignore) { wl[r] = 0; continue; }
+    double mx = -INFINITY, s = 0;
+    for (int64_t j = 0; j < V; ++j) mx = std::max(mx, double(logits[r * V + j]));
+    for (int64_t j = 0; j < V; ++j) s += std::exp(logits[r * V + j] - mx);
+    const double lse = mx + std::log(s);
+    wl[r] = lse - logits[r * V + t[r]];
+    for (int64_t j = 0; j < V; ++j) wd[r * V + j] = gs * (std::exp(logits[r * V + j] - lse) - (j == t[r]));
+  }
+  std::vector<T> dl(rows * V, T(NAN));
+  T* dst = dl.data();
+  if constexpr (std::is_same_v<T, float>) if (in_place) dst = logits.data();
+  launch_ce_rows<T>(logits.data(), t.data(), rows, V, ignore, gs, loss.data(), dst, nullptr);
+  const std::string n = std::string("cross-entropy rows ") + tname<T>() + (in_place ? " in place" : "") + " rows" +
+                        std::to_string(rows) + " V" + std::to_string(V);
+  check(n + " loss", loss, wl, 2e-6);
+  if constexpr (std::is_same_v<T, float>) check(n + " dlogits", in_place ? logits : dl, wd, 2e-6);
+  else check(n + " dlogits", dl, wd, tol<T>(0));
+}
+
+void adamw(int64_t n) {
+  std::vector<float> p(n), g(n), m(n), v(n);
+  for (int64_t i = 0; i < n; ++i) p[i] = U(), g[i] = U(), m[i] = U(0.1f), v[i] = std::fabs(U(0.01f));
+  const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+  const int step = 3;
+  const double bc1 = 1 - std::pow(double(b1), step), bc2 = 1 - std::pow(double(b2), step);
+  std::vector<double> wp(n), wm(n), wv(n);
+  for (int64_t i = 0; i < n; ++i) {
+    wm[i] = double(b1) * m[i] + (1 - double(b1)) * g[i], wv[i] = double(b2) * v[i] + (1 - double(b2)) * g[i] * g[i];
+    wp[i] = p[i] * (1 - double(lr) * wd) - lr / bc1 * wm[i] / (std::sqrt(wv[i]) / std::sqrt(bc2) + eps);
+  }
+  launch_adamw(p.data(), g.data(), m.data(), v.data(), n, b1, b2, eps, float(lr / bc1), float(std::sqrt(bc2)),
+               1.f - lr * wd, nullptr);
+  const std::string nm = "adamw n" + std::to_string(n);
+  check(nm + " param", p, wp, 2e-6);
+  check(nm + " m", m, wm, 2e-6);
+  check(nm + " v", v, wv, 2e-6);
+}
+
+template <class T>
+void elementwise(int64_t n) {
+  std::vector<T> a(n), b(n), x(n);
+  for (int64_t i = 0; i < n; ++i) a[i] = T(U()), b[i] = T(U()), x[i] = T(U());
+  std::vector<double> wa(n), ws(n), ss(1, 0);
+  for (int64_t i = 0; i < n; ++i)
+    wa[i] = double(float(a[i])) + float(b[i]), ws[i] = double(float(x[i])) * 0.3f, ss[0] += double(float(x[i])) * float(x[i]);
+  std::vector<double> partial(sum_of_squares_blocks(n), NAN);
+  launch_sum_of_squares<T>(x.data(), n, partial.data(), nullptr);
+  std::vector<double> got(1, 0);
+  for (double p : partial) got[0] += p;
+  launch_add<T>(a.data(), b.data(), n, nullptr);
+  launch_scale<T>(x.data(), n, 0.3f, nullptr);
+  const std::string nm = std::string(tname<T>()) + " n" + std::to_string(n);
+  check("sumOfSquares " + nm, got, ss, 1e-12);
+  check("add " + nm, a, wa, tol<T>(1e-7));
+  check("scale " + nm, x, ws, tol<T>(1e-7));
+}
+
+template <class T>
+void all() {
+  for (auto [M, C, V] : {std::array<int64_t, 3>{1, 1, 1}, {37, 70, 11}, {300, 5, 7}, {9, 300, 4}}) embedding<T>(M, C, V);
+  for (auto [M, C] : {std::array<int64_t, 2>{1, 1}, {3, 257}, {130, 64}, {300, 33}, {5, 1000}}) rmsnorm<T>(M, C);
+  for (auto [M, H, D] : {std::array<int64_t, 3>{1, 1, 2}, {77, 3, 10}, {300, 2, 128}})
+    for (bool inv : {false, true}) rope<T>(M, H, D, inv, M == 77);
+  for (int64_t n : {1, 1000, 4099}) swiglu<T>(n);
+  for (auto [rows, V] : {std::array<int64_t, 2>{1, 1}, {13, 37}, {5, 1000}}) {
+    cross_entropy<T>(rows, V, false);
+    if (std::is_same_v<T, float>) cross_entropy<T>(rows, V, true);
+  }
+  for (int64_t n : {1, 1000, 70001}) elementwise<T>(n);
+}
+
+int main() {
+  all<float>();
+  all<__nv_bfloat16>();
+  for (int64_t n : {1, 1000, 270000}) adamw(n);  // 270000: more than one grid-stride pass (1024 x 256)
+  printf("%d failures\n", failures);
+  return failures != 0;
+}
