@@ -93,6 +93,13 @@ describe.skipIf(!ready)(ready ? 'the packed package' : `the packed package (skip
     expect(info.build).toBe('prebuild');
     expect(info.binary).toMatch(/node_modules\/ring-attention\/prebuilds\/linux-x64\/ring-attention\.glibc\.node$/);
     expect(info.cuda.compiled).toBe(true);
+    // The benchmark from the installed package: its table, JSON and CSV; no chart, since vega
+    // is an optional peer dependency that a plain install leaves out, and it says so.
+    const results = join(app, 'results');
+    const bench = spawnSync(join(app, 'node_modules', '.bin', 'ring-attention'), ['bench', 'ring', '--smoke', '--device', 'cpu', '--out-dir', results], { encoding: 'utf8' });
+    expect(bench.status, bench.stderr).toBe(0);
+    expect(bench.stdout).toMatch(/no chart: charts need the packages vega and vega-lite/);
+    expect(readdirSync(results).map((f) => f.replace(/^ring-cpu-.*\./, ''))).toEqual(['csv', 'json']);
     // TypeScript: the README's quick start and a consumer with misuse that must not compile,
     // against the published .d.ts; then the quick start runs.
     const readme = readFileSync(join(root, 'README.md'), 'utf8');
