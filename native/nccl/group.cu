@@ -120,24 +120,11 @@ class Group {
   }
   // Polls until the communicator has no call in progress; an error or the deadline aborts it.
   void settle(const std::string& what) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
-    for (;;) {
+    poll(what, "a rank may have died or never joined", [&] {
       ncclResult_t state = ncclInProgress;
       api_.CommGetAsyncError(comm_, &state);
-      if (state == ncclSuccess) return;
-      if (state != ncclInProgress) {
-        std::string why = api_.GetErrorString(state);
-        abort();
-        throw UserError("Error", "NCCL " + what + " failed on rank " + std::to_string(rank_) + ": " + why);
-      }
-      if (std::chrono::steady_clock::now() > deadline) {
-        abort();
-        throw UserError("Error", "NCCL " + what + " on rank " + std::to_string(rank_) + " did not finish within " +
-                                     std::to_string(timeout_ms_) + " ms; the communicator was aborted (a rank may have "
-                                     "died or never joined)");
-      }
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
+      return state == ncclSuccess;  // an error is raised by poll()
+    });
   }
   // Posts the pending sends and whatever `more` posts as one NCCL group; each sent tensor's
   // memory is kept until the stream passes the group.
@@ -172,11 +159,19 @@ class Group {
   }
   // Polls until the stream is idle; an NCCL error or the deadline aborts the communicator.
   void wait(const std::string& what, cudaStream_t stream = nullptr) {
+    poll(what, "a peer may have died, or the ranks called different collectives", [&] {
+      const cudaError_t e = cudaStreamQuery(stream ? stream : stream_);
+      if (e != cudaSuccess && e != cudaErrorNotReady) check_cuda(e, what);
+      return e == cudaSuccess;
+    });
+    reap();
+  }
+  // Calls done() until it says yes; between calls, an NCCL error or the group's deadline aborts
+  // the communicator and throws (`hint`: the likely cause of a timeout).
+  template <typename Done>
+  void poll(const std::string& what, const char* hint, Done&& done) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
-    for (;;) {
-      cudaError_t e = cudaStreamQuery(stream ? stream : stream_);
-      if (e == cudaSuccess) break;
-      if (e != cudaErrorNotReady) check_cuda(e, what);
+    while (!done()) {
       ncclResult_t async = ncclSuccess;
       api_.CommGetAsyncError(comm_, &async);
       if (async != ncclSuccess && async != ncclInProgress) {
@@ -187,12 +182,10 @@ class Group {
       if (std::chrono::steady_clock::now() > deadline) {
         abort();
         throw UserError("Error", "NCCL " + what + " on rank " + std::to_string(rank_) + " did not finish within " +
-                                     std::to_string(timeout_ms_) + " ms; the communicator was aborted (a peer may have "
-                                     "died, or the ranks called different collectives)");
+                                     std::to_string(timeout_ms_) + " ms; the communicator was aborted (" + hint + ")");
       }
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
-    reap();
   }
   void reap() {  // frees the buffers of sends that have completed
     for (auto it = inflight_.begin(); it != inflight_.end();) {
