@@ -69,8 +69,10 @@ export async function runBench(argv: string[]): Promise<Written | null> {
   if (device !== 'cpu' && device !== 'cuda') throw new RangeError(`--device: expected cpu or cuda, got '${device}'`);
   if (device === 'cuda' && !usable) throw new Error(`--device cuda: no usable GPU here (${info().cuda.reason})`);
   for (const [k, o] of Object.entries(suite.options)) {
-    if (o.type !== 'string' || values[k] !== undefined) continue;
-    values[k] = (values.smoke ? o.smoke : undefined) ?? o[device];
+    if (o.type !== 'string') continue;
+    values[k] ??= (values.smoke ? o.smoke : undefined) ?? o[device];
+    if (o.choices && !o.choices.includes(values[k] as string))
+      throw new RangeError(`--${k}: expected one of ${o.choices.join(', ')}, got '${values[k]}'`);
   }
 
   const worldSize = Number(process.env.WORLD_SIZE ?? 1), rank = Number(process.env.RANK ?? 0);

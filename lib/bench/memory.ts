@@ -5,7 +5,7 @@
 // layer plus one layer's working set when checkpointing (the paper's Table 1). The suite fits
 // that line and prints its slope in hidden-sized float32 vectors per token per layer.
 import type { Column } from './report.js';
-import { intOption, type Suite } from './suite.js';
+import { intOption, MAX_CONTEXT, type Suite } from './suite.js';
 import { measureStep, type StepArgs } from './train-step.js';
 import type { LlamaConfig } from '../llama-config.js';
 
@@ -45,9 +45,9 @@ export const memorySuite: Suite<MemoryRow> = {
   },
   async run(o, ctx) {
     const config: LlamaConfig = await ctx.modelConfig(o.model as string);
-    const max = Number(o['max-context']) || Infinity;
+    const max = intOption(o, 'max-context', 0) || Infinity;
     const contexts: number[] = [];
-    for (let c = intOption(o, 'min-context'); c <= max && contexts.length < 64; c *= 2) contexts.push(c);
+    for (let c = intOption(o, 'min-context'); c <= Math.min(max, MAX_CONTEXT); c *= 2) contexts.push(c);
     const rows: MemoryRow[] = [];
     const notes: string[] = [];
     const progress = ctx.progress(2 * contexts.length);
@@ -77,7 +77,8 @@ export const memorySuite: Suite<MemoryRow> = {
       const rs = rows.filter((r) => r.checkpoint === checkpoint);
       if (rs.length < 2) continue;
       const f = fitLine(rs.map((r) => r.context), rs.map((r) => r.activationBytes));
-      notes.push(`checkpointing ${checkpoint ? 'on ' : 'off'}: activations = ${(f.intercept / 2 ** 20).toFixed(1)} MiB + ` +
+      const mib = Math.round((10 * f.intercept) / 2 ** 20) / 10 || 0;  // no "-0.0" from rounding noise
+      notes.push(`checkpointing ${checkpoint ? 'on ' : 'off'}: activations = ${mib.toFixed(1)} MiB + ` +
         `${(f.slope / 1024).toFixed(1)} KiB x context (r² ${f.r2.toFixed(4)}); ` +
         `${(f.slope / (config.num_hidden_layers * config.hidden_size * 4)).toFixed(2)} float32 hidden vectors per token per layer`);
     }

@@ -8,7 +8,7 @@ import { parameterCount } from '../llama-config.js';
 import { flopsPerToken, peakTflops } from './flops.js';
 import type { Breakdown } from './profile.js';
 import type { Column } from './report.js';
-import type { Suite, SuiteContext } from './suite.js';
+import { intOption, MAX_CONTEXT, type Suite } from './suite.js';
 import { measureStep, resolveConfig, type StepArgs, type StepMeasure } from './train-step.js';
 
 export interface MfuRow {
@@ -38,7 +38,7 @@ export const mfuSuite: Suite<MfuRow> = {
     'max-context': { type: 'string', help: 'last context length; default: double until a step does not fit', cpu: '1024', cuda: '0', smoke: '128' },
     ranks: { type: 'string', help: 'in-process ranks sharing this device (a launched NCCL job uses its own size)', cpu: '1', cuda: '1' },
     steps: { type: 'string', help: 'timed steps per length (median), after one warm-up step', cpu: '3', cuda: '3', smoke: '1' },
-    layout: { type: 'string', help: 'contiguous or zigzag', cpu: 'zigzag', cuda: 'zigzag' },
+    layout: { type: 'string', help: 'contiguous or zigzag', cpu: 'zigzag', cuda: 'zigzag', choices: ['contiguous', 'zigzag'] },
     'peak-tflops': { type: 'string', help: 'the device peak, for a GPU not in the table or for the CPU', cpu: '', cuda: '' },
     'no-checkpoint': { type: 'boolean', help: 'keep every activation instead of recomputing each layer' },
   },
@@ -46,19 +46,22 @@ export const mfuSuite: Suite<MfuRow> = {
     const config = await ctx.modelConfig(o.model as string);
     const launched = ctx.launchedWorldSize > 1;
     const group = launched ? await initProcessGroup({ backend: 'nccl' }) : undefined;
-    const ranks = launched ? ctx.launchedWorldSize : Number(o.ranks);
-    const peak = o['peak-tflops'] ? { tflops: Number(o['peak-tflops']), matched: '--peak-tflops' } : peakTflops(ctx.machine.gpu);
+    const ranks = launched ? ctx.launchedWorldSize : intOption(o, 'ranks');
+    const steps = intOption(o, 'steps');
+    const given = Number(o['peak-tflops']);
+    if (o['peak-tflops'] && !(given > 0)) throw new RangeError(`--peak-tflops: expected a number > 0, got '${o['peak-tflops']}'`);
+    const peak = o['peak-tflops'] ? { tflops: given, matched: '--peak-tflops' } : peakTflops(ctx.machine.gpu);
     const rows: MfuRow[] = [];
     const notes: string[] = [];
-    const max = Number(o['max-context']) || Infinity;
+    const max = intOption(o, 'max-context', 0) || Infinity;
     const contexts: number[] = [];
-    for (let c = Number(o['min-context']); c <= max && contexts.length < 64; c *= 2) contexts.push(c);
-    const progress = ctx.progress(Number.isFinite(max) ? contexts.length : contexts.length);
+    for (let c = intOption(o, 'min-context'); c <= Math.min(max, MAX_CONTEXT); c *= 2) contexts.push(c);
+    const progress = ctx.progress(contexts.length);
     try {
       for (const context of contexts) {
         progress.start(`context ${context}`);
         const args: StepArgs = { config, device: ctx.device, context, checkpoint: !o['no-checkpoint'], layout: o.layout as never,
-          steps: Number(o.steps), breakdown: true };
+          steps, breakdown: true };
         let m: StepMeasure;
         try {
           m = group ? measureStep(args, group)

@@ -65,7 +65,7 @@ export const ringSuite: Suite<RingRow> = {
     heads: { type: 'string', help: 'query heads', cpu: '4', cuda: '16', smoke: '2' },
     'kv-heads': { type: 'string', help: 'key/value heads', cpu: '4', cuda: '16', smoke: '2' },
     dim: { type: 'string', help: 'head dim', cpu: '64', cuda: '128', smoke: '16' },
-    layout: { type: 'string', help: 'zigzag or contiguous', cpu: 'zigzag', cuda: 'zigzag' },
+    layout: { type: 'string', help: 'contiguous or zigzag', cpu: 'zigzag', cuda: 'zigzag', choices: ['contiguous', 'zigzag'] },
     reps: { type: 'string', help: 'timed runs per figure (median)', cpu: '3', cuda: '5', smoke: '1' },
     'no-causal': { type: 'boolean', help: 'full attention instead of causal' },
   },

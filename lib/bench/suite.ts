@@ -11,6 +11,8 @@ export interface OptionSpec {
   cpu?: string;
   cuda?: string;
   smoke?: string;
+  /** The values a string option may take. */
+  choices?: readonly string[];
 }
 
 export interface SuiteContext {
@@ -48,3 +50,6 @@ export function intList(o: SuiteOptions, name: string): number[] {
     throw new RangeError(`--${name}: expected comma-separated integers >= 1, got '${o[name]}'`);
   return xs;
 }
+
+/** Where "double until it does not fit" stops at the latest: 64M tokens. */
+export const MAX_CONTEXT = 2 ** 26;
