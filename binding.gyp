@@ -16,6 +16,7 @@
         "native/cpu/ops/ffn.cpp",
         "native/cpu/ops/cross_entropy.cpp",
         "native/cpu/ops/optim.cpp",
+        "native/cpu/ops/random.cpp",
         "native/ring/local_group.cpp",
         "native/ring/ring_attention.cpp",
         "native/nccl/loader.cpp",

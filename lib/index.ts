@@ -22,8 +22,9 @@ export { float16BitsToFloat32, float32ToBfloat16Bits, float32ToFloat16Bits, bflo
 export { llamaPresets, llamaTensorNames, loadLlamaConfig, parameterCount, parseLlamaConfig } from './llama-config.js';
 export type { LlamaConfig, LlamaPreset, ResolvedLlamaConfig } from './llama-config.js';
 export { createLlama, initLlama, LlamaModel, loadLlama, saveLlama } from './llama-model.js';
-export type { InitLlamaOptions, LlamaLayerParams, LlamaParams } from './llama-model.js';
+export type { InitLlamaOptions, LlamaDeviceOptions, LlamaLayerParams, LlamaParams } from './llama-model.js';
 export { IGNORE_INDEX, shardTokens } from './llama.js';
+export { ropeInvFreq, ROPE_TYPES } from './rope-freq.js';
 export type { ShardTokensOptions } from './llama.js';
 export { createTrainer, Trainer } from './train.js';
 export type { ForwardOptions, ForwardResult, StepResult, TrainerOptions } from './train.js';
@@ -34,7 +35,7 @@ export type {
 export { INDEX_FILE, readSafetensorsDir, safetensorsWeightMap, SINGLE_FILE } from './safetensors-dir.js';
 export { writeSafetensors } from './safetensors-write.js';
 export type { TensorToWrite, WritableDType } from './safetensors-write.js';
-export { Tensor, tensor } from './tensor.js';
+export { Tensor, tensor, zeros } from './tensor.js';
 export type { DeviceName, DType, TensorOptions } from './tensor.js';
 export type { CudaInfo, CudaMemoryStats, HostMemoryStats };
 

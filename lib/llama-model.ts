@@ -1,14 +1,19 @@
-// A LLaMA model's parameters: float32 CPU tensors keyed by the names transformers'
+// A LLaMA model's parameters: float32 tensors keyed by the names transformers'
 // LlamaForCausalLM uses (see llamaTensorNames), made from a seed, from arrays, or from a
-// checkpoint directory, and saved so that transformers loads them.
+// checkpoint directory, and saved so that transformers loads them. On 'cuda' the model also
+// holds a bfloat16 copy of every parameter: the forward and backward compute from those (the
+// kernels' tensor cores take bfloat16), the optimizer updates the float32 ones.
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { checkInteger, checkOptions, describe, fail } from './errors.js';
+import { checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
 import { llamaTensorNames, loadLlamaConfig, parseLlamaConfig, type LlamaConfig, type ResolvedLlamaConfig } from './llama-config.js';
+import { native } from './native.js';
+import { copy } from './ops.js';
+import { ropeInvFreq } from './rope-freq.js';
 import { readSafetensorsDir, SINGLE_FILE } from './safetensors-dir.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
-import { tensor, type Tensor } from './tensor.js';
+import { checkDevice, DEVICES, tensor, zeros, type DeviceName, type DType, type Tensor } from './tensor.js';
 
 /** One decoder layer's parameters (C hidden, F intermediate, H heads, KVH kv heads, D head dim). */
 export interface LlamaLayerParams {
@@ -49,18 +54,53 @@ export function paramsFromMap(config: ResolvedLlamaConfig, t: ReadonlyMap<string
   return { embed, layers, norm: get('model.norm.weight'), head: config.tie_word_embeddings ? embed : get('lm_head.weight') };
 }
 
+/** The dtype the forward and backward compute in on each device (see LlamaModel.compute). */
+export const COMPUTE_DTYPE: Readonly<Record<DeviceName, DType>> = { cpu: 'float32', cuda: 'bfloat16' };
+
 export class LlamaModel implements Disposable {
   readonly config: ResolvedLlamaConfig;
-  /** Every parameter by its transformers name, in llamaTensorNames' order (no lm_head when tied). */
+  /** Where every tensor of this model lives. */
+  readonly device: DeviceName;
+  /** Every parameter (float32) by its transformers name, in llamaTensorNames' order (no lm_head when tied). */
   readonly tensors: ReadonlyMap<string, Tensor>;
-  /** The same tensors as fields, for the forward and backward. */
+  /** The same tensors as fields: what the optimizer updates. */
   readonly params: LlamaParams;
+  /**
+   * What the forward and backward read: `params` itself on the cpu; on cuda a bfloat16 copy
+   * of each parameter, made again from `params` by syncCompute() after they change.
+   */
+  readonly compute: LlamaParams;
+  /** RoPE's inverse frequencies (head_dim / 2), with the config's rope_scaling applied. */
+  readonly ropeInvFreq: Float64Array;
+  readonly #copies: Map<string, Tensor> | null;
 
   /** @internal use initLlama, createLlama or loadLlama. */
-  constructor(config: ResolvedLlamaConfig, tensors: Map<string, Tensor>) {
+  constructor(config: ResolvedLlamaConfig, tensors: Map<string, Tensor>, device: DeviceName) {
     this.config = config;
+    this.device = device;
     this.tensors = tensors;
     this.params = paramsFromMap(config, tensors);
+    this.ropeInvFreq = ropeInvFreq(config.head_dim, config.rope_theta, config.rope_scaling);
+    const dtype = COMPUTE_DTYPE[device];
+    this.#copies = dtype === 'float32' ? null : new Map();
+    try {
+      for (const [n, t] of this.#copies ? tensors : []) this.#copies!.set(n, zeros(t.shape, { dtype, device }));
+    } catch (e) {
+      this.dispose();
+      throw e;
+    }
+    this.compute = this.#copies ? paramsFromMap(config, this.#copies) : this.params;
+    this.syncCompute();
+  }
+
+  /** The dtype of `compute` (and of every activation): float32 on the cpu, bfloat16 on cuda. */
+  get computeDtype(): DType {
+    return COMPUTE_DTYPE[this.device];
+  }
+
+  /** Makes `compute` equal `params` again (rounded to computeDtype); the trainer calls it after each update. */
+  syncCompute(): void {
+    if (this.#copies) for (const [n, t] of this.tensors) copy(this.#copies.get(n)!, t);
   }
 
   get disposed(): boolean {
@@ -75,6 +115,7 @@ export class LlamaModel implements Disposable {
   /** Frees every parameter now. Idempotent. */
   dispose(): void {
     for (const t of this.tensors.values()) t.dispose();
+    for (const t of this.#copies?.values() ?? []) t.dispose();
   }
 
   [Symbol.dispose](): void {
@@ -82,11 +123,10 @@ export class LlamaModel implements Disposable {
   }
 }
 
-/** The config, checked, and refused when it asks for something this model does not compute. */
+/** The config, checked, and refused when it asks for something this model does not compute (a rope_scaling type, say). */
 export function checkModelConfig(config: unknown, name = 'config'): ResolvedLlamaConfig {
   const c = parseLlamaConfig(config);
-  if (c.rope_scaling !== undefined && c.rope_scaling !== null)
-    fail('range', `${name}.rope_scaling: ${JSON.stringify(c.rope_scaling)} is not supported yet (only plain RoPE, rope_scaling null)`);
+  ropeInvFreq(c.head_dim, c.rope_theta, c.rope_scaling, `${name}.rope_scaling`);
   return c;
 }
 
@@ -112,25 +152,36 @@ function checkArrays(c: ResolvedLlamaConfig, arrays: ReadonlyMap<string, { shape
   }
 }
 
-function build(c: ResolvedLlamaConfig, data: (name: string, shape: number[]) => Float32Array): LlamaModel {
+function build(c: ResolvedLlamaConfig, device: DeviceName, data: (name: string, shape: number[]) => Float32Array): LlamaModel {
   const tensors = new Map<string, Tensor>();
   try {
-    for (const [name, shape] of llamaTensorNames(c)) tensors.set(name, tensor(data(name, shape), shape));
+    for (const [name, shape] of llamaTensorNames(c)) tensors.set(name, tensor(data(name, shape), shape, { device }));
   } catch (e) {
     for (const t of tensors.values()) t.dispose();
     throw e;
   }
-  return new LlamaModel(c, tensors);
+  return new LlamaModel(c, tensors, device);
 }
 
-export interface InitLlamaOptions {
+export interface LlamaDeviceOptions {
+  /** Where the model lives and computes: 'cpu' (default) or 'cuda' (bfloat16 compute, float32 parameters). */
+  device?: DeviceName;
+}
+
+function deviceOption(o: Record<string, unknown>, name: string): DeviceName {
+  const device = checkOneOf(o.device, `${name}.device`, DEVICES) ?? 'cpu';
+  checkDevice(device, `${name}.device`);
+  return device;
+}
+
+export interface InitLlamaOptions extends LlamaDeviceOptions {
   /** The PRNG seed (an integer); the same seed gives the same weights on every rank. */
   seed: number;
   /** Standard deviation of the normal initialisation of matrices (HF's initializer_range). Default 0.02. */
   std?: number;
 }
 
-/** A model with weights ~ normal(0, std) from a seeded PRNG and norm weights 1, as HF initialises LLaMA. */
+/** A model with weights ~ normal(0, std) from a seeded counter-based generator (native, multi-threaded) and norm weights 1, as HF initialises LLaMA. */
 export function initLlama(config: LlamaConfig, opts: InitLlamaOptions): LlamaModel {
   const c = checkModelConfig(config);
   if (opts === undefined) fail('type', 'opts: expected { seed }');
@@ -138,31 +189,34 @@ export function initLlama(config: LlamaConfig, opts: InitLlamaOptions): LlamaMod
   const seed = checkInteger(o.seed, 'opts.seed', -(2 ** 31), 2 ** 32 - 1);
   const std = o.std === undefined ? 0.02 : o.std;
   if (typeof std !== 'number' || !Number.isFinite(std) || std < 0) fail('range', `opts.std: expected a finite number >= 0, got ${describe(std)}`);
-  const normal = gaussian(seed);
-  return build(c, (_name, shape) => {
+  const device = deviceOption(o, 'opts');
+  const stream = new Map([...llamaTensorNames(c).keys()].map((n, i) => [n, i])); // one random stream per tensor
+  return build(c, device, (name, shape) => {
     const a = new Float32Array(shape.reduce((x, y) => x * y, 1));
     if (shape.length === 1) a.fill(1);
-    else for (let i = 0; i < a.length; ++i) a[i] = std * normal();
+    else native.randomNormal(a, seed, stream.get(name)!, std);
     return a;
   });
 }
 
 /** A model from arrays keyed by transformers' names (each checked: present, right size, nothing extra). */
-export function createLlama(config: LlamaConfig, arrays: ReadonlyMap<string, Float32Array>): LlamaModel {
+export function createLlama(config: LlamaConfig, arrays: ReadonlyMap<string, Float32Array>, opts?: LlamaDeviceOptions): LlamaModel {
   const c = checkModelConfig(config);
+  const device = deviceOption(checkOptions(opts, 'opts'), 'opts');
   if (!(arrays instanceof Map)) fail('type', `arrays: expected a Map of name -> Float32Array, got ${describe(arrays)}`);
   for (const [n, a] of arrays) if (!(a instanceof Float32Array)) fail('type', `arrays: '${n}': expected a Float32Array, got ${describe(a)}`);
   checkArrays(c, new Map([...arrays].map(([n, data]) => [n, { data }])), 'arrays', false);
-  return build(c, (name) => arrays.get(name)!);
+  return build(c, device, (name) => arrays.get(name)!);
 }
 
 /** Loads config.json and the safetensors weights of a transformers LlamaForCausalLM checkpoint directory. */
-export async function loadLlama(dir: string): Promise<LlamaModel> {
+export async function loadLlama(dir: string, opts?: LlamaDeviceOptions): Promise<LlamaModel> {
   if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
+  const device = deviceOption(checkOptions(opts, 'opts'), 'opts');
   const c = checkModelConfig(await loadLlamaConfig(dir), join(dir, 'config.json'));
   const { tensors } = await readSafetensorsDir(dir);
   checkArrays(c, tensors, dir, true);
-  return build(c, (name) => tensors.get(name)!.data);
+  return build(c, device, (name) => tensors.get(name)!.data);
 }
 
 /** The config.json transformers writes for a LlamaForCausalLM with this config. */
@@ -172,7 +226,7 @@ export function hfConfigJson(c: ResolvedLlamaConfig): Record<string, unknown> {
     attention_bias: false, mlp_bias: false, attention_dropout: 0, initializer_range: 0.02, pretraining_tp: 1, use_cache: true,
     hidden_size: c.hidden_size, intermediate_size: c.intermediate_size, num_hidden_layers: c.num_hidden_layers,
     num_attention_heads: c.num_attention_heads, num_key_value_heads: c.num_key_value_heads, head_dim: c.head_dim,
-    vocab_size: c.vocab_size, rms_norm_eps: c.rms_norm_eps, rope_theta: c.rope_theta, rope_scaling: null,
+    vocab_size: c.vocab_size, rms_norm_eps: c.rms_norm_eps, rope_theta: c.rope_theta, rope_scaling: c.rope_scaling ?? null,
     tie_word_embeddings: c.tie_word_embeddings, max_position_embeddings: c.max_position_embeddings ?? 2048,
   };
 }
@@ -186,17 +240,4 @@ export async function saveLlama(dir: string, model: LlamaModel): Promise<void> {
   for (const [name, t] of model.tensors) out[name] = { shape: [...t.shape], data: t.handle(`model '${name}'`).toFloat32Array() };
   await writeSafetensors(join(dir, SINGLE_FILE), out, { format: 'pt' });
   await writeFile(join(dir, 'config.json'), `${JSON.stringify(hfConfigJson(model.config), null, 2)}\n`);
-}
-
-/** Standard normal samples from a seeded mulberry32 PRNG (Box-Muller). */
-function gaussian(seed: number): () => number {
-  let s = seed >>> 0;
-  const uniform = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return () => Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
 }

@@ -25,7 +25,7 @@ import {
 } from './ops.js';
 import { ringAttention, ringAttentionBackward } from './ring.js';
 import { LAYOUTS, type Layout } from './shard.js';
-import { tensor, type Tensor } from './tensor.js';
+import { zeros, type Tensor } from './tensor.js';
 
 export const IGNORE_INDEX = -100;
 
@@ -92,7 +92,8 @@ interface LayerActs {
   rstd2: Tensor; // (M)
 }
 
-const zeros = (shape: number[]) => tensor(new Float32Array(shape.reduce((a, b) => a * b, 1)), shape);
+/** Zeros of `like`'s dtype and device (the model's compute dtype), of `like`'s shape or `shape`. */
+const zerosAs = (like: Tensor, shape: readonly number[] = like.shape) => zeros(shape, { dtype: like.dtype, device: like.device });
 
 /** A view of t with another shape; t's own handle is released (the memory lives on in the view). */
 function as(t: Tensor, shape: number[]): Tensor {
@@ -118,8 +119,8 @@ function freeActs(a: LayerActs): void {
 function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext): { acts: LayerActs; out: Tensor } {
   const c = model.config, M = x.shape[0]!, H = c.num_attention_heads, KVH = c.num_key_value_heads, D = c.head_dim;
   const { y: h, rstd: rstd1 } = rmsNorm(x, p.inputNorm, c.rms_norm_eps);
-  const q = as(consume(as(linear(h, p.wq), [M, H, D]), (t) => rope(t, ctx.positions, c.rope_theta)), [1, M, H, D]);
-  const k = as(consume(as(linear(h, p.wk), [M, KVH, D]), (t) => rope(t, ctx.positions, c.rope_theta)), [1, M, KVH, D]);
+  const q = as(consume(as(linear(h, p.wq), [M, H, D]), (t) => rope(t, ctx.positions, model.ropeInvFreq)), [1, M, H, D]);
+  const k = as(consume(as(linear(h, p.wk), [M, KVH, D]), (t) => rope(t, ctx.positions, model.ropeInvFreq)), [1, M, KVH, D]);
   const v = as(linear(h, p.wv), [1, M, KVH, D]);
   const { out: att, lse } = ctx.group
     ? ringAttention(q, k, v, { group: ctx.group, causal: true, layout: ctx.layout })
@@ -138,15 +139,15 @@ function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: Ru
 function layerBackward(model: LlamaModel, p: LlamaLayerParams, g: LlamaLayerParams, a: LayerActs, dout: Tensor, ctx: RunContext): Tensor {
   const c = model.config, M = a.x.shape[0]!, C = c.hidden_size, H = c.num_attention_heads, KVH = c.num_key_value_heads, D = c.head_dim;
   // out = x1 + ffn(h2)
-  const dh2 = zeros([M, C]);
+  const dh2 = zerosAs(dout);
   ffnBackward(dout, a.h2, p.wGate, p.wUp, p.wDown, ctx.ffnBlockRows, dh2, g.wGate, g.wUp, g.wDown); // dh2 =, dW +=
-  const dx1 = zeros([M, C]);
+  const dx1 = zerosAs(dout);
   rmsNormBackward(dh2, a.x1, p.postNorm, a.rstd2, dx1, g.postNorm); // dx1 =, dw +=
   dh2.dispose();
   add(dx1, dout); // the residual
   // x1 = x + att · woᵀ
   const att2 = reshape(a.att, [M, H * D]);
-  const datt = zeros([M, H * D]);
+  const datt = zerosAs(dout, [M, H * D]);
   linearBackward(dx1, att2, p.wo, datt, g.wo); // datt =, dwo +=
   att2.dispose();
   const datt4 = as(datt, [1, M, H, D]);
@@ -155,10 +156,10 @@ function layerBackward(model: LlamaModel, p: LlamaLayerParams, g: LlamaLayerPara
     : attentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { causal: true });
   datt4.dispose();
   // q = rope(h · wqᵀ), k = rope(h · wkᵀ), v = h · wvᵀ
-  const dqLin = as(consume(as(dq, [M, H, D]), (t) => ropeBackward(t, ctx.positions, c.rope_theta)), [M, H * D]);
-  const dkLin = as(consume(as(dk, [M, KVH, D]), (t) => ropeBackward(t, ctx.positions, c.rope_theta)), [M, KVH * D]);
+  const dqLin = as(consume(as(dq, [M, H, D]), (t) => ropeBackward(t, ctx.positions, model.ropeInvFreq)), [M, H * D]);
+  const dkLin = as(consume(as(dk, [M, KVH, D]), (t) => ropeBackward(t, ctx.positions, model.ropeInvFreq)), [M, KVH * D]);
   const dvLin = as(dv, [M, KVH * D]);
-  const dh = zeros([M, C]), tmp = zeros([M, C]);
+  const dh = zerosAs(dout), tmp = zerosAs(dout);
   linearBackward(dqLin, a.h, p.wq, dh, g.wq); // dh =, dwq +=
   linearBackward(dkLin, a.h, p.wk, tmp, g.wk); // tmp =, dwk +=
   add(dh, tmp);
@@ -166,7 +167,7 @@ function layerBackward(model: LlamaModel, p: LlamaLayerParams, g: LlamaLayerPara
   add(dh, tmp);
   for (const t of [dqLin, dkLin, dvLin, tmp]) t.dispose();
   // h = rmsNorm(x)
-  const dx = zeros([M, C]);
+  const dx = zerosAs(dout);
   rmsNormBackward(dh, a.x, p.inputNorm, a.rstd1, dx, g.inputNorm); // dx =, dw +=
   dh.dispose();
   add(dx, dx1); // the residual
@@ -193,7 +194,7 @@ export function runLlama(
   model: LlamaModel, grads: LlamaParams | null, tokens: Int32Array, targets: Int32Array, ctx: RunContext,
   gradScale: number, wantLogits = false,
 ): RunResult {
-  const { params: P, config } = model;
+  const { compute: P, config } = model; // the weights in the compute dtype (bfloat16 copies on cuda)
   const L = config.num_hidden_layers;
   // xs[l]: the input of layer l, xs[L]: the last layer's output. acts[l]: kept only without checkpointing.
   const xs: Tensor[] = [embedding(tokens, P.embed)];
@@ -210,7 +211,7 @@ export function runLlama(
     }
     const xL = xs[L]!;
     const { y: hf, rstd: rstdF } = rmsNorm(xL, P.norm, config.rms_norm_eps);
-    const dhf = grads ? zeros([...hf.shape]) : undefined;
+    const dhf = grads ? zerosAs(hf) : undefined;
     let result: RunResult;
     try {
       const ce = crossEntropyLoss(hf, P.head, targets, {
@@ -230,7 +231,7 @@ export function runLlama(
       return result;
     }
     // ---- backward: the mirror image ----
-    let dx = zeros([...xL.shape]);
+    let dx = zerosAs(xL);
     rmsNormBackward(dhf!, xL, P.norm, rstdF, dx, grads.norm); // dx =, dnorm +=
     dhf!.dispose();
     rstdF.dispose();

@@ -38,6 +38,7 @@ export interface HostMemoryStats {
 
 interface Native {
   createTensor(data: Float32Array, shape: number[], dtype: number, device: number): TensorHandle;
+  createZeros(shape: number[], dtype: number, device: number): TensorHandle;
   attentionForward(q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number): [TensorHandle, TensorHandle];
   attentionBackward(
     dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle, out: TensorHandle, lse: TensorHandle,
@@ -96,7 +97,7 @@ interface Native {
   /** -> [y, rstd] */
   opsRmsNorm(x: TensorHandle, w: TensorHandle, eps: number): [TensorHandle, TensorHandle];
   opsRmsNormBackward(dy: TensorHandle, x: TensorHandle, w: TensorHandle, rstd: TensorHandle, dx: TensorHandle, dw: TensorHandle): void;
-  opsRope(x: TensorHandle, positions: Int32Array, theta: number, inverse: boolean): TensorHandle;
+  opsRope(x: TensorHandle, positions: Int32Array, invFreq: Float64Array, inverse: boolean): TensorHandle;
   opsFfn(x: TensorHandle, wGate: TensorHandle, wUp: TensorHandle, wDown: TensorHandle, blockRows: number): TensorHandle;
   opsFfnBackward(
     dy: TensorHandle, x: TensorHandle, wGate: TensorHandle, wUp: TensorHandle, wDown: TensorHandle, blockRows: number,
@@ -115,6 +116,10 @@ interface Native {
   opsScale(t: TensorHandle, s: number): void;
   opsAdd(a: TensorHandle, b: TensorHandle): void;
   opsZero(t: TensorHandle): void;
+  /** dst = src in dst's dtype (same device and element count). */
+  opsCopy(dst: TensorHandle, src: TensorHandle): void;
+  /** out[i] ~ normal(0, std), a pure function of (seed, stream, i); in place. */
+  randomNormal(out: Float32Array, seed: number, stream: number, std: number): void;
   /** A handle on the same memory with another shape of the same element count. */
   opsView(t: TensorHandle, shape: number[]): TensorHandle;
   /** Opens libcublasLt, then libcublas, for the CUDA ops' matrix products; idempotent. */

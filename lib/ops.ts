@@ -19,6 +19,7 @@
 import { checkInteger, checkOptions, describe, fail } from './errors.js';
 import { findCublas, LIBRARIES } from './libraries.js';
 import { native } from './native.js';
+import { ropeInvFreq } from './rope-freq.js';
 import { checkTensor, Tensor, type DeviceName, type DType } from './tensor.js';
 
 const fmt = (shape: readonly number[]) => `[${shape.join(', ')}]`;
@@ -185,29 +186,42 @@ export function rmsNormBackward(dy: Tensor, x: Tensor, w: Tensor, rstd: Tensor, 
 
 // ---- rotary position embedding ----
 
-function ropeArgs(x: unknown, name: string, positions: unknown, theta: unknown) {
+function ropeArgs(x: unknown, name: string, positions: unknown, freq: unknown) {
   const c = new Call(x, name);
   const t = c.tensor(x, name);
   if (t.shape.length !== 3 || t.shape.some((d) => d < 1) || t.shape[2]! % 2 !== 0)
     fail('range', `${name}: expected shape [M, H, D] with every size >= 1 and D even, got ${fmt(t.shape)}`);
   const p = int32Array(positions, 'positions', t.shape[0], `${name}'s tokens M`);
-  return { c, t, p, theta: checkFinite(theta, 'theta', 0, false) };
+  const D = t.shape[2]!;
+  let invFreq: Float64Array;
+  if (freq instanceof Float64Array) {
+    if (freq.length !== D / 2) fail('range', `invFreq: expected ${D / 2} inverse frequencies (head dim ${D} / 2), got ${freq.length}`);
+    freq.forEach((f, i) => {
+      if (!Number.isFinite(f)) fail('range', `invFreq[${i}]: expected a finite number, got ${f}`);
+    });
+    invFreq = freq;
+  } else {
+    if (typeof freq !== 'number') fail('type', `theta: expected a number (rope_theta) or a Float64Array of inverse frequencies, got ${describe(freq)}`);
+    invFreq = ropeInvFreq(D, checkFinite(freq, 'theta', 0, false));
+  }
+  return { c, t, p, invFreq };
 }
 
 /**
- * Rotary embedding, Hugging Face LLaMA convention (rotate_half): for head dim D,
- * inv_freq[i] = theta^(-2i/D), angle = positions[m] * inv_freq[i] (computed in double),
- * out = x*cos + rotate_half(x)*sin. x [M,H,D]; positions may be any integers per token.
+ * Rotary embedding, Hugging Face LLaMA convention (rotate_half): for head dim D, angle =
+ * positions[m] * inv_freq[i] (in double), out = x*cos + rotate_half(x)*sin. x [M,H,D];
+ * positions may be any integers per token. `theta` gives inv_freq[i] = theta^(-2i/D); a
+ * Float64Array of D/2 values gives them directly (ropeInvFreq: with a config's rope_scaling).
  */
-export function rope(x: Tensor, positions: Int32Array, theta: number): Tensor {
+export function rope(x: Tensor, positions: Int32Array, theta: number | Float64Array): Tensor {
   const a = ropeArgs(x, 'x', positions, theta);
-  return a.c.wrap(native.opsRope(a.t.handle('x'), a.p, a.theta, false), a.t.shape);
+  return a.c.wrap(native.opsRope(a.t.handle('x'), a.p, a.invFreq, false), a.t.shape);
 }
 
 /** Gradient of rope(): the inverse rotation of dy [M,H,D], as a new tensor. */
-export function ropeBackward(dy: Tensor, positions: Int32Array, theta: number): Tensor {
+export function ropeBackward(dy: Tensor, positions: Int32Array, theta: number | Float64Array): Tensor {
   const a = ropeArgs(dy, 'dy', positions, theta);
-  return a.c.wrap(native.opsRope(a.t.handle('dy'), a.p, a.theta, true), a.t.shape);
+  return a.c.wrap(native.opsRope(a.t.handle('dy'), a.p, a.invFreq, true), a.t.shape);
 }
 
 // ---- SwiGLU feed-forward ----
@@ -363,6 +377,21 @@ export function scale(t: Tensor, s: number): void {
 export function zero(t: Tensor): void {
   new Call(t, 't');
   native.opsZero(t.handle('t'));
+}
+
+/**
+ * dst = src, converted to dst's dtype (rounded to nearest even), in place; same device and
+ * element count. On cuda the source is float32 or of dst's dtype (float32 master weights
+ * into their bfloat16 copies, say); on the cpu any dtype.
+ */
+export function copy(dst: Tensor, src: Tensor): void {
+  const td = checkTensor(dst, 'dst'), ts = checkTensor(src, 'src');
+  if (ts.device !== td.device) fail('type', `src: device '${ts.device}' does not match dst's '${td.device}'`);
+  if (ts.numel !== td.numel) fail('range', `src: holds ${ts.numel} elements (${fmt(ts.shape)}), dst ${td.numel} (${fmt(td.shape)})`);
+  if (td.device === 'cuda' && ts.dtype !== 'float32' && ts.dtype !== td.dtype)
+    fail('type', `src: on cuda, copy takes a float32 source or one of dst's dtype '${td.dtype}', got '${ts.dtype}'`);
+  if (ts === td) return;
+  native.opsCopy(td.handle('dst'), ts.handle('src'));
 }
 
 /** a += b, in place; b has a's shape. */

@@ -84,17 +84,28 @@ export function checkDevice(device: DeviceName, name: string): void {
   if (!cuda.available) fail('range', `${name}: 'cuda' is not available here (${cuda.reason}); use 'cpu'`);
 }
 
+function dtypeAndDevice(opts: unknown): { dtype: DType; device: DeviceName } {
+  const o = checkOptions(opts, 'opts');
+  return { dtype: checkOneOf(o.dtype, 'opts.dtype', DTYPES) ?? 'float32', device: checkOneOf(o.device, 'opts.device', DEVICES) ?? 'cpu' };
+}
+
 /** A tensor holding `data` (row-major) with the given shape. */
 export function tensor(data: Float32Array, shape: readonly number[], opts?: TensorOptions): Tensor {
   if (!(data instanceof Float32Array)) fail('type', `data: expected a Float32Array, got ${describe(data)}`);
   checkShape(shape, 'shape');
-  const o = checkOptions(opts, 'opts');
-  const dtype = checkOneOf(o.dtype, 'opts.dtype', DTYPES) ?? 'float32';
-  const device = checkOneOf(o.device, 'opts.device', DEVICES) ?? 'cpu';
+  const { dtype, device } = dtypeAndDevice(opts);
   const numel = shape.reduce((a, b) => a * b, 1);
   if (numel !== data.length)
     fail('range', `shape: [${shape.join(', ')}] holds ${numel} elements, but data has ${data.length}`);
   checkDevice(device, 'opts.device');
   const handle = native.createTensor(data, [...shape], DTYPES.indexOf(dtype), DEVICES.indexOf(device));
   return Tensor.fromHandle(handle, shape, dtype, device);
+}
+
+/** A tensor of zeros with the given shape, made on its device (no host array of its size). */
+export function zeros(shape: readonly number[], opts?: TensorOptions): Tensor {
+  checkShape(shape, 'shape');
+  const { dtype, device } = dtypeAndDevice(opts);
+  checkDevice(device, 'opts.device');
+  return Tensor.fromHandle(native.createZeros([...shape], DTYPES.indexOf(dtype), DEVICES.indexOf(device)), shape, dtype, device);
 }

@@ -9,11 +9,11 @@ import { checkBoolean, checkInteger, checkOneOf, checkOptions, describe, fail } 
 import { ProcessGroup } from './group.js';
 import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type RunContext } from './llama.js';
 import { LlamaModel, paramsFromMap, saveLlama, type LlamaParams } from './llama-model.js';
-import { adamw, add, scale, sumOfSquares, zero } from './ops.js';
+import { adamw, copy, scale, sumOfSquares } from './ops.js';
 import { readSafetensors } from './safetensors.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
 import { LAYOUTS, type Layout } from './shard.js';
-import { tensor, type Tensor } from './tensor.js';
+import { tensor, zeros, type Tensor } from './tensor.js';
 
 export interface TrainerOptions {
   /** The launch() group the sequence is sharded over; none: the whole sequence on this thread. */
@@ -32,9 +32,9 @@ export interface TrainerOptions {
   maxGradNorm?: number;
   /** Keep only each layer's input and recompute the layer in the backward. Default true. */
   checkpoint?: boolean;
-  /** Tokens per FFN row block. Default 256. */
+  /** Tokens per FFN row block (the (block, F) activations are all that exist). Default 256 on the cpu, 4096 on cuda. */
   ffnBlockRows?: number;
-  /** Tokens per cross-entropy chunk (the (chunk, V) logits are all that exist). Default 256. */
+  /** Tokens per cross-entropy chunk (the (chunk, V) logits are all that exist). Default 256 on the cpu, 1024 on cuda. */
   ceChunkRows?: number;
 }
 
@@ -85,7 +85,7 @@ export class Trainer implements Disposable {
   constructor(model: LlamaModel, o: ResolvedOptions) {
     this.model = model;
     this.#o = o;
-    const zerosLike = (t: Tensor) => tensor(new Float32Array(t.numel), t.shape);
+    const zerosLike = (t: Tensor) => zeros(t.shape, { device: t.device }); // float32, as the parameters
     const make = () => new Map([...model.tensors].map(([n, t]) => [n, zerosLike(t)]));
     const g = make();
     this.gradients = g;
@@ -127,7 +127,7 @@ export class Trainer implements Disposable {
       a[base + 2 * i] = x;
       a[base + 2 * i + 1] = x - a[base + 2 * i]!;
     });
-    const t = tensor(a, [a.length]);
+    const t = tensor(a, [a.length], { device: this.model.device }); // an NCCL group reduces cuda tensors only
     try {
       group.allReduce(t);
       const r = t.handle('t').toFloat32Array();
@@ -198,6 +198,7 @@ export class Trainer implements Disposable {
       const wd = p.shape.length === 1 ? 0 : weightDecay;
       adamw(p, this.gradients.get(name)!, this.#m.get(name)!, this.#v.get(name)!, { step, lr, beta1: betas[0], beta2: betas[1], eps, weightDecay: wd });
     }
+    this.model.syncCompute();
     return { loss, gradNorm };
   }
 
@@ -246,11 +247,11 @@ export class Trainer implements Disposable {
     const extra = [...weights.keys()].find((n) => !this.model.tensors.has(n));
     if (extra) fail('range', `${join(dir, 'model.safetensors')}: unexpected tensor '${extra}' for this model`);
     for (const [t, data] of plan) {
-      const src = tensor(data, t.shape);
-      zero(t); // copy in place: t = 0 + src
-      add(t, src);
+      const src = tensor(data, t.shape, { device: t.device });
+      copy(t, src);
       src.dispose();
     }
+    this.model.syncCompute();
     this.#step = step;
   }
 
@@ -270,7 +271,12 @@ export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer 
   if (model.disposed) fail('type', 'model: has been disposed');
   if (opts === undefined) fail('type', 'opts: expected { lr, ... }');
   const o = checkOptions(opts, 'opts');
-  if (o.group !== undefined) ProcessGroup.idOf(o.group, 'opts.group');
+  if (o.group !== undefined) {
+    ProcessGroup.idOf(o.group, 'opts.group');
+    if ((o.group as ProcessGroup).backend === 'nccl' && model.device !== 'cuda')
+      fail('type', `opts.group: an NCCL group trains a model on 'cuda' (initLlama(config, { device: 'cuda', ... })); this model is on '${model.device}'`);
+  }
+  const onCuda = model.device === 'cuda';
   const lr = typeof o.lr === 'function' ? (o.lr as (s: number) => number) : positiveNumber(o.lr ?? fail('type', 'opts.lr: missing; expected a number >= 0 or a function of the step'), 'opts.lr', 0);
   const betas = o.betas === undefined ? [0.9, 0.999] : o.betas;
   if (!Array.isArray(betas) || betas.length !== 2) fail('type', `opts.betas: expected [beta1, beta2], got ${describe(betas)}`);
@@ -286,7 +292,9 @@ export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer 
     eps: positiveNumber(o.eps, 'opts.eps', 1e-8, 0, false),
     maxGradNorm: o.maxGradNorm === undefined ? undefined : positiveNumber(o.maxGradNorm, 'opts.maxGradNorm', 0, 0, false),
     checkpoint: checkBoolean(o.checkpoint, 'opts.checkpoint') ?? true,
-    ffnBlockRows: o.ffnBlockRows === undefined ? 256 : checkInteger(o.ffnBlockRows, 'opts.ffnBlockRows', 1),
-    ceChunkRows: o.ceChunkRows === undefined ? 256 : checkInteger(o.ceChunkRows, 'opts.ceChunkRows', 1),
+    // Larger blocks on a GPU keep its matrix products large (not yet tuned on one); the
+    // (block, F) and (chunk, V) intermediates stay small beside the weights either way.
+    ffnBlockRows: o.ffnBlockRows === undefined ? (onCuda ? 4096 : 256) : checkInteger(o.ffnBlockRows, 'opts.ffnBlockRows', 1),
+    ceChunkRows: o.ceChunkRows === undefined ? (onCuda ? 1024 : 256) : checkInteger(o.ceChunkRows, 'opts.ceChunkRows', 1),
   });
 }

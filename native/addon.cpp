@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "common.h"
 #include "cpu/attention.h"
@@ -41,6 +42,20 @@ Napi::Value CreateTensor(const Napi::CallbackInfo& info) {
     if (size_t(t.numel()) != data.ElementLength()) throw Napi::RangeError::New(env, "data: length does not match shape");
     if (device == Device::CPU) ra::convert_from_f32(dtype, data.Data(), t.storage->ptr, data.ElementLength());
     else ra::cuda::upload_f32(data.Data(), t.storage->ptr, dtype, data.ElementLength());
+    return wrap(env, std::move(t));
+  });
+}
+
+// createZeros(shape: number[], dtype: 0|1|2, device: 0|1): a tensor of zeros, made where it
+// lives (no host array of its size, which for a long sequence's activations would be GiBs).
+Napi::Value CreateZeros(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    Tensor t = Tensor::empty(shape_of(info[0]), DType(info[1].As<Napi::Number>().Int32Value()),
+                             Device(info[2].As<Napi::Number>().Int32Value()));
+    const size_t bytes = size_t(t.numel()) * ra::dtype_size(t.dtype);
+    if (bytes == 0) return wrap(env, std::move(t));
+    if (t.device == Device::CPU) std::memset(t.storage->ptr, 0, bytes);
+    else ra::cuda::zero(t.storage->ptr, bytes);
     return wrap(env, std::move(t));
   });
 }
@@ -510,6 +525,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(data);
   register_ops(env, exports);
   exports.Set("createTensor", Napi::Function::New(env, CreateTensor));
+  exports.Set("createZeros", Napi::Function::New(env, CreateZeros));
   exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
   exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
   exports.Set("groupCreate", Napi::Function::New(env, GroupCreate));

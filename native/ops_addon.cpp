@@ -5,8 +5,10 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "common.h"
 #include "cpu/ops.h"
@@ -175,7 +177,7 @@ Napi::Value RmsNormBackward(const Napi::CallbackInfo& info) {
   });
 }
 
-// rope(x [M,H,D], positions Int32Array[M], theta, inverse) -> [M,H,D]
+// rope(x [M,H,D], positions Int32Array[M], invFreq Float64Array[D/2], inverse) -> [M,H,D]
 Napi::Value Rope(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     Args a{env};
@@ -183,9 +185,13 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
     if (x.shape.size() != 3 || x.shape[2] % 2 != 0) throw UserError("RangeError", "x: expected shape [M, H, D] with D even");
     const int64_t M = x.shape[0], H = x.shape[1], D = x.shape[2];
     auto pos = int32s(info[1], "positions", M);
-    if (a.cuda()) return wrap(env, cuops::rope(x, pos.Data(), num(info[2]), info[3].ToBoolean()));
+    if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+        int64_t(info[2].As<Napi::TypedArray>().ElementLength()) != D / 2)
+      throw UserError("TypeError", "invFreq: expected a Float64Array of D/2 values");
+    const double* inv_freq = info[2].As<Napi::Float64Array>().Data();
+    if (a.cuda()) return wrap(env, cuops::rope(x, pos.Data(), inv_freq, info[3].ToBoolean()));
     Tensor y = Tensor::empty(x.shape, DType::F32, Device::CPU);
-    ops::rope(x.f32(), pos.Data(), y.f32(), M, H, D, num(info[2]), info[3].ToBoolean());
+    ops::rope(x.f32(), pos.Data(), y.f32(), M, H, D, inv_freq, info[3].ToBoolean());
     return wrap(env, std::move(y));
   });
 }
@@ -330,6 +336,37 @@ Napi::Value Zero(const Napi::CallbackInfo& info) {
   });
 }
 
+// copy(dst, src): dst = src, converted to dst's dtype (same device, same element count)
+Napi::Value Copy(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    Tensor& dst = unwrap(env, info[0], "dst");
+    const Tensor& src = unwrap(env, info[1], "src");
+    if (src.device != dst.device) throw UserError("TypeError", "src: must be on dst's device");
+    if (src.numel() != dst.numel()) throw UserError("RangeError", "src: must have dst's element count");
+    distinct(&dst, "dst", src, "src");
+    const size_t n = size_t(dst.numel());
+    if (dst.device == Device::CUDA) cuops::copy(dst, src);
+    else if (src.dtype == dst.dtype) std::memcpy(dst.storage->ptr, src.storage->ptr, n * dtype_size(dst.dtype));
+    else {
+      std::vector<float> f = src.to_f32();
+      ra::convert_from_f32(dst.dtype, f.data(), dst.storage->ptr, n);
+    }
+    return env.Undefined();
+  });
+}
+
+// randomNormal(out Float32Array, seed, stream, std): out[i] ~ normal(0, std), in place
+Napi::Value RandomNormal(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw UserError("TypeError", "out: expected a Float32Array");
+    auto out = info[0].As<Napi::Float32Array>();
+    const uint64_t seed = uint64_t(int64(info[1])), stream = uint64_t(int64(info[2]));
+    ops::random_normal(out.Data(), int64_t(out.ElementLength()), seed, stream, num(info[3]));
+    return env.Undefined();
+  });
+}
+
 // cublasLoad(ltPath, path): opens cuBLAS for the CUDA matrix products (lib/ops.ts finds the files)
 Napi::Value CublasLoad(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
@@ -370,6 +407,8 @@ void register_ops(Napi::Env env, Napi::Object exports) {
       {"opsScale", Scale},
       {"opsAdd", Add},
       {"opsZero", Zero},
+      {"opsCopy", Copy},
+      {"randomNormal", RandomNormal},
       {"opsView", View},
       {"cublasLoad", CublasLoad},
   };

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-import { llamaPresets, llamaTensorNames, loadLlamaConfig, parameterCount, parseLlamaConfig } from '../dist/index.js';
+import { llamaPresets, llamaTensorNames, loadLlamaConfig, parameterCount, parseLlamaConfig, ropeInvFreq } from '../dist/index.js';
 
 const minimal = { hidden_size: 64, intermediate_size: 176, num_hidden_layers: 2, num_attention_heads: 4, vocab_size: 256 };
 
@@ -131,5 +131,42 @@ describe('presets, parameter counts and tensor names', () => {
     expect(wide.get('model.layers.0.self_attn.q_proj.weight')).toEqual([128, 64]);
     expect(wide.get('model.layers.0.self_attn.o_proj.weight')).toEqual([64, 128]);
     expect(() => llamaTensorNames({ ...llamaPresets.tiny, num_key_value_heads: 3 })).toThrow(/^config\.num_key_value_heads: 3 does not divide/);
+  });
+});
+
+describe('ropeInvFreq', () => {
+  const plain = (D: number, theta: number) => Array.from({ length: D / 2 }, (_, i) => theta ** (-(2 * i) / D));
+
+  it('plain RoPE: theta^(-2i/D); null, absent and rope_type default mean the same', () => {
+    const want = plain(64, 500000);
+    for (const s of [undefined, null, { rope_type: 'default' }]) {
+      const got = ropeInvFreq(64, 500000, s);
+      want.forEach((w, i) => expect(Math.abs(got[i]! - w) / w).toBeLessThan(1e-15));
+    }
+  });
+
+  it("Llama-3.2-1B's llama3 scaling: short wavelengths kept, long ones / factor, a blend between", () => {
+    // D 64, theta 500000, original context 8192: wavelength 2π·500000^(i/32) is below 8192/4
+    // for i <= 14 and above 8192/1 for i >= 18 (worked out by hand).
+    const c = llamaPresets['1B'];
+    const got = ropeInvFreq(c.head_dim, c.rope_theta, c.rope_scaling), base = plain(64, 500000);
+    for (let i = 0; i < 32; ++i) {
+      const rel = got[i]! / base[i]!;
+      if (i <= 14) expect(rel, `i ${i}`).toBeCloseTo(1, 12);
+      else if (i >= 18) expect(rel, `i ${i}`).toBeCloseTo(1 / 32, 12);
+      else expect(rel > 1 / 32 && rel < 1, `i ${i} blended: ${rel}`).toBe(true);
+    }
+    // the blend falls with the wavelength: (1 - s)/32 + s with s = (8192/wavelength - 1) / 3
+    const s15 = (8192 / ((2 * Math.PI) / base[15]!) - 1) / 3;
+    expect(got[15]! / base[15]!).toBeCloseTo((1 - s15) / 32 + s15, 12);
+  });
+
+  it('linear scaling divides every frequency; unsupported types and bad fields are named', () => {
+    const got = ropeInvFreq(16, 10000, { type: 'linear', factor: 4 }); // 'type': the older key
+    plain(16, 10000).forEach((w, i) => expect(got[i]! * 4 / w).toBeCloseTo(1, 14));
+    expect(() => ropeInvFreq(16, 10000, { rope_type: 'yarn', factor: 4 })).toThrow(/^rope_scaling: rope_type 'yarn' is not supported/);
+    expect(() => ropeInvFreq(16, 10000, { rope_type: 'linear', factor: -1 })).toThrow(/^rope_scaling.factor: expected a number > 0, got number -1/);
+    expect(() => ropeInvFreq(16, 10000, { rope_type: 'llama3', factor: 8, low_freq_factor: 4, high_freq_factor: 1,
+      original_max_position_embeddings: 64 })).toThrow(/^rope_scaling.high_freq_factor: expected more than low_freq_factor 4/);
   });
 });

@@ -3,6 +3,7 @@
 // parameter's gradient against central finite differences of the float64 loss. Then the
 // invariances the ring must keep: world size 1 vs 4, contiguous vs zigzag, checkpointing on
 // vs off; then save/load, checkpoint/restore, refusals, and a short training run.
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +19,11 @@ import { randomArray, worstError } from './reference.js';
 const rankModule = new URL('./fixtures/llama-rank.mjs', import.meta.url);
 const tiny = llamaPresets.tiny as ResolvedLlamaConfig; // C 64, F 176, L 2, H 4, KVH 2 (GQA), D 16, V 256
 const tiedTiny: ResolvedLlamaConfig = { ...tiny, tie_word_embeddings: true };
+// Llama 3's RoPE scaling at a size where all three bands occur (D 16: wavelengths 6.3, 20, 63,
+// 199, ...; kept below 64/4 = 16, stretched above 64, blended between).
+const llama3Tiny: ResolvedLlamaConfig = {
+  ...tiny, rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 },
+};
 const S = 32; // whole sequence; a multiple of 2 * 4 for zigzag over 4 ranks
 
 // ---------------- the independent float64 reference ----------------
@@ -47,13 +53,30 @@ function matmulT(x: Float64Array, w: Float64Array, M: number, K: number, N: numb
   return y;
 }
 
+/**
+ * RoPE's inverse frequencies as transformers' _compute_default_rope_parameters and
+ * _compute_llama3_parameters write them: masks over the wavelengths, then a blend.
+ */
+function invFreqRef(c: ResolvedLlamaConfig): number[] {
+  const D = c.head_dim, base = Array.from({ length: D / 2 }, (_, i) => 1 / c.rope_theta ** ((2 * i) / D));
+  const s = c.rope_scaling as Record<string, number> | null | undefined;
+  if (!s) return base;
+  const [factor, lowF, highF, old] = [s.factor!, s.low_freq_factor!, s.high_freq_factor!, s.original_max_position_embeddings!];
+  const wavelen = base.map((f) => (2 * Math.PI) / f);
+  const llama = base.map((f, i) => (wavelen[i]! > old / lowF ? f / factor : f));
+  const smoothFactor = wavelen.map((w) => (old / w - lowF) / (highF - lowF));
+  const smoothed = llama.map((f, i) => (1 - smoothFactor[i]!) * f / factor + smoothFactor[i]! * f);
+  const medium = wavelen.map((w) => !(w < old / highF) && !(w > old / lowF));
+  return llama.map((f, i) => (medium[i] ? smoothed[i]! : f));
+}
+
 /** HF rotate_half RoPE on [M, heads, D] at positions 0..M-1, in place. */
-function ropeRef(x: Float64Array, M: number, heads: number, D: number, theta: number): void {
+function ropeRef(x: Float64Array, M: number, heads: number, D: number, invFreq: number[]): void {
   const half = D / 2;
   for (let m = 0; m < M; ++m)
     for (let h = 0; h < heads; ++h)
       for (let i = 0; i < half; ++i) {
-        const angle = m * Math.pow(theta, (-2 * i) / D);
+        const angle = m * invFreq[i]!;
         const o = (m * heads + h) * D, a = x[o + i]!, b = x[o + i + half]!;
         x[o + i] = a * Math.cos(angle) - b * Math.sin(angle);
         x[o + i + half] = b * Math.cos(angle) + a * Math.sin(angle);
@@ -74,8 +97,8 @@ function referenceModel(c: ResolvedLlamaConfig, w: W, tokens: ArrayLike<number>,
     const q = matmulT(h, get(`${p}self_attn.q_proj.weight`), M, C, H * D);
     const k = matmulT(h, get(`${p}self_attn.k_proj.weight`), M, C, KVH * D);
     const v = matmulT(h, get(`${p}self_attn.v_proj.weight`), M, C, KVH * D);
-    ropeRef(q, M, H, D, c.rope_theta);
-    ropeRef(k, M, KVH, D, c.rope_theta);
+    ropeRef(q, M, H, D, invFreqRef(c));
+    ropeRef(k, M, KVH, D, invFreqRef(c));
     const att = new Float64Array(M * H * D);
     for (let hd = 0; hd < H; ++hd) {
       const kv = Math.floor(hd / (H / KVH));
@@ -170,8 +193,8 @@ async function ranks(worldSize: number, layout: 'contiguous' | 'zigzag', c: Reso
 // ---------------- tests ----------------
 
 describe('against the independent float64 model', () => {
-  for (const c of [tiny, tiedTiny]) {
-    const what = c.tie_word_embeddings ? 'tied embeddings' : 'separate lm_head';
+  for (const c of [tiny, tiedTiny, llama3Tiny]) {
+    const what = c.rope_scaling ? 'llama3 rope scaling' : c.tie_word_embeddings ? 'tied embeddings' : 'separate lm_head';
     const weights = randomWeights(c, 10), seq = sequence(77, c.vocab_size);
     const ref = referenceModel(c, f64Map(weights), seq.tokens, seq.targets);
 
@@ -360,9 +383,10 @@ describe('saving, loading, checkpoints', () => {
     const shapes = new Map(llamaTensorNames(tiny)).set('model.layers.0.self_attn.k_proj.weight', [64, 32]);
     await expect(loadLlama(await write('shape', tiny, good, shapes))).rejects.toThrow(/'model.layers.0.self_attn.k_proj.weight' has shape \[64, 32\], expected \[32, 64\]/);
     await expect(loadLlama(await write('tied-with-head', tiedTiny, good))).rejects.toThrow(/unexpected tensor\(s\) 'lm_head.weight' \(tie_word_embeddings is true/);
-    const scaled = { ...tiny, rope_scaling: { rope_type: 'llama3', factor: 8 } };
-    await expect(loadLlama(await write('scaled', scaled, good))).rejects.toThrow(/rope_scaling: .* is not supported yet/);
-    expect(() => initLlama(llamaPresets['1B'], { seed: 1 })).toThrow(/config.rope_scaling: .* not supported yet/);
+    const yarn = { ...tiny, rope_scaling: { rope_type: 'yarn', factor: 8 } };
+    await expect(loadLlama(await write('yarn', yarn, good))).rejects.toThrow(/config.json.rope_scaling: rope_type 'yarn' is not supported \(supported: default, linear, llama3/);
+    expect(() => initLlama({ ...tiny, rope_scaling: { rope_type: 'llama3', factor: 8 } }, { seed: 1 })).toThrow(/^config.rope_scaling.low_freq_factor: missing; expected a number > 0/);
+    expect(() => initLlama({ ...tiny, rope_scaling: { type: 'dynamic', factor: 2 } }, { seed: 1 })).toThrow(/rope_type 'dynamic' is not supported/);
     const short = new Map(good).set('model.norm.weight', new Float32Array(3));
     expect(() => createLlama(tiny, short)).toThrow(/arrays: 'model.norm.weight' has shape \[3\], expected \[64\]/);
   });
@@ -380,6 +404,33 @@ describe('saving, loading, checkpoints', () => {
     model.dispose();
     expect(model.disposed).toBe(true);
     expect(() => createTrainer(model, { lr: 1 })).toThrow(/model: has been disposed/);
+  });
+});
+
+describe('initLlama', () => {
+  it('normal(0, std) weights and unit norms; the same seed gives the same weights whatever the thread count', async () => {
+    const wide = { ...tiny, vocab_size: 8192 }; // an embedding of 512K values: 16 chunks of work, so several threads
+    using model = initLlama(wide, { seed: 11, std: 0.05 });
+    const arrays = model.toArrays();
+    const embed = arrays.get('model.embed_tokens.weight')!;
+    const mean = embed.reduce((a, b) => a + b, 0) / embed.length;
+    const sd = Math.sqrt(embed.reduce((a, b) => a + (b - mean) ** 2, 0) / embed.length);
+    expect(Math.abs(mean)).toBeLessThan(4 * 0.05 / Math.sqrt(embed.length)); // 4 standard errors
+    expect(Math.abs(sd / 0.05 - 1)).toBeLessThan(0.005); // the standard error of sd is ~0.1%
+    expect(arrays.get('model.norm.weight')!.every((v) => v === 1)).toBe(true);
+    // each tensor draws its own stream: no two matrices share values
+    expect(arrays.get('model.layers.0.self_attn.q_proj.weight')![0]).not.toBe(arrays.get('model.layers.1.self_attn.q_proj.weight')![0]);
+    using other = initLlama(wide, { seed: 12, std: 0.05 });
+    expect((await other.tensors.get('model.embed_tokens.weight')!.toFloat32Array())[0]).not.toBe(embed[0]);
+    // one thread in a child process gives the bits this process's threads gave
+    const script = `import { initLlama, llamaPresets } from ${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)};
+      const m = initLlama({ ...llamaPresets.tiny, vocab_size: 8192 }, { seed: 11, std: 0.05 });
+      const a = m.toArrays().get('model.embed_tokens.weight');
+      process.stdout.write(Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64'));`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, RING_ATTENTION_NUM_THREADS: '1' }, encoding: 'utf8', maxBuffer: 1 << 26 });
+    expect(r.status, r.stderr).toBe(0);
+    const b = Buffer.from(r.stdout, 'base64');
+    expect(Buffer.compare(b, Buffer.from(embed.buffer, embed.byteOffset, embed.byteLength))).toBe(0);
   });
 });
 

@@ -57,7 +57,8 @@ export function rmsNormBackwardRef(dy: Arr, x: Arr, w: Arr, eps: number, M: numb
 }
 
 /** HF LLaMA rotary embedding (rotate_half), x [M,H,D], angles in float64. */
-export function ropeRef(x: Arr, positions: Arr, theta: number, M: number, H: number, D: number): Float64Array {
+/** theta: inv_freq[i] = theta^(-2i/D); or the D/2 inverse frequencies themselves. */
+export function ropeRef(x: Arr, positions: Arr, theta: number | Arr, M: number, H: number, D: number): Float64Array {
   const half = D / 2;
   const out = new Float64Array(M * H * D);
   for (let m = 0; m < M; ++m)
@@ -65,7 +66,7 @@ export function ropeRef(x: Arr, positions: Arr, theta: number, M: number, H: num
       const o = (m * H + h) * D;
       // cos/sin over the full D (freqs repeated over both halves) and rotate_half(x) = cat(-x2, x1)
       for (let d = 0; d < D; ++d) {
-        const angle = positions[m]! * theta ** (-(2 * (d % half)) / D);
+        const angle = positions[m]! * (typeof theta === 'number' ? theta ** (-(2 * (d % half)) / D) : theta[d % half]!);
         const rot = d < half ? -x[o + d + half]! : x[o + d - half]!;
         out[o + d] = x[o + d]! * Math.cos(angle) + rot * Math.sin(angle);
       }

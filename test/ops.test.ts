@@ -6,12 +6,12 @@ import { spawnSync } from 'node:child_process';
 
 import { describe, expect, it } from 'vitest';
 
-import { ops, tensor, type Tensor } from '../dist/index.js';
+import { info, ops, tensor, zeros as zerosOn, type Tensor } from '../dist/index.js';
 import {
   adamwRef, crossEntropyRef, ffnBackwardRef, ffnRef, finiteDiff, linearBackwardRef, linearRef, project,
   rmsNormBackwardRef, rmsNormRef, ropeRef,
 } from './ops-reference.js';
-import { randomArray, worstError } from './reference.js';
+import { randomArray, roundTo, worstError } from './reference.js';
 
 // Float32 kernels against float64 references on sums of <= ~300 terms of size ~1: the
 // forward error is ~1e-6 relative; 1e-5 relative + 1e-5 absolute (for values near 0 after
@@ -204,6 +204,15 @@ describe('rope', () => {
     expect(worstError(await read(y), ropeRef(x, positions, theta, M, H, D), 1e-6, 1e-6)).toBeLessThan(1);
   });
 
+  it('given inverse frequencies (e.g. rescaled by rope_scaling): the same rotation at those frequencies', async () => {
+    const x = rand(M * H * D, 34);
+    const invFreq = Float64Array.from([1, 0.3, 1e-2, 1e-4, 2.5e-6]); // arbitrary, not a power series
+    const y = await read(ops.rope(t(x, [M, H, D]), positions, invFreq));
+    expect(worstError(y, ropeRef(x, positions, invFreq, M, H, D), 1e-6, 1e-6)).toBeLessThan(1);
+    const back = await read(ops.ropeBackward(ops.rope(t(x, [M, H, D]), positions, invFreq), positions, invFreq));
+    expect(worstError(back, x, 1e-6, 0)).toBeLessThan(1);
+  });
+
   it('backward is the inverse rotation: against finite differences, and undoes the forward', async () => {
     const x = rand(M * H * D, 32), r = rand(M * H * D, 33);
     const dx = await read(ops.ropeBackward(t(r, [M, H, D]), positions, theta));
@@ -221,6 +230,9 @@ describe('rope', () => {
     expect(() => ops.rope(zeros([M, H, 9]), new Int32Array(M), theta)).toThrow(/^x: expected shape \[M, H, D\] .* D even/);
     expect(() => ops.rope(zeros([M, H * D]), new Int32Array(M), theta)).toThrow(/^x: /);
     expect(() => ops.rope(x, new Int32Array(M), 0)).toThrow(/^theta: /);
+    expect(() => ops.rope(x, new Int32Array(M), new Float64Array(D))).toThrow(/^invFreq: expected 5 inverse frequencies \(head dim 10 \/ 2\), got 10/);
+    expect(() => ops.rope(x, new Int32Array(M), new Float64Array([1, 1, NaN, 1, 1]))).toThrow(/^invFreq\[2\]: expected a finite number/);
+    expect(() => ops.rope(x, new Int32Array(M), 'x' as never)).toThrow(/^theta: expected a number \(rope_theta\) or a Float64Array/);
     expect(() => ops.rope(x, Array.from({ length: M }, () => 0) as unknown as Int32Array, theta)).toThrow(/^positions: expected an Int32Array/);
     // reshape gives rope the [M, H, D] view of a projection's [M, H*D] output
     expect(ops.rope(ops.reshape(zeros([M, H * D]), [M, H, D]), new Int32Array(M), theta).shape).toEqual([M, H, D]);
@@ -405,5 +417,39 @@ describe('gradient utilities', () => {
     v.dispose();
     expect(Array.from(await read(x))).toEqual([2, 4, 6, 8, 10, 12]);
     expect(() => ops.reshape(x, [4, 2])).toThrow(/^shape: \[4, 2\] holds 8 elements/);
+  });
+});
+
+describe('zeros and copy', () => {
+  it('zeros(shape, opts) makes zeros of the dtype asked for; bad arguments are named', async () => {
+    for (const dtype of ['float32', 'bfloat16', 'float16'] as const) {
+      using z = zerosOn([3, 5], { dtype });
+      expect([z.shape, z.dtype, z.device]).toEqual([[3, 5], dtype, 'cpu']);
+      expect(Array.from(await read(z))).toEqual(new Array(15).fill(0));
+    }
+    using empty = zerosOn([0, 4]);
+    expect(empty.numel).toBe(0);
+    expect(() => zerosOn([2, -1])).toThrow(/^shape\[1\]: expected a non-negative integer/);
+    expect(() => zerosOn([2], { dtype: 'int8' as never })).toThrow(/^opts\.dtype: /);
+    if (info().backend === 'cpu') expect(() => zerosOn([2], { device: 'cuda' })).toThrow(/^opts\.device: 'cuda' is not available/);
+  });
+
+  it('copy converts to the destination dtype (round to nearest even) and refuses what does not fit', async () => {
+    const x = rand(1001, 81, 3);
+    using src = t(x, [7, 143]);
+    for (const dtype of ['float32', 'bfloat16', 'float16'] as const) {
+      using dst = tensor(new Float32Array(1001).fill(9), [1001], { dtype }); // another shape, same count
+      ops.copy(dst, src);
+      expect(Array.from(await read(dst)), dtype).toEqual(Array.from(roundTo(dtype, x)));
+      using back = t(new Float32Array(1001), [1001]);
+      ops.copy(back, dst); // and from a half type into float32: exact
+      expect(Array.from(await read(back)), `${dtype} -> float32`).toEqual(Array.from(roundTo(dtype, x)));
+    }
+    using small = t(new Float32Array(1000), [1000]);
+    expect(() => ops.copy(small, src)).toThrow(/^src: holds 1001 elements \(\[7, 143\]\), dst 1000/);
+    expect(() => ops.copy(small, 'x' as never)).toThrow(/^src: expected a Tensor/);
+    const view = ops.reshape(src, [1001]);
+    expect(() => ops.copy(view, src)).toThrow(/^dst: must not be the same memory as src/);
+    view.dispose();
   });
 });

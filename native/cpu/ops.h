@@ -44,11 +44,12 @@ void rmsnorm_backward(const float* dy, const float* x, const float* w, const flo
 
 // ---- rotary position embedding (rope.cpp), Hugging Face LLaMA rotate_half ----
 
-// x, out [M,H,D], D even; token m is at positions[m]. out = x*cos + rotate_half(x)*sin.
+// x, out [M,H,D], D even; token m is at positions[m]; inv_freq [D/2] (theta^(-2i/D), or
+// rescaled: lib/rope-freq.ts). out = x*cos + rotate_half(x)*sin, angle = pos * inv_freq[i].
 // With `inverse` the rotation is undone (the transpose), which is the backward: dx =
 // rope(dy, inverse). out may equal x (in place).                                   out =
-void rope(const float* x, const int32_t* positions, float* out, int64_t M, int64_t H, int64_t D, double theta,
-          bool inverse);
+void rope(const float* x, const int32_t* positions, float* out, int64_t M, int64_t H, int64_t D,
+          const double* inv_freq, bool inverse);
 
 // ---- SwiGLU feed-forward (ffn.cpp), processed `block_rows` tokens at a time ----
 
@@ -76,6 +77,11 @@ struct CrossEntropyResult {
 CrossEntropyResult cross_entropy(const float* h, const float* w_head, const int32_t* targets, int64_t M, int64_t C,
                                  int64_t V, int64_t chunk_rows, int32_t ignore_index, float grad_scale, float* dh,
                                  float* dw_head);
+
+// ---- parameter initialisation (random.cpp) ----
+
+// out[i] ~ normal(0, std), i < n: a pure function of (seed, stream, i), whatever the thread count.
+void random_normal(float* out, int64_t n, uint64_t seed, uint64_t stream, double std);
 
 // ---- optimizer and gradient utilities (optim.cpp), n elements each ----
 

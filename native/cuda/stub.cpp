@@ -55,7 +55,7 @@ Tensor embedding(const int32_t*, int64_t, const Tensor&) { throw not_compiled();
 void embedding_backward(const int32_t*, int64_t, const Tensor&, Tensor&) { throw not_compiled(); }
 void rmsnorm(const Tensor&, const Tensor&, float, Tensor&, Tensor&) { throw not_compiled(); }
 void rmsnorm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&) { throw not_compiled(); }
-Tensor rope(const Tensor&, const int32_t*, double, bool) { throw not_compiled(); }
+Tensor rope(const Tensor&, const int32_t*, const double*, bool) { throw not_compiled(); }
 Tensor ffn(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t) { throw not_compiled(); }
 void ffn_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, Tensor&, Tensor&,
                   Tensor&, Tensor&) {
@@ -69,6 +69,7 @@ double sum_of_squares(const Tensor&) { throw not_compiled(); }
 void scale(Tensor&, float) { throw not_compiled(); }
 void add(Tensor&, const Tensor&) { throw not_compiled(); }
 void zero(Tensor&) { throw not_compiled(); }
+void copy(Tensor&, const Tensor&) { throw not_compiled(); }
 }  // namespace ops
 
 }  // namespace ra::cuda

@@ -14,7 +14,7 @@
 // - Losses and sums of squares are returned in double: 1e-5 (float32 exp sums) and 1e-10.
 import { describe, expect, it } from 'vitest';
 
-import { info, ops, tensor, type DType, type Tensor } from '../../dist/index.js';
+import { info, llamaPresets, ops, ropeInvFreq, tensor, zeros, type DType, type Tensor } from '../../dist/index.js';
 import { findCublas } from '../../dist/libraries.js';
 import { randomArray, relErr, roundTo } from '../reference.js';
 
@@ -95,6 +95,8 @@ describe.skipIf(!!why)(title, () => {
       const x = pair([M, H, D], 13, dtype), pos = Int32Array.from({ length: M }, (_, i) => (i % 3 ? i : 2_000_000 - i * 7919));
       await close(ops.rope(x.gpu, pos, 500000), ops.rope(x.cpu, pos, 500000), tol.elem, 'rope');
       await close(ops.ropeBackward(x.gpu, pos, 500000), ops.ropeBackward(x.cpu, pos, 500000), tol.elem, 'ropeBackward');
+      const llama3 = ropeInvFreq(D, 500000, llamaPresets['1B'].rope_scaling); // given frequencies, uploaded per call
+      await close(ops.rope(x.gpu, pos, llama3), ops.rope(x.cpu, pos, llama3), tol.elem, 'rope (llama3 frequencies)');
     });
 
     it(`${dtype} ffn in blocks of 7 rows (ragged): y, dx overwritten, dw* +=`, async () => {
@@ -136,6 +138,22 @@ describe.skipIf(!!why)(title, () => {
       expect((await read(a.gpu)).every((v) => v === 0)).toBe(true);
     });
   }
+
+  it('zeros on cuda; copy float32 -> bfloat16 rounds as the CPU does, same dtype copies exactly, bfloat16 -> float32 is refused', async () => {
+    using z = zeros([5, 7], { dtype: 'bfloat16', device: 'cuda' });
+    expect(Array.from(await read(z))).toEqual(new Array(35).fill(0));
+    const x = randomArray(1001, 91).map((v) => v * 3);
+    using src = tensor(x, [1001], { device: 'cuda' });
+    using half = zeros([7, 143], { dtype: 'bfloat16', device: 'cuda' });
+    ops.copy(half, src);
+    expect(Array.from(await read(half))).toEqual(Array.from(roundTo('bfloat16', x)));
+    using again = zeros([1001], { dtype: 'bfloat16', device: 'cuda' });
+    ops.copy(again, half);
+    expect(Array.from(await read(again))).toEqual(Array.from(roundTo('bfloat16', x)));
+    using back = zeros([1001], { device: 'cuda' });
+    expect(() => ops.copy(back, half)).toThrow(/^src: on cuda, copy takes a float32 source or one of dst's dtype 'float32', got 'bfloat16'/);
+    expect(() => ops.copy(back, tensor(x, [1001]))).toThrow(/^src: device 'cpu' does not match dst's 'cuda'/);
+  });
 
   it('adamw (float32) equals the CPU step', async () => {
     const shape = [1000, 7];

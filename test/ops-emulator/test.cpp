@@ -109,9 +109,11 @@ void rope(int64_t M, int64_t H, int64_t D, bool inverse, bool in_place) {
   for (auto& v : x) v = T(U());
   std::vector<double> want(M * H * D);
   const int64_t half = D / 2;
+  std::vector<double> inv_freq(half);
+  for (int64_t i = 0; i < half; ++i) inv_freq[i] = std::pow(theta, -2.0 * double(i) / double(D));
   for (int64_t m = 0; m < M; ++m)
     for (int64_t i = 0; i < half; ++i) {
-      const double a = double(pos[m]) * std::pow(theta, -2.0 * double(i) / double(D));
+      const double a = double(pos[m]) * inv_freq[i];
       const double c = float(std::cos(a)), s = (inverse ? -1 : 1) * double(float(std::sin(a)));
       for (int64_t h = 0; h < H; ++h) {
         const int64_t o = (m * H + h) * D;
@@ -120,7 +122,7 @@ void rope(int64_t M, int64_t H, int64_t D, bool inverse, bool in_place) {
       }
     }
   T* dst = in_place ? x.data() : out.data();
-  launch_rope<T>(x.data(), pos.data(), dst, M, H, D, theta, inverse, nullptr);
+  launch_rope<T>(x.data(), pos.data(), inv_freq.data(), dst, M, H, D, inverse, nullptr);
   const std::string n = std::string("rope ") + tname<T>() + (inverse ? " inverse" : "") + (in_place ? " in place" : "") +
                         " M" + std::to_string(M) + " H" + std::to_string(H) + " D" + std::to_string(D);
   check(n, in_place ? x : out, want, tol<T>(1e-6));

@@ -1,8 +1,8 @@
 // Rotary position embedding, Hugging Face LLaMA convention (rotate_half): the pairs are
 // (i, i + D/2), not adjacent elements.
 //
-// Angles are computed in double: inv_freq[i] = theta^(-2i/D), angle = pos * inv_freq[i],
-// then cos/sin rounded to float32. Hugging Face computes inv_freq and pos * inv_freq in
+// Angles are computed in double: angle = pos * inv_freq[i] (inv_freq[i] = theta^(-2i/D),
+// possibly rescaled, computed in double by the caller), then cos/sin rounded to float32. Hugging Face computes inv_freq and pos * inv_freq in
 // float32; at position 1M the high-frequency angles are then off by up to ~0.03 rad
 // (half a float32 ulp of 1e6), and by 2^-24 relative at any position. Positions here are
 // arbitrary per token (zigzag shards hold blocks far apart), and the attention score
@@ -18,17 +18,15 @@
 
 namespace ra::cpu::ops {
 
-void rope(const float* x, const int32_t* positions, float* out, int64_t M, int64_t H, int64_t D, double theta,
-          bool inverse) {
+void rope(const float* x, const int32_t* positions, float* out, int64_t M, int64_t H, int64_t D,
+          const double* inv_freq, bool inverse) {
   const int64_t half = D / 2;
-  std::vector<double> inv_freq(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i) inv_freq[size_t(i)] = std::pow(theta, -2.0 * double(i) / double(D));
   for_chunks(M, row_grain(H * D), [&](int64_t m0, int64_t m1) {
     std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
     for (int64_t m = m0; m < m1; ++m) {
       const double pos = double(positions[m]);
       for (int64_t i = 0; i < half; ++i) {
-        const double a = pos * inv_freq[size_t(i)];
+        const double a = pos * inv_freq[i];
         cs[size_t(i)] = float(std::cos(a));
         sn[size_t(i)] = inverse ? -float(std::sin(a)) : float(std::sin(a));  // R(-a) = R(a)^T
       }

@@ -25,6 +25,11 @@ inline Tensor upload_ints(const int32_t* host, int64_t n) {
   return t;
 }
 inline const int32_t* ints(const Tensor& t) { return static_cast<const int32_t*>(t.storage->ptr); }
+inline Tensor upload_doubles(const double* host, int64_t n) {
+  Tensor t = Tensor::empty({2 * n}, DType::F32, Device::CUDA);  // two 4-byte elements per double
+  if (n > 0) check(cudaMemcpyAsync(t.storage->ptr, host, size_t(n) * 8, cudaMemcpyHostToDevice, nullptr), "copy to device");
+  return t;
+}
 
 // The TS layer checks every argument; these only keep a bad call from reading out of bounds.
 inline void expect(const Tensor& t, DType dtype, const char* name) {

@@ -29,8 +29,8 @@ void embedding_backward(const int32_t* ids, int64_t M, const Tensor& dy, Tensor&
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);                 // y =, rstd =
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
                       Tensor& dw);                                                                 // dx =, dw +=
-// positions: host array of M values, uploaded for the call.
-Tensor rope(const Tensor& x, const int32_t* positions, double theta, bool inverse);                 // out =
+// positions: host array of M values, inv_freq: host array of D/2 values, uploaded for the call.
+Tensor rope(const Tensor& x, const int32_t* positions, const double* inv_freq, bool inverse);       // out =
 Tensor ffn(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, const Tensor& w_down, int64_t block_rows);
 void ffn_backward(const Tensor& dy, const Tensor& x, const Tensor& w_gate, const Tensor& w_up, const Tensor& w_down,
                   int64_t block_rows, Tensor& dx, Tensor& dw_gate, Tensor& dw_up, Tensor& dw_down);  // dx =, dw* +=
@@ -47,5 +47,7 @@ double sum_of_squares(const Tensor& t);  // waits for the device
 void scale(Tensor& t, float s);
 void add(Tensor& a, const Tensor& b);
 void zero(Tensor& t);
+// dst = src in dst's dtype: from float32 to any dtype, or between tensors of one dtype.
+void copy(Tensor& dst, const Tensor& src);
 
 }  // namespace ra::cuda::ops

@@ -66,4 +66,18 @@ void zero(Tensor& t) {
   if (t.numel() > 0) ra::cuda::zero(t.storage->ptr, size_t(t.numel()) * dtype_size(t.dtype));
 }
 
+void copy(Tensor& dst, const Tensor& src) {
+  if (dst.device != Device::CUDA || src.device != Device::CUDA) throw UserError("TypeError", "copy: expected cuda tensors");
+  const size_t n = size_t(dst.numel());
+  if (n == 0) return;
+  if (src.dtype == dst.dtype)
+    check(cudaMemcpyAsync(dst.storage->ptr, src.storage->ptr, n * dtype_size(dst.dtype), cudaMemcpyDeviceToDevice, nullptr),
+          "device copy");
+  else if (src.dtype == DType::F32)
+    ra::cuda::f32_to_dtype(ptr<float>(src), dst.storage->ptr, dst.dtype, n);  // rounds to nearest even
+  else
+    throw UserError("TypeError", std::string("src: copying ") + dtype_name(src.dtype) + " into " + dtype_name(dst.dtype) +
+                                     " is not supported on cuda (float32 into any dtype, or the same dtype)");
+}
+
 }  // namespace ra::cuda::ops
