@@ -162,6 +162,15 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     expect(r.mfu).toBeCloseTo(r.tflops / (0.5 * 2), 12);
   });
 
+  it('mfu --steps 0 --no-breakdown: one step per length, timed as it runs, no profile', () => {
+    const w = smoke('mfu', '--steps', '0', '--no-breakdown');
+    for (const r of w.json.rows as unknown as { stepMs: number; breakdownMs: unknown }[]) {
+      expect(r.stepMs).toBeGreaterThan(0);
+      expect(r.breakdownMs).toBeNull();
+    }
+    expect(w.stdout).toMatch(/--steps 0: each time is the warm-up step's/);
+  });
+
   it('attention: ours at every point, TFLOP/s from the stated FLOPs', () => {
     const w = smoke('attention');
     checkCommon(w, 'attention');

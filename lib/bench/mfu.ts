@@ -37,17 +37,18 @@ export const mfuSuite: Suite<MfuRow> = {
     'min-context': { type: 'string', help: 'first context length (tokens, whole sequence)', cpu: '256', cuda: '4096', smoke: '64' },
     'max-context': { type: 'string', help: 'last context length; default: double until a step does not fit', cpu: '1024', cuda: '0', smoke: '128' },
     ranks: { type: 'string', help: 'in-process ranks sharing this device (a launched NCCL job uses its own size)', cpu: '1', cuda: '1' },
-    steps: { type: 'string', help: 'timed steps per length (median), after one warm-up step', cpu: '3', cuda: '3', smoke: '1' },
+    steps: { type: 'string', help: 'timed steps per length (median) after one warm-up step; 0: time the warm-up step', cpu: '3', cuda: '3', smoke: '1' },
     layout: { type: 'string', help: 'contiguous or zigzag', cpu: 'zigzag', cuda: 'zigzag', choices: ['contiguous', 'zigzag'] },
     'peak-tflops': { type: 'string', help: 'the device peak, for a GPU not in the table or for the CPU', cpu: '', cuda: '' },
     'no-checkpoint': { type: 'boolean', help: 'keep every activation instead of recomputing each layer' },
+    'no-breakdown': { type: 'boolean', help: 'skip the extra profiled step (where the time goes by op family)' },
   },
   async run(o, ctx) {
     const config = await ctx.modelConfig(o.model as string);
     const launched = ctx.launchedWorldSize > 1;
     const group = launched ? await initProcessGroup({ backend: 'nccl' }) : undefined;
     const ranks = launched ? ctx.launchedWorldSize : intOption(o, 'ranks');
-    const steps = intOption(o, 'steps');
+    const steps = intOption(o, 'steps', 0);
     const given = Number(o['peak-tflops']);
     if (o['peak-tflops'] && !(given > 0)) throw new RangeError(`--peak-tflops: expected a number > 0, got '${o['peak-tflops']}'`);
     const peak = o['peak-tflops'] ? { tflops: given, matched: '--peak-tflops' } : peakTflops(ctx.machine.gpu);
@@ -61,7 +62,7 @@ export const mfuSuite: Suite<MfuRow> = {
       for (const context of contexts) {
         progress.start(`context ${context}`);
         const args: StepArgs = { config, device: ctx.device, context, checkpoint: !o['no-checkpoint'], layout: o.layout as never,
-          steps, breakdown: true };
+          steps, breakdown: !o['no-breakdown'] };
         let m: StepMeasure;
         try {
           m = group ? measureStep(args, group)
@@ -74,9 +75,10 @@ export const mfuSuite: Suite<MfuRow> = {
           if (rows.length === 0) throw e;
           break;
         }
-        const tflops = (flopsPerToken(config, context) * context) / (m.stepMs! * 1e-3) / 1e12;
+        const stepMs = m.stepMs ?? m.warmupMs;
+        const tflops = (flopsPerToken(config, context) * context) / (stepMs * 1e-3) / 1e12;
         const row: MfuRow = {
-          model: String(o.model), context, ranks, stepMs: m.stepMs!, tokensPerSecond: context / (m.stepMs! * 1e-3), tflops,
+          model: String(o.model), context, ranks, stepMs, tokensPerSecond: context / (stepMs * 1e-3), tflops,
           mfu: peak ? tflops / (peak.tflops * ranks) : null, loss: m.loss, peakBytes: m.peakBytes, breakdownMs: m.breakdown,
         };
         rows.push(row);
@@ -86,6 +88,7 @@ export const mfuSuite: Suite<MfuRow> = {
       progress.stop();
       group?.destroy();
     }
+    if (steps === 0) notes.push('--steps 0: each time is the warm-up step\'s, first-call costs included');
     notes.push(`model ${o.model}: ${(parameterCount(config) / 1e6).toFixed(1)}M parameters; FLOPs per token = 6 x matmul parameters + ` +
       '12 x layers x heads x head dim x context / 2 (causal), recomputation not counted');
     notes.push(peak ? `peak ${peak.tflops} TFLOP/s per device (${peak.matched}, dense bfloat16)` :

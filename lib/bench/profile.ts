@@ -13,7 +13,7 @@ const FAMILIES: readonly (readonly [RegExp, string])[] = [
   [/^opsRmsNorm/, 'RMSNorm'],
   [/^opsRope/, 'RoPE'],
   [/^opsEmbedding/, 'embedding'],
-  [/^ops(AdamW|SumOfSquares|Scale|Add|Zero)/, 'optimizer + clipping'],
+  [/^ops(AdamW|SumOfSquares|Scale|Add|Zero|Copy)/, 'optimizer + clipping'],
   [/^(groupAllReduce|groupBarrier|ncclAllReduce|ncclBarrier)/, 'gradient all-reduce'],
 ];
 

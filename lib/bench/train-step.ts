@@ -27,6 +27,8 @@ export interface StepArgs {
 export interface StepMeasure {
   /** Median of the timed steps (ms), null when steps = 0. */
   stepMs: number | null;
+  /** The warm-up step (ms): first-call costs included (cuBLAS handles, allocator growth). */
+  warmupMs: number;
   /** Milliseconds per op family in one profiled step, when asked for. */
   breakdown: Breakdown | null;
   /** Bytes held before the first step: weights, gradients, AdamW moments (this rank's device). */
@@ -49,18 +51,12 @@ function randomTokens(n: number, vocab: number, seed: number): Int32Array {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-/** Whether the model layer runs on `device` (its CUDA ops are issue #6). */
-function checkModelDevice(device: string): void {
-  if (device !== 'cpu') throw new Error('the model layer runs on CPU tensors only so far (its CUDA ops are issue #6); use --device cpu');
-}
-
 export function measureStep(args: StepArgs, group?: ProcessGroup): StepMeasure {
-  checkModelDevice(args.device);
   const memory = () => (args.device === 'cuda' ? cudaMemoryStats() : hostMemoryStats());
   const sync = args.device === 'cuda' ? cudaSynchronize : () => {};
   const rank = group?.rank ?? 0, worldSize = group?.worldSize ?? 1;
 
-  using model = initLlama(args.config, { seed: 1 });
+  using model = initLlama(args.config, { seed: 1, device: args.device });
   using trainer = createTrainer(model, {
     group, layout: args.layout, lr: 1e-4, maxGradNorm: 1, checkpoint: args.checkpoint,
   });
@@ -71,8 +67,11 @@ export function measureStep(args: StepArgs, group?: ProcessGroup): StepMeasure {
   sync();
   resetPeakMemoryStats();
   const baseBytes = memory().bytesInUse;
+  group?.barrier();
+  const w0 = performance.now();
   let { loss } = trainer.step(tokens, targets);
   sync();
+  const warmupMs = performance.now() - w0;
   const peakBytes = memory().peakBytesInUse;
 
   const times: number[] = [];
@@ -84,7 +83,7 @@ export function measureStep(args: StepArgs, group?: ProcessGroup): StepMeasure {
     times.push(performance.now() - t0);
   }
   const breakdown = args.breakdown ? profile(() => void trainer.step(tokens, targets), sync) : null;
-  return { stepMs: times.length ? median(times) : null, breakdown, baseBytes, peakBytes, loss };
+  return { stepMs: times.length ? median(times) : null, warmupMs, breakdown, baseBytes, peakBytes, loss };
 }
 
 /** A preset name, or an already parsed config (from --config). */
