@@ -8,7 +8,9 @@
 // cores) accuracy reaches about 20% against 6% chance; the retrieval circuit (an induction
 // head) forms slowly at one sequence per step, so longer runs keep improving.
 //
-//   node examples/line-retrieval.mjs [--ranks 2] [--steps 6000] [--lines 4] [--layout zigzag]
+// The same script trains on a GPU with --device cuda (bfloat16 compute; the ranks share it).
+//
+//   node examples/line-retrieval.mjs [--ranks 2] [--steps 6000] [--lines 4] [--layout zigzag] [--device cpu|cuda]
 import { writeSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isMainThread } from 'node:worker_threads';
@@ -69,13 +71,13 @@ function makeSequence(seed, lines, length) {
 
 // ---- one rank ----
 export default async function rank({ rank, worldSize, group, args }) {
-  const { steps, lines, layout, lr, seed, evalEvery, evalSequences, tty } = args;
+  const { steps, lines, layout, lr, seed, evalEvery, evalSequences, tty, device = 'cpu' } = args;
   const length = seqLength(lines, 2 * worldSize);
   const config = {
     hidden_size: 64, intermediate_size: 176, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2,
     vocab_size: VOCAB, rms_norm_eps: 1e-6, rope_theta: 10000, tie_word_embeddings: false, max_position_embeddings: length,
   };
-  const model = initLlama(config, { seed });
+  const model = initLlama(config, { seed, device });
   const warmup = Math.min(50, Math.ceil(steps / 10));
   const trainer = createTrainer(model, {
     group, layout, weightDecay: 0.01, maxGradNorm: 1, ffnBlockRows: 64, ceChunkRows: 64,
@@ -152,11 +154,12 @@ if (isMainThread && import.meta.url === new URL(process.argv[1], 'file:').href) 
       seed: { type: 'string', default: '1' },
       'eval-every': { type: 'string' },
       'eval-sequences': { type: 'string', default: '32' },
+      device: { type: 'string', default: 'cpu' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (o.help) {
-    console.log('usage: node examples/line-retrieval.mjs [--ranks N] [--steps N] [--lines N] [--layout contiguous|zigzag] [--lr X] [--seed N] [--eval-every N] [--eval-sequences N]');
+    console.log('usage: node examples/line-retrieval.mjs [--ranks N] [--steps N] [--lines N] [--layout contiguous|zigzag] [--lr X] [--seed N] [--eval-every N] [--eval-sequences N] [--device cpu|cuda]');
     process.exit(0);
   }
   const int = (name, min) => {
@@ -171,6 +174,10 @@ if (isMainThread && import.meta.url === new URL(process.argv[1], 'file:').href) 
     console.error(`--layout: expected 'contiguous' or 'zigzag', got '${o.layout}'`);
     process.exit(2);
   }
+  if (!['cpu', 'cuda'].includes(o.device)) {
+    console.error(`--device: expected 'cpu' or 'cuda', got '${o.device}'`);
+    process.exit(2);
+  }
   const steps = int('steps', 1);
   const lr = Number(o.lr);
   if (!(lr > 0)) {
@@ -180,11 +187,11 @@ if (isMainThread && import.meta.url === new URL(process.argv[1], 'file:').href) 
   const args = {
     steps, lines: int('lines', 1), layout: o.layout, lr, seed: int('seed', 0),
     evalEvery: o['eval-every'] === undefined ? Math.max(1, Math.round(steps / 10)) : int('eval-every', 1),
-    evalSequences: int('eval-sequences', 1), tty: Boolean(process.stdout.isTTY),
+    evalSequences: int('eval-sequences', 1), tty: Boolean(process.stdout.isTTY), device: o.device,
   };
   if (args.lines > NKEYS) {
     console.error(`--lines: at most ${NKEYS} (the number of distinct keys), got ${args.lines}`);
     process.exit(2);
   }
-  await launch({ worldSize: int('ranks', 1) }, new URL(import.meta.url), args);
+  await launch({ worldSize: int('ranks', 1), device: o.device }, new URL(import.meta.url), args);
 }
