@@ -29,6 +29,10 @@ class Group {
       : api_(loaded()), rank_(rank), world_(world), timeout_ms_(timeout_ms) {
     check_cuda(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
     check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating the communication stream");
+    if (const cudaError_t e = cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming); e != cudaSuccess) {
+      cudaStreamDestroy(stream_);
+      check_cuda(e, "cudaEventCreate");
+    }
     // Nonblocking, so that a rank that never joins costs the others the group's timeout, not a
     // hang: the handle comes back at once and the join is polled (and aborted) like any wait.
     ncclConfig_t config{};
@@ -44,7 +48,8 @@ class Group {
       }
       settle("joining the communicator (ncclCommInitRankConfig)");
     } catch (...) {
-      cudaStreamDestroy(stream_);  // no destructor runs for a constructor that throws
+      cudaEventDestroy(ready_);  // no destructor runs for a constructor that throws
+      cudaStreamDestroy(stream_);
       throw;
     }
     scratch_ = cuda::alloc(sizeof(float));
@@ -60,6 +65,7 @@ class Group {
     }
     if (comm_) api_.CommDestroy(comm_);
     for (auto& [event, buffers] : inflight_) cudaEventDestroy(event);
+    cudaEventDestroy(ready_);
     cudaStreamDestroy(stream_);
     cuda::release(scratch_);
   }
@@ -80,6 +86,7 @@ class Group {
   }
   void all_reduce_sum(Tensor& t) {
     flush();
+    after_default_stream();
     check(api_.AllReduce(t.storage->ptr, t.storage->ptr, size_t(t.numel()), nccl_type(t.dtype), ncclSum, live(), stream_),
           "ncclAllReduce");
     wait("allReduce");
@@ -107,6 +114,13 @@ class Group {
   void wait_stream(cudaStream_t stream, const std::string& what) { wait(what, stream); }
 
  private:
+  // Every op and kernel runs on the default stream, and stream_ does not wait for it
+  // (non-blocking): before NCCL touches a tensor, stream_ waits for the work queued so far,
+  // e.g. the backward that writes the gradients an allReduce sums.
+  void after_default_stream() {
+    check_cuda(cudaEventRecord(ready_, nullptr), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(stream_, ready_, 0), "cudaStreamWaitEvent");
+  }
   ncclComm_t live() {
     if (!comm_) throw UserError("Error", "this NCCL group was aborted after an earlier error or timeout");
     return comm_;
@@ -130,6 +144,7 @@ class Group {
   // memory is kept until the stream passes the group.
   template <typename F>
   void grouped(F&& more) {
+    after_default_stream();
     check(api_.GroupStart(), "ncclGroupStart");
     ncclResult_t first_error = ncclSuccess;
     try {
@@ -200,6 +215,7 @@ class Group {
   int64_t timeout_ms_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
+  cudaEvent_t ready_ = nullptr;  // recorded on the default stream, waited for by stream_
   void* scratch_ = nullptr;
   struct PendingSend {
     std::shared_ptr<Storage> storage;
