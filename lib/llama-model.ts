@@ -85,12 +85,12 @@ export class LlamaModel implements Disposable {
     this.#copies = dtype === 'float32' ? null : new Map();
     try {
       for (const [n, t] of this.#copies ? tensors : []) this.#copies!.set(n, zeros(t.shape, { dtype, device }));
+      this.compute = this.#copies ? paramsFromMap(config, this.#copies) : this.params;
+      this.syncCompute();
     } catch (e) {
       this.dispose();
       throw e;
     }
-    this.compute = this.#copies ? paramsFromMap(config, this.#copies) : this.params;
-    this.syncCompute();
   }
 
   /** The dtype of `compute` (and of every activation): float32 on the cpu, bfloat16 on cuda. */

@@ -26,6 +26,7 @@ export class Tensor implements Disposable {
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
     this.device = device;
+    made?.push(this);
   }
 
   /** @internal */
@@ -60,6 +61,30 @@ export class Tensor implements Disposable {
 
   [Symbol.dispose](): void {
     this.dispose();
+  }
+}
+
+/** Tensors made while freeOnThrow's function runs (null outside one). */
+let made: Tensor[] | null = null;
+
+/**
+ * @internal Runs f; if it throws, every tensor made while it ran is freed at once, so that a
+ * failed training step (out of GPU memory, say) holds nothing until the garbage collector
+ * gets to it. On success the tensors are the caller's, as usual.
+ */
+export function freeOnThrow<T>(f: () => T): T {
+  const outer = made;
+  const mine: Tensor[] = [];
+  made = mine;
+  try {
+    const r = f();
+    outer?.push(...mine); // an enclosing freeOnThrow still answers for them
+    return r;
+  } catch (e) {
+    for (const t of mine) t.dispose();
+    throw e;
+  } finally {
+    made = outer;
   }
 }
 

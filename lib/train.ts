@@ -13,7 +13,7 @@ import { adamw, copy, scale, sumOfSquares } from './ops.js';
 import { readSafetensors } from './safetensors.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
 import { LAYOUTS, type Layout } from './shard.js';
-import { tensor, zeros, type Tensor } from './tensor.js';
+import { freeOnThrow, tensor, zeros, type Tensor } from './tensor.js';
 
 export interface TrainerOptions {
   /** The launch() group the sequence is sharded over; none: the whole sequence on this thread. */
@@ -87,11 +87,11 @@ export class Trainer implements Disposable {
     this.#o = o;
     const zerosLike = (t: Tensor) => zeros(t.shape, { device: t.device }); // float32, as the parameters
     const make = () => new Map([...model.tensors].map(([n, t]) => [n, zerosLike(t)]));
-    const g = make();
+    const [g, m, v] = freeOnThrow(() => [make(), make(), make()]); // out of memory: nothing half-made is kept
     this.gradients = g;
     this.#grads = paramsFromMap(model.config, g);
-    this.#m = make();
-    this.#v = make();
+    this.#m = m;
+    this.#v = v;
   }
 
   /** Optimizer steps taken so far. */
@@ -154,7 +154,7 @@ export class Trainer implements Disposable {
     const { ctx } = this.#context(tokens, targets);
     const wantLogits = checkBoolean(checkOptions(opts, 'opts').logits, 'opts.logits') ?? false;
     const total = this.#totalCount(targets);
-    const r = runLlama(this.model, null, tokens, targets, ctx, 1, wantLogits);
+    const r = freeOnThrow(() => runLlama(this.model, null, tokens, targets, ctx, 1, wantLogits));
     const [lossSum] = this.#allReduceNumbers([r.lossSum]);
     return { loss: lossSum! / total, count: total, ...(r.logits ? { logits: r.logits } : {}) };
   }
@@ -164,7 +164,7 @@ export class Trainer implements Disposable {
     const { ctx } = this.#context(tokens, targets);
     const total = this.#totalCount(targets);
     zeroGrads(this.#grads);
-    const r = runLlama(this.model, this.#grads, tokens, targets, ctx, 1 / total);
+    const r = freeOnThrow(() => runLlama(this.model, this.#grads, tokens, targets, ctx, 1 / total)); // a failed step holds no memory
     // The group's allReduce adds in the order the ranks arrive: the sums agree on every rank,
     // but may differ from run to run in the last float32 bit.
     const group = this.#o.group;

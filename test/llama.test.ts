@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
-  createLlama, createTrainer, initLlama, launch, llamaPresets, llamaTensorNames, loadLlama, saveLlama, shardTokens,
+  createLlama, createTrainer, hostMemoryStats, initLlama, launch, llamaPresets, llamaTensorNames, loadLlama, saveLlama, shardTokens,
   writeSafetensors, type LlamaConfig, type ResolvedLlamaConfig,
 } from '../dist/index.js';
 import { randomArray, worstError } from './reference.js';
@@ -399,6 +399,11 @@ describe('saving, loading, checkpoints', () => {
     expect(() => tr.step(new Int32Array(4), new Int32Array(3))).toThrow(/targets: expected 4 targets/);
     expect(() => tr.step(new Int32Array(4), new Int32Array(4).fill(-100))).toThrow(/targets: every target .* is -100/);
     expect(() => tr.step(new Int32Array(4).fill(300), new Int32Array(4))).toThrow(/ids\[0\]: 300 is outside/);
+    // a step that fails after the forward made its activations (a target outside the
+    // vocabulary is found by the loss) frees them at once, not at garbage collection
+    const held = hostMemoryStats().bytesInUse;
+    expect(() => tr.step(new Int32Array(8), Int32Array.from([1, 2, 3, 4, 5, 6, 7, 999]))).toThrow(/targets\[7\]: 999 is outside/);
+    expect(hostMemoryStats().bytesInUse).toBe(held);
     tr.dispose();
     expect([...tr.gradients.values()].every((g) => g.disposed)).toBe(true);
     model.dispose();
