@@ -3,11 +3,12 @@
 // ("activations") should grow linearly with the context (blockwise attention and FFN keep no
 // seq x seq or seq x ffn tensors), with a slope of about one hidden-sized vector per token per
 // layer plus one layer's working set when checkpointing (the paper's Table 1). The suite fits
-// that line and prints its slope in hidden-sized float32 vectors per token per layer.
+// that line and prints its slope in hidden-sized vectors (of the compute dtype) per token per layer.
 import type { Column } from './report.js';
 import { intOption, MAX_CONTEXT, type Suite } from './suite.js';
 import { measureStep, type StepArgs } from './train-step.js';
 import type { LlamaConfig } from '../llama-config.js';
+import { COMPUTE_DTYPE } from '../llama-model.js';
 
 export interface MemoryRow {
   model: string;
@@ -18,7 +19,7 @@ export interface MemoryRow {
   peakBytes: number;
   /** peak - base: what the step itself needs. */
   activationBytes: number;
-  /** activationBytes / (context x layers x hidden x 4): float32 hidden-sized vectors per token per layer. */
+  /** activationBytes / (context x layers x hidden x bytes of the compute dtype): hidden-sized vectors per token per layer. */
   vectorsPerTokenLayer: number;
 }
 
@@ -45,6 +46,7 @@ export const memorySuite: Suite<MemoryRow> = {
   },
   async run(o, ctx) {
     const config: LlamaConfig = await ctx.modelConfig(o.model as string);
+    const dtype = COMPUTE_DTYPE[ctx.device], elementBytes = dtype === 'float32' ? 4 : 2; // activations are in the compute dtype
     const max = intOption(o, 'max-context', 0) || Infinity;
     const contexts: number[] = [];
     for (let c = intOption(o, 'min-context'); c <= Math.min(max, MAX_CONTEXT); c *= 2) contexts.push(c);
@@ -67,7 +69,7 @@ export const memorySuite: Suite<MemoryRow> = {
           }
           const activationBytes = m.peakBytes - m.baseBytes;
           rows.push({ model: String(o.model), context, checkpoint, baseBytes: m.baseBytes, peakBytes: m.peakBytes, activationBytes,
-            vectorsPerTokenLayer: activationBytes / (context * config.num_hidden_layers * config.hidden_size * 4) });
+            vectorsPerTokenLayer: activationBytes / (context * config.num_hidden_layers * config.hidden_size * elementBytes) });
           progress.done(`peak ${(m.peakBytes / 2 ** 20).toFixed(1)} MiB`);
         }
     } finally {
@@ -80,7 +82,7 @@ export const memorySuite: Suite<MemoryRow> = {
       const mib = Math.round((10 * f.intercept) / 2 ** 20) / 10 || 0;  // no "-0.0" from rounding noise
       notes.push(`checkpointing ${checkpoint ? 'on ' : 'off'}: activations = ${mib.toFixed(1)} MiB + ` +
         `${(f.slope / 1024).toFixed(1)} KiB x context (r² ${f.r2.toFixed(4)}); ` +
-        `${(f.slope / (config.num_hidden_layers * config.hidden_size * 4)).toFixed(2)} float32 hidden vectors per token per layer`);
+        `${(f.slope / (config.num_hidden_layers * config.hidden_size * elementBytes)).toFixed(2)} ${dtype} hidden vectors per token per layer`);
     }
     notes.push(ctx.device === 'cuda' ? 'bytes from the CUDA caching allocator (tensors in use, not the cache)'
       : 'bytes of CPU tensor storage (op workspaces, bounded by their block sizes, are not counted)');

@@ -8,6 +8,7 @@ and its gradient for every parameter. Writes logits.f32, loss.json and grads.saf
 With --autocast-bf16 (needs a GPU) the forward runs under torch.autocast(bfloat16), as mixed-
 precision training does: float32 parameters and gradients, bfloat16 matrix products.
 """
+import contextlib
 import json
 import os
 import sys
@@ -24,7 +25,7 @@ def main(d, autocast_bf16=False):
     model = LlamaForCausalLM.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").to(device)
     tokens = torch.from_file(os.path.join(d, "tokens.i32"), size=os.path.getsize(os.path.join(d, "tokens.i32")) // 4, dtype=torch.int32)
     targets = torch.from_file(os.path.join(d, "targets.i32"), size=tokens.numel(), dtype=torch.int32)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast_bf16):
+    with torch.autocast("cuda", dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext():
         logits = model(input_ids=tokens.long().to(device)[None]).logits[0]
     loss = torch.nn.functional.cross_entropy(logits.float(), targets.long().to(device), ignore_index=-100)
     loss.backward()

@@ -152,7 +152,8 @@ describe.skipIf(!!why)(title, () => {
     expect(Array.from(await read(again))).toEqual(Array.from(roundTo('bfloat16', x)));
     using back = zeros([1001], { device: 'cuda' });
     expect(() => ops.copy(back, half)).toThrow(/^src: on cuda, copy takes a float32 source or one of dst's dtype 'float32', got 'bfloat16'/);
-    expect(() => ops.copy(back, tensor(x, [1001]))).toThrow(/^src: device 'cpu' does not match dst's 'cuda'/);
+    using onCpu = tensor(x, [1001]);
+    expect(() => ops.copy(back, onCpu)).toThrow(/^src: device 'cpu' does not match dst's 'cuda'/);
   });
 
   it('adamw (float32) equals the CPU step', async () => {
