@@ -137,7 +137,7 @@ function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: Ru
 
 /** The layer's backward, opposite layerForward: dout (M, C) -> dx (M, C); weight grads +=. */
 function layerBackward(model: LlamaModel, p: LlamaLayerParams, g: LlamaLayerParams, a: LayerActs, dout: Tensor, ctx: RunContext): Tensor {
-  const c = model.config, M = a.x.shape[0]!, C = c.hidden_size, H = c.num_attention_heads, KVH = c.num_key_value_heads, D = c.head_dim;
+  const c = model.config, M = a.x.shape[0]!, H = c.num_attention_heads, KVH = c.num_key_value_heads, D = c.head_dim;
   // out = x1 + ffn(h2)
   const dh2 = zerosAs(dout);
   ffnBackward(dout, a.h2, p.wGate, p.wUp, p.wDown, ctx.ffnBlockRows, dh2, g.wGate, g.wUp, g.wDown); // dh2 =, dW +=

@@ -9,7 +9,7 @@ import { flopsPerToken, peakTflops } from './flops.js';
 import type { Breakdown } from './profile.js';
 import type { Column } from './report.js';
 import { intOption, MAX_CONTEXT, type Suite } from './suite.js';
-import { measureStep, resolveConfig, type StepArgs, type StepMeasure } from './train-step.js';
+import { measureStep, type StepArgs, type StepMeasure } from './train-step.js';
 
 export interface MfuRow {
   model: string;

@@ -4,7 +4,7 @@
 // rank module, so N in-process ranks run the same code as one.
 import type { ProcessGroup } from '../group.js';
 import { cudaMemoryStats, cudaSynchronize, hostMemoryStats, resetPeakMemoryStats } from '../index.js';
-import { llamaPresets, parseLlamaConfig, type LlamaConfig } from '../llama-config.js';
+import type { LlamaConfig } from '../llama-config.js';
 import { shardTokens } from '../llama.js';
 import { initLlama } from '../llama-model.js';
 import type { Layout } from '../shard.js';
@@ -84,14 +84,6 @@ export function measureStep(args: StepArgs, group?: ProcessGroup): StepMeasure {
   }
   const breakdown = args.breakdown ? profile(() => void trainer.step(tokens, targets), sync) : null;
   return { stepMs: times.length ? median(times) : null, warmupMs, breakdown, baseBytes, peakBytes, loss };
-}
-
-/** A preset name, or an already parsed config (from --config). */
-export function resolveConfig(model: string | LlamaConfig): LlamaConfig {
-  if (typeof model !== 'string') return parseLlamaConfig(model);
-  const preset = (llamaPresets as Record<string, LlamaConfig>)[model];
-  if (!preset) throw new RangeError(`--model: expected one of ${Object.keys(llamaPresets).join(', ')} or a config.json path, got '${model}'`);
-  return preset;
 }
 
 export default ({ group, args }: { group: ProcessGroup; args: StepArgs }): StepMeasure => measureStep(args, group);
