@@ -84,7 +84,7 @@ export class LlamaModel implements Disposable {
     const dtype = COMPUTE_DTYPE[device];
     this.#copies = dtype === 'float32' ? null : new Map();
     try {
-      for (const [n, t] of this.#copies ? tensors : []) this.#copies!.set(n, zeros(t.shape, { dtype, device }));
+      if (this.#copies) for (const [n, t] of tensors) this.#copies.set(n, zeros(t.shape, { dtype, device }));
       this.compute = this.#copies ? paramsFromMap(config, this.#copies) : this.params;
       this.syncCompute();
     } catch (e) {

@@ -17,19 +17,17 @@ namespace ra::cuda::ops {
 // (the reasoning of ../attention.cu).
 inline Tensor scratch(int64_t n, DType dtype) { return Tensor::empty({n}, dtype, Device::CUDA); }
 
-// A host array copied to the device. cudaMemcpyAsync from pageable memory returns once the
-// data is staged, without waiting for the device.
-inline Tensor upload_ints(const int32_t* host, int64_t n) {
-  Tensor t = Tensor::empty({n}, DType::F32, Device::CUDA);  // 4-byte elements; only the bytes matter
-  if (n > 0) check(cudaMemcpyAsync(t.storage->ptr, host, size_t(n) * 4, cudaMemcpyHostToDevice, nullptr), "copy to device");
+// A host array copied to the device, in a tensor of 4-byte elements (only the bytes matter).
+// cudaMemcpyAsync from pageable memory returns once the data is staged, without waiting for
+// the device.
+inline Tensor upload(const void* host, size_t bytes) {
+  Tensor t = Tensor::empty({int64_t((bytes + 3) / 4)}, DType::F32, Device::CUDA);
+  if (bytes > 0) check(cudaMemcpyAsync(t.storage->ptr, host, bytes, cudaMemcpyHostToDevice, nullptr), "copy to device");
   return t;
 }
+inline Tensor upload_ints(const int32_t* host, int64_t n) { return upload(host, size_t(n) * 4); }
 inline const int32_t* ints(const Tensor& t) { return static_cast<const int32_t*>(t.storage->ptr); }
-inline Tensor upload_doubles(const double* host, int64_t n) {
-  Tensor t = Tensor::empty({2 * n}, DType::F32, Device::CUDA);  // two 4-byte elements per double
-  if (n > 0) check(cudaMemcpyAsync(t.storage->ptr, host, size_t(n) * 8, cudaMemcpyHostToDevice, nullptr), "copy to device");
-  return t;
-}
+inline Tensor upload_doubles(const double* host, int64_t n) { return upload(host, size_t(n) * 8); }
 
 // The TS layer checks every argument; these only keep a bad call from reading out of bounds.
 inline void expect(const Tensor& t, DType dtype, const char* name) {
