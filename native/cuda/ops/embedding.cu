@@ -24,10 +24,11 @@ void embedding_backward(const int32_t* ids, int64_t M, const Tensor& dy, Tensor&
   expect(dtable, DType::F32, "dtable");
   const int64_t C = cols(dtable);
   if (M == 0 || C == 0) return;
-  Tensor d_ids = upload_ints(ids, M);
+  const TokenGroups groups = group_tokens_by_id(ids, M, rows(dtable));
+  Tensor d_groups = upload_ints(groups.data.data(), int64_t(groups.data.size()));
   by_dtype(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    launch_embedding_bwd<T>(ints(d_ids), ptr<T>(dy), ptr<float>(dtable), M, C, nullptr);
+    launch_embedding_bwd<T>(groups, ints(d_groups), ptr<T>(dy), ptr<float>(dtable), C, nullptr);
   });
   check_launch("embedding backward kernel launch");
 }

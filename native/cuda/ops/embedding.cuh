@@ -1,15 +1,59 @@
 // Token embedding on CUDA: the lookup, and its backward as a deterministic scatter-add
-// without atomics: one thread per column walks every token in order and adds its row of dy
-// into dtable[ids[m]]. Tokens that share an id never race (they are one thread's sequential
-// adds), the sum order is the CPU's (token order, float32), so the result has the CPU's
-// bits. The cost: only C threads, each M long; fine for C in the thousands, slow for
-// tiny C. A sort-by-id segmented sum would parallelise over tokens; not needed yet.
+// without atomics. The backward groups the tokens by id on the host (the ids come from the
+// host anyway): one thread per (distinct id, column) adds that id's rows of dy, in token
+// order, into dtable. Tokens that share an id are one thread's sequential adds, never a
+// race, and the order is the CPU's (token order, float32): the result has the CPU's bits.
+// Work spreads over distinct ids x columns, so a narrow table or a long sequence still
+// fills the GPU; only a very frequent id makes its threads long.
 #pragma once
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
 #include "common.cuh"
 
 namespace ra::cuda::ops {
 
 constexpr int kEmbeddingThreads = 256;
+
+// The tokens of each distinct id, in token order, as one int32 array for one upload:
+// [ids of the U groups][U + 1 group starts][M token indices]. Built by a counting sort
+// over the V rows of the table (ids must be in [0, V)): O(M + V), no comparison sort.
+struct TokenGroups {
+  std::vector<int32_t> data;
+  int64_t groups = 0, tokens = 0;
+  const int32_t* id(const int32_t* base) const { return base; }
+  const int32_t* start(const int32_t* base) const { return base + groups; }
+  const int32_t* token(const int32_t* base) const { return base + 2 * groups + 1; }
+};
+
+inline TokenGroups group_tokens_by_id(const int32_t* ids, int64_t M, int64_t V) {
+  std::vector<int32_t> count(size_t(V) + 1, 0);
+  for (int64_t m = 0; m < M; ++m) {
+    if (ids[m] < 0 || ids[m] >= V)  // the TS layer refuses these first; this guards the host arrays
+      throw std::out_of_range("ids[" + std::to_string(m) + "] = " + std::to_string(ids[m]) + " is outside [0, " +
+                              std::to_string(V) + ")");
+    ++count[size_t(ids[m]) + 1];
+  }
+  TokenGroups g;
+  g.tokens = M;
+  g.groups = std::count_if(count.begin() + 1, count.end(), [](int32_t c) { return c > 0; });
+  g.data.resize(size_t(2 * g.groups + 1 + M));
+  int32_t* gid = g.data.data();
+  int32_t* gstart = gid + g.groups;
+  int32_t* gtoken = gstart + g.groups + 1;
+  int64_t u = 0;
+  for (int64_t v = 0; v < V; ++v) {  // count[v + 1] becomes where id v's tokens begin
+    const int32_t n = count[size_t(v) + 1];
+    count[size_t(v) + 1] = count[size_t(v)];
+    if (n > 0) gid[u] = int32_t(v), gstart[u++] = count[size_t(v)];
+    count[size_t(v) + 1] += n;
+  }
+  gstart[g.groups] = int32_t(M);
+  for (int64_t m = 0; m < M; ++m) gtoken[count[size_t(ids[m])]++] = int32_t(m);  // stable: token order
+  return g;
+}
 
 template <typename T>
 __global__ void embedding_fwd_kernel(const int32_t* ids, const T* table, T* out, int64_t M, int64_t C) {
@@ -17,11 +61,17 @@ __global__ void embedding_fwd_kernel(const int32_t* ids, const T* table, T* out,
     out[i] = table[int64_t(ids[i / C]) * C + i % C];
 }
 
+// blockIdx.x: the group (distinct id); blockIdx.y: a run of columns.
 template <typename T>
-__global__ void embedding_bwd_kernel(const int32_t* ids, const T* dy, float* dtable, int64_t M, int64_t C) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+__global__ void embedding_bwd_kernel(const int32_t* group_id, const int32_t* group_start, const int32_t* token,
+                                     const T* dy, float* dtable, int64_t C) {
+  const int64_t c = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (c >= C) return;
-  for (int64_t m = 0; m < M; ++m) dtable[int64_t(ids[m]) * C + c] += to_f(dy[m * C + c]);
+  const int64_t u = blockIdx.x;
+  float* d = dtable + int64_t(group_id[u]) * C + c;
+  float acc = *d;
+  for (int32_t j = group_start[u]; j < group_start[u + 1]; ++j) acc += to_f(dy[int64_t(token[j]) * C + c]);
+  *d = acc;
 }
 
 // out[M,C] = table[ids[m]] (ids on the device, each in [0, V)).                 out =
@@ -30,11 +80,15 @@ void launch_embedding_fwd(const int32_t* ids, const T* table, T* out, int64_t M,
   RA_LAUNCH(embedding_fwd_kernel<T>, dim3{grid_for(M * C, kEmbeddingThreads)}, kEmbeddingThreads, 0, stream, ids,
             table, out, M, C);
 }
-// dtable[ids[m]] += dy[m] in token order.                                       dtable +=
+// dtable[ids[m]] += dy[m] in token order, from `groups` (group_tokens_by_id) whose data
+// is on the device at `device_data`.                                            dtable +=
 template <typename T>
-void launch_embedding_bwd(const int32_t* ids, const T* dy, float* dtable, int64_t M, int64_t C, cudaStream_t stream) {
-  const unsigned blocks = unsigned((C + kEmbeddingThreads - 1) / kEmbeddingThreads);
-  RA_LAUNCH(embedding_bwd_kernel<T>, dim3{blocks}, kEmbeddingThreads, 0, stream, ids, dy, dtable, M, C);
+void launch_embedding_bwd(const TokenGroups& groups, const int32_t* device_data, const T* dy, float* dtable, int64_t C,
+                          cudaStream_t stream) {
+  if (groups.groups == 0 || C == 0) return;
+  const dim3 grid{unsigned(groups.groups), unsigned((C + kEmbeddingThreads - 1) / kEmbeddingThreads)};
+  RA_LAUNCH(embedding_bwd_kernel<T>, grid, kEmbeddingThreads, 0, stream, groups.id(device_data),
+            groups.start(device_data), groups.token(device_data), dy, dtable, C);
 }
 
 }  // namespace ra::cuda::ops
