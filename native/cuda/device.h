@@ -49,6 +49,9 @@ void download_f32(const void* device_src, DType dtype, float* host, size_t n);
 // Device-side work, enqueued on `stream` (a cudaStream_t; null: the default stream) without waiting for it.
 void f32_to_dtype(const float* src, void* dst, DType dtype, size_t n, void* stream = nullptr);
 void zero(void* ptr, size_t bytes, void* stream = nullptr);
+// bytes of host memory to device memory, through a pinned staging buffer (staging.cu): returns
+// once `host` may be reused, without waiting for the device.
+void upload_async(const void* host, void* device_dst, size_t bytes, void* stream = nullptr);
 // Waits for all queued device work (benchmarks, and surfacing asynchronous kernel errors).
 void synchronize();
 

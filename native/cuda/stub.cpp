@@ -24,6 +24,7 @@ void upload_f32(const float*, void*, DType, size_t) { throw not_compiled(); }
 void download_f32(const void*, DType, float*, size_t) { throw not_compiled(); }
 void f32_to_dtype(const float*, void*, DType, size_t, void*) { throw not_compiled(); }
 void zero(void*, size_t, void*) { throw not_compiled(); }
+void upload_async(const void*, void*, size_t, void*) { throw not_compiled(); }
 void synchronize() {}
 void ring_forward(ring::LocalTransport&, const ring::RingShape&, const Tensor&, const Tensor&, const Tensor&, Tensor&,
                   Tensor&) {

@@ -77,6 +77,20 @@ describe.skipIf(!!why)(title, () => {
       expect(Array.from(await read(dt.gpu))).toEqual(Array.from(await read(dt.cpu)));
     });
 
+    if (dtype === 'float32')
+      it('host arrays staged back to back: 40 lookups queued before any read, past the 16 MiB staging ring and one that outgrows it, each see their own ids', async () => {
+        const V = 7, table = tensor(Float32Array.from({ length: V }, (_, i) => i * 10), [V, 1], { device: 'cuda' });
+        const idsOf = (k: number) => Int32Array.from({ length: k === 20 ? 5_000_000 : 600_000 }, (_, i) => (i * (k + 1) + k) % V);
+        const outs = Array.from({ length: 40 }, (_, k) => ops.embedding(idsOf(k), table));
+        for (const [k, o] of outs.entries()) {
+          const got = await read(o), want = idsOf(k);
+          const bad = got.findIndex((v, i) => v !== want[i] * 10);
+          expect(bad, `lookup ${k}: first wrong row`).toBe(-1);
+          o.dispose();
+        }
+        table.dispose();
+      });
+
     it(`${dtype} rmsNorm: y, rstd; dx overwritten, dw += (300 rows > the 128 dw chunks, C = 257)`, async () => {
       const [M, C] = [300, 257];
       const x = pair([M, C], 9, dtype, 2), w = pair([C], 10, dtype), dy = pair([M, C], 11, dtype);

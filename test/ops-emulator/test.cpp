@@ -3,6 +3,7 @@
 // references: embedding, RMSNorm, RoPE, SwiGLU, the cross-entropy rows, AdamW, sum of
 // squares, scale and add, in float32 and bfloat16, over ragged shapes (no multiple of the
 // block sizes; more rows than the dw chunks; more elements than one grid-stride pass).
+// Also the placement of host uploads in the pinned staging ring (native/cuda/staging.h).
 // The cuBLAS products of the ops cannot run here; test/gpu/ops-cuda.test.ts covers them.
 // Built and run by test/ops-emulator.test.ts:
 //   g++ -std=c++20 -O2 -fsanitize=address -DRA_FLASH_EMULATOR -I. -Itest/flash-emulator \
@@ -14,6 +15,7 @@
 #include "native/cuda/ops/rmsnorm.cuh"
 #include "native/cuda/ops/rope.cuh"
 #include "native/cuda/ops/swiglu.cuh"
+#include "native/cuda/staging.h"
 #include <string>
 #include <type_traits>
 using namespace ra::cuda::ops;
@@ -250,7 +252,38 @@ void all() {
   for (int64_t n : {1, 1000, 70001}) elementwise<T>(n);
 }
 
+// The staging ring of upload_async never hands out bytes that a copy still in flight reads.
+// Copies go to two streams, each finishing in its own order, so the oldest copy is not
+// always the one in the way.
+void staging_ring() {
+  const size_t capacity = 1000;
+  ra::cuda::StagingRing<int> ring(capacity);
+  struct Copy { size_t begin, end; int id; };
+  std::vector<Copy> copies;
+  int finished[2] = {-1, -1};  // per stream (id % 2), the newest finished copy
+  auto is_done = [&](int id) { return id <= finished[id % 2]; };
+  int waits = 0, overlaps = 0, outside = 0;
+  for (int id = 0; id < 20000; ++id) {
+    for (int& f : finished) f += int(rng() % 5) * 2 * (rng() % 2);  // the device moves on, unevenly
+    for (int& f : finished) f = std::min(f, id - 1);
+    const size_t bytes = 1 + rng() % (rng() % 8 == 0 ? capacity : 200);
+    const size_t at = ring.reserve(bytes, is_done, [&](int w) { ++waits, finished[w % 2] = std::max(finished[w % 2], w); });
+    if (at + bytes > capacity) ++outside;
+    for (const Copy& c : copies)
+      if (!is_done(c.id) && at < c.end && c.begin < at + bytes) ++overlaps;
+    std::erase_if(copies, [&](const Copy& c) { return is_done(c.id); });
+    copies.push_back({at, at + bytes, id});
+    ring.in_use(at, bytes, id);
+  }
+  // Waits must happen (some uploads fill the ring) but not at every upload.
+  const bool ok = overlaps == 0 && outside == 0 && waits > 100 && waits < 20000 && ring.copies_in_flight() < 200;
+  if (!ok) ++failures;
+  printf("  %s staging ring: %d overlaps, %d outside, %d waits in 20000 uploads, %zu in flight\n", ok ? "ok  " : "FAIL",
+         overlaps, outside, waits, ring.copies_in_flight());
+}
+
 int main() {
+  staging_ring();
   all<float>();
   all<__nv_bfloat16>();
   for (int64_t n : {1, 1000, 270000}) adamw(n);  // 270000: more than one grid-stride pass (1024 x 256)

@@ -17,12 +17,11 @@ namespace ra::cuda::ops {
 // (the reasoning of ../attention.cu).
 inline Tensor scratch(int64_t n, DType dtype) { return Tensor::empty({n}, dtype, Device::CUDA); }
 
-// A host array copied to the device, in a tensor of 4-byte elements (only the bytes matter).
-// cudaMemcpyAsync from pageable memory returns once the data is staged, without waiting for
-// the device.
+// A host array copied to the device, in a tensor of 4-byte elements (only the bytes matter),
+// through pinned staging: neither waits for the device.
 inline Tensor upload(const void* host, size_t bytes) {
   Tensor t = Tensor::empty({int64_t((bytes + 3) / 4)}, DType::F32, Device::CUDA);
-  if (bytes > 0) check(cudaMemcpyAsync(t.storage->ptr, host, bytes, cudaMemcpyHostToDevice, nullptr), "copy to device");
+  upload_async(host, t.storage->ptr, bytes);
   return t;
 }
 inline Tensor upload_ints(const int32_t* host, int64_t n) { return upload(host, size_t(n) * 4); }
