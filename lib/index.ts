@@ -24,7 +24,7 @@ export type { LlamaConfig, LlamaPreset, ResolvedLlamaConfig } from './llama-conf
 export { createLlama, initLlama, LlamaModel, loadLlama, saveLlama } from './llama-model.js';
 export type { InitLlamaOptions, LlamaDeviceOptions, LlamaLayerParams, LlamaParams } from './llama-model.js';
 export { IGNORE_INDEX, shardTokens } from './llama.js';
-export { ropeInvFreq, ROPE_TYPES } from './rope-freq.js';
+export { ropeParameters, ROPE_TYPES, type RopeConfig, type RopeParameters } from './rope-freq.js';
 export type { ShardTokensOptions } from './llama.js';
 export { createTrainer, Trainer } from './train.js';
 export type { ForwardOptions, ForwardResult, StepResult, TrainerOptions } from './train.js';

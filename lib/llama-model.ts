@@ -10,7 +10,7 @@ import { checkInteger, checkOneOf, checkOptions, describe, fail } from './errors
 import { llamaTensorNames, loadLlamaConfig, parseLlamaConfig, type LlamaConfig, type ResolvedLlamaConfig } from './llama-config.js';
 import { native } from './native.js';
 import { copy } from './ops.js';
-import { ropeInvFreq } from './rope-freq.js';
+import { ropeDependsOnLength, ropeParameters, type RopeParameters } from './rope-freq.js';
 import { readSafetensorsDir, SINGLE_FILE } from './safetensors-dir.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
 import { checkDevice, DEVICES, tensor, zeros, type DeviceName, type DType, type Tensor } from './tensor.js';
@@ -70,8 +70,7 @@ export class LlamaModel implements Disposable {
    * of each parameter, made again from `params` by syncCompute() after they change.
    */
   readonly compute: LlamaParams;
-  /** RoPE's inverse frequencies (head_dim / 2), with the config's rope_scaling applied. */
-  readonly ropeInvFreq: Float64Array;
+  readonly #rope: RopeParameters | null; // null: they depend on the sequence length ('dynamic')
   readonly #copies: Map<string, Tensor> | null;
 
   /** @internal use initLlama, createLlama or loadLlama. */
@@ -80,7 +79,7 @@ export class LlamaModel implements Disposable {
     this.device = device;
     this.tensors = tensors;
     this.params = paramsFromMap(config, tensors);
-    this.ropeInvFreq = ropeInvFreq(config.head_dim, config.rope_theta, config.rope_scaling);
+    this.#rope = ropeDependsOnLength(config.rope_scaling) ? null : ropeParameters(config);
     const dtype = COMPUTE_DTYPE[device];
     this.#copies = dtype === 'float32' ? null : new Map();
     try {
@@ -96,6 +95,11 @@ export class LlamaModel implements Disposable {
   /** The dtype of `compute` (and of every activation): float32 on the cpu, bfloat16 on cuda. */
   get computeDtype(): DType {
     return COMPUTE_DTYPE[this.device];
+  }
+
+  /** RoPE's parameters (the config's rope_scaling applied) for a whole sequence of `seqLen` tokens. */
+  rope(seqLen: number): RopeParameters {
+    return this.#rope ?? ropeParameters(this.config, seqLen);
   }
 
   /** Makes `compute` equal `params` again (rounded to computeDtype); the trainer calls it after each update. */
@@ -126,7 +130,7 @@ export class LlamaModel implements Disposable {
 /** The config, checked, and refused when it asks for something this model does not compute (a rope_scaling type, say). */
 export function checkModelConfig(config: unknown, name = 'config'): ResolvedLlamaConfig {
   const c = parseLlamaConfig(config);
-  ropeInvFreq(c.head_dim, c.rope_theta, c.rope_scaling, `${name}.rope_scaling`);
+  ropeParameters(c, 0, `${name}.rope_scaling`);
   return c;
 }
 

@@ -24,6 +24,7 @@ import {
   reshape, rmsNorm, rmsNormBackward, rope, ropeBackward, zero,
 } from './ops.js';
 import { ringAttention, ringAttentionBackward } from './ring.js';
+import type { RopeParameters } from './rope-freq.js';
 import { LAYOUTS, type Layout } from './shard.js';
 import { zeros, type Tensor } from './tensor.js';
 
@@ -72,6 +73,7 @@ export interface RunContext {
   group: ProcessGroup | undefined;
   layout: Layout;
   positions: Int32Array; // (M) this rank's tokens' positions in the whole sequence
+  rope: RopeParameters; //   for the whole sequence's length (model.rope)
   checkpoint: boolean;
   ffnBlockRows: number;
   ceChunkRows: number;
@@ -115,16 +117,21 @@ function freeActs(a: LayerActs): void {
   for (const t of [a.h, a.rstd1, a.q, a.k, a.v, a.att, a.lse, a.x1, a.h2, a.rstd2]) t.dispose();
 }
 
+// transformers multiplies RoPE's cos and sin by the attention factor (yarn), so q·k by its
+// square: the same as a softmax scale of factor² / sqrt(D), with no pass over q and k.
+const softmaxScale = (ctx: RunContext, D: number) => ctx.rope.attentionFactor ** 2 / Math.sqrt(D);
+
 /** The layer's forward: its activations and its output x2 = x1 + ffn(h2) (M, C). */
 function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext): { acts: LayerActs; out: Tensor } {
   const c = model.config, M = x.shape[0]!, H = c.num_attention_heads, KVH = c.num_key_value_heads, D = c.head_dim;
   const { y: h, rstd: rstd1 } = rmsNorm(x, p.inputNorm, c.rms_norm_eps);
-  const q = as(consume(as(linear(h, p.wq), [M, H, D]), (t) => rope(t, ctx.positions, model.ropeInvFreq)), [1, M, H, D]);
-  const k = as(consume(as(linear(h, p.wk), [M, KVH, D]), (t) => rope(t, ctx.positions, model.ropeInvFreq)), [1, M, KVH, D]);
+  const q = as(consume(as(linear(h, p.wq), [M, H, D]), (t) => rope(t, ctx.positions, ctx.rope.invFreq)), [1, M, H, D]);
+  const k = as(consume(as(linear(h, p.wk), [M, KVH, D]), (t) => rope(t, ctx.positions, ctx.rope.invFreq)), [1, M, KVH, D]);
   const v = as(linear(h, p.wv), [1, M, KVH, D]);
+  const scale = softmaxScale(ctx, D);
   const { out: att, lse } = ctx.group
-    ? ringAttention(q, k, v, { group: ctx.group, causal: true, layout: ctx.layout })
-    : attention(q, k, v, { causal: true });
+    ? ringAttention(q, k, v, { group: ctx.group, causal: true, layout: ctx.layout, scale })
+    : attention(q, k, v, { causal: true, scale });
   const att2 = reshape(att, [M, H * D]);
   const x1 = linear(att2, p.wo); // o_proj, then the residual: x1 = x + o
   att2.dispose();
@@ -151,13 +158,14 @@ function layerBackward(model: LlamaModel, p: LlamaLayerParams, g: LlamaLayerPara
   linearBackward(dx1, att2, p.wo, datt, g.wo); // datt =, dwo +=
   att2.dispose();
   const datt4 = as(datt, [1, M, H, D]);
+  const scale = softmaxScale(ctx, D);
   const { dq, dk, dv } = ctx.group
-    ? ringAttentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { group: ctx.group, causal: true, layout: ctx.layout })
-    : attentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { causal: true });
+    ? ringAttentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { group: ctx.group, causal: true, layout: ctx.layout, scale })
+    : attentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { causal: true, scale });
   datt4.dispose();
   // q = rope(h · wqᵀ), k = rope(h · wkᵀ), v = h · wvᵀ
-  const dqLin = as(consume(as(dq, [M, H, D]), (t) => ropeBackward(t, ctx.positions, model.ropeInvFreq)), [M, H * D]);
-  const dkLin = as(consume(as(dk, [M, KVH, D]), (t) => ropeBackward(t, ctx.positions, model.ropeInvFreq)), [M, KVH * D]);
+  const dqLin = as(consume(as(dq, [M, H, D]), (t) => ropeBackward(t, ctx.positions, ctx.rope.invFreq)), [M, H * D]);
+  const dkLin = as(consume(as(dk, [M, KVH, D]), (t) => ropeBackward(t, ctx.positions, ctx.rope.invFreq)), [M, KVH * D]);
   const dvLin = as(dv, [M, KVH * D]);
   const dh = zerosAs(dout), tmp = zerosAs(dout);
   linearBackward(dqLin, a.h, p.wq, dh, g.wq); // dh =, dwq +=

@@ -19,7 +19,7 @@
 import { checkInteger, checkOptions, describe, fail } from './errors.js';
 import { findCublas, LIBRARIES } from './libraries.js';
 import { native } from './native.js';
-import { ropeInvFreq } from './rope-freq.js';
+import { ropeParameters } from './rope-freq.js';
 import { checkTensor, Tensor, type DeviceName, type DType } from './tensor.js';
 
 const fmt = (shape: readonly number[]) => `[${shape.join(', ')}]`;
@@ -202,7 +202,7 @@ function ropeArgs(x: unknown, name: string, positions: unknown, freq: unknown) {
     invFreq = freq;
   } else {
     if (typeof freq !== 'number') fail('type', `theta: expected a number (rope_theta) or a Float64Array of inverse frequencies, got ${describe(freq)}`);
-    invFreq = ropeInvFreq(D, checkFinite(freq, 'theta', 0, false));
+    invFreq = ropeParameters({ head_dim: D, rope_theta: checkFinite(freq, 'theta', 0, false) }).invFreq;
   }
   return { c, t, p, invFreq };
 }
@@ -211,7 +211,8 @@ function ropeArgs(x: unknown, name: string, positions: unknown, freq: unknown) {
  * Rotary embedding, Hugging Face LLaMA convention (rotate_half): for head dim D, angle =
  * positions[m] * inv_freq[i] (in double), out = x*cos + rotate_half(x)*sin. x [M,H,D];
  * positions may be any integers per token. `theta` gives inv_freq[i] = theta^(-2i/D); a
- * Float64Array of D/2 values gives them directly (ropeInvFreq: with a config's rope_scaling).
+ * Float64Array of D/2 values gives them directly (ropeParameters(config).invFreq: with a
+ * config's rope_scaling; its attentionFactor is the caller's to apply).
  */
 export function rope(x: Tensor, positions: Int32Array, theta: number | Float64Array): Tensor {
   const a = ropeArgs(x, 'x', positions, theta);

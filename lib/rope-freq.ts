@@ -1,46 +1,125 @@
-// The rotary embedding's inverse frequencies, as transformers computes them for LLaMA
-// (modeling_rope_utils): inv_freq[i] = theta^(-2i/D), then rescaled when the config has a
-// rope_scaling of type 'linear' (all divided by factor) or 'llama3' (Llama 3.1+: long
-// wavelengths divided by factor, short ones kept, a smooth blend between). Computed in
-// double; ops.rope takes the array.
+// The rotary embedding's parameters, as transformers computes them for LLaMA
+// (modeling_rope_utils): inverse frequencies inv_freq[i] = theta^(-2i/D), rescaled by the
+// config's rope_scaling, and an attention factor that multiplies cos and sin (1 but for
+// yarn). Types: 'linear' (all divided by factor), 'llama3' (long wavelengths divided by
+// factor, short ones kept, a blend between), 'yarn' (the same idea with a ramp over
+// dimensions, plus the attention factor), 'dynamic' (NTK: theta grows with the sequence
+// length once it passes max_position_embeddings). Computed in double; ops.rope takes inv_freq.
 import { describe, fail } from './errors.js';
 
-export const ROPE_TYPES = ['default', 'linear', 'llama3'] as const;
+export const ROPE_TYPES = ['default', 'linear', 'llama3', 'yarn', 'dynamic'] as const;
 
-function positive(scaling: Record<string, unknown>, key: string, where: string): number {
-  const v = scaling[key];
+/** What RoPE needs from a LLaMA config (config.json keys). */
+export interface RopeConfig {
+  head_dim: number;
+  rope_theta: number;
+  rope_scaling?: Record<string, unknown> | null;
+  max_position_embeddings?: number;
+}
+
+export interface RopeParameters {
+  /** head_dim / 2 inverse frequencies. */
+  invFreq: Float64Array;
+  /**
+   * transformers multiplies cos and sin by this, so q·k by its square: the model folds that
+   * into the softmax scale. 1 except for yarn.
+   */
+  attentionFactor: number;
+}
+
+function positive(scaling: Record<string, unknown>, key: string, where: string, fallback?: number): number {
+  const v = scaling[key] ?? fallback;
   if (v === undefined) fail('range', `${where}.${key}: missing; expected a number > 0`);
   if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
     fail(typeof v === 'number' ? 'range' : 'type', `${where}.${key}: expected a number > 0, got ${describe(v)}`);
   return v;
 }
 
+function maxPositions(c: RopeConfig, type: string, where: string): number {
+  const m = c.max_position_embeddings;
+  if (m === undefined) fail('range', `${where}: rope_type '${type}' needs max_position_embeddings in the config`);
+  return m;
+}
+
+const plain = (D: number, theta: number) => Float64Array.from({ length: D / 2 }, (_, i) => Math.pow(theta, (-2 * i) / D));
+
+/** The scaling type: rope_type, or the older key type; 'default' when there is no scaling. */
+export function ropeType(scaling: Record<string, unknown> | null | undefined): unknown {
+  return scaling ? (scaling.rope_type ?? scaling.type ?? 'default') : 'default';
+}
+
 /**
- * inv_freq (D/2 values) for head dim D, rope_theta and rope_scaling (null or absent: none).
- * An unsupported scaling type is a RangeError naming it; `where` prefixes the messages.
+ * RoPE's parameters for a config. `seqLen` is the whole sequence's length, which only
+ * 'dynamic' reads (transformers: the largest position + 1). An unsupported or malformed
+ * rope_scaling is an error naming the key; `where` prefixes the messages.
  */
-export function ropeInvFreq(headDim: number, theta: number, scaling?: Record<string, unknown> | null, where = 'rope_scaling'): Float64Array {
-  const half = headDim / 2;
-  const inv = Float64Array.from({ length: half }, (_, i) => Math.pow(theta, (-2 * i) / headDim));
-  if (scaling === undefined || scaling === null) return inv;
-  const type = scaling.rope_type ?? scaling.type ?? 'default'; // 'type' is the older key
-  if (type === 'default') return inv;
+export function ropeParameters(c: RopeConfig, seqLen = 0, where = 'rope_scaling'): RopeParameters {
+  const D = c.head_dim, inv = plain(D, c.rope_theta), scaling = c.rope_scaling;
+  const type = ropeType(scaling);
+  if (!scaling || type === 'default') return { invFreq: inv, attentionFactor: 1 };
   if (type === 'linear') {
     const factor = positive(scaling, 'factor', where);
-    return inv.map((f) => f / factor);
+    return { invFreq: inv.map((f) => f / factor), attentionFactor: 1 };
   }
   if (type === 'llama3') {
     const factor = positive(scaling, 'factor', where);
     const low = positive(scaling, 'low_freq_factor', where), high = positive(scaling, 'high_freq_factor', where);
     const context = positive(scaling, 'original_max_position_embeddings', where);
     if (high <= low) fail('range', `${where}.high_freq_factor: expected more than low_freq_factor ${low}, got ${high}`);
-    return inv.map((f) => {
+    const invFreq = inv.map((f) => {
       const wavelength = (2 * Math.PI) / f;
       if (wavelength < context / high) return f; // high frequencies: as trained
       if (wavelength > context / low) return f / factor; // low frequencies: stretched
       const smooth = (context / wavelength - low) / (high - low);
       return (1 - smooth) * (f / factor) + smooth * f;
     });
+    return { invFreq, attentionFactor: 1 };
   }
+  if (type === 'dynamic') {
+    const factor = positive(scaling, 'factor', where), maxPos = maxPositions(c, type, where);
+    const len = Math.max(seqLen, maxPos);
+    const theta = c.rope_theta * Math.pow((factor * len) / maxPos - (factor - 1), D / (D - 2));
+    return { invFreq: plain(D, theta), attentionFactor: 1 };
+  }
+  if (type === 'yarn') return yarn(c, scaling, where);
   return fail('range', `${where}: rope_type ${describe(type)} is not supported (supported: ${ROPE_TYPES.join(', ')}, or null)`);
+}
+
+// YaRN (arXiv 2309.00071) as transformers' _compute_yarn_parameters: dimensions that turn
+// fewer than beta_slow times over the original context are interpolated (divided by
+// factor), those that turn more than beta_fast times are kept, a linear ramp between.
+function yarn(c: RopeConfig, s: Record<string, unknown>, where: string): RopeParameters {
+  const D = c.head_dim, theta = c.rope_theta;
+  let factor = positive(s, 'factor', where);
+  let original: number;
+  if (s.original_max_position_embeddings !== undefined) {
+    // A config that raised max_position_embeddings keeps the pretrained one here; the ratio is the factor.
+    original = positive(s, 'original_max_position_embeddings', where);
+    factor = maxPositions(c, 'yarn', where) / original;
+  } else original = maxPositions(c, 'yarn', where);
+  const mscale = (scale: number, m = 1) => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1);
+  let attentionFactor: number;
+  if (s.attention_factor !== undefined && s.attention_factor !== null) attentionFactor = positive(s, 'attention_factor', where);
+  else if (s.mscale && s.mscale_all_dim)
+    attentionFactor = mscale(factor, positive(s, 'mscale', where)) / mscale(factor, positive(s, 'mscale_all_dim', where));
+  else attentionFactor = mscale(factor);
+  const orDefault = (key: string, d: number) => (s[key] === undefined || s[key] === null || s[key] === 0 ? d : positive(s, key, where));
+  const betaFast = orDefault('beta_fast', 32), betaSlow = orDefault('beta_slow', 1);
+  // The dimension at which a frequency turns `rotations` times over the original context.
+  const dimAt = (rotations: number) => (D * Math.log(original / (rotations * 2 * Math.PI))) / (2 * Math.log(theta));
+  let low = dimAt(betaFast), high = dimAt(betaSlow);
+  if (s.truncate !== false) (low = Math.floor(low)), (high = Math.ceil(high));
+  low = Math.max(low, 0);
+  high = Math.min(high, D - 1);
+  if (low === high) high += 0.001; // no division by zero
+  const invFreq = plain(D, theta).map((f, i) => {
+    const keep = 1 - Math.min(1, Math.max(0, (i - low) / (high - low))); // 1: extrapolate (keep f), 0: interpolate
+    return (f / factor) * (1 - keep) + f * keep;
+  });
+  return { invFreq, attentionFactor };
+}
+
+/** Whether the parameters depend on the sequence length (then the model computes them per run). */
+export function ropeDependsOnLength(scaling: Record<string, unknown> | null | undefined): boolean {
+  return ropeType(scaling) === 'dynamic';
 }

@@ -108,7 +108,8 @@ export class Trainer implements Disposable {
     const rank = group?.rank ?? 0, worldSize = group?.worldSize ?? 1;
     const positions = shardPositions(tokens.length, rank, worldSize, layout);
     const ctx: RunContext = {
-      group, layout, positions, checkpoint: this.#o.checkpoint, ffnBlockRows: this.#o.ffnBlockRows, ceChunkRows: this.#o.ceChunkRows,
+      group, layout, positions, rope: this.model.rope(tokens.length * worldSize), // the whole sequence's length
+      checkpoint: this.#o.checkpoint, ffnBlockRows: this.#o.ffnBlockRows, ceChunkRows: this.#o.ceChunkRows,
     };
     return { tokens, targets, ctx };
   }

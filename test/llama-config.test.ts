@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-import { llamaPresets, llamaTensorNames, loadLlamaConfig, parameterCount, parseLlamaConfig, ropeInvFreq } from '../dist/index.js';
+import { llamaPresets, llamaTensorNames, loadLlamaConfig, parameterCount, parseLlamaConfig, ropeParameters } from '../dist/index.js';
 
 const minimal = { hidden_size: 64, intermediate_size: 176, num_hidden_layers: 2, num_attention_heads: 4, vocab_size: 256 };
 
@@ -134,13 +134,15 @@ describe('presets, parameter counts and tensor names', () => {
   });
 });
 
-describe('ropeInvFreq', () => {
+describe('ropeParameters', () => {
+  const inv = (D: number, theta: number, rope_scaling?: Record<string, unknown> | null, max_position_embeddings?: number, seqLen?: number) =>
+    ropeParameters({ head_dim: D, rope_theta: theta, rope_scaling, max_position_embeddings }, seqLen).invFreq;
   const plain = (D: number, theta: number) => Array.from({ length: D / 2 }, (_, i) => theta ** (-(2 * i) / D));
 
   it('plain RoPE: theta^(-2i/D); null, absent and rope_type default mean the same', () => {
     const want = plain(64, 500000);
     for (const s of [undefined, null, { rope_type: 'default' }]) {
-      const got = ropeInvFreq(64, 500000, s);
+      const got = inv(64, 500000, s);
       want.forEach((w, i) => expect(Math.abs(got[i]! - w) / w).toBeLessThan(1e-15));
     }
   });
@@ -149,7 +151,8 @@ describe('ropeInvFreq', () => {
     // D 64, theta 500000, original context 8192: wavelength 2π·500000^(i/32) is below 8192/4
     // for i <= 14 and above 8192/1 for i >= 18 (worked out by hand).
     const c = llamaPresets['1B'];
-    const got = ropeInvFreq(c.head_dim, c.rope_theta, c.rope_scaling), base = plain(64, 500000);
+    const got = ropeParameters(c).invFreq, base = plain(64, 500000);
+    expect(ropeParameters(c).attentionFactor).toBe(1);
     for (let i = 0; i < 32; ++i) {
       const rel = got[i]! / base[i]!;
       if (i <= 14) expect(rel, `i ${i}`).toBeCloseTo(1, 12);
@@ -162,11 +165,46 @@ describe('ropeInvFreq', () => {
   });
 
   it('linear scaling divides every frequency; unsupported types and bad fields are named', () => {
-    const got = ropeInvFreq(16, 10000, { type: 'linear', factor: 4 }); // 'type': the older key
+    const got = inv(16, 10000, { type: 'linear', factor: 4 }); // 'type': the older key
     plain(16, 10000).forEach((w, i) => expect(got[i]! * 4 / w).toBeCloseTo(1, 14));
-    expect(() => ropeInvFreq(16, 10000, { rope_type: 'yarn', factor: 4 })).toThrow(/^rope_scaling: rope_type 'yarn' is not supported/);
-    expect(() => ropeInvFreq(16, 10000, { rope_type: 'linear', factor: -1 })).toThrow(/^rope_scaling.factor: expected a number > 0, got number -1/);
-    expect(() => ropeInvFreq(16, 10000, { rope_type: 'llama3', factor: 8, low_freq_factor: 4, high_freq_factor: 1,
+    expect(() => inv(16, 10000, { rope_type: 'longrope', factor: 4 })).toThrow(/^rope_scaling: rope_type 'longrope' is not supported \(supported: default, linear, llama3, yarn, dynamic/);
+    expect(() => inv(16, 10000, { rope_type: 'linear', factor: -1 })).toThrow(/^rope_scaling.factor: expected a number > 0, got number -1/);
+    expect(() => inv(16, 10000, { rope_type: 'llama3', factor: 8, low_freq_factor: 4, high_freq_factor: 1,
       original_max_position_embeddings: 64 })).toThrow(/^rope_scaling.high_freq_factor: expected more than low_freq_factor 4/);
+    expect(() => inv(16, 10000, { rope_type: 'dynamic', factor: 2 })).toThrow(/^rope_scaling: rope_type 'dynamic' needs max_position_embeddings/);
+    expect(() => inv(16, 10000, { rope_type: 'yarn', factor: 4, beta_fast: 'x' }, 256)).toThrow(/^rope_scaling.beta_fast: expected a number > 0, got 'x'/);
+  });
+
+  it('yarn: kept, ramped and interpolated dimensions; attention factor 0.1 ln(factor) + 1', () => {
+    // D 16, theta 10000, original context 64: dimension d turns 64 / (2π · 10000^(d/16)) times,
+    // so beta_fast 32 falls at d = -0.99 (floor, clamped: 0) and beta_slow 1 at d = 2.02 (ceil: 3).
+    // Frequency i keeps 1 - i/3 of itself and takes i/3 of itself / factor (by hand).
+    const s = { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 64 };
+    const p = ropeParameters({ head_dim: 16, rope_theta: 10000, rope_scaling: s, max_position_embeddings: 256 });
+    const base = plain(16, 10000);
+    p.invFreq.forEach((f, i) => {
+      const ramp = Math.min(1, i / 3);
+      expect(f / base[i]!, `i ${i}`).toBeCloseTo((1 - ramp) + ramp / 4, 12);
+    });
+    expect(p.attentionFactor).toBeCloseTo(0.1 * Math.log(4) + 1, 14);
+    // The factor is max_position_embeddings / original when the original is given; the given one otherwise.
+    expect(ropeParameters({ head_dim: 16, rope_theta: 10000, rope_scaling: s, max_position_embeddings: 512 }).attentionFactor).toBeCloseTo(0.1 * Math.log(8) + 1, 14);
+    const own = { rope_type: 'yarn', factor: 2, attention_factor: 0.5, beta_fast: 8, beta_slow: 2 };
+    const q = ropeParameters({ head_dim: 16, rope_theta: 10000, rope_scaling: own, max_position_embeddings: 64 });
+    expect(q.attentionFactor).toBe(0.5);
+    expect(q.invFreq[7]! / base[7]!).toBeCloseTo(0.5, 14); // beyond the ramp: interpolated
+    expect(q.invFreq[0]).toBe(base[0]); // before it: kept
+    const ds = { rope_type: 'yarn', factor: 40, mscale: 1, mscale_all_dim: 0.707 }; // DeepSeek's form
+    expect(ropeParameters({ head_dim: 16, rope_theta: 10000, rope_scaling: ds, max_position_embeddings: 4096 }).attentionFactor)
+      .toBeCloseTo((0.1 * Math.log(40) + 1) / (0.0707 * Math.log(40) + 1), 14);
+  });
+
+  it('dynamic NTK: plain up to max_position_embeddings, then theta · (factor · len / max - (factor - 1))^(D / (D - 2))', () => {
+    const s = { rope_type: 'dynamic', factor: 2 };
+    expect(Array.from(inv(16, 10000, s, 64, 64))).toEqual(Array.from(inv(16, 10000, null)));
+    expect(Array.from(inv(16, 10000, s, 64, 10))).toEqual(Array.from(inv(16, 10000, null)));
+    const theta = 10000 * (2 * 256 / 64 - 1) ** (16 / 14); // 256 tokens, 4x the trained length
+    const got = inv(16, 10000, s, 64, 256);
+    plain(16, theta).forEach((w, i) => expect(got[i]! / w, `i ${i}`).toBeCloseTo(1, 13));
   });
 });

@@ -24,6 +24,10 @@ const tiedTiny: ResolvedLlamaConfig = { ...tiny, tie_word_embeddings: true };
 const llama3Tiny: ResolvedLlamaConfig = {
   ...tiny, rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 },
 };
+// YaRN at D 16 with an original context of 64: frequencies kept, ramped and interpolated,
+// and an attention factor of 1.14. Dynamic NTK past max_position_embeddings 16 (S is 32).
+const yarnTiny: ResolvedLlamaConfig = { ...tiny, rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 64 } };
+const dynamicTiny: ResolvedLlamaConfig = { ...tiny, max_position_embeddings: 16, rope_scaling: { rope_type: 'dynamic', factor: 2 } };
 const S = 32; // whole sequence; a multiple of 2 * 4 for zigzag over 4 ranks
 
 // ---------------- the independent float64 reference ----------------
@@ -54,13 +58,31 @@ function matmulT(x: Float64Array, w: Float64Array, M: number, K: number, N: numb
 }
 
 /**
- * RoPE's inverse frequencies as transformers' _compute_default_rope_parameters and
- * _compute_llama3_parameters write them: masks over the wavelengths, then a blend.
+ * RoPE's inverse frequencies and cos/sin factor as transformers' _compute_*_parameters write
+ * them: llama3 masks over the wavelengths, then a blend; yarn a ramp between interpolated
+ * and extrapolated frequencies over dimension ranges; dynamic a larger base for M tokens.
  */
-function invFreqRef(c: ResolvedLlamaConfig): number[] {
-  const D = c.head_dim, base = Array.from({ length: D / 2 }, (_, i) => 1 / c.rope_theta ** ((2 * i) / D));
+function ropeRefParams(c: ResolvedLlamaConfig, M: number): { inv: number[]; factor: number } {
+  const D = c.head_dim, baseOf = (b: number) => Array.from({ length: D / 2 }, (_, i) => 1 / b ** ((2 * i) / D));
+  const base = baseOf(c.rope_theta);
   const s = c.rope_scaling as Record<string, number> | null | undefined;
-  if (!s) return base;
+  if (!s) return { inv: base, factor: 1 };
+  if (s.rope_type === 'dynamic') {
+    const maxPos = c.max_position_embeddings!, len = M > maxPos ? M : maxPos;
+    return { inv: baseOf(c.rope_theta * ((s.factor! * len) / maxPos - (s.factor! - 1)) ** (D / (D - 2))), factor: 1 };
+  }
+  if (s.rope_type === 'yarn') {
+    const orig = s.original_max_position_embeddings!, factor = c.max_position_embeddings! / orig;
+    const corr = (rot: number) => (D * Math.log(orig / (rot * 2 * Math.PI))) / (2 * Math.log(c.rope_theta));
+    const low = Math.max(Math.floor(corr(32)), 0), high = Math.min(Math.ceil(corr(1)), D - 1);
+    const extrapolation = base.map((_, i) => 1 - Math.min(Math.max((i - low) / (high - low), 0), 1));
+    const inv = base.map((f, i) => (f / factor) * (1 - extrapolation[i]!) + f * extrapolation[i]!);
+    return { inv, factor: 0.1 * Math.log(factor) + 1 };
+  }
+  return { inv: llama3InvFreqRef(base, s), factor: 1 };
+}
+
+function llama3InvFreqRef(base: number[], s: Record<string, number>): number[] {
   const [factor, lowF, highF, old] = [s.factor!, s.low_freq_factor!, s.high_freq_factor!, s.original_max_position_embeddings!];
   const wavelen = base.map((f) => (2 * Math.PI) / f);
   const llama = base.map((f, i) => (wavelen[i]! > old / lowF ? f / factor : f));
@@ -70,16 +92,17 @@ function invFreqRef(c: ResolvedLlamaConfig): number[] {
   return llama.map((f, i) => (medium[i] ? smoothed[i]! : f));
 }
 
-/** HF rotate_half RoPE on [M, heads, D] at positions 0..M-1, in place. */
-function ropeRef(x: Float64Array, M: number, heads: number, D: number, invFreq: number[]): void {
+/** HF rotate_half RoPE on [M, heads, D] at positions 0..M-1, cos and sin times `factor`, in place. */
+function ropeRef(x: Float64Array, M: number, heads: number, D: number, { inv: invFreq, factor }: { inv: number[]; factor: number }): void {
   const half = D / 2;
   for (let m = 0; m < M; ++m)
     for (let h = 0; h < heads; ++h)
       for (let i = 0; i < half; ++i) {
         const angle = m * invFreq[i]!;
         const o = (m * heads + h) * D, a = x[o + i]!, b = x[o + i + half]!;
-        x[o + i] = a * Math.cos(angle) - b * Math.sin(angle);
-        x[o + i + half] = b * Math.cos(angle) + a * Math.sin(angle);
+        const cos = Math.cos(angle) * factor, sin = Math.sin(angle) * factor;
+        x[o + i] = a * cos - b * sin;
+        x[o + i + half] = b * cos + a * sin;
       }
 }
 
@@ -97,8 +120,8 @@ function referenceModel(c: ResolvedLlamaConfig, w: W, tokens: ArrayLike<number>,
     const q = matmulT(h, get(`${p}self_attn.q_proj.weight`), M, C, H * D);
     const k = matmulT(h, get(`${p}self_attn.k_proj.weight`), M, C, KVH * D);
     const v = matmulT(h, get(`${p}self_attn.v_proj.weight`), M, C, KVH * D);
-    ropeRef(q, M, H, D, invFreqRef(c));
-    ropeRef(k, M, KVH, D, invFreqRef(c));
+    ropeRef(q, M, H, D, ropeRefParams(c, M));
+    ropeRef(k, M, KVH, D, ropeRefParams(c, M));
     const att = new Float64Array(M * H * D);
     for (let hd = 0; hd < H; ++hd) {
       const kv = Math.floor(hd / (H / KVH));
@@ -193,8 +216,9 @@ async function ranks(worldSize: number, layout: 'contiguous' | 'zigzag', c: Reso
 // ---------------- tests ----------------
 
 describe('against the independent float64 model', () => {
-  for (const c of [tiny, tiedTiny, llama3Tiny]) {
-    const what = c.rope_scaling ? 'llama3 rope scaling' : c.tie_word_embeddings ? 'tied embeddings' : 'separate lm_head';
+  for (const c of [tiny, tiedTiny, llama3Tiny, yarnTiny, dynamicTiny]) {
+    const rope = (c.rope_scaling as { rope_type?: string } | undefined)?.rope_type;
+    const what = rope ? `${rope} rope scaling` : c.tie_word_embeddings ? 'tied embeddings' : 'separate lm_head';
     const weights = randomWeights(c, 10), seq = sequence(77, c.vocab_size);
     const ref = referenceModel(c, f64Map(weights), seq.tokens, seq.targets);
 
@@ -271,6 +295,14 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
     const r = await ranks(2, 'zigzag', tiedTiny, tw, seq);
     expect(Math.abs(r.out[0]!.loss - b.loss)).toBeLessThan(1e-6 * b.loss);
     for (const [name, g] of b.grads) expect(worstError(r.out[1]!.grads[name]!, g, 1e-4 * maxAbs(g), 1e-5), name).toBeLessThan(1);
+  });
+
+  it("dynamic NTK and yarn over 4 zigzag ranks: one thread's loss and gradients (dynamic's base comes from the whole sequence)", async () => {
+    for (const c of [dynamicTiny, yarnTiny]) {
+      const w = randomWeights(c, 40), b = await single(c, w, seq), r = await ranks(4, 'zigzag', c, w, seq);
+      expect(Math.abs(r.out[1]!.loss - b.loss), c.rope_scaling!.rope_type as string).toBeLessThan(1e-6 * b.loss);
+      for (const [name, g] of b.grads) expect(worstError(r.out[1]!.grads[name]!, g, 1e-4 * maxAbs(g), 1e-5), name).toBeLessThan(1);
+    }
   });
 
   it('contiguous vs zigzag over 4 ranks agree (gradients within 1e-4 of each tensor\'s scale)', async () => {
@@ -383,10 +415,11 @@ describe('saving, loading, checkpoints', () => {
     const shapes = new Map(llamaTensorNames(tiny)).set('model.layers.0.self_attn.k_proj.weight', [64, 32]);
     await expect(loadLlama(await write('shape', tiny, good, shapes))).rejects.toThrow(/'model.layers.0.self_attn.k_proj.weight' has shape \[64, 32\], expected \[32, 64\]/);
     await expect(loadLlama(await write('tied-with-head', tiedTiny, good))).rejects.toThrow(/unexpected tensor\(s\) 'lm_head.weight' \(tie_word_embeddings is true/);
-    const yarn = { ...tiny, rope_scaling: { rope_type: 'yarn', factor: 8 } };
-    await expect(loadLlama(await write('yarn', yarn, good))).rejects.toThrow(/config.json.rope_scaling: rope_type 'yarn' is not supported \(supported: default, linear, llama3/);
+    const longrope = { ...tiny, rope_scaling: { rope_type: 'longrope', factor: 8 } };
+    await expect(loadLlama(await write('longrope', longrope, good))).rejects.toThrow(/config.json.rope_scaling: rope_type 'longrope' is not supported \(supported: default, linear, llama3, yarn, dynamic/);
     expect(() => initLlama({ ...tiny, rope_scaling: { rope_type: 'llama3', factor: 8 } }, { seed: 1 })).toThrow(/^config.rope_scaling.low_freq_factor: missing; expected a number > 0/);
-    expect(() => initLlama({ ...tiny, rope_scaling: { type: 'dynamic', factor: 2 } }, { seed: 1 })).toThrow(/rope_type 'dynamic' is not supported/);
+    const { max_position_embeddings: _, ...noMax } = tiny;
+    expect(() => initLlama({ ...noMax, rope_scaling: { type: 'dynamic', factor: 2 } }, { seed: 1 })).toThrow(/^config.rope_scaling: rope_type 'dynamic' needs max_position_embeddings/);
     const short = new Map(good).set('model.norm.weight', new Float32Array(3));
     expect(() => createLlama(tiny, short)).toThrow(/arrays: 'model.norm.weight' has shape \[3\], expected \[64\]/);
   });

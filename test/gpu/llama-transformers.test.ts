@@ -25,6 +25,15 @@ const configs = {
     num_key_value_heads: 2, vocab_size: 97, rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: false }),
   'MHA, tied embeddings, large rope_theta': parseLlamaConfig({ hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
     num_attention_heads: 2, vocab_size: 50, rms_norm_eps: 1e-6, rope_theta: 500000, tie_word_embeddings: true }),
+  // RoPE scaling (head dim 16): llama3's three bands; yarn's ramp and attention factor;
+  // dynamic NTK past max_position_embeddings 16 (the test's sequence is 24 tokens).
+  ...Object.fromEntries(([
+    ['llama3', 256, { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 }],
+    ['yarn', 256, { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 64 }],
+    ['dynamic', 16, { rope_type: 'dynamic', factor: 2 }],
+  ] as const).map(([type, maxPos, rope_scaling]) => [`rope_scaling ${type}`, parseLlamaConfig({ hidden_size: 64, intermediate_size: 96,
+    num_hidden_layers: 1, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 61, rms_norm_eps: 1e-5, rope_theta: 10000,
+    tie_word_embeddings: false, max_position_embeddings: maxPos, rope_scaling })])),
 };
 
 describe.skipIf(!!why)(title, () => {

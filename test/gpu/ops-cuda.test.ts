@@ -14,7 +14,7 @@
 // - Losses and sums of squares are returned in double: 1e-5 (float32 exp sums) and 1e-10.
 import { describe, expect, it } from 'vitest';
 
-import { info, llamaPresets, ops, ropeInvFreq, tensor, zeros, type DType, type Tensor } from '../../dist/index.js';
+import { info, llamaPresets, ops, ropeParameters, tensor, zeros, type DType, type Tensor } from '../../dist/index.js';
 import { findCublas } from '../../dist/libraries.js';
 import { randomArray, relErr, roundTo } from '../reference.js';
 
@@ -109,7 +109,7 @@ describe.skipIf(!!why)(title, () => {
       const x = pair([M, H, D], 13, dtype), pos = Int32Array.from({ length: M }, (_, i) => (i % 3 ? i : 2_000_000 - i * 7919));
       await close(ops.rope(x.gpu, pos, 500000), ops.rope(x.cpu, pos, 500000), tol.elem, 'rope');
       await close(ops.ropeBackward(x.gpu, pos, 500000), ops.ropeBackward(x.cpu, pos, 500000), tol.elem, 'ropeBackward');
-      const llama3 = ropeInvFreq(D, 500000, llamaPresets['1B'].rope_scaling); // given frequencies, uploaded per call
+      const llama3 = ropeParameters(llamaPresets['1B']).invFreq; // given frequencies, uploaded per call
       await close(ops.rope(x.gpu, pos, llama3), ops.rope(x.cpu, pos, llama3), tol.elem, 'rope (llama3 frequencies)');
     });
 
