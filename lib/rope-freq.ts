@@ -35,11 +35,8 @@ function positive(scaling: Record<string, unknown>, key: string, where: string, 
   return v;
 }
 
-function maxPositions(c: RopeConfig, type: string, where: string): number {
-  const m = c.max_position_embeddings;
-  if (m === undefined) fail('range', `${where}: rope_type '${type}' needs max_position_embeddings in the config`);
-  return m;
-}
+// transformers' LlamaConfig default, for a config.json without the key.
+const maxPositions = (c: RopeConfig) => c.max_position_embeddings ?? 2048;
 
 const plain = (D: number, theta: number) => Float64Array.from({ length: D / 2 }, (_, i) => Math.pow(theta, (-2 * i) / D));
 
@@ -76,7 +73,7 @@ export function ropeParameters(c: RopeConfig, seqLen = 0, where = 'rope_scaling'
     return { invFreq, attentionFactor: 1 };
   }
   if (type === 'dynamic') {
-    const factor = positive(scaling, 'factor', where), maxPos = maxPositions(c, type, where);
+    const factor = positive(scaling, 'factor', where), maxPos = maxPositions(c);
     const len = Math.max(seqLen, maxPos);
     const theta = c.rope_theta * Math.pow((factor * len) / maxPos - (factor - 1), D / (D - 2));
     return { invFreq: plain(D, theta), attentionFactor: 1 };
@@ -85,18 +82,17 @@ export function ropeParameters(c: RopeConfig, seqLen = 0, where = 'rope_scaling'
   return fail('range', `${where}: rope_type ${describe(type)} is not supported (supported: ${ROPE_TYPES.join(', ')}, or null)`);
 }
 
-// YaRN (arXiv 2309.00071) as transformers' _compute_yarn_parameters: dimensions that turn
-// fewer than beta_slow times over the original context are interpolated (divided by
-// factor), those that turn more than beta_fast times are kept, a linear ramp between.
+// YaRN (arXiv 2309.00071) as transformers' _compute_yarn_parameters (4.56 on): dimensions
+// that turn fewer than beta_slow times over the original context are interpolated (divided
+// by factor), those that turn more than beta_fast times are kept, a linear ramp between.
+// The original context is rope_scaling's original_max_position_embeddings, else the
+// config's max_position_embeddings. (transformers 4.50-4.55 replaced factor by their ratio,
+// a bug fixed there; before 4.50 the correction range used max_position_embeddings.)
 function yarn(c: RopeConfig, s: Record<string, unknown>, where: string): RopeParameters {
   const D = c.head_dim, theta = c.rope_theta;
-  let factor = positive(s, 'factor', where);
-  let original: number;
-  if (s.original_max_position_embeddings !== undefined) {
-    // A config that raised max_position_embeddings keeps the pretrained one here; the ratio is the factor.
-    original = positive(s, 'original_max_position_embeddings', where);
-    factor = maxPositions(c, 'yarn', where) / original;
-  } else original = maxPositions(c, 'yarn', where);
+  const factor = positive(s, 'factor', where);
+  const given = s.original_max_position_embeddings !== undefined && s.original_max_position_embeddings !== null;
+  const original = given ? positive(s, 'original_max_position_embeddings', where) : maxPositions(c);
   const mscale = (scale: number, m = 1) => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1);
   let attentionFactor: number;
   if (s.attention_factor !== undefined && s.attention_factor !== null) attentionFactor = positive(s, 'attention_factor', where);
@@ -108,7 +104,7 @@ function yarn(c: RopeConfig, s: Record<string, unknown>, where: string): RopePar
   // The dimension at which a frequency turns `rotations` times over the original context.
   const dimAt = (rotations: number) => (D * Math.log(original / (rotations * 2 * Math.PI))) / (2 * Math.log(theta));
   let low = dimAt(betaFast), high = dimAt(betaSlow);
-  if (s.truncate !== false) (low = Math.floor(low)), (high = Math.ceil(high));
+  if (!('truncate' in s) || s.truncate) (low = Math.floor(low)), (high = Math.ceil(high)); // Python's get('truncate', True)
   low = Math.max(low, 0);
   high = Math.min(high, D - 1);
   if (low === high) high += 0.001; // no division by zero

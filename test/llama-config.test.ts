@@ -171,7 +171,9 @@ describe('ropeParameters', () => {
     expect(() => inv(16, 10000, { rope_type: 'linear', factor: -1 })).toThrow(/^rope_scaling.factor: expected a number > 0, got number -1/);
     expect(() => inv(16, 10000, { rope_type: 'llama3', factor: 8, low_freq_factor: 4, high_freq_factor: 1,
       original_max_position_embeddings: 64 })).toThrow(/^rope_scaling.high_freq_factor: expected more than low_freq_factor 4/);
-    expect(() => inv(16, 10000, { rope_type: 'dynamic', factor: 2 })).toThrow(/^rope_scaling: rope_type 'dynamic' needs max_position_embeddings/);
+    // Without max_position_embeddings, transformers' default 2048 (here: dynamic's threshold).
+    expect(Array.from(inv(16, 10000, { rope_type: 'dynamic', factor: 2 }, undefined, 2048))).toEqual(Array.from(inv(16, 10000, null)));
+    expect(inv(16, 10000, { rope_type: 'dynamic', factor: 2 }, undefined, 2049)[1]).toBeLessThan(inv(16, 10000, null)[1]!);
     expect(() => inv(16, 10000, { rope_type: 'yarn', factor: 4, beta_fast: 'x' }, 256)).toThrow(/^rope_scaling.beta_fast: expected a number > 0, got 'x'/);
   });
 
@@ -187,8 +189,15 @@ describe('ropeParameters', () => {
       expect(f / base[i]!, `i ${i}`).toBeCloseTo((1 - ramp) + ramp / 4, 12);
     });
     expect(p.attentionFactor).toBeCloseTo(0.1 * Math.log(4) + 1, 14);
-    // The factor is max_position_embeddings / original when the original is given; the given one otherwise.
-    expect(ropeParameters({ head_dim: 16, rope_theta: 10000, rope_scaling: s, max_position_embeddings: 512 }).attentionFactor).toBeCloseTo(0.1 * Math.log(8) + 1, 14);
+    // The factor is the given one, whatever max_position_embeddings is (transformers 4.56 on: Qwen's
+    // configs give factor 4 with max_position_embeddings equal to the original context).
+    const qwen = ropeParameters({ head_dim: 16, rope_theta: 10000, rope_scaling: s, max_position_embeddings: 64 });
+    expect(qwen.attentionFactor).toBeCloseTo(0.1 * Math.log(4) + 1, 14);
+    expect(Array.from(qwen.invFreq)).toEqual(Array.from(p.invFreq));
+    // truncate: false keeps the fractional range (-0.99 clamped to 0, 2.016): frequency 1 ramps 1 / 2.016.
+    const exact = ropeParameters({ head_dim: 16, rope_theta: 10000, rope_scaling: { ...s, truncate: false }, max_position_embeddings: 256 });
+    const r1 = 1 / ((16 * Math.log(64 / (2 * Math.PI))) / (2 * Math.log(10000)));
+    expect(exact.invFreq[1]! / base[1]!).toBeCloseTo((1 - r1) + r1 / 4, 12);
     const own = { rope_type: 'yarn', factor: 2, attention_factor: 0.5, beta_fast: 8, beta_slow: 2 };
     const q = ropeParameters({ head_dim: 16, rope_theta: 10000, rope_scaling: own, max_position_embeddings: 64 });
     expect(q.attentionFactor).toBe(0.5);

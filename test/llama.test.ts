@@ -25,8 +25,9 @@ const llama3Tiny: ResolvedLlamaConfig = {
   ...tiny, rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 },
 };
 // YaRN at D 16 with an original context of 64: frequencies kept, ramped and interpolated,
-// and an attention factor of 1.14. Dynamic NTK past max_position_embeddings 16 (S is 32).
-const yarnTiny: ResolvedLlamaConfig = { ...tiny, rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 64 } };
+// and an attention factor of 1.07 (factor 2, not max_position_embeddings 256 / 64).
+// Dynamic NTK past max_position_embeddings 16 (S is 32).
+const yarnTiny: ResolvedLlamaConfig = { ...tiny, rope_scaling: { rope_type: 'yarn', factor: 2, original_max_position_embeddings: 64 } };
 const dynamicTiny: ResolvedLlamaConfig = { ...tiny, max_position_embeddings: 16, rope_scaling: { rope_type: 'dynamic', factor: 2 } };
 const S = 32; // whole sequence; a multiple of 2 * 4 for zigzag over 4 ranks
 
@@ -72,7 +73,7 @@ function ropeRefParams(c: ResolvedLlamaConfig, M: number): { inv: number[]; fact
     return { inv: baseOf(c.rope_theta * ((s.factor! * len) / maxPos - (s.factor! - 1)) ** (D / (D - 2))), factor: 1 };
   }
   if (s.rope_type === 'yarn') {
-    const orig = s.original_max_position_embeddings!, factor = c.max_position_embeddings! / orig;
+    const orig = s.original_max_position_embeddings!, factor = s.factor!;
     const corr = (rot: number) => (D * Math.log(orig / (rot * 2 * Math.PI))) / (2 * Math.log(c.rope_theta));
     const low = Math.max(Math.floor(corr(32)), 0), high = Math.min(Math.ceil(corr(1)), D - 1);
     const extrapolation = base.map((_, i) => 1 - Math.min(Math.max((i - low) / (high - low), 0), 1));
@@ -305,6 +306,19 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
     }
   });
 
+  it('a rank whose targets are all ignored: the same finite loss and gradients as one thread (counts are global)', async () => {
+    const masked = { tokens: seq.tokens, targets: seq.targets.map((t, i) => (i < S / 2 ? -100 : t)) };
+    const b = await single(tiny, weights, masked), r = await ranks(2, 'contiguous', tiny, weights, masked);
+    expect(Number.isFinite(b.loss)).toBe(true);
+    for (const o of r.out) {
+      expect(Math.abs(o.loss - b.loss), `loss on the rank at ${o.positions[0]}`).toBeLessThan(1e-6 * b.loss);
+      for (const [name, g] of b.grads) {
+        expect(o.grads[name]!.every(Number.isFinite), name).toBe(true);
+        expect(worstError(o.grads[name]!, g, 1e-4 * maxAbs(g), 1e-5), name).toBeLessThan(1);
+      }
+    }
+  });
+
   it('contiguous vs zigzag over 4 ranks agree (gradients within 1e-4 of each tensor\'s scale)', async () => {
     const a = await ranks(4, 'contiguous', tiny, weights, seq), b = await ranks(4, 'zigzag', tiny, weights, seq);
     expect(Math.abs(a.out[0]!.loss - b.out[0]!.loss)).toBeLessThan(1e-6 * base.loss);
@@ -418,8 +432,7 @@ describe('saving, loading, checkpoints', () => {
     const longrope = { ...tiny, rope_scaling: { rope_type: 'longrope', factor: 8 } };
     await expect(loadLlama(await write('longrope', longrope, good))).rejects.toThrow(/config.json.rope_scaling: rope_type 'longrope' is not supported \(supported: default, linear, llama3, yarn, dynamic/);
     expect(() => initLlama({ ...tiny, rope_scaling: { rope_type: 'llama3', factor: 8 } }, { seed: 1 })).toThrow(/^config.rope_scaling.low_freq_factor: missing; expected a number > 0/);
-    const { max_position_embeddings: _, ...noMax } = tiny;
-    expect(() => initLlama({ ...noMax, rope_scaling: { type: 'dynamic', factor: 2 } }, { seed: 1 })).toThrow(/^config.rope_scaling: rope_type 'dynamic' needs max_position_embeddings/);
+    expect(() => initLlama({ ...tiny, rope_scaling: { type: 'yarn' } }, { seed: 1 })).toThrow(/^config.rope_scaling.factor: missing; expected a number > 0/);
     const short = new Map(good).set('model.norm.weight', new Float32Array(3));
     expect(() => createLlama(tiny, short)).toThrow(/arrays: 'model.norm.weight' has shape \[3\], expected \[64\]/);
   });

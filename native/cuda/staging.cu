@@ -22,10 +22,10 @@ constexpr size_t kAlign = 256;
 
 // One per device: its events belong to that device.
 struct Stager {
+  std::mutex mu;
   StagingRing<cudaEvent_t> ring{0};
   char* buffer = nullptr;
   std::vector<cudaEvent_t> spare;  // events of finished copies, for reuse
-  bool pageable = false;           // pinned memory was refused (locked-memory limits): copy directly
 
   void retire(cudaEvent_t e) { spare.push_back(e); }
   bool done(cudaEvent_t e) {
@@ -39,19 +39,20 @@ struct Stager {
     check(cudaEventSynchronize(e), "staged copy");
     retire(e);
   }
-  // A buffer of at least 4 uploads of this size; the old one is freed once its copies are done.
-  void grow(size_t bytes) {
+  // A buffer of at least 4 uploads of this size, the old one freed once its copies are done.
+  // False when pinned memory is refused (locked-memory limits): the old buffer stays.
+  bool grow(size_t bytes) {
+    const size_t capacity = std::max({kMinStaging, 2 * ring.capacity(), 4 * bytes});
+    char* fresh = nullptr;
+    if (cudaHostAlloc(reinterpret_cast<void**>(&fresh), capacity, cudaHostAllocPortable) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
     ring.drain([&](cudaEvent_t e) { wait(e); });
     if (buffer) cudaFreeHost(buffer);
-    buffer = nullptr;
-    const size_t capacity = std::max({kMinStaging, 2 * ring.capacity(), 4 * bytes});
-    if (cudaHostAlloc(reinterpret_cast<void**>(&buffer), capacity, cudaHostAllocPortable) != cudaSuccess) {
-      cudaGetLastError();
-      buffer = nullptr;
-      pageable = true;
-      return;
-    }
+    buffer = fresh;
     ring = StagingRing<cudaEvent_t>(capacity);
+    return true;
   }
   cudaEvent_t event() {
     if (!spare.empty()) {
@@ -65,6 +66,13 @@ struct Stager {
   }
 };
 
+Stager& stager(int device) {
+  static std::mutex* mu = new std::mutex();  // never destroyed, like the allocator's cache
+  static auto* stagers = new std::map<int, Stager>();
+  std::lock_guard<std::mutex> lock(*mu);
+  return (*stagers)[device];  // std::map: references stay valid as devices are added
+}
+
 }  // namespace
 
 void upload_async(const void* host, void* dst, size_t bytes, void* stream) {
@@ -72,21 +80,30 @@ void upload_async(const void* host, void* dst, size_t bytes, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   int device = 0;
   check(cudaGetDevice(&device), "cudaGetDevice");
-  static std::mutex* mu = new std::mutex();  // never destroyed, like the allocator's cache
-  static auto* stagers = new std::map<int, Stager>();
-  std::lock_guard<std::mutex> lock(*mu);
-  Stager& st = (*stagers)[device];
+  Stager& st = stager(device);
+  std::lock_guard<std::mutex> lock(st.mu);
   const size_t span = (bytes + kAlign - 1) / kAlign * kAlign;
-  if (!st.pageable && span > st.ring.capacity()) st.grow(span);
-  if (st.pageable) {
+  if (span > st.ring.capacity() && !st.grow(span)) {  // no pinned memory for this one: copy it directly
     check(cudaMemcpyAsync(dst, host, bytes, cudaMemcpyHostToDevice, s), "copy to device");
     return;
   }
-  const size_t at = st.ring.reserve(span, [&](cudaEvent_t e) { return st.done(e); }, [&](cudaEvent_t e) { st.wait(e); });
+  const cudaEvent_t e = st.event();  // before the copy: once it is queued, its range must be tracked
+  size_t at = 0;
+  try {
+    at = st.ring.reserve(span, [&](cudaEvent_t f) { return st.done(f); }, [&](cudaEvent_t f) { st.wait(f); });
+  } catch (...) {
+    st.retire(e);
+    throw;
+  }
   std::memcpy(st.buffer + at, host, bytes);
-  check(cudaMemcpyAsync(dst, st.buffer + at, bytes, cudaMemcpyHostToDevice, s), "copy to device");
-  const cudaEvent_t e = st.event();
-  check(cudaEventRecord(e, s), "cudaEventRecord");
+  const cudaError_t copied = cudaMemcpyAsync(dst, st.buffer + at, bytes, cudaMemcpyHostToDevice, s);
+  const cudaError_t recorded = copied == cudaSuccess ? cudaEventRecord(e, s) : copied;
+  if (recorded != cudaSuccess) {
+    // The copy may be queued without a fence: wait for the stream before the range is reused.
+    if (copied == cudaSuccess) cudaStreamSynchronize(s);
+    st.retire(e);
+    check(recorded, copied == cudaSuccess ? "cudaEventRecord" : "copy to device");
+  }
   st.ring.in_use(at, span, e);
 }
 

@@ -1,7 +1,7 @@
 // Where in a pinned staging buffer the next host-to-device upload goes. The buffer is used
 // as a ring: each upload takes the bytes after the previous one, wrapping to the start when
 // they do not fit, and a range is handed out again only after the copy that read it is
-// known complete (its fence: a CUDA event in device.cu, a counter in the test). So the host
+// known complete (its fence: a CUDA event in staging.cu, a counter in the test). So the host
 // waits only when the device is a whole buffer of uploads behind it.
 // Plain C++ (no CUDA) so that test/ops-emulator/test.cpp can check the placement.
 #pragma once
@@ -16,7 +16,7 @@ class StagingRing {
   explicit StagingRing(size_t capacity) : capacity_(capacity) {}
   size_t capacity() const { return capacity_; }
 
-  // The offset of `bytes` (<= capacity) that no copy in flight still reads. done(fence)
+  // The offset of `bytes` (at most the capacity) that no copy in flight still reads. done(fence)
   // polls a copy; wait(fence) blocks until it has finished. Each fence retired here is
   // given to neither again (the caller may recycle it inside done/wait).
   template <class Done, class Wait>

@@ -78,17 +78,21 @@ describe.skipIf(!!why)(title, () => {
     });
 
     if (dtype === 'float32')
-      it('host arrays staged back to back: 40 lookups queued before any read, past the 16 MiB staging ring and one that outgrows it, each see their own ids', async () => {
-        const V = 7, table = tensor(Float32Array.from({ length: V }, (_, i) => i * 10), [V, 1], { device: 'cuda' });
-        const idsOf = (k: number) => Int32Array.from({ length: k === 20 ? 5_000_000 : 600_000 }, (_, i) => (i * (k + 1) + k) % V);
-        const outs = Array.from({ length: 40 }, (_, k) => ops.embedding(idsOf(k), table));
+      it('host arrays staged back to back behind a busy GPU: 40 lookups past the 16 MiB staging ring (and one that outgrows it) each see their own ids', async () => {
+        const V = 1000, table = tensor(Float32Array.from({ length: V }, (_, i) => i * 10), [V, 1], { device: 'cuda' });
+        // Distinct per lookup (977 is prime to 1000), all made before anything is queued.
+        const idsOf = Array.from({ length: 40 }, (_, k) => Int32Array.from({ length: k === 20 ? 5_000_000 : 600_000 }, (_, i) => (i * 31 + k * 977) % V));
+        // Keep the GPU busy (~2 float32 products of 1 TFLOP) so the uploads queue behind it and the ring must wait to reuse its bytes.
+        const big = tensor(new Float32Array(8192 * 8192).fill(0.001), [8192, 8192], { device: 'cuda' });
+        const busy = [ops.linear(big, big), ops.linear(big, big)];
+        const outs = idsOf.map((ids) => ops.embedding(ids, table));
         for (const [k, o] of outs.entries()) {
-          const got = await read(o), want = idsOf(k);
-          const bad = got.findIndex((v, i) => v !== want[i] * 10);
+          const got = await read(o), want = idsOf[k]!;
+          const bad = got.findIndex((v, i) => v !== want[i]! * 10);
           expect(bad, `lookup ${k}: first wrong row`).toBe(-1);
           o.dispose();
         }
-        table.dispose();
+        for (const t of [...busy, big, table]) t.dispose();
       });
 
     it(`${dtype} rmsNorm: y, rstd; dx overwritten, dw += (300 rows > the 128 dw chunks, C = 257)`, async () => {

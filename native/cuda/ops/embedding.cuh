@@ -7,6 +7,7 @@
 // fills the GPU; only a very frequent id makes its threads long.
 #pragma once
 #include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -29,6 +30,7 @@ struct TokenGroups {
 };
 
 inline TokenGroups group_tokens_by_id(const int32_t* ids, int64_t M, int64_t V) {
+  if (M > INT32_MAX) throw std::out_of_range("more than 2^31 - 1 tokens in one embedding backward");
   std::vector<int32_t> count(size_t(V) + 1, 0);
   for (int64_t m = 0; m < M; ++m) {
     if (ids[m] < 0 || ids[m] >= V)  // the TS layer refuses these first; this guards the host arrays
@@ -44,7 +46,7 @@ inline TokenGroups group_tokens_by_id(const int32_t* ids, int64_t M, int64_t V) 
   int32_t* gstart = gid + g.groups;
   int32_t* gtoken = gstart + g.groups + 1;
   int64_t u = 0;
-  for (int64_t v = 0; v < V; ++v) {  // count[v + 1] becomes where id v's tokens begin
+  for (int64_t v = 0; v < V; ++v) {  // count[v] is where id v's tokens begin; make count[v + 1] id v + 1's
     const int32_t n = count[size_t(v) + 1];
     count[size_t(v) + 1] = count[size_t(v)];
     if (n > 0) gid[u] = int32_t(v), gstart[u++] = count[size_t(v)];
@@ -86,6 +88,8 @@ template <typename T>
 void launch_embedding_bwd(const TokenGroups& groups, const int32_t* device_data, const T* dy, float* dtable, int64_t C,
                           cudaStream_t stream) {
   if (groups.groups == 0 || C == 0) return;
+  if (C > int64_t(65535) * kEmbeddingThreads)  // gridDim.y's limit
+    throw std::out_of_range("embedding backward: " + std::to_string(C) + " columns, at most 65535 x 256 supported");
   const dim3 grid{unsigned(groups.groups), unsigned((C + kEmbeddingThreads - 1) / kEmbeddingThreads)};
   RA_LAUNCH(embedding_bwd_kernel<T>, grid, kEmbeddingThreads, 0, stream, groups.id(device_data),
             groups.start(device_data), groups.token(device_data), dy, dtable, C);
