@@ -1,0 +1,51 @@
+// A stand-in for the CUDA runtime's host API, enough for native/nccl/group.cu to build and
+// run without a GPU (test/nccl-fake/test.cpp). Streams and events are plain objects; every
+// call is written to fake_log, and fake_stream_idle decides what cudaStreamQuery says.
+#pragma once
+#include <string>
+#include <vector>
+
+enum cudaError_t { cudaSuccess = 0, cudaErrorNotReady = 600 };
+struct CUstream_st { int id; };
+struct CUevent_st { int id; };
+typedef CUstream_st* cudaStream_t;
+typedef CUevent_st* cudaEvent_t;
+constexpr unsigned cudaStreamNonBlocking = 1, cudaEventDisableTiming = 2;
+
+inline std::vector<std::string> fake_log;
+inline bool fake_stream_idle = true;
+inline int fake_live_streams = 0, fake_live_events = 0, fake_next_id = 1;
+
+inline std::string fake_name(cudaStream_t s) { return s ? "stream" + std::to_string(s->id) : "default"; }
+inline const char* cudaGetErrorString(cudaError_t) { return "fake CUDA error"; }
+inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  *s = new CUstream_st{fake_next_id++};
+  ++fake_live_streams;
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete s;
+  --fake_live_streams;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+  *e = new CUevent_st{fake_next_id++};
+  ++fake_live_events;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  --fake_live_events;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  fake_log.push_back("record event" + std::to_string(e->id) + " on " + fake_name(s));
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  fake_log.push_back(fake_name(s) + " waits event" + std::to_string(e->id));
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamQuery(cudaStream_t) { return fake_stream_idle ? cudaSuccess : cudaErrorNotReady; }
+inline cudaError_t cudaEventQuery(cudaEvent_t) { return fake_stream_idle ? cudaSuccess : cudaErrorNotReady; }

@@ -1,0 +1,178 @@
+// Runs native/nccl/group.cu, unmodified, against a fake NCCL (the Api table below, which
+// logs every call) and a fake CUDA runtime (cuda_runtime.h beside this): no GPU and no NCCL
+// needed. Checks what the GPU tests cannot show on one GPU: the ring exchange is one NCCL
+// group (send to rank + 1, recv from rank - 1), sends wait for the default stream, and a
+// wait that never ends, an NCCL error or a rank that never joins abort the communicator
+// and throw, within the group's timeout, instead of hanging.
+// Built and run by test/nccl-fake.test.ts:
+//   g++ -std=c++20 -O1 -fsanitize=address -Itest/nccl-fake -I. test/nccl-fake/test.cpp -o t && ./t
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+
+#include "native/nccl/group.cu"
+
+namespace ra {
+Storage::Storage(Device d, size_t n) : device(d), bytes(n), ptr(std::malloc(n ? n : 1)) {}
+Storage::~Storage() { std::free(ptr); }
+Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {
+  Tensor t;
+  t.shape = std::move(shape), t.dtype = dtype, t.device = device;
+  t.storage = std::make_shared<Storage>(device, size_t(t.numel()) * dtype_size(dtype));
+  return t;
+}
+namespace cuda {
+void* alloc(size_t n) { return std::malloc(n); }
+void release(void* p) { std::free(p); }
+}  // namespace cuda
+}  // namespace ra
+
+using namespace ra::nccl;
+
+namespace fake {
+ncclResult_t init_result = ncclSuccess;   // what ncclCommInitRankConfig answers
+ncclResult_t async_state = ncclSuccess;   // what ncclCommGetAsyncError reports
+int aborts = 0, destroys = 0, comm_storage = 0;
+ncclComm_t comm() { return reinterpret_cast<ncclComm_t>(&comm_storage); }
+void log(const std::string& s) { fake_log.push_back(s); }
+std::string stream(cudaStream_t s) { return fake_name(s); }
+const Api api = {
+    [](int* v) { *v = 22300; return ncclSuccess; },
+    [](ncclUniqueId*) { return ncclSuccess; },
+    [](ncclComm_t*, int, ncclUniqueId, int) { return ncclSuccess; },
+    [](ncclComm_t* c, int n, ncclUniqueId, int rank, ncclConfig_t* cfg) {
+      *c = comm();
+      log("init rank " + std::to_string(rank) + " of " + std::to_string(n) + (cfg->blocking ? " blocking" : " nonblocking"));
+      return init_result;
+    },
+    [](ncclComm_t) { ++destroys; return ncclSuccess; },
+    [](ncclComm_t) { ++aborts; log("abort"); return ncclSuccess; },
+    [](ncclComm_t, ncclResult_t* e) { *e = async_state; return ncclSuccess; },
+    [](ncclResult_t r) { return r == ncclRemoteError ? "remote process exited or there was a network error" : "fake"; },
+    [](const void*, size_t n, ncclDataType_t t, int peer, ncclComm_t, cudaStream_t s) {
+      log("send " + std::to_string(n) + " type " + std::to_string(t) + " to " + std::to_string(peer) + " on " + stream(s));
+      return ncclSuccess;
+    },
+    [](void*, size_t n, ncclDataType_t t, int peer, ncclComm_t, cudaStream_t s) {
+      log("recv " + std::to_string(n) + " type " + std::to_string(t) + " from " + std::to_string(peer) + " on " + stream(s));
+      return ncclSuccess;
+    },
+    [](const void*, void*, size_t n, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t s) {
+      log("allReduce " + std::to_string(n) + " on " + stream(s));
+      return ncclSuccess;
+    },
+    [] { log("groupStart"); return ncclSuccess; },
+    [] { log("groupEnd"); return ncclSuccess; },
+};
+}  // namespace fake
+
+namespace ra::nccl {
+const Api& loaded() { return fake::api; }
+}
+
+static int failures = 0;
+static void expect(bool ok, const std::string& what) {
+  if (!ok) ++failures;
+  printf("  %s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+}
+static std::string joined() {
+  std::string s;
+  for (const auto& l : fake_log) s += (s.empty() ? "" : " | ") + l;
+  return s;
+}
+// The message of what f throws ("" if nothing) and how long it took.
+template <class F>
+static std::pair<std::string, double> thrown(F&& f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string msg;
+  try {
+    f();
+  } catch (const std::exception& e) {
+    msg = e.what();
+  }
+  return {msg, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()};
+}
+static bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+static void reset() {
+  fake_log.clear();
+  fake_stream_idle = true;
+  fake::init_result = ncclSuccess, fake::async_state = ncclSuccess, fake::aborts = 0;
+}
+
+int main() {
+  const ncclUniqueId id{};
+  reset();
+  int64_t g = create_group(id, 1, 4, 0, 200);
+  expect(has(joined(), "init rank 1 of 4 nonblocking"), "the communicator is nonblocking (a missing rank costs a timeout, not a hang): " + joined());
+
+  // The ring exchange: one group, send to rank 2, recv from rank 0, on the caller's stream.
+  fake_log.clear();
+  CUstream_st ring_stream{99};
+  char a[64], b[64];
+  ring_exchange(g, a, b, 64, &ring_stream);
+  expect(joined() == "groupStart | send 64 type 1 to 2 on stream99 | recv 64 type 1 from 0 on stream99 | groupEnd",
+         "ring exchange is one group, send(next) then recv(prev): " + joined());
+
+  // A user send is held and posted with the next recv in one group, after the default stream.
+  fake_log.clear();
+  ra::Tensor t = ra::Tensor::empty({8}, ra::DType::F32, ra::Device::CUDA), r = ra::Tensor::empty({8}, ra::DType::BF16, ra::Device::CUDA);
+  send(g, t, 3);
+  expect(fake_log.empty(), "send alone posts nothing yet");
+  recv(g, r, 3);
+  const std::string l = joined();
+  expect(has(l, "record event") && has(l, "on default") && l.find("waits event") < l.find("groupStart") &&
+             l.find("groupStart") < l.find("send 8 type 7 to 3") && l.find("send 8 type 7 to 3") < l.find("recv 8 type 9 from 3") &&
+             l.find("recv 8 type 9 from 3") < l.find("groupEnd"),
+         "send + recv: the stream waits for the default stream, then one group: " + l);
+
+  // allReduce: after the default stream (the gradients it sums are written there).
+  fake_log.clear();
+  all_reduce_sum(g, t);
+  const std::string ar = joined();
+  expect(ar.find("on default") < ar.find("waits event") && ar.find("waits event") < ar.find("allReduce 8"),
+         "allReduce waits for the default stream first: " + ar);
+
+  // A wait that never ends: aborted after the timeout, with an error naming it; later calls refuse.
+  fake_stream_idle = false;
+  auto [msg, ms] = thrown([&] { wait_stream(g, &ring_stream, "ring attention transfers"); });
+  expect(has(msg, "ring attention transfers on rank 1 did not finish within 200 ms") && has(msg, "aborted"), "timeout message: " + msg);
+  expect(ms >= 200 && ms < 5000, "the timeout took " + std::to_string(ms) + " ms (200 asked)");
+  expect(fake::aborts == 1, "the communicator was aborted once");
+  fake_stream_idle = true;
+  auto [again, _] = thrown([&] { all_reduce_sum(g, t); });
+  expect(has(again, "aborted after an earlier error or timeout"), "a call after the abort: " + again);
+  destroy_group(g);
+
+  // An asynchronous NCCL error (a peer died): aborted at once, the error named.
+  reset();
+  g = create_group(id, 0, 2, 0, 10000);
+  fake_stream_idle = false;
+  fake::async_state = ncclRemoteError;
+  auto [err, err_ms] = thrown([&] { barrier(g); });
+  expect(has(err, "NCCL barrier failed on rank 0: remote process exited") && err_ms < 2000, "async error: " + err);
+  expect(fake::aborts == 1, "aborted on the async error");
+  destroy_group(g);
+
+  // A rank that never joins: init stays in progress; the constructor gives up at the timeout
+  // and frees its stream and event.
+  reset();
+  const int streams = fake_live_streams, events = fake_live_events;
+  fake::init_result = ncclInProgress;
+  fake::async_state = ncclInProgress;
+  auto [join, join_ms] = thrown([&] { create_group(id, 2, 3, 0, 100); });
+  expect(has(join, "joining the communicator (ncclCommInitRankConfig) on rank 2 did not finish within 100 ms") &&
+             has(join, "never joined"), "never joined: " + join);
+  expect(join_ms >= 100 && fake::aborts == 1, "gave up after " + std::to_string(join_ms) + " ms and aborted");
+  expect(fake_live_streams == streams && fake_live_events == events, "no stream or event left behind");
+
+  // Destroying a healthy group waits for its sends and destroys the communicator.
+  reset();
+  g = create_group(id, 0, 2, 0, 1000);
+  const int destroyed = fake::destroys;
+  destroy_group(g);
+  expect(fake::destroys == destroyed + 1 && fake_live_streams == streams && fake_live_events == events,
+         "destroy: communicator destroyed, stream and events freed");
+
+  printf("%d failures\n", failures);
+  return failures != 0;
+}
