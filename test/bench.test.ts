@@ -135,9 +135,16 @@ describe('ring parts (benchmarks only)', () => {
     expect(String(err)).toMatch(/opts\.parts/);
   });
 
-  it('runs the compute alone and the transfers alone without a hang, on both passes', async () => {
-    const results = await launch({ worldSize: 3 }, new URL('./fixtures/ring-parts.mjs', import.meta.url), {}) as { finite: boolean[] }[];
+  it('runs the compute alone and the transfers alone without a hang, on both passes; the transfers alone compute nothing', async () => {
+    type Part = { out: number; dk: number; noKeys: boolean };
+    const results = await launch({ worldSize: 3 }, new URL('./fixtures/ring-parts.mjs', import.meta.url), {}) as { finite: boolean[]; parts: Record<string, Part> }[];
     expect(results.map((r) => r.finite)).toEqual([[true, true, true, true], [true, true, true, true], [true, true, true, true]]);
+    for (const r of results) {
+      expect(r.parts.transfers).toEqual({ out: 0, dk: 0, noKeys: true });
+      expect(r.parts.compute!.out).toBeGreaterThan(0);
+      expect(r.parts.compute!.dk).toBeGreaterThan(0);
+      expect(r.parts.compute!.noKeys).toBe(false);
+    }
   });
 });
 

@@ -60,6 +60,13 @@ describe('ring attention equals attention over the whole sequence', () => {
           expectRingMatchesReference(dims(worldSize, worldSize === 3 ? 7 : 5), worldSize, causal, layout));
       }
 
+  // Shards of 74 tokens (chunks of 37) span the CPU kernel's 32-row and 64-key tiles, so a
+  // ring step's block is ragged inside, not only at its end.
+  for (const worldSize of [2, 3])
+    for (const layout of ['contiguous', 'zigzag'] as const)
+      it(`N=${worldSize} ${layout} causal, shards of 74 tokens (past one tile)`, () =>
+        expectRingMatchesReference({ ...dims(worldSize, 37), batch: 1 }, worldSize, true, layout));
+
   it('head dim 128 with GQA 4:1, N=2 contiguous causal', () =>
     expectRingMatchesReference({ batch: 1, seqQ: 18, seqK: 18, heads: 4, kvHeads: 1, dim: 128 }, 2, true, 'contiguous'));
 
