@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { flopsPerToken, matmulParameters, peakTflops } from '../dist/bench/flops.js';
+import { flopsPerToken, matmulParameters, minOverlapBlock, peakTflops } from '../dist/bench/flops.js';
 import { fitLine } from '../dist/bench/memory.js';
 import { familyOf, profile } from '../dist/bench/profile.js';
 import { native } from '../dist/native.js';
@@ -196,6 +196,15 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
       for (const p of [r.forward, r.backward]) for (const k of ['both', 'compute', 'transfers']) expect(p[k]).toBeGreaterThan(0);
       expect(r.ratioForward).toBeCloseTo(r.forward.both! / r.singleForwardMs, 9);
     }
+    // The README's table: H100 at 989 TFLOP/s over NVLink 4 (450 GB/s) and InfiniBand NDR (50 GB/s).
+    expect(w.stdout).toMatch(/c >= F \/ B at 989 TFLOP\/s .*NVLink 4 .* at 450 GB\/s: c >= 2\.2K tokens per rank block, 13\.2K per rank; InfiniBand .* at 50 GB\/s: c >= 19\.8K tokens per rank block, 118\.7K per rank/);
+  });
+
+  it("the paper's overlap rule: its Table 2 rows, c = F / B", () => {
+    expect(minOverlapBlock(312, 300)).toBeCloseTo(1040, 6); // A100 NVLink: 1.0K
+    expect(minOverlapBlock(123, 112)).toBeCloseTo(1098.2, 1); // TPU v3: 1.1K
+    expect(minOverlapBlock(275, 268)).toBeCloseTo(1026.1, 1); // TPU v4: 1.0K
+    expect(minOverlapBlock(989, 450)).toBeCloseTo(2197.8, 1);
   });
 
   it('memory: activations grow linearly with the context, and checkpointing keeps fewer', () => {

@@ -42,3 +42,18 @@ export function peakTflops(gpuName: string | null): { tflops: number; matched: s
   const hit = PEAK_TFLOPS.find(([re]) => re.test(gpuName));
   return hit ? { tflops: hit[1], matched: hit[2] } : null;
 }
+
+/** Links of the paper's overlap rule, one-way GB/s per GPU (README's table). */
+export const LINKS: readonly (readonly [string, number])[] = [
+  ['NVLink 4 (DGX H100/H200)', 450],
+  ['InfiniBand NDR, one 400 Gb/s port per GPU', 50],
+];
+
+/**
+ * The paper's smallest per-rank block (tokens) whose K/V transfer hides under the attention
+ * on the block before it: c >= F / B, F the GPU's FLOP/s and B the link's one-way bytes/s.
+ * Each rank then needs a sequence of at least 6c tokens.
+ */
+export function minOverlapBlock(tflops: number, oneWayGBs: number): number {
+  return (tflops * 1e12) / (oneWayGBs * 1e9);
+}

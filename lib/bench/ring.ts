@@ -11,6 +11,7 @@ import type { Layout } from '../shard.js';
 import { tensor, type Tensor } from '../tensor.js';
 import type { Column } from './report.js';
 import type { RingParts, RingRankArgs } from './ring-rank.js';
+import { LINKS, minOverlapBlock, peakTflops } from './flops.js';
 import { intList, intOption, type Suite } from './suite.js';
 import { medianMs, randomArray } from './timing.js';
 
@@ -110,6 +111,11 @@ export const ringSuite: Suite<RingRow> = {
       'whole/max: the whole ring call over the larger of its compute alone and its transfers alone (1.00: transfers fully hidden; ' +
       '(compute+transfers)/max: none hidden)');
     if (ctx.device === 'cpu') notes.push('on the CPU, in-process transfers pass pointers: there is nothing to hide, and the ranks contend for the same cores');
+    const peak = peakTflops(ctx.machine.gpu) ?? { tflops: 989, matched: 'H100/H200 SXM (no GPU detected)' };
+    const k = (tokens: number) => `${(tokens / 1e3).toFixed(1)}K`;
+    notes.push(`the paper's rule for transfers to hide across GPUs, c >= F / B at ${peak.tflops} TFLOP/s (${peak.matched}): ` +
+      LINKS.map(([link, gbs]) => `${link} at ${gbs} GB/s: c >= ${k(minOverlapBlock(peak.tflops, gbs))} tokens per rank block, ` +
+        `${k(6 * minOverlapBlock(peak.tflops, gbs))} per rank`).join('; '));
     return { suite: 'ring', params: o, rows, notes, columns: COLUMNS, chart: {
       title: 'Ring overhead: ring / single-device time (forward+backward)',
       x: { title: 'ranks', value: (r) => r.ranks, log2: true },
