@@ -1,5 +1,6 @@
 // Runs the flash-attention kernels on the CPU emulator (shim.h) against a float64 reference:
-// forward (out, lse), the ring merge into a float32 running output, and the backward with
+// forward (out, lse), the ring merge into a float32 running output (causal too, where rows of
+// a piece see no key and must pass through untouched), and the backward with
 // atomic and deterministic dQ, over dtypes, head dims 1-256, ragged tiles, GQA and causal
 // shapes where whole tiles see no key. Built and run by test/flash-emulator.test.ts:
 //   g++ -std=c++20 -O2 -fsanitize=address -DRA_FLASH_EMULATOR -I. -Itest/flash-emulator \
@@ -141,15 +142,17 @@ bool run_case(const Case& c, int mode) {
     cmp("dk", [&](size_t i) { return double(dk[i]); }, nk, [&](size_t i) { return rdk[i]; }, tol * 1.5);
     cmp("dv", [&](size_t i) { return double(dv[i]); }, nk, [&](size_t i) { return rdv[i]; }, tol * 1.5);
   } else {
-    // ring merge: keys in two pieces [0, s1) and [s1, Sk), each a separate call accumulating into float out
-    if (c.causal) return true;
+    // ring merge: keys in two pieces [0, s1) and [s1, Sk), each a separate call accumulating into
+    // float out. Causal: the second piece's diagonal moves s1 keys left, so rows near the top
+    // see none of its keys (or, with Sq > Sk, none at all): they must come through untouched.
     std::vector<float> acc(nq, 0.f);
     std::vector<float> l2(lse.size(), -INFINITY);
     const int s1 = c.Sk / 3;
     FwdParams a = p; a.out_accum = acc.data(); a.lse = l2.data(); a.out = nullptr;
-    a.seq_k = s1; fwd<T>(a, false);
+    a.seq_k = s1; fwd<T>(a, c.causal);
     FwdParams b2 = a; b2.seq_k = c.Sk - s1; b2.k = k.data() + int64_t(s1) * p.k_row_stride; b2.v = v.data() + int64_t(s1) * p.v_row_stride;
-    fwd<T>(b2, false);
+    b2.causal_offset = off - s1;
+    fwd<T>(b2, c.causal);
     cmp("merged out", [&](size_t i) { return double(acc[i]); }, nq, [&](size_t i) { return ro[i]; }, tol);
     cmp("merged lse", [&](size_t i) { return double(l2[i]); }, lse.size(), [&](size_t i) { return double(rlse[i]); }, 1e-4);
   }
