@@ -1,5 +1,6 @@
 // The README's example must run as printed: its two code blocks are written to a scratch
-// directory (importing this build instead of the published name) and main.mjs is run.
+// directory (importing this build instead of the published name) and main.mjs is run. And
+// the benchmark figures it quotes must be those of the committed results it names.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,4 +24,28 @@ it('the README example runs and ring equals single-device attention', () => {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+it("the README's benchmark figures are those of the committed results it names", () => {
+  const readme = readFileSync(join(root, 'README.md'), 'utf8');
+  const results = join(root, 'bench', 'results');
+  // Every result named (a file, or a * for every suite) exists as JSON, CSV and SVG.
+  for (const [, stem] of readme.matchAll(/bench\/results\/([\w*.-]+?)\.(?:\*|svg)/g)) {
+    const stems = stem!.startsWith('*') ? ['attention', 'memory', 'mfu', 'ring'].map((s) => s + stem!.slice(1)) : [stem!];
+    for (const s of stems) for (const ext of ['json', 'csv', 'svg']) expect(() => readFileSync(join(results, `${s}.${ext}`)), `${s}.${ext}`).not.toThrow();
+  }
+  // The memory table and the vectors per token per layer quoted beside it.
+  const memory = JSON.parse(readFileSync(join(results, 'memory-cpu-2026-12-02-055bf08.json'), 'utf8')) as {
+    rows: { context: number; checkpoint: boolean; activationBytes: number }[]; notes: string[];
+  };
+  const mib = (context: number, checkpoint: boolean) =>
+    (memory.rows.find((r) => r.context === context && r.checkpoint === checkpoint)!.activationBytes / 2 ** 20).toFixed(1);
+  const table = [...readme.matchAll(/^\| (\d+) \| ([\d.]+) \| ([\d.]+) \|$/gm)];
+  expect(table.length).toBe(4);
+  for (const [, context, on, off] of table) expect([on, off], `context ${context}`).toEqual([mib(Number(context), true), mib(Number(context), false)]);
+  const [, perTokenOn, vectorsOn, perTokenOff, vectorsOff] = readme.match(/([\d.]+) KiB per token with checkpointing, ([\d.]+) hidden-sized[\s\S]*?against ([\d.]+) KiB and ([\d.]+) vectors without/)!;
+  expect(memory.notes[0]).toContain(`${perTokenOn} KiB x context`);
+  expect(memory.notes[0]).toContain(`${vectorsOn} float32 hidden vectors`);
+  expect(memory.notes[1]).toContain(`${perTokenOff} KiB x context`);
+  expect(memory.notes[1]).toContain(`${vectorsOff} float32 hidden vectors`);
 });
