@@ -187,7 +187,8 @@ void upload_f32(const float* host, void* dst, DType dtype, size_t n) {
   if (dtype == DType::BF16) from_f32_kernel<<<grid_for(n), 256>>>(src, static_cast<__nv_bfloat16*>(dst), n);
   else from_f32_kernel<<<grid_for(n), 256>>>(src, static_cast<__half*>(dst), n);
   check(cudaGetLastError(), "conversion kernel launch");
-  check(cudaDeviceSynchronize(), "conversion kernel");
+  // The default stream only: a whole-device sync would also wait for other ranks' ring streams.
+  check(cudaStreamSynchronize(nullptr), "conversion kernel");
 }
 
 void f32_to_dtype(const float* src, void* dst, DType dtype, size_t n, void* stream) {

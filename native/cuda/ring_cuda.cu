@@ -7,6 +7,9 @@
 
 #include <cmath>
 #include <exception>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "check.h"
 #include "device.h"
@@ -44,6 +47,9 @@ class Link {
                         const Event* recv_free) = 0;
   // Before the buffers are freed: every send has completed (in `compute`'s order, or waited for).
   virtual void finish(cudaStream_t compute, cudaStream_t comm) = 0;
+  // After an error mid-loop: waits (bounded) until our streams are idle. True when a peer may
+  // still read our buffers (their memory must then not go back to the cache).
+  virtual bool drain_after_error(cudaStream_t compute, cudaStream_t comm) noexcept = 0;
 };
 
 // In-process peers (threads): a block is offered to the next rank (its address and an event
@@ -71,6 +77,7 @@ class LocalLink : public Link {
     o->ptr = send, o->bytes = bytes;
     o->ready.record(comm);
     t_.post(next_, kTag[kind], o);
+    offered_ = true;
     ++outstanding_[kind];
     reclaim(kind, comm, 1);  // `recv` is the buffer offered last time: the next rank has copied it
     if (recv_free) recv_free->wait_on(comm);
@@ -89,6 +96,13 @@ class LocalLink : public Link {
     reclaim(KV, compute, 0);
     reclaim(DKV, compute, 0);
   }
+  // Our streams only wait on events already recorded, so they drain. A peer may have taken an
+  // offer and queued its copy from our buffer without our seeing the receipt.
+  bool drain_after_error(cudaStream_t compute, cudaStream_t comm) noexcept override {
+    cudaStreamSynchronize(comm);
+    cudaStreamSynchronize(compute);
+    return offered_;
+  }
 
  private:
   static constexpr int kTag[2] = {ring::TAG_DEV_KV, ring::TAG_DEV_DKV};
@@ -101,6 +115,7 @@ class LocalLink : public Link {
   ring::LocalTransport& t_;
   const int next_, prev_;
   int outstanding_[2] = {0, 0};
+  bool offered_ = false;
 };
 
 // Processes over NCCL: a grouped send/recv on the ring's communication stream. NCCL errors
@@ -115,6 +130,16 @@ class NcclLink : public Link {
     nccl::ring_exchange(g_, send, recv, bytes, comm);
   }
   void finish(cudaStream_t, cudaStream_t comm) override { nccl::wait_stream(g_, comm, "ring attention transfers"); }
+  // NCCL work may wait on a dead peer: polled against the group's timeout, which aborts the
+  // communicator (and so ends that work) before the compute stream, which may wait on it.
+  bool drain_after_error(cudaStream_t compute, cudaStream_t comm) noexcept override {
+    try {
+      nccl::wait_stream(g_, comm, "ring attention transfers (after an error)");
+    } catch (...) {
+    }
+    cudaStreamSynchronize(compute);
+    return false;
+  }
 
  private:
   int64_t g_;
@@ -150,14 +175,26 @@ flash::FwdParams step_params(const ring::RingShape& s, const ring::Plan& pl, con
   return p;
 }
 
-// On an error mid-loop, the buffers below go back to the cache while our streams may still
-// use them: wait for the streams first (declared after the buffers, so it runs before them).
+// The loop's device buffers. On an error they would go back to the cache while our streams,
+// or a peer's copy, may still use them: DrainOnError (declared after them, so it runs first)
+// waits for our streams, and leaks the buffers when a peer may still read them (a cudaFree
+// under that copy, on a later out-of-memory, would break the whole CUDA context).
+struct Buffers {
+  std::vector<std::unique_ptr<Storage>> all;
+  Storage& add(size_t bytes) {
+    all.push_back(std::make_unique<Storage>(Device::CUDA, bytes));
+    return *all.back();
+  }
+};
 struct DrainOnError {
-  cudaStream_t a, b;
+  Link& link;
+  cudaStream_t compute, comm;
+  Buffers& buffers;
+  const int exceptions = std::uncaught_exceptions();
   ~DrainOnError() {
-    if (std::uncaught_exceptions() == 0) return;
-    cudaStreamSynchronize(a);
-    cudaStreamSynchronize(b);
+    if (std::uncaught_exceptions() == exceptions) return;
+    if (link.drain_after_error(compute, comm))
+      for (auto& b : buffers.all) (void)b.release();  // deliberately leaked
   }
 };
 
@@ -190,10 +227,11 @@ void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const T
   const int N = link.world(), r = link.rank();
   const size_t esz = dtype_size(q.dtype), kv_bytes = 2 * k.storage->bytes, n_q = size_t(q.numel());
   Stream compute, comm;
-  Storage kv0(Device::CUDA, kv_bytes), kv1(Device::CUDA, kv_bytes), acc(Device::CUDA, n_q * 4);
+  Buffers buffers;
+  Storage &kv0 = buffers.add(kv_bytes), &kv1 = buffers.add(kv_bytes), &acc = buffers.add(n_q * 4);
   Storage* kv[2] = {&kv0, &kv1};
   after_default_stream(compute.s, comm.s);  // after the allocations: see there
-  DrainOnError drain{compute.s, comm.s};
+  DrainOnError drain{link, compute.s, comm.s, buffers};
   pack_kv(kv0.ptr, k, v, compute.s);
   Event packed, computed[2], arrived;
   packed.record(compute.s);
@@ -234,12 +272,13 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
   const size_t n_kv = size_t(k.numel()), dkv_bytes = 2 * n_kv * 4;
   const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
   Stream compute, comm;
-  Storage kv0(Device::CUDA, kv_bytes), kv1(Device::CUDA, kv_bytes), dkv0(Device::CUDA, dkv_bytes),
-      dkv1(Device::CUDA, dkv_bytes), dq_acc(Device::CUDA, n_q * 4), delta(Device::CUDA, size_t(lse.numel()) * 4);
+  Buffers buffers;
+  Storage &kv0 = buffers.add(kv_bytes), &kv1 = buffers.add(kv_bytes), &dkv0 = buffers.add(dkv_bytes),
+          &dkv1 = buffers.add(dkv_bytes), &dq_acc = buffers.add(n_q * 4), &delta = buffers.add(size_t(lse.numel()) * 4);
   Storage* kv[2] = {&kv0, &kv1};
   Storage* dkv[2] = {&dkv0, &dkv1};
   after_default_stream(compute.s, comm.s);
-  DrainOnError drain{compute.s, comm.s};
+  DrainOnError drain{link, compute.s, comm.s, buffers};
   pack_kv(kv0.ptr, k, v, compute.s);
   Event packed, computed[2], kv_arrived, dkv_arrived;
   packed.record(compute.s);
@@ -298,16 +337,27 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
 
 }  // namespace
 
+// A rank that fails mid-loop aborts its in-process group: peers waiting for its blocks fail
+// at once with its error, and no later call takes a stale offer left in the mailboxes.
+template <typename F>
+void aborting_group_on_error(ring::LocalTransport& t, F&& loop) {
+  try {
+    LocalLink link(t);
+    loop(link);
+  } catch (const std::exception& e) {
+    t.abort("rank " + std::to_string(t.rank()) + " failed in ring attention: " + e.what());
+    throw;
+  }
+}
+
 void ring_forward(ring::LocalTransport& t, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                   Tensor& out, Tensor& lse) {
-  LocalLink link(t);
-  forward_loop(link, s, q, k, v, out, lse);
+  aborting_group_on_error(t, [&](Link& link) { forward_loop(link, s, q, k, v, out, lse); });
 }
 void ring_backward(ring::LocalTransport& t, const ring::RingShape& s, const Tensor& dout, const Tensor& q,
                    const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk,
                    Tensor& dv) {
-  LocalLink link(t);
-  backward_loop(link, s, dout, q, k, v, out, lse, dq, dk, dv);
+  aborting_group_on_error(t, [&](Link& link) { backward_loop(link, s, dout, q, k, v, out, lse, dq, dk, dv); });
 }
 void ring_forward_nccl(int64_t group, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                        Tensor& out, Tensor& lse) {

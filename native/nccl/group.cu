@@ -104,9 +104,10 @@ class Group {
   void ring_exchange(const void* send, void* recv, size_t bytes, cudaStream_t s) {
     flush();  // user sends stay ordered before ring traffic
     const int next = (rank_ + 1) % world_, prev = (rank_ + world_ - 1) % world_;
+    const ncclComm_t comm = live();  // before the group opens: a throw inside would leave it open
     check(api_.GroupStart(), "ncclGroupStart");
-    ncclResult_t a = api_.Send(send, bytes, ncclUint8, next, live(), s);
-    ncclResult_t b = api_.Recv(recv, bytes, ncclUint8, prev, live(), s);
+    ncclResult_t a = api_.Send(send, bytes, ncclUint8, next, comm, s);
+    ncclResult_t b = api_.Recv(recv, bytes, ncclUint8, prev, comm, s);
     check(api_.GroupEnd(), "ncclGroupEnd");
     check(a, "ncclSend");
     check(b, "ncclRecv");
@@ -126,11 +127,16 @@ class Group {
     return comm_;
   }
   // A nonblocking communicator may answer ncclInProgress while it enqueues; the next call (and
-  // any event we record after the work) must wait until it has finished doing so.
+  // any event we record after the work) must wait until it has finished doing so. Any other
+  // answer aborts the communicator first: NCCL work queued earlier may be waiting for a peer
+  // that is gone, and whoever drains our streams after this error must not wait on it forever.
   void check(ncclResult_t r, const char* what) {
     if (r == ncclInProgress) settle(what);
-    else if (r != ncclSuccess)
-      throw UserError("Error", std::string(what) + " failed on rank " + std::to_string(rank_) + ": " + api_.GetErrorString(r));
+    else if (r != ncclSuccess) {
+      const std::string why = api_.GetErrorString(r);
+      if (comm_) abort();
+      throw UserError("Error", std::string(what) + " failed on rank " + std::to_string(rank_) + ": " + why);
+    }
   }
   // Polls until the communicator has no call in progress; an error or the deadline aborts it.
   void settle(const std::string& what) {

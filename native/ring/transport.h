@@ -91,6 +91,7 @@ class LocalTransport : public Transport {
   Message take(int peer, int tag) { return g_->recv(peer, rank_, tag); }
   void all_reduce_sum(float* data, size_t n) override { g_->all_reduce_sum(rank_, data, n); }
   void barrier() override { g_->all_reduce_sum(rank_, nullptr, 0); }
+  void abort(const std::string& reason) { g_->abort(reason); }
 
  private:
   std::shared_ptr<LocalGroup> g_;

@@ -51,4 +51,16 @@ describe.skipIf(!cuda.available)(title, () => {
           for (const tt of [...Object.values(t), one.out, one.lse, g.dq, g.dk, g.dv]) tt.dispose();
         });
       }
+
+  it('a rank with a mismatched shard fails the whole ring fast, and the GPU stays usable', async () => {
+    const started = Date.now();
+    const error = await launch({ worldSize: 3 }, new URL('../fixtures/mismatched-shards.mjs', import.meta.url), { device: 'cuda' }).catch((e) => e);
+    expect(error).toBeInstanceOf(Error);
+    expect(error.message).toMatch(/every rank must pass shards of the same shape|group aborted/);
+    expect(Date.now() - started).toBeLessThan(20_000);
+    // The context survived: a correct ring runs after it.
+    const x: Dims = { batch: 1, seqQ: 160, seqK: 160, heads: 4, kvHeads: 2, dim: 64 };
+    const r = await runRing(x, 2, true, 'zigzag');
+    expect(relErr(r.out, attentionRef(r.inputs.q, r.inputs.k, r.inputs.v, x, { causal: true }).out)).toBeLessThan(1.5e-2);
+  });
 });

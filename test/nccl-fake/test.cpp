@@ -32,6 +32,7 @@ using namespace ra::nccl;
 namespace fake {
 ncclResult_t init_result = ncclSuccess;   // what ncclCommInitRankConfig answers
 ncclResult_t async_state = ncclSuccess;   // what ncclCommGetAsyncError reports
+ncclResult_t send_result = ncclSuccess;   // what ncclSend answers
 int aborts = 0, destroys = 0, comm_storage = 0;
 ncclComm_t comm() { return reinterpret_cast<ncclComm_t>(&comm_storage); }
 void log(const std::string& s) { fake_log.push_back(s); }
@@ -51,7 +52,7 @@ const Api api = {
     [](ncclResult_t r) { return r == ncclRemoteError ? "remote process exited or there was a network error" : "fake"; },
     [](const void*, size_t n, ncclDataType_t t, int peer, ncclComm_t, cudaStream_t s) {
       log("send " + std::to_string(n) + " type " + std::to_string(t) + " to " + std::to_string(peer) + " on " + stream(s));
-      return ncclSuccess;
+      return send_result;
     },
     [](void*, size_t n, ncclDataType_t t, int peer, ncclComm_t, cudaStream_t s) {
       log("recv " + std::to_string(n) + " type " + std::to_string(t) + " from " + std::to_string(peer) + " on " + stream(s));
@@ -96,7 +97,7 @@ static bool has(const std::string& s, const std::string& part) { return s.find(p
 static void reset() {
   fake_log.clear();
   fake_stream_idle = true;
-  fake::init_result = ncclSuccess, fake::async_state = ncclSuccess, fake::aborts = 0;
+  fake::init_result = ncclSuccess, fake::async_state = ncclSuccess, fake::send_result = ncclSuccess, fake::aborts = 0;
 }
 
 int main() {
@@ -151,6 +152,19 @@ int main() {
   auto [err, err_ms] = thrown([&] { barrier(g); });
   expect(has(err, "NCCL barrier failed on rank 0: remote process exited") && err_ms < 2000, "async error: " + err);
   expect(fake::aborts == 1, "aborted on the async error");
+  destroy_group(g);
+
+  // A send that fails outright: the communicator is aborted before the error is thrown (work
+  // queued earlier may wait on a dead peer; draining the streams afterwards must not hang),
+  // and a later exchange is refused before it opens an NCCL group it could not close.
+  reset();
+  g = create_group(id, 0, 2, 0, 10000);
+  fake::send_result = ncclRemoteError;
+  const std::string sent = thrown([&] { ring_exchange(g, a, b, 64, &ring_stream); }).first;
+  expect(has(sent, "ncclSend failed on rank 0: remote process exited") && fake::aborts == 1, "failed send aborts first: " + sent);
+  fake_log.clear();
+  const std::string after = thrown([&] { ring_exchange(g, a, b, 64, &ring_stream); }).first;
+  expect(has(after, "aborted after an earlier error") && fake_log.empty(), "exchange after the abort opens no group: " + joined());
   destroy_group(g);
 
   // A rank that never joins: init stays in progress; the constructor gives up at the timeout

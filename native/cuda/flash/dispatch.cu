@@ -74,8 +74,10 @@ void compute_delta(const FwdParams& p, const void* out, const void* dout, float*
   const unsigned blocks = unsigned((rows * 32 + 255) / 256);
   if (dtype == DType::BF16)
     delta_kernel<<<blocks, 256, 0, s>>>(p, static_cast<const __nv_bfloat16*>(out), static_cast<const __nv_bfloat16*>(dout), delta);
-  else
+  else if (dtype == DType::F16)
     delta_kernel<<<blocks, 256, 0, s>>>(p, static_cast<const __half*>(out), static_cast<const __half*>(dout), delta);
+  else
+    throw UserError("TypeError", "CUDA attention takes bfloat16 or float16 tensors");
   check(cudaGetLastError(), "attention delta launch");
 }
 

@@ -5,6 +5,7 @@
 // promise float32 results (TF32 keeps 10 mantissa bits: ~1e-3 relative error, a thousand
 // times what the CPU comparison allows). One handle per device, shared by the threads of
 // the process under a mutex (cuBLAS calls only enqueue work, so the lock is short).
+#include <algorithm>
 #include <climits>
 #include <map>
 #include <mutex>
@@ -51,6 +52,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const voi
   }
   ok(api, api.SetStream(h, nullptr), "cublasSetStream");
   const float alpha = 1.f;
+  lda = std::max<int64_t>(lda, 1), ldb = std::max<int64_t>(ldb, 1);  // K = 0 gives 0; cuBLAS wants >= 1
   // cuBLAS is column-major: a row-major C = op(A) op(B) is the column-major C^T = op(B)^T op(A)^T,
   // and a row-major matrix read column-major is its transpose, so the flags carry over as they are.
   ok(api,
