@@ -175,7 +175,7 @@ class Group {
     pending_.clear();
   }
   void abort() {
-    api_.CommAbort(comm_);
+    if (comm_) api_.CommAbort(comm_);
     comm_ = nullptr;
   }
   // Polls until the stream is idle; an NCCL error or the deadline aborts the communicator.
@@ -194,7 +194,7 @@ class Group {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
     while (!done()) {
       ncclResult_t async = ncclSuccess;
-      api_.CommGetAsyncError(comm_, &async);
+      if (comm_) api_.CommGetAsyncError(comm_, &async);  // none once aborted: only the stream is polled
       if (async != ncclSuccess && async != ncclInProgress) {
         std::string why = api_.GetErrorString(async);
         abort();

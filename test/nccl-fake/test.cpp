@@ -139,6 +139,10 @@ int main() {
   expect(has(msg, "ring attention transfers on rank 1 did not finish within 200 ms") && has(msg, "aborted"), "timeout message: " + msg);
   expect(ms >= 200 && ms < 5000, "the timeout took " + std::to_string(ms) + " ms (200 asked)");
   expect(fake::aborts == 1, "the communicator was aborted once");
+  // Draining a stream after the abort (the ring's error path) polls the stream alone, bounded.
+  auto [drain, drain_ms] = thrown([&] { wait_stream(g, &ring_stream, "drain"); });
+  expect(has(drain, "did not finish within 200 ms") && fake::aborts == 1 && drain_ms < 5000,
+         "a wait after the abort is bounded and aborts nothing more: " + drain);
   fake_stream_idle = true;
   auto [again, _] = thrown([&] { all_reduce_sum(g, t); });
   expect(has(again, "aborted after an earlier error or timeout"), "a call after the abort: " + again);
