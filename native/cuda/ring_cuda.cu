@@ -5,6 +5,7 @@
 // the loop the host waits only for peer threads' posts (in-process), never for the GPU.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <exception>
 #include <memory>
@@ -150,6 +151,17 @@ __global__ void fill_kernel(float* p, float value, size_t n) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) p[i] = value;
 }
 
+// dst += src over `len` values at `offset` of each of `batch` runs `stride` apart, in both
+// halves (K's, then V's at `half`) of a dK/dV block.
+__global__ void add_rows_kernel(float* dst, const float* src, int64_t batch, int64_t stride, int64_t offset,
+                                int64_t len, int64_t half) {
+  const int64_t n = 2 * batch * len;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t part = i / (batch * len), b = i / len % batch, j = part * half + b * stride + offset + i % len;
+    dst[j] += src[j];
+  }
+}
+
 // Kernel parameters for one step: queries [q_off, q_off + q_len) of this rank against keys
 // [k_off, k_off + k_len) of the block in `kv` (K, then V), as planned by ring::plan.
 flash::FwdParams step_params(const ring::RingShape& s, const ring::Plan& pl, const char* q, const char* kv,
@@ -274,13 +286,14 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
   Stream compute, comm;
   Buffers buffers;
   Storage &kv0 = buffers.add(kv_bytes), &kv1 = buffers.add(kv_bytes), &dkv0 = buffers.add(dkv_bytes),
-          &dkv1 = buffers.add(dkv_bytes), &dq_acc = buffers.add(n_q * 4), &delta = buffers.add(size_t(lse.numel()) * 4);
+          &dkv1 = buffers.add(dkv_bytes), &step_dkv = buffers.add(dkv_bytes), &dq_acc = buffers.add(n_q * 4),
+          &delta = buffers.add(size_t(lse.numel()) * 4);
   Storage* kv[2] = {&kv0, &kv1};
   Storage* dkv[2] = {&dkv0, &dkv1};
   after_default_stream(compute.s, comm.s);
   DrainOnError drain{link, compute.s, comm.s, buffers};
   pack_kv(kv0.ptr, k, v, compute.s);
-  Event packed, computed[2], kv_arrived, dkv_arrived;
+  Event packed, computed[2], added, kv_arrived, dkv_arrived;
   packed.record(compute.s);
   packed.wait_on(comm.s);
   zero(dkv0.ptr, dkv_bytes, compute.s);
@@ -291,7 +304,10 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
   flash::compute_delta(wp, out.storage->ptr, dout.storage->ptr, static_cast<float*>(delta.ptr), q.dtype, compute.s);
 
   // dK/dV of a block travel with it, gathering every rank's contribution in float32, and
-  // reach their owner with one extra hop after the last step.
+  // reach their owner with one extra hop after the last step. Each kernel writes this step's
+  // contribution into step_dkv, not into the travelling block, so that it need not wait for
+  // the block's arrival: only the add after it does, and the hop runs under the next kernel
+  // (ring-flash-attention's order).
   const bool travels = N > 1 && s.moves();  // alone, a block never leaves (and NCCL is not asked to send to itself)
   for (int step = 0; step < N; ++step) {
     const int cur = s.moves() ? step & 1 : 0;
@@ -300,27 +316,38 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
       link.exchange(Link::KV, kv[cur]->ptr, kv[1 - cur]->ptr, kv_bytes, comm.s, step > 0 ? &computed[1 - cur] : nullptr);
       kv_arrived.record(comm.s);
     }
-    if (step > 0 && travels) dkv_arrived.wait_on(compute.s);
     const ring::Plan pl = ring::plan(s, r, (r - step + N) % N);
-    if (!pl.skip && s.computes()) {
+    // An empty range leaves step_dkv as it was: nothing to add.
+    const bool computes = !pl.skip && s.computes() && pl.q_len > 0 && pl.k_len > 0;
+    if (computes) {
       flash::BwdParams bp{};
       bp.fwd = step_params(s, pl, static_cast<const char*>(q.storage->ptr), static_cast<const char*>(kv[cur]->ptr), esz,
                            const_cast<float*>(lse.f32()));
       bp.dout = static_cast<const char*>(dout.storage->ptr) + pl.q_off * qrow * esz;
       bp.delta = static_cast<const float*>(delta.ptr) + pl.q_off;
       bp.dq_accum = static_cast<float*>(dq_acc.ptr) + pl.q_off * qrow;
-      bp.dk_accum = static_cast<float*>(dkv[cur]->ptr) + pl.k_off * krow;
-      bp.dv_accum = static_cast<float*>(dkv[cur]->ptr) + n_kv + pl.k_off * krow;
+      bp.dk_accum = static_cast<float*>(step_dkv.ptr) + pl.k_off * krow;
+      bp.dv_accum = static_cast<float*>(step_dkv.ptr) + n_kv + pl.k_off * krow;
+      bp.dkv_overwrite = true;  // rows [k_off, k_off + k_len): the add below reads no others
       bp.dq_batch_stride = s.seq * qrow, bp.dq_row_stride = qrow;
       bp.dk_batch_stride = s.seq * krow, bp.dk_row_stride = krow;
       bp.deterministic = false;
       flash::backward(bp, q.dtype, pl.causal, compute.s);
     }
-    computed[cur].record(compute.s);
-    // dkv[cur] is complete for this rank; the kernel of the previous step, the last reader
-    // of dkv[1 - cur], is done before this one.
+    computed[cur].record(compute.s);  // kv[cur] is free for the next receive into it
+    // dkv[cur] holds this block's dK/dV from the ranks before us (zeros at step 0); add ours.
+    if (step > 0 && travels) dkv_arrived.wait_on(compute.s);
+    if (computes) {
+      const int64_t len = int64_t(pl.k_len) * krow;
+      add_rows_kernel<<<unsigned(std::clamp<int64_t>((2 * s.batch * len + 255) / 256, 1, 4096)), 256, 0, compute.s>>>(
+          static_cast<float*>(dkv[cur]->ptr), static_cast<const float*>(step_dkv.ptr), s.batch, int64_t(s.seq) * krow,
+          int64_t(pl.k_off) * krow, len, int64_t(n_kv));
+      check(cudaGetLastError(), "dK/dV add launch");
+    }
+    // The next kernel writes step_dkv only after this add (one stream); the hop waits for it.
     if (travels) {
-      computed[cur].wait_on(comm.s);
+      added.record(compute.s);
+      added.wait_on(comm.s);
       link.exchange(Link::DKV, dkv[cur]->ptr, dkv[1 - cur]->ptr, dkv_bytes, comm.s, nullptr);
       dkv_arrived.record(comm.s);
     }

@@ -141,6 +141,12 @@ bool run_case(const Case& c, int mode) {
     cmp("dq", [&](size_t i) { return double(dq[i]); }, nq, [&](size_t i) { return rdq[i]; }, tol * 1.5);
     cmp("dk", [&](size_t i) { return double(dk[i]); }, nk, [&](size_t i) { return rdk[i]; }, tol * 1.5);
     cmp("dv", [&](size_t i) { return double(dv[i]); }, nk, [&](size_t i) { return rdv[i]; }, tol * 1.5);
+    // dkv_overwrite (the ring's per-step buffer): dK/dV written over whatever was there.
+    std::fill(dk.begin(), dk.end(), 777.f), std::fill(dv.begin(), dv.end(), -777.f), std::fill(dq.begin(), dq.end(), 0.f);
+    bp.dkv_overwrite = true;
+    bwd<T>(bp, c.causal);
+    cmp("dk overwritten", [&](size_t i) { return double(dk[i]); }, nk, [&](size_t i) { return rdk[i]; }, tol * 1.5);
+    cmp("dv overwritten", [&](size_t i) { return double(dv[i]); }, nk, [&](size_t i) { return rdv[i]; }, tol * 1.5);
   } else {
     // ring merge: keys in two pieces [0, s1) and [s1, Sk), each a separate call accumulating into
     // float out. Causal: the second piece's diagonal moves s1 keys left, so rows near the top

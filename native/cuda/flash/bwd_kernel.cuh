@@ -195,8 +195,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
       for (int e = 0; e < 2; ++e) {
         const int col = col_base + dt * 8 + 2 * t + e;
         if (col >= p.head_dim) continue;
-        dkr[col] += dk[dt][2 * r + e] * p.scale;
-        dvr[col] += dv[dt][2 * r + e];
+        dkr[col] = (bp.dkv_overwrite ? 0.f : dkr[col]) + dk[dt][2 * r + e] * p.scale;
+        dvr[col] = (bp.dkv_overwrite ? 0.f : dvr[col]) + dv[dt][2 * r + e];
       }
   }
 }

@@ -36,6 +36,7 @@ struct BwdParams {
   float* dq_accum;           // float32, dq strides, accumulated (+=), already scaled
   float* dk_accum;           // float32, dk strides, accumulated (+=), summed over a GQA group
   float* dv_accum;           // float32, dk strides, accumulated (+=)
+  bool dkv_overwrite;        // dK/dV written (=) instead: no zeroing pass (the ring's per-step buffer)
   int64_t dq_batch_stride, dq_row_stride;
   int64_t dk_batch_stride, dk_row_stride;
   bool deterministic;        // dQ in its own pass instead of atomics: same bits on every run
