@@ -290,6 +290,19 @@ ra::ring::RingShape ring_shape(const Napi::CallbackInfo& info, size_t at, const 
   return s;
 }
 
+// A rank that fails inside the ring loop aborts its group: peers waiting for its blocks fail
+// at once with its error, and no later call (a caller that caught the error) takes a stale
+// block or offer left in the mailboxes.
+template <typename F>
+void aborting_group_on_error(ra::ring::LocalTransport& t, F&& loop) {
+  try {
+    loop();
+  } catch (const std::exception& e) {
+    t.abort("rank " + std::to_string(t.rank()) + " failed in ring attention: " + e.what());
+    throw;
+  }
+}
+
 // ringForward(id, rank, q, k, v, causal, scale, zigzag) -> [out, lse]
 Napi::Value RingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
@@ -298,12 +311,12 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
     auto s = ring_shape(info, 5, q, k);
     if (q.device == Device::CUDA) {
       auto r = cuda_fwd_outputs(q, s);
-      ra::cuda::ring_forward(t, s, q, k, v, r.t[0], r.t[1]);
+      aborting_group_on_error(t, [&] { ra::cuda::ring_forward(t, s, q, k, v, r.t[0], r.t[1]); });
       return wrap_all(env, r.t);
     }
     F32 q32(q), k32(k), v32(v);
     Output outs[] = {{q.shape, q.dtype}, {{s.batch, s.heads, s.seq}, DType::F32}};
-    ra::ring::ring_forward(t, s, q32.ptr, k32.ptr, v32.ptr, outs[0].ptr, outs[1].ptr);
+    aborting_group_on_error(t, [&] { ra::ring::ring_forward(t, s, q32.ptr, k32.ptr, v32.ptr, outs[0].ptr, outs[1].ptr); });
     return wrap_all(env, outs);
   });
 }
@@ -317,13 +330,15 @@ Napi::Value RingBackward(const Napi::CallbackInfo& info) {
     auto s = ring_shape(info, 8, q, k);
     if (q.device == Device::CUDA) {
       auto r = cuda_bwd_outputs(q, k);
-      ra::cuda::ring_backward(t, s, dout, q, k, v, out, lse, r.t[0], r.t[1], r.t[2]);
+      aborting_group_on_error(t, [&] { ra::cuda::ring_backward(t, s, dout, q, k, v, out, lse, r.t[0], r.t[1], r.t[2]); });
       return wrap_all(env, r.t);
     }
     F32 do32(dout), q32(q), k32(k), v32(v), o32(out), l32(lse);
     Output outs[] = {{q.shape, q.dtype}, {k.shape, k.dtype}, {v.shape, v.dtype}};
-    ra::ring::ring_backward(t, s, do32.ptr, q32.ptr, k32.ptr, v32.ptr, o32.ptr, l32.ptr, outs[0].ptr, outs[1].ptr,
-                            outs[2].ptr);
+    aborting_group_on_error(t, [&] {
+      ra::ring::ring_backward(t, s, do32.ptr, q32.ptr, k32.ptr, v32.ptr, o32.ptr, l32.ptr, outs[0].ptr, outs[1].ptr,
+                              outs[2].ptr);
+    });
     return wrap_all(env, outs);
   });
 }

@@ -65,6 +65,15 @@ describe('launch', () => {
     expect(error.message).toMatch(/every rank must pass shards of the same shape|group aborted/);
   });
 
+  it('a ring call that failed part-way aborts the group: a caught error is not followed by stale blocks', async () => {
+    const out = (await launch({ worldSize: 3 }, fixture('ring-retry.mjs'))) as { first: string; second: string }[];
+    expect(out.some((r) => /every rank must pass shards of the same shape/.test(r.first))).toBe(true);
+    for (const r of out) {
+      expect(r.first).not.toBe('ok');
+      expect(r.second).toMatch(/group aborted: rank \d failed in ring attention/);
+    }
+  });
+
   it('resolves once every rank has returned, even if a rank leaves a timer running', async () => {
     const started = Date.now();
     expect(await launch({ worldSize: 2 }, fixture('leaves-timer.mjs'))).toEqual([0, 1]);

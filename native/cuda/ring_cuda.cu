@@ -364,27 +364,16 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
 
 }  // namespace
 
-// A rank that fails mid-loop aborts its in-process group: peers waiting for its blocks fail
-// at once with its error, and no later call takes a stale offer left in the mailboxes.
-template <typename F>
-void aborting_group_on_error(ring::LocalTransport& t, F&& loop) {
-  try {
-    LocalLink link(t);
-    loop(link);
-  } catch (const std::exception& e) {
-    t.abort("rank " + std::to_string(t.rank()) + " failed in ring attention: " + e.what());
-    throw;
-  }
-}
-
 void ring_forward(ring::LocalTransport& t, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                   Tensor& out, Tensor& lse) {
-  aborting_group_on_error(t, [&](Link& link) { forward_loop(link, s, q, k, v, out, lse); });
+  LocalLink link(t);
+  forward_loop(link, s, q, k, v, out, lse);
 }
 void ring_backward(ring::LocalTransport& t, const ring::RingShape& s, const Tensor& dout, const Tensor& q,
                    const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk,
                    Tensor& dv) {
-  aborting_group_on_error(t, [&](Link& link) { backward_loop(link, s, dout, q, k, v, out, lse, dq, dk, dv); });
+  LocalLink link(t);
+  backward_loop(link, s, dout, q, k, v, out, lse, dq, dk, dv);
 }
 void ring_forward_nccl(int64_t group, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                        Tensor& out, Tensor& lse) {
