@@ -110,6 +110,9 @@ const preset = (c: ResolvedLlamaConfig): Readonly<ResolvedLlamaConfig> => {
   return Object.freeze(c);
 };
 
+/** max_position_embeddings when a config.json has none: transformers' LlamaConfig default. */
+export const DEFAULT_MAX_POSITIONS = 2048;
+
 /** Shapes of known models (from their config.json), and a tiny one for tests. */
 export const llamaPresets = Object.freeze({
   tiny: preset({

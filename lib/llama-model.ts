@@ -7,7 +7,9 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
-import { llamaTensorNames, loadLlamaConfig, parseLlamaConfig, type LlamaConfig, type ResolvedLlamaConfig } from './llama-config.js';
+import {
+  DEFAULT_MAX_POSITIONS, llamaTensorNames, loadLlamaConfig, parseLlamaConfig, type LlamaConfig, type ResolvedLlamaConfig,
+} from './llama-config.js';
 import { native } from './native.js';
 import { copy } from './ops.js';
 import { ropeDependsOnLength, ropeParameters, type RopeParameters } from './rope-freq.js';
@@ -231,7 +233,7 @@ export function hfConfigJson(c: ResolvedLlamaConfig): Record<string, unknown> {
     hidden_size: c.hidden_size, intermediate_size: c.intermediate_size, num_hidden_layers: c.num_hidden_layers,
     num_attention_heads: c.num_attention_heads, num_key_value_heads: c.num_key_value_heads, head_dim: c.head_dim,
     vocab_size: c.vocab_size, rms_norm_eps: c.rms_norm_eps, rope_theta: c.rope_theta, rope_scaling: c.rope_scaling ?? null,
-    tie_word_embeddings: c.tie_word_embeddings, max_position_embeddings: c.max_position_embeddings ?? 2048,
+    tie_word_embeddings: c.tie_word_embeddings, max_position_embeddings: c.max_position_embeddings ?? DEFAULT_MAX_POSITIONS,
   };
 }
 

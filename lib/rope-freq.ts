@@ -6,6 +6,7 @@
 // dimensions, plus the attention factor), 'dynamic' (NTK: theta grows with the sequence
 // length once it passes max_position_embeddings). Computed in double; ops.rope takes inv_freq.
 import { describe, fail } from './errors.js';
+import { DEFAULT_MAX_POSITIONS } from './llama-config.js';
 
 export const ROPE_TYPES = ['default', 'linear', 'llama3', 'yarn', 'dynamic'] as const;
 
@@ -35,13 +36,12 @@ function positive(scaling: Record<string, unknown>, key: string, where: string, 
   return v;
 }
 
-// transformers' LlamaConfig default, for a config.json without the key.
-const maxPositions = (c: RopeConfig) => c.max_position_embeddings ?? 2048;
+const maxPositions = (c: RopeConfig) => c.max_position_embeddings ?? DEFAULT_MAX_POSITIONS;
 
 const plain = (D: number, theta: number) => Float64Array.from({ length: D / 2 }, (_, i) => Math.pow(theta, (-2 * i) / D));
 
 /** The scaling type: rope_type, or the older key type; 'default' when there is no scaling. */
-export function ropeType(scaling: Record<string, unknown> | null | undefined): unknown {
+function ropeType(scaling: Record<string, unknown> | null | undefined): unknown {
   return scaling ? (scaling.rope_type ?? scaling.type ?? 'default') : 'default';
 }
 

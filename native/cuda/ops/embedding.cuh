@@ -23,7 +23,7 @@ constexpr int kEmbeddingThreads = 256;
 // over the V rows of the table (ids must be in [0, V)): O(M + V), no comparison sort.
 struct TokenGroups {
   std::vector<int32_t> data;
-  int64_t groups = 0, tokens = 0;
+  int64_t groups = 0;
   const int32_t* id(const int32_t* base) const { return base; }
   const int32_t* start(const int32_t* base) const { return base + groups; }
   const int32_t* token(const int32_t* base) const { return base + 2 * groups + 1; }
@@ -39,7 +39,6 @@ inline TokenGroups group_tokens_by_id(const int32_t* ids, int64_t M, int64_t V) 
     ++count[size_t(ids[m]) + 1];
   }
   TokenGroups g;
-  g.tokens = M;
   g.groups = std::count_if(count.begin() + 1, count.end(), [](int32_t c) { return c > 0; });
   g.data.resize(size_t(2 * g.groups + 1 + M));
   int32_t* gid = g.data.data();
