@@ -362,10 +362,17 @@ export function adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: A
   native.opsAdamW(tp.handle('param'), tg.handle('grad'), tm.handle('m'), tv.handle('v'), step, lr, beta1, beta2, eps, weightDecay);
 }
 
-/** Sum of squares of every element, accumulated in double, deterministic (for the global gradient norm). */
-export function sumOfSquares(t: Tensor): number {
-  new Call(t, 't');
-  return native.opsSumOfSquares(t.handle('t'));
+/**
+ * Sum of squares of every element, accumulated in double, deterministic (for the global
+ * gradient norm). Given a list (all on one device, of one dtype), the sum over all of them,
+ * with one wait for the device instead of one per tensor.
+ */
+export function sumOfSquares(t: Tensor | readonly Tensor[]): number {
+  const ts: readonly unknown[] = Array.isArray(t) ? t : [t];
+  const name = (i: number) => (Array.isArray(t) ? `t[${i}]` : 't');
+  if (ts.length === 0) fail('range', 't: expected at least one tensor, got an empty array');
+  const c = new Call(ts[0], name(0));
+  return native.opsSumOfSquares(ts.map((x, i) => c.tensor(x, name(i)).handle(name(i))));
 }
 
 /** t *= s, in place. */

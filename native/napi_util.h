@@ -94,6 +94,24 @@ inline Tensor& unwrap(Napi::Env env, const Napi::Value& v, const char* name) {
   return h->tensor;
 }
 
+// A non-empty JS array of tensor handles, each named name[i] in errors. With `distinct`, no two
+// may share memory (for callers that write every tensor of the list in place).
+inline std::vector<Tensor*> unwrap_list(Napi::Env env, const Napi::Value& v, const std::string& name, bool distinct = true) {
+  if (!v.IsArray()) throw Napi::TypeError::New(env, name + ": expected an array of tensor handles");
+  auto arr = v.As<Napi::Array>();
+  if (arr.Length() == 0) throw Napi::RangeError::New(env, name + ": expected at least one tensor, got an empty array");
+  std::vector<Tensor*> ts;
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    const std::string at = name + "[" + std::to_string(i) + "]";
+    Tensor& t = unwrap(env, arr.Get(i), at.c_str());
+    for (size_t j = 0; distinct && j < ts.size(); ++j)
+      if (ts[j]->storage == t.storage)
+        throw Napi::TypeError::New(env, at + ": shares its memory with " + name + "[" + std::to_string(j) + "]");
+    ts.push_back(&t);
+  }
+  return ts;
+}
+
 inline Napi::Value TensorHandle::ToFloat32Array(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     if (disposed || !tensor.storage) throw Napi::TypeError::New(env, "tensor has been disposed");

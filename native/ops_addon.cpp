@@ -27,10 +27,12 @@ namespace cuops = ra::cuda::ops;
 struct Args {
   Napi::Env env;
   const Tensor* first = nullptr;
-  const char* first_name = "";
+  std::string first_name{};
 
   Tensor& operator()(const Napi::Value& v, const char* name, int64_t numel = -1) {
-    Tensor& t = unwrap(env, v, name);
+    return check(unwrap(env, v, name), name, numel);
+  }
+  Tensor& check(Tensor& t, const std::string& name, int64_t numel = -1) {
     if (!first) first = &t, first_name = name;
     if (t.device != first->device)
       throw UserError("TypeError", std::string(name) + ": device '" + device_name(t.device) + "' does not match " +
@@ -303,8 +305,13 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
 Napi::Value SumOfSquares(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     Args a{env};
-    const Tensor& t = a(info[0], "t");
-    return Napi::Number::New(env, a.cuda() ? cuops::sum_of_squares(t) : ops::sum_of_squares(t.f32(), t.numel()));
+    std::vector<const Tensor*> ts;
+    for (Tensor* t : unwrap_list(env, info[0], "t", /*distinct=*/false))
+      ts.push_back(&a.check(*t, "t[" + std::to_string(ts.size()) + "]"));
+    if (a.cuda()) return Napi::Number::New(env, cuops::sum_of_squares(ts));
+    double total = 0;  // in list order, as the CUDA op adds
+    for (const Tensor* t : ts) total += ops::sum_of_squares(t->f32(), t->numel());
+    return Napi::Number::New(env, total);
   });
 }
 Napi::Value Scale(const Napi::CallbackInfo& info) {

@@ -148,6 +148,10 @@ describe.skipIf(!!why)(title, () => {
       const s = ops.sumOfSquares(a.gpu);
       expect(Math.abs(s - ops.sumOfSquares(a.cpu)) / s).toBeLessThan(1e-10);
       expect(ops.sumOfSquares(a.gpu)).toBe(s);  // deterministic
+      // A list: one partial buffer and one wait, the same bits as the tensors' sums added in order.
+      const c = pair([5], 28, dtype), e = pair([300000], 29, dtype);
+      const parts = [c.gpu, a.gpu, e.gpu];
+      expect(ops.sumOfSquares(parts)).toBe(parts.reduce((acc, p) => acc + ops.sumOfSquares(p), 0));
       ops.add(a.gpu, b.gpu), ops.add(a.cpu, b.cpu);
       await close(a.gpu, a.cpu, tol.elem, 'add');
       ops.scale(a.gpu, 0.3), ops.scale(a.cpu, 0.3);

@@ -43,7 +43,7 @@ CrossEntropyResult cross_entropy(const Tensor& h, const Tensor& w_head, const in
                                  int32_t ignore_index, float grad_scale, Tensor* dh, Tensor* dw_head);
 void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, int64_t step, float lr, float beta1, float beta2,
            float eps, float weight_decay);
-double sum_of_squares(const Tensor& t);  // waits for the device
+double sum_of_squares(const std::vector<const Tensor*>& ts);  // of all of them; waits for the device
 void scale(Tensor& t, float s);
 void add(Tensor& a, const Tensor& b);
 void zero(Tensor& t);
