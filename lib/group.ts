@@ -2,10 +2,16 @@
 // the native in-process transport. 'nccl': one process per GPU (initProcessGroup), over
 // NCCL on CUDA tensors.
 import { checkInteger, describe, fail } from './errors.js';
-import { native } from './native.js';
+import { native, type TensorHandle } from './native.js';
 import { checkTensor, type Tensor } from './tensor.js';
 
 export type Backend = 'local' | 'nccl';
+
+/** An allReduceAsync() in flight. */
+export interface AllReduceWork {
+  /** Returns once the sums are in place (on NCCL: polled against the group's timeout, like every wait). */
+  wait(): void;
+}
 
 export class ProcessGroup {
   readonly backend: Backend;
@@ -46,6 +52,16 @@ export class ProcessGroup {
     return x;
   }
 
+  #list(ts: readonly unknown[], name: string): TensorHandle[] {
+    if (ts.length === 0) fail('range', `${name}: expected at least one tensor, got an empty array`);
+    const xs = ts.map((t, i) => this.#tensor(t, `${name}[${i}]`));
+    xs.forEach((x, i) => {
+      const j = xs.indexOf(x);
+      if (j !== i) fail('type', `${name}[${i}]: the same tensor as ${name}[${j}] (each is summed in place once)`);
+    });
+    return xs.map((x, i) => x.handle(`${name}[${i}]`));
+  }
+
   /**
    * Sends `t` to rank `peer`, returning without waiting for the receiver. On an NCCL group the
    * send is posted together with this rank's next recv() (one NCCL group) or before its next
@@ -64,11 +80,36 @@ export class ProcessGroup {
     else native.groupRecv(id, this.rank, p, h);
   }
 
-  /** Sums `t` over all ranks, in place. Every rank must call it. */
-  allReduce(t: Tensor): void {
-    const id = ProcessGroup.idOf(this, 'group'), h = this.#tensor(t, 't').handle('t');
-    if (this.backend === 'nccl') native.ncclAllReduce(id, h);
-    else native.groupAllReduce(id, this.rank, h);
+  /**
+   * Sums `t` over all ranks, in place. Every rank must call it with the same shapes. Given a
+   * list, every tensor of it is summed in one collective with one wait (on NCCL, one group of
+   * allReduces), which is how a training step reduces its gradients.
+   */
+  allReduce(t: Tensor | readonly Tensor[]): void {
+    const id = ProcessGroup.idOf(this, 'group'), hs = this.#handles(t);
+    if (this.backend === 'nccl') native.ncclAllReduce(id, hs);
+    else native.groupAllReduce(id, this.rank, hs);
+  }
+
+  /**
+   * allReduce() without waiting: returns once the sums are queued. Until the returned work's
+   * wait() returns, the tensors must be neither read nor written (on NCCL the sums are still
+   * in flight on the group's stream). Meanwhile other work, ring attention included, can run:
+   * a training step reduces each layer's gradients while the next layer's backward computes.
+   * On a 'local' group the sums are done before this returns.
+   */
+  allReduceAsync(t: Tensor | readonly Tensor[]): AllReduceWork {
+    const id = ProcessGroup.idOf(this, 'group'), hs = this.#handles(t);
+    if (this.backend !== 'nccl') {
+      native.groupAllReduce(id, this.rank, hs);
+      return { wait() {} };
+    }
+    const ticket = native.ncclAllReduceAsync(id, hs);
+    return { wait: () => native.ncclWaitAllReduce(ProcessGroup.idOf(this, 'group'), ticket) };
+  }
+
+  #handles(t: Tensor | readonly Tensor[]): TensorHandle[] {
+    return Array.isArray(t) ? this.#list(t, 't') : [this.#tensor(t, 't').handle('t')];
   }
 
   /** Returns once every rank has called barrier(). */

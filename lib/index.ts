@@ -5,7 +5,7 @@ import { native, nativePath, type CudaInfo, type CudaMemoryStats, type HostMemor
 export { attention, attentionBackward, MAX_HEAD_DIM } from './attention.js';
 export type { AttentionGradients, AttentionOptions, AttentionResult } from './attention.js';
 export { ProcessGroup } from './group.js';
-export type { Backend } from './group.js';
+export type { AllReduceWork, Backend } from './group.js';
 export { initProcessGroup } from './process-group.js';
 export type { InitProcessGroupOptions } from './process-group.js';
 export { readDistributedEnv } from './dist-env.js';

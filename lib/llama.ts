@@ -77,6 +77,12 @@ export interface RunContext {
   checkpoint: boolean;
   ffnBlockRows: number;
   ceChunkRows: number;
+  /**
+   * Called during the backward with gradient tensors as soon as they are final (each once:
+   * the head and final norm, then each layer's, last to first, then the embedding), so that
+   * their sum over the group can run under the rest of the backward.
+   */
+  gradsReady?: (ts: Tensor[]) => void;
 }
 
 /** One layer's activations; all but `x` are freed after the layer's backward (or right away with checkpointing). */
@@ -243,6 +249,7 @@ export function runLlama(
     rmsNormBackward(dhf!, xL, P.norm, rstdF, dx, grads.norm); // dx =, dnorm +=
     dhf!.dispose();
     rstdF.dispose();
+    ctx.gradsReady?.(grads.head === grads.embed ? [grads.norm] : [grads.norm, grads.head]); // a tied head waits for the embedding
     for (let l = L - 1; l >= 0; --l) {
       let a = acts[l];
       if (!a) {
@@ -252,6 +259,7 @@ export function runLlama(
       }
       acts[l] = a;
       const dPrev = layerBackward(model, P.layers[l]!, grads.layers[l]!, a, dx, ctx);
+      ctx.gradsReady?.(Object.values(grads.layers[l]!) as Tensor[]);
       freeActs(a);
       acts[l] = null;
       dx.dispose();
@@ -259,6 +267,7 @@ export function runLlama(
       dx = dPrev;
     }
     embeddingBackward(tokens, dx, grads.embed); // dembed +=
+    ctx.gradsReady?.([grads.embed]);
     dx.dispose();
     return result;
   } finally {

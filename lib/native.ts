@@ -50,7 +50,7 @@ interface Native {
   groupDestroy(id: number): void;
   groupSend(id: number, rank: number, peer: number, t: TensorHandle): void;
   groupRecv(id: number, rank: number, peer: number, into: TensorHandle): void;
-  groupAllReduce(id: number, rank: number, t: TensorHandle): void;
+  groupAllReduce(id: number, rank: number, ts: TensorHandle[]): void;
   groupBarrier(id: number, rank: number): void;
   // `parts` (benchmarks only): 0 the whole schedule, 1 its compute alone, 2 its transfers alone.
   ringForward(
@@ -69,7 +69,9 @@ interface Native {
   ncclGroupDestroy(id: number): void;
   ncclSend(id: number, t: TensorHandle, peer: number): void;
   ncclRecv(id: number, into: TensorHandle, peer: number): void;
-  ncclAllReduce(id: number, t: TensorHandle): void;
+  ncclAllReduce(id: number, ts: TensorHandle[]): void;
+  ncclAllReduceAsync(id: number, ts: TensorHandle[]): number;
+  ncclWaitAllReduce(id: number, ticket: number): void;
   ncclBarrier(id: number): void;
   ncclRingForward(
     id: number, q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number, zigzag: boolean, parts?: number,
@@ -112,7 +114,7 @@ interface Native {
     param: TensorHandle, grad: TensorHandle, m: TensorHandle, v: TensorHandle,
     step: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number,
   ): void;
-  opsSumOfSquares(t: TensorHandle): number;
+  opsSumOfSquares(ts: TensorHandle[]): number;
   opsScale(t: TensorHandle, s: number): void;
   opsAdd(a: TensorHandle, b: TensorHandle): void;
   opsZero(t: TensorHandle): void;

@@ -6,7 +6,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { checkBoolean, checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
-import { ProcessGroup } from './group.js';
+import { ProcessGroup, type AllReduceWork } from './group.js';
 import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type RunContext } from './llama.js';
 import { LlamaModel, paramsFromMap, saveLlama, type LlamaParams } from './llama-model.js';
 import { adamw, copy, scale, sumOfSquares } from './ops.js';
@@ -165,20 +165,27 @@ export class Trainer implements Disposable {
     const { ctx } = this.#context(tokens, targets);
     const total = this.#totalCount(targets);
     zeroGrads(this.#grads);
-    const r = freeOnThrow(() => runLlama(this.model, this.#grads, tokens, targets, ctx, 1 / total)); // a failed step holds no memory
-    // The group's allReduce adds in the order the ranks arrive: the sums agree on every rank,
-    // but may differ from run to run in the last float32 bit.
-    const group = this.#o.group;
-    if (group && group.worldSize > 1) for (const g of this.gradients.values()) group.allReduce(g);
+    // Each gradient is summed over the group as soon as the backward has finished it, under
+    // the rest of the backward (on NCCL; a 'local' group sums at once). NCCL's sums may differ
+    // from run to run in the last float32 bit; they agree on every rank.
+    const group = this.#o.group, works: AllReduceWork[] = [];
+    if (group && group.worldSize > 1) ctx.gradsReady = (ts) => void works.push(group.allReduceAsync(ts));
+    let r: ReturnType<typeof runLlama>;
+    try {
+      r = freeOnThrow(() => runLlama(this.model, this.#grads, tokens, targets, ctx, 1 / total)); // a failed step holds no memory
+    } catch (e) {
+      // Sums already posted still write the gradients: let them land before anything reuses them.
+      for (const w of works) try { w.wait(); } catch { /* the backward's own error is the one to report */ }
+      throw e;
+    }
+    for (const w of works) w.wait();
     const [lossSum] = this.#allReduceNumbers([r.lossSum]);
     return lossSum! / total;
   }
 
   /** Global L2 norm of the gradients (the same on every rank: they are summed over the group). */
   gradNorm(): number {
-    let s = 0;
-    for (const g of this.gradients.values()) s += sumOfSquares(g);
-    return Math.sqrt(s);
+    return Math.sqrt(sumOfSquares([...this.gradients.values()])); // one wait for the device, not one per tensor
   }
 
   /** One training step on this rank's shard of one sequence (every rank calls it). */

@@ -255,15 +255,24 @@ Napi::Value GroupRecv(const Napi::CallbackInfo& info) {
     return env.Undefined();
   });
 }
-// groupAllReduce(id, rank, tensor): in-place sum, float32 accumulation
+// groupAllReduce(id, rank, tensors): each summed in place, float32 accumulation, as one collective
 Napi::Value GroupAllReduce(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
-    Tensor& x = unwrap(env, info[2], "tensor");
-    std::vector<float> values = x.to_f32();
+    const std::vector<Tensor*> ts = unwrap_list(env, info[2], "t");
+    std::vector<float> values;
+    for (const Tensor* x : ts) {
+      const std::vector<float> v = x->to_f32();
+      values.insert(values.end(), v.begin(), v.end());
+    }
     t.all_reduce_sum(values.data(), values.size());
-    if (x.device == Device::CPU) ra::convert_from_f32(x.dtype, values.data(), x.storage->ptr, values.size());
-    else ra::cuda::upload_f32(values.data(), x.storage->ptr, x.dtype, values.size());
+    const float* from = values.data();
+    for (Tensor* x : ts) {
+      const size_t n = size_t(x->numel());
+      if (x->device == Device::CPU) ra::convert_from_f32(x->dtype, from, x->storage->ptr, n);
+      else ra::cuda::upload_f32(from, x->storage->ptr, x->dtype, n);
+      from += n;
+    }
     return env.Undefined();
   });
 }
@@ -403,7 +412,7 @@ Napi::Value NcclGroupDestroy(const Napi::CallbackInfo& info) {
   });
 }
 
-// ncclSend(group, tensor, peer); ncclRecv(group, into, peer); ncclAllReduce(group, t); ncclBarrier(group)
+// ncclSend(group, tensor, peer); ncclRecv(group, into, peer); ncclAllReduce(group, tensors); ncclBarrier(group)
 Napi::Value NcclSend(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     ra::nccl::send(group_id(info[0]), unwrap(env, info[1], "t"), info[2].As<Napi::Number>().Int32Value());
@@ -418,7 +427,19 @@ Napi::Value NcclRecv(const Napi::CallbackInfo& info) {
 }
 Napi::Value NcclAllReduce(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    ra::nccl::all_reduce_sum(group_id(info[0]), unwrap(env, info[1], "t"));
+    ra::nccl::all_reduce_sum(group_id(info[0]), unwrap_list(env, info[1], "t"));
+    return env.Undefined();
+  });
+}
+// ncclAllReduceAsync(group, tensors) -> ticket; ncclWaitAllReduce(group, ticket)
+Napi::Value NcclAllReduceAsync(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    return Napi::Number::New(env, double(ra::nccl::all_reduce_sum_async(group_id(info[0]), unwrap_list(env, info[1], "t"))));
+  });
+}
+Napi::Value NcclWaitAllReduce(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::nccl::wait_all_reduce(group_id(info[0]), info[1].As<Napi::Number>().Int64Value());
     return env.Undefined();
   });
 }
@@ -561,6 +582,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ncclSend", Napi::Function::New(env, NcclSend));
   exports.Set("ncclRecv", Napi::Function::New(env, NcclRecv));
   exports.Set("ncclAllReduce", Napi::Function::New(env, NcclAllReduce));
+  exports.Set("ncclAllReduceAsync", Napi::Function::New(env, NcclAllReduceAsync));
+  exports.Set("ncclWaitAllReduce", Napi::Function::New(env, NcclWaitAllReduce));
   exports.Set("ncclBarrier", Napi::Function::New(env, NcclBarrier));
   exports.Set("ncclRingForward", Napi::Function::New(env, NcclRingForward));
   exports.Set("ncclRingBackward", Napi::Function::New(env, NcclRingBackward));

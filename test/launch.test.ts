@@ -19,6 +19,14 @@ describe('launch', () => {
       expect(r.args).toEqual({ tag: 'x' });
       expect(r.device).toBe('cpu');
       expect(Array.from(r.sum)).toEqual([6, 4, 60]); // allReduce(sum) of [rank, 1, 10 rank]
+      expect(r.listSums).toEqual([6, 8, 4, 6, 12]); // one allReduce of [rank, 2] and bfloat16 [1, rank, 3]
+      expect(r.asyncSum).toBe(8); // allReduceAsync of [rank + 0.5]
+      expect(r.errors).toEqual([
+        't: expected at least one tensor, got an empty array',
+        't[1]: the same tensor as t[0] (each is summed in place once)',
+        't[1]: shares its memory with t[0]',
+        't[1]: expected a Tensor, got number 5',
+      ].map((m, i) => `${i === 0 ? 'RangeError' : 'TypeError'}: ${m}`));
       const prev = (rank + 3) % 4;
       expect(Array.from(r.fromPrev)).toEqual([prev, prev]); // send/recv around the ring
     }

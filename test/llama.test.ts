@@ -12,8 +12,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
   createLlama, createTrainer, hostMemoryStats, initLlama, launch, llamaPresets, llamaTensorNames, loadLlama, saveLlama, shardTokens,
-  writeSafetensors, type LlamaConfig, type ResolvedLlamaConfig,
+  tensor, writeSafetensors, type LlamaConfig, type ResolvedLlamaConfig, type Tensor,
 } from '../dist/index.js';
+import { runLlama, shardPositions } from '../dist/llama.js';
+import { paramsFromMap } from '../dist/llama-model.js';
 import { randomArray, worstError } from './reference.js';
 
 const rankModule = new URL('./fixtures/llama-rank.mjs', import.meta.url);
@@ -334,6 +336,34 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
     const a = await ranks(4, 'zigzag', tiny, weights, seq, true), b = await ranks(4, 'zigzag', tiny, weights, seq, false);
     expect(b.out[2]!.loss).toBe(a.out[2]!.loss);
     for (const [name, g] of Object.entries(a.out[2]!.grads)) expect(b.out[2]!.grads[name], name).toEqual(g);
+  });
+
+  // The trainer sums each gradient over the group as soon as the backward hands it over, under
+  // the rest of the backward: each must be handed over once, and only once it is final.
+  it('the backward hands over each gradient once, already final: head and norm, layers last to first, embedding', async () => {
+    for (const c of [tiny, tiedTiny]) {
+      using model = createLlama(c, randomWeights(c, 21));
+      const g = new Map([...model.tensors].map(([n, t]) => [n, tensor(new Float32Array(t.numel), t.shape)]));
+      const nameOf = new Map([...g].map(([n, t]) => [t, n]));
+      const handed: [string, Float32Array][] = [];
+      const ctx = {
+        group: undefined, layout: 'contiguous' as const, positions: shardPositions(S, 0, 1, 'contiguous'), rope: model.rope(S),
+        checkpoint: true, ffnBlockRows: 7, ceChunkRows: 5,
+        gradsReady: (ts: Tensor[]) => { for (const t of ts) handed.push([nameOf.get(t)!, t.handle('t').toFloat32Array()]); },
+      };
+      runLlama(model, paramsFromMap(model.config, g), seq.tokens, seq.targets, ctx, 1 / S);
+      const names = handed.map(([n]) => n);
+      expect([...names].sort(), 'every gradient once').toEqual([...g.keys()].sort());
+      expect(names.slice(0, c.tie_word_embeddings ? 1 : 2)).toEqual(c.tie_word_embeddings ? ['model.norm.weight'] : ['model.norm.weight', 'lm_head.weight']);
+      expect(names.at(-1)).toBe('model.embed_tokens.weight');
+      const layerOf = names.slice(c.tie_word_embeddings ? 1 : 2, -1).map((n) => Number(/^model\.layers\.(\d+)\./.exec(n)![1]));
+      expect(layerOf).toEqual([...layerOf].sort((a, b) => b - a));
+      for (const [n, early] of handed) {
+        expect(maxAbs(early), `${n} is not all zeros`).toBeGreaterThan(0);
+        expect(await g.get(n)!.toFloat32Array(), `${n} did not change after it was handed over`).toEqual(early);
+      }
+      for (const t of g.values()) t.dispose();
+    }
   });
 
   it('training steps: the same losses on 1 thread and over 2 zigzag ranks (with clipping)', async () => {

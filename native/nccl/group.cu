@@ -64,7 +64,7 @@ class Group {
       // wait() aborted the communicator; nothing more to flush
     }
     if (comm_) api_.CommDestroy(comm_);
-    for (auto& [event, buffers] : inflight_) cudaEventDestroy(event);
+    for (auto& f : inflight_) cudaEventDestroy(f.done);
     cudaEventDestroy(ready_);
     cudaStreamDestroy(stream_);
     cuda::release(scratch_);
@@ -84,12 +84,34 @@ class Group {
     });
     wait("recv from rank " + std::to_string(peer));
   }
-  void all_reduce_sum(Tensor& t) {
-    flush();
-    after_default_stream();
-    check(api_.AllReduce(t.storage->ptr, t.storage->ptr, size_t(t.numel()), nccl_type(t.dtype), ncclSum, live(), stream_),
-          "ncclAllReduce");
-    wait("allReduce");
+  void all_reduce_sum(const std::vector<Tensor*>& ts) {
+    post_all_reduce(ts);
+    wait(ts.size() == 1 ? "allReduce" : "allReduce of " + std::to_string(ts.size()) + " tensors");
+  }
+  // Posts the sums and returns a ticket for wait_all_reduce(): a training step reduces each
+  // layer's gradients while the next layer's backward computes. NCCL runs a communicator's
+  // operations in the order they were posted, whatever their streams, so the ring's
+  // transfers queue behind these sums, on every rank in the same order.
+  int64_t all_reduce_sum_async(const std::vector<Tensor*>& ts) {
+    post_all_reduce(ts);
+    cudaEvent_t done;
+    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+    if (const cudaError_t e = cudaEventRecord(done, stream_); e != cudaSuccess) {
+      cudaEventDestroy(done);
+      check_cuda(e, "cudaEventRecord");
+    }
+    std::vector<std::shared_ptr<Storage>> buffers;  // kept until the sums are done, even if disposed
+    for (const Tensor* t : ts) buffers.push_back(t->storage);
+    inflight_.push_back({done, std::move(buffers), ++last_ticket_});
+    return last_ticket_;
+  }
+  void wait_all_reduce(int64_t ticket) {
+    if (ticket < 1 || ticket > last_ticket_) throw UserError("RangeError", "no allReduce was posted as " + std::to_string(ticket));
+    live();  // an abort since the post ended the sums early: their results are not sums
+    poll("allReduce", "a peer may have died, or the ranks called different collectives", [&] {
+      reap();
+      return reduced_ >= ticket;
+    });
   }
   void barrier() {
     flush();
@@ -115,6 +137,21 @@ class Group {
   void wait_stream(cudaStream_t stream, const std::string& what) { wait(what, stream); }
 
  private:
+  // Enqueues one NCCL group of in-place sums on stream_, after the default stream's work.
+  void post_all_reduce(const std::vector<Tensor*>& ts) {
+    flush();  // pending sends go first, in a group of their own
+    after_default_stream();
+    const ncclComm_t comm = live();  // before the group opens: a throw inside would leave it open
+    check(api_.GroupStart(), "ncclGroupStart");
+    ncclResult_t first_error = ncclSuccess;
+    for (Tensor* t : ts) {
+      const ncclResult_t r = api_.AllReduce(t->storage->ptr, t->storage->ptr, size_t(t->numel()), nccl_type(t->dtype),
+                                            ncclSum, comm, stream_);
+      if (first_error == ncclSuccess && r != ncclSuccess && r != ncclInProgress) first_error = r;
+    }
+    check(api_.GroupEnd(), "ncclGroupEnd");
+    check(first_error, "ncclAllReduce");
+  }
   // Every op and kernel runs on the default stream, and stream_ does not wait for it
   // (non-blocking): before NCCL touches a tensor, stream_ waits for the work queued so far,
   // e.g. the backward that writes the gradients an allReduce sums.
@@ -171,7 +208,7 @@ class Group {
     check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
     std::vector<std::shared_ptr<Storage>> buffers;
     for (auto& p : pending_) buffers.push_back(std::move(p.storage));
-    inflight_.emplace_back(done, std::move(buffers));
+    inflight_.push_back({done, std::move(buffers), 0});
     pending_.clear();
   }
   void abort() {
@@ -208,10 +245,11 @@ class Group {
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
   }
-  void reap() {  // frees the buffers of sends that have completed
+  void reap() {  // frees the buffers of sends and sums that have completed
     for (auto it = inflight_.begin(); it != inflight_.end();) {
-      if (cudaEventQuery(it->first) != cudaSuccess) break;  // in stream order: later ones are not done either
-      cudaEventDestroy(it->first);
+      if (cudaEventQuery(it->done) != cudaSuccess) break;  // in stream order: later ones are not done either
+      cudaEventDestroy(it->done);
+      if (it->ticket) reduced_ = it->ticket;
       it = inflight_.erase(it);
     }
   }
@@ -230,7 +268,14 @@ class Group {
     int peer;
   };
   std::vector<PendingSend> pending_;
-  std::vector<std::pair<cudaEvent_t, std::vector<std::shared_ptr<Storage>>>> inflight_;
+  // Work on stream_ whose buffers must outlive it: held sends (ticket 0), asynchronous sums.
+  struct Inflight {
+    cudaEvent_t done;
+    std::vector<std::shared_ptr<Storage>> buffers;
+    int64_t ticket;
+  };
+  std::vector<Inflight> inflight_;
+  int64_t last_ticket_ = 0, reduced_ = 0;  // asynchronous sums posted, and known to be done
 };
 
 std::mutex registry_mu;
@@ -266,7 +311,9 @@ void destroy_group(int64_t id) {
 
 void send(int64_t g, const Tensor& t, int peer) { find(g).send(t, peer); }
 void recv(int64_t g, Tensor& into, int peer) { find(g).recv(into, peer); }
-void all_reduce_sum(int64_t g, Tensor& t) { find(g).all_reduce_sum(t); }
+void all_reduce_sum(int64_t g, const std::vector<Tensor*>& ts) { find(g).all_reduce_sum(ts); }
+int64_t all_reduce_sum_async(int64_t g, const std::vector<Tensor*>& ts) { return find(g).all_reduce_sum_async(ts); }
+void wait_all_reduce(int64_t g, int64_t ticket) { find(g).wait_all_reduce(ticket); }
 void barrier(int64_t g) { find(g).barrier(); }
 int group_rank(int64_t g) { return find(g).rank(); }
 int group_world_size(int64_t g) { return find(g).world(); }

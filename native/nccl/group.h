@@ -3,6 +3,7 @@
 // communicator is aborted and the caller gets an error, never a silent hang.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "../common.h"
 #include "nccl_api.h"
@@ -15,7 +16,13 @@ void destroy_group(int64_t group);
 // the tensor's memory is kept until it has been sent.
 void send(int64_t group, const Tensor& t, int peer);
 void recv(int64_t group, Tensor& into, int peer);     // waits for the data
-void all_reduce_sum(int64_t group, Tensor& t);        // in place; waits
+// Sums each tensor over the group, in place: one NCCL group of allReduces, one wait, so that
+// a step's ~150 gradient tensors cost one host synchronisation, not one each.
+void all_reduce_sum(int64_t group, const std::vector<Tensor*>& ts);
+// The same sums, posted without waiting (their memory is kept until they are done); returns a
+// ticket for wait_all_reduce, which waits (against the group's timeout) until they are done.
+int64_t all_reduce_sum_async(int64_t group, const std::vector<Tensor*>& ts);
+void wait_all_reduce(int64_t group, int64_t ticket);
 void barrier(int64_t group);
 
 // For the ring loop (cuda/ring_cuda.cu), which moves blocks on its own stream (a cudaStream_t):

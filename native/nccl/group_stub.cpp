@@ -8,7 +8,9 @@ int64_t create_group(const ncclUniqueId&, int, int, int, int64_t) { throw no_cud
 void destroy_group(int64_t) {}
 void send(int64_t, const Tensor&, int) { throw no_cuda(); }
 void recv(int64_t, Tensor&, int) { throw no_cuda(); }
-void all_reduce_sum(int64_t, Tensor&) { throw no_cuda(); }
+void all_reduce_sum(int64_t, const std::vector<Tensor*>&) { throw no_cuda(); }
+int64_t all_reduce_sum_async(int64_t, const std::vector<Tensor*>&) { throw no_cuda(); }
+void wait_all_reduce(int64_t, int64_t) { throw no_cuda(); }
 void barrier(int64_t) { throw no_cuda(); }
 int group_rank(int64_t) { throw no_cuda(); }
 int group_world_size(int64_t) { throw no_cuda(); }

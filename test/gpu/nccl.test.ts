@@ -23,6 +23,12 @@ describe.skipIf(!!why)(why ? `NCCL group (skipped: ${why})` : 'NCCL group', () =
       group.allReduce(t);
       expect(Array.from(await t.toFloat32Array())).toEqual([1, -2, 3.5]);
     }
+    const pair = [tensor(new Float32Array([4, 5]), [2], { device: 'cuda' }), tensor(new Float32Array([-1, 0.5, 2]), [3], { dtype: 'bfloat16', device: 'cuda' })];
+    group.allReduce(pair); // one NCCL group of two allReduces
+    expect([...(await pair[0]!.toFloat32Array()), ...(await pair[1]!.toFloat32Array())]).toEqual([4, 5, -1, 0.5, 2]);
+    const works = [group.allReduceAsync(pair), group.allReduceAsync(pair[0]!)];
+    for (const w of works.reverse()) w.wait(); // in any order
+    expect([...(await pair[0]!.toFloat32Array()), ...(await pair[1]!.toFloat32Array())]).toEqual([4, 5, -1, 0.5, 2]);
     group.barrier();
 
     // The ring's degenerate case: one rank, the whole sequence; equals attention() bit for bit

@@ -1,9 +1,10 @@
 // Runs native/nccl/group.cu, unmodified, against a fake NCCL (the Api table below, which
 // logs every call) and a fake CUDA runtime (cuda_runtime.h beside this): no GPU and no NCCL
 // needed. Checks what the GPU tests cannot show on one GPU: the ring exchange is one NCCL
-// group (send to rank + 1, recv from rank - 1), sends wait for the default stream, and a
-// wait that never ends, an NCCL error or a rank that never joins abort the communicator
-// and throw, within the group's timeout, instead of hanging.
+// group (send to rank + 1, recv from rank - 1), sends and sums wait for the default stream,
+// a list of sums is one group, sums posted without waiting hold their memory until done,
+// and a wait that never ends, an NCCL error or a rank that never joins abort the
+// communicator and throw, within the group's timeout, instead of hanging.
 // Built and run by test/nccl-fake.test.ts:
 //   g++ -std=c++20 -O1 -fsanitize=address -Itest/nccl-fake -I. test/nccl-fake/test.cpp -o t && ./t
 #include <chrono>
@@ -33,6 +34,7 @@ namespace fake {
 ncclResult_t init_result = ncclSuccess;   // what ncclCommInitRankConfig answers
 ncclResult_t async_state = ncclSuccess;   // what ncclCommGetAsyncError reports
 ncclResult_t send_result = ncclSuccess;   // what ncclSend answers
+ncclResult_t reduce_result = ncclSuccess; // what ncclAllReduce answers
 int aborts = 0, destroys = 0, comm_storage = 0;
 ncclComm_t comm() { return reinterpret_cast<ncclComm_t>(&comm_storage); }
 void log(const std::string& s) { fake_log.push_back(s); }
@@ -60,7 +62,7 @@ const Api api = {
     },
     [](const void*, void*, size_t n, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t s) {
       log("allReduce " + std::to_string(n) + " on " + stream(s));
-      return ncclSuccess;
+      return reduce_result;
     },
     [] { log("groupStart"); return ncclSuccess; },
     [] { log("groupEnd"); return ncclSuccess; },
@@ -97,7 +99,7 @@ static bool has(const std::string& s, const std::string& part) { return s.find(p
 static void reset() {
   fake_log.clear();
   fake_stream_idle = true;
-  fake::init_result = ncclSuccess, fake::async_state = ncclSuccess, fake::send_result = ncclSuccess, fake::aborts = 0;
+  fake::init_result = ncclSuccess, fake::async_state = ncclSuccess, fake::send_result = ncclSuccess, fake::reduce_result = ncclSuccess, fake::aborts = 0;
 }
 
 int main() {
@@ -128,10 +130,21 @@ int main() {
 
   // allReduce: after the default stream (the gradients it sums are written there).
   fake_log.clear();
-  all_reduce_sum(g, t);
+  all_reduce_sum(g, {&t});
   const std::string ar = joined();
   expect(ar.find("on default") < ar.find("waits event") && ar.find("waits event") < ar.find("allReduce 8"),
          "allReduce waits for the default stream first: " + ar);
+  // A list of tensors (a step's gradients): one NCCL group of allReduces, with a held send
+  // posted first in a group of its own.
+  ra::Tensor big = ra::Tensor::empty({3, 5}, ra::DType::BF16, ra::Device::CUDA);
+  send(g, t, 2);
+  fake_log.clear();
+  all_reduce_sum(g, {&t, &big, &r});
+  const std::string many = joined();
+  const size_t sent_at = many.find("send 8 type 7 to 2"), last_start = many.rfind("groupStart");
+  expect(sent_at != std::string::npos && sent_at < last_start &&
+             many.substr(last_start) == "groupStart | allReduce 8 on stream1 | allReduce 15 on stream1 | allReduce 8 on stream1 | groupEnd",
+         "allReduce of 3 tensors: the held send, then one group of three allReduces: " + many);
 
   // A wait that never ends: aborted after the timeout, with an error naming it; later calls refuse.
   fake_stream_idle = false;
@@ -144,7 +157,7 @@ int main() {
   expect(has(drain, "did not finish within 200 ms") && fake::aborts == 1 && drain_ms < 5000,
          "a wait after the abort is bounded and aborts nothing more: " + drain);
   fake_stream_idle = true;
-  auto [again, _] = thrown([&] { all_reduce_sum(g, t); });
+  auto [again, _] = thrown([&] { all_reduce_sum(g, {&t}); });
   expect(has(again, "aborted after an earlier error or timeout"), "a call after the abort: " + again);
   destroy_group(g);
 
@@ -169,6 +182,61 @@ int main() {
   fake_log.clear();
   const std::string after = thrown([&] { ring_exchange(g, a, b, 64, &ring_stream); }).first;
   expect(has(after, "aborted after an earlier error") && fake_log.empty(), "exchange after the abort opens no group: " + joined());
+  destroy_group(g);
+
+  // An allReduce that fails outright inside a list: the group is closed, the communicator
+  // aborted, the error named.
+  reset();
+  g = create_group(id, 0, 2, 0, 10000);
+  fake::reduce_result = ncclInvalidArgument;
+  const std::string reduced = thrown([&] { all_reduce_sum(g, {&t, &big}); }).first;
+  const std::string reduce_log = joined();
+  expect(has(reduced, "ncclAllReduce failed on rank 0") && fake::aborts == 1 &&
+             reduce_log.rfind("groupEnd") > reduce_log.rfind("allReduce 15") && reduce_log.rfind("abort") > reduce_log.rfind("groupEnd"),
+         "a failed allReduce closes its group, then aborts: " + reduced + " / " + reduce_log);
+  destroy_group(g);
+
+  // allReduce without waiting (a layer's gradients under the next layer's backward): one
+  // group, an event after it, no polling; the tensors' memory is held until the sums are done.
+  reset();
+  g = create_group(id, 0, 2, 0, 300);
+  fake_stream_idle = false;
+  fake_log.clear();
+  int64_t ticket = 0;
+  {
+    ra::Tensor held = ra::Tensor::empty({4}, ra::DType::F32, ra::Device::CUDA);
+    ticket = all_reduce_sum_async(g, {&held, &big});
+    const std::string posted = joined();
+    expect(ticket == 1 && posted.substr(posted.find("groupStart")).rfind("groupStart | allReduce 4 on stream", 0) == 0 &&
+               has(posted, "allReduce 15") && posted.find("record event", posted.find("groupEnd")) != std::string::npos,
+           "async allReduce: one group, then an event, no wait: " + posted);
+    expect(held.storage.use_count() == 2, "the posted tensor's memory is held by the group");
+  }
+  ring_exchange(g, a, b, 64, &ring_stream);  // other traffic can be posted meanwhile
+  auto [slow, slow_ms] = thrown([&] { wait_all_reduce(g, ticket); });
+  expect(has(slow, "NCCL allReduce on rank 0 did not finish within 300 ms") && fake::aborts == 1 && slow_ms < 5000,
+         "waiting on sums that never finish: bounded, aborted: " + slow);
+  destroy_group(g);
+
+  reset();
+  g = create_group(id, 0, 2, 0, 10000);
+  ra::Tensor kept = ra::Tensor::empty({4}, ra::DType::F32, ra::Device::CUDA);
+  fake_stream_idle = false;
+  const int64_t t1 = all_reduce_sum_async(g, {&kept}), t2 = all_reduce_sum_async(g, {&big});
+  fake_stream_idle = true;
+  wait_all_reduce(g, t2);
+  wait_all_reduce(g, t1);  // done already: returns at once
+  expect(t1 == 1 && t2 == 2 && kept.storage.use_count() == 1, "waits return once done, and the memory is let go");
+  const std::string unknown = thrown([&] { wait_all_reduce(g, 3); }).first;
+  expect(has(unknown, "no allReduce was posted as 3"), "an unknown ticket is refused, not waited for: " + unknown);
+  // Sums ended by an abort (here: a peer's error seen in a later barrier) are not sums.
+  fake_stream_idle = false;
+  const int64_t t3 = all_reduce_sum_async(g, {&kept});
+  fake::async_state = ncclRemoteError;
+  thrown([&] { barrier(g); });
+  fake_stream_idle = true;
+  const std::string ended = thrown([&] { wait_all_reduce(g, t3); }).first;
+  expect(has(ended, "aborted after an earlier error"), "waiting on sums that an abort ended throws: " + ended);
   destroy_group(g);
 
   // A rank that never joins: init stays in progress; the constructor gives up at the timeout
