@@ -94,6 +94,7 @@ describe('profiling by op family', () => {
     expect(familyOf('opsCrossEntropy')).toBe('LM head + loss');
     expect(familyOf('opsAdamW')).toBe('optimizer + clipping');
     expect(familyOf('groupAllReduce')).toBe('gradient all-reduce');
+    for (const f of ['ncclAllReduceAsync', 'ncclWaitAllReduce']) expect(familyOf(f), f).toBe('gradient all-reduce');
     expect(familyOf('createTensor')).toBeNull();
   });
 

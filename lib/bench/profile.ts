@@ -14,7 +14,7 @@ const FAMILIES: readonly (readonly [RegExp, string])[] = [
   [/^opsRope/, 'RoPE'],
   [/^opsEmbedding/, 'embedding'],
   [/^ops(AdamW|SumOfSquares|Scale|Add|Zero|Copy)/, 'optimizer + clipping'],
-  [/^(groupAllReduce|groupBarrier|ncclAllReduce|ncclBarrier)/, 'gradient all-reduce'],
+  [/^(groupAllReduce|groupBarrier|ncclAllReduce|ncclWaitAllReduce|ncclBarrier)/, 'gradient all-reduce'],
 ];
 
 export type Breakdown = Record<string, number>;
