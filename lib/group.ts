@@ -57,7 +57,7 @@ export class ProcessGroup {
     const xs = ts.map((t, i) => this.#tensor(t, `${name}[${i}]`));
     xs.forEach((x, i) => {
       const j = xs.indexOf(x);
-      if (j !== i) fail('type', `${name}[${i}]: the same tensor as ${name}[${j}] (each is summed in place once)`);
+      if (j !== i) fail('range', `${name}[${i}]: the same tensor as ${name}[${j}] (each is summed in place once)`);
     });
     return xs.map((x, i) => x.handle(`${name}[${i}]`));
   }

@@ -78,9 +78,12 @@ export interface RunContext {
   ffnBlockRows: number;
   ceChunkRows: number;
   /**
-   * Called during the backward with gradient tensors as soon as they are final (each once:
-   * the head and final norm, then each layer's, last to first, then the embedding), so that
-   * their sum over the group can run under the rest of the backward.
+   * Called during the backward with gradient tensors once they are final (each once: the head
+   * and final norm, then each layer's, last to first, then the embedding), so that their sum
+   * over the group can run under the rest of the backward. A layer's are handed over once the
+   * layer before it has been recomputed (checkpointing), just before its backward: NCCL runs
+   * a communicator's work in order, so sums posted earlier would hold up the recompute's ring
+   * transfers, while the backward starts with the feed-forward, which needs no transfer.
    */
   gradsReady?: (ts: Tensor[]) => void;
 }
@@ -249,7 +252,12 @@ export function runLlama(
     rmsNormBackward(dhf!, xL, P.norm, rstdF, dx, grads.norm); // dx =, dnorm +=
     dhf!.dispose();
     rstdF.dispose();
-    ctx.gradsReady?.(grads.head === grads.embed ? [grads.norm] : [grads.norm, grads.head]); // a tied head waits for the embedding
+    // Final gradients not yet handed over to ctx.gradsReady (see there for when they are).
+    let ready: Tensor[] = grads.head === grads.embed ? [grads.norm] : [grads.norm, grads.head]; // a tied head waits for the embedding
+    const handOver = () => {
+      ctx.gradsReady?.(ready);
+      ready = [];
+    };
     for (let l = L - 1; l >= 0; --l) {
       let a = acts[l];
       if (!a) {
@@ -258,8 +266,9 @@ export function runLlama(
         a = re.acts;
       }
       acts[l] = a;
+      handOver();
       const dPrev = layerBackward(model, P.layers[l]!, grads.layers[l]!, a, dx, ctx);
-      ctx.gradsReady?.(Object.values(grads.layers[l]!) as Tensor[]);
+      ready = Object.values(grads.layers[l]!) as Tensor[];
       freeActs(a);
       acts[l] = null;
       dx.dispose();
@@ -267,7 +276,8 @@ export function runLlama(
       dx = dPrev;
     }
     embeddingBackward(tokens, dx, grads.embed); // dembed +=
-    ctx.gradsReady?.([grads.embed]);
+    ready.push(grads.embed);
+    handOver();
     dx.dispose();
     return result;
   } finally {

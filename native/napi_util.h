@@ -106,7 +106,7 @@ inline std::vector<Tensor*> unwrap_list(Napi::Env env, const Napi::Value& v, con
     Tensor& t = unwrap(env, arr.Get(i), at.c_str());
     for (size_t j = 0; distinct && j < ts.size(); ++j)
       if (ts[j]->storage == t.storage)
-        throw Napi::TypeError::New(env, at + ": shares its memory with " + name + "[" + std::to_string(j) + "]");
+        throw Napi::RangeError::New(env, at + ": shares its memory with " + name + "[" + std::to_string(j) + "]");
     ts.push_back(&t);
   }
   return ts;

@@ -366,6 +366,15 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
     }
   });
 
+  it('the trainer waits for every gradient sum it posted, once; after a failure part-way too, then rethrows', async () => {
+    const module = new URL('./fixtures/grad-sums.mjs', import.meta.url);
+    // tiny has 2 layers: [norm, head], then layer 1's, then layer 0's with the embedding.
+    for (const r of (await launch({ worldSize: 2 }, module, {})) as { log: string[]; error: string | null }[])
+      expect(r).toEqual({ log: ['post 1', 'post 2', 'post 3', 'wait 1', 'wait 2', 'wait 3'], error: null });
+    const failed = (await launch({ worldSize: 2 }, module, { failAt: 3 })) as { log: string[]; error: string | null }[];
+    failed.forEach((r, rank) => expect(r).toEqual({ log: ['post 1', 'post 2', 'wait 1', 'wait 2'], error: `rank ${rank} refuses post 3` }));
+  });
+
   it('training steps: the same losses on 1 thread and over 2 zigzag ranks (with clipping)', async () => {
     const args = { config: tiny, weights: Object.fromEntries(weights), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag', steps: 4, lr: 3e-3, maxGradNorm: 0.5 };
     const [r0] = (await launch({ worldSize: 2 }, rankModule, args)) as { losses: number[] }[];

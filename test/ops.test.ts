@@ -403,10 +403,11 @@ describe('gradient utilities', () => {
     ops.scale(ta, 0.5);
     expect(Array.from(await read(ta))).toEqual(Array.from(a, (x, i) => Math.fround(Math.fround(x + b[i]!) * 0.5)));
     // A list: one wait for the device, the same bits as adding each tensor's sum in order.
-    const parts = [t(a.subarray(0, 7), [7]), t(b, [n]), t(a.subarray(7), [n - 7]), ta];
+    const parts = [t(a.subarray(0, 7), [7]), t(new Float32Array(0), [0]), t(b, [n]), t(a.subarray(7), [n - 7]), ta];
     const oneByOne = parts.reduce((s, p) => s + ops.sumOfSquares(p), 0);
     expect(ops.sumOfSquares(parts)).toBe(oneByOne);
     expect(ops.sumOfSquares([ta, ta])).toBe(2 * ops.sumOfSquares(ta)); // reading one tensor twice is fine
+    expect(ops.sumOfSquares([t(new Float32Array(0), [0])])).toBe(0);
     expect(() => ops.sumOfSquares([])).toThrow(/^t: expected at least one tensor/);
     expect(() => ops.sumOfSquares([ta, 3 as any])).toThrow(/^t\[1\]: expected a Tensor/);
     ops.zero(ta);

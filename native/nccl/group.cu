@@ -93,21 +93,31 @@ class Group {
   // operations in the order they were posted, whatever their streams, so the ring's
   // transfers queue behind these sums, on every rank in the same order.
   int64_t all_reduce_sum_async(const std::vector<Tensor*>& ts) {
-    post_all_reduce(ts);
-    cudaEvent_t done;
-    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
-    if (const cudaError_t e = cudaEventRecord(done, stream_); e != cudaSuccess) {
-      cudaEventDestroy(done);
-      check_cuda(e, "cudaEventRecord");
-    }
+    // Everything that can fail before the post does: posted sums must be tracked until done.
     std::vector<std::shared_ptr<Storage>> buffers;  // kept until the sums are done, even if disposed
     for (const Tensor* t : ts) buffers.push_back(t->storage);
+    inflight_.reserve(inflight_.size() + 1);
+    cudaEvent_t done;
+    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+    try {
+      post_all_reduce(ts);
+    } catch (...) {
+      cudaEventDestroy(done);
+      throw;
+    }
+    if (const cudaError_t e = cudaEventRecord(done, stream_); e != cudaSuccess) {
+      cudaEventDestroy(done);
+      abort();  // sums in flight that nothing could wait for: end them
+      check_cuda(e, "cudaEventRecord");
+    }
     inflight_.push_back({done, std::move(buffers), ++last_ticket_});
     return last_ticket_;
   }
   void wait_all_reduce(int64_t ticket) {
     if (ticket < 1 || ticket > last_ticket_) throw UserError("RangeError", "no allReduce was posted as " + std::to_string(ticket));
-    live();  // an abort since the post ended the sums early: their results are not sums
+    if (ticket > valid_upto_) live();  // the abort ended these sums early: their results are not sums
+    reap();
+    if (reduced_ >= ticket) return;
     poll("allReduce", "a peer may have died, or the ranks called different collectives", [&] {
       reap();
       return reduced_ >= ticket;
@@ -212,6 +222,11 @@ class Group {
     pending_.clear();
   }
   void abort() {
+    try {
+      reap();
+    } catch (...) {
+    }
+    if (comm_) valid_upto_ = reduced_;  // sums done before the abort are sums; those it ends are not
     if (comm_) api_.CommAbort(comm_);
     comm_ = nullptr;
   }
@@ -247,7 +262,9 @@ class Group {
   }
   void reap() {  // frees the buffers of sends and sums that have completed
     for (auto it = inflight_.begin(); it != inflight_.end();) {
-      if (cudaEventQuery(it->done) != cudaSuccess) break;  // in stream order: later ones are not done either
+      const cudaError_t e = cudaEventQuery(it->done);
+      if (e == cudaErrorNotReady) break;  // in stream order: later ones are not done either
+      check_cuda(e, "waiting for NCCL work");  // a CUDA error, not a slow peer: said at once
       cudaEventDestroy(it->done);
       if (it->ticket) reduced_ = it->ticket;
       it = inflight_.erase(it);
@@ -276,6 +293,7 @@ class Group {
   };
   std::vector<Inflight> inflight_;
   int64_t last_ticket_ = 0, reduced_ = 0;  // asynchronous sums posted, and known to be done
+  int64_t valid_upto_ = INT64_MAX;          // after an abort: the last sum done before it
 };
 
 std::mutex registry_mu;

@@ -150,7 +150,7 @@ describe.skipIf(!!why)(title, () => {
       expect(ops.sumOfSquares(a.gpu)).toBe(s);  // deterministic
       // A list: one partial buffer and one wait, the same bits as the tensors' sums added in order.
       const c = pair([5], 28, dtype), e = pair([300000], 29, dtype);
-      const parts = [c.gpu, a.gpu, e.gpu];
+      const parts = [c.gpu, zeros([0], { device: 'cuda', dtype }), a.gpu, e.gpu];
       expect(ops.sumOfSquares(parts)).toBe(parts.reduce((acc, p) => acc + ops.sumOfSquares(p), 0));
       ops.add(a.gpu, b.gpu), ops.add(a.cpu, b.cpu);
       await close(a.gpu, a.cpu, tol.elem, 'add');

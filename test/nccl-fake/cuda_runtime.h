@@ -1,11 +1,15 @@
 // A stand-in for the CUDA runtime's host API, enough for native/nccl/group.cu to build and
 // run without a GPU (test/nccl-fake/test.cpp). Streams and events are plain objects; every
-// call is written to fake_log, and fake_stream_idle decides what cudaStreamQuery says.
+// call is written to fake_log, and fake_stream_idle decides what cudaStreamQuery says. An
+// event recorded on a stream while the streams are busy stays pending until they go idle,
+// except the next fake_records_done_at_once of them; fake_event_error replaces every answer
+// of cudaEventQuery.
 #pragma once
+#include <set>
 #include <string>
 #include <vector>
 
-enum cudaError_t { cudaSuccess = 0, cudaErrorNotReady = 600 };
+enum cudaError_t { cudaSuccess = 0, cudaErrorNotReady = 600, cudaErrorIllegalAddress = 700 };
 struct CUstream_st { int id; };
 struct CUevent_st { int id; };
 typedef CUstream_st* cudaStream_t;
@@ -14,6 +18,9 @@ constexpr unsigned cudaStreamNonBlocking = 1, cudaEventDisableTiming = 2;
 
 inline std::vector<std::string> fake_log;
 inline bool fake_stream_idle = true;
+inline std::set<int> fake_pending_events;
+inline int fake_records_done_at_once = 0;
+inline cudaError_t fake_event_error = cudaSuccess;
 inline int fake_live_streams = 0, fake_live_events = 0, fake_next_id = 1;
 
 inline std::string fake_name(cudaStream_t s) { return s ? "stream" + std::to_string(s->id) : "default"; }
@@ -41,6 +48,11 @@ inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
 }
 inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   fake_log.push_back("record event" + std::to_string(e->id) + " on " + fake_name(s));
+  fake_pending_events.erase(e->id);
+  if (s && !fake_stream_idle) {
+    if (fake_records_done_at_once > 0) --fake_records_done_at_once;
+    else fake_pending_events.insert(e->id);
+  }
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
@@ -48,4 +60,7 @@ inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) 
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamQuery(cudaStream_t) { return fake_stream_idle ? cudaSuccess : cudaErrorNotReady; }
-inline cudaError_t cudaEventQuery(cudaEvent_t) { return fake_stream_idle ? cudaSuccess : cudaErrorNotReady; }
+inline cudaError_t cudaEventQuery(cudaEvent_t e) {
+  if (fake_event_error != cudaSuccess) return fake_event_error;
+  return fake_stream_idle || !fake_pending_events.count(e->id) ? cudaSuccess : cudaErrorNotReady;
+}

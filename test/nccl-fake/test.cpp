@@ -99,6 +99,7 @@ static bool has(const std::string& s, const std::string& part) { return s.find(p
 static void reset() {
   fake_log.clear();
   fake_stream_idle = true;
+  fake_pending_events.clear(), fake_records_done_at_once = 0, fake_event_error = cudaSuccess;
   fake::init_result = ncclSuccess, fake::async_state = ncclSuccess, fake::send_result = ncclSuccess, fake::reduce_result = ncclSuccess, fake::aborts = 0;
 }
 
@@ -207,9 +208,10 @@ int main() {
     ra::Tensor held = ra::Tensor::empty({4}, ra::DType::F32, ra::Device::CUDA);
     ticket = all_reduce_sum_async(g, {&held, &big});
     const std::string posted = joined();
+    const std::string after = posted.substr(posted.find("groupEnd"));
     expect(ticket == 1 && posted.substr(posted.find("groupStart")).rfind("groupStart | allReduce 4 on stream", 0) == 0 &&
-               has(posted, "allReduce 15") && posted.find("record event", posted.find("groupEnd")) != std::string::npos,
-           "async allReduce: one group, then an event, no wait: " + posted);
+               has(posted, "allReduce 15") && has(after, "record event") && !has(after, "on default") && has(after, " on stream"),
+           "async allReduce: one group, then an event on the group's stream, no wait: " + posted);
     expect(held.storage.use_count() == 2, "the posted tensor's memory is held by the group");
   }
   ring_exchange(g, a, b, 64, &ring_stream);  // other traffic can be posted meanwhile
@@ -237,6 +239,40 @@ int main() {
   fake_stream_idle = true;
   const std::string ended = thrown([&] { wait_all_reduce(g, t3); }).first;
   expect(has(ended, "aborted after an earlier error"), "waiting on sums that an abort ended throws: " + ended);
+  destroy_group(g);
+  // ... while sums done before the abort are sums.
+  reset();
+  g = create_group(id, 0, 2, 0, 10000);
+  const int64_t early = all_reduce_sum_async(g, {&kept});
+  fake_stream_idle = false;
+  fake::async_state = ncclRemoteError;
+  thrown([&] { barrier(g); });
+  const std::string done_before = thrown([&] { wait_all_reduce(g, early); }).first;
+  expect(done_before.empty() && fake::aborts == 1, "sums done before an abort can still be waited for: " + done_before);
+  destroy_group(g);
+
+  // Done means this sum's own event: a held send that completed first (posted just before the
+  // sums, in the same call) does not make the sums done.
+  reset();
+  g = create_group(id, 0, 2, 0, 200);
+  fake_stream_idle = false;
+  send(g, t, 1);
+  fake_records_done_at_once = 1;  // the send's event
+  const int64_t after_send = all_reduce_sum_async(g, {&kept});
+  const std::string still = thrown([&] { wait_all_reduce(g, after_send); }).first;
+  expect(has(still, "did not finish within 200 ms"), "a finished send before unfinished sums: still waiting: " + still);
+  destroy_group(g);
+
+  // A CUDA error while waiting is said at once, as itself, not as a timeout after the deadline.
+  reset();
+  g = create_group(id, 0, 2, 0, 10000);
+  fake_stream_idle = false;
+  const int64_t broken = all_reduce_sum_async(g, {&kept});
+  fake_event_error = cudaErrorIllegalAddress;
+  auto [cuda_err, cuda_ms] = thrown([&] { wait_all_reduce(g, broken); });
+  expect(has(cuda_err, "waiting for NCCL work failed: fake CUDA error") && cuda_ms < 2000,
+         "a CUDA error in a wait: " + cuda_err + " after " + std::to_string(cuda_ms) + " ms");
+  fake_event_error = cudaSuccess;
   destroy_group(g);
 
   // A rank that never joins: init stays in progress; the constructor gives up at the timeout

@@ -27,7 +27,7 @@ double sum_of_squares(const std::vector<const Tensor*>& ts) {
   // back and one wait (the global gradient norm: ~150 tensors for a 1B model).
   std::vector<int64_t> first(ts.size() + 1, 0);  // tensor i's partials are [first[i], first[i+1])
   for (size_t i = 0; i < ts.size(); ++i) {
-    activation_dtype(*ts[i], "t");
+    activation_dtype(*ts[i], ("t[" + std::to_string(i) + "]").c_str());
     const int64_t n = ts[i]->numel();
     first[i + 1] = first[i] + (n ? int64_t(sum_of_squares_blocks(n)) : 0);
   }
