@@ -52,15 +52,16 @@ interface Native {
   groupRecv(id: number, rank: number, peer: number, into: TensorHandle): void;
   groupAllReduce(id: number, rank: number, ts: TensorHandle[]): void;
   groupBarrier(id: number, rank: number): void;
-  // `parts` (benchmarks only): 0 the whole schedule, 1 its compute alone, 2 its transfers alone.
+  // Benchmarks only: `parts` 0 the whole schedule, 1 its compute alone, 2 its transfers alone;
+  // with `timeSteps`, the results end with a Float64Array of [compute, transfer, whole] ms per step.
   ringForward(
     id: number, rank: number, q: TensorHandle, k: TensorHandle, v: TensorHandle,
-    causal: boolean, scale: number, zigzag: boolean, parts?: number,
-  ): [TensorHandle, TensorHandle];
+    causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean,
+  ): [TensorHandle, TensorHandle, Float64Array?];
   ringBackward(
     id: number, rank: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle,
-    out: TensorHandle, lse: TensorHandle, causal: boolean, scale: number, zigzag: boolean, parts?: number,
-  ): [TensorHandle, TensorHandle, TensorHandle];
+    out: TensorHandle, lse: TensorHandle, causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean,
+  ): [TensorHandle, TensorHandle, TensorHandle, Float64Array?];
   /** Per ring step: [qLen, kLen, causal 0|1] that `rank` computes; [0, 0, 0] for a skipped step. */
   ringPlan(rank: number, worldSize: number, seq: number, causal: boolean, zigzag: boolean): [number, number, number][];
   ncclLoad(path: string): number;
@@ -75,11 +76,12 @@ interface Native {
   ncclBarrier(id: number): void;
   ncclRingForward(
     id: number, q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number, zigzag: boolean, parts?: number,
-  ): [TensorHandle, TensorHandle];
+    timeSteps?: boolean,
+  ): [TensorHandle, TensorHandle, Float64Array?];
   ncclRingBackward(
     id: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle, out: TensorHandle, lse: TensorHandle,
-    causal: boolean, scale: number, zigzag: boolean, parts?: number,
-  ): [TensorHandle, TensorHandle, TensorHandle];
+    causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean,
+  ): [TensorHandle, TensorHandle, TensorHandle, Float64Array?];
   cudaInfo(): CudaInfo;
   /** 'cmake-js' or 'node-gyp'. */
   buildSystem(): string;

@@ -2,7 +2,7 @@
 // of the sequence (see shardSequence) and gets its shard of the result; K/V shards travel
 // around the ring in native code and partial results merge through the log-sum-exp.
 import { checkAttentionInputs, checkBackwardInputs, type AttentionGradients, type AttentionOptions, type AttentionResult } from './attention.js';
-import { checkOneOf, fail } from './errors.js';
+import { checkOneOf, describe, fail } from './errors.js';
 import { ProcessGroup } from './group.js';
 import { native } from './native.js';
 import { LAYOUTS, type Layout } from './shard.js';
@@ -18,6 +18,28 @@ export interface RingAttentionOptions extends AttentionOptions {
    * them apart (the results are then meaningless).
    */
   parts?: 'compute' | 'transfers';
+  /**
+   * @internal Benchmarks only: time each ring step on this rank and pass the times here once
+   * the call is done (on CUDA the call then waits for the device).
+   */
+  onStepTimes?: (steps: RingStepTime[]) => void;
+}
+
+/** How long one ring step took on one rank, in milliseconds. */
+export interface RingStepTime {
+  /** The step's attention kernel(s). */
+  computeMs: number;
+  /** The step's block transfers, from the data movement's start to its end (waiting for the peer included). */
+  transferMs: number;
+  /** The whole step, from its compute's start to the next step's: ~computeMs when the transfers hide. */
+  wholeMs: number;
+}
+
+function stepTimes(a: ReturnType<typeof checkRing>, times: Float64Array | undefined): void {
+  if (!a.onStepTimes || !times) return;
+  const steps: RingStepTime[] = [];
+  for (let i = 0; i < times.length; i += 3) steps.push({ computeMs: times[i]!, transferMs: times[i + 1]!, wholeMs: times[i + 2]! });
+  a.onStepTimes(steps);
 }
 
 const PARTS = { compute: 1, transfers: 2 } as const;
@@ -35,15 +57,19 @@ function checkRing(q: unknown, k: unknown, v: unknown, opts: unknown) {
   if (layout === 'zigzag' && seq % 2 !== 0)
     fail('range', `q: the zigzag layout cuts the sequence into 2*worldSize chunks, so each shard has an even length; this one has ${seq}`);
   const parts = a.options.parts === undefined ? 0 : PARTS[checkOneOf(a.options.parts, 'opts.parts', ['compute', 'transfers'] as const)!];
-  return { ...a, groupId, group, zigzag: layout === 'zigzag', parts };
+  const onStepTimes = a.options.onStepTimes;
+  if (onStepTimes !== undefined && typeof onStepTimes !== 'function') fail('type', `opts.onStepTimes: expected a function, got ${describe(onStepTimes)}`);
+  return { ...a, groupId, group, zigzag: layout === 'zigzag', parts, onStepTimes };
 }
 
 /** Attention over the whole sequence, each rank holding one shard of q, k and v. Every rank of the group must call it. */
 export function ringAttention(q: Tensor, k: Tensor, v: Tensor, opts: RingAttentionOptions): AttentionResult {
   const a = checkRing(q, k, v, opts);
-  const [out, lse] = a.group.backend === 'nccl'
-    ? native.ncclRingForward(a.groupId, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts)
-    : native.ringForward(a.groupId, a.group.rank, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts);
+  const timed = a.onStepTimes !== undefined;
+  const [out, lse, times] = a.group.backend === 'nccl'
+    ? native.ncclRingForward(a.groupId, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed)
+    : native.ringForward(a.groupId, a.group.rank, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed);
+  stepTimes(a, times);
   const [b, s, h] = a.q.shape as [number, number, number];
   return { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
 }
@@ -55,9 +81,11 @@ export function ringAttentionBackward(
   const a = checkRing(q, k, v, opts);
   const f = checkBackwardInputs(dout, out, lse, a.q);
   const h = [f.dout.handle('dout'), a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), f.out.handle('out'), f.lse.handle('lse')] as const;
-  const [dq, dk, dv] = a.group.backend === 'nccl'
-    ? native.ncclRingBackward(a.groupId, ...h, a.causal, a.scale, a.zigzag, a.parts)
-    : native.ringBackward(a.groupId, a.group.rank, ...h, a.causal, a.scale, a.zigzag, a.parts);
+  const timed = a.onStepTimes !== undefined;
+  const [dq, dk, dv, times] = a.group.backend === 'nccl'
+    ? native.ncclRingBackward(a.groupId, ...h, a.causal, a.scale, a.zigzag, a.parts, timed)
+    : native.ringBackward(a.groupId, a.group.rank, ...h, a.causal, a.scale, a.zigzag, a.parts, timed);
+  stepTimes(a, times);
   return {
     dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),
     dk: Tensor.fromHandle(dk, a.k.shape, a.k.dtype, a.k.device),

@@ -283,9 +283,11 @@ Napi::Value GroupBarrier(const Napi::CallbackInfo& info) {
   });
 }
 
-// The ring calls' arguments from `at` on: causal, scale, zigzag, then optionally the parts
-// to run (0 both, 1 compute only, 2 transfers only; benchmarks only).
-ra::ring::RingShape ring_shape(const Napi::CallbackInfo& info, size_t at, const Tensor& q, const Tensor& k) {
+// The ring calls' arguments from `at` on: causal, scale, zigzag, then optionally (benchmarks
+// only) the parts to run (0 both, 1 compute only, 2 transfers only) and whether to time each
+// step into `times`.
+ra::ring::RingShape ring_shape(const Napi::CallbackInfo& info, size_t at, const Tensor& q, const Tensor& k,
+                               std::vector<ra::ring::StepTime>& times) {
   if (q.shape.size() != 4 || k.shape.size() != 4 || q.shape[0] != k.shape[0] || q.shape[1] != k.shape[1] ||
       q.shape[3] != k.shape[3] || k.shape[2] == 0 || q.shape[2] % k.shape[2] != 0)
     throw UserError("RangeError", "ringAttention: inconsistent shapes");
@@ -296,7 +298,20 @@ ra::ring::RingShape ring_shape(const Napi::CallbackInfo& info, size_t at, const 
     if (parts < 0 || parts > 2) throw UserError("RangeError", "parts: expected 0, 1 or 2");
     s.parts = static_cast<ra::ring::Parts>(parts);
   }
+  if (info.Length() > at + 4 && info[at + 4].ToBoolean()) s.step_times = &times;
   return s;
+}
+// A ring call's results, then, when its steps were timed, a Float64Array of [compute, transfer,
+// whole] milliseconds per step.
+Napi::Value with_times(Napi::Env env, Napi::Array results, const ra::ring::RingShape& s) {
+  if (!s.step_times) return results;
+  auto a = Napi::Float64Array::New(env, 3 * s.step_times->size());
+  for (size_t i = 0; i < s.step_times->size(); ++i) {
+    const auto& st = (*s.step_times)[i];
+    a[3 * i] = st.compute_ms, a[3 * i + 1] = st.transfer_ms, a[3 * i + 2] = st.whole_ms;
+  }
+  results.Set(results.Length(), a);
+  return results;
 }
 
 // A rank that fails inside the ring loop aborts its group: peers waiting for its blocks fail
@@ -317,16 +332,17 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
     const Tensor &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"), &v = unwrap(env, info[4], "v");
-    auto s = ring_shape(info, 5, q, k);
+    std::vector<ra::ring::StepTime> times;
+    auto s = ring_shape(info, 5, q, k, times);
     if (q.device == Device::CUDA) {
       auto r = cuda_fwd_outputs(q, s);
       aborting_group_on_error(t, [&] { ra::cuda::ring_forward(t, s, q, k, v, r.t[0], r.t[1]); });
-      return wrap_all(env, r.t);
+      return with_times(env, wrap_all(env, r.t), s);
     }
     F32 q32(q), k32(k), v32(v);
     Output outs[] = {{q.shape, q.dtype}, {{s.batch, s.heads, s.seq}, DType::F32}};
     aborting_group_on_error(t, [&] { ra::ring::ring_forward(t, s, q32.ptr, k32.ptr, v32.ptr, outs[0].ptr, outs[1].ptr); });
-    return wrap_all(env, outs);
+    return with_times(env, wrap_all(env, outs), s);
   });
 }
 
@@ -336,11 +352,12 @@ Napi::Value RingBackward(const Napi::CallbackInfo& info) {
     auto t = transport(info);
     const Tensor &dout = unwrap(env, info[2], "dout"), &q = unwrap(env, info[3], "q"), &k = unwrap(env, info[4], "k"),
                  &v = unwrap(env, info[5], "v"), &out = unwrap(env, info[6], "out"), &lse = unwrap(env, info[7], "lse");
-    auto s = ring_shape(info, 8, q, k);
+    std::vector<ra::ring::StepTime> times;
+    auto s = ring_shape(info, 8, q, k, times);
     if (q.device == Device::CUDA) {
       auto r = cuda_bwd_outputs(q, k);
       aborting_group_on_error(t, [&] { ra::cuda::ring_backward(t, s, dout, q, k, v, out, lse, r.t[0], r.t[1], r.t[2]); });
-      return wrap_all(env, r.t);
+      return with_times(env, wrap_all(env, r.t), s);
     }
     F32 do32(dout), q32(q), k32(k), v32(v), o32(out), l32(lse);
     Output outs[] = {{q.shape, q.dtype}, {k.shape, k.dtype}, {v.shape, v.dtype}};
@@ -348,7 +365,7 @@ Napi::Value RingBackward(const Napi::CallbackInfo& info) {
       ra::ring::ring_backward(t, s, do32.ptr, q32.ptr, k32.ptr, v32.ptr, o32.ptr, l32.ptr, outs[0].ptr, outs[1].ptr,
                               outs[2].ptr);
     });
-    return wrap_all(env, outs);
+    return with_times(env, wrap_all(env, outs), s);
   });
 }
 
@@ -454,10 +471,11 @@ Napi::Value NcclBarrier(const Napi::CallbackInfo& info) {
 Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &q = unwrap(env, info[1], "q"), &k = unwrap(env, info[2], "k"), &v = unwrap(env, info[3], "v");
-    auto s = ring_shape(info, 4, q, k);
+    std::vector<ra::ring::StepTime> times;
+    auto s = ring_shape(info, 4, q, k, times);
     auto r = cuda_fwd_outputs(q, s);
     ra::cuda::ring_forward_nccl(group_id(info[0]), s, q, k, v, r.t[0], r.t[1]);
-    return wrap_all(env, r.t);
+    return with_times(env, wrap_all(env, r.t), s);
   });
 }
 
@@ -466,10 +484,11 @@ Napi::Value NcclRingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &dout = unwrap(env, info[1], "dout"), &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"),
                  &v = unwrap(env, info[4], "v"), &out = unwrap(env, info[5], "out"), &lse = unwrap(env, info[6], "lse");
-    auto s = ring_shape(info, 7, q, k);
+    std::vector<ra::ring::StepTime> times;
+    auto s = ring_shape(info, 7, q, k, times);
     auto r = cuda_bwd_outputs(q, k);
     ra::cuda::ring_backward_nccl(group_id(info[0]), s, dout, q, k, v, out, lse, r.t[0], r.t[1], r.t[2]);
-    return wrap_all(env, r.t);
+    return with_times(env, wrap_all(env, r.t), s);
   });
 }
 

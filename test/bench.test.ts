@@ -10,6 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { flopsPerToken, matmulParameters, minOverlapBlock, peakTflops } from '../dist/bench/flops.js';
 import { fitLine } from '../dist/bench/memory.js';
 import { familyOf, profile } from '../dist/bench/profile.js';
+import { stepOverlap } from '../dist/bench/ring.js';
 import { native } from '../dist/native.js';
 import {
   createTrainer, hostMemoryStats, initLlama, launch, llamaPresets, parameterCount, tensor,
@@ -149,6 +150,37 @@ describe('ring parts (benchmarks only)', () => {
   });
 });
 
+describe('ring step times (benchmarks only)', () => {
+  type Step = { computeMs: number; transferMs: number; wholeMs: number };
+  type Times = { forward: Step[]; backward: Step[]; forwardCallMs: number; backwardCallMs: number };
+  it('one entry per step; each step within the call, its compute within the step; skipped steps and transfers alone compute nothing', async () => {
+    const N = 3;
+    const results = await launch({ worldSize: N }, new URL('./fixtures/ring-steps.mjs', import.meta.url), {}) as Record<'both' | 'transfers', Times>[];
+    results.forEach((r, rank) => {
+      for (const pass of ['forward', 'backward'] as const) {
+        const steps = r.both[pass], callMs = r.both[`${pass}CallMs`];
+        expect(steps, `rank ${rank} ${pass}`).toHaveLength(N);
+        for (const s of steps) {
+          expect(Math.min(s.computeMs, s.transferMs)).toBeGreaterThanOrEqual(0);
+          expect(s.computeMs).toBeLessThanOrEqual(s.wholeMs + 1e-6);
+        }
+        expect(steps.reduce((a, s) => a + s.wholeMs, 0)).toBeLessThanOrEqual(callMs);
+        // Causal and contiguous: rank r computes at steps 0..r (blocks of ranks r, r-1, ..., 0), none later.
+        steps.forEach((s, step) => (step <= rank ? expect(s.computeMs, `rank ${rank} step ${step}`).toBeGreaterThan(0)
+          : expect(s.computeMs, `rank ${rank} step ${step}`).toBe(0)));
+        // Every step but the forward's last moves a block (the backward's last brings our dK/dV home).
+        steps.forEach((s, step) => (pass === 'forward' && step === N - 1 ? expect(s.transferMs).toBe(0) : expect(s.transferMs).toBeGreaterThan(0)));
+        expect(r.transfers[pass].every((s) => s.computeMs === 0)).toBe(true);
+      }
+    });
+  });
+
+  it('refuses a callback that is not a function, by name', async () => {
+    const [r] = await launch({ worldSize: 1 }, new URL('./fixtures/ring-steps.mjs', import.meta.url), { badCallback: true }) as { error: string }[];
+    expect(r!.error).toBe('TypeError: opts.onStepTimes: expected a function, got number 5');
+  });
+});
+
 describe('ring-attention bench (CPU, smoke sizes)', () => {
   it('mfu: tokens/s and TFLOP/s follow from the step time and the FLOP count', () => {
     const w = smoke('mfu');
@@ -190,13 +222,24 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     }
   });
 
-  it('ring: the whole call, its compute alone and its transfers alone', () => {
+  it('ring: the whole call, its compute alone and its transfers alone, and each step inside the whole call', () => {
     const w = smoke('ring');
     checkCommon(w, 'ring');
-    for (const r of w.json.rows as unknown as { forward: Record<string, number>; backward: Record<string, number>; ratioForward: number; singleForwardMs: number }[]) {
-      for (const p of [r.forward, r.backward]) for (const k of ['both', 'compute', 'transfers']) expect(p[k]).toBeGreaterThan(0);
-      expect(r.ratioForward).toBeCloseTo(r.forward.both! / r.singleForwardMs, 9);
+    type Pass = { both: number; compute: number; transfers: number; steps: { computeMs: number; transferMs: number; wholeMs: number }[] };
+    type Row = { ranks: number; forward: Pass; backward: Pass; ratioForward: number; singleForwardMs: number; stepOverlapForward: number; stepOverlapBackward: number };
+    for (const r of w.json.rows as unknown as Row[]) {
+      for (const p of [r.forward, r.backward]) {
+        for (const k of ['both', 'compute', 'transfers'] as const) expect(p[k]).toBeGreaterThan(0);
+        expect(p.steps).toHaveLength(r.ranks);
+        expect(p.steps.every((s) => s.wholeMs > 0 && s.computeMs > 0)).toBe(true); // zigzag: every step computes
+      }
+      expect(r.ratioForward).toBeCloseTo(r.forward.both / r.singleForwardMs, 9);
+      expect(r.stepOverlapForward).toBeCloseTo(stepOverlap(r.forward.steps)!, 9);
+      expect(r.stepOverlapBackward).toBeGreaterThan(0);
     }
+    expect(stepOverlap([{ computeMs: 2, transferMs: 1, wholeMs: 2 }, { computeMs: 1, transferMs: 2, wholeMs: 3 }, { computeMs: 0, transferMs: 0, wholeMs: 0.1 }])).toBe(1.25);
+    expect(stepOverlap([])).toBeNull();
+    expect(w.stdout).toMatch(/fwd per step whole\/max/);
     // The README's table: H100 at 989 TFLOP/s over NVLink 4 (450 GB/s) and InfiniBand NDR (50 GB/s).
     expect(w.stdout).toMatch(/c >= F \/ B at 989 TFLOP\/s .*NVLink 4 .* at 450 GB\/s: c >= 2\.2K tokens per rank block, 13\.2K per rank; InfiniBand .* at 50 GB\/s: c >= 19\.8K tokens per rank block, 118\.7K per rank/);
   });

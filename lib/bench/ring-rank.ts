@@ -1,9 +1,10 @@
 // One rank of `bench ring`: random shards, then the ring's forward and backward timed whole,
 // compute alone and transfers alone (median of `reps` after a warm-up; every rank waits for
-// its device and for the others before and after each run, so the slowest rank sets the time).
+// its device and for the others before and after each run, so the slowest rank sets the time),
+// then each step of the whole call timed on its own.
 import type { ProcessGroup } from '../group.js';
 import { cudaSynchronize } from '../index.js';
-import { ringAttention, ringAttentionBackward, type RingAttentionOptions } from '../ring.js';
+import { ringAttention, ringAttentionBackward, type RingAttentionOptions, type RingStepTime } from '../ring.js';
 import type { Layout } from '../shard.js';
 import { tensor, type Tensor } from '../tensor.js';
 import { median, randomArray } from './timing.js';
@@ -13,8 +14,11 @@ export interface RingRankArgs {
   device: 'cpu' | 'cuda';
 }
 
-/** Milliseconds of the whole ring call, of its compute alone and of its transfers alone. */
-export interface RingParts { both: number; compute: number; transfers: number }
+/**
+ * Milliseconds of the whole ring call, of its compute alone and of its transfers alone; and,
+ * per step of the whole call, its compute, transfers and whole (median over the runs).
+ */
+export interface RingParts { both: number; compute: number; transfers: number; steps: RingStepTime[] }
 
 export default ({ group, args }: { group: ProcessGroup; args: RingRankArgs }): { forward: RingParts; backward: RingParts } => {
   const { block, heads, kvHeads, dim, causal, layout, reps, device } = args;
@@ -35,18 +39,30 @@ export default ({ group, args }: { group: ProcessGroup; args: RingRankArgs }): {
     }
     return median(ts);
   };
+  // Each step timed inside the whole call, in runs of their own (timing waits for the device).
+  const steps = (run: (o: RingAttentionOptions) => void): RingStepTime[] => {
+    const runs: RingStepTime[][] = [];
+    time(() => run({ ...ring, onStepTimes: (s) => void runs.push(s) }));
+    const runsAfterWarmUp = runs.slice(1);
+    return runsAfterWarmUp[0]!.map((_, i) => ({
+      computeMs: median(runsAfterWarmUp.map((r) => r[i]!.computeMs)),
+      transferMs: median(runsAfterWarmUp.map((r) => r[i]!.transferMs)),
+      wholeMs: median(runsAfterWarmUp.map((r) => r[i]!.wholeMs)),
+    }));
+  };
   const ring: RingAttentionOptions = { group, causal, layout };
   const fwd = ringAttention(q, k, v, ring);
-  const forward = (o: RingAttentionOptions) => time(() => { const r = ringAttention(q, k, v, o); r.out.dispose(); r.lse.dispose(); });
-  const backward = (o: RingAttentionOptions) => time(() => {
+  const runForward = (o: RingAttentionOptions) => { const r = ringAttention(q, k, v, o); r.out.dispose(); r.lse.dispose(); };
+  const runBackward = (o: RingAttentionOptions) => {
     const g = ringAttentionBackward(dout, q, k, v, fwd.out, fwd.lse, o);
     g.dq.dispose(); g.dk.dispose(); g.dv.dispose();
+  };
+  const parts = (run: (o: RingAttentionOptions) => void): RingParts => ({
+    both: time(() => run(ring)), compute: time(() => run({ ...ring, parts: 'compute' })),
+    transfers: time(() => run({ ...ring, parts: 'transfers' })), steps: steps(run),
   });
   try {
-    return {
-      forward: { both: forward(ring), compute: forward({ ...ring, parts: 'compute' }), transfers: forward({ ...ring, parts: 'transfers' }) },
-      backward: { both: backward(ring), compute: backward({ ...ring, parts: 'compute' }), transfers: backward({ ...ring, parts: 'transfers' }) },
-    };
+    return { forward: parts(runForward), backward: parts(runBackward) };
   } finally {
     for (const t of [q, k, v, dout, fwd.out, fwd.lse]) t.dispose();
   }

@@ -11,6 +11,7 @@ import type { Layout } from '../shard.js';
 import { tensor, type Tensor } from '../tensor.js';
 import type { Column } from './report.js';
 import type { RingParts, RingRankArgs } from './ring-rank.js';
+import type { RingStepTime } from '../ring.js';
 import { LINKS, minOverlapBlock, peakTflops } from './flops.js';
 import { intList, intOption, type Suite } from './suite.js';
 import { medianMs, randomArray } from './timing.js';
@@ -29,6 +30,9 @@ export interface RingRow {
   /** Whole / max(compute alone, transfers alone): 1 when the transfers hide completely. */
   overlapForward: number;
   overlapBackward: number;
+  /** The same per step, inside the whole call (stepOverlap); null when no step did anything. */
+  stepOverlapForward: number | null;
+  stepOverlapBackward: number | null;
 }
 
 function single(seq: number, a: RingRankArgs): { forwardMs: number; backwardMs: number } {
@@ -50,11 +54,23 @@ function single(seq: number, a: RingRankArgs): { forwardMs: number; backwardMs: 
   }
 }
 
+// The slowest rank's figures (per step too: the slowest rank at each step).
 const worst = (rs: { forward: RingParts; backward: RingParts }[], pass: 'forward' | 'backward'): RingParts => ({
   both: Math.max(...rs.map((r) => r[pass].both)),
   compute: Math.max(...rs.map((r) => r[pass].compute)),
   transfers: Math.max(...rs.map((r) => r[pass].transfers)),
+  steps: rs[0]![pass].steps.map((_, i) => ({
+    computeMs: Math.max(...rs.map((r) => r[pass].steps[i]!.computeMs)),
+    transferMs: Math.max(...rs.map((r) => r[pass].steps[i]!.transferMs)),
+    wholeMs: Math.max(...rs.map((r) => r[pass].steps[i]!.wholeMs)),
+  })),
 });
+
+/** Mean over steps of whole / max(compute, transfers), measured inside the whole call (steps doing neither left out). */
+export function stepOverlap(steps: readonly RingStepTime[]): number | null {
+  const ratios = steps.filter((s) => Math.max(s.computeMs, s.transferMs) > 0).map((s) => s.wholeMs / Math.max(s.computeMs, s.transferMs));
+  return ratios.length ? ratios.reduce((a, b) => a + b, 0) / ratios.length : null;
+}
 
 export const ringSuite: Suite<RingRow> = {
   name: 'ring',
@@ -100,6 +116,7 @@ export const ringSuite: Suite<RingRow> = {
           ratioForward: forward.both / s.forwardMs, ratioBackward: backward.both / s.backwardMs,
           overlapForward: forward.both / Math.max(forward.compute, forward.transfers),
           overlapBackward: backward.both / Math.max(backward.compute, backward.transfers),
+          stepOverlapForward: stepOverlap(forward.steps), stepOverlapBackward: stepOverlap(backward.steps),
         };
         rows.push(row);
         progress.done(`ring/single fwd ${row.ratioForward.toFixed(2)}, bwd ${row.ratioBackward.toFixed(2)}`);
@@ -109,7 +126,9 @@ export const ringSuite: Suite<RingRow> = {
     }
     notes.push(`ring/single: ring time over single-device time for the same total sequence (the ranks share ${ctx.device === 'cuda' ? 'one GPU' : 'the CPU'}); ` +
       'whole/max: the whole ring call over the larger of its compute alone and its transfers alone (1.00: transfers fully hidden; ' +
-      '(compute+transfers)/max: none hidden)');
+      '(compute+transfers)/max: none hidden); per step: the same ratio for each step inside the whole call ' +
+      '(its kernels, its block transfers, and the step from its compute\'s start to the next\'s), averaged over the steps; ' +
+      'every step\'s figures are in the JSON');
     if (ctx.device === 'cpu') notes.push('on the CPU, in-process transfers pass pointers: there is nothing to hide, and the ranks contend for the same cores');
     const peak = peakTflops(ctx.machine.gpu) ?? { tflops: 989, matched: 'H100/H200 SXM (no GPU detected)' };
     const k = (tokens: number) => `${(tokens / 1e3).toFixed(1)}K`;
@@ -142,4 +161,6 @@ const COLUMNS: Column<RingRow>[] = [
   { header: 'bwd compute ms', value: (r) => r.backward.compute, digits: 2 },
   { header: 'bwd transfers ms', value: (r) => r.backward.transfers, digits: 2 },
   { header: 'bwd whole/max', value: (r) => r.overlapBackward, digits: 2 },
+  { header: 'fwd per step whole/max', value: (r) => r.stepOverlapForward, digits: 2 },
+  { header: 'bwd per step whole/max', value: (r) => r.stepOverlapBackward, digits: 2 },
 ];

@@ -35,6 +35,12 @@ struct Event {
   void wait_on(cudaStream_t s) const { check(cudaStreamWaitEvent(s, e, 0), "cudaStreamWaitEvent"); }
 };
 
+// Two timing events around some work on one stream (benchmarks).
+struct Span {
+  cudaEvent_t begin = nullptr, end = nullptr;
+  bool recorded = false;
+};
+
 // Block traffic between ring neighbours, for one rank: send to rank + 1, receive from rank - 1.
 class Link {
  public:
@@ -43,9 +49,10 @@ class Link {
   virtual int rank() const = 0;
   virtual int world() const = 0;
   // Enqueues on `comm` the send of `send` (whose data `comm` already waits for) and the
-  // receive into `recv` once `recv_free` (if any) has completed. Does not wait.
+  // receive into `recv` once `recv_free` (if any) has completed. Does not wait. With `span`
+  // (benchmarks), records its events around the data movement itself, after those waits.
   virtual void exchange(Kind kind, const void* send, void* recv, size_t bytes, cudaStream_t comm,
-                        const Event* recv_free) = 0;
+                        const Event* recv_free, struct Span* span = nullptr) = 0;
   // Before the buffers are freed: every send has completed (in `compute`'s order, or waited for).
   virtual void finish(cudaStream_t compute, cudaStream_t comm) = 0;
   // After an error mid-loop: waits (bounded) until our streams are idle. True when a peer may
@@ -73,7 +80,8 @@ class LocalLink : public Link {
   int rank() const override { return t_.rank(); }
   int world() const override { return t_.world_size(); }
 
-  void exchange(Kind kind, const void* send, void* recv, size_t bytes, cudaStream_t comm, const Event* recv_free) override {
+  void exchange(Kind kind, const void* send, void* recv, size_t bytes, cudaStream_t comm, const Event* recv_free,
+                Span* span) override {
     auto o = std::make_shared<Offer>();
     o->ptr = send, o->bytes = bytes;
     o->ready.record(comm);
@@ -88,7 +96,9 @@ class LocalLink : public Link {
                                         std::to_string(prev_) + ", expected " + std::to_string(bytes) +
                                         ": every rank must pass shards of the same shape and dtype");
     in->ready.wait_on(comm);
+    if (span) check(cudaEventRecord(span->begin, comm), "cudaEventRecord");
     check(cudaMemcpyAsync(recv, in->ptr, bytes, cudaMemcpyDeviceToDevice, comm), "device copy");
+    if (span) check(cudaEventRecord(span->end, comm), "cudaEventRecord"), span->recorded = true;
     auto r = std::make_shared<Receipt>();
     r->copied.record(comm);
     t_.post(prev_, kAckTag[kind], r);
@@ -126,9 +136,12 @@ class NcclLink : public Link {
   explicit NcclLink(int64_t group) : g_(group), rank_(nccl::group_rank(group)), world_(nccl::group_world_size(group)) {}
   int rank() const override { return rank_; }
   int world() const override { return world_; }
-  void exchange(Kind, const void* send, void* recv, size_t bytes, cudaStream_t comm, const Event* recv_free) override {
+  void exchange(Kind, const void* send, void* recv, size_t bytes, cudaStream_t comm, const Event* recv_free,
+                Span* span) override {
     if (recv_free) recv_free->wait_on(comm);
-    nccl::ring_exchange(g_, send, recv, bytes, comm);
+    if (span) check(cudaEventRecord(span->begin, comm), "cudaEventRecord");
+    nccl::ring_exchange(g_, send, recv, bytes, comm);  // its time includes waiting for the peer to post
+    if (span) check(cudaEventRecord(span->end, comm), "cudaEventRecord"), span->recorded = true;
   }
   void finish(cudaStream_t, cudaStream_t comm) override { nccl::wait_stream(g_, comm, "ring attention transfers"); }
   // NCCL work may wait on a dead peer: polled against the group's timeout, which aborts the
@@ -145,6 +158,57 @@ class NcclLink : public Link {
  private:
   int64_t g_;
   int rank_, world_;
+};
+
+// Timing events for RingShape::step_times (benchmarks); none are made when nobody asked.
+// Per step: the compute kernel, and up to two transfers (K/V; dK/dV in the backward).
+class StepTimer {
+ public:
+  StepTimer(const ring::RingShape& s, int steps) : out_(s.step_times), steps_(size_t(steps)) {
+    if (!out_) return;
+    spans_.resize(3 * steps_ + 1);
+    for (Span& sp : spans_)
+      for (cudaEvent_t* e : {&sp.begin, &sp.end}) check(cudaEventCreate(e), "cudaEventCreate");
+  }
+  ~StepTimer() {
+    for (Span& sp : spans_) cudaEventDestroy(sp.begin), cudaEventDestroy(sp.end);
+  }
+  Span* compute(int step) { return out_ ? &spans_[3 * size_t(step)] : nullptr; }
+  Span* transfer(int step, int which) { return out_ ? &spans_[3 * size_t(step) + 1 + size_t(which)] : nullptr; }
+  static void begin(Span* sp, cudaStream_t s) {
+    if (sp) check(cudaEventRecord(sp->begin, s), "cudaEventRecord");
+  }
+  static void end(Span* sp, cudaStream_t s) {
+    if (sp) check(cudaEventRecord(sp->end, s), "cudaEventRecord"), sp->recorded = true;
+  }
+  // After the loop is queued: waits for the streams and fills step_times. A step's whole time
+  // runs from its compute's start to the next step's (the last: to `compute` going idle).
+  void finish(cudaStream_t compute, cudaStream_t comm) {
+    if (!out_) return;
+    Span& last = spans_.back();
+    check(cudaEventRecord(last.begin, compute), "cudaEventRecord");
+    check(cudaStreamSynchronize(comm), "cudaStreamSynchronize");
+    check(cudaStreamSynchronize(compute), "cudaStreamSynchronize");
+    auto ms = [](cudaEvent_t a, cudaEvent_t b) {
+      float t = 0;
+      check(cudaEventElapsedTime(&t, a, b), "cudaEventElapsedTime");
+      return double(t);
+    };
+    out_->assign(steps_, ring::StepTime{});
+    for (size_t k = 0; k < steps_; ++k) {
+      ring::StepTime& st = (*out_)[k];
+      const Span& c = spans_[3 * k];
+      if (c.recorded) st.compute_ms = ms(c.begin, c.end);
+      for (size_t w = 1; w <= 2; ++w)
+        if (spans_[3 * k + w].recorded) st.transfer_ms += ms(spans_[3 * k + w].begin, spans_[3 * k + w].end);
+      st.whole_ms = ms(c.begin, k + 1 < steps_ ? spans_[3 * (k + 1)].begin : last.begin);
+    }
+  }
+
+ private:
+  std::vector<ring::StepTime>* out_;
+  size_t steps_;
+  std::vector<Span> spans_;
 };
 
 __global__ void fill_kernel(float* p, float value, size_t n) {
@@ -252,6 +316,7 @@ void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const T
   zero(acc.ptr, n_q * 4, compute.s);
   fill_kernel<<<1024, 256, 0, compute.s>>>(lse.f32(), -INFINITY, size_t(lse.numel()));
   check(cudaGetLastError(), "fill launch");
+  StepTimer timer(s, N);
 
   for (int step = 0; step < N; ++step) {
     const int cur = s.moves() ? step & 1 : 0;
@@ -259,20 +324,24 @@ void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const T
     // The next block moves on `comm` while the kernel below works on this one; kv[1 - cur]
     // is free once the previous step's kernel is done with it.
     if (move) {
-      link.exchange(Link::KV, kv[cur]->ptr, kv[1 - cur]->ptr, kv_bytes, comm.s, step > 0 ? &computed[1 - cur] : nullptr);
+      link.exchange(Link::KV, kv[cur]->ptr, kv[1 - cur]->ptr, kv_bytes, comm.s, step > 0 ? &computed[1 - cur] : nullptr,
+                    timer.transfer(step, 0));
       arrived.record(comm.s);
     }
     const ring::Plan pl = ring::plan(s, r, (r - step + N) % N);
+    StepTimer::begin(timer.compute(step), compute.s);
     if (!pl.skip && s.computes()) {
       auto p = step_params(s, pl, static_cast<const char*>(q.storage->ptr), static_cast<const char*>(kv[cur]->ptr), esz,
                            lse.f32());
       p.out_accum = static_cast<float*>(acc.ptr) + pl.q_off * int64_t(s.heads) * s.head_dim;
       flash::forward(p, q.dtype, pl.causal, compute.s);
     }
+    StepTimer::end(timer.compute(step), compute.s);
     computed[cur].record(compute.s);
     if (move) arrived.wait_on(compute.s);
   }
   link.finish(compute.s, comm.s);
+  timer.finish(compute.s, comm.s);
   f32_to_dtype(static_cast<float*>(acc.ptr), out.storage->ptr, out.dtype, n_q, compute.s);
   before_default_stream(compute.s);
 }
@@ -309,16 +378,19 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
   // the block's arrival: only the add after it does, and the hop runs under the next kernel
   // (ring-flash-attention's order).
   const bool travels = N > 1 && s.moves();  // alone, a block never leaves (and NCCL is not asked to send to itself)
+  StepTimer timer(s, N);
   for (int step = 0; step < N; ++step) {
     const int cur = s.moves() ? step & 1 : 0;
     const bool move = s.moves() && step + 1 < N;
     if (move) {
-      link.exchange(Link::KV, kv[cur]->ptr, kv[1 - cur]->ptr, kv_bytes, comm.s, step > 0 ? &computed[1 - cur] : nullptr);
+      link.exchange(Link::KV, kv[cur]->ptr, kv[1 - cur]->ptr, kv_bytes, comm.s, step > 0 ? &computed[1 - cur] : nullptr,
+                    timer.transfer(step, 0));
       kv_arrived.record(comm.s);
     }
     const ring::Plan pl = ring::plan(s, r, (r - step + N) % N);
     // An empty range leaves step_dkv as it was: nothing to add.
     const bool computes = !pl.skip && s.computes() && pl.q_len > 0 && pl.k_len > 0;
+    StepTimer::begin(timer.compute(step), compute.s);
     if (computes) {
       flash::BwdParams bp{};
       bp.fwd = step_params(s, pl, static_cast<const char*>(q.storage->ptr), static_cast<const char*>(kv[cur]->ptr), esz,
@@ -334,6 +406,7 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
       bp.deterministic = false;
       flash::backward(bp, q.dtype, pl.causal, compute.s);
     }
+    StepTimer::end(timer.compute(step), compute.s);
     computed[cur].record(compute.s);  // kv[cur] is free for the next receive into it
     // dkv[cur] holds this block's dK/dV from the ranks before us (zeros at step 0); add ours.
     if (step > 0 && travels) dkv_arrived.wait_on(compute.s);
@@ -348,13 +421,14 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
     if (travels) {
       added.record(compute.s);
       added.wait_on(comm.s);
-      link.exchange(Link::DKV, dkv[cur]->ptr, dkv[1 - cur]->ptr, dkv_bytes, comm.s, nullptr);
+      link.exchange(Link::DKV, dkv[cur]->ptr, dkv[1 - cur]->ptr, dkv_bytes, comm.s, nullptr, timer.transfer(step, 1));
       dkv_arrived.record(comm.s);
     }
     if (move) kv_arrived.wait_on(compute.s);
   }
   if (travels) dkv_arrived.wait_on(compute.s);  // our own block's dK/dV, home after its last hop
   link.finish(compute.s, comm.s);
+  timer.finish(compute.s, comm.s);
   const float* mine = static_cast<const float*>(dkv[travels ? N & 1 : 0]->ptr);
   f32_to_dtype(static_cast<float*>(dq_acc.ptr), dq.storage->ptr, dq.dtype, n_q, compute.s);
   f32_to_dtype(mine, dk.storage->ptr, dk.dtype, n_kv, compute.s);

@@ -3,6 +3,7 @@
 // then take the next block from the previous rank. Which part of the block a step
 // computes is decided by `plan`: causal + zigzag gives every rank half a block per step.
 #include <algorithm>
+#include <chrono>
 #include <limits>
 
 #include "../cpu/attention.h"
@@ -74,6 +75,36 @@ cpu::AttnBwdParams bwd_params(const RingShape& s, const Plan& pl, const float* q
   return b;
 }
 
+// Per-step wall-clock timing for RingShape::step_times; free when nobody asked.
+class StepClock {
+ public:
+  StepClock(const RingShape& s, int steps) : out_(s.step_times) {
+    if (out_) out_->assign(size_t(steps), StepTime{});
+  }
+  // Runs f, adding its duration to the step's compute or transfer time.
+  template <typename F>
+  void compute(int step, F&& f) { timed(step, &StepTime::compute_ms, f); }
+  template <typename F>
+  void transfer(int step, F&& f) { timed(step, &StepTime::transfer_ms, f); }
+  void begin(int step) {
+    if (out_) (*out_)[size_t(step)].whole_ms = -now();
+  }
+  void end(int step) {
+    if (out_) (*out_)[size_t(step)].whole_ms += now();
+  }
+
+ private:
+  static double now() { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+  template <typename F>
+  void timed(int step, double StepTime::*field, F&& f) {
+    if (!out_) return f();
+    const double t0 = now();
+    f();
+    (*out_)[size_t(step)].*field += now() - t0;
+  }
+  std::vector<StepTime>* out_;
+};
+
 size_t kv_elems(const RingShape& s) { return size_t(s.batch) * s.seq * s.kv_heads * s.head_dim; }
 
 // A block from a rank whose shard has another shape would be read out of bounds: refuse it.
@@ -103,12 +134,16 @@ void ring_forward(Transport& t, const RingShape& s, const float* q, const float*
   std::fill(out, out + size_t(s.batch) * s.seq * s.heads * s.head_dim, 0.f);
   std::fill(lse, lse + size_t(s.batch) * s.heads * s.seq, -std::numeric_limits<float>::infinity());
   Block kv = pack_kv(s, k, v);
+  StepClock clock(s, N);
   for (int step = 0; step < N; ++step) {
+    clock.begin(step);
     const bool move = s.moves() && step + 1 < N;
-    if (move) t.send(next, TAG_KV, kv);
+    if (move) clock.transfer(step, [&] { t.send(next, TAG_KV, kv); });
     const Plan pl = plan(s, r, (r - step + N) % N);
-    if (!pl.skip && s.computes()) cpu::attention_forward(params(s, pl, q, kv->data(), kv->data() + n_kv, out, lse));
-    if (move) kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block");
+    if (!pl.skip && s.computes())
+      clock.compute(step, [&] { cpu::attention_forward(params(s, pl, q, kv->data(), kv->data() + n_kv, out, lse)); });
+    if (move) clock.transfer(step, [&] { kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block"); });
+    clock.end(step);
   }
 }
 
@@ -125,17 +160,25 @@ void ring_backward(Transport& t, const RingShape& s, const float* dout, const fl
   // dK/dV of a block travel with it, gathering every rank's contribution in float32, and
   // reach their owner with one extra hop after the last step.
   Block dkv = std::make_shared<std::vector<float>>(2 * n_kv, 0.f);
+  StepClock clock(s, N);
   for (int step = 0; step < N; ++step) {
+    clock.begin(step);
     const bool move = s.moves() && step + 1 < N;
-    if (move) t.send(next, TAG_KV, kv);
-    if (step > 0 && s.moves()) dkv = checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block");
+    if (move) clock.transfer(step, [&] { t.send(next, TAG_KV, kv); });
+    if (step > 0 && s.moves())
+      clock.transfer(step, [&] { dkv = checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block"); });
     const Plan pl = plan(s, r, (r - step + N) % N);
     if (!pl.skip && s.computes())
-      cpu::attention_backward(bwd_params(s, pl, q, kv->data(), n_kv, out, lse, dout, delta.data(), dq, dkv->data()));
-    if (s.moves()) t.send(next, TAG_DKV, dkv);
-    if (move) kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block");
+      clock.compute(step, [&] {
+        cpu::attention_backward(bwd_params(s, pl, q, kv->data(), n_kv, out, lse, dout, delta.data(), dq, dkv->data()));
+      });
+    if (s.moves()) clock.transfer(step, [&] { t.send(next, TAG_DKV, dkv); });
+    if (move) clock.transfer(step, [&] { kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block"); });
+    if (step + 1 == N && s.moves())  // our own block's dK/dV, home after its last hop
+      clock.transfer(step, [&] { dkv = checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block"); });
+    clock.end(step);
   }
-  Block mine = s.moves() ? checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block") : dkv;
+  const Block& mine = dkv;
   std::copy(mine->begin(), mine->begin() + n_kv, dk);
   std::copy(mine->begin() + n_kv, mine->end(), dv);
 }

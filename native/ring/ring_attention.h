@@ -10,12 +10,21 @@ namespace ra::ring {
 // step's compute and its transfers apart; the results of a part alone are meaningless.
 enum class Parts { Both = 0, ComputeOnly = 1, TransfersOnly = 2 };
 
+// How long one ring step took on this rank (benchmarks): its compute (kernels), its transfers
+// (posted at this step, from the transport reaching them to done, waits for peers included),
+// and the step as a whole (from its compute's start to the next step's; the last step's ends
+// with the loop). Transfers hide when whole ~ compute, not compute + transfers.
+struct StepTime {
+  double compute_ms = 0, transfer_ms = 0, whole_ms = 0;
+};
+
 struct RingShape {
   int batch, seq, heads, kv_heads, head_dim;  // seq: this rank's shard length
   float scale;
   bool causal;
   bool zigzag;  // shard = chunks (r, 2N-1-r) of 2N; else contiguous chunk r of N
   Parts parts = Parts::Both;
+  std::vector<StepTime>* step_times = nullptr;  // benchmarks: filled with one entry per step
   bool computes() const { return parts != Parts::TransfersOnly; }
   bool moves() const { return parts != Parts::ComputeOnly; }
 };

@@ -52,6 +52,26 @@ describe.skipIf(!cuda.available)(title, () => {
         });
       }
 
+  it('step times (benchmarks) from CUDA events: one per step, within the call; skipped steps and transfers alone compute ~nothing', async () => {
+    type Step = { computeMs: number; transferMs: number; wholeMs: number };
+    type Times = { forward: Step[]; backward: Step[]; forwardCallMs: number; backwardCallMs: number };
+    const N = 3;
+    const results = await launch({ worldSize: N }, new URL('../fixtures/ring-steps.mjs', import.meta.url), { device: 'cuda', seq: 2048 }) as Record<'both' | 'transfers', Times>[];
+    results.forEach((r, rank) => {
+      for (const pass of ['forward', 'backward'] as const) {
+        const steps = r.both[pass];
+        expect(steps).toHaveLength(N);
+        for (const s of steps) expect(s.computeMs).toBeLessThanOrEqual(s.wholeMs + 1e-3);
+        expect(steps.reduce((a, s) => a + s.wholeMs, 0)).toBeLessThanOrEqual(r.both[`${pass}CallMs`]);
+        // causal, contiguous: rank r computes at steps 0..r only
+        const own = steps[0]!.computeMs;
+        steps.forEach((s, step) => (step <= rank ? expect(s.computeMs).toBeGreaterThan(0) : expect(s.computeMs).toBeLessThan(0.05 * own)));
+        steps.forEach((s, step) => (pass === 'forward' && step === N - 1 ? expect(s.transferMs).toBe(0) : expect(s.transferMs).toBeGreaterThan(0)));
+        expect(r.transfers[pass].every((s) => s.computeMs < 0.05 * own)).toBe(true);
+      }
+    });
+  });
+
   it('a rank with a mismatched shard fails the whole ring fast, and the GPU stays usable', async () => {
     const started = Date.now();
     const error = await launch({ worldSize: 3 }, new URL('../fixtures/mismatched-shards.mjs', import.meta.url), { device: 'cuda' }).catch((e) => e);
