@@ -1,16 +1,20 @@
 // `bench ring`: the ring of N in-process ranks on this device against single-device
 // attention over the same total sequence, forward and backward, at per-rank blocks doubling
 // from --min-block. The ranks share the device, so the work is equal: a ratio near 1 means
-// the ring adds nothing (issue #5's target: <= 1.05 from 4K-token blocks). Each ring call is
-// also timed with its compute alone and its transfers alone: when the transfers hide under
-// the compute, the whole takes about max(compute, transfers), not their sum.
+// the ring adds nothing (issue #5's target: <= 1.05 from 4K-token blocks). Under a launched
+// job (one process per GPU, over NCCL) the ring is the job's and each GPU does 1/N of the
+// work, so the ring's time is set against 1/N of one GPU's. Each ring call is also timed with
+// its compute alone and its transfers alone: when the transfers hide under the compute, the
+// whole takes about max(compute, transfers), not their sum.
 import { attention, attentionBackward } from '../attention.js';
 import { cudaSynchronize } from '../index.js';
+import type { ProcessGroup } from '../group.js';
 import { launch } from '../launch.js';
+import { initProcessGroup } from '../process-group.js';
 import type { Layout } from '../shard.js';
 import { tensor, type Tensor } from '../tensor.js';
 import type { Column } from './report.js';
-import type { RingParts, RingRankArgs } from './ring-rank.js';
+import ringRank, { type RingParts, type RingRankArgs } from './ring-rank.js';
 import type { RingStepTime } from '../ring.js';
 import { LINKS, minOverlapBlock, peakTflops } from './flops.js';
 import { intList, intOption, type Suite } from './suite.js';
@@ -66,6 +70,30 @@ const worst = (rs: { forward: RingParts; backward: RingParts }[], pass: 'forward
   })),
 });
 
+type RankFigures = { forward: RingParts; backward: RingParts };
+
+/** Every rank's figures, on every rank, through one allReduce of one slot per rank. */
+export function gatherFigures(group: ProcessGroup, mine: RankFigures, device: 'cpu' | 'cuda'): RankFigures[] {
+  const flat = (p: RingParts) => [p.both, p.compute, p.transfers, ...p.steps.flatMap((s) => [s.computeMs, s.transferMs, s.wholeMs])];
+  const values = [...flat(mine.forward), ...flat(mine.backward)];
+  const n = values.length, all = new Float64Array(n * group.worldSize);
+  all.set(values, n * group.rank);
+  // float32 holds milliseconds to ~7 digits, and every other slot adds zeros: exact enough
+  const t = tensor(Float32Array.from(all), [all.length], { device });
+  try {
+    group.allReduce(t);
+    const sums = t.handle('t').toFloat32Array();
+    const steps = mine.forward.steps.length;
+    const parts = (at: number): RingParts => ({
+      both: sums[at]!, compute: sums[at + 1]!, transfers: sums[at + 2]!,
+      steps: Array.from({ length: steps }, (_, i) => ({ computeMs: sums[at + 3 + 3 * i]!, transferMs: sums[at + 4 + 3 * i]!, wholeMs: sums[at + 5 + 3 * i]! })),
+    });
+    return Array.from({ length: group.worldSize }, (_, r) => ({ forward: parts(r * n), backward: parts(r * n + n / 2) }));
+  } finally {
+    t.dispose();
+  }
+}
+
 /** Mean over steps of whole / max(compute, transfers), measured inside the whole call (steps doing neither left out). */
 export function stepOverlap(steps: readonly RingStepTime[]): number | null {
   const ratios = steps.filter((s) => Math.max(s.computeMs, s.transferMs) > 0).map((s) => s.wholeMs / Math.max(s.computeMs, s.transferMs));
@@ -74,7 +102,7 @@ export function stepOverlap(steps: readonly RingStepTime[]): number | null {
 
 export const ringSuite: Suite<RingRow> = {
   name: 'ring',
-  summary: 'ring overhead against single-device attention for N in-process ranks; compute and transfers apart',
+  summary: 'ring overhead against single-device attention for N in-process ranks or a launched job; compute and transfers apart',
   options: {
     ranks: { type: 'string', help: 'ring sizes', cpu: '2,4', cuda: '2,4,8', smoke: '2' },
     'min-block': { type: 'string', help: 'first per-rank block (tokens)', cpu: '256', cuda: '1024', smoke: '32' },
@@ -91,8 +119,12 @@ export const ringSuite: Suite<RingRow> = {
       heads: intOption(o, 'heads'), kvHeads: intOption(o, 'kv-heads'), dim: intOption(o, 'dim'), causal: !o['no-causal'],
       layout: o.layout as Layout, reps: intOption(o, 'reps'), device: ctx.device,
     };
+    const launched = ctx.launchedWorldSize > 1;
+    const group = launched ? await initProcessGroup({ backend: 'nccl' }) : undefined;
+    // On one device the ranks share it (the same work as one rank alone); launched, each has its own.
+    const share = launched ? 1 / ctx.launchedWorldSize : 1;
     const points: [number, number][] = [];
-    for (const n of intList(o, 'ranks'))
+    for (const n of launched ? [ctx.launchedWorldSize] : intList(o, 'ranks'))
       for (let b = intOption(o, 'min-block'); b <= intOption(o, 'max-block'); b *= 2) points.push([n, b]);
     const rows: RingRow[] = [];
     const notes: string[] = [];
@@ -103,8 +135,15 @@ export const ringSuite: Suite<RingRow> = {
         const args: RingRankArgs = { ...base, block };
         let results: { forward: RingParts; backward: RingParts }[], s: { forwardMs: number; backwardMs: number };
         try {
-          s = single(ranks * block, args);
-          results = await launch({ worldSize: ranks, device: ctx.device }, new URL('./ring-rank.js', import.meta.url), args) as typeof results;
+          if (group) {
+            // Rank 0 alone times the whole sequence on its GPU; the others wait for it.
+            s = ctx.launchedRank === 0 ? single(ranks * block, args) : { forwardMs: NaN, backwardMs: NaN };
+            group.barrier();
+            results = gatherFigures(group, ringRank({ group, args }), ctx.device);
+          } else {
+            s = single(ranks * block, args);
+            results = await launch({ worldSize: ranks, device: ctx.device }, new URL('./ring-rank.js', import.meta.url), args) as typeof results;
+          }
         } catch (e) {
           notes.push(`${ranks} ranks x ${block}: stopped (${(e as Error).message.split('\n')[0]})`);
           progress.done('does not run');
@@ -113,7 +152,7 @@ export const ringSuite: Suite<RingRow> = {
         const forward = worst(results, 'forward'), backward = worst(results, 'backward');
         const row: RingRow = {
           ranks, block, total: ranks * block, singleForwardMs: s.forwardMs, singleBackwardMs: s.backwardMs, forward, backward,
-          ratioForward: forward.both / s.forwardMs, ratioBackward: backward.both / s.backwardMs,
+          ratioForward: forward.both / (s.forwardMs * share), ratioBackward: backward.both / (s.backwardMs * share),
           overlapForward: forward.both / Math.max(forward.compute, forward.transfers),
           overlapBackward: backward.both / Math.max(backward.compute, backward.transfers),
           stepOverlapForward: stepOverlap(forward.steps), stepOverlapBackward: stepOverlap(backward.steps),
@@ -123,8 +162,11 @@ export const ringSuite: Suite<RingRow> = {
       }
     } finally {
       progress.stop();
+      group?.destroy();
     }
-    notes.push(`ring/single: ring time over single-device time for the same total sequence (the ranks share ${ctx.device === 'cuda' ? 'one GPU' : 'the CPU'}); ` +
+    notes.push((launched
+      ? `ring/single: ring time over 1/${ctx.launchedWorldSize} of one GPU's time for the same total sequence (a launched job, one GPU per rank; --ranks is ignored); `
+      : `ring/single: ring time over single-device time for the same total sequence (the ranks share ${ctx.device === 'cuda' ? 'one GPU' : 'the CPU'}); `) +
       'whole/max: the whole ring call over the larger of its compute alone and its transfers alone (1.00: transfers fully hidden; ' +
       '(compute+transfers)/max: none hidden); per step: the same ratio for each step inside the whole call ' +
       '(its kernels, its block transfers, and the step from its compute\'s start to the next\'s), averaged over the steps; ' +
