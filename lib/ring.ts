@@ -27,9 +27,9 @@ export interface RingAttentionOptions extends AttentionOptions {
 
 /** How long one ring step took on one rank, in milliseconds. */
 export interface RingStepTime {
-  /** The step's attention kernel(s). */
+  /** The step's attention kernel; 0 when the step computes nothing. */
   computeMs: number;
-  /** The step's block transfers, from the data movement's start to its end (waiting for the peer included). */
+  /** The block transfers posted at this step (on the CPU and over NCCL waiting for the peer included; between in-process GPU ranks, the copies alone). */
   transferMs: number;
   /** The whole step, from its compute's start to the next step's: ~computeMs when the transfers hide. */
   wholeMs: number;
@@ -69,9 +69,10 @@ export function ringAttention(q: Tensor, k: Tensor, v: Tensor, opts: RingAttenti
   const [out, lse, times] = a.group.backend === 'nccl'
     ? native.ncclRingForward(a.groupId, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed)
     : native.ringForward(a.groupId, a.group.rank, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed);
-  stepTimes(a, times);
   const [b, s, h] = a.q.shape as [number, number, number];
-  return { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
+  const result = { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
+  stepTimes(a, times);
+  return result;
 }
 
 /** Gradients of ringAttention() for this rank's shard; dK/dV travel the ring and come home summed. */
@@ -85,10 +86,11 @@ export function ringAttentionBackward(
   const [dq, dk, dv, times] = a.group.backend === 'nccl'
     ? native.ncclRingBackward(a.groupId, ...h, a.causal, a.scale, a.zigzag, a.parts, timed)
     : native.ringBackward(a.groupId, a.group.rank, ...h, a.causal, a.scale, a.zigzag, a.parts, timed);
-  stepTimes(a, times);
-  return {
+  const result = {
     dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),
     dk: Tensor.fromHandle(dk, a.k.shape, a.k.dtype, a.k.device),
     dv: Tensor.fromHandle(dv, a.v.shape, a.v.dtype, a.v.device),
   };
+  stepTimes(a, times);
+  return result;
 }

@@ -327,7 +327,7 @@ void aborting_group_on_error(ra::ring::LocalTransport& t, F&& loop) {
   }
 }
 
-// ringForward(id, rank, q, k, v, causal, scale, zigzag) -> [out, lse]
+// ringForward(id, rank, q, k, v, causal, scale, zigzag[, parts, timeSteps]) -> [out, lse[, times]]
 Napi::Value RingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
@@ -346,7 +346,7 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
   });
 }
 
-// ringBackward(id, rank, dout, q, k, v, out, lse, causal, scale, zigzag) -> [dq, dk, dv]
+// ringBackward(id, rank, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps]) -> [dq, dk, dv[, times]]
 Napi::Value RingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
@@ -467,7 +467,7 @@ Napi::Value NcclBarrier(const Napi::CallbackInfo& info) {
   });
 }
 
-// ncclRingForward(group, q, k, v, causal, scale, zigzag) -> [out, lse] (CUDA tensors)
+// ncclRingForward(group, q, k, v, causal, scale, zigzag[, parts, timeSteps]) -> [out, lse[, times]] (CUDA tensors)
 Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &q = unwrap(env, info[1], "q"), &k = unwrap(env, info[2], "k"), &v = unwrap(env, info[3], "v");
@@ -479,7 +479,7 @@ Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
   });
 }
 
-// ncclRingBackward(group, dout, q, k, v, out, lse, causal, scale, zigzag) -> [dq, dk, dv]
+// ncclRingBackward(group, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps]) -> [dq, dk, dv[, times]]
 Napi::Value NcclRingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &dout = unwrap(env, info[1], "dout"), &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"),

@@ -182,14 +182,15 @@ describe('ring step times (benchmarks only)', () => {
 });
 
 describe('bench ring across a launched job', () => {
-  it("gathers every rank's figures on every rank, as they were", async () => {
-    const results = await launch({ worldSize: 3 }, new URL('./fixtures/ring-gather.mjs', import.meta.url), {}) as unknown[];
+  it("gathers every rank's figures on every rank, as they were; every rank learns that one failed", async () => {
+    const results = await launch({ worldSize: 3 }, new URL('./fixtures/ring-gather.mjs', import.meta.url), { failing: 1 }) as
+      { figures: unknown; allOk: boolean; oneFailed: boolean }[];
     const figures = (rank: number, pass: number) => ({
       both: rank * 100 + pass + 0.5, compute: rank * 100 + pass + 0.25, transfers: rank * 100 + pass + 0.125,
       steps: [0, 1, 2].map((i) => ({ computeMs: rank * 100 + pass + 10 * i + 1, transferMs: rank * 100 + pass + 10 * i + 2, wholeMs: rank * 100 + pass + 10 * i + 3 })),
     });
     const all = [0, 1, 2].map((r) => ({ forward: figures(r, 0), backward: figures(r, 50) }));
-    for (const r of results) expect(r).toEqual(all);
+    for (const r of results) expect(r).toEqual({ figures: all, allOk: true, oneFailed: false });
   });
 });
 
@@ -287,10 +288,11 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     expect(bench('ring', '--device', 'tpu').stderr).toMatch(/--device: expected cpu or cuda/);
     expect(bench('ring', '--device', 'tpu').status).toBe(1);
     expect(bench('--help').stdout).toMatch(/usage: ring-attention bench <suite>/);
-    // Under a launched job: mfu and ring join it (here they stop at the missing rendezvous); the others refuse.
+    // Under a launched job: mfu and ring join it (ring on cuda only); the others refuse.
     const launched = (...args: string[]) => spawnSync(process.execPath, [join(root, 'dist', 'cli.js'), 'bench', ...args],
       { encoding: 'utf8', timeout: 60_000, env: { ...process.env, WORLD_SIZE: '2', RANK: '0', MASTER_ADDR: '' } });
     expect(launched('memory', '--smoke').stderr).toMatch(/bench memory: runs in one process; only the mfu and ring suites run across a launched job/);
-    expect(launched('ring', '--smoke', '--device', 'cpu').stderr).toMatch(/MASTER_ADDR is not set/);
+    expect(launched('ring', '--smoke', '--device', 'cpu').stderr).toMatch(/--device: a launched job rings over NCCL, which needs cuda/);
+    expect(launched('mfu', '--smoke', '--device', 'cpu').stderr).toMatch(/MASTER_ADDR is not set/);
   });
 });

@@ -94,6 +94,20 @@ export function gatherFigures(group: ProcessGroup, mine: RankFigures, device: 'c
   }
 }
 
+/** A point that every rank of a launched job skips together (still in step). */
+class SkippedPoint extends Error {}
+
+/** Whether every rank says `ok` (one allReduce: a rank that is not in step fails it). */
+export function allSucceeded(group: ProcessGroup, ok: boolean, device: 'cpu' | 'cuda'): boolean {
+  const t = tensor(new Float32Array([ok ? 0 : 1]), [1], { device });
+  try {
+    group.allReduce(t);
+    return t.handle('t').toFloat32Array()[0] === 0;
+  } finally {
+    t.dispose();
+  }
+}
+
 /** Mean over steps of whole / max(compute, transfers), measured inside the whole call (steps doing neither left out). */
 export function stepOverlap(steps: readonly RingStepTime[]): number | null {
   const ratios = steps.filter((s) => Math.max(s.computeMs, s.transferMs) > 0).map((s) => s.wholeMs / Math.max(s.computeMs, s.transferMs));
@@ -120,12 +134,15 @@ export const ringSuite: Suite<RingRow> = {
       layout: o.layout as Layout, reps: intOption(o, 'reps'), device: ctx.device,
     };
     const launched = ctx.launchedWorldSize > 1;
-    const group = launched ? await initProcessGroup({ backend: 'nccl' }) : undefined;
+    if (launched && ctx.device !== 'cuda') throw new RangeError('--device: a launched job rings over NCCL, which needs cuda');
     // On one device the ranks share it (the same work as one rank alone); launched, each has its own.
     const share = launched ? 1 / ctx.launchedWorldSize : 1;
     const points: [number, number][] = [];
     for (const n of launched ? [ctx.launchedWorldSize] : intList(o, 'ranks'))
       for (let b = intOption(o, 'min-block'); b <= intOption(o, 'max-block'); b *= 2) points.push([n, b]);
+    // Launched, the other ranks wait in a collective while rank 0 times one GPU alone on the
+    // whole sequence: a generous timeout.
+    const group = launched ? await initProcessGroup({ backend: 'nccl', timeoutMs: 30 * 60_000 }) : undefined;
     const rows: RingRow[] = [];
     const notes: string[] = [];
     const progress = ctx.progress(points.length);
@@ -136,9 +153,18 @@ export const ringSuite: Suite<RingRow> = {
         let results: { forward: RingParts; backward: RingParts }[], s: { forwardMs: number; backwardMs: number };
         try {
           if (group) {
-            // Rank 0 alone times the whole sequence on its GPU; the others wait for it.
-            s = ctx.launchedRank === 0 ? single(ranks * block, args) : { forwardMs: NaN, backwardMs: NaN };
-            group.barrier();
+            // Rank 0 alone times the whole sequence on its GPU (it may not fit there); every
+            // rank learns whether it did, so that all skip the point together.
+            let failed: unknown = null;
+            try {
+              s = ctx.launchedRank === 0 ? single(ranks * block, args) : { forwardMs: NaN, backwardMs: NaN };
+            } catch (e) {
+              failed = e;
+              s = { forwardMs: NaN, backwardMs: NaN };
+            }
+            if (!allSucceeded(group, failed === null, ctx.device))
+              throw new SkippedPoint(`one GPU alone cannot run the whole sequence${failed ? `: ${(failed as Error).message}` : ''}`);
+            // A rank failing inside the ring leaves the others waiting in it: the job ends (below).
             results = gatherFigures(group, ringRank({ group, args }), ctx.device);
           } else {
             s = single(ranks * block, args);
@@ -147,6 +173,7 @@ export const ringSuite: Suite<RingRow> = {
         } catch (e) {
           notes.push(`${ranks} ranks x ${block}: stopped (${(e as Error).message.split('\n')[0]})`);
           progress.done('does not run');
+          if (group && !(e instanceof SkippedPoint)) break; // the ranks may no longer be in step
           continue;
         }
         const forward = worst(results, 'forward'), backward = worst(results, 'backward');
@@ -169,7 +196,9 @@ export const ringSuite: Suite<RingRow> = {
       : `ring/single: ring time over single-device time for the same total sequence (the ranks share ${ctx.device === 'cuda' ? 'one GPU' : 'the CPU'}); `) +
       'whole/max: the whole ring call over the larger of its compute alone and its transfers alone (1.00: transfers fully hidden; ' +
       '(compute+transfers)/max: none hidden); per step: the same ratio for each step inside the whole call ' +
-      '(its kernels, its block transfers, and the step from its compute\'s start to the next\'s), averaged over the steps; ' +
+      '(its kernels, its block transfers, and the step from its compute\'s start to the next\'s), averaged over the steps ' +
+      '(the backward\'s steps also hold the add of their dK/dV share, so they stay a little above 1.00); ' +
+      'transfers between in-process GPU ranks are the copies alone; over NCCL and on the CPU they include waiting for the peer; ' +
       'every step\'s figures are in the JSON');
     if (ctx.device === 'cpu') notes.push('on the CPU, in-process transfers pass pointers: there is nothing to hide, and the ranks contend for the same cores');
     const peak = peakTflops(ctx.machine.gpu) ?? { tflops: 989, matched: 'H100/H200 SXM (no GPU detected)' };
@@ -180,7 +209,8 @@ export const ringSuite: Suite<RingRow> = {
     return { suite: 'ring', params: o, rows, notes, columns: COLUMNS, chart: {
       title: 'Ring overhead: ring / single-device time (forward+backward)',
       x: { title: 'ranks', value: (r) => r.ranks, log2: true },
-      y: { title: 'ring time / single-device time', value: (r) => (r.forward.both + r.backward.both) / (r.singleForwardMs + r.singleBackwardMs) },
+      y: { title: launched ? `ring time / (single-GPU time / ${ctx.launchedWorldSize})` : 'ring time / single-device time',
+        value: (r) => (r.forward.both + r.backward.both) / ((r.singleForwardMs + r.singleBackwardMs) * share) },
       series: (r) => `block ${r.block}`,
       rule: { y: 1.05, label: 'target 1.05' },
     } };

@@ -167,12 +167,15 @@ class StepTimer {
   StepTimer(const ring::RingShape& s, int steps) : out_(s.step_times), steps_(size_t(steps)) {
     if (!out_) return;
     spans_.resize(3 * steps_ + 1);
-    for (Span& sp : spans_)
-      for (cudaEvent_t* e : {&sp.begin, &sp.end}) check(cudaEventCreate(e), "cudaEventCreate");
+    try {
+      for (Span& sp : spans_)
+        for (cudaEvent_t* e : {&sp.begin, &sp.end}) check(cudaEventCreate(e), "cudaEventCreate");
+    } catch (...) {
+      release();  // no destructor runs for a constructor that throws
+      throw;
+    }
   }
-  ~StepTimer() {
-    for (Span& sp : spans_) cudaEventDestroy(sp.begin), cudaEventDestroy(sp.end);
-  }
+  ~StepTimer() { release(); }
   Span* compute(int step) { return out_ ? &spans_[3 * size_t(step)] : nullptr; }
   Span* transfer(int step, int which) { return out_ ? &spans_[3 * size_t(step) + 1 + size_t(which)] : nullptr; }
   static void begin(Span* sp, cudaStream_t s) {
@@ -181,12 +184,16 @@ class StepTimer {
   static void end(Span* sp, cudaStream_t s) {
     if (sp) check(cudaEventRecord(sp->end, s), "cudaEventRecord"), sp->recorded = true;
   }
-  // After the loop is queued: waits for the streams and fills step_times. A step's whole time
-  // runs from its compute's start to the next step's (the last: to `compute` going idle).
+  // Where the last step ends: after the loop is queued on `compute`, which by then waits for
+  // every block it takes (recorded before the link's finish, which may poll on the host).
+  void loop_end(cudaStream_t compute) {
+    if (out_) check(cudaEventRecord(spans_.back().begin, compute), "cudaEventRecord");
+  }
+  // Waits for the streams and fills step_times. A step's whole time runs from its compute's
+  // start to the next step's (the last: to loop_end); a step without a kernel computes 0.
   void finish(cudaStream_t compute, cudaStream_t comm) {
     if (!out_) return;
-    Span& last = spans_.back();
-    check(cudaEventRecord(last.begin, compute), "cudaEventRecord");
+    const Span& last = spans_.back();
     check(cudaStreamSynchronize(comm), "cudaStreamSynchronize");
     check(cudaStreamSynchronize(compute), "cudaStreamSynchronize");
     auto ms = [](cudaEvent_t a, cudaEvent_t b) {
@@ -206,6 +213,11 @@ class StepTimer {
   }
 
  private:
+  void release() {
+    for (Span& sp : spans_)
+      for (cudaEvent_t e : {sp.begin, sp.end})
+        if (e) cudaEventDestroy(e);
+  }
   std::vector<ring::StepTime>* out_;
   size_t steps_;
   std::vector<Span> spans_;
@@ -335,11 +347,12 @@ void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const T
                            lse.f32());
       p.out_accum = static_cast<float*>(acc.ptr) + pl.q_off * int64_t(s.heads) * s.head_dim;
       flash::forward(p, q.dtype, pl.causal, compute.s);
+      StepTimer::end(timer.compute(step), compute.s);
     }
-    StepTimer::end(timer.compute(step), compute.s);
     computed[cur].record(compute.s);
     if (move) arrived.wait_on(compute.s);
   }
+  timer.loop_end(compute.s);
   link.finish(compute.s, comm.s);
   timer.finish(compute.s, comm.s);
   f32_to_dtype(static_cast<float*>(acc.ptr), out.storage->ptr, out.dtype, n_q, compute.s);
@@ -405,8 +418,8 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
       bp.dk_batch_stride = s.seq * krow, bp.dk_row_stride = krow;
       bp.deterministic = false;
       flash::backward(bp, q.dtype, pl.causal, compute.s);
+      StepTimer::end(timer.compute(step), compute.s);
     }
-    StepTimer::end(timer.compute(step), compute.s);
     computed[cur].record(compute.s);  // kv[cur] is free for the next receive into it
     // dkv[cur] holds this block's dK/dV from the ranks before us (zeros at step 0); add ours.
     if (step > 0 && travels) dkv_arrived.wait_on(compute.s);
@@ -427,6 +440,7 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
     if (move) kv_arrived.wait_on(compute.s);
   }
   if (travels) dkv_arrived.wait_on(compute.s);  // our own block's dK/dV, home after its last hop
+  timer.loop_end(compute.s);
   link.finish(compute.s, comm.s);
   timer.finish(compute.s, comm.s);
   const float* mine = static_cast<const float*>(dkv[travels ? N & 1 : 0]->ptr);

@@ -10,10 +10,11 @@ namespace ra::ring {
 // step's compute and its transfers apart; the results of a part alone are meaningless.
 enum class Parts { Both = 0, ComputeOnly = 1, TransfersOnly = 2 };
 
-// How long one ring step took on this rank (benchmarks): its compute (kernels), its transfers
-// (posted at this step, from the transport reaching them to done, waits for peers included),
-// and the step as a whole (from its compute's start to the next step's; the last step's ends
-// with the loop). Transfers hide when whole ~ compute, not compute + transfers.
+// How long one ring step took on this rank (benchmarks): its compute (the attention kernel; 0
+// when the step computes nothing), its transfers (those posted at this step: on the CPU and
+// over NCCL waiting for the peer included, between in-process GPU ranks the copies alone), and
+// the step as a whole (from its compute's start to the next step's; the last step's ends with
+// the loop). Transfers hide when whole ~ compute, not compute + transfers.
 struct StepTime {
   double compute_ms = 0, transfer_ms = 0, whole_ms = 0;
 };

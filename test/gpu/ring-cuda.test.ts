@@ -52,7 +52,7 @@ describe.skipIf(!cuda.available)(title, () => {
         });
       }
 
-  it('step times (benchmarks) from CUDA events: one per step, within the call; skipped steps and transfers alone compute ~nothing', async () => {
+  it('step times (benchmarks) from CUDA events: one per step, within the call; skipped steps and transfers alone compute nothing', async () => {
     type Step = { computeMs: number; transferMs: number; wholeMs: number };
     type Times = { forward: Step[]; backward: Step[]; forwardCallMs: number; backwardCallMs: number };
     const N = 3;
@@ -63,11 +63,10 @@ describe.skipIf(!cuda.available)(title, () => {
         expect(steps).toHaveLength(N);
         for (const s of steps) expect(s.computeMs).toBeLessThanOrEqual(s.wholeMs + 1e-3);
         expect(steps.reduce((a, s) => a + s.wholeMs, 0)).toBeLessThanOrEqual(r.both[`${pass}CallMs`]);
-        // causal, contiguous: rank r computes at steps 0..r only
-        const own = steps[0]!.computeMs;
-        steps.forEach((s, step) => (step <= rank ? expect(s.computeMs).toBeGreaterThan(0) : expect(s.computeMs).toBeLessThan(0.05 * own)));
+        // causal, contiguous: rank r computes at steps 0..r only (a step without a kernel: 0)
+        steps.forEach((s, step) => (step <= rank ? expect(s.computeMs).toBeGreaterThan(0) : expect(s.computeMs).toBe(0)));
         steps.forEach((s, step) => (pass === 'forward' && step === N - 1 ? expect(s.transferMs).toBe(0) : expect(s.transferMs).toBeGreaterThan(0)));
-        expect(r.transfers[pass].every((s) => s.computeMs < 0.05 * own)).toBe(true);
+        expect(r.transfers[pass].every((s) => s.computeMs === 0)).toBe(true);
       }
     });
   });
