@@ -165,9 +165,9 @@ export class Trainer implements Disposable {
     const { ctx } = this.#context(tokens, targets);
     const total = this.#totalCount(targets);
     zeroGrads(this.#grads);
-    // Each gradient is summed over the group as soon as the backward has finished it, under
-    // the rest of the backward (on NCCL; a 'local' group sums at once). NCCL's sums may differ
-    // from run to run in the last float32 bit; they agree on every rank.
+    // Gradients are summed over the group under the rest of the backward, as runLlama hands
+    // them over (on NCCL; a 'local' group sums at once). NCCL's sums may differ from run to run
+    // in the last float32 bit; they agree on every rank.
     const group = this.#o.group, works: AllReduceWork[] = [];
     if (group && group.worldSize > 1) ctx.gradsReady = (ts) => void works.push(group.allReduceAsync(ts));
     let r: ReturnType<typeof runLlama>;
