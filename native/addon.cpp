@@ -260,18 +260,23 @@ Napi::Value GroupAllReduce(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
     const std::vector<Tensor*> ts = unwrap_list(env, info[2], "t");
-    std::vector<float> values;
+    size_t total = 0;
+    for (const Tensor* x : ts) total += size_t(x->numel());
+    std::vector<float> values(total);  // every tensor, one after the other
+    float* at = values.data();
     for (const Tensor* x : ts) {
-      const std::vector<float> v = x->to_f32();
-      values.insert(values.end(), v.begin(), v.end());
+      const size_t n = size_t(x->numel());
+      if (x->device == Device::CPU) ra::convert_to_f32(x->dtype, x->storage->ptr, at, n);
+      else ra::cuda::download_f32(x->storage->ptr, x->dtype, at, n);
+      at += n;
     }
     t.all_reduce_sum(values.data(), values.size());
-    const float* from = values.data();
+    at = values.data();
     for (Tensor* x : ts) {
       const size_t n = size_t(x->numel());
-      if (x->device == Device::CPU) ra::convert_from_f32(x->dtype, from, x->storage->ptr, n);
-      else ra::cuda::upload_f32(from, x->storage->ptr, x->dtype, n);
-      from += n;
+      if (x->device == Device::CPU) ra::convert_from_f32(x->dtype, at, x->storage->ptr, n);
+      else ra::cuda::upload_f32(at, x->storage->ptr, x->dtype, n);
+      at += n;
     }
     return env.Undefined();
   });

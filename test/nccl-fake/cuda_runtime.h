@@ -26,26 +26,23 @@ inline int fake_live_streams = 0, fake_live_events = 0, fake_next_id = 1;
 inline std::string fake_name(cudaStream_t s) { return s ? "stream" + std::to_string(s->id) : "default"; }
 inline const char* cudaGetErrorString(cudaError_t) { return "fake CUDA error"; }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
-inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
-  *s = new CUstream_st{fake_next_id++};
-  ++fake_live_streams;
+// Streams and events alike: a numbered object, counted while it lives.
+template <class T>
+cudaError_t fake_create(T** p, int& live) {
+  *p = new T{fake_next_id++};
+  ++live;
   return cudaSuccess;
 }
-inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete s;
-  --fake_live_streams;
+template <class T>
+cudaError_t fake_destroy(T* p, int& live) {
+  delete p;
+  --live;
   return cudaSuccess;
 }
-inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
-  *e = new CUevent_st{fake_next_id++};
-  ++fake_live_events;
-  return cudaSuccess;
-}
-inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  delete e;
-  --fake_live_events;
-  return cudaSuccess;
-}
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return fake_create(s, fake_live_streams); }
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) { return fake_destroy(s, fake_live_streams); }
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return fake_create(e, fake_live_events); }
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) { return fake_destroy(e, fake_live_events); }
 inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   fake_log.push_back("record event" + std::to_string(e->id) + " on " + fake_name(s));
   fake_pending_events.erase(e->id);
