@@ -59,6 +59,13 @@ export interface ForwardResult {
   logits?: Float32Array;
 }
 
+/** This rank's shard of one sequence, checked, with what runLlama needs to run it. */
+interface MicroBatch {
+  tokens: Int32Array;
+  targets: Int32Array;
+  ctx: RunContext;
+}
+
 const TRAINER_FILE = 'trainer.json';
 const OPTIMIZER_FILE = 'optimizer.safetensors';
 
@@ -99,11 +106,11 @@ export class Trainer implements Disposable {
     return this.#step;
   }
 
-  #context(tokens: unknown, targets: unknown): { tokens: Int32Array; targets: Int32Array; ctx: RunContext } {
-    if (!(tokens instanceof Int32Array)) fail('type', `tokens: expected an Int32Array (this rank's shard), got ${describe(tokens)}`);
-    if (!(targets instanceof Int32Array)) fail('type', `targets: expected an Int32Array (this rank's shard), got ${describe(targets)}`);
-    if (targets.length !== tokens.length) fail('range', `targets: expected ${tokens.length} targets (one per token), got ${targets.length}`);
-    if (tokens.length === 0) fail('range', 'tokens: this rank\'s shard is empty');
+  #context(tokens: unknown, targets: unknown, at = ''): MicroBatch {
+    if (!(tokens instanceof Int32Array)) fail('type', `tokens${at}: expected an Int32Array (this rank's shard), got ${describe(tokens)}`);
+    if (!(targets instanceof Int32Array)) fail('type', `targets${at}: expected an Int32Array (this rank's shard), got ${describe(targets)}`);
+    if (targets.length !== tokens.length) fail('range', `targets${at}: expected ${tokens.length} targets (one per token), got ${targets.length}`);
+    if (tokens.length === 0) fail('range', `tokens${at}: this rank's shard is empty`);
     const { group, layout } = this.#o;
     const rank = group?.rank ?? 0, worldSize = group?.worldSize ?? 1;
     const positions = shardPositions(tokens.length, rank, worldSize, layout);
@@ -112,6 +119,18 @@ export class Trainer implements Disposable {
       checkpoint: this.#o.checkpoint, ffnBlockRows: this.#o.ffnBlockRows, ceChunkRows: this.#o.ceChunkRows,
     };
     return { tokens, targets, ctx };
+  }
+
+  /** One sequence's shard, or a list of them (micro-batches), each checked and named by its index. */
+  #microBatches(tokens: unknown, targets: unknown): MicroBatch[] {
+    if (!Array.isArray(tokens)) {
+      if (Array.isArray(targets)) fail('type', `targets: expected an Int32Array, as tokens is one; got an array of ${targets.length}`);
+      return [this.#context(tokens, targets)];
+    }
+    if (!Array.isArray(targets)) fail('type', `targets: expected an array of Int32Array (one per micro-batch), as tokens is; got ${describe(targets)}`);
+    if (tokens.length === 0) fail('range', 'tokens: expected at least one micro-batch, got an empty array');
+    if (targets.length !== tokens.length) fail('range', `targets: expected ${tokens.length} micro-batches (one per tokens entry), got ${targets.length}`);
+    return tokens.map((t, i) => this.#context(t, targets[i], `[${i}]`));
   }
 
   /**
@@ -142,11 +161,16 @@ export class Trainer implements Disposable {
     }
   }
 
-  #totalCount(targets: Int32Array): number {
+  /** Counted targets over every rank and micro-batch; also checks that the ranks pass as many micro-batches. */
+  #totalCount(targets: Int32Array[]): number {
     let count = 0;
-    for (const t of targets) if (t !== IGNORE_INDEX) ++count;
-    const [total] = this.#allReduceNumbers([count]);
-    if (total === 0) fail('range', `targets: every target of the whole sequence is ${IGNORE_INDEX} (ignored); there is no loss to compute`);
+    for (const ts of targets) for (const t of ts) if (t !== IGNORE_INDEX) ++count;
+    const worldSize = this.#o.group?.worldSize ?? 1;
+    const [total, batches] = this.#allReduceNumbers([count, targets.length]);
+    // Only when every rank passed as many is each rank's number times worldSize the sum.
+    if (batches !== targets.length * worldSize)
+      fail('range', `tokens: this rank passed ${targets.length} micro-batches, the ${worldSize} ranks ${batches} in all; every rank must pass as many (its shard of each sequence)`);
+    if (total === 0) fail('range', `targets: every target ${targets.length > 1 ? 'of every micro-batch ' : ''}of the whole sequence is ${IGNORE_INDEX} (ignored); there is no loss to compute`);
     return total!;
   }
 
@@ -154,33 +178,41 @@ export class Trainer implements Disposable {
   forward(tokens: Int32Array, targets: Int32Array, opts?: ForwardOptions): ForwardResult {
     const { ctx } = this.#context(tokens, targets);
     const wantLogits = checkBoolean(checkOptions(opts, 'opts').logits, 'opts.logits') ?? false;
-    const total = this.#totalCount(targets);
+    const total = this.#totalCount([targets]);
     const r = freeOnThrow(() => runLlama(this.model, null, tokens, targets, ctx, 1, wantLogits));
     const [lossSum] = this.#allReduceNumbers([r.lossSum]);
     return { loss: lossSum! / total, count: total, ...(r.logits ? { logits: r.logits } : {}) };
   }
 
-  /** Forward and backward: `gradients` then hold d(mean loss)/d(parameter), summed over the group. Returns the loss. */
-  backward(tokens: Int32Array, targets: Int32Array): number {
-    const { ctx } = this.#context(tokens, targets);
-    const total = this.#totalCount(targets);
+  /**
+   * Forward and backward: `gradients` then hold d(mean loss)/d(parameter), summed over the
+   * group. Returns the loss. A list of sequences (micro-batches, run one after the other)
+   * accumulates their gradients: the loss is the mean over every counted target of them all,
+   * as one batch of those sequences would give, not a mean of per-sequence means.
+   */
+  backward(tokens: Int32Array | readonly Int32Array[], targets: Int32Array | readonly Int32Array[]): number {
+    const batches = this.#microBatches(tokens, targets);
+    const total = this.#totalCount(batches.map((b) => b.targets));
     zeroGrads(this.#grads);
-    // Gradients are summed over the group under the rest of the backward, as runLlama hands
-    // them over (on NCCL; a 'local' group sums at once). NCCL's sums may differ from run to run
-    // in the last float32 bit; they agree on every rank.
+    // Gradients are summed over the group under the rest of the last micro-batch's backward,
+    // as runLlama hands them over (on NCCL; a 'local' group sums at once): only then are they
+    // final. NCCL's sums may differ from run to run in the last float32 bit; they agree on
+    // every rank.
     const group = this.#o.group, works: AllReduceWork[] = [];
-    if (group && group.worldSize > 1) ctx.gradsReady = (ts) => void works.push(group.allReduceAsync(ts));
-    let r: ReturnType<typeof runLlama>;
+    let lossSum = 0;
     try {
-      r = freeOnThrow(() => runLlama(this.model, this.#grads, tokens, targets, ctx, 1 / total)); // a failed step holds no memory
+      batches.forEach((b, i) => {
+        if (group && group.worldSize > 1 && i === batches.length - 1) b.ctx.gradsReady = (ts) => void works.push(group.allReduceAsync(ts));
+        lossSum += freeOnThrow(() => runLlama(this.model, this.#grads, b.tokens, b.targets, b.ctx, 1 / total)).lossSum; // a failed step holds no memory
+      });
     } catch (e) {
       // Sums already posted still write the gradients: let them land before anything reuses them.
       for (const w of works) try { w.wait(); } catch { /* the backward's own error is the one to report */ }
       throw e;
     }
     for (const w of works) w.wait();
-    const [lossSum] = this.#allReduceNumbers([r.lossSum]);
-    return lossSum! / total;
+    const [lossAll] = this.#allReduceNumbers([lossSum]);
+    return lossAll! / total;
   }
 
   /** Global L2 norm of the gradients (the same on every rank: they are summed over the group). */
@@ -188,8 +220,11 @@ export class Trainer implements Disposable {
     return Math.sqrt(sumOfSquares([...this.gradients.values()])); // one wait for the device, not one per tensor
   }
 
-  /** One training step on this rank's shard of one sequence (every rank calls it). */
-  step(tokens: Int32Array, targets: Int32Array): StepResult {
+  /**
+   * One training step on this rank's shard of one sequence, or of several accumulated as
+   * backward() does (every rank calls it, with as many).
+   */
+  step(tokens: Int32Array | readonly Int32Array[], targets: Int32Array | readonly Int32Array[]): StepResult {
     const loss = this.backward(tokens, targets);
     const gradNorm = this.gradNorm();
     if (!Number.isFinite(gradNorm)) throw new Error(`step ${this.#step + 1}: the gradient norm is ${gradNorm} (loss ${loss}); no update was applied`);

@@ -375,6 +375,33 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
     failed.forEach((r, rank) => expect(r).toEqual({ log: ['post 1', 'post 2', 'wait 1', 'wait 2'], error: `rank ${rank} refuses post 3` }));
   });
 
+  // Micro-batches: gradients accumulate in float32 over the sequences, scaled once by the
+  // count of all their targets; the reference combines each sequence's own backward by its
+  // count, in double. Tolerances as above.
+  it('micro-batches: the loss and gradients of one batch, weighted by counted targets; the same over 2 zigzag ranks', async () => {
+    const a = seq, b = sequence(6, tiny.vocab_size);
+    const half = { tokens: b.tokens.slice(0, S / 2), targets: b.targets.slice(0, S / 2).map((t, i) => (i % 3 === 0 ? -100 : t)) };
+    const [ra, rb] = [await single(tiny, weights, a), await single(tiny, weights, half)];
+    const n = ra.count + rb.count, wa = ra.count / n, wb = rb.count / n;
+    expect(rb.count).toBeLessThan(ra.count / 2); // unequal weights: a mean of means would differ
+    using model = createLlama(tiny, weights);
+    using trainer = createTrainer(model, { lr: 1e-3, ffnBlockRows: 7, ceChunkRows: 5 });
+    const loss = trainer.backward([a.tokens, half.tokens], [a.targets, half.targets]);
+    expect(Math.abs(loss - (wa * ra.loss + wb * rb.loss))).toBeLessThan(1e-6 * loss);
+    const want = new Map([...ra.grads].map(([name, g]) => [name, g.map((v, i) => wa * v + wb * rb.grads.get(name)![i]!)]));
+    for (const [name, g] of want) {
+      const got = await trainer.gradients.get(name)!.toFloat32Array();
+      expect(worstError(got, g, 1e-5 * maxAbs(g), 1e-5), name).toBeLessThan(1);
+    }
+    const args = { config: tiny, weights: Object.fromEntries(weights), layout: 'zigzag', batches: [a, half] };
+    for (const r of (await launch({ worldSize: 2 }, rankModule, args)) as { loss: number; grads: Record<string, Float32Array> }[]) {
+      expect(Math.abs(r.loss - loss), 'loss over 2 ranks').toBeLessThan(1e-6 * loss);
+      for (const [name, g] of want) expect(worstError(r.grads[name]!, g, 1e-4 * maxAbs(g), 1e-5), `${name} over 2 ranks`).toBeLessThan(1);
+    }
+    // every rank must pass as many micro-batches: a rank that passes fewer is told so
+    await expect(launch({ worldSize: 2 }, rankModule, { ...args, oneBatchOnRank: 1 })).rejects.toThrow(/passed [12] micro-batches, the 2 ranks 3 in all/);
+  });
+
   it('training steps: the same losses on 1 thread and over 2 zigzag ranks (with clipping)', async () => {
     const args = { config: tiny, weights: Object.fromEntries(weights), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag', steps: 4, lr: 3e-3, maxGradNorm: 0.5 };
     const [r0] = (await launch({ worldSize: 2 }, rankModule, args)) as { losses: number[] }[];
@@ -483,6 +510,13 @@ describe('saving, loading, checkpoints', () => {
     const tr = createTrainer(model, { lr: 1e-3 });
     expect(() => tr.step(new Int32Array(4), new Int32Array(3))).toThrow(/targets: expected 4 targets/);
     expect(() => tr.step(new Int32Array(4), new Int32Array(4).fill(-100))).toThrow(/targets: every target .* is -100/);
+    expect(() => tr.step([new Int32Array(4)], new Int32Array(4))).toThrow(/targets: expected an array of Int32Array \(one per micro-batch\)/);
+    expect(() => tr.step(new Int32Array(4), [new Int32Array(4)])).toThrow(/targets: expected an Int32Array, as tokens is one/);
+    expect(() => tr.step([], [])).toThrow(/tokens: expected at least one micro-batch/);
+    expect(() => tr.step([new Int32Array(4)], [new Int32Array(4), new Int32Array(4)])).toThrow(/targets: expected 1 micro-batches/);
+    expect(() => tr.step([new Int32Array(4), [1, 2] as never], [new Int32Array(4), new Int32Array(2)])).toThrow(/tokens\[1\]: expected an Int32Array/);
+    expect(() => tr.step([new Int32Array(4), new Int32Array(2)], [new Int32Array(4), new Int32Array(3)])).toThrow(/targets\[1\]: expected 2 targets/);
+    expect(() => tr.step([new Int32Array(4), new Int32Array(4)], [new Int32Array(4).fill(-100), new Int32Array(4).fill(-100)])).toThrow(/every target of every micro-batch/);
     expect(() => tr.step(new Int32Array(4).fill(300), new Int32Array(4))).toThrow(/ids\[0\]: 300 is outside/);
     // a step that fails after the forward made its activations (a target outside the
     // vocabulary is found by the loss) frees them at once, not at garbage collection
