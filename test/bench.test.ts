@@ -254,7 +254,7 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     expect(stepOverlap([])).toBeNull();
     expect(w.stdout).toMatch(/fwd per step whole\/max/);
     // The README's table: H100 at 989 TFLOP/s over NVLink 4 (450 GB/s) and InfiniBand NDR (50 GB/s).
-    expect(w.stdout).toMatch(/c >= F \/ B at 989 TFLOP\/s .*NVLink 4 .* at 450 GB\/s: c >= 2\.2K tokens per rank block, 13\.2K per rank; InfiniBand .* at 50 GB\/s: c >= 19\.8K tokens per rank block, 118\.7K per rank/);
+    expect(w.stdout).toMatch(/c >= F \/ B at 989 TFLOP\/s .*NVLink 4 .* at 450 GB\/s: c >= 2\.2K tokens per rank block, 13\.2K per rank \(backward, .*c >= 2\.6K\); InfiniBand .* at 50 GB\/s: c >= 19\.8K tokens per rank block, 118\.7K per rank \(backward, .*c >= 23\.7K\)/);
   });
 
   it("the paper's overlap rule: its Table 2 rows, c = F / B", () => {
@@ -262,6 +262,8 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     expect(minOverlapBlock(123, 112)).toBeCloseTo(1098.2, 1); // TPU v3: 1.1K
     expect(minOverlapBlock(275, 268)).toBeCloseTo(1026.1, 1); // TPU v4: 1.0K
     expect(minOverlapBlock(989, 450)).toBeCloseTo(2197.8, 1);
+    // the backward: 2.5x the FLOPs for 3x the bytes (bfloat16 K/V plus float32 dK/dV)
+    expect(minOverlapBlock(989, 450, 'backward')).toBeCloseTo(2637.3, 1);
   });
 
   it('memory: activations grow linearly with the context, and checkpointing keeps fewer', () => {

@@ -205,7 +205,8 @@ export const ringSuite: Suite<RingRow> = {
     const k = (tokens: number) => `${(tokens / 1e3).toFixed(1)}K`;
     notes.push(`the paper's rule for transfers to hide across GPUs, c >= F / B at ${peak.tflops} TFLOP/s (${peak.matched}): ` +
       LINKS.map(([link, gbs]) => `${link} at ${gbs} GB/s: c >= ${k(minOverlapBlock(peak.tflops, gbs))} tokens per rank block, ` +
-        `${k(6 * minOverlapBlock(peak.tflops, gbs))} per rank`).join('; '));
+        `${k(6 * minOverlapBlock(peak.tflops, gbs))} per rank (backward, whose float32 dK/dV travel too: c >= ` +
+        `${k(minOverlapBlock(peak.tflops, gbs, 'backward'))})`).join('; '));
     return { suite: 'ring', params: o, rows, notes, columns: COLUMNS, chart: {
       title: 'Ring overhead: ring / single-device time (forward+backward)',
       x: { title: 'ranks', value: (r) => r.ranks, log2: true },
