@@ -71,6 +71,22 @@ describe.skipIf(!cuda.available)(title, () => {
     });
   });
 
+  // README's memory per rank: besides its inputs, the forward holds out, lse, two K/V blocks
+  // and a float32 running output; the backward dq, dk, dv, two K/V blocks, three float32
+  // dK/dV blocks, a float32 dQ and delta. Sizes chosen as multiples of the allocator's 512 B
+  // steps below 1 MiB, so the bytes are exact; N ranks in one process hold N times as much.
+  it("memory per rank: the README's formula, exactly, whatever N", async () => {
+    const d = { batch: 1, seq: 256, heads: 4, kvHeads: 2, dim: 64 }, e = 2; // bfloat16
+    const q = d.batch * d.seq * d.heads * d.dim, kv = d.batch * d.seq * d.kvHeads * d.dim, lse = d.batch * d.heads * d.seq;
+    const forward = q * e + lse * 4 + 2 * (2 * kv * e) + q * 4;
+    const backward = q * e + 2 * kv * e + 2 * (2 * kv * e) + 3 * (2 * kv * 4) + q * 4 + lse * 4;
+    expect([forward, backward]).toEqual([659456, 1576960]);
+    for (const N of [1, 2, 4]) {
+      const [r0] = await launch({ worldSize: N }, new URL('../fixtures/ring-memory.mjs', import.meta.url), d) as { forward: number; backward: number }[];
+      expect(r0, `N=${N}`).toEqual({ forward: N * forward, backward: N * backward });
+    }
+  });
+
   it('a rank with a mismatched shard fails the whole ring fast, and the GPU stays usable', async () => {
     const started = Date.now();
     const error = await launch({ worldSize: 3 }, new URL('../fixtures/mismatched-shards.mjs', import.meta.url), { device: 'cuda' }).catch((e) => e);
