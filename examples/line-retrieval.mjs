@@ -71,7 +71,7 @@ function makeSequence(seed, lines, length) {
 
 // ---- one rank ----
 export default async function rank({ rank, worldSize, group, args }) {
-  const { steps, lines, layout, lr, seed, evalEvery, evalSequences, tty, device = 'cpu' } = args;
+  const { steps, batch = 1, lines, layout, lr, seed, evalEvery, evalSequences, tty, device = 'cpu' } = args;
   const length = seqLength(lines, 2 * worldSize);
   const config = {
     hidden_size: 64, intermediate_size: 176, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2,
@@ -118,11 +118,12 @@ export default async function rank({ rank, worldSize, group, args }) {
   const start = performance.now();
   let recent = 0, recentN = 0, last;
   try {
-    say(`line retrieval: ${lines} lines + ${lines} questions = ${length} tokens per sequence, ${worldSize} ranks (${layout}), ` +
+    say(`line retrieval: ${lines} lines + ${lines} questions = ${length} tokens per sequence, ${batch} per step, ${worldSize} ranks (${layout}), ` +
       `${trainer.model.tensors.size} tensors, chance accuracy ${(100 / NVALUES).toFixed(1)}%\n`);
     for (let s = 1; s <= steps; ++s) {
-      const seq = makeSequence(seed * 7919 + s, lines, length);
-      const { loss } = trainer.step(shard(seq.tokens), shard(seq.targets));
+      // `batch` sequences per step, their gradients accumulated (micro-batches)
+      const seqs = Array.from({ length: batch }, (_, j) => makeSequence(seed * 7919 + (s - 1) * batch + j + 1, lines, length));
+      const { loss } = trainer.step(seqs.map((q) => shard(q.tokens)), seqs.map((q) => shard(q.targets)));
       recent += loss;
       recentN += 1;
       if (tty) say(bar(s, steps, loss));
@@ -148,6 +149,7 @@ if (isMainThread && import.meta.url === new URL(process.argv[1], 'file:').href) 
     options: {
       ranks: { type: 'string', default: '2' },
       steps: { type: 'string', default: '6000' },
+      batch: { type: 'string', default: '1' },
       lines: { type: 'string', default: '4' },
       layout: { type: 'string', default: 'zigzag' },
       lr: { type: 'string', default: '0.003' },
@@ -159,7 +161,7 @@ if (isMainThread && import.meta.url === new URL(process.argv[1], 'file:').href) 
     },
   });
   if (o.help) {
-    console.log('usage: node examples/line-retrieval.mjs [--ranks N] [--steps N] [--lines N] [--layout contiguous|zigzag] [--lr X] [--seed N] [--eval-every N] [--eval-sequences N] [--device cpu|cuda]');
+    console.log('usage: node examples/line-retrieval.mjs [--ranks N] [--steps N] [--batch N] [--lines N] [--layout contiguous|zigzag] [--lr X] [--seed N] [--eval-every N] [--eval-sequences N] [--device cpu|cuda]');
     process.exit(0);
   }
   const int = (name, min) => {
@@ -185,7 +187,7 @@ if (isMainThread && import.meta.url === new URL(process.argv[1], 'file:').href) 
     process.exit(2);
   }
   const args = {
-    steps, lines: int('lines', 1), layout: o.layout, lr, seed: int('seed', 0),
+    steps, batch: int('batch', 1), lines: int('lines', 1), layout: o.layout, lr, seed: int('seed', 0),
     evalEvery: o['eval-every'] === undefined ? Math.max(1, Math.round(steps / 10)) : int('eval-every', 1),
     evalSequences: int('eval-sequences', 1), tty: Boolean(process.stdout.isTTY), device: o.device,
   };

@@ -1,6 +1,6 @@
-// examples/line-retrieval.mjs runs end to end with tiny settings (2 ranks, ring attention),
-// prints its header, one line per evaluation and the final accuracy, and exits 0; bad
-// options exit 2 naming the option.
+// examples/line-retrieval.mjs runs end to end with tiny settings (2 ranks, ring attention, 2
+// sequences per step), prints its header, one line per evaluation and the final accuracy,
+// and exits 0; bad options exit 2 naming the option.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
@@ -11,10 +11,10 @@ const run = (...args: string[]) => spawnSync(process.execPath, [script, ...args]
 
 describe('examples/line-retrieval.mjs', () => {
   it('trains a few steps over 2 ranks and prints loss and retrieval accuracy (plain lines off a TTY)', () => {
-    const r = run('--steps', '6', '--ranks', '2', '--lines', '3', '--eval-every', '3', '--eval-sequences', '2', '--layout', 'contiguous');
+    const r = run('--steps', '6', '--batch', '2', '--ranks', '2', '--lines', '3', '--eval-every', '3', '--eval-sequences', '2', '--layout', 'contiguous');
     expect(r.status, r.stderr).toBe(0);
     const lines = r.stdout.trim().split('\n');
-    expect(lines[0]).toMatch(/^line retrieval: 3 lines \+ 3 questions = 20 tokens per sequence, 2 ranks \(contiguous\)/);
+    expect(lines[0]).toMatch(/^line retrieval: 3 lines \+ 3 questions = 20 tokens per sequence, 2 per step, 2 ranks \(contiguous\)/);
     const evals = lines.filter((l) => l.startsWith('step '));
     expect(evals).toHaveLength(2);
     for (const [i, l] of evals.entries())
@@ -28,5 +28,6 @@ describe('examples/line-retrieval.mjs', () => {
     expect(r.status).toBe(2);
     expect(r.stderr).toMatch(/--layout: expected 'contiguous' or 'zigzag', got 'ring'/);
     expect(run('--steps', '0').stderr).toMatch(/--steps: expected an integer >= 1/);
+    expect(run('--batch', '0').stderr).toMatch(/--batch: expected an integer >= 1/);
   });
 });
