@@ -77,6 +77,8 @@ export interface RunContext {
   checkpoint: boolean;
   ffnBlockRows: number;
   ceChunkRows: number;
+  /** Attention's backward on CUDA without atomic adds (see AttentionOptions.deterministic). Default false. */
+  deterministic?: boolean;
   /**
    * Called during the backward with gradient tensors once they are final (each once: the head
    * and final norm, then each layer's, last to first, then the embedding), so that their sum
@@ -167,10 +169,10 @@ function layerBackward(model: LlamaModel, p: LlamaLayerParams, g: LlamaLayerPara
   linearBackward(dx1, att2, p.wo, datt, g.wo); // datt =, dwo +=
   att2.dispose();
   const datt4 = as(datt, [1, M, H, D]);
-  const scale = softmaxScale(ctx, D);
+  const opts = { causal: true, scale: softmaxScale(ctx, D), deterministic: ctx.deterministic ?? false };
   const { dq, dk, dv } = ctx.group
-    ? ringAttentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { group: ctx.group, causal: true, layout: ctx.layout, scale })
-    : attentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { causal: true, scale });
+    ? ringAttentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { ...opts, group: ctx.group, layout: ctx.layout })
+    : attentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, opts);
   datt4.dispose();
   // q = rope(h · wqᵀ), k = rope(h · wkᵀ), v = h · wvᵀ
   const dqLin = as(consume(as(dq, [M, H, D]), (t) => ropeBackward(t, ctx.positions, ctx.rope.invFreq)), [M, H * D]);

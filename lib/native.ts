@@ -61,6 +61,7 @@ interface Native {
   ringBackward(
     id: number, rank: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle,
     out: TensorHandle, lse: TensorHandle, causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean,
+    deterministic?: boolean,
   ): [TensorHandle, TensorHandle, TensorHandle, Float64Array?];
   /** Per ring step: [qLen, kLen, causal 0|1] that `rank` computes; [0, 0, 0] for a skipped step. */
   ringPlan(rank: number, worldSize: number, seq: number, causal: boolean, zigzag: boolean): [number, number, number][];
@@ -80,7 +81,7 @@ interface Native {
   ): [TensorHandle, TensorHandle, Float64Array?];
   ncclRingBackward(
     id: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle, out: TensorHandle, lse: TensorHandle,
-    causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean,
+    causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean, deterministic?: boolean,
   ): [TensorHandle, TensorHandle, TensorHandle, Float64Array?];
   cudaInfo(): CudaInfo;
   /** 'cmake-js' or 'node-gyp'. */

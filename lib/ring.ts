@@ -75,7 +75,11 @@ export function ringAttention(q: Tensor, k: Tensor, v: Tensor, opts: RingAttenti
   return result;
 }
 
-/** Gradients of ringAttention() for this rank's shard; dK/dV travel the ring and come home summed. */
+/**
+ * Gradients of ringAttention() for this rank's shard; dK/dV travel the ring and come home
+ * summed. With `deterministic` (CUDA), every step computes dQ in its own pass: the same bits
+ * on every run, as the steps add up in a fixed order.
+ */
 export function ringAttentionBackward(
   dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor, opts: RingAttentionOptions,
 ): AttentionGradients {
@@ -84,8 +88,8 @@ export function ringAttentionBackward(
   const h = [f.dout.handle('dout'), a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), f.out.handle('out'), f.lse.handle('lse')] as const;
   const timed = a.onStepTimes !== undefined;
   const [dq, dk, dv, times] = a.group.backend === 'nccl'
-    ? native.ncclRingBackward(a.groupId, ...h, a.causal, a.scale, a.zigzag, a.parts, timed)
-    : native.ringBackward(a.groupId, a.group.rank, ...h, a.causal, a.scale, a.zigzag, a.parts, timed);
+    ? native.ncclRingBackward(a.groupId, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic)
+    : native.ringBackward(a.groupId, a.group.rank, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic);
   const result = {
     dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),
     dk: Tensor.fromHandle(dk, a.k.shape, a.k.dtype, a.k.device),

@@ -36,6 +36,12 @@ export interface TrainerOptions {
   ffnBlockRows?: number;
   /** Tokens per cross-entropy chunk (the (chunk, V) logits are all that exist). Default 256 on the cpu, 1024 on cuda. */
   ceChunkRows?: number;
+  /**
+   * CUDA: attention's backward computes dQ in its own pass instead of with atomic adds
+   * (slower), so that it gives the same bits on every run; the other ops have no atomics.
+   * Default false. The CPU always is deterministic.
+   */
+  deterministic?: boolean;
 }
 
 export interface StepResult {
@@ -117,6 +123,7 @@ export class Trainer implements Disposable {
     const ctx: RunContext = {
       group, layout, positions, rope: this.model.rope(tokens.length * worldSize), // the whole sequence's length
       checkpoint: this.#o.checkpoint, ffnBlockRows: this.#o.ffnBlockRows, ceChunkRows: this.#o.ceChunkRows,
+      deterministic: this.#o.deterministic,
     };
     return { tokens, targets, ctx };
   }
@@ -335,6 +342,7 @@ export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer 
     eps: positiveNumber(o.eps, 'opts.eps', 1e-8, 0, false),
     maxGradNorm: o.maxGradNorm === undefined ? undefined : positiveNumber(o.maxGradNorm, 'opts.maxGradNorm', 0, 0, false),
     checkpoint: checkBoolean(o.checkpoint, 'opts.checkpoint') ?? true,
+    deterministic: checkBoolean(o.deterministic, 'opts.deterministic') ?? false,
     // Larger blocks on a GPU keep its matrix products large (not yet tuned on one); the
     // (block, F) and (chunk, V) intermediates stay small beside the weights either way.
     ffnBlockRows: o.ffnBlockRows === undefined ? (onCuda ? 4096 : 256) : checkInteger(o.ffnBlockRows, 'opts.ffnBlockRows', 1),

@@ -304,6 +304,7 @@ ra::ring::RingShape ring_shape(const Napi::CallbackInfo& info, size_t at, const 
     s.parts = static_cast<ra::ring::Parts>(parts);
   }
   if (info.Length() > at + 4 && info[at + 4].ToBoolean()) s.step_times = &times;
+  s.deterministic = info.Length() > at + 5 && info[at + 5].ToBoolean();
   return s;
 }
 // A ring call's results, then, when its steps were timed, a Float64Array of [compute, transfer,
@@ -351,7 +352,7 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
   });
 }
 
-// ringBackward(id, rank, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps]) -> [dq, dk, dv[, times]]
+// ringBackward(id, rank, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps, deterministic]) -> [dq, dk, dv[, times]]
 Napi::Value RingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
@@ -484,7 +485,7 @@ Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
   });
 }
 
-// ncclRingBackward(group, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps]) -> [dq, dk, dv[, times]]
+// ncclRingBackward(group, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps, deterministic]) -> [dq, dk, dv[, times]]
 Napi::Value NcclRingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &dout = unwrap(env, info[1], "dout"), &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"),

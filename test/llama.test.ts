@@ -507,6 +507,7 @@ describe('saving, loading, checkpoints', () => {
     using model = initLlama(tiny, { seed: 1 });
     expect(() => createTrainer(model, {} as never)).toThrow(/opts.lr: missing/);
     expect(() => createTrainer(model, { lr: 1, betas: [0.9, 1] })).toThrow(/opts.betas\[1\]/);
+    expect(() => createTrainer(model, { lr: 1, deterministic: 1 as never })).toThrow(/opts.deterministic: expected a boolean/);
     const tr = createTrainer(model, { lr: 1e-3 });
     expect(() => tr.step(new Int32Array(4), new Int32Array(3))).toThrow(/targets: expected 4 targets/);
     expect(() => tr.step(new Int32Array(4), new Int32Array(4).fill(-100))).toThrow(/targets: every target .* is -100/);

@@ -216,7 +216,7 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
       bp.dkv_overwrite = true;  // rows [k_off, k_off + k_len): the add below reads no others
       bp.dq_batch_stride = s.seq * qrow, bp.dq_row_stride = qrow;
       bp.dk_batch_stride = s.seq * krow, bp.dk_row_stride = krow;
-      bp.deterministic = false;
+      bp.deterministic = s.deterministic;  // dQ's own pass adds (+=) into dq_acc like the atomics
       flash::backward(bp, q.dtype, pl.causal, compute.s);
       StepTimer::end(timer.compute(step), compute.s);
     }

@@ -26,6 +26,7 @@ struct RingShape {
   bool zigzag;  // shard = chunks (r, 2N-1-r) of 2N; else contiguous chunk r of N
   Parts parts = Parts::Both;
   std::vector<StepTime>* step_times = nullptr;  // benchmarks: filled with one entry per step
+  bool deterministic = false;  // backward on CUDA: dQ without atomics (the CPU always is)
   bool computes() const { return parts != Parts::TransfersOnly; }
   bool moves() const { return parts != Parts::ComputeOnly; }
 };

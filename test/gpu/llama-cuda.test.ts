@@ -103,6 +103,27 @@ describe.skipIf(!!why)(title, () => {
   });
 });
 
+describe.skipIf(!!why)(`${title}: deterministic`, () => {
+  // With `deterministic`, attention's dQ has no atomic adds, and no other op has any: two
+  // runs of the same steps give the same bits, on one rank and over 2 ranks sharing the GPU.
+  it('two runs of three training steps: the same losses and weights, bit for bit', async () => {
+    const train = async () => {
+      using model = initLlama(tiny, { seed: 4, device: 'cuda' });
+      using trainer = createTrainer(model, { lr: 3e-3, maxGradNorm: 1, deterministic: true });
+      const losses = [0, 1, 2].map(() => trainer.step(tokens, targets).loss);
+      return { losses, weights: await model.tensors.get('model.layers.0.self_attn.q_proj.weight')!.toFloat32Array() };
+    };
+    const a = await train();
+    expect(await train()).toEqual(a);
+    using model = initLlama(tiny, { seed: 4, std: 0.1 });
+    const args = { config: tiny, weights: Object.fromEntries(model.toArrays()), tokens: Array.from(tokens), targets: Array.from(targets),
+      device: 'cuda', layout: 'zigzag', steps: 3, lr: 3e-3, deterministic: true };
+    const runs = [];
+    for (let i = 0; i < 2; ++i) runs.push(((await launch({ worldSize: 2, device: 'cuda' }, rankModule, args)) as { losses: number[] }[])[0]!.losses);
+    expect(runs[1]).toEqual(runs[0]);
+  });
+});
+
 describe.skipIf(!!whyHf)(whyHf ? `LLaMA on CUDA vs transformers under bfloat16 autocast (skipped: ${whyHf})` : 'LLaMA on CUDA vs transformers under bfloat16 autocast', () => {
   it('our bfloat16 error from the float32 model is at most 4x transformers\' (logits, loss, every gradient)', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'ra-hf-bf16-'));
