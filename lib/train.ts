@@ -137,18 +137,17 @@ export class Trainer implements Disposable {
     if (!Array.isArray(targets)) fail('type', `targets: expected an array of Int32Array (one per micro-batch), as tokens is; got ${describe(targets)}`);
     if (tokens.length === 0) fail('range', 'tokens: expected at least one micro-batch, got an empty array');
     if (targets.length !== tokens.length) fail('range', `targets: expected ${tokens.length} micro-batches (one per tokens entry), got ${targets.length}`);
-    return tokens.map((t, i) => this.#context(t, targets[i], `[${i}]`));
+    return Array.from({ length: tokens.length }, (_, i) => this.#context(tokens[i], targets[i], `[${i}]`)); // holes too
   }
 
   /**
-   * Sums numbers over the group with the same bits on every run: each rank writes its values,
-   * split into float32 pairs (hi + lo, so doubles keep ~14 digits), into its own slot of a
-   * zeroed buffer; the allReduce then adds only zeros to each value (exact in any arrival
-   * order), and the slots are summed here in rank order, in double.
+   * Every rank's numbers, in rank order: each rank writes its values, split into float32 pairs
+   * (hi + lo, so doubles keep ~14 digits), into its own slot of a zeroed buffer; the allReduce
+   * then adds only zeros to each value (exact in any arrival order).
    */
-  #allReduceNumbers(xs: number[]): number[] {
+  #gatherNumbers(xs: number[]): number[][] {
     const group = this.#o.group;
-    if (!group || group.worldSize === 1) return xs;
+    if (!group || group.worldSize === 1) return [xs];
     const n = 2 * xs.length, a = new Float32Array(n * group.worldSize), base = n * group.rank;
     xs.forEach((x, i) => {
       a[base + 2 * i] = x;
@@ -158,27 +157,28 @@ export class Trainer implements Disposable {
     try {
       group.allReduce(t);
       const r = t.handle('t').toFloat32Array();
-      return xs.map((_, i) => {
-        let s = 0;
-        for (let k = 0; k < group.worldSize; ++k) s += r[k * n + 2 * i]! + r[k * n + 2 * i + 1]!;
-        return s;
-      });
+      return Array.from({ length: group.worldSize }, (_, k) => xs.map((_, i) => r[k * n + 2 * i]! + r[k * n + 2 * i + 1]!));
     } finally {
       t.dispose();
     }
+  }
+
+  /** Sums numbers over the group with the same bits on every run: summed in rank order, in double. */
+  #allReduceNumbers(xs: number[]): number[] {
+    const all = this.#gatherNumbers(xs);
+    return xs.map((_, i) => all.reduce((s, r) => s + r[i]!, 0));
   }
 
   /** Counted targets over every rank and micro-batch; also checks that the ranks pass as many micro-batches. */
   #totalCount(targets: Int32Array[]): number {
     let count = 0;
     for (const ts of targets) for (const t of ts) if (t !== IGNORE_INDEX) ++count;
-    const worldSize = this.#o.group?.worldSize ?? 1;
-    const [total, batches] = this.#allReduceNumbers([count, targets.length]);
-    // Only when every rank passed as many is each rank's number times worldSize the sum.
-    if (batches !== targets.length * worldSize)
-      fail('range', `tokens: this rank passed ${targets.length} micro-batches, the ${worldSize} ranks ${batches} in all; every rank must pass as many (its shard of each sequence)`);
+    const all = this.#gatherNumbers([count, targets.length]);
+    const batches = all.map((r) => r[1]!), total = all.reduce((s, r) => s + r[0]!, 0);
+    if (batches.some((b) => b !== targets.length)) // every rank sees the same list, so every rank throws
+      fail('range', `tokens: the ranks passed different numbers of micro-batches (${batches.join(', ')}, in rank order); every rank must pass as many (its shard of each sequence)`);
     if (total === 0) fail('range', `targets: every target ${targets.length > 1 ? 'of every micro-batch ' : ''}of the whole sequence is ${IGNORE_INDEX} (ignored); there is no loss to compute`);
-    return total!;
+    return total;
   }
 
   /** The loss of the whole sequence (every rank must call it with its shard); nothing is kept or changed. */

@@ -398,8 +398,11 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
       expect(Math.abs(r.loss - loss), 'loss over 2 ranks').toBeLessThan(1e-6 * loss);
       for (const [name, g] of want) expect(worstError(r.grads[name]!, g, 1e-4 * maxAbs(g), 1e-5), `${name} over 2 ranks`).toBeLessThan(1);
     }
-    // every rank must pass as many micro-batches: a rank that passes fewer is told so
-    await expect(launch({ worldSize: 2 }, rankModule, { ...args, oneBatchOnRank: 1 })).rejects.toThrow(/passed [12] micro-batches, the 2 ranks 3 in all/);
+    // every rank must pass as many micro-batches; when they do not, every rank is told so
+    // before any ring step (1 + 3 = 2 + 2: no sum could tell)
+    const misuse = { ...args, batches: [a, half, a], batchesOnRank: [1, 2, 3, 2] };
+    for (const r of (await launch({ worldSize: 4 }, rankModule, misuse)) as { error: string | null }[])
+      expect(r.error).toMatch(/^tokens: the ranks passed different numbers of micro-batches \(1, 2, 3, 2, in rank order\)/);
   });
 
   it('training steps: the same losses on 1 thread and over 2 zigzag ranks (with clipping)', async () => {
@@ -516,6 +519,7 @@ describe('saving, loading, checkpoints', () => {
     expect(() => tr.step([], [])).toThrow(/tokens: expected at least one micro-batch/);
     expect(() => tr.step([new Int32Array(4)], [new Int32Array(4), new Int32Array(4)])).toThrow(/targets: expected 1 micro-batches/);
     expect(() => tr.step([new Int32Array(4), [1, 2] as never], [new Int32Array(4), new Int32Array(2)])).toThrow(/tokens\[1\]: expected an Int32Array/);
+    expect(() => tr.step([, new Int32Array(4)] as never, [new Int32Array(4), new Int32Array(4)])).toThrow(/tokens\[0\]: expected an Int32Array .*got undefined/);
     expect(() => tr.step([new Int32Array(4), new Int32Array(2)], [new Int32Array(4), new Int32Array(3)])).toThrow(/targets\[1\]: expected 2 targets/);
     expect(() => tr.step([new Int32Array(4), new Int32Array(4)], [new Int32Array(4).fill(-100), new Int32Array(4).fill(-100)])).toThrow(/every target of every micro-batch/);
     expect(() => tr.step(new Int32Array(4).fill(300), new Int32Array(4))).toThrow(/ids\[0\]: 300 is outside/);
