@@ -54,7 +54,8 @@ export const LINKS: readonly (readonly [string, number])[] = [
  * on the block before it: c >= F / B, F the GPU's FLOP/s and B the link's one-way bytes/s
  * (per step 4dc² FLOPs against 4cd bytes of bfloat16 K and V). Each rank then needs a
  * sequence of at least 6c tokens. The backward's step computes 2.5 times as much but also
- * moves the block's float32 dK/dV (8cd bytes), 3 times the bytes: c >= 1.2 F / B.
+ * moves the block's float32 dK/dV (8cd bytes), 3 times the bytes: c >= 1.2 F / B (without
+ * `deterministic`, whose separate dQ pass computes more).
  */
 export function minOverlapBlock(tflops: number, oneWayGBs: number, pass: 'forward' | 'backward' = 'forward'): number {
   return ((pass === 'backward' ? 3 / 2.5 : 1) * tflops * 1e12) / (oneWayGBs * 1e9);
