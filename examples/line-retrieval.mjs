@@ -4,13 +4,14 @@
 // on that key's line. A tiny LLaMA is trained on the CPU with the sequence sharded over
 // --ranks worker threads; attention runs as ring attention over them, so no rank ever holds
 // more than its shard of the activations. Prints the loss and the retrieval accuracy on
-// fresh sequences every --eval-every steps. With the defaults (about 1.5 minutes on 2 busy
-// cores) accuracy reaches about 20% against 6% chance; the retrieval circuit (an induction
-// head) forms slowly at one sequence per step, so longer runs keep improving.
+// fresh sequences every --eval-every steps. With the defaults (3000 steps of 4 sequences whose
+// gradients accumulate; under a minute on 2 cores) accuracy passes 50% against 6% chance and
+// the 25% of guessing among the values in context: the retrieval circuit (an induction head)
+// has formed.
 //
 // The same script trains on a GPU with --device cuda (bfloat16 compute; the ranks share it).
 //
-//   node examples/line-retrieval.mjs [--ranks 2] [--steps 6000] [--lines 4] [--layout zigzag] [--device cpu|cuda]
+//   node examples/line-retrieval.mjs [--ranks 2] [--steps 3000] [--batch 4] [--lr 0.001] [--lines 4] [--layout zigzag] [--device cpu|cuda]
 import { writeSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isMainThread } from 'node:worker_threads';
@@ -84,6 +85,8 @@ export default async function rank({ rank, worldSize, group, args }) {
     lr: (s) => lr * Math.min(1, s / warmup) * (s > steps / 2 ? 0.5 + 0.5 * Math.cos((Math.PI * (s - steps / 2)) / steps) : 1),
   });
   const shard = (a) => shardTokens(a, { rank, worldSize, layout }).tokens;
+  // Training sequence n and evaluation sequence n draw from seeds of opposite parity: never the same.
+  const sequenceSeed = (n, evaluation) => (Math.imul(seed + 1, 0x9e3779b1) + 2 * n + (evaluation ? 1 : 0)) >>> 0;
   // Written straight to fd 1: a worker's process.stdout is relayed through the main thread
   // and can lag behind (or be cut off at exit) while the rank computes.
   const say = (line) => rank === 0 && writeSync(1, line);
@@ -96,7 +99,7 @@ export default async function rank({ rank, worldSize, group, args }) {
   const evaluate = () => {
     const counts = new Float32Array(3); // correct, asked, loss sum
     for (let e = 0; e < evalSequences; ++e) {
-      const seq = makeSequence(seed * 7919 + 1_000_000 + e, lines, length);
+      const seq = makeSequence(sequenceSeed(e, true), lines, length);
       const targets = shard(seq.targets);
       const { loss, logits } = trainer.forward(shard(seq.tokens), targets, { logits: true });
       counts[2] += loss / worldSize; // the same on every rank: the sum over ranks is the loss
@@ -122,7 +125,7 @@ export default async function rank({ rank, worldSize, group, args }) {
       `${trainer.model.tensors.size} tensors, chance accuracy ${(100 / NVALUES).toFixed(1)}%\n`);
     for (let s = 1; s <= steps; ++s) {
       // `batch` sequences per step, their gradients accumulated (micro-batches)
-      const seqs = Array.from({ length: batch }, (_, j) => makeSequence(seed * 7919 + (s - 1) * batch + j + 1, lines, length));
+      const seqs = Array.from({ length: batch }, (_, j) => makeSequence(sequenceSeed((s - 1) * batch + j, false), lines, length));
       const { loss } = trainer.step(seqs.map((q) => shard(q.tokens)), seqs.map((q) => shard(q.targets)));
       recent += loss;
       recentN += 1;
@@ -148,11 +151,11 @@ if (isMainThread && import.meta.url === new URL(process.argv[1], 'file:').href) 
   const { values: o } = parseArgs({
     options: {
       ranks: { type: 'string', default: '2' },
-      steps: { type: 'string', default: '6000' },
-      batch: { type: 'string', default: '1' },
+      steps: { type: 'string', default: '3000' },
+      batch: { type: 'string', default: '4' },
       lines: { type: 'string', default: '4' },
       layout: { type: 'string', default: 'zigzag' },
-      lr: { type: 'string', default: '0.003' },
+      lr: { type: 'string', default: '0.001' },
       seed: { type: 'string', default: '1' },
       'eval-every': { type: 'string' },
       'eval-sequences': { type: 'string', default: '32' },
