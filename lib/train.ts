@@ -38,8 +38,9 @@ export interface TrainerOptions {
   ceChunkRows?: number;
   /**
    * CUDA: attention's backward computes dQ in its own pass instead of with atomic adds
-   * (slower), so that it gives the same bits on every run; the other ops have no atomics.
-   * Default false. The CPU always is deterministic.
+   * (slower), so that it gives the same bits on every run; the other kernels have no atomics,
+   * and cuBLAS on one stream repeats its bits on the same GPU. Default false. The CPU always
+   * is deterministic.
    */
   deterministic?: boolean;
 }
