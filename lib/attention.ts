@@ -1,6 +1,6 @@
 // attention() and attentionBackward() on one device: exact blockwise attention,
 // layout [batch, seq, heads, headDim] as in flash-attn.
-import { checkBoolean, checkOptions, checkPositiveNumber, fail } from './errors.js';
+import { checkBoolean, checkOptions, checkPositiveNumber, describe, fail } from './errors.js';
 import { native } from './native.js';
 import { checkTensor, Tensor } from './tensor.js';
 
@@ -14,6 +14,12 @@ export interface AttentionOptions {
    * instead of with atomic adds (slower); the CPU backward is always deterministic.
    */
   deterministic?: boolean;
+  /**
+   * Packed sequences: the document of each token, [batch, seq] row-major (for ringAttention,
+   * this rank's shard, sharded like the tokens). A query then sees only keys of its own
+   * document, besides the causal rule; ids are any int32 values. Needs seqQ == seqK.
+   */
+  documentIds?: Int32Array;
 }
 
 export interface AttentionResult {
@@ -61,7 +67,15 @@ export function checkAttentionInputs(q: unknown, k: unknown, v: unknown, opts: u
   const causal = checkBoolean(o.causal, `${optsName}.causal`) ?? false;
   const scale = checkPositiveNumber(o.scale, `${optsName}.scale`) ?? 1 / Math.sqrt(dq);
   const deterministic = checkBoolean(o.deterministic, `${optsName}.deterministic`) ?? false;
-  return { q: tq, k: tk, v: tv, causal, scale, deterministic, options: o };
+  const documentIds = o.documentIds as unknown;
+  if (documentIds !== undefined) {
+    const name = `${optsName}.documentIds`;
+    if (!(documentIds instanceof Int32Array)) fail('type', `${name}: expected an Int32Array (one document id per token), got ${describe(documentIds)}`);
+    if (tk.shape[1] !== tq.shape[1]) fail('range', `${name}: needs q and k of the same sequence length (one id per token serves both), got ${tq.shape[1]} and ${tk.shape[1]}`);
+    if (documentIds.length !== bq * tq.shape[1]!)
+      fail('range', `${name}: expected batch x seq = ${bq * tq.shape[1]!} ids, got ${documentIds.length}`);
+  }
+  return { q: tq, k: tk, v: tv, causal, scale, deterministic, documentIds: documentIds as Int32Array | undefined, options: o };
 }
 
 /** Checks the forward results handed to a backward call (internal). */
@@ -84,7 +98,7 @@ export function checkBackwardInputs(dout: unknown, out: unknown, lse: unknown, q
 /** Exact attention softmax(q k^T * scale) v, computed blockwise; k/v may have fewer heads than q. */
 export function attention(q: Tensor, k: Tensor, v: Tensor, opts?: AttentionOptions): AttentionResult {
   const a = checkAttentionInputs(q, k, v, opts);
-  const [out, lse] = native.attentionForward(a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale);
+  const [out, lse] = native.attentionForward(a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.documentIds);
   const [b, s, h] = a.q.shape as [number, number, number];
   return { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
 }
@@ -97,7 +111,7 @@ export function attentionBackward(
   const f = checkBackwardInputs(dout, out, lse, a.q);
   const [dq, dk, dv] = native.attentionBackward(
     f.dout.handle('dout'), a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), f.out.handle('out'), f.lse.handle('lse'),
-    a.causal, a.scale, a.deterministic,
+    a.causal, a.scale, a.deterministic, a.documentIds,
   );
   return {
     dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),

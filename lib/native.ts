@@ -39,10 +39,11 @@ export interface HostMemoryStats {
 interface Native {
   createTensor(data: Float32Array, shape: number[], dtype: number, device: number): TensorHandle;
   createZeros(shape: number[], dtype: number, device: number): TensorHandle;
-  attentionForward(q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number): [TensorHandle, TensorHandle];
+  /** documentIds: [batch, seq] ids of a packed sequence (seqQ == seqK), or undefined. */
+  attentionForward(q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number, documentIds?: Int32Array): [TensorHandle, TensorHandle];
   attentionBackward(
     dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle, out: TensorHandle, lse: TensorHandle,
-    causal: boolean, scale: number, deterministic: boolean,
+    causal: boolean, scale: number, deterministic: boolean, documentIds?: Int32Array,
   ): [TensorHandle, TensorHandle, TensorHandle];
   groupCreate(worldSize: number, timeoutMs: number): number;
   groupAbort(id: number, reason: string): void;
@@ -56,12 +57,13 @@ interface Native {
   // with `timeSteps`, the results end with a Float64Array of [compute, transfer, whole] ms per step.
   ringForward(
     id: number, rank: number, q: TensorHandle, k: TensorHandle, v: TensorHandle,
-    causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean,
+    causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean, deterministic?: boolean,
+    documentIds?: Int32Array,
   ): [TensorHandle, TensorHandle, Float64Array?];
   ringBackward(
     id: number, rank: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle,
     out: TensorHandle, lse: TensorHandle, causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean,
-    deterministic?: boolean,
+    deterministic?: boolean, documentIds?: Int32Array,
   ): [TensorHandle, TensorHandle, TensorHandle, Float64Array?];
   /** Per ring step: [qLen, kLen, causal 0|1] that `rank` computes; [0, 0, 0] for a skipped step. */
   ringPlan(rank: number, worldSize: number, seq: number, causal: boolean, zigzag: boolean): [number, number, number][];
@@ -77,11 +79,12 @@ interface Native {
   ncclBarrier(id: number): void;
   ncclRingForward(
     id: number, q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number, zigzag: boolean, parts?: number,
-    timeSteps?: boolean,
+    timeSteps?: boolean, deterministic?: boolean, documentIds?: Int32Array,
   ): [TensorHandle, TensorHandle, Float64Array?];
   ncclRingBackward(
     id: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle, out: TensorHandle, lse: TensorHandle,
     causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean, deterministic?: boolean,
+    documentIds?: Int32Array,
   ): [TensorHandle, TensorHandle, TensorHandle, Float64Array?];
   cudaInfo(): CudaInfo;
   /** 'cmake-js' or 'node-gyp'. */

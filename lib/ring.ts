@@ -67,8 +67,9 @@ export function ringAttention(q: Tensor, k: Tensor, v: Tensor, opts: RingAttenti
   const a = checkRing(q, k, v, opts);
   const timed = a.onStepTimes !== undefined;
   const [out, lse, times] = a.group.backend === 'nccl'
-    ? native.ncclRingForward(a.groupId, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed)
-    : native.ringForward(a.groupId, a.group.rank, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed);
+    ? native.ncclRingForward(a.groupId, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed, false, a.documentIds)
+    : native.ringForward(a.groupId, a.group.rank, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed,
+      false, a.documentIds);
   const [b, s, h] = a.q.shape as [number, number, number];
   const result = { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
   stepTimes(a, times);
@@ -88,8 +89,8 @@ export function ringAttentionBackward(
   const h = [f.dout.handle('dout'), a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), f.out.handle('out'), f.lse.handle('lse')] as const;
   const timed = a.onStepTimes !== undefined;
   const [dq, dk, dv, times] = a.group.backend === 'nccl'
-    ? native.ncclRingBackward(a.groupId, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic)
-    : native.ringBackward(a.groupId, a.group.rank, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic);
+    ? native.ncclRingBackward(a.groupId, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic, a.documentIds)
+    : native.ringBackward(a.groupId, a.group.rank, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic, a.documentIds);
   const result = {
     dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),
     dk: Tensor.fromHandle(dk, a.k.shape, a.k.dtype, a.k.device),

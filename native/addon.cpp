@@ -143,18 +143,33 @@ ra::cpu::AttnParams whole_params(const Tensor& q, const Tensor& k, bool causal, 
   return p;
 }
 
-// attentionForward(q, k, v, causal, scale) -> [out, lse]
+// Packed sequences: the document of each token ([batch, seq] Int32Array) at info[i], or null
+// when absent. The same ids serve queries and keys, so seq_q must equal seq_k.
+const int32_t* documents(const Napi::CallbackInfo& info, size_t i, const Tensor& q, const Tensor& k) {
+  if (info.Length() <= i || info[i].IsUndefined()) return nullptr;
+  if (q.shape.size() != 4 || k.shape.size() != 4 || q.shape[1] != k.shape[1])
+    throw UserError("RangeError", "documentIds: q and k must have the same sequence length");
+  return int32s(info[i], "documentIds", q.shape[0] * q.shape[1]).Data();
+}
+void with_documents(ra::cpu::AttnParams& p, const int32_t* docs) {
+  p.doc_q = p.doc_k = docs;
+  p.doc_q_batch_stride = p.doc_k_batch_stride = p.seq_q;
+}
+
+// attentionForward(q, k, v, causal, scale[, documentIds]) -> [out, lse]
 Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &q = unwrap(env, info[0], "q"), &k = unwrap(env, info[1], "k"), &v = unwrap(env, info[2], "v");
     const bool causal = info[3].ToBoolean();
     const float scale = info[4].As<Napi::Number>().FloatValue();
+    const int32_t* docs = documents(info, 5, q, k);
     if (q.device == Device::CUDA) {
-      auto r = ra::cuda::attention_forward(q, k, v, causal, scale);
+      auto r = ra::cuda::attention_forward(q, k, v, causal, scale, docs);
       Tensor ts[] = {std::move(r.out), std::move(r.lse)};
       return wrap_all(env, ts);
     }
     auto p = whole_params(q, k, causal, scale);
+    with_documents(p, docs);
     F32 q32(q), k32(k), v32(v);
     Output outs[] = {{q.shape, q.dtype}, {{p.batch, p.heads, p.seq_q}, DType::F32}};
     p.q = q32.ptr, p.k = k32.ptr, p.v = v32.ptr, p.out = outs[0].ptr, p.lse = outs[1].ptr;
@@ -163,7 +178,7 @@ Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   });
 }
 
-// attentionBackward(dout, q, k, v, out, lse, causal, scale, deterministic) -> [dq, dk, dv]
+// attentionBackward(dout, q, k, v, out, lse, causal, scale, deterministic[, documentIds]) -> [dq, dk, dv]
 // (the CPU backward is always deterministic)
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
@@ -171,12 +186,14 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
                  &v = unwrap(env, info[3], "v"), &out = unwrap(env, info[4], "out"), &lse = unwrap(env, info[5], "lse");
     const bool causal = info[6].ToBoolean();
     const float scale = info[7].As<Napi::Number>().FloatValue();
+    const int32_t* docs = documents(info, 9, q, k);
     if (q.device == Device::CUDA) {
-      auto g = ra::cuda::attention_backward(dout, q, k, v, out, lse, causal, scale, info[8].ToBoolean());
+      auto g = ra::cuda::attention_backward(dout, q, k, v, out, lse, causal, scale, info[8].ToBoolean(), docs);
       Tensor ts[] = {std::move(g.dq), std::move(g.dk), std::move(g.dv)};
       return wrap_all(env, ts);
     }
     auto p = whole_params(q, k, causal, scale);
+    with_documents(p, docs);
     F32 do32(dout), q32(q), k32(k), v32(v), o32(out), l32(lse);
     p.q = q32.ptr, p.k = k32.ptr, p.v = v32.ptr, p.out = const_cast<float*>(o32.ptr), p.lse = const_cast<float*>(l32.ptr);
     std::vector<float> delta(size_t(p.batch) * p.heads * p.seq_q);
@@ -290,7 +307,7 @@ Napi::Value GroupBarrier(const Napi::CallbackInfo& info) {
 
 // The ring calls' arguments from `at` on: causal, scale, zigzag, then optionally (benchmarks
 // only) the parts to run (0 both, 1 compute only, 2 transfers only) and whether to time each
-// step into `times`.
+// step into `times`, then deterministic (backward) and this shard's document ids.
 ra::ring::RingShape ring_shape(const Napi::CallbackInfo& info, size_t at, const Tensor& q, const Tensor& k,
                                std::vector<ra::ring::StepTime>& times) {
   if (q.shape.size() != 4 || k.shape.size() != 4 || q.shape[0] != k.shape[0] || q.shape[1] != k.shape[1] ||
@@ -305,6 +322,7 @@ ra::ring::RingShape ring_shape(const Napi::CallbackInfo& info, size_t at, const 
   }
   if (info.Length() > at + 4 && info[at + 4].ToBoolean()) s.step_times = &times;
   s.deterministic = info.Length() > at + 5 && info[at + 5].ToBoolean();
+  if (info.Length() > at + 6 && !info[at + 6].IsUndefined()) s.docs = int32s(info[at + 6], "documentIds", q.shape[0] * q.shape[1]).Data();
   return s;
 }
 // A ring call's results, then, when its steps were timed, a Float64Array of [compute, transfer,
@@ -333,7 +351,7 @@ void aborting_group_on_error(ra::ring::LocalTransport& t, F&& loop) {
   }
 }
 
-// ringForward(id, rank, q, k, v, causal, scale, zigzag[, parts, timeSteps]) -> [out, lse[, times]]
+// ringForward(id, rank, q, k, v, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds]) -> [out, lse[, times]]
 Napi::Value RingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
@@ -352,7 +370,7 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
   });
 }
 
-// ringBackward(id, rank, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps, deterministic]) -> [dq, dk, dv[, times]]
+// ringBackward(id, rank, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds]) -> [dq, dk, dv[, times]]
 Napi::Value RingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
@@ -473,7 +491,7 @@ Napi::Value NcclBarrier(const Napi::CallbackInfo& info) {
   });
 }
 
-// ncclRingForward(group, q, k, v, causal, scale, zigzag[, parts, timeSteps]) -> [out, lse[, times]] (CUDA tensors)
+// ncclRingForward(group, q, k, v, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds]) -> [out, lse[, times]] (CUDA tensors)
 Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &q = unwrap(env, info[1], "q"), &k = unwrap(env, info[2], "k"), &v = unwrap(env, info[3], "v");
@@ -485,7 +503,7 @@ Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
   });
 }
 
-// ncclRingBackward(group, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps, deterministic]) -> [dq, dk, dv[, times]]
+// ncclRingBackward(group, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds]) -> [dq, dk, dv[, times]]
 Napi::Value NcclRingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &dout = unwrap(env, info[1], "dout"), &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"),

@@ -123,6 +123,17 @@ inline Napi::Value TensorHandle::ToFloat32Array(const Napi::CallbackInfo& info) 
 }
 
 // ops_addon.cpp: adds the training ops (linear, embedding, norms, ...) to the exports.
+// An Int32Array of exactly `length` elements.
+inline Napi::Int32Array int32s(const Napi::Value& v, const char* name, int64_t length) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw UserError("TypeError", std::string(name) + ": expected an Int32Array");
+  auto a = v.As<Napi::Int32Array>();
+  if (int64_t(a.ElementLength()) != length)
+    throw UserError("RangeError", std::string(name) + ": expected length " + std::to_string(length) + ", got " +
+                                      std::to_string(a.ElementLength()));
+  return a;
+}
+
 void register_ops(Napi::Env env, Napi::Object exports);
 
 }  // namespace ra::napi

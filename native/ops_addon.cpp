@@ -61,15 +61,6 @@ void distinct(const Tensor* out, const char* out_name, const Tensor& in, const c
     throw UserError("RangeError", std::string(out_name) + ": must not be the same memory as " + in_name);
 }
 
-Napi::Int32Array int32s(const Napi::Value& v, const char* name, int64_t length) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    throw UserError("TypeError", std::string(name) + ": expected an Int32Array");
-  auto a = v.As<Napi::Int32Array>();
-  if (int64_t(a.ElementLength()) != length)
-    throw UserError("RangeError", std::string(name) + ": expected length " + std::to_string(length) + ", got " +
-                                      std::to_string(a.ElementLength()));
-  return a;
-}
 // Every a[i] in [0, hi), or equal to also_ok (outside the int32 range: no exception).
 void check_range(const Napi::Int32Array& a, const char* name, int64_t hi, int64_t also_ok = INT64_MIN) {
   for (size_t i = 0; i < a.ElementLength(); ++i)

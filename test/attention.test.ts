@@ -107,6 +107,55 @@ describe('attention backward', () => {
   });
 });
 
+// Packed sequences: documents laid end to end, each token attending only within its own.
+describe('packed sequences (documentIds)', () => {
+  const runs = (lengths: number[][]) => Int32Array.from(lengths.flatMap((row) => row.flatMap((n, d) => new Array<number>(n).fill(d))));
+  const c: Dims = { batch: 2, seqQ: 70, seqK: 70, heads: 4, kvHeads: 2, dim: 32 };
+  const docs = runs([[30, 1, 25, 14], [70]]); // a one-token document; a row of one document
+  const scattered = Int32Array.from({ length: 140 }, (_, i) => (i * 7) % 3); // any ids, not only runs
+
+  for (const causal of [true, false])
+    for (const [what, ids] of [['runs', docs], ['scattered ids', scattered]] as const)
+      it(`${what}, causal=${causal}: forward and backward equal the float64 reference`, async () => {
+        const inp = makeInputs(c, 41);
+        const t = asTensors(c, inp);
+        const { out, lse } = attention(t.q, t.k, t.v, { causal, documentIds: ids });
+        const g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal, documentIds: ids });
+        const ref = attentionRef(inp.q, inp.k, inp.v, c, { causal, documentIds: ids });
+        const gref = attentionBackwardRef(inp.dout, inp.q, inp.k, inp.v, c, { causal, documentIds: ids });
+        expect(worstError(await read(out), ref.out, F32_TOL.atol, F32_TOL.rtol), 'out').toBeLessThan(1);
+        expect(worstError(await read(lse), ref.lse, F32_TOL.atol, F32_TOL.rtol), 'lse').toBeLessThan(1);
+        for (const k of ['dq', 'dk', 'dv'] as const) expect(worstError(await read(g[k]), gref[k], 5e-5, 1e-3), k).toBeLessThan(1);
+      });
+
+  it('each document comes out as attention over that document alone', async () => {
+    const one: Dims = { ...c, batch: 1 };
+    const inp = makeInputs(one, 43);
+    const t = asTensors(one, inp);
+    const lengths = [30, 1, 25, 14];
+    const packed = await read(attention(t.q, t.k, t.v, { causal: true, documentIds: runs([lengths]) }).out);
+    const row = c.heads * c.dim, kvRow = c.kvHeads * c.dim;
+    let start = 0;
+    for (const n of lengths) {
+      const alone: Dims = { ...one, seqQ: n, seqK: n };
+      const slice = (a: Float32Array, w: number) => a.slice(start * w, (start + n) * w);
+      const s = asTensors(alone, { q: slice(inp.q, row), k: slice(inp.k, kvRow), v: slice(inp.v, kvRow), dout: slice(inp.dout, row) });
+      const want = await read(attention(s.q, s.k, s.v, { causal: true }).out);
+      expect(worstError(packed.slice(start * row, (start + n) * row), want, 1e-6, 1e-5), `document at ${start}`).toBeLessThan(1);
+      start += n;
+    }
+  });
+
+  it('refuses ids that are not an Int32Array of batch x seq, or q and k of different lengths, naming the option', () => {
+    const t = asTensors(c, makeInputs(c, 45));
+    expect(() => attention(t.q, t.k, t.v, { documentIds: [0, 1] as never })).toThrow(/opts\.documentIds: expected an Int32Array/);
+    expect(() => attention(t.q, t.k, t.v, { documentIds: new Int32Array(70) })).toThrow(/opts\.documentIds: expected batch x seq = 140 ids, got 70/);
+    const x: Dims = { ...c, seqK: 40 };
+    const u = asTensors(x, makeInputs(x, 46));
+    expect(() => attention(u.q, u.k, u.v, { documentIds: new Int32Array(140) })).toThrow(/opts\.documentIds: needs q and k of the same sequence length/);
+  });
+});
+
 describe('attention backward against finite differences', () => {
   // Central differences of L = sum(out * dout) through the float64 reference forward,
   // so the check shares nothing with the kernel under test.

@@ -13,13 +13,16 @@ export interface Dims {
 export interface RefOptions {
   causal: boolean;
   scale?: number;
+  /** Packed sequences: [batch, seq] document ids (seqQ == seqK); a query sees only its own document's keys. */
+  documentIds?: ArrayLike<number>;
 }
 
 const idx = (b: number, s: number, h: number, d: number, seq: number, heads: number, dim: number) =>
   ((b * seq + s) * heads + h) * dim + d;
 
-function visible(i: number, j: number, x: Dims, causal: boolean): boolean {
-  return !causal || j <= i + x.seqK - x.seqQ;
+function visible(b: number, i: number, j: number, x: Dims, o: RefOptions): boolean {
+  const sameDocument = !o.documentIds || o.documentIds[b * x.seqQ + i] === o.documentIds[b * x.seqK + j];
+  return sameDocument && (!o.causal || j <= i + x.seqK - x.seqQ);
 }
 
 /** Probabilities P[b][h][i][j] in float64 (a row that sees nothing is all zeros), and lse. */
@@ -34,7 +37,7 @@ function probs(q: ArrayLike<number>, k: ArrayLike<number>, x: Dims, o: RefOption
         const row = ((b * x.heads + h) * x.seqQ + i) * x.seqK;
         const s = new Float64Array(x.seqK).fill(-Infinity);
         for (let j = 0; j < x.seqK; ++j) {
-          if (!visible(i, j, x, o.causal)) continue;
+          if (!visible(b, i, j, x, o)) continue;
           let dot = 0;
           for (let d = 0; d < x.dim; ++d)
             dot += q[idx(b, i, h, d, x.seqQ, x.heads, x.dim)]! * k[idx(b, j, Math.floor(h / group), d, x.seqK, x.kvHeads, x.dim)]!;

@@ -17,9 +17,9 @@ interface RankResult {
   dv: Float32Array;
 }
 
-async function runRing(x: Dims, worldSize: number, causal: boolean, layout: 'contiguous' | 'zigzag', dtype: DType = 'float32') {
+async function runRing(x: Dims, worldSize: number, causal: boolean, layout: 'contiguous' | 'zigzag', dtype: DType = 'float32', documentIds?: Int32Array) {
   const inputs = makeInputs(x, 100 + worldSize, dtype);
-  const results = (await launch({ worldSize }, rankModule, { x, inputs, causal, layout, dtype })) as RankResult[];
+  const results = (await launch({ worldSize }, rankModule, { x, inputs, causal, layout, dtype, documentIds })) as RankResult[];
   const local = x.seqQ / worldSize;
   const gather = (name: keyof RankResult, heads: number, dim = 1) =>
     read(gatherSequence(results.map((r) => tensor(r[name], dim === 1 ? [x.batch, local, heads, x.dim] : [x.batch, heads, local])), { layout, dim }));
@@ -40,16 +40,37 @@ const dims = (worldSize: number, chunk = 5): Dims => {
 };
 
 // Runs the ring and checks every output and gradient against the float64 reference.
-async function expectRingMatchesReference(x: Dims, worldSize: number, causal: boolean, layout: 'contiguous' | 'zigzag') {
-  const r = await runRing(x, worldSize, causal, layout);
-  const ref = attentionRef(r.inputs.q, r.inputs.k, r.inputs.v, x, { causal });
-  const g = attentionBackwardRef(r.inputs.dout, r.inputs.q, r.inputs.k, r.inputs.v, x, { causal });
+async function expectRingMatchesReference(x: Dims, worldSize: number, causal: boolean, layout: 'contiguous' | 'zigzag', documentIds?: Int32Array) {
+  const r = await runRing(x, worldSize, causal, layout, 'float32', documentIds);
+  const ref = attentionRef(r.inputs.q, r.inputs.k, r.inputs.v, x, { causal, documentIds });
+  const g = attentionBackwardRef(r.inputs.dout, r.inputs.q, r.inputs.k, r.inputs.v, x, { causal, documentIds });
   expect(worstError(r.out, ref.out, 2e-5, 1e-4), 'out').toBeLessThan(1);
   expect(worstError(r.lse, ref.lse, 2e-5, 1e-4), 'lse').toBeLessThan(1);
   expect(worstError(r.dq, g.dq, 5e-5, 1e-3), 'dq').toBeLessThan(1);
   expect(worstError(r.dk, g.dk, 5e-5, 1e-3), 'dk').toBeLessThan(1);
   expect(worstError(r.dv, g.dv, 5e-5, 1e-3), 'dv').toBeLessThan(1);
 }
+
+// Packed sequences: document ids travel with their K/V block, so each query sees only its own
+// document's keys wherever they started. Documents cross shard and chunk boundaries.
+describe('ring attention over packed sequences (documentIds)', () => {
+  const runs = (x: Dims, lengths: number[][]) => {
+    const ids = Int32Array.from(lengths.flatMap((row) => row.flatMap((n, d) => new Array<number>(n).fill(d))));
+    expect(ids.length).toBe(x.batch * x.seqQ);
+    return ids;
+  };
+  for (const worldSize of [2, 4])
+    for (const layout of ['contiguous', 'zigzag'] as const)
+      it(`N=${worldSize} ${layout} causal: forward and backward equal the float64 reference`, () => {
+        const x = dims(worldSize); // 20 or 40 tokens per row
+        const S = x.seqQ;
+        return expectRingMatchesReference(x, worldSize, true, layout, runs(x, [[3, S - 10, 1, 6], [S]]));
+      });
+  it('N=4 contiguous, not causal, scattered ids', () => {
+    const x = dims(4);
+    return expectRingMatchesReference(x, 4, false, 'contiguous', Int32Array.from({ length: 2 * x.seqQ }, (_, i) => (i * 5) % 3));
+  });
+});
 
 describe('ring attention equals attention over the whole sequence', () => {
   for (const worldSize of [1, 2, 3, 4, 8])

@@ -23,6 +23,11 @@ struct AttnParams {
   // When set, (out, lse) already hold a normalised partial result over other keys, and
   // this call merges into it through the log-sum-exp; lse = -inf means "nothing yet".
   bool accumulate;
+  // Packed sequences: when set, query i sees key j only if doc_q[i] == doc_k[j] (besides the
+  // causal rule). [batch, seq_q] and [batch, seq_k] at their batch strides.
+  const int32_t* doc_q = nullptr;
+  const int32_t* doc_k = nullptr;
+  int64_t doc_q_batch_stride = 0, doc_k_batch_stride = 0;
 };
 
 struct AttnBwdParams {

@@ -20,6 +20,7 @@ constexpr float NEG_INF = -std::numeric_limits<float>::infinity();
 
 struct Ptrs {  // one (batch, q head) view of the forward's arrays
   const float *q, *k, *v, *dout, *lse, *delta;
+  const int32_t *doc_q, *doc_k;  // null without documents
 };
 
 Ptrs at(const AttnBwdParams& p, int b, int h) {
@@ -28,7 +29,8 @@ Ptrs at(const AttnBwdParams& p, int b, int h) {
   const int64_t lse_off = b * f.lse_batch_stride + h * f.lse_head_stride;
   return {f.q + b * f.q_batch_stride + int64_t(h) * D, f.k + b * f.k_batch_stride + int64_t(kh) * D,
           f.v + b * f.k_batch_stride + int64_t(kh) * D, p.dout + b * f.o_batch_stride + int64_t(h) * D,
-          f.lse + lse_off, p.delta + lse_off};
+          f.lse + lse_off, p.delta + lse_off,
+          f.doc_q ? f.doc_q + b * f.doc_q_batch_stride : nullptr, f.doc_k ? f.doc_k + b * f.doc_k_batch_stride : nullptr};
 }
 }  // namespace
 
@@ -61,6 +63,7 @@ void attention_backward(const AttnBwdParams& p) {
       float* dqi = dq + i * f.q_row_stride;
       const int64_t jend = f.causal ? std::min<int64_t>(f.seq_k, i + f.causal_offset + 1) : f.seq_k;
       for (int64_t j = 0; j < jend; ++j) {
+        if (x.doc_q && x.doc_k[j] != x.doc_q[i]) continue;  // another document
         const float pij = std::exp(dot(qi, x.k + j * f.k_row_stride, D) * f.scale - x.lse[i]);
         if (pij == 0.f) continue;
         const float ds = pij * (dot(doi, x.v + j * f.k_row_stride, D) - x.delta[i]);
@@ -86,6 +89,7 @@ void attention_backward(const AttnBwdParams& p) {
         const int cend = f.causal ? int(std::min<int64_t>(cols, i + f.causal_offset - j0 + 1)) : cols;
         for (int c = 0; c < cend; ++c) {
           const int64_t j = j0 + c;
+          if (x.doc_q && x.doc_k[j] != x.doc_q[i]) continue;
           const float pij = std::exp(dot(qi, x.k + j * f.k_row_stride, D) * f.scale - x.lse[i]);
           if (pij == 0.f) continue;
           const float ds = pij * (dot(doi, x.v + j * f.k_row_stride, D) - x.delta[i]);

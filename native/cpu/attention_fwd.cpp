@@ -36,6 +36,8 @@ void attention_forward(const AttnParams& p) {
     const float* v = p.v + b * p.k_batch_stride + int64_t(kh) * D;
     float* out = p.out + b * p.o_batch_stride + int64_t(i0) * p.o_row_stride + int64_t(h) * D;
     float* lse = p.lse + b * p.lse_batch_stride + h * p.lse_head_stride + i0;
+    const int32_t* doc_q = p.doc_q ? p.doc_q + b * p.doc_q_batch_stride + i0 : nullptr;
+    const int32_t* doc_k = p.doc_k ? p.doc_k + b * p.doc_k_batch_stride : nullptr;
 
     float m[BR], l[BR], s[BR * BC];
     std::vector<float> acc(size_t(rows) * D, 0.f);
@@ -56,7 +58,8 @@ void attention_forward(const AttnParams& p) {
         const int64_t last = p.causal ? i0 + r + p.causal_offset : p.seq_k;  // last visible key
         float* sr = s + r * BC;
         for (int c = 0; c < cols; ++c)
-          sr[c] = (j0 + c <= last) ? dot(qr, k + (j0 + c) * p.k_row_stride, D) * p.scale : NEG_INF;
+          sr[c] = (j0 + c <= last && (!doc_q || doc_k[j0 + c] == doc_q[r])) ? dot(qr, k + (j0 + c) * p.k_row_stride, D) * p.scale
+                                                                         : NEG_INF;
       }
       for (int r = 0; r < rows; ++r) {
         float* sr = s + r * BC;

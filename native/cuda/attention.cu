@@ -2,6 +2,8 @@
 // gradient accumulators (the kernels add into them), one conversion to the tensors' dtype.
 // Temporaries go back to the caching allocator while kernels may still run: safe because
 // everything here is ordered on the one default stream, as is every later user of a block.
+#include <memory>
+
 #include "attention.h"
 #include "device.h"
 #include "flash/flash.h"
@@ -36,6 +38,18 @@ void same(const Tensor& t, const std::vector<int64_t>& shape, DType dtype, const
     throw UserError("RangeError", std::string("attention: ") + name + " does not match the expected shape, dtype or device");
 }
 
+// Packed sequences: the ids on the device (the same for queries and keys), set in p. The
+// returned storage must live until the kernels are queued.
+std::unique_ptr<Storage> with_documents(flash::FwdParams& p, const int32_t* docs) {
+  if (!docs) return nullptr;
+  const size_t bytes = size_t(p.batch) * p.seq_q * 4;
+  auto s = std::make_unique<Storage>(Device::CUDA, bytes);
+  upload_async(docs, s->ptr, bytes);
+  p.doc_q = p.doc_k = static_cast<const int*>(s->ptr);
+  p.doc_q_batch_stride = p.doc_k_batch_stride = p.seq_q;
+  return s;
+}
+
 Tensor zeros_f32(const std::vector<int64_t>& shape) {
   Tensor t = Tensor::empty(shape, DType::F32, Device::CUDA);
   zero(t.storage->ptr, t.storage->bytes);
@@ -44,8 +58,10 @@ Tensor zeros_f32(const std::vector<int64_t>& shape) {
 
 }  // namespace
 
-AttnOut attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale) {
+AttnOut attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale,
+                          const int32_t* docs) {
   auto p = whole(q, k, causal, scale);
+  auto doc_storage = with_documents(p, docs);
   same(v, k.shape, q.dtype, "v");
   same(k, k.shape, q.dtype, "k");
   AttnOut r{Tensor::empty(q.shape, q.dtype, Device::CUDA), Tensor::empty({p.batch, p.heads, p.seq_q}, DType::F32, Device::CUDA)};
@@ -56,10 +72,11 @@ AttnOut attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, boo
 }
 
 AttnGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                             const Tensor& lse, bool causal, float scale, bool deterministic) {
+                             const Tensor& lse, bool causal, float scale, bool deterministic, const int32_t* docs) {
   flash::BwdParams bp{};
   bp.fwd = whole(q, k, causal, scale);
   auto& p = bp.fwd;
+  auto doc_storage = with_documents(p, docs);
   same(v, k.shape, q.dtype, "v");
   same(k, k.shape, q.dtype, "k");
   same(out, q.shape, q.dtype, "out");

@@ -14,8 +14,10 @@ struct AttnGrads {
   Tensor dq, dk, dv;
 };
 
-AttnOut attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale);
+// docs: null, or the host document id of each token ([batch, seq]; seq_q == seq_k), uploaded here.
+AttnOut attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale,
+                          const int32_t* docs = nullptr);
 AttnGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                             const Tensor& lse, bool causal, float scale, bool deterministic);
+                             const Tensor& lse, bool causal, float scale, bool deterministic, const int32_t* docs = nullptr);
 
 }  // namespace ra::cuda

@@ -39,9 +39,10 @@ __global__ void add_rows_kernel(float* dst, const float* src, int64_t batch, int
 }
 
 // Kernel parameters for one step: queries [q_off, q_off + q_len) of this rank against keys
-// [k_off, k_off + k_len) of the block in `kv` (K, then V), as planned by ring::plan.
+// [k_off, k_off + k_len) of the block in `kv` (K, then V, then with packed sequences the keys'
+// document ids, whose queries' are `own_docs`), as planned by ring::plan.
 flash::FwdParams step_params(const ring::RingShape& s, const ring::Plan& pl, const char* q, const char* kv,
-                             size_t esz, float* lse) {
+                             size_t esz, float* lse, const int* own_docs) {
   const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
   const int64_t n_kv = int64_t(s.batch) * s.seq * krow;
   flash::FwdParams p{};
@@ -60,6 +61,11 @@ flash::FwdParams step_params(const ring::RingShape& s, const ring::Plan& pl, con
   p.scale = s.scale;
   p.causal_offset = 0;  // a diagonal block is square
   p.vec_ok = s.head_dim % 8 == 0;
+  if (own_docs) {
+    p.doc_q = own_docs + pl.q_off;
+    p.doc_k = reinterpret_cast<const int*>(kv + 2 * n_kv * esz) + pl.k_off;
+    p.doc_q_batch_stride = p.doc_k_batch_stride = s.seq;
+  }
   return p;
 }
 
@@ -104,23 +110,33 @@ void before_default_stream(cudaStream_t s) {
   e.wait_on(nullptr);
 }
 
-void pack_kv(void* kv, const Tensor& k, const Tensor& v, cudaStream_t s) {
+size_t doc_bytes(const ring::RingShape& s) { return s.docs ? size_t(s.batch) * s.seq * 4 : 0; }
+
+// The first K/V block: K, V and (packed sequences) the keys' document ids, which are also this
+// rank's queries' and are uploaded into `own_docs` for every step.
+void pack_kv(const ring::RingShape& sh, void* kv, const Tensor& k, const Tensor& v, Storage* own_docs, cudaStream_t s) {
   const size_t bytes = k.storage->bytes;
   check(cudaMemcpyAsync(kv, k.storage->ptr, bytes, cudaMemcpyDeviceToDevice, s), "device copy");
   check(cudaMemcpyAsync(static_cast<char*>(kv) + bytes, v.storage->ptr, bytes, cudaMemcpyDeviceToDevice, s), "device copy");
+  if (!own_docs) return;
+  upload_async(sh.docs, own_docs->ptr, doc_bytes(sh), s);
+  check(cudaMemcpyAsync(static_cast<char*>(kv) + 2 * bytes, own_docs->ptr, doc_bytes(sh), cudaMemcpyDeviceToDevice, s),
+        "device copy");
 }
+const int* docs_of(Storage* own_docs) { return own_docs ? static_cast<const int*>(own_docs->ptr) : nullptr; }
 
 void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out,
                   Tensor& lse) {
   const int N = link.world(), r = link.rank();
-  const size_t esz = dtype_size(q.dtype), kv_bytes = 2 * k.storage->bytes, n_q = size_t(q.numel());
+  const size_t esz = dtype_size(q.dtype), kv_bytes = 2 * k.storage->bytes + doc_bytes(s), n_q = size_t(q.numel());
   Stream compute, comm;
   Buffers buffers;
   Storage &kv0 = buffers.add(kv_bytes), &kv1 = buffers.add(kv_bytes), &acc = buffers.add(n_q * 4);
+  Storage* own_docs = s.docs ? &buffers.add(doc_bytes(s)) : nullptr;
   Storage* kv[2] = {&kv0, &kv1};
   after_default_stream(compute.s, comm.s);  // after the allocations: see there
   DrainOnError drain{link, compute.s, comm.s, buffers};
-  pack_kv(kv0.ptr, k, v, compute.s);
+  pack_kv(s, kv0.ptr, k, v, own_docs, compute.s);
   Event packed, computed[2], arrived;
   packed.record(compute.s);
   packed.wait_on(comm.s);
@@ -144,7 +160,7 @@ void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const T
     StepTimer::begin(timer.compute(step), compute.s);
     if (!pl.skip && s.computes()) {
       auto p = step_params(s, pl, static_cast<const char*>(q.storage->ptr), static_cast<const char*>(kv[cur]->ptr), esz,
-                           lse.f32());
+                           lse.f32(), docs_of(own_docs));
       p.out_accum = static_cast<float*>(acc.ptr) + pl.q_off * int64_t(s.heads) * s.head_dim;
       flash::forward(p, q.dtype, pl.causal, compute.s);
       StepTimer::end(timer.compute(step), compute.s);
@@ -162,7 +178,7 @@ void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const T
 void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, const Tensor& q, const Tensor& k,
                    const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv) {
   const int N = link.world(), r = link.rank();
-  const size_t esz = dtype_size(q.dtype), kv_bytes = 2 * k.storage->bytes, n_q = size_t(q.numel());
+  const size_t esz = dtype_size(q.dtype), kv_bytes = 2 * k.storage->bytes + doc_bytes(s), n_q = size_t(q.numel());
   const size_t n_kv = size_t(k.numel()), dkv_bytes = 2 * n_kv * 4;
   const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
   Stream compute, comm;
@@ -170,11 +186,12 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
   Storage &kv0 = buffers.add(kv_bytes), &kv1 = buffers.add(kv_bytes), &dkv0 = buffers.add(dkv_bytes),
           &dkv1 = buffers.add(dkv_bytes), &step_dkv = buffers.add(dkv_bytes), &dq_acc = buffers.add(n_q * 4),
           &delta = buffers.add(size_t(lse.numel()) * 4);
+  Storage* own_docs = s.docs ? &buffers.add(doc_bytes(s)) : nullptr;
   Storage* kv[2] = {&kv0, &kv1};
   Storage* dkv[2] = {&dkv0, &dkv1};
   after_default_stream(compute.s, comm.s);
   DrainOnError drain{link, compute.s, comm.s, buffers};
-  pack_kv(kv0.ptr, k, v, compute.s);
+  pack_kv(s, kv0.ptr, k, v, own_docs, compute.s);
   Event packed, computed[2], added, kv_arrived, dkv_arrived;
   packed.record(compute.s);
   packed.wait_on(comm.s);
@@ -182,7 +199,7 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
   zero(dq_acc.ptr, n_q * 4, compute.s);
   const ring::Plan whole{false, 0, s.seq, 0, s.seq, s.causal};
   auto wp = step_params(s, whole, static_cast<const char*>(q.storage->ptr), static_cast<const char*>(kv0.ptr), esz,
-                        const_cast<float*>(lse.f32()));
+                        const_cast<float*>(lse.f32()), nullptr);  // delta needs no documents
   flash::compute_delta(wp, out.storage->ptr, dout.storage->ptr, static_cast<float*>(delta.ptr), q.dtype, compute.s);
 
   // dK/dV of a block travel with it, gathering every rank's contribution in float32, and
@@ -207,7 +224,7 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
     if (computes) {
       flash::BwdParams bp{};
       bp.fwd = step_params(s, pl, static_cast<const char*>(q.storage->ptr), static_cast<const char*>(kv[cur]->ptr), esz,
-                           const_cast<float*>(lse.f32()));
+                           const_cast<float*>(lse.f32()), docs_of(own_docs));
       bp.dout = static_cast<const char*>(dout.storage->ptr) + pl.q_off * qrow * esz;
       bp.delta = static_cast<const float*>(delta.ptr) + pl.q_off;
       bp.dq_accum = static_cast<float*>(dq_acc.ptr) + pl.q_off * qrow;

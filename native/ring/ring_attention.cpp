@@ -4,6 +4,7 @@
 // computes is decided by `plan`: causal + zigzag gives every rank half a block per step.
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <limits>
 
 #include "../cpu/attention.h"
@@ -24,8 +25,9 @@ Plan plan(const RingShape& s, int rank, int src) {
 
 namespace {
 
+// doc_k: the document ids of the block's keys (null without documents).
 cpu::AttnParams params(const RingShape& s, const Plan& pl, const float* q, const float* k, const float* v, float* out,
-                       float* lse) {
+                       float* lse, const int32_t* doc_k) {
   const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
   cpu::AttnParams p{};
   p.q = q + pl.q_off * qrow;
@@ -49,24 +51,28 @@ cpu::AttnParams params(const RingShape& s, const Plan& pl, const float* q, const
   p.causal = pl.causal;
   p.causal_offset = 0;  // a diagonal block is square
   p.accumulate = true;
+  if (s.docs) {
+    p.doc_q = s.docs + pl.q_off, p.doc_k = doc_k + pl.k_off;
+    p.doc_q_batch_stride = p.doc_k_batch_stride = s.seq;
+  }
   return p;
 }
 
 // params() over a finished forward: AttnParams' out/lse are writable for the forward's sake,
 // but the backward passes only read them.
 cpu::AttnParams read_params(const RingShape& s, const Plan& pl, const float* q, const float* k, const float* v,
-                            const float* out, const float* lse) {
-  return params(s, pl, q, k, v, const_cast<float*>(out), const_cast<float*>(lse));
+                            const float* out, const float* lse, const int32_t* doc_k) {
+  return params(s, pl, q, k, v, const_cast<float*>(out), const_cast<float*>(lse), doc_k);
 }
 
 // The backward of one step: the forward's arrays, plus the same slices of dout, delta, dq
 // and the travelling dK/dV block.
 cpu::AttnBwdParams bwd_params(const RingShape& s, const Plan& pl, const float* q, const float* kv, size_t n_kv,
                               const float* out, const float* lse, const float* dout, const float* delta, float* dq,
-                              float* dkv) {
+                              float* dkv, const int32_t* doc_k) {
   const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
   cpu::AttnBwdParams b;
-  b.fwd = read_params(s, pl, q, kv, kv + n_kv, out, lse);
+  b.fwd = read_params(s, pl, q, kv, kv + n_kv, out, lse, doc_k);
   b.dout = dout + pl.q_off * qrow;
   b.delta = delta + pl.q_off;
   b.dq = dq + pl.q_off * qrow;
@@ -116,12 +122,24 @@ Block checked(Block b, size_t expected, int from, const char* what) {
   return b;
 }
 
+size_t doc_elems(const RingShape& s) { return s.docs ? size_t(s.batch) * s.seq : 0; }
+
+// A K/V block: K, then V, then (packed sequences) the keys' document ids, their bytes copied
+// into the float storage (ids are any int32: not all are exact as floats).
 Block pack_kv(const RingShape& s, const float* k, const float* v) {
   const size_t n = kv_elems(s);
-  auto b = std::make_shared<std::vector<float>>(2 * n);
+  auto b = std::make_shared<std::vector<float>>(2 * n + doc_elems(s));
   std::copy(k, k + n, b->begin());
   std::copy(v, v + n, b->begin() + n);
+  if (s.docs) std::memcpy(b->data() + 2 * n, s.docs, doc_elems(s) * 4);
   return b;
+}
+// The block's document ids, copied out of its float storage (null without documents).
+const int32_t* block_docs(const RingShape& s, const Block& b, std::vector<int32_t>& into) {
+  if (!s.docs) return nullptr;
+  into.resize(doc_elems(s));
+  std::memcpy(into.data(), b->data() + 2 * kv_elems(s), into.size() * 4);
+  return into.data();
 }
 
 }  // namespace
@@ -134,6 +152,7 @@ void ring_forward(Transport& t, const RingShape& s, const float* q, const float*
   std::fill(out, out + size_t(s.batch) * s.seq * s.heads * s.head_dim, 0.f);
   std::fill(lse, lse + size_t(s.batch) * s.heads * s.seq, -std::numeric_limits<float>::infinity());
   Block kv = pack_kv(s, k, v);
+  std::vector<int32_t> docs;
   StepClock clock(s, N);
   for (int step = 0; step < N; ++step) {
     clock.begin(step);
@@ -141,8 +160,10 @@ void ring_forward(Transport& t, const RingShape& s, const float* q, const float*
     if (move) clock.transfer(step, [&] { t.send(next, TAG_KV, kv); });
     const Plan pl = plan(s, r, (r - step + N) % N);
     if (!pl.skip && s.computes())
-      clock.compute(step, [&] { cpu::attention_forward(params(s, pl, q, kv->data(), kv->data() + n_kv, out, lse)); });
-    if (move) clock.transfer(step, [&] { kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block"); });
+      clock.compute(step, [&] {
+        cpu::attention_forward(params(s, pl, q, kv->data(), kv->data() + n_kv, out, lse, block_docs(s, kv, docs)));
+      });
+    if (move) clock.transfer(step, [&] { kv = checked(t.recv(prev, TAG_KV), 2 * n_kv + doc_elems(s), prev, "K/V block"); });
     clock.end(step);
   }
 }
@@ -153,7 +174,8 @@ void ring_backward(Transport& t, const RingShape& s, const float* dout, const fl
   const size_t n_kv = kv_elems(s), n_q = size_t(s.batch) * s.seq * s.heads * s.head_dim;
   const Plan whole{false, 0, s.seq, 0, s.seq, s.causal};
   std::vector<float> delta(size_t(s.batch) * s.heads * s.seq);
-  cpu::attention_delta(read_params(s, whole, q, k, v, out, lse), dout, delta.data());
+  cpu::attention_delta(read_params(s, whole, q, k, v, out, lse, s.docs), dout, delta.data());
+  std::vector<int32_t> docs;
 
   std::fill(dq, dq + n_q, 0.f);
   Block kv = pack_kv(s, k, v);
@@ -170,10 +192,11 @@ void ring_backward(Transport& t, const RingShape& s, const float* dout, const fl
     const Plan pl = plan(s, r, (r - step + N) % N);
     if (!pl.skip && s.computes())
       clock.compute(step, [&] {
-        cpu::attention_backward(bwd_params(s, pl, q, kv->data(), n_kv, out, lse, dout, delta.data(), dq, dkv->data()));
+        cpu::attention_backward(
+            bwd_params(s, pl, q, kv->data(), n_kv, out, lse, dout, delta.data(), dq, dkv->data(), block_docs(s, kv, docs)));
       });
     if (s.moves()) clock.transfer(step, [&] { t.send(next, TAG_DKV, dkv); });
-    if (move) clock.transfer(step, [&] { kv = checked(t.recv(prev, TAG_KV), 2 * n_kv, prev, "K/V block"); });
+    if (move) clock.transfer(step, [&] { kv = checked(t.recv(prev, TAG_KV), 2 * n_kv + doc_elems(s), prev, "K/V block"); });
     if (step + 1 == N && s.moves())  // our own block's dK/dV, home after its last hop
       clock.transfer(step, [&] { dkv = checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block"); });
     clock.end(step);

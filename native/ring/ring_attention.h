@@ -27,6 +27,9 @@ struct RingShape {
   Parts parts = Parts::Both;
   std::vector<StepTime>* step_times = nullptr;  // benchmarks: filled with one entry per step
   bool deterministic = false;  // backward on CUDA: dQ without atomics (the CPU always is)
+  // Packed sequences: the document of each token of this rank's shard ([batch, seq], host
+  // memory), or null. They travel with the K/V block, so that a query sees only its document.
+  const int32_t* docs = nullptr;
   bool computes() const { return parts != Parts::TransfersOnly; }
   bool moves() const { return parts != Parts::ComputeOnly; }
 };

@@ -41,7 +41,7 @@ template <class T> void bwd(const BwdParams& p, bool c) {
   else c ? run_bwd_t<T, 256, true>(p) : run_bwd_t<T, 256, false>(p);
 }
 
-struct Case { int B, Sq, Sk, H, Hkv, D; bool causal, det; };
+struct Case { int B, Sq, Sk, H, Hkv, D; bool causal, det; int docs = 0; };  // docs: random document ids in [0, docs)
 
 template <class T>
 bool run_case(const Case& c, int mode) {
@@ -59,6 +59,14 @@ bool run_case(const Case& c, int mode) {
   auto K = [&](int b, int j, int h) { return &kf[((size_t(b) * c.Sk + j) * c.Hkv + h) * c.D]; };
   auto V = [&](int b, int j, int h) { return &vf[((size_t(b) * c.Sk + j) * c.Hkv + h) * c.D]; };
   auto DO = [&](int b, int i, int h) { return &dOf[((size_t(b) * c.Sq + i) * c.H + h) * c.D]; };
+  // Packed sequences: any ids, not only runs, so that rows and tiles see none, some or all keys.
+  std::vector<int> doc_q(size_t(c.B) * c.Sq), doc_k(size_t(c.B) * c.Sk);
+  if (c.docs) {
+    std::uniform_int_distribution<int> D(0, c.docs - 1);
+    for (auto& d : doc_q) d = D(rng);
+    for (auto& d : doc_k) d = D(rng);
+  }
+  auto sees = [&](int b, int i, int j) { return !c.docs || doc_q[size_t(b) * c.Sq + i] == doc_k[size_t(b) * c.Sk + j]; };
   // reference forward
   std::vector<double> ro(nq, 0.0), rP;  std::vector<float> rlse(size_t(c.B) * c.H * c.Sq);
   std::vector<double> rdq(nq, 0), rdk(nk, 0), rdv(nk, 0);
@@ -69,7 +77,7 @@ bool run_case(const Case& c, int mode) {
     std::vector<double> s(c.Sk, -INFINITY);
     double m = -INFINITY;
     for (int j = 0; j < c.Sk; ++j) {
-      if (c.causal && j > i + off) continue;
+      if ((c.causal && j > i + off) || !sees(b, i, j)) continue;
       double d = 0; for (int e = 0; e < c.D; ++e) d += double(Q(b, i, h)[e]) * K(b, j, kh)[e];
       s[j] = d * scale; m = std::max(m, s[j]);
     }
@@ -104,13 +112,14 @@ bool run_case(const Case& c, int mode) {
   p.k_batch_stride = p.v_batch_stride = int64_t(c.Sk) * c.Hkv * c.D;
   p.lse_head_stride = c.Sq, p.lse_batch_stride = int64_t(c.Sq) * c.H;
   p.scale = scale, p.causal_offset = off, p.vec_ok = c.D % 8 == 0;
+  if (c.docs) p.doc_q = doc_q.data(), p.doc_k = doc_k.data(), p.doc_q_batch_stride = c.Sq, p.doc_k_batch_stride = c.Sk;
   std::vector<float> lse(rlse.size(), 12345.f);
   for (auto& x : out) x = T(NAN);
   p.q = q.data(), p.k = k.data(), p.v = v.data(), p.out = out.data(), p.lse = lse.data();
   bool ok = true;
   char name[200];
-  snprintf(name, sizeof name, "%s B%d Sq%d Sk%d H%d/%d D%d causal%d det%d mode%d", sizeof(T) == 2 && std::is_same<T, __half>::value ? "f16" : "bf16",
-           c.B, c.Sq, c.Sk, c.H, c.Hkv, c.D, c.causal, c.det, mode);
+  snprintf(name, sizeof name, "%s B%d Sq%d Sk%d H%d/%d D%d causal%d det%d docs%d mode%d", sizeof(T) == 2 && std::is_same<T, __half>::value ? "f16" : "bf16",
+           c.B, c.Sq, c.Sk, c.H, c.Hkv, c.D, c.causal, c.det, c.docs, mode);
   auto cmp = [&](const char* what, auto get, size_t n, auto ref, double tol) {
     double mx = 0, mr = 1e-6; size_t bad = SIZE_MAX;
     for (size_t i = 0; i < n; ++i) {
@@ -157,6 +166,7 @@ bool run_case(const Case& c, int mode) {
     FwdParams a = p; a.out_accum = acc.data(); a.lse = l2.data(); a.out = nullptr;
     a.seq_k = s1; fwd<T>(a, c.causal);
     FwdParams b2 = a; b2.seq_k = c.Sk - s1; b2.k = k.data() + int64_t(s1) * p.k_row_stride; b2.v = v.data() + int64_t(s1) * p.v_row_stride;
+    if (c.docs) b2.doc_k = doc_k.data() + s1;
     b2.causal_offset = off - s1;
     fwd<T>(b2, c.causal);
     cmp("merged out", [&](size_t i) { return double(acc[i]); }, nq, [&](size_t i) { return ro[i]; }, tol);
@@ -189,6 +199,13 @@ int main(int argc, char** argv) {
     {1, 65, 129, 8, 2, 100, true, true},
     {2, 129, 65, 2, 1, 160, false, false},
     {1, 97, 97, 4, 4, 48, true, false},
+    // packed documents
+    {1, 70, 100, 2, 2, 64, true, true, 3},
+    {2, 100, 100, 4, 2, 64, true, false, 4},
+    {1, 90, 130, 2, 2, 128, false, true, 2},
+    {1, 77, 77, 2, 1, 128, true, false, 5},
+    {1, 130, 90, 3, 1, 80, true, false, 3},
+    {1, 66, 66, 2, 1, 256, false, false, 2},
   };
   int fails = 0;
   const char* only = getenv("ONLY");

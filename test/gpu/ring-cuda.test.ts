@@ -52,6 +52,21 @@ describe.skipIf(!cuda.available)(title, () => {
         });
       }
 
+  it('documentIds: the ring over packed sequences equals the float64 reference (4 ranks, zigzag)', async () => {
+    const x: Dims = { batch: 1, seqQ: 640, seqK: 640, heads: 4, kvHeads: 2, dim: 64 };
+    const ids = Int32Array.from([150, 1, 300, 189].flatMap((n, d) => new Array<number>(n).fill(d)));
+    const inputs = makeInputs(x, 77, 'bfloat16');
+    const results = (await launch({ worldSize: 4 }, rankModule, { x, inputs, causal: true, layout: 'zigzag', dtype: 'bfloat16', device: 'cuda', documentIds: ids })) as Record<Name, Float32Array>[];
+    const local = x.seqQ / 4;
+    const gather = (name: Name, heads: number) => read(gatherSequence(results.map((r) => tensor(r[name], [1, local, heads, x.dim])), { layout: 'zigzag' }));
+    const ref = attentionRef(inputs.q, inputs.k, inputs.v, x, { causal: true, documentIds: ids });
+    const gref = attentionBackwardRef(inputs.dout, inputs.q, inputs.k, inputs.v, x, { causal: true, documentIds: ids });
+    expect(relErr(await gather('out', x.heads), ref.out), 'out').toBeLessThan(1.5e-2);
+    expect(relErr(await gather('dq', x.heads), gref.dq), 'dq').toBeLessThan(2e-2);
+    expect(relErr(await gather('dk', x.kvHeads), gref.dk), 'dk').toBeLessThan(2e-2);
+    expect(relErr(await gather('dv', x.kvHeads), gref.dv), 'dv').toBeLessThan(2e-2);
+  });
+
   it('deterministic: the backward gives the same bits on every run, and the right ones', async () => {
     // Able to fail: 4 ranks x 512 tokens, so every step's dQ sums the shares of several key
     // tiles. With atomics their float32 order varies, and among 1M bfloat16 dQ values some

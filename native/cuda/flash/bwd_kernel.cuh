@@ -50,6 +50,12 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
     m_begin = first <= 0 ? 0 : int(min(first / kBM, int64_t(m_blocks)));
   }
   const int key0 = n0 + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
+  // Packed sequences: this lane's keys' documents, and the queries' (read where masked).
+  const int* doc_q = p.doc_q ? p.doc_q + b * p.doc_q_batch_stride : nullptr;
+  int doc_key[2] = {0, 0};
+  if (doc_q)
+    for (int r = 0; r < 2; ++r)
+      if (key0 + 8 * r < p.seq_k) doc_key[r] = p.doc_k[b * p.doc_k_batch_stride + key0 + 8 * r];
 
   for (int hq = kvh * group; hq < (kvh + 1) * group; ++hq) {
     for (int mb = m_begin; mb < m_blocks; ++mb) {
@@ -90,7 +96,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = key0 + (e >> 1) * 8, qi = mt * 8 + 2 * t + (e & 1);
-          const bool masked = key >= p.seq_k || (kCausal && key > int64_t(m0 + qi) + p.causal_offset);
+          const bool masked = key >= p.seq_k || (kCausal && key > int64_t(m0 + qi) + p.causal_offset) ||
+                              (doc_q && m0 + qi < p.seq_q && doc_q[m0 + qi] != doc_key[e >> 1]);
           s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - sLse[qi]);
         }
       // dV += P^T dO
@@ -238,6 +245,12 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
   if (kCausal) n_end = int(max(int64_t(0), min(int64_t(p.seq_k), int64_t(m0) + kBM + p.causal_offset)));
   const int n_blocks = (n_end + kBN - 1) / kBN;
   const float scale_log2 = p.scale * kLog2e;
+  // Packed sequences: this lane's rows' documents, and the keys' (read where masked).
+  const int* doc_k = p.doc_q ? p.doc_k + b * p.doc_k_batch_stride : nullptr;
+  int doc_row[2] = {0, 0};
+  if (doc_k)
+    for (int r = 0; r < 2; ++r)
+      if (row0 + 8 * r < p.seq_q) doc_row[r] = p.doc_q[b * p.doc_q_batch_stride + row0 + 8 * r];
   const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + int64_t(kvh) * p.head_dim;
   const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + int64_t(kvh) * p.head_dim;
 
@@ -275,7 +288,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int col = n0 + nt * 8 + 2 * t + (e & 1), r = e >> 1;
-        const bool masked = col >= p.seq_k || (kCausal && col > int64_t(row0 + 8 * r) + p.causal_offset);
+        const bool masked = col >= p.seq_k || (kCausal && col > int64_t(row0 + 8 * r) + p.causal_offset) ||
+                            (doc_k && doc_k[col] != doc_row[r]);
         const float prob = masked ? 0.f : exp2f(s[nt][e] * scale_log2 - lse2[r]);
         s[nt][e] = prob * (dp[nt][e] - delta[r]);
       }

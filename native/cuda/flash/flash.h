@@ -27,6 +27,11 @@ struct FwdParams {
   float scale;
   int64_t causal_offset;     // query i sees key j when j <= i + causal_offset
   bool vec_ok;               // every row start is 16-byte aligned: tiles load with cp.async
+  // Packed sequences: when set (device int32, [batch, seq] at their batch strides), query i
+  // sees key j only if doc_q[i] == doc_k[j], besides the causal rule.
+  const int* doc_q;
+  const int* doc_k;
+  int64_t doc_q_batch_stride, doc_k_batch_stride;
 };
 
 struct BwdParams {

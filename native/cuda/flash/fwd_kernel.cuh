@@ -43,6 +43,12 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
   const float scale_log2 = p.scale * kLog2e;
   const int row0 = m0 + warp * 16 + g;  // this lane's query rows: row0 and row0 + 8
+  // Packed sequences: this lane's rows' documents, and the keys' (read where masked).
+  const int* doc_k = p.doc_q ? p.doc_k + b * p.doc_k_batch_stride : nullptr;
+  int doc_row[2] = {0, 0};
+  if (p.doc_q)
+    for (int r = 0; r < 2; ++r)
+      if (row0 + 8 * r < p.seq_q) doc_row[r] = p.doc_q[b * p.doc_q_batch_stride + row0 + 8 * r];
   const T* sQw = sQ + warp * 16 * kS;
 
   for (int nb = 0; nb < n_blocks; ++nb) {
@@ -66,15 +72,16 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
         MmaOp<T>::run(s[nt + 1], a, bb[2], bb[3]);
       }
     }
-    // Only the ragged last tile and tiles crossing the diagonal need a mask.
-    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset)) {
+    // Only the ragged last tile, tiles crossing the diagonal and packed documents need a mask.
+    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || doc_k) {
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int col = n0 + nt * 8 + 2 * t + (e & 1);
           const int64_t row = row0 + (e >> 1) * 8;
-          if (col >= p.seq_k || (kCausal && col > row + p.causal_offset)) s[nt][e] = -INFINITY;
+          if (col >= p.seq_k || (kCausal && col > row + p.causal_offset) || (doc_k && doc_k[col] != doc_row[e >> 1]))
+            s[nt][e] = -INFINITY;
         }
     }
     // Online softmax. A row that has seen no key yet keeps max -inf; using 0 in its place
