@@ -27,7 +27,7 @@ export { IGNORE_INDEX, shardTokens } from './llama.js';
 export { ropeParameters, ROPE_TYPES, type RopeConfig, type RopeParameters } from './rope-freq.js';
 export type { ShardTokensOptions } from './llama.js';
 export { createTrainer, Trainer } from './train.js';
-export type { ForwardOptions, ForwardResult, StepResult, TrainerOptions } from './train.js';
+export type { ForwardOptions, ForwardResult, StepOptions, StepResult, TrainerOptions } from './train.js';
 export { MAX_HEADER_BYTES, readSafetensors, readSafetensorsHeader } from './safetensors.js';
 export type {
   FloatDType, LoadedTensor, ReadSafetensorsOptions, SafetensorsContents, SafetensorsDType, SafetensorsEntry, SafetensorsHeader,

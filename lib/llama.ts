@@ -79,6 +79,8 @@ export interface RunContext {
   ceChunkRows: number;
   /** Attention's backward on CUDA without atomic adds (see AttentionOptions.deterministic). Default false. */
   deterministic?: boolean;
+  /** Packed sequences: the document of each of this rank's M tokens; attention stays within a document. */
+  documentIds?: Int32Array;
   /**
    * Called during the backward with gradient tensors once they are final (each once: the head
    * and final norm, then each layer's, last to first, then the embedding), so that their sum
@@ -139,10 +141,10 @@ function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: Ru
   const q = as(consume(as(linear(h, p.wq), [M, H, D]), (t) => rope(t, ctx.positions, ctx.rope.invFreq)), [1, M, H, D]);
   const k = as(consume(as(linear(h, p.wk), [M, KVH, D]), (t) => rope(t, ctx.positions, ctx.rope.invFreq)), [1, M, KVH, D]);
   const v = as(linear(h, p.wv), [1, M, KVH, D]);
-  const scale = softmaxScale(ctx, D);
+  const opts = { causal: true, scale: softmaxScale(ctx, D), documentIds: ctx.documentIds };
   const { out: att, lse } = ctx.group
-    ? ringAttention(q, k, v, { group: ctx.group, causal: true, layout: ctx.layout, scale })
-    : attention(q, k, v, { causal: true, scale });
+    ? ringAttention(q, k, v, { ...opts, group: ctx.group, layout: ctx.layout })
+    : attention(q, k, v, opts);
   const att2 = reshape(att, [M, H * D]);
   const x1 = linear(att2, p.wo); // o_proj, then the residual: x1 = x + o
   att2.dispose();
@@ -169,7 +171,7 @@ function layerBackward(model: LlamaModel, p: LlamaLayerParams, g: LlamaLayerPara
   linearBackward(dx1, att2, p.wo, datt, g.wo); // datt =, dwo +=
   att2.dispose();
   const datt4 = as(datt, [1, M, H, D]);
-  const opts = { causal: true, scale: softmaxScale(ctx, D), deterministic: ctx.deterministic ?? false };
+  const opts = { causal: true, scale: softmaxScale(ctx, D), deterministic: ctx.deterministic ?? false, documentIds: ctx.documentIds };
   const { dq, dk, dv } = ctx.group
     ? ringAttentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, { ...opts, group: ctx.group, layout: ctx.layout })
     : attentionBackward(datt4, a.q, a.k, a.v, a.att, a.lse, opts);

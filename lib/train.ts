@@ -52,9 +52,21 @@ export interface StepResult {
   gradNorm: number;
 }
 
+export interface StepOptions {
+  /**
+   * Packed sequences: the document of each of this rank's tokens (sharded as the tokens are),
+   * or one such array per micro-batch. Attention then stays within a document. Positions run
+   * on across documents; RoPE sees only distances within one, so each document is computed
+   * as it would be alone (up to rounding).
+   */
+  documentIds?: Int32Array | readonly Int32Array[];
+}
+
 export interface ForwardOptions {
   /** Also return this rank's (M, V) logits. */
   logits?: boolean;
+  /** As StepOptions.documentIds, for this one sequence. */
+  documentIds?: Int32Array;
 }
 
 export interface ForwardResult {
@@ -113,32 +125,41 @@ export class Trainer implements Disposable {
     return this.#step;
   }
 
-  #context(tokens: unknown, targets: unknown, at = ''): MicroBatch {
+  #context(tokens: unknown, targets: unknown, at = '', documentIds?: unknown, docName = 'opts.documentIds'): MicroBatch {
     if (!(tokens instanceof Int32Array)) fail('type', `tokens${at}: expected an Int32Array (this rank's shard), got ${describe(tokens)}`);
     if (!(targets instanceof Int32Array)) fail('type', `targets${at}: expected an Int32Array (this rank's shard), got ${describe(targets)}`);
     if (targets.length !== tokens.length) fail('range', `targets${at}: expected ${tokens.length} targets (one per token), got ${targets.length}`);
     if (tokens.length === 0) fail('range', `tokens${at}: this rank's shard is empty`);
+    if (documentIds !== undefined) {
+      if (!(documentIds instanceof Int32Array)) fail('type', `${docName}${at}: expected an Int32Array (one document id per token), got ${describe(documentIds)}`);
+      if (documentIds.length !== tokens.length) fail('range', `${docName}${at}: expected ${tokens.length} ids (one per token), got ${documentIds.length}`);
+    }
     const { group, layout } = this.#o;
     const rank = group?.rank ?? 0, worldSize = group?.worldSize ?? 1;
     const positions = shardPositions(tokens.length, rank, worldSize, layout);
     const ctx: RunContext = {
       group, layout, positions, rope: this.model.rope(tokens.length * worldSize), // the whole sequence's length
       checkpoint: this.#o.checkpoint, ffnBlockRows: this.#o.ffnBlockRows, ceChunkRows: this.#o.ceChunkRows,
-      deterministic: this.#o.deterministic,
+      deterministic: this.#o.deterministic, documentIds: documentIds as Int32Array | undefined,
     };
     return { tokens, targets, ctx };
   }
 
   /** One sequence's shard, or a list of them (micro-batches), each checked and named by its index. */
-  #microBatches(tokens: unknown, targets: unknown): MicroBatch[] {
+  #microBatches(tokens: unknown, targets: unknown, opts: unknown): MicroBatch[] {
+    const documentIds = checkOptions(opts, 'opts').documentIds as unknown;
     if (!Array.isArray(tokens)) {
       if (Array.isArray(targets)) fail('type', `targets: expected an Int32Array, as tokens is one; got an array of ${targets.length}`);
-      return [this.#context(tokens, targets)];
+      if (Array.isArray(documentIds)) fail('type', `opts.documentIds: expected an Int32Array, as tokens is one; got an array of ${documentIds.length}`);
+      return [this.#context(tokens, targets, '', documentIds)];
     }
     if (!Array.isArray(targets)) fail('type', `targets: expected an array of Int32Array (one per micro-batch), as tokens is; got ${describe(targets)}`);
     if (tokens.length === 0) fail('range', 'tokens: expected at least one micro-batch, got an empty array');
     if (targets.length !== tokens.length) fail('range', `targets: expected ${tokens.length} micro-batches (one per tokens entry), got ${targets.length}`);
-    return Array.from({ length: tokens.length }, (_, i) => this.#context(tokens[i], targets[i], `[${i}]`)); // holes too
+    if (documentIds !== undefined && (!Array.isArray(documentIds) || documentIds.length !== tokens.length))
+      fail('type', `opts.documentIds: expected an array of ${tokens.length} Int32Array (one per micro-batch), as tokens is; got ${describe(documentIds)}`);
+    const ids = documentIds as unknown[] | undefined;
+    return Array.from({ length: tokens.length }, (_, i) => this.#context(tokens[i], targets[i], `[${i}]`, ids?.[i])); // holes too
   }
 
   /**
@@ -184,8 +205,9 @@ export class Trainer implements Disposable {
 
   /** The loss of the whole sequence (every rank must call it with its shard); nothing is kept or changed. */
   forward(tokens: Int32Array, targets: Int32Array, opts?: ForwardOptions): ForwardResult {
-    const { ctx } = this.#context(tokens, targets);
-    const wantLogits = checkBoolean(checkOptions(opts, 'opts').logits, 'opts.logits') ?? false;
+    const o = checkOptions(opts, 'opts');
+    const { ctx } = this.#context(tokens, targets, '', o.documentIds);
+    const wantLogits = checkBoolean(o.logits, 'opts.logits') ?? false;
     const total = this.#totalCount([targets]);
     const r = freeOnThrow(() => runLlama(this.model, null, tokens, targets, ctx, 1, wantLogits));
     const [lossSum] = this.#allReduceNumbers([r.lossSum]);
@@ -198,8 +220,8 @@ export class Trainer implements Disposable {
    * accumulates their gradients: the loss is the mean over every counted target of them all,
    * as one batch of those sequences would give, not a mean of per-sequence means.
    */
-  backward(tokens: Int32Array | readonly Int32Array[], targets: Int32Array | readonly Int32Array[]): number {
-    const batches = this.#microBatches(tokens, targets);
+  backward(tokens: Int32Array | readonly Int32Array[], targets: Int32Array | readonly Int32Array[], opts?: StepOptions): number {
+    const batches = this.#microBatches(tokens, targets, opts);
     const total = this.#totalCount(batches.map((b) => b.targets));
     zeroGrads(this.#grads);
     // Gradients are summed over the group under the rest of the last micro-batch's backward,
@@ -232,8 +254,8 @@ export class Trainer implements Disposable {
    * One training step on this rank's shard of one sequence, or of several accumulated as
    * backward() does (every rank calls it, with as many).
    */
-  step(tokens: Int32Array | readonly Int32Array[], targets: Int32Array | readonly Int32Array[]): StepResult {
-    const loss = this.backward(tokens, targets);
+  step(tokens: Int32Array | readonly Int32Array[], targets: Int32Array | readonly Int32Array[], opts?: StepOptions): StepResult {
+    const loss = this.backward(tokens, targets, opts);
     const gradNorm = this.gradNorm();
     if (!Number.isFinite(gradNorm)) throw new Error(`step ${this.#step + 1}: the gradient norm is ${gradNorm} (loss ${loss}); no update was applied`);
     const { maxGradNorm, betas, eps, weightDecay } = this.#o;

@@ -405,6 +405,36 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
       expect(r.error).toMatch(/^tokens: the ranks passed different numbers of micro-batches \(1, 2, 3, 2, in rank order\)/);
   });
 
+  // Packed sequences: two documents laid end to end, with their ids, are the two computed
+  // apart (micro-batches of one backward): attention stays in each, and RoPE sees only
+  // distances within one. Positions differ (the second starts at 20, not 0), so cos/sin differ
+  // in rounding: tolerances as above.
+  it('packed sequences: two documents with documentIds equal the two apart; the same over 2 zigzag ranks', async () => {
+    const b = sequence(8, tiny.vocab_size), n = 20;
+    const first = { tokens: seq.tokens.slice(0, n), targets: seq.targets.slice(0, n) };
+    const second = { tokens: b.tokens.slice(0, S - n), targets: b.targets.slice(0, S - n) };
+    const packed = { tokens: Int32Array.from([...first.tokens, ...second.tokens]), targets: Int32Array.from([...first.targets, ...second.targets]) };
+    const documentIds = Int32Array.from({ length: S }, (_, i) => (i < n ? 7 : -3));
+    using model = createLlama(tiny, weights);
+    using apart = createTrainer(model, { lr: 1e-3, ffnBlockRows: 7, ceChunkRows: 5 });
+    const want = apart.backward([first.tokens, second.tokens], [first.targets, second.targets]);
+    const wantGrads = new Map<string, Float32Array>();
+    for (const [name, g] of apart.gradients) wantGrads.set(name, await g.toFloat32Array());
+    using together = createTrainer(model, { lr: 1e-3, ffnBlockRows: 7, ceChunkRows: 5 });
+    const loss = together.backward(packed.tokens, packed.targets, { documentIds });
+    expect(Math.abs(loss - want), 'loss').toBeLessThan(1e-6 * want);
+    for (const [name, g] of wantGrads) expect(worstError(await together.gradients.get(name)!.toFloat32Array(), g, 1e-4 * maxAbs(g), 1e-5), name).toBeLessThan(1);
+    // without the ids the second document would attend to the first: a different loss
+    expect(Math.abs(together.backward(packed.tokens, packed.targets) - want)).toBeGreaterThan(1e-3 * want);
+    const args = { config: tiny, weights: Object.fromEntries(weights), layout: 'zigzag', ...packed, documentIds };
+    for (const r of (await launch({ worldSize: 2 }, rankModule, args)) as RankOut[]) {
+      expect(Math.abs(r.loss - want), 'loss over 2 ranks').toBeLessThan(1e-6 * want);
+      for (const [name, g] of wantGrads) expect(worstError(r.grads[name]!, g, 1e-4 * maxAbs(g), 1e-5), `${name} over 2 ranks`).toBeLessThan(1);
+    }
+    expect(() => together.step(packed.tokens, packed.targets, { documentIds: new Int32Array(3) })).toThrow(/opts\.documentIds: expected 32 ids \(one per token\), got 3/);
+    expect(() => together.step([packed.tokens], [packed.targets], { documentIds })).toThrow(/opts\.documentIds: expected an array of 1 Int32Array/);
+  });
+
   it('training steps: the same losses on 1 thread and over 2 zigzag ranks (with clipping)', async () => {
     const args = { config: tiny, weights: Object.fromEntries(weights), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag', steps: 4, lr: 3e-3, maxGradNorm: 0.5 };
     const [r0] = (await launch({ worldSize: 2 }, rankModule, args)) as { losses: number[] }[];
