@@ -57,7 +57,8 @@ export interface StepOptions {
    * Packed sequences: the document of each of this rank's tokens (sharded as the tokens are),
    * or one such array per micro-batch. Attention then stays within a document. Positions run
    * on across documents; RoPE sees only distances within one, so each document is computed
-   * as it would be alone (up to rounding).
+   * as it would be alone (up to rounding), except under rope_scaling 'dynamic', whose base
+   * follows the whole sequence's length. Every rank passes ids, or none.
    */
   documentIds?: Int32Array | readonly Int32Array[];
 }
@@ -156,10 +157,15 @@ export class Trainer implements Disposable {
     if (!Array.isArray(targets)) fail('type', `targets: expected an array of Int32Array (one per micro-batch), as tokens is; got ${describe(targets)}`);
     if (tokens.length === 0) fail('range', 'tokens: expected at least one micro-batch, got an empty array');
     if (targets.length !== tokens.length) fail('range', `targets: expected ${tokens.length} micro-batches (one per tokens entry), got ${targets.length}`);
-    if (documentIds !== undefined && (!Array.isArray(documentIds) || documentIds.length !== tokens.length))
-      fail('type', `opts.documentIds: expected an array of ${tokens.length} Int32Array (one per micro-batch), as tokens is; got ${describe(documentIds)}`);
+    if (documentIds !== undefined && !Array.isArray(documentIds))
+      fail('type', `opts.documentIds: expected an array of Int32Array (one per micro-batch), as tokens is; got ${describe(documentIds)}`);
+    if (documentIds !== undefined && documentIds.length !== tokens.length)
+      fail('range', `opts.documentIds: expected ${tokens.length} arrays (one per micro-batch), got ${documentIds.length}`);
     const ids = documentIds as unknown[] | undefined;
-    return Array.from({ length: tokens.length }, (_, i) => this.#context(tokens[i], targets[i], `[${i}]`, ids?.[i])); // holes too
+    return Array.from({ length: tokens.length }, (_, i) => {
+      if (ids && !(ids[i] instanceof Int32Array)) fail('type', `opts.documentIds[${i}]: expected an Int32Array (one document id per token), got ${describe(ids[i])}`);
+      return this.#context(tokens[i], targets[i], `[${i}]`, ids?.[i]); // holes too
+    });
   }
 
   /**

@@ -426,13 +426,20 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
     for (const [name, g] of wantGrads) expect(worstError(await together.gradients.get(name)!.toFloat32Array(), g, 1e-4 * maxAbs(g), 1e-5), name).toBeLessThan(1);
     // without the ids the second document would attend to the first: a different loss
     expect(Math.abs(together.backward(packed.tokens, packed.targets) - want)).toBeGreaterThan(1e-3 * want);
+    expect(Math.abs(together.forward(packed.tokens, packed.targets, { documentIds }).loss - want), 'forward loss').toBeLessThan(1e-6 * want);
+    // as micro-batches, each with its ids: the same mean loss
+    const twice = together.backward([packed.tokens, packed.tokens], [packed.targets, packed.targets], { documentIds: [documentIds, documentIds] });
+    expect(Math.abs(twice - want), 'two packed micro-batches').toBeLessThan(1e-6 * want);
     const args = { config: tiny, weights: Object.fromEntries(weights), layout: 'zigzag', ...packed, documentIds };
     for (const r of (await launch({ worldSize: 2 }, rankModule, args)) as RankOut[]) {
       expect(Math.abs(r.loss - want), 'loss over 2 ranks').toBeLessThan(1e-6 * want);
+      expect(Math.abs(r.forwardLoss - want), 'forward loss over 2 ranks').toBeLessThan(1e-6 * want);
       for (const [name, g] of wantGrads) expect(worstError(r.grads[name]!, g, 1e-4 * maxAbs(g), 1e-5), `${name} over 2 ranks`).toBeLessThan(1);
     }
     expect(() => together.step(packed.tokens, packed.targets, { documentIds: new Int32Array(3) })).toThrow(/opts\.documentIds: expected 32 ids \(one per token\), got 3/);
-    expect(() => together.step([packed.tokens], [packed.targets], { documentIds })).toThrow(/opts\.documentIds: expected an array of 1 Int32Array/);
+    expect(() => together.step([packed.tokens], [packed.targets], { documentIds })).toThrow(/opts\.documentIds: expected an array of Int32Array/);
+    expect(() => together.step([packed.tokens], [packed.targets], { documentIds: [] })).toThrow(/opts\.documentIds: expected 1 arrays/);
+    expect(() => together.step([packed.tokens], [packed.targets], { documentIds: [undefined as never] })).toThrow(/opts\.documentIds\[0\]: expected an Int32Array/);
   });
 
   it('training steps: the same losses on 1 thread and over 2 zigzag ranks (with clipping)', async () => {

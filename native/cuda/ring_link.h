@@ -87,7 +87,7 @@ class LocalLink : public Link {
     if (in->bytes != bytes)
       throw UserError("RangeError", "received a block of " + std::to_string(in->bytes) + " bytes from rank " +
                                         std::to_string(prev_) + ", expected " + std::to_string(bytes) +
-                                        ": every rank must pass shards of the same shape and dtype");
+                                        ": every rank must pass shards of the same shape and dtype, and documentIds on every rank or none");
     in->ready.wait_on(comm);
     if (span) check(cudaEventRecord(span->begin, comm), "cudaEventRecord");
     check(cudaMemcpyAsync(recv, in->ptr, bytes, cudaMemcpyDeviceToDevice, comm), "device copy");

@@ -118,7 +118,7 @@ Block checked(Block b, size_t expected, int from, const char* what) {
   if (b->size() != expected)
     throw UserError("RangeError", std::string("received a ") + what + " of " + std::to_string(b->size()) +
                                       " values from rank " + std::to_string(from) + ", expected " +
-                                      std::to_string(expected) + ": every rank must pass shards of the same shape");
+                                      std::to_string(expected) + ": every rank must pass shards of the same shape, and documentIds on every rank or none");
   return b;
 }
 
