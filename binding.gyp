@@ -4,6 +4,7 @@
       "target_name": "ring_attention",
       "sources": [
         "native/addon.cpp",
+        "native/group_addon.cpp",
         "native/tensor.cpp",
         "native/build_info.cpp",
         "native/cpu/attention_fwd.cpp",

@@ -1,8 +1,13 @@
-// The N-API pieces shared by the files that define addon functions (addon.cpp, ops_addon.cpp):
-// the tensor handle class, the per-instance data holding its constructor, and the helpers
-// that turn native errors into JS exceptions and move tensors across the boundary.
+// The N-API pieces shared by the files that define addon functions (addon.cpp,
+// group_addon.cpp, ops_addon.cpp): the tensor handle class, the per-instance data holding its
+// constructor, and the helpers that turn native errors into JS exceptions and move tensors
+// (and float32 views of them) across the boundary.
 #pragma once
 #include <napi.h>
+
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "common.h"
 #include "cuda/device.h"
@@ -123,6 +128,50 @@ inline Napi::Value TensorHandle::ToFloat32Array(const Napi::CallbackInfo& info) 
 }
 
 // ops_addon.cpp: adds the training ops (linear, embedding, norms, ...) to the exports.
+// The float32 view of a CPU tensor: the tensor itself, or a converted copy.
+struct F32 {
+  std::vector<float> copy;
+  const float* ptr;
+  explicit F32(const Tensor& t) : ptr(nullptr) {
+    if (t.device != Device::CPU) throw UserError("TypeError", "expected a CPU tensor");
+    if (t.dtype == DType::F32) ptr = t.f32();
+    else { copy = t.to_f32(); ptr = copy.data(); }
+  }
+};
+
+// A result tensor that kernels write as float32: in place when its dtype is float32,
+// else into scratch that is rounded to the dtype once, in done().
+struct Output {
+  Tensor tensor;
+  std::vector<float> scratch;
+  float* ptr;
+  Output(std::vector<int64_t> shape, DType dtype) : tensor(Tensor::empty(std::move(shape), dtype, Device::CPU)) {
+    if (dtype == DType::F32) {
+      ptr = tensor.f32();
+    } else {
+      scratch.resize(size_t(tensor.numel()));
+      ptr = scratch.data();
+    }
+  }
+  Tensor done() {
+    if (!scratch.empty()) ra::convert_from_f32(tensor.dtype, scratch.data(), tensor.storage->ptr, scratch.size());
+    return std::move(tensor);
+  }
+};
+
+template <size_t N>
+inline Napi::Array wrap_all(Napi::Env env, Output (&outs)[N]) {
+  auto result = Napi::Array::New(env, N);
+  for (size_t i = 0; i < N; ++i) result.Set(uint32_t(i), wrap(env, outs[i].done()));
+  return result;
+}
+template <size_t N>
+inline Napi::Array wrap_all(Napi::Env env, Tensor (&ts)[N]) {
+  auto result = Napi::Array::New(env, N);
+  for (size_t i = 0; i < N; ++i) result.Set(uint32_t(i), wrap(env, std::move(ts[i])));
+  return result;
+}
+
 // An Int32Array of exactly `length` elements.
 inline Napi::Int32Array int32s(const Napi::Value& v, const char* name, int64_t length) {
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
@@ -135,5 +184,6 @@ inline Napi::Int32Array int32s(const Napi::Value& v, const char* name, int64_t l
 }
 
 void register_ops(Napi::Env env, Napi::Object exports);
+void register_groups(Napi::Env env, Napi::Object exports);
 
 }  // namespace ra::napi
