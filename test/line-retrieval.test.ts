@@ -14,13 +14,23 @@ describe('examples/line-retrieval.mjs', () => {
     const r = run('--steps', '6', '--batch', '2', '--ranks', '2', '--lines', '3', '--eval-every', '3', '--eval-sequences', '2', '--layout', 'contiguous');
     expect(r.status, r.stderr).toBe(0);
     const lines = r.stdout.trim().split('\n');
-    expect(lines[0]).toMatch(/^line retrieval: 3 lines \+ 3 questions = 20 tokens per sequence, 2 per step, 2 ranks \(contiguous\)/);
+    expect(lines[0]).toMatch(/^line retrieval: 3 lines \+ 3 questions = 20 tokens per sequence, 2 per step \(packed\), 2 ranks \(contiguous\)/);
     const evals = lines.filter((l) => l.startsWith('step '));
     expect(evals).toHaveLength(2);
     for (const [i, l] of evals.entries())
       expect(l).toMatch(new RegExp(`^step ${3 * (i + 1)}/6  train loss \\d+\\.\\d{4}  eval loss \\d+\\.\\d{4}  retrieval accuracy \\d+\\.\\d%  \\(\\d+\\.\\d s\\)$`));
     expect(lines.at(-1)).toMatch(/^final retrieval accuracy \d+\.\d% on 6 questions$/);
     expect(r.stdout).not.toContain('\r'); // no progress bar when stdout is not a TTY
+  });
+
+  it('--accumulate: the sequences of a step as micro-batches instead of packed, with the same losses', () => {
+    const common = ['--steps', '4', '--batch', '2', '--ranks', '2', '--lines', '3', '--eval-every', '4', '--eval-sequences', '1'];
+    const [packed, apart] = [run(...common), run(...common, '--accumulate')];
+    for (const r of [packed, apart]) expect(r.status, r.stderr).toBe(0);
+    expect(apart.stdout).toMatch(/2 per step, 2 ranks/);
+    const losses = (out: string) => /train loss (\d+\.\d{4})  eval loss (\d+\.\d{4})/.exec(out)!.slice(1).map(Number);
+    // one computation laid out two ways: equal up to the printed digits
+    losses(apart.stdout).forEach((l, i) => expect(Math.abs(l - losses(packed.stdout)[i]!)).toBeLessThanOrEqual(1e-4 + 1e-12));
   });
 
   it('refuses bad options with exit code 2', () => {
