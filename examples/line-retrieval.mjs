@@ -132,7 +132,8 @@ export default async function rank({ rank, worldSize, group, args }) {
     for (let s = 1; s <= steps; ++s) {
       // `batch` sequences per step, laid end to end in one sequence whose document ids keep
       // each one's attention to itself; or, with --accumulate, one after the other
-      // (micro-batches), their gradients accumulated: the same result, at twice the calls
+      // (micro-batches), their gradients accumulated: the same computation up to rounding, in
+      // `batch` times as many (smaller) calls
       const seqs = Array.from({ length: batch }, (_, j) => makeSequence(sequenceSeed((s - 1) * batch + j, false), lines, length));
       const { loss } = pack
         ? trainer.step(shard(concat(seqs.map((q) => q.tokens))), shard(concat(seqs.map((q) => q.targets))),
