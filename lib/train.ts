@@ -126,14 +126,14 @@ export class Trainer implements Disposable {
     return this.#step;
   }
 
-  #context(tokens: unknown, targets: unknown, at = '', documentIds?: unknown, docName = 'opts.documentIds'): MicroBatch {
+  #context(tokens: unknown, targets: unknown, at = '', documentIds?: unknown): MicroBatch {
     if (!(tokens instanceof Int32Array)) fail('type', `tokens${at}: expected an Int32Array (this rank's shard), got ${describe(tokens)}`);
     if (!(targets instanceof Int32Array)) fail('type', `targets${at}: expected an Int32Array (this rank's shard), got ${describe(targets)}`);
     if (targets.length !== tokens.length) fail('range', `targets${at}: expected ${tokens.length} targets (one per token), got ${targets.length}`);
     if (tokens.length === 0) fail('range', `tokens${at}: this rank's shard is empty`);
     if (documentIds !== undefined) {
-      if (!(documentIds instanceof Int32Array)) fail('type', `${docName}${at}: expected an Int32Array (one document id per token), got ${describe(documentIds)}`);
-      if (documentIds.length !== tokens.length) fail('range', `${docName}${at}: expected ${tokens.length} ids (one per token), got ${documentIds.length}`);
+      if (!(documentIds instanceof Int32Array)) fail('type', `opts.documentIds${at}: expected an Int32Array (one document id per token), got ${describe(documentIds)}`);
+      if (documentIds.length !== tokens.length) fail('range', `opts.documentIds${at}: expected ${tokens.length} ids (one per token), got ${documentIds.length}`);
     }
     const { group, layout } = this.#o;
     const rank = group?.rank ?? 0, worldSize = group?.worldSize ?? 1;
