@@ -348,7 +348,7 @@ Napi::Value NcclRingBackward(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void register_groups(Napi::Env env, Napi::Object exports) {
-  const std::pair<const char*, Napi::Value (*)(const Napi::CallbackInfo&)> fns[] = {
+  const AddonFunction fns[] = {
       {"groupCreate", GroupCreate},
       {"groupAbort", GroupAbort},
       {"groupLeave", GroupLeave},
@@ -373,7 +373,7 @@ void register_groups(Napi::Env env, Napi::Object exports) {
       {"ncclRingForward", NcclRingForward},
       {"ncclRingBackward", NcclRingBackward},
   };
-  for (const auto& [name, fn] : fns) exports.Set(name, Napi::Function::New(env, fn, name));
+  export_all(env, exports, fns);
 }
 
 }  // namespace ra::napi

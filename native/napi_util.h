@@ -183,6 +183,12 @@ inline Napi::Int32Array int32s(const Napi::Value& v, const char* name, int64_t l
   return a;
 }
 
+using AddonFunction = std::pair<const char*, Napi::Value (*)(const Napi::CallbackInfo&)>;
+template <size_t N>
+void export_all(Napi::Env env, Napi::Object exports, const AddonFunction (&fns)[N]) {
+  for (const auto& [name, fn] : fns) exports.Set(name, Napi::Function::New(env, fn, name));
+}
+
 void register_ops(Napi::Env env, Napi::Object exports);
 void register_groups(Napi::Env env, Napi::Object exports);
 

@@ -389,7 +389,7 @@ Napi::Value View(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void register_ops(Napi::Env env, Napi::Object exports) {
-  const std::pair<const char*, Napi::Value (*)(const Napi::CallbackInfo&)> fns[] = {
+  const AddonFunction fns[] = {
       {"opsLinear", Linear},
       {"opsLinearBackward", LinearBackward},
       {"opsEmbedding", Embedding},
@@ -410,7 +410,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
       {"opsView", View},
       {"cublasLoad", CublasLoad},
   };
-  for (const auto& [name, fn] : fns) exports.Set(name, Napi::Function::New(env, fn, name));
+  export_all(env, exports, fns);
 }
 
 }  // namespace ra::napi

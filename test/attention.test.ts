@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 
 import { attention, attentionBackward } from '../dist/index.js';
 import { attentionBackwardRef, attentionRef, worstError, type Dims } from './reference.js';
-import { asTensors, makeInputs, read } from './helpers.js';
+import { asTensors, documentRuns, makeInputs, read } from './helpers.js';
 
 // float32 compute over <= 300 keys: the per-element error of the blockwise result stays
 // near 1e-6; 2e-5 absolute + 1e-4 relative leaves room without hiding a wrong mask or merge.
@@ -109,9 +109,8 @@ describe('attention backward', () => {
 
 // Packed sequences: documents laid end to end, each token attending only within its own.
 describe('packed sequences (documentIds)', () => {
-  const runs = (lengths: number[][]) => Int32Array.from(lengths.flatMap((row) => row.flatMap((n, d) => new Array<number>(n).fill(d))));
   const c: Dims = { batch: 2, seqQ: 70, seqK: 70, heads: 4, kvHeads: 2, dim: 32 };
-  const docs = runs([[30, 1, 25, 14], [70]]); // a one-token document; a row of one document
+  const docs = documentRuns([[30, 1, 25, 14], [70]]); // a one-token document; a row of one document
   const scattered = Int32Array.from({ length: 140 }, (_, i) => (i * 7) % 3); // any ids, not only runs
 
   for (const causal of [true, false])
@@ -133,7 +132,7 @@ describe('packed sequences (documentIds)', () => {
     const inp = makeInputs(one, 43);
     const t = asTensors(one, inp);
     const lengths = [30, 1, 25, 14];
-    const packed = await read(attention(t.q, t.k, t.v, { causal: true, documentIds: runs([lengths]) }).out);
+    const packed = await read(attention(t.q, t.k, t.v, { causal: true, documentIds: documentRuns([lengths]) }).out);
     const row = c.heads * c.dim, kvRow = c.kvHeads * c.dim;
     let start = 0;
     for (const n of lengths) {

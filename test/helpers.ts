@@ -11,6 +11,10 @@ export interface Inputs {
   dout: Float32Array;
 }
 
+/** Document ids of packed rows: per row, run d of lengths[row][d] tokens has id d. */
+export const documentRuns = (lengths: number[][]) =>
+  Int32Array.from(lengths.flatMap((row) => row.flatMap((n, d) => new Array<number>(n).fill(d))));
+
 /** Random q, k, v, dout for `x`, already rounded to `dtype` so the reference sees what the kernel sees. */
 export function makeInputs(x: Dims, seed: number, dtype: DType = 'float32'): Inputs {
   const nq = x.batch * x.seqQ * x.heads * x.dim, nk = x.batch * x.seqK * x.kvHeads * x.dim;

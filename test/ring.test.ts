@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 
 import { gatherSequence, launch, tensor, type DType } from '../dist/index.js';
 import { attentionBackwardRef, attentionRef, worstError, type Dims } from './reference.js';
-import { makeInputs, read } from './helpers.js';
+import { documentRuns, makeInputs, read } from './helpers.js';
 import { native } from '../dist/native.js';
 
 const rankModule = new URL('./fixtures/ring-rank.mjs', import.meta.url);
@@ -55,7 +55,7 @@ async function expectRingMatchesReference(x: Dims, worldSize: number, causal: bo
 // document's keys wherever they started. Documents cross shard and chunk boundaries.
 describe('ring attention over packed sequences (documentIds)', () => {
   const runs = (x: Dims, lengths: number[][]) => {
-    const ids = Int32Array.from(lengths.flatMap((row) => row.flatMap((n, d) => new Array<number>(n).fill(d))));
+    const ids = documentRuns(lengths);
     expect(ids.length).toBe(x.batch * x.seqQ);
     return ids;
   };

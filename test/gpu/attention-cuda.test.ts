@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 
 import { attention, attentionBackward, info, type DType } from '../../dist/index.js';
-import { asTensors, makeInputs, read } from '../helpers.js';
+import { asTensors, documentRuns, makeInputs, read } from '../helpers.js';
 import { attentionBackwardRef, attentionRef, relErr, type Dims } from '../reference.js';
 
 const cuda = info().cuda;
@@ -77,7 +77,7 @@ describe.skipIf(!cuda.available)(title, () => {
   // Packed sequences: runs of documents crossing tiles (and a one-token one), then scattered ids
   // that leave whole tiles with nothing visible for some rows.
   for (const [what, ids] of [
-    ['runs', Int32Array.from([100, 1, 70, 129].flatMap((n, d) => new Array<number>(n).fill(d)))],
+    ['runs', documentRuns([[100, 1, 70, 129]])],
     ['scattered ids', Int32Array.from({ length: 300 }, (_, i) => (i * 7) % 3)],
   ] as const)
     it(`documentIds (${what}), GQA d128 causal, bfloat16: forward and backward equal the float64 reference`, async () => {

@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { attention, attentionBackward, gatherSequence, info, launch, tensor } from '../../dist/index.js';
-import { asTensors, makeInputs, read } from '../helpers.js';
+import { asTensors, documentRuns, makeInputs, read } from '../helpers.js';
 import { attentionBackwardRef, attentionRef, relErr, type Dims } from '../reference.js';
 
 const cuda = info().cuda;
@@ -54,7 +54,7 @@ describe.skipIf(!cuda.available)(title, () => {
 
   it('documentIds: the ring over packed sequences equals the float64 reference (4 ranks, zigzag)', async () => {
     const x: Dims = { batch: 1, seqQ: 640, seqK: 640, heads: 4, kvHeads: 2, dim: 64 };
-    const ids = Int32Array.from([150, 1, 300, 189].flatMap((n, d) => new Array<number>(n).fill(d)));
+    const ids = documentRuns([[150, 1, 300, 189]]);
     const inputs = makeInputs(x, 77, 'bfloat16');
     const results = (await launch({ worldSize: 4 }, rankModule, { x, inputs, causal: true, layout: 'zigzag', dtype: 'bfloat16', device: 'cuda', documentIds: ids })) as Record<Name, Float32Array>[];
     const local = x.seqQ / 4;
