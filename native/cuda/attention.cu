@@ -38,14 +38,17 @@ void same(const Tensor& t, const std::vector<int64_t>& shape, DType dtype, const
     throw UserError("RangeError", std::string("attention: ") + name + " does not match the expected shape, dtype or device");
 }
 
-// Packed sequences: the ids on the device (the same for queries and keys), set in p. The
-// returned storage must live until the kernels are queued.
+// Packed sequences: the ids on the device (the same for queries and keys), then their spans,
+// set in p. The returned storage must live until the kernels are queued.
 std::unique_ptr<Storage> with_documents(flash::FwdParams& p, const int32_t* docs) {
   if (!docs) return nullptr;
-  const size_t bytes = size_t(p.batch) * p.seq_q * 4;
-  auto s = std::make_unique<Storage>(Device::CUDA, bytes);
-  upload_async(docs, s->ptr, bytes);
-  p.doc_q = p.doc_k = static_cast<const int*>(s->ptr);
+  const size_t n = size_t(p.batch) * p.seq_q;
+  auto s = std::make_unique<Storage>(Device::CUDA, (n + flash::doc_span_ints(p.batch, p.seq_q)) * 4);
+  int* ids = static_cast<int*>(s->ptr);
+  upload_async(docs, ids, n * 4);
+  flash::document_spans(ids, p.batch, p.seq_q, ids + n, nullptr);
+  p.doc_q = p.doc_k = ids;
+  p.doc_q_spans = p.doc_k_spans = ids + n;
   p.doc_q_batch_stride = p.doc_k_batch_stride = p.seq_q;
   return s;
 }

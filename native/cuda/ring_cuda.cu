@@ -40,7 +40,8 @@ __global__ void add_rows_kernel(float* dst, const float* src, int64_t batch, int
 
 // Kernel parameters for one step: queries [q_off, q_off + q_len) of this rank against keys
 // [k_off, k_off + k_len) of the block in `kv` (K, then V, then with packed sequences the keys'
-// document ids, whose queries' are `own_docs`), as planned by ring::plan.
+// document ids and their spans; the queries' are `own_docs`, laid out alike), as planned by
+// ring::plan.
 flash::FwdParams step_params(const ring::RingShape& s, const ring::Plan& pl, const char* q, const char* kv,
                              size_t esz, float* lse, const int* own_docs) {
   const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
@@ -62,8 +63,10 @@ flash::FwdParams step_params(const ring::RingShape& s, const ring::Plan& pl, con
   p.causal_offset = 0;  // a diagonal block is square
   p.vec_ok = s.head_dim % 8 == 0;
   if (own_docs) {
-    p.doc_q = own_docs + pl.q_off;
-    p.doc_k = reinterpret_cast<const int*>(kv + 2 * n_kv * esz) + pl.k_off;
+    const int* key_docs = reinterpret_cast<const int*>(kv + 2 * n_kv * esz);
+    const int64_t n_docs = int64_t(s.batch) * s.seq;
+    p.doc_q = own_docs + pl.q_off, p.doc_q_spans = own_docs + n_docs, p.doc_q_shift = pl.q_off;
+    p.doc_k = key_docs + pl.k_off, p.doc_k_spans = key_docs + n_docs, p.doc_k_shift = pl.k_off;
     p.doc_q_batch_stride = p.doc_k_batch_stride = s.seq;
   }
   return p;
@@ -110,16 +113,22 @@ void before_default_stream(cudaStream_t s) {
   e.wait_on(nullptr);
 }
 
-size_t doc_bytes(const ring::RingShape& s) { return s.docs ? size_t(s.batch) * s.seq * 4 : 0; }
+// Packed sequences: the ids of the shard's tokens, then their spans (flash::document_spans).
+size_t doc_bytes(const ring::RingShape& s) {
+  return s.docs ? (size_t(s.batch) * s.seq + flash::doc_span_ints(s.batch, s.seq)) * 4 : 0;
+}
 
-// The first K/V block: K, V and (packed sequences) the keys' document ids, which are also this
-// rank's queries' and are uploaded into `own_docs` for every step.
+// The first K/V block: K, V and (packed sequences) the keys' document ids and spans, which are
+// also this rank's queries' and are made once into `own_docs` for every step.
 void pack_kv(const ring::RingShape& sh, void* kv, const Tensor& k, const Tensor& v, Storage* own_docs, cudaStream_t s) {
   const size_t bytes = k.storage->bytes;
   check(cudaMemcpyAsync(kv, k.storage->ptr, bytes, cudaMemcpyDeviceToDevice, s), "device copy");
   check(cudaMemcpyAsync(static_cast<char*>(kv) + bytes, v.storage->ptr, bytes, cudaMemcpyDeviceToDevice, s), "device copy");
   if (!own_docs) return;
-  upload_async(sh.docs, own_docs->ptr, doc_bytes(sh), s);
+  int* ids = static_cast<int*>(own_docs->ptr);
+  const size_t n = size_t(sh.batch) * sh.seq;
+  upload_async(sh.docs, ids, n * 4, s);
+  flash::document_spans(ids, sh.batch, sh.seq, ids + n, s);
   check(cudaMemcpyAsync(static_cast<char*>(kv) + 2 * bytes, own_docs->ptr, doc_bytes(sh), cudaMemcpyDeviceToDevice, s),
         "device copy");
 }

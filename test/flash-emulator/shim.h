@@ -117,6 +117,7 @@ struct WarpScratch {
   const void* ptr[32];
   uint32_t a[32][4], b[32][2];
   float f[32];
+  unsigned u[32];
 };
 inline Barrier emu_block_bar;
 inline WarpScratch emu_warps[16];
@@ -147,6 +148,16 @@ inline double __shfl_xor_sync(unsigned, double x, int m) {
   memcpy(&x, &u, 8);
   return x;
 }
+inline unsigned __ballot_sync(unsigned, int pred) {
+  auto& w = my_warp();
+  w.u[lane_id()] = pred != 0;
+  emu_barrier(w.bar);
+  unsigned r = 0;
+  for (int l = 0; l < 32; ++l) r |= w.u[l] << l;
+  emu_barrier(w.bar);
+  return r;
+}
+inline int __ffs(int x) { return __builtin_ffs(x); }
 inline float atomicAdd(float* p, float v) { float o = *p; *p = o + v; return o; }
 
 inline void check_smem(const void* p, size_t n, const char* what) {
@@ -172,8 +183,10 @@ inline void emu_ldmatrix(uint32_t* r, const void* row, bool trans) {
   }
   emu_barrier(w.bar);
 }
+inline uint64_t emu_mma_count = 0;  // lane-level mma calls: shows which tiles a kernel skipped
 template <class T>
 inline void emu_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  ++emu_mma_count;
   auto& w = my_warp();
   const int l = lane_id();
   for (int i = 0; i < 4; ++i) w.a[l][i] = a[i];

@@ -2,7 +2,8 @@
 // forward (out, lse), the ring merge into a float32 running output (causal too, where rows of
 // a piece see no key and must pass through untouched), and the backward with
 // atomic and deterministic dQ, over dtypes, head dims 1-256, ragged tiles, GQA and causal
-// shapes where whole tiles see no key. Built and run by test/flash-emulator.test.ts:
+// shapes where whole tiles see no key, and packed documents (scattered ids, and documents end
+// to end, whose calls must skip tiles: they do fewer products). Built and run by test/flash-emulator.test.ts:
 //   g++ -std=c++20 -O2 -fsanitize=address -DRA_FLASH_EMULATOR -I. -Itest/flash-emulator \
 //       test/flash-emulator/test.cpp -o t && ./t [deferred]
 #include "shim.h"
@@ -41,7 +42,23 @@ template <class T> void bwd(const BwdParams& p, bool c) {
   else c ? run_bwd_t<T, 256, true>(p) : run_bwd_t<T, 256, false>(p);
 }
 
-struct Case { int B, Sq, Sk, H, Hkv, D; bool causal, det; int docs = 0; };  // docs: random document ids in [0, docs)
+// docs: random document ids in [0, docs); with runs, `docs` documents laid end to end instead
+// (Sq == Sk, the same ids for queries and keys), so that whole tiles share no document.
+struct Case { int B, Sq, Sk, H, Hkv, D; bool causal, det; int docs = 0; bool runs = false; };
+
+// The spans of an id array, made by the kernel the library runs, checked against a plain loop.
+std::vector<int> spans_of(const std::vector<int>& ids, int batch, int seq) {
+  std::vector<int> spans(doc_span_ints(batch, seq), 12345);
+  const int n = int(spans.size() / 2);
+  emu_launch(dim3{unsigned((n + 127) / 128)}, 128, 0, [&] { doc_spans_kernel(ids.data(), batch, seq, spans.data()); });
+  for (int i = 0; i < n; ++i) {
+    const int b = i / (n / batch), s0 = i % (n / batch) * kDocSpan;
+    const auto first = ids.begin() + size_t(b) * seq + s0, last = first + std::min(kDocSpan, seq - s0);
+    if (spans[2 * i] != *std::min_element(first, last) || spans[2 * i + 1] != *std::max_element(first, last))
+      emu_fail("document spans differ from a plain loop");
+  }
+  return spans;
+}
 
 template <class T>
 bool run_case(const Case& c, int mode) {
@@ -61,11 +78,21 @@ bool run_case(const Case& c, int mode) {
   auto DO = [&](int b, int i, int h) { return &dOf[((size_t(b) * c.Sq + i) * c.H + h) * c.D]; };
   // Packed sequences: any ids, not only runs, so that rows and tiles see none, some or all keys.
   std::vector<int> doc_q(size_t(c.B) * c.Sq), doc_k(size_t(c.B) * c.Sk);
-  if (c.docs) {
+  if (c.docs && c.runs) {
+    // ids 0..docs-1 in order, each run starting at a random cut
+    std::vector<int> cuts(c.docs - 1);
+    for (auto& x : cuts) x = std::uniform_int_distribution<int>(1, c.Sk - 1)(rng);
+    std::sort(cuts.begin(), cuts.end());
+    for (int b = 0; b < c.B; ++b)
+      for (int j = 0; j < c.Sk; ++j)
+        doc_k[size_t(b) * c.Sk + j] = doc_q[size_t(b) * c.Sq + j] = int(std::upper_bound(cuts.begin(), cuts.end(), j) - cuts.begin());
+  } else if (c.docs) {
     std::uniform_int_distribution<int> D(0, c.docs - 1);
     for (auto& d : doc_q) d = D(rng);
     for (auto& d : doc_k) d = D(rng);
   }
+  std::vector<int> spans_q, spans_k;
+  if (c.docs) spans_q = spans_of(doc_q, c.B, c.Sq), spans_k = spans_of(doc_k, c.B, c.Sk);
   auto sees = [&](int b, int i, int j) { return !c.docs || doc_q[size_t(b) * c.Sq + i] == doc_k[size_t(b) * c.Sk + j]; };
   // reference forward
   std::vector<double> ro(nq, 0.0), rP;  std::vector<float> rlse(size_t(c.B) * c.H * c.Sq);
@@ -112,14 +139,17 @@ bool run_case(const Case& c, int mode) {
   p.k_batch_stride = p.v_batch_stride = int64_t(c.Sk) * c.Hkv * c.D;
   p.lse_head_stride = c.Sq, p.lse_batch_stride = int64_t(c.Sq) * c.H;
   p.scale = scale, p.causal_offset = off, p.vec_ok = c.D % 8 == 0;
-  if (c.docs) p.doc_q = doc_q.data(), p.doc_k = doc_k.data(), p.doc_q_batch_stride = c.Sq, p.doc_k_batch_stride = c.Sk;
+  if (c.docs) {
+    p.doc_q = doc_q.data(), p.doc_k = doc_k.data(), p.doc_q_batch_stride = c.Sq, p.doc_k_batch_stride = c.Sk;
+    p.doc_q_spans = spans_q.data(), p.doc_k_spans = spans_k.data();
+  }
   std::vector<float> lse(rlse.size(), 12345.f);
   for (auto& x : out) x = T(NAN);
   p.q = q.data(), p.k = k.data(), p.v = v.data(), p.out = out.data(), p.lse = lse.data();
   bool ok = true;
   char name[200];
-  snprintf(name, sizeof name, "%s B%d Sq%d Sk%d H%d/%d D%d causal%d det%d docs%d mode%d", sizeof(T) == 2 && std::is_same<T, __half>::value ? "f16" : "bf16",
-           c.B, c.Sq, c.Sk, c.H, c.Hkv, c.D, c.causal, c.det, c.docs, mode);
+  snprintf(name, sizeof name, "%s B%d Sq%d Sk%d H%d/%d D%d causal%d det%d docs%d%s mode%d", sizeof(T) == 2 && std::is_same<T, __half>::value ? "f16" : "bf16",
+           c.B, c.Sq, c.Sk, c.H, c.Hkv, c.D, c.causal, c.det, c.docs, c.runs ? " runs" : "", mode);
   auto cmp = [&](const char* what, auto get, size_t n, auto ref, double tol) {
     double mx = 0, mr = 1e-6; size_t bad = SIZE_MAX;
     for (size_t i = 0; i < n; ++i) {
@@ -134,6 +164,7 @@ bool run_case(const Case& c, int mode) {
   };
   const double tol = std::is_same<T, __half>::value ? 4e-3 : 2e-2;
   if (mode == 0) {
+    const uint64_t mma0 = emu_mma_count;
     fwd<T>(p, c.causal);
     cmp("out", [&](size_t i) { return double(float(out[i])); }, nq, [&](size_t i) { return ro[i]; }, tol);
     cmp("lse", [&](size_t i) { return double(lse[i]); }, lse.size(), [&](size_t i) { return double(rlse[i]); }, 1e-4);
@@ -150,6 +181,26 @@ bool run_case(const Case& c, int mode) {
     cmp("dq", [&](size_t i) { return double(dq[i]); }, nq, [&](size_t i) { return rdq[i]; }, tol * 1.5);
     cmp("dk", [&](size_t i) { return double(dk[i]); }, nk, [&](size_t i) { return rdk[i]; }, tol * 1.5);
     cmp("dv", [&](size_t i) { return double(dv[i]); }, nk, [&](size_t i) { return rdv[i]; }, tol * 1.5);
+    if (c.runs) {
+      // Tiles that share no document were skipped: the same calls without ids do more products.
+      const uint64_t with_docs = emu_mma_count - mma0;
+      std::vector<T> o2(nq);
+      std::vector<float> l2(lse.size()), scratch(nq + 2 * nk);
+      FwdParams f = p;
+      f.doc_q = f.doc_k = nullptr, f.out = o2.data(), f.lse = l2.data();
+      BwdParams b2 = bp;
+      b2.fwd.doc_q = b2.fwd.doc_k = nullptr, b2.dq_accum = scratch.data(), b2.dk_accum = scratch.data() + nq;
+      b2.dv_accum = scratch.data() + nq + nk;
+      const uint64_t before = emu_mma_count;
+      fwd<T>(f, c.causal);
+      bwd<T>(b2, c.causal);
+      const uint64_t without = emu_mma_count - before;
+      if (!(with_docs * 10 < without * 7)) {
+        ok = false;
+        printf("  FAIL %s: %llu products with documents, %llu without: no tile was skipped\n", name,
+               (unsigned long long)with_docs, (unsigned long long)without);
+      }
+    }
     // dkv_overwrite (the ring's per-step buffer): dK/dV written over whatever was there.
     std::fill(dk.begin(), dk.end(), 777.f), std::fill(dv.begin(), dv.end(), -777.f), std::fill(dq.begin(), dq.end(), 0.f);
     bp.dkv_overwrite = true;
@@ -166,7 +217,7 @@ bool run_case(const Case& c, int mode) {
     FwdParams a = p; a.out_accum = acc.data(); a.lse = l2.data(); a.out = nullptr;
     a.seq_k = s1; fwd<T>(a, c.causal);
     FwdParams b2 = a; b2.seq_k = c.Sk - s1; b2.k = k.data() + int64_t(s1) * p.k_row_stride; b2.v = v.data() + int64_t(s1) * p.v_row_stride;
-    if (c.docs) b2.doc_k = doc_k.data() + s1;
+    if (c.docs) b2.doc_k = doc_k.data() + s1, b2.doc_k_shift = s1;
     b2.causal_offset = off - s1;
     fwd<T>(b2, c.causal);
     cmp("merged out", [&](size_t i) { return double(acc[i]); }, nq, [&](size_t i) { return ro[i]; }, tol);
@@ -206,6 +257,11 @@ int main(int argc, char** argv) {
     {1, 77, 77, 2, 1, 128, true, false, 5},
     {1, 130, 90, 3, 1, 80, true, false, 3},
     {1, 66, 66, 2, 1, 256, false, false, 2},
+    // documents end to end: whole tiles skipped
+    {1, 300, 300, 2, 1, 64, true, false, 6, true},
+    {2, 260, 260, 2, 2, 128, true, true, 5, true},
+    {1, 200, 200, 1, 1, 256, false, true, 4, true},
+    {1, 330, 330, 1, 1, 40, false, false, 7, true},
   };
   int fails = 0;
   const char* only = getenv("ONLY");

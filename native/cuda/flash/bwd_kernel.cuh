@@ -6,6 +6,7 @@
 #pragma once
 #include <cmath>
 
+#include "documents.cuh"
 #include "flash.h"
 #include "kernel_traits.h"
 #include "mma.cuh"
@@ -56,9 +57,18 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
   if (doc_q)
     for (int r = 0; r < 2; ++r)
       if (key0 + 8 * r < p.seq_k) doc_key[r] = p.doc_k[b * p.doc_k_batch_stride + key0 + 8 * r];
+  // ... and query tiles that share no document with this key tile are skipped. The ranges are
+  // re-read on each call (kernel parameters, cached loads): this kernel has no register to spare.
+  auto next_tile = [&](int from) {
+    if (!p.doc_q) return from;
+    const DocRange tile_docs =
+        doc_range(doc_side(p.doc_k_spans, p.doc_k_batch_stride, p.doc_k_shift, b), n0, min(kBN, p.seq_k - n0));
+    return next_meeting_tile(doc_side(p.doc_q_spans, p.doc_q_batch_stride, p.doc_q_shift, b), tile_docs, from,
+                             m_blocks, kBM, p.seq_q);
+  };
 
   for (int hq = kvh * group; hq < (kvh + 1) * group; ++hq) {
-    for (int mb = m_begin; mb < m_blocks; ++mb) {
+    for (int mb = next_tile(m_begin); mb < m_blocks; mb = next_tile(mb + 1)) {
       const int m0 = mb * kBM;
       __syncthreads();  // every warp is done with the previous Q, dO and dS tiles
       const int64_t q_off = b * p.q_batch_stride + int64_t(m0) * p.q_row_stride + int64_t(hq) * p.head_dim;
@@ -251,11 +261,19 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
   if (doc_k)
     for (int r = 0; r < 2; ++r)
       if (row0 + 8 * r < p.seq_q) doc_row[r] = p.doc_q[b * p.doc_q_batch_stride + row0 + 8 * r];
+  // ... and key tiles that share no document with this query tile are skipped.
+  auto next_tile = [&](int from) {
+    if (!p.doc_q) return from;
+    const DocRange tile_docs =
+        doc_range(doc_side(p.doc_q_spans, p.doc_q_batch_stride, p.doc_q_shift, b), m0, min(kBM, p.seq_q - m0));
+    return next_meeting_tile(doc_side(p.doc_k_spans, p.doc_k_batch_stride, p.doc_k_shift, b), tile_docs, from,
+                             n_blocks, kBN, p.seq_k);
+  };
   const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + int64_t(kvh) * p.head_dim;
   const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + int64_t(kvh) * p.head_dim;
 
   float acc[kDT][4] = {};
-  for (int nb = 0; nb < n_blocks; ++nb) {
+  for (int nb = next_tile(0); nb < n_blocks; nb = next_tile(nb + 1)) {
     const int n0 = nb * kBN;
     __syncthreads();  // every warp is done with the previous K/V
     load_tile<kBN, kD, Tr::kNThreads>(sK, k + int64_t(n0) * p.k_row_stride, p.k_row_stride, p.seq_k - n0, p.head_dim,

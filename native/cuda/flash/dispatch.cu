@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include "../check.h"
+#include "documents.cuh"
 #include "launch.h"
 
 namespace ra::cuda::flash {
@@ -30,6 +31,7 @@ struct Bwd {
 void check_params(const FwdParams& p) {
   if (p.kv_heads < 1 || p.heads % p.kv_heads != 0) throw UserError("RangeError", "kv heads must divide heads");
   if (p.head_dim < 1) throw UserError("RangeError", "head dim must be at least 1");
+  if (p.doc_q && !(p.doc_k && p.doc_q_spans && p.doc_k_spans)) throw UserError("Error", "internal: attention got document ids without their spans");
 }
 
 // One warp per (b, h, i): the dot product of a dout row with an out row.
@@ -65,6 +67,13 @@ void backward(const BwdParams& p, DType dtype, bool causal, void* stream) {
   if (dtype == DType::BF16) by_dim<__nv_bfloat16, Bwd>(p, p.fwd.head_dim, causal, s);
   else if (dtype == DType::F16) by_dim<__half, Bwd>(p, p.fwd.head_dim, causal, s);
   else throw UserError("TypeError", "CUDA attention takes bfloat16 or float16 tensors");
+}
+
+void document_spans(const int* ids, int batch, int seq, int* spans, void* stream) {
+  const int64_t n = int64_t(doc_span_ints(batch, seq) / 2);
+  if (n == 0) return;
+  doc_spans_kernel<<<unsigned((n + 255) / 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(ids, batch, seq, spans);
+  check(cudaGetLastError(), "document spans launch");
 }
 
 void compute_delta(const FwdParams& p, const void* out, const void* dout, float* delta, DType dtype, void* stream) {

@@ -3,6 +3,7 @@
 // ring step can point a kernel at a slice of the sequence without copying it. No CUDA
 // types here: the N-API layer and the ring loop include this header from plain C++.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "../../common.h"
@@ -32,6 +33,11 @@ struct FwdParams {
   const int* doc_q;
   const int* doc_k;
   int64_t doc_q_batch_stride, doc_k_batch_stride;
+  // Required with doc_q/doc_k: the spans (document_spans) of the id arrays they point into,
+  // whose row `shift` they start at. Tiles whose id ranges do not meet are skipped.
+  const int* doc_q_spans;
+  const int* doc_k_spans;
+  int doc_q_shift, doc_k_shift;
 };
 
 struct BwdParams {
@@ -51,8 +57,16 @@ struct BwdParams {
 // instantiation (64, 128, 256) with the extra columns zero-filled on chip.
 constexpr int kMaxHeadDim = 256;
 
+// Packed sequences: each kDocSpan tokens of a [batch, seq] id array have a span, their
+// smallest and largest id, so that a kernel can tell tiles that share no document apart
+// without reading every id. doc_span_ints: the ints the spans of one array take.
+constexpr int kDocSpan = 64;
+inline size_t doc_span_ints(int batch, int64_t seq) { return size_t(batch) * 2 * size_t((seq + kDocSpan - 1) / kDocSpan); }
+
 // Enqueue on `stream` (a cudaStream_t); nothing here synchronises with the host.
 void forward(const FwdParams& p, DType dtype, bool causal, void* stream);
+// spans[b][2s], spans[b][2s + 1]: the smallest and largest of ids[b][kDocSpan s ...] (device).
+void document_spans(const int* ids, int batch, int seq, int* spans, void* stream);
 // delta must already hold rowsum(dout * out) (see compute_delta).
 void backward(const BwdParams& p, DType dtype, bool causal, void* stream);
 // delta[b, h, i] = sum_d dout[b, i, h, d] * out[b, i, h, d]; out and dout use o strides of p.

@@ -1,10 +1,13 @@
 // Forward: one block per (64-query tile, head, batch). Each warp owns 16 query rows; the
 // loop over key tiles computes S = Q K^T on tensor cores, updates the running max and sum
 // (online softmax, in registers), and accumulates O += P V with P taken straight from the
-// score registers. K(j+1) streams into shared memory while P V(j) computes, V(j) while S(j).
+// score registers. The next K tile streams into shared memory while P V(j) computes, V(j)
+// while S(j). Packed sequences: key tiles that share no document with the query tile are
+// skipped (documents.cuh).
 #pragma once
 #include <cmath>
 
+#include "documents.cuh"
 #include "flash.h"
 #include "kernel_traits.h"
 #include "mma.cuh"
@@ -34,9 +37,21 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
   int n_end = p.seq_k;
   if (kCausal) n_end = int(max(int64_t(0), min(int64_t(p.seq_k), int64_t(m0) + kBM + p.causal_offset)));
   const int n_blocks = (n_end + kBN - 1) / kBN;
+  // Packed sequences: key tiles that share no document with this query tile are never loaded.
+  // The ranges are re-read on each call (kernel parameters, cached loads): no registers held.
+  auto next_tile = [&](int from) {
+    if (!p.doc_q) return from;
+    const DocRange tile_docs =
+        doc_range(doc_side(p.doc_q_spans, p.doc_q_batch_stride, p.doc_q_shift, b), m0, min(kBM, p.seq_q - m0));
+    return next_meeting_tile(doc_side(p.doc_k_spans, p.doc_k_batch_stride, p.doc_k_shift, b), tile_docs, from,
+                             n_blocks, kBN, p.seq_k);
+  };
+  int nb = next_tile(0);
 
   load_tile<kBM, kD, Tr::kNThreads>(sQ, q, p.q_row_stride, p.seq_q - m0, p.head_dim, p.vec_ok);
-  if (n_blocks > 0) load_tile<kBN, kD, Tr::kNThreads>(sK, k, p.k_row_stride, p.seq_k, p.head_dim, p.vec_ok);
+  if (nb < n_blocks)
+    load_tile<kBN, kD, Tr::kNThreads>(sK, k + int64_t(nb) * kBN * p.k_row_stride, p.k_row_stride, p.seq_k - nb * kBN,
+                                      p.head_dim, p.vec_ok);
   cp_async_commit();
 
   float acc[kDT][4] = {};
@@ -51,8 +66,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
       if (row0 + 8 * r < p.seq_q) doc_row[r] = p.doc_q[b * p.doc_q_batch_stride + row0 + 8 * r];
   const T* sQw = sQ + warp * 16 * kS;
 
-  for (int nb = 0; nb < n_blocks; ++nb) {
-    const int n0 = nb * kBN;
+  while (nb < n_blocks) {
+    const int n0 = nb * kBN, nb_next = next_tile(nb + 1);
     cp_async_wait_all();
     __syncthreads();  // K(nb) has landed, and every warp is done with V(nb - 1)
     load_tile<kBN, kD, Tr::kNThreads>(sV, v + int64_t(n0) * p.v_row_stride, p.v_row_stride, p.seq_k - n0,
@@ -112,9 +127,9 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
 
     cp_async_wait_all();
     __syncthreads();  // V(nb) has landed, and every warp is done with K(nb)
-    if (nb + 1 < n_blocks)
-      load_tile<kBN, kD, Tr::kNThreads>(sK, k + int64_t(n0 + kBN) * p.k_row_stride, p.k_row_stride,
-                                        p.seq_k - n0 - kBN, p.head_dim, p.vec_ok);
+    if (nb_next < n_blocks)
+      load_tile<kBN, kD, Tr::kNThreads>(sK, k + int64_t(nb_next) * kBN * p.k_row_stride, p.k_row_stride,
+                                        p.seq_k - nb_next * kBN, p.head_dim, p.vec_ok);
     cp_async_commit();
 
 #pragma unroll
@@ -129,6 +144,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
         MmaOp<T>::run(acc[dt + 1], a, bb[2], bb[3]);
       }
     }
+    nb = nb_next;
   }
 
   cp_async_wait_all();  // a tile that sees no key never waited for its Q load

@@ -1,0 +1,64 @@
+// Packed sequences: tiles that share no document are skipped, not masked element by element.
+// Each kDocSpan tokens of an id array have a span (their smallest and largest id); two tiles
+// whose ranges do not meet share no document whatever the ids are, so skipping them is exact.
+// Documents laid end to end (the usual packing) make the ranges tight, so a packed step costs
+// what its documents cost rather than what one sequence of the whole length would.
+#pragma once
+#include <climits>
+
+#include "flash.h"
+
+namespace ra::cuda::flash {
+
+// One thread per span: spans[b][2s], spans[b][2s + 1] = min, max of ids[b][64s, 64s + 64).
+// Static: every instantiation's file includes this header.
+static __global__ void doc_spans_kernel(const int* ids, int batch, int seq, int* spans) {
+  const int per_row = (seq + kDocSpan - 1) / kDocSpan;
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= int64_t(batch) * per_row) return;
+  const int64_t b = i / per_row, s = i % per_row;
+  const int* row = ids + b * seq + s * kDocSpan;
+  const int n = int(min(int64_t(kDocSpan), seq - s * kDocSpan));
+  int lo = INT_MAX, hi = INT_MIN;
+  for (int j = 0; j < n; ++j) lo = min(lo, row[j]), hi = max(hi, row[j]);
+  spans[2 * i] = lo;
+  spans[2 * i + 1] = hi;
+}
+
+struct DocRange {
+  int lo, hi;
+};
+__device__ __forceinline__ bool meets(DocRange a, DocRange b) { return a.lo <= b.hi && b.lo <= a.hi; }
+
+// One batch row's spans, and where row 0 of the kernel's view sits in the spanned array.
+struct DocSide {
+  const int* spans;
+  int shift;
+};
+__device__ __forceinline__ DocSide doc_side(const int* spans, int64_t doc_batch_stride, int shift, int b) {
+  return {spans + b * 2 * ((doc_batch_stride + kDocSpan - 1) / kDocSpan), shift};
+}
+
+// The id range of rows [first, first + n) (n >= 1), widened to whole spans: never narrower.
+__device__ __forceinline__ DocRange doc_range(const DocSide& d, int first, int n) {
+  DocRange r{INT_MAX, INT_MIN};
+  for (int s = (first + d.shift) / kDocSpan; s <= (first + n - 1 + d.shift) / kDocSpan; ++s)
+    r = {min(r.lo, d.spans[2 * s]), max(r.hi, d.spans[2 * s + 1])};
+  return r;
+}
+
+// The first tile in [from, end) of `tile` rows (of `len`) that may share a document with
+// `mine`, or end. The warp tests 32 tiles per round, so a run of hidden tiles costs little.
+// Every lane of the warp must call it, with the same arguments; every warp gets the same answer.
+__device__ __forceinline__ int next_meeting_tile(const DocSide& d, DocRange mine, int from, int end, int tile,
+                                                 int len) {
+  for (int base = from; base < end; base += 32) {
+    const int nb = base + int(threadIdx.x % 32);
+    const bool hit = nb < end && meets(mine, doc_range(d, nb * tile, min(tile, len - nb * tile)));
+    const unsigned ballot = __ballot_sync(0xffffffffu, hit);
+    if (ballot != 0) return base + __ffs(int(ballot)) - 1;
+  }
+  return end;
+}
+
+}  // namespace ra::cuda::flash
