@@ -235,6 +235,21 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     }
   });
 
+  it('attention --documents: packed sequences, FLOPs counted within documents; a length they do not divide is refused', () => {
+    const w = smoke('attention', '--documents', '4', '--no-torch');
+    const rows = w.json.rows as unknown as { impl: string; seq: number; batch: number; heads: number; dim: number; causal: boolean; documents: number; forwardMs: number; forwardTflops: number }[];
+    expect(rows.length).toBe(4);
+    for (const r of rows) {
+      expect(r.documents).toBe(4);
+      const f = (4 * r.batch * 4 * (r.seq / 4) ** 2 * r.heads * r.dim) / (r.causal ? 2 : 1);
+      expect(r.forwardTflops).toBeCloseTo(f / (r.forwardMs * 1e-3) / 1e12, 9);
+    }
+    expect(w.stdout).toMatch(/packed: 4 equal documents end to end/);
+    const bad = bench('attention', '--smoke', '--device', 'cpu', '--documents', '3', '--no-torch', '--out-dir', join(out, 'bad'));
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toMatch(/--documents: expected a divisor of every sequence length, got 3 for 64/);
+  });
+
   it('ring: the whole call, its compute alone and its transfers alone, and each step inside the whole call', () => {
     const w = smoke('ring');
     checkCommon(w, 'ring');

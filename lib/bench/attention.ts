@@ -3,7 +3,9 @@
 // offers on this device) in the same run when python3 can import torch. FLOPs: forward
 // 4·b·s²·h·d, halved when causal; backward 2.5x forward; recomputation not counted.
 // bfloat16 on CUDA (flash-attention's benchmark shapes: batch x seq = 16K tokens, heads x dim
-// = 2048), float32 on the CPU.
+// = 2048), float32 on the CPU. --documents N packs N equal documents into each sequence (ours:
+// documentIds; torch: a batch of N times as many separate sequences, the same work), FLOPs
+// counted within documents only.
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 
@@ -14,7 +16,7 @@ import { medianMs, randomArray } from './timing.js';
 import { packageRoot, type Column } from './report.js';
 import { intList, intOption, type Suite } from './suite.js';
 
-interface Config { batch: number; seq: number; heads: number; dim: number; causal: boolean }
+interface Config { batch: number; seq: number; heads: number; dim: number; causal: boolean; documents: number }
 
 interface Timings { forwardMs: number; backwardMs: number; totalMs: number; peakBytes?: number }
 
@@ -34,7 +36,9 @@ export interface AttentionRow extends Config {
   error?: string;
 }
 
-const flops = (c: Config) => (4 * c.batch * c.seq * c.seq * c.heads * c.dim) / (c.causal ? 2 : 1);
+const flops = (c: Config) => (4 * c.batch * (c.seq * c.seq / c.documents) * c.heads * c.dim) / (c.causal ? 2 : 1);
+/** Each row of the batch: documents 0, 1, ... of seq / documents tokens each. */
+const documentIds = (c: Config) => Int32Array.from({ length: c.batch * c.seq }, (_, i) => Math.floor((i % c.seq) / (c.seq / c.documents)));
 const tf = (f: number, ms: number | null | undefined) => (ms ? f / (ms * 1e-3) / 1e12 : null);
 
 function ours(c: Config, device: 'cpu' | 'cuda', reps: number): Timings {
@@ -44,18 +48,19 @@ function ours(c: Config, device: 'cpu' | 'cuda', reps: number): Timings {
   const [q, k, v, dout] = [0, 1, 2, 3].map(() => tensor(randomArray(n), shape, opts)) as [Tensor, Tensor, Tensor, Tensor];
   const sync = device === 'cuda' ? cudaSynchronize : () => {};
   const dispose = (...ts: Tensor[]) => ts.forEach((t) => t.dispose());
+  const o = { causal: c.causal, ...(c.documents > 1 ? { documentIds: documentIds(c) } : {}) };
   resetPeakMemoryStats();
-  const fwd = attention(q, k, v, { causal: c.causal });
+  const fwd = attention(q, k, v, o);
   try {
     return {
-      forwardMs: medianMs(() => { const r = attention(q, k, v, { causal: c.causal }); dispose(r.out, r.lse); }, reps, sync),
+      forwardMs: medianMs(() => { const r = attention(q, k, v, o); dispose(r.out, r.lse); }, reps, sync),
       backwardMs: medianMs(() => {
-        const g = attentionBackward(dout, q, k, v, fwd.out, fwd.lse, { causal: c.causal });
+        const g = attentionBackward(dout, q, k, v, fwd.out, fwd.lse, o);
         dispose(g.dq, g.dk, g.dv);
       }, reps, sync),
       totalMs: medianMs(() => {
-        const r = attention(q, k, v, { causal: c.causal });
-        const g = attentionBackward(dout, q, k, v, r.out, r.lse, { causal: c.causal });
+        const r = attention(q, k, v, o);
+        const g = attentionBackward(dout, q, k, v, r.out, r.lse, o);
         dispose(r.out, r.lse, g.dq, g.dk, g.dv);
       }, reps, sync),
     };
@@ -70,10 +75,14 @@ function oursMeasured(c: Config, device: 'cpu' | 'cuda', reps: number): Timings 
   return { ...t, peakBytes: (device === 'cuda' ? cudaMemoryStats() : hostMemoryStats()).peakBytesInUse };
 }
 
-/** Torch's rows, or why there are none. */
-function torchRows(configs: Config[], reps: number, device: string): { rows: (Config & Partial<Timings> & { backend: string; error?: string })[]; meta: unknown } | string {
+type TorchRow = Partial<Timings> & { id: number; backend: string; error?: string };
+
+/** Torch's rows (`id`: the index of their config), or why there are none. Packed documents run
+ * as a batch of separate sequences. */
+function torchRows(configs: Config[], reps: number, device: string): { rows: TorchRow[]; meta: unknown } | string {
   const script = join(packageRoot, 'bench', 'sdpa_bench.py');
-  const r = spawnSync('python3', [script, JSON.stringify(configs), String(reps), device], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  const plain = configs.map((c, id) => ({ id, batch: c.batch * c.documents, seq: c.seq / c.documents, heads: c.heads, dim: c.dim, causal: c.causal }));
+  const r = spawnSync('python3', [script, JSON.stringify(plain), String(reps), device], { encoding: 'utf8', maxBuffer: 1 << 26 });
   if (r.status !== 0) return (r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').pop()!;
   const [meta, ...rows] = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
   return { meta, rows };
@@ -89,15 +98,19 @@ export const attentionSuite: Suite<AttentionRow> = {
     'head-width': { type: 'string', help: 'heads x head dim', cpu: '256', cuda: '2048', smoke: '64' },
     tokens: { type: 'string', help: 'batch x seq per config (batch 1 beyond)', cpu: '2048', cuda: '16384', smoke: '128' },
     reps: { type: 'string', help: 'timed runs per figure (median)', cpu: '3', cuda: '10', smoke: '1' },
+    documents: { type: 'string', help: 'equal documents packed end to end in each sequence', cpu: '1', cuda: '1', smoke: '1' },
     'no-torch': { type: 'boolean', help: 'do not run PyTorch' },
   },
   async run(o, ctx) {
     const reps = intOption(o, 'reps'), width = intOption(o, 'head-width'), tokens = intOption(o, 'tokens');
+    const documents = intOption(o, 'documents');
     const configs: Config[] = [];
     for (const dim of intList(o, 'dims'))
       for (const causal of [false, true])
-        for (let seq = intOption(o, 'min-seq'); seq <= intOption(o, 'max-seq'); seq *= 2)
-          configs.push({ batch: Math.max(1, Math.floor(tokens / seq)), seq, heads: Math.max(1, Math.floor(width / dim)), dim, causal });
+        for (let seq = intOption(o, 'min-seq'); seq <= intOption(o, 'max-seq'); seq *= 2) {
+          if (seq % documents !== 0) throw new RangeError(`--documents: expected a divisor of every sequence length, got ${documents} for ${seq}`);
+          configs.push({ batch: Math.max(1, Math.floor(tokens / seq)), seq, heads: Math.max(1, Math.floor(width / dim)), dim, causal, documents });
+        }
     const notes: string[] = [];
     const torch = o['no-torch'] ? 'not asked for (--no-torch)' : torchRows(configs, reps, ctx.device);
     if (typeof torch === 'string') notes.push(`PyTorch SDPA not measured: ${torch}`);
@@ -116,7 +129,7 @@ export const attentionSuite: Suite<AttentionRow> = {
         });
         const mine = row('ours', oursMeasured(c, ctx.device, reps));
         const theirs = typeof torch === 'string' ? [] : torch.rows
-          .filter((r) => r.seq === c.seq && r.dim === c.dim && r.causal === c.causal)
+          .filter((r) => r.id === configs.indexOf(c))
           .map((r) => row(`torch ${r.backend}`, r, r.error));
         const best = theirs.filter((r) => r.totalMs).sort((a, b) => a.totalMs! - b.totalMs!)[0];
         if (best) mine.ratioToBestTorch = best.totalMs! / mine.totalMs!;
@@ -127,11 +140,13 @@ export const attentionSuite: Suite<AttentionRow> = {
       progress.stop();
     }
     notes.push(`ours/torch: the fastest torch backend's fwd+bwd time over ours, per row (above 1: ours is faster); ${ctx.device === 'cuda' ? 'bfloat16' : 'float32'}`);
+    if (documents > 1)
+      notes.push(`packed: ${documents} equal documents end to end in each sequence (ours: documentIds; torch: a batch of ${documents}x as many separate sequences); FLOPs counted within documents`);
     return { suite: 'attention', params: o, rows, notes, columns: COLUMNS, chart: {
       title: 'Attention forward+backward TFLOP/s',
       x: { title: 'sequence length', value: (r) => r.seq, log2: true },
       y: { title: 'TFLOP/s (fwd+bwd)', value: (r) => r.totalTflops },
-      series: (r) => `${r.impl}, d${r.dim}${r.causal ? ', causal' : ''}`,
+      series: (r) => `${r.impl}, d${r.dim}${r.causal ? ', causal' : ''}${r.documents > 1 ? `, ${r.documents} documents` : ''}`,
     } };
   },
 };
@@ -143,6 +158,7 @@ const COLUMNS: Column<AttentionRow>[] = [
   { header: 'heads', value: (r) => r.heads },
   { header: 'dim', value: (r) => r.dim },
   { header: 'causal', value: (r) => (r.causal ? 'yes' : 'no') },
+  { header: 'docs', value: (r) => r.documents },
   { header: 'fwd TFLOP/s', value: (r) => r.forwardTflops, digits: 3 },
   { header: 'bwd TFLOP/s', value: (r) => r.backwardTflops, digits: 3 },
   { header: 'fwd+bwd TFLOP/s', value: (r) => r.totalTflops, digits: 3 },
