@@ -4,7 +4,7 @@
 #include <cuda_fp16.h>
 
 #include "../check.h"
-#include "documents.cuh"
+#include "doc_spans_kernel.cuh"
 #include "launch.h"
 
 namespace ra::cuda::flash {
