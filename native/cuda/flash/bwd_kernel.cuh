@@ -101,13 +101,14 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
           MmaOp<T>::run(s[mt + 1], a, bb[2], bb[3]);
         }
       }
+      const bool mixed = doc_q && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int key = key0 + (e >> 1) * 8, qi = mt * 8 + 2 * t + (e & 1);
           const bool masked = key >= p.seq_k || (kCausal && key > int64_t(m0 + qi) + p.causal_offset) ||
-                              (doc_q && m0 + qi < p.seq_q && doc_q[m0 + qi] != doc_key[e >> 1]);
+                              (mixed && m0 + qi < p.seq_q && doc_q[m0 + qi] != doc_key[e >> 1]);
           s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - sLse[qi]);
         }
       // dV += P^T dO
@@ -284,6 +285,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
     cp_async_wait_all();
     __syncthreads();
 
+    const bool mixed = doc_k && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
     float s[kNT][4] = {}, dp[kNT][4] = {};
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk) {
@@ -307,7 +309,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
       for (int e = 0; e < 4; ++e) {
         const int col = n0 + nt * 8 + 2 * t + (e & 1), r = e >> 1;
         const bool masked = col >= p.seq_k || (kCausal && col > int64_t(row0 + 8 * r) + p.causal_offset) ||
-                            (doc_k && doc_k[col] != doc_row[r]);
+                            (mixed && doc_k[col] != doc_row[r]);
         const float prob = masked ? 0.f : exp2f(s[nt][e] * scale_log2 - lse2[r]);
         s[nt][e] = prob * (dp[nt][e] - delta[r]);
       }

@@ -32,6 +32,14 @@ __device__ __forceinline__ DocRange doc_range(const DocSide& d, int first, int n
   return r;
 }
 
+// Whether queries [q0, q0 + nq) and keys [k0, k0 + nk) (both n >= 1) of batch row b may hold
+// more than one document between them: if not, they need no mask element by element.
+__device__ __forceinline__ bool mixed_documents(const FwdParams& p, int b, int q0, int nq, int k0, int nk) {
+  const DocRange q = doc_range(doc_side(p.doc_q_spans, p.doc_q_batch_stride, p.doc_q_shift, b), q0, nq);
+  const DocRange k = doc_range(doc_side(p.doc_k_spans, p.doc_k_batch_stride, p.doc_k_shift, b), k0, nk);
+  return !(q.lo == q.hi && k.lo == k.hi && q.lo == k.lo);
+}
+
 // The first tile in [from, end) of `tile` rows (of `len`) that may share a document with
 // `mine`, or end. The warp tests 32 tiles per round, so a run of hidden tiles costs little.
 // Every lane of the warp must call it, with the same arguments; every warp gets the same answer.

@@ -87,15 +87,17 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
         MmaOp<T>::run(s[nt + 1], a, bb[2], bb[3]);
       }
     }
-    // Only the ragged last tile, tiles crossing the diagonal and packed documents need a mask.
-    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || doc_k) {
+    // Only the ragged last tile, tiles crossing the diagonal and tiles holding several
+    // documents need a mask.
+    const bool mixed = doc_k && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
+    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed) {
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int col = n0 + nt * 8 + 2 * t + (e & 1);
           const int64_t row = row0 + (e >> 1) * 8;
-          if (col >= p.seq_k || (kCausal && col > row + p.causal_offset) || (doc_k && doc_k[col] != doc_row[e >> 1]))
+          if (col >= p.seq_k || (kCausal && col > row + p.causal_offset) || (mixed && doc_k[col] != doc_row[e >> 1]))
             s[nt][e] = -INFINITY;
         }
     }
