@@ -57,14 +57,9 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
   if (doc_q)
     for (int r = 0; r < 2; ++r)
       if (key0 + 8 * r < p.seq_k) doc_key[r] = p.doc_k[b * p.doc_k_batch_stride + key0 + 8 * r];
-  // ... and query tiles that share no document with this key tile are skipped. The ranges are
-  // re-read on each call (kernel parameters, cached loads): this kernel has no register to spare.
+  // ... and query tiles that share no document with this key tile are skipped.
   auto next_tile = [&](int from) {
-    if (!p.doc_q) return from;
-    const DocRange tile_docs =
-        doc_range(doc_side(p.doc_k_spans, p.doc_k_batch_stride, p.doc_k_shift, b), n0, min(kBN, p.seq_k - n0));
-    return next_meeting_tile(doc_side(p.doc_q_spans, p.doc_q_batch_stride, p.doc_q_shift, b), tile_docs, from,
-                             m_blocks, kBM, p.seq_q);
+    return next_tile_with_documents(p, b, false, n0, min(kBN, p.seq_k - n0), from, m_blocks, kBM);
   };
 
   for (int hq = kvh * group; hq < (kvh + 1) * group; ++hq) {
@@ -264,11 +259,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
       if (row0 + 8 * r < p.seq_q) doc_row[r] = p.doc_q[b * p.doc_q_batch_stride + row0 + 8 * r];
   // ... and key tiles that share no document with this query tile are skipped.
   auto next_tile = [&](int from) {
-    if (!p.doc_q) return from;
-    const DocRange tile_docs =
-        doc_range(doc_side(p.doc_q_spans, p.doc_q_batch_stride, p.doc_q_shift, b), m0, min(kBM, p.seq_q - m0));
-    return next_meeting_tile(doc_side(p.doc_k_spans, p.doc_k_batch_stride, p.doc_k_shift, b), tile_docs, from,
-                             n_blocks, kBN, p.seq_k);
+    return next_tile_with_documents(p, b, true, m0, min(kBM, p.seq_q - m0), from, n_blocks, kBN);
   };
   const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + int64_t(kvh) * p.head_dim;
   const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + int64_t(kvh) * p.head_dim;

@@ -54,4 +54,17 @@ __device__ __forceinline__ int next_meeting_tile(const DocSide& d, DocRange mine
   return end;
 }
 
+// For a kernel that loops over key tiles (over_keys) with its query rows [row0, row0 + n)
+// fixed, or over query tiles with its keys fixed: the next tile from `from` on (of `tile` rows,
+// before `end`) that may share a document with the fixed rows; `from` itself without ids. The
+// ranges are re-read on each call (kernel parameters, cached loads), so no register holds them.
+__device__ __forceinline__ int next_tile_with_documents(const FwdParams& p, int b, bool over_keys, int row0, int n,
+                                                        int from, int end, int tile) {
+  if (!p.doc_q) return from;
+  const DocSide q = doc_side(p.doc_q_spans, p.doc_q_batch_stride, p.doc_q_shift, b);
+  const DocSide k = doc_side(p.doc_k_spans, p.doc_k_batch_stride, p.doc_k_shift, b);
+  return next_meeting_tile(over_keys ? k : q, doc_range(over_keys ? q : k, row0, n), from, end, tile,
+                           over_keys ? p.seq_k : p.seq_q);
+}
+
 }  // namespace ra::cuda::flash

@@ -38,13 +38,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
   if (kCausal) n_end = int(max(int64_t(0), min(int64_t(p.seq_k), int64_t(m0) + kBM + p.causal_offset)));
   const int n_blocks = (n_end + kBN - 1) / kBN;
   // Packed sequences: key tiles that share no document with this query tile are never loaded.
-  // The ranges are re-read on each call (kernel parameters, cached loads): no registers held.
   auto next_tile = [&](int from) {
-    if (!p.doc_q) return from;
-    const DocRange tile_docs =
-        doc_range(doc_side(p.doc_q_spans, p.doc_q_batch_stride, p.doc_q_shift, b), m0, min(kBM, p.seq_q - m0));
-    return next_meeting_tile(doc_side(p.doc_k_spans, p.doc_k_batch_stride, p.doc_k_shift, b), tile_docs, from,
-                             n_blocks, kBN, p.seq_k);
+    return next_tile_with_documents(p, b, true, m0, min(kBM, p.seq_q - m0), from, n_blocks, kBN);
   };
   int nb = next_tile(0);
 
