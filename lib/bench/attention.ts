@@ -119,7 +119,7 @@ export const attentionSuite: Suite<AttentionRow> = {
     const rows: AttentionRow[] = [];
     const progress = ctx.progress(configs.length);
     try {
-      for (const c of configs) {
+      for (const [id, c] of configs.entries()) {
         progress.start(`seq ${c.seq} dim ${c.dim}${c.causal ? ' causal' : ''}`);
         const f = flops(c);
         const row = (impl: string, t: Partial<Timings>, error?: string): AttentionRow => ({
@@ -129,7 +129,7 @@ export const attentionSuite: Suite<AttentionRow> = {
         });
         const mine = row('ours', oursMeasured(c, ctx.device, reps));
         const theirs = typeof torch === 'string' ? [] : torch.rows
-          .filter((r) => r.id === configs.indexOf(c))
+          .filter((r) => r.id === id)
           .map((r) => row(`torch ${r.backend}`, r, r.error));
         const best = theirs.filter((r) => r.totalMs).sort((a, b) => a.totalMs! - b.totalMs!)[0];
         if (best) mine.ratioToBestTorch = best.totalMs! / mine.totalMs!;
