@@ -6,7 +6,7 @@
 # npx tsc -p tsconfig.json. Then carry [".gpu", "build/Release", "dist"]: the binary built here
 # (sm_90a, CUDA 13) runs there as it is, so no device time goes on compiling.
 #   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests attention ring mfu   # <= 9 min, timeout_s 570
-#   2. source .gpu/env.sh && bash scripts/gpu-session.sh check long memory packed         # <= 5.5 min, with what is left
+#   2. source .gpu/env.sh && bash scripts/gpu-session.sh check sm90 long memory packed    # <= 10 min: what is left allows, in this order
 # `check` rebuilds there only when the carried binary does not load or sees no GPU (~3 min).
 # Every part has its own time limit, so a slow one costs its limit, not the call. Logs, JSON,
 # CSV and SVG are written under $WORK and packed at exit into $OUT/results.tgz (at most 8
@@ -75,6 +75,17 @@ long() {
     --out-dir "$WORK/mfu-512k" 2>&1 | clean | tail -12
 }
 
+sm90() {
+  step "the Hopper forward (RING_ATTENTION_SM90=1): its own tests, then every CUDA attention and ring test through it"
+  RING_ATTENTION_SM90=1 timeout 150 npx vitest run test/gpu/attention-sm90.test.ts test/gpu/attention-cuda.test.ts \
+    test/gpu/ring-cuda.test.ts > "$WORK/test-sm90.txt" 2>&1
+  echo "sm90 tests exit code $? (124: cut off at its limit)"
+  grep -E "✓|×|Tests |FAIL|AssertionError" "$WORK/test-sm90.txt" | clean | tail -60
+  step "the Hopper forward beside the default kernel and torch (forward rows are the ones it changes)"
+  timeout 90 node dist/cli.js bench attention --min-seq 4096 --max-seq 16384 --dims 128 --sm90 --reps 3 \
+    --out-dir "$WORK/sm90" 2>&1 | clean | tail -24
+}
+
 packed() {
   step "packed sequences: 16K tokens as 8 documents, beside torch on a batch of 8 x 2K"
   timeout 45 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 128 --documents 8 --reps 3 \
@@ -85,7 +96,7 @@ parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(check tests)
 for p in "${parts[@]}"; do
   case "$p" in
-    build | check | tests | attention | ring | mfu | memory | long | packed) "$p" ;;
-    *) echo "unknown part '$p' (build, check, tests, attention, ring, mfu, memory, long, packed)"; exit 2 ;;
+    build | check | tests | attention | ring | mfu | memory | long | packed | sm90) "$p" ;;
+    *) echo "unknown part '$p' (build, check, tests, attention, ring, mfu, memory, long, packed, sm90)"; exit 2 ;;
   esac
 done

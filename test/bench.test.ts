@@ -250,6 +250,12 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     expect(bad.stderr).toMatch(/--documents: expected a divisor of every sequence length, got 3 for 64/);
   });
 
+  it('attention --sm90 (the Hopper forward) is refused by name on the CPU, where it cannot run', () => {
+    const r = bench('attention', '--smoke', '--device', 'cpu', '--sm90', '--no-torch', '--out-dir', join(out, 'sm90'));
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/--sm90: the Hopper kernel runs on CUDA devices only; this run is on the cpu/);
+  });
+
   it('ring: the whole call, its compute alone and its transfers alone, and each step inside the whole call', () => {
     const w = smoke('ring');
     checkCommon(w, 'ring');

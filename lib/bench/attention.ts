@@ -75,6 +75,18 @@ function oursMeasured(c: Config, device: 'cpu' | 'cuda', reps: number): Timings 
   return { ...t, peakBytes: (device === 'cuda' ? cudaMemoryStats() : hostMemoryStats()).peakBytesInUse };
 }
 
+/** f() with the Hopper forward asked for (native/cuda/flash/dispatch.cu reads the variable per call). */
+function withSm90<R>(f: () => R): R {
+  const before = process.env.RING_ATTENTION_SM90;
+  process.env.RING_ATTENTION_SM90 = '1';
+  try {
+    return f();
+  } finally {
+    if (before === undefined) delete process.env.RING_ATTENTION_SM90;
+    else process.env.RING_ATTENTION_SM90 = before;
+  }
+}
+
 type TorchRow = Partial<Timings> & { id: number; backend: string; error?: string };
 
 /** Torch's rows (`id`: the index of their config), or why there are none. Packed documents run
@@ -100,10 +112,12 @@ export const attentionSuite: Suite<AttentionRow> = {
     reps: { type: 'string', help: 'timed runs per figure (median)', cpu: '3', cuda: '10', smoke: '1' },
     documents: { type: 'string', help: 'equal documents packed end to end in each sequence', cpu: '1', cuda: '1', smoke: '1' },
     'no-torch': { type: 'boolean', help: 'do not run PyTorch' },
+    sm90: { type: 'boolean', help: "also time the Hopper forward kernel (RING_ATTENTION_SM90=1, not yet validated), as rows 'ours sm90'" },
   },
   async run(o, ctx) {
     const reps = intOption(o, 'reps'), width = intOption(o, 'head-width'), tokens = intOption(o, 'tokens');
     const documents = intOption(o, 'documents');
+    if (o.sm90 && ctx.device !== 'cuda') throw new RangeError(`--sm90: the Hopper kernel runs on CUDA devices only; this run is on the ${ctx.device}`);
     const configs: Config[] = [];
     for (const dim of intList(o, 'dims'))
       for (const causal of [false, true])
@@ -128,12 +142,13 @@ export const attentionSuite: Suite<AttentionRow> = {
           peakBytes: t.peakBytes ?? null, ratioToBestTorch: null, ...(error ? { error } : {}),
         });
         const mine = row('ours', oursMeasured(c, ctx.device, reps));
+        const hopper = o.sm90 ? [row('ours sm90', withSm90(() => oursMeasured(c, ctx.device, reps)))] : [];
         const theirs = typeof torch === 'string' ? [] : torch.rows
           .filter((r) => r.id === id)
           .map((r) => row(`torch ${r.backend}`, r, r.error));
         const best = theirs.filter((r) => r.totalMs).sort((a, b) => a.totalMs! - b.totalMs!)[0];
-        if (best) mine.ratioToBestTorch = best.totalMs! / mine.totalMs!;
-        rows.push(mine, ...theirs);
+        if (best) for (const r of [mine, ...hopper]) r.ratioToBestTorch = best.totalMs! / r.totalMs!;
+        rows.push(mine, ...hopper, ...theirs);
         progress.done(`ours ${mine.totalTflops!.toFixed(3)} TFLOP/s fwd+bwd${best ? `, x${mine.ratioToBestTorch!.toFixed(2)} torch ${best.impl.slice(6)}` : ''}`);
       }
     } finally {

@@ -25,7 +25,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__
 #define __align__(n)
 
@@ -213,6 +213,45 @@ inline void emu_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
   }
   emu_barrier(w.bar);
 }
+// Warpgroup MMA (wgmma.cuh): the 128 threads of a warpgroup meet, then each computes its own
+// accumulators from the operands as the descriptors (no-swizzle layout only) and the A
+// fragments of the other threads say. It completes at issue: the kernels wait right away.
+struct GroupScratch { Barrier bar; uint32_t a[128][4]; };
+inline GroupScratch emu_groups[4];
+template <class T, int N>
+inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db, bool b_mn_major, int accumulate) {
+  if (blockDim.x % 128) emu_fail("wgmma needs whole warpgroups");
+  emu_mma_count += N / 8;  // as N / 8 m16n8k16 products per warp
+  auto& G = emu_groups[threadIdx.x / 128];
+  const int tid = threadIdx.x % 128, w = tid / 32, l = tid % 32;
+  if (a_regs) for (int i = 0; i < 4; ++i) G.a[tid][i] = a_regs[i];
+  emu_barrier(G.bar);
+  // element (mn, k) of an operand: core matrices of 8 x 16 bytes, lbo along k, sbo along mn
+  auto fetch = [](uint64_t desc, int mn, int k, bool mn_major) {
+    if (desc >> 62) emu_fail("wgmma: only the no-swizzle layout is emulated");
+    if ((desc >> 49) & 7) emu_fail("wgmma: base offset must be 0");
+    const size_t start = (desc & 0x3fff) << 4, lbo = ((desc >> 16) & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
+    const size_t off = start + (mn / 8) * sbo + (k / 8) * lbo + (mn_major ? (mn % 8) * 2 + (k % 8) * 16 : (mn % 8) * 16 + (k % 8) * 2);
+    check_smem(emu_smem + off, 2, "wgmma operand outside dynamic smem");
+    uint16_t u;
+    memcpy(&u, emu_smem + off, 2);
+    return bits_to_f<T>(u);
+  };
+  auto a_at = [&](int row, int k) {
+    if (!a_regs) return fetch(da, row, k, false);
+    // the mma.sync A fragment of warp row / 16: lane 4 (row % 8) + (k % 8) / 2, register
+    // (row % 16) / 8 + 2 (k / 8), half k % 2
+    const uint32_t r = G.a[32 * (row / 16) + 4 * (row % 8) + (k % 8) / 2][(row % 16) / 8 + 2 * (k / 8)];
+    return bits_to_f<T>(uint16_t(k % 2 ? r >> 16 : r & 0xffff));
+  };
+  for (int i = 0; i < N / 2; ++i) {
+    const int row = 16 * w + l / 4 + 8 * ((i >> 1) & 1), col = (i >> 2) * 8 + 2 * (l % 4) + (i & 1);
+    float s = accumulate ? d[i] : 0.f;
+    for (int k = 0; k < 16; ++k) s += a_at(row, k) * fetch(db, col, k, b_mn_major);
+    d[i] = s;
+  }
+  emu_barrier(G.bar);
+}
 inline void emu_cp_async16(void* dst, const void* src) {
   if (uintptr_t(dst) % 16 || uintptr_t(src) % 16) emu_fail("cp.async address not 16-byte aligned");
   check_smem(dst, 16, "cp.async dst outside dynamic smem");
@@ -254,6 +293,7 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
         memset(emu_smem, 0xff, smem_bytes);
         emu_block_bar = Barrier{nthreads};
         for (int w = 0; w < nthreads / 32; ++w) emu_warps[w].bar = Barrier{32};
+        for (int g = 0; g < nthreads / 128; ++g) emu_groups[g].bar = Barrier{128};
         std::vector<Fiber> fibers(nthreads);
         emu_fibers = &fibers;
         emu_body = body;

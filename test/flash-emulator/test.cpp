@@ -4,11 +4,13 @@
 // deterministic dQ, over dtypes, head dims 1-256, ragged tiles, GQA and causal shapes where
 // whole tiles see no key. Packed documents (scattered ids, and documents end to end, whose
 // kernels must skip tiles: each does fewer products) also run as views at shifted offsets, as
-// the ring's steps take them. Built and run by test/flash-emulator.test.ts:
+// the ring's steps take them. The Hopper forward (wgmma) runs forward cases of its own.
+// Built and run by test/flash-emulator.test.ts:
 //   g++ -std=c++20 -O2 -fsanitize=address -DRA_FLASH_EMULATOR -I. -Itest/flash-emulator \
 //       test/flash-emulator/test.cpp -o t && ./t [deferred]
 #include "shim.h"
 #include "native/cuda/flash/fwd_kernel.cuh"
+#include "native/cuda/flash/fwd_sm90_kernel.cuh"
 #include "native/cuda/flash/bwd_kernel.cuh"
 #include "native/cuda/flash/doc_spans_kernel.cuh"
 #include <string>
@@ -17,6 +19,10 @@ using namespace ra::cuda::flash;
 // Lane-level mma calls per kernel, so that a test can tell which kernels skipped tiles.
 struct Products { uint64_t fwd = 0, dkdv = 0, dq = 0; };
 Products products;
+// The Hopper forward (fwd_sm90_kernel.cuh) in place of fwd_kernel.cuh where dispatch.cu would
+// use it; sm90_launches counts that it did run.
+bool use_sm90 = false;
+int sm90_launches = 0;
 template <class F> void counted(uint64_t& into, F&& launch) {
   const uint64_t before = emu_mma_count;
   launch();
@@ -40,9 +46,20 @@ template <class T, int D, bool C> void run_bwd_t(const BwdParams& p) {
   dim3 gq{unsigned((p.fwd.seq_q + Tr::kBlockM - 1) / Tr::kBlockM), unsigned(p.fwd.heads), unsigned(p.fwd.batch)};
   counted(products.dq, [&] { emu_launch(gq, Tr::kNThreads, smem, [&] { bwd_dq_kernel<Tr, C>(p); }); });
 }
+template <class T, int D, bool C> void run_fwd_sm90_t(const FwdParams& p) {
+  using Tr = Sm90FwdTraits<D, T>;
+  dim3 grid{unsigned((p.seq_q + Tr::kBlockM - 1) / Tr::kBlockM), unsigned(p.heads), unsigned(p.batch)};
+  ++sm90_launches;
+  counted(products.fwd, [&] { emu_launch(grid, Tr::kNThreads, Tr::kSmemBytes, [&] { fwd_sm90_kernel<Tr, C>(p); }); });
+}
 template <class T> void fwd(const FwdParams& p, bool c) {
   if (p.seq_q == 0 || p.batch == 0) return;
   int d = p.head_dim;
+  if (use_sm90 && (d == 64 || d == 128) && p.vec_ok && !p.doc_q) {
+    if (d == 64) c ? run_fwd_sm90_t<T, 64, true>(p) : run_fwd_sm90_t<T, 64, false>(p);
+    else c ? run_fwd_sm90_t<T, 128, true>(p) : run_fwd_sm90_t<T, 128, false>(p);
+    return;
+  }
   if (d <= 64) c ? run_fwd_t<T, 64, true>(p) : run_fwd_t<T, 64, false>(p);
   else if (d <= 128) c ? run_fwd_t<T, 128, true>(p) : run_fwd_t<T, 128, false>(p);
   else c ? run_fwd_t<T, 256, true>(p) : run_fwd_t<T, 256, false>(p);
@@ -165,8 +182,8 @@ bool run_case(const Case& c, int mode) {
   p.q = q.data(), p.k = k.data(), p.v = v.data(), p.out = out.data(), p.lse = lse.data();
   bool ok = true;
   char name[200];
-  snprintf(name, sizeof name, "%s B%d Sq%d Sk%d H%d/%d D%d causal%d det%d docs%d%s mode%d", sizeof(T) == 2 && std::is_same<T, __half>::value ? "f16" : "bf16",
-           c.B, c.Sq, c.Sk, c.H, c.Hkv, c.D, c.causal, c.det, c.docs, c.runs ? " runs" : "", mode);
+  snprintf(name, sizeof name, "%s%s B%d Sq%d Sk%d H%d/%d D%d causal%d det%d docs%d%s mode%d", sizeof(T) == 2 && std::is_same<T, __half>::value ? "f16" : "bf16",
+           use_sm90 ? " sm90" : "", c.B, c.Sq, c.Sk, c.H, c.Hkv, c.D, c.causal, c.det, c.docs, c.runs ? " runs" : "", mode);
   auto cmp = [&](const char* what, auto get, size_t n, auto ref, double tol) {
     double mx = 0, mr = 1e-6; size_t bad = SIZE_MAX;
     for (size_t i = 0; i < n; ++i) {
@@ -185,6 +202,7 @@ bool run_case(const Case& c, int mode) {
     fwd<T>(p, c.causal);
     cmp("out", [&](size_t i) { return double(float(out[i])); }, nq, [&](size_t i) { return ro[i]; }, tol);
     cmp("lse", [&](size_t i) { return double(lse[i]); }, lse.size(), [&](size_t i) { return double(rlse[i]); }, 1e-4);
+    if (!use_sm90) {  // the backward kernels are the same either way
     // backward, given reference lse and delta
     std::vector<float> dq(nq, 0.f), dk(nk, 0.f), dv(nk, 0.f);
     BwdParams bp{};
@@ -229,6 +247,7 @@ bool run_case(const Case& c, int mode) {
     bwd<T>(bp, c.causal);
     cmp("dk overwritten", [&](size_t i) { return double(dk[i]); }, nk, [&](size_t i) { return rdk[i]; }, tol * 1.5);
     cmp("dv overwritten", [&](size_t i) { return double(dv[i]); }, nk, [&](size_t i) { return rdv[i]; }, tol * 1.5);
+  }
   } else if (mode == 1) {
     // ring merge: keys in two pieces [0, s1) and [s1, Sk), each a separate call accumulating into
     // float out. Causal: the second piece's diagonal moves s1 keys left, so rows near the top
@@ -333,6 +352,28 @@ int main(int argc, char** argv) {
     for (int mode = 0; mode < (cases[i].docs ? 3 : 2); ++mode) {
       fails += !run_case<__nv_bfloat16>(cases[i], mode);
       if (i % 3 == 0) fails += !run_case<__half>(cases[i], mode);
+    }
+  }
+  // The Hopper forward, alone and as ring steps (mode 1), on the shapes it takes: head dim 64
+  // or 128, no documents. Several key tiles (double buffer), ragged last tiles, GQA, causal
+  // with rows that see no key (Sq > Sk), one query row.
+  const std::vector<Case> sm90_cases = {
+    {1, 64, 64, 1, 1, 64, false, false},
+    {2, 70, 100, 4, 2, 64, false, false},
+    {1, 300, 300, 2, 1, 64, true, false},
+    {1, 260, 100, 2, 1, 64, true, false},
+    {2, 129, 400, 4, 2, 128, false, false},
+    {1, 200, 333, 2, 2, 128, true, false},
+    {3, 1, 150, 4, 1, 128, true, false},
+  };
+  use_sm90 = true;
+  for (size_t i = 0; i < sm90_cases.size(); ++i) {
+    if (only && "sm90-" + std::to_string(i) != only) continue;
+    for (int mode = 0; mode < 2; ++mode) {
+      const int before = sm90_launches;
+      fails += !run_case<__nv_bfloat16>(sm90_cases[i], mode);
+      if (i % 2 == 0) fails += !run_case<__half>(sm90_cases[i], mode);
+      if (sm90_launches == before) ++fails, printf("  FAIL sm90 case %zu: the Hopper kernel did not run\n", i);
     }
   }
   printf("%d failures\n", fails);

@@ -3,6 +3,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "../check.h"
 #include "doc_spans_kernel.cuh"
 #include "launch.h"
@@ -34,6 +37,30 @@ void check_params(const FwdParams& p) {
   if (p.doc_q && !(p.doc_k && p.doc_q_spans && p.doc_k_spans)) throw UserError("Error", "internal: attention got document ids without their spans");
 }
 
+// The Hopper forward (fwd_sm90_kernel.cuh) has not yet run on a GPU (issue #4): until it has
+// been checked there against the CPU backend and PyTorch, it runs only when asked for with
+// RING_ATTENTION_SM90=1, on an sm_90 device, for the shapes it takes.
+bool use_sm90_forward(const FwdParams& p) {
+#ifdef RA_WITH_SM90A
+  const char* opt = std::getenv("RING_ATTENTION_SM90");
+  if (opt == nullptr || std::strcmp(opt, "1") != 0) return false;
+  if (p.doc_q || !p.vec_ok || (p.head_dim != 64 && p.head_dim != 128)) return false;
+  int dev = 0, major = 0, minor = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  return major == 9 && minor == 0;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+void forward_sm90(const FwdParams& p, bool causal, cudaStream_t s) {
+  if (p.head_dim == 64) causal ? run_fwd_sm90<T, 64, true>(p, s) : run_fwd_sm90<T, 64, false>(p, s);
+  else causal ? run_fwd_sm90<T, 128, true>(p, s) : run_fwd_sm90<T, 128, false>(p, s);
+}
+
 // One warp per (b, h, i): the dot product of a dout row with an out row.
 template <typename T>
 __global__ void delta_kernel(FwdParams p, const T* out, const T* dout, float* delta) {
@@ -55,6 +82,10 @@ void forward(const FwdParams& p, DType dtype, bool causal, void* stream) {
   check_params(p);
   if (p.seq_q == 0 || p.batch == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
+  if ((dtype == DType::BF16 || dtype == DType::F16) && use_sm90_forward(p)) {
+    dtype == DType::BF16 ? forward_sm90<__nv_bfloat16>(p, causal, s) : forward_sm90<__half>(p, causal, s);
+    return;
+  }
   if (dtype == DType::BF16) by_dim<__nv_bfloat16, Fwd>(p, p.head_dim, causal, s);
   else if (dtype == DType::F16) by_dim<__half, Fwd>(p, p.head_dim, causal, s);
   else throw UserError("TypeError", "CUDA attention takes bfloat16 or float16 tensors");

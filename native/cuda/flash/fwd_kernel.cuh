@@ -5,12 +5,11 @@
 // while S(j). Packed sequences: key tiles that share no document with the query tile are
 // skipped (documents.cuh).
 #pragma once
-#include <cmath>
-
 #include "documents.cuh"
 #include "flash.h"
 #include "kernel_traits.h"
 #include "mma.cuh"
+#include "online_softmax.cuh"
 
 namespace ra::cuda::flash {
 
@@ -85,42 +84,9 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
     // Only the ragged last tile, tiles crossing the diagonal and tiles holding several
     // documents need a mask.
     const bool mixed = doc_k && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
-    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed) {
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = n0 + nt * 8 + 2 * t + (e & 1);
-          const int64_t row = row0 + (e >> 1) * 8;
-          if (col >= p.seq_k || (kCausal && col > row + p.causal_offset) || (mixed && doc_k[col] != doc_row[e >> 1]))
-            s[nt][e] = -INFINITY;
-        }
-    }
-    // Online softmax. A row that has seen no key yet keeps max -inf; using 0 in its place
-    // makes every exp2 of -inf exactly 0 instead of NaN (field notes: fully masked rows).
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = row_max[r];
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-      mx = quad_max(mx);
-      const float ms = mx == -INFINITY ? 0.f : mx * scale_log2;
-      const float corr = exp2f(row_max[r] * scale_log2 - ms);
-      row_max[r] = mx;
-      float sum = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-        s[nt][2 * r] = exp2f(s[nt][2 * r] * scale_log2 - ms);
-        s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] * scale_log2 - ms);
-        sum += s[nt][2 * r] + s[nt][2 * r + 1];
-      }
-      row_sum[r] = row_sum[r] * corr + sum;  // per lane; the quad's partial sums add up at the end
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        acc[dt][2 * r] *= corr;
-        acc[dt][2 * r + 1] *= corr;
-      }
-    }
+    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed)
+      mask_scores<kCausal>(s, p, n0, row0, t, mixed ? doc_k : nullptr, doc_row);
+    online_softmax(s, acc, row_max, row_sum, scale_log2);
 
     cp_async_wait_all();
     __syncthreads();  // V(nb) has landed, and every warp is done with K(nb)
@@ -146,47 +112,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
 
   cp_async_wait_all();  // a tile that sees no key never waited for its Q load
 
-  // Epilogue. With out_accum (a ring step), merge (out, lse) into the running float32 result
-  // through the log-sum-exp; every lane of a quad reads the old lse before lane 0 rewrites it.
-  float l[2], lse_old[2] = {-INFINITY, -INFINITY};
-  float* lse_row[2];
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + 8 * r;
-    l[r] = quad_sum(row_sum[r]);
-    lse_row[r] = p.lse + b * p.lse_batch_stride + int64_t(h) * p.lse_head_stride + row;
-    if (p.out_accum != nullptr && row < p.seq_q) lse_old[r] = *lse_row[r];
-  }
-  __syncwarp();
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row0 + 8 * r;
-    if (row >= p.seq_q) continue;
-    const float lse_new = l[r] > 0.f ? row_max[r] * p.scale + logf(l[r]) : -INFINITY;
-    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-    if (p.out_accum == nullptr) {
-      T* o = static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(row) * p.o_row_stride + int64_t(h) * p.head_dim;
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        const int col = dt * 8 + 2 * t;
-        if (col < p.head_dim) store2(o + col, acc[dt][2 * r] * inv, acc[dt][2 * r + 1] * inv, col + 1 < p.head_dim);
-      }
-      if (t == 0) *lse_row[r] = lse_new;
-    } else {
-      if (lse_new == -INFINITY) continue;  // this block adds nothing to the row
-      const float mx = fmaxf(lse_old[r], lse_new);
-      const float lse = mx + logf(expf(lse_old[r] - mx) + expf(lse_new - mx));
-      const float wa = lse_old[r] == -INFINITY ? 0.f : expf(lse_old[r] - lse), wb = expf(lse_new - lse) * inv;
-      float* o = p.out_accum + b * p.o_batch_stride + int64_t(row) * p.o_row_stride + int64_t(h) * p.head_dim;
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        const int col = dt * 8 + 2 * t;
-        if (col < p.head_dim) o[col] = (wa == 0.f ? 0.f : wa * o[col]) + wb * acc[dt][2 * r];
-        if (col + 1 < p.head_dim) o[col + 1] = (wa == 0.f ? 0.f : wa * o[col + 1]) + wb * acc[dt][2 * r + 1];
-      }
-      if (t == 0) *lse_row[r] = lse;
-    }
-  }
+  store_forward<T>(p, b, h, row0, t, acc, row_max, row_sum);
 }
 
 }  // namespace ra::cuda::flash
