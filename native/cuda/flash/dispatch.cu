@@ -44,7 +44,7 @@ bool use_sm90_forward(const FwdParams& p) {
 #ifdef RA_WITH_SM90A
   const char* opt = std::getenv("RING_ATTENTION_SM90");
   if (opt == nullptr || std::strcmp(opt, "1") != 0) return false;
-  if (p.doc_q || !p.vec_ok || (p.head_dim != 64 && p.head_dim != 128)) return false;
+  if (!p.vec_ok || (p.head_dim != 64 && p.head_dim != 128)) return false;
   int dev = 0, major = 0, minor = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");

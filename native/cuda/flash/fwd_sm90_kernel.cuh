@@ -4,12 +4,14 @@
 // batch of wgmma with Q and K read from shared memory, and O += P V another, with P straight
 // from the score registers and V read from shared memory as an MN-major operand, so no
 // tile is ever transposed. K/V tiles are double-buffered: tile j + 1 streams in (cp.async)
-// while tile j computes. Masking, online softmax and the epilogue are online_softmax.cuh's.
+// while tile j computes. Masking, online softmax and the epilogue are online_softmax.cuh's;
+// packed sequences skip the key tiles that share no document, as fwd_kernel.cuh does.
 //
 // Not yet here (issue #4, after a measured baseline): TMA loads, warp specialisation and
 // swizzled layouts, as FlashAttention-3 has them. Used only where it applies (dispatch.cu):
-// head dim 64 or 128, 16-byte aligned rows, no document ids; otherwise fwd_kernel.cuh runs.
+// head dim 64 or 128 and 16-byte aligned rows; otherwise fwd_kernel.cuh runs.
 #pragma once
+#include "documents.cuh"
 #include "flash.h"
 #include "mma.cuh"
 #include "online_softmax.cuh"
@@ -88,8 +90,13 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
     load_blocked<kBN, kD, Tr::kNThreads>(sK(buf), k + int64_t(n0) * p.k_row_stride, p.k_row_stride, p.seq_k - n0);
     load_blocked<kBN, kD, Tr::kNThreads>(sV(buf), v + int64_t(n0) * p.v_row_stride, p.v_row_stride, p.seq_k - n0);
   };
+  // Packed sequences: key tiles that share no document with this query tile are never loaded.
+  auto next_tile = [&](int from) {
+    return next_tile_with_documents(p, b, true, m0, min(kBM, p.seq_q - m0), from, n_blocks, kBN);
+  };
+  int nb = next_tile(0);
   load_blocked<kBM, kD, Tr::kNThreads>(sQ, q, p.q_row_stride, p.seq_q - m0);
-  if (n_blocks > 0) load_kv(0, 0);
+  if (nb < n_blocks) load_kv(nb, 0);
   cp_async_commit();
 
   float acc[kDT][4] = {};
@@ -97,16 +104,23 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
   const float scale_log2 = p.scale * kLog2e;
   const int row0 = m0 + wg * 64 + warp * 16 + lane / 4;  // this lane's query rows: row0 and row0 + 8
   const T* sQg = sQ + blocked<kD>(wg * 64, 0);           // this warpgroup's 64 rows
+  // Packed sequences: this lane's rows' documents, and the keys' (read where masked).
+  const int* doc_k = p.doc_q ? p.doc_k + b * p.doc_k_batch_stride : nullptr;
+  int doc_row[2] = {0, 0};
+  if (p.doc_q)
+    for (int r = 0; r < 2; ++r)
+      if (row0 + 8 * r < p.seq_q) doc_row[r] = p.doc_q[b * p.doc_q_batch_stride + row0 + 8 * r];
 
-  for (int nb = 0; nb < n_blocks; ++nb) {
-    const int n0 = nb * kBN, buf = nb & 1;
+  for (int buf = 0; nb < n_blocks; buf ^= 1) {
+    const int n0 = nb * kBN, nb_next = next_tile(nb + 1);
     cp_async_wait_all();
     fence_proxy_async();
-    __syncthreads();  // tile nb has landed and is visible to wgmma; every warpgroup is done with tile nb - 1
-    if (nb + 1 < n_blocks) load_kv(nb + 1, buf ^ 1);
+    __syncthreads();  // tile nb has landed and is visible to wgmma; every warpgroup is done with the one before
+    if (nb_next < n_blocks) load_kv(nb_next, buf ^ 1);
     cp_async_commit();
 
-    float s[kNT][4] = {};
+    float s[kNT][4];  // the first product overwrites it (accumulate = 0)
+    fence_operands<kNT * 4>(&s[0][0]);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk)
@@ -114,10 +128,13 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
                        wgmma_desc(sK(buf) + blocked<kD>(0, kk * 16), kColStep, kRowStep), kk > 0);
     wgmma_commit();
     wgmma_wait_all();
+    fence_operands<kNT * 4>(&s[0][0]);
 
-    // Only the ragged last tile and tiles crossing the diagonal need a mask.
-    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset))
-      mask_scores<kCausal>(s, p, n0, row0, t, nullptr, nullptr);
+    // Only the ragged last tile, tiles crossing the diagonal and tiles holding several
+    // documents need a mask.
+    const bool mixed = doc_k && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
+    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed)
+      mask_scores<kCausal>(s, p, n0, row0, t, mixed ? doc_k : nullptr, doc_row);
     online_softmax(s, acc, row_max, row_sum, scale_log2);
 
     // P V: rows of V are the k index (MN-major B), so stepping 16 keys is two row groups and
@@ -125,12 +142,16 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
     uint32_t pa[kBN / 16][4];
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) acc_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+    fence_operands<kDT * 4>(&acc[0][0]);
+    fence_operands<kBN / 16 * 4>(&pa[0][0]);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk)
       wgmma_rs<T, kD>(&acc[0][0], pa[kk], wgmma_desc(sV(buf) + blocked<kD>(kk * 16, 0), kRowStep, kColStep), 1);
     wgmma_commit();
     wgmma_wait_all();
+    fence_operands<kDT * 4>(&acc[0][0]);
+    nb = nb_next;
   }
 
   cp_async_wait_all();  // a tile that sees no key never waited for its Q load

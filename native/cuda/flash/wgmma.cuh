@@ -25,7 +25,21 @@ inline void wgmma_fence() {}
 inline void wgmma_commit() {}
 inline void wgmma_wait_all() {}
 inline void fence_proxy_async() {}
+template <int N, typename R> inline void fence_operands(R*) {}
 #else
+// The registers of a wgmma batch (accumulators, A fragments) pinned in place: the compiler may
+// not move their ordinary reads and writes across this point, so none lands between
+// wgmma_fence and wait_group, where the PTX ISA leaves them undefined (CUTLASS: warpgroup_fence_operand).
+template <int N>
+__device__ __forceinline__ void fence_operands(float* r) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_operands(uint32_t* r) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
 // Registers the accumulator or A operand of a wgmma may have been written since the last
 // wgmma: order those writes before the next one.
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }

@@ -1,0 +1,42 @@
+// The Hopper forward's instantiations (native/cuda/flash/inst/fwd_sm90_*.cu), compiled for
+// sm_90a with ptxas's report: no register spills, and none of the advisories (C75xx) by which
+// ptxas says it serialised the wgmma batches or injected waits because ordinary instructions
+// touch their registers, which would make the kernel slow, or, for a register touched between
+// wgmma.fence and the wait, undefined. Skipped, with the reason in the title, without nvcc.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+
+const root = join(import.meta.dirname, '..');
+const nvcc = spawnSync('nvcc', ['--version']).status === 0 ? 'nvcc' : existsSync('/usr/local/cuda/bin/nvcc') ? '/usr/local/cuda/bin/nvcc' : '';
+const dir = mkdtempSync(join(tmpdir(), 'ra-ptxas-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const inst = join(root, 'native', 'cuda', 'flash', 'inst');
+const files = readdirSync(inst).filter((f) => f.startsWith('fwd_sm90_'));
+
+function compile(file: string): Promise<string> {
+  const args = ['-std=c++17', '-O3', '--expt-relaxed-constexpr', '-gencode', 'arch=compute_90a,code=sm_90a', '-Xptxas', '-v',
+    '-c', join(inst, file), '-o', join(dir, `${file}.o`)];
+  return new Promise((resolve, reject) => {
+    const p = spawn(nvcc, args);
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (out += d));
+    p.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`nvcc ${file} failed:\n${out}`))));
+  });
+}
+
+describe.skipIf(!nvcc)(nvcc ? 'Hopper forward: ptxas report' : 'Hopper forward: ptxas report (skipped: nvcc not found)', () => {
+  it(`all ${files.length} instantiations compile for sm_90a without spills or wgmma advisories`, async () => {
+    expect(files.length).toBe(8);  // {bf16, fp16} x {64, 128} x {causal, not}
+    for (let i = 0; i < files.length; i += 2) {  // two at a time: CI has two cores
+      const reports = await Promise.all(files.slice(i, i + 2).map(compile));
+      for (const [j, r] of reports.entries()) {
+        expect(r, files[i + j]).toMatch(/0 bytes spill stores, 0 bytes spill loads/);
+        expect(r.match(/\(C75\d\d\)[^\n]*/g) ?? [], files[i + j]).toEqual([]);
+      }
+    }
+  }, 600_000);
+});
