@@ -76,8 +76,8 @@ long() {
 }
 
 sm90() {
-  step "the Hopper forward (RING_ATTENTION_SM90=1): its own tests, then every CUDA attention and ring test through it"
-  RING_ATTENTION_SM90=1 timeout 150 npx vitest run test/gpu/attention-sm90.test.ts test/gpu/attention-cuda.test.ts \
+  step "the Hopper forward (RING_ATTENTION_SM90=1): each wgmma form alone, its own tests, then every CUDA attention and ring test through it"
+  RING_ATTENTION_SM90=1 timeout 150 npx vitest run test/gpu/wgmma-unit.test.ts test/gpu/attention-sm90.test.ts test/gpu/attention-cuda.test.ts \
     test/gpu/ring-cuda.test.ts > "$WORK/test-sm90.txt" 2>&1
   echo "sm90 tests exit code $? (124: cut off at its limit)"
   grep -E "✓|×|Tests |FAIL|AssertionError" "$WORK/test-sm90.txt" | clean | tail -60

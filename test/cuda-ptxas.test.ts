@@ -2,7 +2,8 @@
 // sm_90a with ptxas's report: no register spills, and none of the advisories (C75xx) by which
 // ptxas says it serialised the wgmma batches or injected waits because ordinary instructions
 // touch their registers, which would make the kernel slow, or, for a register touched between
-// wgmma.fence and the wait, undefined. Skipped, with the reason in the title, without nvcc.
+// wgmma.fence and the wait, undefined. Also that the GPU session's unit check of wgmma builds.
+// Skipped, with the reason in the title, without nvcc.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -39,4 +40,10 @@ describe.skipIf(!nvcc)(nvcc ? 'Hopper forward: ptxas report' : 'Hopper forward: 
       }
     }
   }, 600_000);
+
+  it("test/gpu/wgmma_unit.cu (the GPU session's check of each wgmma form) builds", () => {
+    const r = spawnSync(nvcc, ['-std=c++17', '-O2', '-gencode', 'arch=compute_90a,code=sm_90a', `-I${root}`,
+      join(root, 'test', 'gpu', 'wgmma_unit.cu'), '-o', join(dir, 'wgmma-unit')], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+  }, 300_000);
 });

@@ -1,0 +1,35 @@
+// The two wgmma forms of the Hopper forward, each once, on the GPU against exact products
+// (test/gpu/wgmma_unit.cu): checks our reading of the PTX ISA's descriptors and fragment
+// layouts on hardware, apart from the kernel. Skipped, with the reason in the title, without
+// an sm_90 device or without nvcc (the GPU machine has both).
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+
+import { info } from '../../dist/index.js';
+
+const root = join(import.meta.dirname, '..', '..');
+const cuda = info().cuda;
+const nvcc = spawnSync('nvcc', ['--version']).status === 0 ? 'nvcc' : existsSync('/usr/local/cuda/bin/nvcc') ? '/usr/local/cuda/bin/nvcc' : '';
+const why = !cuda.available
+  ? cuda.reason
+  : cuda.devices[0]?.computeCapability !== '9.0'
+    ? `the GPU is not sm_90 (compute capability ${cuda.devices[0]?.computeCapability})`
+    : !nvcc ? 'nvcc not found' : '';
+const dir = mkdtempSync(join(tmpdir(), 'ra-wgmma-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe.skipIf(!!why)(why ? `wgmma on the GPU (skipped: ${why})` : 'wgmma on the GPU', () => {
+  it('wgmma_ss and wgmma_rs at N = 64 and 128 give the exact products', () => {
+    const exe = join(dir, 'wgmma-unit');
+    const build = spawnSync(nvcc, ['-std=c++17', '-O2', '-gencode', 'arch=compute_90a,code=sm_90a', `-I${root}`,
+      join(root, 'test', 'gpu', 'wgmma_unit.cu'), '-o', exe], { encoding: 'utf8' });
+    expect(build.status, build.stderr).toBe(0);
+    const r = spawnSync(exe, { encoding: 'utf8' });
+    expect(r.stdout).toMatch(/^ok N=64: wgmma_ss 0 of 4096 wrong, wgmma_rs 0 of 4096 wrong$/m);
+    expect(r.stdout).toMatch(/^ok N=128: wgmma_ss 0 of 8192 wrong, wgmma_rs 0 of 8192 wrong$/m);
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+  }, 180_000);
+});
