@@ -35,7 +35,7 @@ function report(json: boolean): void {
     ['binary', `${i.binary} (${origin})`],
     ['backend', i.backend === 'cuda' ? 'cuda' : `cpu${i.cuda.reason ? ` (${i.cuda.reason})` : ''}`],
     ['cuda', i.cuda.compiled ? `compiled in: runtime ${version(i.cuda.runtimeVersion)}, architectures ${i.cuda.architectures}` : 'not compiled in'],
-    ['hopper forward', hopperForward(i.cuda.architectures)],
+    ['hopper kernels', hopperKernels(i.cuda.architectures)],
     ['driver', i.cuda.driverVersion ? `supports CUDA ${version(i.cuda.driverVersion)}` : 'none found'],
     ...i.cuda.devices.map((d, n): [string, string] => [`gpu ${n}`, `${d.name} (sm_${d.computeCapability.replace('.', '')}, ${gib(d.totalMemory)}, ${d.multiprocessors} SMs)`]),
     ...Object.values(libraries).map((l): [string, string] => [l.name, l.path ? `${l.path} (from ${l.from})` : `not found; searched ${l.searched.join(', ')}`]),
@@ -43,8 +43,8 @@ function report(json: boolean): void {
   for (const [key, value] of lines) console.log(`${key.padEnd(18)} ${value}`);
 }
 
-/** Whether the opt-in Hopper forward kernel (native/cuda/flash/fwd_sm90_kernel.cuh) is there and asked for. */
-function hopperForward(architectures: string): string {
+/** Whether the opt-in Hopper kernels (native/cuda/flash/{fwd,bwd}_sm90_kernel.cuh) are there and asked for. */
+function hopperKernels(architectures: string): string {
   if (!architectures.split(',').some((a) => a.startsWith('90a'))) return 'not compiled in (it needs sm_90a code)';
   return process.env.RING_ATTENTION_SM90 === '1'
     ? 'on (RING_ATTENTION_SM90=1): head dims 64 and 128 on sm_90 devices'

@@ -76,12 +76,12 @@ long() {
 }
 
 sm90() {
-  step "the Hopper forward (RING_ATTENTION_SM90=1): each wgmma form alone, its own tests, then every CUDA attention and ring test through it"
+  step "the Hopper kernels (RING_ATTENTION_SM90=1): each wgmma form alone, their own tests, then every CUDA attention and ring test through them"
   RING_ATTENTION_SM90=1 timeout 150 npx vitest run test/gpu/wgmma-unit.test.ts test/gpu/attention-sm90.test.ts test/gpu/attention-cuda.test.ts \
     test/gpu/ring-cuda.test.ts > "$WORK/test-sm90.txt" 2>&1
   echo "sm90 tests exit code $? (124: cut off at its limit)"
   grep -E "✓|×|Tests |FAIL|AssertionError" "$WORK/test-sm90.txt" | clean | tail -60
-  step "the Hopper forward beside the default kernel and torch (forward rows are the ones it changes)"
+  step "the Hopper kernels beside the default ones and torch"
   timeout 90 node dist/cli.js bench attention --min-seq 4096 --max-seq 16384 --dims 128 --sm90 --reps 3 \
     --out-dir "$WORK/sm90" 2>&1 | clean | tail -24
 }

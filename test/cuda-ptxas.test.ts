@@ -1,9 +1,11 @@
-// The Hopper forward's instantiations (native/cuda/flash/inst/fwd_sm90_*.cu), compiled for
-// sm_90a with ptxas's report: no register spills, and none of the advisories (C75xx) by which
-// ptxas says it serialised the wgmma batches or injected waits because ordinary instructions
-// touch their registers, which would make the kernel slow, or, for a register touched between
-// wgmma.fence and the wait, undefined. Also that the GPU session's unit check of wgmma builds.
-// Skipped, with the reason in the title, without nvcc.
+// The Hopper kernels' instantiations (native/cuda/flash/inst/{fwd,bwd}_sm90_*.cu), compiled
+// for sm_90a with ptxas's report: none of the advisories (C75xx) by which ptxas says it
+// serialised the wgmma batches or injected waits because ordinary instructions touch their
+// registers, which would make the kernels slow, or, for a register touched between
+// wgmma.fence and the wait, undefined; and no register spills (the backward at head dim 128
+// holds dK and dV, 128 registers a thread, beside S^T and dP^T: it fits 255 only in the order
+// it computes them). Also that the GPU session's unit check of wgmma builds. Skipped, with the
+// reason in the title, without nvcc.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,7 +17,7 @@ const nvcc = spawnSync('nvcc', ['--version']).status === 0 ? 'nvcc' : existsSync
 const dir = mkdtempSync(join(tmpdir(), 'ra-ptxas-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const inst = join(root, 'native', 'cuda', 'flash', 'inst');
-const files = readdirSync(inst).filter((f) => f.startsWith('fwd_sm90_'));
+const files = readdirSync(inst).filter((f) => f.includes('_sm90_'));
 
 function compile(file: string): Promise<string> {
   const args = ['-std=c++17', '-O3', '--expt-relaxed-constexpr', '-gencode', 'arch=compute_90a,code=sm_90a', '-Xptxas', '-v',
@@ -29,14 +31,17 @@ function compile(file: string): Promise<string> {
   });
 }
 
-describe.skipIf(!nvcc)(nvcc ? 'Hopper forward: ptxas report' : 'Hopper forward: ptxas report (skipped: nvcc not found)', () => {
-  it(`all ${files.length} instantiations compile for sm_90a without spills or wgmma advisories`, async () => {
-    expect(files.length).toBe(8);  // {bf16, fp16} x {64, 128} x {causal, not}
+describe.skipIf(!nvcc)(nvcc ? 'Hopper kernels: ptxas report' : 'Hopper kernels: ptxas report (skipped: nvcc not found)', () => {
+  it(`all ${files.length} instantiations compile for sm_90a without wgmma advisories or spills`, async () => {
+    expect(files.length).toBe(16);  // {fwd, bwd} x {bf16, fp16} x {64, 128} x {causal, not}
     for (let i = 0; i < files.length; i += 2) {  // two at a time: CI has two cores
       const reports = await Promise.all(files.slice(i, i + 2).map(compile));
       for (const [j, r] of reports.entries()) {
-        expect(r, files[i + j]).toMatch(/0 bytes spill stores, 0 bytes spill loads/);
-        expect(r.match(/\(C75\d\d\)[^\n]*/g) ?? [], files[i + j]).toEqual([]);
+        const file = files[i + j]!;
+        expect(r.match(/\(C75\d\d\)[^\n]*/g) ?? [], file).toEqual([]);
+        const spills = [...r.matchAll(/(\d+) bytes spill stores/g)].map((m) => Number(m[1]));
+        expect(spills.length, file).toBeGreaterThan(0);
+        expect(Math.max(...spills), file).toBe(0);
       }
     }
   }, 600_000);

@@ -1,7 +1,7 @@
 // The CUDA flash-attention kernels, run on the CPU emulator in test/flash-emulator/ (CI has no
-// GPU): every kernel, the Hopper forward included, against a float64 reference, under AddressSanitizer, with cp.async copies
-// landing at once and, in a second run, only at the wait. Skipped, with the reason in the
-// title, where g++ or x86-64 is missing.
+// GPU): every kernel, the Hopper ones included, against a float64 reference, under
+// AddressSanitizer, with cp.async copies landing at once and, in a second run, only at the
+// wait. Skipped, with the reason in the title, where g++ or x86-64 is missing.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { arch, tmpdir } from 'node:os';
@@ -37,7 +37,7 @@ function run(exe: string, mode: string): Promise<{ code: number | null; out: str
 }
 
 describe.skipIf(!!why)(why ? `CUDA kernels on the CPU emulator (skipped: ${why})` : 'CUDA kernels on the CPU emulator', () => {
-  it('forward, ring merge, views at shifted offsets and backward (atomic and deterministic dQ) equal float64 in every case; packed documents skip tiles in each kernel; the Hopper (wgmma) forward alone and as ring steps', async () => {
+  it('forward, ring merge, views at shifted offsets and backward (atomic and deterministic dQ) equal float64 in every case; packed documents skip tiles in each kernel; the Hopper (wgmma) kernels too', async () => {
     const exe = build();
     const results = await Promise.all([run(exe, 'immediate'), run(exe, 'deferred')]);
     for (const r of results) {

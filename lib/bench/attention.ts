@@ -75,7 +75,7 @@ function oursMeasured(c: Config, device: 'cpu' | 'cuda', reps: number): Timings 
   return { ...t, peakBytes: (device === 'cuda' ? cudaMemoryStats() : hostMemoryStats()).peakBytesInUse };
 }
 
-/** f() with the Hopper forward asked for (native/cuda/flash/dispatch.cu reads the variable per call). */
+/** f() with the Hopper kernels asked for (native/cuda/flash/dispatch.cu reads the variable per call). */
 function withSm90<R>(f: () => R): R {
   const before = process.env.RING_ATTENTION_SM90;
   process.env.RING_ATTENTION_SM90 = '1';
@@ -112,7 +112,7 @@ export const attentionSuite: Suite<AttentionRow> = {
     reps: { type: 'string', help: 'timed runs per figure (median)', cpu: '3', cuda: '10', smoke: '1' },
     documents: { type: 'string', help: 'equal documents packed end to end in each sequence', cpu: '1', cuda: '1', smoke: '1' },
     'no-torch': { type: 'boolean', help: 'do not run PyTorch' },
-    sm90: { type: 'boolean', help: "also time the Hopper forward kernel (RING_ATTENTION_SM90=1, not yet validated), as rows 'ours sm90'" },
+    sm90: { type: 'boolean', help: "also time the Hopper kernels (RING_ATTENTION_SM90=1, not yet validated), as rows 'ours sm90'" },
   },
   async run(o, ctx) {
     const reps = intOption(o, 'reps'), width = intOption(o, 'head-width'), tokens = intOption(o, 'tokens');

@@ -219,7 +219,8 @@ inline void emu_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
 struct GroupScratch { Barrier bar; uint32_t a[128][4]; };
 inline GroupScratch emu_groups[4];
 template <class T, int N>
-inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db, bool b_mn_major, int accumulate) {
+inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db, bool a_mn_major, bool b_mn_major,
+                      int accumulate) {
   if (blockDim.x % 128) emu_fail("wgmma needs whole warpgroups");
   emu_mma_count += N / 8;  // as N / 8 m16n8k16 products per warp
   auto& G = emu_groups[threadIdx.x / 128];
@@ -238,7 +239,7 @@ inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db
     return bits_to_f<T>(u);
   };
   auto a_at = [&](int row, int k) {
-    if (!a_regs) return fetch(da, row, k, false);
+    if (!a_regs) return fetch(da, row, k, a_mn_major);
     // the mma.sync A fragment of warp row / 16: lane 4 (row % 8) + (k % 8) / 2, register
     // (row % 16) / 8 + 2 (k / 8), half k % 2
     const uint32_t r = G.a[32 * (row / 16) + 4 * (row % 8) + (k % 8) / 2][(row % 16) / 8 + 2 * (k / 8)];

@@ -4,13 +4,14 @@
 // deterministic dQ, over dtypes, head dims 1-256, ragged tiles, GQA and causal shapes where
 // whole tiles see no key. Packed documents (scattered ids, and documents end to end, whose
 // kernels must skip tiles: each does fewer products) also run as views at shifted offsets, as
-// the ring's steps take them. The Hopper forward (wgmma) runs forward cases of its own.
+// the ring's steps take them. The Hopper kernels (wgmma) run cases of their own.
 // Built and run by test/flash-emulator.test.ts:
 //   g++ -std=c++20 -O2 -fsanitize=address -DRA_FLASH_EMULATOR -I. -Itest/flash-emulator \
 //       test/flash-emulator/test.cpp -o t && ./t [deferred]
 #include "shim.h"
 #include "native/cuda/flash/fwd_kernel.cuh"
 #include "native/cuda/flash/fwd_sm90_kernel.cuh"
+#include "native/cuda/flash/bwd_sm90_kernel.cuh"
 #include "native/cuda/flash/bwd_kernel.cuh"
 #include "native/cuda/flash/doc_spans_kernel.cuh"
 #include <string>
@@ -19,8 +20,8 @@ using namespace ra::cuda::flash;
 // Lane-level mma calls per kernel, so that a test can tell which kernels skipped tiles.
 struct Products { uint64_t fwd = 0, dkdv = 0, dq = 0; };
 Products products;
-// The Hopper forward (fwd_sm90_kernel.cuh) in place of fwd_kernel.cuh where dispatch.cu would
-// use it; sm90_launches counts that it did run.
+// The Hopper kernels (fwd_sm90_kernel.cuh, bwd_sm90_kernel.cuh) in place of the others where
+// dispatch.cu would use them; sm90_launches counts that they did run.
 bool use_sm90 = false;
 int sm90_launches = 0;
 template <class F> void counted(uint64_t& into, F&& launch) {
@@ -64,9 +65,27 @@ template <class T> void fwd(const FwdParams& p, bool c) {
   else if (d <= 128) c ? run_fwd_t<T, 128, true>(p) : run_fwd_t<T, 128, false>(p);
   else c ? run_fwd_t<T, 256, true>(p) : run_fwd_t<T, 256, false>(p);
 }
+template <class T, int D, bool C> void run_bwd_sm90_t(const BwdParams& p) {
+  using Tr = Sm90BwdTraits<D, T>;
+  dim3 grid{unsigned((p.fwd.seq_k + Tr::kBlockN - 1) / Tr::kBlockN), unsigned(p.fwd.kv_heads), unsigned(p.fwd.batch)};
+  ++sm90_launches;
+  counted(products.dkdv, [&] {
+    emu_launch(grid, Tr::kNThreads, Tr::kSmemBytes, [&] { bwd_sm90_kernel<Tr, C>(p, !p.deterministic); });
+  });
+  if (!p.deterministic) return;
+  using Ta = BwdTraitsFor<D, T>;
+  const int smem = (2 * Ta::kBlockM + 2 * Ta::kBlockN) * Ta::kStride * int(sizeof(T));
+  dim3 gq{unsigned((p.fwd.seq_q + Ta::kBlockM - 1) / Ta::kBlockM), unsigned(p.fwd.heads), unsigned(p.fwd.batch)};
+  counted(products.dq, [&] { emu_launch(gq, Ta::kNThreads, smem, [&] { bwd_dq_kernel<Ta, C>(p); }); });
+}
 template <class T> void bwd(const BwdParams& p, bool c) {
   if (p.fwd.seq_q == 0 || p.fwd.seq_k == 0 || p.fwd.batch == 0) return;
   int d = p.fwd.head_dim;
+  if (use_sm90 && (d == 64 || d == 128) && p.fwd.vec_ok) {
+    if (d == 64) c ? run_bwd_sm90_t<T, 64, true>(p) : run_bwd_sm90_t<T, 64, false>(p);
+    else c ? run_bwd_sm90_t<T, 128, true>(p) : run_bwd_sm90_t<T, 128, false>(p);
+    return;
+  }
   if (d <= 64) c ? run_bwd_t<T, 64, true>(p) : run_bwd_t<T, 64, false>(p);
   else if (d <= 128) c ? run_bwd_t<T, 128, true>(p) : run_bwd_t<T, 128, false>(p);
   else c ? run_bwd_t<T, 256, true>(p) : run_bwd_t<T, 256, false>(p);
@@ -202,8 +221,7 @@ bool run_case(const Case& c, int mode) {
     fwd<T>(p, c.causal);
     cmp("out", [&](size_t i) { return double(float(out[i])); }, nq, [&](size_t i) { return ro[i]; }, tol);
     cmp("lse", [&](size_t i) { return double(lse[i]); }, lse.size(), [&](size_t i) { return double(rlse[i]); }, 1e-4);
-    // backward, given reference lse and delta; not on the Hopper runs, whose backward kernels
-    // are the same ones
+    // backward, given reference lse and delta
     std::vector<float> dq(nq, 0.f), dk(nk, 0.f), dv(nk, 0.f);
     BwdParams bp{};
     bp.fwd = p; bp.fwd.lse = rlse.data();
@@ -212,12 +230,10 @@ bool run_case(const Case& c, int mode) {
     bp.dq_batch_stride = p.q_batch_stride, bp.dq_row_stride = p.q_row_stride;
     bp.dk_batch_stride = p.k_batch_stride, bp.dk_row_stride = p.k_row_stride;
     bp.deterministic = c.det;
-    if (!use_sm90) {
-      bwd<T>(bp, c.causal);
-      cmp("dq", [&](size_t i) { return double(dq[i]); }, nq, [&](size_t i) { return rdq[i]; }, tol * 1.5);
-      cmp("dk", [&](size_t i) { return double(dk[i]); }, nk, [&](size_t i) { return rdk[i]; }, tol * 1.5);
-      cmp("dv", [&](size_t i) { return double(dv[i]); }, nk, [&](size_t i) { return rdv[i]; }, tol * 1.5);
-    }
+    bwd<T>(bp, c.causal);
+    cmp("dq", [&](size_t i) { return double(dq[i]); }, nq, [&](size_t i) { return rdq[i]; }, tol * 1.5);
+    cmp("dk", [&](size_t i) { return double(dk[i]); }, nk, [&](size_t i) { return rdk[i]; }, tol * 1.5);
+    cmp("dv", [&](size_t i) { return double(dv[i]); }, nk, [&](size_t i) { return rdv[i]; }, tol * 1.5);
     if (c.runs) {
       // Tiles that share no document were skipped: each kernel does fewer products than in the
       // same calls without ids.
@@ -231,7 +247,7 @@ bool run_case(const Case& c, int mode) {
       b2.dv_accum = scratch.data() + nq + nk;
       const Products before = products;
       fwd<T>(f, c.causal);
-      if (!use_sm90) bwd<T>(b2, c.causal);
+      bwd<T>(b2, c.causal);
       const Products without{products.fwd - before.fwd, products.dkdv - before.dkdv, products.dq - before.dq};
       auto fewer = [&](const char* kernel, uint64_t with, uint64_t wo) {
         if (with < wo) return;  // equal counts: not one tile skipped
@@ -240,17 +256,15 @@ bool run_case(const Case& c, int mode) {
                (unsigned long long)with, (unsigned long long)wo);
       };
       fewer("forward", with_docs.fwd, without.fwd);
-      if (!use_sm90) fewer("dK/dV", with_docs.dkdv, without.dkdv);
-      if (!use_sm90 && c.det) fewer("dQ", with_docs.dq, without.dq);
+      fewer("dK/dV", with_docs.dkdv, without.dkdv);
+      if (c.det) fewer("dQ", with_docs.dq, without.dq);
     }
-    if (!use_sm90) {
-      // dkv_overwrite (the ring's per-step buffer): dK/dV written over whatever was there.
-      std::fill(dk.begin(), dk.end(), 777.f), std::fill(dv.begin(), dv.end(), -777.f), std::fill(dq.begin(), dq.end(), 0.f);
-      bp.dkv_overwrite = true;
-      bwd<T>(bp, c.causal);
-      cmp("dk overwritten", [&](size_t i) { return double(dk[i]); }, nk, [&](size_t i) { return rdk[i]; }, tol * 1.5);
-      cmp("dv overwritten", [&](size_t i) { return double(dv[i]); }, nk, [&](size_t i) { return rdv[i]; }, tol * 1.5);
-    }
+    // dkv_overwrite (the ring's per-step buffer): dK/dV written over whatever was there.
+    std::fill(dk.begin(), dk.end(), 777.f), std::fill(dv.begin(), dv.end(), -777.f), std::fill(dq.begin(), dq.end(), 0.f);
+    bp.dkv_overwrite = true;
+    bwd<T>(bp, c.causal);
+    cmp("dk overwritten", [&](size_t i) { return double(dk[i]); }, nk, [&](size_t i) { return rdk[i]; }, tol * 1.5);
+    cmp("dv overwritten", [&](size_t i) { return double(dv[i]); }, nk, [&](size_t i) { return rdv[i]; }, tol * 1.5);
   } else if (mode == 1) {
     // ring merge: keys in two pieces [0, s1) and [s1, Sk), each a separate call accumulating into
     // float out. Causal: the second piece's diagonal moves s1 keys left, so rows near the top
@@ -357,16 +371,16 @@ int main(int argc, char** argv) {
       if (i % 3 == 0) fails += !run_case<__half>(cases[i], mode);
     }
   }
-  // The Hopper forward, alone, as ring steps (mode 1) and as views (mode 2, with documents), on
-  // the shapes it takes: head dim 64 or 128. Several key tiles (double buffer), ragged last
+  // The Hopper forward and backward, alone, as ring steps (mode 1) and as views (mode 2, with
+  // documents), on the shapes they take: head dim 64 or 128. Several key tiles (double buffer), ragged last
   // tiles, GQA, causal with rows that see no key (Sq > Sk), one query row, packed documents.
   const std::vector<Case> sm90_cases = {
     {1, 64, 64, 1, 1, 64, false, false},
     {2, 70, 100, 4, 2, 64, false, false},
     {1, 300, 300, 2, 1, 64, true, false},
     {1, 260, 100, 2, 1, 64, true, false},
-    {2, 129, 400, 4, 2, 128, false, false},
-    {1, 200, 333, 2, 2, 128, true, false},
+    {1, 129, 400, 4, 2, 128, false, false},
+    {1, 200, 333, 2, 2, 128, true, true},
     {3, 1, 150, 4, 1, 128, true, false},
     // packed documents: scattered ids, and runs whose tiles must be skipped
     {1, 90, 130, 2, 2, 128, false, true, 2},

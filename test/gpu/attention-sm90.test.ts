@@ -1,15 +1,15 @@
-// The Hopper forward kernel (native/cuda/flash/fwd_sm90_kernel.cuh, wgmma), which runs only
-// when asked for with RING_ATTENTION_SM90=1 until it has been validated on a GPU: against the
-// float64 reference, with the tolerances of attention-cuda.test.ts, and against the default
-// kernel on the same inputs. That the two differ in some bits shows that the Hopper kernel
-// did run (their tiles differ, so their roundings do). scripts/gpu-session.sh also runs the
-// whole of attention-cuda and ring-cuda with the variable set. Skipped, with the reason in
-// the title, without an sm_90 device or without sm_90a code in this build.
+// The Hopper kernels (native/cuda/flash/{fwd,bwd}_sm90_kernel.cuh, wgmma), which run only when
+// asked for with RING_ATTENTION_SM90=1 until they have been validated on a GPU: forward and
+// backward against the float64 reference, with the tolerances of attention-cuda.test.ts, and
+// against the default kernels on the same inputs. That the two differ in some bits shows that
+// the Hopper kernels did run (their tiles differ, so their roundings do). scripts/gpu-session.sh
+// also runs the whole of attention-cuda and ring-cuda with the variable set. Skipped, with the
+// reason in the title, without an sm_90 device or without sm_90a code in this build.
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { attention, info } from '../../dist/index.js';
+import { attention, attentionBackward, info } from '../../dist/index.js';
 import { asTensors, makeInputs, read } from '../helpers.js';
-import { attentionRef, relErr, type Dims } from '../reference.js';
+import { attentionBackwardRef, attentionRef, relErr, type Dims } from '../reference.js';
 
 const cuda = info().cuda;
 const device = cuda.devices[0];
@@ -20,9 +20,9 @@ const why = !cuda.available
     : device?.computeCapability !== '9.0'
       ? `the GPU is not sm_90 (compute capability ${device?.computeCapability})`
       : '';
-const title = why ? `Hopper forward kernel (skipped: ${why})` : 'Hopper forward kernel (RING_ATTENTION_SM90=1)';
+const title = why ? `Hopper kernels (skipped: ${why})` : 'Hopper kernels (RING_ATTENTION_SM90=1)';
 
-const TOL = { bfloat16: 1.5e-2, float16: 2e-3 } as const;
+const TOL = { bfloat16: { out: 1.5e-2, grad: 2e-2 }, float16: { out: 2e-3, grad: 3e-3 } } as const;
 type Half = keyof typeof TOL;
 const dims = (batch: number, seqQ: number, seqK: number, heads: number, kvHeads: number, dim: number): Dims =>
   ({ batch, seqQ, seqK, heads, kvHeads, dim });
@@ -36,42 +36,60 @@ const CASES: [string, Dims, boolean, Half][] = [
   ['d64 float16, seqQ < seqK', dims(1, 100, 700, 2, 2, 64), false, 'float16'],
 ];
 
-function forward(x: Dims, dtype: Half, causal: boolean, seed: number, sm90: boolean) {
+/** Forward and backward, with the Hopper kernels asked for or not. */
+async function run(x: Dims, dtype: Half, causal: boolean, seed: number, sm90: boolean, deterministic = false) {
   if (sm90) process.env.RING_ATTENTION_SM90 = '1';
   else delete process.env.RING_ATTENTION_SM90;
   const inp = makeInputs(x, seed, dtype);
   const t = asTensors(x, inp, dtype, 'cuda');
-  const r = attention(t.q, t.k, t.v, { causal });
-  for (const tt of Object.values(t)) tt.dispose();
-  return { inp, ...r };
+  const { out, lse } = attention(t.q, t.k, t.v, { causal });
+  const g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal, deterministic });
+  const r = { inp, out: await read(out), lse: await read(lse), dq: await read(g.dq), dk: await read(g.dk), dv: await read(g.dv) };
+  for (const tt of [...Object.values(t), out, lse, g.dq, g.dk, g.dv]) tt.dispose();
+  return r;
 }
+
+const same = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer).equals(Buffer.from(b.buffer));
 
 describe.skipIf(!!why)(title, () => {
   afterEach(() => { delete process.env.RING_ATTENTION_SM90; });
 
   for (const [name, x, causal, dtype] of CASES)
-    it(`${name} (${dtype}${causal ? ', causal' : ''}): equals float64, and differs in bits from the default kernel`, async () => {
-      const h = forward(x, dtype, causal, 41, true);
-      const d = forward(x, dtype, causal, 41, false);
-      const [out, lse, outDefault] = [await read(h.out), await read(h.lse), await read(d.out)];
+    it(`${name} (${dtype}${causal ? ', causal' : ''}): forward and backward equal float64, and differ in bits from the default kernels`, async () => {
+      const h = await run(x, dtype, causal, 41, true);
+      const d = await run(x, dtype, causal, 41, false);
       const ref = attentionRef(h.inp.q, h.inp.k, h.inp.v, x, { causal });
-      expect(relErr(out, ref.out), 'out').toBeLessThan(TOL[dtype]);
-      for (let i = 0; i < lse.length; ++i) expect(Math.abs(lse[i]! - ref.lse[i]!) / (1 + Math.abs(ref.lse[i]!))).toBeLessThan(1e-4);
-      expect(relErr(out, outDefault), 'vs the default kernel').toBeLessThan(TOL[dtype]);
-      expect(Buffer.from(out.buffer).equals(Buffer.from(outDefault.buffer)), 'the Hopper kernel ran').toBe(false);
-      for (const tt of [h.out, h.lse, d.out, d.lse]) tt.dispose();
+      const gref = attentionBackwardRef(h.inp.dout, h.inp.q, h.inp.k, h.inp.v, x, { causal });
+      expect(relErr(h.out, ref.out), 'out').toBeLessThan(TOL[dtype].out);
+      for (let i = 0; i < h.lse.length; ++i) expect(Math.abs(h.lse[i]! - ref.lse[i]!) / (1 + Math.abs(ref.lse[i]!))).toBeLessThan(1e-4);
+      expect(relErr(h.out, d.out), 'out vs the default kernel').toBeLessThan(TOL[dtype].out);
+      for (const k of ['dq', 'dk', 'dv'] as const) {
+        expect(relErr(h[k], gref[k]), k).toBeLessThan(TOL[dtype].grad);
+        expect(relErr(h[k], d[k]), `${k} vs the default kernel`).toBeLessThan(TOL[dtype].grad);
+      }
+      expect(same(h.out, d.out), 'the Hopper forward ran').toBe(false);
+      expect(same(h.dk, d.dk), 'the Hopper backward ran').toBe(false);
     });
 
-  it('rows that see no key (causal, seqQ > seqK): out 0 and lse -Infinity, no NaN', async () => {
+  it('deterministic backward: the same bits on every run, equal to float64', async () => {
+    const x = dims(2, 300, 300, 4, 2, 128);
+    const a = await run(x, 'bfloat16', true, 3, true, true);
+    const b = await run(x, 'bfloat16', true, 3, true, true);
+    for (const k of ['dq', 'dk', 'dv'] as const) expect(same(a[k], b[k]), k).toBe(true);
+    const gref = attentionBackwardRef(a.inp.dout, a.inp.q, a.inp.k, a.inp.v, x, { causal: true });
+    for (const k of ['dq', 'dk', 'dv'] as const) expect(relErr(a[k], gref[k]), k).toBeLessThan(TOL.bfloat16.grad);
+  });
+
+  it('rows that see no key (causal, seqQ > seqK): out 0 and lse -Infinity, finite gradients, no NaN', async () => {
     const x = dims(1, 300, 100, 2, 1, 64);  // queries 0..199 see nothing
-    const h = forward(x, 'bfloat16', true, 5, true);
-    const [out, lse] = [await read(h.out), await read(h.lse)];
+    const h = await run(x, 'bfloat16', true, 5, true);
     for (let hd = 0; hd < x.heads; ++hd)
-      for (let i = 0; i < x.seqQ; ++i) expect(lse[hd * x.seqQ + i] === -Infinity).toBe(i < 200);
-    for (let i = 0; i < 200 * x.heads * x.dim; ++i) expect(out[i]).toBe(0);
-    expect(out.every(Number.isFinite)).toBe(true);
+      for (let i = 0; i < x.seqQ; ++i) expect(h.lse[hd * x.seqQ + i] === -Infinity).toBe(i < 200);
+    for (let i = 0; i < 200 * x.heads * x.dim; ++i) expect(h.out[i]).toBe(0);
+    for (const k of ['out', 'dq', 'dk', 'dv'] as const) expect(h[k].every(Number.isFinite), k).toBe(true);
     const ref = attentionRef(h.inp.q, h.inp.k, h.inp.v, x, { causal: true });
-    expect(relErr(out, ref.out)).toBeLessThan(TOL.bfloat16);
-    h.out.dispose(), h.lse.dispose();
+    expect(relErr(h.out, ref.out)).toBeLessThan(TOL.bfloat16.out);
+    const gref = attentionBackwardRef(h.inp.dout, h.inp.q, h.inp.k, h.inp.v, x, { causal: true });
+    expect(relErr(h.dk, gref.dk)).toBeLessThan(TOL.bfloat16.grad);
   });
 });

@@ -37,10 +37,10 @@ void check_params(const FwdParams& p) {
   if (p.doc_q && !(p.doc_k && p.doc_q_spans && p.doc_k_spans)) throw UserError("Error", "internal: attention got document ids without their spans");
 }
 
-// The Hopper forward (fwd_sm90_kernel.cuh) has not yet run on a GPU (issue #4): until it has
-// been checked there against the CPU backend and PyTorch, it runs only when asked for with
-// RING_ATTENTION_SM90=1, on an sm_90 device, for the shapes it takes.
-bool use_sm90_forward(const FwdParams& p) {
+// The Hopper kernels (fwd_sm90_kernel.cuh, bwd_sm90_kernel.cuh) have not yet run on a GPU
+// (issue #4): until they have been checked there against the CPU backend and PyTorch, they run
+// only when asked for with RING_ATTENTION_SM90=1, on an sm_90 device, for the shapes they take.
+bool use_sm90(const FwdParams& p) {
 #ifdef RA_WITH_SM90A
   const char* opt = std::getenv("RING_ATTENTION_SM90");
   if (opt == nullptr || std::strcmp(opt, "1") != 0) return false;
@@ -59,6 +59,11 @@ template <typename T>
 void forward_sm90(const FwdParams& p, bool causal, cudaStream_t s) {
   if (p.head_dim == 64) causal ? run_fwd_sm90<T, 64, true>(p, s) : run_fwd_sm90<T, 64, false>(p, s);
   else causal ? run_fwd_sm90<T, 128, true>(p, s) : run_fwd_sm90<T, 128, false>(p, s);
+}
+template <typename T>
+void backward_sm90(const BwdParams& p, bool causal, cudaStream_t s) {
+  if (p.fwd.head_dim == 64) causal ? run_bwd_sm90<T, 64, true>(p, s) : run_bwd_sm90<T, 64, false>(p, s);
+  else causal ? run_bwd_sm90<T, 128, true>(p, s) : run_bwd_sm90<T, 128, false>(p, s);
 }
 
 // One warp per (b, h, i): the dot product of a dout row with an out row.
@@ -82,7 +87,7 @@ void forward(const FwdParams& p, DType dtype, bool causal, void* stream) {
   check_params(p);
   if (p.seq_q == 0 || p.batch == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  if ((dtype == DType::BF16 || dtype == DType::F16) && use_sm90_forward(p)) {
+  if ((dtype == DType::BF16 || dtype == DType::F16) && use_sm90(p)) {
     dtype == DType::BF16 ? forward_sm90<__nv_bfloat16>(p, causal, s) : forward_sm90<__half>(p, causal, s);
     return;
   }
@@ -95,6 +100,10 @@ void backward(const BwdParams& p, DType dtype, bool causal, void* stream) {
   check_params(p.fwd);
   if (p.fwd.seq_q == 0 || p.fwd.seq_k == 0 || p.fwd.batch == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
+  if ((dtype == DType::BF16 || dtype == DType::F16) && use_sm90(p.fwd)) {
+    dtype == DType::BF16 ? backward_sm90<__nv_bfloat16>(p, causal, s) : backward_sm90<__half>(p, causal, s);
+    return;
+  }
   if (dtype == DType::BF16) by_dim<__nv_bfloat16, Bwd>(p, p.fwd.head_dim, causal, s);
   else if (dtype == DType::F16) by_dim<__half, Bwd>(p, p.fwd.head_dim, causal, s);
   else throw UserError("TypeError", "CUDA attention takes bfloat16 or float16 tensors");

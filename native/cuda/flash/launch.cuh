@@ -24,6 +24,9 @@ void run_fwd(const FwdParams& p, cudaStream_t stream) {
 }
 
 template <typename T, int kHeadDim, bool kCausal>
+void run_bwd_dq(const BwdParams& p, cudaStream_t stream);
+
+template <typename T, int kHeadDim, bool kCausal>
 void run_bwd(const BwdParams& p, cudaStream_t stream) {
   using Tr = BwdTraitsFor<kHeadDim, T>;
   auto dkdv = bwd_dkdv_kernel<Tr, kCausal>;
@@ -33,7 +36,13 @@ void run_bwd(const BwdParams& p, cudaStream_t stream) {
     dkdv<<<grid_k, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, col, !p.deterministic && col == 0);
     check(cudaGetLastError(), "attention backward (dK/dV) launch");
   }
-  if (!p.deterministic) return;
+  if (p.deterministic) run_bwd_dq<T, kHeadDim, kCausal>(p, stream);
+}
+
+// Deterministic dQ, a kernel of its own (after either dK/dV kernel).
+template <typename T, int kHeadDim, bool kCausal>
+void run_bwd_dq(const BwdParams& p, cudaStream_t stream) {
+  using Tr = BwdTraitsFor<kHeadDim, T>;
   auto dq = bwd_dq_kernel<Tr, kCausal>;
   const int smem = (2 * Tr::kBlockM + 2 * Tr::kBlockN) * Tr::kStride * int(sizeof(T));
   allow_smem(dq, smem);

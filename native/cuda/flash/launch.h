@@ -9,9 +9,11 @@ namespace ra::cuda::flash {
 
 template <typename T, int kHeadDim, bool kCausal>
 void run_fwd(const FwdParams& p, cudaStream_t stream);
-// The Hopper forward: head dims 64 and 128 only, sm_90a code only (see dispatch.cu).
+// The Hopper kernels: head dims 64 and 128 only, sm_90a code only (see dispatch.cu).
 template <typename T, int kHeadDim, bool kCausal>
 void run_fwd_sm90(const FwdParams& p, cudaStream_t stream);
+template <typename T, int kHeadDim, bool kCausal>
+void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 template <typename T, int kHeadDim, bool kCausal>
 void run_bwd(const BwdParams& p, cudaStream_t stream);
 

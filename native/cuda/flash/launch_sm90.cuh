@@ -1,9 +1,9 @@
-// Launch template of the Hopper forward (fwd_sm90_kernel.cuh), apart from launch.cuh so that
-// its instantiations do not compile the other kernels too.
+// Launch templates of the Hopper kernels (fwd_sm90_kernel.cuh, bwd_sm90_kernel.cuh).
 #pragma once
 #include "../check.h"
+#include "bwd_sm90_kernel.cuh"
 #include "fwd_sm90_kernel.cuh"
-#include "launch.h"
+#include "launch.cuh"
 
 namespace ra::cuda::flash {
 
@@ -15,6 +15,17 @@ void run_fwd_sm90(const FwdParams& p, cudaStream_t stream) {
   const dim3 grid((p.seq_q + Tr::kBlockM - 1) / Tr::kBlockM, p.heads, p.batch);
   kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p);
   check(cudaGetLastError(), "attention forward (sm_90) launch");
+}
+
+template <typename T, int kHeadDim, bool kCausal>
+void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
+  using Tr = Sm90BwdTraits<kHeadDim, T>;
+  auto kernel = bwd_sm90_kernel<Tr, kCausal>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes), "cudaFuncSetAttribute");
+  const dim3 grid((p.fwd.seq_k + Tr::kBlockN - 1) / Tr::kBlockN, p.fwd.kv_heads, p.fwd.batch);
+  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, !p.deterministic);
+  check(cudaGetLastError(), "attention backward (sm_90) launch");
+  if (p.deterministic) run_bwd_dq<T, kHeadDim, kCausal>(p, stream);
 }
 
 }  // namespace ra::cuda::flash

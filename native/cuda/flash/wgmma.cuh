@@ -1,4 +1,4 @@
-// Hopper (sm_90a) warpgroup MMA for the forward kernel of fwd_sm90_kernel.cuh: four warps
+// Hopper (sm_90a) warpgroup MMA for the kernels of fwd_sm90_kernel.cuh and bwd_sm90_kernel.cuh: four warps
 // (128 threads) multiply a 64 x 16 A by a 16 x N B into a 64 x N float32 accumulator that
 // stays in their registers, in the m16n8 accumulator layout of mma.cuh repeated over N / 8
 // column tiles (warp w holds rows 16w..16w+15). Operands in shared memory are named by a
@@ -18,9 +18,11 @@ namespace ra::cuda::flash {
 #ifdef RA_FLASH_EMULATOR
 inline uint32_t smem_addr(const void* p) { return uint32_t(static_cast<const unsigned char*>(p) - emu_smem); }
 template <typename T, int N>
-inline void wgmma_ss(float* d, uint64_t a, uint64_t b, int accumulate) { emu_wgmma<T, N>(d, nullptr, a, b, false, accumulate); }
+inline void wgmma_ss(float* d, uint64_t a, uint64_t b, int accumulate) { emu_wgmma<T, N>(d, nullptr, a, b, false, false, accumulate); }
 template <typename T, int N>
-inline void wgmma_rs(float* d, const uint32_t* a, uint64_t b, int accumulate) { emu_wgmma<T, N>(d, a, 0, b, true, accumulate); }
+inline void wgmma_rs(float* d, const uint32_t* a, uint64_t b, int accumulate) { emu_wgmma<T, N>(d, a, 0, b, false, true, accumulate); }
+template <typename T, int N>
+inline void wgmma_ss_tt(float* d, uint64_t a, uint64_t b, int accumulate) { emu_wgmma<T, N>(d, nullptr, a, b, true, true, accumulate); }
 inline void wgmma_fence() {}
 inline void wgmma_commit() {}
 inline void wgmma_wait_all() {}
@@ -51,14 +53,18 @@ __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.
 
 // wgmma_ss: A (64 x 16) and B (N x 16, i.e. K-major) both in shared memory.
 // wgmma_rs: A in registers (the mma.sync A fragment per warp), B MN-major in shared memory.
+// wgmma_ss_tt: A and B both MN-major in shared memory (the backward's dQ = dS K from dS^T).
 // accumulate = 0 ignores d's old values.
 template <typename T, int N> __device__ void wgmma_ss(float* d, uint64_t a, uint64_t b, int accumulate);
 template <typename T, int N> __device__ void wgmma_rs(float* d, const uint32_t* a, uint64_t b, int accumulate);
+template <typename T, int N> __device__ void wgmma_ss_tt(float* d, uint64_t a, uint64_t b, int accumulate);
 
 #define RA_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
-#define RA_D32 RA_D8(0), RA_D8(8), RA_D8(16), RA_D8(24)
+#define RA_D16 RA_D8(0), RA_D8(8)
+#define RA_D32 RA_D16, RA_D8(16), RA_D8(24)
 #define RA_D64 RA_D32, RA_D8(32), RA_D8(40), RA_D8(48), RA_D8(56)
 #define RA_R8(a, b, c, d, e, f, g, h) "%" #a ", %" #b ", %" #c ", %" #d ", %" #e ", %" #f ", %" #g ", %" #h
+#define RA_R16 "{" RA_R8(0, 1, 2, 3, 4, 5, 6, 7) ", " RA_R8(8, 9, 10, 11, 12, 13, 14, 15) "}"
 #define RA_R32                                                                                                   \
   "{" RA_R8(0, 1, 2, 3, 4, 5, 6, 7) ", " RA_R8(8, 9, 10, 11, 12, 13, 14, 15) ", "                              \
   RA_R8(16, 17, 18, 19, 20, 21, 22, 23) ", " RA_R8(24, 25, 26, 27, 28, 29, 30, 31) "}"
@@ -69,12 +75,13 @@ template <typename T, int N> __device__ void wgmma_rs(float* d, const uint32_t* 
   RA_R8(48, 49, 50, 51, 52, 53, 54, 55) ", " RA_R8(56, 57, 58, 59, 60, 61, 62, 63) "}"
 
 // The operand numbers after the accumulators: A (descriptor or 4 registers), B, the flag.
-#define RA_WGMMA_SS(T, S, N, OUTS, REGS, A, B, P)                                                            \
+// NAME: wgmma_ss (TA, TB = 0, 0) or wgmma_ss_tt (1, 1).
+#define RA_WGMMA_SS(NAME, TA, TB, T, S, N, OUTS, REGS, A, B, P)                                              \
   template <>                                                                                                \
-  __device__ __forceinline__ void wgmma_ss<T, N>(float* d, uint64_t a, uint64_t b, int accumulate) {         \
+  __device__ __forceinline__ void NAME<T, N>(float* d, uint64_t a, uint64_t b, int accumulate) {             \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " P ", 0;\n"                                              \
                  "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." S "." S " " REGS ", " A ", " B            \
-                 ", p, 1, 1, 0, 0;\n}\n"                                                                     \
+                 ", p, 1, 1, " #TA ", " #TB ";\n}\n"                                                          \
                  : OUTS                                                                                      \
                  : "l"(a), "l"(b), "r"(accumulate));                                                         \
   }
@@ -87,10 +94,14 @@ template <typename T, int N> __device__ void wgmma_rs(float* d, const uint32_t* 
                  : OUTS                                                                                      \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));                     \
   }
-RA_WGMMA_SS(__nv_bfloat16, "bf16", 64, RA_D32, RA_R32, "%32", "%33", "%34")
-RA_WGMMA_SS(__nv_bfloat16, "bf16", 128, RA_D64, RA_R64, "%64", "%65", "%66")
-RA_WGMMA_SS(__half, "f16", 64, RA_D32, RA_R32, "%32", "%33", "%34")
-RA_WGMMA_SS(__half, "f16", 128, RA_D64, RA_R64, "%64", "%65", "%66")
+RA_WGMMA_SS(wgmma_ss, 0, 0, __nv_bfloat16, "bf16", 64, RA_D32, RA_R32, "%32", "%33", "%34")
+RA_WGMMA_SS(wgmma_ss, 0, 0, __nv_bfloat16, "bf16", 128, RA_D64, RA_R64, "%64", "%65", "%66")
+RA_WGMMA_SS(wgmma_ss, 0, 0, __half, "f16", 64, RA_D32, RA_R32, "%32", "%33", "%34")
+RA_WGMMA_SS(wgmma_ss, 0, 0, __half, "f16", 128, RA_D64, RA_R64, "%64", "%65", "%66")
+RA_WGMMA_SS(wgmma_ss_tt, 1, 1, __nv_bfloat16, "bf16", 32, RA_D16, RA_R16, "%16", "%17", "%18")
+RA_WGMMA_SS(wgmma_ss_tt, 1, 1, __nv_bfloat16, "bf16", 64, RA_D32, RA_R32, "%32", "%33", "%34")
+RA_WGMMA_SS(wgmma_ss_tt, 1, 1, __half, "f16", 32, RA_D16, RA_R16, "%16", "%17", "%18")
+RA_WGMMA_SS(wgmma_ss_tt, 1, 1, __half, "f16", 64, RA_D32, RA_R32, "%32", "%33", "%34")
 RA_WGMMA_RS(__nv_bfloat16, "bf16", 64, RA_D32, RA_R32, "{%32, %33, %34, %35}", "%36", "%37")
 RA_WGMMA_RS(__nv_bfloat16, "bf16", 128, RA_D64, RA_R64, "{%64, %65, %66, %67}", "%68", "%69")
 RA_WGMMA_RS(__half, "f16", 64, RA_D32, RA_R32, "{%32, %33, %34, %35}", "%36", "%37")
@@ -98,9 +109,11 @@ RA_WGMMA_RS(__half, "f16", 128, RA_D64, RA_R64, "{%64, %65, %66, %67}", "%68", "
 #undef RA_WGMMA_SS
 #undef RA_WGMMA_RS
 #undef RA_D8
+#undef RA_D16
 #undef RA_D32
 #undef RA_D64
 #undef RA_R8
+#undef RA_R16
 #undef RA_R32
 #undef RA_R64
 #endif
