@@ -17,6 +17,31 @@ namespace ra::cuda::flash {
 // recomputed probabilities are 0, not exp(+inf) or NaN.
 __device__ __forceinline__ float lse_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * kLog2e; }
 
+// dK/dV of this lane's keys (key0, key0 + 8), columns col_base + 8 dt + 2t (+1), into the
+// float32 accumulators (dK scaled here, once). The calling block alone owns these rows: a
+// plain read-add-write is race-free and deterministic.
+template <int kNDT>
+__device__ __forceinline__ void store_dkdv(const BwdParams& bp, int b, int kvh, int key0, int t, int col_base,
+                                           const float (&dk)[kNDT][4], const float (&dv)[kNDT][4]) {
+  const FwdParams& p = bp.fwd;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key0 + 8 * r;
+    if (key >= p.seq_k) continue;
+    float* dkr = bp.dk_accum + b * bp.dk_batch_stride + int64_t(key) * bp.dk_row_stride + int64_t(kvh) * p.head_dim;
+    float* dvr = bp.dv_accum + b * bp.dk_batch_stride + int64_t(key) * bp.dk_row_stride + int64_t(kvh) * p.head_dim;
+#pragma unroll
+    for (int dt = 0; dt < kNDT; ++dt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int col = col_base + dt * 8 + 2 * t + e;
+        if (col >= p.head_dim) continue;
+        dkr[col] = (bp.dkv_overwrite ? 0.f : dkr[col]) + dk[dt][2 * r + e] * p.scale;
+        dvr[col] = (bp.dkv_overwrite ? 0.f : dvr[col]) + dv[dt][2 * r + e];
+      }
+  }
+}
+
 template <typename Tr, bool kCausal>
 __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams bp, int col_base, bool with_dq) {
   using T = typename Tr::T;
@@ -195,23 +220,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
 
   cp_async_wait_all();  // a key tile that no query sees never waited for its K/V load
 
-  // This block alone owns these dK/dV rows: a plain read-add-write is race-free and deterministic.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key0 + 8 * r;
-    if (key >= p.seq_k) continue;
-    float* dkr = bp.dk_accum + b * bp.dk_batch_stride + int64_t(key) * bp.dk_row_stride + int64_t(kvh) * p.head_dim;
-    float* dvr = bp.dv_accum + b * bp.dk_batch_stride + int64_t(key) * bp.dk_row_stride + int64_t(kvh) * p.head_dim;
-#pragma unroll
-    for (int dt = 0; dt < kDA / 8; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int col = col_base + dt * 8 + 2 * t + e;
-        if (col >= p.head_dim) continue;
-        dkr[col] = (bp.dkv_overwrite ? 0.f : dkr[col]) + dk[dt][2 * r + e] * p.scale;
-        dvr[col] = (bp.dkv_overwrite ? 0.f : dvr[col]) + dv[dt][2 * r + e];
-      }
-  }
+  store_dkdv(bp, b, kvh, key0, t, col_base, dk, dv);
 }
 
 // Deterministic dQ: one block per (query tile, head, batch) owning its rows; the scores and

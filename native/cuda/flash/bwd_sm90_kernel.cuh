@@ -207,22 +207,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) bwd_sm90_kernel(const BwdPar
 
   cp_async_wait_all();  // a key tile that no query sees never waited for its K/V load
 
-  // This block alone owns these dK/dV rows: a plain read-add-write is race-free and deterministic.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key0 + 8 * r;
-    if (key >= p.seq_k) continue;
-    float* dkr = bp.dk_accum + b * bp.dk_batch_stride + int64_t(key) * bp.dk_row_stride + int64_t(kvh) * p.head_dim;
-    float* dvr = bp.dv_accum + b * bp.dk_batch_stride + int64_t(key) * bp.dk_row_stride + int64_t(kvh) * p.head_dim;
-#pragma unroll
-    for (int dt = 0; dt < kDT; ++dt)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int col = dt * 8 + 2 * t + e;
-        dkr[col] = (bp.dkv_overwrite ? 0.f : dkr[col]) + dk[dt][2 * r + e] * p.scale;
-        dvr[col] = (bp.dkv_overwrite ? 0.f : dvr[col]) + dv[dt][2 * r + e];
-      }
-  }
+  store_dkdv(bp, b, kvh, key0, t, 0, dk, dv);
 #endif
 }
 
