@@ -45,10 +45,10 @@ function report(json: boolean): void {
 
 /** Whether the opt-in Hopper kernels (native/cuda/flash/{fwd,bwd}_sm90_kernel.cuh) are there and asked for. */
 function hopperKernels(architectures: string): string {
-  if (!architectures.split(',').some((a) => a.startsWith('90a'))) return 'not compiled in (it needs sm_90a code)';
+  if (!architectures.split(',').some((a) => a.startsWith('90a'))) return 'not compiled in (they need sm_90a code)';
   return process.env.RING_ATTENTION_SM90 === '1'
     ? 'on (RING_ATTENTION_SM90=1): head dims 64 and 128 on sm_90 devices'
-    : 'compiled in, off: RING_ATTENTION_SM90=1 turns it on (not yet validated on a GPU)';
+    : 'compiled in, off: RING_ATTENTION_SM90=1 turns them on (not yet validated on a GPU)';
 }
 
 const [command, ...rest] = process.argv.slice(2);

@@ -250,10 +250,10 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     expect(bad.stderr).toMatch(/--documents: expected a divisor of every sequence length, got 3 for 64/);
   });
 
-  it('attention --sm90 (the Hopper forward) is refused by name on the CPU, where it cannot run', () => {
+  it('attention --sm90 (the Hopper kernels) is refused by name on the CPU, where they cannot run', () => {
     const r = bench('attention', '--smoke', '--device', 'cpu', '--sm90', '--no-torch', '--out-dir', join(out, 'sm90'));
     expect(r.status).not.toBe(0);
-    expect(r.stderr).toMatch(/--sm90: the Hopper kernel runs on CUDA devices only; this run is on the cpu/);
+    expect(r.stderr).toMatch(/--sm90: the Hopper kernels run on CUDA devices only; this run is on the cpu/);
   });
 
   it('ring: the whole call, its compute alone and its transfers alone, and each step inside the whole call', () => {

@@ -109,7 +109,7 @@ describe('info', () => {
     const cli = new URL('../dist/cli.js', import.meta.url).pathname;
     const run = (value: string) =>
       spawnSync(process.execPath, [cli, 'info'], { encoding: 'utf8', env: { ...process.env, RING_ATTENTION_SM90: value } }).stdout;
-    expect(run('')).toMatch(/^hopper kernels +compiled in, off: RING_ATTENTION_SM90=1 turns it on/m);
+    expect(run('')).toMatch(/^hopper kernels +compiled in, off: RING_ATTENTION_SM90=1 turns them on/m);
     expect(run('1')).toMatch(/^hopper kernels +on \(RING_ATTENTION_SM90=1\): head dims 64 and 128 on sm_90 devices$/m);
   });
 });

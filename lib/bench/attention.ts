@@ -117,7 +117,7 @@ export const attentionSuite: Suite<AttentionRow> = {
   async run(o, ctx) {
     const reps = intOption(o, 'reps'), width = intOption(o, 'head-width'), tokens = intOption(o, 'tokens');
     const documents = intOption(o, 'documents');
-    if (o.sm90 && ctx.device !== 'cuda') throw new RangeError(`--sm90: the Hopper kernel runs on CUDA devices only; this run is on the ${ctx.device}`);
+    if (o.sm90 && ctx.device !== 'cuda') throw new RangeError(`--sm90: the Hopper kernels run on CUDA devices only; this run is on the ${ctx.device}`);
     const configs: Config[] = [];
     for (const dim of intList(o, 'dims'))
       for (const causal of [false, true])
