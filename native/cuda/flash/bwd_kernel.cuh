@@ -70,18 +70,12 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
   const int group = p.heads / p.kv_heads;
   const int m_blocks = (p.seq_q + kBM - 1) / kBM;
   // Causal: query tiles that end before the first query seeing key n0 are skipped.
-  int m_begin = 0;
-  if (kCausal) {
-    const int64_t first = int64_t(n0) - p.causal_offset;
-    m_begin = first <= 0 ? 0 : int(min(first / kBM, int64_t(m_blocks)));
-  }
+  const int m_begin = first_query_tile<kCausal>(p, n0, kBM, m_blocks);
   const int key0 = n0 + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
   // Packed sequences: this lane's keys' documents, and the queries' (read where masked).
   const int* doc_q = p.doc_q ? p.doc_q + b * p.doc_q_batch_stride : nullptr;
-  int doc_key[2] = {0, 0};
-  if (doc_q)
-    for (int r = 0; r < 2; ++r)
-      if (key0 + 8 * r < p.seq_k) doc_key[r] = p.doc_k[b * p.doc_k_batch_stride + key0 + 8 * r];
+  int doc_key[2];
+  lane_documents(doc_q ? p.doc_k : nullptr, p.doc_k_batch_stride, b, key0, p.seq_k, doc_key);
   // ... and query tiles that share no document with this key tile are skipped.
   auto next_tile = [&](int from) {
     return next_tile_with_documents(p, b, false, n0, min(kBN, p.seq_k - n0), from, m_blocks, kBM);
@@ -256,16 +250,12 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
     lse2[r] = row < p.seq_q ? lse_log2(p.lse[l]) : INFINITY;
     delta[r] = row < p.seq_q ? bp.delta[l] : 0.f;
   }
-  int n_end = p.seq_k;
-  if (kCausal) n_end = int(max(int64_t(0), min(int64_t(p.seq_k), int64_t(m0) + kBM + p.causal_offset)));
-  const int n_blocks = (n_end + kBN - 1) / kBN;
+  const int n_blocks = key_tiles_seen<kCausal>(p, m0, kBM, kBN);
   const float scale_log2 = p.scale * kLog2e;
   // Packed sequences: this lane's rows' documents, and the keys' (read where masked).
   const int* doc_k = p.doc_q ? p.doc_k + b * p.doc_k_batch_stride : nullptr;
-  int doc_row[2] = {0, 0};
-  if (doc_k)
-    for (int r = 0; r < 2; ++r)
-      if (row0 + 8 * r < p.seq_q) doc_row[r] = p.doc_q[b * p.doc_q_batch_stride + row0 + 8 * r];
+  int doc_row[2];
+  lane_documents(p.doc_q, p.doc_q_batch_stride, b, row0, p.seq_q, doc_row);
   // ... and key tiles that share no document with this query tile are skipped.
   auto next_tile = [&](int from) {
     return next_tile_with_documents(p, b, true, m0, min(kBM, p.seq_q - m0), from, n_blocks, kBN);

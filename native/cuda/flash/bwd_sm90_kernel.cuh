@@ -65,20 +65,14 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) bwd_sm90_kernel(const BwdPar
   const int group = p.heads / p.kv_heads;
   const int m_blocks = (p.seq_q + kBM - 1) / kBM;
   // Causal: query tiles that end before the first query seeing key n0 are skipped.
-  int m_begin = 0;
-  if (kCausal) {
-    const int64_t first = int64_t(n0) - p.causal_offset;
-    m_begin = first <= 0 ? 0 : int(min(first / kBM, int64_t(m_blocks)));
-  }
+  const int m_begin = first_query_tile<kCausal>(p, n0, kBM, m_blocks);
   const int key0 = n0 + wg * 64 + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
   const T* sKg = sK + blocked<kD>(wg * 64, 0);    // this warpgroup's 64 keys
   const T* sVg = sV + blocked<kD>(wg * 64, 0);
   // Packed sequences: this lane's keys' documents, and the queries' (read where masked).
   const int* doc_q = p.doc_q ? p.doc_q + b * p.doc_q_batch_stride : nullptr;
-  int doc_key[2] = {0, 0};
-  if (doc_q)
-    for (int r = 0; r < 2; ++r)
-      if (key0 + 8 * r < p.seq_k) doc_key[r] = p.doc_k[b * p.doc_k_batch_stride + key0 + 8 * r];
+  int doc_key[2];
+  lane_documents(doc_q ? p.doc_k : nullptr, p.doc_k_batch_stride, b, key0, p.seq_k, doc_key);
   // ... and query tiles that share no document with this key tile are skipped.
   auto next_tile = [&](int from) {
     return next_tile_with_documents(p, b, false, n0, min(kBN, p.seq_k - n0), from, m_blocks, kBM);

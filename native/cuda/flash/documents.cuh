@@ -1,4 +1,5 @@
-// Packed sequences: tiles that share no document are skipped, not masked element by element.
+// Which tiles a kernel visits: the causal limits, and for packed sequences, tiles that share
+// no document are skipped, not masked element by element.
 // Each kDocSpan tokens of an id array have a span (their smallest and largest id); two tiles
 // whose ranges do not meet share no document whatever the ids are, so skipping them is exact.
 // Documents laid end to end (the usual packing) make the ranges tight, so a packed step costs
@@ -9,6 +10,30 @@
 #include "flash.h"
 
 namespace ra::cuda::flash {
+
+// Causal: the key tiles (kBN keys each) that queries [m0, m0 + kBM) may see are [0, this).
+template <bool kCausal>
+__device__ __forceinline__ int key_tiles_seen(const FwdParams& p, int m0, int kBM, int kBN) {
+  int64_t end = p.seq_k;
+  if (kCausal) end = max(int64_t(0), min(end, int64_t(m0) + kBM + p.causal_offset));
+  return int((end + kBN - 1) / kBN);
+}
+
+// Causal: the first query tile (kBM queries each, m_blocks of them) with a query that sees
+// key n0; the tiles before it see none of keys n0 on.
+template <bool kCausal>
+__device__ __forceinline__ int first_query_tile(const FwdParams& p, int n0, int kBM, int m_blocks) {
+  if (!kCausal) return 0;
+  const int64_t first = int64_t(n0) - p.causal_offset;
+  return first <= 0 ? 0 : int(min(first / kBM, int64_t(m_blocks)));
+}
+
+// Packed sequences: the ids of this lane's two rows, row0 and row0 + 8 (of n), read from
+// `ids` (batch row b); zeros past n or without ids.
+__device__ __forceinline__ void lane_documents(const int* ids, int64_t batch_stride, int b, int row0, int n,
+                                               int (&out)[2]) {
+  for (int r = 0; r < 2; ++r) out[r] = ids && row0 + 8 * r < n ? ids[b * batch_stride + row0 + 8 * r] : 0;
+}
 
 struct DocRange {
   int lo, hi;

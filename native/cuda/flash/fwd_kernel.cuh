@@ -33,9 +33,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
   const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + int64_t(kvh) * p.head_dim;
 
   // Key tiles past the diagonal of this query tile are never loaded.
-  int n_end = p.seq_k;
-  if (kCausal) n_end = int(max(int64_t(0), min(int64_t(p.seq_k), int64_t(m0) + kBM + p.causal_offset)));
-  const int n_blocks = (n_end + kBN - 1) / kBN;
+  const int n_blocks = key_tiles_seen<kCausal>(p, m0, kBM, kBN);
   // Packed sequences: key tiles that share no document with this query tile are never loaded.
   auto next_tile = [&](int from) {
     return next_tile_with_documents(p, b, true, m0, min(kBM, p.seq_q - m0), from, n_blocks, kBN);
@@ -54,10 +52,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
   const int row0 = m0 + warp * 16 + g;  // this lane's query rows: row0 and row0 + 8
   // Packed sequences: this lane's rows' documents, and the keys' (read where masked).
   const int* doc_k = p.doc_q ? p.doc_k + b * p.doc_k_batch_stride : nullptr;
-  int doc_row[2] = {0, 0};
-  if (p.doc_q)
-    for (int r = 0; r < 2; ++r)
-      if (row0 + 8 * r < p.seq_q) doc_row[r] = p.doc_q[b * p.doc_q_batch_stride + row0 + 8 * r];
+  int doc_row[2];
+  lane_documents(p.doc_q, p.doc_q_batch_stride, b, row0, p.seq_q, doc_row);
   const T* sQw = sQ + warp * 16 * kS;
 
   while (nb < n_blocks) {

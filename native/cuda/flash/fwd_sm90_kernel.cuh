@@ -82,9 +82,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
   const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + int64_t(kvh) * p.head_dim;
 
   // Key tiles past the diagonal of this query tile are never loaded.
-  int n_end = p.seq_k;
-  if (kCausal) n_end = int(max(int64_t(0), min(int64_t(p.seq_k), int64_t(m0) + kBM + p.causal_offset)));
-  const int n_blocks = (n_end + kBN - 1) / kBN;
+  const int n_blocks = key_tiles_seen<kCausal>(p, m0, kBM, kBN);
   auto load_kv = [&](int nb, int buf) {
     const int n0 = nb * kBN;
     load_blocked<kBN, kD, Tr::kNThreads>(sK(buf), k + int64_t(n0) * p.k_row_stride, p.k_row_stride, p.seq_k - n0);
@@ -106,10 +104,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
   const T* sQg = sQ + blocked<kD>(wg * 64, 0);           // this warpgroup's 64 rows
   // Packed sequences: this lane's rows' documents, and the keys' (read where masked).
   const int* doc_k = p.doc_q ? p.doc_k + b * p.doc_k_batch_stride : nullptr;
-  int doc_row[2] = {0, 0};
-  if (p.doc_q)
-    for (int r = 0; r < 2; ++r)
-      if (row0 + 8 * r < p.seq_q) doc_row[r] = p.doc_q[b * p.doc_q_batch_stride + row0 + 8 * r];
+  int doc_row[2];
+  lane_documents(p.doc_q, p.doc_q_batch_stride, b, row0, p.seq_q, doc_row);
 
   for (int buf = 0; nb < n_blocks; buf ^= 1) {
     const int n0 = nb * kBN, nb_next = next_tile(nb + 1);
