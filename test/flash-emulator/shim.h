@@ -28,6 +28,7 @@
 #define __launch_bounds__(...)
 #define __shared__
 #define __align__(n)
+#define __grid_constant__
 
 struct dim3 { unsigned x = 1, y = 1, z = 1; };
 inline dim3 threadIdx, blockIdx, gridDim, blockDim;
@@ -273,6 +274,90 @@ inline void emu_cp_wait() {
   f.committed.clear();
 }
 
+// TMA and mbarriers (native/cuda/flash/tma.cuh). A barrier's state lives here, keyed by its
+// shared-memory offset, since the hardware's 8-byte encoding is not ours to know. A TMA copy
+// reads global memory at issue; it lands (and reports its bytes) at issue, or in "deferred"
+// mode at a random later pass of the scheduler, so that a kernel that reads a buffer before
+// its barrier says so, or refills one still being read, computes with the wrong bytes.
+struct EmuTensorMap {
+  const void* base;
+  uint64_t dims[4], strides[3];
+  uint32_t box_rows;
+};
+inline EmuTensorMap emu_tensor_map(const void* base, const uint64_t* dims, const uint64_t* strides, uint32_t rows) {
+  EmuTensorMap m{base, {dims[0], dims[1], dims[2], dims[3]}, {strides[0], strides[1], strides[2]}, rows};
+  if (uintptr_t(base) % 16 || rows < 1 || rows > 256) emu_fail("tensor map: base or box");
+  for (auto st : m.strides) if (st % 16) emu_fail("tensor map: stride not a multiple of 16 bytes");
+  return m;
+}
+struct EmuMbar { int expected = 0, pending = 0; int64_t tx = 0; unsigned phase = 0; };
+inline std::vector<std::pair<size_t, EmuMbar>> emu_mbars;
+inline EmuMbar& emu_mbar(uint64_t* bar) {
+  check_smem(bar, 8, "mbarrier outside dynamic smem");
+  if (uintptr_t(bar) % 8) emu_fail("mbarrier not 8-byte aligned");
+  const size_t off = (unsigned char*)bar - emu_smem;
+  for (auto& [o, m] : emu_mbars) if (o == off) return m;
+  emu_fail("mbarrier used before mbarrier.init");
+}
+inline void emu_mbar_init(uint64_t* bar, int count) {
+  check_smem(bar, 8, "mbarrier outside dynamic smem");
+  const size_t off = (unsigned char*)bar - emu_smem;
+  for (auto& [o, m] : emu_mbars) if (o == off) emu_fail("mbarrier initialised twice");
+  emu_mbars.push_back({off, EmuMbar{count, count, 0, 0}});
+}
+inline void emu_mbar_step(EmuMbar& m) {
+  if (m.pending == 0 && m.tx == 0) m.phase++, m.pending = m.expected, emu_progress++;
+}
+inline void emu_mbar_arrive(uint64_t* bar, uint32_t tx) {
+  auto& m = emu_mbar(bar);
+  if (m.pending == 0) emu_fail("mbarrier: more arrivals than expected in a phase");
+  m.tx += tx, m.pending--;
+  emu_mbar_step(m);
+}
+inline void emu_mbar_wait(uint64_t* bar, int parity) {
+  while (int(emu_mbar(bar).phase & 1) == parity) emu_yield();
+}
+struct EmuBulkCopy { unsigned char* dst; std::vector<unsigned char> data; uint64_t* bar; };
+inline std::vector<EmuBulkCopy> emu_bulk_inflight;
+inline void emu_bulk_land(EmuBulkCopy& c) {
+  memcpy(c.dst, c.data.data(), c.data.size());
+  emu_progress++;
+  auto& m = emu_mbar(c.bar);
+  m.tx -= int64_t(c.data.size());
+  emu_mbar_step(m);
+}
+// The box (8 columns from col, head, box_rows rows from row, batch) as rows of 16 bytes.
+inline void emu_tma_load(void* dst, const EmuTensorMap* map, uint64_t* bar, int col, int head, int row, int batch) {
+  if (uintptr_t(dst) % 128) emu_fail("TMA destination not 128-byte aligned");
+  check_smem(dst, size_t(map->box_rows) * 16, "TMA box outside dynamic smem");
+  emu_mbar(bar);
+  EmuBulkCopy c{(unsigned char*)dst, std::vector<unsigned char>(size_t(map->box_rows) * 16, 0), bar};
+  const uint64_t esz = map->strides[0] / map->dims[0];
+  if (esz != 2 || col % 8) emu_fail("TMA: 16-bit elements, 8-column boxes");
+  for (uint32_t r = 0; r < map->box_rows; ++r) {
+    const int64_t rr = int64_t(row) + r;
+    if (col < 0 || uint64_t(col) >= map->dims[0] || head < 0 || uint64_t(head) >= map->dims[1] || rr < 0 ||
+        uint64_t(rr) >= map->dims[2] || batch < 0 || uint64_t(batch) >= map->dims[3])
+      continue;  // out of bounds: zeros
+    const auto src = (const unsigned char*)map->base + batch * map->strides[2] + rr * map->strides[1] +
+                     head * map->strides[0] + col * esz;
+    memcpy(c.data.data() + r * 16, src, std::min<uint64_t>(16, (map->dims[0] - col) * esz));
+  }
+  emu_bulk_inflight.push_back(std::move(c));
+  if (!emu_deferred_cp) emu_bulk_land(emu_bulk_inflight.back()), emu_bulk_inflight.pop_back();
+}
+// Deferred mode: each copy in flight lands with probability 1/4 per scheduler pass.
+inline void emu_bulk_pump() {
+  for (size_t i = 0; i < emu_bulk_inflight.size();) {
+    if (emu_rng() % 4 == 0) {
+      emu_bulk_land(emu_bulk_inflight[i]);
+      emu_bulk_inflight.erase(emu_bulk_inflight.begin() + long(i));
+    } else {
+      ++i;
+    }
+  }
+}
+
 inline void emu_fiber_entry() {
   emu_body();
   (*emu_fibers)[emu_cur].done = true;
@@ -290,11 +375,12 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = dim3{x, y, z};
         emu_smem_bytes = smem_bytes;
-        emu_smem = (unsigned char*)aligned_alloc(16, (smem_bytes + 15) / 16 * 16 + 16);
+        emu_smem = (unsigned char*)aligned_alloc(128, (smem_bytes + 127) / 128 * 128 + 128);
         memset(emu_smem, 0xff, smem_bytes);
         emu_block_bar = Barrier{nthreads};
         for (int w = 0; w < nthreads / 32; ++w) emu_warps[w].bar = Barrier{32};
         for (int g = 0; g < nthreads / 128; ++g) emu_groups[g].bar = Barrier{128};
+        emu_mbars.clear();
         std::vector<Fiber> fibers(nthreads);
         emu_fibers = &fibers;
         emu_body = body;
@@ -329,10 +415,12 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
               if (!fibers[i].pending.empty() || !fibers[i].committed.empty()) emu_fail("thread exited with cp.async outstanding");
             }
           }
+          emu_bulk_pump();
           if (emu_progress == last_progress) {
             if (++idle > 100000) { fprintf(stderr, "EMU DEADLOCK in block %u,%u,%u (divergent barrier?)\n", x, y, z); abort(); }
           } else idle = 0, last_progress = emu_progress;
         }
+        if (!emu_bulk_inflight.empty()) emu_fail("block exited with TMA copies in flight");
         free(emu_smem);
         emu_smem = nullptr;
       }

@@ -50,8 +50,10 @@ template <class T, int D, bool C> void run_bwd_t(const BwdParams& p) {
 template <class T, int D, bool C> void run_fwd_sm90_t(const FwdParams& p) {
   using Tr = Sm90FwdTraits<D, T>;
   dim3 grid{unsigned((p.seq_q + Tr::kBlockM - 1) / Tr::kBlockM), unsigned(p.heads), unsigned(p.batch)};
+  if (!fwd_tma_describable(p)) emu_fail("a test's forward that TMA cannot describe");
+  const Sm90FwdMaps maps = sm90_fwd_maps<Tr>(p, ra::DType::BF16);
   ++sm90_launches;
-  counted(products.fwd, [&] { emu_launch(grid, Tr::kNThreads, Tr::kSmemBytes, [&] { fwd_sm90_kernel<Tr, C>(p); }); });
+  counted(products.fwd, [&] { emu_launch(grid, Tr::kNThreads, Tr::kSmemBytes, [&] { fwd_sm90_kernel<Tr, C>(p, maps); }); });
 }
 template <class T> void fwd(const FwdParams& p, bool c) {
   if (p.seq_q == 0 || p.batch == 0) return;

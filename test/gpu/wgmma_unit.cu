@@ -1,17 +1,21 @@
 // One warpgroup, one wgmma of each form the Hopper kernels (native/cuda/flash/{fwd,bwd}_sm90_kernel.cuh)
 // use, against the product on the host: wgmma_ss (A and B K-major in shared memory), wgmma_rs
-// (A from registers, B MN-major) and wgmma_ss_tt (A and B MN-major), with the same blocked
-// layout and descriptors as the kernels, and the accumulator read back through the fragment
-// layout they assume. The inputs are small integers, so every sum is exact: the results must be
-// equal, bit for bit. This tests on hardware what the CPU emulator can only take from our
-// reading of the PTX ISA. Built and run by test/gpu/wgmma-unit.test.ts:
-//   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -I. test/gpu/wgmma_unit.cu
+// (A from registers, B MN-major) and wgmma_ss_tt (A and B MN-major), with the same layouts
+// and descriptors as the kernels (the backward's `blocked`, and for ss and rs also the
+// forward's `tma_tile`), and the accumulator read back through the fragment layout they
+// assume. The inputs are small integers, so every sum is exact: the results must be equal,
+// bit for bit. Then one TMA box of the forward's shape, rows past the sequence included,
+// against the tensor on the host. This tests on hardware what the CPU emulator can only take
+// from our reading of the PTX ISA and the driver's documentation. Built and run by
+// test/gpu/wgmma-unit.test.ts:
+//   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -I. test/gpu/wgmma_unit.cu native/cuda/flash/tma_map.cu
 #include <cuda_runtime.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
 
+#include "native/cuda/flash/bwd_sm90_kernel.cuh"
 #include "native/cuda/flash/fwd_sm90_kernel.cuh"
 
 using namespace ra::cuda::flash;
@@ -19,17 +23,24 @@ using T = __nv_bfloat16;
 
 // a: 64 x 16, row-major. b: N x 16, row-major, so that B[k][n] = b[n][k] in every form. Each
 // form that is compiled for this N (kForms: 1 ss, 2 rs, 4 ss_tt) writes its 64 x N result.
+// The forward's tma_tile forms (kForms 8: ss, 16: rs) read their operands as the forward does:
+// A as rows 64..127 of a 128-row Q tile at its columns 16..31, B as rows 0..N-1 of a K tile
+// at columns 16..31, and the MN-major B as rows 16..31 of a 32-row V tile.
 template <int N, int kForms>
-__global__ void unit(const T* a, const T* b, float* d_ss, float* d_rs, float* d_tt) {
+__global__ void unit(const T* a, const T* b, float* d_ss, float* d_rs, float* d_tt, float* d_ss_tma, float* d_rs_tma) {
   __shared__ __align__(128) T sA[64 * 16], sAt[16 * 64], sB[N * 16], sBt[16 * N];
+  __shared__ __align__(128) T sQ[(kForms & 8) ? 128 * 32 : 8], sK[(kForms & 8) ? N * 32 : 8], sV[(kForms & 16) ? 32 * N : 8];
   const int tid = threadIdx.x, w = tid / 32, l = tid % 32;
   for (int i = tid; i < 64 * 16; i += 128) {
     sA[blocked<16>(i / 16, i % 16)] = a[i];   // K-major: rows m, 16 k
     sAt[blocked<64>(i % 16, i / 16)] = a[i];  // MN-major: rows k, 64 columns m
+    if constexpr (kForms & 8) sQ[tma_tile<128>(64 + i / 16, 16 + i % 16)] = a[i];
   }
   for (int i = tid; i < N * 16; i += 128) {
     sB[blocked<16>(i / 16, i % 16)] = b[i];   // K-major: rows n, 16 k
     sBt[blocked<N>(i % 16, i / 16)] = b[i];   // MN-major: rows k, N columns n
+    if constexpr (kForms & 8) sK[tma_tile<N>(i / 16, 16 + i % 16)] = b[i];
+    if constexpr (kForms & 16) sV[tma_tile<32>(16 + i % 16, i / 16)] = b[i];
   }
   fence_proxy_async();
   __syncthreads();
@@ -37,67 +48,59 @@ __global__ void unit(const T* a, const T* b, float* d_ss, float* d_rs, float* d_
     for (int i = 0; i < N / 2; ++i) d[(16 * w + l / 4 + 8 * ((i / 2) % 2)) * N + 8 * (i / 4) + 2 * (l % 4) + i % 2] = acc[i];
   };
   float acc[N / 2];
-
-  if constexpr (kForms & 1) {
-    fence_operands<N / 2>(acc);
-    wgmma_fence();
-    wgmma_ss<T, N>(acc, wgmma_desc(sA, 128, 16 * 16), wgmma_desc(sB, 128, 16 * 16), 0);
-    wgmma_commit();
-    wgmma_wait_all();
-    fence_operands<N / 2>(acc);
-    store(d_ss, acc);
+  // The A fragment of mma.sync m16n8k16 per warp: register j holds row g + 8 (j % 2),
+  // columns 2t + 8 (j / 2) and the next one.
+  uint32_t fa[4];
+  for (int j = 0; j < 4; ++j) {
+    const int row = 16 * w + l / 4 + 8 * (j % 2), k = 2 * (l % 4) + 8 * (j / 2);
+    __nv_bfloat162 h = __halves2bfloat162(a[row * 16 + k], a[row * 16 + k + 1]);
+    fa[j] = *reinterpret_cast<uint32_t*>(&h);
   }
-  if constexpr (kForms & 2) {
-    // The A fragment of mma.sync m16n8k16 per warp: register j holds row g + 8 (j % 2),
-    // columns 2t + 8 (j / 2) and the next one.
-    uint32_t fa[4];
-    for (int j = 0; j < 4; ++j) {
-      const int row = 16 * w + l / 4 + 8 * (j % 2), k = 2 * (l % 4) + 8 * (j / 2);
-      __nv_bfloat162 h = __halves2bfloat162(a[row * 16 + k], a[row * 16 + k + 1]);
-      fa[j] = *reinterpret_cast<uint32_t*>(&h);
-    }
+  // One product of a form into `out`: form 0 ss, 1 rs (A from fa), 2 ss_tt.
+  auto product = [&](int form, uint64_t desc_a, uint64_t desc_b, float* out) {
     fence_operands<N / 2>(acc);
     fence_operands<4>(fa);
     wgmma_fence();
-    wgmma_rs<T, N>(acc, fa, wgmma_desc(sBt, N * 16, 128), 0);
+    if (form == 0) wgmma_ss<T, N>(acc, desc_a, desc_b, 0);
+    else if (form == 1) wgmma_rs<T, N>(acc, fa, desc_b, 0);
+    else wgmma_ss_tt<T, N>(acc, desc_a, desc_b, 0);
     wgmma_commit();
     wgmma_wait_all();
     fence_operands<N / 2>(acc);
-    store(d_rs, acc);
-  }
-  if constexpr (kForms & 4) {
-    fence_operands<N / 2>(acc);
-    wgmma_fence();
-    wgmma_ss_tt<T, N>(acc, wgmma_desc(sAt, 64 * 16, 128), wgmma_desc(sBt, N * 16, 128), 0);
-    wgmma_commit();
-    wgmma_wait_all();
-    fence_operands<N / 2>(acc);
-    store(d_tt, acc);
-  }
+    store(out, acc);
+  };
+  if constexpr (kForms & 1) product(0, wgmma_desc(sA, 128, 16 * 16), wgmma_desc(sB, 128, 16 * 16), d_ss);
+  if constexpr (kForms & 2) product(1, 0, wgmma_desc(sBt, N * 16, 128), d_rs);
+  if constexpr (kForms & 4) product(2, wgmma_desc(sAt, 64 * 16, 128), wgmma_desc(sBt, N * 16, 128), d_tt);
+  // As fwd_sm90_kernel.cuh's S = Q K^T (consumer warpgroup 1, kk = 1), and its O += P V at kk = 1
+  // with a 32-key V tile.
+  if constexpr (kForms & 8)
+    product(0, wgmma_desc(sQ + tma_tile<128>(64, 16), 128 * 16, 128), wgmma_desc(sK + tma_tile<N>(0, 16), N * 16, 128), d_ss_tma);
+  if constexpr (kForms & 16) product(1, 0, wgmma_desc(sV + tma_tile<32>(16, 0), 128, 32 * 16), d_rs_tma);
 }
 
 template <int N, int kForms>
 int run() {
   std::vector<T> a(64 * 16), b(N * 16);
-  std::vector<float> af(a.size()), bf(b.size()), out[3];
+  std::vector<float> af(a.size()), bf(b.size()), out[5];
   srand(N);
   for (size_t i = 0; i < a.size(); ++i) af[i] = float(rand() % 9 - 4), a[i] = __float2bfloat16(af[i]);
   for (size_t i = 0; i < b.size(); ++i) bf[i] = float(rand() % 9 - 4), b[i] = __float2bfloat16(bf[i]);
   T *da, *db;
-  float* dd[3];
+  float* dd[5];
   cudaMalloc(&da, a.size() * sizeof(T)), cudaMalloc(&db, b.size() * sizeof(T));
   cudaMemcpy(da, a.data(), a.size() * sizeof(T), cudaMemcpyHostToDevice);
   cudaMemcpy(db, b.data(), b.size() * sizeof(T), cudaMemcpyHostToDevice);
   for (auto& d : dd) cudaMalloc(&d, 64 * N * 4), cudaMemset(d, 0xff, 64 * N * 4);  // NaN where nothing is written
-  unit<N, kForms><<<1, 128>>>(da, db, dd[0], dd[1], dd[2]);
+  unit<N, kForms><<<1, 128>>>(da, db, dd[0], dd[1], dd[2], dd[3], dd[4]);
   cudaError_t e = cudaDeviceSynchronize();
   if (e != cudaSuccess) {
     printf("FAIL N=%d: kernel failed: %s\n", N, cudaGetErrorString(e));
     return 1;
   }
   int failed = 0;
-  const char* names[3] = {"wgmma_ss", "wgmma_rs", "wgmma_ss_tt"};
-  for (int f = 0; f < 3; ++f) {
+  const char* names[5] = {"wgmma_ss", "wgmma_rs", "wgmma_ss_tt", "wgmma_ss (tma_tile)", "wgmma_rs (tma_tile)"};
+  for (int f = 0; f < 5; ++f) {
     if (!(kForms & (1 << f))) continue;
     out[f].resize(64 * N);
     cudaMemcpy(out[f].data(), dd[f], 64 * N * 4, cudaMemcpyDeviceToHost);
@@ -116,6 +119,63 @@ int run() {
   return failed;
 }
 
+// One TMA box as the forward loads K: 8 columns at a time, 128 rows from row 40 of head 1 of
+// batch 1 of a [2, 100, 3, 64] tensor, so that rows 100 on are past the sequence and must land
+// as zeros; the bytes complete on an mbarrier, as in the kernel.
+__global__ void tma_unit(const __grid_constant__ TmaMap map, T* out) {
+  __shared__ __align__(128) T tile[128 * 64];
+  __shared__ __align__(8) uint64_t bar;
+  if (threadIdx.x == 0) {
+    mbar_init(&bar, 1);
+    fence_mbar_init();
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    mbar_arrive_expect_tx(&bar, sizeof tile);
+    for (int c = 0; c < 64; c += 8) tma_load(tile + tma_tile<128>(0, c), &map, &bar, c, 1, 40, 1);
+  }
+  mbar_wait(&bar, 0);
+  for (int i = threadIdx.x; i < 128 * 64; i += blockDim.x) out[i] = tile[i];
+}
+
+int run_tma() {
+  const int B = 2, S = 100, H = 3, D = 64;
+  std::vector<T> x(size_t(B) * S * H * D);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = __float2bfloat16(float(int(i % 251) - 125));
+  T *dx, *dout;
+  cudaMalloc(&dx, x.size() * sizeof(T)), cudaMalloc(&dout, 128 * 64 * sizeof(T));
+  cudaMemcpy(dx, x.data(), x.size() * sizeof(T), cudaMemcpyHostToDevice);
+  cudaMemset(dout, 0xff, 128 * 64 * sizeof(T));
+  FwdParams p{};
+  p.k = dx, p.batch = B, p.seq_k = S, p.kv_heads = H, p.head_dim = D;
+  p.k_row_stride = H * D, p.k_batch_stride = int64_t(S) * H * D;
+  TmaMap map;
+  try {
+    map = tma_map(fwd_tma_shape(p, 'k', 128), ra::DType::BF16);
+  } catch (const std::exception& e) {
+    printf("FAIL tma: %s\n", e.what());
+    return 1;
+  }
+  tma_unit<<<1, 128>>>(map, dout);
+  cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) {
+    printf("FAIL tma: kernel failed: %s\n", cudaGetErrorString(e));
+    return 1;
+  }
+  std::vector<T> got(128 * 64);
+  cudaMemcpy(got.data(), dout, got.size() * sizeof(T), cudaMemcpyDeviceToHost);
+  int bad = 0;
+  for (int r = 0; r < 128; ++r)
+    for (int c = 0; c < D; ++c) {
+      const float want = 40 + r < S ? __bfloat162float(x[((size_t(1) * S + 40 + r) * H + 1) * D + c]) : 0.f;
+      bad += __bfloat162float(got[tma_tile<128>(r, c)]) != want;
+    }
+  printf("%s tma: box of 128 x 64, %d of %d wrong\n", bad ? "FAIL" : "ok", bad, 128 * 64);
+  cudaFree(dx), cudaFree(dout);
+  return bad != 0;
+}
+
 // The (form, N) pairs the kernels use: ss at 64 and 128 (S, S^T, dP^T), rs at 64 and 128
-// (P V, dV, dK), ss_tt at 32 and 64 (dQ).
-int main() { return run<32, 4>() | run<64, 7>() | run<128, 3>(); }
+// (P V, dV, dK), ss_tt at 32 and 64 (dQ); in the forward's layout, ss at 128 (S) and rs at 64
+// and 128 (P V at head dims 64 and 128).
+int main() { return run<32, 4>() | run<64, 7 | 16>() | run<128, 3 | 8 | 16>() | run_tma(); }

@@ -7,18 +7,43 @@
 //   dS^T = P^T (dP^T - delta);      dK += dS^T Q   (dS^T from registers, Q MN-major)
 //   dQ += dS K (float32 atomics; each warpgroup half of the columns), from dS^T in shared
 //   memory read as an MN-major A. With `deterministic`, dQ is left to bwd_dq_kernel instead.
-// dV's product runs while dS^T is packed and stored. The same blocked layout as the forward
-// (fwd_sm90_kernel.cuh); head dims 64 and 128 with 16-byte aligned rows only (dispatch.cu).
-// Not yet here: TMA, warp specialisation, double-buffered Q/dO.
+// dV's product runs while dS^T is packed and stored. Tiles load with cp.async into the
+// no-swizzle layout `blocked`; head dims 64 and 128 with 16-byte aligned rows only
+// (dispatch.cu). Not yet here: TMA and warp specialisation (the forward has them), and
+// double-buffered Q/dO.
 #pragma once
 #include "bwd_kernel.cuh"
 #include "documents.cuh"
 #include "flash.h"
-#include "fwd_sm90_kernel.cuh"
 #include "mma.cuh"
 #include "wgmma.cuh"
 
 namespace ra::cuda::flash {
+
+// The no-swizzle layout of a tile with kD columns: core matrix (r / 8, c / 8) is 64
+// contiguous elements, its 8 rows 16 bytes apart, and core matrices of one row group follow
+// each other along c. So stepping 8 columns is 128 bytes, stepping 8 rows kD * 16 bytes.
+template <int kD>
+__device__ __forceinline__ int blocked(int r, int c) {
+  return ((r >> 3) * (kD / 8) + (c >> 3)) * 64 + (r & 7) * 8 + (c & 7);
+}
+
+// Rows [0, kRows) of a tile (kD columns, all inside the head dim) into the blocked layout;
+// rows at or past valid_rows are zero-filled. Thread i writes the i-th 16 bytes of the tile,
+// so that eight neighbouring threads fill one core matrix: no bank conflicts.
+template <int kRows, int kD, int kThreads, typename T>
+__device__ __forceinline__ void load_blocked(T* smem, const T* g, int64_t row_stride, int valid_rows) {
+  for (int i = threadIdx.x; i < kRows * kD / 8; i += kThreads) {
+    const int core = i >> 3, r = (core / (kD / 8)) * 8 + (i & 7), c = (core % (kD / 8)) * 8;
+    T* dst = smem + i * 8;
+    if (r < valid_rows) {
+      cp_async16(dst, g + r * row_stride + c);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dst[e] = T(0.f);
+    }
+  }
+}
 
 template <int kHeadDim_, typename T_>
 struct Sm90BwdTraits {

@@ -9,6 +9,7 @@
 #include "../check.h"
 #include "doc_spans_kernel.cuh"
 #include "launch.h"
+#include "tma.cuh"
 
 namespace ra::cuda::flash {
 namespace {
@@ -39,7 +40,8 @@ void check_params(const FwdParams& p) {
 
 // The Hopper kernels (fwd_sm90_kernel.cuh, bwd_sm90_kernel.cuh) have not yet run on a GPU
 // (issue #4): until they have been checked there against the CPU backend and PyTorch, they run
-// only when asked for with RING_ATTENTION_SM90=1, on an sm_90 device, for the shapes they take.
+// only when asked for with RING_ATTENTION_SM90=1, on an sm_90 device, for the shapes they take
+// (the forward also needs strides its TMA maps can describe: fwd_tma_describable).
 bool use_sm90(const FwdParams& p) {
 #ifdef RA_WITH_SM90A
   const char* opt = std::getenv("RING_ATTENTION_SM90");
@@ -87,7 +89,7 @@ void forward(const FwdParams& p, DType dtype, bool causal, void* stream) {
   check_params(p);
   if (p.seq_q == 0 || p.batch == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  if ((dtype == DType::BF16 || dtype == DType::F16) && use_sm90(p)) {
+  if ((dtype == DType::BF16 || dtype == DType::F16) && use_sm90(p) && fwd_tma_describable(p)) {
     dtype == DType::BF16 ? forward_sm90<__nv_bfloat16>(p, causal, s) : forward_sm90<__half>(p, causal, s);
     return;
   }

@@ -1,20 +1,27 @@
-// Forward for Hopper (sm_90a): the loop of fwd_kernel.cuh with its products on warpgroup MMA
-// (wgmma.cuh) instead of mma.sync. One block per (128-query tile, head, batch): two
-// warpgroups of 128 threads, each with 64 query rows. Per 128-key tile, S = Q K^T is one
-// batch of wgmma with Q and K read from shared memory, and O += P V another, with P straight
-// from the score registers and V read from shared memory as an MN-major operand, so no
-// tile is ever transposed. K/V tiles are double-buffered: tile j + 1 streams in (cp.async)
-// while tile j computes. Masking, online softmax and the epilogue are online_softmax.cuh's;
-// packed sequences skip the key tiles that share no document, as fwd_kernel.cuh does.
+// Forward for Hopper (sm_90a), warp-specialised as FlashAttention-3 is: one producer warp
+// streams tiles into shared memory with TMA (tma.cuh) while two consumer warpgroups multiply
+// on warpgroup MMA (wgmma.cuh). One block per (128-query tile, head, batch): warpgroup 0
+// produces, warpgroups 1 and 2 each own 64 query rows. Q arrives once; K/V tiles pass
+// through kStages buffers, each with a "full" mbarrier (the TMA bytes are in) and an "empty"
+// one (both consumer warpgroups are done with it), so the producer refills a buffer as soon
+// as it is free, without a block-wide barrier. The producer gives up registers
+// (setmaxnreg) so that the consumers can hold S, P and O at head dim 128 without spilling.
+// Per 128-key tile, S = Q K^T is one batch of wgmma with both operands in shared memory, and
+// O += P V another, P straight from the score registers and V read as an MN-major operand,
+// so no tile is ever transposed. Masking, online softmax and the epilogue are
+// online_softmax.cuh's; packed sequences skip the key tiles that share no document, as
+// fwd_kernel.cuh does (producer and consumers walk the same tiles).
 //
-// Not yet here (issue #4, after a measured baseline): TMA loads, warp specialisation and
-// swizzled layouts, as FlashAttention-3 has them. Used only where it applies (dispatch.cu):
-// head dim 64 or 128 and 16-byte aligned rows; otherwise fwd_kernel.cuh runs.
+// Not yet here (issue #4, after a measured baseline): swizzled layouts and the overlap of one
+// warpgroup's softmax with the other's products (FlashAttention-3's ping-pong). Used only
+// where it applies (dispatch.cu): head dim 64 or 128, 16-byte aligned rows and strides TMA
+// can describe; otherwise fwd_kernel.cuh runs.
 #pragma once
 #include "documents.cuh"
 #include "flash.h"
 #include "mma.cuh"
 #include "online_softmax.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace ra::cuda::flash {
@@ -23,105 +30,128 @@ template <int kHeadDim_, typename T_>
 struct Sm90FwdTraits {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kWarpgroups = 2;
-  static constexpr int kNThreads = 128 * kWarpgroups;
-  static constexpr int kBlockM = 64 * kWarpgroups;
+  static constexpr int kConsumers = 2;                   // warpgroups of 64 query rows
+  static constexpr int kNThreads = 128 * (1 + kConsumers);
+  static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kBlockN = 128;
+  static constexpr int kStages = 2;
   static constexpr int kTileQ = kBlockM * kHeadDim, kTileKV = kBlockN * kHeadDim;  // elements
-  // Q once, K and V twice (double buffer): 160 KiB at head dim 128, within sm_90's 227 KiB.
-  static constexpr int kSmemBytes = (kTileQ + 4 * kTileKV) * int(sizeof(T));
+  // Q once, K and V per stage, then the barriers: 160 KiB at head dim 128, within sm_90's 227 KiB.
+  static constexpr int kBarrierOffset = (kTileQ + 2 * kStages * kTileKV) * int(sizeof(T));
+  static constexpr int kSmemBytes = kBarrierOffset + (1 + 2 * kStages) * 8;
+  // Registers per thread after setmaxnreg: 128 x 24 + 256 x 240 <= 65536.
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 };
 
-// The no-swizzle layout of a tile with kD columns: core matrix (r / 8, c / 8) is 64
-// contiguous elements, its 8 rows 16 bytes apart, and core matrices of one row group follow
-// each other along c. So stepping 8 columns is 128 bytes, stepping 8 rows kD * 16 bytes.
-template <int kD>
-__device__ __forceinline__ int blocked(int r, int c) {
-  return ((r >> 3) * (kD / 8) + (c >> 3)) * 64 + (r & 7) * 8 + (c & 7);
+// The tensor maps of q, k and v, made on the host (launch_sm90.cuh, the emulator's test).
+struct Sm90FwdMaps {
+  TmaMap q, k, v;
+};
+template <typename Tr>
+inline Sm90FwdMaps sm90_fwd_maps(const FwdParams& p, DType dtype) {
+  return {tma_map(fwd_tma_shape(p, 'q', Tr::kBlockM), dtype), tma_map(fwd_tma_shape(p, 'k', Tr::kBlockN), dtype),
+          tma_map(fwd_tma_shape(p, 'v', Tr::kBlockN), dtype)};
 }
 
-// Rows [0, kRows) of a tile (kD columns, all inside the head dim) into the blocked layout;
-// rows at or past valid_rows are zero-filled. Thread i writes the i-th 16 bytes of the tile,
-// so that eight neighbouring threads fill one core matrix: no bank conflicts.
-template <int kRows, int kD, int kThreads, typename T>
-__device__ __forceinline__ void load_blocked(T* smem, const T* g, int64_t row_stride, int valid_rows) {
-  for (int i = threadIdx.x; i < kRows * kD / 8; i += kThreads) {
-    const int core = i >> 3, r = (core / (kD / 8)) * 8 + (i & 7), c = (core % (kD / 8)) * 8;
-    T* dst = smem + i * 8;
-    if (r < valid_rows) {
-      cp_async16(dst, g + r * row_stride + c);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) dst[e] = T(0.f);
-    }
-  }
+// The layout TMA writes: column group c / 8 of a tile of kRows rows is kRows contiguous
+// 16-byte rows. Core matrix (r / 8, c / 8) is thus 128 contiguous bytes; stepping 8 rows is
+// 128 bytes, stepping 8 columns kRows * 16 bytes.
+template <int kRows>
+__host__ __device__ __forceinline__ int tma_tile(int r, int c) {
+  return ((c >> 3) * kRows + r) * 8 + (c & 7);
 }
 
 template <typename Tr, bool kCausal>
-__global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdParams p) {
+__global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdParams p, const __grid_constant__ Sm90FwdMaps maps) {
   // Other architectures of a fat binary get an empty kernel; dispatch.cu launches this one
   // only on sm_90 devices of a build that has sm_90a code.
 #if defined(RA_FLASH_EMULATOR) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using T = typename Tr::T;
-  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim;
+  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kStages = Tr::kStages;
   constexpr int kNT = kBN / 8, kDT = kD / 8;
-  constexpr uint32_t kColStep = 128, kRowStep = kD * 16;  // bytes between core matrices (see blocked)
   RA_DYNAMIC_SMEM(smem);
   T* sQ = reinterpret_cast<T*>(smem);
-  // K and V of buffer `buf` (0 or 1), by arithmetic: an array of pointers would sit in local memory
-  auto sK = [&](int buf) { return sQ + Tr::kTileQ + buf * Tr::kTileKV; };
-  auto sV = [&](int buf) { return sQ + Tr::kTileQ + (2 + buf) * Tr::kTileKV; };
+  // K and V of stage st, by arithmetic: an array of pointers would sit in local memory
+  auto sK = [&](int st) { return sQ + Tr::kTileQ + st * Tr::kTileKV; };
+  auto sV = [&](int st) { return sQ + Tr::kTileQ + (kStages + st) * Tr::kTileKV; };
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + Tr::kBarrierOffset);
+  uint64_t* full = q_full + 1;         // [kStages]: K and V of the stage have landed
+  uint64_t* empty = full + kStages;    // [kStages]: every consumer thread is done with them
 
   const int wg = threadIdx.x / 128, warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32, t = lane % 4;
   // Causal: the longest tiles (last queries) first, so that the tail of the grid is short.
   const int m_block = kCausal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / (p.heads / p.kv_heads);
   const int m0 = m_block * kBM;
-  const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + int64_t(m0) * p.q_row_stride + int64_t(h) * p.head_dim;
-  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + int64_t(kvh) * p.head_dim;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + int64_t(kvh) * p.head_dim;
-
-  // Key tiles past the diagonal of this query tile are never loaded.
+  // Key tiles past the diagonal of this query tile are never loaded; with packed sequences,
+  // neither are those that share no document with it. Producer and consumers walk the same.
   const int n_blocks = key_tiles_seen<kCausal>(p, m0, kBM, kBN);
-  auto load_kv = [&](int nb, int buf) {
-    const int n0 = nb * kBN;
-    load_blocked<kBN, kD, Tr::kNThreads>(sK(buf), k + int64_t(n0) * p.k_row_stride, p.k_row_stride, p.seq_k - n0);
-    load_blocked<kBN, kD, Tr::kNThreads>(sV(buf), v + int64_t(n0) * p.v_row_stride, p.v_row_stride, p.seq_k - n0);
-  };
-  // Packed sequences: key tiles that share no document with this query tile are never loaded.
   auto next_tile = [&](int from) {
     return next_tile_with_documents(p, b, true, m0, min(kBM, p.seq_q - m0), from, n_blocks, kBN);
   };
-  int nb = next_tile(0);
-  load_blocked<kBM, kD, Tr::kNThreads>(sQ, q, p.q_row_stride, p.seq_q - m0);
-  if (nb < n_blocks) load_kv(nb, 0);
-  cp_async_commit();
 
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int st = 0; st < kStages; ++st) mbar_init(&full[st], 1), mbar_init(&empty[st], 128 * Tr::kConsumers);
+    fence_mbar_init();
+  }
+  __syncthreads();  // the last block-wide barrier: the roles part here
+
+  if (wg == 0) {
+    setmaxnreg_dec<Tr::kProducerRegs>();
+    if (warp != 0) return;
+    // The warp walks the tiles (next_tile is a warp's ballot); lane 0 alone waits and issues
+    // the copies. A parity wait is sound only for a waiter that cannot fall a whole phase
+    // behind: lane 0 cannot (each phase of `empty` needs a tile it issued after its last
+    // wait), but another lane could, and would then wait for the phase after next.
+    if (lane == 0) {
+      mbar_arrive_expect_tx(q_full, Tr::kTileQ * int(sizeof(T)));
+      for (int c = 0; c < kD; c += 8) tma_load(sQ + tma_tile<kBM>(0, c), &maps.q, q_full, c, h, m0, b);
+    }
+    int i = 0;
+    for (int nb = next_tile(0); nb < n_blocks; nb = next_tile(nb + 1), ++i) {
+      const int st = i % kStages;
+      if (lane == 0) {
+        mbar_wait(&empty[st], ((i / kStages) & 1) ^ 1);  // the stage's previous tile is consumed
+        mbar_arrive_expect_tx(&full[st], 2 * Tr::kTileKV * int(sizeof(T)));
+        for (int c = 0; c < kD; c += 8) {
+          tma_load(sK(st) + tma_tile<kBN>(0, c), &maps.k, &full[st], c, kvh, nb * kBN, b);
+          tma_load(sV(st) + tma_tile<kBN>(0, c), &maps.v, &full[st], c, kvh, nb * kBN, b);
+        }
+      }
+      __syncwarp();
+    }
+    return;
+  }
+
+  setmaxnreg_inc<Tr::kConsumerRegs>();
+  const int cw = wg - 1;  // consumer warpgroup: query rows [64 cw, 64 cw + 64) of the tile
   float acc[kDT][4] = {};
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
   const float scale_log2 = p.scale * kLog2e;
-  const int row0 = m0 + wg * 64 + warp * 16 + lane / 4;  // this lane's query rows: row0 and row0 + 8
-  const T* sQg = sQ + blocked<kD>(wg * 64, 0);           // this warpgroup's 64 rows
+  const int row0 = m0 + cw * 64 + warp * 16 + lane / 4;  // this lane's query rows: row0 and row0 + 8
   // Packed sequences: this lane's rows' documents, and the keys' (read where masked).
   const int* doc_k = p.doc_q ? p.doc_k + b * p.doc_k_batch_stride : nullptr;
   int doc_row[2];
   lane_documents(p.doc_q, p.doc_q_batch_stride, b, row0, p.seq_q, doc_row);
+  // Bytes between core matrices (tma_tile): along the rows of a tile, and along its columns.
+  constexpr uint32_t kCoreStep = 128, kQColStep = kBM * 16, kKVColStep = kBN * 16;
+  // Every consumer thread waits on every phase: none can fall a phase behind, since the next
+  // phase of a stage's `full` needs the `empty` arrival of each of them.
+  mbar_wait(q_full, 0);  // always: the block must not end with its Q copy in flight
 
-  for (int buf = 0; nb < n_blocks; buf ^= 1) {
-    const int n0 = nb * kBN, nb_next = next_tile(nb + 1);
-    cp_async_wait_all();
-    fence_proxy_async();
-    __syncthreads();  // tile nb has landed and is visible to wgmma; every warpgroup is done with the one before
-    if (nb_next < n_blocks) load_kv(nb_next, buf ^ 1);
-    cp_async_commit();
+  int i = 0;
+  for (int nb = next_tile(0); nb < n_blocks; nb = next_tile(nb + 1), ++i) {
+    const int st = i % kStages, n0 = nb * kBN;
+    mbar_wait(&full[st], (i / kStages) & 1);
 
     float s[kNT][4];  // the first product overwrites it (accumulate = 0)
     fence_operands<kNT * 4>(&s[0][0]);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk)
-      wgmma_ss<T, kBN>(&s[0][0], wgmma_desc(sQg + blocked<kD>(0, kk * 16), kColStep, kRowStep),
-                       wgmma_desc(sK(buf) + blocked<kD>(0, kk * 16), kColStep, kRowStep), kk > 0);
+      wgmma_ss<T, kBN>(&s[0][0], wgmma_desc(sQ + tma_tile<kBM>(cw * 64, kk * 16), kQColStep, kCoreStep),
+                       wgmma_desc(sK(st) + tma_tile<kBN>(0, kk * 16), kKVColStep, kCoreStep), kk > 0);
     wgmma_commit();
     wgmma_wait_all();
     fence_operands<kNT * 4>(&s[0][0]);
@@ -133,8 +163,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
       mask_scores<kCausal>(s, p, n0, row0, t, mixed ? doc_k : nullptr, doc_row);
     online_softmax(s, acc, row_max, row_sum, scale_log2);
 
-    // P V: rows of V are the k index (MN-major B), so stepping 16 keys is two row groups and
-    // the next 8 keys (k) are kRowStep away, the next 8 columns (n) kColStep.
+    // P V: rows of V are the k index (MN-major B), so stepping 16 keys is two core matrices
+    // down (the next 8 keys are kCoreStep away), the next 8 columns (n) kKVColStep.
     uint32_t pa[kBN / 16][4];
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) acc_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
@@ -143,14 +173,13 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk)
-      wgmma_rs<T, kD>(&acc[0][0], pa[kk], wgmma_desc(sV(buf) + blocked<kD>(kk * 16, 0), kRowStep, kColStep), 1);
+      wgmma_rs<T, kD>(&acc[0][0], pa[kk], wgmma_desc(sV(st) + tma_tile<kBN>(kk * 16, 0), kCoreStep, kKVColStep), 1);
     wgmma_commit();
     wgmma_wait_all();
     fence_operands<kDT * 4>(&acc[0][0]);
-    nb = nb_next;
+    mbar_arrive(&empty[st]);  // this thread's warpgroup has read K and V of the stage
   }
 
-  cp_async_wait_all();  // a tile that sees no key never waited for its Q load
   store_forward<T>(p, b, h, row0, t, acc, row_max, row_sum);
 #endif
 }

@@ -1,5 +1,7 @@
 // Launch templates of the Hopper kernels (fwd_sm90_kernel.cuh, bwd_sm90_kernel.cuh).
 #pragma once
+#include <type_traits>
+
 #include "../check.h"
 #include "bwd_sm90_kernel.cuh"
 #include "fwd_sm90_kernel.cuh"
@@ -13,7 +15,8 @@ void run_fwd_sm90(const FwdParams& p, cudaStream_t stream) {
   auto kernel = fwd_sm90_kernel<Tr, kCausal>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes), "cudaFuncSetAttribute");
   const dim3 grid((p.seq_q + Tr::kBlockM - 1) / Tr::kBlockM, p.heads, p.batch);
-  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p);
+  const Sm90FwdMaps maps = sm90_fwd_maps<Tr>(p, std::is_same_v<T, __half> ? DType::F16 : DType::BF16);
+  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, maps);
   check(cudaGetLastError(), "attention forward (sm_90) launch");
 }
 

@@ -1,0 +1,133 @@
+// Hopper (sm_90a) building blocks of the warp-specialised forward (fwd_sm90_kernel.cuh): the
+// tensor memory accelerator (TMA), which copies a box of a tensor from global to shared memory
+// on its own and then reports the bytes to an mbarrier; the mbarrier itself (a phase that
+// completes once its expected arrivals and bytes are in); and setmaxnreg, which moves
+// registers from the producer warpgroup to the consumers.
+//
+// A tensor map describes one of q, k, v as [batch, seq, heads, head_dim] (4 dims, innermost
+// first, byte strides rising); its box is 8 columns of `rows` rows of one head, which lands in
+// shared memory as `rows` contiguous 16-byte rows: one column of core matrices of the
+// no-swizzle wgmma layout (wgmma.cuh). Rows past the sequence's end land as zeros.
+// Under RA_FLASH_EMULATOR the same calls run on the CPU (test/flash-emulator/shim.h).
+#pragma once
+#include <cstdint>
+
+#include "flash.h"
+#include "wgmma.cuh"
+
+namespace ra::cuda::flash {
+
+// What the host must know to describe one tensor: 4 dims (head_dim, heads, seq, batch), the
+// byte strides of the outer three, and the box (8, 1, rows, 1).
+struct TmaShape {
+  const void* base;
+  uint64_t dims[4];
+  uint64_t strides[3];
+  uint32_t box_rows, esz;
+};
+
+// q, k or v of p (16-bit elements) as a TMA shape, boxes of box_rows rows. seq 0 becomes 1
+// (a map's dims are non-zero; no kernel loads past seq_k), and the stride of a dim of size 1
+// becomes the span inside it (it is never stepped).
+inline TmaShape fwd_tma_shape(const FwdParams& p, char which, int box_rows) {
+  const bool q = which == 'q';
+  const int64_t batch_stride = q ? p.q_batch_stride : which == 'k' ? p.k_batch_stride : p.v_batch_stride;
+  const int64_t row_stride = q ? p.q_row_stride : which == 'k' ? p.k_row_stride : p.v_row_stride;
+  const int seq = q ? p.seq_q : p.seq_k;
+  constexpr uint64_t esz = 2;
+  TmaShape s{q ? p.q : which == 'k' ? p.k : p.v,
+             {uint64_t(p.head_dim), uint64_t(q ? p.heads : p.kv_heads), uint64_t(seq > 0 ? seq : 1), uint64_t(p.batch)},
+             {p.head_dim * esz, row_stride * esz, batch_stride * esz},
+             uint32_t(box_rows), uint32_t(esz)};
+  uint64_t span = s.dims[0] * esz;
+  for (int i = 0; i < 3; ++i) {
+    if (s.dims[i + 1] == 1) s.strides[i] = span;
+    span = s.strides[i] * s.dims[i + 1];
+  }
+  return s;
+}
+
+// Whether the hardware can describe the tensor so: the base 16-byte aligned, strides multiples
+// of 16 bytes below 2^40, each at least the span of the dims inside it. True for the
+// library's own layouts (whole tensors, ring views) at head dims 64 and 128; where it is not,
+// dispatch.cu runs the default kernels.
+inline bool tma_describable(const TmaShape& s) {
+  if (reinterpret_cast<uintptr_t>(s.base) % 16) return false;
+  uint64_t span = s.dims[0] * s.esz;
+  for (int i = 0; i < 3; ++i) {
+    if (s.strides[i] % 16 || s.strides[i] >= (uint64_t(1) << 40) || s.strides[i] < span) return false;
+    span = s.strides[i] * s.dims[i + 1];
+  }
+  return true;
+}
+inline bool fwd_tma_describable(const FwdParams& p) {
+  return tma_describable(fwd_tma_shape(p, 'q', 1)) && tma_describable(fwd_tma_shape(p, 'k', 1)) &&
+         tma_describable(fwd_tma_shape(p, 'v', 1));
+}
+
+#ifdef RA_FLASH_EMULATOR
+using TmaMap = EmuTensorMap;
+inline TmaMap tma_map(const TmaShape& s, DType) { return emu_tensor_map(s.base, s.dims, s.strides, s.box_rows); }
+inline void mbar_init(uint64_t* bar, int count) { emu_mbar_init(bar, count); }
+inline void fence_mbar_init() {}
+inline void mbar_arrive(uint64_t* bar) { emu_mbar_arrive(bar, 0); }
+inline void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) { emu_mbar_arrive(bar, bytes); }
+inline void mbar_wait(uint64_t* bar, int parity) { emu_mbar_wait(bar, parity); }
+inline void tma_load(void* dst, const TmaMap* map, uint64_t* bar, int col, int head, int row, int batch) {
+  emu_tma_load(dst, map, bar, col, head, row, batch);
+}
+template <int kRegs> inline void setmaxnreg_inc() {}
+template <int kRegs> inline void setmaxnreg_dec() {}
+#else
+// The driver's opaque 128-byte map, passed by value in the kernel's parameters.
+struct alignas(64) TmaMap {
+  uint64_t opaque[16];
+};
+// Made on the host through the driver's cuTensorMapEncodeTiled (dispatch.cu), reached through
+// the runtime, so that nothing links libcuda. Throws with the driver's code if it refuses.
+TmaMap tma_map(const TmaShape& s, DType dtype);
+
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+// The initialised barriers made visible to the async proxy (TMA's completions), before the
+// block's barrier that publishes them.
+__device__ __forceinline__ void fence_mbar_init() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// One arrival that also announces `bytes` still to come from TMA copies into this phase.
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+// Until the phase of this parity has completed (a fresh barrier is in phase 0, so waiting on
+// parity 1 returns at once: the producer's first pass over empty buffers).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nLAB_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra LAB_WAIT;\n}\n" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// The box at (col, head, row, batch) of `map` into dst (128-byte aligned); its bytes complete
+// on `bar`. The CTA's own shared::cta addresses are valid shared::cluster ones.
+__device__ __forceinline__ void tma_load(void* dst, const TmaMap* map, uint64_t* bar, int col, int head, int row,
+                                         int batch) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(
+          smem_addr(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(head), "r"(row), "r"(batch), "r"(smem_addr(bar))
+      : "memory");
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+#endif
+
+}  // namespace ra::cuda::flash
