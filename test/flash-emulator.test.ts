@@ -1,7 +1,8 @@
 // The CUDA flash-attention kernels, run on the CPU emulator in test/flash-emulator/ (CI has no
 // GPU): every kernel, the Hopper ones included, against a float64 reference, under
-// AddressSanitizer, with cp.async copies landing at once and, in a second run, only at the
-// wait. Skipped, with the reason in the title, where g++ or x86-64 is missing.
+// AddressSanitizer, with cp.async and TMA copies landing at once and, in a second run, late
+// (cp.async at the wait, TMA at a random later point, so that a read before its mbarrier or a
+// refill of a buffer still in use computes with the wrong bytes). Skipped, with the reason in the title, where g++ or x86-64 is missing.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { arch, tmpdir } from 'node:os';

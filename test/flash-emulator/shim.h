@@ -121,12 +121,20 @@ struct WarpScratch {
   unsigned u[32];
 };
 inline Barrier emu_block_bar;
+inline Barrier emu_named[16];  // bar.sync id, threads (tma.cuh's named_barrier_sync); 0 is emu_block_bar
 inline WarpScratch emu_warps[16];
 
 inline int lane_id() { return threadIdx.x % 32; }
 inline WarpScratch& my_warp() { return emu_warps[threadIdx.x / 32]; }
 
 inline void __syncthreads() { emu_barrier(emu_block_bar); }
+inline void emu_named_barrier(int id, int threads) {
+  if (id < 1 || id > 15 || threads % 32 || threads > int(blockDim.x)) emu_fail("named barrier: id or thread count");
+  auto& b = emu_named[id];
+  if (b.count == 0) b.n = threads;  // set by the first thread of each use
+  else if (b.n != threads) emu_fail("named barrier: thread counts differ");
+  emu_barrier(b);
+}
 inline void __syncwarp(unsigned = 0xffffffffu) { emu_barrier(my_warp().bar); }
 inline float __shfl_xor_sync(unsigned, float x, int m) {
   auto& w = my_warp();
@@ -378,6 +386,7 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
         emu_smem = (unsigned char*)aligned_alloc(128, (smem_bytes + 127) / 128 * 128 + 128);
         memset(emu_smem, 0xff, smem_bytes);
         emu_block_bar = Barrier{nthreads};
+        for (auto& nb : emu_named) nb = Barrier{};
         for (int w = 0; w < nthreads / 32; ++w) emu_warps[w].bar = Barrier{32};
         for (int g = 0; g < nthreads / 128; ++g) emu_groups[g].bar = Barrier{128};
         emu_mbars.clear();

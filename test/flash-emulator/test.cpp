@@ -4,7 +4,7 @@
 // deterministic dQ, over dtypes, head dims 1-256, ragged tiles, GQA and causal shapes where
 // whole tiles see no key. Packed documents (scattered ids, and documents end to end, whose
 // kernels must skip tiles: each does fewer products) also run as views at shifted offsets, as
-// the ring's steps take them. The Hopper kernels (wgmma) run cases of their own.
+// the ring's steps take them. The Hopper kernels (wgmma, TMA, mbarriers) run cases of their own.
 // Built and run by test/flash-emulator.test.ts:
 //   g++ -std=c++20 -O2 -fsanitize=address -DRA_FLASH_EMULATOR -I. -Itest/flash-emulator \
 //       test/flash-emulator/test.cpp -o t && ./t [deferred]
@@ -70,9 +70,11 @@ template <class T> void fwd(const FwdParams& p, bool c) {
 template <class T, int D, bool C> void run_bwd_sm90_t(const BwdParams& p) {
   using Tr = Sm90BwdTraits<D, T>;
   dim3 grid{unsigned((p.fwd.seq_k + Tr::kBlockN - 1) / Tr::kBlockN), unsigned(p.fwd.kv_heads), unsigned(p.fwd.batch)};
+  if (!bwd_tma_describable(p)) emu_fail("a test's backward that TMA cannot describe");
+  const Sm90BwdMaps maps = sm90_bwd_maps<Tr>(p, ra::DType::BF16);
   ++sm90_launches;
   counted(products.dkdv, [&] {
-    emu_launch(grid, Tr::kNThreads, Tr::kSmemBytes, [&] { bwd_sm90_kernel<Tr, C>(p, !p.deterministic); });
+    emu_launch(grid, Tr::kNThreads, Tr::kSmemBytes, [&] { bwd_sm90_kernel<Tr, C>(p, maps, !p.deterministic); });
   });
   if (!p.deterministic) return;
   using Ta = BwdTraitsFor<D, T>;

@@ -23,13 +23,16 @@ using T = __nv_bfloat16;
 
 // a: 64 x 16, row-major. b: N x 16, row-major, so that B[k][n] = b[n][k] in every form. Each
 // form that is compiled for this N (kForms: 1 ss, 2 rs, 4 ss_tt) writes its 64 x N result.
-// The forward's tma_tile forms (kForms 8: ss, 16: rs) read their operands as the forward does:
-// A as rows 64..127 of a 128-row Q tile at its columns 16..31, B as rows 0..N-1 of a K tile
-// at columns 16..31, and the MN-major B as rows 16..31 of a 32-row V tile.
+// The tma_tile forms (kForms 8: ss, 16: rs, 32: ss_tt) read their operands as the kernels do
+// from tiles that TMA wrote: A as rows 64..127 of a 128-row tile at its columns 16..31, B as
+// rows 0..N-1 of a tile at columns 16..31, the MN-major B of rs as rows 16..31 of a 32-row
+// tile, and that of ss_tt as rows 16..31, columns N..2N-1 of a 32-row tile (the backward's
+// dQ, the second warpgroup's half of K).
 template <int N, int kForms>
-__global__ void unit(const T* a, const T* b, float* d_ss, float* d_rs, float* d_tt, float* d_ss_tma, float* d_rs_tma) {
+__global__ void unit(const T* a, const T* b, float** d) {
   __shared__ __align__(128) T sA[64 * 16], sAt[16 * 64], sB[N * 16], sBt[16 * N];
-  __shared__ __align__(128) T sQ[(kForms & 8) ? 128 * 32 : 8], sK[(kForms & 8) ? N * 32 : 8], sV[(kForms & 16) ? 32 * N : 8];
+  __shared__ __align__(128) T sQ[(kForms & 8) ? 128 * 32 : 8], sK[(kForms & 8) ? N * 32 : 8], sV[(kForms & 16) ? 32 * N : 8],
+      sKt[(kForms & 32) ? 32 * 2 * N : 8];
   const int tid = threadIdx.x, w = tid / 32, l = tid % 32;
   for (int i = tid; i < 64 * 16; i += 128) {
     sA[blocked<16>(i / 16, i % 16)] = a[i];   // K-major: rows m, 16 k
@@ -41,6 +44,7 @@ __global__ void unit(const T* a, const T* b, float* d_ss, float* d_rs, float* d_
     sBt[blocked<N>(i % 16, i / 16)] = b[i];   // MN-major: rows k, N columns n
     if constexpr (kForms & 8) sK[tma_tile<N>(i / 16, 16 + i % 16)] = b[i];
     if constexpr (kForms & 16) sV[tma_tile<32>(16 + i % 16, i / 16)] = b[i];
+    if constexpr (kForms & 32) sKt[tma_tile<32>(16 + i % 16, N + i / 16)] = b[i];
   }
   fence_proxy_async();
   __syncthreads();
@@ -69,38 +73,42 @@ __global__ void unit(const T* a, const T* b, float* d_ss, float* d_rs, float* d_
     fence_operands<N / 2>(acc);
     store(out, acc);
   };
-  if constexpr (kForms & 1) product(0, wgmma_desc(sA, 128, 16 * 16), wgmma_desc(sB, 128, 16 * 16), d_ss);
-  if constexpr (kForms & 2) product(1, 0, wgmma_desc(sBt, N * 16, 128), d_rs);
-  if constexpr (kForms & 4) product(2, wgmma_desc(sAt, 64 * 16, 128), wgmma_desc(sBt, N * 16, 128), d_tt);
-  // As fwd_sm90_kernel.cuh's S = Q K^T (consumer warpgroup 1, kk = 1), and its O += P V at kk = 1
-  // with a 32-key V tile.
+  if constexpr (kForms & 1) product(0, wgmma_desc(sA, 128, 16 * 16), wgmma_desc(sB, 128, 16 * 16), d[0]);
+  if constexpr (kForms & 2) product(1, 0, wgmma_desc(sBt, N * 16, 128), d[1]);
+  if constexpr (kForms & 4) product(2, wgmma_desc(sAt, 64 * 16, 128), wgmma_desc(sBt, N * 16, 128), d[2]);
+  // As the forward's S = Q K^T (consumer warpgroup 1, kk = 1) and the backward's S^T = K Q^T;
+  // the forward's O += P V and the backward's dV and dK at kk = 1; the backward's dQ.
   if constexpr (kForms & 8)
-    product(0, wgmma_desc(sQ + tma_tile<128>(64, 16), 128 * 16, 128), wgmma_desc(sK + tma_tile<N>(0, 16), N * 16, 128), d_ss_tma);
-  if constexpr (kForms & 16) product(1, 0, wgmma_desc(sV + tma_tile<32>(16, 0), 128, 32 * 16), d_rs_tma);
+    product(0, wgmma_desc(sQ + tma_tile<128>(64, 16), 128 * 16, 128), wgmma_desc(sK + tma_tile<N>(0, 16), N * 16, 128), d[3]);
+  if constexpr (kForms & 16) product(1, 0, wgmma_desc(sV + tma_tile<32>(16, 0), 128, 32 * 16), d[4]);
+  if constexpr (kForms & 32) product(2, wgmma_desc(sAt, 64 * 16, 128), wgmma_desc(sKt + tma_tile<32>(16, N), 128, 32 * 16), d[5]);
 }
 
 template <int N, int kForms>
 int run() {
   std::vector<T> a(64 * 16), b(N * 16);
-  std::vector<float> af(a.size()), bf(b.size()), out[5];
+  std::vector<float> af(a.size()), bf(b.size()), out[6];
   srand(N);
   for (size_t i = 0; i < a.size(); ++i) af[i] = float(rand() % 9 - 4), a[i] = __float2bfloat16(af[i]);
   for (size_t i = 0; i < b.size(); ++i) bf[i] = float(rand() % 9 - 4), b[i] = __float2bfloat16(bf[i]);
   T *da, *db;
-  float* dd[5];
+  float* dd[6];
+  float** dlist;
   cudaMalloc(&da, a.size() * sizeof(T)), cudaMalloc(&db, b.size() * sizeof(T));
   cudaMemcpy(da, a.data(), a.size() * sizeof(T), cudaMemcpyHostToDevice);
   cudaMemcpy(db, b.data(), b.size() * sizeof(T), cudaMemcpyHostToDevice);
   for (auto& d : dd) cudaMalloc(&d, 64 * N * 4), cudaMemset(d, 0xff, 64 * N * 4);  // NaN where nothing is written
-  unit<N, kForms><<<1, 128>>>(da, db, dd[0], dd[1], dd[2], dd[3], dd[4]);
+  cudaMalloc(&dlist, sizeof dd);
+  cudaMemcpy(dlist, dd, sizeof dd, cudaMemcpyHostToDevice);
+  unit<N, kForms><<<1, 128>>>(da, db, dlist);
   cudaError_t e = cudaDeviceSynchronize();
   if (e != cudaSuccess) {
     printf("FAIL N=%d: kernel failed: %s\n", N, cudaGetErrorString(e));
     return 1;
   }
   int failed = 0;
-  const char* names[5] = {"wgmma_ss", "wgmma_rs", "wgmma_ss_tt", "wgmma_ss (tma_tile)", "wgmma_rs (tma_tile)"};
-  for (int f = 0; f < 5; ++f) {
+  const char* names[6] = {"wgmma_ss", "wgmma_rs", "wgmma_ss_tt", "wgmma_ss (tma_tile)", "wgmma_rs (tma_tile)", "wgmma_ss_tt (tma_tile)"};
+  for (int f = 0; f < 6; ++f) {
     if (!(kForms & (1 << f))) continue;
     out[f].resize(64 * N);
     cudaMemcpy(out[f].data(), dd[f], 64 * N * 4, cudaMemcpyDeviceToHost);
@@ -114,7 +122,7 @@ int run() {
     printf("%s N=%d: %s %d of %d wrong\n", bad ? "FAIL" : "ok", N, names[f], bad, 64 * N);
     failed |= bad != 0;
   }
-  cudaFree(da), cudaFree(db);
+  cudaFree(da), cudaFree(db), cudaFree(dlist);
   for (auto d : dd) cudaFree(d);
   return failed;
 }
@@ -176,6 +184,5 @@ int run_tma() {
 }
 
 // The (form, N) pairs the kernels use: ss at 64 and 128 (S, S^T, dP^T), rs at 64 and 128
-// (P V, dV, dK), ss_tt at 32 and 64 (dQ); in the forward's layout, ss at 128 (S) and rs at 64
-// and 128 (P V at head dims 64 and 128).
-int main() { return run<32, 4>() | run<64, 7 | 16>() | run<128, 3 | 8 | 16>() | run_tma(); }
+// (P V, dV, dK), ss_tt at 32 and 64 (dQ), each in the layouts they read.
+int main() { return run<32, 4 | 32>() | run<64, 7 | 8 | 16 | 32>() | run<128, 3 | 8 | 16>() | run_tma(); }

@@ -1,126 +1,165 @@
 // Backward for Hopper (sm_90a): the dK/dV kernel of bwd_kernel.cuh with its five products on
-// warpgroup MMA (wgmma.cuh). One block per (128-key tile, kv head, batch): two warpgroups,
-// each with 64 keys, looping over the 64-query tiles of every query head of the GQA group, so
-// that dK/dV of a group sum in registers. Per query tile:
+// warpgroup MMA (wgmma.cuh), warp-specialised as the forward is (fwd_sm90_kernel.cuh). One
+// block per (128-key tile, kv head, batch): a producer warp loads K and V once, then the
+// 64-query steps of every query head of the GQA group (Q and dO by TMA, lse and delta by its
+// lanes) through kStages buffers handed over by mbarriers; two consumer warpgroups, each
+// with 64 keys, so that dK/dV of a group sum in registers. Per query step:
 //   S^T = K Q^T and dP^T = V dO^T   (one batch; K, V, Q, dO read from shared memory)
 //   P^T = exp(S^T - lse), masked;   dV += P^T dO   (P^T from registers, dO MN-major)
 //   dS^T = P^T (dP^T - delta);      dK += dS^T Q   (dS^T from registers, Q MN-major)
 //   dQ += dS K (float32 atomics; each warpgroup half of the columns), from dS^T in shared
-//   memory read as an MN-major A. With `deterministic`, dQ is left to bwd_dq_kernel instead.
-// dV's product runs while dS^T is packed and stored. Tiles load with cp.async into the
-// no-swizzle layout `blocked`; head dims 64 and 128 with 16-byte aligned rows only
-// (dispatch.cu). Not yet here: TMA and warp specialisation (the forward has them), and
-// double-buffered Q/dO.
+//   memory (two buffers, so that one named barrier per step suffices) read as an MN-major A.
+//   With `deterministic`, dQ is left to bwd_dq_kernel instead.
+// dV's product runs while dS^T is packed and stored. Head dims 64 and 128 with strides TMA
+// can describe only (dispatch.cu). Not yet here: swizzled layouts.
 #pragma once
 #include "bwd_kernel.cuh"
 #include "documents.cuh"
 #include "flash.h"
+#include "fwd_sm90_kernel.cuh"
 #include "mma.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace ra::cuda::flash {
 
-// The no-swizzle layout of a tile with kD columns: core matrix (r / 8, c / 8) is 64
-// contiguous elements, its 8 rows 16 bytes apart, and core matrices of one row group follow
-// each other along c. So stepping 8 columns is 128 bytes, stepping 8 rows kD * 16 bytes.
+// The no-swizzle layout of dS^T (kD columns): core matrix (r / 8, c / 8) is 64 contiguous
+// elements, its 8 rows 16 bytes apart, and core matrices of one row group follow each other
+// along c. So stepping 8 columns is 128 bytes, stepping 8 rows kD * 16 bytes.
 template <int kD>
-__device__ __forceinline__ int blocked(int r, int c) {
+__host__ __device__ __forceinline__ int blocked(int r, int c) {
   return ((r >> 3) * (kD / 8) + (c >> 3)) * 64 + (r & 7) * 8 + (c & 7);
-}
-
-// Rows [0, kRows) of a tile (kD columns, all inside the head dim) into the blocked layout;
-// rows at or past valid_rows are zero-filled. Thread i writes the i-th 16 bytes of the tile,
-// so that eight neighbouring threads fill one core matrix: no bank conflicts.
-template <int kRows, int kD, int kThreads, typename T>
-__device__ __forceinline__ void load_blocked(T* smem, const T* g, int64_t row_stride, int valid_rows) {
-  for (int i = threadIdx.x; i < kRows * kD / 8; i += kThreads) {
-    const int core = i >> 3, r = (core / (kD / 8)) * 8 + (i & 7), c = (core % (kD / 8)) * 8;
-    T* dst = smem + i * 8;
-    if (r < valid_rows) {
-      cp_async16(dst, g + r * row_stride + c);
-    } else {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) dst[e] = T(0.f);
-    }
-  }
 }
 
 template <int kHeadDim_, typename T_>
 struct Sm90BwdTraits {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kNThreads = 256;
-  static constexpr int kBlockN = 128;  // keys: 64 per warpgroup
-  static constexpr int kBlockM = 64;   // queries per step
-  static constexpr int kTileKV = kBlockN * kHeadDim, kTileQ = kBlockM * kHeadDim;  // elements
-  // K, V, Q, dO, dS^T, then lse and delta: 112.5 KiB at head dim 128.
-  static constexpr int kSmemBytes = (2 * kTileKV + 2 * kTileQ + kBlockN * kBlockM) * int(sizeof(T)) +
-                                    2 * kBlockM * int(sizeof(float));
+  static constexpr int kConsumers = 2;  // warpgroups of 64 keys
+  static constexpr int kNThreads = 128 * (1 + kConsumers);
+  static constexpr int kBlockN = 64 * kConsumers;  // keys
+  static constexpr int kBlockM = 64;               // queries per step
+  static constexpr int kStages = 2;
+  static constexpr int kTileKV = kBlockN * kHeadDim, kTileQ = kBlockM * kHeadDim, kTileDs = kBlockN * kBlockM;  // elements
+  // K, V, then per stage Q and dO, two dS^T, then per stage lse and delta, then the barriers:
+  // 161 KiB at head dim 128.
+  static constexpr int kFloatsOffset = (2 * kTileKV + 2 * kStages * kTileQ + 2 * kTileDs) * int(sizeof(T));
+  static constexpr int kBarrierOffset = kFloatsOffset + 2 * kStages * kBlockM * int(sizeof(float));
+  static constexpr int kSmemBytes = kBarrierOffset + (1 + 2 * kStages) * 8;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 };
 
+// The tensor maps of q, k, v and dout, made on the host (launch_sm90.cuh, the emulator's test).
+struct Sm90BwdMaps {
+  TmaMap q, k, v, dout;
+};
+template <typename Tr>
+inline Sm90BwdMaps sm90_bwd_maps(const BwdParams& bp, DType dtype) {
+  return {tma_map(fwd_tma_shape(bp.fwd, 'q', Tr::kBlockM), dtype), tma_map(fwd_tma_shape(bp.fwd, 'k', Tr::kBlockN), dtype),
+          tma_map(fwd_tma_shape(bp.fwd, 'v', Tr::kBlockN), dtype), tma_map(dout_tma_shape(bp, Tr::kBlockM), dtype)};
+}
+
 template <typename Tr, bool kCausal>
-__global__ void __launch_bounds__(Tr::kNThreads, 1) bwd_sm90_kernel(const BwdParams bp, bool with_dq) {
+__global__ void __launch_bounds__(Tr::kNThreads, 1)
+    bwd_sm90_kernel(const BwdParams bp, const __grid_constant__ Sm90BwdMaps maps, bool with_dq) {
 #if defined(RA_FLASH_EMULATOR) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using T = typename Tr::T;
   const FwdParams& p = bp.fwd;
-  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim;
+  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kStages = Tr::kStages;
   constexpr int kMT = kBM / 8, kDT = kD / 8;
-  // bytes between core matrices (see blocked): along columns, along rows of a kD-wide tile,
-  // along rows of the kBM-wide dS^T
-  constexpr uint32_t kColStep = 128, kRowStep = kD * 16, kSdsRowStep = kBM * 16;
+  // Bytes between core matrices: 128 along the rows of a TMA tile (tma_tile) or along the
+  // columns of dS^T (blocked); along the columns of a K/V tile and of a Q/dO tile; along the
+  // rows of dS^T.
+  constexpr uint32_t kCoreStep = 128, kKVColStep = kBN * 16, kQColStep = kBM * 16, kSdsRowStep = kBM * 16;
   RA_DYNAMIC_SMEM(smem);
   T* sK = reinterpret_cast<T*>(smem);
   T* sV = sK + Tr::kTileKV;
-  T* sQ = sV + Tr::kTileKV;
-  T* sdO = sQ + Tr::kTileQ;
-  T* sdS = sdO + Tr::kTileQ;  // dS^T: [key][query], kBM columns
-  float* sLse = reinterpret_cast<float*>(sdS + kBN * kBM);
-  float* sDelta = sLse + kBM;
+  // Q and dO of stage st, dS^T buffer j: by arithmetic, as arrays of pointers would sit in local memory
+  auto sQ = [&](int st) { return sV + Tr::kTileKV + st * Tr::kTileQ; };
+  auto sdO = [&](int st) { return sV + Tr::kTileKV + (kStages + st) * Tr::kTileQ; };
+  auto sdS = [&](int j) { return sV + Tr::kTileKV + 2 * kStages * Tr::kTileQ + j * Tr::kTileDs; };  // [key][query]
+  float* sLse = reinterpret_cast<float*>(smem + Tr::kFloatsOffset);  // [kStages][kBM], log2-scaled
+  float* sDelta = sLse + kStages * kBM;                                // [kStages][kBM]
+  uint64_t* kv_full = reinterpret_cast<uint64_t*>(smem + Tr::kBarrierOffset);
+  uint64_t* full = kv_full + 1;       // [kStages]: the step's Q, dO, lse and delta are in
+  uint64_t* empty = full + kStages;   // [kStages]: every consumer thread is done with them
 
   const int wg = threadIdx.x / 128, warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int kvh = blockIdx.y, b = blockIdx.z, n0 = blockIdx.x * kBN;
-  const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + int64_t(n0) * p.k_row_stride + int64_t(kvh) * p.head_dim;
-  const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + int64_t(n0) * p.v_row_stride + int64_t(kvh) * p.head_dim;
-  load_blocked<kBN, kD, Tr::kNThreads>(sK, k, p.k_row_stride, p.seq_k - n0);
-  load_blocked<kBN, kD, Tr::kNThreads>(sV, v, p.v_row_stride, p.seq_k - n0);
-  cp_async_commit();
-
-  float dk[kDT][4] = {}, dv[kDT][4] = {};
-  const float scale_log2 = p.scale * kLog2e;
   const int group = p.heads / p.kv_heads;
   const int m_blocks = (p.seq_q + kBM - 1) / kBM;
-  // Causal: query tiles that end before the first query seeing key n0 are skipped.
+  // Causal: query tiles that end before the first query seeing key n0 are skipped; with packed
+  // sequences, so are those that share no document with this key tile. Both roles walk the same.
   const int m_begin = first_query_tile<kCausal>(p, n0, kBM, m_blocks);
-  const int key0 = n0 + wg * 64 + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
-  const T* sKg = sK + blocked<kD>(wg * 64, 0);    // this warpgroup's 64 keys
-  const T* sVg = sV + blocked<kD>(wg * 64, 0);
-  // Packed sequences: this lane's keys' documents, and the queries' (read where masked).
-  const int* doc_q = p.doc_q ? p.doc_q + b * p.doc_q_batch_stride : nullptr;
-  int doc_key[2];
-  lane_documents(doc_q ? p.doc_k : nullptr, p.doc_k_batch_stride, b, key0, p.seq_k, doc_key);
-  // ... and query tiles that share no document with this key tile are skipped.
   auto next_tile = [&](int from) {
     return next_tile_with_documents(p, b, false, n0, min(kBN, p.seq_k - n0), from, m_blocks, kBM);
   };
 
-  for (int hq = kvh * group; hq < (kvh + 1) * group; ++hq) {
-    for (int mb = next_tile(m_begin); mb < m_blocks; mb = next_tile(mb + 1)) {
-      const int m0 = mb * kBM;
-      __syncthreads();  // every warpgroup is done with the previous Q, dO, dS^T, lse and delta
-      const int64_t q_off = b * p.q_batch_stride + int64_t(m0) * p.q_row_stride + int64_t(hq) * p.head_dim;
-      const int64_t o_off = b * p.o_batch_stride + int64_t(m0) * p.o_row_stride + int64_t(hq) * p.head_dim;
-      load_blocked<kBM, kD, Tr::kNThreads>(sQ, static_cast<const T*>(p.q) + q_off, p.q_row_stride, p.seq_q - m0);
-      load_blocked<kBM, kD, Tr::kNThreads>(sdO, static_cast<const T*>(bp.dout) + o_off, p.o_row_stride, p.seq_q - m0);
-      const int64_t l_off = b * p.lse_batch_stride + int64_t(hq) * p.lse_head_stride + m0;
-      for (int i = threadIdx.x; i < kBM; i += Tr::kNThreads) {
-        const bool in = m0 + i < p.seq_q;
-        sLse[i] = in ? lse_log2(p.lse[l_off + i]) : INFINITY;
-        sDelta[i] = in ? bp.delta[l_off + i] : 0.f;
+  if (threadIdx.x == 0) {
+    mbar_init(kv_full, 1);
+    // full: lane 0's arrival with the TMA bytes, and the other 31 lanes' after their lse and delta
+    for (int st = 0; st < kStages; ++st) mbar_init(&full[st], 32), mbar_init(&empty[st], 128 * Tr::kConsumers);
+    fence_mbar_init();
+  }
+  __syncthreads();  // the last block-wide barrier: the roles part here
+
+  if (wg == 0) {
+    setmaxnreg_dec<Tr::kProducerRegs>();
+    if (warp != 0) return;
+    if (lane == 0) {
+      mbar_arrive_expect_tx(kv_full, 2 * Tr::kTileKV * int(sizeof(T)));
+      for (int c = 0; c < kD; c += 8) {
+        tma_load(sK + tma_tile<kBN>(0, c), &maps.k, kv_full, c, kvh, n0, b);
+        tma_load(sV + tma_tile<kBN>(0, c), &maps.v, kv_full, c, kvh, n0, b);
       }
-      cp_async_commit();
-      cp_async_wait_all();
-      fence_proxy_async();
-      __syncthreads();
+    }
+    int i = 0;
+    for (int hq = kvh * group; hq < (kvh + 1) * group; ++hq)
+      for (int mb = next_tile(m_begin); mb < m_blocks; mb = next_tile(mb + 1), ++i) {
+        const int st = i % kStages, m0 = mb * kBM;
+        // Lane 0 alone waits (see the forward: a lane that waits by parity must not be able to
+        // fall a phase behind); the warp's barrier then orders the others after its wait.
+        if (lane == 0) mbar_wait(&empty[st], ((i / kStages) & 1) ^ 1);
+        __syncwarp();
+        const int64_t l_off = b * p.lse_batch_stride + int64_t(hq) * p.lse_head_stride + m0;
+        for (int r = lane; r < kBM; r += 32) {
+          const bool in = m0 + r < p.seq_q;
+          sLse[st * kBM + r] = in ? lse_log2(p.lse[l_off + r]) : INFINITY;
+          sDelta[st * kBM + r] = in ? bp.delta[l_off + r] : 0.f;
+        }
+        if (lane == 0) {
+          mbar_arrive_expect_tx(&full[st], 2 * Tr::kTileQ * int(sizeof(T)));
+          for (int c = 0; c < kD; c += 8) {
+            tma_load(sQ(st) + tma_tile<kBM>(0, c), &maps.q, &full[st], c, hq, m0, b);
+            tma_load(sdO(st) + tma_tile<kBM>(0, c), &maps.dout, &full[st], c, hq, m0, b);
+          }
+        } else {
+          mbar_arrive(&full[st]);  // releases this lane's lse and delta
+        }
+      }
+    return;
+  }
+
+  setmaxnreg_inc<Tr::kConsumerRegs>();
+  const int cw = wg - 1;  // consumer warpgroup: keys [64 cw, 64 cw + 64) of the tile
+  float dk[kDT][4] = {}, dv[kDT][4] = {};
+  const float scale_log2 = p.scale * kLog2e;
+  const int key0 = n0 + cw * 64 + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
+  const T* sKg = sK + tma_tile<kBN>(cw * 64, 0);  // this warpgroup's 64 keys
+  const T* sVg = sV + tma_tile<kBN>(cw * 64, 0);
+  // Packed sequences: the queries' documents (read where masked).
+  const int* doc_q = p.doc_q ? p.doc_q + b * p.doc_q_batch_stride : nullptr;
+  // Every consumer thread waits on every phase (none can fall one behind: see the forward).
+  mbar_wait(kv_full, 0);  // always: the block must not end with its K/V copies in flight
+
+  int i = 0;
+  for (int hq = kvh * group; hq < (kvh + 1) * group; ++hq) {
+    for (int mb = next_tile(m_begin); mb < m_blocks; mb = next_tile(mb + 1), ++i) {
+      const int st = i % kStages, m0 = mb * kBM;
+      const float* lse = sLse + st * kBM;
+      const float* delta = sDelta + st * kBM;
+      T* ds = sdS(i % 2);
+      mbar_wait(&full[st], (i / kStages) & 1);
 
       // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys, in one batch.
       float s[kMT][4], dp[kMT][4];
@@ -129,10 +168,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) bwd_sm90_kernel(const BwdPar
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
-        wgmma_ss<T, kBM>(&s[0][0], wgmma_desc(sKg + blocked<kD>(0, kk * 16), kColStep, kRowStep),
-                         wgmma_desc(sQ + blocked<kD>(0, kk * 16), kColStep, kRowStep), kk > 0);
-        wgmma_ss<T, kBM>(&dp[0][0], wgmma_desc(sVg + blocked<kD>(0, kk * 16), kColStep, kRowStep),
-                         wgmma_desc(sdO + blocked<kD>(0, kk * 16), kColStep, kRowStep), kk > 0);
+        wgmma_ss<T, kBM>(&s[0][0], wgmma_desc(sKg + tma_tile<kBN>(0, kk * 16), kKVColStep, kCoreStep),
+                         wgmma_desc(sQ(st) + tma_tile<kBM>(0, kk * 16), kQColStep, kCoreStep), kk > 0);
+        wgmma_ss<T, kBM>(&dp[0][0], wgmma_desc(sVg + tma_tile<kBN>(0, kk * 16), kKVColStep, kCoreStep),
+                         wgmma_desc(sdO(st) + tma_tile<kBM>(0, kk * 16), kQColStep, kCoreStep), kk > 0);
       }
       wgmma_commit();
       wgmma_wait_all();
@@ -141,6 +180,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) bwd_sm90_kernel(const BwdPar
 
       // P^T (0 where masked)
       const bool mixed = doc_q && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
+      // This lane's keys' documents, read here rather than held in registers across the loop
+      // (at head dim 128 the consumers' 240 registers would spill).
+      int doc_key[2];
+      lane_documents(mixed ? p.doc_k : nullptr, p.doc_k_batch_stride, b, key0, p.seq_k, doc_key);
       // Causal: query m0 + qi sees key0 when qi >= first_q, key0 + 8 when qi >= first_q + 8
       // (clamped to [-8, kBM], which keeps both tests exact, so that it fits an int).
       const int first_q = int(max(int64_t(-8), min(int64_t(kBM), int64_t(key0) - p.causal_offset - m0)));
@@ -151,18 +194,19 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) bwd_sm90_kernel(const BwdPar
           const int key = key0 + (e >> 1) * 8, qi = mt * 8 + 2 * t + (e & 1);
           const bool masked = key >= p.seq_k || (kCausal && qi < first_q + (e >> 1) * 8) ||
                               (mixed && m0 + qi < p.seq_q && doc_q[m0 + qi] != doc_key[e >> 1]);
-          s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - sLse[qi]);
+          s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - lse[qi]);
         }
 
       // dS^T = P^T (dP^T - delta), in place of dP^T.
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dp[mt][e] = s[mt][e] * (dp[mt][e] - sDelta[mt * 8 + 2 * t + (e & 1)]);
+        for (int e = 0; e < 4; ++e) dp[mt][e] = s[mt][e] * (dp[mt][e] - delta[mt * 8 + 2 * t + (e & 1)]);
 
       // dV += P^T dO on the tensor cores, while dS^T is packed into A fragments and, for dQ,
       // stored to shared memory (register j of pds[kk]: row g + 8 (j % 2), columns
       // 16 kk + 8 (j / 2) + 2t). Packing dS^T only after the issue keeps fewer registers live.
+      // dO and Q are MN-major B operands: stepping 16 queries (k) is two core matrices down.
       uint32_t pa[kBM / 16][4], pds[kBM / 16][4];
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk) acc_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
@@ -171,17 +215,17 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) bwd_sm90_kernel(const BwdPar
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk)
-        wgmma_rs<T, kD>(&dv[0][0], pa[kk], wgmma_desc(sdO + blocked<kD>(kk * 16, 0), kRowStep, kColStep), 1);
+        wgmma_rs<T, kD>(&dv[0][0], pa[kk], wgmma_desc(sdO(st) + tma_tile<kBM>(kk * 16, 0), kCoreStep, kQColStep), 1);
       wgmma_commit();
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk) acc_to_a<T>(pds[kk], dp[2 * kk], dp[2 * kk + 1]);
       if (with_dq) {
-        const int r0 = wg * 64 + warp * 16 + g;
+        const int r0 = cw * 64 + warp * 16 + g;
 #pragma unroll
         for (int kk = 0; kk < kBM / 16; ++kk)
 #pragma unroll
           for (int j = 0; j < 4; ++j)
-            *reinterpret_cast<uint32_t*>(sdS + blocked<kBM>(r0 + 8 * (j % 2), 16 * kk + 8 * (j / 2) + 2 * t)) = pds[kk][j];
+            *reinterpret_cast<uint32_t*>(ds + blocked<kBM>(r0 + 8 * (j % 2), 16 * kk + 8 * (j / 2) + 2 * t)) = pds[kk][j];
       }
       wgmma_wait_all();
       fence_operands<kDT * 4>(&dv[0][0]);
@@ -193,40 +237,43 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) bwd_sm90_kernel(const BwdPar
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk)
-        wgmma_rs<T, kD>(&dk[0][0], pds[kk], wgmma_desc(sQ + blocked<kD>(kk * 16, 0), kRowStep, kColStep), 1);
+        wgmma_rs<T, kD>(&dk[0][0], pds[kk], wgmma_desc(sQ(st) + tma_tile<kBM>(kk * 16, 0), kCoreStep, kQColStep), 1);
       wgmma_commit();
       wgmma_wait_all();
       fence_operands<kDT * 4>(&dk[0][0]);
       fence_operands<kBM / 16 * 4>(&pds[0][0]);
+      mbar_arrive(&empty[st]);  // Q, dO, lse and delta of the stage are read
       if (!with_dq) continue;
 
       // dQ = dS K: A = dS (queries x keys) read from dS^T as an MN-major operand, B = K read
-      // as MN-major too; warpgroup wg computes columns [wg kD/2, (wg + 1) kD/2).
+      // as MN-major too (stepping 8 keys is kCoreStep); warpgroup cw computes columns
+      // [cw kD/2, (cw + 1) kD/2). Buffer i % 2 is not written again before every consumer has
+      // passed the next step's barrier, so one barrier per step suffices.
       fence_proxy_async();
-      __syncthreads();  // all of dS^T is written and visible to wgmma
+      named_barrier_sync(1, 128 * Tr::kConsumers);  // all of dS^T is written and visible to wgmma
       constexpr int kHalf = kD / 2;
       float dq[kHalf / 2];
       fence_operands<kHalf / 2>(dq);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBN / 16; ++kk)
-        wgmma_ss_tt<T, kHalf>(dq, wgmma_desc(sdS + blocked<kBM>(kk * 16, 0), kSdsRowStep, kColStep),
-                              wgmma_desc(sK + blocked<kD>(kk * 16, wg * kHalf), kRowStep, kColStep), kk > 0);
+        wgmma_ss_tt<T, kHalf>(dq, wgmma_desc(ds + blocked<kBM>(kk * 16, 0), kSdsRowStep, kCoreStep),
+                              wgmma_desc(sK + tma_tile<kBN>(kk * 16, cw * kHalf), kCoreStep, kKVColStep), kk > 0);
       wgmma_commit();
       wgmma_wait_all();
       fence_operands<kHalf / 2>(dq);
       float* dq_rows = bp.dq_accum + b * bp.dq_batch_stride + int64_t(hq) * p.head_dim;
 #pragma unroll
-      for (int i = 0; i < kHalf / 2; ++i) {
-        const int row = m0 + warp * 16 + g + 8 * ((i >> 1) & 1), col = wg * kHalf + (i >> 2) * 8 + 2 * t + (i & 1);
-        if (row < p.seq_q) atomicAdd(dq_rows + int64_t(row) * bp.dq_row_stride + col, dq[i] * p.scale);
+      for (int e = 0; e < kHalf / 2; ++e) {
+        const int row = m0 + warp * 16 + g + 8 * ((e >> 1) & 1), col = cw * kHalf + (e >> 2) * 8 + 2 * t + (e & 1);
+        if (row < p.seq_q) atomicAdd(dq_rows + int64_t(row) * bp.dq_row_stride + col, dq[e] * p.scale);
       }
     }
   }
 
-  cp_async_wait_all();  // a key tile that no query sees never waited for its K/V load
-
   store_dkdv(bp, b, kvh, key0, t, 0, dk, dv);
+#elif defined(__CUDA_ARCH__)
+  __trap();  // never launched here (dispatch.cu); if it were, fail loudly rather than write nothing
 #endif
 }
 

@@ -41,7 +41,7 @@ void check_params(const FwdParams& p) {
 // The Hopper kernels (fwd_sm90_kernel.cuh, bwd_sm90_kernel.cuh) have not yet run on a GPU
 // (issue #4): until they have been checked there against the CPU backend and PyTorch, they run
 // only when asked for with RING_ATTENTION_SM90=1, on an sm_90 device, for the shapes they take
-// (the forward also needs strides its TMA maps can describe: fwd_tma_describable).
+// (and strides their TMA maps can describe: {fwd,bwd}_tma_describable).
 bool use_sm90(const FwdParams& p) {
 #ifdef RA_WITH_SM90A
   const char* opt = std::getenv("RING_ATTENTION_SM90");
@@ -102,7 +102,7 @@ void backward(const BwdParams& p, DType dtype, bool causal, void* stream) {
   check_params(p.fwd);
   if (p.fwd.seq_q == 0 || p.fwd.seq_k == 0 || p.fwd.batch == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  if ((dtype == DType::BF16 || dtype == DType::F16) && use_sm90(p.fwd)) {
+  if ((dtype == DType::BF16 || dtype == DType::F16) && use_sm90(p.fwd) && bwd_tma_describable(p)) {
     dtype == DType::BF16 ? backward_sm90<__nv_bfloat16>(p, causal, s) : backward_sm90<__half>(p, causal, s);
     return;
   }

@@ -181,6 +181,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
   }
 
   store_forward<T>(p, b, h, row0, t, acc, row_max, row_sum);
+#elif defined(__CUDA_ARCH__)
+  __trap();  // never launched here (dispatch.cu); if it were, fail loudly rather than write nothing
 #endif
 }
 

@@ -26,7 +26,8 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   auto kernel = bwd_sm90_kernel<Tr, kCausal>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes), "cudaFuncSetAttribute");
   const dim3 grid((p.fwd.seq_k + Tr::kBlockN - 1) / Tr::kBlockN, p.fwd.kv_heads, p.fwd.batch);
-  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, !p.deterministic);
+  const Sm90BwdMaps maps = sm90_bwd_maps<Tr>(p, std::is_same_v<T, __half> ? DType::F16 : DType::BF16);
+  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, maps, !p.deterministic);
   check(cudaGetLastError(), "attention backward (sm_90) launch");
   if (p.deterministic) run_bwd_dq<T, kHeadDim, kCausal>(p, stream);
 }

@@ -27,7 +27,8 @@ inline void cp_async16(void* dst, const void* src) { emu_cp_async16(dst, src); }
 inline void cp_async_commit() { emu_cp_commit(); }
 inline void cp_async_wait_all() { emu_cp_wait(); }
 #else
-#define RA_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+// 128-byte aligned: TMA's destinations must be (the Hopper kernels'), and the others lose nothing.
+#define RA_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
 template <typename T> __device__ void mma_m16n8k16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1);
 template <>
 __device__ __forceinline__ void mma_m16n8k16<__nv_bfloat16>(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {

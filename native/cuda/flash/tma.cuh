@@ -1,10 +1,11 @@
-// Hopper (sm_90a) building blocks of the warp-specialised forward (fwd_sm90_kernel.cuh): the
+// Hopper (sm_90a) building blocks of the warp-specialised kernels ({fwd,bwd}_sm90_kernel.cuh): the
 // tensor memory accelerator (TMA), which copies a box of a tensor from global to shared memory
 // on its own and then reports the bytes to an mbarrier; the mbarrier itself (a phase that
-// completes once its expected arrivals and bytes are in); and setmaxnreg, which moves
-// registers from the producer warpgroup to the consumers.
+// completes once its expected arrivals and bytes are in); setmaxnreg, which moves registers
+// from the producer warpgroup to the consumers; and named barriers, which let the consumers
+// meet without the producer.
 //
-// A tensor map describes one of q, k, v as [batch, seq, heads, head_dim] (4 dims, innermost
+// A tensor map describes one of q, k, v, dout as [batch, seq, heads, head_dim] (4 dims, innermost
 // first, byte strides rising); its box is 8 columns of `rows` rows of one head, which lands in
 // shared memory as `rows` contiguous 16-byte rows: one column of core matrices of the
 // no-swizzle wgmma layout (wgmma.cuh). Rows past the sequence's end land as zeros.
@@ -26,17 +27,15 @@ struct TmaShape {
   uint32_t box_rows, esz;
 };
 
-// q, k or v of p (16-bit elements) as a TMA shape, boxes of box_rows rows. seq 0 becomes 1
-// (a map's dims are non-zero; no kernel loads past seq_k), and the stride of a dim of size 1
-// becomes the span inside it (it is never stepped).
-inline TmaShape fwd_tma_shape(const FwdParams& p, char which, int box_rows) {
-  const bool q = which == 'q';
-  const int64_t batch_stride = q ? p.q_batch_stride : which == 'k' ? p.k_batch_stride : p.v_batch_stride;
-  const int64_t row_stride = q ? p.q_row_stride : which == 'k' ? p.k_row_stride : p.v_row_stride;
-  const int seq = q ? p.seq_q : p.seq_k;
+// A [batch, seq, heads, head_dim] tensor of p's batch and head dim (16-bit elements) as a TMA
+// shape, boxes of box_rows rows. seq 0 becomes 1 (a map's dims are non-zero; no kernel loads
+// past the end), and the stride of a dim of size 1 becomes the span inside it (it is never
+// stepped).
+inline TmaShape tma_shape(const void* base, int64_t batch_stride, int64_t row_stride, int heads, int seq,
+                          const FwdParams& p, int box_rows) {
   constexpr uint64_t esz = 2;
-  TmaShape s{q ? p.q : which == 'k' ? p.k : p.v,
-             {uint64_t(p.head_dim), uint64_t(q ? p.heads : p.kv_heads), uint64_t(seq > 0 ? seq : 1), uint64_t(p.batch)},
+  TmaShape s{base,
+             {uint64_t(p.head_dim), uint64_t(heads), uint64_t(seq > 0 ? seq : 1), uint64_t(p.batch)},
              {p.head_dim * esz, row_stride * esz, batch_stride * esz},
              uint32_t(box_rows), uint32_t(esz)};
   uint64_t span = s.dims[0] * esz;
@@ -45,6 +44,17 @@ inline TmaShape fwd_tma_shape(const FwdParams& p, char which, int box_rows) {
     span = s.strides[i] * s.dims[i + 1];
   }
   return s;
+}
+// q, k or v of p.
+inline TmaShape fwd_tma_shape(const FwdParams& p, char which, int box_rows) {
+  if (which == 'q') return tma_shape(p.q, p.q_batch_stride, p.q_row_stride, p.heads, p.seq_q, p, box_rows);
+  if (which == 'k') return tma_shape(p.k, p.k_batch_stride, p.k_row_stride, p.kv_heads, p.seq_k, p, box_rows);
+  return tma_shape(p.v, p.v_batch_stride, p.v_row_stride, p.kv_heads, p.seq_k, p, box_rows);
+}
+// dout of a backward (o strides).
+inline TmaShape dout_tma_shape(const BwdParams& bp, int box_rows) {
+  const FwdParams& p = bp.fwd;
+  return tma_shape(bp.dout, p.o_batch_stride, p.o_row_stride, p.heads, p.seq_q, p, box_rows);
 }
 
 // Whether the hardware can describe the tensor so: the base 16-byte aligned, strides multiples
@@ -64,6 +74,9 @@ inline bool fwd_tma_describable(const FwdParams& p) {
   return tma_describable(fwd_tma_shape(p, 'q', 1)) && tma_describable(fwd_tma_shape(p, 'k', 1)) &&
          tma_describable(fwd_tma_shape(p, 'v', 1));
 }
+inline bool bwd_tma_describable(const BwdParams& bp) {
+  return fwd_tma_describable(bp.fwd) && tma_describable(dout_tma_shape(bp, 1));
+}
 
 #ifdef RA_FLASH_EMULATOR
 using TmaMap = EmuTensorMap;
@@ -78,12 +91,13 @@ inline void tma_load(void* dst, const TmaMap* map, uint64_t* bar, int col, int h
 }
 template <int kRegs> inline void setmaxnreg_inc() {}
 template <int kRegs> inline void setmaxnreg_dec() {}
+inline void named_barrier_sync(int id, int threads) { emu_named_barrier(id, threads); }
 #else
 // The driver's opaque 128-byte map, passed by value in the kernel's parameters.
-struct alignas(64) TmaMap {
+struct alignas(128) TmaMap {
   uint64_t opaque[16];
 };
-// Made on the host through the driver's cuTensorMapEncodeTiled (dispatch.cu), reached through
+// Made on the host through the driver's cuTensorMapEncodeTiled (tma_map.cu), reached through
 // the runtime, so that nothing links libcuda. Throws with the driver's code if it refuses.
 TmaMap tma_map(const TmaShape& s, DType dtype);
 
@@ -119,6 +133,11 @@ __device__ __forceinline__ void tma_load(void* dst, const TmaMap* map, uint64_t*
           smem_addr(dst)),
       "l"(reinterpret_cast<uint64_t>(map)), "r"(col), "r"(head), "r"(row), "r"(batch), "r"(smem_addr(bar))
       : "memory");
+}
+// A barrier of `threads` threads (whole warps) only, for a part of the block: barrier 0 is
+// __syncthreads'.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_inc() {

@@ -13,7 +13,7 @@ namespace ra::cuda::flash {
 
 // The driver's encoder, reached through the runtime so that the addon does not link libcuda.
 TmaMap tma_map(const TmaShape& s, DType dtype) {
-  static_assert(sizeof(TmaMap) == sizeof(CUtensorMap) && alignof(TmaMap) >= 64, "TmaMap must hold a CUtensorMap");
+  static_assert(sizeof(TmaMap) == sizeof(CUtensorMap) && alignof(TmaMap) >= alignof(CUtensorMap), "TmaMap must hold a CUtensorMap");
   static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
