@@ -95,12 +95,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
     return next_tile_with_documents(p, b, false, n0, min(kBN, p.seq_k - n0), from, m_blocks, kBM);
   };
 
-  if (threadIdx.x == 0) {
-    mbar_init(kv_full, 1);
-    // full: lane 0's arrival with the TMA bytes, and the other 31 lanes' after their lse and delta
-    for (int st = 0; st < kStages; ++st) mbar_init(&full[st], 32), mbar_init(&empty[st], 128 * Tr::kConsumers);
-    fence_mbar_init();
-  }
+  // full: lane 0's arrival with the TMA bytes, and the other 31 lanes' after their lse and delta
+  init_pipeline(kv_full, full, empty, kStages, 32, 128 * Tr::kConsumers);
   __syncthreads();  // the last block-wide barrier: the roles part here
 
   if (wg == 0) {

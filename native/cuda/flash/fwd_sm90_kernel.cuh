@@ -90,11 +90,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
     return next_tile_with_documents(p, b, true, m0, min(kBM, p.seq_q - m0), from, n_blocks, kBN);
   };
 
-  if (threadIdx.x == 0) {
-    mbar_init(q_full, 1);
-    for (int st = 0; st < kStages; ++st) mbar_init(&full[st], 1), mbar_init(&empty[st], 128 * Tr::kConsumers);
-    fence_mbar_init();
-  }
+  init_pipeline(q_full, full, empty, kStages, 1, 128 * Tr::kConsumers);
   __syncthreads();  // the last block-wide barrier: the roles part here
 
   if (wg == 0) {

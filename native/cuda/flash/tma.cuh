@@ -149,4 +149,16 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 }
 #endif
 
+// The barriers of a producer/consumer pipeline, set up by thread 0 before the block's last
+// __syncthreads: `once` (one arrival, with the bytes of the tiles loaded once), and per stage
+// `full` (full_arrivals arrivals, one with the stage's bytes) and `empty` (one arrival per
+// consumer thread).
+__device__ __forceinline__ void init_pipeline(uint64_t* once, uint64_t* full, uint64_t* empty, int stages,
+                                              int full_arrivals, int consumer_threads) {
+  if (threadIdx.x != 0) return;
+  mbar_init(once, 1);
+  for (int st = 0; st < stages; ++st) mbar_init(&full[st], full_arrivals), mbar_init(&empty[st], consumer_threads);
+  fence_mbar_init();
+}
+
 }  // namespace ra::cuda::flash
