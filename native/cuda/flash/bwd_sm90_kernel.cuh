@@ -113,15 +113,27 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
     for (int hq = kvh * group; hq < (kvh + 1) * group; ++hq)
       for (int mb = next_tile(m_begin); mb < m_blocks; mb = next_tile(mb + 1), ++i) {
         const int st = i % kStages, m0 = mb * kBM;
-        // Lane 0 alone waits (see the forward: a lane that waits by parity must not be able to
-        // fall a phase behind); the warp's barrier then orders the others after its wait.
+        // This lane's lse and delta, read before the wait so that their trip to global memory
+        // overlaps it.
+        constexpr int kPerLane = kBM / 32;
+        float lse_r[kPerLane], delta_r[kPerLane];
+        const int64_t l_off = b * p.lse_batch_stride + int64_t(hq) * p.lse_head_stride + m0;
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j) {
+          const int r = lane + 32 * j;
+          const bool in = m0 + r < p.seq_q;
+          lse_r[j] = in ? lse_log2(p.lse[l_off + r]) : INFINITY;
+          delta_r[j] = in ? bp.delta[l_off + r] : 0.f;
+        }
+        // Lane 0 alone waits by parity (see the forward). The warp's barrier orders the other
+        // lanes' stores after its wait, and keeps them from arriving on full[st] for a later
+        // use of the stage before this one's phase has completed (over-arrival).
         if (lane == 0) mbar_wait(&empty[st], ((i / kStages) & 1) ^ 1);
         __syncwarp();
-        const int64_t l_off = b * p.lse_batch_stride + int64_t(hq) * p.lse_head_stride + m0;
-        for (int r = lane; r < kBM; r += 32) {
-          const bool in = m0 + r < p.seq_q;
-          sLse[st * kBM + r] = in ? lse_log2(p.lse[l_off + r]) : INFINITY;
-          sDelta[st * kBM + r] = in ? bp.delta[l_off + r] : 0.f;
+#pragma unroll
+        for (int j = 0; j < kPerLane; ++j) {
+          sLse[st * kBM + lane + 32 * j] = lse_r[j];
+          sDelta[st * kBM + lane + 32 * j] = delta_r[j];
         }
         if (lane == 0) {
           mbar_arrive_expect_tx(&full[st], 2 * Tr::kTileQ * int(sizeof(T)));
