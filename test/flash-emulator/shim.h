@@ -298,7 +298,13 @@ inline EmuTensorMap emu_tensor_map(const void* base, const uint64_t* dims, const
   for (auto st : m.strides) if (st % 16) emu_fail("tensor map: stride not a multiple of 16 bytes");
   return m;
 }
-struct EmuMbar { int expected = 0, pending = 0; int64_t tx = 0; unsigned phase = 0; };
+// waits/first: per thread, how many waits it has done here and the parity of its first.
+struct EmuMbar {
+  int expected = 0, pending = 0;
+  int64_t tx = 0;
+  unsigned phase = 0;
+  std::vector<int> waits, first;
+};
 inline std::vector<std::pair<size_t, EmuMbar>> emu_mbars;
 inline EmuMbar& emu_mbar(uint64_t* bar) {
   check_smem(bar, 8, "mbarrier outside dynamic smem");
@@ -322,7 +328,19 @@ inline void emu_mbar_arrive(uint64_t* bar, uint32_t tx) {
   m.tx += tx, m.pending--;
   emu_mbar_step(m);
 }
+// A parity wait names a phase only up to two: each thread must wait on every phase in turn
+// (its k-th wait is for phase k, or k - 1 when its first wait was on parity 1, the phase before
+// a fresh barrier's), and must not start a wait once that phase and the next have completed:
+// on hardware it would then wait for the phase after next. Both are checked at every wait,
+// so a waiter that falls behind fails whatever the schedule, not only when it hangs.
 inline void emu_mbar_wait(uint64_t* bar, int parity) {
+  auto& m = emu_mbar(bar);
+  const unsigned tid = threadIdx.x;
+  if (m.waits.size() < blockDim.x) m.waits.assign(blockDim.x, 0), m.first.assign(blockDim.x, -1);
+  if (m.first[tid] < 0) m.first[tid] = parity;
+  const long target = long(m.waits[tid]++) - m.first[tid];
+  if ((target & 1) != parity) emu_fail("mbarrier: a wait's parity skips a phase");
+  if (long(m.phase) > target + 1) emu_fail("mbarrier: a waiter fell a whole phase behind (its parity wait is ambiguous)");
   while (int(emu_mbar(bar).phase & 1) == parity) emu_yield();
 }
 struct EmuBulkCopy { unsigned char* dst; std::vector<unsigned char> data; uint64_t* bar; };
