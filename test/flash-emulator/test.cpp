@@ -51,7 +51,7 @@ template <class T, int D, bool C> void run_fwd_sm90_t(const FwdParams& p) {
   using Tr = Sm90FwdTraits<D, T>;
   dim3 grid{unsigned((p.seq_q + Tr::kBlockM - 1) / Tr::kBlockM), unsigned(p.heads), unsigned(p.batch)};
   if (!fwd_tma_describable(p)) emu_fail("a test's forward that TMA cannot describe");
-  const Sm90FwdMaps maps = sm90_fwd_maps<Tr>(p, ra::DType::BF16);
+  const Sm90FwdMaps maps = sm90_fwd_maps<Tr>(p);
   ++sm90_launches;
   counted(products.fwd, [&] { emu_launch(grid, Tr::kNThreads, Tr::kSmemBytes, [&] { fwd_sm90_kernel<Tr, C>(p, maps); }); });
 }
@@ -71,7 +71,7 @@ template <class T, int D, bool C> void run_bwd_sm90_t(const BwdParams& p) {
   using Tr = Sm90BwdTraits<D, T>;
   dim3 grid{unsigned((p.fwd.seq_k + Tr::kBlockN - 1) / Tr::kBlockN), unsigned(p.fwd.kv_heads), unsigned(p.fwd.batch)};
   if (!bwd_tma_describable(p)) emu_fail("a test's backward that TMA cannot describe");
-  const Sm90BwdMaps maps = sm90_bwd_maps<Tr>(p, ra::DType::BF16);
+  const Sm90BwdMaps maps = sm90_bwd_maps<Tr>(p);
   ++sm90_launches;
   counted(products.dkdv, [&] {
     emu_launch(grid, Tr::kNThreads, Tr::kSmemBytes, [&] { bwd_sm90_kernel<Tr, C>(p, maps, !p.deterministic); });

@@ -46,7 +46,7 @@ struct Sm90BwdTraits {
   static constexpr int kFloatsOffset = (2 * kTileKV + 2 * kStages * kTileQ + 2 * kTileDs) * int(sizeof(T));
   static constexpr int kBarrierOffset = kFloatsOffset + 2 * kStages * kBlockM * int(sizeof(float));
   static constexpr int kSmemBytes = kBarrierOffset + (1 + 2 * kStages) * 8;
-  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
+  static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // as the forward's (Sm90FwdTraits)
 };
 
 // The tensor maps of q, k, v and dout, made on the host (launch_sm90.cuh, the emulator's test).
@@ -54,7 +54,8 @@ struct Sm90BwdMaps {
   TmaMap q, k, v, dout;
 };
 template <typename Tr>
-inline Sm90BwdMaps sm90_bwd_maps(const BwdParams& bp, DType dtype) {
+inline Sm90BwdMaps sm90_bwd_maps(const BwdParams& bp) {
+  const DType dtype = std::is_same_v<typename Tr::T, __half> ? DType::F16 : DType::BF16;
   return {tma_map(fwd_tma_shape(bp.fwd, 'q', Tr::kBlockM), dtype), tma_map(fwd_tma_shape(bp.fwd, 'k', Tr::kBlockN), dtype),
           tma_map(fwd_tma_shape(bp.fwd, 'v', Tr::kBlockN), dtype), tma_map(dout_tma_shape(bp, Tr::kBlockM), dtype)};
 }

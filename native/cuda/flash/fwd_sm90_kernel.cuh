@@ -17,6 +17,8 @@
 // where it applies (dispatch.cu): head dim 64 or 128, 16-byte aligned rows and strides TMA
 // can describe; otherwise fwd_kernel.cuh runs.
 #pragma once
+#include <type_traits>
+
 #include "documents.cuh"
 #include "flash.h"
 #include "mma.cuh"
@@ -39,7 +41,8 @@ struct Sm90FwdTraits {
   // Q once, K and V per stage, then the barriers: 160 KiB at head dim 128, within sm_90's 227 KiB.
   static constexpr int kBarrierOffset = (kTileQ + 2 * kStages * kTileKV) * int(sizeof(T));
   static constexpr int kSmemBytes = kBarrierOffset + (1 + 2 * kStages) * 8;
-  // Registers per thread after setmaxnreg: 128 x 24 + 256 x 240 <= 65536.
+  // Registers per thread after setmaxnreg: 128 x 24 + 256 x 240 = 384 x 168, what the launch
+  // allocates (__launch_bounds__); more for the consumers would make their setmaxnreg wait forever.
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
 };
 
@@ -48,7 +51,8 @@ struct Sm90FwdMaps {
   TmaMap q, k, v;
 };
 template <typename Tr>
-inline Sm90FwdMaps sm90_fwd_maps(const FwdParams& p, DType dtype) {
+inline Sm90FwdMaps sm90_fwd_maps(const FwdParams& p) {
+  const DType dtype = std::is_same_v<typename Tr::T, __half> ? DType::F16 : DType::BF16;
   return {tma_map(fwd_tma_shape(p, 'q', Tr::kBlockM), dtype), tma_map(fwd_tma_shape(p, 'k', Tr::kBlockN), dtype),
           tma_map(fwd_tma_shape(p, 'v', Tr::kBlockN), dtype)};
 }

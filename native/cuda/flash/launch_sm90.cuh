@@ -1,7 +1,5 @@
 // Launch templates of the Hopper kernels (fwd_sm90_kernel.cuh, bwd_sm90_kernel.cuh).
 #pragma once
-#include <type_traits>
-
 #include "../check.h"
 #include "bwd_sm90_kernel.cuh"
 #include "fwd_sm90_kernel.cuh"
@@ -15,7 +13,7 @@ void run_fwd_sm90(const FwdParams& p, cudaStream_t stream) {
   auto kernel = fwd_sm90_kernel<Tr, kCausal>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes), "cudaFuncSetAttribute");
   const dim3 grid((p.seq_q + Tr::kBlockM - 1) / Tr::kBlockM, p.heads, p.batch);
-  const Sm90FwdMaps maps = sm90_fwd_maps<Tr>(p, std::is_same_v<T, __half> ? DType::F16 : DType::BF16);
+  const Sm90FwdMaps maps = sm90_fwd_maps<Tr>(p);
   kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, maps);
   check(cudaGetLastError(), "attention forward (sm_90) launch");
 }
@@ -26,7 +24,7 @@ void run_bwd_sm90(const BwdParams& p, cudaStream_t stream) {
   auto kernel = bwd_sm90_kernel<Tr, kCausal>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes), "cudaFuncSetAttribute");
   const dim3 grid((p.fwd.seq_k + Tr::kBlockN - 1) / Tr::kBlockN, p.fwd.kv_heads, p.fwd.batch);
-  const Sm90BwdMaps maps = sm90_bwd_maps<Tr>(p, std::is_same_v<T, __half> ? DType::F16 : DType::BF16);
+  const Sm90BwdMaps maps = sm90_bwd_maps<Tr>(p);
   kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, maps, !p.deterministic);
   check(cudaGetLastError(), "attention backward (sm_90) launch");
   if (p.deterministic) run_bwd_dq<T, kHeadDim, kCausal>(p, stream);

@@ -18,26 +18,29 @@
 
 namespace ra::cuda::flash {
 
+// Every tensor the Hopper kernels load has 16-bit elements (bfloat16 or float16).
+constexpr uint64_t kTmaElementBytes = 2;
+
 // What the host must know to describe one tensor: 4 dims (head_dim, heads, seq, batch), the
 // byte strides of the outer three, and the box (8, 1, rows, 1).
 struct TmaShape {
   const void* base;
   uint64_t dims[4];
   uint64_t strides[3];
-  uint32_t box_rows, esz;
+  uint32_t box_rows;
 };
 
-// A [batch, seq, heads, head_dim] tensor of p's batch and head dim (16-bit elements) as a TMA
+// A [batch, seq, heads, head_dim] tensor of p's batch and head dim as a TMA
 // shape, boxes of box_rows rows. seq 0 becomes 1 (a map's dims are non-zero; no kernel loads
 // past the end), and the stride of a dim of size 1 becomes the span inside it (it is never
 // stepped).
 inline TmaShape tma_shape(const void* base, int64_t batch_stride, int64_t row_stride, int heads, int seq,
                           const FwdParams& p, int box_rows) {
-  constexpr uint64_t esz = 2;
+  constexpr uint64_t esz = kTmaElementBytes;
   TmaShape s{base,
              {uint64_t(p.head_dim), uint64_t(heads), uint64_t(seq > 0 ? seq : 1), uint64_t(p.batch)},
              {p.head_dim * esz, row_stride * esz, batch_stride * esz},
-             uint32_t(box_rows), uint32_t(esz)};
+             uint32_t(box_rows)};
   uint64_t span = s.dims[0] * esz;
   for (int i = 0; i < 3; ++i) {
     if (s.dims[i + 1] == 1) s.strides[i] = span;
@@ -63,7 +66,7 @@ inline TmaShape dout_tma_shape(const BwdParams& bp, int box_rows) {
 // dispatch.cu runs the default kernels.
 inline bool tma_describable(const TmaShape& s) {
   if (reinterpret_cast<uintptr_t>(s.base) % 16) return false;
-  uint64_t span = s.dims[0] * s.esz;
+  uint64_t span = s.dims[0] * kTmaElementBytes;
   for (int i = 0; i < 3; ++i) {
     if (s.strides[i] % 16 || s.strides[i] >= (uint64_t(1) << 40) || s.strides[i] < span) return false;
     span = s.strides[i] * s.dims[i + 1];

@@ -1,4 +1,4 @@
-// Tensor maps for the Hopper forward's TMA loads (tma.cuh), made on the host by the driver's
+// Tensor maps for the Hopper kernels' TMA loads (tma.cuh), made on the host by the driver's
 // cuTensorMapEncodeTiled. Its own file so that test/gpu/wgmma_unit.cu can link it alone.
 #include <cuda.h>
 #include <cudaTypedefs.h>
