@@ -76,7 +76,7 @@ long() {
 }
 
 sm90() {
-  step "the Hopper kernels (RING_ATTENTION_SM90=1): each wgmma form and a TMA box alone, their own tests, then every CUDA attention and ring test through them"
+  step "the Hopper kernels (RING_ATTENTION_SM90=1): each wgmma form and a swizzled TMA tile alone, their own tests, then every CUDA attention and ring test through them"
   RING_ATTENTION_SM90=1 timeout 150 npx vitest run test/gpu/wgmma-unit.test.ts test/gpu/attention-sm90.test.ts test/gpu/attention-cuda.test.ts \
     test/gpu/ring-cuda.test.ts > "$WORK/test-sm90.txt" 2>&1
   echo "sm90 tests exit code $? (124: cut off at its limit)"

@@ -34,6 +34,12 @@ struct dim3 { unsigned x = 1, y = 1, z = 1; };
 inline dim3 threadIdx, blockIdx, gridDim, blockDim;
 inline unsigned char* emu_smem = nullptr;
 inline size_t emu_smem_bytes = 0;
+// The shared address of emu_smem[0]: a random multiple of 128 per block, as the hardware's
+// dynamic shared memory need not start where a swizzle pattern does.
+inline uint32_t emu_smem_window = 0;
+// The 128-byte swizzle (TMA's and wgmma's): the 16-byte chunk of a shared address XORed with
+// its bits 7-9.
+inline uint32_t emu_swizzle128(uint32_t addr) { return addr ^ (((addr >> 7) & 7) << 4); }
 
 struct __nv_bfloat16 {
   uint16_t x;
@@ -223,8 +229,8 @@ inline void emu_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
   emu_barrier(w.bar);
 }
 // Warpgroup MMA (wgmma.cuh): the 128 threads of a warpgroup meet, then each computes its own
-// accumulators from the operands as the descriptors (no-swizzle layout only) and the A
-// fragments of the other threads say. It completes at issue: the kernels wait right away.
+// accumulators from the operands as the descriptors (no swizzle, or the 128-byte one) and the
+// A fragments of the other threads say. It completes at issue: the kernels wait right away.
 struct GroupScratch { Barrier bar; uint32_t a[128][4]; };
 inline GroupScratch emu_groups[4];
 template <class T, int N>
@@ -236,12 +242,26 @@ inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db
   const int tid = threadIdx.x % 128, w = tid / 32, l = tid % 32;
   if (a_regs) for (int i = 0; i < 4; ++i) G.a[tid][i] = a_regs[i];
   emu_barrier(G.bar);
-  // element (mn, k) of an operand: core matrices of 8 x 16 bytes, lbo along k, sbo along mn
+  // Element (mn, k) of an operand. No swizzle: core matrices of 8 x 16 bytes, lbo along k, sbo
+  // along mn. 128-byte swizzle: rows of 128 bytes, 8-row groups sbo apart, then swizzled; K-major,
+  // the rows are mn and an instruction's 16 k lie in one row (lbo unused); MN-major, the rows
+  // are k, each holding 64 mn, and the next 64 mn are lbo on. The pattern repeats every 1024
+  // bytes, and the base offset (bits 49-51) says where in it the start lies.
   auto fetch = [](uint64_t desc, int mn, int k, bool mn_major) {
-    if (desc >> 62) emu_fail("wgmma: only the no-swizzle layout is emulated");
-    if ((desc >> 49) & 7) emu_fail("wgmma: base offset must be 0");
-    const size_t start = (desc & 0x3fff) << 4, lbo = ((desc >> 16) & 0x3fff) << 4, sbo = ((desc >> 32) & 0x3fff) << 4;
-    const size_t off = start + (mn / 8) * sbo + (k / 8) * lbo + (mn_major ? (mn % 8) * 2 + (k % 8) * 16 : (mn % 8) * 16 + (k % 8) * 2);
+    const unsigned layout = unsigned(desc >> 62);
+    if (layout > 1) emu_fail("wgmma: only the no-swizzle and 128-byte swizzle layouts are emulated");
+    const uint32_t start = uint32_t(desc & 0x3fff) << 4, lbo = uint32_t((desc >> 16) & 0x3fff) << 4,
+                   sbo = uint32_t((desc >> 32) & 0x3fff) << 4;
+    if (((desc >> 49) & 7) != (layout ? (start >> 7) & 7 : 0)) emu_fail("wgmma: base offset does not match the start");
+    uint32_t addr;
+    if (layout == 0)
+      addr = start + (mn / 8) * sbo + (k / 8) * lbo + (mn_major ? (mn % 8) * 2 + (k % 8) * 16 : (mn % 8) * 16 + (k % 8) * 2);
+    else if (!mn_major)
+      addr = emu_swizzle128(start + (mn / 8) * sbo + (mn % 8) * 128 + k * 2);
+    else
+      addr = emu_swizzle128(start + (mn / 64) * lbo + (mn % 64) * 2 + (k / 8) * sbo + (k % 8) * 128);
+    if (addr < emu_smem_window) emu_fail("wgmma operand outside dynamic smem");
+    const size_t off = addr - emu_smem_window;
     check_smem(emu_smem + off, 2, "wgmma operand outside dynamic smem");
     uint16_t u;
     memcpy(&u, emu_smem + off, 2);
@@ -287,14 +307,17 @@ inline void emu_cp_wait() {
 // reads global memory at issue; it lands (and reports its bytes) at issue, or in "deferred"
 // mode at a random later pass of the scheduler, so that a kernel that reads a buffer before
 // its barrier says so, or refills one still being read, computes with the wrong bytes.
+// Maps are 128-byte swizzled (tma.cuh), so a box is 128 bytes wide.
 struct EmuTensorMap {
   const void* base;
   uint64_t dims[4], strides[3];
-  uint32_t box_rows;
+  uint32_t box_cols, box_rows;
 };
-inline EmuTensorMap emu_tensor_map(const void* base, const uint64_t* dims, const uint64_t* strides, uint32_t rows) {
-  EmuTensorMap m{base, {dims[0], dims[1], dims[2], dims[3]}, {strides[0], strides[1], strides[2]}, rows};
+inline EmuTensorMap emu_tensor_map(const void* base, const uint64_t* dims, const uint64_t* strides, uint32_t cols,
+                                   uint32_t rows) {
+  EmuTensorMap m{base, {dims[0], dims[1], dims[2], dims[3]}, {strides[0], strides[1], strides[2]}, cols, rows};
   if (uintptr_t(base) % 16 || rows < 1 || rows > 256) emu_fail("tensor map: base or box");
+  if (cols * (strides[0] / dims[0]) != 128) emu_fail("tensor map: a 128-byte swizzled box must be 128 bytes wide");
   for (auto st : m.strides) if (st % 16) emu_fail("tensor map: stride not a multiple of 16 bytes");
   return m;
 }
@@ -352,14 +375,16 @@ inline void emu_bulk_land(EmuBulkCopy& c) {
   m.tx -= int64_t(c.data.size());
   emu_mbar_step(m);
 }
-// The box (8 columns from col, head, box_rows rows from row, batch) as rows of 16 bytes.
+// The box (box_cols columns from col, head, box_rows rows from row, batch) as rows of 128
+// bytes, each 16-byte chunk where the swizzle of its shared address puts it.
 inline void emu_tma_load(void* dst, const EmuTensorMap* map, uint64_t* bar, int col, int head, int row, int batch) {
-  if (uintptr_t(dst) % 128) emu_fail("TMA destination not 128-byte aligned");
-  check_smem(dst, size_t(map->box_rows) * 16, "TMA box outside dynamic smem");
+  const uint32_t dst_addr = uint32_t((unsigned char*)dst - emu_smem) + emu_smem_window;
+  if (dst_addr % 1024) emu_fail("TMA destination not 1024-byte aligned (where the 128-byte swizzle starts over)");
+  check_smem(dst, size_t(map->box_rows) * 128, "TMA box outside dynamic smem");
   emu_mbar(bar);
-  EmuBulkCopy c{(unsigned char*)dst, std::vector<unsigned char>(size_t(map->box_rows) * 16, 0), bar};
+  std::vector<unsigned char> box(size_t(map->box_rows) * 128, 0);
   const uint64_t esz = map->strides[0] / map->dims[0];
-  if (esz != 2 || col % 8) emu_fail("TMA: 16-bit elements, 8-column boxes");
+  if (esz != 2 || col % 8) emu_fail("TMA: 16-bit elements, boxes from a 16-byte column");
   for (uint32_t r = 0; r < map->box_rows; ++r) {
     const int64_t rr = int64_t(row) + r;
     if (col < 0 || uint64_t(col) >= map->dims[0] || head < 0 || uint64_t(head) >= map->dims[1] || rr < 0 ||
@@ -367,8 +392,10 @@ inline void emu_tma_load(void* dst, const EmuTensorMap* map, uint64_t* bar, int 
       continue;  // out of bounds: zeros
     const auto src = (const unsigned char*)map->base + batch * map->strides[2] + rr * map->strides[1] +
                      head * map->strides[0] + col * esz;
-    memcpy(c.data.data() + r * 16, src, std::min<uint64_t>(16, (map->dims[0] - col) * esz));
+    memcpy(box.data() + r * 128, src, std::min<uint64_t>(128, (map->dims[0] - col) * esz));
   }
+  EmuBulkCopy c{(unsigned char*)dst, std::vector<unsigned char>(box.size()), bar};
+  for (uint32_t at = 0; at < box.size(); at += 16) memcpy(&c.data[emu_swizzle128(dst_addr + at) - dst_addr], &box[at], 16);
   emu_bulk_inflight.push_back(std::move(c));
   if (!emu_deferred_cp) emu_bulk_land(emu_bulk_inflight.back()), emu_bulk_inflight.pop_back();
 }
@@ -401,6 +428,7 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
       for (unsigned x = 0; x < grid.x; ++x) {
         blockIdx = dim3{x, y, z};
         emu_smem_bytes = smem_bytes;
+        emu_smem_window = 128 * uint32_t(emu_rng() % 16);
         emu_smem = (unsigned char*)aligned_alloc(128, (smem_bytes + 127) / 128 * 128 + 128);
         memset(emu_smem, 0xff, smem_bytes);
         emu_block_bar = Barrier{nthreads};

@@ -392,6 +392,14 @@ int main(int argc, char** argv) {
     {2, 260, 260, 2, 2, 128, true, true, 9, true},
     {1, 640, 640, 1, 1, 64, true, false, 10, true},  // 128-key tiles: shorter documents to skip
   };
+  // Where tma.cuh says an element of a swizzled tile lies (what test/gpu/wgmma_unit.cu places
+  // and reads by) is where the emulated TMA puts it and the emulated wgmma finds it.
+  for (int r = 0; r < 128; ++r)
+    for (int c = 0; c < 128; ++c)
+      if (2 * uint32_t(tma_tile_at<128>(r, c)) != emu_swizzle128(2 * uint32_t(tma_tile<128>(r, c)))) {
+        printf("  FAIL tma_tile_at(%d, %d) is not where the 128-byte swizzle puts the element\n", r, c);
+        ++fails;
+      }
   use_sm90 = true;
   for (size_t i = 0; i < sm90_cases.size(); ++i) {
     if (only && "sm90-" + std::to_string(i) != only) continue;

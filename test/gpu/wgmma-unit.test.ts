@@ -1,5 +1,5 @@
 // The three wgmma forms of the Hopper kernels, each once at each N and in each layout they use,
-// on the GPU against exact products, and one TMA box of the forward's shape against the tensor
+// on the GPU against exact products, and a K tile loaded by TMA (two swizzled boxes) against the tensor
 // (test/gpu/wgmma_unit.cu): checks our reading of the PTX ISA's descriptors and fragment
 // layouts, and of the driver's tensor maps, on hardware, apart from the kernels. Skipped, with the reason in the title, without
 // an sm_90 device or without nvcc (the GPU machine has both).
@@ -23,18 +23,18 @@ const dir = mkdtempSync(join(tmpdir(), 'ra-wgmma-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe.skipIf(!!why)(why ? `wgmma on the GPU (skipped: ${why})` : 'wgmma on the GPU', () => {
-  it('wgmma_ss, wgmma_rs and wgmma_ss_tt give the exact products at each N and layout the kernels use; a TMA box lands where the forward reads it', () => {
+  it('wgmma_ss, wgmma_rs and wgmma_ss_tt give the exact products at each N and layout the kernels use; a swizzled TMA tile lands where the kernels read it', () => {
     const exe = join(dir, 'wgmma-unit');
     const build = spawnSync(nvcc, ['-std=c++17', '-O2', '-gencode', 'arch=compute_90a,code=sm_90a', `-I${root}`,
       join(root, 'test', 'gpu', 'wgmma_unit.cu'),
       join(root, 'native', 'cuda', 'flash', 'tma_map.cu'), '-o', exe], { encoding: 'utf8' });
     expect(build.status, build.stderr).toBe(0);
     const r = spawnSync(exe, { encoding: 'utf8' });
-    for (const [form, n] of [['wgmma_ss_tt', 32], ['wgmma_ss_tt (tma_tile)', 32], ['wgmma_ss', 64], ['wgmma_rs', 64], ['wgmma_ss_tt', 64],
-      ['wgmma_ss (tma_tile)', 64], ['wgmma_rs (tma_tile)', 64], ['wgmma_ss_tt (tma_tile)', 64], ['wgmma_ss', 128], ['wgmma_rs', 128],
-      ['wgmma_ss (tma_tile)', 128], ['wgmma_rs (tma_tile)', 128]] as const)
+    for (const [form, n] of [['wgmma_ss_tt', 32], ['wgmma_ss_tt (swizzled)', 32], ['wgmma_ss', 64], ['wgmma_rs', 64], ['wgmma_ss_tt', 64],
+      ['wgmma_ss (swizzled)', 64], ['wgmma_rs (swizzled)', 64], ['wgmma_ss_tt (swizzled)', 64], ['wgmma_ss', 128], ['wgmma_rs', 128],
+      ['wgmma_ss (swizzled)', 128], ['wgmma_rs (swizzled)', 128]] as const)
       expect(r.stdout).toContain(`ok N=${n}: ${form} 0 of ${64 * n} wrong`);
-    expect(r.stdout).toContain('ok tma: box of 128 x 64, 0 of 8192 wrong');
+    expect(r.stdout).toContain('ok tma: tile of 128 x 128 (two swizzled boxes), 0 of 16384 wrong');
     expect(r.status, r.stdout + r.stderr).toBe(0);
   }, 180_000);
 });

@@ -1,11 +1,11 @@
 // One warpgroup, one wgmma of each form the Hopper kernels (native/cuda/flash/{fwd,bwd}_sm90_kernel.cuh)
 // use, against the product on the host: wgmma_ss (A and B K-major in shared memory), wgmma_rs
 // (A from registers, B MN-major) and wgmma_ss_tt (A and B MN-major), with the same layouts
-// and descriptors as the kernels (the backward's `blocked`, and for ss and rs also the
-// forward's `tma_tile`), and the accumulator read back through the fragment layout they
-// assume. The inputs are small integers, so every sum is exact: the results must be equal,
-// bit for bit. Then one TMA box of the forward's shape, rows past the sequence included,
-// against the tensor on the host. This tests on hardware what the CPU emulator can only take
+// and descriptors as the kernels (the backward's no-swizzle `blocked`, and the 128-byte
+// swizzled tiles TMA writes, tma.cuh), and the accumulator read back through the fragment
+// layout they assume. The inputs are small integers, so every sum is exact: the results must
+// be equal, bit for bit. Then a K tile as the kernels load it (two swizzled TMA boxes, rows
+// past the sequence included) against the tensor on the host. This tests on hardware what the CPU emulator can only take
 // from our reading of the PTX ISA and the driver's documentation. Built and run by
 // test/gpu/wgmma-unit.test.ts:
 //   nvcc -std=c++17 -gencode arch=compute_90a,code=sm_90a -I. test/gpu/wgmma_unit.cu native/cuda/flash/tma_map.cu
@@ -23,28 +23,37 @@ using T = __nv_bfloat16;
 
 // a: 64 x 16, row-major. b: N x 16, row-major, so that B[k][n] = b[n][k] in every form. Each
 // form that is compiled for this N (kForms: 1 ss, 2 rs, 4 ss_tt) writes its 64 x N result.
-// The tma_tile forms (kForms 8: ss, 16: rs, 32: ss_tt) read their operands as the kernels do
-// from tiles that TMA wrote: A as rows 64..127 of a 128-row tile at its columns 16..31, B as
-// rows 0..N-1 of a tile at columns 16..31, the MN-major B of rs as rows 16..31 of a 32-row
-// tile, and that of ss_tt as rows 16..31, columns N..2N-1 of a 32-row tile (the backward's
-// dQ, the second warpgroup's half of K).
+// The swizzled forms (kForms 8: ss, 16: rs, 32: ss_tt) read their operands as the kernels do
+// from tiles as TMA writes them (tma_tile_at), 128 columns wide: A as rows 64..127 of a
+// 128-row tile at columns 80..95 (the second box, 32 bytes in: the forward's S = Q K^T of
+// consumer 1 at kk = 5), B as rows 0..N-1 of a tile at columns 80..95, the MN-major B of rs as
+// rows 16..31 of a 32-row tile of N columns (at N = 128, two boxes: P V, dV, dK at kk = 1),
+// and that of ss_tt as rows 16..31, columns N..2N-1 of a 32-row tile of 2N columns (the
+// backward's dQ, the second warpgroup's half of K: at N = 32 it starts 64 bytes into a row).
+template <int N>
+struct SwizzledTiles {
+  static constexpr int kQ = 128 * 128, kK = N * 128, kV = 32 * N, kKt = 32 * 2 * N;  // elements, each a multiple of 512
+  static constexpr int kBytes = (kQ + kK + kV + kKt) * 2 + 1024;                   // and the alignment's slack
+};
 template <int N, int kForms>
 __global__ void unit(const T* a, const T* b, float** d) {
   __shared__ __align__(128) T sA[64 * 16], sAt[16 * 64], sB[N * 16], sBt[16 * N];
-  __shared__ __align__(128) T sQ[(kForms & 8) ? 128 * 32 : 8], sK[(kForms & 8) ? N * 32 : 8], sV[(kForms & 16) ? 32 * N : 8],
-      sKt[(kForms & 32) ? 32 * 2 * N : 8];
+  extern __shared__ __align__(128) unsigned char dyn[];
+  using S = SwizzledTiles<N>;
+  T* sQ = reinterpret_cast<T*>(align_1024(dyn));
+  T *sK = sQ + S::kQ, *sV = sK + S::kK, *sKt = sV + S::kV;
   const int tid = threadIdx.x, w = tid / 32, l = tid % 32;
   for (int i = tid; i < 64 * 16; i += 128) {
     sA[blocked<16>(i / 16, i % 16)] = a[i];   // K-major: rows m, 16 k
     sAt[blocked<64>(i % 16, i / 16)] = a[i];  // MN-major: rows k, 64 columns m
-    if constexpr (kForms & 8) sQ[tma_tile<128>(64 + i / 16, 16 + i % 16)] = a[i];
+    if constexpr (kForms & 8) sQ[tma_tile_at<128>(64 + i / 16, 80 + i % 16)] = a[i];
   }
   for (int i = tid; i < N * 16; i += 128) {
     sB[blocked<16>(i / 16, i % 16)] = b[i];   // K-major: rows n, 16 k
     sBt[blocked<N>(i % 16, i / 16)] = b[i];   // MN-major: rows k, N columns n
-    if constexpr (kForms & 8) sK[tma_tile<N>(i / 16, 16 + i % 16)] = b[i];
-    if constexpr (kForms & 16) sV[tma_tile<32>(16 + i % 16, i / 16)] = b[i];
-    if constexpr (kForms & 32) sKt[tma_tile<32>(16 + i % 16, N + i / 16)] = b[i];
+    if constexpr (kForms & 8) sK[tma_tile_at<N>(i / 16, 80 + i % 16)] = b[i];
+    if constexpr (kForms & 16) sV[tma_tile_at<32>(16 + i % 16, i / 16)] = b[i];
+    if constexpr (kForms & 32) sKt[tma_tile_at<32>(16 + i % 16, N + i / 16)] = b[i];
   }
   fence_proxy_async();
   __syncthreads();
@@ -76,12 +85,10 @@ __global__ void unit(const T* a, const T* b, float** d) {
   if constexpr (kForms & 1) product(0, wgmma_desc(sA, 128, 16 * 16), wgmma_desc(sB, 128, 16 * 16), d[0]);
   if constexpr (kForms & 2) product(1, 0, wgmma_desc(sBt, N * 16, 128), d[1]);
   if constexpr (kForms & 4) product(2, wgmma_desc(sAt, 64 * 16, 128), wgmma_desc(sBt, N * 16, 128), d[2]);
-  // As the forward's S = Q K^T (consumer warpgroup 1, kk = 1) and the backward's S^T = K Q^T;
-  // the forward's O += P V and the backward's dV and dK at kk = 1; the backward's dQ.
-  if constexpr (kForms & 8)
-    product(0, wgmma_desc(sQ + tma_tile<128>(64, 16), 128 * 16, 128), wgmma_desc(sK + tma_tile<N>(0, 16), N * 16, 128), d[3]);
-  if constexpr (kForms & 16) product(1, 0, wgmma_desc(sV + tma_tile<32>(16, 0), 128, 32 * 16), d[4]);
-  if constexpr (kForms & 32) product(2, wgmma_desc(sAt, 64 * 16, 128), wgmma_desc(sKt + tma_tile<32>(16, N), 128, 32 * 16), d[5]);
+  // With the descriptors of the kernels (tile_desc_k, tile_desc_mn).
+  if constexpr (kForms & 8) product(0, tile_desc_k<128>(sQ, 64, 80), tile_desc_k<N>(sK, 0, 80), d[3]);
+  if constexpr (kForms & 16) product(1, 0, tile_desc_mn<32>(sV, 16, 0), d[4]);
+  if constexpr (kForms & 32) product(2, wgmma_desc(sAt, 64 * 16, 128), tile_desc_mn<32>(sKt, 16, N), d[5]);
 }
 
 template <int N, int kForms>
@@ -100,14 +107,15 @@ int run() {
   for (auto& d : dd) cudaMalloc(&d, 64 * N * 4), cudaMemset(d, 0xff, 64 * N * 4);  // NaN where nothing is written
   cudaMalloc(&dlist, sizeof dd);
   cudaMemcpy(dlist, dd, sizeof dd, cudaMemcpyHostToDevice);
-  unit<N, kForms><<<1, 128>>>(da, db, dlist);
+  cudaFuncSetAttribute(unit<N, kForms>, cudaFuncAttributeMaxDynamicSharedMemorySize, SwizzledTiles<N>::kBytes);
+  unit<N, kForms><<<1, 128, SwizzledTiles<N>::kBytes>>>(da, db, dlist);
   cudaError_t e = cudaDeviceSynchronize();
   if (e != cudaSuccess) {
     printf("FAIL N=%d: kernel failed: %s\n", N, cudaGetErrorString(e));
     return 1;
   }
   int failed = 0;
-  const char* names[6] = {"wgmma_ss", "wgmma_rs", "wgmma_ss_tt", "wgmma_ss (tma_tile)", "wgmma_rs (tma_tile)", "wgmma_ss_tt (tma_tile)"};
+  const char* names[6] = {"wgmma_ss", "wgmma_rs", "wgmma_ss_tt", "wgmma_ss (swizzled)", "wgmma_rs (swizzled)", "wgmma_ss_tt (swizzled)"};
   for (int f = 0; f < 6; ++f) {
     if (!(kForms & (1 << f))) continue;
     out[f].resize(64 * N);
@@ -127,11 +135,14 @@ int run() {
   return failed;
 }
 
-// One TMA box as the forward loads K: 8 columns at a time, 128 rows from row 40 of head 1 of
-// batch 1 of a [2, 100, 3, 64] tensor, so that rows 100 on are past the sequence and must land
-// as zeros; the bytes complete on an mbarrier, as in the kernel.
+// A K tile as the forward loads it: two boxes of 64 columns, 128 rows from row 40 of head 1
+// of batch 1 of a [2, 100, 3, 128] tensor, so that rows 100 on are past the sequence and must
+// land as zeros; the bytes complete on an mbarrier, as in the kernel. The tile is copied out
+// as it lies in shared memory, swizzle and all.
+constexpr int kTmaTileBytes = 128 * 128 * 2;
 __global__ void tma_unit(const __grid_constant__ TmaMap map, T* out) {
-  __shared__ __align__(128) T tile[128 * 64];
+  extern __shared__ __align__(128) unsigned char dyn[];
+  T* tile = reinterpret_cast<T*>(align_1024(dyn));
   __shared__ __align__(8) uint64_t bar;
   if (threadIdx.x == 0) {
     mbar_init(&bar, 1);
@@ -139,21 +150,21 @@ __global__ void tma_unit(const __grid_constant__ TmaMap map, T* out) {
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    mbar_arrive_expect_tx(&bar, sizeof tile);
-    for (int c = 0; c < 64; c += 8) tma_load(tile + tma_tile<128>(0, c), &map, &bar, c, 1, 40, 1);
+    mbar_arrive_expect_tx(&bar, kTmaTileBytes);
+    for (int c = 0; c < 128; c += kTmaBoxCols) tma_load(tile + tma_tile<128>(0, c), &map, &bar, c, 1, 40, 1);
   }
   mbar_wait(&bar, 0);
-  for (int i = threadIdx.x; i < 128 * 64; i += blockDim.x) out[i] = tile[i];
+  for (int i = threadIdx.x; i < 128 * 128; i += blockDim.x) out[i] = tile[i];
 }
 
 int run_tma() {
-  const int B = 2, S = 100, H = 3, D = 64;
+  const int B = 2, S = 100, H = 3, D = 128;
   std::vector<T> x(size_t(B) * S * H * D);
   for (size_t i = 0; i < x.size(); ++i) x[i] = __float2bfloat16(float(int(i % 251) - 125));
   T *dx, *dout;
-  cudaMalloc(&dx, x.size() * sizeof(T)), cudaMalloc(&dout, 128 * 64 * sizeof(T));
+  cudaMalloc(&dx, x.size() * sizeof(T)), cudaMalloc(&dout, kTmaTileBytes);
   cudaMemcpy(dx, x.data(), x.size() * sizeof(T), cudaMemcpyHostToDevice);
-  cudaMemset(dout, 0xff, 128 * 64 * sizeof(T));
+  cudaMemset(dout, 0xff, kTmaTileBytes);
   FwdParams p{};
   p.k = dx, p.batch = B, p.seq_k = S, p.kv_heads = H, p.head_dim = D;
   p.k_row_stride = H * D, p.k_batch_stride = int64_t(S) * H * D;
@@ -164,21 +175,22 @@ int run_tma() {
     printf("FAIL tma: %s\n", e.what());
     return 1;
   }
-  tma_unit<<<1, 128>>>(map, dout);
+  cudaFuncSetAttribute(tma_unit, cudaFuncAttributeMaxDynamicSharedMemorySize, kTmaTileBytes + 1024);
+  tma_unit<<<1, 128, kTmaTileBytes + 1024>>>(map, dout);
   cudaError_t e = cudaDeviceSynchronize();
   if (e != cudaSuccess) {
     printf("FAIL tma: kernel failed: %s\n", cudaGetErrorString(e));
     return 1;
   }
-  std::vector<T> got(128 * 64);
+  std::vector<T> got(128 * 128);
   cudaMemcpy(got.data(), dout, got.size() * sizeof(T), cudaMemcpyDeviceToHost);
   int bad = 0;
   for (int r = 0; r < 128; ++r)
     for (int c = 0; c < D; ++c) {
       const float want = 40 + r < S ? __bfloat162float(x[((size_t(1) * S + 40 + r) * H + 1) * D + c]) : 0.f;
-      bad += __bfloat162float(got[tma_tile<128>(r, c)]) != want;
+      bad += __bfloat162float(got[tma_tile_at<128>(r, c)]) != want;
     }
-  printf("%s tma: box of 128 x 64, %d of %d wrong\n", bad ? "FAIL" : "ok", bad, 128 * 64);
+  printf("%s tma: tile of 128 x 128 (two swizzled boxes), %d of %d wrong\n", bad ? "FAIL" : "ok", bad, 128 * 128);
   cudaFree(dx), cudaFree(dout);
   return bad != 0;
 }

@@ -10,8 +10,9 @@
 //   dQ += dS K (float32 atomics; each warpgroup half of the columns), from dS^T in shared
 //   memory (two buffers, so that one named barrier per step suffices) read as an MN-major A.
 //   With `deterministic`, dQ is left to bwd_dq_kernel instead.
-// dV's product runs while dS^T is packed and stored. Head dims 64 and 128 with strides TMA
-// can describe only (dispatch.cu). Not yet here: swizzled layouts.
+// dV's product runs while dS^T is packed and stored. Tiles TMA loads are 128-byte swizzled
+// (tma.cuh); dS^T, stored by the consumers, is not. Head dims 64 and 128 with strides TMA can
+// describe only (dispatch.cu).
 #pragma once
 #include "bwd_kernel.cuh"
 #include "documents.cuh"
@@ -41,11 +42,12 @@ struct Sm90BwdTraits {
   static constexpr int kBlockM = 64;               // queries per step
   static constexpr int kStages = 2;
   static constexpr int kTileKV = kBlockN * kHeadDim, kTileQ = kBlockM * kHeadDim, kTileDs = kBlockN * kBlockM;  // elements
-  // K, V, then per stage Q and dO, two dS^T, then per stage lse and delta, then the barriers:
-  // 161 KiB at head dim 128.
+  // K, V, then per stage Q and dO, two dS^T (each a multiple of 1024 bytes, so all stay
+  // aligned for the swizzle), then per stage lse and delta, then the barriers; 1024 bytes more
+  // to align the start (align_1024): 162 KiB at head dim 128.
   static constexpr int kFloatsOffset = (2 * kTileKV + 2 * kStages * kTileQ + 2 * kTileDs) * int(sizeof(T));
   static constexpr int kBarrierOffset = kFloatsOffset + 2 * kStages * kBlockM * int(sizeof(float));
-  static constexpr int kSmemBytes = kBarrierOffset + (1 + 2 * kStages) * 8;
+  static constexpr int kSmemBytes = kBarrierOffset + (1 + 2 * kStages) * 8 + 1024;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // as the forward's (Sm90FwdTraits)
 };
 
@@ -68,11 +70,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
   const FwdParams& p = bp.fwd;
   constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kStages = Tr::kStages;
   constexpr int kMT = kBM / 8, kDT = kD / 8;
-  // Bytes between core matrices: 128 along the rows of a TMA tile (tma_tile) or along the
-  // columns of dS^T (blocked); along the columns of a K/V tile and of a Q/dO tile; along the
-  // rows of dS^T.
-  constexpr uint32_t kCoreStep = 128, kKVColStep = kBN * 16, kQColStep = kBM * 16, kSdsRowStep = kBM * 16;
-  RA_DYNAMIC_SMEM(smem);
+  // Bytes between the core matrices of dS^T (blocked): along its columns, along its rows.
+  constexpr uint32_t kSdsColStep = 128, kSdsRowStep = kBM * 16;
+  RA_DYNAMIC_SMEM(smem_unaligned);
+  unsigned char* smem = align_1024(smem_unaligned);
   T* sK = reinterpret_cast<T*>(smem);
   T* sV = sK + Tr::kTileKV;
   // Q and dO of stage st, dS^T buffer j: by arithmetic, as arrays of pointers would sit in local memory
@@ -105,7 +106,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
     if (warp != 0) return;
     if (lane == 0) {
       mbar_arrive_expect_tx(kv_full, 2 * Tr::kTileKV * int(sizeof(T)));
-      for (int c = 0; c < kD; c += 8) {
+      for (int c = 0; c < kD; c += kTmaBoxCols) {
         tma_load(sK + tma_tile<kBN>(0, c), &maps.k, kv_full, c, kvh, n0, b);
         tma_load(sV + tma_tile<kBN>(0, c), &maps.v, kv_full, c, kvh, n0, b);
       }
@@ -138,7 +139,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
         }
         if (lane == 0) {
           mbar_arrive_expect_tx(&full[st], 2 * Tr::kTileQ * int(sizeof(T)));
-          for (int c = 0; c < kD; c += 8) {
+          for (int c = 0; c < kD; c += kTmaBoxCols) {
             tma_load(sQ(st) + tma_tile<kBM>(0, c), &maps.q, &full[st], c, hq, m0, b);
             tma_load(sdO(st) + tma_tile<kBM>(0, c), &maps.dout, &full[st], c, hq, m0, b);
           }
@@ -154,8 +155,6 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
   float dk[kDT][4] = {}, dv[kDT][4] = {};
   const float scale_log2 = p.scale * kLog2e;
   const int key0 = n0 + cw * 64 + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
-  const T* sKg = sK + tma_tile<kBN>(cw * 64, 0);  // this warpgroup's 64 keys
-  const T* sVg = sV + tma_tile<kBN>(cw * 64, 0);
   // Packed sequences: the queries' documents (read where masked).
   const int* doc_q = p.doc_q ? p.doc_q + b * p.doc_q_batch_stride : nullptr;
   // Every consumer thread waits on every phase (none can fall one behind: see the forward).
@@ -177,10 +176,9 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kD / 16; ++kk) {
-        wgmma_ss<T, kBM>(&s[0][0], wgmma_desc(sKg + tma_tile<kBN>(0, kk * 16), kKVColStep, kCoreStep),
-                         wgmma_desc(sQ(st) + tma_tile<kBM>(0, kk * 16), kQColStep, kCoreStep), kk > 0);
-        wgmma_ss<T, kBM>(&dp[0][0], wgmma_desc(sVg + tma_tile<kBN>(0, kk * 16), kKVColStep, kCoreStep),
-                         wgmma_desc(sdO(st) + tma_tile<kBM>(0, kk * 16), kQColStep, kCoreStep), kk > 0);
+        // this warpgroup's 64 keys of K and V
+        wgmma_ss<T, kBM>(&s[0][0], tile_desc_k<kBN>(sK, cw * 64, kk * 16), tile_desc_k<kBM>(sQ(st), 0, kk * 16), kk > 0);
+        wgmma_ss<T, kBM>(&dp[0][0], tile_desc_k<kBN>(sV, cw * 64, kk * 16), tile_desc_k<kBM>(sdO(st), 0, kk * 16), kk > 0);
       }
       wgmma_commit();
       wgmma_wait_all();
@@ -215,7 +213,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       // dV += P^T dO on the tensor cores, while dS^T is packed into A fragments and, for dQ,
       // stored to shared memory (register j of pds[kk]: row g + 8 (j % 2), columns
       // 16 kk + 8 (j / 2) + 2t). Packing dS^T only after the issue keeps fewer registers live.
-      // dO and Q are MN-major B operands: stepping 16 queries (k) is two core matrices down.
+      // dO and Q are MN-major B operands (their rows, the queries, are k).
       uint32_t pa[kBM / 16][4], pds[kBM / 16][4];
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk) acc_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
@@ -224,7 +222,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk)
-        wgmma_rs<T, kD>(&dv[0][0], pa[kk], wgmma_desc(sdO(st) + tma_tile<kBM>(kk * 16, 0), kCoreStep, kQColStep), 1);
+        wgmma_rs<T, kD>(&dv[0][0], pa[kk], tile_desc_mn<kBM>(sdO(st), kk * 16, 0), 1);
       wgmma_commit();
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk) acc_to_a<T>(pds[kk], dp[2 * kk], dp[2 * kk + 1]);
@@ -246,7 +244,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk)
-        wgmma_rs<T, kD>(&dk[0][0], pds[kk], wgmma_desc(sQ(st) + tma_tile<kBM>(kk * 16, 0), kCoreStep, kQColStep), 1);
+        wgmma_rs<T, kD>(&dk[0][0], pds[kk], tile_desc_mn<kBM>(sQ(st), kk * 16, 0), 1);
       wgmma_commit();
       wgmma_wait_all();
       fence_operands<kDT * 4>(&dk[0][0]);
@@ -255,7 +253,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       if (!with_dq) continue;
 
       // dQ = dS K: A = dS (queries x keys) read from dS^T as an MN-major operand, B = K read
-      // as MN-major too (stepping 8 keys is kCoreStep); warpgroup cw computes columns
+      // as MN-major too (at head dim 64, from the middle of its rows); warpgroup cw computes columns
       // [cw kD/2, (cw + 1) kD/2). Buffer i % 2 is not written again before every consumer has
       // passed the next step's barrier, so one barrier per step suffices.
       fence_proxy_async();
@@ -266,8 +264,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kBN / 16; ++kk)
-        wgmma_ss_tt<T, kHalf>(dq, wgmma_desc(ds + blocked<kBM>(kk * 16, 0), kSdsRowStep, kCoreStep),
-                              wgmma_desc(sK + tma_tile<kBN>(kk * 16, cw * kHalf), kCoreStep, kKVColStep), kk > 0);
+        wgmma_ss_tt<T, kHalf>(dq, wgmma_desc(ds + blocked<kBM>(kk * 16, 0), kSdsRowStep, kSdsColStep),
+                              tile_desc_mn<kBN>(sK, kk * 16, cw * kHalf), kk > 0);
       wgmma_commit();
       wgmma_wait_all();
       fence_operands<kHalf / 2>(dq);

@@ -12,8 +12,9 @@
 // online_softmax.cuh's; packed sequences skip the key tiles that share no document, as
 // fwd_kernel.cuh does (producer and consumers walk the same tiles).
 //
-// Not yet here (issue #4, after a measured baseline): swizzled layouts and the overlap of one
-// warpgroup's softmax with the other's products (FlashAttention-3's ping-pong). Used only
+// Tiles are in TMA's 128-byte-swizzled layout (tma.cuh), which wgmma reads as it is. Not yet
+// here (issue #4, after a measured baseline): the overlap of one warpgroup's softmax with the
+// other's products (FlashAttention-3's ping-pong). Used only
 // where it applies (dispatch.cu): head dim 64 or 128, 16-byte aligned rows and strides TMA
 // can describe; otherwise fwd_kernel.cuh runs.
 #pragma once
@@ -38,9 +39,11 @@ struct Sm90FwdTraits {
   static constexpr int kBlockN = 128;
   static constexpr int kStages = 2;
   static constexpr int kTileQ = kBlockM * kHeadDim, kTileKV = kBlockN * kHeadDim;  // elements
-  // Q once, K and V per stage, then the barriers: 160 KiB at head dim 128, within sm_90's 227 KiB.
+  // Q once, K and V per stage (each tile a multiple of 1024 bytes, so all stay aligned for the
+  // swizzle), then the barriers; 1024 bytes more to align the start (align_1024): 161 KiB at
+  // head dim 128, within sm_90's 227 KiB.
   static constexpr int kBarrierOffset = (kTileQ + 2 * kStages * kTileKV) * int(sizeof(T));
-  static constexpr int kSmemBytes = kBarrierOffset + (1 + 2 * kStages) * 8;
+  static constexpr int kSmemBytes = kBarrierOffset + (1 + 2 * kStages) * 8 + 1024;
   // Registers per thread after setmaxnreg: 128 x 24 + 256 x 240 = 384 x 168, what the launch
   // allocates (__launch_bounds__); more for the consumers would make their setmaxnreg wait forever.
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
@@ -57,14 +60,6 @@ inline Sm90FwdMaps sm90_fwd_maps(const FwdParams& p) {
           tma_map(fwd_tma_shape(p, 'v', Tr::kBlockN), dtype)};
 }
 
-// The layout TMA writes: column group c / 8 of a tile of kRows rows is kRows contiguous
-// 16-byte rows. Core matrix (r / 8, c / 8) is thus 128 contiguous bytes; stepping 8 rows is
-// 128 bytes, stepping 8 columns kRows * 16 bytes.
-template <int kRows>
-__host__ __device__ __forceinline__ int tma_tile(int r, int c) {
-  return ((c >> 3) * kRows + r) * 8 + (c & 7);
-}
-
 template <typename Tr, bool kCausal>
 __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdParams p, const __grid_constant__ Sm90FwdMaps maps) {
   // Other architectures of a fat binary get an empty kernel; dispatch.cu launches this one
@@ -73,7 +68,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
   using T = typename Tr::T;
   constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kStages = Tr::kStages;
   constexpr int kNT = kBN / 8, kDT = kD / 8;
-  RA_DYNAMIC_SMEM(smem);
+  RA_DYNAMIC_SMEM(smem_unaligned);
+  unsigned char* smem = align_1024(smem_unaligned);
   T* sQ = reinterpret_cast<T*>(smem);
   // K and V of stage st, by arithmetic: an array of pointers would sit in local memory
   auto sK = [&](int st) { return sQ + Tr::kTileQ + st * Tr::kTileKV; };
@@ -106,7 +102,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
     // wait), but another lane could, and would then wait for the phase after next.
     if (lane == 0) {
       mbar_arrive_expect_tx(q_full, Tr::kTileQ * int(sizeof(T)));
-      for (int c = 0; c < kD; c += 8) tma_load(sQ + tma_tile<kBM>(0, c), &maps.q, q_full, c, h, m0, b);
+      for (int c = 0; c < kD; c += kTmaBoxCols) tma_load(sQ + tma_tile<kBM>(0, c), &maps.q, q_full, c, h, m0, b);
     }
     int i = 0;
     for (int nb = next_tile(0); nb < n_blocks; nb = next_tile(nb + 1), ++i) {
@@ -114,7 +110,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
       if (lane == 0) {
         mbar_wait(&empty[st], ((i / kStages) & 1) ^ 1);  // the stage's previous tile is consumed
         mbar_arrive_expect_tx(&full[st], 2 * Tr::kTileKV * int(sizeof(T)));
-        for (int c = 0; c < kD; c += 8) {
+        for (int c = 0; c < kD; c += kTmaBoxCols) {
           tma_load(sK(st) + tma_tile<kBN>(0, c), &maps.k, &full[st], c, kvh, nb * kBN, b);
           tma_load(sV(st) + tma_tile<kBN>(0, c), &maps.v, &full[st], c, kvh, nb * kBN, b);
         }
@@ -134,8 +130,6 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
   const int* doc_k = p.doc_q ? p.doc_k + b * p.doc_k_batch_stride : nullptr;
   int doc_row[2];
   lane_documents(p.doc_q, p.doc_q_batch_stride, b, row0, p.seq_q, doc_row);
-  // Bytes between core matrices (tma_tile): along the rows of a tile, and along its columns.
-  constexpr uint32_t kCoreStep = 128, kQColStep = kBM * 16, kKVColStep = kBN * 16;
   // Every consumer thread waits on every phase: none can fall a phase behind, since the next
   // phase of a stage's `full` needs the `empty` arrival of each of them.
   mbar_wait(q_full, 0);  // always: the block must not end with its Q copy in flight
@@ -150,8 +144,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk)
-      wgmma_ss<T, kBN>(&s[0][0], wgmma_desc(sQ + tma_tile<kBM>(cw * 64, kk * 16), kQColStep, kCoreStep),
-                       wgmma_desc(sK(st) + tma_tile<kBN>(0, kk * 16), kKVColStep, kCoreStep), kk > 0);
+      wgmma_ss<T, kBN>(&s[0][0], tile_desc_k<kBM>(sQ, cw * 64, kk * 16), tile_desc_k<kBN>(sK(st), 0, kk * 16), kk > 0);
     wgmma_commit();
     wgmma_wait_all();
     fence_operands<kNT * 4>(&s[0][0]);
@@ -163,8 +156,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
       mask_scores<kCausal>(s, p, n0, row0, t, mixed ? doc_k : nullptr, doc_row);
     online_softmax(s, acc, row_max, row_sum, scale_log2);
 
-    // P V: rows of V are the k index (MN-major B), so stepping 16 keys is two core matrices
-    // down (the next 8 keys are kCoreStep away), the next 8 columns (n) kKVColStep.
+    // P V: rows of V are the k index (MN-major B).
     uint32_t pa[kBN / 16][4];
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) acc_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
@@ -173,7 +165,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk)
-      wgmma_rs<T, kD>(&acc[0][0], pa[kk], wgmma_desc(sV(st) + tma_tile<kBN>(kk * 16, 0), kCoreStep, kKVColStep), 1);
+      wgmma_rs<T, kD>(&acc[0][0], pa[kk], tile_desc_mn<kBN>(sV(st), kk * 16, 0), 1);
     wgmma_commit();
     wgmma_wait_all();
     fence_operands<kDT * 4>(&acc[0][0]);

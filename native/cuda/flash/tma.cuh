@@ -6,10 +6,13 @@
 // meet without the producer.
 //
 // A tensor map describes one of q, k, v, dout as [batch, seq, heads, head_dim] (4 dims, innermost
-// first, byte strides rising); its box is 8 columns of `rows` rows of one head, which lands in
-// shared memory as `rows` contiguous 16-byte rows: one column of core matrices of the
-// no-swizzle wgmma layout (wgmma.cuh). Rows past the sequence's end land as zeros.
-// Under RA_FLASH_EMULATOR the same calls run on the CPU (test/flash-emulator/shim.h).
+// first, byte strides rising); its box is 64 columns (128 bytes) of `rows` rows of one head,
+// written with the 128-byte swizzle: rows 128 bytes apart, and in each the 16-byte chunk j
+// stored at chunk j ^ (bits 7-9 of its shared address), so that 8 consecutive rows spread
+// over all 32 banks. That is the layout wgmma reads with a 128-byte-swizzle descriptor
+// (tile_desc_k, tile_desc_mn below); a head dim of 128 is two boxes side by side. Rows past the
+// sequence's end land as zeros. Under RA_FLASH_EMULATOR the same calls run on the CPU
+// (test/flash-emulator/shim.h).
 #pragma once
 #include <cstdint>
 
@@ -18,11 +21,13 @@
 
 namespace ra::cuda::flash {
 
-// Every tensor the Hopper kernels load has 16-bit elements (bfloat16 or float16).
+// Every tensor the Hopper kernels load has 16-bit elements (bfloat16 or float16); a box is 64
+// of them wide, the 128 bytes of the swizzle.
 constexpr uint64_t kTmaElementBytes = 2;
+constexpr int kTmaBoxCols = 64;
 
 // What the host must know to describe one tensor: 4 dims (head_dim, heads, seq, batch), the
-// byte strides of the outer three, and the box (8, 1, rows, 1).
+// byte strides of the outer three, and the box (kTmaBoxCols, 1, rows, 1).
 struct TmaShape {
   const void* base;
   uint64_t dims[4];
@@ -60,12 +65,12 @@ inline TmaShape dout_tma_shape(const BwdParams& bp, int box_rows) {
   return tma_shape(bp.dout, p.o_batch_stride, p.o_row_stride, p.heads, p.seq_q, p, box_rows);
 }
 
-// Whether the hardware can describe the tensor so: the base 16-byte aligned, strides multiples
-// of 16 bytes below 2^40, each at least the span of the dims inside it. True for the
-// library's own layouts (whole tensors, ring views) at head dims 64 and 128; where it is not,
-// dispatch.cu runs the default kernels.
+// Whether the hardware can describe the tensor so: whole boxes across the head dim, the base
+// 16-byte aligned, strides multiples of 16 bytes below 2^40, each at least the span of the
+// dims inside it. True for the library's own layouts (whole tensors, ring views) at head dims
+// 64 and 128; where it is not, dispatch.cu runs the default kernels.
 inline bool tma_describable(const TmaShape& s) {
-  if (reinterpret_cast<uintptr_t>(s.base) % 16) return false;
+  if (s.dims[0] % kTmaBoxCols || reinterpret_cast<uintptr_t>(s.base) % 16) return false;
   uint64_t span = s.dims[0] * kTmaElementBytes;
   for (int i = 0; i < 3; ++i) {
     if (s.strides[i] % 16 || s.strides[i] >= (uint64_t(1) << 40) || s.strides[i] < span) return false;
@@ -83,7 +88,7 @@ inline bool bwd_tma_describable(const BwdParams& bp) {
 
 #ifdef RA_FLASH_EMULATOR
 using TmaMap = EmuTensorMap;
-inline TmaMap tma_map(const TmaShape& s, DType) { return emu_tensor_map(s.base, s.dims, s.strides, s.box_rows); }
+inline TmaMap tma_map(const TmaShape& s, DType) { return emu_tensor_map(s.base, s.dims, s.strides, kTmaBoxCols, s.box_rows); }
 inline void mbar_init(uint64_t* bar, int count) { emu_mbar_init(bar, count); }
 inline void fence_mbar_init() {}
 inline void mbar_arrive(uint64_t* bar) { emu_mbar_arrive(bar, 0); }
@@ -127,8 +132,8 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
       "r"(parity)
       : "memory");
 }
-// The box at (col, head, row, batch) of `map` into dst (128-byte aligned); its bytes complete
-// on `bar`. The CTA's own shared::cta addresses are valid shared::cluster ones.
+// The box at (col, head, row, batch) of `map` into dst (1024-byte aligned, where the swizzle
+// pattern starts over); its bytes complete on `bar`. The CTA's own shared::cta addresses are valid shared::cluster ones.
 __device__ __forceinline__ void tma_load(void* dst, const TmaMap* map, uint64_t* bar, int col, int head, int row,
                                          int batch) {
   asm volatile(
@@ -151,6 +156,39 @@ __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
 }
 #endif
+
+// Tiles as TMA writes them: a tile of kRows rows is kTmaBoxCols-column boxes side by side,
+// each kRows rows of 128 bytes. tma_tile is where element (r, c) would be without the swizzle:
+// what a descriptor's start or a box's destination names (r a multiple of 8). tma_tile_at is
+// where it is: its 16-byte chunk XORed with r % 8 (the tile being 1024-byte aligned).
+template <int kRows>
+__host__ __device__ __forceinline__ int tma_tile(int r, int c) {
+  return (c / kTmaBoxCols * kRows + r) * kTmaBoxCols + c % kTmaBoxCols;
+}
+template <int kRows>
+__host__ __device__ __forceinline__ int tma_tile_at(int r, int c) {
+  return tma_tile<kRows>(r, c) ^ ((r & 7) << 3);
+}
+// Descriptors of a tile read from (r, c) on. K-major (c is the k index, as for Q and K in
+// Q K^T): 8-row groups 1024 bytes apart (the stride byte offset); one instruction's 16 k stay
+// inside a 128-byte row, so the leading byte offset is unused, and stepping 16 k moves the
+// start by 32 bytes (or to the next box). MN-major (r is the k index, as for V in P V):
+// 8-row groups of k 1024 bytes apart (here the stride byte offset), and the next box along
+// MN kRows * 128 bytes on (the leading one). CUTLASS's canonical SW128 layouts.
+template <int kRows, typename T>
+__device__ __forceinline__ uint64_t tile_desc_k(const T* tile, int r, int c) {
+  return wgmma_desc_sw128(tile + tma_tile<kRows>(r, c), 16, 1024);
+}
+template <int kRows, typename T>
+__device__ __forceinline__ uint64_t tile_desc_mn(const T* tile, int r, int c) {
+  return wgmma_desc_sw128(tile + tma_tile<kRows>(r, c), kRows * 128, 1024);
+}
+// The block's dynamic shared memory from its first 1024-byte boundary on (kernels ask for
+// 1024 bytes more): the swizzle pattern follows address bits, and wgmma reads tiles as starting
+// on it.
+__device__ __forceinline__ unsigned char* align_1024(unsigned char* smem) {
+  return smem + (1024 - smem_addr(smem) % 1024) % 1024;
+}
 
 // The barriers of a producer/consumer pipeline, set up by thread 0 before the block's last
 // __syncthreads: `once` (one arrival, with the bytes of the tiles loaded once), and per stage

@@ -26,10 +26,10 @@ TmaMap tma_map(const TmaShape& s, DType dtype) {
   CUtensorMap map;
   const cuuint64_t dims[4] = {s.dims[0], s.dims[1], s.dims[2], s.dims[3]};
   const cuuint64_t strides[3] = {s.strides[0], s.strides[1], s.strides[2]};
-  const cuuint32_t box[4] = {8, 1, s.box_rows, 1}, unit[4] = {1, 1, 1, 1};
+  const cuuint32_t box[4] = {cuuint32_t(kTmaBoxCols), 1, s.box_rows, 1}, unit[4] = {1, 1, 1, 1};
   const CUresult r = encode(&map, dtype == DType::F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
                             4, const_cast<void*>(s.base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     throw UserError("Error", "cuTensorMapEncodeTiled refused a tensor of [" + std::to_string(s.dims[3]) + ", " +
                                  std::to_string(s.dims[2]) + ", " + std::to_string(s.dims[1]) + ", " +

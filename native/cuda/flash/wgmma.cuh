@@ -2,11 +2,13 @@
 // (128 threads) multiply a 64 x 16 A by a 16 x N B into a 64 x N float32 accumulator that
 // stays in their registers, in the m16n8 accumulator layout of mma.cuh repeated over N / 8
 // column tiles (warp w holds rows 16w..16w+15). Operands in shared memory are named by a
-// descriptor; we use the no-swizzle layout only: "core matrices" of 8 rows x 16 bytes, each
-// 128 contiguous bytes. For K-major operands (Q, K) a core matrix is 8 rows x 8 k; for an
-// MN-major B (V, whose rows are the k index) it is 8 k x 8 n. In both, the descriptor's
-// leading byte offset steps to the next core matrix along k, the stride byte offset to the
-// next along M/N (PTX ISA, "matrix descriptor"; CUTLASS's canonical INTERLEAVE layouts).
+// descriptor, in one of two layouts. No swizzle (the backward's dS^T, written by ordinary
+// stores): "core matrices" of 8 rows x 16 bytes, each 128 contiguous bytes; for K-major
+// operands a core matrix is 8 rows x 8 k, for MN-major ones 8 k x 8 n, and the leading byte
+// offset steps to the next core matrix along k, the stride byte offset along M/N. 128-byte
+// swizzle (tiles TMA loaded, tma.cuh): rows of 128 bytes whose 16-byte chunks are permuted by
+// address bits 7-9, with the offsets as tma.cuh's tile_desc_k and tile_desc_mn say (PTX ISA,
+// "matrix descriptor"; CUTLASS's canonical INTERLEAVE and SW128 layouts).
 // Under RA_FLASH_EMULATOR the same calls run on the CPU (test/flash-emulator/shim.h).
 #pragma once
 #include <cstdint>
@@ -16,7 +18,8 @@
 namespace ra::cuda::flash {
 
 #ifdef RA_FLASH_EMULATOR
-inline uint32_t smem_addr(const void* p) { return uint32_t(static_cast<const unsigned char*>(p) - emu_smem); }
+// The emulated block's shared window starts at emu_smem_window, as the hardware's need not start at 0.
+inline uint32_t smem_addr(const void* p) { return uint32_t(static_cast<const unsigned char*>(p) - emu_smem) + emu_smem_window; }
 template <typename T, int N>
 inline void wgmma_ss(float* d, uint64_t a, uint64_t b, int accumulate) { emu_wgmma<T, N>(d, nullptr, a, b, false, false, accumulate); }
 template <typename T, int N>
@@ -123,6 +126,11 @@ RA_WGMMA_RS(__half, "f16", 128, RA_D64, RA_R64, "{%64, %65, %66, %67}", "%68", "
 __device__ __forceinline__ uint64_t wgmma_desc(const void* smem_ptr, uint32_t lbo, uint32_t sbo) {
   return uint64_t((smem_addr(smem_ptr) >> 4) & 0x3fff) | (uint64_t((lbo >> 4) & 0x3fff) << 16) |
          (uint64_t((sbo >> 4) & 0x3fff) << 32);
+}
+// The same with the 128-byte swizzle (layout type 1, bits 62-63). The base offset (bits 49-51)
+// stays 0: every start lies in the first 128 bytes of a 1024-byte pattern.
+__device__ __forceinline__ uint64_t wgmma_desc_sw128(const void* smem_ptr, uint32_t lbo, uint32_t sbo) {
+  return wgmma_desc(smem_ptr, lbo, sbo) | (uint64_t(1) << 62);
 }
 
 }  // namespace ra::cuda::flash
