@@ -49,7 +49,8 @@ class Link {
   // Before the buffers are freed: every send has completed (in `compute`'s order, or waited for).
   virtual void finish(cudaStream_t compute, cudaStream_t comm) = 0;
   // After an error mid-loop: waits (bounded) until our streams are idle. True when a peer may
-  // still read our buffers (their memory must then not go back to the cache).
+  // still read our buffers, or a transfer of ours may still use them (their memory must then
+  // not go back to the cache).
   virtual bool drain_after_error(cudaStream_t compute, cudaStream_t comm) noexcept = 0;
 };
 
@@ -139,13 +140,18 @@ class NcclLink : public Link {
   void finish(cudaStream_t, cudaStream_t comm) override { nccl::wait_stream(g_, comm, "ring attention transfers"); }
   // NCCL work may wait on a dead peer: polled against the group's timeout, which aborts the
   // communicator (and so ends that work) before the compute stream, which may wait on it.
+  // When that wait fails, the communication stream may still hold transfers the compute
+  // stream never waited for: their buffers stay out of the cache (a leak on a failed job,
+  // rather than memory handed out while a transfer may still write it).
   bool drain_after_error(cudaStream_t compute, cudaStream_t comm) noexcept override {
+    bool drained = true;
     try {
       nccl::wait_stream(g_, comm, "ring attention transfers (after an error)");
     } catch (...) {
+      drained = false;
     }
     cudaStreamSynchronize(compute);
-    return false;
+    return !drained;
   }
 
  private:

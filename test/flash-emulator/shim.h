@@ -246,13 +246,14 @@ inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db
   // along mn. 128-byte swizzle: rows of 128 bytes, 8-row groups sbo apart, then swizzled; K-major,
   // the rows are mn and an instruction's 16 k lie in one row (lbo unused); MN-major, the rows
   // are k, each holding 64 mn, and the next 64 mn are lbo on. The pattern repeats every 1024
-  // bytes, and the base offset (bits 49-51) says where in it the start lies.
+  // bytes; the kernels start in its first row (base offset 0, bits 49-51), which is checked.
   auto fetch = [](uint64_t desc, int mn, int k, bool mn_major) {
     const unsigned layout = unsigned(desc >> 62);
     if (layout > 1) emu_fail("wgmma: only the no-swizzle and 128-byte swizzle layouts are emulated");
     const uint32_t start = uint32_t(desc & 0x3fff) << 4, lbo = uint32_t((desc >> 16) & 0x3fff) << 4,
                    sbo = uint32_t((desc >> 32) & 0x3fff) << 4;
-    if (((desc >> 49) & 7) != (layout ? (start >> 7) & 7 : 0)) emu_fail("wgmma: base offset does not match the start");
+    if ((desc >> 49) & 7) emu_fail("wgmma: base offset not 0");
+    if (layout && (start >> 7) & 7) emu_fail("wgmma: a swizzled operand that starts past the first row of its pattern");
     uint32_t addr;
     if (layout == 0)
       addr = start + (mn / 8) * sbo + (k / 8) * lbo + (mn_major ? (mn % 8) * 2 + (k % 8) * 16 : (mn % 8) * 16 + (k % 8) * 2);
@@ -384,7 +385,7 @@ inline void emu_tma_load(void* dst, const EmuTensorMap* map, uint64_t* bar, int 
   emu_mbar(bar);
   std::vector<unsigned char> box(size_t(map->box_rows) * 128, 0);
   const uint64_t esz = map->strides[0] / map->dims[0];
-  if (esz != 2 || col % 8) emu_fail("TMA: 16-bit elements, boxes from a 16-byte column");
+  if (esz != 2 || col % map->box_cols) emu_fail("TMA: 16-bit elements, whole boxes across the row");
   for (uint32_t r = 0; r < map->box_rows; ++r) {
     const int64_t rr = int64_t(row) + r;
     if (col < 0 || uint64_t(col) >= map->dims[0] || head < 0 || uint64_t(head) >= map->dims[1] || rr < 0 ||

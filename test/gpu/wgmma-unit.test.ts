@@ -30,7 +30,7 @@ describe.skipIf(!!why)(why ? `wgmma on the GPU (skipped: ${why})` : 'wgmma on th
       join(root, 'native', 'cuda', 'flash', 'tma_map.cu'), '-o', exe], { encoding: 'utf8' });
     expect(build.status, build.stderr).toBe(0);
     const r = spawnSync(exe, { encoding: 'utf8' });
-    for (const [form, n] of [['wgmma_ss_tt', 32], ['wgmma_ss_tt (swizzled)', 32], ['wgmma_ss', 64], ['wgmma_rs', 64], ['wgmma_ss_tt', 64],
+    for (const [form, n] of [['wgmma_ss', 64], ['wgmma_rs', 64], ['wgmma_ss_tt', 64],
       ['wgmma_ss (swizzled)', 64], ['wgmma_rs (swizzled)', 64], ['wgmma_ss_tt (swizzled)', 64], ['wgmma_ss', 128], ['wgmma_rs', 128],
       ['wgmma_ss (swizzled)', 128], ['wgmma_rs (swizzled)', 128]] as const)
       expect(r.stdout).toContain(`ok N=${n}: ${form} 0 of ${64 * n} wrong`);

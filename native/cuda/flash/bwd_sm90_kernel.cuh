@@ -7,8 +7,9 @@
 //   S^T = K Q^T and dP^T = V dO^T   (one batch; K, V, Q, dO read from shared memory)
 //   P^T = exp(S^T - lse), masked;   dV += P^T dO   (P^T from registers, dO MN-major)
 //   dS^T = P^T (dP^T - delta);      dK += dS^T Q   (dS^T from registers, Q MN-major)
-//   dQ += dS K (float32 atomics; each warpgroup half of the columns), from dS^T in shared
-//   memory (two buffers, so that one named barrier per step suffices) read as an MN-major A.
+//   dQ += dS K (float32 atomics; each warpgroup 64 columns, or at head dim 64 its own keys),
+//   from dS^T in shared memory (two buffers, so that one named barrier per step suffices)
+//   read as an MN-major A.
 //   With `deterministic`, dQ is left to bwd_dq_kernel instead.
 // dV's product runs while dS^T is packed and stored. Tiles TMA loads are 128-byte swizzled
 // (tma.cuh); dS^T, stored by the consumers, is not. Head dims 64 and 128 with strides TMA can
@@ -253,26 +254,32 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       if (!with_dq) continue;
 
       // dQ = dS K: A = dS (queries x keys) read from dS^T as an MN-major operand, B = K read
-      // as MN-major too (at head dim 64, from the middle of its rows); warpgroup cw computes columns
-      // [cw kD/2, (cw + 1) kD/2). Buffer i % 2 is not written again before every consumer has
-      // passed the next step's barrier, so one barrier per step suffices.
+      // as MN-major too, 64 columns of it (one swizzled box, so that every start lies on a box:
+      // no public kernel starts an MN-major read inside one). Head dim 128: warpgroup cw
+      // computes columns [64 cw, 64 cw + 64) over all keys; head dim 64: all columns over its
+      // own 64 keys, the two partial sums meeting in the atomics. Buffer i % 2 is not written
+      // again before every consumer has passed the next step's barrier, so one barrier per
+      // step suffices.
       fence_proxy_async();
       named_barrier_sync(1, 128 * Tr::kConsumers);  // all of dS^T is written and visible to wgmma
-      constexpr int kHalf = kD / 2;
-      float dq[kHalf / 2];
-      fence_operands<kHalf / 2>(dq);
+      constexpr int kDqCols = kTmaBoxCols;
+      constexpr bool kDqOwnKeys = kD == kDqCols;
+      constexpr int kDqKeys = kDqOwnKeys ? 64 : kBN;
+      const int dq_key0 = kDqOwnKeys ? cw * 64 : 0, dq_col0 = kDqOwnKeys ? 0 : cw * kDqCols;
+      float dq[kDqCols / 2];
+      fence_operands<kDqCols / 2>(dq);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk)
-        wgmma_ss_tt<T, kHalf>(dq, wgmma_desc(ds + blocked<kBM>(kk * 16, 0), kSdsRowStep, kSdsColStep),
-                              tile_desc_mn<kBN>(sK, kk * 16, cw * kHalf), kk > 0);
+      for (int kk = 0; kk < kDqKeys / 16; ++kk)
+        wgmma_ss_tt<T, kDqCols>(dq, wgmma_desc(ds + blocked<kBM>(dq_key0 + kk * 16, 0), kSdsRowStep, kSdsColStep),
+                                tile_desc_mn<kBN>(sK, dq_key0 + kk * 16, dq_col0), kk > 0);
       wgmma_commit();
       wgmma_wait_all();
-      fence_operands<kHalf / 2>(dq);
+      fence_operands<kDqCols / 2>(dq);
       float* dq_rows = bp.dq_accum + b * bp.dq_batch_stride + int64_t(hq) * p.head_dim;
 #pragma unroll
-      for (int e = 0; e < kHalf / 2; ++e) {
-        const int row = m0 + warp * 16 + g + 8 * ((e >> 1) & 1), col = cw * kHalf + (e >> 2) * 8 + 2 * t + (e & 1);
+      for (int e = 0; e < kDqCols / 2; ++e) {
+        const int row = m0 + warp * 16 + g + 8 * ((e >> 1) & 1), col = dq_col0 + (e >> 2) * 8 + 2 * t + (e & 1);
         if (row < p.seq_q) atomicAdd(dq_rows + int64_t(row) * bp.dq_row_stride + col, dq[e] * p.scale);
       }
     }

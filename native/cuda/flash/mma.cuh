@@ -27,7 +27,7 @@ inline void cp_async16(void* dst, const void* src) { emu_cp_async16(dst, src); }
 inline void cp_async_commit() { emu_cp_commit(); }
 inline void cp_async_wait_all() { emu_cp_wait(); }
 #else
-// 128-byte aligned: TMA's destinations must be (the Hopper kernels'), and the others lose nothing.
+// 128-byte aligned (the Hopper kernels align their tiles to 1024 bytes themselves: align_1024).
 #define RA_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
 template <typename T> __device__ void mma_m16n8k16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1);
 template <>

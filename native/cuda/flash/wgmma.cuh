@@ -63,11 +63,9 @@ template <typename T, int N> __device__ void wgmma_rs(float* d, const uint32_t* 
 template <typename T, int N> __device__ void wgmma_ss_tt(float* d, uint64_t a, uint64_t b, int accumulate);
 
 #define RA_D8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
-#define RA_D16 RA_D8(0), RA_D8(8)
-#define RA_D32 RA_D16, RA_D8(16), RA_D8(24)
+#define RA_D32 RA_D8(0), RA_D8(8), RA_D8(16), RA_D8(24)
 #define RA_D64 RA_D32, RA_D8(32), RA_D8(40), RA_D8(48), RA_D8(56)
 #define RA_R8(a, b, c, d, e, f, g, h) "%" #a ", %" #b ", %" #c ", %" #d ", %" #e ", %" #f ", %" #g ", %" #h
-#define RA_R16 "{" RA_R8(0, 1, 2, 3, 4, 5, 6, 7) ", " RA_R8(8, 9, 10, 11, 12, 13, 14, 15) "}"
 #define RA_R32                                                                                                   \
   "{" RA_R8(0, 1, 2, 3, 4, 5, 6, 7) ", " RA_R8(8, 9, 10, 11, 12, 13, 14, 15) ", "                              \
   RA_R8(16, 17, 18, 19, 20, 21, 22, 23) ", " RA_R8(24, 25, 26, 27, 28, 29, 30, 31) "}"
@@ -101,9 +99,7 @@ RA_WGMMA_SS(wgmma_ss, 0, 0, __nv_bfloat16, "bf16", 64, RA_D32, RA_R32, "%32", "%
 RA_WGMMA_SS(wgmma_ss, 0, 0, __nv_bfloat16, "bf16", 128, RA_D64, RA_R64, "%64", "%65", "%66")
 RA_WGMMA_SS(wgmma_ss, 0, 0, __half, "f16", 64, RA_D32, RA_R32, "%32", "%33", "%34")
 RA_WGMMA_SS(wgmma_ss, 0, 0, __half, "f16", 128, RA_D64, RA_R64, "%64", "%65", "%66")
-RA_WGMMA_SS(wgmma_ss_tt, 1, 1, __nv_bfloat16, "bf16", 32, RA_D16, RA_R16, "%16", "%17", "%18")
 RA_WGMMA_SS(wgmma_ss_tt, 1, 1, __nv_bfloat16, "bf16", 64, RA_D32, RA_R32, "%32", "%33", "%34")
-RA_WGMMA_SS(wgmma_ss_tt, 1, 1, __half, "f16", 32, RA_D16, RA_R16, "%16", "%17", "%18")
 RA_WGMMA_SS(wgmma_ss_tt, 1, 1, __half, "f16", 64, RA_D32, RA_R32, "%32", "%33", "%34")
 RA_WGMMA_RS(__nv_bfloat16, "bf16", 64, RA_D32, RA_R32, "{%32, %33, %34, %35}", "%36", "%37")
 RA_WGMMA_RS(__nv_bfloat16, "bf16", 128, RA_D64, RA_R64, "{%64, %65, %66, %67}", "%68", "%69")
@@ -112,11 +108,9 @@ RA_WGMMA_RS(__half, "f16", 128, RA_D64, RA_R64, "{%64, %65, %66, %67}", "%68", "
 #undef RA_WGMMA_SS
 #undef RA_WGMMA_RS
 #undef RA_D8
-#undef RA_D16
 #undef RA_D32
 #undef RA_D64
 #undef RA_R8
-#undef RA_R16
 #undef RA_R32
 #undef RA_R64
 #endif
@@ -128,7 +122,8 @@ __device__ __forceinline__ uint64_t wgmma_desc(const void* smem_ptr, uint32_t lb
          (uint64_t((sbo >> 4) & 0x3fff) << 32);
 }
 // The same with the 128-byte swizzle (layout type 1, bits 62-63). The base offset (bits 49-51)
-// stays 0: every start lies in the first 128 bytes of a 1024-byte pattern.
+// stays 0: tiles start on 1024-byte boundaries (tma.cuh's align_1024), where the pattern does,
+// and every start lies in the first 128-byte row of a pattern.
 __device__ __forceinline__ uint64_t wgmma_desc_sw128(const void* smem_ptr, uint32_t lbo, uint32_t sbo) {
   return wgmma_desc(smem_ptr, lbo, sbo) | (uint64_t(1) << 62);
 }
