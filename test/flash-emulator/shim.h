@@ -19,6 +19,7 @@
 #include <functional>
 #include <array>
 #include <algorithm>
+#include <memory>
 #include "native/common.h"
 
 #define __global__
@@ -96,12 +97,23 @@ emu_switch:
   popq %rbp
   ret
 )");
+// A wgmma this thread has issued and not yet waited for (emu_wgmma): its accumulators hold a
+// marker until the wait, which then checks that its operands did not change meanwhile.
+struct EmuWgmmaInFlight {
+  float* d;
+  std::vector<float> in, out;  // the accumulators before and after
+  const uint32_t* a_regs;      // this thread's A fragment, if from registers, and its value
+  std::array<uint32_t, 4> a_own;
+  std::function<void(const std::vector<float>&, std::vector<float>&)> product;  // from shared memory as it is then
+  bool committed = false;
+};
 struct Fiber {
   void* sp = nullptr;
   char* stack;
   bool done = false;
   unsigned tid;
   std::vector<std::pair<void*, std::array<char, 16>>> pending, committed;
+  std::vector<EmuWgmmaInFlight> wgmma;
 };
 inline std::vector<Fiber>* emu_fibers;
 inline int emu_cur = -1;
@@ -230,9 +242,13 @@ inline void emu_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
 }
 // Warpgroup MMA (wgmma.cuh): the 128 threads of a warpgroup meet, then each computes its own
 // accumulators from the operands as the descriptors (no swizzle, or the 128-byte one) and the
-// A fragments of the other threads say. It completes at issue: the kernels wait right away.
+// A fragments of the other threads say. As on hardware, the product is in flight until
+// wait_group: the accumulators hold a marker (NaN) until then, so that reading them early
+// gives NaN, and the wait fails if they were written, if this thread's A registers changed, or
+// if the product computed again from shared memory differs (an operand overwritten in flight).
 struct GroupScratch { Barrier bar; uint32_t a[128][4]; };
 inline GroupScratch emu_groups[4];
+constexpr uint32_t kEmuInFlightBits = 0x7fc0dead;  // a quiet NaN no product yields
 template <class T, int N>
 inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db, bool a_mn_major, bool b_mn_major,
                       int accumulate) {
@@ -242,6 +258,9 @@ inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db
   const int tid = threadIdx.x % 128, w = tid / 32, l = tid % 32;
   if (a_regs) for (int i = 0; i < 4; ++i) G.a[tid][i] = a_regs[i];
   emu_barrier(G.bar);
+  auto A = std::make_shared<std::array<std::array<uint32_t, 4>, 128>>();
+  for (int t = 0; t < 128; ++t) for (int i = 0; i < 4; ++i) (*A)[t][i] = G.a[t][i];
+  emu_barrier(G.bar);  // every thread has the fragments before any can issue the next product
   // Element (mn, k) of an operand. No swizzle: core matrices of 8 x 16 bytes, lbo along k, sbo
   // along mn. 128-byte swizzle: rows of 128 bytes, 8-row groups sbo apart, then swizzled; K-major,
   // the rows are mn and an instruction's 16 k lie in one row (lbo unused); MN-major, the rows
@@ -268,21 +287,58 @@ inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db
     memcpy(&u, emu_smem + off, 2);
     return bits_to_f<T>(u);
   };
-  auto a_at = [&](int row, int k) {
-    if (!a_regs) return fetch(da, row, k, a_mn_major);
-    // the mma.sync A fragment of warp row / 16: lane 4 (row % 8) + (k % 8) / 2, register
-    // (row % 16) / 8 + 2 (k / 8), half k % 2
-    const uint32_t r = G.a[32 * (row / 16) + 4 * (row % 8) + (k % 8) / 2][(row % 16) / 8 + 2 * (k / 8)];
-    return bits_to_f<T>(uint16_t(k % 2 ? r >> 16 : r & 0xffff));
+  const bool from_regs = a_regs != nullptr;
+  auto product = [=](const std::vector<float>& in, std::vector<float>& out) {
+    auto a_at = [&](int row, int k) {
+      if (!from_regs) return fetch(da, row, k, a_mn_major);
+      // the mma.sync A fragment of warp row / 16: lane 4 (row % 8) + (k % 8) / 2, register
+      // (row % 16) / 8 + 2 (k / 8), half k % 2
+      const uint32_t r = (*A)[32 * (row / 16) + 4 * (row % 8) + (k % 8) / 2][(row % 16) / 8 + 2 * (k / 8)];
+      return bits_to_f<T>(uint16_t(k % 2 ? r >> 16 : r & 0xffff));
+    };
+    out.resize(N / 2);
+    for (int i = 0; i < N / 2; ++i) {
+      const int row = 16 * w + l / 4 + 8 * ((i >> 1) & 1), col = (i >> 2) * 8 + 2 * (l % 4) + (i & 1);
+      float s = accumulate ? in[i] : 0.f;
+      for (int k = 0; k < 16; ++k) s += a_at(row, k) * fetch(db, col, k, b_mn_major);
+      out[i] = s;
+    }
   };
-  for (int i = 0; i < N / 2; ++i) {
-    const int row = 16 * w + l / 4 + 8 * ((i >> 1) & 1), col = (i >> 2) * 8 + 2 * (l % 4) + (i & 1);
-    float s = accumulate ? d[i] : 0.f;
-    for (int k = 0; k < 16; ++k) s += a_at(row, k) * fetch(db, col, k, b_mn_major);
-    d[i] = s;
+  auto& f = (*emu_fibers)[emu_cur];
+  // The accumulators' values: the result of the last product in flight into them, if any.
+  EmuWgmmaInFlight e{d, std::vector<float>(d, d + N / 2), {}, a_regs, {}, product};
+  for (auto& p : f.wgmma) {
+    if (p.d == d && p.out.size() == size_t(N / 2)) e.in = p.out;
+    else if (p.d < d + N / 2 && d < p.d + p.out.size()) emu_fail("wgmma: accumulators that overlap another product's in flight");
   }
-  emu_barrier(G.bar);
+  if (a_regs) for (int i = 0; i < 4; ++i) e.a_own[i] = a_regs[i];
+  product(e.in, e.out);
+  for (int i = 0; i < N / 2; ++i) memcpy(&d[i], &kEmuInFlightBits, 4);
+  f.wgmma.push_back(std::move(e));
+  for (auto& [dst, c] : f.committed) memcpy(dst, c.data(), 16);
+  f.committed.clear();
 }
+inline void emu_wgmma_commit() {
+  for (auto& e : (*emu_fibers)[emu_cur].wgmma) e.committed = true;
+}
+// wait_group 0: every committed product of this thread completes.
+inline void emu_wgmma_wait_all() {
+  auto& f = (*emu_fibers)[emu_cur];
+  for (auto& e : f.wgmma) {
+    if (!e.committed) emu_fail("wgmma: waited for a product never committed");
+    for (size_t i = 0; i < e.out.size(); ++i)
+      if (memcmp(&e.d[i], &kEmuInFlightBits, 4)) emu_fail("wgmma: accumulators written while the product was in flight");
+    if (e.a_regs)
+      for (int i = 0; i < 4; ++i)
+        if (e.a_regs[i] != e.a_own[i]) emu_fail("wgmma: A registers changed while the product was in flight");
+    std::vector<float> again;
+    e.product(e.in, again);
+    if (memcmp(again.data(), e.out.data(), 4 * again.size())) emu_fail("wgmma: a shared-memory operand changed while the product was in flight");
+  }
+  for (auto& e : f.wgmma) memcpy(e.d, e.out.data(), 4 * e.out.size());
+  f.wgmma.clear();
+}
+
 inline void emu_cp_async16(void* dst, const void* src) {
   if (uintptr_t(dst) % 16 || uintptr_t(src) % 16) emu_fail("cp.async address not 16-byte aligned");
   check_smem(dst, 16, "cp.async dst outside dynamic smem");
@@ -469,6 +525,7 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
               --live;
               // PTX leaves a block that exits with copies in flight undefined: the kernels wait.
               if (!fibers[i].pending.empty() || !fibers[i].committed.empty()) emu_fail("thread exited with cp.async outstanding");
+              if (!fibers[i].wgmma.empty()) emu_fail("thread exited with a wgmma in flight");
             }
           }
           emu_bulk_pump();
