@@ -133,7 +133,8 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, int parity) {
       : "memory");
 }
 // The box at (col, head, row, batch) of `map` into dst (1024-byte aligned, where the swizzle
-// pattern starts over); its bytes complete on `bar`. The CTA's own shared::cta addresses are valid shared::cluster ones.
+// pattern starts over); its bytes complete on `bar`. The CTA's own shared::cta addresses are
+// valid shared::cluster ones.
 __device__ __forceinline__ void tma_load(void* dst, const TmaMap* map, uint64_t* bar, int col, int head, int row,
                                          int batch) {
   asm volatile(
