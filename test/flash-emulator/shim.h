@@ -246,7 +246,7 @@ inline void emu_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
 // wait_group: the accumulators hold a marker (NaN) until then, so that reading them early
 // gives NaN, and the wait fails if they were written, if this thread's A registers changed, or
 // if the product computed again from shared memory differs (an operand overwritten in flight).
-struct GroupScratch { Barrier bar; uint32_t a[128][4]; };
+struct GroupScratch { Barrier bar; std::array<std::array<uint32_t, 4>, 128> a; };
 inline GroupScratch emu_groups[4];
 constexpr uint32_t kEmuInFlightBits = 0x7fc0dead;  // a quiet NaN no product yields
 template <class T, int N>
@@ -258,8 +258,7 @@ inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db
   const int tid = threadIdx.x % 128, w = tid / 32, l = tid % 32;
   if (a_regs) for (int i = 0; i < 4; ++i) G.a[tid][i] = a_regs[i];
   emu_barrier(G.bar);
-  auto A = std::make_shared<std::array<std::array<uint32_t, 4>, 128>>();
-  for (int t = 0; t < 128; ++t) for (int i = 0; i < 4; ++i) (*A)[t][i] = G.a[t][i];
+  auto A = std::make_shared<const decltype(G.a)>(G.a);
   emu_barrier(G.bar);  // every thread has the fragments before any can issue the next product
   // Element (mn, k) of an operand. No swizzle: core matrices of 8 x 16 bytes, lbo along k, sbo
   // along mn. 128-byte swizzle: rows of 128 bytes, 8-row groups sbo apart, then swizzled; K-major,
