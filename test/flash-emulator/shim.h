@@ -105,7 +105,7 @@ struct EmuWgmmaInFlight {
   const uint32_t* a_regs;      // this thread's A fragment, if from registers, and its value
   std::array<uint32_t, 4> a_own;
   std::function<void(const std::vector<float>&, std::vector<float>&)> product;  // from shared memory as it is then
-  bool committed = false;
+  int group = 0;  // the commit group, counted from 1; 0 while not committed
 };
 struct Fiber {
   void* sp = nullptr;
@@ -114,6 +114,7 @@ struct Fiber {
   unsigned tid;
   std::vector<std::pair<void*, std::array<char, 16>>> pending, committed;
   std::vector<EmuWgmmaInFlight> wgmma;
+  int wgmma_groups = 0;  // commit groups so far
 };
 inline std::vector<Fiber>* emu_fibers;
 inline int emu_cur = -1;
@@ -242,8 +243,8 @@ inline void emu_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
 }
 // Warpgroup MMA (wgmma.cuh): the 128 threads of a warpgroup meet, then each computes its own
 // accumulators from the operands as the descriptors (no swizzle, or the 128-byte one) and the
-// A fragments of the other threads say. As on hardware, the product is in flight until
-// wait_group: the accumulators hold a marker (NaN) until then, so that reading them early
+// A fragments of the other threads say. As on hardware, the product is in flight until a
+// wait_group that covers its commit group: the accumulators hold a marker (NaN) until then, so that reading them early
 // gives NaN, and the wait fails if they were written, if this thread's A registers changed, or
 // if the product computed again from shared memory differs (an operand overwritten in flight).
 struct GroupScratch { Barrier bar; std::array<std::array<uint32_t, 4>, 128> a; };
@@ -318,13 +319,25 @@ inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db
   f.committed.clear();
 }
 inline void emu_wgmma_commit() {
-  for (auto& e : (*emu_fibers)[emu_cur].wgmma) e.committed = true;
-}
-// wait_group 0: every committed product of this thread completes.
-inline void emu_wgmma_wait_all() {
   auto& f = (*emu_fibers)[emu_cur];
+  ++f.wgmma_groups;
+  for (auto& e : f.wgmma)
+    if (!e.group) e.group = f.wgmma_groups;
+}
+// wait_group n: every product of this thread but those of its n most recent commit groups
+// completes. Accumulators another product still in flight adds to keep the marker. A product
+// takes time: other threads run first (a few scheduler passes), so that one which reuses an
+// operand released too early does so while the product is still in flight.
+inline void emu_wgmma_wait(int n) {
+  for (int pass = 1 + int(emu_rng() % 4); pass > 0; --pass) emu_yield();
+  auto& f = (*emu_fibers)[emu_cur];
+  const int last_done = f.wgmma_groups - n;
+  std::vector<EmuWgmmaInFlight> done, left;
   for (auto& e : f.wgmma) {
-    if (!e.committed) emu_fail("wgmma: waited for a product never committed");
+    if (!e.group) emu_fail("wgmma: waited with a product never committed");
+    (e.group <= last_done ? done : left).push_back(std::move(e));
+  }
+  for (auto& e : done) {
     for (size_t i = 0; i < e.out.size(); ++i)
       if (memcmp(&e.d[i], &kEmuInFlightBits, 4)) emu_fail("wgmma: accumulators written while the product was in flight");
     if (e.a_regs)
@@ -334,9 +347,14 @@ inline void emu_wgmma_wait_all() {
     e.product(e.in, again);
     if (memcmp(again.data(), e.out.data(), 4 * again.size())) emu_fail("wgmma: a shared-memory operand changed while the product was in flight");
   }
-  for (auto& e : f.wgmma) memcpy(e.d, e.out.data(), 4 * e.out.size());
-  f.wgmma.clear();
+  for (auto& e : done) {
+    bool still = false;
+    for (auto& l : left) still |= l.d < e.d + e.out.size() && e.d < l.d + l.out.size();
+    if (!still) memcpy(e.d, e.out.data(), 4 * e.out.size());
+  }
+  f.wgmma = std::move(left);
 }
+inline void emu_wgmma_wait_all() { emu_wgmma_wait(0); }
 
 inline void emu_cp_async16(void* dst, const void* src) {
   if (uintptr_t(dst) % 16 || uintptr_t(src) % 16) emu_fail("cp.async address not 16-byte aligned");

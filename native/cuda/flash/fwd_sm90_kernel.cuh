@@ -1,22 +1,27 @@
 // Forward for Hopper (sm_90a), warp-specialised as FlashAttention-3 is: one producer warp
 // streams tiles into shared memory with TMA (tma.cuh) while two consumer warpgroups multiply
 // on warpgroup MMA (wgmma.cuh). One block per (128-query tile, head, batch): warpgroup 0
-// produces, warpgroups 1 and 2 each own 64 query rows. Q arrives once; K/V tiles pass
-// through kStages buffers, each with a "full" mbarrier (the TMA bytes are in) and an "empty"
-// one (both consumer warpgroups are done with it), so the producer refills a buffer as soon
-// as it is free, without a block-wide barrier. The producer gives up registers
+// produces, warpgroups 1 and 2 each own 64 query rows. Q arrives once; K and V tiles pass
+// through kStages buffers each, every buffer with a "full" mbarrier (the TMA bytes are in) and
+// an "empty" one (both consumer warpgroups are done with it), so the producer refills a buffer
+// as soon as it is free, without a block-wide barrier. K and V have barriers of their own
+// because they are done with at different times (below). The producer gives up registers
 // (setmaxnreg) so that the consumers can hold S, P and O at head dim 128 without spilling.
+//
 // Per 128-key tile, S = Q K^T is one batch of wgmma with both operands in shared memory, and
 // O += P V another, P straight from the score registers and V read as an MN-major operand,
-// so no tile is ever transposed. Masking, online softmax and the epilogue are
-// online_softmax.cuh's; packed sequences skip the key tiles that share no document, as
-// fwd_kernel.cuh does (producer and consumers walk the same tiles).
+// so no tile is ever transposed. The two overlap within a warpgroup as in FlashAttention-3
+// (its "intra-warpgroup pipelining"): the scores of tile j+1 and the product P_j V_j are in
+// flight together, and the softmax of tile j+1 runs while P_j V_j still is; only then is O
+// rescaled to the new row maxima and P_{j+1} formed. Masking, the softmax step and the
+// epilogue are online_softmax.cuh's; packed sequences skip the key tiles that share no
+// document, as fwd_kernel.cuh does (producer and consumers walk the same tiles).
 //
 // Tiles are in TMA's 128-byte-swizzled layout (tma.cuh), which wgmma reads as it is. Not yet
 // here (issue #4, after a measured baseline): the overlap of one warpgroup's softmax with the
-// other's products (FlashAttention-3's ping-pong). Used only
-// where it applies (dispatch.cu): head dim 64 or 128, 16-byte aligned rows and strides TMA
-// can describe; otherwise fwd_kernel.cuh runs.
+// other's products (FlashAttention-3's ping-pong). Used only where it applies (dispatch.cu):
+// head dim 64 or 128, 16-byte aligned rows and strides TMA can describe; otherwise
+// fwd_kernel.cuh runs.
 #pragma once
 #include <type_traits>
 
@@ -43,7 +48,7 @@ struct Sm90FwdTraits {
   // swizzle), then the barriers; 1024 bytes more to align the start (align_1024): 161 KiB at
   // head dim 128, within sm_90's 227 KiB.
   static constexpr int kBarrierOffset = (kTileQ + 2 * kStages * kTileKV) * int(sizeof(T));
-  static constexpr int kSmemBytes = kBarrierOffset + (1 + 2 * kStages) * 8 + 1024;
+  static constexpr int kSmemBytes = kBarrierOffset + (1 + 4 * kStages) * 8 + 1024;
   // Registers per thread after setmaxnreg: 128 x 24 + 256 x 240 = 384 x 168, what the launch
   // allocates (__launch_bounds__); more for the consumers would make their setmaxnreg wait forever.
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;
@@ -75,8 +80,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
   auto sK = [&](int st) { return sQ + Tr::kTileQ + st * Tr::kTileKV; };
   auto sV = [&](int st) { return sQ + Tr::kTileQ + (kStages + st) * Tr::kTileKV; };
   uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + Tr::kBarrierOffset);
-  uint64_t* full = q_full + 1;         // [kStages]: K and V of the stage have landed
-  uint64_t* empty = full + kStages;    // [kStages]: every consumer thread is done with them
+  uint64_t* k_full = q_full + 1;  // [kStages] each: the stage's tile has landed
+  uint64_t* v_full = k_full + kStages;
+  uint64_t* k_empty = v_full + kStages;  // [kStages] each: every consumer thread is done with it
+  uint64_t* v_empty = k_empty + kStages;
 
   const int wg = threadIdx.x / 128, warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32, t = lane % 4;
   // Causal: the longest tiles (last queries) first, so that the tail of the grid is short.
@@ -90,7 +97,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
     return next_tile_with_documents(p, b, true, m0, min(kBM, p.seq_q - m0), from, n_blocks, kBN);
   };
 
-  init_pipeline(q_full, full, empty, kStages, 1, 128 * Tr::kConsumers);
+  init_pipeline(q_full, k_full, k_empty, 2 * kStages, 1, 128 * Tr::kConsumers);  // K's stages, then V's
   __syncthreads();  // the last block-wide barrier: the roles part here
 
   if (wg == 0) {
@@ -98,25 +105,31 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
     if (warp != 0) return;
     // The warp walks the tiles (next_tile is a warp's ballot); lane 0 alone waits and issues
     // the copies. A parity wait is sound only for a waiter that cannot fall a whole phase
-    // behind: lane 0 cannot (each phase of `empty` needs a tile it issued after its last
+    // behind: lane 0 cannot (each phase of an `empty` needs a tile it issued after its last
     // wait), but another lane could, and would then wait for the phase after next.
     if (lane == 0) {
       mbar_arrive_expect_tx(q_full, Tr::kTileQ * int(sizeof(T)));
       for (int c = 0; c < kD; c += kTmaBoxCols) tma_load(sQ + tma_tile<kBM>(0, c), &maps.q, q_full, c, h, m0, b);
     }
-    int i = 0;
-    for (int nb = next_tile(0); nb < n_blocks; nb = next_tile(nb + 1), ++i) {
+    // Tile i (key tile nb) into its stage, once the stage's tile before it is consumed. K runs
+    // one tile ahead of V, in the order the consumers use them.
+    auto load = [&](bool v, int i, int nb) {
       const int st = i % kStages;
+      uint64_t* full = v ? &v_full[st] : &k_full[st];
+      mbar_wait(v ? &v_empty[st] : &k_empty[st], ((i / kStages) & 1) ^ 1);
+      mbar_arrive_expect_tx(full, Tr::kTileKV * int(sizeof(T)));
+      for (int c = 0; c < kD; c += kTmaBoxCols)
+        tma_load((v ? sV(st) : sK(st)) + tma_tile<kBN>(0, c), v ? &maps.v : &maps.k, full, c, kvh, nb * kBN, b);
+    };
+    int i = 0, prev = 0;
+    for (int nb = next_tile(0); nb < n_blocks; prev = nb, nb = next_tile(nb + 1), ++i) {
       if (lane == 0) {
-        mbar_wait(&empty[st], ((i / kStages) & 1) ^ 1);  // the stage's previous tile is consumed
-        mbar_arrive_expect_tx(&full[st], 2 * Tr::kTileKV * int(sizeof(T)));
-        for (int c = 0; c < kD; c += kTmaBoxCols) {
-          tma_load(sK(st) + tma_tile<kBN>(0, c), &maps.k, &full[st], c, kvh, nb * kBN, b);
-          tma_load(sV(st) + tma_tile<kBN>(0, c), &maps.v, &full[st], c, kvh, nb * kBN, b);
-        }
+        load(false, i, nb);
+        if (i > 0) load(true, i - 1, prev);
       }
       __syncwarp();
     }
+    if (lane == 0 && i > 0) load(true, i - 1, prev);
     return;
   }
 
@@ -134,42 +147,80 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
   // phase of a stage's `full` needs the `empty` arrival of each of them.
   mbar_wait(q_full, 0);  // always: the block must not end with its Q copy in flight
 
-  int i = 0;
-  for (int nb = next_tile(0); nb < n_blocks; nb = next_tile(nb + 1), ++i) {
-    const int st = i % kStages, n0 = nb * kBN;
-    mbar_wait(&full[st], (i / kStages) & 1);
-
-    float s[kNT][4];  // the first product overwrites it (accumulate = 0)
-    fence_operands<kNT * 4>(&s[0][0]);
-    wgmma_fence();
+  // S = Q K^T of the tile in K's stage st, into s (the first product overwrites it).
+  float s[kNT][4];
+  auto issue_scores = [&](int st) {
 #pragma unroll
     for (int kk = 0; kk < kD / 16; ++kk)
       wgmma_ss<T, kBN>(&s[0][0], tile_desc_k<kBM>(sQ, cw * 64, kk * 16), tile_desc_k<kBN>(sK(st), 0, kk * 16), kk > 0);
     wgmma_commit();
-    wgmma_wait_all();
-    fence_operands<kNT * 4>(&s[0][0]);
-
-    // Only the ragged last tile, tiles crossing the diagonal and tiles holding several
-    // documents need a mask.
+  };
+  // O += P V of the tile in V's stage st; rows of V are the k index (MN-major B).
+  uint32_t pa[kBN / 16][4];
+  auto issue_pv = [&](int st) {
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) wgmma_rs<T, kD>(&acc[0][0], pa[kk], tile_desc_mn<kBN>(sV(st), kk * 16, 0), 1);
+    wgmma_commit();
+  };
+  // The scores of key tile nb become P: masked where needed (only the ragged last tile, tiles
+  // crossing the diagonal and tiles holding several documents), exponentiated; corr rescales O.
+  float corr[2];
+  auto softmax_tile = [&](int nb) {
+    const int n0 = nb * kBN;
     const bool mixed = doc_k && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
     if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed)
       mask_scores<kCausal>(s, p, n0, row0, t, mixed ? doc_k : nullptr, doc_row);
-    online_softmax(s, acc, row_max, row_sum, scale_log2);
-
-    // P V: rows of V are the k index (MN-major B).
-    uint32_t pa[kBN / 16][4];
+    softmax_scores(s, row_max, row_sum, scale_log2, corr);
+  };
+  auto scores_to_a = [&] {
 #pragma unroll
     for (int kk = 0; kk < kBN / 16; ++kk) acc_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+  };
+  auto fence_all = [&] {
+    fence_operands<kNT * 4>(&s[0][0]);
     fence_operands<kDT * 4>(&acc[0][0]);
     fence_operands<kBN / 16 * 4>(&pa[0][0]);
+  };
+
+  int nb = next_tile(0);
+  if (nb < n_blocks) {
+    mbar_wait(&k_full[0], 0);
+    fence_all();
     wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk)
-      wgmma_rs<T, kD>(&acc[0][0], pa[kk], tile_desc_mn<kBN>(sV(st), kk * 16, 0), 1);
-    wgmma_commit();
-    wgmma_wait_all();
-    fence_operands<kDT * 4>(&acc[0][0]);
-    mbar_arrive(&empty[st]);  // this thread's warpgroup has read K and V of the stage
+    issue_scores(0);
+    wgmma_wait<0>();
+    fence_all();
+    mbar_arrive(&k_empty[0]);
+    softmax_tile(nb);  // O is still 0: nothing to rescale
+    scores_to_a();
+    // Tile i's P is in pa; its V has still to be multiplied in.
+    int i = 0;
+    for (int next = next_tile(nb + 1); next < n_blocks; next = next_tile(next + 1), ++i) {
+      const int st = i % kStages, st_next = (i + 1) % kStages;
+      mbar_wait(&k_full[st_next], ((i + 1) / kStages) & 1);
+      mbar_wait(&v_full[st], (i / kStages) & 1);
+      fence_all();
+      wgmma_fence();
+      issue_scores(st_next);
+      issue_pv(st);
+      wgmma_wait<1>();  // the scores are in; P V may still be in flight
+      fence_operands<kNT * 4>(&s[0][0]);
+      mbar_arrive(&k_empty[st_next]);
+      softmax_tile(next);
+      wgmma_wait<0>();  // P V is in: O and pa may be touched again
+      fence_all();
+      mbar_arrive(&v_empty[st]);
+      rescale_output(acc, corr);
+      scores_to_a();
+    }
+    const int st = i % kStages;
+    mbar_wait(&v_full[st], (i / kStages) & 1);
+    fence_all();
+    wgmma_fence();
+    issue_pv(st);
+    wgmma_wait<0>();
+    fence_all();
+    mbar_arrive(&v_empty[st]);
   }
 
   store_forward<T>(p, b, h, row0, t, acc, row_max, row_sum);

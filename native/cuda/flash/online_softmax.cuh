@@ -27,13 +27,15 @@ __device__ __forceinline__ void mask_scores(float (&s)[kNT][4], const FwdParams&
     }
 }
 
-// Online softmax: s becomes exp(s - running max) (P, unnormalised), and the running sum and
-// the output accumulator are rescaled to the new max. A row that has seen no key yet keeps
-// max -inf; using 0 in its place makes every exp2 of -inf exactly 0 instead of NaN (field
-// notes: fully masked rows).
-template <int kNT, int kDT>
-__device__ __forceinline__ void online_softmax(float (&s)[kNT][4], float (&acc)[kDT][4], float (&row_max)[2],
-                                               float (&row_sum)[2], float scale_log2) {
+// Online softmax: s becomes exp(s - running max) (P, unnormalised), the running sum is
+// rescaled to the new max, and corr is the factor that rescales the output accumulator to it
+// (rescale_output). A row that has seen no key yet keeps max -inf; using 0 in its place makes
+// every exp2 of -inf exactly 0 instead of NaN (field notes: fully masked rows). The two are
+// apart so that the Hopper forward can exponentiate one tile while the product of the last
+// one into the accumulator is still in flight.
+template <int kNT>
+__device__ __forceinline__ void softmax_scores(float (&s)[kNT][4], float (&row_max)[2], float (&row_sum)[2],
+                                               float scale_log2, float (&corr)[2]) {
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float mx = row_max[r];
@@ -41,7 +43,7 @@ __device__ __forceinline__ void online_softmax(float (&s)[kNT][4], float (&acc)[
     for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
     mx = quad_max(mx);
     const float ms = mx == -INFINITY ? 0.f : mx * scale_log2;
-    const float corr = exp2f(row_max[r] * scale_log2 - ms);
+    corr[r] = exp2f(row_max[r] * scale_log2 - ms);
     row_max[r] = mx;
     float sum = 0.f;
 #pragma unroll
@@ -50,13 +52,22 @@ __device__ __forceinline__ void online_softmax(float (&s)[kNT][4], float (&acc)[
       s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] * scale_log2 - ms);
       sum += s[nt][2 * r] + s[nt][2 * r + 1];
     }
-    row_sum[r] = row_sum[r] * corr + sum;  // per lane; the quad's partial sums add up at the end
-#pragma unroll
-    for (int dt = 0; dt < kDT; ++dt) {
-      acc[dt][2 * r] *= corr;
-      acc[dt][2 * r + 1] *= corr;
-    }
+    row_sum[r] = row_sum[r] * corr[r] + sum;  // per lane; the quad's partial sums add up at the end
   }
+}
+template <int kDT>
+__device__ __forceinline__ void rescale_output(float (&acc)[kDT][4], const float (&corr)[2]) {
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[dt][e] *= corr[e >> 1];
+}
+template <int kNT, int kDT>
+__device__ __forceinline__ void online_softmax(float (&s)[kNT][4], float (&acc)[kDT][4], float (&row_max)[2],
+                                               float (&row_sum)[2], float scale_log2) {
+  float corr[2];
+  softmax_scores(s, row_max, row_sum, scale_log2, corr);
+  rescale_output(acc, corr);
 }
 
 // Epilogue. Without out_accum, out = acc / sum and lse. With out_accum (a ring step), merge

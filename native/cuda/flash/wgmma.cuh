@@ -29,6 +29,7 @@ inline void wgmma_ss_tt(float* d, uint64_t a, uint64_t b, int accumulate) { emu_
 inline void wgmma_fence() {}
 inline void wgmma_commit() { emu_wgmma_commit(); }
 inline void wgmma_wait_all() { emu_wgmma_wait_all(); }
+template <int N> inline void wgmma_wait() { emu_wgmma_wait(N); }
 inline void fence_proxy_async() {}
 template <int N, typename R> inline void fence_operands(R*) {}
 #else
@@ -50,6 +51,9 @@ __device__ __forceinline__ void fence_operands(uint32_t* r) {
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// All but the N most recently committed batches are done (their registers may be read).
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
 // Shared memory written by ordinary stores and cp.async (the generic proxy) becomes visible
 // to wgmma (the async proxy) only after this fence, by the writing thread, then a barrier.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
