@@ -84,6 +84,9 @@ sm90() {
   step "the Hopper kernels beside the default ones and torch"
   timeout 90 node dist/cli.js bench attention --min-seq 4096 --max-seq 16384 --dims 128 --sm90 --reps 3 \
     --out-dir "$WORK/sm90" 2>&1 | clean | tail -24
+  step "the Hopper forward without its ping-pong (rows 'ours sm90' against the run above)"
+  RING_ATTENTION_SM90_PINGPONG=0 timeout 60 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 128 --sm90 \
+    --no-torch --reps 3 --out-dir "$WORK/sm90-no-pingpong" 2>&1 | clean | tail -12
 }
 
 packed() {

@@ -155,6 +155,8 @@ export const attentionSuite: Suite<AttentionRow> = {
       progress.stop();
     }
     notes.push(`ours/torch: the fastest torch backend's fwd+bwd time over ours, per row (above 1: ours is faster); ${ctx.device === 'cuda' ? 'bfloat16' : 'float32'}`);
+    if (o.sm90 && process.env.RING_ATTENTION_SM90_PINGPONG === '0')
+      notes.push("'ours sm90': RING_ATTENTION_SM90_PINGPONG=0, the Hopper forward without its ping-pong");
     if (documents > 1)
       notes.push(`packed: ${documents} equal documents end to end in each sequence (ours: documentIds; torch: a batch of ${documents}x as many separate sequences); FLOPs counted within documents`);
     return { suite: 'attention', params: o, rows, notes, columns: COLUMNS, chart: {

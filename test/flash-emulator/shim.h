@@ -147,12 +147,14 @@ inline int lane_id() { return threadIdx.x % 32; }
 inline WarpScratch& my_warp() { return emu_warps[threadIdx.x / 32]; }
 
 inline void __syncthreads() { emu_barrier(emu_block_bar); }
-inline void emu_named_barrier(int id, int threads) {
+// bar.sync (wait) or bar.arrive (count this thread and go on).
+inline void emu_named_barrier(int id, int threads, bool wait) {
   if (id < 1 || id > 15 || threads % 32 || threads > int(blockDim.x)) emu_fail("named barrier: id or thread count");
   auto& b = emu_named[id];
   if (b.count == 0) b.n = threads;  // set by the first thread of each use
   else if (b.n != threads) emu_fail("named barrier: thread counts differ");
-  emu_barrier(b);
+  if (wait) emu_barrier(b);
+  else if (++b.count == b.n) b.count = 0, b.gen++, emu_progress++;
 }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu_barrier(my_warp().bar); }
 inline float __shfl_xor_sync(unsigned, float x, int m) {
@@ -551,6 +553,10 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
           } else idle = 0, last_progress = emu_progress;
         }
         if (!emu_bulk_inflight.empty()) emu_fail("block exited with TMA copies in flight");
+        // Stricter than hardware may be: every use of a named barrier is completed, so that
+        // arrivals and waits that do not pair up show.
+        for (auto& nb : emu_named)
+          if (nb.count) emu_fail("block exited with a named barrier partly arrived at");
         free(emu_smem);
         emu_smem = nullptr;
       }

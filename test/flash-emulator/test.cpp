@@ -22,7 +22,7 @@ struct Products { uint64_t fwd = 0, dkdv = 0, dq = 0; };
 Products products;
 // The Hopper kernels (fwd_sm90_kernel.cuh, bwd_sm90_kernel.cuh) in place of the others where
 // dispatch.cu would use them; sm90_launches counts that they did run.
-bool use_sm90 = false;
+bool use_sm90 = false, sm90_pingpong = true;
 int sm90_launches = 0;
 template <class F> void counted(uint64_t& into, F&& launch) {
   const uint64_t before = emu_mma_count;
@@ -53,7 +53,7 @@ template <class T, int D, bool C> void run_fwd_sm90_t(const FwdParams& p) {
   if (!fwd_tma_describable(p)) emu_fail("a test's forward that TMA cannot describe");
   const Sm90FwdMaps maps = sm90_fwd_maps<Tr>(p);
   ++sm90_launches;
-  counted(products.fwd, [&] { emu_launch(grid, Tr::kNThreads, Tr::kSmemBytes, [&] { fwd_sm90_kernel<Tr, C>(p, maps); }); });
+  counted(products.fwd, [&] { emu_launch(grid, Tr::kNThreads, Tr::kSmemBytes, [&] { fwd_sm90_kernel<Tr, C>(p, maps, sm90_pingpong); }); });
 }
 template <class T> void fwd(const FwdParams& p, bool c) {
   if (p.seq_q == 0 || p.batch == 0) return;
@@ -206,7 +206,7 @@ bool run_case(const Case& c, int mode) {
   bool ok = true;
   char name[200];
   snprintf(name, sizeof name, "%s%s B%d Sq%d Sk%d H%d/%d D%d causal%d det%d docs%d%s mode%d", sizeof(T) == 2 && std::is_same<T, __half>::value ? "f16" : "bf16",
-           use_sm90 ? " sm90" : "", c.B, c.Sq, c.Sk, c.H, c.Hkv, c.D, c.causal, c.det, c.docs, c.runs ? " runs" : "", mode);
+           use_sm90 ? (sm90_pingpong ? " sm90" : " sm90 no-pingpong") : "", c.B, c.Sq, c.Sk, c.H, c.Hkv, c.D, c.causal, c.det, c.docs, c.runs ? " runs" : "", mode);
   auto cmp = [&](const char* what, auto get, size_t n, auto ref, double tol) {
     double mx = 0, mr = 1e-6; size_t bad = SIZE_MAX;
     for (size_t i = 0; i < n; ++i) {
@@ -375,9 +375,10 @@ int main(int argc, char** argv) {
       if (i % 3 == 0) fails += !run_case<__half>(cases[i], mode);
     }
   }
-  // The Hopper forward and backward, alone, as ring steps (mode 1) and as views (mode 2, with
-  // documents), on the shapes they take: head dim 64 or 128. Several key tiles (double buffer), ragged last
-  // tiles, GQA, causal with rows that see no key (Sq > Sk), one query row, packed documents.
+  // The Hopper forward and backward, alone, as ring steps (mode 1, the forward without its
+  // ping-pong) and as views (mode 2, with documents), on the shapes they take: head dim 64 or
+  // 128. Several key tiles (double buffer), ragged last tiles, GQA, causal with rows that see
+  // no key (Sq > Sk), one query row, packed documents.
   const std::vector<Case> sm90_cases = {
     {1, 64, 64, 1, 1, 64, false, false},
     {2, 70, 100, 4, 2, 64, false, false},
@@ -405,6 +406,7 @@ int main(int argc, char** argv) {
     if (only && "sm90-" + std::to_string(i) != only) continue;
     for (int mode = 0; mode < (sm90_cases[i].docs ? 3 : 2); ++mode) {
       const int before = sm90_launches;
+      sm90_pingpong = mode != 1;  // the forward's ping-pong on, but for the ring steps
       fails += !run_case<__nv_bfloat16>(sm90_cases[i], mode);
       if (i % 2 == 0) fails += !run_case<__half>(sm90_cases[i], mode);
       if (sm90_launches == before) ++fails, printf("  FAIL sm90 case %zu: the Hopper kernel did not run\n", i);

@@ -52,7 +52,10 @@ async function run(x: Dims, dtype: Half, causal: boolean, seed: number, sm90: bo
 const same = (a: Float32Array, b: Float32Array) => Buffer.from(a.buffer).equals(Buffer.from(b.buffer));
 
 describe.skipIf(!!why)(title, () => {
-  afterEach(() => { delete process.env.RING_ATTENTION_SM90; });
+  afterEach(() => {
+    delete process.env.RING_ATTENTION_SM90;
+    delete process.env.RING_ATTENTION_SM90_PINGPONG;
+  });
 
   for (const [name, x, causal, dtype] of CASES)
     it(`${name} (${dtype}${causal ? ', causal' : ''}): forward and backward equal float64, and differ in bits from the default kernels`, async () => {
@@ -78,6 +81,20 @@ describe.skipIf(!!why)(title, () => {
     for (const k of ['dq', 'dk', 'dv'] as const) expect(same(a[k], b[k]), k).toBe(true);
     const gref = attentionBackwardRef(a.inp.dout, a.inp.q, a.inp.k, a.inp.v, x, { causal: true });
     for (const k of ['dq', 'dk', 'dv'] as const) expect(relErr(a[k], gref[k]), k).toBeLessThan(TOL.bfloat16.grad);
+  });
+
+  // The ping-pong orders when the two warpgroups issue their products, not what they compute.
+  it('the forward without its ping-pong (RING_ATTENTION_SM90_PINGPONG=0) gives the same bits', async () => {
+    for (const [x, causal] of [[dims(1, 1000, 1000, 4, 2, 128), true], [dims(2, 300, 700, 2, 2, 64), false]] as const) {
+      const a = await run(x, 'bfloat16', causal, 9, true);
+      process.env.RING_ATTENTION_SM90_PINGPONG = '0';
+      const b = await run(x, 'bfloat16', causal, 9, true);
+      delete process.env.RING_ATTENTION_SM90_PINGPONG;
+      const ref = attentionRef(a.inp.q, a.inp.k, a.inp.v, x, { causal });
+      expect(relErr(a.out, ref.out), 'out').toBeLessThan(TOL.bfloat16.out);
+      expect(same(a.out, b.out), 'out').toBe(true);
+      expect(same(a.lse, b.lse), 'lse').toBe(true);
+    }
   });
 
   it('rows that see no key (causal, seqQ > seqK): out 0 and lse -Infinity, finite gradients, no NaN', async () => {

@@ -17,11 +17,12 @@
 // epilogue are online_softmax.cuh's; packed sequences skip the key tiles that share no
 // document, as fwd_kernel.cuh does (producer and consumers walk the same tiles).
 //
-// Tiles are in TMA's 128-byte-swizzled layout (tma.cuh), which wgmma reads as it is. Not yet
-// here (issue #4, after a measured baseline): the overlap of one warpgroup's softmax with the
-// other's products (FlashAttention-3's ping-pong). Used only where it applies (dispatch.cu):
-// head dim 64 or 128, 16-byte aligned rows and strides TMA can describe; otherwise
-// fwd_kernel.cuh runs.
+// Across the two warpgroups, ping-pong as in FlashAttention-3: they take turns to issue their
+// products, so that one's softmax runs while the other's products hold the tensor cores.
+// launch_sm90.cuh turns it off with RING_ATTENTION_SM90_PINGPONG=0, so that a GPU run can
+// measure what it gains. Tiles are in TMA's 128-byte-swizzled layout (tma.cuh), which wgmma
+// reads as it is. Used only where it applies (dispatch.cu): head dim 64 or 128, 16-byte
+// aligned rows and strides TMA can describe; otherwise fwd_kernel.cuh runs.
 #pragma once
 #include <type_traits>
 
@@ -66,7 +67,8 @@ inline Sm90FwdMaps sm90_fwd_maps(const FwdParams& p) {
 }
 
 template <typename Tr, bool kCausal>
-__global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdParams p, const __grid_constant__ Sm90FwdMaps maps) {
+__global__ void __launch_bounds__(Tr::kNThreads, 1)
+    fwd_sm90_kernel(const FwdParams p, const __grid_constant__ Sm90FwdMaps maps, bool pingpong) {
   // Other architectures of a fat binary get an empty kernel; dispatch.cu launches this one
   // only on sm_90 devices of a build that has sm_90a code.
 #if defined(RA_FLASH_EMULATOR) || defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -182,12 +184,29 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
     fence_operands<kBN / 16 * 4>(&pa[0][0]);
   };
 
+  // Ping-pong (FlashAttention-3), unless turned off: the two consumer warpgroups take turns to
+  // issue their products, so that one's softmax runs while the other's products hold the
+  // tensor cores. Named barrier 1 + cw opens warpgroup cw's turn: it waits there for the other
+  // warpgroup's 128 arrivals (warpgroup 0's first turn: its own), issues, and opens the
+  // other's. Both walk the same tiles, so turns pair up; warpgroup 1 does not open a turn
+  // after its last, so that no barrier is left half arrived at.
+  // (Barrier ids as constants: ptxas reserves all 16 for an id it cannot see.)
+  auto take_turn = [&] {
+    if (pingpong) cw == 0 ? named_barrier_sync(1, 256) : named_barrier_sync(2, 256);
+  };
+  auto pass_turn = [&](bool last) {
+    if (pingpong && !(last && cw == 1)) cw == 0 ? named_barrier_arrive(2, 256) : named_barrier_arrive(1, 256);
+  };
+
   int nb = next_tile(0);
   if (nb < n_blocks) {
+    if (pingpong && cw == 0) named_barrier_arrive(1, 256);
     mbar_wait(&k_full[0], 0);
     fence_all();
+    take_turn();
     wgmma_fence();
     issue_scores(0);
+    pass_turn(false);
     wgmma_wait<0>();
     fence_all();
     mbar_arrive(&k_empty[0]);
@@ -200,9 +219,11 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
       mbar_wait(&k_full[st_next], ((i + 1) / kStages) & 1);
       mbar_wait(&v_full[st], (i / kStages) & 1);
       fence_all();
+      take_turn();
       wgmma_fence();
       issue_scores(st_next);
       issue_pv(st);
+      pass_turn(false);
       wgmma_wait<1>();  // the scores are in; P V may still be in flight
       fence_operands<kNT * 4>(&s[0][0]);
       mbar_arrive(&k_empty[st_next]);
@@ -216,8 +237,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1) fwd_sm90_kernel(const FwdPar
     const int st = i % kStages;
     mbar_wait(&v_full[st], (i / kStages) & 1);
     fence_all();
+    take_turn();
     wgmma_fence();
     issue_pv(st);
+    pass_turn(true);
     wgmma_wait<0>();
     fence_all();
     mbar_arrive(&v_empty[st]);

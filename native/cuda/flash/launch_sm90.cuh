@@ -1,5 +1,8 @@
 // Launch templates of the Hopper kernels (fwd_sm90_kernel.cuh, bwd_sm90_kernel.cuh).
 #pragma once
+#include <cstdlib>
+#include <cstring>
+
 #include "../check.h"
 #include "bwd_sm90_kernel.cuh"
 #include "fwd_sm90_kernel.cuh"
@@ -14,7 +17,10 @@ void run_fwd_sm90(const FwdParams& p, cudaStream_t stream) {
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tr::kSmemBytes), "cudaFuncSetAttribute");
   const dim3 grid((p.seq_q + Tr::kBlockM - 1) / Tr::kBlockM, p.heads, p.batch);
   const Sm90FwdMaps maps = sm90_fwd_maps<Tr>(p);
-  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, maps);
+  // On unless RING_ATTENTION_SM90_PINGPONG=0 (fwd_sm90_kernel.cuh), read per launch as
+  // RING_ATTENTION_SM90 is, so that a benchmark can time both.
+  const char* pingpong = std::getenv("RING_ATTENTION_SM90_PINGPONG");
+  kernel<<<grid, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, maps, pingpong == nullptr || std::strcmp(pingpong, "0") != 0);
   check(cudaGetLastError(), "attention forward (sm_90) launch");
 }
 

@@ -99,7 +99,8 @@ inline void tma_load(void* dst, const TmaMap* map, uint64_t* bar, int col, int h
 }
 template <int kRegs> inline void setmaxnreg_inc() {}
 template <int kRegs> inline void setmaxnreg_dec() {}
-inline void named_barrier_sync(int id, int threads) { emu_named_barrier(id, threads); }
+inline void named_barrier_sync(int id, int threads) { emu_named_barrier(id, threads, true); }
+inline void named_barrier_arrive(int id, int threads) { emu_named_barrier(id, threads, false); }
 #else
 // The driver's opaque 128-byte map, passed by value in the kernel's parameters.
 struct alignas(128) TmaMap {
@@ -147,6 +148,10 @@ __device__ __forceinline__ void tma_load(void* dst, const TmaMap* map, uint64_t*
 // __syncthreads'.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// Counts the calling warps toward the barrier's `threads` without waiting for the others.
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_inc() {
