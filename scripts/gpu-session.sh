@@ -6,16 +6,20 @@
 # npx tsc -p tsconfig.json. Then carry [".gpu", "build/Release", "dist"]: the binary built here
 # (sm_90a, CUDA 13) runs there as it is, so no device time goes on compiling.
 #   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests attention ring mfu   # <= 9 min, timeout_s 570
-#   2. source .gpu/env.sh && bash scripts/gpu-session.sh check sm90 long memory packed    # <= 10 min: what is left allows, in this order
+#   2. source .gpu/env.sh && bash scripts/gpu-session.sh check sm90 long memory packed    # what is left, in this order
+# The parts' limits add up to more than 15 minutes; most parts should end well inside theirs,
+# and the second call runs under what device time is left (the device tool cuts it there).
 # `check` rebuilds there only when the carried binary does not load or sees no GPU (~3 min).
 # Every part has its own time limit, so a slow one costs its limit, not the call. Logs, JSON,
-# CSV and SVG are written under $WORK and packed at exit into $OUT/results.tgz (at most 8
-# files come back); the summary of each part is printed, and so comes back in the output.
+# CSV and SVG are written under $WORK and packed into $OUT/results.tgz after every part (at
+# most 8 files come back), so a call cut short keeps what it finished; the summary of each part
+# is printed, and so comes back in the output.
 set -u
 OUT=${OUT:-/tmp/ring-attention-gpu}
 WORK=${WORK:-/tmp/ring-attention-gpu-work}
 mkdir -p "$OUT" "$WORK"
-trap 'tar czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null; cp "$WORK"/build.log "$WORK"/info.txt "$OUT"/ 2>/dev/null' EXIT
+pack() { tar czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null; cp "$WORK"/build.log "$WORK"/info.txt "$OUT"/ 2>/dev/null; }
+trap pack EXIT
 step() { echo "== $1 ($(date +%T))"; }
 clean() { sed 's/\x1b\[[0-9;]*m//g'; }
 
@@ -85,7 +89,7 @@ sm90() {
   timeout 90 node dist/cli.js bench attention --min-seq 4096 --max-seq 16384 --dims 128 --sm90 --reps 3 \
     --out-dir "$WORK/sm90" 2>&1 | clean | tail -24
   step "the Hopper forward without its ping-pong (rows 'ours sm90' against the run above)"
-  RING_ATTENTION_SM90_PINGPONG=0 timeout 60 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 128 --sm90 \
+  RING_ATTENTION_SM90_PINGPONG=0 timeout 45 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 128 --sm90 \
     --no-torch --reps 3 --out-dir "$WORK/sm90-no-pingpong" 2>&1 | clean | tail -12
 }
 
@@ -99,7 +103,7 @@ parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(check tests)
 for p in "${parts[@]}"; do
   case "$p" in
-    build | check | tests | attention | ring | mfu | memory | long | packed | sm90) "$p" ;;
+    build | check | tests | attention | ring | mfu | memory | long | packed | sm90) "$p"; pack ;;
     *) echo "unknown part '$p' (build, check, tests, attention, ring, mfu, memory, long, packed, sm90)"; exit 2 ;;
   esac
 done
