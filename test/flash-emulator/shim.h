@@ -115,6 +115,7 @@ struct Fiber {
   std::vector<std::pair<void*, std::array<char, 16>>> pending, committed;
   std::vector<EmuWgmmaInFlight> wgmma;
   int wgmma_groups = 0;  // commit groups so far
+  bool wgmma_fenced = false;  // a wgmma.fence since this thread's last wait_group
 };
 inline std::vector<Fiber>* emu_fibers;
 inline int emu_cur = -1;
@@ -251,12 +252,17 @@ inline void emu_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
 // if the product computed again from shared memory differs (an operand overwritten in flight).
 struct GroupScratch { Barrier bar; std::array<std::array<uint32_t, 4>, 128> a; };
 inline GroupScratch emu_groups[4];
-constexpr uint32_t kEmuInFlightBits = 0x7fc0dead;  // a quiet NaN no product yields
+// A signalling NaN no product yields: copies keep its bits, but any arithmetic on it (acc *=
+// corr on an accumulator in flight) quiets it, which the wait then sees.
+constexpr uint32_t kEmuInFlightBits = 0x7fa0dead;
 template <class T, int N>
 inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db, bool a_mn_major, bool b_mn_major,
                       int accumulate) {
   if (blockDim.x % 128) emu_fail("wgmma needs whole warpgroups");
   emu_mma_count += N / 8;  // as N / 8 m16n8k16 products per warp
+  // The PTX ISA asks for wgmma.fence before the first wgmma and between the thread's own access
+  // to the registers and a wgmma that uses them; modelled as a fence since the last wait.
+  if (!(*emu_fibers)[emu_cur].wgmma_fenced) emu_fail("wgmma: no wgmma.fence since the last wait_group");
   auto& G = emu_groups[threadIdx.x / 128];
   const int tid = threadIdx.x % 128, w = tid / 32, l = tid % 32;
   if (a_regs) for (int i = 0; i < 4; ++i) G.a[tid][i] = a_regs[i];
@@ -320,6 +326,7 @@ inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db
   for (auto& [dst, c] : f.committed) memcpy(dst, c.data(), 16);
   f.committed.clear();
 }
+inline void emu_wgmma_fence() { (*emu_fibers)[emu_cur].wgmma_fenced = true; }
 inline void emu_wgmma_commit() {
   auto& f = (*emu_fibers)[emu_cur];
   ++f.wgmma_groups;
@@ -333,6 +340,7 @@ inline void emu_wgmma_commit() {
 inline void emu_wgmma_wait(int n) {
   for (int pass = 1 + int(emu_rng() % 4); pass > 0; --pass) emu_yield();
   auto& f = (*emu_fibers)[emu_cur];
+  f.wgmma_fenced = false;
   const int last_done = f.wgmma_groups - n;
   std::vector<EmuWgmmaInFlight> done, left;
   for (auto& e : f.wgmma) {

@@ -82,10 +82,11 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
   auto sK = [&](int st) { return sQ + Tr::kTileQ + st * Tr::kTileKV; };
   auto sV = [&](int st) { return sQ + Tr::kTileQ + (kStages + st) * Tr::kTileKV; };
   uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + Tr::kBarrierOffset);
-  uint64_t* k_full = q_full + 1;  // [kStages] each: the stage's tile has landed
-  uint64_t* v_full = k_full + kStages;
-  uint64_t* k_empty = v_full + kStages;  // [kStages] each: every consumer thread is done with it
-  uint64_t* v_empty = k_empty + kStages;
+  // [2 kStages] each, K's stages then V's (init_pipeline sets them up as one run): "full", the
+  // stage's tile has landed; "empty", every consumer thread is done with it.
+  uint64_t* full = q_full + 1;
+  uint64_t* empty = full + 2 * kStages;
+  uint64_t *k_full = full, *v_full = full + kStages, *k_empty = empty, *v_empty = empty + kStages;
 
   const int wg = threadIdx.x / 128, warp = threadIdx.x % 128 / 32, lane = threadIdx.x % 32, t = lane % 4;
   // Causal: the longest tiles (last queries) first, so that the tail of the grid is short.
@@ -99,7 +100,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
     return next_tile_with_documents(p, b, true, m0, min(kBM, p.seq_q - m0), from, n_blocks, kBN);
   };
 
-  init_pipeline(q_full, k_full, k_empty, 2 * kStages, 1, 128 * Tr::kConsumers);  // K's stages, then V's
+  init_pipeline(q_full, full, empty, 2 * kStages, 1, 128 * Tr::kConsumers);
   __syncthreads();  // the last block-wide barrier: the roles part here
 
   if (wg == 0) {

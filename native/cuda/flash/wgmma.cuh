@@ -26,7 +26,7 @@ template <typename T, int N>
 inline void wgmma_rs(float* d, const uint32_t* a, uint64_t b, int accumulate) { emu_wgmma<T, N>(d, a, 0, b, false, true, accumulate); }
 template <typename T, int N>
 inline void wgmma_ss_tt(float* d, uint64_t a, uint64_t b, int accumulate) { emu_wgmma<T, N>(d, nullptr, a, b, true, true, accumulate); }
-inline void wgmma_fence() {}
+inline void wgmma_fence() { emu_wgmma_fence(); }
 inline void wgmma_commit() { emu_wgmma_commit(); }
 inline void wgmma_wait_all() { emu_wgmma_wait_all(); }
 template <int N> inline void wgmma_wait() { emu_wgmma_wait(N); }
