@@ -118,11 +118,11 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
     // one tile ahead of V, in the order the consumers use them.
     auto load = [&](bool v, int i, int nb) {
       const int st = i % kStages;
-      uint64_t* full = v ? &v_full[st] : &k_full[st];
+      uint64_t* landed = v ? &v_full[st] : &k_full[st];
       mbar_wait(v ? &v_empty[st] : &k_empty[st], ((i / kStages) & 1) ^ 1);
-      mbar_arrive_expect_tx(full, Tr::kTileKV * int(sizeof(T)));
+      mbar_arrive_expect_tx(landed, Tr::kTileKV * int(sizeof(T)));
       for (int c = 0; c < kD; c += kTmaBoxCols)
-        tma_load((v ? sV(st) : sK(st)) + tma_tile<kBN>(0, c), v ? &maps.v : &maps.k, full, c, kvh, nb * kBN, b);
+        tma_load((v ? sV(st) : sK(st)) + tma_tile<kBN>(0, c), v ? &maps.v : &maps.k, landed, c, kvh, nb * kBN, b);
     };
     int i = 0, prev = 0;
     for (int nb = next_tile(0); nb < n_blocks; prev = nb, nb = next_tile(nb + 1), ++i) {
