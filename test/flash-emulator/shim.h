@@ -247,9 +247,10 @@ inline void emu_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
 // Warpgroup MMA (wgmma.cuh): the 128 threads of a warpgroup meet, then each computes its own
 // accumulators from the operands as the descriptors (no swizzle, or the 128-byte one) and the
 // A fragments of the other threads say. As on hardware, the product is in flight until a
-// wait_group that covers its commit group: the accumulators hold a marker (NaN) until then, so that reading them early
-// gives NaN, and the wait fails if they were written, if this thread's A registers changed, or
-// if the product computed again from shared memory differs (an operand overwritten in flight).
+// wait_group that covers its commit group: the accumulators hold a marker (NaN) until then, so
+// that reading them early gives NaN, and the wait fails if they were written, if this thread's
+// A registers changed, or if the product computed again from shared memory differs (an
+// operand overwritten in flight).
 struct GroupScratch { Barrier bar; std::array<std::array<uint32_t, 4>, 128> a; };
 inline GroupScratch emu_groups[4];
 // A signalling NaN no product yields: copies keep its bits, but any arithmetic on it (acc *=
