@@ -128,10 +128,15 @@ inline uint64_t emu_progress = 0;
 inline void emu_yield() { emu_switch(&(*emu_fibers)[emu_cur].sp, emu_sched_sp); }
 
 struct Barrier { int n = 0, count = 0; unsigned gen = 0; };
+// Counts this thread in; the last of the n completes the barrier's use. Returns whether it did.
+inline bool emu_barrier_arrive(Barrier& b) {
+  if (++b.count != b.n) return false;
+  b.count = 0, b.gen++, emu_progress++;
+  return true;
+}
 inline void emu_barrier(Barrier& b) {
-  unsigned g = b.gen;
-  if (++b.count == b.n) { b.count = 0; b.gen++; emu_progress++; }
-  else while (b.gen == g) emu_yield();
+  const unsigned g = b.gen;
+  if (!emu_barrier_arrive(b)) while (b.gen == g) emu_yield();
 }
 struct WarpScratch {
   Barrier bar;
@@ -155,7 +160,7 @@ inline void emu_named_barrier(int id, int threads, bool wait) {
   if (b.count == 0) b.n = threads;  // set by the first thread of each use
   else if (b.n != threads) emu_fail("named barrier: thread counts differ");
   if (wait) emu_barrier(b);
-  else if (++b.count == b.n) b.count = 0, b.gen++, emu_progress++;
+  else emu_barrier_arrive(b);
 }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu_barrier(my_warp().bar); }
 inline float __shfl_xor_sync(unsigned, float x, int m) {
