@@ -103,18 +103,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
 
       // S^T = K Q^T for this warp's 16 keys, then P^T (0 where masked).
       float s[kMT][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        uint32_t a[4];
-        load_a(a, sK + warp * 16 * kS + kk * 16, kS, lane);
-#pragma unroll
-        for (int mt = 0; mt < kMT; mt += 2) {
-          uint32_t bb[4];
-          load_b(bb, sQ + mt * 8 * kS + kk * 16, kS, lane);
-          MmaOp<T>::run(s[mt], a, bb[0], bb[1]);
-          MmaOp<T>::run(s[mt + 1], a, bb[2], bb[3]);
-        }
-      }
+      warp_mma_nt<T, kD>(s, sK + warp * 16 * kS, sQ, kS, lane);
       const bool mixed = doc_q && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
@@ -125,52 +114,17 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
                               (mixed && m0 + qi < p.seq_q && doc_q[m0 + qi] != doc_key[e >> 1]);
           s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - sLse[qi]);
         }
-      // dV += P^T dO
-#pragma unroll
-      for (int kk = 0; kk < kBM / 16; ++kk) {
-        uint32_t a[4];
-        acc_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-        for (int dt = 0; dt < kDA / 8; dt += 2) {
-          uint32_t bb[4];
-          load_b_trans(bb, sdO + kk * 16 * kS + col_base + dt * 8, kS, lane);
-          MmaOp<T>::run(dv[dt], a, bb[0], bb[1]);
-          MmaOp<T>::run(dv[dt + 1], a, bb[2], bb[3]);
-        }
-      }
+      warp_mma_pb<T, kBM>(dv, s, sdO + col_base, kS, lane);  // dV += P^T dO
       // dP^T = V dO^T, then dS^T = P^T * (dP^T - delta), in place of P^T.
       {
         float dp[kMT][4] = {};
-#pragma unroll
-        for (int kk = 0; kk < kD / 16; ++kk) {
-          uint32_t a[4];
-          load_a(a, sV + warp * 16 * kS + kk * 16, kS, lane);
-#pragma unroll
-          for (int mt = 0; mt < kMT; mt += 2) {
-            uint32_t bb[4];
-            load_b(bb, sdO + mt * 8 * kS + kk * 16, kS, lane);
-            MmaOp<T>::run(dp[mt], a, bb[0], bb[1]);
-            MmaOp<T>::run(dp[mt + 1], a, bb[2], bb[3]);
-          }
-        }
+        warp_mma_nt<T, kD>(dp, sV + warp * 16 * kS, sdO, kS, lane);
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) s[mt][e] *= dp[mt][e] - sDelta[mt * 8 + 2 * t + (e & 1)];
       }
-      // dK += dS^T Q (scaled once, at the end)
-#pragma unroll
-      for (int kk = 0; kk < kBM / 16; ++kk) {
-        uint32_t a[4];
-        acc_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-        for (int dt = 0; dt < kDA / 8; dt += 2) {
-          uint32_t bb[4];
-          load_b_trans(bb, sQ + kk * 16 * kS + col_base + dt * 8, kS, lane);
-          MmaOp<T>::run(dk[dt], a, bb[0], bb[1]);
-          MmaOp<T>::run(dk[dt + 1], a, bb[2], bb[3]);
-        }
-      }
+      warp_mma_pb<T, kBM>(dk, s, sQ + col_base, kS, lane);  // dK += dS^T Q (scaled once, at the end)
       if (!with_dq) continue;
 
       // dQ = dS K for this query tile: dS^T goes through shared memory because each warp
@@ -277,22 +231,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
 
     const bool mixed = doc_k && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
     float s[kNT][4] = {}, dp[kNT][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      uint32_t a[4], ao[4];
-      load_a(a, sQ + warp * 16 * kS + kk * 16, kS, lane);
-      load_a(ao, sdO + warp * 16 * kS + kk * 16, kS, lane);
-#pragma unroll
-      for (int nt = 0; nt < kNT; nt += 2) {
-        uint32_t bk[4], bv[4];
-        load_b(bk, sK + nt * 8 * kS + kk * 16, kS, lane);
-        load_b(bv, sV + nt * 8 * kS + kk * 16, kS, lane);
-        MmaOp<T>::run(s[nt], a, bk[0], bk[1]);
-        MmaOp<T>::run(s[nt + 1], a, bk[2], bk[3]);
-        MmaOp<T>::run(dp[nt], ao, bv[0], bv[1]);
-        MmaOp<T>::run(dp[nt + 1], ao, bv[2], bv[3]);
-      }
-    }
+    warp_mma_nt<T, kD>(s, sQ + warp * 16 * kS, sK, kS, lane);
+    warp_mma_nt<T, kD>(dp, sdO + warp * 16 * kS, sV, kS, lane);
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
@@ -303,18 +243,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
         const float prob = masked ? 0.f : exp2f(s[nt][e] * scale_log2 - lse2[r]);
         s[nt][e] = prob * (dp[nt][e] - delta[r]);
       }
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int dt = 0; dt < kDT; dt += 2) {
-        uint32_t bb[4];
-        load_b_trans(bb, sK + kk * 16 * kS + dt * 8, kS, lane);
-        MmaOp<T>::run(acc[dt], a, bb[0], bb[1]);
-        MmaOp<T>::run(acc[dt + 1], a, bb[2], bb[3]);
-      }
-    }
+    warp_mma_pb<T, kBN>(acc, s, sK, kS, lane);  // dQ += dS K
   }
   cp_async_wait_all();  // a query tile that sees no key never waited for its Q/dO load
 #pragma unroll

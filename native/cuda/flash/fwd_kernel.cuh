@@ -65,18 +65,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
     cp_async_commit();
 
     float s[kNT][4] = {};
-#pragma unroll
-    for (int kk = 0; kk < kD / 16; ++kk) {
-      uint32_t a[4];
-      load_a(a, sQw + kk * 16, kS, lane);
-#pragma unroll
-      for (int nt = 0; nt < kNT; nt += 2) {
-        uint32_t bb[4];
-        load_b(bb, sK + nt * 8 * kS + kk * 16, kS, lane);
-        MmaOp<T>::run(s[nt], a, bb[0], bb[1]);
-        MmaOp<T>::run(s[nt + 1], a, bb[2], bb[3]);
-      }
-    }
+    warp_mma_nt<T, kD>(s, sQw, sK, kS, lane);
     // Only the ragged last tile, tiles crossing the diagonal and tiles holding several
     // documents need a mask.
     const bool mixed = doc_k && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
@@ -91,18 +80,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
                                         p.seq_k - nb_next * kBN, p.head_dim, p.vec_ok);
     cp_async_commit();
 
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-      for (int dt = 0; dt < kDT; dt += 2) {
-        uint32_t bb[4];
-        load_b_trans(bb, sV + kk * 16 * kS + dt * 8, kS, lane);
-        MmaOp<T>::run(acc[dt], a, bb[0], bb[1]);
-        MmaOp<T>::run(acc[dt + 1], a, bb[2], bb[3]);
-      }
-    }
+    warp_mma_pb<T, kBN>(acc, s, sV, kS, lane);
     nb = nb_next;
   }
 
