@@ -8,6 +8,8 @@
 // Built and run by test/flash-emulator.test.ts:
 //   g++ -std=c++20 -O2 -fsanitize=address -DRA_FLASH_EMULATOR -I. -Itest/flash-emulator \
 //       test/flash-emulator/test.cpp -o t && ./t [deferred]
+// ONLY=<i> or ONLY=sm90-<i> runs one case. SWEEP=<seed> [SWEEP_N=<n>] [SWEEP_SM90=1] runs n
+// random shapes instead (not in CI: a sweep to run by hand after changing a kernel).
 #include "shim.h"
 #include "native/cuda/flash/fwd_kernel.cuh"
 #include "native/cuda/flash/fwd_sm90_kernel.cuh"
@@ -97,7 +99,8 @@ template <class T> void bwd(const BwdParams& p, bool c) {
 
 // docs: random document ids in [0, docs); with runs, `docs` documents laid end to end instead
 // (Sq == Sk, the same ids for queries and keys), so that whole tiles share no document.
-struct Case { int B, Sq, Sk, H, Hkv, D; bool causal, det; int docs = 0; bool runs = false; };
+// expect_skips: documents end to end long enough that some tile meets only one (curated cases).
+struct Case { int B, Sq, Sk, H, Hkv, D; bool causal, det; int docs = 0; bool runs = false; bool expect_skips = true; };
 
 // The spans of an id array, made by the kernel the library runs, checked against a plain loop.
 std::vector<int> spans_of(const std::vector<int>& ids, int batch, int seq) {
@@ -208,7 +211,9 @@ bool run_case(const Case& c, int mode) {
   snprintf(name, sizeof name, "%s%s B%d Sq%d Sk%d H%d/%d D%d causal%d det%d docs%d%s mode%d", sizeof(T) == 2 && std::is_same<T, __half>::value ? "f16" : "bf16",
            use_sm90 ? (sm90_pingpong ? " sm90" : " sm90 no-pingpong") : "", c.B, c.Sq, c.Sk, c.H, c.Hkv, c.D, c.causal, c.det, c.docs, c.runs ? " runs" : "", mode);
   auto cmp = [&](const char* what, auto get, size_t n, auto ref, double tol) {
-    double mx = 0, mr = 1e-6; size_t bad = SIZE_MAX;
+    // The floor on the reference's size: a gradient that is zero in exact arithmetic (a row that
+    // sees one key) comes out as rounding noise of the order of the inputs' precision.
+    double mx = 0, mr = 1e-4; size_t bad = SIZE_MAX;
     for (size_t i = 0; i < n; ++i) {
       double a = get(i), r = ref(i);
       if (std::isinf(r) || std::isinf(a)) { if (a != r && bad == SIZE_MAX) bad = i; continue; }
@@ -238,7 +243,7 @@ bool run_case(const Case& c, int mode) {
     cmp("dq", [&](size_t i) { return double(dq[i]); }, nq, [&](size_t i) { return rdq[i]; }, tol * 1.5);
     cmp("dk", [&](size_t i) { return double(dk[i]); }, nk, [&](size_t i) { return rdk[i]; }, tol * 1.5);
     cmp("dv", [&](size_t i) { return double(dv[i]); }, nk, [&](size_t i) { return rdv[i]; }, tol * 1.5);
-    if (c.runs) {
+    if (c.runs && c.expect_skips) {
       // Tiles that share no document were skipped: each kernel does fewer products than in the
       // same calls without ids.
       const Products with_docs{products.fwd - before_docs.fwd, products.dkdv - before_docs.dkdv, products.dq - before_docs.dq};
@@ -330,8 +335,43 @@ bool run_case(const Case& c, int mode) {
   return ok;
 }
 
+// A random shape: any head dim the kernels take (64 or 128 on Hopper), GQA, lengths past
+// several tiles, with and without causal masking, packed documents scattered or end to end.
+Case random_case(std::mt19937& g, bool sm90) {
+  auto pick = [&](std::initializer_list<int> xs) { return xs.begin()[std::uniform_int_distribution<size_t>(0, xs.size() - 1)(g)]; };
+  auto in = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(g); };
+  Case c{};
+  c.B = in(1, 2), c.H = pick({1, 2, 4, 6});
+  do c.Hkv = pick({1, 2, 3, 6}); while (c.H % c.Hkv);
+  c.D = sm90 ? pick({64, 128}) : pick({1, 8, 16, 33, 48, 64, 80, 96, 128, 160, 200, 256});
+  c.Sq = in(1, 300), c.Sk = in(1, 300), c.causal = in(0, 1), c.det = in(0, 1);
+  switch (in(0, 2)) {
+    case 1: c.docs = in(1, 5); break;
+    case 2: c.Sk = c.Sq, c.docs = in(1, std::min(8, c.Sq)), c.runs = true, c.expect_skips = false; break;
+  }
+  return c;
+}
+
+int random_sweep(unsigned seed, int n, bool sm90) {
+  std::mt19937 g(seed);
+  use_sm90 = sm90;
+  int fails = 0;
+  for (int t = 0; t < n; ++t) {
+    const Case c = random_case(g, sm90);
+    for (int mode = 0; mode < (c.docs ? 3 : 2); ++mode) {
+      sm90_pingpong = mode != 1;
+      fails += !run_case<__nv_bfloat16>(c, mode);
+      if (t % 2) fails += !run_case<__half>(c, mode);
+    }
+  }
+  printf("%d failures\n", fails);
+  return fails != 0;
+}
+
 int main(int argc, char** argv) {
   emu_deferred_cp = argc > 1 && std::string(argv[1]) == "deferred";
+  if (const char* seed = getenv("SWEEP"))
+    return random_sweep(unsigned(atoi(seed)), getenv("SWEEP_N") ? atoi(getenv("SWEEP_N")) : 10, getenv("SWEEP_SM90"));
   std::vector<Case> cases = {
     {1, 64, 64, 1, 1, 64, false, false},
     {2, 70, 100, 4, 2, 64, false, false},
