@@ -359,9 +359,11 @@ int random_sweep(unsigned seed, int n, bool sm90) {
   for (int t = 0; t < n; ++t) {
     const Case c = random_case(g, sm90);
     for (int mode = 0; mode < (c.docs ? 3 : 2); ++mode) {
+      const int before = sm90_launches;
       sm90_pingpong = mode != 1;
       fails += !run_case<__nv_bfloat16>(c, mode);
       if (t % 2) fails += !run_case<__half>(c, mode);
+      if (sm90 && sm90_launches == before) ++fails, printf("  FAIL: the Hopper kernel did not run\n");
     }
   }
   printf("%d failures\n", fails);
