@@ -15,6 +15,7 @@
 #include "check.h"
 #include "device.h"
 #include "flash/flash.h"
+#include "../ring/signature.h"
 #include "ring_cuda.h"
 #include "ring_link.h"
 
@@ -289,13 +290,24 @@ void ring_backward(ring::LocalTransport& t, const ring::RingShape& s, const Tens
   LocalLink link(t);
   backward_loop(link, s, dout, q, k, v, out, lse, dq, dk, dv);
 }
+// Over NCCL a rank cannot see what its peers passed, and blocks of different sizes would hang
+// the transfers: before the first transfer of a new set of arguments, the ranks compare them.
+static void agree_on_call(int64_t group, const ring::RingShape& s, DType dtype, bool backward) {
+  const auto rows = nccl::disagreement(group, ring::call_signature(s, dtype, backward), "comparing the ranks' ring arguments");
+  if (rows.empty()) return;
+  throw UserError("RangeError", "ring attention: the ranks passed different arguments (" + ring::signature_mismatch(rows) +
+                                    "): every rank must pass shards of the same shape and dtype, the same options, and "
+                                    "documentIds on every rank or none");
+}
 void ring_forward_nccl(int64_t group, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                        Tensor& out, Tensor& lse) {
+  agree_on_call(group, s, q.dtype, false);
   NcclLink link(group);
   forward_loop(link, s, q, k, v, out, lse);
 }
 void ring_backward_nccl(int64_t group, const ring::RingShape& s, const Tensor& dout, const Tensor& q, const Tensor& k,
                         const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv) {
+  agree_on_call(group, s, q.dtype, true);
   NcclLink link(group);
   backward_loop(link, s, dout, q, k, v, out, lse, dq, dk, dv);
 }

@@ -62,6 +62,7 @@ SAME_VALUE(ncclRemoteError);
 SAME_VALUE(ncclUint8);
 SAME_VALUE(ncclFloat16);
 SAME_VALUE(ncclFloat32);
+SAME_VALUE(ncclFloat64);
 SAME_VALUE(ncclBfloat16);
 SAME_VALUE(ncclSum);
 }  // namespace

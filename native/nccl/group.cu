@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -145,6 +146,33 @@ class Group {
     check(b, "ncclRecv");
   }
   void wait_stream(cudaStream_t stream, const std::string& what) { wait(what, stream); }
+  // Gathers every rank's `values` through one float64 allReduce (each rank fills its own row
+  // of zeros) and waits for it. Waiting costs the host its lead over the GPU, so values that
+  // every rank has passed before are not gathered again; ranks that made the same calls so
+  // make the same collectives. A group of one compares too, so that one GPU runs this path.
+  std::vector<std::vector<double>> disagreement(const std::vector<double>& values, const std::string& what) {
+    if (agreed_.count(values)) return {};
+    const size_t n = values.size(), bytes = n * size_t(world_) * sizeof(double);
+    std::vector<double> rows(n * size_t(world_), 0.0);
+    std::copy(values.begin(), values.end(), rows.begin() + ptrdiff_t(n) * rank_);
+    flush();
+    wait(what);  // an idle stream: a copy from pageable memory would otherwise wait for it unbounded
+    const ncclComm_t comm = live();
+    void* dev = cuda::alloc(bytes);  // not released after a failed wait: NCCL might still write it
+    check_cuda(cudaMemcpyAsync(dev, rows.data(), bytes, cudaMemcpyHostToDevice, stream_), "copying " + what);
+    check(api_.AllReduce(dev, dev, rows.size(), ncclFloat64, ncclSum, comm, stream_), "ncclAllReduce");
+    wait(what);
+    check_cuda(cudaMemcpyAsync(rows.data(), dev, bytes, cudaMemcpyDeviceToHost, stream_), "copying " + what);
+    wait(what);
+    cuda::release(dev);
+    std::vector<std::vector<double>> out;
+    for (int r = 0; r < world_; ++r) out.emplace_back(rows.begin() + ptrdiff_t(n) * r, rows.begin() + ptrdiff_t(n) * (r + 1));
+    for (const auto& row : out)
+      if (row != values) return out;
+    if (agreed_.size() >= 64) agreed_.clear();  // bounded; cleared alike on every rank
+    agreed_.insert(values);
+    return {};
+  }
 
  private:
   // Enqueues one NCCL group of in-place sums on stream_, after the default stream's work.
@@ -294,6 +322,7 @@ class Group {
   std::vector<Inflight> inflight_;
   int64_t last_ticket_ = 0, reduced_ = 0;  // asynchronous sums posted, and known to be done
   int64_t valid_upto_ = INT64_MAX;          // after an abort: the last sum done before it
+  std::set<std::vector<double>> agreed_;    // values every rank passed to disagreement()
 };
 
 std::mutex registry_mu;
@@ -340,6 +369,9 @@ void ring_exchange(int64_t g, const void* send, void* recv, size_t bytes, void* 
 }
 void wait_stream(int64_t g, void* stream, const std::string& what) {
   find(g).wait_stream(static_cast<cudaStream_t>(stream), what);
+}
+std::vector<std::vector<double>> disagreement(int64_t g, const std::vector<double>& values, const std::string& what) {
+  return find(g).disagreement(values, what);
 }
 
 }  // namespace ra::nccl

@@ -3,6 +3,7 @@
 // communicator is aborted and the caller gets an error, never a silent hang.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "../common.h"
@@ -34,5 +35,10 @@ void ring_exchange(int64_t group, const void* send, void* recv, size_t bytes, vo
 // Waits until `stream` is idle, polling NCCL's errors; past the group's timeout, or on an
 // error, the communicator is aborted and this throws.
 void wait_stream(int64_t group, void* stream, const std::string& what);
+// Whether every rank passed the same `values` (`what` they are, for errors): {} when they did,
+// else every rank's row. The first time values are seen this gathers them and waits (one
+// allReduce); values every rank has passed before cost nothing. Ranks that disagree each get
+// the rows and stay usable: no transfer was posted.
+std::vector<std::vector<double>> disagreement(int64_t group, const std::vector<double>& values, const std::string& what);
 
 }  // namespace ra::nccl

@@ -3,6 +3,7 @@
 // needed. Checks what the GPU tests cannot show on one GPU: the ring exchange is one NCCL
 // group (send to rank + 1, recv from rank - 1), sends and sums wait for the default stream,
 // a list of sums is one group, sums posted without waiting hold their memory until done,
+// ranks compare their ring arguments once per new set (and name what differs),
 // and a wait that never ends, an NCCL error or a rank that never joins abort the
 // communicator and throw, within the group's timeout, instead of hanging.
 // Built and run by test/nccl-fake.test.ts:
@@ -10,8 +11,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 
 #include "native/nccl/group.cu"
+#include "native/ring/signature.h"
 
 namespace ra {
 Storage::Storage(Device d, size_t n) : device(d), bytes(n), ptr(std::malloc(n ? n : 1)) {}
@@ -35,7 +38,18 @@ ncclResult_t init_result = ncclSuccess;   // what ncclCommInitRankConfig answers
 ncclResult_t async_state = ncclSuccess;   // what ncclCommGetAsyncError reports
 ncclResult_t send_result = ncclSuccess;   // what ncclSend answers
 ncclResult_t reduce_result = ncclSuccess; // what ncclAllReduce answers
-int aborts = 0, destroys = 0, comm_storage = 0;
+int aborts = 0, destroys = 0, comm_storage = 0, world = 1;
+// A float64 allReduce is disagreement()'s gather: every other rank's row is a copy of this
+// rank's (the one row not all zeros), then edit(rows, row length) changes them if set.
+std::function<void(double*, size_t)> edit;
+void gather(double* rows, size_t n) {
+  const size_t len = n / size_t(world);
+  size_t own = 0;
+  while (own + 1 < size_t(world) && std::all_of(rows + own * len, rows + (own + 1) * len, [](double v) { return v == 0; })) ++own;
+  for (size_t r = 0; r < size_t(world); ++r)
+    if (r != own) std::copy(rows + own * len, rows + (own + 1) * len, rows + r * len);
+  if (edit) edit(rows, len);
+}
 ncclComm_t comm() { return reinterpret_cast<ncclComm_t>(&comm_storage); }
 void log(const std::string& s) { fake_log.push_back(s); }
 std::string stream(cudaStream_t s) { return fake_name(s); }
@@ -45,6 +59,7 @@ const Api api = {
     [](ncclComm_t*, int, ncclUniqueId, int) { return ncclSuccess; },
     [](ncclComm_t* c, int n, ncclUniqueId, int rank, ncclConfig_t* cfg) {
       *c = comm();
+      world = n;
       log("init rank " + std::to_string(rank) + " of " + std::to_string(n) + (cfg->blocking ? " blocking" : " nonblocking"));
       return init_result;
     },
@@ -60,8 +75,9 @@ const Api api = {
       log("recv " + std::to_string(n) + " type " + std::to_string(t) + " from " + std::to_string(peer) + " on " + stream(s));
       return ncclSuccess;
     },
-    [](const void*, void*, size_t n, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t s) {
+    [](const void*, void* recv, size_t n, ncclDataType_t t, ncclRedOp_t, ncclComm_t, cudaStream_t s) {
       log("allReduce " + std::to_string(n) + " on " + stream(s));
+      if (t == ncclFloat64 && reduce_result == ncclSuccess) gather(static_cast<double*>(recv), n);
       return reduce_result;
     },
     [] { log("groupStart"); return ncclSuccess; },
@@ -101,6 +117,7 @@ static void reset() {
   fake_stream_idle = true;
   fake_pending_events.clear(), fake_records_done_at_once = 0, fake_event_error = cudaSuccess;
   fake::init_result = ncclSuccess, fake::async_state = ncclSuccess, fake::send_result = ncclSuccess, fake::reduce_result = ncclSuccess, fake::aborts = 0;
+  fake::edit = nullptr;
 }
 
 int main() {
@@ -286,6 +303,46 @@ int main() {
              has(join, "never joined"), "never joined: " + join);
   expect(join_ms >= 100 && fake::aborts == 1, "gave up after " + std::to_string(join_ms) + " ms and aborted");
   expect(fake_live_streams == streams && fake_live_events == events, "no stream or event left behind");
+
+  // Ranks compare their ring arguments before the first transfer (a size mismatch would hang
+  // NCCL): one float64 allReduce of a row per rank, waited for, and only for values not agreed before.
+  reset();
+  g = create_group(id, 1, 3, 0, 200);
+  fake_log.clear();
+  const std::vector<double> mine = {1, 4096, 0.125};
+  expect(disagreement(g, mine, "comparing").empty(), "ranks that agree: no rows back");
+  const std::string gathered = joined();
+  const size_t up = gathered.find("copy 72 bytes on stream"), sum = gathered.find("allReduce 9 on stream"),
+               down = gathered.rfind("copy 72 bytes on stream");
+  expect(up < sum && sum < down && down != std::string::npos && !has(gathered, "on default"),
+         "one allReduce of 3 ranks x 3 values, through the group's stream: " + gathered);
+  fake_log.clear();
+  expect(disagreement(g, mine, "comparing").empty() && fake_log.empty(), "values agreed before: no traffic, no wait: " + joined());
+  fake::edit = [](double* rows, size_t len) { rows[2 * len + 1] = 4000; };
+  const std::vector<double> other = {1, 2048, 0.125};
+  const auto rows = disagreement(g, other, "comparing");
+  expect(rows.size() == 3 && rows[1] == other && rows[2][1] == 4000 && fake::aborts == 0,
+         "a rank that differs: every row back, the communicator not aborted");
+  fake_log.clear();
+  expect(disagreement(g, other, "comparing").size() == 3 && has(joined(), "allReduce 9"), "values that differed are compared again");
+  // What the ring says of a mismatch (cuda/ring_cuda.cu): the fields that differ, by name.
+  ra::ring::RingShape shape{1, 4096, 32, 8, 128, 0.088f, true, true};
+  auto r0 = ra::ring::call_signature(shape, ra::DType::BF16, false);
+  shape.seq = 4000, shape.causal = false;
+  auto r2 = ra::ring::call_signature(shape, ra::DType::BF16, false);
+  const std::string why = ra::ring::signature_mismatch({r0, r0, r2});
+  expect(why == "rank 0 and rank 2 differ: shard length 4096 vs 4000, causal true vs false", "mismatch named: " + why);
+  expect(ra::ring::signature_mismatch({r0, r0}).empty(), "no mismatch: nothing said");
+  r2 = ra::ring::call_signature(shape, ra::DType::F16, true);
+  r2[10] = 0.5;  // the scale
+  const std::string kinds = ra::ring::signature_mismatch({r0, r2});
+  expect(has(kinds, "pass forward vs backward, dtype bfloat16 vs float16") && has(kinds, "scale 0.088 vs 0.5"), "mismatch named: " + kinds);
+  // A peer that never comes: bounded by the timeout, aborted.
+  fake_stream_idle = false;
+  auto [stuck, stuck_ms] = thrown([&] { disagreement(g, {7}, "comparing the ranks' ring arguments"); });
+  expect(has(stuck, "comparing the ranks' ring arguments on rank 1 did not finish within 200 ms") && fake::aborts == 1 && stuck_ms < 5000,
+         "a comparison that never finishes: " + stuck);
+  destroy_group(g);
 
   // Destroying a healthy group waits for its sends and destroys the communicator.
   reset();
