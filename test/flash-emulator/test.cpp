@@ -352,20 +352,26 @@ Case random_case(std::mt19937& g, bool sm90) {
   return c;
 }
 
+// One case in every mode: alone, as a ring step (on Hopper, the forward without its ping-pong)
+// and, with documents, as views; in bf16, and in f16 too when asked. With use_sm90, a mode in
+// which the Hopper kernel did not run fails. Returns the failures.
+int run_modes(const Case& c, bool with_f16) {
+  int fails = 0;
+  for (int mode = 0; mode < (c.docs ? 3 : 2); ++mode) {
+    const int before = sm90_launches;
+    sm90_pingpong = mode != 1;
+    fails += !run_case<__nv_bfloat16>(c, mode);
+    if (with_f16) fails += !run_case<__half>(c, mode);
+    if (use_sm90 && sm90_launches == before) ++fails, printf("  FAIL: the Hopper kernel did not run\n");
+  }
+  return fails;
+}
+
 int random_sweep(unsigned seed, int n, bool sm90) {
   std::mt19937 g(seed);
   use_sm90 = sm90;
   int fails = 0;
-  for (int t = 0; t < n; ++t) {
-    const Case c = random_case(g, sm90);
-    for (int mode = 0; mode < (c.docs ? 3 : 2); ++mode) {
-      const int before = sm90_launches;
-      sm90_pingpong = mode != 1;
-      fails += !run_case<__nv_bfloat16>(c, mode);
-      if (t % 2) fails += !run_case<__half>(c, mode);
-      if (sm90 && sm90_launches == before) ++fails, printf("  FAIL: the Hopper kernel did not run\n");
-    }
-  }
+  for (int t = 0; t < n; ++t) fails += run_modes(random_case(g, sm90), t % 2);
   printf("%d failures\n", fails);
   return fails != 0;
 }
@@ -412,10 +418,7 @@ int main(int argc, char** argv) {
   const char* only = getenv("ONLY");
   for (size_t i = 0; i < cases.size(); ++i) {
     if (only && std::to_string(i) != only) continue;
-    for (int mode = 0; mode < (cases[i].docs ? 3 : 2); ++mode) {
-      fails += !run_case<__nv_bfloat16>(cases[i], mode);
-      if (i % 3 == 0) fails += !run_case<__half>(cases[i], mode);
-    }
+    fails += run_modes(cases[i], i % 3 == 0);
   }
   // The Hopper forward and backward, alone, as ring steps (mode 1, the forward without its
   // ping-pong) and as views (mode 2, with documents), on the shapes they take: head dim 64 or
@@ -446,13 +449,7 @@ int main(int argc, char** argv) {
   use_sm90 = true;
   for (size_t i = 0; i < sm90_cases.size(); ++i) {
     if (only && "sm90-" + std::to_string(i) != only) continue;
-    for (int mode = 0; mode < (sm90_cases[i].docs ? 3 : 2); ++mode) {
-      const int before = sm90_launches;
-      sm90_pingpong = mode != 1;  // the forward's ping-pong on, but for the ring steps
-      fails += !run_case<__nv_bfloat16>(sm90_cases[i], mode);
-      if (i % 2 == 0) fails += !run_case<__half>(sm90_cases[i], mode);
-      if (sm90_launches == before) ++fails, printf("  FAIL sm90 case %zu: the Hopper kernel did not run\n", i);
-    }
+    fails += run_modes(sm90_cases[i], i % 2 == 0);
   }
   printf("%d failures\n", fails);
   return fails != 0;
