@@ -152,21 +152,24 @@ class Group {
   // make the same collectives. A group of one compares too, so that one GPU runs this path.
   std::vector<std::vector<double>> disagreement(const std::vector<double>& values, const std::string& what) {
     if (agreed_.count(values)) return {};
-    const size_t n = values.size(), bytes = n * size_t(world_) * sizeof(double);
-    std::vector<double> rows(n * size_t(world_), 0.0);
-    std::copy(values.begin(), values.end(), rows.begin() + ptrdiff_t(n) * rank_);
+    const size_t n = values.size(), count = n * size_t(world_), bytes = count * sizeof(double);
     flush();
-    wait(what);  // an idle stream: a copy from pageable memory would otherwise wait for it unbounded
     const ncclComm_t comm = live();
-    void* dev = cuda::alloc(bytes);  // not released after a failed wait: NCCL might still write it
-    check_cuda(cudaMemcpyAsync(dev, rows.data(), bytes, cudaMemcpyHostToDevice, stream_), "copying " + what);
-    check(api_.AllReduce(dev, dev, rows.size(), ncclFloat64, ncclSum, comm, stream_), "ncclAllReduce");
+    // Both buffers are left unfreed after any error: NCCL or a copy might still write them.
+    void* dev = cuda::alloc(bytes);
+    double* rows = new double[count]();
+    std::copy(values.begin(), values.end(), rows + n * size_t(rank_));
+    after_default_stream();  // `dev` comes from the cache: kernels queued there may still use it
+    wait(what);  // idle, so that a copy from pageable memory has nothing to wait for unbounded
+    check_cuda(cudaMemcpyAsync(dev, rows, bytes, cudaMemcpyHostToDevice, stream_), "copying " + what);
+    check(api_.AllReduce(dev, dev, count, ncclFloat64, ncclSum, comm, stream_), "ncclAllReduce");
     wait(what);
-    check_cuda(cudaMemcpyAsync(rows.data(), dev, bytes, cudaMemcpyDeviceToHost, stream_), "copying " + what);
+    check_cuda(cudaMemcpyAsync(rows, dev, bytes, cudaMemcpyDeviceToHost, stream_), "copying " + what);
     wait(what);
     cuda::release(dev);
     std::vector<std::vector<double>> out;
-    for (int r = 0; r < world_; ++r) out.emplace_back(rows.begin() + ptrdiff_t(n) * r, rows.begin() + ptrdiff_t(n) * (r + 1));
+    for (size_t r = 0; r < size_t(world_); ++r) out.emplace_back(rows + n * r, rows + n * (r + 1));
+    delete[] rows;
     for (const auto& row : out)
       if (row != values) return out;
     if (agreed_.size() >= 64) agreed_.clear();  // bounded; cleared alike on every rank
