@@ -67,13 +67,21 @@ describe('launch', () => {
     expect(error.message).toMatch(/rank 0 timed out after 300 ms waiting for every rank to join a collective/);
   });
 
-  it('mismatched shard sizes are refused, not read out of bounds', async () => {
-    const error = await launch({ worldSize: 2 }, fixture('mismatched-shards.mjs')).catch((e) => e);
-    expect(error).toBeInstanceOf(Error);
-    expect(error.message).toMatch(/every rank must pass shards of the same shape|group aborted/);
-  });
+  // Every rank compares its arguments with the others' before any block moves, and the error
+  // (or the abort it causes in a rank that had not yet thrown) names what differs.
+  for (const [mismatch, said] of [
+    ['shard', 'shard length 4 vs 6'],
+    ['causal', 'causal false vs true'],
+    ['layout', 'layout contiguous vs zigzag'],
+  ] as const)
+    it(`ranks that pass different arguments (${mismatch}) are refused up front, naming what differs`, async () => {
+      const error = await launch({ worldSize: 3 }, fixture('mismatched-shards.mjs'), { mismatch }).catch((e) => e);
+      expect(error).toBeInstanceOf(Error);
+      expect(error.message).toContain(`the ranks passed different arguments (rank 0 and rank 1 differ: ${said})`);
+      expect(error.message).toMatch(/every rank must pass shards of the same shape/);
+    });
 
-  it('a ring call that failed part-way aborts the group: a caught error is not followed by stale blocks', async () => {
+  it('a ring call that failed aborts the group: a caught error is not followed by stale blocks', async () => {
     const out = (await launch({ worldSize: 3 }, fixture('ring-retry.mjs'))) as { first: string; second: string }[];
     expect(out.some((r) => /every rank must pass shards of the same shape/.test(r.first))).toBe(true);
     for (const r of out) {

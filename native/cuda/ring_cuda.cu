@@ -293,11 +293,8 @@ void ring_backward(ring::LocalTransport& t, const ring::RingShape& s, const Tens
 // Over NCCL a rank cannot see what its peers passed, and blocks of different sizes would hang
 // the transfers: before the first transfer of a new set of arguments, the ranks compare them.
 static void agree_on_call(int64_t group, const ring::RingShape& s, DType dtype, bool backward) {
-  const auto rows = nccl::disagreement(group, ring::call_signature(s, dtype, backward), "comparing the ranks' ring arguments");
-  if (rows.empty()) return;
-  throw UserError("RangeError", "ring attention: the ranks passed different arguments (" + ring::signature_mismatch(rows) +
-                                    "): every rank must pass shards of the same shape and dtype, the same options, and "
-                                    "documentIds on every rank or none");
+  ring::check_signatures(nccl::disagreement(group, ring::call_signature(s, dtype, Device::CUDA, backward),
+                                            "comparing the ranks' ring arguments"));
 }
 void ring_forward_nccl(int64_t group, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                        Tensor& out, Tensor& lse) {

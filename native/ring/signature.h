@@ -1,8 +1,10 @@
-// What every rank of a ring must pass alike, as numbers the ranks can compare. Threads of one
-// process find a mismatch at the first block they hand over (its size); over NCCL, blocks of
-// different sizes hang the transfers, and flags that change no size (causal, scale) would mix
-// two computations silently. So the NCCL ring compares these first (cuda/ring_cuda.cu).
+// What every rank of a ring must pass alike, as numbers the ranks can compare. A mismatch would
+// hang the transfers (blocks of different sizes, or CPU and CUDA ranks waiting for different
+// messages) or silently mix two computations (causal, scale, layout), so each ring call first
+// compares these: over NCCL once per new set (cuda/ring_cuda.cu), between the threads of one
+// process on every call (agree_in_process, a barrier).
 #pragma once
+#include <cstddef>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -13,13 +15,13 @@ namespace ra::ring {
 
 inline const char* const kSignatureFields[] = {
     "pass", "dtype", "batch", "shard length", "query heads", "K/V heads", "head dim",
-    "causal", "layout", "documentIds", "scale", "parts",
+    "causal", "layout", "documentIds", "scale", "parts", "device",
 };
 
-inline std::vector<double> call_signature(const RingShape& s, DType dtype, bool backward) {
+inline std::vector<double> call_signature(const RingShape& s, DType dtype, Device device, bool backward) {
   return {double(backward), double(dtype), double(s.batch), double(s.seq), double(s.heads), double(s.kv_heads),
           double(s.head_dim), double(s.causal), double(s.zigzag), double(s.docs != nullptr), double(s.scale),
-          double(s.parts)};
+          double(s.parts), double(device)};
 }
 
 inline std::string signature_value(size_t field, double v) {
@@ -29,6 +31,7 @@ inline std::string signature_value(size_t field, double v) {
     case 7: return v != 0 ? "true" : "false";
     case 8: return v != 0 ? "zigzag" : "contiguous";
     case 9: return v != 0 ? "given" : "none";
+    case 12: return v != 0 ? "cuda" : "cpu";
     default: {
       char buf[32];
       std::snprintf(buf, sizeof buf, field == 10 ? "%.7g" : "%.9g", v);  // the scale is a float
@@ -53,6 +56,27 @@ inline std::string signature_mismatch(const std::vector<std::vector<double>>& ro
     return why;
   }
   return "";
+}
+
+// Throws, alike on every rank, when the rows (one per rank) differ.
+inline void check_signatures(const std::vector<std::vector<double>>& rows) {
+  const std::string why = signature_mismatch(rows);
+  if (why.empty()) return;
+  throw UserError("RangeError", "ring attention: the ranks passed different arguments (" + why +
+                                    "): every rank must pass shards of the same shape, dtype and device, the same "
+                                    "options, and documentIds on every rank or none");
+}
+
+// Threads of one process compare on every call: it costs a barrier, not a wait for a device.
+// Float32 holds each field exactly (the scale is a float; lengths and counts below 2^24).
+inline void agree_in_process(Transport& t, const std::vector<double>& signature) {
+  const size_t n = signature.size(), world = size_t(t.world_size());
+  std::vector<float> sums(n * world, 0.f);
+  for (size_t f = 0; f < n; ++f) sums[size_t(t.rank()) * n + f] = float(signature[f]);
+  t.all_reduce_sum(sums.data(), sums.size());
+  std::vector<std::vector<double>> rows(world);
+  for (size_t r = 0; r < world; ++r) rows[r].assign(sums.begin() + ptrdiff_t(r * n), sums.begin() + ptrdiff_t((r + 1) * n));
+  check_signatures(rows);
 }
 
 }  // namespace ra::ring

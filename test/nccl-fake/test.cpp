@@ -329,16 +329,16 @@ int main() {
   expect(disagreement(g, other, "comparing").size() == 3 && has(joined(), "allReduce 9"), "values that differed are compared again");
   // What the ring says of a mismatch (cuda/ring_cuda.cu): the fields that differ, by name.
   ra::ring::RingShape shape{1, 4096, 32, 8, 128, 0.088f, true, true};
-  auto r0 = ra::ring::call_signature(shape, ra::DType::BF16, false);
+  auto r0 = ra::ring::call_signature(shape, ra::DType::BF16, ra::Device::CUDA, false);
   shape.seq = 4000, shape.causal = false;
-  auto r2 = ra::ring::call_signature(shape, ra::DType::BF16, false);
+  auto r2 = ra::ring::call_signature(shape, ra::DType::BF16, ra::Device::CUDA, false);
   const std::string why = ra::ring::signature_mismatch({r0, r0, r2});
   expect(why == "rank 0 and rank 2 differ: shard length 4096 vs 4000, causal true vs false", "mismatch named: " + why);
   expect(ra::ring::signature_mismatch({r0, r0}).empty(), "no mismatch: nothing said");
-  r2 = ra::ring::call_signature(shape, ra::DType::F16, true);
+  r2 = ra::ring::call_signature(shape, ra::DType::F16, ra::Device::CPU, true);
   r2[10] = 0.5;  // the scale
   const std::string kinds = ra::ring::signature_mismatch({r0, r2});
-  expect(has(kinds, "pass forward vs backward, dtype bfloat16 vs float16") && has(kinds, "scale 0.088 vs 0.5"), "mismatch named: " + kinds);
+  expect(has(kinds, "pass forward vs backward, dtype bfloat16 vs float16") && has(kinds, "scale 0.088 vs 0.5, device cuda vs cpu"), "mismatch named: " + kinds);
   // A peer that never comes to the allReduce: bounded by the timeout, aborted.
   fake::edit = [](double*, size_t) { fake_stream_idle = false; };
   fake_log.clear();
