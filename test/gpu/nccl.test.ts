@@ -46,6 +46,13 @@ describe.skipIf(!!why)(why ? `NCCL group (skipped: ${why})` : 'NCCL group', () =
       for (let i = 0; i < y.length; ++i) diff = Math.max(diff, Math.abs(x[i]! - y[i]!)), scale = Math.max(scale, Math.abs(y[i]!));
       expect(diff / scale).toBeLessThan(1e-2);  // dQ's atomic adds differ in order; everything else is the same arithmetic
     }
+    // Each new set of arguments is compared across the ranks (an allReduce of float64 rows,
+    // here over a group of one) before its first transfer; a set compared before is not.
+    for (const seq of [72, 200, 72]) {
+      const [a, b, c] = [5, 6, 7].map((seed) => tensor(randomArray(seq * 4 * 64, seed), [1, seq, 4, 64], { dtype: 'bfloat16', device: 'cuda' }));
+      const r = ringAttention(a!, b!, c!, { group, causal: true });
+      expect(Array.from(await r.out.toFloat32Array()), `seq ${seq}`).toEqual(Array.from(await attention(a!, b!, c!, { causal: true }).out.toFloat32Array()));
+    }
     expect(() => group.allReduce(tensor(new Float32Array(1), [1]))).toThrow(/^t: an NCCL group works on 'cuda' tensors, got 'cpu'/);
     expect(() => group.send(tensor(new Float32Array(1), [1], { device: 'cuda' }), 0)).toThrow(/cannot send to or receive from its own rank/);
     group.destroy();
