@@ -55,15 +55,16 @@ interface Native {
   groupBarrier(id: number, rank: number): void;
   // Benchmarks only: `parts` 0 the whole schedule, 1 its compute alone, 2 its transfers alone;
   // with `timeSteps`, the results end with a Float64Array of [compute, transfer, whole] ms per step.
+  // Tests only: `failAtStep`, the ring step at which this rank throws.
   ringForward(
     id: number, rank: number, q: TensorHandle, k: TensorHandle, v: TensorHandle,
     causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean, deterministic?: boolean,
-    documentIds?: Int32Array,
+    documentIds?: Int32Array, failAtStep?: number,
   ): [TensorHandle, TensorHandle, Float64Array?];
   ringBackward(
     id: number, rank: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle,
     out: TensorHandle, lse: TensorHandle, causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean,
-    deterministic?: boolean, documentIds?: Int32Array,
+    deterministic?: boolean, documentIds?: Int32Array, failAtStep?: number,
   ): [TensorHandle, TensorHandle, TensorHandle, Float64Array?];
   /** Per ring step: [qLen, kLen, causal 0|1] that `rank` computes; [0, 0, 0] for a skipped step. */
   ringPlan(rank: number, worldSize: number, seq: number, causal: boolean, zigzag: boolean): [number, number, number][];
@@ -79,12 +80,12 @@ interface Native {
   ncclBarrier(id: number): void;
   ncclRingForward(
     id: number, q: TensorHandle, k: TensorHandle, v: TensorHandle, causal: boolean, scale: number, zigzag: boolean, parts?: number,
-    timeSteps?: boolean, deterministic?: boolean, documentIds?: Int32Array,
+    timeSteps?: boolean, deterministic?: boolean, documentIds?: Int32Array, failAtStep?: number,
   ): [TensorHandle, TensorHandle, Float64Array?];
   ncclRingBackward(
     id: number, dout: TensorHandle, q: TensorHandle, k: TensorHandle, v: TensorHandle, out: TensorHandle, lse: TensorHandle,
     causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean, deterministic?: boolean,
-    documentIds?: Int32Array,
+    documentIds?: Int32Array, failAtStep?: number,
   ): [TensorHandle, TensorHandle, TensorHandle, Float64Array?];
   cudaInfo(): CudaInfo;
   /** 'cmake-js' or 'node-gyp'. */

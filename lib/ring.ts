@@ -2,7 +2,7 @@
 // of the sequence (see shardSequence) and gets its shard of the result; K/V shards travel
 // around the ring in native code and partial results merge through the log-sum-exp.
 import { checkAttentionInputs, checkBackwardInputs, type AttentionGradients, type AttentionOptions, type AttentionResult } from './attention.js';
-import { checkOneOf, describe, fail } from './errors.js';
+import { checkInteger, checkOneOf, describe, fail } from './errors.js';
 import { ProcessGroup } from './group.js';
 import { native } from './native.js';
 import { LAYOUTS, type Layout } from './shard.js';
@@ -23,6 +23,11 @@ export interface RingAttentionOptions extends AttentionOptions {
    * the call is done (on CUDA the call then waits for the device).
    */
   onStepTimes?: (steps: RingStepTime[]) => void;
+  /**
+   * @internal Tests only: this rank throws at that ring step, after posting the step's transfer,
+   * as a failure in the middle of a call would.
+   */
+  failAtStep?: number;
 }
 
 /** How long one ring step took on one rank, in milliseconds. */
@@ -59,7 +64,8 @@ function checkRing(q: unknown, k: unknown, v: unknown, opts: unknown) {
   const parts = a.options.parts === undefined ? 0 : PARTS[checkOneOf(a.options.parts, 'opts.parts', ['compute', 'transfers'] as const)!];
   const onStepTimes = a.options.onStepTimes;
   if (onStepTimes !== undefined && typeof onStepTimes !== 'function') fail('type', `opts.onStepTimes: expected a function, got ${describe(onStepTimes)}`);
-  return { ...a, groupId, group, zigzag: layout === 'zigzag', parts, onStepTimes };
+  const failAtStep = a.options.failAtStep === undefined ? undefined : checkInteger(a.options.failAtStep, 'opts.failAtStep', 0, 2 ** 31 - 1);
+  return { ...a, groupId, group, zigzag: layout === 'zigzag', parts, onStepTimes, failAtStep };
 }
 
 /** Attention over the whole sequence, each rank holding one shard of q, k and v. Every rank of the group must call it. */
@@ -67,9 +73,10 @@ export function ringAttention(q: Tensor, k: Tensor, v: Tensor, opts: RingAttenti
   const a = checkRing(q, k, v, opts);
   const timed = a.onStepTimes !== undefined;
   const [out, lse, times] = a.group.backend === 'nccl'
-    ? native.ncclRingForward(a.groupId, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed, false, a.documentIds)
+    ? native.ncclRingForward(a.groupId, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed, false,
+      a.documentIds, a.failAtStep)
     : native.ringForward(a.groupId, a.group.rank, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed,
-      false, a.documentIds);
+      false, a.documentIds, a.failAtStep);
   const [b, s, h] = a.q.shape as [number, number, number];
   const result = { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
   stepTimes(a, times);
@@ -89,8 +96,9 @@ export function ringAttentionBackward(
   const h = [f.dout.handle('dout'), a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), f.out.handle('out'), f.lse.handle('lse')] as const;
   const timed = a.onStepTimes !== undefined;
   const [dq, dk, dv, times] = a.group.backend === 'nccl'
-    ? native.ncclRingBackward(a.groupId, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic, a.documentIds)
-    : native.ringBackward(a.groupId, a.group.rank, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic, a.documentIds);
+    ? native.ncclRingBackward(a.groupId, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic, a.documentIds, a.failAtStep)
+    : native.ringBackward(a.groupId, a.group.rank, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic, a.documentIds,
+      a.failAtStep);
   const result = {
     dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),
     dk: Tensor.fromHandle(dk, a.k.shape, a.k.dtype, a.k.device),

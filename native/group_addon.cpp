@@ -137,7 +137,8 @@ Napi::Value GroupBarrier(const Napi::CallbackInfo& info) {
 
 // The ring calls' arguments from `at` on: causal, scale, zigzag, then optionally (benchmarks
 // only) the parts to run (0 both, 1 compute only, 2 transfers only) and whether to time each
-// step into `times`, then deterministic (backward) and this shard's document ids.
+// step into `times`, then deterministic (backward), this shard's document ids, and (tests only)
+// the step at which this rank fails.
 ra::ring::RingShape ring_shape(const Napi::CallbackInfo& info, size_t at, const Tensor& q, const Tensor& k,
                                std::vector<ra::ring::StepTime>& times) {
   if (q.shape.size() != 4 || k.shape.size() != 4 || q.shape[0] != k.shape[0] || q.shape[1] != k.shape[1] ||
@@ -153,6 +154,7 @@ ra::ring::RingShape ring_shape(const Napi::CallbackInfo& info, size_t at, const 
   if (info.Length() > at + 4 && info[at + 4].ToBoolean()) s.step_times = &times;
   s.deterministic = info.Length() > at + 5 && info[at + 5].ToBoolean();
   if (info.Length() > at + 6 && !info[at + 6].IsUndefined()) s.docs = int32s(info[at + 6], "documentIds", q.shape[0] * q.shape[1]).Data();
+  if (info.Length() > at + 7 && info[at + 7].IsNumber()) s.fail_at_step = info[at + 7].As<Napi::Number>().Int32Value();
   return s;
 }
 // A ring call's results, then, when its steps were timed, a Float64Array of [compute, transfer,
@@ -181,7 +183,7 @@ void aborting_group_on_error(ra::ring::LocalTransport& t, F&& loop) {
   }
 }
 
-// ringForward(id, rank, q, k, v, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds]) -> [out, lse[, times]]
+// ringForward(id, rank, q, k, v, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds, failAtStep]) -> [out, lse[, times]]
 Napi::Value RingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
@@ -206,7 +208,7 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
   });
 }
 
-// ringBackward(id, rank, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds]) -> [dq, dk, dv[, times]]
+// ringBackward(id, rank, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds, failAtStep]) -> [dq, dk, dv[, times]]
 Napi::Value RingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
@@ -331,7 +333,7 @@ Napi::Value NcclBarrier(const Napi::CallbackInfo& info) {
   });
 }
 
-// ncclRingForward(group, q, k, v, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds]) -> [out, lse[, times]] (CUDA tensors)
+// ncclRingForward(group, q, k, v, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds, failAtStep]) -> [out, lse[, times]] (CUDA tensors)
 Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &q = unwrap(env, info[1], "q"), &k = unwrap(env, info[2], "k"), &v = unwrap(env, info[3], "v");
@@ -343,7 +345,7 @@ Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
   });
 }
 
-// ncclRingBackward(group, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds]) -> [dq, dk, dv[, times]]
+// ncclRingBackward(group, dout, q, k, v, out, lse, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds, failAtStep]) -> [dq, dk, dv[, times]]
 Napi::Value NcclRingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &dout = unwrap(env, info[1], "dout"), &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"),

@@ -166,6 +166,7 @@ void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const T
                     timer.transfer(step, 0));
       arrived.record(comm.s);
     }
+    s.fail_if_asked(step);
     const ring::Plan pl = ring::plan(s, r, (r - step + N) % N);
     StepTimer::begin(timer.compute(step), compute.s);
     if (!pl.skip && s.computes()) {
@@ -227,6 +228,7 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
                     timer.transfer(step, 0));
       kv_arrived.record(comm.s);
     }
+    s.fail_if_asked(step);
     const ring::Plan pl = ring::plan(s, r, (r - step + N) % N);
     // An empty range leaves step_dkv as it was: nothing to add.
     const bool computes = !pl.skip && s.computes() && pl.q_len > 0 && pl.k_len > 0;

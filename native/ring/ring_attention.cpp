@@ -158,6 +158,7 @@ void ring_forward(Transport& t, const RingShape& s, const float* q, const float*
     clock.begin(step);
     const bool move = s.moves() && step + 1 < N;
     if (move) clock.transfer(step, [&] { t.send(next, TAG_KV, kv); });
+    s.fail_if_asked(step);
     const Plan pl = plan(s, r, (r - step + N) % N);
     if (!pl.skip && s.computes())
       clock.compute(step, [&] {
@@ -187,6 +188,7 @@ void ring_backward(Transport& t, const RingShape& s, const float* dout, const fl
     clock.begin(step);
     const bool move = s.moves() && step + 1 < N;
     if (move) clock.transfer(step, [&] { t.send(next, TAG_KV, kv); });
+    s.fail_if_asked(step);
     if (step > 0 && s.moves())
       clock.transfer(step, [&] { dkv = checked(t.recv(prev, TAG_DKV), 2 * n_kv, prev, "dK/dV block"); });
     const Plan pl = plan(s, r, (r - step + N) % N);

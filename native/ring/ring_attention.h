@@ -30,8 +30,15 @@ struct RingShape {
   // Packed sequences: the document of each token of this rank's shard ([batch, seq], host
   // memory), or null. They travel with the K/V block, so that a query sees only its document.
   const int32_t* docs = nullptr;
+  // Tests only: this rank throws at this step, after posting its transfer, as a failure in the
+  // middle of a call would (peers then wait on it); -1 for none. Not compared across ranks.
+  int fail_at_step = -1;
   bool computes() const { return parts != Parts::TransfersOnly; }
   bool moves() const { return parts != Parts::ComputeOnly; }
+  void fail_if_asked(int step) const {
+    if (step == fail_at_step)
+      throw UserError("Error", "ring step " + std::to_string(step) + " failed as asked (failAtStep, a test)");
+  }
 };
 
 // The part of the block that started on rank `src` which rank `rank` computes with: query

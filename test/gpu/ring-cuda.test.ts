@@ -115,6 +115,19 @@ describe.skipIf(!cuda.available)(title, () => {
     }
   });
 
+  it('a rank that fails part-way fails the whole ring fast, later calls are refused, and the GPU stays usable', async () => {
+    const started = Date.now();
+    const out = await launch({ worldSize: 3 }, new URL('../fixtures/ring-retry.mjs', import.meta.url), { device: 'cuda' }) as { first: string; second: string }[];
+    expect(out[1]!.first).toBe('Error: ring step 0 failed as asked (failAtStep, a test)');
+    for (const r of [out[0]!, out[2]!]) expect(r.first).toMatch(/group aborted: rank 1 failed in ring attention: ring step 0 failed/);
+    for (const r of out) expect(r.second).toMatch(/group aborted: rank 1 failed in ring attention/);
+    expect(Date.now() - started).toBeLessThan(20_000);
+    // The streams were drained and the context survived: a correct ring runs after it.
+    const x: Dims = { batch: 1, seqQ: 160, seqK: 160, heads: 4, kvHeads: 2, dim: 64 };
+    const r = await runRing(x, 2, true, 'zigzag');
+    expect(relErr(r.out, attentionRef(r.inputs.q, r.inputs.k, r.inputs.v, x, { causal: true }).out)).toBeLessThan(1.5e-2);
+  });
+
   it('a rank with a mismatched shard fails the whole ring up front, naming it, and the GPU stays usable', async () => {
     const started = Date.now();
     const error = await launch({ worldSize: 3 }, new URL('../fixtures/mismatched-shards.mjs', import.meta.url), { device: 'cuda' }).catch((e) => e);
