@@ -68,7 +68,8 @@ inline void check_signatures(const std::vector<std::vector<double>>& rows) {
 }
 
 // Threads of one process compare on every call: it costs a barrier, not a wait for a device.
-// Float32 holds each field exactly (the scale is a float; lengths and counts below 2^24).
+// Float32 holds each field exactly (the scale is a float) for lengths and counts below 2^24;
+// past that two lengths may compare equal, and the size check of the first block refuses them.
 inline void agree_in_process(Transport& t, const std::vector<double>& signature) {
   const size_t n = signature.size(), world = size_t(t.world_size());
   std::vector<float> sums(n * world, 0.f);
