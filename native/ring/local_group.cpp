@@ -19,14 +19,16 @@ const char* tag_name(int tag) {
 template <typename Ready>
 void LocalGroup::wait(std::unique_lock<std::mutex>& lock, int me, Ready ready, const std::string& what) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
-  while (!ready()) {
+  // The abort first: it names the failure that began it, which may also be why a peer has left
+  // (what ready() throws for).
+  for (;;) {
     if (!aborted_.empty()) throw UserError("Aborted", "group aborted: " + aborted_);
-    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && !ready() && aborted_.empty())
+    if (ready()) return;
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && aborted_.empty() && !ready())
       throw UserError("Error", "rank " + std::to_string(me) + " timed out after " + std::to_string(timeout_ms_) +
                                    " ms waiting for " + what +
                                    "; every rank must make the same collective calls in the same order");
   }
-  if (!aborted_.empty()) throw UserError("Aborted", "group aborted: " + aborted_);
 }
 
 void LocalGroup::check_usable(int rank) {
