@@ -182,6 +182,15 @@ void aborting_group_on_error(ra::ring::LocalTransport& t, F&& loop) {
     throw;
   }
 }
+// One ring call on this rank: the ranks first compare their arguments (ring/signature.h), and a
+// failure, there or in `loop`, aborts the group.
+template <typename F>
+void ring_call(ra::ring::LocalTransport& t, const ra::ring::RingShape& s, const Tensor& q, bool backward, F&& loop) {
+  aborting_group_on_error(t, [&] {
+    ra::ring::agree_in_process(t, ra::ring::call_signature(s, q.dtype, q.device, backward));
+    loop();
+  });
+}
 
 // ringForward(id, rank, q, k, v, causal, scale, zigzag[, parts, timeSteps, deterministic, documentIds, failAtStep]) -> [out, lse[, times]]
 Napi::Value RingForward(const Napi::CallbackInfo& info) {
@@ -192,18 +201,12 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
     auto s = ring_shape(info, 5, q, k, times);
     if (q.device == Device::CUDA) {
       auto r = cuda_fwd_outputs(q, s);
-      aborting_group_on_error(t, [&] {
-        ra::ring::agree_in_process(t, ra::ring::call_signature(s, q.dtype, q.device, false));
-        ra::cuda::ring_forward(t, s, q, k, v, r.t[0], r.t[1]);
-      });
+      ring_call(t, s, q, false, [&] { ra::cuda::ring_forward(t, s, q, k, v, r.t[0], r.t[1]); });
       return with_times(env, wrap_all(env, r.t), s);
     }
     F32 q32(q), k32(k), v32(v);
     Output outs[] = {{q.shape, q.dtype}, {{s.batch, s.heads, s.seq}, DType::F32}};
-    aborting_group_on_error(t, [&] {
-      ra::ring::agree_in_process(t, ra::ring::call_signature(s, q.dtype, q.device, false));
-      ra::ring::ring_forward(t, s, q32.ptr, k32.ptr, v32.ptr, outs[0].ptr, outs[1].ptr);
-    });
+    ring_call(t, s, q, false, [&] { ra::ring::ring_forward(t, s, q32.ptr, k32.ptr, v32.ptr, outs[0].ptr, outs[1].ptr); });
     return with_times(env, wrap_all(env, outs), s);
   });
 }
@@ -218,16 +221,12 @@ Napi::Value RingBackward(const Napi::CallbackInfo& info) {
     auto s = ring_shape(info, 8, q, k, times);
     if (q.device == Device::CUDA) {
       auto r = cuda_bwd_outputs(q, k);
-      aborting_group_on_error(t, [&] {
-        ra::ring::agree_in_process(t, ra::ring::call_signature(s, q.dtype, q.device, true));
-        ra::cuda::ring_backward(t, s, dout, q, k, v, out, lse, r.t[0], r.t[1], r.t[2]);
-      });
+      ring_call(t, s, q, true, [&] { ra::cuda::ring_backward(t, s, dout, q, k, v, out, lse, r.t[0], r.t[1], r.t[2]); });
       return with_times(env, wrap_all(env, r.t), s);
     }
     F32 do32(dout), q32(q), k32(k), v32(v), o32(out), l32(lse);
     Output outs[] = {{q.shape, q.dtype}, {k.shape, k.dtype}, {v.shape, v.dtype}};
-    aborting_group_on_error(t, [&] {
-      ra::ring::agree_in_process(t, ra::ring::call_signature(s, q.dtype, q.device, true));
+    ring_call(t, s, q, true, [&] {
       ra::ring::ring_backward(t, s, do32.ptr, q32.ptr, k32.ptr, v32.ptr, o32.ptr, l32.ptr, outs[0].ptr, outs[1].ptr,
                               outs[2].ptr);
     });
