@@ -1,6 +1,7 @@
 // NCCL process groups (see group.h). Host code only; compiled by nvcc for the CUDA runtime.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -9,7 +10,6 @@
 #include <thread>
 #include <vector>
 
-#include "../cuda/device.h"
 #include "group.h"
 
 namespace ra::nccl {
@@ -48,12 +48,14 @@ class Group {
         throw UserError("Error", "ncclCommInitRankConfig failed on rank " + std::to_string(rank) + ": " + api_.GetErrorString(r));
       }
       settle("joining the communicator (ncclCommInitRankConfig)");
+      allocate_buffers();
     } catch (...) {
+      if (comm_) abort();  // a rank that cannot allocate after joining leaves its peers to time out, as any dead rank
+      free_buffers();
       cudaEventDestroy(ready_);  // no destructor runs for a constructor that throws
       cudaStreamDestroy(stream_);
       throw;
     }
-    scratch_ = cuda::alloc(sizeof(float));
   }
   ~Group() {
     try {
@@ -68,7 +70,7 @@ class Group {
     for (auto& f : inflight_) cudaEventDestroy(f.done);
     cudaEventDestroy(ready_);
     cudaStreamDestroy(stream_);
-    cuda::release(scratch_);
+    free_buffers();
   }
 
   // Sends are posted with the next recv (or before the next collective) inside one NCCL group,
@@ -150,26 +152,22 @@ class Group {
   // of zeros) and waits for it. Waiting costs the host its lead over the GPU, so values that
   // every rank has passed before are not gathered again; ranks that made the same calls so
   // make the same collectives. A group of one compares too, so that one GPU runs this path.
+  // The buffers are the group's own, made with it: nothing to allocate (or run out of) here,
+  // and no kernel on another stream can still be using them.
   std::vector<std::vector<double>> disagreement(const std::vector<double>& values, const std::string& what) {
     if (agreed_.count(values)) return {};
+    if (values.size() > kMaxCompared) throw UserError("Error", "internal: " + what + " has more values than the group's buffer holds");
     const size_t n = values.size(), count = n * size_t(world_), bytes = count * sizeof(double);
     flush();
     const ncclComm_t comm = live();
-    // Both buffers are left unfreed after any error: NCCL or a copy might still write them.
-    void* dev = cuda::alloc(bytes);
-    double* rows = new double[count]();
-    std::copy(values.begin(), values.end(), rows + n * size_t(rank_));
-    after_default_stream();  // `dev` comes from the cache: kernels queued there may still use it
-    wait(what);  // idle, so that a copy from pageable memory has nothing to wait for unbounded
-    check_cuda(cudaMemcpyAsync(dev, rows, bytes, cudaMemcpyHostToDevice, stream_), "copying " + what);
-    check(api_.AllReduce(dev, dev, count, ncclFloat64, ncclSum, comm, stream_), "ncclAllReduce");
+    std::fill(compare_host_, compare_host_ + count, 0.0);  // the last call's copy back has finished: it was waited for
+    std::copy(values.begin(), values.end(), compare_host_ + n * size_t(rank_));
+    check_cuda(cudaMemcpyAsync(compare_dev_, compare_host_, bytes, cudaMemcpyHostToDevice, stream_), "copying " + what);
+    check(api_.AllReduce(compare_dev_, compare_dev_, count, ncclFloat64, ncclSum, comm, stream_), "ncclAllReduce");
+    check_cuda(cudaMemcpyAsync(compare_host_, compare_dev_, bytes, cudaMemcpyDeviceToHost, stream_), "copying " + what);
     wait(what);
-    check_cuda(cudaMemcpyAsync(rows, dev, bytes, cudaMemcpyDeviceToHost, stream_), "copying " + what);
-    wait(what);
-    cuda::release(dev);
     std::vector<std::vector<double>> out;
-    for (size_t r = 0; r < size_t(world_); ++r) out.emplace_back(rows + n * r, rows + n * (r + 1));
-    delete[] rows;
+    for (size_t r = 0; r < size_t(world_); ++r) out.emplace_back(compare_host_ + n * r, compare_host_ + n * (r + 1));
     for (const auto& row : out)
       if (row != values) return out;
     if (agreed_.size() >= 64) agreed_.clear();  // bounded; cleared alike on every rank
@@ -178,6 +176,25 @@ class Group {
   }
 
  private:
+  // With plain cudaMalloc, not the cache: a cached block may still be in use by kernels on the
+  // default stream, which the barrier and the comparison do not wait for. Pinned host memory,
+  // so that the comparison's copies are queued on stream_ and bounded by its wait.
+  void allocate_buffers() {
+    check_cuda(cudaMalloc(&scratch_, sizeof(float)), "allocating the group's barrier buffer");
+    const size_t bytes = kMaxCompared * size_t(world_) * sizeof(double);
+    check_cuda(cudaMalloc(&compare_dev_, bytes), "allocating the group's comparison buffer");
+    void* host = nullptr;
+    check_cuda(cudaMallocHost(&host, bytes), "allocating the group's pinned comparison buffer");
+    compare_host_ = static_cast<double*>(host);
+  }
+  // After an abort NCCL has stopped its kernels, and cudaFree waits for the device.
+  void free_buffers() {
+    if (scratch_) cudaFree(scratch_);
+    if (compare_dev_) cudaFree(compare_dev_);
+    if (compare_host_) cudaFreeHost(compare_host_);
+    scratch_ = compare_dev_ = nullptr;
+    compare_host_ = nullptr;
+  }
   // Enqueues one NCCL group of in-place sums on stream_, after the default stream's work.
   void post_all_reduce(const std::vector<Tensor*>& ts) {
     flush();  // pending sends go first, in a group of their own
@@ -308,7 +325,10 @@ class Group {
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   cudaEvent_t ready_ = nullptr;  // recorded on the default stream, waited for by stream_
-  void* scratch_ = nullptr;
+  void* scratch_ = nullptr;                 // the barrier's one float
+  static constexpr size_t kMaxCompared = 32;  // values per rank disagreement() can compare
+  void* compare_dev_ = nullptr;             // kMaxCompared doubles per rank
+  double* compare_host_ = nullptr;          // the same, pinned
   struct PendingSend {
     std::shared_ptr<Storage> storage;
     size_t count;

@@ -5,12 +5,13 @@
 // except the next fake_records_done_at_once of them; fake_event_error replaces every answer
 // of cudaEventQuery.
 #pragma once
+#include <cstdlib>
 #include <cstring>
 #include <set>
 #include <string>
 #include <vector>
 
-enum cudaError_t { cudaSuccess = 0, cudaErrorNotReady = 600, cudaErrorIllegalAddress = 700 };
+enum cudaError_t { cudaSuccess = 0, cudaErrorMemoryAllocation = 2, cudaErrorNotReady = 600, cudaErrorIllegalAddress = 700 };
 struct CUstream_st { int id; };
 struct CUevent_st { int id; };
 typedef CUstream_st* cudaStream_t;
@@ -57,6 +58,24 @@ inline cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) 
   fake_log.push_back(fake_name(s) + " waits event" + std::to_string(e->id));
   return cudaSuccess;
 }
+// Device and pinned memory alike are host memory here, counted while they live.
+inline int fake_live_buffers = 0;
+inline cudaError_t cudaMalloc(void** p, size_t n) {
+  *p = std::malloc(n ? n : 1);
+  ++fake_live_buffers;
+  return cudaSuccess;
+}
+inline bool fake_pinned_refused = false;  // cudaMallocHost answers out of memory
+inline cudaError_t cudaMallocHost(void** p, size_t n) {
+  if (fake_pinned_refused) return cudaErrorMemoryAllocation;
+  return cudaMalloc(p, n);
+}
+inline cudaError_t cudaFree(void* p) {
+  std::free(p);
+  --fake_live_buffers;
+  return cudaSuccess;
+}
+inline cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2 };
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind, cudaStream_t s) {
   fake_log.push_back("copy " + std::to_string(n) + " bytes on " + fake_name(s));

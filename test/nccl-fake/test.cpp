@@ -25,10 +25,6 @@ Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {
   t.storage = std::make_shared<Storage>(device, size_t(t.numel()) * dtype_size(dtype));
   return t;
 }
-namespace cuda {
-void* alloc(size_t n) { return std::malloc(n); }
-void release(void* p) { std::free(p); }
-}  // namespace cuda
 }  // namespace ra
 
 using namespace ra::nccl;
@@ -295,14 +291,25 @@ int main() {
   // A rank that never joins: init stays in progress; the constructor gives up at the timeout
   // and frees its stream and event.
   reset();
-  const int streams = fake_live_streams, events = fake_live_events;
+  const int streams = fake_live_streams, events = fake_live_events, buffers = fake_live_buffers;
   fake::init_result = ncclInProgress;
   fake::async_state = ncclInProgress;
   auto [join, join_ms] = thrown([&] { create_group(id, 2, 3, 0, 100); });
   expect(has(join, "joining the communicator (ncclCommInitRankConfig) on rank 2 did not finish within 100 ms") &&
              has(join, "never joined"), "never joined: " + join);
   expect(join_ms >= 100 && fake::aborts == 1, "gave up after " + std::to_string(join_ms) + " ms and aborted");
-  expect(fake_live_streams == streams && fake_live_events == events, "no stream or event left behind");
+  expect(fake_live_streams == streams && fake_live_events == events && fake_live_buffers == buffers,
+         "no stream, event or buffer left behind");
+
+  // A rank that joins but cannot allocate the group's buffers: it aborts its communicator (its
+  // peers meet their timeout, as with any dead rank) and frees what it made.
+  reset();
+  fake_pinned_refused = true;
+  auto [oom, oom_ms] = thrown([&] { create_group(id, 0, 2, 0, 100); });
+  fake_pinned_refused = false;
+  expect(has(oom, "allocating the group's pinned comparison buffer failed") && fake::aborts == 1 &&
+             fake_live_streams == streams && fake_live_events == events && fake_live_buffers == buffers,
+         "no memory after joining: aborted, nothing left behind: " + oom);
 
   // Ranks compare their ring arguments before the first transfer (a size mismatch would hang
   // NCCL): one float64 allReduce of a row per rank, waited for, and only for values not agreed before.
@@ -314,10 +321,9 @@ int main() {
   const std::string gathered = joined();
   const size_t up = gathered.find("copy 72 bytes on stream"), sum = gathered.find("allReduce 9 on stream"),
                down = gathered.rfind("copy 72 bytes on stream");
-  expect(gathered.find("on default") < gathered.find("waits event") && gathered.find("waits event") < up && up < sum &&
-             sum < down && down != std::string::npos,
-         "after the default stream (the buffer may be cached memory kernels still use), one allReduce of 3 ranks x 3 "
-         "values through the group's stream: " + gathered);
+  expect(gathered.find("default") == std::string::npos && up < sum && sum < down && down != std::string::npos,
+         "one allReduce of 3 ranks x 3 values through the group's stream, in the group's own buffers (no wait for "
+         "the default stream): " + gathered);
   fake_log.clear();
   expect(disagreement(g, mine, "comparing").empty() && fake_log.empty(), "values agreed before: no traffic, no wait: " + joined());
   fake::edit = [](double* rows, size_t len) { rows[2 * len + 1] = 4000; };
@@ -327,6 +333,8 @@ int main() {
          "a rank that differs: every row back, the communicator not aborted");
   fake_log.clear();
   expect(disagreement(g, other, "comparing").size() == 3 && has(joined(), "allReduce 9"), "values that differed are compared again");
+  auto [too_many, too_many_ms] = thrown([&] { disagreement(g, std::vector<double>(33, 1.0), "comparing"); });
+  expect(has(too_many, "more values than the group's buffer holds") && fake::aborts == 0, "too many values refused: " + too_many);
   // What the ring says of a mismatch (cuda/ring_cuda.cu): the fields that differ, by name.
   ra::ring::RingShape shape{1, 4096, 32, 8, 128, 0.088f, true, true};
   auto r0 = ra::ring::call_signature(shape, ra::DType::BF16, ra::Device::CUDA, false);
@@ -353,8 +361,9 @@ int main() {
   g = create_group(id, 0, 2, 0, 1000);
   const int destroyed = fake::destroys;
   destroy_group(g);
-  expect(fake::destroys == destroyed + 1 && fake_live_streams == streams && fake_live_events == events,
-         "destroy: communicator destroyed, stream and events freed");
+  expect(fake::destroys == destroyed + 1 && fake_live_streams == streams && fake_live_events == events &&
+             fake_live_buffers == buffers,
+         "destroy: communicator destroyed, stream, events and buffers freed");
 
   printf("%d failures\n", failures);
   return failures != 0;
