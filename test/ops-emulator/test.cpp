@@ -210,7 +210,7 @@ void adamw(int64_t n) {
     wp[i] = p[i] * (1 - double(lr) * wd) - lr / bc1 * wm[i] / (std::sqrt(wv[i]) / std::sqrt(bc2) + eps);
   }
   launch_adamw(p.data(), g.data(), m.data(), v.data(), n, b1, b2, eps, float(lr / bc1), float(std::sqrt(bc2)),
-               1.f - lr * wd, nullptr);
+               float(double(lr) * wd), nullptr);
   const std::string nm = "adamw n" + std::to_string(n);
   check(nm + " param", p, wp, 2e-6);
   check(nm + " m", m, wm, 2e-6);

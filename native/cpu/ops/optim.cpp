@@ -20,7 +20,7 @@ void adamw(float* param, const float* grad, float* m, float* v, int64_t n, int64
   const double bc2 = 1.0 - std::pow(double(beta2), double(step));
   const float step_size = float(double(lr) / bc1);
   const float bc2_sqrt = float(std::sqrt(bc2));
-  const float decay = 1.f - lr * weight_decay;
+  const float lr_wd = float(double(lr) * weight_decay);  // joins the update unrounded (see optim.cuh)
   for_chunks(n, GRAIN, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const float g = grad[i];
@@ -29,7 +29,7 @@ void adamw(float* param, const float* grad, float* m, float* v, int64_t n, int64
       m[i] = mi;
       v[i] = vi;
       const float denom = std::sqrt(vi) / bc2_sqrt + eps;
-      param[i] = param[i] * decay - step_size * (mi / denom);
+      param[i] = param[i] - (lr_wd * param[i] + step_size * (mi / denom));
     }
   });
 }

@@ -16,9 +16,10 @@ void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, int64_t step
   // the scalars exactly as the CPU op computes them
   const double bc1 = 1.0 - std::pow(double(beta1), double(step));
   const double bc2 = 1.0 - std::pow(double(beta2), double(step));
-  const float step_size = float(double(lr) / bc1), bc2_sqrt = float(std::sqrt(bc2)), decay = 1.f - lr * weight_decay;
+  const float step_size = float(double(lr) / bc1), bc2_sqrt = float(std::sqrt(bc2)),
+              lr_wd = float(double(lr) * weight_decay);
   launch_adamw(ptr<float>(param), ptr<float>(grad), ptr<float>(m), ptr<float>(v), n, beta1, beta2, eps, step_size,
-               bc2_sqrt, decay, nullptr);
+               bc2_sqrt, lr_wd, nullptr);
   check_launch("adamw kernel launch");
 }
 

@@ -14,7 +14,7 @@ constexpr int kSumSmem = 32 * sizeof(double);
 
 template <typename F>  // a template only so that the header may be included anywhere
 __global__ void adamw_kernel(F* param, const F* grad, F* m, F* v, int64_t n, F beta1, F beta2, F eps, F step_size,
-                             F bc2_sqrt, F decay) {
+                             F bc2_sqrt, F lr_wd) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = grad[i];
     const float mi = beta1 * m[i] + (1.f - beta1) * g;
@@ -22,7 +22,9 @@ __global__ void adamw_kernel(F* param, const F* grad, F* m, F* v, int64_t n, F b
     m[i] = mi;
     v[i] = vi;
     const float denom = sqrtf(vi) / bc2_sqrt + eps;
-    param[i] = param[i] * decay - step_size * (mi / denom);
+    // The decay joins the update before rounding: 1 - lr*wd would round lr*wd to float32's
+    // spacing near 1 (6e-8), and lose it entirely below half of that (torch's fused AdamW).
+    param[i] = param[i] - (lr_wd * param[i] + step_size * (mi / denom));
   }
 }
 
@@ -52,9 +54,9 @@ __global__ void add_kernel(T* a, const T* b, int64_t n) {
 
 // One torch.optim.AdamW step in place (see native/cpu/ops.h for the formula).    param, m, v updated
 inline void launch_adamw(float* param, const float* grad, float* m, float* v, int64_t n, float beta1, float beta2,
-                         float eps, float step_size, float bc2_sqrt, float decay, cudaStream_t stream) {
+                         float eps, float step_size, float bc2_sqrt, float lr_wd, cudaStream_t stream) {
   RA_LAUNCH(adamw_kernel<float>, dim3{grid_for(n, kOptimThreads)}, kOptimThreads, 0, stream, param, grad, m, v, n, beta1,
-            beta2, eps, step_size, bc2_sqrt, decay);
+            beta2, eps, step_size, bc2_sqrt, lr_wd);
 }
 // How many partials launch_sum_of_squares writes for n values.
 inline unsigned sum_of_squares_blocks(int64_t n) { return grid_for(n, kOptimThreads, kSumBlocks); }
