@@ -242,8 +242,14 @@ export async function saveLlama(dir: string, model: LlamaModel): Promise<void> {
   if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
   if (!(model instanceof LlamaModel)) fail('type', `model: expected a LlamaModel, got ${describe(model)}`);
   await mkdir(dir, { recursive: true });
-  const out: Record<string, TensorToWrite> = {};
-  for (const [name, t] of model.tensors) out[name] = { shape: [...t.shape], data: t.handle(`model '${name}'`).toFloat32Array() };
-  await writeSafetensors(join(dir, SINGLE_FILE), out, { format: 'pt' });
-  await writeFile(join(dir, 'config.json'), `${JSON.stringify(hfConfigJson(model.config), null, 2)}\n`);
+  const { weights, config } = llamaFiles(model);
+  await writeSafetensors(join(dir, SINGLE_FILE), weights, { format: 'pt' });
+  await writeFile(join(dir, 'config.json'), config);
+}
+
+/** @internal What saveLlama writes: the weights (by transformers' names) and config.json's text. */
+export function llamaFiles(model: LlamaModel): { weights: Record<string, TensorToWrite>; config: string } {
+  const weights: Record<string, TensorToWrite> = {};
+  for (const [name, t] of model.tensors) weights[name] = { shape: [...t.shape], data: t.handle(`model '${name}'`).toFloat32Array() };
+  return { weights, config: `${JSON.stringify(hfConfigJson(model.config), null, 2)}\n` };
 }

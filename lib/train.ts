@@ -2,13 +2,15 @@
 // counted target of the whole sequence, gradients are summed over the ranks, clipped by their
 // global norm, and applied with AdamW. Checkpoints hold the weights (as transformers loads
 // them), AdamW's moments and the step.
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { checkBoolean, checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
 import { ProcessGroup, type AllReduceWork } from './group.js';
 import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type RunContext } from './llama.js';
-import { LlamaModel, paramsFromMap, saveLlama, type LlamaParams } from './llama-model.js';
+import { loadLlamaConfig } from './llama-config.js';
+import { hfConfigJson, llamaFiles, LlamaModel, paramsFromMap, type LlamaParams } from './llama-model.js';
 import { adamw, copy, scale, sumOfSquares } from './ops.js';
 import { readSafetensors } from './safetensors.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
@@ -88,6 +90,15 @@ interface MicroBatch {
 
 const TRAINER_FILE = 'trainer.json';
 const OPTIMIZER_FILE = 'optimizer.safetensors';
+const WEIGHTS_FILE = 'model.safetensors';
+const SAVE_KEY = 'ring_attention_save'; // the id of the save a checkpoint's safetensors file belongs to
+
+/** JSON with object keys sorted, so that two configs compare by content, not key order. */
+function canonical(v: unknown): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v);
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`).join(',')}}`;
+}
 
 function positiveNumber(v: unknown, name: string, dflt: number, min = 0, inclusive = true): number {
   if (v === undefined) return dflt;
@@ -263,20 +274,22 @@ export class Trainer implements Disposable {
   step(tokens: Int32Array | readonly Int32Array[], targets: Int32Array | readonly Int32Array[], opts?: StepOptions): StepResult {
     const loss = this.backward(tokens, targets, opts);
     const gradNorm = this.gradNorm();
-    if (!Number.isFinite(gradNorm)) throw new Error(`step ${this.#step + 1}: the gradient norm is ${gradNorm} (loss ${loss}); no update was applied`);
+    // A step that throws here leaves the weights, the moments and stepCount as they were.
+    const step = this.#step + 1;
+    if (!Number.isFinite(gradNorm)) throw new Error(`step ${step}: the gradient norm is ${gradNorm} (loss ${loss}); no update was applied`);
+    const lr = typeof this.#o.lr === 'function' ? this.#o.lr(step) : this.#o.lr;
+    positiveNumber(lr, `opts.lr(${step})`, 0);
     const { maxGradNorm, betas, eps, weightDecay } = this.#o;
     if (maxGradNorm !== undefined) {
       const coef = maxGradNorm / (gradNorm + 1e-6); // as torch.nn.utils.clip_grad_norm_
       if (coef < 1) for (const g of this.gradients.values()) scale(g, coef);
     }
-    const step = ++this.#step;
-    const lr = typeof this.#o.lr === 'function' ? this.#o.lr(step) : this.#o.lr;
-    positiveNumber(lr, `opts.lr(${step})`, 0);
     for (const [name, p] of this.model.tensors) {
       // Decoupled weight decay on matrices only: norm weights (1-D) are not decayed, as usual for LLaMA.
       const wd = p.shape.length === 1 ? 0 : weightDecay;
       adamw(p, this.gradients.get(name)!, this.#m.get(name)!, this.#v.get(name)!, { step, lr, beta1: betas[0], beta2: betas[1], eps, weightDecay: wd });
     }
+    this.#step = step;
     this.model.syncCompute();
     return { loss, gradNorm };
   }
@@ -285,30 +298,53 @@ export class Trainer implements Disposable {
    * Writes dir/config.json + model.safetensors (the weights, as transformers loads them),
    * dir/optimizer.safetensors (AdamW's m and v) and dir/trainer.json (the step). In a group,
    * rank 0 writes (every rank holds the same state) and every rank returns once it is written.
+   * Each file is written beside its place and then renamed into it, trainer.json last, and the
+   * files carry one id per save: a save cut short leaves the last checkpoint, or files that a
+   * restore refuses as a mix of two saves, never a mix it would accept.
    */
   async saveCheckpoint(dir: string): Promise<void> {
     if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
     const group = this.#o.group;
     if (!group || group.rank === 0) {
       await mkdir(dir, { recursive: true });
-      await saveLlama(dir, this.model);
-      const out: Record<string, TensorToWrite> = {};
+      const save = randomUUID(), part = (f: string) => join(dir, `${f}.partial`);
+      const { weights, config } = llamaFiles(this.model);
+      const moments: Record<string, TensorToWrite> = {};
       for (const [kind, map] of [['m', this.#m], ['v', this.#v]] as const)
-        for (const [n, t] of map) out[`${kind}.${n}`] = { shape: [...t.shape], data: t.handle(n).toFloat32Array() };
-      await writeSafetensors(join(dir, OPTIMIZER_FILE), out, { format: 'pt' });
-      await writeFile(join(dir, TRAINER_FILE), `${JSON.stringify({ format: 'ring-attention-trainer', version: 1, step: this.#step }, null, 2)}\n`);
+        for (const [n, t] of map) moments[`${kind}.${n}`] = { shape: [...t.shape], data: t.handle(n).toFloat32Array() };
+      await writeFile(part('config.json'), config);
+      await writeSafetensors(part(WEIGHTS_FILE), weights, { format: 'pt', [SAVE_KEY]: save });
+      await writeSafetensors(part(OPTIMIZER_FILE), moments, { format: 'pt', [SAVE_KEY]: save });
+      await writeFile(part(TRAINER_FILE), `${JSON.stringify({ format: 'ring-attention-trainer', version: 2, save, step: this.#step }, null, 2)}\n`);
+      for (const f of ['config.json', WEIGHTS_FILE, OPTIMIZER_FILE, TRAINER_FILE]) await rename(part(f), join(dir, f));
     }
     group?.barrier();
   }
 
-  /** Restores weights, AdamW's moments and the step from a saveCheckpoint() directory of the same model shape. */
+  /**
+   * Restores weights, AdamW's moments and the step from a saveCheckpoint() directory, into a
+   * model of the same config (each differing config.json key is refused by name). AdamW's
+   * settings and the learning rate stay this trainer's (unlike torch's load_state_dict, which
+   * restores them from the checkpoint).
+   */
   async restoreCheckpoint(dir: string): Promise<void> {
     if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
-    const meta = JSON.parse(await readFile(join(dir, TRAINER_FILE), 'utf8')) as { format?: unknown; step?: unknown };
-    if (meta.format !== 'ring-attention-trainer') fail('range', `${join(dir, TRAINER_FILE)}: not a trainer checkpoint (format ${describe(meta.format)})`);
-    const step = checkInteger(meta.step, `${join(dir, TRAINER_FILE)}: step`, 0);
-    const weights = (await readSafetensors(join(dir, 'model.safetensors'))).tensors;
-    const moments = (await readSafetensors(join(dir, OPTIMIZER_FILE))).tensors;
+    const trainerFile = join(dir, TRAINER_FILE);
+    const meta = JSON.parse(await readFile(trainerFile, 'utf8')) as { format?: unknown; version?: unknown; save?: unknown; step?: unknown };
+    if (meta.format !== 'ring-attention-trainer') fail('range', `${trainerFile}: not a trainer checkpoint (format ${describe(meta.format)})`);
+    const step = checkInteger(meta.step, `${trainerFile}: step`, 0);
+    const saved = hfConfigJson(await loadLlamaConfig(join(dir, 'config.json'))), mine = hfConfigJson(this.model.config);
+    for (const key of Object.keys(mine))
+      if (canonical(saved[key]) !== canonical(mine[key]))
+        fail('range', `${join(dir, 'config.json')}: ${key} is ${canonical(saved[key])}, this model's is ${canonical(mine[key])}; a checkpoint restores into a model of the config it was saved from`);
+    const weightsFile = await readSafetensors(join(dir, WEIGHTS_FILE)), momentsFile = await readSafetensors(join(dir, OPTIMIZER_FILE));
+    if (meta.version !== 1) { // version 1 checkpoints carry no save id
+      if (typeof meta.save !== 'string') fail('range', `${trainerFile}: save: expected the save's id, got ${describe(meta.save)}`);
+      for (const [file, f] of [[WEIGHTS_FILE, weightsFile], [OPTIMIZER_FILE, momentsFile]] as const)
+        if (f.metadata[SAVE_KEY] !== meta.save)
+          fail('range', `${join(dir, file)}: written by another save than ${TRAINER_FILE} (save ${describe(f.metadata[SAVE_KEY])}, expected ${describe(meta.save)}); was a save interrupted?`);
+    }
+    const weights = weightsFile.tensors, moments = momentsFile.tensors;
     // Check everything before writing anything.
     const plan: [Tensor, Float32Array][] = [];
     const want = (file: string, map: typeof weights, key: string, t: Tensor) => {
@@ -319,12 +355,12 @@ export class Trainer implements Disposable {
       plan.push([t, got.data]);
     };
     for (const [n, t] of this.model.tensors) {
-      want('model.safetensors', weights, n, t);
+      want(WEIGHTS_FILE, weights, n, t);
       want(OPTIMIZER_FILE, moments, `m.${n}`, this.#m.get(n)!);
       want(OPTIMIZER_FILE, moments, `v.${n}`, this.#v.get(n)!);
     }
     const extra = [...weights.keys()].find((n) => !this.model.tensors.has(n));
-    if (extra) fail('range', `${join(dir, 'model.safetensors')}: unexpected tensor '${extra}' for this model`);
+    if (extra) fail('range', `${join(dir, WEIGHTS_FILE)}: unexpected tensor '${extra}' for this model`);
     for (const [t, data] of plan) {
       const src = tensor(data, t.shape, { device: t.device });
       copy(t, src);

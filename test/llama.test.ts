@@ -4,7 +4,7 @@
 // invariances the ring must keep: world size 1 vs 4, contiguous vs zigzag, checkpointing on
 // vs off; then save/load, checkpoint/restore, refusals, and a short training run.
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -516,6 +516,43 @@ describe('saving, loading, checkpoints', () => {
     await tc.restoreCheckpoint(ck);
     expect(tc.stepCount).toBe(3);
     for (let i = 3; i < 6; ++i) expect(tc.step(seq.tokens, seq.targets).loss, `step ${i + 1}`).toBe(straight[i]);
+  });
+
+  it('a restore refuses a checkpoint of another config, or files of two saves; a save leaves no partial files', async () => {
+    const ck = join(dir, 'ck-checked'), older = join(dir, 'ck-older');
+    using a = initLlama(tiny, { seed: 5 });
+    using ta = createTrainer(a, { lr: 1e-2 });
+    await ta.saveCheckpoint(older);
+    ta.step(seq.tokens, seq.targets);
+    await ta.saveCheckpoint(ck);
+    expect((await readdir(ck)).sort()).toEqual(['config.json', 'model.safetensors', 'optimizer.safetensors', 'trainer.json']);
+    // Same tensor shapes, other computations: only config.json tells them apart.
+    for (const [key, value] of [['rope_theta', 500000], ['rms_norm_eps', 1e-2], ['rope_scaling', { rope_type: 'linear', factor: 2 }]] as const) {
+      using other = initLlama({ ...tiny, [key]: value }, { seed: 5 });
+      using to = createTrainer(other, { lr: 1e-2 });
+      await expect(to.restoreCheckpoint(ck)).rejects.toThrow(new RegExp(`config.json: ${key} is .*, this model's is .*; a checkpoint restores into a model of the config it was saved from`));
+      expect(to.stepCount).toBe(0);
+    }
+    // A save cut short between its renames: the moments of an older save beside newer weights.
+    await writeFile(join(ck, 'optimizer.safetensors'), await readFile(join(older, 'optimizer.safetensors')));
+    using b = initLlama(tiny, { seed: 5 });
+    using tb = createTrainer(b, { lr: 1e-2 });
+    await expect(tb.restoreCheckpoint(ck)).rejects.toThrow(/optimizer.safetensors: written by another save than trainer.json .*was a save interrupted\?/);
+    await tb.restoreCheckpoint(older); // a whole save restores
+    expect(tb.stepCount).toBe(0);
+  });
+
+  it('a step refused for its learning rate changes nothing: the next one is still step 1', async () => {
+    using a = initLlama(tiny, { seed: 6 }), b = initLlama(tiny, { seed: 6 });
+    let refuse = true;
+    using ta = createTrainer(a, { lr: (s) => (refuse ? NaN : 1e-2 / s), maxGradNorm: 0.01 });
+    expect(() => ta.step(seq.tokens, seq.targets)).toThrow(/^opts.lr\(1\): expected a finite number >= 0, got NaN/);
+    refuse = false;
+    expect(ta.stepCount).toBe(0);
+    using tb = createTrainer(b, { lr: (s) => 1e-2 / s, maxGradNorm: 0.01 });
+    expect(ta.step(seq.tokens, seq.targets)).toEqual(tb.step(seq.tokens, seq.targets));
+    expect(ta.stepCount).toBe(1);
+    expect(a.toArrays()).toEqual(b.toArrays());
   });
 
   it('refuses missing, extra and mis-shaped tensors, and rope_scaling, naming them', async () => {
