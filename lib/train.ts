@@ -22,9 +22,9 @@ export interface TrainerOptions {
   group?: ProcessGroup;
   /** How the sequence is sharded (as shardTokens). Default 'contiguous'. */
   layout?: Layout;
-  /** Learning rate, or a function of the step (from 1). */
+  /** Learning rate, or a function of the step, counted from 1 (torch's LambdaLR passes 0 for the first step). */
   lr: number | ((step: number) => number);
-  /** Decoupled weight decay of matrices; norm weights get none. Default 0.01 (torch's AdamW). */
+  /** Decoupled weight decay of the matrices, embeddings and lm_head included; norm weights get none. Default 0.01 (torch's AdamW). */
   weightDecay?: number;
   /** Default [0.9, 0.999]. */
   betas?: [number, number];
@@ -111,7 +111,7 @@ type ResolvedOptions = Required<Omit<TrainerOptions, 'group' | 'maxGradNorm'>> &
 
 export class Trainer implements Disposable {
   readonly model: LlamaModel;
-  /** The gradients of the last backward()/step(), summed over the group, by parameter name. */
+  /** The gradients of the last backward()/step(), summed over the group, by parameter name (after step(), clipped). */
   readonly gradients: ReadonlyMap<string, Tensor>;
   #grads: LlamaParams;
   #m: Map<string, Tensor>;
@@ -269,7 +269,10 @@ export class Trainer implements Disposable {
 
   /**
    * One training step on this rank's shard of one sequence, or of several accumulated as
-   * backward() does (every rank calls it, with as many).
+   * backward() does (every rank calls it, with as many). targets[i] is the token that follows
+   * tokens[i] (shifted before sharding; HF's labels are shifted by the model instead), -100 to
+   * ignore it. A gradient norm that is not finite (the same on every rank) throws and updates
+   * nothing.
    */
   step(tokens: Int32Array | readonly Int32Array[], targets: Int32Array | readonly Int32Array[], opts?: StepOptions): StepResult {
     const loss = this.backward(tokens, targets, opts);
