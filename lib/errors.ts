@@ -45,6 +45,10 @@ export function describe(value: unknown): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return `an array of length ${value.length}`;
   if (typeof value === 'string') return `'${value}'`;
-  if (typeof value === 'object') return (value as object).constructor?.name ?? 'an object';
+  if (typeof value === 'object') {
+    // From the prototype, not the value: parsed JSON may carry a 'constructor' key of its own.
+    const name: unknown = Object.getPrototypeOf(value)?.constructor?.name;
+    return typeof name === 'string' && name !== '' ? name : 'an object';
+  }
   return `${typeof value} ${String(value)}`;
 }

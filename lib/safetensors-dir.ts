@@ -2,12 +2,12 @@
 // by `model.safetensors.index.json` ({ "weight_map": { tensor name: shard file } }). The index
 // is checked like a header: shard names must be plain file names in the directory, every shard
 // must exist, and every tensor must be in the shard the index names.
-import { open, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 
 import { describe, fail } from './errors.js';
 import {
-  checkNames, checkPath, readHeader, readTensor,
+  checkNames, checkPath, openFile, readHeader, readTensor,
   type LoadedTensor, type ReadSafetensorsOptions, type SafetensorsContents,
 } from './safetensors.js';
 
@@ -21,7 +21,7 @@ export async function safetensorsWeightMap(dir: string): Promise<Map<string, str
   if (!(await stat(dir)).isDirectory()) fail('type', `dir: ${dir} is not a directory`);
   const single = join(dir, SINGLE_FILE), index = join(dir, INDEX_FILE);
   if (await exists(single)) {
-    const fh = await open(single, 'r');
+    const fh = await openFile(single);
     try {
       const header = await readHeader(fh, single);
       return new Map([...header.tensors.keys()].map((n) => [n, SINGLE_FILE]));
@@ -39,7 +39,7 @@ export async function safetensorsWeightMap(dir: string): Promise<Map<string, str
   }
   const weightMap = (json as { weight_map?: unknown } | null)?.weight_map;
   if (weightMap === null || typeof weightMap !== 'object' || Array.isArray(weightMap))
-    fail('type', `${index}: weight_map: expected an object of tensor name -> file name, got ${describe(weightMap)}`);
+    fail('type', `${index}: weight_map: expected an object of tensor name -> file name, got ${weightMap === undefined ? 'nothing' : describe(weightMap)}`);
   const map = new Map<string, string>();
   for (const [name, file] of Object.entries(weightMap)) {
     // A hostile index must not reach outside the directory ('../x', '/etc/x').
@@ -54,26 +54,33 @@ export async function safetensorsWeightMap(dir: string): Promise<Map<string, str
 export async function readSafetensorsDir(dir: string, opts?: ReadSafetensorsOptions): Promise<SafetensorsContents> {
   const names = checkNames(opts);
   const weightMap = await safetensorsWeightMap(dir);
-  const byFile = new Map<string, string[]>();
+  const byFile = new Map<string, string[]>(), inFile = new Map<string, string[]>();
+  const add = (m: Map<string, string[]>, file: string, name: string) => {
+    const list = m.get(file);
+    if (list) list.push(name);
+    else m.set(file, [name]);
+  };
   for (const name of names ?? weightMap.keys()) {
     const file = weightMap.get(name);
     if (file === undefined) fail('range', `opts.names: ${dir} has no tensor '${name}'`);
-    byFile.set(file, [...(byFile.get(file) ?? []), name]);
+    add(byFile, file, name);
   }
+  for (const [name, file] of weightMap) add(inFile, file, name);
   // Every shard is checked, also those none of the requested tensors are in.
-  for (const file of new Set(weightMap.values())) if (!byFile.has(file)) byFile.set(file, []);
+  for (const file of inFile.keys()) if (!byFile.has(file)) byFile.set(file, []);
 
   const metadata: [string, string][] = [];
   const tensors = new Map<string, LoadedTensor>();
   for (const [file, wanted] of byFile) {
     const path = join(dir, file);
     if (!(await exists(path))) throw new Error(`${join(dir, INDEX_FILE)}: weight_map names ${file}, which does not exist in ${dir}`);
-    const fh = await open(path, 'r');
+    const fh = await openFile(path);
     try {
       const header = await readHeader(fh, path);
-      metadata.push(...Object.entries(header.metadata)); // shards normally agree; later ones win
-      const missing = [...weightMap].find(([n, f]) => f === file && !header.tensors.has(n));
-      if (missing) fail('range', `${path}: tensor '${missing[0]}' is not in this file, though the index puts it there`);
+      // Shards normally agree; later ones win. One push per entry: a spread of many overflows the stack.
+      for (const entry of Object.entries(header.metadata)) metadata.push(entry);
+      const missing = inFile.get(file)!.find((n) => !header.tensors.has(n));
+      if (missing) fail('range', `${path}: tensor '${missing}' is not in this file, though the index puts it there`);
       for (const name of wanted) tensors.set(name, await readTensor(fh, path, name, header.tensors.get(name)!, header.dataStart));
     } finally {
       await fh.close();

@@ -2,6 +2,7 @@
 // header length N, N bytes of JSON, then the tensors' bytes. The header is untrusted input:
 // every field is checked before any offset in it is used, so a hostile file gives an error
 // naming the file and field, never a huge allocation or a read past the data.
+import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 
 import { describe, fail } from './errors.js';
@@ -57,7 +58,7 @@ export interface ReadSafetensorsOptions {
 /** Reads and checks the header only (two small reads, whatever the file's size). */
 export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
   checkPath(path, 'path');
-  const fh = await open(path, 'r');
+  const fh = await openFile(path);
   try {
     return await readHeader(fh, path);
   } finally {
@@ -69,7 +70,7 @@ export async function readSafetensorsHeader(path: string): Promise<SafetensorsHe
 export async function readSafetensors(path: string, opts?: ReadSafetensorsOptions): Promise<SafetensorsContents> {
   checkPath(path, 'path');
   const names = checkNames(opts);
-  const fh = await open(path, 'r');
+  const fh = await openFile(path);
   try {
     const header = await readHeader(fh, path);
     const tensors = new Map<string, LoadedTensor>();
@@ -102,6 +103,21 @@ export function checkPath(path: unknown, name: string): asserts path is string {
   if (typeof path !== 'string' || path === '') fail('type', `${name}: expected a file path, got ${describe(path)}`);
 }
 
+/**
+ * @internal Opens a regular file for reading. Non-blocking, so that a FIFO in a file's place
+ * cannot block the open (and the process) forever; refused once open.
+ */
+export async function openFile(path: string): Promise<FileHandle> {
+  const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    if (!(await fh.stat()).isFile()) fail('type', `${path}: not a regular file`);
+  } catch (e) {
+    await fh.close();
+    throw e;
+  }
+  return fh;
+}
+
 /** @internal */
 export async function readHeader(fh: FileHandle, file: string): Promise<SafetensorsHeader> {
   const fileSize = (await fh.stat()).size;
@@ -115,14 +131,22 @@ export async function readHeader(fh: FileHandle, file: string): Promise<Safetens
     fail('range', `${file}: header length ${n} bytes is beyond the end of the file (${fileSize} bytes)`);
   const headerBytes = new Uint8Array(Number(n));
   await readFully(fh, headerBytes, 8, file, 'header');
-  let json: unknown;
+  let json: unknown, text: string;
   try {
-    json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(headerBytes));
+    // ignoreBOM keeps a byte-order mark in the text, so that JSON.parse refuses it (as the reference does).
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(headerBytes);
+    json = JSON.parse(text);
   } catch (e) {
     throw new Error(`${file}: header is not valid UTF-8 JSON: ${(e as Error).message}`, { cause: e });
   }
   const dataStart = 8 + Number(n);
-  return { ...parseHeader(json, file, fileSize - dataStart), dataStart, fileSize };
+  const parsed = parseHeader(json, file, fileSize - dataStart);
+  // Every number of a header is a shape or an offset, and JSON.parse has already turned 2.0,
+  // 1e0, -0 or 3.9999999999999999 into an integer: their text is refused here, as the
+  // reference refuses it. Outside strings, a digit or '-' starts a number.
+  for (const [number] of text.replace(/"(?:[^"\\]|\\.)*"/g, '""').matchAll(/-?\d[\d.eE+-]*/g))
+    if (!/^\d+$/.test(number)) fail('range', `${file}: header: number ${number}: expected shapes and offsets written as non-negative integers`);
+  return { ...parsed, dataStart, fileSize };
 }
 
 function parseHeader(json: unknown, file: string, dataSize: number): Pick<SafetensorsHeader, 'metadata' | 'tensors'> {
@@ -133,19 +157,24 @@ function parseHeader(json: unknown, file: string, dataSize: number): Pick<Safete
     if (name === '__metadata__') metadata = parseMetadata(value, `${file}: __metadata__`);
     else tensors.set(name, parseEntry(value, `${file}: tensor '${name}'`, dataSize));
   }
-  // Sorted by begin, each tensor must start at or after the previous one's end; empty ones hold no bytes.
-  const spans = [...tensors].filter(([, t]) => t.dataOffsets[1] > t.dataOffsets[0]);
-  spans.sort(([, a], [, b]) => a.dataOffsets[0] - b.dataOffsets[0]);
-  for (let i = 1; i < spans.length; ++i) {
-    const [prevName, prev] = spans[i - 1]!, [name, t] = spans[i]!;
-    if (t.dataOffsets[0] < prev.dataOffsets[1])
-      fail('range', `${file}: tensor '${name}': data_offsets [${t.dataOffsets}] overlap tensor '${prevName}' [${prev.dataOffsets}]`);
+  // As the reference implementation requires: sorted by offsets, the tensors tile the data
+  // section from its start to its end, with no gap, overlap or trailing byte. This also refuses
+  // a name given twice with different entries (JSON.parse keeps only the last).
+  const spans = [...tensors].sort(([, a], [, b]) => a.dataOffsets[0] - b.dataOffsets[0] || a.dataOffsets[1] - b.dataOffsets[1]);
+  let at = 0, before = 'the start of the data section';
+  for (const [name, t] of spans) {
+    const [begin, end] = t.dataOffsets;
+    if (begin < at) fail('range', `${file}: tensor '${name}': data_offsets [${begin}, ${end}] overlap ${before}, which ends at ${at}`);
+    if (begin > at) fail('range', `${file}: tensor '${name}': data_offsets [${begin}, ${end}] leave bytes ${at} to ${begin} after ${before} unused (a tensor named twice?)`);
+    at = end, before = `tensor '${name}'`;
   }
+  if (at !== dataSize) fail('range', `${file}: the tensors end at byte ${at} of the ${dataSize}-byte data section: ${dataSize - at} bytes after ${before} are unused (a tensor named twice?)`);
   return { metadata, tensors };
 }
 
 /** @internal `__metadata__` must map strings to strings (also used for writing). */
 export function parseMetadata(value: unknown, where: string): Record<string, string> {
+  if (value === null) return {}; // the reference reads null as none
   if (!isObject(value)) fail('type', `${where}: expected an object of strings, got ${describe(value)}`);
   for (const [k, v] of Object.entries(value))
     if (typeof v !== 'string') fail('type', `${where}['${k}']: expected a string, got ${describe(v)}`);
@@ -191,7 +220,12 @@ export async function readTensor(fh: FileHandle, file: string, name: string, ent
     fail('range', `${file}: tensor '${name}': dtype ${dtype} cannot be read as float32 (supported: ${READABLE.join(', ')})`);
   const itemSize = ITEM_SIZE[dtype];
   const numel = (dataOffsets[1] - dataOffsets[0]) / itemSize;
-  const data = new Float32Array(numel);
+  let data: Float32Array;
+  try {
+    data = new Float32Array(numel);
+  } catch (e) {
+    throw new RangeError(`${file}: tensor '${name}': ${numel} values do not fit in one Float32Array here: ${(e as Error).message}`, { cause: e });
+  }
   const where = `tensor '${name}'`, start = dataStart + dataOffsets[0];
   if (dtype === 'F32' && LITTLE_ENDIAN) {
     await readFully(fh, new Uint8Array(data.buffer), start, file, where);

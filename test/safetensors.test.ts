@@ -1,5 +1,6 @@
 // Safetensors: a file built byte by byte from the spec reads back; our files round-trip with
 // IEEE rounding; every malformed header is refused naming the file and field; sharded dirs.
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -166,15 +167,53 @@ describe('malformed files are refused, naming the file and field', () => {
     await expect(readSafetensors(path)).rejects.toThrow(new RangeError(`${path}: tensor 'w': data_offsets: end 8 is beyond the data section (6 bytes)`));
   });
 
-  it('overlapping tensors (empty tensors overlap nothing)', async () => {
-    const header = JSON.stringify({
-      a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] },
-      b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] },
-    });
-    const path = rawFile('overlap.safetensors', header, new Uint8Array(12));
-    await expect(readSafetensorsHeader(path)).rejects.toThrow(new RangeError(`${path}: tensor 'b': data_offsets [4,12] overlap tensor 'a' [0,8]`));
-    const empty = JSON.stringify({ a: f32Entry, e: { dtype: 'F32', shape: [0], data_offsets: [4, 4] } });
-    expect((await readSafetensorsHeader(rawFile('empty.safetensors', empty, new Uint8Array(8)))).tensors.size).toBe(2);
+  it('tensors that do not tile the data section exactly: overlaps, gaps, trailing bytes, a name given twice', async () => {
+    const file = (name: string, entries: Record<string, number[]>, size: number, text?: string) =>
+      rawFile(name, text ?? JSON.stringify(Object.fromEntries(Object.entries(entries).map(([n, o]) => [n, { dtype: 'U8', shape: [o[1]! - o[0]!], data_offsets: o }]))), new Uint8Array(size));
+    const overlap = file('overlap.safetensors', { a: [0, 8], b: [4, 12] }, 12);
+    await expect(readSafetensorsHeader(overlap)).rejects.toThrow(new RangeError(`${overlap}: tensor 'b': data_offsets [4, 12] overlap tensor 'a', which ends at 8`));
+    const inside = file('inside.safetensors', { a: [0, 8], e: [4, 4] }, 8); // the reference refuses an empty one inside another too
+    await expect(readSafetensorsHeader(inside)).rejects.toThrow(`${inside}: tensor 'e': data_offsets [4, 4] overlap tensor 'a', which ends at 8`);
+    const gap = file('gap.safetensors', { a: [0, 4], b: [6, 8] }, 8);
+    await expect(readSafetensorsHeader(gap)).rejects.toThrow(`${gap}: tensor 'b': data_offsets [6, 8] leave bytes 4 to 6 after tensor 'a' unused`);
+    const late = file('late.safetensors', { a: [4, 8] }, 8);
+    await expect(readSafetensorsHeader(late)).rejects.toThrow(`${late}: tensor 'a': data_offsets [4, 8] leave bytes 0 to 4 after the start of the data section unused`);
+    const trailing = file('trailing.safetensors', { a: [0, 4] }, 8);
+    await expect(readSafetensorsHeader(trailing)).rejects.toThrow(`${trailing}: the tensors end at byte 4 of the 8-byte data section: 4 bytes after tensor 'a' are unused`);
+    // JSON.parse keeps the last of two entries of one name: the first one's bytes are left over.
+    const twice = file('twice.safetensors', {}, 8, '{"a":{"dtype":"XX","shape":[-1],"data_offsets":[9,1]},"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}');
+    await expect(readSafetensorsHeader(twice)).rejects.toThrow(/tensor 'a': data_offsets \[4, 8\] leave bytes 0 to 4 after the start of the data section unused \(a tensor named twice\?\)/);
+    const empty = file('empty.safetensors', { a: [0, 8], e: [8, 8] }, 8); // an empty tensor where the last one ends
+    expect((await readSafetensorsHeader(empty)).tensors.size).toBe(2);
+  });
+
+  it('numbers written other than as plain integers, and a byte-order mark, as the reference refuses them', async () => {
+    // Each parses to the offsets the file needs: only the text is wrong.
+    for (const [offsets, literal] of [['0,1.0', '1.0'], ['0,1E+0', '1E+0'], ['0,0.99999999999999999999', '0.99999999999999999999'], ['-0,1', '-0']]) {
+      const path = rawFile('literal.safetensors', `{"w":{"dtype":"U8","shape":[1],"data_offsets":[${offsets}]}}`, new Uint8Array(1));
+      await expect(readSafetensorsHeader(path)).rejects.toThrow(new RangeError(`${path}: header: number ${literal}: expected shapes and offsets written as non-negative integers`));
+    }
+    const inString = rawFile('in-string.safetensors', '{"__metadata__":{"x":"-1.5e3 \\" 2.0"},"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', new Uint8Array(1));
+    expect((await readSafetensorsHeader(inString)).metadata).toEqual({ x: '-1.5e3 " 2.0' });
+    const bom = rawFile('bom.safetensors', `\uFEFF${JSON.stringify({ w: f32Entry })}`, new Uint8Array(8));
+    await expect(readSafetensorsHeader(bom)).rejects.toThrow(/header is not valid UTF-8 JSON/);
+  });
+
+  it('a header whose objects carry a constructor key: the messages still say what is wrong', async () => {
+    const path = oneTensor({ ...f32Entry, dtype: { constructor: { name: { toString: 1 } } } });
+    await expect(readSafetensorsHeader(path)).rejects.toThrow(/tensor 'w': dtype: expected one of .*, got Object$/);
+    const meta = rawFile('meta.safetensors', '{"__metadata__":{"k":{"constructor":{"name":"string"}}}}');
+    await expect(readSafetensorsHeader(meta)).rejects.toThrow(`${meta}: __metadata__['k']: expected a string, got Object`);
+    expect((await readSafetensorsHeader(rawFile('null.safetensors', '{"__metadata__":null}'))).metadata).toEqual({}); // as the reference reads it
+  });
+
+  it('a FIFO or a directory in a file\'s place is refused, not waited on', async () => {
+    const fifo = join(dir, 'fifo.safetensors');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    await expect(readSafetensors(fifo)).rejects.toThrow(new TypeError(`${fifo}: not a regular file`));
+    const sub = join(dir, 'sub.safetensors');
+    mkdirSync(sub);
+    await expect(readSafetensorsHeader(sub)).rejects.toThrow(`${sub}: not a regular file`);
   });
 
   it('__metadata__ that is not an object of strings', async () => {
@@ -324,6 +363,12 @@ describe('checkpoint directories', () => {
   it('reads a single model.safetensors', async () => {
     await writeSafetensors(join(dir, 'model.safetensors'), shard({ x: 5 }));
     expect([...(await readSafetensorsDir(dir)).tensors.get('x')!.data]).toEqual([5, -5]);
+  });
+
+  it('a file with 200000 metadata entries reads as a directory too', async () => {
+    const metadata = Object.fromEntries(Array.from({ length: 200_000 }, (_, i) => [`k${i}`, 'v']));
+    await writeSafetensors(join(dir, 'model.safetensors'), { a: { shape: [1], data: Float32Array.of(1) } }, metadata);
+    expect(Object.keys((await readSafetensorsDir(dir)).metadata).length).toBe(200_000);
   });
 
   it('refuses a missing shard, a tensor not in its shard, a path outside the directory, a bad index', async () => {
