@@ -1,15 +1,19 @@
 // Rank 0 hands a small payload (the NCCL unique id) to every other rank over TCP, as
 // torchrun's store does. Messages are length-prefixed JSON with a hard size limit; every
 // rank shows the job's token; anything malformed is answered with an error and dropped,
-// and a deadline names the ranks that never arrived.
-import { createServer, connect, type Server, type Socket } from 'node:net';
+// and a deadline names the ranks that never arrived. The token identifies a job; it is not
+// a secret (torchrun's and Slurm's ids are visible to other users of the machine).
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, connect, isIPv4, isIPv6, type Socket } from 'node:net';
 
 export const MAX_MESSAGE_BYTES = 64 * 1024;
+/** How long rank 0 keeps a connection that has not said hello. */
+export const HELLO_MS = 10_000;
 
 export interface RendezvousOptions {
   rank: number;
   worldSize: number;
-  /** Rank 0's address (MASTER_ADDR); rank 0 listens on every interface. */
+  /** Rank 0's address (MASTER_ADDR); rank 0 listens on every interface, or only on it if it is a loopback address. */
   addr: string;
   port: number;
   /** Shared by the ranks of one job; a rank with another token is refused. */
@@ -33,12 +37,13 @@ function send(socket: Socket, message: Hello | Reply): void {
   socket.write(Buffer.concat([header, body]));
 }
 
-// Calls onMessage with each complete JSON message; refuses one over the limit before reading it.
+// Calls onMessage with each complete JSON message; refuses one over the limit before reading
+// it. A destroyed socket reads nothing more: frames sent after a refused hello are dropped.
 function readMessages(socket: Socket, onMessage: (m: unknown) => void, onBad: (why: string) => void): void {
   let buffered = Buffer.alloc(0);
   socket.on('data', (chunk: Buffer) => {
     buffered = Buffer.concat([buffered, chunk]);
-    while (buffered.length >= 4) {
+    while (buffered.length >= 4 && !socket.destroyed) {
       const length = buffered.readUInt32BE(0);
       if (length > MAX_MESSAGE_BYTES) return onBad(`a message of ${length} bytes exceeds the limit of ${MAX_MESSAGE_BYTES}`);
       if (buffered.length < 4 + length) return;
@@ -55,90 +60,135 @@ function readMessages(socket: Socket, onMessage: (m: unknown) => void, onBad: (w
   });
 }
 
+const digest = (s: string) => createHash('sha256').update(s).digest();
+const sameToken = (a: string, b: string) => timingSafeEqual(digest(a), digest(b));
+const isLoopback = (addr: string) => (isIPv4(addr) && addr.startsWith('127.')) || (isIPv6(addr) && addr === '::1');
+
+/** "2, 3, 5-9, 12" (runs of three or more joined), at most 16 entries; ranks ascending. */
+export function rankRanges(ranks: number[]): string {
+  const runs: string[] = [];
+  for (let i = 0; i < ranks.length; ) {
+    let j = i;
+    while (j + 1 < ranks.length && ranks[j + 1] === ranks[j]! + 1) ++j;
+    if (j - i >= 2) runs.push(`${ranks[i]}-${ranks[j]}`);
+    else for (let k = i; k <= j; ++k) runs.push(`${ranks[k]}`);
+    i = j + 1;
+  }
+  return runs.length > 16 ? `${runs.slice(0, 16).join(', ')}, ... (${ranks.length} in all)` : runs.join(', ');
+}
+
 function serve(o: RendezvousOptions): Promise<Uint8Array> {
   const payload = o.payload ?? new Uint8Array();
   return new Promise((resolve, reject) => {
     const joined = new Map<number, Socket>();
-    const server: Server = createServer();
+    const left = new Set<number>(); // ranks that joined, then closed their connection
+    const sockets = new Set<Socket>(); // every connection, so that idle ones are closed at the end
+    const server = createServer();
+    server.maxConnections = o.worldSize + 64; // a flood of idle connections cannot exhaust file descriptors
     let settled = false;
     const finish = (error?: Error) => {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
       server.close();
-      for (const s of joined.values()) {
-        send(s, error ? { ok: false, error: error.message } : { ok: true, payload: Buffer.from(payload).toString('base64') });
-        s.end();
+      for (const s of sockets) {
+        if ([...joined.values()].includes(s))
+          send(s, error ? { ok: false, error: error.message } : { ok: true, payload: Buffer.from(payload).toString('base64') }), s.end();
+        else s.destroy(); // connections that never joined would keep this process alive
       }
       if (error) reject(error);
       else resolve(payload);
     };
     const timer = setTimeout(() => {
-      const missing = Array.from({ length: o.worldSize - 1 }, (_, i) => i + 1).filter((r) => !joined.has(r));
-      finish(new Error(`rendezvous timed out after ${o.timeoutMs} ms at port ${o.port}: rank${missing.length > 1 ? 's' : ''} ${missing.join(', ')} never arrived`));
+      const absent = Array.from({ length: o.worldSize - 1 }, (_, i) => i + 1).filter((r) => !joined.has(r));
+      const never = absent.filter((r) => !left.has(r)), gone = absent.filter((r) => left.has(r));
+      const ranks = (rs: number[]) => `rank${rs.length > 1 ? 's' : ''} ${rankRanges(rs)}`;
+      const why = [...(never.length ? [`${ranks(never)} never arrived`] : []), ...(gone.length ? [`${ranks(gone)} arrived, then closed the connection`] : [])];
+      finish(new Error(`rendezvous timed out after ${o.timeoutMs} ms at port ${o.port}: ${why.join('; ')}`));
     }, o.timeoutMs);
     server.on('connection', (socket) => {
       let rank = -1;
+      sockets.add(socket);
       const refuse = (why: string) => {
         send(socket, { ok: false, error: `rendezvous refused: ${why}` });
         socket.end();
         socket.destroy();
       };
+      socket.setTimeout(HELLO_MS, () => socket.destroy());
       socket.on('error', () => socket.destroy());
       socket.on('close', () => {
-        if (joined.get(rank) === socket) joined.delete(rank); // it counts as missing again
+        sockets.delete(socket);
+        if (joined.get(rank) !== socket) return;
+        joined.delete(rank); // it counts as missing again
+        left.add(rank);
       });
       readMessages(socket, (m) => {
         const h = m as Partial<Hello>;
         if (rank !== -1) return refuse('one message per connection');
         if (typeof h !== 'object' || h === null || typeof h.token !== 'string') return refuse('expected { token, rank, worldSize }');
-        if (h.token !== o.token) return refuse('the job token does not match: this rendezvous belongs to another job');
-        if (h.worldSize !== o.worldSize) return refuse(`worldSize ${h.worldSize} does not match rank 0's ${o.worldSize}`);
-        if (!Number.isInteger(h.rank) || h.rank! < 1 || h.rank! >= o.worldSize) return refuse(`rank ${h.rank} is not in [1, ${o.worldSize - 1}]`);
+        if (!sameToken(h.token, o.token)) return refuse('the job token does not match: this rendezvous belongs to another job');
+        if (h.worldSize !== o.worldSize) return refuse(`worldSize ${JSON.stringify(h.worldSize)} does not match rank 0's ${o.worldSize}`);
+        if (!Number.isInteger(h.rank) || h.rank! < 1 || h.rank! >= o.worldSize) return refuse(`rank ${JSON.stringify(h.rank)} is not in [1, ${o.worldSize - 1}]`);
         if (joined.has(h.rank!)) return refuse(`rank ${h.rank} has already joined`);
         rank = h.rank!;
+        socket.setTimeout(0); // it waits for the others now
         joined.set(rank, socket);
+        left.delete(rank);
         if (joined.size === o.worldSize - 1) finish();
       }, refuse);
     });
     server.on('error', (e) => finish(new Error(`rendezvous: rank 0 cannot listen on port ${o.port}: ${e.message}`)));
-    server.listen(o.port, () => {
+    server.listen({ port: o.port, host: isLoopback(o.addr) ? o.addr : undefined }, () => {
       if (o.worldSize === 1) finish();
     });
   });
 }
 
-// Connects to rank 0, retrying while it is not listening yet, until the deadline.
+function answer(m: unknown, where: string): Uint8Array | Error {
+  const r = m as { ok?: unknown; payload?: unknown; error?: unknown } | null;
+  if (typeof r === 'object' && r !== null) {
+    if (r.ok === true && typeof r.payload === 'string') return new Uint8Array(Buffer.from(r.payload, 'base64'));
+    if (r.ok === false && typeof r.error === 'string') return new Error(r.error);
+  }
+  return new Error(`rendezvous: unexpected answer from ${where}`);
+}
+
+// Connects to rank 0, retrying while it is not listening yet, until the deadline. Once its
+// hello is sent, a rank waits a little past its own deadline: rank 0's timer, started no
+// earlier, answers every rank that came with the names of those that did not.
 function join(o: RendezvousOptions): Promise<Uint8Array> {
-  const deadline = Date.now() + o.timeoutMs;
+  const deadline = Date.now() + o.timeoutMs, grace = Math.max(5_000, o.timeoutMs / 10);
   const where = `${o.addr}:${o.port}`;
   return new Promise((resolve, reject) => {
     const attempt = (lastError: string) => {
       if (Date.now() >= deadline)
         return reject(new Error(`rendezvous: rank ${o.rank} could not reach rank 0 at ${where} within ${o.timeoutMs} ms (${lastError})`));
-      let answered = false;
+      let done = false;
       const socket = connect({ host: o.addr, port: o.port });
-      socket.setTimeout(Math.max(1, deadline - Date.now()));
-      socket.on('connect', () => send(socket, { token: o.token, rank: o.rank, worldSize: o.worldSize }));
-      readMessages(socket, (m) => {
-        answered = true;
+      let timer = setTimeout(() => socket.destroy(new Error('timed out')), deadline - Date.now());
+      const end = (then: () => void) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        then();
+      };
+      const retry = (why: string) => end(() => setTimeout(() => attempt(why), 100));
+      socket.on('connect', () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => socket.destroy(new Error('connected, but rank 0 sent no answer')), deadline + grace - Date.now());
+        send(socket, { token: o.token, rank: o.rank, worldSize: o.worldSize });
+      });
+      readMessages(socket, (m) => end(() => {
         socket.end();
-        const r = m as Reply;
-        if (r.ok === true && typeof r.payload === 'string') resolve(new Uint8Array(Buffer.from(r.payload, 'base64')));
-        else reject(new Error(r.ok === false ? r.error : `rendezvous: unexpected answer from ${where}`));
-      }, (why) => {
-        answered = true;
+        const got = answer(m, where);
+        if (got instanceof Error) reject(got);
+        else resolve(got);
+      }), (why) => end(() => {
         socket.destroy();
         reject(new Error(`rendezvous: bad answer from ${where}: ${why}`));
-      });
-      socket.on('timeout', () => socket.destroy(new Error('timed out')));
-      socket.on('error', (e: NodeJS.ErrnoException) => {
-        if (!answered) setTimeout(() => attempt(e.code ?? e.message), 100);
-        answered = true;
-      });
-      socket.on('close', () => {
-        if (!answered) reject(new Error(`rendezvous: rank 0 at ${where} closed the connection without answering`));
-      });
+      }));
+      socket.on('error', (e: NodeJS.ErrnoException) => retry(e.code ?? e.message));
+      socket.on('close', () => retry('rank 0 closed the connection without answering'));
     };
     attempt('never tried');
   });

@@ -1,9 +1,10 @@
 // The TCP rendezvous with real processes on loopback.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { connect } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
 
+import { rankRanges } from '../dist/rendezvous.js';
 import { freePort } from './helpers.js';
 
 const script = new URL('./fixtures/rdzv-rank.mjs', import.meta.url).pathname;
@@ -22,6 +23,14 @@ function rank(opts: Record<string, unknown>): Promise<Outcome> {
     p.on('error', reject);
     p.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim())) : reject(new Error(`exit ${code}`))));
   });
+}
+
+/** One length-prefixed message, as the rendezvous frames them. */
+function frame(body: string): Buffer {
+  const b = Buffer.from(body);
+  const h = Buffer.alloc(4);
+  h.writeUInt32BE(b.length);
+  return Buffer.concat([h, b]);
 }
 
 const id = randomBytes(128).toString('base64'); // the size of an NCCL unique id
@@ -65,6 +74,58 @@ describe('rendezvous', () => {
     expect(o.error).toMatch(/^rendezvous: rank 1 could not reach rank 0 at 127\.0\.0\.1:\d+ within 700 ms \(ECONNREFUSED\)/);
   });
 
+  it('a rank whose own deadline passes first still gets rank 0\'s answer, which names the missing rank', async () => {
+    const port = await freePort();
+    const one = rank({ rank: 1, worldSize: 3, port, timeoutMs: 1_000 }); // before rank 0, and with a shorter timeout
+    await new Promise((r) => setTimeout(r, 300));
+    const zero = await rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 1_500 });
+    expect(zero.error).toMatch(/^rendezvous timed out after 1500 ms at port \d+: rank 2 never arrived$/);
+    expect((await one).error).toBe(zero.error);
+  });
+
+  it('a rank that joined and left is named apart from those that never came; long lists are ranges', async () => {
+    const port = await freePort();
+    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 1_500 });
+    await new Promise((r) => setTimeout(r, 300));
+    const s = connect(port, '127.0.0.1', () => s.end(frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 }))));
+    s.on('error', () => {});
+    expect((await zero).error).toMatch(/: rank 2 never arrived; rank 1 arrived, then closed the connection$/);
+    expect(rankRanges([1, 2, 3, 4, 5, 7, 9, 10])).toBe('1-5, 7, 9, 10');
+    expect(rankRanges(Array.from({ length: 40 }, (_, i) => 2 * i))).toMatch(/^0, 2, .*, 30, \.\.\. \(40 in all\)$/);
+  });
+
+  it('frames after a refused hello are not read: a wrong token cannot be followed by a rank\'s hello', async () => {
+    const port = await freePort();
+    const zero = rank({ rank: 0, worldSize: 2, port, payload: id, timeoutMs: 1_500 });
+    await new Promise((r) => setTimeout(r, 300));
+    const both = Buffer.concat([frame(JSON.stringify({ token: 'job-2', rank: 1, worldSize: 2 })), frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 2 }))]);
+    const s = connect(port, '127.0.0.1', () => s.write(both));
+    s.on('error', () => {});
+    expect((await zero).error).toMatch(/: rank 1 never arrived$/);
+  });
+
+  it('rank 0 closes connections that never joined when it is done, and does not wait for them to leave', async () => {
+    const port = await freePort();
+    const zero = rank({ rank: 0, worldSize: 2, port, payload: id });
+    await new Promise((r) => setTimeout(r, 300));
+    const idle: Socket[] = Array.from({ length: 5 }, () => connect(port, '127.0.0.1').on('error', () => {}));
+    expect(await rank({ rank: 1, worldSize: 2, port })).toEqual({ ok: true, payload: id });
+    const exited = await Promise.race([zero.then(() => 'exited'), new Promise((r) => setTimeout(() => r('still running'), 5_000))]);
+    expect(exited).toBe('exited');
+    for (const s of idle) s.destroy();
+  });
+
+  it('a joining rank refuses an answer that is not { ok, payload } or { ok, error } without crashing', async () => {
+    for (const body of ['null', '{"ok":false,"error":{"x":1}}', '7']) {
+      const server = createServer((s) => s.on('data', () => s.end(frame(body)))).listen(0, '127.0.0.1');
+      await new Promise((r) => server.once('listening', r));
+      const { port } = server.address() as { port: number };
+      const o = await rank({ rank: 1, worldSize: 2, port, timeoutMs: 2_000 });
+      server.close();
+      expect(o, body).toEqual({ ok: false, error: `rendezvous: unexpected answer from 127.0.0.1:${port}` });
+    }
+  });
+
   it('oversized, garbled and wrong messages are refused without stopping rank 0', async () => {
     const port = await freePort();
     const zero = rank({ rank: 0, worldSize: 2, port, payload: id });
@@ -77,12 +138,6 @@ describe('rendezvous', () => {
         s.on('close', () => resolve(got.length > 4 ? got.subarray(4).toString() : ''));
         s.on('error', () => {});
       });
-    const frame = (body: string) => {
-      const b = Buffer.from(body);
-      const h = Buffer.alloc(4);
-      h.writeUInt32BE(b.length);
-      return Buffer.concat([h, b]);
-    };
     const huge = Buffer.alloc(4);
     huge.writeUInt32BE(1 << 30);
     expect(await answer(huge)).toMatch(/exceeds the limit of 65536/);
