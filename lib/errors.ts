@@ -14,11 +14,20 @@ export function checkBoolean(value: unknown, name: string): boolean | undefined 
   return value as boolean | undefined;
 }
 
-export function checkPositiveNumber(value: unknown, name: string): number | undefined {
-  if (value === undefined) return undefined;
+/**
+ * A number the native code takes as a float32, checked as that float32: 1e39 would become
+ * Infinity there, and an eps of 1e-50 would become 0.
+ */
+export function checkFloat32(value: unknown, name: string, min = -Infinity, minInclusive = true): number {
   if (typeof value !== 'number') fail('type', `${name}: expected a number, got ${describe(value)}`);
-  if (!Number.isFinite(value) || value <= 0) fail('range', `${name}: expected a finite number > 0, got ${value}`);
+  const ok = (x: number) => Number.isFinite(x) && (minInclusive ? x >= min : x > min);
+  if (!ok(Math.fround(value)))
+    fail('range', `${name}: expected a finite number${min === -Infinity ? '' : ` ${minInclusive ? '>=' : '>'} ${min}`}${ok(value) ? ' as a float32' : ''}, got ${value}`);
   return value;
+}
+
+export function checkPositiveNumber(value: unknown, name: string): number | undefined {
+  return value === undefined ? undefined : checkFloat32(value, name, 0, false);
 }
 
 export function checkInteger(value: unknown, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number {

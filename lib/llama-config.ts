@@ -51,7 +51,8 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   const positive = (key: string, dflt: number) => {
     const v = c[key] ?? dflt;
     if (typeof v !== 'number') fail('type', `${where}${key}: expected a number, got ${describe(v)}`);
-    if (!Number.isFinite(v) || v <= 0) fail('range', `${where}${key}: expected a finite number > 0, got ${v}`);
+    // As a float32 too (rms_norm_eps reaches the kernels as one: 1e-50 would be 0).
+    if (!Number.isFinite(Math.fround(v)) || Math.fround(v) <= 0) fail('range', `${where}${key}: expected a finite number > 0, got ${v}`);
     return v;
   };
 

@@ -5,6 +5,7 @@
 // kernels' tensor cores take bfloat16), the optimizer updates the float32 ones.
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isFloat32Array } from 'node:util/types';
 
 import { checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
 import {
@@ -210,7 +211,7 @@ export function createLlama(config: LlamaConfig, arrays: ReadonlyMap<string, Flo
   const c = checkModelConfig(config);
   const device = deviceOption(checkOptions(opts, 'opts'), 'opts');
   if (!(arrays instanceof Map)) fail('type', `arrays: expected a Map of name -> Float32Array, got ${describe(arrays)}`);
-  for (const [n, a] of arrays) if (!(a instanceof Float32Array)) fail('type', `arrays: '${n}': expected a Float32Array, got ${describe(a)}`);
+  for (const [n, a] of arrays) if (!isFloat32Array(a)) fail('type', `arrays: '${n}': expected a Float32Array, got ${describe(a)}`);
   checkArrays(c, new Map([...arrays].map(([n, data]) => [n, { data }])), 'arrays', false);
   return build(c, device, (name) => arrays.get(name)!);
 }

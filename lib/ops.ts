@@ -16,7 +16,7 @@
 // rstd and every adamw tensor are float32. Sums are float32 or wider whatever the dtype.
 // CUDA ops queue their work without waiting for it, except crossEntropyLoss and
 // sumOfSquares, which return a number and so wait for the device.
-import { checkInteger, checkOptions, describe, fail } from './errors.js';
+import { checkFloat32, checkInteger, checkOptions, describe, fail } from './errors.js';
 import { findCublas, LIBRARIES } from './libraries.js';
 import { native } from './native.js';
 import { ropeParameters } from './rope-freq.js';
@@ -107,12 +107,6 @@ function checkIndices(a: Int32Array, name: string, hi: number, what: string, exc
   }
 }
 
-function checkFinite(value: unknown, name: string, min = -Infinity, minInclusive = true): number {
-  if (typeof value !== 'number') fail('type', `${name}: expected a number, got ${describe(value)}`);
-  if (!Number.isFinite(value) || (minInclusive ? value < min : value <= min))
-    fail('range', `${name}: expected a finite number ${minInclusive ? '>=' : '>'} ${min}, got ${value}`);
-  return value;
-}
 
 // ---- linear ----
 
@@ -167,7 +161,7 @@ export function rmsNorm(x: Tensor, w: Tensor, eps: number): { y: Tensor; rstd: T
   const c = new Call(x, 'x');
   const [tx, M, C] = matrix(c, x, 'x', '[M, C]');
   const tw = shaped(c, w, 'w', [C], '[C]');
-  const e = checkFinite(eps, 'eps', 0);
+  const e = checkFloat32(eps, 'eps', 0, false); // 0 would divide a row of zeros by 0
   const [y, rstd] = native.opsRmsNorm(tx.handle('x'), tw.handle('w'), e);
   return { y: c.wrap(y, [M, C]), rstd: c.wrap(rstd, [M], 'float32') };
 }
@@ -202,7 +196,7 @@ function ropeArgs(x: unknown, name: string, positions: unknown, freq: unknown) {
     invFreq = freq;
   } else {
     if (typeof freq !== 'number') fail('type', `theta: expected a number (rope_theta) or a Float64Array of inverse frequencies, got ${describe(freq)}`);
-    invFreq = ropeParameters({ head_dim: D, rope_theta: checkFinite(freq, 'theta', 0, false) }).invFreq;
+    invFreq = ropeParameters({ head_dim: D, rope_theta: checkFloat32(freq, 'theta', 0, false) }).invFreq;
   }
   return { c, t, p, invFreq };
 }
@@ -302,7 +296,7 @@ export function crossEntropyLoss(h: Tensor, wHead: Tensor, targets: Int32Array, 
   const o = checkOptions(opts, 'opts');
   const chunkRows = checkInteger(o.chunkRows, 'opts.chunkRows', 1);
   const ignoreIndex = o.ignoreIndex === undefined ? -100 : checkInteger(o.ignoreIndex, 'opts.ignoreIndex', -(2 ** 31), 2 ** 31 - 1);
-  const gradScale = o.gradScale === undefined ? 1 : checkFinite(o.gradScale, 'opts.gradScale');
+  const gradScale = o.gradScale === undefined ? 1 : checkFloat32(o.gradScale, 'opts.gradScale');
   const t = int32Array(targets, 'targets', M, "h's tokens M");
   checkIndices(t, 'targets', V, 'the vocabulary', ignoreIndex);
   const dh = o.dh === undefined ? null : shaped(c, o.dh, 'opts.dh', [M, C], '[M, C]');
@@ -349,16 +343,16 @@ export function adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: A
   const tv = shaped(c, v, 'v', tp.shape, "param's shape");
   const o = checkOptions(opts, 'opts');
   const step = checkInteger(o.step, 'opts.step', 1);
-  const lr = checkFinite(o.lr, 'opts.lr', 0);
+  const lr = checkFloat32(o.lr, 'opts.lr', 0);
   const beta = (x: unknown, name: string, dflt: number) => {
     if (x === undefined) return dflt;
-    const b = checkFinite(x, name, 0);
-    if (b >= 1) fail('range', `${name}: expected a number in [0, 1), got ${b}`);
+    const b = checkFloat32(x, name, 0);
+    if (Math.fround(b) >= 1) fail('range', `${name}: expected a number in [0, 1) as a float32, got ${b}`);
     return b;
   };
   const beta1 = beta(o.beta1, 'opts.beta1', 0.9), beta2 = beta(o.beta2, 'opts.beta2', 0.999);
-  const eps = o.eps === undefined ? 1e-8 : checkFinite(o.eps, 'opts.eps', 0, false);
-  const weightDecay = o.weightDecay === undefined ? 0.01 : checkFinite(o.weightDecay, 'opts.weightDecay', 0);
+  const eps = o.eps === undefined ? 1e-8 : checkFloat32(o.eps, 'opts.eps', 0, false);
+  const weightDecay = o.weightDecay === undefined ? 0.01 : checkFloat32(o.weightDecay, 'opts.weightDecay', 0);
   native.opsAdamW(tp.handle('param'), tg.handle('grad'), tm.handle('m'), tv.handle('v'), step, lr, beta1, beta2, eps, weightDecay);
 }
 
@@ -378,7 +372,7 @@ export function sumOfSquares(t: Tensor | readonly Tensor[]): number {
 /** t *= s, in place. */
 export function scale(t: Tensor, s: number): void {
   new Call(t, 't');
-  native.opsScale(t.handle('t'), checkFinite(s, 's'));
+  native.opsScale(t.handle('t'), checkFloat32(s, 's'));
 }
 
 /** t = 0, in place. */

@@ -4,6 +4,7 @@
 // under the final name.
 import { randomBytes } from 'node:crypto';
 import { open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { isFloat32Array } from 'node:util/types';
 
 import { describe, fail } from './errors.js';
 import { float32ToBfloat16Bits, float32ToFloat16Bits } from './half.js';
@@ -72,7 +73,7 @@ function checkTensor(name: string, t: unknown): { name: string; shape: number[];
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
       fail('range', `${where}.shape[${i}]: expected a non-negative integer, got ${describe(d)}`);
   });
-  if (!(data instanceof Float32Array)) fail('type', `${where}.data: expected a Float32Array, got ${describe(data)}`);
+  if (!isFloat32Array(data)) fail('type', `${where}.data: expected a Float32Array, got ${describe(data)}`);
   const numel = shape.reduce((a: number, b: number) => a * b, 1);
   if (numel !== data.length) fail('range', `${where}.shape: [${shape.join(', ')}] holds ${numel} elements, but data has ${data.length}`);
   if (typeof dtype !== 'string' || !Object.hasOwn(ITEM_SIZE, dtype))

@@ -1,4 +1,6 @@
 // Tensors: a typed handle on native memory (host or CUDA device), freed by dispose().
+import { isFloat32Array } from 'node:util/types';
+
 import { checkOneOf, checkOptions, describe, fail } from './errors.js';
 import { native, type TensorHandle } from './native.js';
 
@@ -96,10 +98,16 @@ export function checkTensor(value: unknown, name: string): Tensor {
 
 function checkShape(shape: unknown, name: string): readonly number[] {
   if (!Array.isArray(shape)) fail('type', `${name}: expected an array of integers, got ${describe(shape)}`);
-  shape.forEach((d, i) => {
-    if (typeof d !== 'number' || !Number.isInteger(d) || d < 0)
-      fail('range', `${name}[${i}]: expected a non-negative integer, got ${describe(d)}`);
-  });
+  let numel = 1;
+  for (let i = 0; i < shape.length; ++i) { // holes too
+    const d: unknown = shape[i];
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
+      fail('range', `${name}[${i}]: expected a non-negative integer, got ${d === undefined ? 'nothing' : describe(d)}`);
+    numel *= d;
+  }
+  // Past 2^53 the element count is no longer exact; a product with a 0 is 0 whatever the rest.
+  if (!(numel <= Number.MAX_SAFE_INTEGER))
+    fail('range', `${name}: [${shape.join(', ')}] holds more than 2^53 elements`);
   return shape as number[];
 }
 
@@ -116,7 +124,7 @@ function dtypeAndDevice(opts: unknown): { dtype: DType; device: DeviceName } {
 
 /** A tensor holding `data` (row-major) with the given shape. */
 export function tensor(data: Float32Array, shape: readonly number[], opts?: TensorOptions): Tensor {
-  if (!(data instanceof Float32Array)) fail('type', `data: expected a Float32Array, got ${describe(data)}`);
+  if (!isFloat32Array(data)) fail('type', `data: expected a Float32Array, got ${describe(data)}`);
   checkShape(shape, 'shape');
   const { dtype, device } = dtypeAndDevice(opts);
   const numel = shape.reduce((a, b) => a * b, 1);

@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { checkBoolean, checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
+import { checkBoolean, checkFloat32, checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
 import { ProcessGroup, type AllReduceWork } from './group.js';
 import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type RunContext } from './llama.js';
 import { loadLlamaConfig } from './llama-config.js';
@@ -100,11 +100,9 @@ function canonical(v: unknown): string {
   return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`).join(',')}}`;
 }
 
+// AdamW's settings reach the native optimizer as float32s.
 function positiveNumber(v: unknown, name: string, dflt: number, min = 0, inclusive = true): number {
-  if (v === undefined) return dflt;
-  if (typeof v !== 'number') fail('type', `${name}: expected a number, got ${describe(v)}`);
-  if (!Number.isFinite(v) || (inclusive ? v < min : v <= min)) fail('range', `${name}: expected a finite number ${inclusive ? '>=' : '>'} ${min}, got ${v}`);
-  return v;
+  return v === undefined ? dflt : checkFloat32(v, name, min, inclusive);
 }
 
 type ResolvedOptions = Required<Omit<TrainerOptions, 'group' | 'maxGradNorm'>> & { group?: ProcessGroup; maxGradNorm?: number };
@@ -399,7 +397,7 @@ export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer 
   const betas = o.betas === undefined ? [0.9, 0.999] : o.betas;
   if (!Array.isArray(betas) || betas.length !== 2) fail('type', `opts.betas: expected [beta1, beta2], got ${describe(betas)}`);
   betas.forEach((b, i) => {
-    if (positiveNumber(b, `opts.betas[${i}]`, 0) >= 1) fail('range', `opts.betas[${i}]: expected a number in [0, 1), got ${b}`);
+    if (Math.fround(positiveNumber(b, `opts.betas[${i}]`, 0)) >= 1) fail('range', `opts.betas[${i}]: expected a number in [0, 1) as a float32, got ${b}`);
   });
   return new Trainer(model, {
     group: o.group as ProcessGroup | undefined,

@@ -26,16 +26,27 @@ using ra::UserError;
 
 using namespace ra::napi;
 
+// The TS layer checks shapes; this keeps a caller of the raw addon from a saturated or wrapped size.
 std::vector<int64_t> shape_of(const Napi::Value& v) {
+  if (!v.IsArray()) throw UserError("TypeError", "shape: expected an array of integers");
   auto arr = v.As<Napi::Array>();
   std::vector<int64_t> shape(arr.Length());
-  for (uint32_t i = 0; i < arr.Length(); ++i) shape[i] = arr.Get(i).As<Napi::Number>().Int64Value();
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    const Napi::Value d = arr.Get(i);
+    const double x = d.IsNumber() ? d.As<Napi::Number>().DoubleValue() : -1;
+    if (!(x >= 0 && x <= 9007199254740991.0 && x == double(int64_t(x))))
+      throw UserError("RangeError", "shape[" + std::to_string(i) + "]: expected a non-negative safe integer");
+    shape[i] = int64_t(x);
+  }
   return shape;
 }
 
 // createTensor(data: Float32Array, shape: number[], dtype: 0|1|2, device: 0|1)
 Napi::Value CreateTensor(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
+    // The type from the engine, not the prototype, which a caller may have swapped.
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw UserError("TypeError", "data: expected a Float32Array");
     auto data = info[0].As<Napi::Float32Array>();
     auto shape = shape_of(info[1]);
     auto dtype = DType(info[2].As<Napi::Number>().Int32Value());

@@ -61,12 +61,18 @@ void distinct(const Tensor* out, const char* out_name, const Tensor& in, const c
     throw UserError("RangeError", std::string(out_name) + ": must not be the same memory as " + in_name);
 }
 
-// Every a[i] in [0, hi), or equal to also_ok (outside the int32 range: no exception).
-void check_range(const Napi::Int32Array& a, const char* name, int64_t hi, int64_t also_ok = INT64_MIN) {
-  for (size_t i = 0; i < a.ElementLength(); ++i)
+// A copy of the Int32Array of `length` indices, each in [0, hi) or equal to also_ok (outside
+// the int32 range: no exception). Copied before it is checked: an array on a SharedArrayBuffer
+// may change under a kernel that indexes memory with it.
+std::vector<int32_t> checked_indices(const Napi::Value& v, const char* name, int64_t length, int64_t hi,
+                                     int64_t also_ok = INT64_MIN) {
+  const auto view = int32s(v, name, length);
+  std::vector<int32_t> a(view.Data(), view.Data() + view.ElementLength());
+  for (size_t i = 0; i < a.size(); ++i)
     if ((a[i] < 0 || a[i] >= hi) && a[i] != also_ok)
       throw UserError("RangeError", std::string(name) + "[" + std::to_string(i) + "]: " + std::to_string(a[i]) +
                                         " is outside [0, " + std::to_string(hi) + ")");
+  return a;
 }
 
 double num(const Napi::Value& v) { return v.As<Napi::Number>().DoubleValue(); }
@@ -96,7 +102,10 @@ Napi::Value LinearBackward(const Napi::CallbackInfo& info) {
     a(info[2], "w", N * K);
     Tensor* dx = a.or_null(info[3], "dx", M * K);
     Tensor& dw = a(info[4], "dw", N * K);
-    distinct(dx, "dx", dy, "dy"), distinct(dx, "dx", w, "w"), distinct(&dw, "dw", dy, "dy"), distinct(&dw, "dw", x, "x");
+    // dx is written before dw's product reads x: no output may share memory with an input or the other output.
+    distinct(dx, "dx", dy, "dy"), distinct(dx, "dx", w, "w"), distinct(dx, "dx", x, "x");
+    distinct(&dw, "dw", dy, "dy"), distinct(&dw, "dw", x, "x"), distinct(&dw, "dw", w, "w");
+    if (dx) distinct(&dw, "dw", *dx, "dx");
     if (a.cuda()) cuops::linear_backward(dy, x, w, dx, dw);
     else ops::linear_backward(dy.f32(), x.f32(), w.f32(), dx ? dx->f32() : nullptr, dw.f32(), M, K, N);
     return env.Undefined();
@@ -109,12 +118,12 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
     Args a{env};
     const Tensor& table = a(info[1], "table");
     if (!info[0].IsTypedArray()) throw UserError("TypeError", "ids: expected an Int32Array");
-    auto ids = int32s(info[0], "ids", int64_t(info[0].As<Napi::TypedArray>().ElementLength()));
-    const int64_t M = int64_t(ids.ElementLength()), V = rows_of(table), C = cols_of(table);
-    check_range(ids, "ids", V);
-    if (a.cuda()) return wrap(env, cuops::embedding(ids.Data(), M, table));
+    const int64_t V = rows_of(table), C = cols_of(table);
+    const auto ids = checked_indices(info[0], "ids", int64_t(info[0].As<Napi::TypedArray>().ElementLength()), V);
+    const int64_t M = int64_t(ids.size());
+    if (a.cuda()) return wrap(env, cuops::embedding(ids.data(), M, table));
     Tensor y = Tensor::empty({M, C}, DType::F32, Device::CPU);
-    ops::embedding_forward(ids.Data(), table.f32(), y.f32(), M, C);
+    ops::embedding_forward(ids.data(), table.f32(), y.f32(), M, C);
     return wrap(env, std::move(y));
   });
 }
@@ -127,11 +136,10 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
     const int64_t V = rows_of(dtable), C = cols_of(dtable);
     const Tensor& dy = a(info[1], "dy");
     if (cols_of(dy) != C) throw UserError("RangeError", "dy: expected rows of " + std::to_string(C) + " elements");
-    auto ids = int32s(info[0], "ids", rows_of(dy));
-    check_range(ids, "ids", V);
+    const auto ids = checked_indices(info[0], "ids", rows_of(dy), V);
     distinct(&dtable, "dtable", dy, "dy");
-    if (a.cuda()) cuops::embedding_backward(ids.Data(), rows_of(dy), dy, dtable);
-    else ops::embedding_backward(ids.Data(), dy.f32(), dtable.f32(), rows_of(dy), C);
+    if (a.cuda()) cuops::embedding_backward(ids.data(), rows_of(dy), dy, dtable);
+    else ops::embedding_backward(ids.data(), dy.f32(), dtable.f32(), rows_of(dy), C);
     return env.Undefined();
   });
 }
@@ -250,9 +258,8 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
     const Tensor &h = a(info[0], "h"), &w = a(info[1], "wHead");
     const int64_t M = rows_of(h), C = cols_of(h), V = rows_of(w);
     a(info[1], "wHead", V * C);
-    auto targets = int32s(info[2], "targets", M);
     const int32_t ignore = info[4].As<Napi::Number>().Int32Value();
-    check_range(targets, "targets", V, ignore);
+    const auto targets = checked_indices(info[2], "targets", M, V, ignore);
     const int64_t chunk = int64(info[3]);
     if (chunk < 1) throw UserError("RangeError", "chunkRows: expected an integer >= 1");
     Tensor* dh = a.or_null(info[6], "dh", M * C);
@@ -262,10 +269,10 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
     double loss_sum;
     int64_t count;
     if (a.cuda()) {
-      auto r = cuops::cross_entropy(h, w, targets.Data(), chunk, ignore, float(num(info[5])), dh, dw);
+      auto r = cuops::cross_entropy(h, w, targets.data(), chunk, ignore, float(num(info[5])), dh, dw);
       loss_sum = r.loss_sum, count = r.count;
     } else {
-      auto r = ops::cross_entropy(h.f32(), w.f32(), targets.Data(), M, C, V, chunk, ignore, float(num(info[5])),
+      auto r = ops::cross_entropy(h.f32(), w.f32(), targets.data(), M, C, V, chunk, ignore, float(num(info[5])),
                                   dh ? dh->f32() : nullptr, dw ? dw->f32() : nullptr);
       loss_sum = r.loss_sum, count = r.count;
     }
@@ -284,6 +291,8 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
     const int64_t n = p.numel();
     const Tensor& g = a(info[1], "grad", n);
     Tensor &m = a(info[2], "m", n), &v = a(info[3], "v", n);
+    distinct(&p, "param", g, "grad"), distinct(&m, "m", p, "param"), distinct(&m, "m", g, "grad");
+    distinct(&v, "v", p, "param"), distinct(&v, "v", g, "grad"), distinct(&v, "v", m, "m");
     const int64_t step = int64(info[4]);
     const float lr = float(num(info[5])), b1 = float(num(info[6])), b2 = float(num(info[7])), eps = float(num(info[8])),
                 wd = float(num(info[9]));

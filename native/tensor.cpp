@@ -1,4 +1,5 @@
 // Storage on either device, and the dtype conversions at the storage boundary.
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 
@@ -66,11 +67,17 @@ Storage::~Storage() {
 }
 
 Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {
+  // The byte count, refused before it can wrap (and wrap numel(), which multiplies the same dims).
+  const bool empty = std::find(shape.begin(), shape.end(), int64_t(0)) != shape.end();
+  int64_t bytes = empty ? 0 : int64_t(dtype_size(dtype));
+  for (int64_t d : shape)
+    if (d < 0 || (!empty && (__builtin_mul_overflow(bytes, d, &bytes) || bytes > (int64_t(1) << 56))))
+      throw UserError("RangeError", "shape: a tensor of these dimensions would be too large");
   Tensor t;
   t.dtype = dtype;
   t.device = device;
   t.shape = std::move(shape);
-  t.storage = std::make_shared<Storage>(device, size_t(t.numel()) * dtype_size(dtype));
+  t.storage = std::make_shared<Storage>(device, size_t(bytes));
   return t;
 }
 

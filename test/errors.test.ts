@@ -1,8 +1,9 @@
-// Bad input to attention() and attentionBackward(): a TypeError or RangeError that names
-// the argument and what was expected; never a crash, never a NaN.
+// Bad input to attention() and attentionBackward(), and what a review found reaching native
+// code elsewhere: a TypeError or RangeError that names the argument and what was expected;
+// never a crash, never a NaN.
 import { describe, expect, it } from 'vitest';
 
-import { attention, attentionBackward, tensor } from '../dist/index.js';
+import { attention, attentionBackward, createTrainer, initLlama, llamaPresets, ops, parseLlamaConfig, tensor, zeros } from '../dist/index.js';
 
 const t = (shape: number[], dtype: 'float32' | 'bfloat16' | 'float16' = 'float32') =>
   tensor(new Float32Array(shape.reduce((a, b) => a * b, 1)), shape, { dtype });
@@ -49,6 +50,34 @@ describe('attentionBackward refuses bad input', () => {
     ['lse of another shape', () => attentionBackward(q, q, kv, kv, out, t([1, 8, 2])), RangeError, /^lse: expected shape \[batch, heads, seqQ\] = \[1, 2, 8\], got \[1, 8, 2\]/],
     ['lse not float32', () => attentionBackward(q, q, kv, kv, out, t([1, 2, 8], 'bfloat16')), TypeError, /^lse: expected dtype 'float32', got 'bfloat16'/],
     ['missing lse', () => (attentionBackward as any)(q, q, kv, kv, out), TypeError, /^lse: expected a Tensor, got undefined/],
+  ];
+  for (const [name, call, Kind, message] of cases)
+    it(name, () => {
+      expect(call).toThrow(Kind);
+      expect(call).toThrow(message);
+    });
+});
+
+describe('what would crash native code or come back as NaN is refused', () => {
+  const z = (n: number) => zeros([n]);
+  const cases: [string, () => unknown, ErrorConstructor, RegExp][] = [
+    // Sizes past 2^53 elements wrapped or saturated into a tiny buffer, then a memset or gemm ran past it.
+    ['a shape past 2^63', () => zeros([2 ** 63]), RangeError, /^shape\[0\]: expected a non-negative integer, got number/],
+    ['a shape of more than 2^53 elements', () => zeros([2 ** 32, 2 ** 32]), RangeError, /^shape: \[4294967296, 4294967296\] holds more than 2\^53 elements$/],
+    ['a hole in a shape', () => tensor(new Float32Array(1), [, 1] as number[]), RangeError, /^shape\[0\]: expected a non-negative integer, got nothing$/],
+    // instanceof trusts the prototype: a Uint8Array dressed as a Float32Array was read 4x past its end.
+    ['a Uint8Array with the prototype of a Float32Array', () => tensor(Object.setPrototypeOf(new Uint8Array(16), Float32Array.prototype), [16]), TypeError, /^data: expected a Float32Array/],
+    // Finite doubles that are Infinity or 0 as the float32 the native code takes.
+    ['a scale past float32', () => attention(t([1, 4, 2, 8]), t([1, 4, 2, 8]), t([1, 4, 2, 8]), { scale: 1e39 }), RangeError, /^opts\.scale: expected a finite number > 0 as a float32, got 1e\+39$/],
+    ['an eps that is 0 as a float32', () => ops.adamw(z(4), z(4), z(4), z(4), { step: 1, lr: 0.1, eps: 1e-50 }), RangeError, /^opts\.eps: expected a finite number > 0 as a float32/],
+    ['a beta that is 1 as a float32', () => ops.adamw(z(4), z(4), z(4), z(4), { step: 1, lr: 0.1, beta2: 1 - 1e-10 }), RangeError, /^opts\.beta2: expected a number in \[0, 1\) as a float32/],
+    ['an rmsNorm eps of 0', () => ops.rmsNorm(zeros([2, 4]), z(4), 0), RangeError, /^eps: expected a finite number > 0, got 0$/],
+    ['rms_norm_eps that is 0 as a float32', () => parseLlamaConfig({ ...llamaPresets.tiny, rms_norm_eps: 1e-50 }), RangeError, /^rms_norm_eps: expected a finite number > 0/],
+    ['a trainer lr past float32', () => createTrainer(initLlama(llamaPresets.tiny, { seed: 1 }), { lr: 1e39 }), RangeError, /^opts\.lr: expected a finite number >= 0 as a float32/],
+    // Outputs that share memory with an input gave wrong results silently.
+    ['linearBackward dx as x', () => { const x = zeros([2, 3]); ops.linearBackward(zeros([2, 4]), x, zeros([4, 3]), x, zeros([4, 3])); }, RangeError, /^dx: must not be the same memory as x$/],
+    ['adamw grad as param', () => { const p = z(4); ops.adamw(p, p, z(4), z(4), { step: 1, lr: 0.1 }); }, RangeError, /^param: must not be the same memory as grad$/],
+    ['adamw v as m', () => { const m = z(4); ops.adamw(z(4), z(4), m, m, { step: 1, lr: 0.1 }); }, RangeError, /^v: must not be the same memory as m$/],
   ];
   for (const [name, call, Kind, message] of cases)
     it(name, () => {
