@@ -101,18 +101,33 @@ export async function launchProcesses(argv: string[]): Promise<number> {
   let interrupted: NodeJS.Signals | undefined;
   let killTimer: NodeJS.Timeout | undefined;
 
-  const stopOthers = () => {
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+  const live = () => children.filter((c) => c.exitCode === null && c.signalCode === null);
+  // A rank that ignores the signal (a handler that never runs while NCCL blocks its thread)
+  // is killed after the grace period, so that the launcher always ends.
+  const signalAll = (signal: NodeJS.Signals) => {
+    for (const c of live()) c.kill(signal);
     killTimer ??= setTimeout(() => {
-      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+      for (const c of live()) c.kill('SIGKILL');
     }, a.graceMs);
   };
+  const stopOthers = () => signalAll('SIGTERM');
   const forward = (signal: NodeJS.Signals) => {
     interrupted ??= signal;
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill(signal);
+    signalAll(signal);
   };
-  process.on('SIGINT', forward);
-  process.on('SIGTERM', forward);
+  // As torchrun: these end the job; the ranks get the signal, then SIGKILL after the grace period.
+  const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const;
+  for (const s of FORWARDED) process.on(s, forward);
+  // Whatever ends the launcher itself (a crash, process.exit) takes the ranks with it, so that
+  // none is left holding a GPU.
+  const killAll = () => {
+    for (const c of live()) c.kill('SIGKILL');
+  };
+  process.on('exit', killAll);
+  // A closed stderr (`launch ... 2>&1 | head`) must not crash the launcher: the ranks' output
+  // is still kept for the failure report.
+  const ignore = () => {};
+  process.stderr.on('error', ignore);
 
   await new Promise<void>((done) => {
     let running = a.nprocPerNode;
@@ -153,8 +168,9 @@ export async function launchProcesses(argv: string[]): Promise<number> {
   });
 
   clearTimeout(killTimer);
-  process.off('SIGINT', forward);
-  process.off('SIGTERM', forward);
+  for (const s of FORWARDED) process.off(s, forward);
+  process.off('exit', killAll);
+  process.stderr.off('error', ignore);
   const bySignal = (signal: NodeJS.Signals) => 128 + constants.signals[signal];
   if (interrupted) return bySignal(interrupted);
   if (!failure) return 0;

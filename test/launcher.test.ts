@@ -1,6 +1,6 @@
 // `ring-attention launch` with real processes.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -61,6 +61,51 @@ describe('ring-attention launch', () => {
     const code = await new Promise((resolve) => p.on('exit', resolve));
     expect(code).toBe(143);
     expect(existsSync(join(dir, 'rank-0')) && existsSync(join(dir, 'rank-1'))).toBe(true);
+  });
+
+  /** Starts a launch of `mode` ranks; resolves once each has printed 'ready' (with its pid, if it does). */
+  async function started(mode: string, args: string[] = [], dir = '') {
+    const p = spawn(process.execPath, [cli, 'launch', '--nproc-per-node', '2', ...args, rankScript, mode, dir], { env: { ...process.env, CUDA_VISIBLE_DEVICES: undefined } });
+    const pids: number[] = [];
+    let out = '';
+    await new Promise<void>((resolve) => p.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      const ready = [...out.matchAll(/ready ?(\d*)/g)];
+      if (ready.length === 2) resolve(void pids.push(...ready.map((m) => Number(m[1]))));
+    }));
+    return { p, pids, exit: new Promise<number | null>((resolve) => p.on('exit', resolve)) };
+  }
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  it('forwards SIGHUP too, and exits with 129', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ring-attention-launch-'));
+    const { p, exit } = await started('sigterm', [], dir);
+    p.kill('SIGHUP');
+    expect(await exit).toBe(129);
+    expect(readFileSync(join(dir, 'rank-1'), 'utf8')).toBe('got SIGHUP');
+  });
+
+  it('ranks that ignore a forwarded signal are killed after the grace period', async () => {
+    const { p, pids, exit } = await started('stubborn', ['--grace-ms', '300']);
+    const t0 = Date.now();
+    p.kill('SIGTERM');
+    expect(await exit).toBe(143);
+    expect(Date.now() - t0).toBeLessThan(10_000); // not when the ranks' own 60 s wait ends
+    expect(pids.filter(alive)).toEqual([]);
+  });
+
+  it('a closed stderr does not end the launcher, nor orphan its ranks', async () => {
+    const p = spawn(process.execPath, [cli, 'launch', '--nproc-per-node', '2', rankScript, 'noisy'], { env: { ...process.env, CUDA_VISIBLE_DEVICES: undefined } });
+    await new Promise((resolve) => p.stderr.once('data', resolve));
+    p.stderr.destroy(); // as `launch ... 2>&1 | head -1` does
+    expect(await new Promise((resolve) => p.on('exit', resolve))).toBe(0);
   });
 
   it('refuses bad command lines with usage and exit code 2', () => {
