@@ -15,9 +15,13 @@ export interface DistributedEnv {
 
 type Env = Record<string, string | undefined>;
 
+/** The most processes a job may have: far beyond any cluster, small enough for rank lists. */
+export const MAX_PROCESSES = 2 ** 20;
+
 function intVar(env: Env, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  const raw = env[name];
+  const raw: unknown = env[name];
   if (raw === undefined || raw === '') throw new RangeError(`environment: ${name} is not set`);
+  if (typeof raw !== 'string') throw new TypeError(`environment: ${name} must be a string, got ${typeof raw}`);
   const value = Number(raw);
   if (!/^\d+$/.test(raw.trim()) || value < min || value > max)
     throw new RangeError(`environment: ${name} must be an integer in [${min}, ${max}], got '${raw}'`);
@@ -29,31 +33,57 @@ function master(env: Env, launcher: string): { masterAddr: string; masterPort: n
     ? '; under srun, export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1) and MASTER_PORT=29500'
     : '';
   if (!env.MASTER_ADDR) throw new RangeError(`environment: MASTER_ADDR is not set${hint}`);
+  // torchrun's help writes IPv6 addresses in brackets ([::1]); sockets take them without.
+  const masterAddr = /^\[.*\]$/.test(env.MASTER_ADDR) ? env.MASTER_ADDR.slice(1, -1) : env.MASTER_ADDR;
   try {
-    return { masterAddr: env.MASTER_ADDR, masterPort: intVar(env, 'MASTER_PORT', 1, 65535) };
+    return { masterAddr, masterPort: intVar(env, 'MASTER_PORT', 1, 65535) };
   } catch (e) {
     throw new RangeError(`${(e as Error).message}${hint}`);
   }
 }
 
+/**
+ * This node's task count in the step: SLURM_STEP_TASKS_PER_NODE ("2(x3),1": 2 on each of the
+ * first three nodes, then 1) at SLURM_NODEID; SLURM_NTASKS_PER_NODE (set only with
+ * --ntasks-per-node, and inherited from sbatch) when the step's is absent.
+ */
+function slurmTasksHere(env: Env): number {
+  const layout = env.SLURM_STEP_TASKS_PER_NODE ?? env.SLURM_TASKS_PER_NODE;
+  if (layout) {
+    const counts: number[] = [];
+    for (const part of layout.split(',')) {
+      const m = /^(\d+)(?:\(x(\d+)\))?$/.exec(part.trim());
+      if (!m || Number(m[1]) < 1) throw new RangeError(`environment: SLURM_STEP_TASKS_PER_NODE: expected counts such as '4(x2),1', got '${layout}'`);
+      for (let i = 0; i < Number(m[2] ?? 1) && counts.length < MAX_PROCESSES; ++i) counts.push(Number(m[1]));
+    }
+    const node = env.SLURM_NODEID ? intVar(env, 'SLURM_NODEID', 0, counts.length - 1) : 0;
+    return counts[node]!;
+  }
+  return env.SLURM_NTASKS_PER_NODE ? intVar(env, 'SLURM_NTASKS_PER_NODE', 1) : Number.MAX_SAFE_INTEGER;
+}
+
 /** Reads torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, ...) or, failing those, Slurm's (SLURM_PROCID, ...). */
 export function readDistributedEnv(env: Env = process.env): DistributedEnv {
-  if (env.RANK !== undefined || env.WORLD_SIZE !== undefined) {
-    const worldSize = intVar(env, 'WORLD_SIZE', 1);
+  if (env === null || typeof env !== 'object') throw new TypeError(`env: expected an object of environment variables, got ${env === null ? 'null' : typeof env}`);
+  // An sbatch script may export WORLD_SIZE for srun's tasks, and a shell may hold an empty
+  // RANK: only a RANK with a value means torchrun (or our launcher) when Slurm's are there.
+  const torchrun = env.RANK ? true : env.SLURM_PROCID === undefined && (env.RANK !== undefined || env.WORLD_SIZE !== undefined);
+  if (torchrun) {
+    const worldSize = intVar(env, 'WORLD_SIZE', 1, MAX_PROCESSES);
     const rank = intVar(env, 'RANK', 0, worldSize - 1);
     const localWorldSize = env.LOCAL_WORLD_SIZE ? intVar(env, 'LOCAL_WORLD_SIZE', 1, worldSize) : worldSize;
     const localRank = env.LOCAL_RANK ? intVar(env, 'LOCAL_RANK', 0, localWorldSize - 1) : rank % localWorldSize;
     const m = master(env, 'torchrun');
-    const jobToken = env.RING_ATTENTION_JOB_TOKEN ?? env.TORCHELASTIC_RUN_ID ?? `${m.masterAddr}:${m.masterPort}`;
+    // torchrun's --rdzv-id defaults to 'none', shared by every job: no better than none.
+    const runId = env.TORCHELASTIC_RUN_ID && env.TORCHELASTIC_RUN_ID !== 'none' ? env.TORCHELASTIC_RUN_ID : undefined;
+    const jobToken = env.RING_ATTENTION_JOB_TOKEN || runId || `${m.masterAddr}:${m.masterPort}`;
     return { rank, worldSize, localRank, localWorldSize, ...m, jobToken, launcher: 'torchrun' };
   }
   if (env.SLURM_PROCID !== undefined) {
-    const worldSize = intVar(env, 'SLURM_NTASKS', 1);
+    const worldSize = intVar(env, 'SLURM_NTASKS', 1, MAX_PROCESSES);
     const rank = intVar(env, 'SLURM_PROCID', 0, worldSize - 1);
-    // SLURM_NTASKS_PER_NODE is set only with --ntasks-per-node; SLURM_STEP_TASKS_PER_NODE ("4(x2)") always.
-    const perNode = env.SLURM_NTASKS_PER_NODE ?? env.SLURM_STEP_TASKS_PER_NODE?.match(/^\d+/)?.[0];
-    const localWorldSize = perNode ? Math.min(Number(perNode), worldSize) : worldSize;
-    const localRank = intVar(env, 'SLURM_LOCALID', 0, Math.max(0, localWorldSize - 1));
+    const localWorldSize = Math.min(slurmTasksHere(env), worldSize);
+    const localRank = intVar(env, 'SLURM_LOCALID', 0, localWorldSize - 1);
     const m = master(env, 'slurm');
     const jobToken = env.RING_ATTENTION_JOB_TOKEN ?? `slurm-${env.SLURM_JOB_ID ?? '?'}.${env.SLURM_STEP_ID ?? '0'}`;
     return { rank, worldSize, localRank, localWorldSize, ...m, jobToken, launcher: 'slurm' };

@@ -22,7 +22,7 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
   if (o.backend !== 'nccl')
     fail(typeof o.backend === 'string' ? 'range' : 'type', `opts.backend: expected 'nccl' (groups of threads come from launch()), got ${JSON.stringify(o.backend)}`);
   const timeoutMs = o.timeoutMs === undefined ? DEFAULT_TIMEOUT_MS : checkInteger(o.timeoutMs, 'opts.timeoutMs', 1, MAX_TIMER_MS);
-  const env = readDistributedEnv((o.env as Record<string, string | undefined> | undefined) ?? process.env);
+  const env = readDistributedEnv(o.env === undefined ? process.env : (o.env as Record<string, string | undefined>));
 
   const nccl = findLibrary(LIBRARIES.nccl);
   if (!nccl.path)
@@ -32,7 +32,9 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
   const cuda = native.cudaInfo();
   if (!cuda.available) throw new Error(`initProcessGroup: the 'nccl' backend needs a CUDA device (${cuda.reason})`);
   // `ring-attention launch` leaves each process one visible GPU; under torchrun all are visible.
-  const device = cuda.deviceCount > 1 ? env.localRank % cuda.deviceCount : 0;
+  if (cuda.deviceCount > 1 && env.localWorldSize > cuda.deviceCount)
+    throw new Error(`initProcessGroup: ${env.localWorldSize} processes on this node, but ${cuda.deviceCount} visible GPUs; NCCL needs a GPU of its own per process`);
+  const device = cuda.deviceCount > 1 ? env.localRank : 0;
 
   const id = await rendezvous({
     rank: env.rank, worldSize: env.worldSize, addr: env.masterAddr, port: env.masterPort, token: env.jobToken, timeoutMs,

@@ -25,6 +25,25 @@ describe('readDistributedEnv', () => {
     expect(readDistributedEnv({ ...torchrun, RING_ATTENTION_JOB_TOKEN: 'mine' }).jobToken).toBe('mine');
   });
 
+  it('srun tasks under an sbatch script that exported WORLD_SIZE, or with an empty RANK, are Slurm tasks', () => {
+    expect(readDistributedEnv({ ...slurm, WORLD_SIZE: '8' }).launcher).toBe('slurm');
+    expect(readDistributedEnv({ ...slurm, RANK: '' }).rank).toBe(6);
+    expect(() => readDistributedEnv({ WORLD_SIZE: '8', MASTER_ADDR: 'a', MASTER_PORT: '1' })).toThrow(/^environment: RANK is not set$/);
+  });
+
+  it("Slurm's tasks on this node come from the step's layout at SLURM_NODEID", () => {
+    const uneven = { ...slurm, SLURM_NTASKS: '4', SLURM_PROCID: '3', SLURM_STEP_TASKS_PER_NODE: '1,3', SLURM_NODEID: '1', SLURM_LOCALID: '2', SLURM_NTASKS_PER_NODE: '1' };
+    expect(readDistributedEnv(uneven)).toMatchObject({ localRank: 2, localWorldSize: 3 });
+    expect(readDistributedEnv({ ...slurm, SLURM_STEP_TASKS_PER_NODE: '2(x3),1', SLURM_NODEID: '3', SLURM_NTASKS: '7', SLURM_LOCALID: '0' }).localWorldSize).toBe(1);
+    expect(() => readDistributedEnv({ ...slurm, SLURM_STEP_TASKS_PER_NODE: 'abc' })).toThrow(/^environment: SLURM_STEP_TASKS_PER_NODE: expected counts such as '4\(x2\),1', got 'abc'$/);
+    expect(() => readDistributedEnv({ ...slurm, SLURM_NODEID: '2' })).toThrow(/^environment: SLURM_NODEID must be an integer in \[0, 1\]/);
+  });
+
+  it("takes [::1] as torchrun writes IPv6 masters; torchrun's default run id 'none' is no job token", () => {
+    expect(readDistributedEnv({ ...torchrun, MASTER_ADDR: '[::1]' }).masterAddr).toBe('::1');
+    expect(readDistributedEnv({ ...torchrun, TORCHELASTIC_RUN_ID: 'none' }).jobToken).toBe('node-a:29500');
+  });
+
   it('refuses missing or bad values, naming the variable', () => {
     expect(() => readDistributedEnv({})).toThrow(/no RANK\/WORLD_SIZE .* or SLURM_PROCID\/SLURM_NTASKS .* found/);
     expect(() => readDistributedEnv({ ...torchrun, RANK: '16' })).toThrow(/^environment: RANK must be an integer in \[0, 15\], got '16'/);
@@ -33,5 +52,8 @@ describe('readDistributedEnv', () => {
     expect(() => readDistributedEnv({ ...torchrun, MASTER_PORT: '70000' })).toThrow(/^environment: MASTER_PORT must be an integer in \[1, 65535\]/);
     expect(() => readDistributedEnv({ ...slurm, MASTER_ADDR: undefined })).toThrow(/MASTER_ADDR is not set; under srun, export MASTER_ADDR=\$\(scontrol show hostnames/);
     expect(() => readDistributedEnv({ ...slurm, SLURM_LOCALID: '4' })).toThrow(/^environment: SLURM_LOCALID must be an integer in \[0, 3\]/);
+    expect(() => readDistributedEnv({ ...torchrun, WORLD_SIZE: String(2 ** 33), RANK: '0' })).toThrow(/^environment: WORLD_SIZE must be an integer in \[1, 1048576\]/);
+    expect(() => readDistributedEnv({ ...torchrun, RANK: 5 as never })).toThrow(/^environment: RANK must be a string, got number/);
+    expect(() => readDistributedEnv(null as never)).toThrow(/^env: expected an object of environment variables, got null/);
   });
 });
