@@ -51,6 +51,7 @@ export function checkOptions(value: unknown, name: string): Record<string, unkno
 }
 
 export function describe(value: unknown): string {
+  if (value === undefined) return 'nothing';
   if (value === null) return 'null';
   if (Array.isArray(value)) return `an array of length ${value.length}`;
   if (typeof value === 'string') return `'${value}'`;

@@ -54,7 +54,7 @@ export class ProcessGroup {
 
   #list(ts: readonly unknown[], name: string): TensorHandle[] {
     if (ts.length === 0) fail('range', `${name}: expected at least one tensor, got an empty array`);
-    const xs = ts.map((t, i) => this.#tensor(t, `${name}[${i}]`));
+    const xs = Array.from(ts, (t, i) => this.#tensor(t, `${name}[${i}]`)); // holes too
     xs.forEach((x, i) => {
       const j = xs.indexOf(x);
       if (j !== i) fail('range', `${name}[${i}]: the same tensor as ${name}[${j}] (each is summed in place once)`);

@@ -366,7 +366,7 @@ export function sumOfSquares(t: Tensor | readonly Tensor[]): number {
   const name = (i: number) => (Array.isArray(t) ? `t[${i}]` : 't');
   if (ts.length === 0) fail('range', 't: expected at least one tensor, got an empty array');
   const c = new Call(ts[0], name(0));
-  return native.opsSumOfSquares(ts.map((x, i) => c.tensor(x, name(i)).handle(name(i))));
+  return native.opsSumOfSquares(Array.from(ts, (x, i) => c.tensor(x, name(i)).handle(name(i)))); // holes too
 }
 
 /** t *= s, in place. */
@@ -412,8 +412,9 @@ export function add(a: Tensor, b: Tensor): void {
 export function reshape(t: Tensor, shape: readonly number[]): Tensor {
   const tt = checkTensor(t, 't');
   if (!Array.isArray(shape)) fail('type', `shape: expected an array of integers, got ${describe(shape)}`);
-  shape.forEach((d, i) => checkInteger(d, `shape[${i}]`, 0));
-  const n = shape.reduce((a, b) => a * b, 1);
-  if (n !== tt.numel) fail('range', `shape: ${fmt(shape)} holds ${n} elements, the tensor ${fmt(tt.shape)} holds ${tt.numel}`);
-  return Tensor.fromHandle(native.opsView(tt.handle('t'), [...shape]), shape, tt.dtype, tt.device);
+  // One copy, read once: what is checked is what the native view and the Tensor get.
+  const dims = Array.from(shape as unknown[], (d, i) => checkInteger(d, `shape[${i}]`, 0));
+  const n = dims.reduce((a, b) => a * b, 1);
+  if (n !== tt.numel) fail('range', `shape: ${fmt(dims)} holds ${n} elements, the tensor ${fmt(tt.shape)} holds ${tt.numel}`);
+  return Tensor.fromHandle(native.opsView(tt.handle('t'), dims), dims, tt.dtype, tt.device);
 }

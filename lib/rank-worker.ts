@@ -1,4 +1,5 @@
 // The body of one rank's worker thread (see launch.ts).
+import { inspect } from 'node:util';
 import { parentPort, workerData } from 'node:worker_threads';
 
 import { ProcessGroup } from './group.js';
@@ -29,7 +30,8 @@ try {
   native.groupLeave(groupId, rank); // peers still waiting on this rank now fail fast
   post({ ok: true, value });
 } catch (e) {
-  const error = e instanceof Error ? e : new Error(String(e));
+  // A thrown non-Error ({ code: 1 }, undefined) is shown as inspect shows it, not '[object Object]'.
+  const error = e instanceof Error ? e : new Error(`rank ${rank} threw a non-Error value: ${inspect(e, { depth: 2, breakLength: Infinity })}`);
   // Released because another rank failed: that rank's error is the one to report.
   const secondary = (error as { code?: string }).code === 'ERR_RING_ATTENTION_ABORTED';
   try {

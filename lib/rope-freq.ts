@@ -5,7 +5,7 @@
 // factor, short ones kept, a blend between), 'yarn' (the same idea with a ramp over
 // dimensions, plus the attention factor), 'dynamic' (NTK: theta grows with the sequence
 // length once it passes max_position_embeddings). Computed in double; ops.rope takes inv_freq.
-import { describe, fail } from './errors.js';
+import { checkInteger, describe, fail } from './errors.js';
 import { DEFAULT_MAX_POSITIONS } from './llama-config.js';
 
 export const ROPE_TYPES = ['default', 'linear', 'llama3', 'yarn', 'dynamic'] as const;
@@ -51,7 +51,17 @@ function ropeType(scaling: Record<string, unknown> | null | undefined): unknown 
  * rope_scaling is an error naming the key; `where` prefixes the messages.
  */
 export function ropeParameters(c: RopeConfig, seqLen = 0, where = 'rope_scaling'): RopeParameters {
-  const D = c.head_dim, inv = plain(D, c.rope_theta), scaling = c.rope_scaling;
+  const key = (k: string) => `${where.slice(0, where.length - 'rope_scaling'.length)}${k}`; // beside rope_scaling
+  if (c === null || typeof c !== 'object') fail('type', `config: expected { head_dim, rope_theta, rope_scaling? }, got ${describe(c)}`);
+  if (typeof c.head_dim !== 'number' || !Number.isInteger(c.head_dim) || c.head_dim < 2 || c.head_dim % 2 !== 0)
+    fail('range', `${key('head_dim')}: expected an even integer >= 2, got ${describe(c.head_dim)}`);
+  if (typeof c.rope_theta !== 'number' || !Number.isFinite(c.rope_theta) || c.rope_theta <= 0)
+    fail('range', `${key('rope_theta')}: expected a finite number > 0, got ${describe(c.rope_theta)}`);
+  checkInteger(seqLen, 'seqLen', 0);
+  const scaling = c.rope_scaling;
+  if (scaling !== undefined && scaling !== null && (typeof scaling !== 'object' || Array.isArray(scaling)))
+    fail('type', `${where}: expected an object or null, got ${describe(scaling)}`);
+  const D = c.head_dim, inv = plain(D, c.rope_theta);
   const type = ropeType(scaling);
   if (!scaling || type === 'default') return { invFreq: inv, attentionFactor: 1 };
   if (type === 'linear') {
@@ -90,6 +100,7 @@ export function ropeParameters(c: RopeConfig, seqLen = 0, where = 'rope_scaling'
 // a bug fixed there; before 4.50 the correction range used max_position_embeddings.)
 function yarn(c: RopeConfig, s: Record<string, unknown>, where: string): RopeParameters {
   const D = c.head_dim, theta = c.rope_theta;
+  if (theta <= 1) fail('range', `rope_theta: yarn takes its logarithm's ratios; expected a number > 1, got ${theta}`);
   const factor = positive(s, 'factor', where);
   const given = s.original_max_position_embeddings !== undefined && s.original_max_position_embeddings !== null;
   const original = given ? positive(s, 'original_max_position_embeddings', where) : maxPositions(c);

@@ -39,7 +39,7 @@ export async function safetensorsWeightMap(dir: string): Promise<Map<string, str
   }
   const weightMap = (json as { weight_map?: unknown } | null)?.weight_map;
   if (weightMap === null || typeof weightMap !== 'object' || Array.isArray(weightMap))
-    fail('type', `${index}: weight_map: expected an object of tensor name -> file name, got ${weightMap === undefined ? 'nothing' : describe(weightMap)}`);
+    fail('type', `${index}: weight_map: expected an object of tensor name -> file name, got ${describe(weightMap)}`);
   const map = new Map<string, string>();
   for (const [name, file] of Object.entries(weightMap)) {
     // A hostile index must not reach outside the directory ('../x', '/etc/x').

@@ -69,7 +69,7 @@ function checkTensor(name: string, t: unknown): { name: string; shape: number[];
   if (t === null || typeof t !== 'object') fail('type', `${where}: expected { shape, data, dtype? }, got ${describe(t)}`);
   const { shape, data, dtype = 'F32' } = t as TensorToWrite;
   if (!Array.isArray(shape)) fail('type', `${where}.shape: expected an array of non-negative integers, got ${describe(shape)}`);
-  shape.forEach((d: unknown, i) => {
+  Array.from(shape, (d: unknown, i) => { // holes too
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
       fail('range', `${where}.shape[${i}]: expected a non-negative integer, got ${describe(d)}`);
   });

@@ -182,14 +182,14 @@ export function parseMetadata(value: unknown, where: string): Record<string, str
 }
 
 function parseEntry(value: unknown, where: string, dataSize: number): SafetensorsEntry {
-  if (!isObject(value)) fail('type', `${where}: expected an object with dtype, shape, data_offsets, got ${show(value)}`);
+  if (!isObject(value)) fail('type', `${where}: expected an object with dtype, shape, data_offsets, got ${describe(value)}`);
   const { dtype, shape, data_offsets: offsets } = value;
   if (typeof dtype !== 'string' || !Object.hasOwn(ITEM_SIZE, dtype))
-    fail(typeof dtype === 'string' ? 'range' : 'type', `${where}: dtype: expected one of ${Object.keys(ITEM_SIZE).join(', ')}, got ${show(dtype)}`);
-  if (!Array.isArray(shape)) fail('type', `${where}: shape: expected an array of non-negative integers, got ${show(shape)}`);
+    fail(typeof dtype === 'string' ? 'range' : 'type', `${where}: dtype: expected one of ${Object.keys(ITEM_SIZE).join(', ')}, got ${describe(dtype)}`);
+  if (!Array.isArray(shape)) fail('type', `${where}: shape: expected an array of non-negative integers, got ${describe(shape)}`);
   shape.forEach((d: unknown, i) => {
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
-      fail('range', `${where}: shape[${i}]: expected a non-negative integer, got ${show(d)}`);
+      fail('range', `${where}: shape[${i}]: expected a non-negative integer, got ${describe(d)}`);
   });
   if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0))
     fail('range', `${where}: data_offsets: expected two non-negative integers [begin, end], got ${JSON.stringify(offsets) ?? 'nothing'}`);
@@ -207,7 +207,6 @@ function parseEntry(value: unknown, where: string, dataSize: number): Safetensor
   return { dtype: dtype as SafetensorsDType, shape: [...dims], dataOffsets: [begin, end] };
 }
 
-const show = (v: unknown) => (v === undefined ? 'nothing' : describe(v));
 const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;

@@ -36,7 +36,9 @@ function copySeq(src: Float32Array, srcShape: readonly number[], dst: Float32Arr
     dst.set(src.subarray((o * srcSeq + from) * inner, (o * srcSeq + from + len) * inner), (o * dstSeq + to) * inner);
 }
 
-function checkDim(dim: unknown, name: string, rank: number): number {
+function checkDim(dim: unknown, name: string, rank: number, tensorName: string): number {
+  if (dim === undefined && rank < 2)
+    fail('range', `${tensorName}: the sequence is dim 1 unless ${name} says otherwise ([batch, seq, ...]), but this tensor has ${rank} dim${rank === 1 ? '' : 's'}`);
   return dim === undefined ? 1 : checkInteger(dim, name, 0, rank - 1);
 }
 
@@ -48,7 +50,7 @@ export function shardSequence(x: Tensor, opts: ShardOptions): Tensor {
   const worldSize = checkInteger(o.worldSize, 'opts.worldSize', 1);
   const rank = checkInteger(o.rank, 'opts.rank', 0, worldSize - 1);
   const layout = checkOneOf(o.layout, 'opts.layout', LAYOUTS) ?? 'contiguous';
-  const dim = checkDim(o.dim, 'opts.dim', t.shape.length);
+  const dim = checkDim(o.dim, 'opts.dim', t.shape.length, 'x');
   const seq = t.shape[dim]!;
   const { count, held } = chunksOf(rank, worldSize, layout);
   if (seq % count !== 0)
@@ -64,11 +66,11 @@ export function shardSequence(x: Tensor, opts: ShardOptions): Tensor {
 /** The full sequence from every rank's shard (shards[r] from rank r), as a new tensor. */
 export function gatherSequence(shards: Tensor[], opts?: GatherOptions): Tensor {
   if (!Array.isArray(shards) || shards.length === 0) fail('type', `shards: expected a non-empty array of tensors, got ${describe(shards)}`);
-  const ts = shards.map((s, i) => checkTensor(s, `shards[${i}]`));
+  const ts = Array.from(shards, (s, i) => checkTensor(s, `shards[${i}]`)); // holes too
   const first = ts[0]!;
   const o = checkOptions(opts, 'opts');
   const layout = checkOneOf(o.layout, 'opts.layout', LAYOUTS) ?? 'contiguous';
-  const dim = checkDim(o.dim, 'opts.dim', first.shape.length);
+  const dim = checkDim(o.dim, 'opts.dim', first.shape.length, 'shards[0]');
   ts.forEach((t, i) => {
     if (t.shape.length !== first.shape.length || t.shape.some((d, j) => d !== first.shape[j]))
       fail('range', `shards[${i}]: expected the shape of shards[0] [${first.shape.join(', ')}], got [${t.shape.join(', ')}]`);

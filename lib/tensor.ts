@@ -102,7 +102,7 @@ function checkShape(shape: unknown, name: string): readonly number[] {
   for (let i = 0; i < shape.length; ++i) { // holes too
     const d: unknown = shape[i];
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
-      fail('range', `${name}[${i}]: expected a non-negative integer, got ${d === undefined ? 'nothing' : describe(d)}`);
+      fail('range', `${name}[${i}]: expected a non-negative integer, got ${describe(d)}`);
     numel *= d;
   }
   // Past 2^53 the element count is no longer exact; a product with a 0 is 0 whatever the rest.

@@ -116,6 +116,7 @@ export class Trainer implements Disposable {
   #v: Map<string, Tensor>;
   #step = 0;
   #o: ResolvedOptions;
+  #disposed = false;
 
   /** @internal use createTrainer. */
   constructor(model: LlamaModel, o: ResolvedOptions) {
@@ -135,7 +136,12 @@ export class Trainer implements Disposable {
     return this.#step;
   }
 
+  #live(): void {
+    if (this.#disposed) fail('type', 'trainer: has been disposed');
+  }
+
   #context(tokens: unknown, targets: unknown, at = '', documentIds?: unknown): MicroBatch {
+    this.#live();
     if (!(tokens instanceof Int32Array)) fail('type', `tokens${at}: expected an Int32Array (this rank's shard), got ${describe(tokens)}`);
     if (!(targets instanceof Int32Array)) fail('type', `targets${at}: expected an Int32Array (this rank's shard), got ${describe(targets)}`);
     if (targets.length !== tokens.length) fail('range', `targets${at}: expected ${tokens.length} targets (one per token), got ${targets.length}`);
@@ -262,6 +268,7 @@ export class Trainer implements Disposable {
 
   /** Global L2 norm of the gradients (the same on every rank: they are summed over the group). */
   gradNorm(): number {
+    this.#live();
     return Math.sqrt(sumOfSquares([...this.gradients.values()])); // one wait for the device, not one per tensor
   }
 
@@ -304,6 +311,7 @@ export class Trainer implements Disposable {
    * restore refuses as a mix of two saves, never a mix it would accept.
    */
   async saveCheckpoint(dir: string): Promise<void> {
+    this.#live();
     if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
     const group = this.#o.group;
     if (!group || group.rank === 0) {
@@ -329,10 +337,17 @@ export class Trainer implements Disposable {
    * restores them from the checkpoint).
    */
   async restoreCheckpoint(dir: string): Promise<void> {
+    this.#live();
     if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
     const trainerFile = join(dir, TRAINER_FILE);
-    const meta = JSON.parse(await readFile(trainerFile, 'utf8')) as { format?: unknown; version?: unknown; save?: unknown; step?: unknown };
-    if (meta.format !== 'ring-attention-trainer') fail('range', `${trainerFile}: not a trainer checkpoint (format ${describe(meta.format)})`);
+    let meta: { format?: unknown; version?: unknown; save?: unknown; step?: unknown };
+    try {
+      meta = JSON.parse(await readFile(trainerFile, 'utf8')) ?? {};
+    } catch (e) {
+      if (!(e instanceof SyntaxError)) throw e;
+      throw new Error(`${trainerFile}: not valid JSON: ${e.message}`, { cause: e });
+    }
+    if (typeof meta !== 'object' || meta.format !== 'ring-attention-trainer') fail('range', `${trainerFile}: not a trainer checkpoint (format ${describe(meta.format)})`);
     const step = checkInteger(meta.step, `${trainerFile}: step`, 0);
     const saved = hfConfigJson(await loadLlamaConfig(join(dir, 'config.json'))), mine = hfConfigJson(this.model.config);
     for (const key of Object.keys(mine))
@@ -373,6 +388,7 @@ export class Trainer implements Disposable {
 
   /** Frees the gradients and AdamW's moments now (the model is its owner's to dispose). Idempotent. */
   dispose(): void {
+    this.#disposed = true;
     for (const map of [this.gradients, this.#m, this.#v]) for (const t of map.values()) t.dispose();
   }
 

@@ -3,7 +3,14 @@
 // never a crash, never a NaN.
 import { describe, expect, it } from 'vitest';
 
-import { attention, attentionBackward, createTrainer, initLlama, llamaPresets, ops, parseLlamaConfig, tensor, zeros } from '../dist/index.js';
+import { writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import {
+  attention, attentionBackward, createTrainer, gatherSequence, initLlama, launch, llamaPresets, ops, parseLlamaConfig, ropeParameters,
+  shardSequence, tensor, zeros,
+} from '../dist/index.js';
 
 const t = (shape: number[], dtype: 'float32' | 'bfloat16' | 'float16' = 'float32') =>
   tensor(new Float32Array(shape.reduce((a, b) => a * b, 1)), shape, { dtype });
@@ -13,7 +20,7 @@ describe('attention refuses bad input', () => {
 
   const cases: [string, () => unknown, ErrorConstructor, RegExp][] = [
     ['non-tensor q', () => attention({} as any, kv, kv), TypeError, /^q: expected a Tensor, got Object/],
-    ['missing v', () => (attention as any)(q, kv), TypeError, /^v: expected a Tensor, got undefined/],
+    ['missing v', () => (attention as any)(q, kv), TypeError, /^v: expected a Tensor, got nothing/],
     ['q of rank 3', () => attention(t([2, 8, 64]), kv, kv), RangeError, /^q: expected shape \[batch, seq, heads, headDim\] with every size >= 1, got \[2, 8, 64\]/],
     ['k with a zero dim', () => attention(q, t([2, 0, 2, 16]), t([2, 0, 2, 16])), RangeError, /^k: expected shape/],
     ['batch mismatch', () => attention(q, t([1, 8, 2, 16]), t([1, 8, 2, 16])), RangeError, /^k: batch 1 does not match q's batch 2/],
@@ -49,7 +56,7 @@ describe('attentionBackward refuses bad input', () => {
     ['out of another dtype', () => attentionBackward(q, q, kv, kv, t([1, 8, 2, 16], 'float16'), lse), TypeError, /^out: dtype 'float16' does not match q's 'float32'/],
     ['lse of another shape', () => attentionBackward(q, q, kv, kv, out, t([1, 8, 2])), RangeError, /^lse: expected shape \[batch, heads, seqQ\] = \[1, 2, 8\], got \[1, 8, 2\]/],
     ['lse not float32', () => attentionBackward(q, q, kv, kv, out, t([1, 2, 8], 'bfloat16')), TypeError, /^lse: expected dtype 'float32', got 'bfloat16'/],
-    ['missing lse', () => (attentionBackward as any)(q, q, kv, kv, out), TypeError, /^lse: expected a Tensor, got undefined/],
+    ['missing lse', () => (attentionBackward as any)(q, q, kv, kv, out), TypeError, /^lse: expected a Tensor, got nothing/],
   ];
   for (const [name, call, Kind, message] of cases)
     it(name, () => {
@@ -84,4 +91,45 @@ describe('what would crash native code or come back as NaN is refused', () => {
       expect(call).toThrow(Kind);
       expect(call).toThrow(message);
     });
+});
+
+describe('arguments other functions took unchecked', () => {
+  const cases: [string, () => unknown, ErrorConstructor, RegExp][] = [
+    ['ropeParameters(null)', () => ropeParameters(null as never), TypeError, /^config: expected \{ head_dim, rope_theta, rope_scaling\? \}, got null$/],
+    ['an odd head_dim', () => ropeParameters({ head_dim: 3, rope_theta: 1e4 }), RangeError, /^head_dim: expected an even integer >= 2, got number 3$/],
+    ['a negative rope_theta', () => ropeParameters({ head_dim: 4, rope_theta: -1 }), RangeError, /^rope_theta: expected a finite number > 0, got number -1$/],
+    ['rope_scaling as a string', () => ropeParameters({ head_dim: 4, rope_theta: 1e4, rope_scaling: 'linear' as never }), TypeError, /^rope_scaling: expected an object or null, got 'linear'$/],
+    ['a NaN seqLen', () => ropeParameters({ head_dim: 4, rope_theta: 1e4 }, NaN), RangeError, /^seqLen: expected an integer/],
+    ['yarn with rope_theta 1', () => ropeParameters({ head_dim: 4, rope_theta: 1, rope_scaling: { rope_type: 'yarn', factor: 2 } }), RangeError, /^rope_theta: yarn .* expected a number > 1, got 1$/],
+    // forEach and map skip holes: these reached native code or a property read unchecked.
+    ['a hole in gatherSequence\'s shards', () => gatherSequence([, zeros([1, 2])] as never), TypeError, /^shards\[0\]: expected a Tensor, got nothing$/],
+    ['a hole in sumOfSquares\'s list', () => ops.sumOfSquares([zeros([2]), , zeros([2])] as never), TypeError, /^t\[1\]: expected a Tensor, got nothing$/],
+    ['a 1-D tensor sharded along the default dim 1', () => shardSequence(zeros([4]), { rank: 0, worldSize: 2 }), RangeError, /^x: the sequence is dim 1 unless opts\.dim says otherwise .* this tensor has 1 dim$/],
+  ];
+  for (const [name, call, Kind, message] of cases)
+    it(name, () => {
+      expect(call).toThrow(Kind);
+      expect(call).toThrow(message);
+    });
+
+  it('a disposed trainer says so; a trainer.json of null is refused naming the file', async () => {
+    const model = initLlama(llamaPresets.tiny, { seed: 1 });
+    const tr = createTrainer(model, { lr: 1e-3 });
+    const dir = join(tmpdir(), `ra-errors-${process.pid}`);
+    await tr.saveCheckpoint(dir);
+    writeFileSync(join(dir, 'trainer.json'), 'null');
+    await expect(tr.restoreCheckpoint(dir)).rejects.toThrow(/trainer\.json: not a trainer checkpoint \(format nothing\)$/);
+    writeFileSync(join(dir, 'trainer.json'), '{"format":');
+    await expect(tr.restoreCheckpoint(dir)).rejects.toThrow(/trainer\.json: not valid JSON: /);
+    tr.dispose();
+    expect(() => tr.step(new Int32Array(4), new Int32Array(4))).toThrow(/^trainer: has been disposed$/);
+    expect(() => tr.gradNorm()).toThrow(/^trainer: has been disposed$/);
+    model.dispose();
+  });
+
+  it('a rank that throws a non-Error value is reported as inspect shows it', async () => {
+    const file = join(tmpdir(), `ra-non-error-${process.pid}.mjs`);
+    writeFileSync(file, "export default ({ rank }) => { if (rank === 1) throw { code: 7, why: 'custom' }; };\n");
+    await expect(launch({ worldSize: 2 }, file)).rejects.toThrow("rank 1 threw a non-Error value: { code: 7, why: 'custom' }");
+  });
 });
