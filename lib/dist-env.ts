@@ -48,12 +48,12 @@ function master(env: Env, launcher: string): { masterAddr: string; masterPort: n
  * --ntasks-per-node, and inherited from sbatch) when the step's is absent.
  */
 function slurmTasksHere(env: Env): number {
-  const layout = env.SLURM_STEP_TASKS_PER_NODE ?? env.SLURM_TASKS_PER_NODE;
+  const name = env.SLURM_STEP_TASKS_PER_NODE ? 'SLURM_STEP_TASKS_PER_NODE' : 'SLURM_TASKS_PER_NODE', layout = env[name];
   if (layout) {
     const counts: number[] = [];
     for (const part of layout.split(',')) {
       const m = /^(\d+)(?:\(x(\d+)\))?$/.exec(part.trim());
-      if (!m || Number(m[1]) < 1) throw new RangeError(`environment: SLURM_STEP_TASKS_PER_NODE: expected counts such as '4(x2),1', got '${layout}'`);
+      if (!m || Number(m[1]) < 1) throw new RangeError(`environment: ${name}: expected counts such as '4(x2),1', got '${layout}'`);
       for (let i = 0; i < Number(m[2] ?? 1) && counts.length < MAX_PROCESSES; ++i) counts.push(Number(m[1]));
     }
     const node = env.SLURM_NODEID ? intVar(env, 'SLURM_NODEID', 0, counts.length - 1) : 0;
@@ -85,7 +85,7 @@ export function readDistributedEnv(env: Env = process.env): DistributedEnv {
     const localWorldSize = Math.min(slurmTasksHere(env), worldSize);
     const localRank = intVar(env, 'SLURM_LOCALID', 0, localWorldSize - 1);
     const m = master(env, 'slurm');
-    const jobToken = env.RING_ATTENTION_JOB_TOKEN ?? `slurm-${env.SLURM_JOB_ID ?? '?'}.${env.SLURM_STEP_ID ?? '0'}`;
+    const jobToken = env.RING_ATTENTION_JOB_TOKEN || `slurm-${env.SLURM_JOB_ID ?? '?'}.${env.SLURM_STEP_ID ?? '0'}`;
     return { rank, worldSize, localRank, localWorldSize, ...m, jobToken, launcher: 'slurm' };
   }
   throw new RangeError(

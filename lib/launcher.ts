@@ -19,7 +19,8 @@ export const LAUNCH_USAGE = `usage: ring-attention launch --nproc-per-node N [--
   --master-addr HOST   where rank 0 runs (default 127.0.0.1)
   --master-port PORT   rank 0's rendezvous port (default 29500)
   --rdzv-id ID         the job's token, the same on every node (required with --nnodes > 1)
-  --grace-ms MS        after a failure, how long the other ranks get to exit before SIGKILL (default 5000)
+  --grace-ms MS        how long ranks get to exit before SIGKILL, after a rank failed (default 5000)
+                       or after a forwarded signal (default 30000, as torchrun, time to save a checkpoint)
 `;
 
 interface LaunchArgs {
@@ -29,7 +30,8 @@ interface LaunchArgs {
   masterAddr: string;
   masterPort: number;
   rdzvId: string;
-  graceMs: number;
+  /** After a rank's failure, and after a forwarded signal. */
+  graceMs: { failure: number; signal: number };
   script: string;
   scriptArgs: string[];
 }
@@ -65,7 +67,9 @@ export function parseLaunchArgs(argv: string[]): LaunchArgs {
     masterAddr: opts.get('master-addr') || '127.0.0.1',
     masterPort: integer('master-port', opts.get('master-port') ?? '29500', 1, 65535),
     rdzvId: opts.get('rdzv-id') || process.env.RING_ATTENTION_JOB_TOKEN || randomBytes(12).toString('hex'),
-    graceMs: integer('grace-ms', opts.get('grace-ms') ?? '5000', 0, MAX_TIMER_MS),
+    graceMs: opts.has('grace-ms')
+      ? { failure: integer('grace-ms', opts.get('grace-ms'), 0, MAX_TIMER_MS), signal: integer('grace-ms', opts.get('grace-ms'), 0, MAX_TIMER_MS) }
+      : { failure: 5_000, signal: 30_000 },
     script,
     scriptArgs: argv.slice(i + 1),
   };
@@ -104,16 +108,16 @@ export async function launchProcesses(argv: string[]): Promise<number> {
   const live = () => children.filter((c) => c.exitCode === null && c.signalCode === null);
   // A rank that ignores the signal (a handler that never runs while NCCL blocks its thread)
   // is killed after the grace period, so that the launcher always ends.
-  const signalAll = (signal: NodeJS.Signals) => {
+  const signalAll = (signal: NodeJS.Signals, graceMs: number) => {
     for (const c of live()) c.kill(signal);
     killTimer ??= setTimeout(() => {
       for (const c of live()) c.kill('SIGKILL');
-    }, a.graceMs);
+    }, graceMs);
   };
-  const stopOthers = () => signalAll('SIGTERM');
+  const stopOthers = () => signalAll('SIGTERM', a.graceMs.failure);
   const forward = (signal: NodeJS.Signals) => {
     interrupted ??= signal;
-    signalAll(signal);
+    signalAll(signal, a.graceMs.signal);
   };
   // As torchrun: these end the job; the ranks get the signal, then SIGKILL after the grace period.
   const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const;
@@ -169,8 +173,7 @@ export async function launchProcesses(argv: string[]): Promise<number> {
 
   clearTimeout(killTimer);
   for (const s of FORWARDED) process.off(s, forward);
-  process.off('exit', killAll);
-  process.stderr.off('error', ignore);
+  process.off('exit', killAll); // the 'error' listener stays: the failure report below writes to stderr too
   const bySignal = (signal: NodeJS.Signals) => 128 + constants.signals[signal];
   if (interrupted) return bySignal(interrupted);
   if (!failure) return 0;

@@ -32,9 +32,9 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
   const cuda = native.cudaInfo();
   if (!cuda.available) throw new Error(`initProcessGroup: the 'nccl' backend needs a CUDA device (${cuda.reason})`);
   // `ring-attention launch` leaves each process one visible GPU; under torchrun all are visible.
-  if (cuda.deviceCount > 1 && env.localWorldSize > cuda.deviceCount)
-    throw new Error(`initProcessGroup: ${env.localWorldSize} processes on this node, but ${cuda.deviceCount} visible GPUs; NCCL needs a GPU of its own per process`);
-  const device = cuda.deviceCount > 1 ? env.localRank : 0;
+  // (Slurm may also give each task a few GPUs of its own: the modulo keeps their sets apart, and
+  // NCCL itself refuses two ranks on one GPU.)
+  const device = cuda.deviceCount > 1 ? env.localRank % cuda.deviceCount : 0;
 
   const id = await rendezvous({
     rank: env.rank, worldSize: env.worldSize, addr: env.masterAddr, port: env.masterPort, token: env.jobToken, timeoutMs,

@@ -6,6 +6,8 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, connect, isIPv4, isIPv6, type Socket } from 'node:net';
 
+import { MAX_TIMER_MS } from './errors.js';
+
 export const MAX_MESSAGE_BYTES = 64 * 1024;
 /** How long rank 0 keeps a connection that has not said hello. */
 export const HELLO_MS = 10_000;
@@ -62,6 +64,7 @@ function readMessages(socket: Socket, onMessage: (m: unknown) => void, onBad: (w
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 const sameToken = (a: string, b: string) => timingSafeEqual(digest(a), digest(b));
+// A literal address only: 'localhost' may resolve to either family, and peers must reach rank 0 on it.
 const isLoopback = (addr: string) => (isIPv4(addr) && addr.startsWith('127.')) || (isIPv6(addr) && addr === '::1');
 
 /** "2, 3, 5-9, 12" (runs of three or more joined), at most 16 entries; ranks ascending. */
@@ -91,8 +94,9 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
       settled = true;
       clearTimeout(timer);
       server.close();
+      const members = new Set(joined.values());
       for (const s of sockets) {
-        if ([...joined.values()].includes(s))
+        if (members.has(s))
           send(s, error ? { ok: false, error: error.message } : { ok: true, payload: Buffer.from(payload).toString('base64') }), s.end();
         else s.destroy(); // connections that never joined would keep this process alive
       }
@@ -175,7 +179,8 @@ function join(o: RendezvousOptions): Promise<Uint8Array> {
       const retry = (why: string) => end(() => setTimeout(() => attempt(why), 100));
       socket.on('connect', () => {
         clearTimeout(timer);
-        timer = setTimeout(() => socket.destroy(new Error('connected, but rank 0 sent no answer')), deadline + grace - Date.now());
+        // Longer delays than a timer holds would fire at once (and reconnect in a loop).
+        timer = setTimeout(() => socket.destroy(new Error('connected, but rank 0 sent no answer')), Math.min(MAX_TIMER_MS, deadline + grace - Date.now()));
         send(socket, { token: o.token, rank: o.rank, worldSize: o.worldSize });
       });
       readMessages(socket, (m) => end(() => {

@@ -100,7 +100,7 @@ export function ropeParameters(c: RopeConfig, seqLen = 0, where = 'rope_scaling'
 // a bug fixed there; before 4.50 the correction range used max_position_embeddings.)
 function yarn(c: RopeConfig, s: Record<string, unknown>, where: string): RopeParameters {
   const D = c.head_dim, theta = c.rope_theta;
-  if (theta <= 1) fail('range', `rope_theta: yarn takes its logarithm's ratios; expected a number > 1, got ${theta}`);
+  if (theta <= 1) fail('range', `${where.slice(0, where.length - 'rope_scaling'.length)}rope_theta: yarn takes its logarithm's ratios; expected a number > 1, got ${theta}`);
   const factor = positive(s, 'factor', where);
   const given = s.original_max_position_embeddings !== undefined && s.original_max_position_embeddings !== null;
   const original = given ? positive(s, 'original_max_position_embeddings', where) : maxPositions(c);

@@ -141,12 +141,33 @@ export async function readHeader(fh: FileHandle, file: string): Promise<Safetens
   }
   const dataStart = 8 + Number(n);
   const parsed = parseHeader(json, file, fileSize - dataStart);
-  // Every number of a header is a shape or an offset, and JSON.parse has already turned 2.0,
-  // 1e0, -0 or 3.9999999999999999 into an integer: their text is refused here, as the
-  // reference refuses it. Outside strings, a digit or '-' starts a number.
-  for (const [number] of text.replace(/"(?:[^"\\]|\\.)*"/g, '""').matchAll(/-?\d[\d.eE+-]*/g))
-    if (!/^\d+$/.test(number)) fail('range', `${file}: header: number ${number}: expected shapes and offsets written as non-negative integers`);
+  const notInteger = firstNonIntegerNumber(text);
+  if (notInteger !== undefined) fail('range', `${file}: header: number ${notInteger}: expected shapes and offsets written as non-negative integers`);
   return { ...parsed, dataStart, fileSize };
+}
+
+/**
+ * Every number of a header is a shape or an offset, and JSON.parse has already turned 2.0,
+ * 1e0, -0 or 3.9999999999999999 into an integer: their text is refused, as the reference
+ * refuses it. Returns the first number not written as plain digits. A scan of its own, as a
+ * regular expression over a long string (a big __metadata__ value) overflows V8's stack.
+ */
+function firstNonIntegerNumber(json: string): string | undefined {
+  const isDigit = (c: number) => c >= 48 && c <= 57;
+  const inNumber = (c: number) => isDigit(c) || c === 46 || c === 101 || c === 69 || c === 43 || c === 45; // . e E + -
+  for (let i = 0; i < json.length; ) {
+    const c = json.charCodeAt(i);
+    if (c === 34) { // a string: skip to its closing quote, past escapes
+      for (++i; i < json.length && json.charCodeAt(i) !== 34; ++i) if (json.charCodeAt(i) === 92) ++i;
+      ++i;
+    } else if (c === 45 || isDigit(c)) {
+      let j = i + 1;
+      while (j < json.length && inNumber(json.charCodeAt(j))) ++j;
+      for (let k = i; k < j; ++k) if (!isDigit(json.charCodeAt(k))) return json.slice(i, j);
+      i = j;
+    } else ++i;
+  }
+  return undefined;
 }
 
 function parseHeader(json: unknown, file: string, dataSize: number): Pick<SafetensorsHeader, 'metadata' | 'tensors'> {
@@ -165,10 +186,10 @@ function parseHeader(json: unknown, file: string, dataSize: number): Pick<Safete
   for (const [name, t] of spans) {
     const [begin, end] = t.dataOffsets;
     if (begin < at) fail('range', `${file}: tensor '${name}': data_offsets [${begin}, ${end}] overlap ${before}, which ends at ${at}`);
-    if (begin > at) fail('range', `${file}: tensor '${name}': data_offsets [${begin}, ${end}] leave bytes ${at} to ${begin} after ${before} unused (a tensor named twice?)`);
+    if (begin > at) fail('range', `${file}: tensor '${name}': data_offsets [${begin}, ${end}] leave bytes ${at} to ${begin} after ${before} unused`);
     at = end, before = `tensor '${name}'`;
   }
-  if (at !== dataSize) fail('range', `${file}: the tensors end at byte ${at} of the ${dataSize}-byte data section: ${dataSize - at} bytes after ${before} are unused (a tensor named twice?)`);
+  if (at !== dataSize) fail('range', `${file}: the tensors end at byte ${at} of the ${dataSize}-byte data section: ${dataSize - at} bytes after ${before} are unused`);
   return { metadata, tensors };
 }
 

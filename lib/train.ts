@@ -3,7 +3,7 @@
 // global norm, and applied with AdamW. Checkpoints hold the weights (as transformers loads
 // them), AdamW's moments and the step.
 import { randomUUID } from 'node:crypto';
-import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { checkBoolean, checkFloat32, checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
@@ -22,7 +22,10 @@ export interface TrainerOptions {
   group?: ProcessGroup;
   /** How the sequence is sharded (as shardTokens). Default 'contiguous'. */
   layout?: Layout;
-  /** Learning rate, or a function of the step, counted from 1 (torch's LambdaLR passes 0 for the first step). */
+  /**
+   * Learning rate, or a function of the step being taken, counted from 1 (torch's LambdaLR
+   * passes 0 for the first step); during the call, stepCount still counts the steps before it.
+   */
   lr: number | ((step: number) => number);
   /** Decoupled weight decay of the matrices, embeddings and lm_head included; norm weights get none. Default 0.01 (torch's AdamW). */
   weightDecay?: number;
@@ -92,6 +95,17 @@ const TRAINER_FILE = 'trainer.json';
 const OPTIMIZER_FILE = 'optimizer.safetensors';
 const WEIGHTS_FILE = 'model.safetensors';
 const SAVE_KEY = 'ring_attention_save'; // the id of the save a checkpoint's safetensors file belongs to
+
+/** Writes a small file and flushes it to disk, so that a rename after it never names an empty file. */
+async function writeSynced(path: string, text: string): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
 
 /** JSON with object keys sorted, so that two configs compare by content, not key order. */
 function canonical(v: unknown): string {
@@ -321,11 +335,17 @@ export class Trainer implements Disposable {
       const moments: Record<string, TensorToWrite> = {};
       for (const [kind, map] of [['m', this.#m], ['v', this.#v]] as const)
         for (const [n, t] of map) moments[`${kind}.${n}`] = { shape: [...t.shape], data: t.handle(n).toFloat32Array() };
-      await writeFile(part('config.json'), config);
-      await writeSafetensors(part(WEIGHTS_FILE), weights, { format: 'pt', [SAVE_KEY]: save });
-      await writeSafetensors(part(OPTIMIZER_FILE), moments, { format: 'pt', [SAVE_KEY]: save });
-      await writeFile(part(TRAINER_FILE), `${JSON.stringify({ format: 'ring-attention-trainer', version: 2, save, step: this.#step }, null, 2)}\n`);
-      for (const f of ['config.json', WEIGHTS_FILE, OPTIMIZER_FILE, TRAINER_FILE]) await rename(part(f), join(dir, f));
+      const files = ['config.json', WEIGHTS_FILE, OPTIMIZER_FILE, TRAINER_FILE];
+      try {
+        await writeSynced(part('config.json'), config);
+        await writeSafetensors(part(WEIGHTS_FILE), weights, { format: 'pt', [SAVE_KEY]: save });
+        await writeSafetensors(part(OPTIMIZER_FILE), moments, { format: 'pt', [SAVE_KEY]: save });
+        await writeSynced(part(TRAINER_FILE), `${JSON.stringify({ format: 'ring-attention-trainer', version: 2, save, step: this.#step }, null, 2)}\n`);
+      } catch (e) {
+        await Promise.all(files.map((f) => rm(part(f), { force: true })));
+        throw e;
+      }
+      for (const f of files) await rename(part(f), join(dir, f));
     }
     group?.barrier();
   }
@@ -354,12 +374,12 @@ export class Trainer implements Disposable {
       if (canonical(saved[key]) !== canonical(mine[key]))
         fail('range', `${join(dir, 'config.json')}: ${key} is ${canonical(saved[key])}, this model's is ${canonical(mine[key])}; a checkpoint restores into a model of the config it was saved from`);
     const weightsFile = await readSafetensors(join(dir, WEIGHTS_FILE)), momentsFile = await readSafetensors(join(dir, OPTIMIZER_FILE));
-    if (meta.version !== 1) { // version 1 checkpoints carry no save id
-      if (typeof meta.save !== 'string') fail('range', `${trainerFile}: save: expected the save's id, got ${describe(meta.save)}`);
-      for (const [file, f] of [[WEIGHTS_FILE, weightsFile], [OPTIMIZER_FILE, momentsFile]] as const)
-        if (f.metadata[SAVE_KEY] !== meta.save)
-          fail('range', `${join(dir, file)}: written by another save than ${TRAINER_FILE} (save ${describe(f.metadata[SAVE_KEY])}, expected ${describe(meta.save)}); was a save interrupted?`);
-    }
+    // Version 1 saves carried no id: their files must carry none either (a newer save cut short
+    // over an old checkpoint leaves files that do).
+    if (meta.version !== 1 && typeof meta.save !== 'string') fail('range', `${trainerFile}: save: expected the save's id, got ${describe(meta.save)}`);
+    for (const [file, f] of [[WEIGHTS_FILE, weightsFile], [OPTIMIZER_FILE, momentsFile]] as const)
+      if (f.metadata[SAVE_KEY] !== (meta.version === 1 ? undefined : meta.save))
+        fail('range', `${join(dir, file)}: written by another save than ${TRAINER_FILE} (save ${describe(f.metadata[SAVE_KEY])}, expected ${describe(meta.version === 1 ? undefined : meta.save)}); was a save interrupted?`);
     const weights = weightsFile.tensors, moments = momentsFile.tensors;
     // Check everything before writing anything.
     const plan: [Tensor, Float32Array][] = [];
@@ -412,8 +432,8 @@ export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer 
   const lr = typeof o.lr === 'function' ? (o.lr as (s: number) => number) : positiveNumber(o.lr ?? fail('type', 'opts.lr: missing; expected a number >= 0 or a function of the step'), 'opts.lr', 0);
   const betas = o.betas === undefined ? [0.9, 0.999] : o.betas;
   if (!Array.isArray(betas) || betas.length !== 2) fail('type', `opts.betas: expected [beta1, beta2], got ${describe(betas)}`);
-  betas.forEach((b, i) => {
-    if (Math.fround(positiveNumber(b, `opts.betas[${i}]`, 0)) >= 1) fail('range', `opts.betas[${i}]: expected a number in [0, 1) as a float32, got ${b}`);
+  Array.from(betas as unknown[], (b, i) => { // holes too: a default must not stand in for a missing beta
+    if (Math.fround(checkFloat32(b, `opts.betas[${i}]`, 0)) >= 1) fail('range', `opts.betas[${i}]: expected a number in [0, 1) as a float32, got ${b}`);
   });
   return new Trainer(model, {
     group: o.group as ProcessGroup | undefined,

@@ -99,6 +99,7 @@ describe('arguments other functions took unchecked', () => {
     ['an odd head_dim', () => ropeParameters({ head_dim: 3, rope_theta: 1e4 }), RangeError, /^head_dim: expected an even integer >= 2, got number 3$/],
     ['a negative rope_theta', () => ropeParameters({ head_dim: 4, rope_theta: -1 }), RangeError, /^rope_theta: expected a finite number > 0, got number -1$/],
     ['rope_scaling as a string', () => ropeParameters({ head_dim: 4, rope_theta: 1e4, rope_scaling: 'linear' as never }), TypeError, /^rope_scaling: expected an object or null, got 'linear'$/],
+    ['a hole in betas', () => createTrainer(initLlama(llamaPresets.tiny, { seed: 1 }), { lr: 1, betas: [, 0.9] as never }), TypeError, /^opts\.betas\[0\]: expected a number, got nothing$/],
     ['a NaN seqLen', () => ropeParameters({ head_dim: 4, rope_theta: 1e4 }, NaN), RangeError, /^seqLen: expected an integer/],
     ['yarn with rope_theta 1', () => ropeParameters({ head_dim: 4, rope_theta: 1, rope_scaling: { rope_type: 'yarn', factor: 2 } }), RangeError, /^rope_theta: yarn .* expected a number > 1, got 1$/],
     // forEach and map skip holes: these reached native code or a property read unchecked.

@@ -540,6 +540,10 @@ describe('saving, loading, checkpoints', () => {
     await expect(tb.restoreCheckpoint(ck)).rejects.toThrow(/optimizer.safetensors: written by another save than trainer.json .*was a save interrupted\?/);
     await tb.restoreCheckpoint(older); // a whole save restores
     expect(tb.stepCount).toBe(0);
+    // A newer save cut short over a version 1 checkpoint (whose files carry no save id).
+    await writeFile(join(older, 'trainer.json'), JSON.stringify({ format: 'ring-attention-trainer', version: 1, step: 0 }));
+    await expect(tb.restoreCheckpoint(older)).rejects.toThrow(/model.safetensors: written by another save than trainer.json \(save '.*', expected nothing\)/);
+    expect((await readdir(older)).filter((f) => f.endsWith('.partial'))).toEqual([]);
   });
 
   it('a step refused for its learning rate changes nothing: the next one is still step 1', async () => {

@@ -377,6 +377,22 @@ describe('adamw', () => {
     expect(worstError(await read(v), ref.v, 1e-8, 1e-5)).toBeLessThan(1);
   });
 
+  it('a decay too small for 1 - lr*wd in float32 still decays, as in float64, over many steps', async () => {
+    // lr*wd = 1e-8 is below half float32's spacing under 1: p*(1 - lr*wd) would leave p as it is,
+    // 2e-5 short of float64 after these steps; folded into the update, it is kept on average.
+    const n = 1000, steps = 2000, o = { lr: 1e-6, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 };
+    const p0 = rand(n, 71).map((x) => 1 + 0.5 * x), grads = Array.from({ length: steps }, (_, s) => rand(n, 1000 + s));
+    const param = t(p0, [n]), m = zeros([n]), v = zeros([n]);
+    grads.forEach((g, s) => {
+      using tg = t(g, [n]);
+      ops.adamw(param, tg, m, v, { step: s + 1, ...o });
+    });
+    const got = await read(param), want = adamwRef(p0, grads, o).param;
+    let drift = 0;
+    for (let i = 0; i < n; ++i) drift += (got[i]! - want[i]!) / n;
+    expect(Math.abs(drift)).toBeLessThan(2e-6);
+  });
+
   it('weight decay is decoupled (param *= 1 - lr*wd with a zero gradient); defaults as torch', async () => {
     const param = t(Float32Array.from([1, -2, 4]), [3]), z = zeros([3]);
     ops.adamw(param, z, zeros([3]), zeros([3]), { step: 1, lr: 0.1 }); // weightDecay 0.01

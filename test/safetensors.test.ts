@@ -182,7 +182,7 @@ describe('malformed files are refused, naming the file and field', () => {
     await expect(readSafetensorsHeader(trailing)).rejects.toThrow(`${trailing}: the tensors end at byte 4 of the 8-byte data section: 4 bytes after tensor 'a' are unused`);
     // JSON.parse keeps the last of two entries of one name: the first one's bytes are left over.
     const twice = file('twice.safetensors', {}, 8, '{"a":{"dtype":"XX","shape":[-1],"data_offsets":[9,1]},"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}');
-    await expect(readSafetensorsHeader(twice)).rejects.toThrow(/tensor 'a': data_offsets \[4, 8\] leave bytes 0 to 4 after the start of the data section unused \(a tensor named twice\?\)/);
+    await expect(readSafetensorsHeader(twice)).rejects.toThrow(/tensor 'a': data_offsets \[4, 8\] leave bytes 0 to 4 after the start of the data section unused$/);
     const empty = file('empty.safetensors', { a: [0, 8], e: [8, 8] }, 8); // an empty tensor where the last one ends
     expect((await readSafetensorsHeader(empty)).tensors.size).toBe(2);
   });
@@ -195,6 +195,10 @@ describe('malformed files are refused, naming the file and field', () => {
     }
     const inString = rawFile('in-string.safetensors', '{"__metadata__":{"x":"-1.5e3 \\" 2.0"},"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}', new Uint8Array(1));
     expect((await readSafetensorsHeader(inString)).metadata).toEqual({ x: '-1.5e3 " 2.0' });
+    // A metadata string of 12M characters (20M in JSON, escapes included): a regex over it overflowed V8's stack.
+    const big = join(dir, 'big-metadata.safetensors');
+    await writeSafetensors(big, { w: { shape: [1], data: Float32Array.of(1) } }, { note: 'x\\"'.repeat(4_000_000) });
+    expect((await readSafetensorsHeader(big)).metadata.note!.length).toBe(12_000_000);
     const bom = rawFile('bom.safetensors', `\uFEFF${JSON.stringify({ w: f32Entry })}`, new Uint8Array(8));
     await expect(readSafetensorsHeader(bom)).rejects.toThrow(/header is not valid UTF-8 JSON/);
   });

@@ -23,7 +23,8 @@ __global__ void adamw_kernel(F* param, const F* grad, F* m, F* v, int64_t n, F b
     v[i] = vi;
     const float denom = sqrtf(vi) / bc2_sqrt + eps;
     // The decay joins the update before rounding: 1 - lr*wd would round lr*wd to float32's
-    // spacing near 1 (6e-8), and lose it entirely below half of that (torch's fused AdamW).
+    // spacing near 1 (6e-8), and lose it entirely below half of that. (torch's fused AdamW
+    // also subtracts lr*wd*p as a term of its own, rounding it apart from the update.)
     param[i] = param[i] - (lr_wd * param[i] + step_size * (mi / denom));
   }
 }
