@@ -16,7 +16,7 @@ export const LAUNCH_USAGE = `usage: ring-attention launch --nproc-per-node N [--
   --nproc-per-node N   processes on this node, one per GPU (required)
   --nnodes M           nodes in the job (default 1); run the same command on each node
   --node-rank R        this node's index in [0, M) (default 0)
-  --master-addr HOST   where rank 0 runs (default 127.0.0.1)
+  --master-addr HOST   where rank 0 runs (default 127.0.0.1; required with --nnodes > 1)
   --master-port PORT   rank 0's rendezvous port (default 29500)
   --rdzv-id ID         the job's token, the same on every node (required with --nnodes > 1)
   --grace-ms MS        how long ranks get to exit before SIGKILL, after a rank failed (default 5000)
@@ -48,6 +48,10 @@ export function parseLaunchArgs(argv: string[]): LaunchArgs {
   const opts = new Map<string, string>();
   let i = 0;
   for (; i < argv.length && argv[i]!.startsWith('--'); ++i) {
+    if (argv[i] === '--') { // the end of the launcher's options, as getopt reads it
+      ++i;
+      break;
+    }
     const [key, inline] = argv[i]!.slice(2).split(/=(.*)/s, 2) as [string, string | undefined];
     if (!['nproc-per-node', 'nnodes', 'node-rank', 'master-addr', 'master-port', 'rdzv-id', 'grace-ms'].includes(key))
       throw new UsageError(`unknown option --${key}`);
@@ -60,6 +64,8 @@ export function parseLaunchArgs(argv: string[]): LaunchArgs {
   const nnodes = integer('nnodes', opts.get('nnodes') ?? '1', 1);
   if (nnodes > 1 && !opts.get('rdzv-id') && !process.env.RING_ATTENTION_JOB_TOKEN)
     throw new UsageError('--rdzv-id is required with --nnodes > 1: give every node the same job id');
+  if (nnodes > 1 && !opts.get('master-addr'))
+    throw new UsageError("--master-addr is required with --nnodes > 1: the address of node 0, where rank 0 runs (127.0.0.1 would be each node's own)");
   return {
     nprocPerNode: integer('nproc-per-node', opts.get('nproc-per-node'), 1, 1024),
     nnodes,

@@ -3,6 +3,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
+import { MAX_HEAD_DIM } from './attention.js';
 import { checkBoolean, checkInteger, checkOneOf, describe, fail } from './errors.js';
 
 export interface LlamaConfig {
@@ -67,6 +68,7 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
     headDim = hidden / heads;
   }
   if (headDim % 2 !== 0) fail('range', `${where}head_dim: expected an even number (RoPE rotates pairs), got ${headDim}`);
+  if (headDim > MAX_HEAD_DIM) fail('range', `${where}head_dim: ${headDim} exceeds the attention kernels' maximum of ${MAX_HEAD_DIM}`);
   // Keys that change the computation or the tensor set in ways this layer does not implement.
   checkOneOf(c.hidden_act, `${where}hidden_act`, ['silu']);
   for (const key of ['attention_bias', 'mlp_bias'])

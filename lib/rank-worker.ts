@@ -5,6 +5,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { ProcessGroup } from './group.js';
 import type { RankMessage } from './launch.js';
 import { native } from './native.js';
+import { Tensor } from './tensor.js';
 
 const { href, rank, worldSize, groupId, args, device } = workerData as {
   href: string; rank: number; worldSize: number; groupId: number; args: unknown; device: string;
@@ -27,6 +28,10 @@ try {
   if (typeof mod.default !== 'function') throw new TypeError(`module: ${href} has no default export function`);
   const group = ProcessGroup.attach(groupId, rank, worldSize);
   const value = await (mod.default as (ctx: unknown) => unknown)({ rank, worldSize, group, args, device });
+  // A Tensor would arrive as its shape alone: its memory is native, and is not copied between threads.
+  const parts = Array.isArray(value) ? value : value !== null && typeof value === 'object' ? [value, ...Object.values(value)] : [value];
+  if (parts.some((v) => v instanceof Tensor))
+    throw new TypeError(`rank ${rank} returned a Tensor, whose native memory cannot travel between threads; return its data (await t.toFloat32Array())`);
   native.groupLeave(groupId, rank); // peers still waiting on this rank now fail fast
   post({ ok: true, value });
 } catch (e) {

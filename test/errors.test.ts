@@ -99,6 +99,7 @@ describe('arguments other functions took unchecked', () => {
     ['an odd head_dim', () => ropeParameters({ head_dim: 3, rope_theta: 1e4 }), RangeError, /^head_dim: expected an even integer >= 2, got number 3$/],
     ['a negative rope_theta', () => ropeParameters({ head_dim: 4, rope_theta: -1 }), RangeError, /^rope_theta: expected a finite number > 0, got number -1$/],
     ['rope_scaling as a string', () => ropeParameters({ head_dim: 4, rope_theta: 1e4, rope_scaling: 'linear' as never }), TypeError, /^rope_scaling: expected an object or null, got 'linear'$/],
+    ['a head_dim past the kernels\' maximum', () => parseLlamaConfig({ ...llamaPresets.tiny, head_dim: 512 }), RangeError, /^head_dim: 512 exceeds the attention kernels' maximum of 256$/],
     ['a hole in betas', () => createTrainer(initLlama(llamaPresets.tiny, { seed: 1 }), { lr: 1, betas: [, 0.9] as never }), TypeError, /^opts\.betas\[0\]: expected a number, got nothing$/],
     ['a NaN seqLen', () => ropeParameters({ head_dim: 4, rope_theta: 1e4 }, NaN), RangeError, /^seqLen: expected an integer/],
     ['yarn with rope_theta 1', () => ropeParameters({ head_dim: 4, rope_theta: 1, rope_scaling: { rope_type: 'yarn', factor: 2 } }), RangeError, /^rope_theta: yarn .* expected a number > 1, got 1$/],
@@ -128,9 +129,12 @@ describe('arguments other functions took unchecked', () => {
     model.dispose();
   });
 
-  it('a rank that throws a non-Error value is reported as inspect shows it', async () => {
+  it('a rank that throws a non-Error value, or returns a Tensor, is told so', async () => {
     const file = join(tmpdir(), `ra-non-error-${process.pid}.mjs`);
     writeFileSync(file, "export default ({ rank }) => { if (rank === 1) throw { code: 7, why: 'custom' }; };\n");
     await expect(launch({ worldSize: 2 }, file)).rejects.toThrow("rank 1 threw a non-Error value: { code: 7, why: 'custom' }");
+    // A Tensor would arrive as its shape alone, without its data.
+    writeFileSync(file, "import { zeros } from " + JSON.stringify(new URL('../dist/index.js', import.meta.url).href) + ";\nexport default () => ({ out: zeros([2]) });\n");
+    await expect(launch({ worldSize: 1 }, file)).rejects.toThrow(/^rank 0 returned a Tensor, whose native memory cannot travel between threads; return its data/);
   });
 });
