@@ -122,7 +122,8 @@ export async function launchProcesses(argv: string[]): Promise<number> {
   };
   const stopOthers = () => signalAll('SIGTERM', a.graceMs.failure);
   const forward = (signal: NodeJS.Signals) => {
-    interrupted ??= signal;
+    if (interrupted) return killAll(); // a second Ctrl-C: no more waiting
+    interrupted = signal;
     signalAll(signal, a.graceMs.signal);
   };
   // As torchrun: these end the job; the ranks get the signal, then SIGKILL after the grace period.

@@ -11,6 +11,17 @@ const { href, rank, worldSize, groupId, args, device } = workerData as {
   href: string; rank: number; worldSize: number; groupId: number; args: unknown; device: string;
 };
 
+// Whether a Tensor is in `value`, looking through arrays and plain objects (not typed arrays,
+// which are what a rank should return, nor getters of other classes), a few levels deep.
+function holdsTensor(value: unknown, depth = 0): boolean {
+  if (value instanceof Tensor) return true;
+  if (depth > 4 || value === null || typeof value !== 'object') return false;
+  const proto: unknown = Object.getPrototypeOf(value);
+  if (Array.isArray(value)) return value.some((v) => holdsTensor(v, depth + 1));
+  if (proto !== Object.prototype && proto !== null) return false;
+  return Object.values(value).some((v) => holdsTensor(v, depth + 1));
+}
+
 function post(message: RankMessage): void {
   try {
     parentPort!.postMessage(message);
@@ -29,8 +40,7 @@ try {
   const group = ProcessGroup.attach(groupId, rank, worldSize);
   const value = await (mod.default as (ctx: unknown) => unknown)({ rank, worldSize, group, args, device });
   // A Tensor would arrive as its shape alone: its memory is native, and is not copied between threads.
-  const parts = Array.isArray(value) ? value : value !== null && typeof value === 'object' ? [value, ...Object.values(value)] : [value];
-  if (parts.some((v) => v instanceof Tensor))
+  if (holdsTensor(value))
     throw new TypeError(`rank ${rank} returned a Tensor, whose native memory cannot travel between threads; return its data (await t.toFloat32Array())`);
   native.groupLeave(groupId, rank); // peers still waiting on this rank now fail fast
   post({ ok: true, value });

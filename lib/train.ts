@@ -342,7 +342,7 @@ export class Trainer implements Disposable {
         await writeSafetensors(part(OPTIMIZER_FILE), moments, { format: 'pt', [SAVE_KEY]: save });
         await writeSynced(part(TRAINER_FILE), `${JSON.stringify({ format: 'ring-attention-trainer', version: 2, save, step: this.#step }, null, 2)}\n`);
       } catch (e) {
-        await Promise.all(files.map((f) => rm(part(f), { force: true })));
+        await Promise.allSettled(files.map((f) => rm(part(f), { force: true }))); // the write's error is the one to report
         throw e;
       }
       for (const f of files) await rename(part(f), join(dir, f));

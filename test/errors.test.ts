@@ -134,7 +134,9 @@ describe('arguments other functions took unchecked', () => {
     writeFileSync(file, "export default ({ rank }) => { if (rank === 1) throw { code: 7, why: 'custom' }; };\n");
     await expect(launch({ worldSize: 2 }, file)).rejects.toThrow("rank 1 threw a non-Error value: { code: 7, why: 'custom' }");
     // A Tensor would arrive as its shape alone, without its data.
-    writeFileSync(file, "import { zeros } from " + JSON.stringify(new URL('../dist/index.js', import.meta.url).href) + ";\nexport default () => ({ out: zeros([2]) });\n");
+    writeFileSync(file, "import { zeros } from " + JSON.stringify(new URL('../dist/index.js', import.meta.url).href) + ";\nexport default () => ({ out: [zeros([2])] });\n");
     await expect(launch({ worldSize: 1 }, file)).rejects.toThrow(/^rank 0 returned a Tensor, whose native memory cannot travel between threads; return its data/);
+    writeFileSync(file, 'export default () => ({ data: new Float32Array(3).fill(2) });\n'); // what to return instead
+    expect(await launch({ worldSize: 1 }, file)).toEqual([{ data: new Float32Array(3).fill(2) }]);
   });
 });

@@ -101,6 +101,17 @@ describe('ring-attention launch', () => {
     expect(pids.filter(alive)).toEqual([]);
   });
 
+  it('a second signal kills the ranks at once, without the 30 s grace', async () => {
+    const { p, pids, exit } = await started('stubborn');
+    const t0 = Date.now();
+    p.kill('SIGINT');
+    await new Promise((r) => setTimeout(r, 200));
+    p.kill('SIGINT');
+    expect(await exit).toBe(130);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    expect(pids.filter(alive)).toEqual([]);
+  });
+
   it('a closed stderr does not end the launcher, nor orphan its ranks', async () => {
     const p = spawn(process.execPath, [cli, 'launch', '--nproc-per-node', '2', rankScript, 'noisy'], { env: { ...process.env, CUDA_VISIBLE_DEVICES: undefined } });
     await new Promise((resolve) => p.stderr.once('data', resolve));

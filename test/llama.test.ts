@@ -543,7 +543,11 @@ describe('saving, loading, checkpoints', () => {
     // A newer save cut short over a version 1 checkpoint (whose files carry no save id).
     await writeFile(join(older, 'trainer.json'), JSON.stringify({ format: 'ring-attention-trainer', version: 1, step: 0 }));
     await expect(tb.restoreCheckpoint(older)).rejects.toThrow(/model.safetensors: written by another save than trainer.json \(save '.*', expected nothing\)/);
-    expect((await readdir(older)).filter((f) => f.endsWith('.partial'))).toEqual([]);
+    // A save that fails part-way leaves the checkpoint there as it was, and no partial files.
+    await mkdir(join(older, 'trainer.json.partial')); // the last file cannot be written
+    const before = (await readdir(older)).sort();
+    await expect(ta.saveCheckpoint(older)).rejects.toThrow(/^EISDIR: illegal operation on a directory, open .*trainer\.json\.partial/); // the write's error, not the cleanup's
+    expect((await readdir(older)).sort()).toEqual(before); // the three partial files written first are gone
   });
 
   it('a step refused for its learning rate changes nothing: the next one is still step 1', async () => {
