@@ -26,6 +26,13 @@ export function checkFloat32(value: unknown, name: string, min = -Infinity, minI
   return value;
 }
 
+/** A beta of Adam's: in [0, 1) as the float32 the native optimizer takes (1 - 1e-10 is 1 there). */
+export function checkBeta(value: unknown, name: string): number {
+  const b = checkFloat32(value, name, 0);
+  if (Math.fround(b) >= 1) fail('range', `${name}: expected a number in [0, 1) as a float32, got ${b}`);
+  return b;
+}
+
 export function checkPositiveNumber(value: unknown, name: string): number | undefined {
   return value === undefined ? undefined : checkFloat32(value, name, 0, false);
 }

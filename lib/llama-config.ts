@@ -4,7 +4,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { MAX_HEAD_DIM } from './attention.js';
-import { checkBoolean, checkInteger, checkOneOf, describe, fail } from './errors.js';
+import { checkBoolean, checkFloat32, checkInteger, checkOneOf, describe, fail } from './errors.js';
 
 export interface LlamaConfig {
   hidden_size: number;
@@ -50,11 +50,8 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   // HF treats null like absent for these two (the Python default is None).
   const optInt = (key: string) => (c[key] === undefined || c[key] === null ? undefined : int(key));
   const positive = (key: string, dflt: number) => {
-    const v = c[key] ?? dflt;
-    if (typeof v !== 'number') fail('type', `${where}${key}: expected a number, got ${describe(v)}`);
-    // As a float32 too (rms_norm_eps reaches the kernels as one: 1e-50 would be 0).
-    if (!Number.isFinite(Math.fround(v)) || Math.fround(v) <= 0) fail('range', `${where}${key}: expected a finite number > 0, got ${v}`);
-    return v;
+    // As a float32 (rms_norm_eps reaches the kernels as one: 1e-50 would be 0).
+    return checkFloat32(c[key] ?? dflt, `${where}${key}`, 0, false);
   };
 
   const hidden = int('hidden_size'), heads = int('num_attention_heads');

@@ -16,7 +16,7 @@
 // rstd and every adamw tensor are float32. Sums are float32 or wider whatever the dtype.
 // CUDA ops queue their work without waiting for it, except crossEntropyLoss and
 // sumOfSquares, which return a number and so wait for the device.
-import { checkFloat32, checkInteger, checkOptions, describe, fail } from './errors.js';
+import { checkBeta, checkFloat32, checkInteger, checkOptions, describe, fail } from './errors.js';
 import { findCublas, LIBRARIES } from './libraries.js';
 import { native } from './native.js';
 import { ropeParameters } from './rope-freq.js';
@@ -344,12 +344,7 @@ export function adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: A
   const o = checkOptions(opts, 'opts');
   const step = checkInteger(o.step, 'opts.step', 1);
   const lr = checkFloat32(o.lr, 'opts.lr', 0);
-  const beta = (x: unknown, name: string, dflt: number) => {
-    if (x === undefined) return dflt;
-    const b = checkFloat32(x, name, 0);
-    if (Math.fround(b) >= 1) fail('range', `${name}: expected a number in [0, 1) as a float32, got ${b}`);
-    return b;
-  };
+  const beta = (x: unknown, name: string, dflt: number) => (x === undefined ? dflt : checkBeta(x, name));
   const beta1 = beta(o.beta1, 'opts.beta1', 0.9), beta2 = beta(o.beta2, 'opts.beta2', 0.999);
   const eps = o.eps === undefined ? 1e-8 : checkFloat32(o.eps, 'opts.eps', 0, false);
   const weightDecay = o.weightDecay === undefined ? 0.01 : checkFloat32(o.weightDecay, 'opts.weightDecay', 0);

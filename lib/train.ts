@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { checkBoolean, checkFloat32, checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
+import { checkBeta, checkBoolean, checkFloat32, checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
 import { ProcessGroup, type AllReduceWork } from './group.js';
 import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type RunContext } from './llama.js';
 import { loadLlamaConfig } from './llama-config.js';
@@ -377,9 +377,10 @@ export class Trainer implements Disposable {
     // Version 1 saves carried no id: their files must carry none either (a newer save cut short
     // over an old checkpoint leaves files that do).
     if (meta.version !== 1 && typeof meta.save !== 'string') fail('range', `${trainerFile}: save: expected the save's id, got ${describe(meta.save)}`);
+    const save = meta.version === 1 ? undefined : meta.save;
     for (const [file, f] of [[WEIGHTS_FILE, weightsFile], [OPTIMIZER_FILE, momentsFile]] as const)
-      if (f.metadata[SAVE_KEY] !== (meta.version === 1 ? undefined : meta.save))
-        fail('range', `${join(dir, file)}: written by another save than ${TRAINER_FILE} (save ${describe(f.metadata[SAVE_KEY])}, expected ${describe(meta.version === 1 ? undefined : meta.save)}); was a save interrupted?`);
+      if (f.metadata[SAVE_KEY] !== save)
+        fail('range', `${join(dir, file)}: written by another save than ${TRAINER_FILE} (save ${describe(f.metadata[SAVE_KEY])}, expected ${describe(save)}); was a save interrupted?`);
     const weights = weightsFile.tensors, moments = momentsFile.tensors;
     // Check everything before writing anything.
     const plan: [Tensor, Float32Array][] = [];
@@ -433,7 +434,7 @@ export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer 
   const betas = o.betas === undefined ? [0.9, 0.999] : o.betas;
   if (!Array.isArray(betas) || betas.length !== 2) fail('type', `opts.betas: expected [beta1, beta2], got ${describe(betas)}`);
   Array.from(betas as unknown[], (b, i) => { // holes too: a default must not stand in for a missing beta
-    if (Math.fround(checkFloat32(b, `opts.betas[${i}]`, 0)) >= 1) fail('range', `opts.betas[${i}]: expected a number in [0, 1) as a float32, got ${b}`);
+    checkBeta(b, `opts.betas[${i}]`);
   });
   return new Trainer(model, {
     group: o.group as ProcessGroup | undefined,
