@@ -25,6 +25,7 @@ export class ProcessGroup {
     this.#id = id;
     this.rank = rank;
     this.worldSize = worldSize;
+    Object.freeze(this); // rank and worldSize pick the native peer: a reassigned rank would act as another
   }
 
   /** @internal Builds a rank's group: a launch() worker's ('local') or initProcessGroup's ('nccl'). */

@@ -34,6 +34,12 @@ export interface HostMemoryStats {
   bytesInUse: number;
   /** Most bytes held since start or resetPeakMemoryStats(). */
   peakBytesInUse: number;
+  /**
+   * Tensor handles (host or CUDA) whose native object is alive, in every thread. dispose()
+   * frees one at once; an undisposed one goes only after GC has collected it and the event
+   * loop has turned (Node-API runs finalizers then), never inside a synchronous loop.
+   */
+  handles: number;
 }
 
 interface Native {

@@ -96,11 +96,13 @@ export function checkTensor(value: unknown, name: string): Tensor {
   return value;
 }
 
-function checkShape(shape: unknown, name: string): readonly number[] {
-  if (!Array.isArray(shape)) fail('type', `${name}: expected an array of integers, got ${describe(shape)}`);
+/** A checked copy of the shape: each entry read once (a getter cannot answer two checks differently). */
+function checkShape(given: unknown, name: string): readonly number[] {
+  if (!Array.isArray(given)) fail('type', `${name}: expected an array of integers, got ${describe(given)}`);
+  const shape: unknown[] = Array.from(given); // holes too
   let numel = 1;
-  for (let i = 0; i < shape.length; ++i) { // holes too
-    const d: unknown = shape[i];
+  for (let i = 0; i < shape.length; ++i) {
+    const d = shape[i];
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
       fail('range', `${name}[${i}]: expected a non-negative integer, got ${describe(d)}`);
     numel *= d;
@@ -125,7 +127,7 @@ function dtypeAndDevice(opts: unknown): { dtype: DType; device: DeviceName } {
 /** A tensor holding `data` (row-major) with the given shape. */
 export function tensor(data: Float32Array, shape: readonly number[], opts?: TensorOptions): Tensor {
   if (!isFloat32Array(data)) fail('type', `data: expected a Float32Array, got ${describe(data)}`);
-  checkShape(shape, 'shape');
+  shape = checkShape(shape, 'shape');
   const { dtype, device } = dtypeAndDevice(opts);
   const numel = shape.reduce((a, b) => a * b, 1);
   if (numel !== data.length)
@@ -137,7 +139,7 @@ export function tensor(data: Float32Array, shape: readonly number[], opts?: Tens
 
 /** A tensor of zeros with the given shape, made on its device (no host array of its size). */
 export function zeros(shape: readonly number[], opts?: TensorOptions): Tensor {
-  checkShape(shape, 'shape');
+  shape = checkShape(shape, 'shape');
   const { dtype, device } = dtypeAndDevice(opts);
   checkDevice(device, 'opts.device');
   return Tensor.fromHandle(native.createZeros([...shape], DTYPES.indexOf(dtype), DEVICES.indexOf(device)), shape, dtype, device);

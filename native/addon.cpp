@@ -47,8 +47,8 @@ Napi::Value CreateTensor(const Napi::CallbackInfo& info) {
     // The type from the engine, not the prototype, which a caller may have swapped.
     if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
       throw UserError("TypeError", "data: expected a Float32Array");
+    auto shape = shape_of(info[1]);  // first: its getters run JS, which could detach the data's buffer
     auto data = info[0].As<Napi::Float32Array>();
-    auto shape = shape_of(info[1]);
     auto dtype = DType(info[2].As<Napi::Number>().Int32Value());
     auto device = Device(info[3].As<Napi::Number>().Int32Value());
     Tensor t = Tensor::empty(shape, dtype, device);
@@ -218,6 +218,7 @@ Napi::Value HostMemoryStats(const Napi::CallbackInfo& info) {
     auto o = Napi::Object::New(env);
     o.Set("bytesInUse", double(s.bytes_in_use));
     o.Set("peakBytesInUse", double(s.peak_bytes_in_use));
+    o.Set("handles", double(TensorHandle::alive.load()));
     return o;
   });
 }

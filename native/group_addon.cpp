@@ -92,7 +92,7 @@ Napi::Value GroupSend(const Napi::CallbackInfo& info) {
 Napi::Value GroupRecv(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info, true);
-    Tensor& into = unwrap(env, info[3], "into");
+    const Tensor into = unwrap(env, info[3], "into");
     auto block = t.recv(info[2].As<Napi::Number>().Int32Value(), ra::ring::TAG_USER);
     if (block->size() != size_t(into.numel()))
       throw UserError("RangeError", "into: received " + std::to_string(block->size()) + " elements, tensor holds " +
@@ -106,7 +106,8 @@ Napi::Value GroupRecv(const Napi::CallbackInfo& info) {
 Napi::Value GroupAllReduce(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
-    const std::vector<Tensor*> ts = unwrap_list(env, info[2], "t");
+    std::vector<Tensor> list = unwrap_list(env, info[2], "t");
+    const std::vector<Tensor*> ts = pointers(list);
     size_t total = 0;
     for (const Tensor* x : ts) total += size_t(x->numel());
     std::vector<float> values(total);  // every tensor, one after the other
@@ -303,20 +304,23 @@ Napi::Value NcclSend(const Napi::CallbackInfo& info) {
 }
 Napi::Value NcclRecv(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    ra::nccl::recv(group_id(info[0]), unwrap(env, info[1], "into"), info[2].As<Napi::Number>().Int32Value());
+    Tensor into = unwrap(env, info[1], "into");
+    ra::nccl::recv(group_id(info[0]), into, info[2].As<Napi::Number>().Int32Value());
     return env.Undefined();
   });
 }
 Napi::Value NcclAllReduce(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    ra::nccl::all_reduce_sum(group_id(info[0]), unwrap_list(env, info[1], "t"));
+    auto list = unwrap_list(env, info[1], "t");
+    ra::nccl::all_reduce_sum(group_id(info[0]), pointers(list));
     return env.Undefined();
   });
 }
 // ncclAllReduceAsync(group, tensors) -> ticket; ncclWaitAllReduce(group, ticket)
 Napi::Value NcclAllReduceAsync(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    return Napi::Number::New(env, double(ra::nccl::all_reduce_sum_async(group_id(info[0]), unwrap_list(env, info[1], "t"))));
+    auto list = unwrap_list(env, info[1], "t");
+    return Napi::Number::New(env, double(ra::nccl::all_reduce_sum_async(group_id(info[0]), pointers(list))));
   });
 }
 Napi::Value NcclWaitAllReduce(const Napi::CallbackInfo& info) {

@@ -5,6 +5,7 @@
 #pragma once
 #include <napi.h>
 
+#include <atomic>
 #include <string>
 #include <utility>
 #include <vector>
@@ -19,41 +20,76 @@ using ra::DType;
 using ra::Tensor;
 using ra::UserError;
 
+// Tagged at construction: only our own handles are ever unwrapped as one (a prototype or
+// Symbol.hasInstance can be faked from JS; a type tag cannot).
+inline constexpr napi_type_tag kTensorHandleTag{0x72696e6761747465ULL, 0x6e74696f6e544831ULL};
+
 class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
  public:
   static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "TensorHandle",
-                       {InstanceMethod("toFloat32Array", &TensorHandle::ToFloat32Array),
-                        InstanceMethod("dispose", &TensorHandle::Dispose)});
+    // Plain functions rather than InstanceMethod, whose unwrap would throw a bare napi error
+    // for a disposed handle (which has no native object left, see Dispose).
+    Napi::Function ctor = DefineClass(env, "TensorHandle", {});
+    Napi::Object proto = ctor.Get("prototype").As<Napi::Object>();
+    proto.DefineProperties({Napi::PropertyDescriptor::Function(env, proto, "toFloat32Array", ToFloat32Array),
+                            Napi::PropertyDescriptor::Function(env, proto, "dispose", Dispose)});
+    return ctor;
   }
-  explicit TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorHandle>(info) {}
-  ~TensorHandle() override { Release(Env()); }
+  explicit TensorHandle(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorHandle>(info) {
+    napi_type_tag_object(info.Env(), info.This(), &kTensorHandleTag);
+    ++alive;
+  }
+  ~TensorHandle() override {
+    ReportHostBytes(Env(), -held_bytes());
+    --alive;
+  }
+  // Native handle objects not yet freed, in every thread (hostMemoryStats().handles).
+  static inline std::atomic<int64_t> alive{0};
 
+  // Empty only for a handle made from JS with `new`, which never held a tensor.
   Tensor tensor;
-  bool disposed = false;
 
   void Adopt(Napi::Env env, Tensor t) {
     tensor = std::move(t);
-    ReportHostBytes(env, int64_t(tensor.storage->bytes));
+    ReportHostBytes(env, held_bytes());
+  }
+
+  enum class Found { Live, Disposed, NotAHandle };
+  // The live handle behind `v`, or why there is none.
+  static std::pair<Found, TensorHandle*> of(napi_env env, napi_value v) {
+    bool tagged = false;
+    if (napi_check_object_type_tag(env, v, &kTensorHandleTag, &tagged) != napi_ok || !tagged)
+      return {Found::NotAHandle, nullptr};
+    void* p = nullptr;
+    if (napi_unwrap(env, v, &p) != napi_ok || !static_cast<TensorHandle*>(p)->tensor.storage)
+      return {Found::Disposed, nullptr};
+    return {Found::Live, static_cast<TensorHandle*>(p)};
   }
 
  private:
+  int64_t held_bytes() const {
+    return tensor.storage && tensor.device == Device::CPU ? int64_t(tensor.storage->bytes) : 0;
+  }
   // Tells V8 how much host memory a tensor holds so that GC pressure is right. The C call,
   // not node-addon-api's throwing wrapper: this also runs in the destructor, possibly while
   // a worker's environment is being torn down, where an exception would abort the process.
-  void ReportHostBytes(Napi::Env env, int64_t delta) {
+  static void ReportHostBytes(napi_env env, int64_t delta) {
     int64_t total;
-    if (tensor.device == Device::CPU) napi_adjust_external_memory(env, delta, &total);
+    if (delta != 0) napi_adjust_external_memory(env, delta, &total);
   }
-  void Release(Napi::Env env) {
-    if (disposed || !tensor.storage) return;
-    ReportHostBytes(env, -int64_t(tensor.storage->bytes));
-    tensor.storage.reset();
-    disposed = true;
-  }
-  Napi::Value ToFloat32Array(const Napi::CallbackInfo& info);  // defined below
-  Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    Release(info.Env());
+  static Napi::Value ToFloat32Array(const Napi::CallbackInfo& info);  // defined below
+  // Frees the native object now, not only its memory: a GC finalizer runs only once the event
+  // loop turns (Node-API defers them), so in a synchronous training loop every disposed
+  // handle's object would pile up until the loop ended. Idempotent.
+  static Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    napi_env env = info.Env();
+    void* p = nullptr;
+    bool tagged = false;
+    if (napi_check_object_type_tag(env, info.This(), &kTensorHandleTag, &tagged) == napi_ok && tagged &&
+        napi_unwrap(env, info.This(), &p) == napi_ok) {
+      napi_remove_wrap(env, info.This(), nullptr);  // its finalizer goes too
+      delete static_cast<TensorHandle*>(p);
+    }
     return info.Env().Undefined();
   }
 };
@@ -90,39 +126,49 @@ inline Napi::Value wrap(Napi::Env env, Tensor t) {
   return obj;
 }
 
-inline Tensor& unwrap(Napi::Env env, const Napi::Value& v, const char* name) {
-  auto* data = env.GetInstanceData<AddonData>();
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data->tensor_ctor.Value()))
-    throw Napi::TypeError::New(env, std::string(name) + ": expected a tensor handle");
-  TensorHandle* h = TensorHandle::Unwrap(v.As<Napi::Object>());
-  if (h->disposed || !h->tensor.storage) throw Napi::TypeError::New(env, std::string(name) + ": tensor has been disposed");
+// A copy of the tensor behind a handle: it shares the memory, which it keeps alive for the
+// call even if JS code that runs meanwhile (a getter of a later argument) disposes the handle.
+inline Tensor unwrap(Napi::Env env, const Napi::Value& v, const char* name) {
+  auto [found, h] = TensorHandle::of(env, v);
+  if (found == TensorHandle::Found::NotAHandle) throw Napi::TypeError::New(env, std::string(name) + ": expected a tensor handle");
+  if (found == TensorHandle::Found::Disposed) throw Napi::TypeError::New(env, std::string(name) + ": tensor has been disposed");
   return h->tensor;
 }
 
 // A non-empty JS array of tensor handles, each named name[i] in errors. With `distinct`, no two
 // may share memory (for callers that write every tensor of the list in place).
-inline std::vector<Tensor*> unwrap_list(Napi::Env env, const Napi::Value& v, const std::string& name, bool distinct = true) {
+inline std::vector<Tensor> unwrap_list(Napi::Env env, const Napi::Value& v, const std::string& name, bool distinct = true) {
   if (!v.IsArray()) throw Napi::TypeError::New(env, name + ": expected an array of tensor handles");
   auto arr = v.As<Napi::Array>();
   if (arr.Length() == 0) throw Napi::RangeError::New(env, name + ": expected at least one tensor, got an empty array");
-  std::vector<Tensor*> ts;
+  std::vector<Tensor> ts;
   for (uint32_t i = 0; i < arr.Length(); ++i) {
     const std::string at = name + "[" + std::to_string(i) + "]";
-    Tensor& t = unwrap(env, arr.Get(i), at.c_str());
+    Tensor t = unwrap(env, arr.Get(i), at.c_str());
     for (size_t j = 0; distinct && j < ts.size(); ++j)
-      if (ts[j]->storage == t.storage)
+      if (ts[j].storage == t.storage)
         throw Napi::RangeError::New(env, at + ": shares its memory with " + name + "[" + std::to_string(j) + "]");
-    ts.push_back(&t);
+    ts.push_back(std::move(t));
   }
   return ts;
 }
 
+// Pointers to a list's tensors, for the native calls that take them (valid while `ts` lives).
+inline std::vector<Tensor*> pointers(std::vector<Tensor>& ts) {
+  std::vector<Tensor*> out;
+  for (Tensor& t : ts) out.push_back(&t);
+  return out;
+}
+
 inline Napi::Value TensorHandle::ToFloat32Array(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    if (disposed || !tensor.storage) throw Napi::TypeError::New(env, "tensor has been disposed");
-    auto out = Napi::Float32Array::New(env, size_t(tensor.numel()));
-    if (tensor.device == Device::CPU) ra::convert_to_f32(tensor.dtype, tensor.storage->ptr, out.Data(), out.ElementLength());
-    else ra::cuda::download_f32(tensor.storage->ptr, tensor.dtype, out.Data(), out.ElementLength());
+    const auto [found, h] = of(env, info.This());
+    if (found == Found::NotAHandle) throw Napi::TypeError::New(env, "toFloat32Array: expected a tensor handle as this");
+    if (found == Found::Disposed) throw Napi::TypeError::New(env, "tensor has been disposed");
+    const Tensor t = h->tensor;
+    auto out = Napi::Float32Array::New(env, size_t(t.numel()));
+    if (t.device == Device::CPU) ra::convert_to_f32(t.dtype, t.storage->ptr, out.Data(), out.ElementLength());
+    else ra::cuda::download_f32(t.storage->ptr, t.dtype, out.Data(), out.ElementLength());
     return out;
   });
 }

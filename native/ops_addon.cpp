@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,9 +29,11 @@ struct Args {
   Napi::Env env;
   const Tensor* first = nullptr;
   std::string first_name{};
+  std::deque<Tensor> held{};  // the call's copies (a deque: references stay valid as it grows)
 
   Tensor& operator()(const Napi::Value& v, const char* name, int64_t numel = -1) {
-    return check(unwrap(env, v, name), name, numel);
+    held.push_back(unwrap(env, v, name));
+    return check(held.back(), name, numel);
   }
   Tensor& check(Tensor& t, const std::string& name, int64_t numel = -1) {
     if (!first) first = &t, first_name = name;
@@ -306,8 +309,8 @@ Napi::Value SumOfSquares(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     Args a{env};
     std::vector<const Tensor*> ts;
-    for (Tensor* t : unwrap_list(env, info[0], "t", /*distinct=*/false))
-      ts.push_back(&a.check(*t, "t[" + std::to_string(ts.size()) + "]"));
+    std::vector<Tensor> list = unwrap_list(env, info[0], "t", /*distinct=*/false);
+    for (Tensor& t : list) ts.push_back(&a.check(t, "t[" + std::to_string(ts.size()) + "]"));
     if (a.cuda()) return Napi::Number::New(env, cuops::sum_of_squares(ts));
     double total = 0;  // in list order, as the CUDA op adds
     for (const Tensor* t : ts) total += ops::sum_of_squares(t->f32(), t->numel());
@@ -346,7 +349,7 @@ Napi::Value Zero(const Napi::CallbackInfo& info) {
 // copy(dst, src): dst = src, converted to dst's dtype (same device, same element count)
 Napi::Value Copy(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
-    Tensor& dst = unwrap(env, info[0], "dst");
+    Tensor dst = unwrap(env, info[0], "dst");
     const Tensor& src = unwrap(env, info[1], "src");
     if (src.device != dst.device) throw UserError("TypeError", "src: must be on dst's device");
     if (src.numel() != dst.numel()) throw UserError("RangeError", "src: must have dst's element count");

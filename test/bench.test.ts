@@ -122,11 +122,12 @@ describe('memory accounting', () => {
 
     using model = initLlama(llamaPresets.tiny, { seed: 3 });
     using trainer = createTrainer(model, { lr: 1e-3, checkpoint: true });
-    const held = hostMemoryStats().bytesInUse;
+    const held = hostMemoryStats().bytesInUse, handles = hostMemoryStats().handles;
     const tokens = Int32Array.from({ length: 128 }, (_, i) => i % 256);
     trainer.step(tokens, tokens);
     trainer.step(tokens, tokens);
     expect(hostMemoryStats().bytesInUse).toBe(held); // nothing left for the garbage collector
+    expect(hostMemoryStats().handles).toBe(handles); // nor any handle's native object
     expect(hostMemoryStats().peakBytesInUse).toBeGreaterThan(held);
   });
 });

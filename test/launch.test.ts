@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 
 import { launch, tensor } from '../dist/index.js';
 import { ProcessGroup } from '../dist/group.js';
+import { native } from '../dist/native.js';
 
 const fixture = (name: string) => new URL(`./fixtures/${name}`, import.meta.url);
 
@@ -99,6 +100,13 @@ describe('launch', () => {
     expect(() => stale.barrier()).toThrow(/^group 123456789 is not active: groups live only inside their launch\(\)/);
   });
 
+  it("a group's rank and world size cannot be reassigned (they pick the native peer)", () => {
+    const group = ProcessGroup.attach(123_456_789, 0, 2);
+    expect(() => ((group as any).rank = 1)).toThrow(TypeError);
+    expect(() => ((group as any).worldSize = 4)).toThrow(TypeError);
+    expect([group.rank, group.worldSize]).toEqual([0, 2]);
+  });
+
   it('an allReduce that timed out is not retried into a wrong sum: the group is aborted', async () => {
     // rank 0 catches its timeout and retries; before the fix the retry returned 2 (its own value twice)
     const [zero, one] = (await launch({ worldSize: 2, timeoutMs: 300 }, fixture('allreduce-retry.mjs'))) as any[];
@@ -118,6 +126,31 @@ describe('launch', () => {
     const t = tensor(new Float32Array(1), [1]);
     const EmptyHandle = (t as any).handle('t').constructor;
     expect(() => new EmptyHandle().toFloat32Array()).toThrow(/tensor has been disposed/);
+    // a raw handle: disposed twice, then used; a look-alike (its prototype, a faked instanceof)
+    const raw = (t as any).handle('t');
+    raw.dispose();
+    raw.dispose();
+    expect(() => raw.toFloat32Array()).toThrow(new TypeError('tensor has been disposed'));
+    expect(() => native.opsScale(raw, 2)).toThrow(new TypeError('t: tensor has been disposed'));
+    const lookAlike = Object.create(EmptyHandle.prototype);
+    expect(() => lookAlike.toFloat32Array()).toThrow(/expected a tensor handle/);
+    expect(() => lookAlike.dispose()).not.toThrow();
+    Object.defineProperty(EmptyHandle, Symbol.hasInstance, { value: () => true, configurable: true });
+    expect(() => native.opsScale({} as any, 2)).toThrow(new TypeError('t: expected a tensor handle'));
+    delete EmptyHandle[Symbol.hasInstance];
+  });
+
+  it('native calls keep their tensors alive while JS code they run (getters) disposes them', () => {
+    const a = tensor(Float32Array.of(1, 2), [2]), b = tensor(Float32Array.of(3), [1]);
+    const list = [a.handle('a'), b.handle('b')];
+    Object.defineProperty(list, 1, { get: () => (a.dispose(), b.handle('b')) });
+    expect(native.opsSumOfSquares(list)).toBe(14); // before: a null pointer read
+    // a shape getter that detaches the data's buffer runs before the data is read
+    let data: Float32Array | null = new Float32Array(1 << 16).fill(1);
+    const shape = [0];
+    Object.defineProperty(shape, 0, { get: () => (structuredClone(data!.buffer, { transfer: [data!.buffer] }), 1 << 16) });
+    expect(() => native.createTensor(data!, shape, 0, 0)).toThrow(/data: length does not match shape/);
+    data = null;
   });
 
   it('a return value that cannot cross threads is a TypeError', async () => {

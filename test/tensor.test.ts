@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 
-import { info, tensor, Tensor } from '../dist/index.js';
+import { hostMemoryStats, info, tensor, Tensor, zeros } from '../dist/index.js';
 import { roundTo } from './reference.js';
 
 describe('tensor', () => {
@@ -53,6 +53,27 @@ describe('tensor', () => {
     expect(t.disposed).toBe(true);
     t.dispose();
     await expect(t.toFloat32Array()).rejects.toThrow(new TypeError('tensor: tensor has been disposed'));
+  });
+
+  it('dispose() frees the native object too, at once: a synchronous loop does not pile them up', () => {
+    // Node-API runs finalizers only when the event loop turns, which a training loop may never do.
+    const before = hostMemoryStats().handles;
+    for (let i = 0; i < 20_000; ++i) zeros([4]).dispose();
+    expect(hostMemoryStats().handles).toBe(before);
+    const t = zeros([4]);
+    expect(hostMemoryStats().handles).toBe(before + 1);
+    t.dispose();
+    expect(hostMemoryStats().handles).toBe(before);
+  });
+
+  it('reads each entry of a shape once: a getter cannot make the checked shape differ from the kept one', () => {
+    let reads = 0;
+    const shape = [1, 3];
+    Object.defineProperty(shape, 1, { get: () => (++reads === 1 ? 3 : 6), enumerable: true });
+    using t = tensor(new Float32Array(3), shape);
+    expect([t.shape, t.numel, reads]).toEqual([[1, 3], 3, 1]);
+    using z = zeros(shape);
+    expect(z.shape).toEqual([1, 6]);
   });
 
   it('Symbol.dispose frees it at the end of a using block', () => {
