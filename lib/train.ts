@@ -131,6 +131,7 @@ export class Trainer implements Disposable {
   #step = 0;
   #o: ResolvedOptions;
   #disposed = false;
+  #inLr = false;
 
   /** @internal use createTrainer. */
   constructor(model: LlamaModel, o: ResolvedOptions) {
@@ -152,6 +153,9 @@ export class Trainer implements Disposable {
 
   #live(): void {
     if (this.#disposed) fail('type', 'trainer: has been disposed');
+    if (this.#inLr) throw new Error('trainer: called from inside opts.lr, which step() runs before its update');
+    if (this.model.disposed) fail('type', "trainer: its model's tensors have been disposed");
+    if ([...this.gradients.values()].some((g) => g.disposed)) fail('type', 'trainer: some of its gradients have been disposed');
   }
 
   #context(tokens: unknown, targets: unknown, at = '', documentIds?: unknown): MicroBatch {
@@ -299,7 +303,16 @@ export class Trainer implements Disposable {
     // A step that throws here leaves the weights, the moments and stepCount as they were.
     const step = this.#step + 1;
     if (!Number.isFinite(gradNorm)) throw new Error(`step ${step}: the gradient norm is ${gradNorm} (loss ${loss}); no update was applied`);
-    const lr = typeof this.#o.lr === 'function' ? this.#o.lr(step) : this.#o.lr;
+    let lr = this.#o.lr;
+    if (typeof lr === 'function') {
+      this.#inLr = true; // user code: a step() or dispose() from inside it must not run half an update
+      try {
+        lr = lr(step);
+      } finally {
+        this.#inLr = false;
+      }
+      this.#live(); // all checks before the first change
+    }
     positiveNumber(lr, `opts.lr(${step})`, 0);
     const { maxGradNorm, betas, eps, weightDecay } = this.#o;
     if (maxGradNorm !== undefined) {

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
   createLlama, createTrainer, hostMemoryStats, initLlama, launch, llamaPresets, llamaTensorNames, loadLlama, saveLlama, shardTokens,
-  tensor, writeSafetensors, type LlamaConfig, type ResolvedLlamaConfig, type Tensor,
+  tensor, writeSafetensors, type LlamaConfig, type ResolvedLlamaConfig, type Tensor, type Trainer,
 } from '../dist/index.js';
 import { runLlama, shardPositions } from '../dist/llama.js';
 import { paramsFromMap } from '../dist/llama-model.js';
@@ -561,6 +561,36 @@ describe('saving, loading, checkpoints', () => {
     expect(ta.step(seq.tokens, seq.targets)).toEqual(tb.step(seq.tokens, seq.targets));
     expect(ta.stepCount).toBe(1);
     expect(a.toArrays()).toEqual(b.toArrays());
+  });
+
+  it('opts.lr cannot re-enter the trainer, and a model disposed by it is refused before any change', async () => {
+    using a = initLlama(tiny, { seed: 6 }), b = initLlama(tiny, { seed: 6 });
+    let inner: unknown;
+    const ta: Trainer = createTrainer(a, {
+      lr: () => {
+        try {
+          ta.step(seq.tokens, seq.targets);
+        } catch (e) {
+          inner ??= e;
+        }
+        return 1e-2;
+      },
+    });
+    using tb = createTrainer(b, { lr: 1e-2 });
+    expect(ta.step(seq.tokens, seq.targets)).toEqual(tb.step(seq.tokens, seq.targets)); // one update, not two
+    expect((inner as Error).message).toBe('trainer: called from inside opts.lr, which step() runs before its update');
+    expect(ta.stepCount).toBe(1);
+    expect(a.toArrays()).toEqual(b.toArrays());
+    ta.dispose();
+
+    using c = initLlama(tiny, { seed: 7 });
+    const before = c.toArrays(), last = [...c.tensors.values()].at(-1)!;
+    using tc = createTrainer(c, { lr: () => (last.dispose(), 1e-2) });
+    expect(() => tc.step(seq.tokens, seq.targets)).toThrow(new TypeError("trainer: its model's tensors have been disposed"));
+    expect(tc.stepCount).toBe(0);
+    const first = [...c.tensors.keys()][0]!;
+    expect(Array.from(c.tensors.get(first)!.handle('t').toFloat32Array())).toEqual(Array.from(before.get(first)!));
+    expect(() => tc.forward(seq.tokens, seq.targets)).toThrow(/^trainer: its model's tensors have been disposed/);
   });
 
   it('refuses missing, extra and mis-shaped tensors, and rope_scaling, naming them', async () => {
