@@ -43,9 +43,10 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   if (json === null || typeof json !== 'object' || Array.isArray(json))
     fail('type', `${what}: expected a config object, got ${describe(json)}`);
   const c = json as Record<string, unknown>;
+  // At most int32: vocab_size bounds int32 token ids, and no real model has a larger size.
   const int = (key: string) => {
     if (c[key] === undefined) fail('type', `${where}${key}: missing; expected a positive integer`);
-    return checkInteger(c[key], `${where}${key}`, 1);
+    return checkInteger(c[key], `${where}${key}`, 1, 2 ** 31 - 1);
   };
   // HF treats null like absent for these two (the Python default is None).
   const optInt = (key: string) => (c[key] === undefined || c[key] === null ? undefined : int(key));

@@ -38,8 +38,9 @@ describe('parseLlamaConfig', () => {
   it('refuses each bad key, naming it', () => {
     const bad = (patch: Record<string, unknown>) => () => parseLlamaConfig({ ...minimal, ...patch });
     for (const key of ['hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'vocab_size']) {
-      expect(bad({ [key]: 0 })).toThrow(new RangeError(`${key}: expected an integer in [1, 9007199254740991], got 0`));
+      expect(bad({ [key]: 0 })).toThrow(new RangeError(`${key}: expected an integer in [1, 2147483647], got 0`));
       expect(bad({ [key]: 2.5 })).toThrow(RangeError);
+      expect(bad({ [key]: 2 ** 31 })).toThrow(new RangeError(`${key}: expected an integer in [1, 2147483647], got 2147483648`));
       expect(bad({ [key]: '64' })).toThrow(new TypeError(`${key}: expected an integer, got '64'`));
       expect(bad({ [key]: undefined })).toThrow(new TypeError(`${key}: missing; expected a positive integer`));
     }
@@ -79,7 +80,7 @@ describe('loadLlamaConfig', () => {
     expect((await loadLlamaConfig(join(dir, 'config.json'))).head_dim).toBe(16);
     const file = join(dir, 'bad.json');
     writeFileSync(file, JSON.stringify({ ...minimal, vocab_size: -1 }));
-    await expect(loadLlamaConfig(file)).rejects.toThrow(`${file}: vocab_size: expected an integer in [1, 9007199254740991], got -1`);
+    await expect(loadLlamaConfig(file)).rejects.toThrow(`${file}: vocab_size: expected an integer in [1, 2147483647], got -1`);
     writeFileSync(file, '{"hidden_size": ');
     await expect(loadLlamaConfig(file)).rejects.toThrow(`${file}: not valid JSON`);
     await expect(loadLlamaConfig(join(dir, 'missing'))).rejects.toThrow(/ENOENT/);
