@@ -118,7 +118,9 @@ Napi::Value GroupAllReduce(const Napi::CallbackInfo& info) {
       else ra::cuda::download_f32(x->storage->ptr, x->dtype, at, n);
       at += n;
     }
-    t.all_reduce_sum(values.data(), values.size());
+    ra::ring::Collective call{"allReduce", {}};
+    for (const Tensor* x : ts) call.parts.push_back(std::to_string(x->numel()) + " " + ra::dtype_name(x->dtype) + " elements");
+    t.all_reduce_sum(values.data(), values.size(), call);
     at = values.data();
     for (Tensor* x : ts) {
       const size_t n = size_t(x->numel());

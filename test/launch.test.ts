@@ -107,6 +107,21 @@ describe('launch', () => {
     expect([group.rank, group.worldSize]).toEqual([0, 2]);
   });
 
+  it('collective calls that do not match are named, not summed crosswise', async () => {
+    const order = '; every rank must make the same collective calls, with the same tensors, in the same order';
+    const expected = {
+      order: "rank 1's allReduce tensor 0 is 3 float32 elements, rank 0's 2 float32 elements",
+      dtype: "rank 1's allReduce tensor 0 is 2 float16 elements, rank 0's 2 float32 elements",
+      count: "rank 1's allReduce has 2 tensors, rank 0's 1",
+      kind: "rank 1 is in barrier() while rank 0 is in ring attention's argument check",
+    };
+    for (const [mode, why] of Object.entries(expected)) {
+      const [zero, one] = (await launch({ worldSize: 2 }, fixture('collective-mismatch.mjs'), { mode })) as any[];
+      expect(one, mode).toEqual({ name: 'RangeError', message: why + order });
+      expect(zero, mode).toEqual({ name: 'Error', message: 'group aborted: ' + why + order });
+    }
+  });
+
   it('an allReduce that timed out is not retried into a wrong sum: the group is aborted', async () => {
     // rank 0 catches its timeout and retries; before the fix the retry returned 2 (its own value twice)
     const [zero, one] = (await launch({ worldSize: 2, timeoutMs: 300 }, fixture('allreduce-retry.mjs'))) as any[];

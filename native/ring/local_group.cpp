@@ -14,6 +14,20 @@ const char* tag_name(int tag) {
     default: return "send()";
   }
 }
+// Why rank `r`'s call differs from rank `first`'s, or "" when they match.
+std::string mismatch(int r, const Collective& mine, int first, const Collective& theirs) {
+  const std::string me = "rank " + std::to_string(r), them = "rank " + std::to_string(first);
+  const std::string order = "; every rank must make the same collective calls, with the same tensors, in the same order";
+  if (mine.name != theirs.name) return me + " is in " + mine.name + " while " + them + " is in " + theirs.name + order;
+  if (mine.parts.size() != theirs.parts.size())
+    return me + "'s " + mine.name + " has " + std::to_string(mine.parts.size()) + " tensors, " + them + "'s " +
+           std::to_string(theirs.parts.size()) + order;
+  for (size_t i = 0; i < mine.parts.size(); ++i)
+    if (mine.parts[i] != theirs.parts[i])
+      return me + "'s " + mine.name + " tensor " + std::to_string(i) + " is " + mine.parts[i] + ", " + them + "'s " +
+             theirs.parts[i] + order;
+  return "";
+}
 }  // namespace
 
 template <typename Ready>
@@ -61,7 +75,7 @@ Message LocalGroup::recv(int from, int to, int tag) {
   return b;
 }
 
-void LocalGroup::all_reduce_sum(int rank, float* data, size_t n) {
+void LocalGroup::all_reduce_sum(int rank, float* data, size_t n, const Collective& call) {
   std::unique_lock<std::mutex> lock(mu_);
   check_usable(rank);
   if (arrived_mask_[size_t(rank)]) {  // only after an earlier failure of this same collective
@@ -70,7 +84,10 @@ void LocalGroup::all_reduce_sum(int rank, float* data, size_t n) {
     throw UserError("Error", why);
   }
   if (arrived_ == 0) {
-    size_ = n;
+    size_ = n, call_ = call, call_rank_ = rank;
+  } else if (const std::string why = mismatch(rank, call, call_rank_, call_); !why.empty()) {
+    abort_locked(why);
+    throw UserError("RangeError", why);
   } else if (size_ != n) {
     const std::string why = "rank " + std::to_string(rank) + " joined an allReduce of " + std::to_string(n) +
                             " elements, others of " + std::to_string(size_);

@@ -74,7 +74,7 @@ inline void agree_in_process(Transport& t, const std::vector<double>& signature)
   const size_t n = signature.size(), world = size_t(t.world_size());
   std::vector<float> sums(n * world, 0.f);
   for (size_t f = 0; f < n; ++f) sums[size_t(t.rank()) * n + f] = float(signature[f]);
-  t.all_reduce_sum(sums.data(), sums.size());
+  t.all_reduce_sum(sums.data(), sums.size(), {"ring attention's argument check", {}});
   std::vector<std::vector<double>> rows(world);
   for (size_t r = 0; r < world; ++r) rows[r].assign(sums.begin() + ptrdiff_t(r * n), sums.begin() + ptrdiff_t((r + 1) * n));
   check_signatures(rows);

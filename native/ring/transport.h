@@ -27,6 +27,13 @@ enum Tag : int {
 };
 using Message = std::shared_ptr<void>;
 
+// What a collective call is, compared across ranks as they arrive: a bare element count let
+// mismatched calls (tensors in another order, a barrier against a ring's check) sum crosswise.
+struct Collective {
+  std::string name;                // "allReduce", "barrier()", "ring attention's argument check"
+  std::vector<std::string> parts;  // an allReduce's tensors: element count and dtype of each
+};
+
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -34,7 +41,7 @@ class Transport {
   virtual int world_size() const = 0;
   virtual void send(int peer, int tag, Block block) = 0;  // returns at once
   virtual Block recv(int peer, int tag) = 0;              // waits, with the group's timeout
-  virtual void all_reduce_sum(float* data, size_t n) = 0;
+  virtual void all_reduce_sum(float* data, size_t n, const Collective& call) = 0;
   virtual void barrier() = 0;
 };
 
@@ -47,7 +54,7 @@ class LocalGroup {
   int world_size() const { return world_; }
   void send(int from, int to, int tag, Message m);
   Message recv(int from, int to, int tag);
-  void all_reduce_sum(int rank, float* data, size_t n);
+  void all_reduce_sum(int rank, float* data, size_t n, const Collective& call);
   void abort(const std::string& reason);
   void leave(int rank);  // the rank's function returned or threw
 
@@ -69,6 +76,8 @@ class LocalGroup {
   int64_t generation_ = 0;
   int arrived_ = 0;
   size_t size_ = 0;
+  Collective call_{};  // the first arrival's, which the others must match
+  int call_rank_ = 0;
   std::vector<char> arrived_mask_ = std::vector<char>(size_t(world_));
   std::vector<std::vector<float>> contrib_ = std::vector<std::vector<float>>(size_t(world_));
   std::vector<float> result_;
@@ -89,8 +98,8 @@ class LocalTransport : public Transport {
   // Messages of other types, for the CUDA ring; the tag fixes the type.
   void post(int peer, int tag, Message m) { g_->send(rank_, peer, tag, std::move(m)); }
   Message take(int peer, int tag) { return g_->recv(peer, rank_, tag); }
-  void all_reduce_sum(float* data, size_t n) override { g_->all_reduce_sum(rank_, data, n); }
-  void barrier() override { g_->all_reduce_sum(rank_, nullptr, 0); }
+  void all_reduce_sum(float* data, size_t n, const Collective& call) override { g_->all_reduce_sum(rank_, data, n, call); }
+  void barrier() override { g_->all_reduce_sum(rank_, nullptr, 0, {"barrier()", {}}); }
   void abort(const std::string& reason) { g_->abort(reason); }
 
  private:
