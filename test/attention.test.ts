@@ -54,6 +54,21 @@ describe('attention forward', () => {
     expect(Number.isFinite(l[4]!)).toBe(true);
   });
 
+  it('a NaN in a query row gives that row NaN, not the 0 and -Infinity of a row that sees no key', async () => {
+    const c: Dims = { batch: 1, seqQ: 3, seqK: 5, heads: 1, kvHeads: 1, dim: 4 };
+    const inp = makeInputs(c, 8);
+    inp.q[4] = NaN; // row 1
+    const t = asTensors(c, inp), ref = attentionRef(inp.q, inp.k, inp.v, c, { causal: false });
+    const { out, lse } = attention(t.q, t.k, t.v);
+    const o = await read(out), l = await read(lse);
+    expect(Number.isNaN(l[1]!)).toBe(true); // before: -Infinity
+    expect(o.slice(4, 8).every((x) => Number.isNaN(x))).toBe(true); // before: 0
+    for (const r of [0, 2]) { // the other rows as ever
+      expect(l[r]).toBeCloseTo(ref.lse[r]!, 5);
+      for (let d = 0; d < 4; ++d) expect(o[r * 4 + d]).toBeCloseTo(ref.out[r * 4 + d]!, 5);
+    }
+  });
+
   it('honours an explicit scale', async () => {
     const c: Dims = { batch: 1, seqQ: 20, seqK: 20, heads: 1, kvHeads: 1, dim: 8 };
     const inp = makeInputs(c, 3);

@@ -64,7 +64,9 @@ void attention_forward(const AttnParams& p) {
       for (int r = 0; r < rows; ++r) {
         float* sr = s + r * BC;
         float mx = m[r];
-        for (int c = 0; c < cols; ++c) mx = std::max(mx, sr[c]);
+        // A NaN score (a NaN in q or k) wins, so that it reaches out and lse: std::max would drop
+        // it and a row of them would pass for one that sees no key (0 and -inf).
+        for (int c = 0; c < cols; ++c) mx = sr[c] > mx || sr[c] != sr[c] ? sr[c] : mx;
         if (mx == NEG_INF) continue;  // nothing visible yet for this row
         const float alpha = std::exp(m[r] - mx);
         float* ar = &acc[size_t(r) * D];

@@ -91,8 +91,10 @@ __device__ __forceinline__ void store_forward(const FwdParams& p, int b, int h, 
   for (int r = 0; r < 2; ++r) {
     const int row = row0 + 8 * r;
     if (row >= p.seq_q) continue;
-    const float lse_new = l[r] > 0.f ? row_max[r] * p.scale + logf(l[r]) : -INFINITY;
-    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    // l is 0 only for a row that saw no key; a NaN score (fmaxf drops it from the max, not from
+    // the sum) makes l NaN, which must reach out and lse rather than pass for such a row.
+    const float lse_new = l[r] != 0.f ? row_max[r] * p.scale + logf(l[r]) : -INFINITY;
+    const float inv = l[r] != 0.f ? 1.f / l[r] : 0.f;
     if (p.out_accum == nullptr) {
       T* o = static_cast<T*>(p.out) + b * p.o_batch_stride + int64_t(row) * p.o_row_stride + int64_t(h) * p.head_dim;
 #pragma unroll
