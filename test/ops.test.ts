@@ -173,6 +173,15 @@ describe('rmsNorm', () => {
     }
   });
 
+  it('backward of a row near the float32 limit stays finite (r^2 s formed in double)', async () => {
+    const x = Float32Array.of(1e30, -2e30, 3e30, 1e30), w = Float32Array.of(1, 1, 1, 1), dy = Float32Array.of(1e10, 2e10, 3e10, 4e10);
+    const { rstd } = ops.rmsNorm(t(x, [1, 4]), t(w, [4]), eps);
+    const dx = zeros([1, 4]), dw = zeros([4]);
+    ops.rmsNormBackward(t(dy, [1, 4]), t(x, [1, 4]), t(w, [4]), rstd, dx, dw);
+    const ref = rmsNormBackwardRef(dy, x, w, eps, 1, 4);
+    expect(worstError(await read(dx), ref.dx, 0, 1e-5)).toBeLessThan(1); // before: +-Infinity
+  });
+
   it('errors name the argument', () => {
     expect(() => ops.rmsNorm(zeros([2, 4]), zeros([5]), eps)).toThrow(/^w: expected shape \[C\] = \[4\], got \[5\]/);
     expect(() => ops.rmsNorm(zeros([2, 4]), zeros([4]), -1)).toThrow(/^eps: /);
@@ -349,6 +358,17 @@ describe('crossEntropyLoss (fused LM head)', () => {
     expect(Number.isFinite(r.loss)).toBe(true);
     expect(Math.abs(r.loss - ref.loss) / ref.loss).toBeLessThan(1e-5);
     expect(worstError(await read(dh), ref.dh, 1e-5, 1e-3)).toBeLessThan(1);
+  });
+
+  it('probabilities come from the log-sum-exp unrounded: at logits of 1e4 the gradient is still exact', async () => {
+    // lse rounded to float32 scaled every probability by exp(lse - float(lse)): dh was 5.4e-4, not 1.6e-4
+    const w7 = Float32Array.of(1, 0.99, 0.5, -1, 1.0001, 0.3, 0.9999), dh = zeros([1, 1]), dw = zeros([7, 1]);
+    ops.crossEntropyLoss(t(Float32Array.of(1e4), [1, 1]), t(w7, [7, 1]), Int32Array.of(6), { chunkRows: 1, dh, dwHead: dw });
+    const logits = Array.from(w7, (x) => Math.fround(1e4 * x)), mx = Math.max(...logits); // what the kernel's product gives
+    const sum = logits.reduce((a, l) => a + Math.exp(l - mx), 0);
+    const dLogits = logits.map((l, j) => Math.exp(l - mx) / sum - (j === 6 ? 1 : 0));
+    const want = dLogits.reduce((a, d, j) => a + d * w7[j]!, 0);
+    expect(Math.abs((await read(dh))[0]! - want) / want).toBeLessThan(1e-3);
   });
 
   it('errors name the argument', () => {

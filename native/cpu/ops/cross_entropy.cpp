@@ -40,8 +40,10 @@ CrossEntropyResult cross_entropy(const float* h, const float* w_head, const int3
         const double lse = double(mx) + std::log(sum);
         row_loss[size_t(i)] = lse - double(l[t]);
         if (grads) {
-          const float flse = float(lse);
-          for (int64_t j = 0; j < V; ++j) l[j] = grad_scale * std::exp(l[j] - flse);
+          // exp((l - mx) - log(sum)), not exp(l - float(lse)): lse rounded to float32 would scale
+          // every probability by up to 2^-24 |lse| (3e-4 at logits of 1e4).
+          const float log_sum = float(std::log(sum));
+          for (int64_t j = 0; j < V; ++j) l[j] = grad_scale * std::exp((l[j] - mx) - log_sum);
           l[t] -= grad_scale;
         }
       }

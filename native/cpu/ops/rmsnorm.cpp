@@ -31,7 +31,7 @@ void rmsnorm_backward(const float* dy, const float* x, const float* w, const flo
       const float r = rstd[m];
       double s = 0;
       for (int64_t c = 0; c < C; ++c) s += double(gr[c]) * w[c] * xr[c];
-      const float k = float(s / double(C)) * r * r;
+      const float k = float(s / double(C) * r * r);  // in double: r^2 s alone may overflow float32
       float* d = dx + m * C;
       for (int64_t c = 0; c < C; ++c) d[c] = r * (w[c] * gr[c] - xr[c] * k);
     }

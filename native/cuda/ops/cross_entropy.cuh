@@ -36,9 +36,11 @@ __global__ void ce_row_kernel(const float* logits, const int32_t* targets, int64
   const double lse = double(mx) + log(double(sum));
   if (threadIdx.x == 0) row_loss[r] = lse - double(lt);
   if (!d) return;
-  const float flse = float(lse);
+  // exp((l - mx) - log(sum)), not exp(l - float(lse)): lse rounded to float32 would scale every
+  // probability by up to 2^-24 |lse| (3e-4 at logits of 1e4), and the gradient would not sum to 0.
+  const float log_sum = float(log(double(sum)));
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    float p = grad_scale * expf(l[j] - flse);
+    float p = grad_scale * expf((l[j] - mx) - log_sum);
     if (j == t) p -= grad_scale;
     d[j] = from_f<T>(p);
   }
