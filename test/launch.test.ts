@@ -122,6 +122,15 @@ describe('launch', () => {
     }
   });
 
+  it('a recv() from the rank itself with nothing sent fails at once; a cycle of recv() times out saying what it needs', async () => {
+    const started = Date.now();
+    const self = (await launch({ worldSize: 2, timeoutMs: 60_000 }, fixture('recv-misuse.mjs'), { mode: 'self' })) as string[];
+    expect(self).toEqual([0, 1].map((r) => `rank ${r} waits for a send() from rank ${r} (itself), which it has not sent`));
+    expect(Date.now() - started).toBeLessThan(20_000); // not the 60 s timeout
+    const cycle = (await launch({ worldSize: 2, timeoutMs: 300 }, fixture('recv-misuse.mjs'), { mode: 'cycle' })) as string[];
+    expect(cycle[0]).toBe('rank 0 timed out after 300 ms waiting for a send() from rank 1; a recv() needs a send() from its peer, posted before or after it');
+  });
+
   it('an allReduce that timed out is not retried into a wrong sum: the group is aborted', async () => {
     // rank 0 catches its timeout and retries; before the fix the retry returned 2 (its own value twice)
     const [zero, one] = (await launch({ worldSize: 2, timeoutMs: 300 }, fixture('allreduce-retry.mjs'))) as any[];

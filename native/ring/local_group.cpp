@@ -31,7 +31,8 @@ std::string mismatch(int r, const Collective& mine, int first, const Collective&
 }  // namespace
 
 template <typename Ready>
-void LocalGroup::wait(std::unique_lock<std::mutex>& lock, int me, Ready ready, const std::string& what) {
+void LocalGroup::wait(std::unique_lock<std::mutex>& lock, int me, Ready ready, const std::string& what,
+                      const char* rule) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
   // The abort first: it names the failure that began it, which may also be why a peer has left
   // (what ready() throws for).
@@ -40,8 +41,7 @@ void LocalGroup::wait(std::unique_lock<std::mutex>& lock, int me, Ready ready, c
     if (ready()) return;
     if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && aborted_.empty() && !ready())
       throw UserError("Error", "rank " + std::to_string(me) + " timed out after " + std::to_string(timeout_ms_) +
-                                   " ms waiting for " + what +
-                                   "; every rank must make the same collective calls in the same order");
+                                   " ms waiting for " + what + "; " + rule);
   }
 }
 
@@ -64,12 +64,15 @@ Message LocalGroup::recv(int from, int to, int tag) {
   check_usable(to);
   auto& box = mail_[{from, to, tag}];
   const std::string what = std::string("a ") + tag_name(tag) + " from rank " + std::to_string(from);
+  if (from == to && box.empty())  // no other thread can fill it
+    throw UserError("Error", "rank " + std::to_string(to) + " waits for " + what + " (itself), which it has not sent");
   wait(lock, to, [&] {
     if (!box.empty()) return true;
     if (left_[size_t(from)])
       throw UserError("Error", "rank " + std::to_string(to) + " waits for " + what + ", which returned without sending it");
     return false;
-  }, what);
+  }, what, tag == TAG_USER ? "a recv() needs a send() from its peer, posted before or after it"
+                           : "every rank must make the same calls in the same order");
   Message b = std::move(box.front());
   box.pop_front();
   return b;
@@ -115,7 +118,7 @@ void LocalGroup::all_reduce_sum(int rank, float* data, size_t n, const Collectiv
             throw UserError("Error", "rank " + std::to_string(rank) + " waits in a collective for rank " +
                                          std::to_string(r) + ", which returned without joining it");
         return false;
-      }, "every rank to join a collective (allReduce, barrier)");
+      }, "every rank to join a collective (" + call.name + ")", "every rank must make the same collective calls in the same order");
     } catch (const UserError& e) {
       // This rank's data is already in the sum: the collective cannot be completed or retried.
       abort_locked(e.what());

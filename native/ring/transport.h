@@ -60,7 +60,7 @@ class LocalGroup {
 
  private:
   template <typename Ready>
-  void wait(std::unique_lock<std::mutex>& lock, int me, Ready ready, const std::string& what);
+  void wait(std::unique_lock<std::mutex>& lock, int me, Ready ready, const std::string& what, const char* rule);
   void check_usable(int rank);
   void abort_locked(const std::string& reason);
 
