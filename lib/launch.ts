@@ -45,9 +45,10 @@ function moduleHref(module: unknown): string {
   return pathToFileURL(path).href;
 }
 
+const ERROR_KINDS: Record<string, ErrorConstructor> = { TypeError, RangeError, SyntaxError, ReferenceError, EvalError, URIError };
+
 function rebuild(e: { name: string; message: string; stack?: string }, rank: number): Error {
-  const Kind = e.name === 'TypeError' ? TypeError : e.name === 'RangeError' ? RangeError : Error;
-  const error = new Kind(e.message);
+  const error = new (ERROR_KINDS[e.name] ?? Error)(e.message);
   if (e.stack) error.stack = e.stack;
   return Object.assign(error, { rank });
 }
@@ -110,7 +111,9 @@ export async function launch(opts: LaunchOptions, module: string | URL, args?: u
         w.on('exit', (code) =>
           report(() => {
             if (!firstError && !secondaryError)
-              failRank(rank, Object.assign(new Error(`rank ${rank} exited with code ${code} before returning`), { rank }));
+              failRank(rank, Object.assign(new Error(code === 13 // Node's code for a top-level await that never settles
+                ? `rank ${rank}'s function returned a promise that never settled (nothing left for it to wait on)`
+                : `rank ${rank} exited with code ${code} before returning`), { rank }));
           }));
         workers.push(w);
       }

@@ -11,15 +11,15 @@ const { href, rank, worldSize, groupId, args, device } = workerData as {
   href: string; rank: number; worldSize: number; groupId: number; args: unknown; device: string;
 };
 
-// Whether a Tensor is in `value`, looking through arrays and plain objects (not typed arrays,
-// which are what a rank should return, nor getters of other classes), a few levels deep.
-function holdsTensor(value: unknown, depth = 0): boolean {
+// Whether a Tensor is anywhere in `value`: arrays, Maps, Sets and objects' own properties, at
+// any depth (not inside typed arrays, which are what a rank should return).
+function holdsTensor(value: unknown, seen = new Set<object>()): boolean {
   if (value instanceof Tensor) return true;
-  if (depth > 4 || value === null || typeof value !== 'object') return false;
-  const proto: unknown = Object.getPrototypeOf(value);
-  if (Array.isArray(value)) return value.some((v) => holdsTensor(v, depth + 1));
-  if (proto !== Object.prototype && proto !== null) return false;
-  return Object.values(value).some((v) => holdsTensor(v, depth + 1));
+  if (value === null || typeof value !== 'object' || ArrayBuffer.isView(value) || seen.has(value)) return false;
+  seen.add(value);
+  if (value instanceof Map) return [...value].some(([k, v]) => holdsTensor(k, seen) || holdsTensor(v, seen));
+  if (value instanceof Set) return [...value].some((v) => holdsTensor(v, seen));
+  return Object.values(value).some((v) => holdsTensor(v, seen));
 }
 
 function post(message: RankMessage): void {
@@ -34,8 +34,18 @@ function post(message: RankMessage): void {
   }
 }
 
+// The module's own errors (a syntax error, a missing import) name the module: Node's message alone does not.
+async function importRankModule(): Promise<{ default?: unknown }> {
+  try {
+    return (await import(href)) as { default?: unknown };
+  } catch (e) {
+    if (e instanceof Error) e.message = `${href}: ${e.message}`;
+    throw e;
+  }
+}
+
 try {
-  const mod = (await import(href)) as { default?: unknown };
+  const mod = await importRankModule();
   if (typeof mod.default !== 'function') throw new TypeError(`module: ${href} has no default export function`);
   const group = ProcessGroup.attach(groupId, rank, worldSize);
   const value = await (mod.default as (ctx: unknown) => unknown)({ rank, worldSize, group, args, device });

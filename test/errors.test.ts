@@ -136,6 +136,10 @@ describe('arguments other functions took unchecked', () => {
     // A Tensor would arrive as its shape alone, without its data.
     writeFileSync(file, "import { zeros } from " + JSON.stringify(new URL('../dist/index.js', import.meta.url).href) + ";\nexport default () => ({ out: [zeros([2])] });\n");
     await expect(launch({ worldSize: 1 }, file)).rejects.toThrow(/^rank 0 returned a Tensor, whose native memory cannot travel between threads; return its data/);
+    // deep inside objects, or in a Map (a cycle does not loop)
+    writeFileSync(file, "import { zeros } from " + JSON.stringify(new URL('../dist/index.js', import.meta.url).href) +
+      ";\nexport default () => { const c = { a: { b: { c: { d: { e: [new Map([['t', zeros([2])]])] } } } } }; c.self = c; return c; };\n");
+    await expect(launch({ worldSize: 1 }, file)).rejects.toThrow(/^rank 0 returned a Tensor/);
     writeFileSync(file, 'export default () => ({ data: new Float32Array(3).fill(2) });\n'); // what to return instead
     expect(await launch({ worldSize: 1 }, file)).toEqual([{ data: new Float32Array(3).fill(2) }]);
   });

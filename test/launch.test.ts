@@ -131,6 +131,14 @@ describe('launch', () => {
     expect(cycle[0]).toBe('rank 0 timed out after 300 ms waiting for a send() from rank 1; a recv() needs a send() from its peer, posted before or after it');
   });
 
+  it('a rank module that does not parse is named, as a SyntaxError; a function that never settles is said to', async () => {
+    const syntax = await launch({ worldSize: 2 }, fixture('syntax-error.mjs')).catch((e) => e);
+    expect(syntax).toBeInstanceOf(SyntaxError);
+    expect(syntax.message).toMatch(/^file:\/\/.*\/syntax-error\.mjs: Unexpected identifier/);
+    const never = await launch({ worldSize: 2 }, fixture('never-settles.mjs')).catch((e) => e);
+    expect(never.message).toMatch(/^rank [01]'s function returned a promise that never settled/);
+  });
+
   it('an allReduce that timed out is not retried into a wrong sum: the group is aborted', async () => {
     // rank 0 catches its timeout and retries; before the fix the retry returned 2 (its own value twice)
     const [zero, one] = (await launch({ worldSize: 2, timeoutMs: 300 }, fixture('allreduce-retry.mjs'))) as any[];
