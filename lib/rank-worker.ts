@@ -57,8 +57,11 @@ try {
 } catch (e) {
   // A thrown non-Error ({ code: 1 }, undefined) is shown as inspect shows it, not '[object Object]'.
   const error = e instanceof Error ? e : new Error(`rank ${rank} threw a non-Error value: ${inspect(e, { depth: 2, breakLength: Infinity })}`);
-  // Released because another rank failed: that rank's error is the one to report.
-  const secondary = (error as { code?: string }).code === 'ERR_RING_ATTENTION_ABORTED';
+  // Released because another rank failed (also when wrapped, as the cause of the error thrown):
+  // that rank's error is the one to report.
+  let secondary = false;
+  for (let c: unknown = error, depth = 0; c instanceof Error && depth < 16 && !secondary; c = c.cause, ++depth)
+    secondary = (c as { code?: string }).code === 'ERR_RING_ATTENTION_ABORTED';
   try {
     if (!secondary) native.groupAbort(groupId, `rank ${rank} failed: ${error.message}`);
   } catch {
