@@ -25,7 +25,9 @@ export class ProcessGroup {
     this.#id = id;
     this.rank = rank;
     this.worldSize = worldSize;
-    Object.freeze(this); // rank and worldSize pick the native peer: a reassigned rank would act as another
+    // Read-only from JS too: rank and worldSize pick the native peer, so a reassigned rank would
+    // act as another. (Not frozen: wrapping a method, e.g. to log it, stays possible.)
+    Object.defineProperties(this, { backend: { writable: false }, rank: { writable: false }, worldSize: { writable: false } });
   }
 
   /** @internal Builds a rank's group: a launch() worker's ('local') or initProcessGroup's ('nccl'). */
