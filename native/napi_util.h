@@ -57,16 +57,22 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   enum class Found { Live, Disposed, NotAHandle };
   // The live handle behind `v`, or why there is none.
   static std::pair<Found, TensorHandle*> of(napi_env env, napi_value v) {
-    bool tagged = false;
-    if (napi_check_object_type_tag(env, v, &kTensorHandleTag, &tagged) != napi_ok || !tagged)
-      return {Found::NotAHandle, nullptr};
-    void* p = nullptr;
-    if (napi_unwrap(env, v, &p) != napi_ok || !static_cast<TensorHandle*>(p)->tensor.storage)
-      return {Found::Disposed, nullptr};
-    return {Found::Live, static_cast<TensorHandle*>(p)};
+    if (!ours(env, v)) return {Found::NotAHandle, nullptr};
+    TensorHandle* h = wrapped(env, v);
+    if (!h || !h->tensor.storage) return {Found::Disposed, nullptr};
+    return {Found::Live, h};
   }
 
  private:
+  static bool ours(napi_env env, napi_value v) {
+    bool tagged = false;
+    return napi_check_object_type_tag(env, v, &kTensorHandleTag, &tagged) == napi_ok && tagged;
+  }
+  // The native object behind one of our handles (ours()), empty or not; nullptr once disposed.
+  static TensorHandle* wrapped(napi_env env, napi_value v) {
+    void* p = nullptr;
+    return napi_unwrap(env, v, &p) == napi_ok ? static_cast<TensorHandle*>(p) : nullptr;
+  }
   int64_t held_bytes() const {
     return tensor.storage && tensor.device == Device::CPU ? int64_t(tensor.storage->bytes) : 0;
   }
@@ -82,13 +88,9 @@ class TensorHandle : public Napi::ObjectWrap<TensorHandle> {
   // loop turns (Node-API defers them), so in a synchronous training loop every disposed
   // handle's object would pile up until the loop ended. Idempotent.
   static Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    napi_env env = info.Env();
-    void* p = nullptr;
-    bool tagged = false;
-    if (napi_check_object_type_tag(env, info.This(), &kTensorHandleTag, &tagged) == napi_ok && tagged &&
-        napi_unwrap(env, info.This(), &p) == napi_ok) {
-      napi_remove_wrap(env, info.This(), nullptr);  // its finalizer goes too
-      delete static_cast<TensorHandle*>(p);
+    if (TensorHandle* h = ours(info.Env(), info.This()) ? wrapped(info.Env(), info.This()) : nullptr) {
+      napi_remove_wrap(info.Env(), info.This(), nullptr);  // its finalizer goes too
+      delete h;
     }
     return info.Env().Undefined();
   }
