@@ -127,16 +127,28 @@ describe('launch', () => {
     }
   });
 
-  it('a recv() from the rank itself with nothing sent fails at once; a cycle of recv() times out saying what it needs', async () => {
+  it('a recv() from the rank itself with nothing sent fails at once', async () => {
     const started = Date.now();
     const self = (await launch({ worldSize: 2, timeoutMs: 60_000 }, fixture('recv-misuse.mjs'), { mode: 'self' })) as string[];
     expect(self).toEqual([0, 1].map((r) => `rank ${r} waits for a send() from rank ${r} (itself), which it has not sent`));
     expect(Date.now() - started).toBeLessThan(20_000); // not the 60 s timeout
-    const cycle = (await launch({ worldSize: 2, timeoutMs: 300 }, fixture('recv-misuse.mjs'), { mode: 'cycle' })) as string[];
-    // the rank that times out first says so; the other may then be told that it returned
-    const timedOut = (r: number) => `rank ${r} timed out after 300 ms waiting for a send() from rank ${1 - r}; a recv() needs a send() from its peer, posted before or after it`;
-    expect(cycle.some((m, r) => m === timedOut(r)), cycle.join(' | ')).toBe(true);
   });
+
+  // Only rank threads send, so once every rank still in the group waits and none can be met the
+  // group aborts at once, naming each wait (before, only the timeout ended it).
+  const rule = '; a recv() needs a send() from its peer, and every rank must make the same collective calls in the same order';
+  for (const [mode, worldSize, waits] of [
+    ['cycle', 3, ['rank 0 waits for a send() from rank 1', 'rank 1 waits for a send() from rank 2', 'rank 2 waits for a send() from rank 0']],
+    ['mixed', 3, ['rank 0 waits for every rank to join a collective (barrier())', 'rank 1 waits for a send() from rank 0', 'rank 2 waits for a send() from rank 0']],
+    ['after-leave', 3, ['rank 1 waits for a send() from rank 2', 'rank 2 waits for a send() from rank 1']],
+  ] as const)
+    it(`a deadlock (${mode}) aborts the group at once, naming every wait`, async () => {
+      const started = Date.now();
+      const out = (await launch({ worldSize, timeoutMs: 60_000 }, fixture('recv-misuse.mjs'), { mode })) as string[];
+      const message = `group aborted: deadlock: every rank still in the group waits and none can be met (${waits.join('; ')})${rule}`;
+      expect(out).toEqual(mode === 'after-leave' ? ['left', message, message] : Array(worldSize).fill(message));
+      expect(Date.now() - started).toBeLessThan(20_000); // not the 60 s timeout
+    });
 
   it('a rank module that does not parse is named, as a SyntaxError; a function that never settles is said to', async () => {
     const syntax = await launch({ worldSize: 2 }, fixture('syntax-error.mjs')).catch((e) => e);

@@ -1,5 +1,6 @@
 // The in-process transport: mailboxes keyed by (from, to, tag) under one mutex.
 #include <chrono>
+#include <optional>
 
 #include "transport.h"
 
@@ -31,18 +32,59 @@ std::string mismatch(int r, const Collective& mine, int first, const Collective&
 }  // namespace
 
 template <typename Ready>
-void LocalGroup::wait(std::unique_lock<std::mutex>& lock, int me, Ready ready, const std::string& what,
-                      const char* rule) {
+void LocalGroup::wait(std::unique_lock<std::mutex>& lock, int me, Waiting waiting, Ready ready, const char* rule) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
+  // Marked as waiting only while blocked, and unmarked on every way out (ready() may throw).
+  struct Mark {
+    Waiting& slot;
+    Mark(Waiting& s, const Waiting& w) : slot(s) { slot = w; }
+    Mark(const Mark&) = delete;
+    ~Mark() { slot.kind = Waiting::NONE; }
+  };
+  std::optional<Mark> mark;
   // The abort first: it names the failure that began it, which may also be why a peer has left
   // (what ready() throws for).
   for (;;) {
     if (!aborted_.empty()) throw UserError("Aborted", "group aborted: " + aborted_);
     if (ready()) return;
+    if (!mark) {
+      mark.emplace(waiting_[size_t(me)], waiting);
+      check_deadlock_locked();
+      continue;  // an abort it raised is thrown above
+    }
     if (cv_.wait_until(lock, deadline) == std::cv_status::timeout && aborted_.empty() && !ready())
       throw UserError("Error", "rank " + std::to_string(me) + " timed out after " + std::to_string(timeout_ms_) +
-                                   " ms waiting for " + what + "; " + rule);
+                                   " ms waiting for " + waiting.what + "; " + rule);
   }
+}
+
+// Only rank threads send or join collectives, so once every rank still in the group waits and
+// no wait can be met, nothing will ever wake them: abort now, naming each wait, rather than
+// let the group's timeout (minutes, by default) end it.
+void LocalGroup::check_deadlock_locked() {
+  if (!aborted_.empty()) return;
+  std::string cycle;
+  for (int r = 0; r < world_; ++r) {
+    if (left_[size_t(r)]) continue;
+    const Waiting& w = waiting_[size_t(r)];
+    switch (w.kind) {
+      case Waiting::NONE: return;  // running: it may still send
+      case Waiting::RECV: {
+        auto box = mail_.find({w.from, r, w.tag});
+        if ((box != mail_.end() && !box->second.empty()) || left_[size_t(w.from)]) return;  // about to wake
+        break;
+      }
+      case Waiting::COLLECTIVE:
+        if (generation_ != w.generation) return;
+        for (int q = 0; q < world_; ++q)
+          if (left_[size_t(q)] && !arrived_mask_[size_t(q)]) return;  // about to be told that q left
+        break;
+    }
+    cycle += (cycle.empty() ? "" : "; ") + std::string("rank ") + std::to_string(r) + " waits for " + w.what;
+  }
+  if (!cycle.empty())
+    abort_locked("deadlock: every rank still in the group waits and none can be met (" + cycle +
+                 "); a recv() needs a send() from its peer, and every rank must make the same collective calls in the same order");
 }
 
 void LocalGroup::check_usable(int rank) {
@@ -66,12 +108,12 @@ Message LocalGroup::recv(int from, int to, int tag) {
   const std::string what = std::string("a ") + tag_name(tag) + " from rank " + std::to_string(from);
   if (from == to && box.empty())  // no other thread can fill it
     throw UserError("Error", "rank " + std::to_string(to) + " waits for " + what + " (itself), which it has not sent");
-  wait(lock, to, [&] {
+  wait(lock, to, {Waiting::RECV, from, tag, 0, what}, [&] {
     if (!box.empty()) return true;
     if (left_[size_t(from)])
       throw UserError("Error", "rank " + std::to_string(to) + " waits for " + what + ", which returned without sending it");
     return false;
-  }, what, tag == TAG_USER ? "a recv() needs a send() from its peer, posted before or after it"
+  }, tag == TAG_USER ? "a recv() needs a send() from its peer, posted before or after it"
                            : "every rank must make the same calls in the same order");
   Message b = std::move(box.front());
   box.pop_front();
@@ -111,14 +153,14 @@ void LocalGroup::all_reduce_sum(int rank, float* data, size_t n, const Collectiv
     cv_.notify_all();
   } else {
     try {
-      wait(lock, rank, [&] {
+      wait(lock, rank, {Waiting::COLLECTIVE, 0, 0, gen, "every rank to join a collective (" + call.name + ")"}, [&] {
         if (generation_ != gen) return true;
         for (int r = 0; r < world_; ++r)
           if (left_[size_t(r)] && !arrived_mask_[size_t(r)])
             throw UserError("Error", "rank " + std::to_string(rank) + " waits in a collective for rank " +
                                          std::to_string(r) + ", which returned without joining it");
         return false;
-      }, "every rank to join a collective (" + call.name + ")", "every rank must make the same collective calls in the same order");
+      }, "every rank must make the same collective calls in the same order");
     } catch (const UserError& e) {
       // This rank's data is already in the sum: the collective cannot be completed or retried.
       abort_locked(e.what());
@@ -142,6 +184,7 @@ void LocalGroup::leave(int rank) {
   std::lock_guard<std::mutex> lock(mu_);
   left_[size_t(rank)] = 1;
   cv_.notify_all();
+  check_deadlock_locked();  // the ranks left may wait on each other only
 }
 
 namespace {

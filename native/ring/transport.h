@@ -46,8 +46,9 @@ class Transport {
 };
 
 // The ranks of one launch(), as threads of this process. Every wait gives up with an
-// error on timeout, on abort (another rank failed), or when the rank it waits for has
-// already left, so no misuse ends in a hang.
+// error on timeout, on abort (another rank failed), when the rank it waits for has already
+// left, or at once when every rank still in the group waits and none can be satisfied (only
+// rank threads send, so nothing could wake them), so no misuse ends in a hang.
 class LocalGroup {
  public:
   LocalGroup(int world_size, int64_t timeout_ms) : world_(world_size), timeout_ms_(timeout_ms), left_(world_size) {}
@@ -59,10 +60,19 @@ class LocalGroup {
   void leave(int rank);  // the rank's function returned or threw
 
  private:
+  // What a blocked rank waits for, so that the last rank to block can tell a deadlock.
+  struct Waiting {
+    enum Kind : char { NONE, RECV, COLLECTIVE } kind = NONE;
+    int from = 0, tag = 0;   // RECV: the mailbox (from, me, tag)
+    int64_t generation = 0;  // COLLECTIVE: the one it joined
+    std::string what;
+  };
   template <typename Ready>
-  void wait(std::unique_lock<std::mutex>& lock, int me, Ready ready, const std::string& what, const char* rule);
+  void wait(std::unique_lock<std::mutex>& lock, int me, Waiting waiting, Ready ready, const char* rule);
   void check_usable(int rank);
   void abort_locked(const std::string& reason);
+  void check_deadlock_locked();
+
 
   const int world_;
   const int64_t timeout_ms_;
@@ -70,6 +80,7 @@ class LocalGroup {
   std::condition_variable cv_;
   std::map<std::tuple<int, int, int>, std::deque<Message>> mail_;  // (from, to, tag) -> FIFO
   std::vector<char> left_;
+  std::vector<Waiting> waiting_ = std::vector<Waiting>(size_t(world_));
   std::string aborted_;
   // all_reduce: ranks leave their data in contrib_; the last to arrive sums it in rank order
   // into result_ and bumps generation_.
