@@ -176,6 +176,36 @@ class Group {
   }
 
  private:
+  // Lists that differ across ranks would sum crosswise (same sizes in another order) or hang
+  // NCCL (other sizes). Ranks compare each new list once (disagreement() remembers lists every
+  // rank passed), as three numbers: the tensor count, the element count, and a 52-bit hash of
+  // each tensor's size and dtype in order, exact as a double. Every rank sees every row, so all
+  // throw alike and the communicator stays in step.
+  void agree_on_list(const std::vector<Tensor*>& ts) {
+    uint64_t hash = 1469598103934665603ull, total = 0;  // FNV-1a
+    auto mix = [&](uint64_t v) {
+      for (int i = 0; i < 8; ++i) hash = (hash ^ ((v >> (8 * i)) & 0xff)) * 1099511628211ull;
+    };
+    for (const Tensor* t : ts) {
+      mix(uint64_t(t->numel())), mix(uint64_t(nccl_type(t->dtype)));
+      total += uint64_t(t->numel());
+    }
+    const std::vector<double> mine = {double(ts.size()), double(total), double(hash & ((1ull << 52) - 1))};
+    const auto rows = disagreement(mine, "comparing the ranks' allReduce tensors");
+    for (size_t r = 1; r < rows.size(); ++r) {
+      if (rows[r] == rows[0]) continue;
+      const auto said = [&](size_t q) {
+        return "rank " + std::to_string(q) + " passes " + std::to_string(uint64_t(rows[q][0])) + " tensors of " +
+               std::to_string(uint64_t(rows[q][1])) + " elements in all";
+      };
+      const std::string what = rows[r][0] == rows[0][0] && rows[r][1] == rows[0][1]
+                                   ? " (the same counts: other sizes, dtypes or order)"
+                                   : "";
+      throw UserError("RangeError", "allReduce: the ranks passed different tensors (" + said(0) + ", " + said(r) + what +
+                                        "); every rank must make the same collective calls, with the same tensors, in "
+                                        "the same order");
+    }
+  }
   // With plain cudaMalloc, not the cache: a cached block may still be in use by kernels on the
   // default stream, which the barrier and the comparison do not wait for. Pinned host memory,
   // so that the comparison's copies are queued on stream_ and bounded by its wait.
@@ -197,6 +227,7 @@ class Group {
   }
   // Enqueues one NCCL group of in-place sums on stream_, after the default stream's work.
   void post_all_reduce(const std::vector<Tensor*>& ts) {
+    agree_on_list(ts);
     flush();  // pending sends go first, in a group of their own
     after_default_stream();
     const ncclComm_t comm = live();  // before the group opens: a throw inside would leave it open

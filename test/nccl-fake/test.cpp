@@ -3,7 +3,7 @@
 // needed. Checks what the GPU tests cannot show on one GPU: the ring exchange is one NCCL
 // group (send to rank + 1, recv from rank - 1), sends and sums wait for the default stream,
 // a list of sums is one group, sums posted without waiting hold their memory until done,
-// ranks compare their ring arguments once per new set (and name what differs),
+// ranks compare their ring arguments and allReduce lists once per new set (and name what differs),
 // and a wait that never ends, an NCCL error or a rank that never joins abort the
 // communicator and throw, within the group's timeout, instead of hanging.
 // Built and run by test/nccl-fake.test.ts:
@@ -116,6 +116,16 @@ static void reset() {
   fake::edit = nullptr;
 }
 
+// Sums a list once with the streams idle, so that the ranks' comparison of it (made once per new
+// list, and waited for) is behind; the test that follows sees only the sums.
+static void agreed(int64_t g, const std::vector<ra::Tensor*>& list) {
+  const bool idle = fake_stream_idle;
+  fake_stream_idle = true;
+  all_reduce_sum(g, list);
+  fake_stream_idle = idle;
+  fake_log.clear();
+}
+
 int main() {
   const ncclUniqueId id{};
   reset();
@@ -202,6 +212,7 @@ int main() {
   // aborted, the error named.
   reset();
   g = create_group(id, 0, 2, 0, 10000);
+  agreed(g, {&t, &big});
   fake::reduce_result = ncclInvalidArgument;
   const std::string reduced = thrown([&] { all_reduce_sum(g, {&t, &big}); }).first;
   const std::string reduce_log = joined();
@@ -214,11 +225,11 @@ int main() {
   // group, an event after it, no polling; the tensors' memory is held until the sums are done.
   reset();
   g = create_group(id, 0, 2, 0, 300);
-  fake_stream_idle = false;
-  fake_log.clear();
   int64_t ticket = 0;
   {
     ra::Tensor held = ra::Tensor::empty({4}, ra::DType::F32, ra::Device::CUDA);
+    agreed(g, {&held, &big});
+    fake_stream_idle = false;
     ticket = all_reduce_sum_async(g, {&held, &big});
     const std::string posted = joined();
     const std::string after = posted.substr(posted.find("groupEnd"));
@@ -236,6 +247,8 @@ int main() {
   reset();
   g = create_group(id, 0, 2, 0, 10000);
   ra::Tensor kept = ra::Tensor::empty({4}, ra::DType::F32, ra::Device::CUDA);
+  agreed(g, {&kept});
+  agreed(g, {&big});
   fake_stream_idle = false;
   const int64_t t1 = all_reduce_sum_async(g, {&kept}), t2 = all_reduce_sum_async(g, {&big});
   fake_stream_idle = true;
@@ -268,6 +281,7 @@ int main() {
   // sums, in the same call) does not make the sums done.
   reset();
   g = create_group(id, 0, 2, 0, 200);
+  agreed(g, {&kept});
   fake_stream_idle = false;
   send(g, t, 1);
   fake_records_done_at_once = 1;  // the send's event
@@ -279,6 +293,7 @@ int main() {
   // A CUDA error while waiting is said at once, as itself, not as a timeout after the deadline.
   reset();
   g = create_group(id, 0, 2, 0, 10000);
+  agreed(g, {&kept});
   fake_stream_idle = false;
   const int64_t broken = all_reduce_sum_async(g, {&kept});
   fake_event_error = cudaErrorIllegalAddress;
@@ -354,6 +369,39 @@ int main() {
   expect(has(joined(), "allReduce 3") && has(stuck, "comparing the ranks' ring arguments on rank 1 did not finish within 200 ms") &&
              fake::aborts == 1 && stuck_ms < 5000,
          "a comparison that never finishes: " + stuck);
+  destroy_group(g);
+
+  // allReduce lists are compared the same way, once per new list: tensor count, element count
+  // and a hash of the sizes and dtypes in order. A mismatch throws on every rank before any sum
+  // is posted (the sums would mix other tensors, or hang), and leaves the communicator in step.
+  reset();
+  g = create_group(id, 1, 3, 0, 200);
+  fake_log.clear();
+  all_reduce_sum(g, {&t, &big});
+  const std::string first_list = joined();
+  expect(has(first_list, "allReduce 9 on stream") && first_list.find("allReduce 9") < first_list.find("allReduce 8") &&
+             has(first_list, "allReduce 15"),
+         "a new list: compared (3 values x 3 ranks), then summed: " + first_list);
+  fake_log.clear();
+  all_reduce_sum(g, {&t, &big});
+  expect(!has(joined(), "allReduce 9") && has(joined(), "allReduce 8"), "the same list again: summed only: " + joined());
+  fake_log.clear();
+  all_reduce_sum(g, {&big, &t});
+  expect(has(joined(), "allReduce 9"), "the same tensors in another order are a new list: compared: " + joined());
+  const std::string rule = "; every rank must make the same collective calls, with the same tensors, in the same order";
+  fake::edit = [](double* rows, size_t len) { rows[2 * len] = 3, rows[2 * len + 1] = 30; };
+  fake_log.clear();
+  const std::string counts = thrown([&] { all_reduce_sum_async(g, {&r, &big}); }).first;
+  expect(counts == "allReduce: the ranks passed different tensors (rank 0 passes 2 tensors of 23 elements in all, "
+                   "rank 2 passes 3 tensors of 30 elements in all)" + rule &&
+             !has(joined(), "allReduce 8") && fake::aborts == 0,
+         "a rank with another list: named, nothing summed, not aborted: " + counts + " / " + joined());
+  fake::edit = [](double* rows, size_t len) { rows[len + 2] += 1; };
+  const std::string order = thrown([&] { all_reduce_sum(g, {&t, &r}); }).first;
+  expect(has(order, "rank 0 passes 2 tensors of 16 elements in all, rank 1 passes 2 tensors of 16 elements in all "
+                    "(the same counts: other sizes, dtypes or order)"),
+         "the same counts in another order or dtype: said so: " + order);
+  fake::edit = nullptr;
   destroy_group(g);
 
   // Destroying a healthy group waits for its sends and destroys the communicator.
