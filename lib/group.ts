@@ -131,7 +131,7 @@ export class ProcessGroup {
     if (this.backend === 'nccl') native.ncclGroupDestroy(this.#id);
     else {
       try {
-        native.groupLeave(this.#id, this.rank);
+        native.groupLeave(this.#id, this.rank, true);
       } catch {
         /* its launch() has already ended */
       }

@@ -53,7 +53,7 @@ interface Native {
   ): [TensorHandle, TensorHandle, TensorHandle];
   groupCreate(worldSize: number, timeoutMs: number): number;
   groupAbort(id: number, reason: string): void;
-  groupLeave(id: number, rank: number): void;
+  groupLeave(id: number, rank: number, destroyed?: boolean): void;
   groupDestroy(id: number): void;
   groupSend(id: number, rank: number, peer: number, t: TensorHandle): void;
   groupRecv(id: number, rank: number, peer: number, into: TensorHandle): void;

@@ -56,7 +56,7 @@ Napi::Value GroupLeave(const Napi::CallbackInfo& info) {
     auto group = ra::ring::find_group(group_id(info[0]));
     const int rank = info[1].As<Napi::Number>().Int32Value();
     if (rank < 0 || rank >= group->world_size()) throw UserError("RangeError", "rank " + std::to_string(rank) + " is not in this group");
-    group->leave(rank);
+    group->leave(rank, info[2].ToBoolean());
     return env.Undefined();
   });
 }

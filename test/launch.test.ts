@@ -68,6 +68,14 @@ describe('launch', () => {
       expect(Date.now() - started).toBeLessThan(20_000);
     });
 
+  for (const [op, waited] of [['barrier', 'joining it'], ['recv', 'sending it']] as const)
+    it(`a rank that destroys its group makes peers waiting on it in ${op} fail fast, saying so`, async () => {
+      const started = Date.now();
+      const error = await launch({ worldSize: 3, timeoutMs: 60_000 }, fixture('leave-early.mjs'), { op, destroy: true }).catch((e) => e);
+      expect(error.message).toMatch(new RegExp(`rank 0, which destroyed its group without ${waited}$`));
+      expect(Date.now() - started).toBeLessThan(20_000);
+    });
+
   it('a peer that does not arrive in time gives a timeout error naming the wait', async () => {
     const error = await launch({ worldSize: 2, timeoutMs: 300 }, fixture('slow-peer.mjs'), { sleepMs: 5_000 }).catch((e) => e);
     expect(error.message).toMatch(/rank 0 timed out after 300 ms waiting for every rank to join a collective/);

@@ -1,4 +1,5 @@
 // The in-process transport: mailboxes keyed by (from, to, tag) under one mutex.
+#include <algorithm>
 #include <chrono>
 #include <optional>
 
@@ -87,6 +88,10 @@ void LocalGroup::check_deadlock_locked() {
                  "); a recv() needs a send() from its peer, and every rank must make the same collective calls in the same order");
 }
 
+std::string LocalGroup::gone(int rank) const {
+  return left_[size_t(rank)] == 2 ? "which destroyed its group without " : "which returned without ";
+}
+
 void LocalGroup::check_usable(int rank) {
   if (!aborted_.empty()) throw UserError("Aborted", "group aborted: " + aborted_);
   if (left_[size_t(rank)])
@@ -111,7 +116,7 @@ Message LocalGroup::recv(int from, int to, int tag) {
   wait(lock, to, {Waiting::RECV, from, tag, 0, what}, [&] {
     if (!box.empty()) return true;
     if (left_[size_t(from)])
-      throw UserError("Error", "rank " + std::to_string(to) + " waits for " + what + ", which returned without sending it");
+      throw UserError("Error", "rank " + std::to_string(to) + " waits for " + what + ", " + gone(from) + "sending it");
     return false;
   }, tag == TAG_USER ? "a recv() needs a send() from its peer, posted before or after it"
                            : "every rank must make the same calls in the same order");
@@ -158,7 +163,7 @@ void LocalGroup::all_reduce_sum(int rank, float* data, size_t n, const Collectiv
         for (int r = 0; r < world_; ++r)
           if (left_[size_t(r)] && !arrived_mask_[size_t(r)])
             throw UserError("Error", "rank " + std::to_string(rank) + " waits in a collective for rank " +
-                                         std::to_string(r) + ", which returned without joining it");
+                                         std::to_string(r) + ", " + gone(r) + "joining it");
         return false;
       }, "every rank must make the same collective calls in the same order");
     } catch (const UserError& e) {
@@ -180,9 +185,9 @@ void LocalGroup::abort(const std::string& reason) {
   abort_locked(reason);
 }
 
-void LocalGroup::leave(int rank) {
+void LocalGroup::leave(int rank, bool destroyed) {
   std::lock_guard<std::mutex> lock(mu_);
-  left_[size_t(rank)] = 1;
+  left_[size_t(rank)] = std::max(left_[size_t(rank)], char(destroyed ? 2 : 1));
   cv_.notify_all();
   check_deadlock_locked();  // the ranks left may wait on each other only
 }

@@ -57,7 +57,7 @@ class LocalGroup {
   Message recv(int from, int to, int tag);
   void all_reduce_sum(int rank, float* data, size_t n, const Collective& call);
   void abort(const std::string& reason);
-  void leave(int rank);  // the rank's function returned or threw
+  void leave(int rank, bool destroyed = false);  // the rank's function returned or threw, or it called destroy()
 
  private:
   // What a blocked rank waits for, so that the last rank to block can tell a deadlock.
@@ -70,6 +70,7 @@ class LocalGroup {
   template <typename Ready>
   void wait(std::unique_lock<std::mutex>& lock, int me, Waiting waiting, Ready ready, const char* rule);
   void check_usable(int rank);
+  std::string gone(int rank) const;  // "which returned without " or "which destroyed its group without "
   void abort_locked(const std::string& reason);
   void check_deadlock_locked();
 
@@ -79,7 +80,7 @@ class LocalGroup {
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::tuple<int, int, int>, std::deque<Message>> mail_;  // (from, to, tag) -> FIFO
-  std::vector<char> left_;
+  std::vector<char> left_;  // 1: returned, 2: destroyed its group
   std::vector<Waiting> waiting_ = std::vector<Waiting>(size_t(world_));
   std::string aborted_;
   // all_reduce: ranks leave their data in contrib_; the last to arrive sums it in rank order
