@@ -1,11 +1,13 @@
 // Bit-exact float32 <-> bfloat16 / float16 conversions for checkpoint files (Node 20 has no
-// Float16Array). Rounding is to nearest, ties to even, as IEEE 754 and PyTorch do.
+// Float16Array). Rounding is to nearest, ties to even, as IEEE 754 and PyTorch do. The
+// checkpoint loops call the unchecked forms; the exported API (end of file) checks its argument.
+import { checkInteger, fail, describe } from './errors.js';
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 
 /** The bfloat16 bits nearest to `x`; NaN stays a (quiet) NaN of the same sign. */
-export function float32ToBfloat16Bits(x: number): number {
+export function toBf16Bits(x: number): number {
   f32[0] = x;
   const bits = u32[0]!;
   // A NaN whose payload sits only in the low 16 bits would otherwise truncate to Infinity.
@@ -13,13 +15,13 @@ export function float32ToBfloat16Bits(x: number): number {
   return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-export function bfloat16BitsToFloat32(h: number): number {
+export function fromBf16Bits(h: number): number {
   u32[0] = (h & 0xffff) << 16;
   return f32[0]!;
 }
 
 /** The float16 bits nearest to `x`: subnormals rounded correctly, overflow to ±Infinity. */
-export function float32ToFloat16Bits(x: number): number {
+export function toF16Bits(x: number): number {
   f32[0] = x;
   const bits = u32[0]!;
   const sign = (bits >>> 16) & 0x8000;
@@ -46,7 +48,7 @@ export function float32ToFloat16Bits(x: number): number {
 
 let f16Table: Float32Array | undefined;
 
-export function float16BitsToFloat32(h: number): number {
+export function fromF16Bits(h: number): number {
   // 65536 entries (256 KiB), built on first use: decoding a multi-GB checkpoint stays a lookup.
   f16Table ??= Float32Array.from({ length: 65536 }, (_, i) => decodeFloat16(i));
   return f16Table[h & 0xffff]!;
@@ -57,4 +59,26 @@ function decodeFloat16(h: number): number {
   if (exp === 0) return sign * mant * 2 ** -24;
   if (exp === 31) return mant !== 0 ? NaN : sign * Infinity;
   return sign * (1024 + mant) * 2 ** (exp - 25);
+}
+
+function checkNumber(x: unknown): number {
+  if (typeof x !== 'number') fail('type', `x: expected a number, got ${describe(x)}`);
+  return x;
+}
+
+/** The bfloat16 bits (an integer in [0, 65535]) nearest to `x` taken as a float32; NaN stays a quiet NaN of its sign. */
+export function float32ToBfloat16Bits(x: number): number {
+  return toBf16Bits(checkNumber(x));
+}
+/** The float32 value of bfloat16 `bits` (an integer in [0, 65535]). */
+export function bfloat16BitsToFloat32(bits: number): number {
+  return fromBf16Bits(checkInteger(bits, 'bits', 0, 0xffff));
+}
+/** The float16 bits (an integer in [0, 65535]) nearest to `x` taken as a float32: subnormals rounded correctly, overflow to ±Infinity. */
+export function float32ToFloat16Bits(x: number): number {
+  return toF16Bits(checkNumber(x));
+}
+/** The float32 value of float16 `bits` (an integer in [0, 65535]). */
+export function float16BitsToFloat32(bits: number): number {
+  return fromF16Bits(checkInteger(bits, 'bits', 0, 0xffff));
 }

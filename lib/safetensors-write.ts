@@ -7,7 +7,7 @@ import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { isFloat32Array } from 'node:util/types';
 
 import { describe, fail } from './errors.js';
-import { float32ToBfloat16Bits, float32ToFloat16Bits } from './half.js';
+import { toBf16Bits, toF16Bits } from './half.js';
 import { checkPath, parseMetadata } from './safetensors.js';
 
 export type WritableDType = 'F32' | 'BF16' | 'F16';
@@ -92,8 +92,8 @@ async function writeData(fh: FileHandle, data: Float32Array, dtype: WritableDTyp
   for (let i = 0; i < data.length; i += CHUNK_ELEMS) {
     const m = Math.min(CHUNK_ELEMS, data.length - i);
     if (dtype === 'F32') for (let j = 0; j < m; ++j) view.setFloat32(4 * j, data[i + j]!, true);
-    else if (dtype === 'BF16') for (let j = 0; j < m; ++j) view.setUint16(2 * j, float32ToBfloat16Bits(data[i + j]!), true);
-    else for (let j = 0; j < m; ++j) view.setUint16(2 * j, float32ToFloat16Bits(data[i + j]!), true);
+    else if (dtype === 'BF16') for (let j = 0; j < m; ++j) view.setUint16(2 * j, toBf16Bits(data[i + j]!), true);
+    else for (let j = 0; j < m; ++j) view.setUint16(2 * j, toF16Bits(data[i + j]!), true);
     await writeAll(fh, buf.subarray(0, m * size));
   }
 }

@@ -281,6 +281,22 @@ describe('writing', () => {
     }
   });
 
+  it('half conversions refuse what is not a number, or not 16 bits, naming the argument', () => {
+    for (const f of [float16BitsToFloat32, bfloat16BitsToFloat32]) {
+      expect(() => f(1.5)).toThrow(/^bits: expected an integer in \[0, 65535\], got 1.5$/);
+      expect(() => f(65536)).toThrow(RangeError);
+      expect(() => f(-1)).toThrow(RangeError);
+      expect(() => f('1' as any)).toThrow(/^bits: expected an integer, got '1'$/);
+    }
+    for (const f of [float32ToFloat16Bits, float32ToBfloat16Bits]) {
+      expect(() => f('1' as any)).toThrow(TypeError);
+      expect(() => f(1n as any)).toThrow(/^x: expected a number, got bigint 1$/);
+    }
+    // NaN is a number: converted to a NaN pattern, not refused
+    expect(Number.isNaN(float16BitsToFloat32(float32ToFloat16Bits(NaN)))).toBe(true);
+    expect(Number.isNaN(bfloat16BitsToFloat32(float32ToBfloat16Bits(NaN)))).toBe(true);
+  });
+
   it('pads the header to a multiple of 8 with spaces, sorts names, and lays tensors out contiguously', async () => {
     const path = join(dir, 'layout.safetensors');
     const t = (n: number, dtype?: 'BF16' | 'F16') => ({ shape: [n], data: new Float32Array(n).fill(n), dtype });
