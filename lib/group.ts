@@ -85,8 +85,8 @@ export class ProcessGroup {
 
   /**
    * Sums `t` over all ranks, in place. Every rank must call it with the same shapes, dtypes and
-   * order; the ranks compare them (over NCCL, once per new list) and all throw a RangeError
-   * naming the difference rather than sum other tensors crosswise. Given a
+   * order. The ranks compare them and refuse a mismatch, naming it (in a 'local' group on every
+   * call, aborting the group; over NCCL only for a list new to the ranks, see the README). Given a
    * list, every tensor of it is summed in one collective with one wait (on NCCL, one group of
    * allReduces), which is how a training step reduces its gradients.
    */

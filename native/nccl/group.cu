@@ -99,7 +99,7 @@ class Group {
     // Everything that can fail before the post does: posted sums must be tracked until done.
     std::vector<std::shared_ptr<Storage>> buffers;  // kept until the sums are done, even if disposed
     for (const Tensor* t : ts) buffers.push_back(t->storage);
-    inflight_.reserve(inflight_.size() + 1);
+    inflight_.reserve(inflight_.size() + 2);  // the flush of held sends may take one
     cudaEvent_t done;
     check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
     try {
@@ -170,7 +170,9 @@ class Group {
     for (size_t r = 0; r < size_t(world_); ++r) out.emplace_back(compare_host_ + n * r, compare_host_ + n * (r + 1));
     for (const auto& row : out)
       if (row != values) return out;
-    if (agreed_.size() >= 64) agreed_.clear();  // bounded; cleared alike on every rank
+    // Bounded, and cleared alike on every rank; large enough that a step's lists and ring calls
+    // (a few per layer) are not compared again, each time a host wait, every step.
+    if (agreed_.size() >= 4096) agreed_.clear();
     agreed_.insert(values);
     return {};
   }
@@ -179,8 +181,10 @@ class Group {
   // Lists that differ across ranks would sum crosswise (same sizes in another order) or hang
   // NCCL (other sizes). Ranks compare each new list once (disagreement() remembers lists every
   // rank passed), as three numbers: the tensor count, the element count, and a 52-bit hash of
-  // each tensor's size and dtype in order, exact as a double. Every rank sees every row, so all
-  // throw alike and the communicator stays in step.
+  // each tensor's size and dtype in order, exact as a double. When the list is new to every
+  // rank, every rank sees every row, so all throw alike and the communicator stays in step; a
+  // rank whose list is new only to itself compares while its peers sum, and that mismatch of
+  // collectives ends in the timeout (or sums of other tensors), as the README says.
   void agree_on_list(const std::vector<Tensor*>& ts) {
     uint64_t hash = 1469598103934665603ull, total = 0;  // FNV-1a
     auto mix = [&](uint64_t v) {

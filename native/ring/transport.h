@@ -74,7 +74,6 @@ class LocalGroup {
   void abort_locked(const std::string& reason);
   void check_deadlock_locked();
 
-
   const int world_;
   const int64_t timeout_ms_;
   std::mutex mu_;
