@@ -76,9 +76,7 @@ void LocalGroup::check_deadlock_locked() {
         break;
       }
       case Waiting::COLLECTIVE:
-        if (generation_ != w.generation) return;
-        for (int q = 0; q < world_; ++q)
-          if (left_[size_t(q)] && !arrived_mask_[size_t(q)]) return;  // about to be told that q left
+        if (generation_ != w.generation || left_without_joining() >= 0) return;  // about to wake
         break;
     }
     cycle += (cycle.empty() ? "" : "; ") + std::string("rank ") + std::to_string(r) + " waits for " + w.what;
@@ -86,6 +84,12 @@ void LocalGroup::check_deadlock_locked() {
   if (!cycle.empty())
     abort_locked("deadlock: every rank still in the group waits and none can be met (" + cycle +
                  "); a recv() needs a send() from its peer, and every rank must make the same collective calls in the same order");
+}
+
+int LocalGroup::left_without_joining() const {
+  for (int r = 0; r < world_; ++r)
+    if (left_[size_t(r)] && !arrived_mask_[size_t(r)]) return r;
+  return -1;
 }
 
 std::string LocalGroup::gone(int rank) const {
@@ -160,10 +164,9 @@ void LocalGroup::all_reduce_sum(int rank, float* data, size_t n, const Collectiv
     try {
       wait(lock, rank, {Waiting::COLLECTIVE, 0, 0, gen, "every rank to join a collective (" + call.name + ")"}, [&] {
         if (generation_ != gen) return true;
-        for (int r = 0; r < world_; ++r)
-          if (left_[size_t(r)] && !arrived_mask_[size_t(r)])
-            throw UserError("Error", "rank " + std::to_string(rank) + " waits in a collective for rank " +
-                                         std::to_string(r) + ", " + gone(r) + "joining it");
+        if (const int r = left_without_joining(); r >= 0)
+          throw UserError("Error", "rank " + std::to_string(rank) + " waits in a collective for rank " +
+                                       std::to_string(r) + ", " + gone(r) + "joining it");
         return false;
       }, "every rank must make the same collective calls in the same order");
     } catch (const UserError& e) {

@@ -70,7 +70,8 @@ class LocalGroup {
   template <typename Ready>
   void wait(std::unique_lock<std::mutex>& lock, int me, Waiting waiting, Ready ready, const char* rule);
   void check_usable(int rank);
-  std::string gone(int rank) const;  // "which returned without " or "which destroyed its group without "
+  std::string gone(int rank) const;
+  int left_without_joining() const;  // a rank that left before joining the collective in progress, or -1  // "which returned without " or "which destroyed its group without "
   void abort_locked(const std::string& reason);
   void check_deadlock_locked();
 
