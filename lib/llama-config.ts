@@ -16,7 +16,7 @@ export interface LlamaConfig {
   vocab_size: number;
   /** Default 1e-6. */
   rms_norm_eps: number;
-  /** Default 10000. */
+  /** Default 10000. transformers 5 writes it inside rope_parameters instead. */
   rope_theta: number;
   /** lm_head shares embed_tokens' weight. Default false. */
   tie_word_embeddings: boolean;
@@ -25,10 +25,16 @@ export interface LlamaConfig {
   max_position_embeddings?: number;
   /** Passed through unchecked (e.g. Llama 3's { rope_type: 'llama3', factor, ... }); null or absent: plain RoPE. */
   rope_scaling?: Record<string, unknown> | null;
+  /**
+   * transformers 5's form of the two above: { rope_type, rope_theta, ...the scaling's keys }.
+   * Read as transformers 5 reads it (a non-empty rope_scaling wins); a parsed config holds it
+   * as rope_theta and rope_scaling.
+   */
+  rope_parameters?: Record<string, unknown> | null;
 }
 
-/** A checked config with every default filled in, head_dim included. */
-export type ResolvedLlamaConfig = LlamaConfig & { head_dim: number };
+/** A checked config with every default filled in, head_dim included; RoPE as rope_theta and rope_scaling. */
+export type ResolvedLlamaConfig = Omit<LlamaConfig, 'rope_parameters'> & { head_dim: number };
 
 /**
  * Checks a parsed config.json (keys as HF spells them; unknown keys ignored) and fills HF's
@@ -71,9 +77,7 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   checkOneOf(c.hidden_act, `${where}hidden_act`, ['silu']);
   for (const key of ['attention_bias', 'mlp_bias'])
     if (checkBoolean(c[key], `${where}${key}`)) fail('range', `${where}${key}: true is not supported (no bias tensors)`);
-  const ropeScaling = c.rope_scaling;
-  if (ropeScaling !== undefined && ropeScaling !== null && (typeof ropeScaling !== 'object' || Array.isArray(ropeScaling)))
-    fail('type', `${where}rope_scaling: expected an object or null, got ${describe(ropeScaling)}`);
+  const rope = readRope(c, where);
 
   const config: ResolvedLlamaConfig = {
     hidden_size: hidden,
@@ -83,17 +87,67 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
     num_key_value_heads: kvHeads,
     vocab_size: int('vocab_size'),
     rms_norm_eps: positive('rms_norm_eps', 1e-6),
-    rope_theta: positive('rope_theta', 10000),
+    rope_theta: checkFloat32(rope.theta ?? 10000, `${where}${rope.thetaKey}`, 0, false),
     tie_word_embeddings: checkBoolean(c.tie_word_embeddings, `${where}tie_word_embeddings`) ?? false,
     head_dim: headDim,
   };
   if (c.max_position_embeddings !== undefined) config.max_position_embeddings = int('max_position_embeddings');
-  if (ropeScaling !== undefined) config.rope_scaling = ropeScaling as Record<string, unknown> | null;
+  if (rope.scaling !== undefined) config.rope_scaling = rope.scaling;
   return config;
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+const given = (v: unknown) => v !== undefined && v !== null;
+const show = (v: unknown) => (typeof v === 'number' ? String(v) : describe(v));
+
+/**
+ * Which key holds a config's RoPE scaling: transformers 5 reads rope_scaling when it is a
+ * non-empty object (configs of earlier versions), else rope_parameters.
+ */
+export function ropeKey(json: unknown): 'rope_scaling' | 'rope_parameters' {
+  if (!isObject(json)) return 'rope_scaling';
+  const legacy = json.rope_scaling;
+  return given(json.rope_parameters) && !(isObject(legacy) && Object.keys(legacy).length > 0) ? 'rope_parameters' : 'rope_scaling';
+}
+
+// RoPE's base and scaling from either form. transformers 4 reads rope_theta and rope_scaling
+// and ignores rope_parameters; 5 takes the base from the scaling's object before rope_theta.
+// A file whose two bases differ reads differently in the two, so it is refused; a file of
+// transformers 5 with no rope_theta would otherwise silently get the default base.
+function readRope(c: Record<string, unknown>, where: string) {
+  for (const key of ['rope_scaling', 'rope_parameters'])
+    if (given(c[key]) && !isObject(c[key])) fail('type', `${where}${key}: expected an object or null, got ${describe(c[key])}`);
+  const key = ropeKey(c);
+  const dict = c[key] as Record<string, unknown> | null | undefined;
+  const inner = dict?.rope_theta, outer = c.rope_theta;
+  if (given(inner) && given(outer) && inner !== outer)
+    fail('range', `${where}rope_theta: ${show(outer)} differs from ${key}.rope_theta ${show(inner)} (transformers 4 reads the first, 5 the second); give one`);
+  for (const [k, v] of [['partial_rotary_factor', c.partial_rotary_factor], [`${key}.partial_rotary_factor`, dict?.partial_rotary_factor]] as const)
+    if (given(v) && v !== 1) fail('range', `${where}${k}: a LLaMA model rotates whole heads; expected 1, got ${show(v)}`);
+  const theta = given(inner) ? inner : given(outer) ? outer : undefined;
+  const thetaKey = given(inner) ? `${key}.rope_theta` : 'rope_theta';
+  if (key === 'rope_scaling') return { theta, thetaKey, scaling: dict as Record<string, unknown> | null | undefined };
+  const nested = Object.keys(dict!).find((k) => isObject(dict![k]));
+  if (nested !== undefined)
+    fail('range', `${where}rope_parameters.${nested}: per-layer-type RoPE parameters are not supported (a LLaMA model's layers are all alike)`);
+  const { rope_theta: _t, partial_rotary_factor: _p, ...scaling } = dict!;
+  const type = scaling.rope_type ?? scaling.type ?? 'default';
+  return { theta, thetaKey, scaling: type === 'default' ? null : scaling };
 }
 
 /** Reads and checks `config.json` from a checkpoint directory, or the file itself. */
 export async function loadLlamaConfig(dirOrFile: string): Promise<ResolvedLlamaConfig> {
+  const { file, json } = await readConfigJson(dirOrFile);
+  return parseConfigFile(json, file);
+}
+
+/** @internal parseLlamaConfig with each message prefixed by the file's path. */
+export function parseConfigFile(json: unknown, file: string): ResolvedLlamaConfig {
+  return parse(json, file, `${file}: `);
+}
+
+/** @internal A config.json's path (from a directory or the file) and its JSON, unchecked. */
+export async function readConfigJson(dirOrFile: string): Promise<{ file: string; json: unknown }> {
   if (typeof dirOrFile !== 'string' || dirOrFile === '') fail('type', `dirOrFile: expected a path, got ${describe(dirOrFile)}`);
   const file = (await stat(dirOrFile)).isDirectory() ? join(dirOrFile, 'config.json') : dirOrFile;
   if ((await stat(file)).size > 10_000_000) fail('range', `${file}: larger than 10 MB; not a config.json`);
@@ -103,7 +157,7 @@ export async function loadLlamaConfig(dirOrFile: string): Promise<ResolvedLlamaC
   } catch (e) {
     throw new Error(`${file}: not valid JSON: ${(e as Error).message}`, { cause: e });
   }
-  return parse(json, file, `${file}: `);
+  return { file, json };
 }
 
 const preset = (c: ResolvedLlamaConfig): Readonly<ResolvedLlamaConfig> => {

@@ -9,7 +9,8 @@ import { isFloat32Array } from 'node:util/types';
 
 import { checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
 import {
-  DEFAULT_MAX_POSITIONS, llamaTensorNames, loadLlamaConfig, parseLlamaConfig, type LlamaConfig, type ResolvedLlamaConfig,
+  DEFAULT_MAX_POSITIONS, llamaTensorNames, parseConfigFile, parseLlamaConfig, readConfigJson, ropeKey, type LlamaConfig,
+  type ResolvedLlamaConfig,
 } from './llama-config.js';
 import { native } from './native.js';
 import { copy } from './ops.js';
@@ -130,10 +131,13 @@ export class LlamaModel implements Disposable {
   }
 }
 
-/** The config, checked, and refused when it asks for something this model does not compute (a rope_scaling type, say). */
-export function checkModelConfig(config: unknown, name = 'config'): ResolvedLlamaConfig {
-  const c = parseLlamaConfig(config);
-  ropeParameters(c, 0, `${name}.rope_scaling`);
+/**
+ * The config, checked, and refused when it asks for something this model does not compute (a
+ * rope_scaling type, say). With `file`, the messages name it.
+ */
+export function checkModelConfig(config: unknown, file?: string): ResolvedLlamaConfig {
+  const c = file === undefined ? parseLlamaConfig(config) : parseConfigFile(config, file);
+  ropeParameters(c, 0, `${file === undefined ? 'config.' : `${file}: `}${ropeKey(config)}`);
   return c;
 }
 
@@ -220,13 +224,20 @@ export function createLlama(config: LlamaConfig, arrays: ReadonlyMap<string, Flo
 export async function loadLlama(dir: string, opts?: LlamaDeviceOptions): Promise<LlamaModel> {
   if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
   const device = deviceOption(checkOptions(opts, 'opts'), 'opts');
-  const c = checkModelConfig(await loadLlamaConfig(dir), join(dir, 'config.json'));
+  const { file, json } = await readConfigJson(dir);
+  const c = checkModelConfig(json, file);
   const { tensors } = await readSafetensorsDir(dir);
   checkArrays(c, tensors, dir, true);
   return build(c, device, (name) => tensors.get(name)!.data);
 }
 
-/** The config.json transformers writes for a LlamaForCausalLM with this config. */
+// rope_parameters as transformers 5 writes it: the scaling's keys, its type as rope_type, the base.
+function rope5(c: ResolvedLlamaConfig): Record<string, unknown> {
+  const { type, ...scaling } = c.rope_scaling ?? {};
+  return { ...scaling, rope_type: scaling.rope_type ?? type ?? 'default', rope_theta: c.rope_theta };
+}
+
+/** config.json for a LlamaForCausalLM with this config, as transformers 4 and 5 both read it. */
 export function hfConfigJson(c: ResolvedLlamaConfig): Record<string, unknown> {
   return {
     architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_act: 'silu', torch_dtype: 'float32',
@@ -234,6 +245,8 @@ export function hfConfigJson(c: ResolvedLlamaConfig): Record<string, unknown> {
     hidden_size: c.hidden_size, intermediate_size: c.intermediate_size, num_hidden_layers: c.num_hidden_layers,
     num_attention_heads: c.num_attention_heads, num_key_value_heads: c.num_key_value_heads, head_dim: c.head_dim,
     vocab_size: c.vocab_size, rms_norm_eps: c.rms_norm_eps, rope_theta: c.rope_theta, rope_scaling: c.rope_scaling ?? null,
+    // transformers 5's form too, the same values: 4 ignores it, 5 reads rope_scaling first.
+    rope_parameters: rope5(c),
     tie_word_embeddings: c.tie_word_embeddings, max_position_embeddings: c.max_position_embeddings ?? DEFAULT_MAX_POSITIONS,
   };
 }

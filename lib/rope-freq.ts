@@ -40,6 +40,9 @@ const maxPositions = (c: RopeConfig) => c.max_position_embeddings ?? DEFAULT_MAX
 
 const plain = (D: number, theta: number) => Float64Array.from({ length: D / 2 }, (_, i) => Math.pow(theta, (-2 * i) / D));
 
+// The prefix of a key beside rope_scaling (or transformers 5's rope_parameters) in `where`.
+const beside = (where: string) => where.replace(/rope_(scaling|parameters)$/, '');
+
 /** The scaling type: rope_type, or the older key type; 'default' when there is no scaling. */
 function ropeType(scaling: Record<string, unknown> | null | undefined): unknown {
   return scaling ? (scaling.rope_type ?? scaling.type ?? 'default') : 'default';
@@ -48,10 +51,10 @@ function ropeType(scaling: Record<string, unknown> | null | undefined): unknown 
 /**
  * RoPE's parameters for a config. `seqLen` is the whole sequence's length, which only
  * 'dynamic' reads (transformers: the largest position + 1). An unsupported or malformed
- * rope_scaling is an error naming the key; `where` prefixes the messages.
+ * rope_scaling is an error naming the key; `where` names rope_scaling (or rope_parameters) in them.
  */
 export function ropeParameters(c: RopeConfig, seqLen = 0, where = 'rope_scaling'): RopeParameters {
-  const key = (k: string) => `${where.slice(0, where.length - 'rope_scaling'.length)}${k}`; // beside rope_scaling
+  const key = (k: string) => `${beside(where)}${k}`;
   if (c === null || typeof c !== 'object') fail('type', `config: expected { head_dim, rope_theta, rope_scaling? }, got ${describe(c)}`);
   if (typeof c.head_dim !== 'number' || !Number.isInteger(c.head_dim) || c.head_dim < 2 || c.head_dim % 2 !== 0)
     fail('range', `${key('head_dim')}: expected an even integer >= 2, got ${describe(c.head_dim)}`);
@@ -100,7 +103,7 @@ export function ropeParameters(c: RopeConfig, seqLen = 0, where = 'rope_scaling'
 // a bug fixed there; before 4.50 the correction range used max_position_embeddings.)
 function yarn(c: RopeConfig, s: Record<string, unknown>, where: string): RopeParameters {
   const D = c.head_dim, theta = c.rope_theta;
-  if (theta <= 1) fail('range', `${where.slice(0, where.length - 'rope_scaling'.length)}rope_theta: yarn takes its logarithm's ratios; expected a number > 1, got ${theta}`);
+  if (theta <= 1) fail('range', `${beside(where)}rope_theta: yarn takes its logarithm's ratios; expected a number > 1, got ${theta}`);
   const factor = positive(s, 'factor', where);
   const given = s.original_max_position_embeddings !== undefined && s.original_max_position_embeddings !== null;
   const original = given ? positive(s, 'original_max_position_embeddings', where) : maxPositions(c);

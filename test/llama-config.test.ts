@@ -67,6 +67,47 @@ describe('parseLlamaConfig', () => {
   });
 });
 
+describe("transformers 5's rope_parameters", () => {
+  const llama3 = { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 };
+
+  it('gives the base and the scaling as rope_theta and rope_scaling', () => {
+    const c = parseLlamaConfig({ ...minimal, rope_parameters: { ...llama3, rope_theta: 500000 } });
+    expect(c.rope_theta).toBe(500000);
+    expect(c.rope_scaling).toEqual(llama3);
+    expect(c).not.toHaveProperty('rope_parameters');
+    // plain RoPE: no scaling; a null rope_theta beside it (as some writers leave it) is absent
+    const plainRope = parseLlamaConfig({ ...minimal, rope_theta: null, rope_parameters: { rope_type: 'default', rope_theta: 1e6 } });
+    expect(plainRope).toMatchObject({ rope_theta: 1e6, rope_scaling: null });
+    expect(parseLlamaConfig({ ...minimal, rope_parameters: { rope_theta: 1e6 } })).toMatchObject({ rope_theta: 1e6, rope_scaling: null });
+    expect(parseLlamaConfig({ ...minimal, rope_parameters: { rope_type: 'linear', factor: 2 } })).toMatchObject({ rope_theta: 10000, rope_scaling: { rope_type: 'linear', factor: 2 } });
+    // both forms, agreeing: as either alone
+    expect(parseLlamaConfig({ ...minimal, rope_theta: 500000, rope_scaling: llama3, rope_parameters: { ...llama3, rope_theta: 500000 } }))
+      .toEqual(parseLlamaConfig({ ...minimal, rope_theta: 500000, rope_scaling: llama3 }));
+  });
+
+  it('a non-empty rope_scaling wins, as in transformers 5; an empty one does not', () => {
+    const c = parseLlamaConfig({ ...minimal, rope_scaling: { rope_type: 'linear', factor: 4 }, rope_parameters: { ...llama3 } });
+    expect(c.rope_scaling).toEqual({ rope_type: 'linear', factor: 4 });
+    expect(parseLlamaConfig({ ...minimal, rope_scaling: {}, rope_parameters: { ...llama3 } }).rope_scaling).toEqual(llama3);
+  });
+
+  it('refuses what transformers 4 and 5 would read differently, or a LLaMA model cannot compute, naming the key', () => {
+    const bad = (patch: Record<string, unknown>) => () => parseLlamaConfig({ ...minimal, ...patch });
+    expect(bad({ rope_theta: 10000, rope_parameters: { rope_theta: 500000 } })).toThrow(new RangeError(
+      'rope_theta: 10000 differs from rope_parameters.rope_theta 500000 (transformers 4 reads the first, 5 the second); give one'));
+    expect(bad({ rope_parameters: { rope_theta: 0 } })).toThrow(new RangeError('rope_parameters.rope_theta: expected a finite number > 0, got 0'));
+    expect(bad({ rope_parameters: 'llama3' })).toThrow(new TypeError("rope_parameters: expected an object or null, got 'llama3'"));
+    expect(bad({ rope_parameters: [llama3] })).toThrow(/^rope_parameters: expected an object or null, got an array/);
+    expect(bad({ rope_parameters: { rope_theta: 1e6, partial_rotary_factor: 0.5 } })).toThrow(new RangeError(
+      'rope_parameters.partial_rotary_factor: a LLaMA model rotates whole heads; expected 1, got 0.5'));
+    expect(bad({ partial_rotary_factor: 0.25 })).toThrow(/^partial_rotary_factor: a LLaMA model rotates whole heads; expected 1, got 0.25$/);
+    expect(parseLlamaConfig({ ...minimal, partial_rotary_factor: 1, rope_parameters: { rope_theta: 1e6, partial_rotary_factor: 1 } }))
+      .toMatchObject({ rope_theta: 1e6, rope_scaling: null });
+    expect(bad({ rope_parameters: { full_attention: { rope_theta: 1e6 }, sliding_attention: { rope_theta: 1e4 } } })).toThrow(new RangeError(
+      "rope_parameters.full_attention: per-layer-type RoPE parameters are not supported (a LLaMA model's layers are all alike)"));
+  });
+});
+
 describe('loadLlamaConfig', () => {
   let dir: string;
   beforeEach(() => {

@@ -489,7 +489,8 @@ describe('saving, loading, checkpoints', () => {
         await saveLlama(where, model);
       }
       const cfg = JSON.parse(await readFile(join(where, 'config.json'), 'utf8'));
-      expect(cfg).toMatchObject({ architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_act: 'silu', tie_word_embeddings: c.tie_word_embeddings, rope_scaling: null, num_key_value_heads: 2 });
+      expect(cfg).toMatchObject({ architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_act: 'silu', tie_word_embeddings: c.tie_word_embeddings, rope_scaling: null, num_key_value_heads: 2,
+        rope_parameters: { rope_type: 'default', rope_theta: 10000 } });
       using loaded = await loadLlama(where);
       expect([...loaded.tensors.keys()]).toEqual([...llamaTensorNames(c).keys()]);
       expect(loaded.tensors.has('lm_head.weight')).toBe(!c.tie_word_embeddings);
@@ -497,6 +498,29 @@ describe('saving, loading, checkpoints', () => {
       expect(tr2.forward(seq.tokens, seq.targets, { logits: true }).logits).toEqual(before);
     });
   }
+
+  it("a config.json of transformers 5 (rope_parameters, no rope_theta) loads as the same model as transformers 4's form", async () => {
+    const c = { ...llama3Tiny, rope_theta: 500000 }; // not the default base, so a base left unread shows
+    const where = join(dir, 'saved-llama3'), where5 = join(dir, 'saved-llama3-v5');
+    let before: Float32Array;
+    {
+      using model = initLlama(c, { seed: 3 });
+      using tr = createTrainer(model, { lr: 1e-2 });
+      before = tr.forward(seq.tokens, seq.targets, { logits: true }).logits!;
+      await saveLlama(where, model);
+    }
+    const cfg = JSON.parse(await readFile(join(where, 'config.json'), 'utf8'));
+    expect(cfg.rope_parameters).toEqual({ ...c.rope_scaling, rope_theta: 500000 }); // both forms are written
+    expect(cfg.rope_scaling).toEqual(c.rope_scaling);
+    const { rope_theta: _t, rope_scaling: _s, ...only5 } = cfg;
+    await mkdir(where5, { recursive: true });
+    await writeFile(join(where5, 'config.json'), JSON.stringify(only5));
+    await writeFile(join(where5, 'model.safetensors'), await readFile(join(where, 'model.safetensors')));
+    using loaded = await loadLlama(where5);
+    expect(loaded.config).toMatchObject({ rope_theta: 500000, rope_scaling: c.rope_scaling });
+    using tr5 = createTrainer(loaded, { lr: 1e-2 });
+    expect(tr5.forward(seq.tokens, seq.targets, { logits: true }).logits).toEqual(before);
+  });
 
   it('restore a checkpoint, then step: the same losses as an uninterrupted run', async () => {
     const opts = { lr: 5e-3, weightDecay: 0.1, maxGradNorm: 1 };
@@ -611,7 +635,12 @@ describe('saving, loading, checkpoints', () => {
     await expect(loadLlama(await write('shape', tiny, good, shapes))).rejects.toThrow(/'model.layers.0.self_attn.k_proj.weight' has shape \[64, 32\], expected \[32, 64\]/);
     await expect(loadLlama(await write('tied-with-head', tiedTiny, good))).rejects.toThrow(/unexpected tensor\(s\) 'lm_head.weight' \(tie_word_embeddings is true/);
     const longrope = { ...tiny, rope_scaling: { rope_type: 'longrope', factor: 8 } };
-    await expect(loadLlama(await write('longrope', longrope, good))).rejects.toThrow(/config.json.rope_scaling: rope_type 'longrope' is not supported \(supported: default, linear, llama3, yarn, dynamic/);
+    await expect(loadLlama(await write('longrope', longrope, good))).rejects.toThrow(/config.json: rope_scaling: rope_type 'longrope' is not supported \(supported: default, linear, llama3, yarn, dynamic/);
+    // transformers 5's form: the message names the key the file used
+    const { rope_theta: _, ...tiny5 } = tiny;
+    const longrope5 = { ...tiny5, rope_parameters: { rope_type: 'longrope', rope_theta: 10000, factor: 8 } };
+    await expect(loadLlama(await write('longrope5', longrope5, good))).rejects.toThrow(/config.json: rope_parameters: rope_type 'longrope' is not supported/);
+    expect(() => initLlama({ ...tiny5, rope_parameters: { rope_type: 'yarn' } }, { seed: 1 })).toThrow(/^config.rope_parameters.factor: missing; expected a number > 0/);
     expect(() => initLlama({ ...tiny, rope_scaling: { rope_type: 'llama3', factor: 8 } }, { seed: 1 })).toThrow(/^config.rope_scaling.low_freq_factor: missing; expected a number > 0/);
     expect(() => initLlama({ ...tiny, rope_scaling: { type: 'yarn' } }, { seed: 1 })).toThrow(/^config.rope_scaling.factor: missing; expected a number > 0/);
     const short = new Map(good).set('model.norm.weight', new Float32Array(3));
