@@ -141,19 +141,28 @@ export function checkModelConfig(config: unknown, file?: string): ResolvedLlamaC
   return c;
 }
 
+// RoPE's inverse frequencies, which checkpoints saved while transformers kept them in the state
+// dict carry (Llama 2's among them); transformers ignores them on load and recomputes them
+// from the config, and so do we.
+const ROPE_BUFFER = /^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$/;
+
+const sameBits = (a: Float32Array, b: Float32Array) =>
+  a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;
+
 /**
  * Checks `arrays` against llamaTensorNames(config): every tensor present with its shape,
- * nothing extra (a tied model has no lm_head.weight). `where` prefixes the messages.
+ * nothing extra but RoPE's buffers, and, in a tied model, an lm_head.weight only as a copy of
+ * embed_tokens (some tools save both). `where` prefixes the messages.
  */
 function checkArrays(c: ResolvedLlamaConfig, arrays: ReadonlyMap<string, { shape?: number[]; data: Float32Array }>, where: string, shapes: boolean): void {
   const expected = llamaTensorNames(c);
   const missing = [...expected.keys()].filter((n) => !arrays.has(n));
   if (missing.length) fail('range', `${where}: missing ${missing.length} tensor(s): ${missing.slice(0, 5).map((n) => `'${n}'`).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
-  const extra = [...arrays.keys()].filter((n) => !expected.has(n));
-  if (extra.length) {
-    const tied = extra.includes('lm_head.weight') && c.tie_word_embeddings ? ' (tie_word_embeddings is true: the head is embed_tokens)' : '';
-    fail('range', `${where}: unexpected tensor(s) ${extra.slice(0, 5).map((n) => `'${n}'`).join(', ')}${tied}`);
-  }
+  const head = arrays.get('lm_head.weight');
+  if (c.tie_word_embeddings && head && !sameBits(head.data, arrays.get('model.embed_tokens.weight')!.data))
+    fail('range', `${where}: 'lm_head.weight' differs from 'model.embed_tokens.weight', but tie_word_embeddings is true (one matrix for both); set it to false to keep a separate head`);
+  const extra = [...arrays.keys()].filter((n) => !expected.has(n) && !ROPE_BUFFER.test(n) && !(n === 'lm_head.weight' && c.tie_word_embeddings));
+  if (extra.length) fail('range', `${where}: unexpected tensor(s) ${extra.slice(0, 5).map((n) => `'${n}'`).join(', ')}`);
   for (const [name, shape] of expected) {
     const a = arrays.get(name)!;
     const numel = shape.reduce((x, y) => x * y, 1);

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
   createLlama, createTrainer, hostMemoryStats, initLlama, launch, llamaPresets, llamaTensorNames, loadLlama, saveLlama, shardTokens,
-  tensor, writeSafetensors, type LlamaConfig, type ResolvedLlamaConfig, type Tensor, type Trainer,
+  tensor, writeSafetensors, type LlamaConfig, type LlamaModel, type ResolvedLlamaConfig, type Tensor, type Trainer,
 } from '../dist/index.js';
 import { runLlama, shardPositions } from '../dist/llama.js';
 import { paramsFromMap } from '../dist/llama-model.js';
@@ -617,6 +617,31 @@ describe('saving, loading, checkpoints', () => {
     expect(() => tc.forward(seq.tokens, seq.targets)).toThrow(/^trainer: its model's tensors have been disposed/);
   });
 
+  it("loads what transformers loads beside a model's tensors: RoPE's buffers (Llama 2), a tied head saved as a copy", async () => {
+    const weights = randomWeights(tiny, 1), tiedWeights = new Map(weights);
+    tiedWeights.delete('lm_head.weight');
+    const write = async (name: string, cfg: object, w: Map<string, Float32Array>) => {
+      const d = join(dir, name);
+      await mkdir(d, { recursive: true });
+      await writeFile(join(d, 'config.json'), JSON.stringify(cfg));
+      await writeSafetensors(join(d, 'model.safetensors'), Object.fromEntries([...w].map(([n, data]) => [n, { data, shape: llamaTensorNames(cfg as ResolvedLlamaConfig).get(n) ?? [data.length] }])));
+      return d;
+    };
+    const logits = (m: LlamaModel) => {
+      using tr = createTrainer(m, { lr: 1e-2 });
+      return tr.forward(seq.tokens, seq.targets, { logits: true }).logits!;
+    };
+    const withBuffers = new Map(weights).set('model.rotary_emb.inv_freq', new Float32Array(8).fill(7));
+    for (let i = 0; i < tiny.num_hidden_layers; ++i) withBuffers.set(`model.layers.${i}.self_attn.rotary_emb.inv_freq`, new Float32Array(8).fill(7));
+    using plain = await loadLlama(await write('plain', tiny, weights)), buffered = await loadLlama(await write('inv-freq', tiny, withBuffers));
+    expect(buffered.tensors.has('model.rotary_emb.inv_freq')).toBe(false);
+    expect(logits(buffered)).toEqual(logits(plain)); // the stored frequencies (7s) are not used
+    const copiedHead = new Map(tiedWeights).set('lm_head.weight', tiedWeights.get('model.embed_tokens.weight')!.slice());
+    using tied = await loadLlama(await write('tied', tiedTiny, tiedWeights)), copied = await loadLlama(await write('tied-copy', tiedTiny, copiedHead));
+    expect(copied.tensors.has('lm_head.weight')).toBe(false);
+    expect(logits(copied)).toEqual(logits(tied));
+  });
+
   it('refuses missing, extra and mis-shaped tensors, and rope_scaling, naming them', async () => {
     const good = randomWeights(tiny, 1);
     const write = async (name: string, cfg: object, w: Map<string, Float32Array>, shapes: Map<string, number[]> = llamaTensorNames(tiny)) => {
@@ -629,11 +654,12 @@ describe('saving, loading, checkpoints', () => {
     const missing = new Map(good);
     missing.delete('model.layers.1.mlp.up_proj.weight');
     await expect(loadLlama(await write('missing', tiny, missing))).rejects.toThrow(/missing 1 tensor\(s\): 'model.layers.1.mlp.up_proj.weight'/);
-    const extra = new Map(good).set('model.layers.0.self_attn.rotary_emb.inv_freq', new Float32Array(8));
-    await expect(loadLlama(await write('extra', tiny, extra))).rejects.toThrow(/unexpected tensor\(s\) 'model.layers.0.self_attn.rotary_emb.inv_freq'/);
+    const extra = new Map(good).set('model.layers.0.self_attn.q_proj.bias', new Float32Array(64));
+    await expect(loadLlama(await write('extra', tiny, extra))).rejects.toThrow(/unexpected tensor\(s\) 'model.layers.0.self_attn.q_proj.bias'$/);
     const shapes = new Map(llamaTensorNames(tiny)).set('model.layers.0.self_attn.k_proj.weight', [64, 32]);
     await expect(loadLlama(await write('shape', tiny, good, shapes))).rejects.toThrow(/'model.layers.0.self_attn.k_proj.weight' has shape \[64, 32\], expected \[32, 64\]/);
-    await expect(loadLlama(await write('tied-with-head', tiedTiny, good))).rejects.toThrow(/unexpected tensor\(s\) 'lm_head.weight' \(tie_word_embeddings is true/);
+    await expect(loadLlama(await write('tied-with-head', tiedTiny, good))).rejects.toThrow(
+      /'lm_head.weight' differs from 'model.embed_tokens.weight', but tie_word_embeddings is true \(one matrix for both\); set it to false/);
     const longrope = { ...tiny, rope_scaling: { rope_type: 'longrope', factor: 8 } };
     await expect(loadLlama(await write('longrope', longrope, good))).rejects.toThrow(/config.json: rope_scaling: rope_type 'longrope' is not supported \(supported: default, linear, llama3, yarn, dynamic/);
     // transformers 5's form: the message names the key the file used
