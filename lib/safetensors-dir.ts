@@ -29,7 +29,12 @@ export async function safetensorsWeightMap(dir: string): Promise<Map<string, str
       await fh.close();
     }
   }
-  if (!(await exists(index))) throw new Error(`${dir}: neither ${SINGLE_FILE} nor ${INDEX_FILE} is there`);
+  if (!(await exists(index))) {
+    // PyTorch's pickle files are not read (loading one runs its code); say how to convert.
+    const pickled = (await exists(join(dir, 'pytorch_model.bin'))) || (await exists(join(dir, 'pytorch_model.bin.index.json')));
+    const hint = pickled ? " (pytorch_model.bin is not read: save the model as safetensors, e.g. transformers' save_pretrained(dir, safe_serialization=True))" : '';
+    throw new Error(`${dir}: neither ${SINGLE_FILE} nor ${INDEX_FILE} is there${hint}`);
+  }
   if ((await stat(index)).size > MAX_INDEX_BYTES) fail('range', `${index}: larger than ${MAX_INDEX_BYTES} bytes`);
   let json: unknown;
   try {

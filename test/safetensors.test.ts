@@ -408,7 +408,9 @@ describe('checkpoint directories', () => {
 
   it('refuses a directory with neither file, and a path that is not a directory', async () => {
     mkdirSync(join(dir, 'empty'));
-    await expect(readSafetensorsDir(join(dir, 'empty'))).rejects.toThrow(/neither model\.safetensors nor model\.safetensors\.index\.json is there/);
+    await expect(readSafetensorsDir(join(dir, 'empty'))).rejects.toThrow(/neither model\.safetensors nor model\.safetensors\.index\.json is there$/);
+    writeFileSync(join(dir, 'empty', 'pytorch_model.bin'), 'pickle');
+    await expect(readSafetensorsDir(join(dir, 'empty'))).rejects.toThrow(/is there \(pytorch_model.bin is not read: save the model as safetensors/);
     writeFileSync(join(dir, 'file'), '');
     await expect(readSafetensorsDir(join(dir, 'file'))).rejects.toThrow(`dir: ${join(dir, 'file')} is not a directory`);
   });
