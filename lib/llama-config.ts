@@ -78,6 +78,7 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   for (const key of ['attention_bias', 'mlp_bias'])
     if (checkBoolean(c[key], `${where}${key}`)) fail('range', `${where}${key}: true is not supported (no bias tensors)`);
   const rope = readRope(c, where);
+  checkArchitecture(c, where);
 
   const config: ResolvedLlamaConfig = {
     hidden_size: hidden,
@@ -99,6 +100,18 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
 const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 const given = (v: unknown) => v !== undefined && v !== null;
 const show = (v: unknown) => (typeof v === 'number' ? String(v) : describe(v));
+
+// Other architectures share LLaMA's tensor names but not its arithmetic (Granite's multipliers,
+// Mistral's sliding window), so a file of theirs would load and compute the wrong model.
+function checkArchitecture(c: Record<string, unknown>, where: string): void {
+  const type = c.model_type;
+  if (given(type) && type !== 'llama' && type !== 'mistral')
+    fail('range', `${where}model_type: ${describe(type)} is not computed here (expected 'llama', or 'mistral' without a sliding window); a model of LLaMA's exact architecture under another name loads with model_type 'llama'`);
+  if (type === 'mistral' && c.sliding_window !== null) {
+    const window = c.sliding_window === undefined ? "absent, so transformers' default of 4096" : show(c.sliding_window);
+    fail('range', `${where}sliding_window: ${window}: Mistral's sliding-window attention is not computed here; null attends over the whole sequence (the same model on sequences no longer than the window)`);
+  }
+}
 
 /**
  * Which key holds a config's RoPE scaling: transformers 5 reads rope_scaling when it is a

@@ -62,6 +62,12 @@ describe('parseLlamaConfig', () => {
     expect(bad({ attention_bias: true })).toThrow(new RangeError('attention_bias: true is not supported (no bias tensors)'));
     expect(bad({ mlp_bias: true })).toThrow(/^mlp_bias: true is not supported/);
     expect(parseLlamaConfig({ ...minimal, attention_bias: false, mlp_bias: false }).hidden_size).toBe(64);
+    // architectures with LLaMA's tensor names but other arithmetic
+    expect(parseLlamaConfig({ ...minimal, model_type: 'llama', sliding_window: 4096 }).hidden_size).toBe(64); // transformers' Llama ignores it
+    expect(parseLlamaConfig({ ...minimal, model_type: 'mistral', sliding_window: null }).hidden_size).toBe(64);
+    expect(bad({ model_type: 'granite' })).toThrow(new RangeError("model_type: 'granite' is not computed here (expected 'llama', or 'mistral' without a sliding window); a model of LLaMA's exact architecture under another name loads with model_type 'llama'"));
+    expect(bad({ model_type: 'mistral', sliding_window: 4096 })).toThrow(/^sliding_window: 4096: Mistral's sliding-window attention is not computed here; null attends over the whole sequence/);
+    expect(bad({ model_type: 'mistral' })).toThrow(/^sliding_window: absent, so transformers' default of 4096: Mistral's/);
     expect(() => parseLlamaConfig(null)).toThrow(new TypeError('config: expected a config object, got null'));
     expect(() => parseLlamaConfig([minimal])).toThrow(/^config: expected a config object, got an array/);
   });
