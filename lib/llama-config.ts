@@ -123,10 +123,11 @@ export function ropeKey(json: unknown): 'rope_scaling' | 'rope_parameters' {
   return given(json.rope_parameters) && !(isObject(legacy) && Object.keys(legacy).length > 0) ? 'rope_parameters' : 'rope_scaling';
 }
 
-// RoPE's base and scaling from either form. transformers 4 reads rope_theta and rope_scaling
-// and ignores rope_parameters; 5 takes the base from the scaling's object before rope_theta.
-// A file whose two bases differ reads differently in the two, so it is refused; a file of
-// transformers 5 with no rope_theta would otherwise silently get the default base.
+// RoPE's base and scaling from either form, read as transformers 5 reads them (4 ignores
+// rope_parameters; only 5-aware writers write it). 5 takes the base from the scaling's object
+// before rope_theta; two bases that differ are refused, as the file means one model to 4 and
+// another to 5. A file of transformers 5 has no rope_theta: read as 4 reads it, it would
+// silently get the default base.
 function readRope(c: Record<string, unknown>, where: string) {
   for (const key of ['rope_scaling', 'rope_parameters'])
     if (given(c[key]) && !isObject(c[key])) fail('type', `${where}${key}: expected an object or null, got ${describe(c[key])}`);

@@ -240,9 +240,13 @@ export async function loadLlama(dir: string, opts?: LlamaDeviceOptions): Promise
   return build(c, device, (name) => tensors.get(name)!.data);
 }
 
+// Whether RoPE is scaled. An unscaled rope_scaling is written as null: transformers 4 finds no
+// RoPE type in {} and fails.
+const scaled = (c: ResolvedLlamaConfig) => (c.rope_scaling?.rope_type ?? c.rope_scaling?.type ?? 'default') !== 'default';
+
 // rope_parameters as transformers 5 writes it: the scaling's keys, its type as rope_type, the base.
 function rope5(c: ResolvedLlamaConfig): Record<string, unknown> {
-  const { type, ...scaling } = c.rope_scaling ?? {};
+  const { type, ...scaling } = scaled(c) ? c.rope_scaling! : {};
   return { ...scaling, rope_type: scaling.rope_type ?? type ?? 'default', rope_theta: c.rope_theta };
 }
 
@@ -253,7 +257,7 @@ export function hfConfigJson(c: ResolvedLlamaConfig): Record<string, unknown> {
     attention_bias: false, mlp_bias: false, attention_dropout: 0, initializer_range: 0.02, pretraining_tp: 1, use_cache: true,
     hidden_size: c.hidden_size, intermediate_size: c.intermediate_size, num_hidden_layers: c.num_hidden_layers,
     num_attention_heads: c.num_attention_heads, num_key_value_heads: c.num_key_value_heads, head_dim: c.head_dim,
-    vocab_size: c.vocab_size, rms_norm_eps: c.rms_norm_eps, rope_theta: c.rope_theta, rope_scaling: c.rope_scaling ?? null,
+    vocab_size: c.vocab_size, rms_norm_eps: c.rms_norm_eps, rope_theta: c.rope_theta, rope_scaling: scaled(c) ? c.rope_scaling : null,
     // transformers 5's form too, the same values: 4 ignores it, 5 reads rope_scaling first.
     rope_parameters: rope5(c),
     tie_word_embeddings: c.tie_word_embeddings, max_position_embeddings: c.max_position_embeddings ?? DEFAULT_MAX_POSITIONS,

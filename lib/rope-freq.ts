@@ -103,7 +103,9 @@ export function ropeParameters(c: RopeConfig, seqLen = 0, where = 'rope_scaling'
 // a bug fixed there; before 4.50 the correction range used max_position_embeddings.)
 function yarn(c: RopeConfig, s: Record<string, unknown>, where: string): RopeParameters {
   const D = c.head_dim, theta = c.rope_theta;
-  if (theta <= 1) fail('range', `${beside(where)}rope_theta: yarn takes its logarithm's ratios; expected a number > 1, got ${theta}`);
+  // transformers 5 keeps the base inside rope_parameters
+  const thetaKey = where.endsWith('rope_parameters') ? `${where}.rope_theta` : `${beside(where)}rope_theta`;
+  if (theta <= 1) fail('range', `${thetaKey}: yarn takes its logarithm's ratios; expected a number > 1, got ${theta}`);
   const factor = positive(s, 'factor', where);
   const given = s.original_max_position_embeddings !== undefined && s.original_max_position_embeddings !== null;
   const original = given ? positive(s, 'original_max_position_embeddings', where) : maxPositions(c);

@@ -86,14 +86,21 @@ describe("transformers 5's rope_parameters", () => {
     expect(plainRope).toMatchObject({ rope_theta: 1e6, rope_scaling: null });
     expect(parseLlamaConfig({ ...minimal, rope_parameters: { rope_theta: 1e6 } })).toMatchObject({ rope_theta: 1e6, rope_scaling: null });
     expect(parseLlamaConfig({ ...minimal, rope_parameters: { rope_type: 'linear', factor: 2 } })).toMatchObject({ rope_theta: 10000, rope_scaling: { rope_type: 'linear', factor: 2 } });
+    // 'type', the older key, names the type there too
+    expect(parseLlamaConfig({ ...minimal, rope_parameters: { type: 'linear', factor: 2 } }).rope_scaling).toEqual({ type: 'linear', factor: 2 });
+    expect(parseLlamaConfig({ ...minimal, rope_parameters: { type: 'default', rope_theta: 1e6 } }).rope_scaling).toBeNull();
+    // a null rope_scaling beside it is absent; a null rope_parameters beside rope_scaling too
+    expect(parseLlamaConfig({ ...minimal, rope_scaling: null, rope_parameters: { ...llama3, rope_theta: 5e5 } })).toMatchObject({ rope_theta: 5e5, rope_scaling: llama3 });
+    expect(parseLlamaConfig({ ...minimal, rope_theta: 5e5, rope_scaling: llama3, rope_parameters: null })).toMatchObject({ rope_theta: 5e5, rope_scaling: llama3 });
     // both forms, agreeing: as either alone
     expect(parseLlamaConfig({ ...minimal, rope_theta: 500000, rope_scaling: llama3, rope_parameters: { ...llama3, rope_theta: 500000 } }))
       .toEqual(parseLlamaConfig({ ...minimal, rope_theta: 500000, rope_scaling: llama3 }));
   });
 
   it('a non-empty rope_scaling wins, as in transformers 5; an empty one does not', () => {
-    const c = parseLlamaConfig({ ...minimal, rope_scaling: { rope_type: 'linear', factor: 4 }, rope_parameters: { ...llama3 } });
+    const c = parseLlamaConfig({ ...minimal, rope_scaling: { rope_type: 'linear', factor: 4 }, rope_parameters: { ...llama3, rope_theta: 5e5 } });
     expect(c.rope_scaling).toEqual({ rope_type: 'linear', factor: 4 });
+    expect(c.rope_theta).toBe(10000); // rope_parameters is not read at all, its base neither
     expect(parseLlamaConfig({ ...minimal, rope_scaling: {}, rope_parameters: { ...llama3 } }).rope_scaling).toEqual(llama3);
   });
 

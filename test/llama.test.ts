@@ -520,6 +520,15 @@ describe('saving, loading, checkpoints', () => {
     expect(loaded.config).toMatchObject({ rope_theta: 500000, rope_scaling: c.rope_scaling });
     using tr5 = createTrainer(loaded, { lr: 1e-2 });
     expect(tr5.forward(seq.tokens, seq.targets, { logits: true }).logits).toEqual(before);
+    // the older key 'type' is written as rope_type in rope_parameters; an unscaled {} as null (transformers 4 finds no type in {})
+    using older = initLlama({ ...tiny, rope_scaling: { type: 'linear', factor: 2 } }, { seed: 1 }), empty = initLlama({ ...tiny, rope_scaling: {} }, { seed: 1 });
+    await saveLlama(join(dir, 'saved-type'), older);
+    await saveLlama(join(dir, 'saved-empty'), empty);
+    const typed = JSON.parse(await readFile(join(dir, 'saved-type', 'config.json'), 'utf8'));
+    expect(typed).toMatchObject({ rope_scaling: { type: 'linear', factor: 2 }, rope_parameters: { rope_type: 'linear', factor: 2, rope_theta: 10000 } });
+    expect(typed.rope_parameters).not.toHaveProperty('type');
+    const unscaled = JSON.parse(await readFile(join(dir, 'saved-empty', 'config.json'), 'utf8'));
+    expect(unscaled).toMatchObject({ rope_scaling: null, rope_parameters: { rope_type: 'default', rope_theta: 10000 } });
   });
 
   it('restore a checkpoint, then step: the same losses as an uninterrupted run', async () => {
@@ -667,6 +676,7 @@ describe('saving, loading, checkpoints', () => {
     const longrope5 = { ...tiny5, rope_parameters: { rope_type: 'longrope', rope_theta: 10000, factor: 8 } };
     await expect(loadLlama(await write('longrope5', longrope5, good))).rejects.toThrow(/config.json: rope_parameters: rope_type 'longrope' is not supported/);
     expect(() => initLlama({ ...tiny5, rope_parameters: { rope_type: 'yarn' } }, { seed: 1 })).toThrow(/^config.rope_parameters.factor: missing; expected a number > 0/);
+    expect(() => initLlama({ ...tiny5, rope_parameters: { rope_type: 'yarn', factor: 2, rope_theta: 1 } }, { seed: 1 })).toThrow(/^config.rope_parameters.rope_theta: yarn takes/);
     expect(() => initLlama({ ...tiny, rope_scaling: { rope_type: 'llama3', factor: 8 } }, { seed: 1 })).toThrow(/^config.rope_scaling.low_freq_factor: missing; expected a number > 0/);
     expect(() => initLlama({ ...tiny, rope_scaling: { type: 'yarn' } }, { seed: 1 })).toThrow(/^config.rope_scaling.factor: missing; expected a number > 0/);
     const short = new Map(good).set('model.norm.weight', new Float32Array(3));
