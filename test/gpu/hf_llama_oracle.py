@@ -14,6 +14,7 @@ import os
 import sys
 
 import torch
+import transformers
 from safetensors.torch import save_file
 from transformers import LlamaForCausalLM
 
@@ -22,7 +23,10 @@ def main(d, autocast_bf16=False):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if autocast_bf16 and device != "cuda":
         sys.exit("--autocast-bf16 needs a CUDA device")
-    model = LlamaForCausalLM.from_pretrained(d, torch_dtype=torch.float32, attn_implementation="eager").to(device)
+    # transformers 4.56 renamed torch_dtype to dtype (5 may drop the old name)
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    dtype_kw = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    model = LlamaForCausalLM.from_pretrained(d, **{dtype_kw: torch.float32}, attn_implementation="eager").to(device)
     tokens = torch.from_file(os.path.join(d, "tokens.i32"), size=os.path.getsize(os.path.join(d, "tokens.i32")) // 4, dtype=torch.int32)
     targets = torch.from_file(os.path.join(d, "targets.i32"), size=tokens.numel(), dtype=torch.int32)
     with torch.autocast("cuda", dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext():
@@ -34,7 +38,7 @@ def main(d, autocast_bf16=False):
     grads = {n: p.grad.detach().float().cpu().contiguous() for n, p in model.named_parameters() if p.grad is not None}
     save_file(grads, os.path.join(d, "grads.safetensors"))
     json.dump({"loss": loss.item(), "device": device, "autocast_bf16": autocast_bf16,
-               "transformers": __import__("transformers").__version__}, open(os.path.join(d, "loss.json"), "w"))
+               "transformers": transformers.__version__}, open(os.path.join(d, "loss.json"), "w"))
 
 
 if __name__ == "__main__":
