@@ -137,7 +137,14 @@ export class LlamaModel implements Disposable {
  */
 export function checkModelConfig(config: unknown, file?: string): ResolvedLlamaConfig {
   const c = file === undefined ? parseLlamaConfig(config) : parseConfigFile(config, file);
-  ropeParameters(c, 0, `${file === undefined ? 'config.' : `${file}: `}${ropeKey(config)}`);
+  const where = file === undefined ? 'config.' : `${file}: `;
+  ropeParameters(c, 0, `${where}${ropeKey(config)}`);
+  // Quantized weights have other tensors (qweight, scales): say so, not which tensors are missing.
+  const quantized = (config as Record<string, unknown>).quantization_config;
+  if (quantized !== undefined && quantized !== null) {
+    const method = (quantized as Record<string, unknown>).quant_method;
+    fail('range', `${where}quantization_config: quantized weights${typeof method === 'string' ? ` (${method})` : ''} are not loaded here; use the model's unquantized checkpoint`);
+  }
   return c;
 }
 

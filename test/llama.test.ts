@@ -677,6 +677,8 @@ describe('saving, loading, checkpoints', () => {
     await expect(loadLlama(await write('longrope5', longrope5, good))).rejects.toThrow(/config.json: rope_parameters: rope_type 'longrope' is not supported/);
     expect(() => initLlama({ ...tiny5, rope_parameters: { rope_type: 'yarn' } }, { seed: 1 })).toThrow(/^config.rope_parameters.factor: missing; expected a number > 0/);
     expect(() => initLlama({ ...tiny5, rope_parameters: { rope_type: 'yarn', factor: 2, rope_theta: 1 } }, { seed: 1 })).toThrow(/^config.rope_parameters.rope_theta: yarn takes/);
+    const gptq = { ...tiny, quantization_config: { quant_method: 'gptq', bits: 4 } };
+    await expect(loadLlama(await write('gptq', gptq, good))).rejects.toThrow(/config.json: quantization_config: quantized weights \(gptq\) are not loaded here; use the model's unquantized checkpoint$/);
     expect(() => initLlama({ ...tiny, rope_scaling: { rope_type: 'llama3', factor: 8 } }, { seed: 1 })).toThrow(/^config.rope_scaling.low_freq_factor: missing; expected a number > 0/);
     expect(() => initLlama({ ...tiny, rope_scaling: { type: 'yarn' } }, { seed: 1 })).toThrow(/^config.rope_scaling.factor: missing; expected a number > 0/);
     const short = new Map(good).set('model.norm.weight', new Float32Array(3));
