@@ -23,6 +23,8 @@ export interface LlamaConfig {
   /** Default hidden_size / num_attention_heads. */
   head_dim?: number;
   max_position_embeddings?: number;
+  /** The standard deviation of initLlama's random matrices. Default 0.02. */
+  initializer_range?: number;
   /** Passed through unchecked (e.g. Llama 3's { rope_type: 'llama3', factor, ... }); null or absent: plain RoPE. */
   rope_scaling?: Record<string, unknown> | null;
   /**
@@ -93,6 +95,7 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
     head_dim: headDim,
   };
   if (c.max_position_embeddings !== undefined) config.max_position_embeddings = int('max_position_embeddings');
+  if (given(c.initializer_range)) config.initializer_range = checkFloat32(c.initializer_range, `${where}initializer_range`, 0);
   if (rope.scaling !== undefined) config.rope_scaling = rope.scaling;
   return config;
 }

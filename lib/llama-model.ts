@@ -204,7 +204,7 @@ function deviceOption(o: Record<string, unknown>, name: string): DeviceName {
 export interface InitLlamaOptions extends LlamaDeviceOptions {
   /** The PRNG seed (an integer); the same seed gives the same weights on every rank. */
   seed: number;
-  /** Standard deviation of the normal initialisation of matrices (HF's initializer_range). Default 0.02. */
+  /** Standard deviation of the normal initialisation of matrices. Default: the config's initializer_range, else 0.02 (as transformers). */
   std?: number;
 }
 
@@ -214,7 +214,7 @@ export function initLlama(config: LlamaConfig, opts: InitLlamaOptions): LlamaMod
   if (opts === undefined) fail('type', 'opts: expected { seed }');
   const o = checkOptions(opts, 'opts');
   const seed = checkInteger(o.seed, 'opts.seed', -(2 ** 31), 2 ** 32 - 1);
-  const std = o.std === undefined ? 0.02 : o.std;
+  const std = o.std === undefined ? (c.initializer_range ?? 0.02) : o.std;
   if (typeof std !== 'number' || !Number.isFinite(std) || std < 0) fail('range', `opts.std: expected a finite number >= 0, got ${describe(std)}`);
   const device = deviceOption(o, 'opts');
   const stream = new Map([...llamaTensorNames(c).keys()].map((n, i) => [n, i])); // one random stream per tensor
@@ -261,7 +261,7 @@ function rope5(c: ResolvedLlamaConfig): Record<string, unknown> {
 export function hfConfigJson(c: ResolvedLlamaConfig): Record<string, unknown> {
   return {
     architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_act: 'silu', torch_dtype: 'float32',
-    attention_bias: false, mlp_bias: false, attention_dropout: 0, initializer_range: 0.02, pretraining_tp: 1, use_cache: true,
+    attention_bias: false, mlp_bias: false, attention_dropout: 0, initializer_range: c.initializer_range ?? 0.02, pretraining_tp: 1, use_cache: true,
     hidden_size: c.hidden_size, intermediate_size: c.intermediate_size, num_hidden_layers: c.num_hidden_layers,
     num_attention_heads: c.num_attention_heads, num_key_value_heads: c.num_key_value_heads, head_dim: c.head_dim,
     vocab_size: c.vocab_size, rms_norm_eps: c.rms_norm_eps, rope_theta: c.rope_theta, rope_scaling: scaled(c) ? c.rope_scaling : null,

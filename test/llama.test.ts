@@ -15,7 +15,7 @@ import {
   tensor, writeSafetensors, type LlamaConfig, type LlamaModel, type ResolvedLlamaConfig, type Tensor, type Trainer,
 } from '../dist/index.js';
 import { runLlama, shardPositions } from '../dist/llama.js';
-import { paramsFromMap } from '../dist/llama-model.js';
+import { llamaFiles, paramsFromMap } from '../dist/llama-model.js';
 import { randomArray, worstError } from './reference.js';
 
 const rankModule = new URL('./fixtures/llama-rank.mjs', import.meta.url);
@@ -730,6 +730,15 @@ describe('initLlama', () => {
     expect(arrays.get('model.layers.0.self_attn.q_proj.weight')![0]).not.toBe(arrays.get('model.layers.1.self_attn.q_proj.weight')![0]);
     using other = initLlama(wide, { seed: 12, std: 0.05 });
     expect((await other.tensors.get('model.embed_tokens.weight')!.toFloat32Array())[0]).not.toBe(embed[0]);
+    // without opts.std, the config's initializer_range (as transformers), else 0.02; saved with the model
+    using fromConfig = initLlama({ ...wide, initializer_range: 0.05 }, { seed: 11 }), plainStd = initLlama(wide, { seed: 11, std: 0.02 });
+    using byDefault = initLlama(wide, { seed: 11 });
+    const bits = (m: LlamaModel) => { const a = m.toArrays().get('model.embed_tokens.weight')!; return Buffer.from(a.buffer, a.byteOffset, a.byteLength); };
+    expect(Buffer.compare(bits(fromConfig), Buffer.from(embed.buffer, embed.byteOffset, embed.byteLength))).toBe(0); // 512K values: no diff printed
+    expect(Buffer.compare(bits(byDefault), bits(plainStd))).toBe(0);
+    expect(fromConfig.config.initializer_range).toBe(0.05);
+    expect(JSON.parse(llamaFiles(fromConfig).config).initializer_range).toBe(0.05);
+    expect(() => initLlama({ ...wide, initializer_range: -1 }, { seed: 1 })).toThrow(/^initializer_range: expected a finite number >= 0, got -1/);
     // one thread in a child process gives the bits this process's threads gave
     const script = `import { initLlama, llamaPresets } from ${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)};
       const m = initLlama({ ...llamaPresets.tiny, vocab_size: 8192 }, { seed: 11, std: 0.05 });
