@@ -384,7 +384,7 @@ export class Trainer implements Disposable {
     const step = checkInteger(meta.step, `${trainerFile}: step`, 0);
     const saved = hfConfigJson(await loadLlamaConfig(join(dir, 'config.json'))), mine = hfConfigJson(this.model.config);
     for (const key of Object.keys(mine))
-      if (canonical(saved[key]) !== canonical(mine[key]))
+      if (key !== 'initializer_range' && canonical(saved[key]) !== canonical(mine[key])) // that one only seeds a new model
         fail('range', `${join(dir, 'config.json')}: ${key} is ${canonical(saved[key])}, this model's is ${canonical(mine[key])}; a checkpoint restores into a model of the config it was saved from`);
     const weightsFile = await readSafetensors(join(dir, WEIGHTS_FILE)), momentsFile = await readSafetensors(join(dir, OPTIMIZER_FILE));
     // Version 1 saves carried no id: their files must carry none either (a newer save cut short
