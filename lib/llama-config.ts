@@ -51,6 +51,7 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   if (json === null || typeof json !== 'object' || Array.isArray(json))
     fail('type', `${what}: expected a config object, got ${describe(json)}`);
   const c = json as Record<string, unknown>;
+  checkArchitecture(c, where); // first: another architecture is named as such, not by a key of its
   // At most int32: vocab_size bounds int32 token ids, and no real model has a larger size.
   const int = (key: string) => {
     if (c[key] === undefined) fail('type', `${where}${key}: missing; expected a positive integer`);
@@ -80,7 +81,6 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   for (const key of ['attention_bias', 'mlp_bias'])
     if (checkBoolean(c[key], `${where}${key}`)) fail('range', `${where}${key}: true is not supported (no bias tensors)`);
   const rope = readRope(c, where);
-  checkArchitecture(c, where);
 
   const config: ResolvedLlamaConfig = {
     hidden_size: hidden,

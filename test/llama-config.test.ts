@@ -66,6 +66,7 @@ describe('parseLlamaConfig', () => {
     expect(parseLlamaConfig({ ...minimal, model_type: 'llama', sliding_window: 4096 }).hidden_size).toBe(64); // transformers' Llama ignores it
     expect(parseLlamaConfig({ ...minimal, model_type: 'mistral', sliding_window: null }).hidden_size).toBe(64);
     expect(bad({ model_type: 'granite' })).toThrow(new RangeError("model_type: 'granite' is not computed here (expected 'llama', or 'mistral' without a sliding window); a model of LLaMA's exact architecture under another name loads with model_type 'llama'"));
+    expect(bad({ model_type: 'gemma', hidden_act: 'gelu' })).toThrow(/^model_type: 'gemma' is not computed here/); // named first
     expect(bad({ model_type: 'mistral', sliding_window: 4096 })).toThrow(/^sliding_window: 4096: Mistral's sliding-window attention is not computed here; null attends over the whole sequence/);
     expect(bad({ model_type: 'mistral' })).toThrow(/^sliding_window: absent, so transformers' default of 4096: Mistral's/);
     expect(() => parseLlamaConfig(null)).toThrow(new TypeError('config: expected a config object, got null'));
