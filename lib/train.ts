@@ -11,7 +11,7 @@ import { ProcessGroup, type AllReduceWork } from './group.js';
 import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type RunContext } from './llama.js';
 import { loadLlamaConfig } from './llama-config.js';
 import { hfConfigJson, llamaFiles, LlamaModel, paramsFromMap, type LlamaParams } from './llama-model.js';
-import { adamw, copy, scale, sumOfSquares } from './ops.js';
+import { adamw, copy, scale, sumOfSquares, zero } from './ops.js';
 import { readSafetensors } from './safetensors.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
 import { LAYOUTS, type Layout } from './shard.js';
@@ -48,6 +48,14 @@ export interface TrainerOptions {
    * is deterministic.
    */
   deterministic?: boolean;
+  /**
+   * In a group, split AdamW's moments across the ranks (as ZeRO stage 1 does) by whole tensors:
+   * each rank updates the parameters whose moments it holds, and one more allReduce per step
+   * brings every rank the others' (their ranks add zeros: exact, so training gives the same bits
+   * as without). Saves 8 bytes per parameter but 8/worldSize on each rank. Checkpoints are the
+   * same files either way. Default false.
+   */
+  shardOptimizer?: boolean;
 }
 
 export interface StepResult {
@@ -121,13 +129,28 @@ function positiveNumber(v: unknown, name: string, dflt: number, min = 0, inclusi
 
 type ResolvedOptions = Required<Omit<TrainerOptions, 'group' | 'maxGradNorm'>> & { group?: ProcessGroup; maxGradNorm?: number };
 
+// Whole tensors dealt to the ranks, largest first, each to the rank with the fewest elements so
+// far (ties: the lowest rank); every rank deals the same.
+function dealTensors(tensors: ReadonlyMap<string, Tensor>, worldSize: number): Map<string, number> {
+  const load = new Array<number>(worldSize).fill(0), owner = new Map<string, number>();
+  const bySize = [...tensors].sort(([an, a], [bn, b]) => b.numel - a.numel || (an < bn ? -1 : an > bn ? 1 : 0));
+  for (const [name, t] of bySize) {
+    let r = 0;
+    for (let k = 1; k < worldSize; ++k) if (load[k]! < load[r]!) r = k;
+    owner.set(name, r);
+    load[r]! += t.numel;
+  }
+  return owner;
+}
+
 export class Trainer implements Disposable {
   readonly model: LlamaModel;
   /** The gradients of the last backward()/step(), summed over the group, by parameter name (after step(), clipped). */
   readonly gradients: ReadonlyMap<string, Tensor>;
   #grads: LlamaParams;
-  #m: Map<string, Tensor>;
+  #m: Map<string, Tensor>; // AdamW's moments: of every parameter, or with shardOptimizer of this rank's
   #v: Map<string, Tensor>;
+  #owner: Map<string, number> | null; // shardOptimizer: the rank that holds each parameter's moments
   #step = 0;
   #o: ResolvedOptions;
   #disposed = false;
@@ -138,12 +161,20 @@ export class Trainer implements Disposable {
     this.model = model;
     this.#o = o;
     const zerosLike = (t: Tensor) => zeros(t.shape, { device: t.device }); // float32, as the parameters
-    const make = () => new Map([...model.tensors].map(([n, t]) => [n, zerosLike(t)]));
-    const [g, m, v] = freeOnThrow(() => [make(), make(), make()]); // out of memory: nothing half-made is kept
+    const group = o.group;
+    this.#owner = o.shardOptimizer && group && group.worldSize > 1 ? dealTensors(model.tensors, group.worldSize) : null;
+    const mine = [...model.tensors].filter(([n]) => !this.#owner || this.#owner.get(n) === group!.rank);
+    const make = (ts: [string, Tensor][]) => new Map(ts.map(([n, t]) => [n, zerosLike(t)]));
+    const [g, m, v] = freeOnThrow(() => [make([...model.tensors]), make(mine), make(mine)]); // out of memory: nothing half-made is kept
     this.gradients = g;
     this.#grads = paramsFromMap(model.config, g);
     this.#m = m;
     this.#v = v;
+  }
+
+  /** @internal The parameters whose AdamW moments this trainer holds. */
+  get momentNames(): string[] {
+    return [...this.#m.keys()];
   }
 
   /** Optimizer steps taken so far. */
@@ -320,9 +351,17 @@ export class Trainer implements Disposable {
       if (coef < 1) for (const g of this.gradients.values()) scale(g, coef);
     }
     for (const [name, p] of this.model.tensors) {
+      if (!this.#m.has(name)) continue; // another rank's to update (shardOptimizer)
       // Decoupled weight decay on matrices only: norm weights (1-D) are not decayed, as usual for LLaMA.
       const wd = p.shape.length === 1 ? 0 : weightDecay;
       adamw(p, this.gradients.get(name)!, this.#m.get(name)!, this.#v.get(name)!, { step, lr, beta1: betas[0], beta2: betas[1], eps, weightDecay: wd });
+    }
+    if (this.#owner) {
+      // Each parameter from the rank that updated it: the others add zeros to it. (Should this
+      // collective fail, the group has failed, and the weights here are not to be used.)
+      const rank = this.#o.group!.rank;
+      for (const [name, p] of this.model.tensors) if (this.#owner.get(name) !== rank) zero(p);
+      this.#o.group!.allReduce([...this.model.tensors.values()]);
     }
     this.#step = step;
     this.model.syncCompute();
@@ -332,7 +371,8 @@ export class Trainer implements Disposable {
   /**
    * Writes dir/config.json + model.safetensors (the weights, as transformers loads them),
    * dir/optimizer.safetensors (AdamW's m and v) and dir/trainer.json (the step). In a group,
-   * rank 0 writes (every rank holds the same state) and every rank returns once it is written.
+   * rank 0 writes (every rank holds the same state; with shardOptimizer, every rank first sends
+   * it its moments, one tensor at a time) and every rank returns once it is written.
    * Each file is written beside its place and then renamed into it, trainer.json last, and the
    * files carry one id per save: a save cut short leaves the last checkpoint, or files that a
    * restore refuses as a mix of two saves, never a mix it would accept.
@@ -340,14 +380,19 @@ export class Trainer implements Disposable {
   async saveCheckpoint(dir: string): Promise<void> {
     this.#live();
     if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
-    const group = this.#o.group;
-    if (!group || group.rank === 0) {
+    const group = this.#o.group, writer = !group || group.rank === 0;
+    // With shardOptimizer every rank takes part in gathering the moments, in the same order.
+    const moments: Record<string, TensorToWrite> = {};
+    if (writer || this.#owner)
+      for (const [kind, map] of [['m', this.#m], ['v', this.#v]] as const)
+        for (const [n, p] of this.model.tensors) {
+          const data = this.#momentData(map, n, writer);
+          if (data) moments[`${kind}.${n}`] = { shape: [...p.shape], data };
+        }
+    if (writer) {
       await mkdir(dir, { recursive: true });
       const save = randomUUID(), part = (f: string) => join(dir, `${f}.partial`);
       const { weights, config } = llamaFiles(this.model);
-      const moments: Record<string, TensorToWrite> = {};
-      for (const [kind, map] of [['m', this.#m], ['v', this.#v]] as const)
-        for (const [n, t] of map) moments[`${kind}.${n}`] = { shape: [...t.shape], data: t.handle(n).toFloat32Array() };
       const files = ['config.json', WEIGHTS_FILE, OPTIMIZER_FILE, TRAINER_FILE];
       try {
         await writeSynced(part('config.json'), config);
@@ -361,6 +406,24 @@ export class Trainer implements Disposable {
       for (const f of files) await rename(part(f), join(dir, f));
     }
     group?.barrier();
+  }
+
+  /**
+   * One moment tensor's values, for the writer of a checkpoint (null elsewhere). With
+   * shardOptimizer, a sum to which only the rank that holds it adds non-zeros (collective).
+   */
+  #momentData(map: Map<string, Tensor>, name: string, writer: boolean): Float32Array | null {
+    const held = map.get(name);
+    if (!this.#owner) return writer ? held!.handle(name).toFloat32Array() : null;
+    const p = this.model.tensors.get(name)!;
+    const t = zeros(p.shape, { device: p.device });
+    try {
+      if (held) copy(t, held);
+      this.#o.group!.allReduce(t);
+      return writer ? t.handle(name).toFloat32Array() : null;
+    } finally {
+      t.dispose();
+    }
   }
 
   /**
@@ -397,17 +460,18 @@ export class Trainer implements Disposable {
     const weights = weightsFile.tensors, moments = momentsFile.tensors;
     // Check everything before writing anything.
     const plan: [Tensor, Float32Array][] = [];
-    const want = (file: string, map: typeof weights, key: string, t: Tensor) => {
+    // `like` gives the shape; `into` (absent for moments another rank holds) the destination.
+    const want = (file: string, map: typeof weights, key: string, like: Tensor, into?: Tensor) => {
       const got = map.get(key);
       if (!got) fail('range', `${join(dir, file)}: tensor '${key}' is missing`);
-      if (got.shape.length !== t.shape.length || got.shape.some((d, i) => d !== t.shape[i]))
-        fail('range', `${join(dir, file)}: '${key}' has shape [${got.shape.join(', ')}], this model's is [${t.shape.join(', ')}]`);
-      plan.push([t, got.data]);
+      if (got.shape.length !== like.shape.length || got.shape.some((d, i) => d !== like.shape[i]))
+        fail('range', `${join(dir, file)}: '${key}' has shape [${got.shape.join(', ')}], this model's is [${like.shape.join(', ')}]`);
+      if (into) plan.push([into, got.data]);
     };
     for (const [n, t] of this.model.tensors) {
-      want(WEIGHTS_FILE, weights, n, t);
-      want(OPTIMIZER_FILE, moments, `m.${n}`, this.#m.get(n)!);
-      want(OPTIMIZER_FILE, moments, `v.${n}`, this.#v.get(n)!);
+      want(WEIGHTS_FILE, weights, n, t, t);
+      want(OPTIMIZER_FILE, moments, `m.${n}`, t, this.#m.get(n));
+      want(OPTIMIZER_FILE, moments, `v.${n}`, t, this.#v.get(n));
     }
     const extra = [...weights.keys()].find((n) => !this.model.tensors.has(n));
     if (extra) fail('range', `${join(dir, WEIGHTS_FILE)}: unexpected tensor '${extra}' for this model`);
@@ -431,7 +495,7 @@ export class Trainer implements Disposable {
   }
 }
 
-/** A trainer for `model`: gradients and AdamW state, allocated now (3 tensors per parameter). */
+/** A trainer for `model`: gradients and AdamW state, allocated now (3 tensors per parameter; with shardOptimizer, 1 + 2 / worldSize). */
 export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer {
   if (!(model instanceof LlamaModel)) fail('type', `model: expected a LlamaModel from initLlama/loadLlama/createLlama, got ${describe(model)}`);
   if (model.disposed) fail('type', 'model: has been disposed');
@@ -459,6 +523,7 @@ export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer 
     maxGradNorm: o.maxGradNorm === undefined ? undefined : positiveNumber(o.maxGradNorm, 'opts.maxGradNorm', 0, 0, false),
     checkpoint: checkBoolean(o.checkpoint, 'opts.checkpoint') ?? true,
     deterministic: checkBoolean(o.deterministic, 'opts.deterministic') ?? false,
+    shardOptimizer: checkBoolean(o.shardOptimizer, 'opts.shardOptimizer') ?? false,
     // Larger blocks on a GPU keep its matrix products large (not yet tuned on one); the
     // (block, F) and (chunk, V) intermediates stay small beside the weights either way.
     ffnBlockRows: o.ffnBlockRows === undefined ? (onCuda ? 4096 : 256) : checkInteger(o.ffnBlockRows, 'opts.ffnBlockRows', 1),

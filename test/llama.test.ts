@@ -531,6 +531,36 @@ describe('saving, loading, checkpoints', () => {
     expect(unscaled).toMatchObject({ rope_scaling: null, rope_parameters: { rope_type: 'default', rope_theta: 10000 } });
   });
 
+  it('shardOptimizer: each rank holds the moments of its tensors only, training gives the same bits as without, checkpoints are the same files', async () => {
+    const weights = randomWeights(tiny, 21);
+    const base = { config: tiny, weights: Object.fromEntries(weights), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag', lr: 3e-3, maxGradNorm: 0.5 };
+    type Ranks = { losses: number[]; weights: Record<string, Float32Array>; momentNames: string[] }[];
+    const run = async (args: object) => (await launch({ worldSize: 4 }, rankModule, { ...base, ...args })) as Ranks;
+    const plain = await run({ steps: 3 }), sharded = await run({ steps: 3, shardOptimizer: true });
+    const names = [...llamaTensorNames(tiny).keys()].sort();
+    expect([...plain[0]!.momentNames].sort()).toEqual(names);
+    const held = sharded.map((r) => r.momentNames);
+    held.forEach((h, r) => expect(h.length, `rank ${r}`).toBeGreaterThan(0));
+    expect(held.flat().sort()).toEqual(names); // disjoint, and every tensor's somewhere
+    // the largest tensors (embedding, head) go to different ranks
+    expect(held.findIndex((h) => h.includes('model.embed_tokens.weight'))).not.toBe(held.findIndex((h) => h.includes('lm_head.weight')));
+    const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    const same = (a: Ranks[number], b: Ranks[number]) => {
+      expect(a.losses).toEqual(b.losses);
+      for (const n of names) expect(Buffer.compare(bits(a.weights[n]!), bits(b.weights[n]!)), n).toBe(0);
+    };
+    sharded.forEach((r, i) => same(r, plain[i]!));
+    // A save of either kind restores into either: one step, saved, then two more give the three steps' bits.
+    for (const [from, into] of [[true, false], [false, true]]) {
+      const ck = join(dir, `ck-shard-${from}`);
+      await run({ steps: 1, shardOptimizer: from, saveDir: ck });
+      const resumed = await run({ steps: 2, shardOptimizer: into, restoreFrom: ck });
+      resumed.forEach((r, i) => same({ ...r, losses: [plain[i]!.losses[0]!, ...r.losses] }, plain[i]!));
+    }
+    using m = initLlama(tiny, { seed: 1 });
+    expect(() => createTrainer(m, { lr: 1, shardOptimizer: 'yes' as never })).toThrow(/^opts.shardOptimizer: expected a boolean/);
+  });
+
   it('restore a checkpoint, then step: the same losses as an uninterrupted run', async () => {
     const opts = { lr: 5e-3, weightDecay: 0.1, maxGradNorm: 1 };
     using a = initLlama(tiny, { seed: 4 });
