@@ -111,7 +111,7 @@ describe.skipIf(!!why)(`${title}: deterministic`, () => {
   const long = 2048;
   const longTokens = Int32Array.from({ length: long }, (_, i) => (i * 37 + 11) % tiny.vocab_size);
   const longTargets = Int32Array.from({ length: long }, (_, i) => (i * 53 + 5) % tiny.vocab_size);
-  it('two runs of three training steps: the same losses and weights, bit for bit', async () => {
+  it('two runs of three training steps: the same losses and weights, bit for bit; shardOptimizer too', async () => {
     const train = async () => {
       using model = initLlama(tiny, { seed: 4, device: 'cuda' });
       using trainer = createTrainer(model, { lr: 3e-3, maxGradNorm: 1, deterministic: true });
@@ -126,6 +126,9 @@ describe.skipIf(!!why)(`${title}: deterministic`, () => {
     const runs = [];
     for (let i = 0; i < 2; ++i) runs.push(((await launch({ worldSize: 2, device: 'cuda' }, rankModule, args)) as { losses: number[] }[])[0]!.losses);
     expect(runs[1]).toEqual(runs[0]);
+    // shardOptimizer (AdamW's moments split over the 2 ranks, the parameters shared by an allReduce) changes no bit
+    const sharded = ((await launch({ worldSize: 2, device: 'cuda' }, rankModule, { ...args, shardOptimizer: true })) as { losses: number[] }[])[0]!.losses;
+    expect(sharded).toEqual(runs[0]);
   });
 });
 
