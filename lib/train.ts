@@ -12,7 +12,7 @@ import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type RunContext } fr
 import { loadLlamaConfig } from './llama-config.js';
 import { hfConfigJson, llamaFiles, LlamaModel, paramsFromMap, type LlamaParams } from './llama-model.js';
 import { adamw, copy, scale, sumOfSquares, zero } from './ops.js';
-import { readSafetensors } from './safetensors.js';
+import { readSafetensors, readSafetensorsHeader } from './safetensors.js';
 import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
 import { LAYOUTS, type Layout } from './shard.js';
 import { freeOnThrow, tensor, zeros, type Tensor } from './tensor.js';
@@ -51,9 +51,11 @@ export interface TrainerOptions {
   /**
    * In a group, split AdamW's moments across the ranks (as ZeRO stage 1 does) by whole tensors:
    * each rank updates the parameters whose moments it holds, and one more allReduce per step
-   * brings every rank the others' (their ranks add zeros: exact, so training gives the same bits
-   * as without). Saves 8 bytes per parameter but 8/worldSize on each rank. Checkpoints are the
-   * same files either way. Default false.
+   * (a list per layer) brings every rank the others' (their ranks add -0, which leaves every
+   * value as it is, so training gives the same bits as without). Each rank then holds about
+   * 1/worldSize of the moments' 8 bytes per parameter (whole tensors: never less than its
+   * largest). Checkpoints are the same files either way. Every rank must pass the same value,
+   * and an lr function must give every rank the same rate. Default false.
    */
   shardOptimizer?: boolean;
 }
@@ -356,13 +358,7 @@ export class Trainer implements Disposable {
       const wd = p.shape.length === 1 ? 0 : weightDecay;
       adamw(p, this.gradients.get(name)!, this.#m.get(name)!, this.#v.get(name)!, { step, lr, beta1: betas[0], beta2: betas[1], eps, weightDecay: wd });
     }
-    if (this.#owner) {
-      // Each parameter from the rank that updated it: the others add zeros to it. (Should this
-      // collective fail, the group has failed, and the weights here are not to be used.)
-      const rank = this.#o.group!.rank;
-      for (const [name, p] of this.model.tensors) if (this.#owner.get(name) !== rank) zero(p);
-      this.#o.group!.allReduce([...this.model.tensors.values()]);
-    }
+    if (this.#owner) this.#shareUpdates();
     this.#step = step;
     this.model.syncCompute();
     return { loss, gradNorm };
@@ -409,6 +405,32 @@ export class Trainer implements Disposable {
   }
 
   /**
+   * shardOptimizer: each parameter from the rank that updated it. The others add -0 (x + -0 is
+   * x, -0 included; +0 would turn -0 into +0), a list per layer as the gradients are summed, so
+   * that no group buffers the whole model. (Should this fail, the group has failed, and the
+   * weights here are not to be used.)
+   */
+  #shareUpdates(): void {
+    const group = this.#o.group!, lists = new Map<string, Tensor[]>();
+    for (const [name, p] of this.model.tensors) {
+      if (this.#owner!.get(name) !== group.rank) {
+        zero(p);
+        scale(p, -1);
+      }
+      const key = /^model\.layers\.\d+\./.exec(name)?.[0] ?? name;
+      lists.set(key, [...(lists.get(key) ?? []), p]);
+    }
+    const works: AllReduceWork[] = [];
+    try {
+      for (const ts of lists.values()) works.push(group.allReduceAsync(ts));
+    } catch (e) {
+      for (const w of works) try { w.wait(); } catch { /* the first error is the one to report */ }
+      throw e;
+    }
+    for (const w of works) w.wait();
+  }
+
+  /**
    * One moment tensor's values, for the writer of a checkpoint (null elsewhere). With
    * shardOptimizer, a sum to which only the rank that holds it adds non-zeros (collective).
    */
@@ -419,6 +441,7 @@ export class Trainer implements Disposable {
     const t = zeros(p.shape, { device: p.device });
     try {
       if (held) copy(t, held);
+      else scale(t, -1); // -0: see #shareUpdates
       this.#o.group!.allReduce(t);
       return writer ? t.handle(name).toFloat32Array() : null;
     } finally {
@@ -449,32 +472,33 @@ export class Trainer implements Disposable {
     for (const key of Object.keys(mine))
       if (key !== 'initializer_range' && canonical(saved[key]) !== canonical(mine[key])) // that one only seeds a new model
         fail('range', `${join(dir, 'config.json')}: ${key} is ${canonical(saved[key])}, this model's is ${canonical(mine[key])}; a checkpoint restores into a model of the config it was saved from`);
-    const weightsFile = await readSafetensors(join(dir, WEIGHTS_FILE)), momentsFile = await readSafetensors(join(dir, OPTIMIZER_FILE));
+    // The moments' header first: with shardOptimizer, this rank reads only the moments it holds.
+    const momentsPath = join(dir, OPTIMIZER_FILE);
+    const weightsFile = await readSafetensors(join(dir, WEIGHTS_FILE)), momentsHeader = await readSafetensorsHeader(momentsPath);
     // Version 1 saves carried no id: their files must carry none either (a newer save cut short
     // over an old checkpoint leaves files that do).
     if (meta.version !== 1 && typeof meta.save !== 'string') fail('range', `${trainerFile}: save: expected the save's id, got ${describe(meta.save)}`);
     const save = meta.version === 1 ? undefined : meta.save;
-    for (const [file, f] of [[WEIGHTS_FILE, weightsFile], [OPTIMIZER_FILE, momentsFile]] as const)
-      if (f.metadata[SAVE_KEY] !== save)
-        fail('range', `${join(dir, file)}: written by another save than ${TRAINER_FILE} (save ${describe(f.metadata[SAVE_KEY])}, expected ${describe(save)}); was a save interrupted?`);
-    const weights = weightsFile.tensors, moments = momentsFile.tensors;
+    for (const [file, metadata] of [[WEIGHTS_FILE, weightsFile.metadata], [OPTIMIZER_FILE, momentsHeader.metadata]] as const)
+      if (metadata[SAVE_KEY] !== save)
+        fail('range', `${join(dir, file)}: written by another save than ${TRAINER_FILE} (save ${describe(metadata[SAVE_KEY])}, expected ${describe(save)}); was a save interrupted?`);
+    const weights = weightsFile.tensors;
     // Check everything before writing anything.
-    const plan: [Tensor, Float32Array][] = [];
-    // `like` gives the shape; `into` (absent for moments another rank holds) the destination.
-    const want = (file: string, map: typeof weights, key: string, like: Tensor, into?: Tensor) => {
-      const got = map.get(key);
+    const want = (file: string, got: { shape: number[] } | undefined, key: string, like: Tensor) => {
       if (!got) fail('range', `${join(dir, file)}: tensor '${key}' is missing`);
       if (got.shape.length !== like.shape.length || got.shape.some((d, i) => d !== like.shape[i]))
         fail('range', `${join(dir, file)}: '${key}' has shape [${got.shape.join(', ')}], this model's is [${like.shape.join(', ')}]`);
-      if (into) plan.push([into, got.data]);
     };
     for (const [n, t] of this.model.tensors) {
-      want(WEIGHTS_FILE, weights, n, t, t);
-      want(OPTIMIZER_FILE, moments, `m.${n}`, t, this.#m.get(n));
-      want(OPTIMIZER_FILE, moments, `v.${n}`, t, this.#v.get(n));
+      want(WEIGHTS_FILE, weights.get(n), n, t);
+      for (const kind of ['m', 'v']) want(OPTIMIZER_FILE, momentsHeader.tensors.get(`${kind}.${n}`), `${kind}.${n}`, t);
     }
     const extra = [...weights.keys()].find((n) => !this.model.tensors.has(n));
     if (extra) fail('range', `${join(dir, WEIGHTS_FILE)}: unexpected tensor '${extra}' for this model`);
+    const held = [...this.#m.keys()].flatMap((n) => [`m.${n}`, `v.${n}`]);
+    const moments = (await readSafetensors(momentsPath, { names: held })).tensors;
+    const plan: [Tensor, Float32Array][] = [...this.model.tensors].map(([n, t]) => [t, weights.get(n)!.data]);
+    for (const [kind, map] of [['m', this.#m], ['v', this.#v]] as const) for (const [n, t] of map) plan.push([t, moments.get(`${kind}.${n}`)!.data]);
     for (const [t, data] of plan) {
       const src = tensor(data, t.shape, { device: t.device });
       copy(t, src);

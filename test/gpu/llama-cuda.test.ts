@@ -123,12 +123,15 @@ describe.skipIf(!!why)(`${title}: deterministic`, () => {
     using model = initLlama(tiny, { seed: 4, std: 0.1 });
     const args = { config: tiny, weights: Object.fromEntries(model.toArrays()), tokens: Array.from(longTokens), targets: Array.from(longTargets),
       device: 'cuda', layout: 'zigzag', steps: 3, lr: 3e-3, deterministic: true };
-    const runs = [];
-    for (let i = 0; i < 2; ++i) runs.push(((await launch({ worldSize: 2, device: 'cuda' }, rankModule, args)) as { losses: number[] }[])[0]!.losses);
-    expect(runs[1]).toEqual(runs[0]);
+    type Run = { losses: number[]; weights: Record<string, Float32Array> };
+    const runs: Run[] = [];
+    for (let i = 0; i < 2; ++i) runs.push(((await launch({ worldSize: 2, device: 'cuda' }, rankModule, args)) as Run[])[0]!);
+    expect(runs[1]!.losses).toEqual(runs[0]!.losses);
     // shardOptimizer (AdamW's moments split over the 2 ranks, the parameters shared by an allReduce) changes no bit
-    const sharded = ((await launch({ worldSize: 2, device: 'cuda' }, rankModule, { ...args, shardOptimizer: true })) as { losses: number[] }[])[0]!.losses;
-    expect(sharded).toEqual(runs[0]);
+    const sharded = ((await launch({ worldSize: 2, device: 'cuda' }, rankModule, { ...args, shardOptimizer: true })) as Run[])[0]!;
+    expect(sharded.losses).toEqual(runs[0]!.losses);
+    const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+    for (const [n, w] of Object.entries(runs[0]!.weights)) expect(Buffer.compare(bits(sharded.weights[n]!), bits(w)), n).toBe(0);
   });
 });
 
