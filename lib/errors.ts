@@ -57,6 +57,9 @@ export function checkOptions(value: unknown, name: string): Record<string, unkno
   return value as Record<string, unknown>;
 }
 
+/** A JSON-style object: not null, not an array. */
+export const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+
 export function describe(value: unknown): string {
   if (value === undefined) return 'nothing';
   if (value === null) return 'null';

@@ -4,7 +4,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { MAX_HEAD_DIM } from './attention.js';
-import { checkBoolean, checkFloat32, checkInteger, checkOneOf, describe, fail } from './errors.js';
+import { checkBoolean, checkFloat32, checkInteger, checkOneOf, describe, fail, isObject } from './errors.js';
 
 export interface LlamaConfig {
   hidden_size: number;
@@ -100,7 +100,6 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   return config;
 }
 
-const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 const given = (v: unknown) => v !== undefined && v !== null;
 const show = (v: unknown) => (typeof v === 'number' ? String(v) : describe(v));
 
@@ -148,8 +147,12 @@ function readRope(c: Record<string, unknown>, where: string) {
   if (nested !== undefined)
     fail('range', `${where}rope_parameters.${nested}: per-layer-type RoPE parameters are not supported (a LLaMA model's layers are all alike)`);
   const { rope_theta: _t, partial_rotary_factor: _p, ...scaling } = dict!;
-  const type = scaling.rope_type ?? scaling.type ?? 'default';
-  return { theta, thetaKey, scaling: type === 'default' ? null : scaling };
+  return { theta, thetaKey, scaling: ropeType(scaling) === 'default' ? null : scaling };
+}
+
+/** The RoPE scaling's type: rope_type, or the older key type; 'default' when there is no scaling. */
+export function ropeType(scaling: Record<string, unknown> | null | undefined): unknown {
+  return scaling ? (scaling.rope_type ?? scaling.type ?? 'default') : 'default';
 }
 
 /** Reads and checks `config.json` from a checkpoint directory, or the file itself. */

@@ -9,8 +9,8 @@ import { isFloat32Array } from 'node:util/types';
 
 import { checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
 import {
-  DEFAULT_MAX_POSITIONS, llamaTensorNames, parseConfigFile, parseLlamaConfig, readConfigJson, ropeKey, type LlamaConfig,
-  type ResolvedLlamaConfig,
+  DEFAULT_MAX_POSITIONS, llamaTensorNames, parseConfigFile, parseLlamaConfig, readConfigJson, ropeKey, ropeType,
+  type LlamaConfig, type ResolvedLlamaConfig,
 } from './llama-config.js';
 import { native } from './native.js';
 import { copy } from './ops.js';
@@ -249,12 +249,12 @@ export async function loadLlama(dir: string, opts?: LlamaDeviceOptions): Promise
 
 // Whether RoPE is scaled. An unscaled rope_scaling is written as null: transformers 4 finds no
 // RoPE type in {} and fails.
-const scaled = (c: ResolvedLlamaConfig) => (c.rope_scaling?.rope_type ?? c.rope_scaling?.type ?? 'default') !== 'default';
+const scaled = (c: ResolvedLlamaConfig) => ropeType(c.rope_scaling) !== 'default';
 
 // rope_parameters as transformers 5 writes it: the scaling's keys, its type as rope_type, the base.
 function rope5(c: ResolvedLlamaConfig): Record<string, unknown> {
-  const { type, ...scaling } = scaled(c) ? c.rope_scaling! : {};
-  return { ...scaling, rope_type: scaling.rope_type ?? type ?? 'default', rope_theta: c.rope_theta };
+  const { type: _, ...scaling } = scaled(c) ? c.rope_scaling! : {};
+  return { ...scaling, rope_type: ropeType(c.rope_scaling), rope_theta: c.rope_theta };
 }
 
 /** config.json for a LlamaForCausalLM with this config, as transformers 4 and 5 both read it. */

@@ -6,7 +6,7 @@
 // dimensions, plus the attention factor), 'dynamic' (NTK: theta grows with the sequence
 // length once it passes max_position_embeddings). Computed in double; ops.rope takes inv_freq.
 import { checkInteger, describe, fail } from './errors.js';
-import { DEFAULT_MAX_POSITIONS } from './llama-config.js';
+import { DEFAULT_MAX_POSITIONS, ropeType } from './llama-config.js';
 
 export const ROPE_TYPES = ['default', 'linear', 'llama3', 'yarn', 'dynamic'] as const;
 
@@ -42,11 +42,6 @@ const plain = (D: number, theta: number) => Float64Array.from({ length: D / 2 },
 
 // The prefix of a key beside rope_scaling (or transformers 5's rope_parameters) in `where`.
 const beside = (where: string) => where.replace(/rope_(scaling|parameters)$/, '');
-
-/** The scaling type: rope_type, or the older key type; 'default' when there is no scaling. */
-function ropeType(scaling: Record<string, unknown> | null | undefined): unknown {
-  return scaling ? (scaling.rope_type ?? scaling.type ?? 'default') : 'default';
-}
 
 /**
  * RoPE's parameters for a config. `seqLen` is the whole sequence's length, which only

@@ -5,7 +5,7 @@
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 
-import { describe, fail } from './errors.js';
+import { describe, fail, isObject } from './errors.js';
 import { fromBf16Bits, fromF16Bits } from './half.js';
 
 /** Every dtype the format defines, with its size in bytes; the header may name any of them. */
@@ -227,8 +227,6 @@ function parseEntry(value: unknown, where: string, dataSize: number): Safetensor
   }
   return { dtype: dtype as SafetensorsDType, shape: [...dims], dataOffsets: [begin, end] };
 }
-
-const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 const CHUNK_BYTES = 1 << 24; // converting types goes through a buffer this size, not one the tensor's size

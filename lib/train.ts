@@ -152,7 +152,8 @@ export class Trainer implements Disposable {
   #grads: LlamaParams;
   #m: Map<string, Tensor>; // AdamW's moments: of every parameter, or with shardOptimizer of this rank's
   #v: Map<string, Tensor>;
-  #owner: Map<string, number> | null; // shardOptimizer: the rank that holds each parameter's moments
+  // shardOptimizer: the parameters other ranks update, and the lists (a layer's, ...) that share them
+  #shared: { foreign: Tensor[]; lists: Tensor[][] } | null;
   #step = 0;
   #o: ResolvedOptions;
   #disposed = false;
@@ -164,8 +165,13 @@ export class Trainer implements Disposable {
     this.#o = o;
     const zerosLike = (t: Tensor) => zeros(t.shape, { device: t.device }); // float32, as the parameters
     const group = o.group;
-    this.#owner = o.shardOptimizer && group && group.worldSize > 1 ? dealTensors(model.tensors, group.worldSize) : null;
-    const mine = [...model.tensors].filter(([n]) => !this.#owner || this.#owner.get(n) === group!.rank);
+    const owner = o.shardOptimizer && group && group.worldSize > 1 ? dealTensors(model.tensors, group.worldSize) : null;
+    const mine = [...model.tensors].filter(([n]) => !owner || owner.get(n) === group!.rank);
+    const P = model.params; // a tied head is the embedding: shared once
+    this.#shared = owner && {
+      foreign: [...model.tensors].filter(([n]) => owner.get(n) !== group!.rank).map(([, t]) => t),
+      lists: [[P.embed], ...P.layers.map((l) => Object.values(l) as Tensor[]), P.head === P.embed ? [P.norm] : [P.norm, P.head]],
+    };
     const make = (ts: [string, Tensor][]) => new Map(ts.map(([n, t]) => [n, zerosLike(t)]));
     const [g, m, v] = freeOnThrow(() => [make([...model.tensors]), make(mine), make(mine)]); // out of memory: nothing half-made is kept
     this.gradients = g;
@@ -358,7 +364,7 @@ export class Trainer implements Disposable {
       const wd = p.shape.length === 1 ? 0 : weightDecay;
       adamw(p, this.gradients.get(name)!, this.#m.get(name)!, this.#v.get(name)!, { step, lr, beta1: betas[0], beta2: betas[1], eps, weightDecay: wd });
     }
-    if (this.#owner) this.#shareUpdates();
+    if (this.#shared) this.#shareUpdates(this.#shared);
     this.#step = step;
     this.model.syncCompute();
     return { loss, gradNorm };
@@ -379,7 +385,7 @@ export class Trainer implements Disposable {
     const group = this.#o.group, writer = !group || group.rank === 0;
     // With shardOptimizer every rank takes part in gathering the moments, in the same order.
     const moments: Record<string, TensorToWrite> = {};
-    if (writer || this.#owner)
+    if (writer || this.#shared)
       for (const [kind, map] of [['m', this.#m], ['v', this.#v]] as const)
         for (const [n, p] of this.model.tensors) {
           const data = this.#momentData(map, n, writer);
@@ -410,19 +416,15 @@ export class Trainer implements Disposable {
    * that no group buffers the whole model. (Should this fail, the group has failed, and the
    * weights here are not to be used.)
    */
-  #shareUpdates(): void {
-    const group = this.#o.group!, lists = new Map<string, Tensor[]>();
-    for (const [name, p] of this.model.tensors) {
-      if (this.#owner!.get(name) !== group.rank) {
-        zero(p);
-        scale(p, -1);
-      }
-      const key = /^model\.layers\.\d+\./.exec(name)?.[0] ?? name;
-      lists.set(key, [...(lists.get(key) ?? []), p]);
+  #shareUpdates({ foreign, lists }: { foreign: Tensor[]; lists: Tensor[][] }): void {
+    const group = this.#o.group!;
+    for (const p of foreign) {
+      zero(p);
+      scale(p, -1);
     }
     const works: AllReduceWork[] = [];
     try {
-      for (const ts of lists.values()) works.push(group.allReduceAsync(ts));
+      for (const ts of lists) works.push(group.allReduceAsync(ts));
     } catch (e) {
       for (const w of works) try { w.wait(); } catch { /* the first error is the one to report */ }
       throw e;
@@ -436,7 +438,7 @@ export class Trainer implements Disposable {
    */
   #momentData(map: Map<string, Tensor>, name: string, writer: boolean): Float32Array | null {
     const held = map.get(name);
-    if (!this.#owner) return writer ? held!.handle(name).toFloat32Array() : null;
+    if (!this.#shared) return writer ? held!.handle(name).toFloat32Array() : null;
     const p = this.model.tensors.get(name)!;
     const t = zeros(p.shape, { device: p.device });
     try {
