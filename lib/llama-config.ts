@@ -25,6 +25,12 @@ export interface LlamaConfig {
   max_position_embeddings?: number;
   /** The standard deviation of initLlama's random matrices. Default 0.02. */
   initializer_range?: number;
+  /**
+   * The padding token, as torch's nn.Embedding padding_idx: its embedding row gets no gradient
+   * from the lookup and starts at zero in initLlama. Negative counts from the end (-1: the last
+   * row). Null or absent: none. A parsed config holds it in [0, vocab_size).
+   */
+  pad_token_id?: number | null;
   /** Passed through unchecked (e.g. Llama 3's { rope_type: 'llama3', factor, ... }); null or absent: plain RoPE. */
   rope_scaling?: Record<string, unknown> | null;
   /**
@@ -35,8 +41,11 @@ export interface LlamaConfig {
   rope_parameters?: Record<string, unknown> | null;
 }
 
-/** A checked config with every default filled in, head_dim included; RoPE as rope_theta and rope_scaling. */
-export type ResolvedLlamaConfig = Omit<LlamaConfig, 'rope_parameters'> & { head_dim: number };
+/**
+ * A checked config with every default filled in, head_dim included; RoPE as rope_theta and
+ * rope_scaling; pad_token_id, when there is one, as a row of the table.
+ */
+export type ResolvedLlamaConfig = Omit<LlamaConfig, 'rope_parameters' | 'pad_token_id'> & { head_dim: number; pad_token_id?: number };
 
 /**
  * Checks a parsed config.json (keys as HF spells them; unknown keys ignored) and fills HF's
@@ -96,11 +105,21 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   };
   if (c.max_position_embeddings !== undefined) config.max_position_embeddings = int('max_position_embeddings');
   if (given(c.initializer_range)) config.initializer_range = checkFloat32(c.initializer_range, `${where}initializer_range`, 0);
+  if (given(c.pad_token_id)) config.pad_token_id = padRow(c.pad_token_id, config.vocab_size, `${where}pad_token_id`);
   if (rope.scaling !== undefined) config.rope_scaling = rope.scaling;
   return config;
 }
 
 const given = (v: unknown) => v !== undefined && v !== null;
+
+// torch's reading of nn.Embedding's padding_idx: [-V, V), negatives from the end; transformers
+// builds its embedding with it, so a value outside fails there too.
+function padRow(v: unknown, vocab: number, key: string): number {
+  if (typeof v === 'number' && Number.isInteger(v) && (v >= vocab || v < -vocab))
+    fail('range', `${key}: ${v} is outside the ${vocab} embedding rows (torch's padding_idx takes [-${vocab}, ${vocab}), negatives from the end); use null for no padding token`);
+  const row = checkInteger(v, key, -vocab, vocab - 1);
+  return row < 0 ? vocab + row : row;
+}
 const show = (v: unknown) => (typeof v === 'number' ? String(v) : describe(v));
 
 // Other architectures share LLaMA's tensor names but not its arithmetic (Granite's multipliers,

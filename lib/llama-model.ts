@@ -208,7 +208,11 @@ export interface InitLlamaOptions extends LlamaDeviceOptions {
   std?: number;
 }
 
-/** A model with weights ~ normal(0, std) from a seeded counter-based generator (native, multi-threaded) and norm weights 1, as HF initialises LLaMA. */
+/**
+ * A model with weights ~ normal(0, std) from a seeded counter-based generator (native,
+ * multi-threaded), norm weights 1 and the pad_token_id row of the embedding 0, as HF
+ * initialises LLaMA.
+ */
 export function initLlama(config: LlamaConfig, opts: InitLlamaOptions): LlamaModel {
   const c = checkModelConfig(config);
   if (opts === undefined) fail('type', 'opts: expected { seed }');
@@ -222,6 +226,8 @@ export function initLlama(config: LlamaConfig, opts: InitLlamaOptions): LlamaMod
     const a = new Float32Array(shape.reduce((x, y) => x * y, 1));
     if (shape.length === 1) a.fill(1);
     else native.randomNormal(a, seed, stream.get(name)!, std);
+    if (name === 'model.embed_tokens.weight' && c.pad_token_id !== undefined) // as transformers initialises nn.Embedding
+      a.fill(0, c.pad_token_id * c.hidden_size, (c.pad_token_id + 1) * c.hidden_size);
     return a;
   });
 }
@@ -268,6 +274,7 @@ export function hfConfigJson(c: ResolvedLlamaConfig): Record<string, unknown> {
     // transformers 5's form too, the same values: 4 ignores it, 5 reads rope_scaling first.
     rope_parameters: rope5(c),
     tie_word_embeddings: c.tie_word_embeddings, max_position_embeddings: c.max_position_embeddings ?? DEFAULT_MAX_POSITIONS,
+    pad_token_id: c.pad_token_id ?? null,
   };
 }
 

@@ -279,7 +279,7 @@ export function runLlama(
       xs[l + 1]!.dispose();
       dx = dPrev;
     }
-    embeddingBackward(tokens, dx, grads.embed); // dembed +=
+    embeddingBackward(tokens, dx, grads.embed, model.config.pad_token_id); // dembed += (the padding row: nothing)
     ready.push(grads.embed);
     handOver();
     dx.dispose();

@@ -108,7 +108,7 @@ interface Native {
   opsLinear(x: TensorHandle, w: TensorHandle): TensorHandle;
   opsLinearBackward(dy: TensorHandle, x: TensorHandle, w: TensorHandle, dx: TensorHandle | null, dw: TensorHandle): void;
   opsEmbedding(ids: Int32Array, table: TensorHandle): TensorHandle;
-  opsEmbeddingBackward(ids: Int32Array, dy: TensorHandle, dtable: TensorHandle): void;
+  opsEmbeddingBackward(ids: Int32Array, dy: TensorHandle, dtable: TensorHandle, paddingIdx: number): void; // -1: none
   /** -> [y, rstd] */
   opsRmsNorm(x: TensorHandle, w: TensorHandle, eps: number): [TensorHandle, TensorHandle];
   opsRmsNormBackward(dy: TensorHandle, x: TensorHandle, w: TensorHandle, rstd: TensorHandle, dx: TensorHandle, dw: TensorHandle): void;

@@ -144,14 +144,18 @@ export function embedding(ids: Int32Array, table: Tensor): Tensor {
   return c.wrap(native.opsEmbedding(a, tt.handle('table')), [a.length, C]);
 }
 
-/** dtable [V,C] (float32) += the rows of dy [M,C] scattered to their ids (deterministic, no atomics). */
-export function embeddingBackward(ids: Int32Array, dy: Tensor, dtable: Tensor): void {
+/**
+ * dtable [V,C] (float32) += the rows of dy [M,C] scattered to their ids (deterministic, no
+ * atomics). Tokens whose id is paddingIdx add nothing, as with torch's nn.Embedding(padding_idx).
+ */
+export function embeddingBackward(ids: Int32Array, dy: Tensor, dtable: Tensor, paddingIdx?: number): void {
   const c = new Call(dy, 'dy');
   const [tt, V, C] = matrix(c, dtable, 'dtable', '[V, C]', 'f32');
   const a = int32Array(ids, 'ids');
   const tdy = shaped(c, dy, 'dy', [a.length, C], '[M, C] (M: ids.length)');
   checkIndices(a, 'ids', V, 'the table rows');
-  native.opsEmbeddingBackward(a, tdy.handle('dy'), tt.handle('dtable'));
+  const skip = paddingIdx === undefined ? -1 : checkInteger(paddingIdx, 'paddingIdx', 0, V - 1);
+  native.opsEmbeddingBackward(a, tdy.handle('dy'), tt.handle('dtable'), skip);
 }
 
 // ---- RMSNorm ----

@@ -131,7 +131,7 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   });
 }
 
-// embeddingBackward(ids, dy [M,C], dtable [V,C])
+// embeddingBackward(ids, dy [M,C], dtable [V,C], paddingIdx (-1: none))
 Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     Args a{env};
@@ -140,9 +140,11 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
     const Tensor& dy = a(info[1], "dy");
     if (cols_of(dy) != C) throw UserError("RangeError", "dy: expected rows of " + std::to_string(C) + " elements");
     const auto ids = checked_indices(info[0], "ids", rows_of(dy), V);
+    const int64_t skip = int64(info[3]);
+    if (skip < -1 || skip >= V) throw UserError("RangeError", "paddingIdx: expected -1 or a row of dtable");
     distinct(&dtable, "dtable", dy, "dy");
-    if (a.cuda()) cuops::embedding_backward(ids.data(), rows_of(dy), dy, dtable);
-    else ops::embedding_backward(ids.data(), dy.f32(), dtable.f32(), rows_of(dy), C);
+    if (a.cuda()) cuops::embedding_backward(ids.data(), rows_of(dy), dy, dtable, int32_t(skip));
+    else ops::embedding_backward(ids.data(), dy.f32(), dtable.f32(), rows_of(dy), C, int32_t(skip));
     return env.Undefined();
   });
 }

@@ -120,6 +120,21 @@ describe("transformers 5's rope_parameters", () => {
     expect(bad({ rope_parameters: { full_attention: { rope_theta: 1e6 }, sliding_attention: { rope_theta: 1e4 } } })).toThrow(new RangeError(
       "rope_parameters.full_attention: per-layer-type RoPE parameters are not supported (a LLaMA model's layers are all alike)"));
   });
+
+  it("pad_token_id as torch's padding_idx reads it: a row of the table, negatives from the end; null or absent: none", () => {
+    expect(parseLlamaConfig({ ...minimal, pad_token_id: 0 }).pad_token_id).toBe(0);
+    expect(parseLlamaConfig({ ...minimal, pad_token_id: 255 }).pad_token_id).toBe(255);
+    expect(parseLlamaConfig({ ...minimal, pad_token_id: -1 }).pad_token_id).toBe(255); // as old LLaMA configs on the Hub write it
+    expect(parseLlamaConfig({ ...minimal, pad_token_id: -256 }).pad_token_id).toBe(0);
+    expect(parseLlamaConfig({ ...minimal, pad_token_id: null })).not.toHaveProperty('pad_token_id');
+    expect(parseLlamaConfig(minimal)).not.toHaveProperty('pad_token_id');
+    const bad = (pad: unknown) => () => parseLlamaConfig({ ...minimal, pad_token_id: pad });
+    expect(bad(256)).toThrow(new RangeError(
+      "pad_token_id: 256 is outside the 256 embedding rows (torch's padding_idx takes [-256, 256), negatives from the end); use null for no padding token"));
+    expect(bad(-257)).toThrow(/^pad_token_id: -257 is outside the 256 embedding rows/);
+    expect(bad(1.5)).toThrow(new RangeError('pad_token_id: expected an integer in [-256, 255], got 1.5'));
+    expect(bad('0')).toThrow(new TypeError("pad_token_id: expected an integer, got '0'"));
+  });
 });
 
 describe('loadLlamaConfig', () => {

@@ -191,6 +191,7 @@ function sequence(seed: number, V: number) {
   return { tokens, targets };
 }
 
+const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 const f64Map = (w: Map<string, Float32Array>): W => new Map([...w].map(([n, a]) => [n, Float64Array.from(a)]));
 const maxAbs = (a: ArrayLike<number>) => Array.prototype.reduce.call(a, (m: number, v) => Math.max(m, Math.abs(v as number)), 0) as number;
 
@@ -262,6 +263,54 @@ describe('against the independent float64 model', () => {
       }
     });
   }
+});
+
+describe("pad_token_id: the padding row's embedding gets no gradient from the lookup, as with nn.Embedding(padding_idx)", () => {
+  const seq = sequence(77, tiny.vocab_size), pad = seq.tokens[5]!;
+  const uses = seq.tokens.filter((x) => x === pad).length;
+  for (const c of [tiny, tiedTiny]) {
+    it(c.tie_word_embeddings ? "tied: the head's gradient alone reaches that row" : "separate head: that row's gradient is 0; every other value as without", async () => {
+      expect(uses).toBeGreaterThan(0);
+      const weights = randomWeights(c, 10);
+      const plain = await single(c, weights, seq), padded = await single({ ...c, pad_token_id: pad }, weights, seq);
+      const C = c.hidden_size, row = (g: Float32Array) => g.subarray(pad * C, (pad + 1) * C);
+      const E = 'model.embed_tokens.weight';
+      expect(padded.loss).toBe(plain.loss);
+      for (const [n, g] of padded.grads) {
+        const want = plain.grads.get(n)!;
+        if (n !== E) expect(Buffer.compare(bits(g), bits(want)), n).toBe(0);
+      }
+      const got = padded.grads.get(E)!, want = plain.grads.get(E)!;
+      for (let v = 0; v < c.vocab_size; ++v)
+        if (v !== pad) expect(Buffer.compare(bits(got.subarray(v * C, (v + 1) * C)), bits(want.subarray(v * C, (v + 1) * C))), `row ${v}`).toBe(0);
+      if (!c.tie_word_embeddings) {
+        expect(row(got).every((x) => x === 0)).toBe(true);
+        expect(row(want).some((x) => x !== 0)).toBe(true);
+      } else {
+        // the head's part of that row: the untied model's lm_head gradient for the same weights
+        const untied = new Map(weights).set('lm_head.weight', weights.get(E)!);
+        const head = (await single({ ...c, tie_word_embeddings: false }, untied, seq)).grads.get('lm_head.weight')!;
+        expect(worstError(row(got), Float64Array.from(row(head)), 1e-7, 1e-6)).toBeLessThan(1);
+        expect(worstError(row(want), Float64Array.from(row(head)), 1e-7, 1e-6)).toBeGreaterThan(1); // the lookup's part is gone
+      }
+    });
+  }
+
+  it('initLlama zeroes that row (as transformers initialises nn.Embedding); a step leaves it 0; config.json keeps it', async () => {
+    using model = initLlama({ ...tiny, pad_token_id: -1 }, { seed: 3 });
+    const V = tiny.vocab_size, C = tiny.hidden_size;
+    expect(model.config.pad_token_id).toBe(V - 1);
+    const row = (m: LlamaModel) => m.toArrays().get('model.embed_tokens.weight')!.subarray((V - 1) * C, V * C);
+    expect(row(model).every((x) => x === 0)).toBe(true);
+    expect(model.toArrays().get('model.embed_tokens.weight')!.subarray(0, C).every((x) => x !== 0)).toBe(true);
+    using trainer = createTrainer(model, { lr: 1e-2, weightDecay: 0.1 });
+    const tokens = Int32Array.from({ length: 16 }, (_, i) => (i % 2 ? V - 1 : i)), targets = Int32Array.from({ length: 16 }, (_, i) => (i * 7) % V);
+    trainer.step(tokens, targets);
+    expect(row(model).every((x) => x === 0)).toBe(true);
+    expect(JSON.parse(llamaFiles(model).config).pad_token_id).toBe(V - 1);
+    using plain = initLlama(tiny, { seed: 3 });
+    expect(JSON.parse(llamaFiles(plain).config).pad_token_id).toBe(null);
+  });
 });
 
 describe('sharded over a ring: the same loss and the same gradients', () => {
@@ -548,7 +597,6 @@ describe('saving, loading, checkpoints', () => {
     expect(held.flat().sort()).toEqual(names); // disjoint, and every tensor's somewhere
     // the largest tensors (embedding, head) go to different ranks
     expect(held.findIndex((h) => h.includes('model.embed_tokens.weight'))).not.toBe(held.findIndex((h) => h.includes('lm_head.weight')));
-    const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
     const same = (a: Ranks[number], b: Ranks[number]) => {
       expect(a.losses).toEqual(b.losses);
       for (const n of names) expect(Buffer.compare(bits(a.weights[n]!), bits(b.weights[n]!)), n).toBe(0);

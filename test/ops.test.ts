@@ -129,6 +129,23 @@ describe('embedding', () => {
     expect(worstError(await read(dtable), fd.map((g, i) => g + init[i]!), 1e-6, 1e-5)).toBeLessThan(1);
   });
 
+  it('backward with paddingIdx: that row gets nothing, the others what they get without it (torch padding_idx)', async () => {
+    const dy = t(rand(ids.length * C, 12), [ids.length, C]);
+    const init = rand(V * C, 13);
+    const plain = t(init, [V, C]), padded = t(init, [V, C]);
+    ops.embeddingBackward(ids, dy, plain);
+    ops.embeddingBackward(ids, dy, padded, 3); // id 3 occurs three times
+    const [p, q] = [await read(plain), await read(padded)];
+    for (let v = 0; v < V; ++v) {
+      const row = (a: Float32Array) => Array.from(a.subarray(v * C, (v + 1) * C));
+      expect(row(q), `row ${v}`).toEqual(v === 3 ? row(init) : row(p));
+    }
+    expect(row3Changed(p, init)).toBe(true); // without paddingIdx the row does change
+    expect(() => ops.embeddingBackward(ids, dy, padded, V)).toThrow(new RangeError(`paddingIdx: expected an integer in [0, ${V - 1}], got ${V}`));
+    expect(() => ops.embeddingBackward(ids, dy, padded, -1)).toThrow(/^paddingIdx: expected an integer in \[0/);
+  });
+  const row3Changed = (a: Float32Array, init: Float32Array) => a.subarray(3 * C, 4 * C).some((x, i) => x !== init[3 * C + i]);
+
   it('an id out of range is a RangeError naming it', () => {
     const tt = t(table, [V, C]);
     expect(() => ops.embedding(Int32Array.from([1, 2, 11]), tt)).toThrow(/^ids\[2\]: 11 is outside the table rows \[0, 11\)/);

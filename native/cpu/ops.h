@@ -31,7 +31,7 @@ void linear_backward(const float* dy, const float* x, const float* w, float* dx,
 // out[M,C] = table[ids[m], :]; ids must be in [0, V) (checked by the caller).      out =
 void embedding_forward(const int32_t* ids, const float* table, float* out, int64_t M, int64_t C);
 // dtable[ids[m], :] += dy[m, :] for every m, in token order (deterministic).       dtable +=
-void embedding_backward(const int32_t* ids, const float* dy, float* dtable, int64_t M, int64_t C);
+void embedding_backward(const int32_t* ids, const float* dy, float* dtable, int64_t M, int64_t C, int32_t skip);  // skip: -1 or an id that adds nothing
 
 // ---- RMSNorm (rmsnorm.cpp), Hugging Face LlamaRMSNorm ----
 

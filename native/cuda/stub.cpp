@@ -53,7 +53,7 @@ void load_cublas(const std::string&, const std::string&) { throw not_compiled();
 Tensor linear(const Tensor&, const Tensor&) { throw not_compiled(); }
 void linear_backward(const Tensor&, const Tensor&, const Tensor&, Tensor*, Tensor&) { throw not_compiled(); }
 Tensor embedding(const int32_t*, int64_t, const Tensor&) { throw not_compiled(); }
-void embedding_backward(const int32_t*, int64_t, const Tensor&, Tensor&) { throw not_compiled(); }
+void embedding_backward(const int32_t*, int64_t, const Tensor&, Tensor&, int32_t) { throw not_compiled(); }
 void rmsnorm(const Tensor&, const Tensor&, float, Tensor&, Tensor&) { throw not_compiled(); }
 void rmsnorm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&) { throw not_compiled(); }
 Tensor rope(const Tensor&, const int32_t*, const double*, bool) { throw not_compiled(); }

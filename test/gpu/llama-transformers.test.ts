@@ -20,11 +20,13 @@ const why = probe.status === 0 ? '' : 'python3 with torch, transformers, safeten
 const title = why ? `LLaMA vs transformers (skipped: ${why})` : `LLaMA vs transformers ${probe.stdout.trim()}`;
 const here = dirname(fileURLToPath(import.meta.url));
 
+// The pad_token_id of the first two is a token of the sequence (tokens[0] = 11, tokens[1] = 48):
+// transformers' nn.Embedding(padding_idx) gives its row no gradient from the lookup.
 const configs = {
-  'GQA, separate head': parseLlamaConfig({ hidden_size: 64, intermediate_size: 176, num_hidden_layers: 2, num_attention_heads: 4,
-    num_key_value_heads: 2, vocab_size: 97, rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: false }),
-  'MHA, tied embeddings, large rope_theta': parseLlamaConfig({ hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
-    num_attention_heads: 2, vocab_size: 50, rms_norm_eps: 1e-6, rope_theta: 500000, tie_word_embeddings: true }),
+  'GQA, separate head, padding token': parseLlamaConfig({ hidden_size: 64, intermediate_size: 176, num_hidden_layers: 2, num_attention_heads: 4,
+    num_key_value_heads: 2, vocab_size: 97, rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: false, pad_token_id: 11 }),
+  'MHA, tied embeddings, large rope_theta, padding token': parseLlamaConfig({ hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
+    num_attention_heads: 2, vocab_size: 50, rms_norm_eps: 1e-6, rope_theta: 500000, tie_word_embeddings: true, pad_token_id: 48 }),
   // RoPE scaling (head dim 16): llama3's three bands; yarn's ramp and attention factor;
   // dynamic NTK past max_position_embeddings 16 (the test's sequence is 24 tokens).
   ...Object.fromEntries(([

@@ -52,7 +52,7 @@ void check(const std::string& name, const G& got, const std::vector<double>& wan
 template <class T> double tol(double f32) { return std::is_same_v<T, float> ? f32 : 8e-3; }
 
 template <class T>
-void embedding(int64_t M, int64_t C, int64_t V) {
+void embedding(int64_t M, int64_t C, int64_t V, int32_t skip) {  // skip: the padding id, -1 none
   std::vector<int32_t> ids(M);
   for (auto& i : ids) i = int32_t(rng() % V);
   std::vector<T> table(V * C), out(M * C, T(NAN)), dy(M * C);
@@ -62,19 +62,20 @@ void embedding(int64_t M, int64_t C, int64_t V) {
   for (auto& x : dtable) x = U();
   std::vector<double> want(M * C), dwant(dtable.begin(), dtable.end());
   for (int64_t m = 0; m < M; ++m)
-    for (int64_t c = 0; c < C; ++c) want[m * C + c] = float(table[ids[m] * C + c]), dwant[ids[m] * C + c] += float(dy[m * C + c]);
+    for (int64_t c = 0; c < C; ++c) want[m * C + c] = float(table[ids[m] * C + c]), dwant[ids[m] * C + c] += ids[m] == skip ? 0 : float(dy[m * C + c]);
   launch_embedding_fwd<T>(ids.data(), table.data(), out.data(), M, C, nullptr);
   // The CPU backend's bits: float32 adds into each row in token order.
   std::vector<double> dcpu(dtable.begin(), dtable.end());
   for (int64_t c = 0; c < C; ++c) {
     std::vector<float> row(V);
     for (int64_t v = 0; v < V; ++v) row[v] = dtable[v * C + c];
-    for (int64_t m = 0; m < M; ++m) row[ids[m]] += float(dy[m * C + c]);
+    for (int64_t m = 0; m < M; ++m)
+      if (ids[m] != skip) row[ids[m]] += float(dy[m * C + c]);
     for (int64_t v = 0; v < V; ++v) dcpu[v * C + c] = row[v];
   }
-  const TokenGroups groups = group_tokens_by_id(ids.data(), M, V);
+  const TokenGroups groups = group_tokens_by_id(ids.data(), M, V, skip);
   launch_embedding_bwd<T>(groups, groups.data.data(), dy.data(), dtable.data(), C, nullptr);
-  const std::string n = std::string("embedding ") + tname<T>() + " M" + std::to_string(M) + " C" + std::to_string(C) + " V" + std::to_string(V);
+  const std::string n = std::string("embedding ") + tname<T>() + " M" + std::to_string(M) + " C" + std::to_string(C) + " V" + std::to_string(V) + " skip" + std::to_string(skip);
   check(n + " out", out, want, 0);
   check(n + " dtable", dtable, dwant, 1.2e-7 * (1 + double(M) / V));  // float32 sums of about M / V terms
   check(n + " dtable = CPU bits", dtable, dcpu, 0);
@@ -240,7 +241,7 @@ template <class T>
 void all() {
   // 5000 tokens of 2 ids: long groups; V 1000 > M: most ids unused.
   for (auto [M, C, V] : {std::array<int64_t, 3>{1, 1, 1}, {37, 70, 11}, {300, 5, 7}, {9, 300, 4}, {5000, 3, 2}, {40, 9, 1000}})
-    embedding<T>(M, C, V);
+    for (int32_t skip : {-1, 0}) embedding<T>(M, C, V, skip);  // 0: every id of a 1-row table is padding
   for (auto [M, C] : {std::array<int64_t, 2>{1, 1}, {3, 257}, {130, 64}, {300, 33}, {5, 1000}}) rmsnorm<T>(M, C);
   for (auto [M, H, D] : {std::array<int64_t, 3>{1, 1, 2}, {77, 3, 10}, {300, 2, 128}})
     for (bool inv : {false, true}) rope<T>(M, H, D, inv, M == 77);

@@ -19,12 +19,12 @@ Tensor embedding(const int32_t* ids, int64_t M, const Tensor& table) {
   return out;
 }
 
-void embedding_backward(const int32_t* ids, int64_t M, const Tensor& dy, Tensor& dtable) {
+void embedding_backward(const int32_t* ids, int64_t M, const Tensor& dy, Tensor& dtable, int32_t skip) {
   const DType t = activation_dtype(dy, "dy");
   expect(dtable, DType::F32, "dtable");
   const int64_t C = cols(dtable);
   if (M == 0 || C == 0) return;
-  const TokenGroups groups = group_tokens_by_id(ids, M, rows(dtable));
+  const TokenGroups groups = group_tokens_by_id(ids, M, rows(dtable), skip);
   Tensor d_groups = upload_ints(groups.data.data(), int64_t(groups.data.size()));
   by_dtype(t, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;

@@ -19,8 +19,9 @@ namespace ra::cuda::ops {
 constexpr int kEmbeddingThreads = 256;
 
 // The tokens of each distinct id, in token order, as one int32 array for one upload:
-// [ids of the U groups][U + 1 group starts][M token indices]. Built by a counting sort
+// [ids of the U groups][U + 1 group starts][the token indices]. Built by a counting sort
 // over the V rows of the table (ids must be in [0, V)): O(M + V), no comparison sort.
+// Tokens whose id is `skip` (the padding row; -1: none) are left out.
 struct TokenGroups {
   std::vector<int32_t> data;
   int64_t groups = 0;
@@ -29,18 +30,19 @@ struct TokenGroups {
   const int32_t* token(const int32_t* base) const { return base + 2 * groups + 1; }
 };
 
-inline TokenGroups group_tokens_by_id(const int32_t* ids, int64_t M, int64_t V) {
+inline TokenGroups group_tokens_by_id(const int32_t* ids, int64_t M, int64_t V, int32_t skip = -1) {
   if (M > INT32_MAX) throw std::out_of_range("more than 2^31 - 1 tokens in one embedding backward");
   std::vector<int32_t> count(size_t(V) + 1, 0);
+  int64_t kept = 0;
   for (int64_t m = 0; m < M; ++m) {
     if (ids[m] < 0 || ids[m] >= V)  // the TS layer refuses these first; this guards the host arrays
       throw std::out_of_range("ids[" + std::to_string(m) + "] = " + std::to_string(ids[m]) + " is outside [0, " +
                               std::to_string(V) + ")");
-    ++count[size_t(ids[m]) + 1];
+    if (ids[m] != skip) ++count[size_t(ids[m]) + 1], ++kept;
   }
   TokenGroups g;
   g.groups = std::count_if(count.begin() + 1, count.end(), [](int32_t c) { return c > 0; });
-  g.data.resize(size_t(2 * g.groups + 1 + M));
+  g.data.resize(size_t(2 * g.groups + 1 + kept));
   int32_t* gid = g.data.data();
   int32_t* gstart = gid + g.groups;
   int32_t* gtoken = gstart + g.groups + 1;
@@ -51,8 +53,9 @@ inline TokenGroups group_tokens_by_id(const int32_t* ids, int64_t M, int64_t V) 
     if (n > 0) gid[u] = int32_t(v), gstart[u++] = count[size_t(v)];
     count[size_t(v) + 1] += n;
   }
-  gstart[g.groups] = int32_t(M);
-  for (int64_t m = 0; m < M; ++m) gtoken[count[size_t(ids[m])]++] = int32_t(m);  // stable: token order
+  gstart[g.groups] = int32_t(kept);
+  for (int64_t m = 0; m < M; ++m)  // stable: token order
+    if (ids[m] != skip) gtoken[count[size_t(ids[m])]++] = int32_t(m);
   return g;
 }
 

@@ -25,7 +25,7 @@ Tensor linear(const Tensor& x, const Tensor& w);                                
 void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& w, Tensor* dx, Tensor& dw);   // dx =, dw +=
 // ids: host array of M values in [0, V), uploaded for the call.
 Tensor embedding(const int32_t* ids, int64_t M, const Tensor& table);                              // out =
-void embedding_backward(const int32_t* ids, int64_t M, const Tensor& dy, Tensor& dtable);          // dtable +=
+void embedding_backward(const int32_t* ids, int64_t M, const Tensor& dy, Tensor& dtable, int32_t skip);  // dtable += (id skip: nothing)
 void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);                 // y =, rstd =
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor& dx,
                       Tensor& dw);                                                                 // dx =, dw +=
