@@ -22,7 +22,7 @@ export { float16BitsToFloat32, float32ToBfloat16Bits, float32ToFloat16Bits, bflo
 export { llamaPresets, llamaTensorNames, loadLlamaConfig, parameterCount, parseLlamaConfig } from './llama-config.js';
 export type { LlamaConfig, LlamaPreset, ResolvedLlamaConfig } from './llama-config.js';
 export { createLlama, initLlama, LlamaModel, loadLlama, saveLlama } from './llama-model.js';
-export type { InitLlamaOptions, LlamaDeviceOptions, LlamaLayerParams, LlamaParams } from './llama-model.js';
+export type { InitLlamaOptions, LlamaDeviceOptions, LlamaLayerParams, LlamaParams, SaveLlamaOptions } from './llama-model.js';
 export { IGNORE_INDEX, shardTokens } from './llama.js';
 export { ropeParameters, ROPE_TYPES, type RopeConfig, type RopeParameters } from './rope-freq.js';
 export type { ShardTokensOptions } from './llama.js';

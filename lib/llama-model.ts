@@ -16,8 +16,8 @@ import { native } from './native.js';
 import { copy } from './ops.js';
 import { ropeDependsOnLength, ropeParameters, type RopeParameters } from './rope-freq.js';
 import { readSafetensorsDir, SINGLE_FILE } from './safetensors-dir.js';
-import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
-import { checkDevice, DEVICES, tensor, zeros, type DeviceName, type DType, type Tensor } from './tensor.js';
+import { writeSafetensors, type TensorToWrite, type WritableDType } from './safetensors-write.js';
+import { checkDevice, DEVICES, DTYPES, tensor, zeros, type DeviceName, type DType, type Tensor } from './tensor.js';
 
 /** One decoder layer's parameters (C hidden, F intermediate, H heads, KVH kv heads, D head dim). */
 export interface LlamaLayerParams {
@@ -264,9 +264,9 @@ function rope5(c: ResolvedLlamaConfig): Record<string, unknown> {
 }
 
 /** config.json for a LlamaForCausalLM with this config, as transformers 4 and 5 both read it. */
-export function hfConfigJson(c: ResolvedLlamaConfig): Record<string, unknown> {
+export function hfConfigJson(c: ResolvedLlamaConfig, dtype: DType = 'float32'): Record<string, unknown> {
   return {
-    architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_act: 'silu', torch_dtype: 'float32',
+    architectures: ['LlamaForCausalLM'], model_type: 'llama', hidden_act: 'silu', torch_dtype: dtype,
     attention_bias: false, mlp_bias: false, attention_dropout: 0, initializer_range: c.initializer_range ?? 0.02, pretraining_tp: 1, use_cache: true,
     hidden_size: c.hidden_size, intermediate_size: c.intermediate_size, num_hidden_layers: c.num_hidden_layers,
     num_attention_heads: c.num_attention_heads, num_key_value_heads: c.num_key_value_heads, head_dim: c.head_dim,
@@ -278,19 +278,32 @@ export function hfConfigJson(c: ResolvedLlamaConfig): Record<string, unknown> {
   };
 }
 
-/** Writes dir/config.json and dir/model.safetensors (float32, transformers' names), creating dir. */
-export async function saveLlama(dir: string, model: LlamaModel): Promise<void> {
+export interface SaveLlamaOptions {
+  /**
+   * The stored weights' type. Default 'float32' (exact). 'bfloat16', as checkpoints are
+   * published, halves the file and rounds each value to nearest even; config.json's
+   * torch_dtype says which.
+   */
+  dtype?: DType;
+}
+
+const SAFETENSORS_DTYPE: Record<DType, WritableDType> = { float32: 'F32', bfloat16: 'BF16', float16: 'F16' };
+
+/** Writes dir/config.json and dir/model.safetensors (transformers' names), creating dir. */
+export async function saveLlama(dir: string, model: LlamaModel, opts?: SaveLlamaOptions): Promise<void> {
   if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
   if (!(model instanceof LlamaModel)) fail('type', `model: expected a LlamaModel, got ${describe(model)}`);
+  const dtype = checkOneOf(checkOptions(opts, 'opts').dtype, 'opts.dtype', DTYPES) ?? 'float32';
   await mkdir(dir, { recursive: true });
-  const { weights, config } = llamaFiles(model);
+  const { weights, config } = llamaFiles(model, dtype);
   await writeSafetensors(join(dir, SINGLE_FILE), weights, { format: 'pt' });
   await writeFile(join(dir, 'config.json'), config);
 }
 
 /** @internal What saveLlama writes: the weights (by transformers' names) and config.json's text. */
-export function llamaFiles(model: LlamaModel): { weights: Record<string, TensorToWrite>; config: string } {
+export function llamaFiles(model: LlamaModel, dtype: DType = 'float32'): { weights: Record<string, TensorToWrite>; config: string } {
   const weights: Record<string, TensorToWrite> = {};
-  for (const [name, t] of model.tensors) weights[name] = { shape: [...t.shape], data: t.handle(`model '${name}'`).toFloat32Array() };
-  return { weights, config: `${JSON.stringify(hfConfigJson(model.config), null, 2)}\n` };
+  for (const [name, t] of model.tensors)
+    weights[name] = { shape: [...t.shape], data: t.handle(`model '${name}'`).toFloat32Array(), dtype: SAFETENSORS_DTYPE[dtype] };
+  return { weights, config: `${JSON.stringify(hfConfigJson(model.config, dtype), null, 2)}\n` };
 }

@@ -548,6 +548,28 @@ describe('saving, loading, checkpoints', () => {
     });
   }
 
+  it("saveLlama({ dtype: 'bfloat16' }): half the bytes, each value rounded to bfloat16, torch_dtype says so; loads back", async () => {
+    using model = initLlama(tiny, { seed: 4 });
+    const where = join(dir, 'saved-bf16'), full = join(dir, 'saved-f32');
+    await saveLlama(where, model, { dtype: 'bfloat16' });
+    await saveLlama(full, model);
+    const stored = await readSafetensors(join(where, 'model.safetensors'));
+    expect(new Set([...stored.tensors.values()].map((t) => t.dtype))).toEqual(new Set(['BF16']));
+    expect(JSON.parse(await readFile(join(where, 'config.json'), 'utf8')).torch_dtype).toBe('bfloat16');
+    expect(JSON.parse(await readFile(join(full, 'config.json'), 'utf8')).torch_dtype).toBe('float32');
+    const size = async (d: string) => (await readFile(join(d, 'model.safetensors'))).length;
+    expect(await size(where)).toBeLessThan(0.51 * (await size(full)));
+    using loaded = await loadLlama(where);
+    const orig = model.toArrays();
+    for (const [n, a] of loaded.toArrays()) {
+      const o = orig.get(n)!, lowBits = new Uint32Array(a.buffer, a.byteOffset, a.length);
+      expect(lowBits.every((b) => (b & 0xffff) === 0), n).toBe(true); // a bfloat16 value in float32
+      // round to nearest: within half a bfloat16 unit (2^-8 relative) of the float32 value
+      expect(a.every((x, i) => Math.abs(x - o[i]!) <= Math.abs(o[i]!) * 2 ** -8), n).toBe(true);
+    }
+    await expect(saveLlama(where, model, { dtype: 'int8' as never })).rejects.toThrow(/^opts\.dtype: expected one of 'float32', 'bfloat16', 'float16', got 'int8'/);
+  });
+
   it("a config.json of transformers 5 (rope_parameters, no rope_theta) loads as the same model as transformers 4's form", async () => {
     const c = { ...llama3Tiny, rope_theta: 500000 }; // not the default base, so a base left unread shows
     const where = join(dir, 'saved-llama3'), where5 = join(dir, 'saved-llama3-v5');
