@@ -89,6 +89,9 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   checkOneOf(c.hidden_act, `${where}hidden_act`, ['silu']);
   for (const key of ['attention_bias', 'mlp_bias'])
     if (checkBoolean(c[key], `${where}${key}`)) fail('range', `${where}${key}: true is not supported (no bias tensors)`);
+  // transformers drops attention probabilities in training when this is above 0; we never do.
+  if (given(c.attention_dropout) && checkFloat32(c.attention_dropout, `${where}attention_dropout`, 0) !== 0)
+    fail('range', `${where}attention_dropout: ${show(c.attention_dropout)}: dropout is not computed here, so training would differ from transformers'; expected 0`);
   const rope = readRope(c, where);
 
   const config: ResolvedLlamaConfig = {

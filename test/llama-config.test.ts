@@ -119,6 +119,10 @@ describe("transformers 5's rope_parameters", () => {
       .toMatchObject({ rope_theta: 1e6, rope_scaling: null });
     expect(bad({ rope_parameters: { full_attention: { rope_theta: 1e6 }, sliding_attention: { rope_theta: 1e4 } } })).toThrow(new RangeError(
       "rope_parameters.full_attention: per-layer-type RoPE parameters are not supported (a LLaMA model's layers are all alike)"));
+    expect(bad({ attention_dropout: 0.1 })).toThrow(new RangeError(
+      "attention_dropout: 0.1: dropout is not computed here, so training would differ from transformers'; expected 0"));
+    expect(bad({ attention_dropout: '0' })).toThrow(new TypeError("attention_dropout: expected a number, got '0'"));
+    expect(parseLlamaConfig({ ...minimal, attention_dropout: 0.0 })).toEqual(parseLlamaConfig({ ...minimal, attention_dropout: null }));
   });
 
   it("pad_token_id as torch's padding_idx reads it: a row of the table, negatives from the end; null or absent: none", () => {
