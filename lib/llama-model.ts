@@ -281,8 +281,9 @@ export function hfConfigJson(c: ResolvedLlamaConfig, dtype: DType = 'float32'): 
 export interface SaveLlamaOptions {
   /**
    * The stored weights' type. Default 'float32' (exact). 'bfloat16', as checkpoints are
-   * published, halves the file and rounds each value to nearest even; config.json's
-   * torch_dtype says which.
+   * published, or 'float16' halves the file and rounds each value to nearest (ties to even),
+   * so it is for sharing a model, not for resuming training; config.json's torch_dtype says
+   * which.
    */
   dtype?: DType;
 }

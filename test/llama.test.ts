@@ -567,6 +567,10 @@ describe('saving, loading, checkpoints', () => {
       // round to nearest: within half a bfloat16 unit (2^-8 relative) of the float32 value
       expect(a.every((x, i) => Math.abs(x - o[i]!) <= Math.abs(o[i]!) * 2 ** -8), n).toBe(true);
     }
+    const half = join(dir, 'saved-f16');
+    await saveLlama(half, model, { dtype: 'float16' });
+    expect(new Set([...(await readSafetensors(join(half, 'model.safetensors'))).tensors.values()].map((t) => t.dtype))).toEqual(new Set(['F16']));
+    expect(JSON.parse(await readFile(join(half, 'config.json'), 'utf8')).torch_dtype).toBe('float16');
     await expect(saveLlama(where, model, { dtype: 'int8' as never })).rejects.toThrow(/^opts\.dtype: expected one of 'float32', 'bfloat16', 'float16', got 'int8'/);
   });
 
