@@ -16,7 +16,7 @@ import { native } from './native.js';
 import { copy } from './ops.js';
 import { ropeDependsOnLength, ropeParameters, type RopeParameters } from './rope-freq.js';
 import { readSafetensorsDir, SINGLE_FILE } from './safetensors-dir.js';
-import { writeSafetensors, type TensorToWrite, type WritableDType } from './safetensors-write.js';
+import { writeSafetensorsFrom, type WritableDType } from './safetensors-write.js';
 import { checkDevice, DEVICES, DTYPES, tensor, zeros, type DeviceName, type DType, type Tensor } from './tensor.js';
 
 /** One decoder layer's parameters (C hidden, F intermediate, H heads, KVH kv heads, D head dim). */
@@ -296,15 +296,22 @@ export async function saveLlama(dir: string, model: LlamaModel, opts?: SaveLlama
   if (!(model instanceof LlamaModel)) fail('type', `model: expected a LlamaModel, got ${describe(model)}`);
   const dtype = checkOneOf(checkOptions(opts, 'opts').dtype, 'opts.dtype', DTYPES) ?? 'float32';
   await mkdir(dir, { recursive: true });
-  const { weights, config } = llamaFiles(model, dtype);
-  await writeSafetensors(join(dir, SINGLE_FILE), weights, { format: 'pt' });
-  await writeFile(join(dir, 'config.json'), config);
+  const files = llamaFiles(model, dtype);
+  await files.writeWeights(join(dir, SINGLE_FILE), { format: 'pt' });
+  await writeFile(join(dir, 'config.json'), files.config);
 }
 
-/** @internal What saveLlama writes: the weights (by transformers' names) and config.json's text. */
-export function llamaFiles(model: LlamaModel, dtype: DType = 'float32'): { weights: Record<string, TensorToWrite>; config: string } {
-  const weights: Record<string, TensorToWrite> = {};
-  for (const [name, t] of model.tensors)
-    weights[name] = { shape: [...t.shape], data: t.handle(`model '${name}'`).toFloat32Array(), dtype: SAFETENSORS_DTYPE[dtype] };
-  return { weights, config: `${JSON.stringify(hfConfigJson(model.config, dtype), null, 2)}\n` };
+/**
+ * @internal What saveLlama writes: config.json's text, and the weights by transformers' names,
+ * each copied to the host only as it is written (one tensor in host memory at a time).
+ */
+export function llamaFiles(model: LlamaModel, dtype: DType = 'float32') {
+  const stored = SAFETENSORS_DTYPE[dtype];
+  return {
+    config: `${JSON.stringify(hfConfigJson(model.config, dtype), null, 2)}\n`,
+    writeWeights(path: string, metadata: Record<string, string>): Promise<void> {
+      const specs = Object.fromEntries([...model.tensors].map(([n, t]) => [n, { shape: [...t.shape], dtype: stored }]));
+      return writeSafetensorsFrom(path, specs, (n) => model.tensors.get(n)!.handle(`model '${n}'`).toFloat32Array(), metadata);
+    },
+  };
 }

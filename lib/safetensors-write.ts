@@ -30,55 +30,127 @@ export async function writeSafetensors(
   checkPath(path, 'path');
   if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors))
     fail('type', `tensors: expected an object of name -> { shape, data, dtype? }, got ${describe(tensors)}`);
-  const meta = metadata === undefined ? undefined : parseMetadata(metadata, 'metadata');
-  // Sorted by code point, not by JS object key order (which puts integer-like names first).
-  const names = Object.keys(tensors).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-  const plan = names.map((name) => checkTensor(name, tensors[name]));
+  for (const [name, t] of Object.entries(tensors)) checkData(name, t, checkSpec(name, t).numel);
+  await writeSafetensorsFrom(path, tensors, (name) => tensors[name]!.data, metadata);
+}
 
-  // Built by hand, not with JSON.stringify(object), to keep the sorted order for integer-like names.
-  const parts = meta ? [`"__metadata__":${JSON.stringify(meta)}`] : [];
-  let offset = 0;
-  for (const t of plan) {
-    const end = offset + t.data.length * ITEM_SIZE[t.dtype];
-    parts.push(`${JSON.stringify(t.name)}:${JSON.stringify({ dtype: t.dtype, shape: t.shape, data_offsets: [offset, end] })}`);
-    offset = end;
-  }
-  const json = Buffer.from(`{${parts.join(',')}}`, 'utf8');
-  const header = Buffer.alloc(8 + Math.ceil(json.length / 8) * 8, 0x20);
-  header.writeBigUInt64LE(BigInt(header.length - 8), 0);
-  json.copy(header, 8);
-
-  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  const fh = await open(tmp, 'wx');
+/** @internal writeSafetensors, taking each tensor's values from valueOf only as its turn comes. */
+export async function writeSafetensorsFrom(
+  path: string, specs: Record<string, TensorSpec>, valueOf: (name: string) => Float32Array, metadata?: Record<string, string>,
+): Promise<void> {
+  const w = await SafetensorsWriter.open(path, specs, metadata);
   try {
-    await writeAll(fh, header);
-    for (const t of plan) await writeData(fh, t.data, t.dtype);
-    await fh.sync();
-    await fh.close();
-    await rename(tmp, path);
+    for (const name of w.names) await w.write(name, valueOf(name));
+    await w.commit();
   } catch (e) {
-    await fh.close().catch(() => {}); // already closed when the rename failed
-    await rm(tmp, { force: true });
+    await w.abort();
     throw e;
   }
 }
 
-function checkTensor(name: string, t: unknown): { name: string; shape: number[]; data: Float32Array; dtype: WritableDType } {
+/** A tensor's shape and stored type, without its values. */
+export type TensorSpec = Pick<TensorToWrite, 'shape' | 'dtype'>;
+
+interface Planned { name: string; shape: number[]; numel: number; dtype: WritableDType }
+
+/**
+ * @internal A safetensors file written one tensor at a time, in its header's order (names
+ * sorted), so that only one tensor's values need be in memory (a checkpoint of a large model
+ * copies each from the GPU as it writes it). Under a temporary name until commit(), which
+ * syncs and renames; abort() removes it.
+ */
+export class SafetensorsWriter {
+  /** The order write() takes the tensors in. */
+  readonly names: readonly string[];
+  #next = 0;
+
+  private constructor(readonly path: string, private readonly tmp: string, private readonly fh: FileHandle, private readonly plan: Planned[]) {
+    this.names = plan.map((t) => t.name);
+  }
+
+  static async open(path: string, specs: Record<string, TensorSpec>, metadata?: Record<string, string>): Promise<SafetensorsWriter> {
+    checkPath(path, 'path');
+    if (specs === null || typeof specs !== 'object' || Array.isArray(specs))
+      fail('type', `tensors: expected an object of name -> { shape, dtype? }, got ${describe(specs)}`);
+    const meta = metadata === undefined ? undefined : parseMetadata(metadata, 'metadata');
+    const plan = sortedNames(Object.keys(specs)).map((name) => checkSpec(name, specs[name]));
+    const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    const fh = await open(tmp, 'wx');
+    const w = new SafetensorsWriter(path, tmp, fh, plan);
+    try {
+      await writeAll(fh, header(plan, meta));
+    } catch (e) {
+      await w.abort();
+      throw e;
+    }
+    return w;
+  }
+
+  /** Writes the next tensor's values (converted to its dtype). */
+  async write(name: string, data: Float32Array): Promise<void> {
+    const t = this.plan[this.#next];
+    if (t?.name !== name) throw new Error(`${this.path}: '${name}' written out of order; expected ${t ? `'${t.name}'` : 'no more tensors'}`);
+    checkData(name, { shape: t.shape, data }, t.numel);
+    await writeData(this.fh, data, t.dtype);
+    ++this.#next;
+  }
+
+  /** Every tensor written: flushes to disk and moves the file to its name. */
+  async commit(): Promise<void> {
+    if (this.#next !== this.plan.length) throw new Error(`${this.path}: ${this.plan.length - this.#next} of ${this.plan.length} tensors not written`);
+    await this.fh.sync();
+    await this.fh.close();
+    await rename(this.tmp, this.path);
+  }
+
+  /** Removes the unfinished file (idempotent). */
+  async abort(): Promise<void> {
+    await this.fh.close().catch(() => {}); // already closed when the rename failed
+    await rm(this.tmp, { force: true });
+  }
+}
+
+/** @internal The order of a file's tensors: by code point, not JS object key order (which puts integer-like names first). */
+export function sortedNames(names: string[]): string[] {
+  return [...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+// The 8-byte length, then the JSON header padded with spaces to a multiple of 8 bytes.
+function header(plan: Planned[], meta: Record<string, string> | undefined): Buffer {
+  // Built by hand, not with JSON.stringify(object), to keep the sorted order for integer-like names.
+  const parts = meta ? [`"__metadata__":${JSON.stringify(meta)}`] : [];
+  let offset = 0;
+  for (const t of plan) {
+    const end = offset + t.numel * ITEM_SIZE[t.dtype];
+    parts.push(`${JSON.stringify(t.name)}:${JSON.stringify({ dtype: t.dtype, shape: t.shape, data_offsets: [offset, end] })}`);
+    offset = end;
+  }
+  const json = Buffer.from(`{${parts.join(',')}}`, 'utf8');
+  const h = Buffer.alloc(8 + Math.ceil(json.length / 8) * 8, 0x20);
+  h.writeBigUInt64LE(BigInt(h.length - 8), 0);
+  json.copy(h, 8);
+  return h;
+}
+
+function checkSpec(name: string, t: unknown): Planned {
   const where = `tensors['${name}']`;
   if (name === '__metadata__') fail('range', `${where}: the name '__metadata__' is reserved for the metadata`);
   if (t === null || typeof t !== 'object') fail('type', `${where}: expected { shape, data, dtype? }, got ${describe(t)}`);
-  const { shape, data, dtype = 'F32' } = t as TensorToWrite;
+  const { shape, dtype = 'F32' } = t as TensorSpec;
   if (!Array.isArray(shape)) fail('type', `${where}.shape: expected an array of non-negative integers, got ${describe(shape)}`);
   Array.from(shape, (d: unknown, i) => { // holes too
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
       fail('range', `${where}.shape[${i}]: expected a non-negative integer, got ${describe(d)}`);
   });
-  if (!isFloat32Array(data)) fail('type', `${where}.data: expected a Float32Array, got ${describe(data)}`);
-  const numel = shape.reduce((a: number, b: number) => a * b, 1);
-  if (numel !== data.length) fail('range', `${where}.shape: [${shape.join(', ')}] holds ${numel} elements, but data has ${data.length}`);
   if (typeof dtype !== 'string' || !Object.hasOwn(ITEM_SIZE, dtype))
     fail('range', `${where}.dtype: expected one of 'F32', 'BF16', 'F16', got ${describe(dtype)}`);
-  return { name, shape: [...shape], data, dtype };
+  return { name, shape: [...shape], numel: shape.reduce((a: number, b: number) => a * b, 1), dtype };
+}
+
+function checkData(name: string, t: { shape: number[]; data: unknown }, numel: number): void {
+  const where = `tensors['${name}']`;
+  if (!isFloat32Array(t.data)) fail('type', `${where}.data: expected a Float32Array, got ${describe(t.data)}`);
+  if (numel !== t.data.length) fail('range', `${where}.shape: [${t.shape.join(', ')}] holds ${numel} elements, but data has ${t.data.length}`);
 }
 
 async function writeData(fh: FileHandle, data: Float32Array, dtype: WritableDType): Promise<void> {

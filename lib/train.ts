@@ -13,7 +13,7 @@ import { loadLlamaConfig } from './llama-config.js';
 import { hfConfigJson, llamaFiles, LlamaModel, paramsFromMap, type LlamaParams } from './llama-model.js';
 import { adamw, copy, scale, sumOfSquares, zero } from './ops.js';
 import { readSafetensors, readSafetensorsHeader } from './safetensors.js';
-import { writeSafetensors, type TensorToWrite } from './safetensors-write.js';
+import { SafetensorsWriter, sortedNames } from './safetensors-write.js';
 import { LAYOUTS, type Layout } from './shard.js';
 import { freeOnThrow, tensor, zeros, type Tensor } from './tensor.js';
 
@@ -105,6 +105,8 @@ const TRAINER_FILE = 'trainer.json';
 const OPTIMIZER_FILE = 'optimizer.safetensors';
 const WEIGHTS_FILE = 'model.safetensors';
 const SAVE_KEY = 'ring_attention_save'; // the id of the save a checkpoint's safetensors file belongs to
+const MOMENTS = ['m', 'v'] as const; // AdamW's, named `${moment}.${parameter}` in the optimizer file
+type Moment = (typeof MOMENTS)[number];
 
 /** Writes a small file and flushes it to disk, so that a rename after it never names an empty file. */
 async function writeSynced(path: string, text: string): Promise<void> {
@@ -383,31 +385,57 @@ export class Trainer implements Disposable {
     this.#live();
     if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
     const group = this.#o.group, writer = !group || group.rank === 0;
-    // With shardOptimizer every rank takes part in gathering the moments, in the same order.
-    const moments: Record<string, TensorToWrite> = {};
-    if (writer || this.#shared)
-      for (const [kind, map] of [['m', this.#m], ['v', this.#v]] as const)
-        for (const [n, p] of this.model.tensors) {
-          const data = this.#momentData(map, n, writer);
-          if (data) moments[`${kind}.${n}`] = { shape: [...p.shape], data };
-        }
-    if (writer) {
-      await mkdir(dir, { recursive: true });
-      const save = randomUUID(), part = (f: string) => join(dir, `${f}.partial`);
-      const { weights, config } = llamaFiles(this.model);
-      const files = ['config.json', WEIGHTS_FILE, OPTIMIZER_FILE, TRAINER_FILE];
-      try {
-        await writeSynced(part('config.json'), config);
-        await writeSafetensors(part(WEIGHTS_FILE), weights, { format: 'pt', [SAVE_KEY]: save });
-        await writeSafetensors(part(OPTIMIZER_FILE), moments, { format: 'pt', [SAVE_KEY]: save });
-        await writeSynced(part(TRAINER_FILE), `${JSON.stringify({ format: 'ring-attention-trainer', version: 2, save, step: this.#step }, null, 2)}\n`);
-      } catch (e) {
-        await Promise.allSettled(files.map((f) => rm(part(f), { force: true }))); // the write's error is the one to report
-        throw e;
-      }
-      for (const f of files) await rename(part(f), join(dir, f));
+    // Rank 0 writes, one tensor in host memory at a time. Every rank still takes part in what
+    // is collective (with shardOptimizer, gathering each moment; then whether the save landed)
+    // after a failed write, so that a full disk fails the save on every rank, none left waiting.
+    let failed: { error: unknown } | undefined;
+    const attempt = async (f: () => Promise<void>) => {
+      if (!failed) try { await f(); } catch (error) { failed = { error }; }
+    };
+    const save = randomUUID(), part = (f: string) => join(dir, `${f}.partial`);
+    const metadata = { format: 'pt', [SAVE_KEY]: save };
+    const files = ['config.json', WEIGHTS_FILE, OPTIMIZER_FILE, TRAINER_FILE];
+    const specs = Object.fromEntries([...this.model.tensors].flatMap(([n, p]) => MOMENTS.map((k) => [`${k}.${n}`, { shape: [...p.shape] }])));
+    let moments: SafetensorsWriter | undefined;
+    if (writer)
+      await attempt(async () => {
+        await mkdir(dir, { recursive: true });
+        const model = llamaFiles(this.model);
+        await writeSynced(part('config.json'), model.config);
+        await model.writeWeights(part(WEIGHTS_FILE), metadata);
+        moments = await SafetensorsWriter.open(part(OPTIMIZER_FILE), specs, metadata);
+      });
+    // In the file's order on every rank (the gathers are collective).
+    for (const key of sortedNames(Object.keys(specs))) {
+      if (!this.#shared && (!writer || failed)) break;
+      const [kind, name] = [key.slice(0, 1) as Moment, key.slice(2)];
+      const data = this.#momentData(kind === 'm' ? this.#m : this.#v, name, writer && !failed);
+      if (data) await attempt(() => moments!.write(key, data));
     }
-    group?.barrier();
+    if (writer)
+      await attempt(async () => {
+        await moments!.commit();
+        await writeSynced(part(TRAINER_FILE), `${JSON.stringify({ format: 'ring-attention-trainer', version: 2, save, step: this.#step }, null, 2)}\n`);
+        for (const f of files) await rename(part(f), join(dir, f));
+      });
+    if (failed) {
+      await moments?.abort();
+      await Promise.allSettled(files.map((f) => rm(part(f), { force: true }))); // the write's error is the one to report
+    }
+    if (group && this.#anyRankFailed(group, failed !== undefined) && !failed)
+      throw new Error(`saveCheckpoint: rank 0 could not write ${dir} (its error says why); no checkpoint was saved`);
+    if (failed) throw failed.error;
+  }
+
+  /** Whether any rank says it failed (collective: a sum over the group, which also waits for every rank). */
+  #anyRankFailed(group: ProcessGroup, mine: boolean): boolean {
+    const flag = tensor(Float32Array.of(mine ? 1 : 0), [1], { device: this.model.device }); // NCCL sums cuda tensors only
+    try {
+      group.allReduce(flag);
+      return flag.handle('flag').toFloat32Array()[0] !== 0;
+    } finally {
+      flag.dispose();
+    }
   }
 
   /**
@@ -493,7 +521,7 @@ export class Trainer implements Disposable {
     };
     for (const [n, t] of this.model.tensors) {
       want(WEIGHTS_FILE, weights.get(n), n, t);
-      for (const kind of ['m', 'v']) want(OPTIMIZER_FILE, momentsHeader.tensors.get(`${kind}.${n}`), `${kind}.${n}`, t);
+      for (const kind of MOMENTS) want(OPTIMIZER_FILE, momentsHeader.tensors.get(`${kind}.${n}`), `${kind}.${n}`, t);
     }
     const extra = [...weights.keys()].find((n) => !this.model.tensors.has(n));
     if (extra) fail('range', `${join(dir, WEIGHTS_FILE)}: unexpected tensor '${extra}' for this model`);

@@ -644,6 +644,21 @@ describe('saving, loading, checkpoints', () => {
     expect(() => createTrainer(m, { lr: 1, shardOptimizer: 'yes' as never })).toThrow(/^opts.shardOptimizer: expected a boolean/);
   });
 
+  it("a save rank 0 cannot write fails on every rank, none left waiting (early: no directory; late: the moments' rename), and leaves no files", async () => {
+    const base = { config: tiny, weights: Object.fromEntries(randomWeights(tiny, 22)), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag', steps: 1, catchSave: true };
+    for (const shardOptimizer of [false, true]) {
+      const blocked = join(dir, `ck-blocked-${shardOptimizer}`), late = join(dir, `ck-late-${shardOptimizer}`);
+      await writeFile(blocked, 'a file where the directory should be');
+      await mkdir(join(late, 'optimizer.safetensors.partial', 'x'), { recursive: true }); // a rename onto it fails
+      for (const [where, error] of [[blocked, /EEXIST|ENOTDIR/], [late, /EISDIR|ENOTEMPTY|EEXIST/]] as const) {
+        const out = (await launch({ worldSize: 2 }, rankModule, { ...base, shardOptimizer, saveDir: where })) as { saveError: string | null }[];
+        expect(out[0]!.saveError, `${where}, rank 0`).toMatch(error);
+        expect(out[1]!.saveError, `${where}, rank 1`).toBe(`saveCheckpoint: rank 0 could not write ${where} (its error says why); no checkpoint was saved`);
+      }
+      expect(await readdir(late)).toEqual(['optimizer.safetensors.partial']); // ours; no partial or final file of the save
+    }
+  });
+
   it('restore a checkpoint, then step: the same losses as an uninterrupted run', async () => {
     const opts = { lr: 5e-3, weightDecay: 0.1, maxGradNorm: 1 };
     using a = initLlama(tiny, { seed: 4 });

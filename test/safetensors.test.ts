@@ -1,7 +1,7 @@
 // Safetensors: a file built byte by byte from the spec reads back; our files round-trip with
 // IEEE rounding; every malformed header is refused naming the file and field; sharded dirs.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -10,6 +10,7 @@ import {
   bfloat16BitsToFloat32, float16BitsToFloat32, float32ToBfloat16Bits, float32ToFloat16Bits,
   readSafetensors, readSafetensorsDir, readSafetensorsHeader, writeSafetensors,
 } from '../dist/index.js';
+import { SafetensorsWriter, writeSafetensorsFrom } from '../dist/safetensors-write.js';
 import { randomArray, roundTo } from './reference.js';
 
 let dir: string;
@@ -354,6 +355,43 @@ describe('writing', () => {
     await expect(writeSafetensors(path, { w: ok }, { step: 1 as any })).rejects.toThrow(new TypeError(`metadata['step']: expected a string, got number 1`));
     await expect(writeSafetensors(path, null as any)).rejects.toThrow(/^tensors: expected an object/);
     expect(existsSync(path)).toBe(false);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('tensor by tensor (how models and checkpoints are saved): each value asked for only once the one before is written', async () => {
+    const path = join(dir, 'lazy.safetensors'), asked: string[] = [], sizes: number[] = [];
+    const specs = { '10': { shape: [2] }, b: { shape: [3], dtype: 'BF16' as const }, a: { shape: [1] } };
+    await writeSafetensorsFrom(path, specs, (name) => {
+      const tmp = readdirSync(dir).filter((f) => f.startsWith('lazy.safetensors.tmp-'));
+      expect(tmp).toHaveLength(1);
+      sizes.push(statSync(join(dir, tmp[0]!)).size);
+      asked.push(name);
+      return Float32Array.from({ length: specs[name as keyof typeof specs].shape[0]! }, (_, i) => asked.length * 10 + i);
+    });
+    expect(asked).toEqual(['10', 'a', 'b']); // the header's (code point) order
+    expect([sizes[1]! - sizes[0]!, sizes[2]! - sizes[1]!]).toEqual([8, 4]); // the file so far: the tensors before, no more
+    const back = (await readSafetensors(path)).tensors;
+    expect([...back.get('10')!.data]).toEqual([10, 11]);
+    expect([...back.get('a')!.data]).toEqual([20]);
+    expect([...back.get('b')!.data]).toEqual([30, 31, 32]);
+    // a value that fails leaves no file, temporary or final
+    await expect(writeSafetensorsFrom(join(dir, 'failed.safetensors'), specs, (name) => {
+      if (name === 'a') throw new Error('no values for a');
+      return new Float32Array(2);
+    })).rejects.toThrow('no values for a');
+    expect(readdirSync(dir)).toEqual(['lazy.safetensors']);
+  });
+
+  it('a writer takes its tensors in order, each of its size, and commits only when all are written', async () => {
+    const path = join(dir, 'w.safetensors');
+    const w = await SafetensorsWriter.open(path, { b: { shape: [2] }, a: { shape: [1] } });
+    expect(w.names).toEqual(['a', 'b']);
+    await expect(w.write('b', new Float32Array(2))).rejects.toThrow(`${path}: 'b' written out of order; expected 'a'`);
+    await expect(w.write('a', new Float32Array(2))).rejects.toThrow(new RangeError(`tensors['a'].shape: [1] holds 1 elements, but data has 2`));
+    await w.write('a', new Float32Array(1));
+    await expect(w.commit()).rejects.toThrow(`${path}: 1 of 2 tensors not written`);
+    expect(existsSync(path)).toBe(false);
+    await w.abort();
     expect(readdirSync(dir)).toEqual([]);
   });
 });
