@@ -16,7 +16,8 @@ const ITEM_SIZE = {
 export type SafetensorsDType = keyof typeof ITEM_SIZE;
 /** The dtypes whose values can be read (as float32). */
 export type FloatDType = 'F32' | 'BF16' | 'F16' | 'F64';
-const READABLE: readonly string[] = ['F32', 'BF16', 'F16', 'F64'];
+/** @internal */
+export const READABLE: readonly string[] = ['F32', 'BF16', 'F16', 'F64'];
 
 /** The safetensors reference implementation's limit: larger headers are refused unread. */
 export const MAX_HEADER_BYTES = 100_000_000;

@@ -12,7 +12,7 @@ import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type RunContext } fr
 import { loadLlamaConfig } from './llama-config.js';
 import { hfConfigJson, llamaFiles, LlamaModel, paramsFromMap, type LlamaParams } from './llama-model.js';
 import { adamw, copy, scale, sumOfSquares, zero } from './ops.js';
-import { readSafetensors, readSafetensorsHeader } from './safetensors.js';
+import { READABLE, readSafetensors, readSafetensorsHeader } from './safetensors.js';
 import { SafetensorsWriter, sortedNames } from './safetensors-write.js';
 import { LAYOUTS, type Layout } from './shard.js';
 import { freeOnThrow, tensor, zeros, type Tensor } from './tensor.js';
@@ -483,7 +483,10 @@ export class Trainer implements Disposable {
    * Restores weights, AdamW's moments and the step from a saveCheckpoint() directory, into a
    * model of the same config (each differing config.json key is refused by name). AdamW's
    * settings and the learning rate stay this trainer's (unlike torch's load_state_dict, which
-   * restores them from the checkpoint).
+   * restores them from the checkpoint). Every file is checked before anything changes; then the
+   * tensors are read one at a time, so that only one is in host memory. Should a read still
+   * fail then (an I/O error, or files replaced meanwhile), the model is partly restored and the
+   * step count is unchanged: restore again.
    */
   async restoreCheckpoint(dir: string): Promise<void> {
     this.#live();
@@ -502,20 +505,24 @@ export class Trainer implements Disposable {
     for (const key of Object.keys(mine))
       if (key !== 'initializer_range' && canonical(saved[key]) !== canonical(mine[key])) // that one only seeds a new model
         fail('range', `${join(dir, 'config.json')}: ${key} is ${canonical(saved[key])}, this model's is ${canonical(mine[key])}; a checkpoint restores into a model of the config it was saved from`);
-    // The moments' header first: with shardOptimizer, this rank reads only the moments it holds.
-    const momentsPath = join(dir, OPTIMIZER_FILE);
-    const weightsFile = await readSafetensors(join(dir, WEIGHTS_FILE)), momentsHeader = await readSafetensorsHeader(momentsPath);
+    // The headers first, all checked before anything changes.
+    const weightsPath = join(dir, WEIGHTS_FILE), momentsPath = join(dir, OPTIMIZER_FILE);
+    const weightsHeader = await readSafetensorsHeader(weightsPath), momentsHeader = await readSafetensorsHeader(momentsPath);
     // Version 1 saves carried no id: their files must carry none either (a newer save cut short
     // over an old checkpoint leaves files that do).
     if (meta.version !== 1 && typeof meta.save !== 'string') fail('range', `${trainerFile}: save: expected the save's id, got ${describe(meta.save)}`);
     const save = meta.version === 1 ? undefined : meta.save;
-    for (const [file, metadata] of [[WEIGHTS_FILE, weightsFile.metadata], [OPTIMIZER_FILE, momentsHeader.metadata]] as const)
+    const sameSave = (path: string, metadata: Record<string, string>) => {
       if (metadata[SAVE_KEY] !== save)
-        fail('range', `${join(dir, file)}: written by another save than ${TRAINER_FILE} (save ${describe(metadata[SAVE_KEY])}, expected ${describe(save)}); was a save interrupted?`);
-    const weights = weightsFile.tensors;
+        fail('range', `${path}: written by another save than ${TRAINER_FILE} (save ${describe(metadata[SAVE_KEY])}, expected ${describe(save)}); was a save interrupted?`);
+    };
+    sameSave(weightsPath, weightsHeader.metadata);
+    sameSave(momentsPath, momentsHeader.metadata);
+    const weights = weightsHeader.tensors;
     // Check everything before writing anything.
-    const want = (file: string, got: { shape: number[] } | undefined, key: string, like: Tensor) => {
+    const want = (file: string, got: { shape: number[]; dtype: string } | undefined, key: string, like: Tensor) => {
       if (!got) fail('range', `${join(dir, file)}: tensor '${key}' is missing`);
+      if (!READABLE.includes(got.dtype)) fail('range', `${join(dir, file)}: '${key}' is ${got.dtype}, not a float type (${READABLE.join(', ')})`);
       if (got.shape.length !== like.shape.length || got.shape.some((d, i) => d !== like.shape[i]))
         fail('range', `${join(dir, file)}: '${key}' has shape [${got.shape.join(', ')}], this model's is [${like.shape.join(', ')}]`);
     };
@@ -525,14 +532,19 @@ export class Trainer implements Disposable {
     }
     const extra = [...weights.keys()].find((n) => !this.model.tensors.has(n));
     if (extra) fail('range', `${join(dir, WEIGHTS_FILE)}: unexpected tensor '${extra}' for this model`);
-    const held = [...this.#m.keys()].flatMap((n) => [`m.${n}`, `v.${n}`]);
-    const moments = (await readSafetensors(momentsPath, { names: held })).tensors;
-    const plan: [Tensor, Float32Array][] = [...this.model.tensors].map(([n, t]) => [t, weights.get(n)!.data]);
-    for (const [kind, map] of [['m', this.#m], ['v', this.#v]] as const) for (const [n, t] of map) plan.push([t, moments.get(`${kind}.${n}`)!.data]);
-    for (const [t, data] of plan) {
-      const src = tensor(data, t.shape, { device: t.device });
-      copy(t, src);
-      src.dispose();
+    // Then one tensor at a time from its file to its place (one in host memory at a time; with
+    // shardOptimizer, only the moments this rank holds).
+    const plan: [Tensor, string, string][] = [...this.model.tensors].map(([n, t]) => [t, weightsPath, n]);
+    for (const [kind, map] of [['m', this.#m], ['v', this.#v]] as const) for (const [n, t] of map) plan.push([t, momentsPath, `${kind}.${n}`]);
+    for (const [t, path, key] of plan) {
+      const { metadata, tensors } = await readSafetensors(path, { names: [key] });
+      sameSave(path, metadata); // not replaced since its header was read
+      const src = tensor(tensors.get(key)!.data, t.shape, { device: t.device });
+      try {
+        copy(t, src);
+      } finally {
+        src.dispose();
+      }
     }
     this.model.syncCompute();
     this.#step = step;

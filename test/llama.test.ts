@@ -709,6 +709,18 @@ describe('saving, loading, checkpoints', () => {
     // A newer save cut short over a version 1 checkpoint (whose files carry no save id).
     await writeFile(join(older, 'trainer.json'), JSON.stringify({ format: 'ring-attention-trainer', version: 1, step: 0 }));
     await expect(tb.restoreCheckpoint(older)).rejects.toThrow(/model.safetensors: written by another save than trainer.json \(save '.*', expected nothing\)/);
+    // A moment stored as integers: refused from the header, before any tensor is read or changed.
+    const ints = join(dir, 'ck-i32');
+    await ta.saveCheckpoint(ints);
+    const file = await readFile(join(ints, 'optimizer.safetensors')), at = file.indexOf('"dtype":"F32"');
+    file.write('"dtype":"I32"', at); // the same size: offsets stay valid
+    await writeFile(join(ints, 'optimizer.safetensors'), file);
+    using c = initLlama(tiny, { seed: 6 });
+    using tc = createTrainer(c, { lr: 1e-2 });
+    const weightsBefore = c.toArrays();
+    await expect(tc.restoreCheckpoint(ints)).rejects.toThrow(/optimizer\.safetensors: '[mv]\..+' is I32, not a float type \(F32, BF16, F16, F64\)$/);
+    expect(tc.stepCount).toBe(0);
+    for (const [n, a] of c.toArrays()) expect(Buffer.compare(bits(a), bits(weightsBefore.get(n)!)), n).toBe(0);
     // A save that fails part-way leaves the checkpoint there as it was, and no partial files.
     await mkdir(join(older, 'trainer.json.partial')); // the last file cannot be written
     const before = (await readdir(older)).sort();
