@@ -15,7 +15,8 @@ import {
 import { native } from './native.js';
 import { copy } from './ops.js';
 import { ropeDependsOnLength, ropeParameters, type RopeParameters } from './rope-freq.js';
-import { readSafetensorsDir, SINGLE_FILE } from './safetensors-dir.js';
+import { safetensorsDirEntries, SINGLE_FILE } from './safetensors-dir.js';
+import { readSafetensors } from './safetensors.js';
 import { writeSafetensorsFrom, type WritableDType } from './safetensors-write.js';
 import { checkDevice, DEVICES, DTYPES, tensor, zeros, type DeviceName, type DType, type Tensor } from './tensor.js';
 
@@ -157,32 +158,47 @@ const sameBits = (a: Float32Array, b: Float32Array) =>
   a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;
 
 /**
- * Checks `arrays` against llamaTensorNames(config): every tensor present with its shape,
- * nothing extra but RoPE's buffers, and, in a tied model, an lm_head.weight only as a copy of
- * embed_tokens (some tools save both). `where` prefixes the messages.
+ * Checks `tensors` (a shape, or the values, of each) against llamaTensorNames(config): every
+ * tensor present with its shape, nothing extra but RoPE's buffers and, in a tied model, an
+ * lm_head.weight (checkTiedCopy). `where` prefixes the messages.
  */
-function checkArrays(c: ResolvedLlamaConfig, arrays: ReadonlyMap<string, { shape?: number[]; data: Float32Array }>, where: string, shapes: boolean): void {
+function checkArrays(c: ResolvedLlamaConfig, tensors: ReadonlyMap<string, { shape: number[] } | { data: Float32Array }>, where: string): void {
   const expected = llamaTensorNames(c);
-  const missing = [...expected.keys()].filter((n) => !arrays.has(n));
+  const missing = [...expected.keys()].filter((n) => !tensors.has(n));
   if (missing.length) fail('range', `${where}: missing ${missing.length} tensor(s): ${missing.slice(0, 5).map((n) => `'${n}'`).join(', ')}${missing.length > 5 ? ', ...' : ''}`);
-  const head = arrays.get('lm_head.weight');
-  if (c.tie_word_embeddings && head && !sameBits(head.data, arrays.get('model.embed_tokens.weight')!.data))
-    fail('range', `${where}: 'lm_head.weight' differs from 'model.embed_tokens.weight', but tie_word_embeddings is true (one matrix for both); set it to false to keep a separate head`);
-  const extra = [...arrays.keys()].filter((n) => !expected.has(n) && !ROPE_BUFFER.test(n) && !(n === 'lm_head.weight' && c.tie_word_embeddings));
+  const extra = [...tensors.keys()].filter((n) => !expected.has(n) && !ROPE_BUFFER.test(n) && !(n === 'lm_head.weight' && c.tie_word_embeddings));
   if (extra.length) fail('range', `${where}: unexpected tensor(s) ${extra.slice(0, 5).map((n) => `'${n}'`).join(', ')}`);
   for (const [name, shape] of expected) {
-    const a = arrays.get(name)!;
-    const numel = shape.reduce((x, y) => x * y, 1);
-    const got = shapes ? a.shape! : [a.data.length];
-    if ((shapes && (got.length !== shape.length || got.some((d, i) => d !== shape[i]))) || a.data.length !== numel)
+    const a = tensors.get(name)!;
+    const got = 'shape' in a ? a.shape : [a.data.length]; // values alone: only their count
+    const want = 'shape' in a ? shape : [shape.reduce((x, y) => x * y, 1)];
+    if (got.length !== want.length || got.some((d, i) => d !== want[i]))
       fail('range', `${where}: '${name}' has shape [${got.join(', ')}], expected [${shape.join(', ')}]`);
   }
+}
+
+// A tied model's lm_head.weight, which some tools save beside embed_tokens, must be its copy.
+function checkTiedCopy(where: string, head: Float32Array, embed: Float32Array): void {
+  if (!sameBits(head, embed))
+    fail('range', `${where}: 'lm_head.weight' differs from 'model.embed_tokens.weight', but tie_word_embeddings is true (one matrix for both); set it to false to keep a separate head`);
 }
 
 function build(c: ResolvedLlamaConfig, device: DeviceName, data: (name: string, shape: number[]) => Float32Array): LlamaModel {
   const tensors = new Map<string, Tensor>();
   try {
     for (const [name, shape] of llamaTensorNames(c)) tensors.set(name, tensor(data(name, shape), shape, { device }));
+  } catch (e) {
+    for (const t of tensors.values()) t.dispose();
+    throw e;
+  }
+  return new LlamaModel(c, tensors, device);
+}
+
+// build() for values that arrive one at a time (read from disk as each tensor is made).
+async function buildAsync(c: ResolvedLlamaConfig, device: DeviceName, data: (name: string) => Promise<Float32Array>): Promise<LlamaModel> {
+  const tensors = new Map<string, Tensor>();
+  try {
+    for (const [name, shape] of llamaTensorNames(c)) tensors.set(name, tensor(await data(name), shape, { device }));
   } catch (e) {
     for (const t of tensors.values()) t.dispose();
     throw e;
@@ -238,7 +254,9 @@ export function createLlama(config: LlamaConfig, arrays: ReadonlyMap<string, Flo
   const device = deviceOption(checkOptions(opts, 'opts'), 'opts');
   if (!(arrays instanceof Map)) fail('type', `arrays: expected a Map of name -> Float32Array, got ${describe(arrays)}`);
   for (const [n, a] of arrays) if (!isFloat32Array(a)) fail('type', `arrays: '${n}': expected a Float32Array, got ${describe(a)}`);
-  checkArrays(c, new Map([...arrays].map(([n, data]) => [n, { data }])), 'arrays', false);
+  checkArrays(c, new Map([...arrays].map(([n, data]) => [n, { data }])), 'arrays');
+  const head = arrays.get('lm_head.weight');
+  if (c.tie_word_embeddings && head) checkTiedCopy('arrays', head, arrays.get('model.embed_tokens.weight')!);
   return build(c, device, (name) => arrays.get(name)!);
 }
 
@@ -248,9 +266,12 @@ export async function loadLlama(dir: string, opts?: LlamaDeviceOptions): Promise
   const device = deviceOption(checkOptions(opts, 'opts'), 'opts');
   const { file, json } = await readConfigJson(dir);
   const c = checkModelConfig(json, file);
-  const { tensors } = await readSafetensorsDir(dir);
-  checkArrays(c, tensors, dir, true);
-  return build(c, device, (name) => tensors.get(name)!.data);
+  // Every header checked first; then one tensor at a time, read as it is made (one in host memory).
+  const { entries } = await safetensorsDirEntries(dir);
+  checkArrays(c, new Map([...entries].map(([n, e]) => [n, e.entry])), dir);
+  const read = async (name: string) => (await readSafetensors(entries.get(name)!.path, { names: [name] })).tensors.get(name)!.data;
+  if (c.tie_word_embeddings && entries.has('lm_head.weight')) checkTiedCopy(dir, await read('lm_head.weight'), await read('model.embed_tokens.weight'));
+  return buildAsync(c, device, read);
 }
 
 // Whether RoPE is scaled. An unscaled rope_scaling is written as null: transformers 4 finds no

@@ -8,7 +8,7 @@ import { basename, join } from 'node:path';
 import { describe, fail } from './errors.js';
 import {
   checkNames, checkPath, openFile, readHeader, readTensor,
-  type LoadedTensor, type ReadSafetensorsOptions, type SafetensorsContents,
+  type LoadedTensor, type ReadSafetensorsOptions, type SafetensorsContents, type SafetensorsEntry,
 } from './safetensors.js';
 
 export const SINGLE_FILE = 'model.safetensors';
@@ -55,45 +55,73 @@ export async function safetensorsWeightMap(dir: string): Promise<Map<string, str
   return map;
 }
 
-/** Reads a checkpoint directory (all tensors, or `opts.names`) as float32. */
-export async function readSafetensorsDir(dir: string, opts?: ReadSafetensorsOptions): Promise<SafetensorsContents> {
-  const names = checkNames(opts);
-  const weightMap = await safetensorsWeightMap(dir);
-  const byFile = new Map<string, string[]>(), inFile = new Map<string, string[]>();
-  const add = (m: Map<string, string[]>, file: string, name: string) => {
-    const list = m.get(file);
-    if (list) list.push(name);
-    else m.set(file, [name]);
-  };
-  for (const name of names ?? weightMap.keys()) {
-    const file = weightMap.get(name);
-    if (file === undefined) fail('range', `opts.names: ${dir} has no tensor '${name}'`);
-    add(byFile, file, name);
-  }
-  for (const [name, file] of weightMap) add(inFile, file, name);
-  // Every shard is checked, also those none of the requested tensors are in.
-  for (const file of inFile.keys()) if (!byFile.has(file)) byFile.set(file, []);
+/** Where each tensor of a checkpoint directory is: its file's path and its header entry. */
+export interface DirEntry { path: string; entry: SafetensorsEntry }
 
+/**
+ * @internal Every shard's header, checked (each shard there, each tensor in the shard the
+ * index names), without reading any values: the tensors by name, in the index's order, and the
+ * files' metadata (shards normally agree; later ones win).
+ */
+export async function safetensorsDirEntries(dir: string): Promise<{ metadata: Record<string, string>; entries: Map<string, DirEntry> }> {
+  const weightMap = await safetensorsWeightMap(dir);
+  const inFile = new Map<string, string[]>();
+  for (const [name, file] of weightMap) {
+    const list = inFile.get(file);
+    if (list) list.push(name);
+    else inFile.set(file, [name]);
+  }
   const metadata: [string, string][] = [];
-  const tensors = new Map<string, LoadedTensor>();
-  for (const [file, wanted] of byFile) {
+  const found = new Map<string, DirEntry>();
+  for (const [file, names] of inFile) {
     const path = join(dir, file);
     if (!(await exists(path))) throw new Error(`${join(dir, INDEX_FILE)}: weight_map names ${file}, which does not exist in ${dir}`);
     const fh = await openFile(path);
     try {
       const header = await readHeader(fh, path);
-      // Shards normally agree; later ones win. One push per entry: a spread of many overflows the stack.
+      // One push per entry: a spread of many overflows the stack.
       for (const entry of Object.entries(header.metadata)) metadata.push(entry);
-      const missing = inFile.get(file)!.find((n) => !header.tensors.has(n));
-      if (missing) fail('range', `${path}: tensor '${missing}' is not in this file, though the index puts it there`);
-      for (const name of wanted) tensors.set(name, await readTensor(fh, path, name, header.tensors.get(name)!, header.dataStart));
+      for (const name of names) {
+        const entry = header.tensors.get(name);
+        if (!entry) fail('range', `${path}: tensor '${name}' is not in this file, though the index puts it there`);
+        found.set(name, { path, entry });
+      }
     } finally {
       await fh.close();
     }
   }
-  // Shard by shard, then put back in the order asked for (or the index's order).
-  const order = names ?? [...weightMap.keys()];
-  return { metadata: Object.fromEntries(metadata), tensors: new Map(order.map((n) => [n, tensors.get(n)!])) };
+  return { metadata: Object.fromEntries(metadata), entries: new Map([...weightMap.keys()].map((n) => [n, found.get(n)!])) };
+}
+
+/** Reads a checkpoint directory (all tensors, or `opts.names`) as float32. */
+export async function readSafetensorsDir(dir: string, opts?: ReadSafetensorsOptions): Promise<SafetensorsContents> {
+  const names = checkNames(opts);
+  const { metadata, entries } = await safetensorsDirEntries(dir);
+  const order = names ?? [...entries.keys()];
+  const byFile = new Map<string, string[]>();
+  for (const name of order) {
+    const at = entries.get(name);
+    if (at === undefined) fail('range', `opts.names: ${dir} has no tensor '${name}'`);
+    const list = byFile.get(at.path);
+    if (list) list.push(name);
+    else byFile.set(at.path, [name]);
+  }
+  const tensors = new Map<string, LoadedTensor>();
+  for (const [path, wanted] of byFile) {
+    const fh = await openFile(path);
+    try {
+      const header = await readHeader(fh, path);
+      for (const name of wanted) {
+        const entry = header.tensors.get(name);
+        if (!entry) fail('range', `${path}: tensor '${name}' is no longer in this file`); // replaced since its header was read
+        tensors.set(name, await readTensor(fh, path, name, entry, header.dataStart));
+      }
+    } finally {
+      await fh.close();
+    }
+  }
+  // File by file, then put back in the order asked for (or the index's order).
+  return { metadata, tensors: new Map(order.map((n) => [n, tensors.get(n)!])) };
 }
 
 async function exists(path: string): Promise<boolean> {

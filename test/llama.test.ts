@@ -794,6 +794,18 @@ describe('saving, loading, checkpoints', () => {
     using tied = await loadLlama(await write('tied', tiedTiny, tiedWeights)), copied = await loadLlama(await write('tied-copy', tiedTiny, copiedHead));
     expect(copied.tensors.has('lm_head.weight')).toBe(false);
     expect(logits(copied)).toEqual(logits(tied));
+    // shards and their index, as transformers saves a large model: the same model
+    const sharded = join(dir, 'sharded'), names = [...weights.keys()], weight_map: Record<string, string> = {};
+    await mkdir(sharded, { recursive: true });
+    await writeFile(join(sharded, 'config.json'), JSON.stringify(tiny));
+    for (const [k, part] of [names.filter((_, i) => i % 2 === 0), names.filter((_, i) => i % 2 === 1)].entries()) {
+      const file = `model-0000${k + 1}-of-00002.safetensors`;
+      await writeSafetensors(join(sharded, file), Object.fromEntries(part.map((n) => [n, { data: weights.get(n)!, shape: llamaTensorNames(tiny).get(n)! }])));
+      for (const n of part) weight_map[n] = file;
+    }
+    await writeFile(join(sharded, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map }));
+    using fromShards = await loadLlama(sharded);
+    expect(logits(fromShards)).toEqual(logits(plain));
   });
 
   it('refuses missing, extra and mis-shaped tensors, and rope_scaling, naming them', async () => {
