@@ -16,7 +16,7 @@ import { native } from './native.js';
 import { copy } from './ops.js';
 import { ropeDependsOnLength, ropeParameters, type RopeParameters } from './rope-freq.js';
 import { safetensorsDirEntries, SINGLE_FILE } from './safetensors-dir.js';
-import { readSafetensors } from './safetensors.js';
+import { READABLE, readSafetensors } from './safetensors.js';
 import { writeSafetensorsFrom, type WritableDType } from './safetensors-write.js';
 import { checkDevice, DEVICES, DTYPES, tensor, zeros, type DeviceName, type DType, type Tensor } from './tensor.js';
 
@@ -269,6 +269,10 @@ export async function loadLlama(dir: string, opts?: LlamaDeviceOptions): Promise
   // Every header checked first; then one tensor at a time, read as it is made (one in host memory).
   const { entries } = await safetensorsDirEntries(dir);
   checkArrays(c, new Map([...entries].map(([n, e]) => [n, e.entry])), dir);
+  for (const name of llamaTensorNames(c).keys()) {
+    const { path, entry } = entries.get(name)!;
+    if (!READABLE.includes(entry.dtype)) fail('range', `${path}: '${name}' is ${entry.dtype}, not a float type (${READABLE.join(', ')})`);
+  }
   const read = async (name: string) => (await readSafetensors(entries.get(name)!.path, { names: [name] })).tensors.get(name)!.data;
   if (c.tie_word_embeddings && entries.has('lm_head.weight')) checkTiedCopy(dir, await read('lm_head.weight'), await read('model.embed_tokens.weight'));
   return buildAsync(c, device, read);

@@ -30,7 +30,8 @@ export async function writeSafetensors(
   checkPath(path, 'path');
   if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors))
     fail('type', `tensors: expected an object of name -> { shape, data, dtype? }, got ${describe(tensors)}`);
-  for (const [name, t] of Object.entries(tensors)) checkData(name, t, checkSpec(name, t).numel);
+  if (metadata !== undefined) parseMetadata(metadata, 'metadata');
+  for (const name of sortedNames(Object.keys(tensors))) checkData(name, tensors[name]!, checkSpec(name, tensors[name]).numel);
   await writeSafetensorsFrom(path, tensors, (name) => tensors[name]!.data, metadata);
 }
 

@@ -160,6 +160,7 @@ export class Trainer implements Disposable {
   #o: ResolvedOptions;
   #disposed = false;
   #inLr = false;
+  #busy: 'saveCheckpoint' | 'restoreCheckpoint' | null = null; // one that has not finished: the trainer waits for it
 
   /** @internal use createTrainer. */
   constructor(model: LlamaModel, o: ResolvedOptions) {
@@ -195,6 +196,8 @@ export class Trainer implements Disposable {
   #live(): void {
     if (this.#disposed) fail('type', 'trainer: has been disposed');
     if (this.#inLr) throw new Error('trainer: called from inside opts.lr, which step() runs before its update');
+    // It reads (or writes) every tensor across many awaits: a step meanwhile would mix states.
+    if (this.#busy) throw new Error(`trainer: ${this.#busy}() has not finished; await it first`);
     if (this.model.disposed) fail('type', "trainer: its model's tensors have been disposed");
     if ([...this.gradients.values()].some((g) => g.disposed)) fail('type', 'trainer: some of its gradients have been disposed');
   }
@@ -376,14 +379,26 @@ export class Trainer implements Disposable {
    * Writes dir/config.json + model.safetensors (the weights, as transformers loads them),
    * dir/optimizer.safetensors (AdamW's m and v) and dir/trainer.json (the step). In a group,
    * rank 0 writes (every rank holds the same state; with shardOptimizer, every rank first sends
-   * it its moments, one tensor at a time) and every rank returns once it is written.
-   * Each file is written beside its place and then renamed into it, trainer.json last, and the
-   * files carry one id per save: a save cut short leaves the last checkpoint, or files that a
-   * restore refuses as a mix of two saves, never a mix it would accept.
+   * it its moments, one tensor at a time) and every rank returns once it is written; should
+   * rank 0 fail to write, every rank throws. Each file is written beside its place and then
+   * renamed into it, trainer.json last, and the files carry one id per save: a save cut short
+   * leaves the last checkpoint, or files that a restore refuses as a mix of two saves, never a
+   * mix it would accept. One tensor at a time is copied to host memory. Await it before any
+   * other call on this trainer.
    */
   async saveCheckpoint(dir: string): Promise<void> {
     this.#live();
     if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
+    this.#busy = 'saveCheckpoint';
+    try {
+      await this.#saveCheckpoint(dir);
+    } finally {
+      this.#busy = null;
+      if (this.#disposed) this.#free(); // dispose() was called meanwhile
+    }
+  }
+
+  async #saveCheckpoint(dir: string): Promise<void> {
     const group = this.#o.group, writer = !group || group.rank === 0;
     // Rank 0 writes, one tensor in host memory at a time. Every rank still takes part in what
     // is collective (with shardOptimizer, gathering each moment; then whether the save landed)
@@ -409,8 +424,9 @@ export class Trainer implements Disposable {
     for (const key of sortedNames(Object.keys(specs))) {
       if (!this.#shared && (!writer || failed)) break;
       const [kind, name] = [key.slice(0, 1) as Moment, key.slice(2)];
-      const data = this.#momentData(kind === 'm' ? this.#m : this.#v, name, writer && !failed);
-      if (data) await attempt(() => moments!.write(key, data));
+      await this.#withMoment(kind === 'm' ? this.#m : this.#v, name, async (t) => {
+        if (writer) await attempt(() => moments!.write(key, t.handle(key).toFloat32Array()));
+      });
     }
     if (writer)
       await attempt(async () => {
@@ -418,10 +434,8 @@ export class Trainer implements Disposable {
         await writeSynced(part(TRAINER_FILE), `${JSON.stringify({ format: 'ring-attention-trainer', version: 2, save, step: this.#step }, null, 2)}\n`);
         for (const f of files) await rename(part(f), join(dir, f));
       });
-    if (failed) {
-      await moments?.abort();
-      await Promise.allSettled(files.map((f) => rm(part(f), { force: true }))); // the write's error is the one to report
-    }
+    if (failed) // the write's error is the one to report, not the cleanup's
+      await Promise.allSettled([moments?.abort(), ...files.map((f) => rm(part(f), { force: true }))]);
     if (group && this.#anyRankFailed(group, failed !== undefined) && !failed)
       throw new Error(`saveCheckpoint: rank 0 could not write ${dir} (its error says why); no checkpoint was saved`);
     if (failed) throw failed.error;
@@ -461,19 +475,19 @@ export class Trainer implements Disposable {
   }
 
   /**
-   * One moment tensor's values, for the writer of a checkpoint (null elsewhere). With
-   * shardOptimizer, a sum to which only the rank that holds it adds non-zeros (collective).
+   * One moment tensor, whole, to `use` (on the writer of a checkpoint). With shardOptimizer, a
+   * sum to which only the rank that holds it adds non-zeros: collective, on every rank.
    */
-  #momentData(map: Map<string, Tensor>, name: string, writer: boolean): Float32Array | null {
+  async #withMoment(map: Map<string, Tensor>, name: string, use: (t: Tensor) => Promise<void>): Promise<void> {
     const held = map.get(name);
-    if (!this.#shared) return writer ? held!.handle(name).toFloat32Array() : null;
+    if (!this.#shared) return use(held!);
     const p = this.model.tensors.get(name)!;
     const t = zeros(p.shape, { device: p.device });
     try {
       if (held) copy(t, held);
       else scale(t, -1); // -0: see #shareUpdates
       this.#o.group!.allReduce(t);
-      return writer ? t.handle(name).toFloat32Array() : null;
+      await use(t);
     } finally {
       t.dispose();
     }
@@ -485,12 +499,23 @@ export class Trainer implements Disposable {
    * settings and the learning rate stay this trainer's (unlike torch's load_state_dict, which
    * restores them from the checkpoint). Every file is checked before anything changes; then the
    * tensors are read one at a time, so that only one is in host memory. Should a read still
-   * fail then (an I/O error, or files replaced meanwhile), the model is partly restored and the
-   * step count is unchanged: restore again.
+   * fail then (an I/O error, files replaced meanwhile, host memory exhausted), the model is
+   * partly restored and the step count is unchanged: restore again. Await it before any other
+   * call on this trainer.
    */
   async restoreCheckpoint(dir: string): Promise<void> {
     this.#live();
     if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
+    this.#busy = 'restoreCheckpoint';
+    try {
+      await this.#restoreCheckpoint(dir);
+    } finally {
+      this.#busy = null;
+      if (this.#disposed) this.#free(); // dispose() was called meanwhile
+    }
+  }
+
+  async #restoreCheckpoint(dir: string): Promise<void> {
     const trainerFile = join(dir, TRAINER_FILE);
     let meta: { format?: unknown; version?: unknown; save?: unknown; step?: unknown };
     try {
@@ -550,9 +575,17 @@ export class Trainer implements Disposable {
     this.#step = step;
   }
 
-  /** Frees the gradients and AdamW's moments now (the model is its owner's to dispose). Idempotent. */
+  /**
+   * Frees the gradients and AdamW's moments now, or, during a saveCheckpoint() or
+   * restoreCheckpoint() not yet awaited, once it ends (the model is its owner's to dispose).
+   * Idempotent.
+   */
   dispose(): void {
     this.#disposed = true;
+    if (!this.#busy) this.#free();
+  }
+
+  #free(): void {
     for (const map of [this.gradients, this.#m, this.#v]) for (const t of map.values()) t.dispose();
   }
 

@@ -659,6 +659,28 @@ describe('saving, loading, checkpoints', () => {
     }
   });
 
+  it('a save or restore not yet awaited: other calls are refused until it ends, and dispose() waits for it', async () => {
+    using a = initLlama(tiny, { seed: 8 });
+    const ta = createTrainer(a, { lr: 1e-2 });
+    ta.step(seq.tokens, seq.targets);
+    const ck = join(dir, 'ck-unawaited');
+    const saving = ta.saveCheckpoint(ck);
+    expect(() => ta.step(seq.tokens, seq.targets)).toThrow('trainer: saveCheckpoint() has not finished; await it first');
+    await expect(ta.restoreCheckpoint(ck)).rejects.toThrow('trainer: saveCheckpoint() has not finished; await it first');
+    const grad = ta.gradients.get('model.norm.weight')!;
+    ta.dispose(); // as `using` does when a function returns the save's promise without awaiting it
+    expect(grad.disposed).toBe(false);
+    await saving;
+    expect(grad.disposed).toBe(true);
+    using b = initLlama(tiny, { seed: 9 });
+    using tb = createTrainer(b, { lr: 1e-2 });
+    const restoring = tb.restoreCheckpoint(ck);
+    expect(() => tb.forward(seq.tokens, seq.targets)).toThrow('trainer: restoreCheckpoint() has not finished; await it first');
+    await restoring;
+    expect(tb.stepCount).toBe(1);
+    expect(Buffer.compare(bits(b.toArrays().get('lm_head.weight')!), bits(a.toArrays().get('lm_head.weight')!))).toBe(0);
+  });
+
   it('restore a checkpoint, then step: the same losses as an uninterrupted run', async () => {
     const opts = { lr: 5e-3, weightDecay: 0.1, maxGradNorm: 1 };
     using a = initLlama(tiny, { seed: 4 });
@@ -840,6 +862,12 @@ describe('saving, loading, checkpoints', () => {
     expect(() => initLlama({ ...tiny, rope_scaling: { type: 'yarn' } }, { seed: 1 })).toThrow(/^config.rope_scaling.factor: missing; expected a number > 0/);
     const short = new Map(good).set('model.norm.weight', new Float32Array(3));
     expect(() => createLlama(tiny, short)).toThrow(/arrays: 'model.norm.weight' has shape \[3\], expected \[64\]/);
+    // a tensor stored as integers: refused from the header, by name, before any is read
+    const ints = await write('i32', tiny, good), file = await readFile(join(ints, 'model.safetensors'));
+    const at = file.indexOf('"model.norm.weight":{"dtype":"F32"') + '"model.norm.weight":{"dtype":"'.length;
+    file.write('I32', at); // the same size: offsets stay valid
+    await writeFile(join(ints, 'model.safetensors'), file);
+    await expect(loadLlama(ints)).rejects.toThrow(/model.safetensors: 'model.norm.weight' is I32, not a float type \(F32, BF16, F16, F64\)$/);
   });
 
   it('trainer arguments are checked; dispose frees every tensor', () => {
