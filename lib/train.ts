@@ -1,19 +1,13 @@
 // Training a LlamaModel on a sequence sharded over a group: the loss is the mean over every
 // counted target of the whole sequence, gradients are summed over the ranks, clipped by their
-// global norm, and applied with AdamW. Checkpoints hold the weights (as transformers loads
-// them), AdamW's moments and the step.
-import { randomUUID } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
-import { join } from 'node:path';
-
+// global norm, and applied with AdamW. Checkpoints (checkpoint.ts) hold the weights (as
+// transformers loads them), AdamW's moments and the step.
+import { restoreCheckpointFiles, saveCheckpointFiles, type CheckpointState } from './checkpoint.js';
 import { checkBeta, checkBoolean, checkFloat32, checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
 import { ProcessGroup, type AllReduceWork } from './group.js';
 import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type RunContext } from './llama.js';
-import { loadLlamaConfig } from './llama-config.js';
-import { hfConfigJson, llamaFiles, LlamaModel, paramsFromMap, type LlamaParams } from './llama-model.js';
-import { adamw, copy, scale, sumOfSquares, zero } from './ops.js';
-import { READABLE, readSafetensors, readSafetensorsHeader } from './safetensors.js';
-import { SafetensorsWriter, sortedNames } from './safetensors-write.js';
+import { LlamaModel, paramsFromMap, type LlamaParams } from './llama-model.js';
+import { adamw, scale, sumOfSquares, zero } from './ops.js';
 import { LAYOUTS, type Layout } from './shard.js';
 import { freeOnThrow, tensor, zeros, type Tensor } from './tensor.js';
 
@@ -101,30 +95,7 @@ interface MicroBatch {
   ctx: RunContext;
 }
 
-const TRAINER_FILE = 'trainer.json';
-const OPTIMIZER_FILE = 'optimizer.safetensors';
-const WEIGHTS_FILE = 'model.safetensors';
-const SAVE_KEY = 'ring_attention_save'; // the id of the save a checkpoint's safetensors file belongs to
-const MOMENTS = ['m', 'v'] as const; // AdamW's, named `${moment}.${parameter}` in the optimizer file
-type Moment = (typeof MOMENTS)[number];
-
-/** Writes a small file and flushes it to disk, so that a rename after it never names an empty file. */
-async function writeSynced(path: string, text: string): Promise<void> {
-  const fh = await open(path, 'w');
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
-/** JSON with object keys sorted, so that two configs compare by content, not key order. */
-function canonical(v: unknown): string {
-  if (v === null || typeof v !== 'object') return JSON.stringify(v);
-  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
-  return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`).join(',')}}`;
-}
+type Exclusive = 'saveCheckpoint' | 'restoreCheckpoint'; // calls that hold the trainer across awaits
 
 // AdamW's settings reach the native optimizer as float32s.
 function positiveNumber(v: unknown, name: string, dflt: number, min = 0, inclusive = true): number {
@@ -160,7 +131,7 @@ export class Trainer implements Disposable {
   #o: ResolvedOptions;
   #disposed = false;
   #inLr = false;
-  #busy: 'saveCheckpoint' | 'restoreCheckpoint' | null = null; // one that has not finished: the trainer waits for it
+  #busy: Exclusive | null = null; // one that has not finished: the trainer waits for it
 
   /** @internal use createTrainer. */
   constructor(model: LlamaModel, o: ResolvedOptions) {
@@ -389,66 +360,21 @@ export class Trainer implements Disposable {
   async saveCheckpoint(dir: string): Promise<void> {
     this.#live();
     if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
-    this.#busy = 'saveCheckpoint';
+    await this.#exclusive('saveCheckpoint', () => saveCheckpointFiles(dir, this.#checkpointState()));
+  }
+
+  #checkpointState(): CheckpointState {
+    return { model: this.model, step: this.#step, group: this.#o.group, m: this.#m, v: this.#v, shared: this.#shared !== null };
+  }
+
+  // Runs f with every other call refused (set before f's first await) and dispose() deferred.
+  async #exclusive(what: Exclusive, f: () => Promise<void>): Promise<void> {
+    this.#busy = what;
     try {
-      await this.#saveCheckpoint(dir);
+      await f();
     } finally {
       this.#busy = null;
       if (this.#disposed) this.#free(); // dispose() was called meanwhile
-    }
-  }
-
-  async #saveCheckpoint(dir: string): Promise<void> {
-    const group = this.#o.group, writer = !group || group.rank === 0;
-    // Rank 0 writes, one tensor in host memory at a time. Every rank still takes part in what
-    // is collective (with shardOptimizer, gathering each moment; then whether the save landed)
-    // after a failed write, so that a full disk fails the save on every rank, none left waiting.
-    let failed: { error: unknown } | undefined;
-    const attempt = async (f: () => Promise<void>) => {
-      if (!failed) try { await f(); } catch (error) { failed = { error }; }
-    };
-    const save = randomUUID(), part = (f: string) => join(dir, `${f}.partial`);
-    const metadata = { format: 'pt', [SAVE_KEY]: save };
-    const files = ['config.json', WEIGHTS_FILE, OPTIMIZER_FILE, TRAINER_FILE];
-    const specs = Object.fromEntries([...this.model.tensors].flatMap(([n, p]) => MOMENTS.map((k) => [`${k}.${n}`, { shape: [...p.shape] }])));
-    let moments: SafetensorsWriter | undefined;
-    if (writer)
-      await attempt(async () => {
-        await mkdir(dir, { recursive: true });
-        const model = llamaFiles(this.model);
-        await writeSynced(part('config.json'), model.config);
-        await model.writeWeights(part(WEIGHTS_FILE), metadata);
-        moments = await SafetensorsWriter.open(part(OPTIMIZER_FILE), specs, metadata);
-      });
-    // In the file's order on every rank (the gathers are collective).
-    for (const key of sortedNames(Object.keys(specs))) {
-      if (!this.#shared && (!writer || failed)) break;
-      const [kind, name] = [key.slice(0, 1) as Moment, key.slice(2)];
-      await this.#withMoment(kind === 'm' ? this.#m : this.#v, name, async (t) => {
-        if (writer) await attempt(() => moments!.write(key, t.handle(key).toFloat32Array()));
-      });
-    }
-    if (writer)
-      await attempt(async () => {
-        await moments!.commit();
-        await writeSynced(part(TRAINER_FILE), `${JSON.stringify({ format: 'ring-attention-trainer', version: 2, save, step: this.#step }, null, 2)}\n`);
-        for (const f of files) await rename(part(f), join(dir, f));
-      });
-    if (failed) // the write's error is the one to report, not the cleanup's
-      await Promise.allSettled([moments?.abort(), ...files.map((f) => rm(part(f), { force: true }))]);
-    if (group && this.#anyRankFailed(group, failed !== undefined) && !failed)
-      throw new Error(`saveCheckpoint: rank 0 could not write ${dir} (its error says why); no checkpoint was saved`);
-    if (failed) throw failed.error;
-  }
-
-  /** Whether any rank says it failed (collective: a sum over the group, which also waits for every rank). */
-  #anyRankFailed(group: ProcessGroup, mine: boolean): boolean {
-    const flag = tensor(Float32Array.of(mine ? 1 : 0), [1], { device: this.model.device }); // NCCL sums cuda tensors only
-    try {
-      group.allReduce(flag);
-      return flag.handle('flag').toFloat32Array()[0] !== 0;
-    } finally {
-      flag.dispose();
     }
   }
 
@@ -475,25 +401,6 @@ export class Trainer implements Disposable {
   }
 
   /**
-   * One moment tensor, whole, to `use` (on the writer of a checkpoint). With shardOptimizer, a
-   * sum to which only the rank that holds it adds non-zeros: collective, on every rank.
-   */
-  async #withMoment(map: Map<string, Tensor>, name: string, use: (t: Tensor) => Promise<void>): Promise<void> {
-    const held = map.get(name);
-    if (!this.#shared) return use(held!);
-    const p = this.model.tensors.get(name)!;
-    const t = zeros(p.shape, { device: p.device });
-    try {
-      if (held) copy(t, held);
-      else scale(t, -1); // -0: see #shareUpdates
-      this.#o.group!.allReduce(t);
-      await use(t);
-    } finally {
-      t.dispose();
-    }
-  }
-
-  /**
    * Restores weights, AdamW's moments and the step from a saveCheckpoint() directory, into a
    * model of the same config (each differing config.json key is refused by name). AdamW's
    * settings and the learning rate stay this trainer's (unlike torch's load_state_dict, which
@@ -506,73 +413,9 @@ export class Trainer implements Disposable {
   async restoreCheckpoint(dir: string): Promise<void> {
     this.#live();
     if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
-    this.#busy = 'restoreCheckpoint';
-    try {
-      await this.#restoreCheckpoint(dir);
-    } finally {
-      this.#busy = null;
-      if (this.#disposed) this.#free(); // dispose() was called meanwhile
-    }
-  }
-
-  async #restoreCheckpoint(dir: string): Promise<void> {
-    const trainerFile = join(dir, TRAINER_FILE);
-    let meta: { format?: unknown; version?: unknown; save?: unknown; step?: unknown };
-    try {
-      meta = JSON.parse(await readFile(trainerFile, 'utf8')) ?? {};
-    } catch (e) {
-      if (!(e instanceof SyntaxError)) throw e;
-      throw new Error(`${trainerFile}: not valid JSON: ${e.message}`, { cause: e });
-    }
-    if (typeof meta !== 'object' || meta.format !== 'ring-attention-trainer') fail('range', `${trainerFile}: not a trainer checkpoint (format ${describe(meta.format)})`);
-    const step = checkInteger(meta.step, `${trainerFile}: step`, 0);
-    const saved = hfConfigJson(await loadLlamaConfig(join(dir, 'config.json'))), mine = hfConfigJson(this.model.config);
-    for (const key of Object.keys(mine))
-      if (key !== 'initializer_range' && canonical(saved[key]) !== canonical(mine[key])) // that one only seeds a new model
-        fail('range', `${join(dir, 'config.json')}: ${key} is ${canonical(saved[key])}, this model's is ${canonical(mine[key])}; a checkpoint restores into a model of the config it was saved from`);
-    // The headers first, all checked before anything changes.
-    const weightsPath = join(dir, WEIGHTS_FILE), momentsPath = join(dir, OPTIMIZER_FILE);
-    const weightsHeader = await readSafetensorsHeader(weightsPath), momentsHeader = await readSafetensorsHeader(momentsPath);
-    // Version 1 saves carried no id: their files must carry none either (a newer save cut short
-    // over an old checkpoint leaves files that do).
-    if (meta.version !== 1 && typeof meta.save !== 'string') fail('range', `${trainerFile}: save: expected the save's id, got ${describe(meta.save)}`);
-    const save = meta.version === 1 ? undefined : meta.save;
-    const sameSave = (path: string, metadata: Record<string, string>) => {
-      if (metadata[SAVE_KEY] !== save)
-        fail('range', `${path}: written by another save than ${TRAINER_FILE} (save ${describe(metadata[SAVE_KEY])}, expected ${describe(save)}); was a save interrupted?`);
-    };
-    sameSave(weightsPath, weightsHeader.metadata);
-    sameSave(momentsPath, momentsHeader.metadata);
-    const weights = weightsHeader.tensors;
-    // Check everything before writing anything.
-    const want = (file: string, got: { shape: number[]; dtype: string } | undefined, key: string, like: Tensor) => {
-      if (!got) fail('range', `${join(dir, file)}: tensor '${key}' is missing`);
-      if (!READABLE.includes(got.dtype)) fail('range', `${join(dir, file)}: '${key}' is ${got.dtype}, not a float type (${READABLE.join(', ')})`);
-      if (got.shape.length !== like.shape.length || got.shape.some((d, i) => d !== like.shape[i]))
-        fail('range', `${join(dir, file)}: '${key}' has shape [${got.shape.join(', ')}], this model's is [${like.shape.join(', ')}]`);
-    };
-    for (const [n, t] of this.model.tensors) {
-      want(WEIGHTS_FILE, weights.get(n), n, t);
-      for (const kind of MOMENTS) want(OPTIMIZER_FILE, momentsHeader.tensors.get(`${kind}.${n}`), `${kind}.${n}`, t);
-    }
-    const extra = [...weights.keys()].find((n) => !this.model.tensors.has(n));
-    if (extra) fail('range', `${join(dir, WEIGHTS_FILE)}: unexpected tensor '${extra}' for this model`);
-    // Then one tensor at a time from its file to its place (one in host memory at a time; with
-    // shardOptimizer, only the moments this rank holds).
-    const plan: [Tensor, string, string][] = [...this.model.tensors].map(([n, t]) => [t, weightsPath, n]);
-    for (const [kind, map] of [['m', this.#m], ['v', this.#v]] as const) for (const [n, t] of map) plan.push([t, momentsPath, `${kind}.${n}`]);
-    for (const [t, path, key] of plan) {
-      const { metadata, tensors } = await readSafetensors(path, { names: [key] });
-      sameSave(path, metadata); // not replaced since its header was read
-      const src = tensor(tensors.get(key)!.data, t.shape, { device: t.device });
-      try {
-        copy(t, src);
-      } finally {
-        src.dispose();
-      }
-    }
-    this.model.syncCompute();
-    this.#step = step;
+    await this.#exclusive('restoreCheckpoint', async () => {
+      this.#step = await restoreCheckpointFiles(dir, this.#checkpointState());
+    });
   }
 
   /**

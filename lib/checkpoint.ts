@@ -1,0 +1,188 @@
+// Trainer checkpoints: config.json and model.safetensors as transformers loads them, AdamW's
+// moments in optimizer.safetensors and the step in trainer.json, each file carrying the id of
+// its save. Tensors move one at a time between the files and the devices, so host memory holds
+// one tensor, not the model.
+import { randomUUID } from 'node:crypto';
+import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { checkInteger, describe, fail } from './errors.js';
+import type { ProcessGroup } from './group.js';
+import { loadLlamaConfig } from './llama-config.js';
+import { hfConfigJson, llamaFiles, type LlamaModel } from './llama-model.js';
+import { copy, scale } from './ops.js';
+import { READABLE, readSafetensors, readSafetensorsHeader } from './safetensors.js';
+import { SafetensorsWriter, sortedNames } from './safetensors-write.js';
+import { tensor, zeros, type Tensor } from './tensor.js';
+
+/** What a checkpoint holds of a trainer, and the group it is saved over. */
+export interface CheckpointState {
+  model: LlamaModel;
+  step: number;
+  group?: ProcessGroup;
+  /** AdamW's moments this rank holds: every parameter's, or with shardOptimizer its share. */
+  m: Map<string, Tensor>;
+  v: Map<string, Tensor>;
+  /** shardOptimizer: a moment is gathered (collective) from the rank that holds it. */
+  shared: boolean;
+}
+
+const TRAINER_FILE = 'trainer.json';
+const OPTIMIZER_FILE = 'optimizer.safetensors';
+const WEIGHTS_FILE = 'model.safetensors';
+const SAVE_KEY = 'ring_attention_save'; // the id of the save a checkpoint's safetensors file belongs to
+const MOMENTS = ['m', 'v'] as const; // AdamW's, named `${moment}.${parameter}` in the optimizer file
+type Moment = (typeof MOMENTS)[number];
+
+/** Writes a small file and flushes it to disk, so that a rename after it never names an empty file. */
+async function writeSynced(path: string, text: string): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** JSON with object keys sorted, so that two configs compare by content, not key order. */
+function canonical(v: unknown): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v);
+  if (Array.isArray(v)) return `[${v.map(canonical).join(',')}]`;
+  return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`).join(',')}}`;
+}
+
+/** saveCheckpoint(): rank 0 writes; with shardOptimizer every rank takes part. */
+export async function saveCheckpointFiles(dir: string, st: CheckpointState): Promise<void> {
+  const group = st.group, writer = !group || group.rank === 0;
+  // Rank 0 writes, one tensor in host memory at a time. Every rank still takes part in what
+  // is collective (with shardOptimizer, gathering each moment; then whether the save landed)
+  // after a failed write, so that a full disk fails the save on every rank, none left waiting.
+  let failed: { error: unknown } | undefined;
+  const attempt = async (f: () => Promise<void>) => {
+    if (!failed) try { await f(); } catch (error) { failed = { error }; }
+  };
+  const save = randomUUID(), part = (f: string) => join(dir, `${f}.partial`);
+  const metadata = { format: 'pt', [SAVE_KEY]: save };
+  const files = ['config.json', WEIGHTS_FILE, OPTIMIZER_FILE, TRAINER_FILE];
+  const specs = Object.fromEntries([...st.model.tensors].flatMap(([n, p]) => MOMENTS.map((k) => [`${k}.${n}`, { shape: [...p.shape] }])));
+  let moments: SafetensorsWriter | undefined;
+  if (writer)
+    await attempt(async () => {
+      await mkdir(dir, { recursive: true });
+      const model = llamaFiles(st.model);
+      await writeSynced(part('config.json'), model.config);
+      await model.writeWeights(part(WEIGHTS_FILE), metadata);
+      moments = await SafetensorsWriter.open(part(OPTIMIZER_FILE), specs, metadata);
+    });
+  // In the file's order on every rank (the gathers are collective).
+  for (const key of sortedNames(Object.keys(specs))) {
+    if (!st.shared && (!writer || failed)) break;
+    const [kind, name] = [key.slice(0, 1) as Moment, key.slice(2)];
+    await withMoment(st, kind === 'm' ? st.m : st.v, name, async (t) => {
+      if (writer) await attempt(() => moments!.write(key, t.handle(key).toFloat32Array()));
+    });
+  }
+  if (writer)
+    await attempt(async () => {
+      await moments!.commit();
+      await writeSynced(part(TRAINER_FILE), `${JSON.stringify({ format: 'ring-attention-trainer', version: 2, save, step: st.step }, null, 2)}\n`);
+      for (const f of files) await rename(part(f), join(dir, f));
+    });
+  if (failed) // the write's error is the one to report, not the cleanup's
+    await Promise.allSettled([moments?.abort(), ...files.map((f) => rm(part(f), { force: true }))]);
+  if (group && anyRankFailed(st, group, failed !== undefined) && !failed)
+    throw new Error(`saveCheckpoint: rank 0 could not write ${dir} (its error says why); no checkpoint was saved`);
+  if (failed) throw failed.error;
+}
+
+/** Whether any rank says it failed (collective: a sum over the group, which also waits for every rank). */
+function anyRankFailed(st: CheckpointState, group: ProcessGroup, mine: boolean): boolean {
+  const flag = tensor(Float32Array.of(mine ? 1 : 0), [1], { device: st.model.device }); // NCCL sums cuda tensors only
+  try {
+    group.allReduce(flag);
+    return flag.handle('flag').toFloat32Array()[0] !== 0;
+  } finally {
+    flag.dispose();
+  }
+}
+
+/**
+ * One moment tensor, whole, to `use` (on the writer of a checkpoint). With shardOptimizer, a
+ * sum to which only the rank that holds it adds non-zeros: collective, on every rank.
+ */
+async function withMoment(st: CheckpointState, map: Map<string, Tensor>, name: string, use: (t: Tensor) => Promise<void>): Promise<void> {
+  const held = map.get(name);
+  if (!st.shared) return use(held!);
+  const p = st.model.tensors.get(name)!;
+  const t = zeros(p.shape, { device: p.device });
+  try {
+    if (held) copy(t, held);
+    else scale(t, -1); // -0, as the trainer's shareUpdates adds: x + -0 is x, -0 included
+    st.group!.allReduce(t);
+    await use(t);
+  } finally {
+    t.dispose();
+  }
+}
+
+/** restoreCheckpoint(): the step saved; the model and this rank's moments restored. */
+export async function restoreCheckpointFiles(dir: string, st: CheckpointState): Promise<number> {
+  const trainerFile = join(dir, TRAINER_FILE);
+  let meta: { format?: unknown; version?: unknown; save?: unknown; step?: unknown };
+  try {
+    meta = JSON.parse(await readFile(trainerFile, 'utf8')) ?? {};
+  } catch (e) {
+    if (!(e instanceof SyntaxError)) throw e;
+    throw new Error(`${trainerFile}: not valid JSON: ${e.message}`, { cause: e });
+  }
+  if (typeof meta !== 'object' || meta.format !== 'ring-attention-trainer') fail('range', `${trainerFile}: not a trainer checkpoint (format ${describe(meta.format)})`);
+  const step = checkInteger(meta.step, `${trainerFile}: step`, 0);
+  const saved = hfConfigJson(await loadLlamaConfig(join(dir, 'config.json'))), mine = hfConfigJson(st.model.config);
+  for (const key of Object.keys(mine))
+    if (key !== 'initializer_range' && canonical(saved[key]) !== canonical(mine[key])) // that one only seeds a new model
+      fail('range', `${join(dir, 'config.json')}: ${key} is ${canonical(saved[key])}, this model's is ${canonical(mine[key])}; a checkpoint restores into a model of the config it was saved from`);
+  // The headers first, all checked before anything changes.
+  const weightsPath = join(dir, WEIGHTS_FILE), momentsPath = join(dir, OPTIMIZER_FILE);
+  const weightsHeader = await readSafetensorsHeader(weightsPath), momentsHeader = await readSafetensorsHeader(momentsPath);
+  // Version 1 saves carried no id: their files must carry none either (a newer save cut short
+  // over an old checkpoint leaves files that do).
+  if (meta.version !== 1 && typeof meta.save !== 'string') fail('range', `${trainerFile}: save: expected the save's id, got ${describe(meta.save)}`);
+  const save = meta.version === 1 ? undefined : meta.save;
+  const sameSave = (path: string, metadata: Record<string, string>) => {
+    if (metadata[SAVE_KEY] !== save)
+      fail('range', `${path}: written by another save than ${TRAINER_FILE} (save ${describe(metadata[SAVE_KEY])}, expected ${describe(save)}); was a save interrupted?`);
+  };
+  sameSave(weightsPath, weightsHeader.metadata);
+  sameSave(momentsPath, momentsHeader.metadata);
+  const weights = weightsHeader.tensors;
+  // Check everything before writing anything.
+  const want = (file: string, got: { shape: number[]; dtype: string } | undefined, key: string, like: Tensor) => {
+    if (!got) fail('range', `${join(dir, file)}: tensor '${key}' is missing`);
+    if (!READABLE.includes(got.dtype)) fail('range', `${join(dir, file)}: '${key}' is ${got.dtype}, not a float type (${READABLE.join(', ')})`);
+    if (got.shape.length !== like.shape.length || got.shape.some((d, i) => d !== like.shape[i]))
+      fail('range', `${join(dir, file)}: '${key}' has shape [${got.shape.join(', ')}], this model's is [${like.shape.join(', ')}]`);
+  };
+  for (const [n, t] of st.model.tensors) {
+    want(WEIGHTS_FILE, weights.get(n), n, t);
+    for (const kind of MOMENTS) want(OPTIMIZER_FILE, momentsHeader.tensors.get(`${kind}.${n}`), `${kind}.${n}`, t);
+  }
+  const extra = [...weights.keys()].find((n) => !st.model.tensors.has(n));
+  if (extra) fail('range', `${join(dir, WEIGHTS_FILE)}: unexpected tensor '${extra}' for this model`);
+  // Then one tensor at a time from its file to its place (one in host memory at a time; with
+  // shardOptimizer, only the moments this rank holds).
+  const plan: [Tensor, string, string][] = [...st.model.tensors].map(([n, t]) => [t, weightsPath, n]);
+  for (const [kind, map] of [['m', st.m], ['v', st.v]] as const) for (const [n, t] of map) plan.push([t, momentsPath, `${kind}.${n}`]);
+  for (const [t, path, key] of plan) {
+    const { metadata, tensors } = await readSafetensors(path, { names: [key] });
+    sameSave(path, metadata); // not replaced since its header was read
+    const src = tensor(tensors.get(key)!.data, t.shape, { device: t.device });
+    try {
+      copy(t, src);
+    } finally {
+      src.dispose();
+    }
+  }
+  st.model.syncCompute();
+  return step;
+}
