@@ -11,7 +11,7 @@ import type { ProcessGroup } from './group.js';
 import { loadLlamaConfig } from './llama-config.js';
 import { hfConfigJson, llamaFiles, type LlamaModel } from './llama-model.js';
 import { copy, scale } from './ops.js';
-import { READABLE, readSafetensors, readSafetensorsHeader } from './safetensors.js';
+import { checkFloatEntry, openSafetensors, type SafetensorsEntry } from './safetensors.js';
 import { SafetensorsWriter, sortedNames } from './safetensors-write.js';
 import { tensor, zeros, type Tensor } from './tensor.js';
 
@@ -142,46 +142,47 @@ export async function restoreCheckpointFiles(dir: string, st: CheckpointState): 
   for (const key of Object.keys(mine))
     if (key !== 'initializer_range' && canonical(saved[key]) !== canonical(mine[key])) // that one only seeds a new model
       fail('range', `${join(dir, 'config.json')}: ${key} is ${canonical(saved[key])}, this model's is ${canonical(mine[key])}; a checkpoint restores into a model of the config it was saved from`);
-  // The headers first, all checked before anything changes.
+  // Each file opened once: its header checked before anything changes, then its tensors read
+  // one at a time from the same handle (the file checked, even if a save replaces it meanwhile).
   const weightsPath = join(dir, WEIGHTS_FILE), momentsPath = join(dir, OPTIMIZER_FILE);
-  const weightsHeader = await readSafetensorsHeader(weightsPath), momentsHeader = await readSafetensorsHeader(momentsPath);
-  // Version 1 saves carried no id: their files must carry none either (a newer save cut short
-  // over an old checkpoint leaves files that do).
-  if (meta.version !== 1 && typeof meta.save !== 'string') fail('range', `${trainerFile}: save: expected the save's id, got ${describe(meta.save)}`);
-  const save = meta.version === 1 ? undefined : meta.save;
-  const sameSave = (path: string, metadata: Record<string, string>) => {
-    if (metadata[SAVE_KEY] !== save)
-      fail('range', `${path}: written by another save than ${TRAINER_FILE} (save ${describe(metadata[SAVE_KEY])}, expected ${describe(save)}); was a save interrupted?`);
-  };
-  sameSave(weightsPath, weightsHeader.metadata);
-  sameSave(momentsPath, momentsHeader.metadata);
-  const weights = weightsHeader.tensors;
-  // Check everything before writing anything.
-  const want = (file: string, got: { shape: number[]; dtype: string } | undefined, key: string, like: Tensor) => {
-    if (!got) fail('range', `${join(dir, file)}: tensor '${key}' is missing`);
-    if (!READABLE.includes(got.dtype)) fail('range', `${join(dir, file)}: '${key}' is ${got.dtype}, not a float type (${READABLE.join(', ')})`);
-    if (got.shape.length !== like.shape.length || got.shape.some((d, i) => d !== like.shape[i]))
-      fail('range', `${join(dir, file)}: '${key}' has shape [${got.shape.join(', ')}], this model's is [${like.shape.join(', ')}]`);
-  };
-  for (const [n, t] of st.model.tensors) {
-    want(WEIGHTS_FILE, weights.get(n), n, t);
-    for (const kind of MOMENTS) want(OPTIMIZER_FILE, momentsHeader.tensors.get(`${kind}.${n}`), `${kind}.${n}`, t);
-  }
-  const extra = [...weights.keys()].find((n) => !st.model.tensors.has(n));
-  if (extra) fail('range', `${join(dir, WEIGHTS_FILE)}: unexpected tensor '${extra}' for this model`);
-  // Then one tensor at a time from its file to its place (one in host memory at a time; with
-  // shardOptimizer, only the moments this rank holds).
-  const plan: [Tensor, string, string][] = [...st.model.tensors].map(([n, t]) => [t, weightsPath, n]);
-  for (const [kind, map] of [['m', st.m], ['v', st.v]] as const) for (const [n, t] of map) plan.push([t, momentsPath, `${kind}.${n}`]);
-  for (const [t, path, key] of plan) {
-    const { metadata, tensors } = await readSafetensors(path, { names: [key] });
-    sameSave(path, metadata); // not replaced since its header was read
-    const src = tensor(tensors.get(key)!.data, t.shape, { device: t.device });
-    try {
-      copy(t, src);
-    } finally {
-      src.dispose();
+  const weightsFile = await openSafetensors(weightsPath);
+  let momentsFile: Awaited<ReturnType<typeof openSafetensors>> | undefined;
+  try {
+    momentsFile = await openSafetensors(momentsPath);
+    // Version 1 saves carried no id: their files must carry none either (a newer save cut short
+    // over an old checkpoint leaves files that do).
+    if (meta.version !== 1 && typeof meta.save !== 'string') fail('range', `${trainerFile}: save: expected the save's id, got ${describe(meta.save)}`);
+    const save = meta.version === 1 ? undefined : meta.save;
+    for (const [path, { metadata }] of [[weightsPath, weightsFile.header], [momentsPath, momentsFile.header]] as const)
+      if (metadata[SAVE_KEY] !== save)
+        fail('range', `${path}: written by another save than ${TRAINER_FILE} (save ${describe(metadata[SAVE_KEY])}, expected ${describe(save)}); was a save interrupted?`);
+    const weights = weightsFile.header.tensors, moments = momentsFile.header.tensors;
+    const want = (path: string, got: SafetensorsEntry | undefined, key: string, like: Tensor) => {
+      if (!got) fail('range', `${path}: tensor '${key}' is missing`);
+      checkFloatEntry(path, key, got);
+      if (got.shape.length !== like.shape.length || got.shape.some((d, i) => d !== like.shape[i]))
+        fail('range', `${path}: '${key}' has shape [${got.shape.join(', ')}], this model's is [${like.shape.join(', ')}]`);
+    };
+    for (const [n, t] of st.model.tensors) {
+      want(weightsPath, weights.get(n), n, t);
+      for (const kind of MOMENTS) want(momentsPath, moments.get(`${kind}.${n}`), `${kind}.${n}`, t);
     }
+    const extra = [...weights.keys()].find((n) => !st.model.tensors.has(n));
+    if (extra) fail('range', `${weightsPath}: unexpected tensor '${extra}' for this model`);
+    // Then one tensor at a time from its file to its place (with shardOptimizer, only the
+    // moments this rank holds).
+    const plan: [Tensor, typeof weightsFile, string][] = [...st.model.tensors].map(([n, t]) => [t, weightsFile, n]);
+    for (const [kind, map] of [['m', st.m], ['v', st.v]] as const) for (const [n, t] of map) plan.push([t, momentsFile, `${kind}.${n}`]);
+    for (const [t, file, key] of plan) {
+      const src = tensor(await file.read(key), t.shape, { device: t.device });
+      try {
+        copy(t, src);
+      } finally {
+        src.dispose();
+      }
+    }
+  } finally {
+    await Promise.allSettled([weightsFile.close(), momentsFile?.close()]);
   }
   st.model.syncCompute();
   return step;

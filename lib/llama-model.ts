@@ -16,7 +16,7 @@ import { native } from './native.js';
 import { copy } from './ops.js';
 import { ropeDependsOnLength, ropeParameters, type RopeParameters } from './rope-freq.js';
 import { safetensorsDirEntries, SINGLE_FILE } from './safetensors-dir.js';
-import { READABLE, readSafetensors } from './safetensors.js';
+import { checkFloatEntry, openSafetensors } from './safetensors.js';
 import { writeSafetensorsFrom, type WritableDType } from './safetensors-write.js';
 import { checkDevice, DEVICES, DTYPES, tensor, zeros, type DeviceName, type DType, type Tensor } from './tensor.js';
 
@@ -266,16 +266,25 @@ export async function loadLlama(dir: string, opts?: LlamaDeviceOptions): Promise
   const device = deviceOption(checkOptions(opts, 'opts'), 'opts');
   const { file, json } = await readConfigJson(dir);
   const c = checkModelConfig(json, file);
-  // Every header checked first; then one tensor at a time, read as it is made (one in host memory).
+  // Every header checked first; then one tensor at a time, read as it is made (one in host
+  // memory), each shard opened once.
   const { entries } = await safetensorsDirEntries(dir);
   checkArrays(c, new Map([...entries].map(([n, e]) => [n, e.entry])), dir);
-  for (const name of llamaTensorNames(c).keys()) {
-    const { path, entry } = entries.get(name)!;
-    if (!READABLE.includes(entry.dtype)) fail('range', `${path}: '${name}' is ${entry.dtype}, not a float type (${READABLE.join(', ')})`);
+  for (const name of llamaTensorNames(c).keys()) checkFloatEntry(entries.get(name)!.path, name, entries.get(name)!.entry);
+  const shards = new Map<string, ReturnType<typeof openSafetensors>>();
+  const read = async (name: string) => {
+    const { path } = entries.get(name)!;
+    if (!shards.has(path)) shards.set(path, openSafetensors(path));
+    return (await shards.get(path)!).read(name);
+  };
+  try {
+    // A tied model's saved head is compared with the embedding, which is then built from that read.
+    const E = 'model.embed_tokens.weight', embed = c.tie_word_embeddings && entries.has('lm_head.weight') ? await read(E) : undefined;
+    if (embed) checkTiedCopy(dir, await read('lm_head.weight'), embed);
+    return await buildAsync(c, device, (name) => (name === E && embed ? Promise.resolve(embed) : read(name)));
+  } finally {
+    await Promise.allSettled([...shards.values()].map(async (f) => (await f).close()));
   }
-  const read = async (name: string) => (await readSafetensors(entries.get(name)!.path, { names: [name] })).tensors.get(name)!.data;
-  if (c.tie_word_embeddings && entries.has('lm_head.weight')) checkTiedCopy(dir, await read('lm_head.weight'), await read('model.embed_tokens.weight'));
-  return buildAsync(c, device, read);
 }
 
 // Whether RoPE is scaled. An unscaled rope_scaling is written as null: transformers 4 finds no

@@ -16,8 +16,12 @@ const ITEM_SIZE = {
 export type SafetensorsDType = keyof typeof ITEM_SIZE;
 /** The dtypes whose values can be read (as float32). */
 export type FloatDType = 'F32' | 'BF16' | 'F16' | 'F64';
-/** @internal */
-export const READABLE: readonly string[] = ['F32', 'BF16', 'F16', 'F64'];
+const READABLE: readonly string[] = ['F32', 'BF16', 'F16', 'F64'];
+
+/** @internal Refuses, from its header entry, a tensor that cannot be read as float32. */
+export function checkFloatEntry(file: string, name: string, entry: SafetensorsEntry): void {
+  if (!READABLE.includes(entry.dtype)) fail('range', `${file}: '${name}' is ${entry.dtype}, not a float type (${READABLE.join(', ')})`);
+}
 
 /** The safetensors reference implementation's limit: larger headers are refused unread. */
 export const MAX_HEADER_BYTES = 100_000_000;
@@ -64,6 +68,26 @@ export async function readSafetensorsHeader(path: string): Promise<SafetensorsHe
     return await readHeader(fh, path);
   } finally {
     await fh.close();
+  }
+}
+
+/**
+ * @internal A file opened once for reading its tensors one at a time: the header is read once,
+ * and the open handle keeps reading the file that header came from, even should another
+ * replace it meanwhile. close() when done.
+ */
+export async function openSafetensors(path: string): Promise<{ header: SafetensorsHeader; read(name: string): Promise<Float32Array>; close(): Promise<void> }> {
+  const fh = await openFile(path);
+  try {
+    const header = await readHeader(fh, path);
+    return {
+      header,
+      read: async (name) => (await readTensor(fh, path, name, header.tensors.get(name)!, header.dataStart)).data,
+      close: () => fh.close(),
+    };
+  } catch (e) {
+    await fh.close();
+    throw e;
   }
 }
 

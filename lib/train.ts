@@ -406,7 +406,7 @@ export class Trainer implements Disposable {
    * settings and the learning rate stay this trainer's (unlike torch's load_state_dict, which
    * restores them from the checkpoint). Every file is checked before anything changes; then the
    * tensors are read one at a time, so that only one is in host memory. Should a read still
-   * fail then (an I/O error, files replaced meanwhile, host memory exhausted), the model is
+   * fail then (an I/O error, host memory exhausted), the model is
    * partly restored and the step count is unchanged: restore again. Await it before any other
    * call on this trainer.
    */
