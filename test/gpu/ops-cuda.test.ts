@@ -48,7 +48,8 @@ async function close(gpu: Tensor, cpu: Tensor, tol: number, what: string) {
 }
 function ids(count: number, hi: number, seed: number, ignore?: number) {
   const r = randomArray(count, seed);
-  return Int32Array.from(r, (v, i) => (ignore !== undefined && i % 5 === 2 ? ignore : Math.floor((v + 0.5) * hi) % hi));
+  // randomArray is uniform in [-1, 1): map it onto [0, hi).
+  return Int32Array.from(r, (v, i) => (ignore !== undefined && i % 5 === 2 ? ignore : Math.floor(((v + 1) / 2) * hi) % hi));
 }
 
 describe.skipIf(!!why)(title, () => {
@@ -120,7 +121,8 @@ describe.skipIf(!!why)(title, () => {
       const x = pair([M, H, D], 13, dtype), pos = Int32Array.from({ length: M }, (_, i) => (i % 3 ? i : 2_000_000 - i * 7919));
       await close(ops.rope(x.gpu, pos, 500000), ops.rope(x.cpu, pos, 500000), tol.elem, 'rope');
       await close(ops.ropeBackward(x.gpu, pos, 500000), ops.ropeBackward(x.cpu, pos, 500000), tol.elem, 'ropeBackward');
-      const llama3 = ropeParameters(llamaPresets['1B']).invFreq; // given frequencies, uploaded per call
+      // Given frequencies, uploaded per call: the 1B preset's llama3 scaling at this test's head dim.
+      const llama3 = ropeParameters({ ...llamaPresets['1B'], head_dim: D }).invFreq;
       await close(ops.rope(x.gpu, pos, llama3), ops.rope(x.cpu, pos, llama3), tol.elem, 'rope (llama3 frequencies)');
     });
 
