@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # What a GPU session checks (see ../shared/gpu/README.md for how to carry Node there), sized
-# for 15 minutes of device time in all, a machine's start included: two calls.
+# for 15 minutes of device time in all, a machine's start (1-2 minutes) included.
 #
 # Here, first: npm ci; ../shared/gpu/pack; RING_ATTENTION_BUILD=source npm run build:native;
 # npx tsc -p tsconfig.json. Then carry [".gpu", "build/Release", "dist"]: the binary built here
-# (sm_90a, CUDA 13) runs there as it is, so no device time goes on compiling.
-#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests attention ring mfu   # <= 9 min, timeout_s 570
-#   2. source .gpu/env.sh && bash scripts/gpu-session.sh check sm90 long memory packed    # what is left, in this order
-# The parts' limits add up to more than 15 minutes; most parts should end well inside theirs,
-# and the second call runs under what device time is left (the device tool cuts it there).
+# (sm_90a, CUDA 13) runs there as it is (it did on 2026-12-04), so no device time goes on compiling.
+# The first session (2026-12-04, bench/results/gpu-session-2026-12-04-3f61040.md) ran tests,
+# attention, ring, mfu, memory and packed. What the next one needs, in this order:
+#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests example sm90      # ~6 min, timeout_s 480
+#   2. at once, while the machine is warm (30 s): long512k, or the suites a change calls for
 # `check` rebuilds there only when the carried binary does not load or sees no GPU (~3 min).
 # Every part has its own time limit, so a slow one costs its limit, not the call. Logs, JSON,
 # CSV and SVG are written under $WORK and packed into $OUT/results.tgz after every part (at
 # most 8 files come back), so a call cut short keeps what it finished; the summary of each part
-# is printed, and so comes back in the output.
+# is printed, and so comes back in the output. Suites print a line as each point starts, so a
+# point cut off at its limit still shows.
 set -u
 OUT=${OUT:-/tmp/ring-attention-gpu}
 WORK=${WORK:-/tmp/ring-attention-gpu-work}
@@ -58,7 +59,7 @@ attention() {
 
 ring() {
   step "ring overhead"
-  timeout 90 node dist/cli.js bench ring --ranks 2,4 --max-block "${MAX_BLOCK:-4096}" --reps 2 --out-dir "$WORK" 2>&1 | clean | tail -24
+  timeout 150 node dist/cli.js bench ring --ranks 2,4,8 --max-block "${MAX_BLOCK:-16384}" --reps 2 --out-dir "$WORK" 2>&1 | clean | tail -24
 }
 
 mfu() {
@@ -68,27 +69,41 @@ mfu() {
 
 memory() {
   step "training-step memory of the 1B preset, checkpointing on and off"
-  timeout 100 node dist/cli.js bench memory --model 1B --max-context "${MEM_MAX:-65536}" --out-dir "$WORK" 2>&1 | clean | tail -24
+  timeout 150 node dist/cli.js bench memory --model 1B --max-context "${MEM_MAX:-65536}" --out-dir "$WORK" 2>&1 | clean | tail -24
 }
 
-long() {
-  step "1M tokens on one GPU (issue #4's memory target: batch 1, 8 heads, dim 128)"
-  timeout 90 node dist/cli.js bench attention --min-seq 1048576 --max-seq 1048576 --dims 128 --head-width 1024 --tokens 1048576 \
-    --reps 1 --no-torch --out-dir "$WORK/attention-1m" 2>&1 | clean | tail -12
-  step "a 1B training step at 512K tokens (issue #7's largest-context target)"
-  timeout 120 node dist/cli.js bench mfu --model 1B --min-context 524288 --max-context 524288 --steps 0 --no-breakdown \
+long1m() {
+  step "1M tokens on one GPU (issue #4's memory target: batch 1, 8 heads, dim 128; Hopper kernels, ~2.5 min)"
+  timeout 240 node dist/cli.js bench attention --min-seq 1048576 --max-seq 1048576 --dims 128 --head-width 1024 --tokens 1048576 \
+    --reps 1 --no-torch --sm90 --out-dir "$WORK/attention-1m" 2>&1 | clean | tail -12
+}
+
+long512k() {
+  # ~5.8e16 FLOPs: at least 5 minutes at the 19% MFU measured on 2026-12-04.
+  step "a 1B training step at 512K tokens (issue #7's largest-context target), one step"
+  timeout 540 node dist/cli.js bench mfu --model 1B --min-context 524288 --max-context 524288 --steps 0 --no-breakdown \
     --out-dir "$WORK/mfu-512k" 2>&1 | clean | tail -12
 }
 
+example() {
+  step "the line-retrieval example on the GPU (2 ranks sharing it)"
+  timeout 150 node examples/line-retrieval.mjs --device cuda > "$WORK/example-cuda.txt" 2>&1
+  echo "example exit code $? (124: cut off at its limit)"
+  clean < "$WORK/example-cuda.txt" | tail -8
+}
+
 sm90() {
-  step "the Hopper kernels (RING_ATTENTION_SM90=1): each wgmma form and a swizzled TMA tile alone, their own tests, then every CUDA attention and ring test through them"
-  RING_ATTENTION_SM90=1 timeout 150 node node_modules/vitest/vitest.mjs run test/gpu/wgmma-unit.test.ts test/gpu/attention-sm90.test.ts test/gpu/attention-cuda.test.ts \
-    test/gpu/ring-cuda.test.ts > "$WORK/test-sm90.txt" 2>&1
+  step "every CUDA attention, ring and model test through the Hopper kernels (RING_ATTENTION_SM90=1), with their own tests"
+  RING_ATTENTION_SM90=1 timeout 240 node node_modules/vitest/vitest.mjs run test/gpu/wgmma-unit.test.ts test/gpu/attention-sm90.test.ts \
+    test/gpu/attention-cuda.test.ts test/gpu/ring-cuda.test.ts test/gpu/llama-cuda.test.ts > "$WORK/test-sm90.txt" 2>&1
   echo "sm90 tests exit code $? (124: cut off at its limit)"
   grep -E "✓|×|Tests |FAIL|AssertionError" "$WORK/test-sm90.txt" | clean | tail -60
+}
+
+sm90bench() {
   step "the Hopper kernels beside the default ones and torch"
-  timeout 90 node dist/cli.js bench attention --min-seq 4096 --max-seq 16384 --dims 128 --sm90 --reps 3 \
-    --out-dir "$WORK/sm90" 2>&1 | clean | tail -24
+  timeout 90 node dist/cli.js bench attention --min-seq 4096 --max-seq 16384 --dims 64,128 --sm90 --reps 3 \
+    --out-dir "$WORK/sm90" 2>&1 | clean | tail -30
   step "the Hopper forward without its ping-pong (rows 'ours sm90' against the run above)"
   RING_ATTENTION_SM90_PINGPONG=0 timeout 45 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 128 --sm90 \
     --no-torch --reps 3 --out-dir "$WORK/sm90-no-pingpong" 2>&1 | clean | tail -12
@@ -104,7 +119,7 @@ parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(check tests)
 for p in "${parts[@]}"; do
   case "$p" in
-    build | check | tests | attention | ring | mfu | memory | long | packed | sm90) "$p"; pack ;;
-    *) echo "unknown part '$p' (build, check, tests, attention, ring, mfu, memory, long, packed, sm90)"; exit 2 ;;
+    build | check | tests | example | attention | ring | mfu | memory | long1m | long512k | packed | sm90 | sm90bench) "$p"; pack ;;
+    *) echo "unknown part '$p' (build, check, tests, example, attention, ring, mfu, memory, long1m, long512k, packed, sm90, sm90bench)"; exit 2 ;;
   esac
 done

@@ -15,8 +15,10 @@ export function createProgress(suite: string, total: number, stream: NodeJS.Writ
   if (!stream.isTTY) {
     let current = '';
     return {
+      // A line when a point starts too, so that a run cut off at a time limit shows where it was.
       start(label) {
         current = label;
+        stream.write(`[${suite} ${n + 1}/${total}] ${current} ...\n`);
       },
       done(result) {
         stream.write(`[${suite} ${++n}/${total}] ${current}: ${result}\n`);

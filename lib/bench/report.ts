@@ -19,6 +19,7 @@ export interface Machine {
   device: 'cpu' | 'cuda';
   gpu: string | null;
   gpuMemoryBytes: number | null;
+  /** The kernel module's version (580.159.04) where /proc says it, else the CUDA version the driver supports. */
   driver: string | null;
   cudaRuntime: string | null;
   nccl: string | null;
@@ -43,6 +44,15 @@ function ncclVersion(): string | null {
   }
 }
 
+/** The NVIDIA kernel module's version, as nvidia-smi prints it, where Linux exposes it. */
+function driverModuleVersion(): string | null {
+  try {
+    return /Kernel Module\s+(?:for \S+\s+)?(\d+(?:\.\d+)+)/.exec(readFileSync('/proc/driver/nvidia/version', 'utf8'))?.[1] ?? null;
+  } catch {
+    return null;
+  }
+}
+
 export function describeMachine(device: 'cpu' | 'cuda'): Machine {
   const i = info();
   const gpu = device === 'cuda' ? i.cuda.devices[0] : undefined;
@@ -50,7 +60,7 @@ export function describeMachine(device: 'cpu' | 'cuda'): Machine {
     device,
     gpu: gpu?.name ?? null,
     gpuMemoryBytes: gpu?.totalMemory ?? null,
-    driver: device === 'cuda' ? cudaVersion(i.cuda.driverVersion) : null,
+    driver: device === 'cuda' ? driverModuleVersion() ?? `supports CUDA ${cudaVersion(i.cuda.driverVersion)}` : null,
     cudaRuntime: device === 'cuda' ? cudaVersion(i.cuda.runtimeVersion) : null,
     nccl: device === 'cuda' ? ncclVersion() : null,
     cpu: cpus()[0]?.model ?? 'unknown',
