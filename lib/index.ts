@@ -25,7 +25,7 @@ export { createLlama, initLlama, LlamaModel, loadLlama, saveLlama } from './llam
 export type { InitLlamaOptions, LlamaDeviceOptions, LlamaLayerParams, LlamaParams, SaveLlamaOptions } from './llama-model.js';
 export { IGNORE_INDEX, shardTokens } from './llama.js';
 export { ropeParameters, ROPE_TYPES, type RopeConfig, type RopeParameters } from './rope-freq.js';
-export type { ShardTokensOptions } from './llama.js';
+export type { Checkpointing, ShardTokensOptions } from './llama.js';
 export { createTrainer, Trainer } from './train.js';
 export type { ForwardOptions, ForwardResult, StepOptions, StepResult, TrainerOptions } from './train.js';
 export { MAX_HEADER_BYTES, readSafetensors, readSafetensorsHeader } from './safetensors.js';

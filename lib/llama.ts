@@ -8,6 +8,9 @@
 // What is kept between the forward and the backward, per layer:
 //   checkpoint: true   only the layer's input x (M, C); the backward recomputes the layer
 //                      (ring attention included) before going back through it.
+//   checkpoint: 'keep-attention'  x, and attention's output and lse: the recompute skips
+//                      the attention (and its ring transfers), the costliest part of a layer
+//                      at long context, for M·H·D + H·M values more per layer.
 //   checkpoint: false  every activation of LayerActs below.
 // Either way the FFN keeps nothing: ffnBackward recomputes gate/up per row block, and the
 // cross-entropy never forms the (M, V) logits.
@@ -68,13 +71,16 @@ export function shardTokens(tokens: Int32Array, opts: ShardTokensOptions): { tok
   return { tokens: Int32Array.from(positions, (p) => tokens[p]!), positions };
 }
 
+/** What the forward keeps for the backward (see the top of this file). */
+export type Checkpointing = boolean | 'keep-attention';
+
 /** How one run of the model goes (resolved and checked by the caller). */
 export interface RunContext {
   group: ProcessGroup | undefined;
   layout: Layout;
   positions: Int32Array; // (M) this rank's tokens' positions in the whole sequence
   rope: RopeParameters; //   for the whole sequence's length (model.rope)
-  checkpoint: boolean;
+  checkpoint: Checkpointing;
   ffnBlockRows: number;
   ceChunkRows: number;
   /** Attention's backward on CUDA without atomic adds (see AttentionOptions.deterministic). Default false. */
@@ -126,25 +132,34 @@ function consume(t: Tensor, f: (t: Tensor) => Tensor): Tensor {
   }
 }
 
-function freeActs(a: LayerActs): void {
-  for (const t of [a.h, a.rstd1, a.q, a.k, a.v, a.att, a.lse, a.x1, a.h2, a.rstd2]) t.dispose();
+/** Attention's results, kept from the forward for the backward's recompute ('keep-attention'). */
+interface KeptAttention {
+  att: Tensor;
+  lse: Tensor;
+}
+
+/** Frees every activation but x (the caller's) and those of `keep`. */
+function freeActs(a: LayerActs, keep?: KeptAttention): void {
+  for (const t of [a.h, a.rstd1, a.q, a.k, a.v, a.att, a.lse, a.x1, a.h2, a.rstd2]) if (t !== keep?.att && t !== keep?.lse) t.dispose();
 }
 
 // transformers multiplies RoPE's cos and sin by the attention factor (yarn), so q·k by its
 // square: the same as a softmax scale of factor² / sqrt(D), with no pass over q and k.
 const softmaxScale = (ctx: RunContext, D: number) => ctx.rope.attentionFactor ** 2 / Math.sqrt(D);
 
-/** The layer's forward: its activations and its output x2 = x1 + ffn(h2) (M, C). */
-function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext): { acts: LayerActs; out: Tensor } {
+/** The layer's forward: its activations and its output x2 = x1 + ffn(h2) (M, C). With `kept`,
+ * attention's results from an earlier run of this forward stand in for running it again (they
+ * become the activations' own). */
+function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext, kept?: KeptAttention): { acts: LayerActs; out: Tensor } {
   const c = model.config, M = x.shape[0]!, H = c.num_attention_heads, KVH = c.num_key_value_heads, D = c.head_dim;
   const { y: h, rstd: rstd1 } = rmsNorm(x, p.inputNorm, c.rms_norm_eps);
   const q = as(consume(as(linear(h, p.wq), [M, H, D]), (t) => rope(t, ctx.positions, ctx.rope.invFreq)), [1, M, H, D]);
   const k = as(consume(as(linear(h, p.wk), [M, KVH, D]), (t) => rope(t, ctx.positions, ctx.rope.invFreq)), [1, M, KVH, D]);
   const v = as(linear(h, p.wv), [1, M, KVH, D]);
   const opts = { causal: true, scale: softmaxScale(ctx, D), documentIds: ctx.documentIds };
-  const { out: att, lse } = ctx.group
-    ? ringAttention(q, k, v, { ...opts, group: ctx.group, layout: ctx.layout })
-    : attention(q, k, v, opts);
+  let att: Tensor, lse: Tensor;
+  if (kept) ({ att, lse } = kept);
+  else ({ out: att, lse } = ctx.group ? ringAttention(q, k, v, { ...opts, group: ctx.group, layout: ctx.layout }) : attention(q, k, v, opts));
   const att2 = reshape(att, [M, H * D]);
   const x1 = linear(att2, p.wo); // o_proj, then the residual: x1 = x + o
   att2.dispose();
@@ -217,18 +232,25 @@ export function runLlama(
 ): RunResult {
   const { compute: P, config } = model; // the weights in the compute dtype (bfloat16 copies on cuda)
   const L = config.num_hidden_layers;
-  // xs[l]: the input of layer l, xs[L]: the last layer's output. acts[l]: kept only without checkpointing.
+  // xs[l]: the input of layer l, xs[L]: the last layer's output. acts[l]: kept only without
+  // checkpointing; kept[l]: attention's results, only with 'keep-attention'.
   const xs: Tensor[] = [embedding(tokens, P.embed)];
   const acts: (LayerActs | null)[] = [];
+  const kept: (KeptAttention | null)[] = [];
   try {
     for (let l = 0; l < L; ++l) {
       const { acts: a, out } = layerForward(model, P.layers[l]!, xs[l]!, ctx);
       xs.push(out);
       if (grads === null || ctx.checkpoint) {
-        freeActs(a);
+        const keep = grads && ctx.checkpoint === 'keep-attention' ? { att: a.att, lse: a.lse } : null;
+        freeActs(a, keep ?? undefined);
         if (grads === null) xs[l]!.dispose(); // a forward alone keeps nothing behind
         acts.push(null);
-      } else acts.push(a);
+        kept.push(keep);
+      } else {
+        acts.push(a);
+        kept.push(null);
+      }
     }
     const xL = xs[L]!;
     const { y: hf, rstd: rstdF } = rmsNorm(xL, P.norm, config.rms_norm_eps);
@@ -265,7 +287,8 @@ export function runLlama(
     for (let l = L - 1; l >= 0; --l) {
       let a = acts[l];
       if (!a) {
-        const re = layerForward(model, P.layers[l]!, xs[l]!, ctx); // recompute (checkpointing)
+        const re = layerForward(model, P.layers[l]!, xs[l]!, ctx, kept[l] ?? undefined); // recompute (checkpointing)
+        kept[l] = null; // re.acts owns them now
         re.out.dispose(); // the same values as xs[l + 1]
         a = re.acts;
       }
@@ -286,6 +309,7 @@ export function runLlama(
     return result;
   } finally {
     for (const a of acts) if (a) freeActs(a);
+    for (const k of kept) if (k) for (const t of [k.att, k.lse]) t.dispose();
     for (const x of xs) x.dispose();
   }
 }

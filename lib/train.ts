@@ -5,7 +5,7 @@
 import { restoreCheckpointFiles, saveCheckpointFiles, type CheckpointState } from './checkpoint.js';
 import { checkBeta, checkBoolean, checkFloat32, checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
 import { ProcessGroup, type AllReduceWork } from './group.js';
-import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type RunContext } from './llama.js';
+import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type Checkpointing, type RunContext } from './llama.js';
 import { LlamaModel, paramsFromMap, type LlamaParams } from './llama-model.js';
 import { adamw, scale, sumOfSquares, zero } from './ops.js';
 import { LAYOUTS, type Layout } from './shard.js';
@@ -29,8 +29,13 @@ export interface TrainerOptions {
   eps?: number;
   /** Clip the global gradient norm to this (torch's clip_grad_norm_). Default: no clipping. */
   maxGradNorm?: number;
-  /** Keep only each layer's input and recompute the layer in the backward. Default true. */
-  checkpoint?: boolean;
+  /**
+   * true (default): keep only each layer's input, and recompute the layer in the backward.
+   * 'keep-attention': keep attention's output and lse too, so that the recompute skips the
+   * attention and its ring transfers (M·H·D + H·M values more per layer). false: keep every
+   * activation. All three give the same bits.
+   */
+  checkpoint?: Checkpointing;
   /** Tokens per FFN row block (the (block, F) activations are all that exist). Default 256 on the cpu, 4096 on cuda. */
   ffnBlockRows?: number;
   /** Tokens per cross-entropy chunk (the (chunk, V) logits are all that exist). Default 256 on the cpu, 1024 on cuda. */
@@ -438,6 +443,12 @@ export class Trainer implements Disposable {
 }
 
 /** A trainer for `model`: gradients and AdamW state, allocated now (3 tensors per parameter; with shardOptimizer, 1 + 2 / worldSize). */
+function checkCheckpointing(value: unknown): Checkpointing {
+  if (value === undefined) return true;
+  if (typeof value === 'boolean' || value === 'keep-attention') return value;
+  return fail(typeof value === 'string' ? 'range' : 'type', `opts.checkpoint: expected true, false or 'keep-attention', got ${describe(value)}`);
+}
+
 export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer {
   if (!(model instanceof LlamaModel)) fail('type', `model: expected a LlamaModel from initLlama/loadLlama/createLlama, got ${describe(model)}`);
   if (model.disposed) fail('type', 'model: has been disposed');
@@ -463,7 +474,7 @@ export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer 
     betas: betas as [number, number],
     eps: positiveNumber(o.eps, 'opts.eps', 1e-8, 0, false),
     maxGradNorm: o.maxGradNorm === undefined ? undefined : positiveNumber(o.maxGradNorm, 'opts.maxGradNorm', 0, 0, false),
-    checkpoint: checkBoolean(o.checkpoint, 'opts.checkpoint') ?? true,
+    checkpoint: checkCheckpointing(o.checkpoint),
     deterministic: checkBoolean(o.deterministic, 'opts.deterministic') ?? false,
     shardOptimizer: checkBoolean(o.shardOptimizer, 'opts.shardOptimizer') ?? false,
     // Larger blocks on a GPU keep its matrix products large (not yet tuned on one); the

@@ -65,6 +65,9 @@ ring() {
 mfu() {
   step "training-step MFU of the 1B preset, 4K-16K (one timed step each)"
   timeout 120 node dist/cli.js bench mfu --model 1B --max-context "${MFU_MAX:-16384}" --steps 1 --out-dir "$WORK" 2>&1 | clean | tail -30
+  step "the same with checkpoint 'keep-attention' (no attention in the recompute)"
+  timeout 100 node dist/cli.js bench mfu --model 1B --max-context "${MFU_MAX:-16384}" --steps 1 --no-breakdown --keep-attention \
+    --out-dir "$WORK/mfu-keep-attention" 2>&1 | clean | tail -12
 }
 
 memory() {

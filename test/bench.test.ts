@@ -303,6 +303,22 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     }
   });
 
+  it("memory --keep-attention: a third line, between checkpointing on and off; mfu takes it too", () => {
+    const dir = join(out, 'memory-keep');
+    expect(bench('memory', '--smoke', '--device', 'cpu', '--keep-attention', '--out-dir', dir).status).toBe(0);
+    const rows = JSON.parse(readFileSync(join(dir, readdirSync(dir).find((f) => f.endsWith('.json'))!), 'utf8')).rows as
+      { context: number; checkpoint: boolean | string; activationBytes: number }[];
+    for (const context of [64, 128, 256]) {
+      const at = (ck: boolean | string) => rows.find((r) => r.checkpoint === ck && r.context === context)!.activationBytes;
+      expect(at('keep-attention')).toBeGreaterThan(at(true));
+      expect(at('keep-attention')).toBeLessThan(at(false));
+    }
+    const mfu = bench('mfu', '--smoke', '--device', 'cpu', '--keep-attention', '--out-dir', join(out, 'mfu-keep'));
+    expect(mfu.status, mfu.stderr).toBe(0);
+    expect(mfu.stdout).toMatch(/checkpointing on, keeping attention's output/);
+    expect(bench('mfu', '--smoke', '--device', 'cpu', '--keep-attention', '--no-checkpoint').stderr).toMatch(/--keep-attention keeps checkpointing on: give it or --no-checkpoint, not both/);
+  });
+
   it('refuses bad arguments with messages that name them', () => {
     expect(bench('nope').stderr).toMatch(/unknown suite 'nope'; expected one of mfu, attention, ring, memory/);
     expect(bench('mfu', '--bogus').stderr).toMatch(/bench mfu: .*--bogus/);

@@ -14,7 +14,8 @@ import {
   createLlama, createTrainer, hostMemoryStats, initLlama, launch, llamaPresets, llamaTensorNames, loadLlama, readSafetensors, saveLlama, shardTokens,
   tensor, writeSafetensors, type LlamaConfig, type LlamaModel, type ResolvedLlamaConfig, type Tensor, type Trainer,
 } from '../dist/index.js';
-import { runLlama, shardPositions } from '../dist/llama.js';
+import { runLlama, shardPositions, type Checkpointing } from '../dist/llama.js';
+import { native } from '../dist/native.js';
 import { llamaFiles, paramsFromMap } from '../dist/llama-model.js';
 import { randomArray, worstError } from './reference.js';
 
@@ -196,7 +197,7 @@ const f64Map = (w: Map<string, Float32Array>): W => new Map([...w].map(([n, a]) 
 const maxAbs = (a: ArrayLike<number>) => Array.prototype.reduce.call(a, (m: number, v) => Math.max(m, Math.abs(v as number)), 0) as number;
 
 /** Loss, logits and every gradient on one thread (no group). */
-async function single(c: ResolvedLlamaConfig, weights: Map<string, Float32Array>, seq: ReturnType<typeof sequence>, checkpoint = true) {
+async function single(c: ResolvedLlamaConfig, weights: Map<string, Float32Array>, seq: ReturnType<typeof sequence>, checkpoint: Checkpointing = true) {
   using model = createLlama(c, weights);
   using trainer = createTrainer(model, { lr: 1e-3, checkpoint, ffnBlockRows: 7, ceChunkRows: 5 });
   const fwd = trainer.forward(seq.tokens, seq.targets, { logits: true });
@@ -208,7 +209,7 @@ async function single(c: ResolvedLlamaConfig, weights: Map<string, Float32Array>
 
 interface RankOut { positions: number[]; logits: Float32Array; forwardLoss: number; loss: number; grads: Record<string, Float32Array> }
 
-async function ranks(worldSize: number, layout: 'contiguous' | 'zigzag', c: ResolvedLlamaConfig, weights: Map<string, Float32Array>, seq: ReturnType<typeof sequence>, checkpoint = true) {
+async function ranks(worldSize: number, layout: 'contiguous' | 'zigzag', c: ResolvedLlamaConfig, weights: Map<string, Float32Array>, seq: ReturnType<typeof sequence>, checkpoint: Checkpointing = true) {
   const args = { config: c, weights: Object.fromEntries(weights), tokens: seq.tokens, targets: seq.targets, layout, checkpoint };
   const out = (await launch({ worldSize }, rankModule, args)) as RankOut[];
   // Put every rank's logits rows back at their positions in the whole sequence.
@@ -385,6 +386,38 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
     const a = await ranks(4, 'zigzag', tiny, weights, seq, true), b = await ranks(4, 'zigzag', tiny, weights, seq, false);
     expect(b.out[2]!.loss).toBe(a.out[2]!.loss);
     for (const [name, g] of Object.entries(a.out[2]!.grads)) expect(b.out[2]!.grads[name], name).toEqual(g);
+  });
+
+  it("checkpoint 'keep-attention': the same bits as recomputing everything, with attention run once per layer, not twice", async () => {
+    // Count attention's native calls (one thread: no group, so attention() runs, not the ring).
+    const table = native as unknown as Record<string, (...a: unknown[]) => unknown>;
+    const calls = { attentionForward: 0, attentionBackward: 0 };
+    const saved = { ...table };
+    for (const name of Object.keys(calls) as (keyof typeof calls)[])
+      table[name] = (...a: unknown[]) => {
+        ++calls[name];
+        return saved[name]!(...a);
+      };
+    const counted = async (checkpoint: Checkpointing) => {
+      calls.attentionForward = calls.attentionBackward = 0;
+      const r = await single(tiny, weights, seq, checkpoint);
+      return { r, calls: { ...calls } };
+    };
+    try {
+      const L = tiny.num_hidden_layers; // the forward with logits, then the backward's own forward
+      const all = await counted(true), keep = await counted('keep-attention'), none = await counted(false);
+      expect(all.calls).toEqual({ attentionForward: 3 * L, attentionBackward: L });
+      expect(keep.calls).toEqual({ attentionForward: 2 * L, attentionBackward: L });
+      expect(none.calls).toEqual({ attentionForward: 2 * L, attentionBackward: L });
+      expect(keep.r.loss).toBe(all.r.loss);
+      for (const [name, g] of all.r.grads) expect(keep.r.grads.get(name), name).toEqual(g);
+    } finally {
+      for (const name of Object.keys(calls)) table[name] = saved[name]!;
+    }
+    // Over 4 zigzag ranks (ring attention): the same bits as without it.
+    const a = await ranks(4, 'zigzag', tiny, weights, seq, true), b = await ranks(4, 'zigzag', tiny, weights, seq, 'keep-attention');
+    expect(b.out[1]!.loss).toBe(a.out[1]!.loss);
+    for (const [name, g] of Object.entries(a.out[1]!.grads)) expect(b.out[1]!.grads[name], name).toEqual(g);
   });
 
   // The trainer sums each gradient over the group as soon as the backward hands it over, under
@@ -875,6 +908,8 @@ describe('saving, loading, checkpoints', () => {
     expect(() => createTrainer(model, {} as never)).toThrow(/opts.lr: missing/);
     expect(() => createTrainer(model, { lr: 1, betas: [0.9, 1] })).toThrow(/opts.betas\[1\]/);
     expect(() => createTrainer(model, { lr: 1, deterministic: 1 as never })).toThrow(/opts.deterministic: expected a boolean/);
+    expect(() => createTrainer(model, { lr: 1, checkpoint: 'attention' as never })).toThrow(/^opts.checkpoint: expected true, false or 'keep-attention', got 'attention'/);
+    expect(() => createTrainer(model, { lr: 1, checkpoint: 1 as never })).toThrow(TypeError);
     const tr = createTrainer(model, { lr: 1e-3 });
     expect(() => tr.step(new Int32Array(4), new Int32Array(3))).toThrow(/targets: expected 4 targets/);
     expect(() => tr.step(new Int32Array(4), new Int32Array(4).fill(-100))).toThrow(/targets: every target .* is -100/);

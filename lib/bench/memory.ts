@@ -1,5 +1,5 @@
 // `bench memory`: peak memory of a training step against context length, with gradient
-// checkpointing on and off. What the step adds to the weights, gradients and AdamW moments
+// checkpointing on and off (and 'keep-attention' when asked). What the step adds to the weights, gradients and AdamW moments
 // ("activations") should grow linearly with the context (blockwise attention and FFN keep no
 // seq x seq or seq x ffn tensors), with a slope of about one hidden-sized vector per token per
 // layer plus one layer's working set when checkpointing (the paper's Table 1). The suite fits
@@ -9,11 +9,12 @@ import { intOption, MAX_CONTEXT, type Suite } from './suite.js';
 import { measureStep, type StepArgs } from './train-step.js';
 import type { LlamaConfig } from '../llama-config.js';
 import { COMPUTE_DTYPE } from '../llama-model.js';
+import type { Checkpointing } from '../llama.js';
 
 export interface MemoryRow {
   model: string;
   context: number;
-  checkpoint: boolean;
+  checkpoint: Checkpointing;
   /** Weights, gradients and optimizer moments: held before the step. */
   baseBytes: number;
   peakBytes: number;
@@ -36,6 +37,8 @@ export function fitLine(xs: number[], ys: number[]): { slope: number; intercept:
   return { slope, intercept: my - slope * mx, r2: syy ? (sxy * sxy) / (sxx * syy) : 1 };
 }
 
+const label = (c: Checkpointing) => (c === true ? 'on' : c === false ? 'off' : 'keep-attention');
+
 export const memorySuite: Suite<MemoryRow> = {
   name: 'memory',
   summary: 'peak memory of a training step against context length, checkpointing on and off',
@@ -43,6 +46,7 @@ export const memorySuite: Suite<MemoryRow> = {
     model: { type: 'string', help: 'preset (tiny, 125M, 1B, 7B) or a config.json path', cpu: 'tiny', cuda: '1B' },
     'min-context': { type: 'string', help: 'first context length', cpu: '256', cuda: '4096', smoke: '64' },
     'max-context': { type: 'string', help: 'last context length; 0: double until a step does not fit', cpu: '4096', cuda: '0', smoke: '256' },
+    'keep-attention': { type: 'boolean', help: "also checkpoint 'keep-attention' (attention's output kept, not recomputed)" },
   },
   async run(o, ctx) {
     const config: LlamaConfig = await ctx.modelConfig(o.model as string);
@@ -52,17 +56,18 @@ export const memorySuite: Suite<MemoryRow> = {
     for (let c = intOption(o, 'min-context'); c <= Math.min(max, MAX_CONTEXT); c *= 2) contexts.push(c);
     const rows: MemoryRow[] = [];
     const notes: string[] = [];
-    const progress = ctx.progress(2 * contexts.length);
+    const modes: Checkpointing[] = o['keep-attention'] ? [true, 'keep-attention', false] : [true, false];
+    const progress = ctx.progress(modes.length * contexts.length);
     try {
-      for (const checkpoint of [true, false])
+      for (const checkpoint of modes)
         for (const context of contexts) {
-          progress.start(`context ${context}, checkpointing ${checkpoint ? 'on' : 'off'}`);
+          progress.start(`context ${context}, checkpointing ${label(checkpoint)}`);
           const args: StepArgs = { config, device: ctx.device, context, checkpoint, layout: 'contiguous', steps: 0, breakdown: false };
           let m;
           try {
             m = measureStep(args);
           } catch (e) {
-            notes.push(`context ${context}, checkpointing ${checkpoint ? 'on' : 'off'}: stopped (${(e as Error).message.split('\n')[0]})`);
+            notes.push(`context ${context}, checkpointing ${label(checkpoint)}: stopped (${(e as Error).message.split('\n')[0]})`);
             progress.done('does not fit');
             if (rows.length === 0) throw e;
             break;
@@ -75,12 +80,12 @@ export const memorySuite: Suite<MemoryRow> = {
     } finally {
       progress.stop();
     }
-    for (const checkpoint of [true, false]) {
+    for (const checkpoint of modes) {
       const rs = rows.filter((r) => r.checkpoint === checkpoint);
       if (rs.length < 2) continue;
       const f = fitLine(rs.map((r) => r.context), rs.map((r) => r.activationBytes));
       const mib = Math.round((10 * f.intercept) / 2 ** 20) / 10 || 0;  // no "-0.0" from rounding noise
-      notes.push(`checkpointing ${checkpoint ? 'on ' : 'off'}: activations = ${mib.toFixed(1)} MiB + ` +
+      notes.push(`checkpointing ${label(checkpoint)}: activations = ${mib.toFixed(1)} MiB + ` +
         `${(f.slope / 1024).toFixed(1)} KiB x context (r² ${f.r2.toFixed(4)}); ` +
         `${(f.slope / (config.num_hidden_layers * config.hidden_size * elementBytes)).toFixed(2)} ${dtype} hidden vectors per token per layer`);
     }
@@ -90,14 +95,14 @@ export const memorySuite: Suite<MemoryRow> = {
       title: `Peak memory of a training step, ${o.model}`,
       x: { title: 'context length (tokens)', value: (r) => r.context, log2: true },
       y: { title: 'peak memory (GiB)', value: (r) => r.peakBytes / 2 ** 30 },
-      series: (r) => `checkpointing ${r.checkpoint ? 'on' : 'off'}`,
+      series: (r) => `checkpointing ${label(r.checkpoint)}`,
     } };
   },
 };
 
 const COLUMNS: Column<MemoryRow>[] = [
   { header: 'context', value: (r) => r.context },
-  { header: 'checkpoint', value: (r) => (r.checkpoint ? 'on' : 'off') },
+  { header: 'checkpoint', value: (r) => label(r.checkpoint) },
   { header: 'base MiB', value: (r) => r.baseBytes / 2 ** 20, digits: 1 },
   { header: 'peak MiB', value: (r) => r.peakBytes / 2 ** 20, digits: 1 },
   { header: 'activations MiB', value: (r) => r.activationBytes / 2 ** 20, digits: 2 },

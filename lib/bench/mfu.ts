@@ -41,6 +41,7 @@ export const mfuSuite: Suite<MfuRow> = {
     layout: { type: 'string', help: 'contiguous or zigzag', cpu: 'zigzag', cuda: 'zigzag', choices: ['contiguous', 'zigzag'] },
     'peak-tflops': { type: 'string', help: 'the device peak, for a GPU not in the table or for the CPU', cpu: '', cuda: '' },
     'no-checkpoint': { type: 'boolean', help: 'keep every activation instead of recomputing each layer' },
+    'keep-attention': { type: 'boolean', help: "checkpoint 'keep-attention': keep attention's output, so the recompute skips the attention" },
     'no-breakdown': { type: 'boolean', help: 'skip the extra profiled step (where the time goes by op family)' },
   },
   async run(o, ctx) {
@@ -49,6 +50,8 @@ export const mfuSuite: Suite<MfuRow> = {
     const group = launched ? await initProcessGroup({ backend: 'nccl' }) : undefined;
     const ranks = launched ? ctx.launchedWorldSize : intOption(o, 'ranks');
     const steps = intOption(o, 'steps', 0);
+    if (o['no-checkpoint'] && o['keep-attention']) throw new RangeError('--keep-attention keeps checkpointing on: give it or --no-checkpoint, not both');
+    const checkpoint = o['no-checkpoint'] ? false : o['keep-attention'] ? 'keep-attention' : true;
     const given = Number(o['peak-tflops']);
     if (o['peak-tflops'] && !(given > 0)) throw new RangeError(`--peak-tflops: expected a number > 0, got '${o['peak-tflops']}'`);
     const peak = o['peak-tflops'] ? { tflops: given, matched: '--peak-tflops' } : peakTflops(ctx.machine.gpu);
@@ -61,7 +64,7 @@ export const mfuSuite: Suite<MfuRow> = {
     try {
       for (const context of contexts) {
         progress.start(`context ${context}`);
-        const args: StepArgs = { config, device: ctx.device, context, checkpoint: !o['no-checkpoint'], layout: o.layout as never,
+        const args: StepArgs = { config, device: ctx.device, context, checkpoint, layout: o.layout as never,
           steps, breakdown: !o['no-breakdown'] };
         let m: StepMeasure;
         try {
@@ -88,6 +91,7 @@ export const mfuSuite: Suite<MfuRow> = {
       progress.stop();
       group?.destroy();
     }
+    notes.push(`checkpointing ${checkpoint === true ? 'on' : checkpoint === false ? 'off' : "on, keeping attention's output (no attention in the recompute)"}`);
     if (steps === 0) notes.push('--steps 0: each time is the warm-up step\'s, first-call costs included');
     notes.push(`model ${o.model}: ${(parameterCount(config) / 1e6).toFixed(1)}M parameters; FLOPs per token = 6 x matmul parameters + ` +
       '12 x layers x heads x head dim x context / 2 (causal), recomputation not counted');

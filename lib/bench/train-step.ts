@@ -5,7 +5,7 @@
 import type { ProcessGroup } from '../group.js';
 import { cudaMemoryStats, cudaSynchronize, hostMemoryStats, resetPeakMemoryStats } from '../index.js';
 import type { LlamaConfig } from '../llama-config.js';
-import { shardTokens } from '../llama.js';
+import { shardTokens, type Checkpointing } from '../llama.js';
 import { initLlama } from '../llama-model.js';
 import type { Layout } from '../shard.js';
 import { createTrainer } from '../train.js';
@@ -16,7 +16,7 @@ export interface StepArgs {
   device: 'cpu' | 'cuda';
   /** Whole sequence length, over all ranks. */
   context: number;
-  checkpoint: boolean;
+  checkpoint: Checkpointing;
   layout: Layout;
   /** Timed steps after one warm-up step; 0 measures memory only (the warm-up step). */
   steps: number;

@@ -34,6 +34,7 @@ const probe = why ? null : spawnSync('python3', ['-c', 'import torch, transforme
 const whyHf = why || (probe?.status === 0 ? '' : 'python3 with CUDA torch, transformers and safetensors is not importable');
 const here = dirname(fileURLToPath(import.meta.url));
 const rankModule = new URL('../fixtures/llama-rank.mjs', import.meta.url);
+const bytes = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
 const tiny = llamaPresets.tiny as ResolvedLlamaConfig; // C 64, F 176, L 2, H 4, KVH 2, D 16, V 256
 const configs: Record<string, ResolvedLlamaConfig> = { 'GQA, separate head': tiny, 'tied embeddings': { ...tiny, tie_word_embeddings: true } };
@@ -64,19 +65,25 @@ describe.skipIf(!!why)(title, () => {
       for (const [n, cg] of c.grads) expect(relErr(g.grads.get(n)!, cg), n).toBeLessThan(6e-2);
     });
 
-  it('4 in-process ranks sharing the GPU (zigzag and contiguous) equal one rank, checkpointing on and off', async () => {
+  it('4 in-process ranks sharing the GPU (zigzag and contiguous) equal one rank, checkpointing on, off and keep-attention', async () => {
     using model = initLlama(tiny, { seed: 9, std: 0.1 });
     const weights = Object.fromEntries(model.toArrays());
     const common = { config: tiny, weights, tokens: Array.from(tokens), targets: Array.from(targets), device: 'cuda' };
     type Out = { loss: number; grads: Record<string, Float32Array> };
     const [one] = (await launch({ worldSize: 1, device: 'cuda' }, rankModule, { ...common, layout: 'contiguous' })) as Out[];
-    for (const [layout, checkpoint] of [['zigzag', true], ['contiguous', true], ['zigzag', false]] as const) {
+    for (const [layout, checkpoint] of [['zigzag', true], ['contiguous', true], ['zigzag', false], ['zigzag', 'keep-attention']] as const) {
       const [r0] = (await launch({ worldSize: 4, device: 'cuda' }, rankModule, { ...common, layout, checkpoint })) as Out[];
       // The ring changes the order of the softmax merges and of the gradient sums; the bfloat16
       // roundings of the activations stay where they were: a few bfloat16 steps at most.
       expect(Math.abs(r0!.loss - one!.loss), `${layout} loss`).toBeLessThan(1e-2 * one!.loss);
       for (const [n, g] of Object.entries(one!.grads)) expect(relErr(r0!.grads[n]!, g), `${layout} ${n}`).toBeLessThan(3e-2);
     }
+    // Deterministic kernels recompute the same bits, so keeping attention's output changes none.
+    const det = { ...common, layout: 'zigzag', deterministic: true };
+    const [all] = (await launch({ worldSize: 4, device: 'cuda' }, rankModule, { ...det, checkpoint: true })) as Out[];
+    const [kept] = (await launch({ worldSize: 4, device: 'cuda' }, rankModule, { ...det, checkpoint: 'keep-attention' })) as Out[];
+    expect(kept!.loss).toBe(all!.loss);
+    for (const [n, g] of Object.entries(all!.grads)) expect(Buffer.compare(bytes(kept!.grads[n]!), bytes(g)), n).toBe(0);
   });
 
   it('training lowers the loss; a restored checkpoint continues with the same weights and state', async () => {
