@@ -112,7 +112,7 @@ export const attentionSuite: Suite<AttentionRow> = {
     reps: { type: 'string', help: 'timed runs per figure (median)', cpu: '3', cuda: '10', smoke: '1' },
     documents: { type: 'string', help: 'equal documents packed end to end in each sequence', cpu: '1', cuda: '1', smoke: '1' },
     'no-torch': { type: 'boolean', help: 'do not run PyTorch' },
-    sm90: { type: 'boolean', help: "also time the Hopper kernels (RING_ATTENTION_SM90=1, not yet validated), as rows 'ours sm90'" },
+    sm90: { type: 'boolean', help: "also time the Hopper kernels (RING_ATTENTION_SM90=1; off by default), as rows 'ours sm90'" },
   },
   async run(o, ctx) {
     const reps = intOption(o, 'reps'), width = intOption(o, 'head-width'), tokens = intOption(o, 'tokens');
