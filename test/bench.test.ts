@@ -303,6 +303,15 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     }
   });
 
+  it('attention --causal yes: causal rows only (the 1M-token run needs no full-mask pass); a wrong value is refused', () => {
+    const dir = join(out, 'attention-causal');
+    expect(bench('attention', '--smoke', '--device', 'cpu', '--no-torch', '--causal', 'yes', '--out-dir', dir).status).toBe(0);
+    const rows = JSON.parse(readFileSync(join(dir, readdirSync(dir).find((f) => f.endsWith('.json'))!), 'utf8')).rows as { causal: boolean }[];
+    expect(rows.length).toBe(2);
+    expect(rows.every((r) => r.causal)).toBe(true);
+    expect(bench('attention', '--smoke', '--device', 'cpu', '--causal', 'maybe').stderr).toMatch(/--causal: expected one of both, yes, no, got 'maybe'/);
+  });
+
   it("memory --keep-attention: a third line, between checkpointing on and off; mfu takes it too", () => {
     const dir = join(out, 'memory-keep');
     expect(bench('memory', '--smoke', '--device', 'cpu', '--keep-attention', '--out-dir', dir).status).toBe(0);

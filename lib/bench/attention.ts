@@ -111,6 +111,7 @@ export const attentionSuite: Suite<AttentionRow> = {
     tokens: { type: 'string', help: 'batch x seq per config (batch 1 beyond)', cpu: '2048', cuda: '16384', smoke: '128' },
     reps: { type: 'string', help: 'timed runs per figure (median)', cpu: '3', cuda: '10', smoke: '1' },
     documents: { type: 'string', help: 'equal documents packed end to end in each sequence', cpu: '1', cuda: '1', smoke: '1' },
+    causal: { type: 'string', help: 'which masks to time: both, yes (causal only) or no', cpu: 'both', cuda: 'both', choices: ['both', 'yes', 'no'] },
     'no-torch': { type: 'boolean', help: 'do not run PyTorch' },
     sm90: { type: 'boolean', help: "also time the Hopper kernels (RING_ATTENTION_SM90=1; off by default), as rows 'ours sm90'" },
   },
@@ -119,8 +120,9 @@ export const attentionSuite: Suite<AttentionRow> = {
     const documents = intOption(o, 'documents');
     if (o.sm90 && ctx.device !== 'cuda') throw new RangeError(`--sm90: the Hopper kernels run on CUDA devices only; this run is on the ${ctx.device}`);
     const configs: Config[] = [];
+    const masks = o.causal === 'yes' ? [true] : o.causal === 'no' ? [false] : [false, true];
     for (const dim of intList(o, 'dims'))
-      for (const causal of [false, true])
+      for (const causal of masks)
         for (let seq = intOption(o, 'min-seq'); seq <= intOption(o, 'max-seq'); seq *= 2) {
           if (seq % documents !== 0) throw new RangeError(`--documents: expected a divisor of every sequence length, got ${documents} for ${seq}`);
           configs.push({ batch: Math.max(1, Math.floor(tokens / seq)), seq, heads: Math.max(1, Math.floor(width / dim)), dim, causal, documents });
@@ -155,6 +157,8 @@ export const attentionSuite: Suite<AttentionRow> = {
       progress.stop();
     }
     notes.push(`ours/torch: the fastest torch backend's fwd+bwd time over ours, per row (above 1: ours is faster); ${ctx.device === 'cuda' ? 'bfloat16' : 'float32'}`);
+    if (process.env.RING_ATTENTION_SM90 === '1')
+      notes.push("'ours': RING_ATTENTION_SM90=1 was set, so the Hopper kernels ran wherever they apply (head dims 64 and 128 on sm_90)");
     if (o.sm90 && process.env.RING_ATTENTION_SM90_PINGPONG === '0')
       notes.push("'ours sm90': RING_ATTENTION_SM90_PINGPONG=0, the Hopper forward without its ping-pong");
     if (documents > 1)
