@@ -7,8 +7,8 @@
 # (sm_90a, CUDA 13) runs there as it is (it did on 2026-12-04), so no device time goes on compiling.
 # The first session (2026-12-04, bench/results/gpu-session-2026-12-04-3f61040.md) ran tests,
 # attention, ring, mfu, memory and packed. What the next one needs, in this order:
-#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests example sm90      # ~6 min, timeout_s 480
-#   2. at once, while the machine is warm (30 s): long512k, or the suites a change calls for
+#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests example sm90 profile   # ~7 min, timeout_s 540
+#   2. at once, while the machine is warm (30 s): long1m, or long512k, or the suites a change calls for
 # `check` rebuilds there only when the carried binary does not load or sees no GPU (~3 min).
 # Every part has its own time limit, so a slow one costs its limit, not the call. Logs, JSON,
 # CSV and SVG are written under $WORK and packed into $OUT/results.tgz after every part (at
@@ -113,6 +113,23 @@ sm90bench() {
     --no-torch --reps 3 --out-dir "$WORK/sm90-no-pingpong" 2>&1 | clean | tail -12
 }
 
+profile() {
+  # What no timing tells: tensor-core use, stall reasons, occupancy of each attention kernel.
+  local ncu
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -z "$ncu" ]; then echo "profile: no ncu on this machine"; return; fi
+  local sections=(--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis
+    --section WarpStateStats --section Occupancy --section LaunchStats)
+  for kernels in sm90 default; do
+    step "Nsight Compute: one forward and one backward, 16K causal, 16 heads, dim 128, $kernels kernels"
+    RING_ATTENTION_SM90=$([ $kernels = sm90 ] && echo 1 || echo 0) timeout 150 "$ncu" --clock-control none --target-processes all \
+      --launch-count 8 "${sections[@]}" node bench/attention-once.mjs --seq 16384 --causal > "$WORK/ncu-$kernels.txt" 2>&1
+    echo "ncu exit code $? (124: cut off at its limit)"
+    grep -E "^  [a-z_].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|No Eligible|Issued Warp" \
+      "$WORK/ncu-$kernels.txt" | head -70
+  done
+}
+
 packed() {
   step "packed sequences: 16K tokens as 8 documents, beside torch on a batch of 8 x 2K"
   timeout 45 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 128 --documents 8 --reps 3 \
@@ -123,7 +140,7 @@ parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(check tests)
 for p in "${parts[@]}"; do
   case "$p" in
-    build | check | tests | example | attention | ring | mfu | memory | long1m | long512k | packed | sm90 | sm90bench) "$p"; pack ;;
-    *) echo "unknown part '$p' (build, check, tests, example, attention, ring, mfu, memory, long1m, long512k, packed, sm90, sm90bench)"; exit 2 ;;
+    build | check | tests | example | attention | ring | mfu | memory | long1m | long512k | packed | sm90 | sm90bench | profile) "$p"; pack ;;
+    *) echo "unknown part '$p' (build, check, tests, example, attention, ring, mfu, memory, long1m, long512k, packed, sm90, sm90bench, profile)"; exit 2 ;;
   esac
 done
