@@ -9,7 +9,8 @@
 // against 6% chance and the 25% of guessing among the values in context: the retrieval
 // circuit (an induction head) has formed.
 //
-// The same script trains on a GPU with --device cuda (bfloat16 compute; the ranks share it).
+// The same script trains on a GPU with --device cuda (bfloat16 compute; the ranks share it; not
+// yet run on one: scripts/gpu-session.sh has it as the part `example`).
 //
 //   node examples/line-retrieval.mjs [--ranks 2] [--steps 3000] [--batch 4] [--accumulate] [--lr 0.001] [--lines 4] [--layout zigzag] [--device cpu|cuda]
 import { writeSync } from 'node:fs';
