@@ -68,6 +68,9 @@ mfu() {
   step "the same with checkpoint 'keep-attention' (no attention in the recompute)"
   timeout 100 node dist/cli.js bench mfu --model 1B --max-context "${MFU_MAX:-16384}" --steps 1 --no-breakdown --keep-attention \
     --out-dir "$WORK/mfu-keep-attention" 2>&1 | clean | tail -12
+  step "the same on the Hopper attention kernels (RING_ATTENTION_SM90=1; trust it once the sm90 part's model tests pass)"
+  RING_ATTENTION_SM90=1 timeout 100 node dist/cli.js bench mfu --model 1B --max-context "${MFU_MAX:-16384}" --steps 1 \
+    --out-dir "$WORK/mfu-sm90" 2>&1 | clean | tail -14
 }
 
 memory() {

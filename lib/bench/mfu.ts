@@ -93,6 +93,7 @@ export const mfuSuite: Suite<MfuRow> = {
     }
     notes.push(`checkpointing ${checkpoint === true ? 'on' : checkpoint === false ? 'off' : "on, keeping attention's output (no attention in the recompute)"}`);
     if (steps === 0) notes.push('--steps 0: each time is the warm-up step\'s, first-call costs included');
+    if (process.env.RING_ATTENTION_SM90 === '1') notes.push('RING_ATTENTION_SM90=1: attention ran on the Hopper kernels wherever they apply');
     notes.push(`model ${o.model}: ${(parameterCount(config) / 1e6).toFixed(1)}M parameters; FLOPs per token = 6 x matmul parameters + ` +
       '12 x layers x heads x head dim x context / 2 (causal), recomputation not counted');
     notes.push(peak ? `peak ${peak.tflops} TFLOP/s per device (${peak.matched}, dense bfloat16)` :
