@@ -33,7 +33,7 @@ export interface TrainerOptions {
    * true (default): keep only each layer's input, and recompute the layer in the backward.
    * 'keep-attention': keep attention's output and lse too, so that the recompute skips the
    * attention and its ring transfers (M·H·D + H·M values more per layer). false: keep every
-   * activation. All three give the same bits.
+   * activation. All three give the same bits (on CUDA, with `deterministic`).
    */
   checkpoint?: Checkpointing;
   /** Tokens per FFN row block (the (block, F) activations are all that exist). Default 256 on the cpu, 4096 on cuda. */
@@ -442,13 +442,13 @@ export class Trainer implements Disposable {
   }
 }
 
-/** A trainer for `model`: gradients and AdamW state, allocated now (3 tensors per parameter; with shardOptimizer, 1 + 2 / worldSize). */
 function checkCheckpointing(value: unknown): Checkpointing {
   if (value === undefined) return true;
   if (typeof value === 'boolean' || value === 'keep-attention') return value;
   return fail(typeof value === 'string' ? 'range' : 'type', `opts.checkpoint: expected true, false or 'keep-attention', got ${describe(value)}`);
 }
 
+/** A trainer for `model`: gradients and AdamW state, allocated now (3 tensors per parameter; with shardOptimizer, 1 + 2 / worldSize). */
 export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer {
   if (!(model instanceof LlamaModel)) fail('type', `model: expected a LlamaModel from initLlama/loadLlama/createLlama, got ${describe(model)}`);
   if (model.disposed) fail('type', 'model: has been disposed');

@@ -7,8 +7,10 @@
 # (sm_90a, CUDA 13) runs there as it is (it did on 2026-12-04), so no device time goes on compiling.
 # The first session (2026-12-04, bench/results/gpu-session-2026-12-04-3f61040.md) ran tests,
 # attention, ring, mfu, memory and packed. What the next one needs, in this order:
-#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests example sm90 profile   # ~7 min, timeout_s 540
-#   2. at once, while the machine is warm (30 s): long1m, or long512k, or the suites a change calls for
+#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests sm90 profile example   # ~6-7 min, timeout_s 540
+#   2. at once, while the machine is warm (30 s): long1m (~3 min), or mfu, or what a change calls for.
+#   long512k (5-8 min) needs a session of its own. The parts' limits add up to more than a call's:
+#   they bound a part that hangs; typical times are what the plan counts, the last part the one at risk.
 # `check` rebuilds there only when the carried binary does not load or sees no GPU (~3 min).
 # Every part has its own time limit, so a slow one costs its limit, not the call. Logs, JSON,
 # CSV and SVG are written under $WORK and packed into $OUT/results.tgz after every part (at
@@ -19,7 +21,7 @@ set -u
 OUT=${OUT:-/tmp/ring-attention-gpu}
 WORK=${WORK:-/tmp/ring-attention-gpu-work}
 mkdir -p "$OUT" "$WORK"
-pack() { tar czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null; cp "$WORK"/build.log "$WORK"/info.txt "$OUT"/ 2>/dev/null; }
+pack() { tar czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null; cp "$WORK"/build.log "$WORK"/info.txt "$OUT"/ 2>/dev/null; true; }
 trap pack EXIT
 step() { echo "== $1 ($(date +%T))"; }
 clean() { sed 's/\x1b\[[0-9;]*m//g'; }
@@ -64,13 +66,13 @@ ring() {
 
 mfu() {
   step "training-step MFU of the 1B preset, 4K-16K (one timed step each)"
-  timeout 120 node dist/cli.js bench mfu --model 1B --max-context "${MFU_MAX:-16384}" --steps 1 --out-dir "$WORK" 2>&1 | clean | tail -30
+  timeout 120 node dist/cli.js bench mfu --model 1B --max-context "${MFU_MAX:-16384}" --steps 1 --out-dir "$WORK" 2>&1 | clean | tail -40
   step "the same with checkpoint 'keep-attention' (no attention in the recompute)"
   timeout 100 node dist/cli.js bench mfu --model 1B --max-context "${MFU_MAX:-16384}" --steps 1 --no-breakdown --keep-attention \
-    --out-dir "$WORK/mfu-keep-attention" 2>&1 | clean | tail -12
+    --out-dir "$WORK/mfu-keep-attention" 2>&1 | clean | tail -20
   step "the same on the Hopper attention kernels (RING_ATTENTION_SM90=1; trust it once the sm90 part's model tests pass)"
   RING_ATTENTION_SM90=1 timeout 100 node dist/cli.js bench mfu --model 1B --max-context "${MFU_MAX:-16384}" --steps 1 \
-    --out-dir "$WORK/mfu-sm90" 2>&1 | clean | tail -14
+    --out-dir "$WORK/mfu-sm90" 2>&1 | clean | tail -20
 }
 
 memory() {
@@ -119,15 +121,18 @@ sm90bench() {
 profile() {
   # What no timing tells: tensor-core use, stall reasons, occupancy of each attention kernel.
   local ncu
-  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/nsight-compute*/ncu 2>/dev/null | head -1)
   if [ -z "$ncu" ]; then echo "profile: no ncu on this machine"; return; fi
   local sections=(--section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis
     --section WarpStateStats --section Occupancy --section LaunchStats)
   for kernels in sm90 default; do
     step "Nsight Compute: one forward and one backward, 16K causal, 16 heads, dim 128, $kernels kernels"
     RING_ATTENTION_SM90=$([ $kernels = sm90 ] && echo 1 || echo 0) timeout 150 "$ncu" --clock-control none --target-processes all \
-      --launch-count 8 "${sections[@]}" node bench/attention-once.mjs --seq 16384 --causal > "$WORK/ncu-$kernels.txt" 2>&1
-    echo "ncu exit code $? (124: cut off at its limit)"
+      --kernel-name regex:'fwd|bwd|delta' --launch-count 3 "${sections[@]}" node bench/attention-once.mjs --seq 16384 --causal \
+      > "$WORK/ncu-$kernels.txt" 2>&1
+    local rc=$?
+    echo "ncu exit code $rc (124: cut off at its limit)"
+    [ $rc -ne 0 ] && tail -5 "$WORK/ncu-$kernels.txt"
     grep -E "^  [a-z_].*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Registers Per|Achieved Occupancy|No Eligible|Issued Warp" \
       "$WORK/ncu-$kernels.txt" | head -70
   done

@@ -45,13 +45,13 @@ export const mfuSuite: Suite<MfuRow> = {
     'no-breakdown': { type: 'boolean', help: 'skip the extra profiled step (where the time goes by op family)' },
   },
   async run(o, ctx) {
+    if (o['no-checkpoint'] && o['keep-attention']) throw new RangeError('--keep-attention keeps checkpointing on: give it or --no-checkpoint, not both');
+    const checkpoint = o['no-checkpoint'] ? false : o['keep-attention'] ? 'keep-attention' : true;
     const config = await ctx.modelConfig(o.model as string);
     const launched = ctx.launchedWorldSize > 1;
     const group = launched ? await initProcessGroup({ backend: 'nccl' }) : undefined;
     const ranks = launched ? ctx.launchedWorldSize : intOption(o, 'ranks');
     const steps = intOption(o, 'steps', 0);
-    if (o['no-checkpoint'] && o['keep-attention']) throw new RangeError('--keep-attention keeps checkpointing on: give it or --no-checkpoint, not both');
-    const checkpoint = o['no-checkpoint'] ? false : o['keep-attention'] ? 'keep-attention' : true;
     const given = Number(o['peak-tflops']);
     if (o['peak-tflops'] && !(given > 0)) throw new RangeError(`--peak-tflops: expected a number > 0, got '${o['peak-tflops']}'`);
     const peak = o['peak-tflops'] ? { tflops: given, matched: '--peak-tflops' } : peakTflops(ctx.machine.gpu);
