@@ -174,7 +174,7 @@ export async function restoreCheckpointFiles(dir: string, st: CheckpointState): 
     const plan: [Tensor, typeof weightsFile, string][] = [...st.model.tensors].map(([n, t]) => [t, weightsFile, n]);
     for (const [kind, map] of [['m', st.m], ['v', st.v]] as const) for (const [n, t] of map) plan.push([t, momentsFile, `${kind}.${n}`]);
     for (const [t, file, key] of plan) {
-      const src = tensor(await file.read(key), t.shape, { device: t.device });
+      const src = tensor((await file.read(key)).data, t.shape, { device: t.device });
       try {
         copy(t, src);
       } finally {

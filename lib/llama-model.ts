@@ -15,8 +15,8 @@ import {
 import { native } from './native.js';
 import { copy } from './ops.js';
 import { ropeDependsOnLength, ropeParameters, type RopeParameters } from './rope-freq.js';
-import { safetensorsDirEntries, SINGLE_FILE } from './safetensors-dir.js';
-import { checkFloatEntry, openSafetensors } from './safetensors.js';
+import { dirReader, safetensorsDirEntries, SINGLE_FILE } from './safetensors-dir.js';
+import { checkFloatEntry } from './safetensors.js';
 import { writeSafetensorsFrom, type WritableDType } from './safetensors-write.js';
 import { checkDevice, DEVICES, DTYPES, tensor, zeros, type DeviceName, type DType, type Tensor } from './tensor.js';
 
@@ -271,19 +271,15 @@ export async function loadLlama(dir: string, opts?: LlamaDeviceOptions): Promise
   const { entries } = await safetensorsDirEntries(dir);
   checkArrays(c, new Map([...entries].map(([n, e]) => [n, e.entry])), dir);
   for (const name of llamaTensorNames(c).keys()) checkFloatEntry(entries.get(name)!.path, name, entries.get(name)!.entry);
-  const shards = new Map<string, ReturnType<typeof openSafetensors>>();
-  const read = async (name: string) => {
-    const { path } = entries.get(name)!;
-    if (!shards.has(path)) shards.set(path, openSafetensors(path));
-    return (await shards.get(path)!).read(name);
-  };
+  const reader = dirReader(entries);
+  const read = async (name: string) => (await reader.read(name)).data;
   try {
     // A tied model's saved head is compared with the embedding, which is then built from that read.
     const E = 'model.embed_tokens.weight', embed = c.tie_word_embeddings && entries.has('lm_head.weight') ? await read(E) : undefined;
     if (embed) checkTiedCopy(dir, await read('lm_head.weight'), embed);
     return await buildAsync(c, device, (name) => (name === E && embed ? Promise.resolve(embed) : read(name)));
   } finally {
-    await Promise.allSettled([...shards.values()].map(async (f) => (await f).close()));
+    await reader.close();
   }
 }
 

@@ -7,7 +7,7 @@ import { basename, join } from 'node:path';
 
 import { describe, fail } from './errors.js';
 import {
-  checkNames, checkPath, openFile, readHeader, readTensor,
+  checkNames, checkPath, openFile, openSafetensors, readHeader,
   type LoadedTensor, type ReadSafetensorsOptions, type SafetensorsContents, type SafetensorsEntry,
 } from './safetensors.js';
 
@@ -93,35 +93,40 @@ export async function safetensorsDirEntries(dir: string): Promise<{ metadata: Re
   return { metadata: Object.fromEntries(metadata), entries: new Map([...weightMap.keys()].map((n) => [n, found.get(n)!])) };
 }
 
+/**
+ * @internal Reads the tensors of `entries` one at a time, each file opened once, on first use,
+ * and kept open until close().
+ */
+export function dirReader(entries: ReadonlyMap<string, DirEntry>): { read(name: string): Promise<LoadedTensor>; close(): Promise<void> } {
+  const files = new Map<string, ReturnType<typeof openSafetensors>>();
+  return {
+    async read(name) {
+      const { path } = entries.get(name)!;
+      let file = files.get(path);
+      if (!file) files.set(path, (file = openSafetensors(path)));
+      return (await file).read(name);
+    },
+    async close() {
+      await Promise.allSettled([...files.values()].map(async (f) => (await f).close()));
+    },
+  };
+}
+
 /** Reads a checkpoint directory (all tensors, or `opts.names`) as float32. */
 export async function readSafetensorsDir(dir: string, opts?: ReadSafetensorsOptions): Promise<SafetensorsContents> {
   const names = checkNames(opts);
   const { metadata, entries } = await safetensorsDirEntries(dir);
   const order = names ?? [...entries.keys()];
-  const byFile = new Map<string, string[]>();
-  for (const name of order) {
-    const at = entries.get(name);
-    if (at === undefined) fail('range', `opts.names: ${dir} has no tensor '${name}'`);
-    const list = byFile.get(at.path);
-    if (list) list.push(name);
-    else byFile.set(at.path, [name]);
+  const missing = order.find((name) => !entries.has(name));
+  if (missing !== undefined) fail('range', `opts.names: ${dir} has no tensor '${missing}'`);
+  const reader = dirReader(entries);
+  try {
+    const tensors = new Map<string, LoadedTensor>();
+    for (const name of order) tensors.set(name, await reader.read(name));
+    return { metadata, tensors };
+  } finally {
+    await reader.close();
   }
-  const tensors = new Map<string, LoadedTensor>();
-  for (const [path, wanted] of byFile) {
-    const fh = await openFile(path);
-    try {
-      const header = await readHeader(fh, path);
-      for (const name of wanted) {
-        const entry = header.tensors.get(name);
-        if (!entry) fail('range', `${path}: tensor '${name}' is no longer in this file`); // replaced since its header was read
-        tensors.set(name, await readTensor(fh, path, name, entry, header.dataStart));
-      }
-    } finally {
-      await fh.close();
-    }
-  }
-  // File by file, then put back in the order asked for (or the index's order).
-  return { metadata, tensors: new Map(order.map((n) => [n, tensors.get(n)!])) };
 }
 
 async function exists(path: string): Promise<boolean> {

@@ -76,13 +76,18 @@ export async function readSafetensorsHeader(path: string): Promise<SafetensorsHe
  * and the open handle keeps reading the file that header came from, even should another
  * replace it meanwhile. close() when done.
  */
-export async function openSafetensors(path: string): Promise<{ header: SafetensorsHeader; read(name: string): Promise<Float32Array>; close(): Promise<void> }> {
+export async function openSafetensors(path: string): Promise<{ header: SafetensorsHeader; read(name: string): Promise<LoadedTensor>; close(): Promise<void> }> {
   const fh = await openFile(path);
   try {
     const header = await readHeader(fh, path);
     return {
       header,
-      read: async (name) => (await readTensor(fh, path, name, header.tensors.get(name)!, header.dataStart)).data,
+      read: async (name) => {
+        const entry = header.tensors.get(name);
+        // Callers name tensors from a header read earlier: the file was replaced since.
+        if (!entry) fail('range', `${path}: tensor '${name}' is no longer in this file`);
+        return readTensor(fh, path, name, entry, header.dataStart);
+      },
       close: () => fh.close(),
     };
   } catch (e) {
