@@ -54,6 +54,8 @@ struct __half {
   __half(float f) : x(ra::f32_to_f16(f)) {}
   operator float() const { return ra::f16_to_f32(x); }
 };
+struct float2 { float x, y; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
 struct __nv_bfloat162 { __nv_bfloat16 x, y; };
 struct __half2 { __half x, y; };
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__nv_bfloat16(a), __nv_bfloat16(b)}; }
@@ -455,6 +457,10 @@ inline void emu_mbar_wait(uint64_t* bar, int parity) {
   if ((target & 1) != parity) emu_fail("mbarrier: a wait's parity skips a phase");
   if (long(m.phase) > target + 1) emu_fail("mbarrier: a waiter fell a whole phase behind (its parity wait is ambiguous)");
   while (int(emu_mbar(bar).phase & 1) == parity) emu_yield();
+  // Deferred mode: now and then a waiter is slow to wake, so that a kernel which relies on the
+  // order waiters happen to run in (not on a barrier) goes wrong.
+  if (emu_deferred_cp && emu_rng() % 8 == 0)
+    for (int pass = int(emu_rng() % 4 ? emu_rng() % 32 : 64 + emu_rng() % 512); pass > 0; --pass) emu_yield();
 }
 struct EmuBulkCopy { unsigned char* dst; std::vector<unsigned char> data; uint64_t* bar; };
 inline std::vector<EmuBulkCopy> emu_bulk_inflight;
@@ -501,6 +507,54 @@ inline void emu_bulk_pump() {
   }
 }
 
+// Bulk reductions of shared memory into global memory (tma.cuh's bulk_reduce_add): float32
+// added element by element. A reduction reads its shared memory at issue, or in "deferred" mode
+// at a random later pass of the scheduler (rarely: a pass is short beside a kernel's step) or at
+// its thread's wait_group, whichever comes first: a kernel which rewrites the buffer before its
+// wait adds the wrong values.
+struct EmuBulkReduce { float* dst; const float* src; uint32_t n; unsigned owner; int group; };
+inline std::vector<EmuBulkReduce> emu_reduce_inflight;
+inline std::vector<int> emu_reduce_groups;  // per thread: bulk groups committed so far
+inline void emu_reduce_land(const EmuBulkReduce& r) {
+  for (uint32_t i = 0; i < r.n; ++i) r.dst[i] += r.src[i];
+  emu_progress++;
+}
+inline void emu_bulk_reduce_add(float* dst, const float* src, uint32_t bytes) {
+  if (uintptr_t(dst) % 16 || uintptr_t(src) % 16 || bytes % 16 || bytes == 0) emu_fail("bulk reduce: addresses or size not 16-byte multiples");
+  check_smem(src, bytes, "bulk reduce source outside dynamic smem");
+  emu_reduce_inflight.push_back({dst, src, bytes / 4, threadIdx.x, 0});
+  if (!emu_deferred_cp) emu_reduce_land(emu_reduce_inflight.back()), emu_reduce_inflight.pop_back();
+}
+inline void emu_bulk_commit() {
+  if (emu_reduce_groups.size() < blockDim.x) emu_reduce_groups.assign(blockDim.x, 0);
+  const int g = ++emu_reduce_groups[threadIdx.x];
+  for (auto& r : emu_reduce_inflight)
+    if (r.owner == threadIdx.x && !r.group) r.group = g;
+}
+// wait_group(.read) n: this thread's reductions but those of its n most recent groups land.
+inline void emu_bulk_wait(int n) {
+  if (emu_reduce_groups.size() < blockDim.x) emu_reduce_groups.assign(blockDim.x, 0);
+  const int last_done = emu_reduce_groups[threadIdx.x] - n;
+  for (size_t i = 0; i < emu_reduce_inflight.size();) {
+    auto& r = emu_reduce_inflight[i];
+    if (r.owner != threadIdx.x) { ++i; continue; }
+    if (!r.group) emu_fail("bulk reduce: waited with a reduction never committed");
+    if (r.group > last_done) { ++i; continue; }
+    emu_reduce_land(r);
+    emu_reduce_inflight.erase(emu_reduce_inflight.begin() + long(i));
+  }
+}
+inline void emu_reduce_pump() {
+  for (size_t i = 0; i < emu_reduce_inflight.size();) {
+    if (emu_reduce_inflight[i].group && emu_rng() % 4096 == 0) {
+      emu_reduce_land(emu_reduce_inflight[i]);
+      emu_reduce_inflight.erase(emu_reduce_inflight.begin() + long(i));
+    } else {
+      ++i;
+    }
+  }
+}
+
 inline void emu_fiber_entry() {
   emu_body();
   (*emu_fibers)[emu_cur].done = true;
@@ -526,6 +580,7 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
         for (int w = 0; w < nthreads / 32; ++w) emu_warps[w].bar = Barrier{32};
         for (int g = 0; g < nthreads / 128; ++g) emu_groups[g].bar = Barrier{128};
         emu_mbars.clear();
+        emu_reduce_groups.assign(nthreads, 0);
         std::vector<Fiber> fibers(nthreads);
         emu_fibers = &fibers;
         emu_body = body;
@@ -559,9 +614,12 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
               // PTX leaves a block that exits with copies in flight undefined: the kernels wait.
               if (!fibers[i].pending.empty() || !fibers[i].committed.empty()) emu_fail("thread exited with cp.async outstanding");
               if (!fibers[i].wgmma.empty()) emu_fail("thread exited with a wgmma in flight");
+              for (auto& r : emu_reduce_inflight)
+                if (r.owner == unsigned(i)) emu_fail("thread exited with a bulk reduction not waited for");
             }
           }
           emu_bulk_pump();
+          emu_reduce_pump();
           if (emu_progress == last_progress) {
             if (++idle > 100000) { fprintf(stderr, "EMU DEADLOCK in block %u,%u,%u (divergent barrier?)\n", x, y, z); abort(); }
           } else idle = 0, last_progress = emu_progress;

@@ -1,8 +1,9 @@
 // The three wgmma forms of the Hopper kernels, each once at each N and in each layout they use,
-// on the GPU against exact products, and a K tile loaded by TMA (two swizzled boxes) against the tensor
-// (test/gpu/wgmma_unit.cu): checks our reading of the PTX ISA's descriptors and fragment
-// layouts, and of the driver's tensor maps, on hardware, apart from the kernels. Skipped, with the reason in the title, without
-// an sm_90 device or without nvcc (the GPU machine has both).
+// on the GPU against exact products; a K tile loaded by TMA (two swizzled boxes) against the
+// tensor; and bulk reductions of shared memory into global memory (test/gpu/wgmma_unit.cu):
+// checks our reading of the PTX ISA's descriptors and fragment layouts, of the driver's tensor
+// maps and of the bulk reductions, on hardware, apart from the kernels. Skipped, with the reason
+// in the title, without an sm_90 device or without nvcc (the GPU machine has both).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,7 +24,7 @@ const dir = mkdtempSync(join(tmpdir(), 'ra-wgmma-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe.skipIf(!!why)(why ? `wgmma on the GPU (skipped: ${why})` : 'wgmma on the GPU', () => {
-  it('wgmma_ss, wgmma_rs and wgmma_ss_tt give the exact products at each N and layout the kernels use; a swizzled TMA tile lands where the kernels read it', () => {
+  it('wgmma_ss, wgmma_rs and wgmma_ss_tt give the exact products at each N and layout the kernels use; a swizzled TMA tile lands where the kernels read it; bulk reductions add rows exactly', () => {
     const exe = join(dir, 'wgmma-unit');
     const build = spawnSync(nvcc, ['-std=c++17', '-O2', '-gencode', 'arch=compute_90a,code=sm_90a', `-I${root}`,
       join(root, 'test', 'gpu', 'wgmma_unit.cu'),
@@ -35,6 +36,7 @@ describe.skipIf(!!why)(why ? `wgmma on the GPU (skipped: ${why})` : 'wgmma on th
       ['wgmma_ss (swizzled)', 128], ['wgmma_rs (swizzled)', 128]] as const)
       expect(r.stdout).toContain(`ok N=${n}: ${form} 0 of ${64 * n} wrong`);
     expect(r.stdout).toContain('ok tma: tile of 128 x 128 (two swizzled boxes), 0 of 16384 wrong');
+    expect(r.stdout).toContain('ok bulk reduce: 8 blocks into a 64 x 128 matrix, 0 of 8192 wrong');
     expect(r.status, r.stdout + r.stderr).toBe(0);
   }, 180_000);
 });

@@ -196,6 +196,54 @@ int run_tma() {
   return bad != 0;
 }
 
+// Bulk reductions as the backward adds dQ (bwd_sm90_kernel.cuh): each of 8 blocks stages rows
+// of 64 floats, 72 apart, in shared memory, adds each row into columns 64-127 of a [64, 128]
+// float32 matrix with one bulk reduction, then after wait_group.read rewrites its buffer and
+// adds again. Small integers, so the sums are exact in any order.
+constexpr int kRedBlocks = 8, kRedRows = 64, kRedStride = 72;
+__global__ void reduce_unit(float* dst) {
+  __shared__ __align__(16) float stage[kRedRows * kRedStride];
+  for (int round = 0; round < 2; ++round) {
+    if (threadIdx.x < 32) bulk_wait_read_all();
+    __syncthreads();
+    for (int i = threadIdx.x; i < kRedRows * 64; i += blockDim.x)
+      stage[i / 64 * kRedStride + i % 64] = float((blockIdx.x + 1) * (round + 1) + i % 7);
+    fence_proxy_async();
+    __syncthreads();
+    if (threadIdx.x < 32) {
+      for (int r = threadIdx.x; r < kRedRows; r += 32) bulk_reduce_add(dst + r * 128 + 64, stage + r * kRedStride, 64 * sizeof(float));
+      bulk_commit();
+    }
+  }
+  if (threadIdx.x < 32) bulk_wait_all();
+}
+
+int run_reduce() {
+  float* d;
+  cudaMalloc(&d, kRedRows * 128 * sizeof(float));
+  cudaMemset(d, 0, kRedRows * 128 * sizeof(float));
+  reduce_unit<<<kRedBlocks, 128>>>(d);
+  cudaError_t e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) {
+    printf("FAIL bulk reduce: kernel failed: %s\n", cudaGetErrorString(e));
+    return 1;
+  }
+  std::vector<float> got(kRedRows * 128);
+  cudaMemcpy(got.data(), d, got.size() * sizeof(float), cudaMemcpyDeviceToHost);
+  int bad = 0;
+  for (int r = 0; r < kRedRows; ++r)
+    for (int c = 0; c < 128; ++c) {
+      float want = 0;
+      if (c >= 64)
+        for (int b = 0; b < kRedBlocks; ++b)
+          for (int round = 0; round < 2; ++round) want += float((b + 1) * (round + 1) + (r * 64 + c - 64) % 7);
+      bad += got[r * 128 + c] != want;
+    }
+  printf("%s bulk reduce: %d blocks into a 64 x 128 matrix, %d of %d wrong\n", bad ? "FAIL" : "ok", kRedBlocks, bad, kRedRows * 128);
+  cudaFree(d);
+  return bad != 0;
+}
+
 // The (form, N) pairs the kernels use: ss at 64 and 128 (S, S^T, dP^T), rs at 64 and 128
 // (P V, dV, dK), ss_tt at 64 (dQ), each in the layouts they read.
-int main() { return run<64, 7 | 8 | 16 | 32>() | run<128, 3 | 8 | 16>() | run_tma(); }
+int main() { return run<64, 7 | 8 | 16 | 32>() | run<128, 3 | 8 | 16>() | run_tma() | run_reduce(); }

@@ -4,16 +4,17 @@
 // 64-query steps of every query head of the GQA group (Q and dO by TMA, lse and delta by its
 // lanes) through kStages buffers handed over by mbarriers; two consumer warpgroups, each
 // with 64 keys, so that dK/dV of a group sum in registers. Per query step:
-//   S^T = K Q^T and dP^T = V dO^T   (one batch; K, V, Q, dO read from shared memory)
-//   P^T = exp(S^T - lse), masked;   dV += P^T dO   (P^T from registers, dO MN-major)
-//   dS^T = P^T (dP^T - delta);      dK += dS^T Q   (dS^T from registers, Q MN-major)
-//   dQ += dS K (float32 atomics; each warpgroup 64 columns, or at head dim 64 its own keys),
-//   from dS^T in shared memory (two buffers, so that one named barrier per step suffices)
-//   read as an MN-major A.
-//   With `deterministic`, dQ is left to bwd_dq_kernel instead.
-// dV's product runs while dS^T is packed and stored. Tiles TMA loads are 128-byte swizzled
-// (tma.cuh); dS^T, stored by the consumers, is not. Head dims 64 and 128 with strides TMA can
-// describe only (dispatch.cu).
+//   S^T = K Q^T, then dP^T = V dO^T  (two batches; K, V, Q, dO read from shared memory)
+//   P^T = exp(S^T - lse), masked, while dP^T's batch runs
+//   dS^T = P^T (dP^T - delta);      dV += P^T dO, dK += dS^T Q  (P^T, dS^T from registers)
+//   dQ = dS K, from dS^T in shared memory (two buffers, so that one named barrier per step
+//   suffices) read as an MN-major A; each warpgroup 64 columns, or at head dim 64 its own keys.
+// dK's and dQ's batches are issued back to back. Each warp stages its 16 rows of dQ (scaled) in
+// shared memory and adds them into dq_accum with one bulk reduction per row (tma.cuh), which the
+// TMA unit carries out while the warp goes on, in place of 32 atomics per thread and step.
+// With `deterministic`, dQ is left to bwd_dq_kernel instead.
+// Tiles TMA loads are 128-byte swizzled (tma.cuh); dS^T, stored by the consumers, is not.
+// Head dims 64 and 128 with strides TMA can describe only (dispatch.cu).
 #pragma once
 #include "bwd_kernel.cuh"
 #include "documents.cuh"
@@ -43,10 +44,15 @@ struct Sm90BwdTraits {
   static constexpr int kBlockM = 64;               // queries per step
   static constexpr int kStages = 2;
   static constexpr int kTileKV = kBlockN * kHeadDim, kTileQ = kBlockM * kHeadDim, kTileDs = kBlockN * kBlockM;  // elements
+  // dQ's staging: per consumer warpgroup, the 64 columns it computes of kBlockM rows, float32,
+  // rows 8 floats longer than 64, so that the stores of a half-warp meet every bank once and
+  // each row stays a 16-byte aligned run for its bulk reduction.
+  static constexpr int kDqCols = 64, kDqStride = kDqCols + 8, kTileDq = kBlockM * kDqStride;  // floats
   // K, V, then per stage Q and dO, two dS^T (each a multiple of 1024 bytes, so all stay
-  // aligned for the swizzle), then per stage lse and delta, then the barriers; 1024 bytes more
-  // to align the start (align_1024): 162 KiB at head dim 128.
-  static constexpr int kFloatsOffset = (2 * kTileKV + 2 * kStages * kTileQ + 2 * kTileDs) * int(sizeof(T));
+  // aligned for the swizzle), dQ's staging, then per stage lse and delta, then the barriers;
+  // 1024 bytes more to align the start (align_1024): 198 KiB at head dim 128.
+  static constexpr int kDqOffset = (2 * kTileKV + 2 * kStages * kTileQ + 2 * kTileDs) * int(sizeof(T));
+  static constexpr int kFloatsOffset = kDqOffset + kConsumers * kTileDq * int(sizeof(float));
   static constexpr int kBarrierOffset = kFloatsOffset + 2 * kStages * kBlockM * int(sizeof(float));
   static constexpr int kSmemBytes = kBarrierOffset + (1 + 2 * kStages) * 8 + 1024;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // as the forward's (Sm90FwdTraits)
@@ -83,6 +89,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
   auto sdS = [&](int j) { return sV + Tr::kTileKV + 2 * kStages * Tr::kTileQ + j * Tr::kTileDs; };  // [key][query]
   float* sLse = reinterpret_cast<float*>(smem + Tr::kFloatsOffset);  // [kStages][kBM], log2-scaled
   float* sDelta = sLse + kStages * kBM;                                // [kStages][kBM]
+  float* sDq = reinterpret_cast<float*>(smem + Tr::kDqOffset);  // [kConsumers][kBM][kDqStride]
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(smem + Tr::kBarrierOffset);
   uint64_t* full = kv_full + 1;       // [kStages]: the step's Q, dO, lse and delta are in
   uint64_t* empty = full + kStages;   // [kStages]: every consumer thread is done with them
@@ -101,6 +108,11 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
   // full: lane 0's arrival with the TMA bytes, and the other 31 lanes' after their lse and delta
   init_pipeline(kv_full, full, empty, kStages, 32, 128 * Tr::kConsumers);
   __syncthreads();  // the last block-wide barrier: the roles part here
+
+  // dQ's columns in dq_accum that consumer warpgroup cw computes (at head dim 64, all of them,
+  // over its own keys).
+  constexpr bool kDqOwnKeys = kD == Tr::kDqCols;
+  auto dq_col0 = [](int cw) { return kDqOwnKeys ? 0 : cw * Tr::kDqCols; };
 
   if (wg == 0) {
     setmaxnreg_dec<Tr::kProducerRegs>();
@@ -170,21 +182,22 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       T* ds = sdS(i % 2);
       mbar_wait(&full[st], (i / kStages) & 1);
 
-      // S^T = K Q^T and dP^T = V dO^T for this warpgroup's 64 keys, in one batch.
+      // S^T = K Q^T, then dP^T = V dO^T, for this warpgroup's 64 keys: two batches, so that P^T
+      // is computed while the second runs.
       float s[kMT][4], dp[kMT][4];
       fence_operands<kMT * 4>(&s[0][0]);
       fence_operands<kMT * 4>(&dp[0][0]);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kD / 16; ++kk) {
-        // this warpgroup's 64 keys of K and V
+      for (int kk = 0; kk < kD / 16; ++kk)
         wgmma_ss<T, kBM>(&s[0][0], tile_desc_k<kBN>(sK, cw * 64, kk * 16), tile_desc_k<kBM>(sQ(st), 0, kk * 16), kk > 0);
-        wgmma_ss<T, kBM>(&dp[0][0], tile_desc_k<kBN>(sV, cw * 64, kk * 16), tile_desc_k<kBM>(sdO(st), 0, kk * 16), kk > 0);
-      }
       wgmma_commit();
-      wgmma_wait_all();
+#pragma unroll
+      for (int kk = 0; kk < kD / 16; ++kk)
+        wgmma_ss<T, kBM>(&dp[0][0], tile_desc_k<kBN>(sV, cw * 64, kk * 16), tile_desc_k<kBM>(sdO(st), 0, kk * 16), kk > 0);
+      wgmma_commit();
+      wgmma_wait<1>();
       fence_operands<kMT * 4>(&s[0][0]);
-      fence_operands<kMT * 4>(&dp[0][0]);
 
       // P^T (0 where masked)
       const bool mixed = doc_q && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
@@ -206,15 +219,17 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
         }
 
       // dS^T = P^T (dP^T - delta), in place of dP^T.
+      wgmma_wait<0>();
+      fence_operands<kMT * 4>(&dp[0][0]);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[mt][e] = s[mt][e] * (dp[mt][e] - delta[mt * 8 + 2 * t + (e & 1)]);
 
-      // dV += P^T dO on the tensor cores, while dS^T is packed into A fragments and, for dQ,
-      // stored to shared memory (register j of pds[kk]: row g + 8 (j % 2), columns
-      // 16 kk + 8 (j / 2) + 2t). Packing dS^T only after the issue keeps fewer registers live.
-      // dO and Q are MN-major B operands (their rows, the queries, are k).
+      // dV += P^T dO, then dK += dS^T Q, on the tensor cores, while dS^T is packed into A
+      // fragments and, for dQ, stored to shared memory (register j of pds[kk]: row g + 8 (j % 2),
+      // columns 16 kk + 8 (j / 2) + 2t). Packing dS^T only after dV's issue keeps fewer
+      // registers live. dO and Q are MN-major B operands (their rows, the queries, are k).
       uint32_t pa[kBM / 16][4], pds[kBM / 16][4];
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk) acc_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
@@ -235,11 +250,6 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
           for (int j = 0; j < 4; ++j)
             *reinterpret_cast<uint32_t*>(ds + blocked<kBM>(r0 + 8 * (j % 2), 16 * kk + 8 * (j / 2) + 2 * t)) = pds[kk][j];
       }
-      wgmma_wait_all();
-      fence_operands<kDT * 4>(&dv[0][0]);
-      fence_operands<kBM / 16 * 4>(&pa[0][0]);
-
-      // dK += dS^T Q (scaled once, at the end)
       fence_operands<kDT * 4>(&dk[0][0]);
       fence_operands<kBM / 16 * 4>(&pds[0][0]);
       wgmma_fence();
@@ -247,44 +257,67 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       for (int kk = 0; kk < kBM / 16; ++kk)
         wgmma_rs<T, kD>(&dk[0][0], pds[kk], tile_desc_mn<kBM>(sQ(st), kk * 16, 0), 1);
       wgmma_commit();
-      wgmma_wait_all();
-      fence_operands<kDT * 4>(&dk[0][0]);
-      fence_operands<kBM / 16 * 4>(&pds[0][0]);
-      mbar_arrive(&empty[st]);  // Q, dO, lse and delta of the stage are read
-      if (!with_dq) continue;
+      wgmma_wait<1>();  // dV's batch: its P^T registers are free for dQ's accumulators
+      fence_operands<kDT * 4>(&dv[0][0]);
+      fence_operands<kBM / 16 * 4>(&pa[0][0]);
 
       // dQ = dS K: A = dS (queries x keys) read from dS^T as an MN-major operand, B = K read
       // as MN-major too, 64 columns of it (one swizzled box, so that every start lies on a box:
       // no public kernel starts an MN-major read inside one). Head dim 128: warpgroup cw
       // computes columns [64 cw, 64 cw + 64) over all keys; head dim 64: all columns over its
-      // own 64 keys, the two partial sums meeting in the atomics. Buffer i % 2 is not written
+      // own 64 keys, the two partial sums meeting in dq_accum. Buffer i % 2 is not written
       // again before every consumer has passed the next step's barrier, so one barrier per
       // step suffices.
+      if (!with_dq) {
+        wgmma_wait<0>();
+        fence_operands<kDT * 4>(&dk[0][0]);
+        fence_operands<kBM / 16 * 4>(&pds[0][0]);
+        mbar_arrive(&empty[st]);  // Q, dO, lse and delta of the stage are read
+        continue;
+      }
+      constexpr int kDqCols = Tr::kDqCols, kDqKeys = kDqOwnKeys ? 64 : kBN;
       fence_proxy_async();
       named_barrier_sync(1, 128 * Tr::kConsumers);  // all of dS^T is written and visible to wgmma
-      constexpr int kDqCols = kTmaBoxCols;
-      constexpr bool kDqOwnKeys = kD == kDqCols;
-      constexpr int kDqKeys = kDqOwnKeys ? 64 : kBN;
-      const int dq_key0 = kDqOwnKeys ? cw * 64 : 0, dq_col0 = kDqOwnKeys ? 0 : cw * kDqCols;
+      const int dq_key0 = kDqOwnKeys ? cw * 64 : 0;
       float dq[kDqCols / 2];
       fence_operands<kDqCols / 2>(dq);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kDqKeys / 16; ++kk)
         wgmma_ss_tt<T, kDqCols>(dq, wgmma_desc(ds + blocked<kBM>(dq_key0 + kk * 16, 0), kSdsRowStep, kSdsColStep),
-                                tile_desc_mn<kBN>(sK, dq_key0 + kk * 16, dq_col0), kk > 0);
+                                tile_desc_mn<kBN>(sK, dq_key0 + kk * 16, dq_col0(cw)), kk > 0);
       wgmma_commit();
-      wgmma_wait_all();
+      wgmma_wait<1>();  // dK's batch
+      fence_operands<kDT * 4>(&dk[0][0]);
+      fence_operands<kBM / 16 * 4>(&pds[0][0]);
+      mbar_arrive(&empty[st]);  // Q, dO, lse and delta of the stage are read
+
+      // dQ (scaled) into this warp's 16 rows of its warpgroup's staging, once this warp's
+      // reductions of the last step have read them; then one bulk reduction per row (lanes 0-15).
+      wgmma_wait<0>();
       fence_operands<kDqCols / 2>(dq);
-      float* dq_rows = bp.dq_accum + b * bp.dq_batch_stride + int64_t(hq) * p.head_dim;
+      if (lane < 16) bulk_wait_read_all();
+      __syncwarp();
+      float* dq_stage = sDq + cw * Tr::kTileDq;
 #pragma unroll
-      for (int e = 0; e < kDqCols / 2; ++e) {
-        const int row = m0 + warp * 16 + g + 8 * ((e >> 1) & 1), col = dq_col0 + (e >> 2) * 8 + 2 * t + (e & 1);
-        if (row < p.seq_q) atomicAdd(dq_rows + int64_t(row) * bp.dq_row_stride + col, dq[e] * p.scale);
+      for (int e = 0; e < kDqCols / 2; e += 2) {
+        const int row = warp * 16 + g + 8 * ((e >> 1) & 1), col = (e >> 2) * 8 + 2 * t;
+        *reinterpret_cast<float2*>(dq_stage + row * Tr::kDqStride + col) = make_float2(dq[e] * p.scale, dq[e + 1] * p.scale);
+      }
+      fence_proxy_async();  // the stores made visible to the bulk reductions' reads
+      __syncwarp();
+      if (lane < 16) {
+        const int row = warp * 16 + lane;
+        if (m0 + row < p.seq_q)
+          bulk_reduce_add(bp.dq_accum + b * bp.dq_batch_stride + int64_t(m0 + row) * bp.dq_row_stride +
+                              int64_t(hq) * p.head_dim + dq_col0(cw),
+                          dq_stage + row * Tr::kDqStride, kDqCols * sizeof(float));
+        bulk_commit();
       }
     }
   }
 
+  if (lane < 16) bulk_wait_all();  // the block's shared memory must outlive the reductions' reads
   store_dkdv(bp, b, kvh, key0, t, 0, dk, dv);
 #elif defined(__CUDA_ARCH__)
   __trap();  // never launched here (dispatch.cu); if it were, fail loudly rather than write nothing

@@ -2,8 +2,9 @@
 // tensor memory accelerator (TMA), which copies a box of a tensor from global to shared memory
 // on its own and then reports the bytes to an mbarrier; the mbarrier itself (a phase that
 // completes once its expected arrivals and bytes are in); setmaxnreg, which moves registers
-// from the producer warpgroup to the consumers; and named barriers, which let the consumers
-// meet without the producer.
+// from the producer warpgroup to the consumers; named barriers, which let the consumers meet
+// without the producer; and bulk reductions, by which the TMA unit adds a buffer of shared
+// memory into global memory.
 //
 // A tensor map describes one of q, k, v, dout as [batch, seq, heads, head_dim] (4 dims, innermost
 // first, byte strides rising); its box is 64 columns (128 bytes) of `rows` rows of one head,
@@ -82,8 +83,12 @@ inline bool fwd_tma_describable(const FwdParams& p) {
   return tma_describable(fwd_tma_shape(p, 'q', 1)) && tma_describable(fwd_tma_shape(p, 'k', 1)) &&
          tma_describable(fwd_tma_shape(p, 'v', 1));
 }
+// The backward also adds dQ's rows into dq_accum by bulk reductions (bulk_reduce_add), which
+// take 16-byte aligned runs (unless dQ is left to its deterministic pass).
 inline bool bwd_tma_describable(const BwdParams& bp) {
-  return fwd_tma_describable(bp.fwd) && tma_describable(dout_tma_shape(bp, 1));
+  const bool dq_ok = bp.deterministic || (reinterpret_cast<uintptr_t>(bp.dq_accum) % 16 == 0 &&
+                                          bp.dq_row_stride % 4 == 0 && bp.dq_batch_stride % 4 == 0);
+  return dq_ok && fwd_tma_describable(bp.fwd) && tma_describable(dout_tma_shape(bp, 1));
 }
 
 #ifdef RA_FLASH_EMULATOR
@@ -101,6 +106,10 @@ template <int kRegs> inline void setmaxnreg_inc() {}
 template <int kRegs> inline void setmaxnreg_dec() {}
 inline void named_barrier_sync(int id, int threads) { emu_named_barrier(id, threads, true); }
 inline void named_barrier_arrive(int id, int threads) { emu_named_barrier(id, threads, false); }
+inline void bulk_reduce_add(float* dst, const float* src, uint32_t bytes) { emu_bulk_reduce_add(dst, src, bytes); }
+inline void bulk_commit() { emu_bulk_commit(); }
+inline void bulk_wait_read_all() { emu_bulk_wait(0); }
+inline void bulk_wait_all() { emu_bulk_wait(0); }
 #else
 // The driver's opaque 128-byte map, passed by value in the kernel's parameters.
 struct alignas(128) TmaMap {
@@ -153,6 +162,20 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
 __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
+// `bytes` (a multiple of 16) of float32 at src, in shared memory, added element by element and
+// atomically to dst in global memory by the TMA unit (both 16-byte aligned): one instruction
+// where ordinary atomics would take one per element and thread. The writers of src make it
+// visible to the async proxy first (fence_proxy_async, then a barrier). The calling thread's
+// reductions form bulk groups (bulk_commit); bulk_wait_read_all returns once all of them have
+// read their shared memory, which may then be rewritten; bulk_wait_all once they are done.
+__device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(dst),
+               "r"(smem_addr(src)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_read_all() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
