@@ -118,6 +118,7 @@ struct Fiber {
   std::vector<EmuWgmmaInFlight> wgmma;
   int wgmma_groups = 0;  // commit groups so far
   bool wgmma_fenced = false;  // a wgmma.fence since this thread's last wait_group
+  bool proxy_fenced = false;  // a fence.proxy.async since this thread's last bulk wait_group
 };
 inline std::vector<Fiber>* emu_fibers;
 inline int emu_cur = -1;
@@ -519,8 +520,12 @@ inline void emu_reduce_land(const EmuBulkReduce& r) {
   for (uint32_t i = 0; i < r.n; ++i) r.dst[i] += r.src[i];
   emu_progress++;
 }
+// What the emulator can tell of the proxies: a thread that issues a bulk reduction must have
+// fenced (fence.proxy.async) since its last wait, as it must after storing what it reads.
+inline void emu_fence_proxy_async() { (*emu_fibers)[emu_cur].proxy_fenced = true; }
 inline void emu_bulk_reduce_add(float* dst, const float* src, uint32_t bytes) {
   if (uintptr_t(dst) % 16 || uintptr_t(src) % 16 || bytes % 16 || bytes == 0) emu_fail("bulk reduce: addresses or size not 16-byte multiples");
+  if (!(*emu_fibers)[emu_cur].proxy_fenced) emu_fail("bulk reduce: no fence.proxy.async since the thread's last bulk wait");
   check_smem(src, bytes, "bulk reduce source outside dynamic smem");
   emu_reduce_inflight.push_back({dst, src, bytes / 4, threadIdx.x, 0});
   if (!emu_deferred_cp) emu_reduce_land(emu_reduce_inflight.back()), emu_reduce_inflight.pop_back();
@@ -533,6 +538,7 @@ inline void emu_bulk_commit() {
 }
 // wait_group(.read) n: this thread's reductions but those of its n most recent groups land.
 inline void emu_bulk_wait(int n) {
+  (*emu_fibers)[emu_cur].proxy_fenced = false;
   if (emu_reduce_groups.size() < blockDim.x) emu_reduce_groups.assign(blockDim.x, 0);
   const int last_done = emu_reduce_groups[threadIdx.x] - n;
   for (size_t i = 0; i < emu_reduce_inflight.size();) {

@@ -36,7 +36,7 @@ describe.skipIf(!!why)(why ? `wgmma on the GPU (skipped: ${why})` : 'wgmma on th
       ['wgmma_ss (swizzled)', 128], ['wgmma_rs (swizzled)', 128]] as const)
       expect(r.stdout).toContain(`ok N=${n}: ${form} 0 of ${64 * n} wrong`);
     expect(r.stdout).toContain('ok tma: tile of 128 x 128 (two swizzled boxes), 0 of 16384 wrong');
-    expect(r.stdout).toContain('ok bulk reduce: 8 blocks into a 64 x 128 matrix, 0 of 8192 wrong');
+    expect(r.stdout).toContain('ok bulk reduce: 8 blocks x 8 rounds into a 64 x 128 matrix, 0 of 8192 wrong');
     expect(r.status, r.stdout + r.stderr).toBe(0);
   }, 180_000);
 });

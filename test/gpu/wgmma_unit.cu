@@ -196,26 +196,31 @@ int run_tma() {
   return bad != 0;
 }
 
-// Bulk reductions as the backward adds dQ (bwd_sm90_kernel.cuh): each of 8 blocks stages rows
-// of 64 floats, 72 apart, in shared memory, adds each row into columns 64-127 of a [64, 128]
-// float32 matrix with one bulk reduction, then after wait_group.read rewrites its buffer and
-// adds again. Small integers, so the sums are exact in any order.
-constexpr int kRedBlocks = 8, kRedRows = 64, kRedStride = 72;
+// Bulk reductions as the backward adds dQ (bwd_sm90_kernel.cuh), in its pattern: each of 8
+// blocks has 4 warps, each staging 16 rows of 64 floats, 72 apart, in shared memory; after
+// fence.proxy.async and __syncwarp, lanes 0-15 add one row each into columns 64-127 of a
+// [64, 128] float32 matrix; then wait_group.read, __syncwarp, and the next of 8 rounds rewrites
+// the rows. Small integers, so the sums are exact in any order.
+constexpr int kRedBlocks = 8, kRedRounds = 8, kRedRows = 64, kRedStride = 72;
 __global__ void reduce_unit(float* dst) {
   __shared__ __align__(16) float stage[kRedRows * kRedStride];
-  for (int round = 0; round < 2; ++round) {
-    if (threadIdx.x < 32) bulk_wait_read_all();
-    __syncthreads();
-    for (int i = threadIdx.x; i < kRedRows * 64; i += blockDim.x)
-      stage[i / 64 * kRedStride + i % 64] = float((blockIdx.x + 1) * (round + 1) + i % 7);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int round = 0; round < kRedRounds; ++round) {
+    if (lane < 16) bulk_wait_read_all();
+    __syncwarp();
+    for (int i = lane; i < 16 * 64; i += 32) {
+      const int r = warp * 16 + i / 64, c = i % 64;
+      stage[r * kRedStride + c] = float((blockIdx.x + 1) * (round + 1) + (r * 64 + c) % 7);
+    }
     fence_proxy_async();
-    __syncthreads();
-    if (threadIdx.x < 32) {
-      for (int r = threadIdx.x; r < kRedRows; r += 32) bulk_reduce_add(dst + r * 128 + 64, stage + r * kRedStride, 64 * sizeof(float));
+    __syncwarp();
+    if (lane < 16) {
+      const int r = warp * 16 + lane;
+      bulk_reduce_add(dst + r * 128 + 64, stage + r * kRedStride, 64 * sizeof(float));
       bulk_commit();
     }
   }
-  if (threadIdx.x < 32) bulk_wait_all();
+  if (lane < 16) bulk_wait_all();
 }
 
 int run_reduce() {
@@ -236,10 +241,11 @@ int run_reduce() {
       float want = 0;
       if (c >= 64)
         for (int b = 0; b < kRedBlocks; ++b)
-          for (int round = 0; round < 2; ++round) want += float((b + 1) * (round + 1) + (r * 64 + c - 64) % 7);
+          for (int round = 0; round < kRedRounds; ++round) want += float((b + 1) * (round + 1) + (r * 64 + c - 64) % 7);
       bad += got[r * 128 + c] != want;
     }
-  printf("%s bulk reduce: %d blocks into a 64 x 128 matrix, %d of %d wrong\n", bad ? "FAIL" : "ok", kRedBlocks, bad, kRedRows * 128);
+  printf("%s bulk reduce: %d blocks x %d rounds into a 64 x 128 matrix, %d of %d wrong\n", bad ? "FAIL" : "ok", kRedBlocks,
+         kRedRounds, bad, kRedRows * 128);
   cudaFree(d);
   return bad != 0;
 }

@@ -317,8 +317,8 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
     }
   }
 
-  if (lane < 16) bulk_wait_all();  // the block's shared memory must outlive the reductions' reads
   store_dkdv(bp, b, kvh, key0, t, 0, dk, dv);
+  if (lane < 16) bulk_wait_all();  // the block's shared memory must outlive the reductions' reads
 #elif defined(__CUDA_ARCH__)
   __trap();  // never launched here (dispatch.cu); if it were, fail loudly rather than write nothing
 #endif

@@ -30,7 +30,7 @@ inline void wgmma_fence() { emu_wgmma_fence(); }
 inline void wgmma_commit() { emu_wgmma_commit(); }
 inline void wgmma_wait_all() { emu_wgmma_wait_all(); }
 template <int N> inline void wgmma_wait() { emu_wgmma_wait(N); }
-inline void fence_proxy_async() {}
+inline void fence_proxy_async() { emu_fence_proxy_async(); }
 template <int N, typename R> inline void fence_operands(R*) {}
 #else
 // The registers of a wgmma batch (accumulators, A fragments) pinned in place: the compiler may
