@@ -46,7 +46,7 @@ describe.skipIf(!nvcc)(nvcc ? 'Hopper kernels: ptxas report' : 'Hopper kernels: 
     }
   }, 600_000);
 
-  it("test/gpu/wgmma_unit.cu (the GPU session's check of each wgmma form and of a swizzled TMA tile) builds", () => {
+  it("test/gpu/wgmma_unit.cu (the GPU session's check of each wgmma form, a swizzled TMA tile and bulk reductions) builds", () => {
     const r = spawnSync(nvcc, ['-std=c++17', '-O2', '-gencode', 'arch=compute_90a,code=sm_90a', `-I${root}`,
       join(root, 'test', 'gpu', 'wgmma_unit.cu'),
       join(root, 'native', 'cuda', 'flash', 'tma_map.cu'), '-o', join(dir, 'wgmma-unit')], { encoding: 'utf8' });
