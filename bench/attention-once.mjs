@@ -7,6 +7,7 @@
 // RING_ATTENTION_SM90=1 in the environment selects the Hopper kernels, as everywhere.
 import { parseArgs } from 'node:util';
 
+import { randomArray } from '../dist/bench/timing.js';
 import { attention, attentionBackward, cudaSynchronize, info, tensor } from '../dist/index.js';
 
 const { values: o } = parseArgs({
@@ -24,13 +25,7 @@ if (!info().cuda.available) {
   process.exit(1);
 }
 const seq = Number(o.seq), heads = Number(o.heads), kvHeads = Number(o['kv-heads'] ?? o.heads), dim = Number(o.dim);
-// Values do not change the kernels' work; a short random pattern, repeated, is enough.
-const filled = (n) => {
-  const a = new Float32Array(n);
-  for (let i = 0; i < n; ++i) a[i] = Math.sin(i * 0.7071) * 0.5;
-  return a;
-};
-const make = (h) => tensor(filled(seq * h * dim), [1, seq, h, dim], { dtype: 'bfloat16', device: 'cuda' });
+const make = (h) => tensor(randomArray(seq * h * dim), [1, seq, h, dim], { dtype: 'bfloat16', device: 'cuda' });
 const [q, k, v, dout] = [make(heads), make(kvHeads), make(kvHeads), make(heads)];
 const { out, lse } = attention(q, k, v, { causal: o.causal });
 const { dq, dk, dv } = attentionBackward(dout, q, k, v, out, lse, { causal: o.causal, deterministic: o.deterministic });

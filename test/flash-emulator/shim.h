@@ -119,6 +119,7 @@ struct Fiber {
   int wgmma_groups = 0;  // commit groups so far
   bool wgmma_fenced = false;  // a wgmma.fence since this thread's last wait_group
   bool proxy_fenced = false;  // a fence.proxy.async since this thread's last bulk wait_group
+  int bulk_groups = 0;  // bulk commit groups so far
 };
 inline std::vector<Fiber>* emu_fibers;
 inline int emu_cur = -1;
@@ -515,7 +516,6 @@ inline void emu_bulk_pump() {
 // wait adds the wrong values.
 struct EmuBulkReduce { float* dst; const float* src; uint32_t n; unsigned owner; int group; };
 inline std::vector<EmuBulkReduce> emu_reduce_inflight;
-inline std::vector<int> emu_reduce_groups;  // per thread: bulk groups committed so far
 inline void emu_reduce_land(const EmuBulkReduce& r) {
   for (uint32_t i = 0; i < r.n; ++i) r.dst[i] += r.src[i];
   emu_progress++;
@@ -531,16 +531,15 @@ inline void emu_bulk_reduce_add(float* dst, const float* src, uint32_t bytes) {
   if (!emu_deferred_cp) emu_reduce_land(emu_reduce_inflight.back()), emu_reduce_inflight.pop_back();
 }
 inline void emu_bulk_commit() {
-  if (emu_reduce_groups.size() < blockDim.x) emu_reduce_groups.assign(blockDim.x, 0);
-  const int g = ++emu_reduce_groups[threadIdx.x];
+  const int g = ++(*emu_fibers)[emu_cur].bulk_groups;
   for (auto& r : emu_reduce_inflight)
     if (r.owner == threadIdx.x && !r.group) r.group = g;
 }
 // wait_group(.read) n: this thread's reductions but those of its n most recent groups land.
 inline void emu_bulk_wait(int n) {
-  (*emu_fibers)[emu_cur].proxy_fenced = false;
-  if (emu_reduce_groups.size() < blockDim.x) emu_reduce_groups.assign(blockDim.x, 0);
-  const int last_done = emu_reduce_groups[threadIdx.x] - n;
+  auto& f = (*emu_fibers)[emu_cur];
+  f.proxy_fenced = false;
+  const int last_done = f.bulk_groups - n;
   for (size_t i = 0; i < emu_reduce_inflight.size();) {
     auto& r = emu_reduce_inflight[i];
     if (r.owner != threadIdx.x) { ++i; continue; }
@@ -586,7 +585,6 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
         for (int w = 0; w < nthreads / 32; ++w) emu_warps[w].bar = Barrier{32};
         for (int g = 0; g < nthreads / 128; ++g) emu_groups[g].bar = Barrier{128};
         emu_mbars.clear();
-        emu_reduce_groups.assign(nthreads, 0);
         std::vector<Fiber> fibers(nthreads);
         emu_fibers = &fibers;
         emu_body = body;
