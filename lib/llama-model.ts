@@ -107,6 +107,11 @@ export class LlamaModel implements Disposable {
     return this.#rope ?? ropeParameters(this.config, seqLen);
   }
 
+  /** @internal The compute copy of the parameter `name`; undefined where `compute` is `params` (cpu). */
+  computeCopy(name: string): Tensor | undefined {
+    return this.#copies?.get(name);
+  }
+
   /** Makes `compute` equal `params` again (rounded to computeDtype); the trainer calls it after each update. */
   syncCompute(): void {
     if (this.#copies) for (const [n, t] of this.tensors) copy(this.#copies.get(n)!, t);

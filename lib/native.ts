@@ -127,6 +127,12 @@ interface Native {
     param: TensorHandle, grad: TensorHandle, m: TensorHandle, v: TensorHandle,
     step: number, lr: number, beta1: number, beta2: number, eps: number, weightDecay: number,
   ): void;
+  /** adamw over lists of one length; copies[i] (or copies) null where there is none. */
+  opsAdamWMulti(
+    params: TensorHandle[], grads: TensorHandle[], m: TensorHandle[], v: TensorHandle[], copies: (TensorHandle | null)[] | null,
+    weightDecay: number[],
+    step: number, lr: number, beta1: number, beta2: number, eps: number, gradScale: number,
+  ): void;
   opsSumOfSquares(ts: TensorHandle[]): number;
   opsScale(t: TensorHandle, s: number): void;
   opsAdd(a: TensorHandle, b: TensorHandle): void;

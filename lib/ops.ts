@@ -18,7 +18,7 @@
 // sumOfSquares, which return a number and so wait for the device.
 import { checkBeta, checkFloat32, checkInteger, checkOptions, describe, fail } from './errors.js';
 import { findCublas, LIBRARIES } from './libraries.js';
-import { native } from './native.js';
+import { native, type TensorHandle } from './native.js';
 import { ropeParameters } from './rope-freq.js';
 import { checkTensor, Tensor, type DeviceName, type DType } from './tensor.js';
 
@@ -345,14 +345,75 @@ export function adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: A
   const tg = shaped(c, grad, 'grad', tp.shape, "param's shape");
   const tm = shaped(c, m, 'm', tp.shape, "param's shape");
   const tv = shaped(c, v, 'v', tp.shape, "param's shape");
-  const o = checkOptions(opts, 'opts');
-  const step = checkInteger(o.step, 'opts.step', 1);
-  const lr = checkFloat32(o.lr, 'opts.lr', 0);
-  const beta = (x: unknown, name: string, dflt: number) => (x === undefined ? dflt : checkBeta(x, name));
-  const beta1 = beta(o.beta1, 'opts.beta1', 0.9), beta2 = beta(o.beta2, 'opts.beta2', 0.999);
-  const eps = o.eps === undefined ? 1e-8 : checkFloat32(o.eps, 'opts.eps', 0, false);
+  const o = adamwScalars(opts);
   const weightDecay = o.weightDecay === undefined ? 0.01 : checkFloat32(o.weightDecay, 'opts.weightDecay', 0);
-  native.opsAdamW(tp.handle('param'), tg.handle('grad'), tm.handle('m'), tv.handle('v'), step, lr, beta1, beta2, eps, weightDecay);
+  native.opsAdamW(tp.handle('param'), tg.handle('grad'), tm.handle('m'), tv.handle('v'), o.step, o.lr, o.beta1, o.beta2, o.eps, weightDecay);
+}
+
+function adamwScalars(opts: unknown) {
+  const o = checkOptions(opts, 'opts') as Partial<AdamWMultiOptions & AdamWOptions>;
+  const beta = (x: unknown, name: string, dflt: number) => (x === undefined ? dflt : checkBeta(x, name));
+  return {
+    weightDecay: o.weightDecay,
+    step: checkInteger(o.step, 'opts.step', 1),
+    lr: checkFloat32(o.lr, 'opts.lr', 0),
+    beta1: beta(o.beta1, 'opts.beta1', 0.9),
+    beta2: beta(o.beta2, 'opts.beta2', 0.999),
+    eps: o.eps === undefined ? 1e-8 : checkFloat32(o.eps, 'opts.eps', 0, false),
+    gradScale: o.gradScale === undefined ? 1 : checkFloat32(o.gradScale, 'opts.gradScale', 0, false),
+  };
+}
+
+/** One tensor of adamwMulti(). */
+export interface AdamWEntry {
+  param: Tensor;
+  grad: Tensor;
+  m: Tensor;
+  v: Tensor;
+  /** This tensor's decoupled weight decay. Default 0.01, as adamw(). */
+  weightDecay?: number;
+  /** Receives the updated param in its own dtype, rounded to nearest (a model's compute copy; bfloat16 on cuda). */
+  copy?: Tensor;
+}
+
+export interface AdamWMultiOptions extends Omit<AdamWOptions, 'weightDecay'> {
+  /** Every grad is multiplied by this first, and keeps the product (clipping's coefficient). Default 1. */
+  gradScale?: number;
+}
+
+/**
+ * adamw() over many tensors in one native call, one kernel on CUDA (a training step's ~150
+ * launches, a pass to scale the gradients for clipping and a pass to round the compute copies
+ * become one pass). Per entry: grad *= gradScale (unless 1), adamw() with the entry's
+ * weightDecay, copy = param; the same bits as those calls one by one. All float32 but the
+ * copies; no two tensors may share memory.
+ */
+export function adamwMulti(entries: readonly AdamWEntry[], opts: AdamWMultiOptions): void {
+  if (!Array.isArray(entries) || entries.length === 0) fail('type', `entries: expected a non-empty array of { param, grad, m, v }, got ${describe(entries)}`);
+  const o = adamwScalars(opts);
+  const first = entries[0] as unknown;
+  if (typeof first !== 'object' || first === null) fail('type', `entries[0]: expected { param, grad, m, v }, got ${describe(first)}`);
+  const c = new Call((first as AdamWEntry).param, 'entries[0].param', 'f32');
+  const lists: [TensorHandle[], TensorHandle[], TensorHandle[], TensorHandle[]] = [[], [], [], []];
+  const copies: (TensorHandle | null)[] = [], decays: number[] = [];
+  entries.forEach((e: unknown, i) => {
+    const at = `entries[${i}]`;
+    if (typeof e !== 'object' || e === null) fail('type', `${at}: expected { param, grad, m, v }, got ${describe(e)}`);
+    const x = e as AdamWEntry;
+    const tp = c.tensor(x.param, `${at}.param`, 'f32');
+    const same = (t: unknown, name: string) => shaped(c, t, `${at}.${name}`, tp.shape, `${at}.param's shape`, 'f32');
+    (['grad', 'm', 'v'] as const).forEach((k, j) => lists[j + 1]!.push(same(x[k], k).handle(`${at}.${k}`)));
+    lists[0].push(tp.handle(`${at}.param`));
+    decays.push(x.weightDecay === undefined ? 0.01 : checkFloat32(x.weightDecay, `${at}.weightDecay`, 0));
+    if (x.copy === undefined) return void copies.push(null);
+    const tc = checkTensor(x.copy, `${at}.copy`);
+    if (tc.device !== c.device) fail('type', `${at}.copy: device '${tc.device}' does not match ${at}.param's '${c.device}'`);
+    if (c.device === 'cuda' && tc.dtype !== 'bfloat16') fail('type', `${at}.copy: expected bfloat16 on cuda, got ${tc.dtype}`);
+    if (tc.shape.length !== tp.shape.length || tc.shape.some((d, k) => d !== tp.shape[k]))
+      fail('range', `${at}.copy: expected ${at}.param's shape ${fmt(tp.shape)}, got ${fmt(tc.shape)}`);
+    copies.push(tc.handle(`${at}.copy`));
+  });
+  native.opsAdamWMulti(...lists, copies.some((h) => h !== null) ? copies : null, decays, o.step, o.lr, o.beta1, o.beta2, o.eps, o.gradScale);
 }
 
 /**

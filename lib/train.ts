@@ -7,7 +7,7 @@ import { checkBeta, checkBoolean, checkFloat32, checkInteger, checkOneOf, checkO
 import { ProcessGroup, type AllReduceWork } from './group.js';
 import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type Checkpointing, type RunContext } from './llama.js';
 import { LlamaModel, paramsFromMap, type LlamaParams } from './llama-model.js';
-import { adamw, scale, sumOfSquares, zero } from './ops.js';
+import { adamwMulti, scale, sumOfSquares, zero, type AdamWEntry } from './ops.js';
 import { LAYOUTS, type Layout } from './shard.js';
 import { freeOnThrow, tensor, zeros, type Tensor } from './tensor.js';
 
@@ -335,19 +335,28 @@ export class Trainer implements Disposable {
     }
     positiveNumber(lr, `opts.lr(${step})`, 0);
     const { maxGradNorm, betas, eps, weightDecay } = this.#o;
-    if (maxGradNorm !== undefined) {
-      const coef = maxGradNorm / (gradNorm + 1e-6); // as torch.nn.utils.clip_grad_norm_
-      if (coef < 1) for (const g of this.gradients.values()) scale(g, coef);
-    }
+    const coef = maxGradNorm === undefined ? 1 : maxGradNorm / (gradNorm + 1e-6); // as torch.nn.utils.clip_grad_norm_
+    const gradScale = coef < 1 ? coef : 1;
+    // One pass (one kernel on cuda) scales each gradient, updates its parameter and rounds
+    // the parameter into its compute copy; with shardOptimizer, the copies wait for the
+    // parameters other ranks update, and the gradients of those are scaled apart.
+    const entries: AdamWEntry[] = [];
     for (const [name, p] of this.model.tensors) {
-      if (!this.#m.has(name)) continue; // another rank's to update (shardOptimizer)
+      const grad = this.gradients.get(name)!;
+      if (!this.#m.has(name)) { // another rank's to update (shardOptimizer)
+        if (gradScale !== 1) scale(grad, gradScale);
+        continue;
+      }
       // Decoupled weight decay on matrices only: norm weights (1-D) are not decayed, as usual for LLaMA.
-      const wd = p.shape.length === 1 ? 0 : weightDecay;
-      adamw(p, this.gradients.get(name)!, this.#m.get(name)!, this.#v.get(name)!, { step, lr, beta1: betas[0], beta2: betas[1], eps, weightDecay: wd });
+      const copy = this.#shared ? undefined : this.model.computeCopy(name);
+      entries.push({ param: p, grad, m: this.#m.get(name)!, v: this.#v.get(name)!, weightDecay: p.shape.length === 1 ? 0 : weightDecay, copy });
     }
-    if (this.#shared) this.#shareUpdates(this.#shared);
+    if (entries.length) adamwMulti(entries, { step, lr, beta1: betas[0], beta2: betas[1], eps, gradScale });
+    if (this.#shared) {
+      this.#shareUpdates(this.#shared);
+      this.model.syncCompute();
+    }
     this.#step = step;
-    this.model.syncCompute();
     return { loss, gradNorm };
   }
 

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <deque>
 #include <string>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -307,6 +308,73 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
   });
 }
 
+// adamwMulti(params[], grads[], m[], v[], copies[] (entries null) | null, weightDecay[], step, lr, beta1, beta2,
+// eps, gradScale): adamw() over every params[i], after grads[i] *= gradScale (when not 1), then
+// copies[i] = params[i] rounded to its dtype; one launch on CUDA. Named as lib/ops.ts names
+// them: entries[i].param, ...
+Napi::Value AdamWMulti(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    Args a{env};
+    const char* names[4] = {"param", "grad", "m", "v"};
+    std::vector<Tensor> lists[4];
+    std::vector<Tensor*> ptrs[4];
+    for (int l = 0; l < 4; ++l) lists[l] = unwrap_list(env, info[l], "entries[]." + std::string(names[l]), false);
+    const size_t count = lists[0].size();
+    const auto at = [](size_t i, const char* name) { return "entries[" + std::to_string(i) + "]." + name; };
+    for (int l = 0; l < 4; ++l) {
+      if (lists[l].size() != count) throw UserError("RangeError", std::string("entries: one ") + names[l] + " per param");
+      for (size_t i = 0; i < count; ++i) ptrs[l].push_back(&a.check(lists[l][i], at(i, names[l]), lists[0][i].numel()));
+    }
+    std::vector<Tensor> copy_list;  // of any float dtype on the CPU; the CUDA op takes bfloat16
+    copy_list.reserve(count);
+    std::vector<Tensor*> copies(count, nullptr);
+    if (!info[4].IsNull() && !info[4].IsUndefined()) {
+      if (!info[4].IsArray() || info[4].As<Napi::Array>().Length() != count)
+        throw UserError("TypeError", "copies: expected null or one entry per param");
+      const auto arr = info[4].As<Napi::Array>();
+      for (uint32_t i = 0; i < count; ++i) {
+        const Napi::Value e = arr.Get(i);
+        if (e.IsNull() || e.IsUndefined()) continue;
+        const std::string name = at(i, "copy");
+        copy_list.push_back(unwrap(env, e, name.c_str()));
+        Tensor& c = copy_list.back();
+        if (c.device != lists[0][i].device || c.numel() != lists[0][i].numel())
+          throw UserError("RangeError", name + ": expected the device and element count of " + at(i, "param"));
+        copies[i] = &c;
+      }
+    }
+    // Every tensor is written (grad when scaled): none may share memory with another.
+    std::unordered_map<const Storage*, std::string> seen;
+    const auto claim = [&](const Tensor* t, const std::string& name) {
+      const auto [it, fresh] = seen.emplace(t->storage.get(), name);
+      if (!fresh) throw UserError("RangeError", name + ": must not be the same memory as " + it->second);
+    };
+    for (size_t i = 0; i < count; ++i) {
+      for (int l = 0; l < 4; ++l) claim(ptrs[l][i], at(i, names[l]));
+      if (copies[i]) claim(copies[i], at(i, "copy"));
+    }
+    if (!info[5].IsArray() || info[5].As<Napi::Array>().Length() != count)
+      throw UserError("RangeError", "weightDecay: expected one number per param");
+    const auto wds = info[5].As<Napi::Array>();
+    std::vector<float> wd(count);
+    for (uint32_t i = 0; i < count; ++i) wd[i] = float(num(wds.Get(i)));
+    const int64_t step = int64(info[6]);
+    const float lr = float(num(info[7])), b1 = float(num(info[8])), b2 = float(num(info[9])), eps = float(num(info[10])),
+                gs = float(num(info[11]));
+    if (a.cuda()) {
+      cuops::adamw_multi(ptrs[0], ptrs[1], ptrs[2], ptrs[3], copies, wd, step, lr, b1, b2, eps, gs);
+      return env.Undefined();
+    }
+    for (size_t i = 0; i < count; ++i) {  // what the CUDA kernel does per element, a tensor at a time
+      Tensor &p = *ptrs[0][i], &g = *ptrs[1][i];
+      if (gs != 1.f) ops::scale(g.f32(), g.numel(), gs);
+      ops::adamw(p.f32(), g.f32(), ptrs[2][i]->f32(), ptrs[3][i]->f32(), p.numel(), step, lr, b1, b2, eps, wd[i]);
+      if (copies[i]) ra::convert_from_f32(copies[i]->dtype, p.f32(), copies[i]->storage->ptr, size_t(p.numel()));
+    }
+    return env.Undefined();
+  });
+}
+
 Napi::Value SumOfSquares(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     Args a{env};
@@ -415,6 +483,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
       {"opsFfnBackward", FfnBackward},
       {"opsCrossEntropy", CrossEntropy},
       {"opsAdamW", AdamW},
+      {"opsAdamWMulti", AdamWMulti},
       {"opsSumOfSquares", SumOfSquares},
       {"opsScale", Scale},
       {"opsAdd", Add},

@@ -17,6 +17,7 @@ import {
 import { runLlama, shardPositions, type Checkpointing } from '../dist/llama.js';
 import { native } from '../dist/native.js';
 import { llamaFiles, paramsFromMap } from '../dist/llama-model.js';
+import { adamwRef } from './ops-reference.js';
 import { randomArray, worstError } from './reference.js';
 
 const rankModule = new URL('./fixtures/llama-rank.mjs', import.meta.url);
@@ -781,6 +782,26 @@ describe('saving, loading, checkpoints', () => {
     const before = (await readdir(older)).sort();
     await expect(ta.saveCheckpoint(older)).rejects.toThrow(/^EISDIR: illegal operation on a directory, open .*trainer\.json\.partial/); // the write's error, not the cleanup's
     expect((await readdir(older)).sort()).toEqual(before); // the three partial files written first are gone
+  });
+
+  it('a step is clip_grad_norm_ then AdamW, decaying matrices only: weights and clipped gradients as a float64 reference', async () => {
+    const opts = { lr: 1e-2, weightDecay: 0.1, maxGradNorm: 0.05, betas: [0.9, 0.95] as [number, number], eps: 1e-8 };
+    using a = initLlama(tiny, { seed: 12 }), b = initLlama(tiny, { seed: 12 });
+    using ta = createTrainer(a, opts), tb = createTrainer(b, opts);
+    const before = a.toArrays();
+    ta.backward(seq.tokens, seq.targets);
+    const norm = ta.gradNorm(), coef = opts.maxGradNorm / (norm + 1e-6);
+    expect(coef).toBeLessThan(0.5); // clipping acts
+    const raw = new Map(await Promise.all([...ta.gradients].map(async ([n, g]) => [n, await g.toFloat32Array()] as const)));
+    expect(tb.step(seq.tokens, seq.targets).gradNorm).toBe(norm);
+    for (const [name, p] of b.toArrays()) {
+      const g = raw.get(name)!.map((x) => x * coef), p0 = before.get(name)!;
+      expect(worstError(await tb.gradients.get(name)!.toFloat32Array(), g, 1e-9, 1e-6), name).toBeLessThan(1);
+      const decay = p0.length === tiny.hidden_size ? 0 : opts.weightDecay; // norm weights are the 1-D tensors of hidden_size
+      const want = adamwRef(p0, [g], { lr: opts.lr, beta1: 0.9, beta2: 0.95, eps: opts.eps, weightDecay: decay }).param;
+      expect(worstError(p, want, 1e-6, 1e-5), name).toBeLessThan(1);
+      expect(p, name).not.toEqual(p0);
+    }
   });
 
   it('a step refused for its learning rate changes nothing: the next one is still step 1', async () => {

@@ -36,11 +36,12 @@ function run(exe: string): Promise<{ code: number | null; out: string }> {
 }
 
 describe.skipIf(!!why)(why ? `CUDA op kernels on the CPU emulator (skipped: ${why})` : 'CUDA op kernels on the CPU emulator', () => {
-  it('embedding, rmsNorm, rope, swiglu, cross-entropy rows, adamw, sumOfSquares, scale, add equal float64; staging ring placement', async () => {
+  it('embedding, rmsNorm, rope, swiglu, cross-entropy rows, adamw, sumOfSquares, scale, add equal float64; the multi-tensor adamw equals adamw bit for bit; staging ring placement', async () => {
     const r = await run(build());
     expect(r.out).toMatch(/^0 failures$/m);
+    expect(r.out.match(/^ {2}ok {3}adamw multi /gm)?.length).toBe(2);
     expect(r.out).not.toMatch(/FAIL|EMU/);
     expect(r.code).toBe(0);
-    expect(r.out.match(/^ {2}ok /gm)?.length ?? 0).toBeGreaterThanOrEqual(158);
+    expect(r.out.match(/^ {2}ok /gm)?.length ?? 0).toBeGreaterThanOrEqual(160);
   }, 600_000);
 });

@@ -444,6 +444,54 @@ describe('adamw', () => {
   });
 });
 
+describe('adamwMulti', () => {
+  const shapes = [[1], [4097], [3, 5], [2, 2100]]; // 4097, 4200: more than one 4096-element chunk of the CUDA kernel
+  const o = { step: 3, lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8 };
+  const make = (seed: number) => shapes.map((s, i) => {
+    const n = s.reduce((a, b) => a * b, 1);
+    return { p: rand(n, seed + 10 * i), g: rand(n, seed + 10 * i + 1, 3), m: rand(n, seed + 10 * i + 2, 0.1), v: rand(n, seed + 10 * i + 3, 0.01).map(Math.abs) };
+  });
+
+  for (const gradScale of [1, 0.37]) {
+    it(`the same bits as scale + adamw one tensor at a time (gradScale ${gradScale}); copies rounded to bfloat16`, async () => {
+      const init = make(81), decays = [0, 0.1, 0.01, 0.3];
+      const one = init.map((x, i) => ({ p: t(x.p, shapes[i]!), g: t(x.g, shapes[i]!), m: t(x.m, shapes[i]!), v: t(x.v, shapes[i]!) }));
+      const all = init.map((x, i) => ({ param: t(x.p, shapes[i]!), grad: t(x.g, shapes[i]!), m: t(x.m, shapes[i]!), v: t(x.v, shapes[i]!),
+        weightDecay: decays[i], copy: i === 2 ? undefined : zerosOn(shapes[i]!, { dtype: 'bfloat16' }) }));
+      one.forEach((x, i) => {
+        if (gradScale !== 1) ops.scale(x.g, gradScale);
+        ops.adamw(x.p, x.g, x.m, x.v, { ...o, weightDecay: decays[i] });
+      });
+      ops.adamwMulti(all, { ...o, gradScale });
+      for (const [i, x] of one.entries()) {
+        const y = all[i]!, p = await read(x.p);
+        expect(await read(y.param)).toEqual(p);
+        expect(await read(y.m)).toEqual(await read(x.m));
+        expect(await read(y.v)).toEqual(await read(x.v));
+        expect(await read(y.grad)).toEqual(await read(x.g)); // scaled in place, or untouched
+        if (y.copy) expect(await read(y.copy)).toEqual(roundTo('bfloat16', p));
+        expect(p).not.toEqual(init[i]!.p); // every tensor was updated
+      }
+      if (gradScale !== 1) expect(await read(all[0]!.grad)).not.toEqual(init[0]!.g);
+    });
+  }
+
+  it('errors name the entry and the argument', () => {
+    const e = () => ({ param: zeros([4]), grad: zeros([4]), m: zeros([4]), v: zeros([4]) });
+    expect(() => ops.adamwMulti([], o)).toThrow(/^entries: expected a non-empty array/);
+    expect(() => ops.adamwMulti([e(), 3 as never], o)).toThrow(/^entries\[1\]: expected \{ param, grad, m, v \}/);
+    expect(() => ops.adamwMulti([e(), { ...e(), m: zeros([5]) }], o)).toThrow(/^entries\[1\]\.m: expected shape entries\[1\]\.param's shape/);
+    expect(() => ops.adamwMulti([e(), { ...e(), weightDecay: -1 }], o)).toThrow(/^entries\[1\]\.weightDecay: /);
+    expect(() => ops.adamwMulti([e(), { ...e(), copy: zeros([3]) }], o)).toThrow(/^entries\[1\]\.copy: expected entries\[1\]\.param's shape/);
+    expect(() => ops.adamwMulti([e()], { ...o, gradScale: 0 })).toThrow(/^opts\.gradScale: /);
+    expect(() => ops.adamwMulti([e()], { ...o, step: 0 })).toThrow(/^opts\.step: /);
+    const a = e(), b = e();
+    expect(() => ops.adamwMulti([a, { ...b, v: a.param }], o)).toThrow(/^entries\[1\]\.v: must not be the same memory as entries\[0\]\.param$/);
+    expect(() => ops.adamwMulti([{ ...a, copy: a.grad }], o)).toThrow(/^entries\[0\]\.copy: must not be the same memory as entries\[0\]\.grad$/);
+    expect(() => ops.adamwMulti([{ ...a, grad: zerosOn([4], { dtype: 'bfloat16' }) }], o)).toThrow(/^entries\[0\]\.grad: needs float32/);
+  });
+});
+
 describe('gradient utilities', () => {
   it('sumOfSquares in double, scale, add, zero', async () => {
     const n = 100_003; // several chunks

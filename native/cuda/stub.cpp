@@ -67,6 +67,11 @@ CrossEntropyResult cross_entropy(const Tensor&, const Tensor&, const int32_t*, i
 }
 void adamw(Tensor&, const Tensor&, Tensor&, Tensor&, int64_t, float, float, float, float, float) { throw not_compiled(); }
 double sum_of_squares(const std::vector<const Tensor*>&) { throw not_compiled(); }
+void adamw_multi(const std::vector<Tensor*>&, const std::vector<Tensor*>&, const std::vector<Tensor*>&,
+                 const std::vector<Tensor*>&, const std::vector<Tensor*>&, const std::vector<float>&, int64_t, float, float,
+                 float, float, float) {
+  throw not_compiled();
+}
 void scale(Tensor&, float) { throw not_compiled(); }
 void add(Tensor&, const Tensor&) { throw not_compiled(); }
 void zero(Tensor&) { throw not_compiled(); }

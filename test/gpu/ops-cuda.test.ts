@@ -198,6 +198,31 @@ describe.skipIf(!!why)(title, () => {
     for (const [name, a] of [['param', p], ['m', m], ['v', v]] as const) await close(a.gpu, a.cpu, 2e-6, name);
   });
 
+  it('adamwMulti (one kernel over many tensors) gives the bits of scale + adamw + copy one tensor at a time', async () => {
+    // 4097 and 9000 elements: more than one 4096-element chunk; 1: a chunk of one element
+    const shapes = [[1], [4097], [30, 300], [7]], decays = [0.1, 0, 0.01, 0.3];
+    const state = (seed: number) => shapes.map((s, i) => [0, 1, 2, 3].map((k) => {
+      const d = randomArray(n(s), seed + 10 * i + k).map((x) => (k === 3 ? Math.abs(x) * 0.01 : x));
+      return tensor(d, s, { device: 'cuda' });
+    }));
+    for (const gradScale of [1, 0.37]) {
+      const one = state(40), all = state(40);
+      const copies = shapes.map((s) => zeros(s, { dtype: 'bfloat16', device: 'cuda' }));
+      const ref = shapes.map((s) => zeros(s, { dtype: 'bfloat16', device: 'cuda' }));
+      one.forEach(([p, g, m, v], i) => {
+        if (gradScale !== 1) ops.scale(g!, gradScale);
+        ops.adamw(p!, g!, m!, v!, { step: 2, lr: 1e-2, beta2: 0.95, weightDecay: decays[i] });
+        ops.copy(ref[i]!, p!);
+      });
+      ops.adamwMulti(all.map(([param, grad, m, v], i) => ({ param: param!, grad: grad!, m: m!, v: v!, weightDecay: decays[i], copy: copies[i] })),
+        { step: 2, lr: 1e-2, beta2: 0.95, gradScale });
+      for (let i = 0; i < shapes.length; ++i) {
+        for (let k = 0; k < 4; ++k) expect(await all[i]![k]!.toFloat32Array()).toEqual(await one[i]![k]!.toFloat32Array());
+        expect(await copies[i]!.toFloat32Array()).toEqual(await ref[i]!.toFloat32Array());
+      }
+    }
+  });
+
   it('refuses mixed devices, float16, and a bfloat16 accumulator, naming the argument', () => {
     const x = tensor(new Float32Array(12), [3, 4], { device: 'cuda' });
     expect(() => ops.linear(x, tensor(new Float32Array(20), [5, 4]))).toThrow(new TypeError("w: device 'cpu' does not match x's 'cuda'"));

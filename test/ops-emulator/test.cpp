@@ -1,7 +1,7 @@
 // Runs the training-op kernels of native/cuda/ops/*.cuh, unmodified and through their own
 // launch functions, on the CPU emulator (test/flash-emulator/shim.h) against float64
-// references: embedding, RMSNorm, RoPE, SwiGLU, the cross-entropy rows, AdamW, sum of
-// squares, scale and add, in float32 and bfloat16, over ragged shapes (no multiple of the
+// references: embedding, RMSNorm, RoPE, SwiGLU, the cross-entropy rows, AdamW (and the
+// multi-tensor AdamW against it, bit for bit), sum of squares, scale and add, in float32 and bfloat16, over ragged shapes (no multiple of the
 // block sizes; more rows than the dw chunks; more elements than one grid-stride pass).
 // Also the placement of host uploads in the pinned staging ring (native/cuda/staging.h).
 // The cuBLAS products of the ops cannot run here; test/gpu/ops-cuda.test.ts covers them.
@@ -218,6 +218,51 @@ void adamw(int64_t n) {
   check(nm + " v", v, wv, 2e-6);
 }
 
+// The multi-tensor AdamW against launch_adamw (and launch_scale) one tensor at a time: the
+// same bits, with per-tensor decay, a gradient scale written back, bfloat16 copies, tensors
+// of 1 element, of a chunk and one more, several chunks, and an empty one (no chunk).
+void adamw_multi(float grad_scale) {
+  const std::vector<int64_t> sizes = {1, kAdamWChunk + 1, 0, 3 * kAdamWChunk - 5, 700};
+  const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f;
+  const int step = 3;
+  const double bc1 = 1 - std::pow(double(b1), step), bc2 = 1 - std::pow(double(b2), step);
+  struct One { std::vector<float> p, g, m, v; std::vector<__nv_bfloat16> copy; float wd; };
+  std::vector<One> want, got;
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    One o;
+    const int64_t n = sizes[k];
+    for (int64_t i = 0; i < n; ++i) o.p.push_back(U()), o.g.push_back(U(3)), o.m.push_back(U(0.1f)), o.v.push_back(std::fabs(U(0.01f)));
+    o.copy.assign(size_t(n), __nv_bfloat16(0.f));
+    o.wd = 0.1f * float(k);
+    want.push_back(o), got.push_back(o);
+  }
+  std::vector<AdamWSlice> slices;
+  int64_t chunks = 0;
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    One &w = want[k], &o = got[k];
+    const int64_t n = sizes[k];
+    if (n == 0) continue;
+    if (grad_scale != 1.f) launch_scale<float>(w.g.data(), n, grad_scale, nullptr);
+    launch_adamw(w.p.data(), w.g.data(), w.m.data(), w.v.data(), n, b1, b2, eps, float(lr / bc1), float(std::sqrt(bc2)),
+                 float(double(lr) * w.wd), nullptr);
+    for (int64_t i = 0; i < n; ++i) w.copy[size_t(i)] = __float2bfloat16_rn(w.p[size_t(i)]);
+    slices.push_back({o.p.data(), o.g.data(), o.m.data(), o.v.data(), k % 2 ? nullptr : o.copy.data(), n, chunks,
+                      float(double(lr) * o.wd)});
+    if (k % 2) o.copy = w.copy;  // no copy asked: nothing to compare
+    chunks += adamw_chunks(n);
+  }
+  const AdamWScalars sc{b1, b2, eps, float(lr / bc1), float(std::sqrt(bc2)), grad_scale};
+  launch_adamw_multi<__nv_bfloat16>(slices.data(), int(slices.size()), chunks, sc, nullptr);
+  int wrong = 0;
+  auto same = [](const auto& a, const auto& b) { return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(a[0])) == 0; };
+  for (size_t k = 0; k < sizes.size(); ++k)
+    wrong += !same(want[k].p, got[k].p) + !same(want[k].m, got[k].m) + !same(want[k].v, got[k].v) +
+             !same(want[k].g, got[k].g) + !same(want[k].copy, got[k].copy);
+  if (wrong) ++failures;
+  printf("  %s adamw multi (grad scale %g): %zu tensors in %lld chunks, %d arrays differ from one launch per tensor\n",
+         wrong ? "FAIL" : "ok  ", double(grad_scale), sizes.size(), (long long)chunks, wrong);
+}
+
 template <class T>
 void elementwise(int64_t n) {
   std::vector<T> a(n), b(n), x(n);
@@ -288,6 +333,8 @@ int main() {
   all<float>();
   all<__nv_bfloat16>();
   for (int64_t n : {1, 1000, 270000}) adamw(n);  // 270000: more than one grid-stride pass (1024 x 256)
+  adamw_multi(1.f);
+  adamw_multi(0.37f);
   printf("%d failures\n", failures);
   return failures != 0;
 }

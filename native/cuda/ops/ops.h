@@ -43,6 +43,12 @@ CrossEntropyResult cross_entropy(const Tensor& h, const Tensor& w_head, const in
                                  int32_t ignore_index, float grad_scale, Tensor* dh, Tensor* dw_head);
 void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, int64_t step, float lr, float beta1, float beta2,
            float eps, float weight_decay);
+// One AdamW step over many tensors in one launch, each as adamw() with its own weight decay,
+// after grad *= grad_scale (written back) when grad_scale is not 1; copies[i], when not null
+// (bfloat16), gets params[i] rounded. Lists of one length, tensors distinct (checked by the caller).
+void adamw_multi(const std::vector<Tensor*>& params, const std::vector<Tensor*>& grads, const std::vector<Tensor*>& ms,
+                 const std::vector<Tensor*>& vs, const std::vector<Tensor*>& copies, const std::vector<float>& weight_decay,
+                 int64_t step, float lr, float beta1, float beta2, float eps, float grad_scale);
 double sum_of_squares(const std::vector<const Tensor*>& ts);  // of all of them; waits for the device
 void scale(Tensor& t, float s);
 void add(Tensor& a, const Tensor& b);

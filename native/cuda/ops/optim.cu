@@ -23,6 +23,32 @@ void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, int64_t step
   check_launch("adamw kernel launch");
 }
 
+void adamw_multi(const std::vector<Tensor*>& params, const std::vector<Tensor*>& grads, const std::vector<Tensor*>& ms,
+                 const std::vector<Tensor*>& vs, const std::vector<Tensor*>& copies, const std::vector<float>& weight_decay,
+                 int64_t step, float lr, float beta1, float beta2, float eps, float grad_scale) {
+  std::vector<AdamWSlice> slices;
+  int64_t chunks = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::string at = "entries[" + std::to_string(i) + "].";
+    expect(*params[i], DType::F32, (at + "param").c_str()), expect(*grads[i], DType::F32, (at + "grad").c_str());
+    expect(*ms[i], DType::F32, (at + "m").c_str()), expect(*vs[i], DType::F32, (at + "v").c_str());
+    if (copies[i]) expect(*copies[i], DType::BF16, (at + "copy").c_str());
+    const int64_t n = params[i]->numel();
+    if (n == 0) continue;  // no chunk: the kernel's search never lands on it
+    slices.push_back({ptr<float>(*params[i]), ptr<float>(*grads[i]), ptr<float>(*ms[i]), ptr<float>(*vs[i]),
+                      copies[i] ? copies[i]->storage->ptr : nullptr, n, chunks, float(double(lr) * weight_decay[i])});
+    chunks += adamw_chunks(n);
+  }
+  if (slices.empty()) return;
+  if (chunks > 0x7fffffff) throw UserError("RangeError", "entries: more than 2^31 chunks of 4096 elements in one call");
+  const double bc1 = 1.0 - std::pow(double(beta1), double(step)), bc2 = 1.0 - std::pow(double(beta2), double(step));
+  const AdamWScalars s{beta1, beta2, eps, float(double(lr) / bc1), float(std::sqrt(bc2)), grad_scale};
+  Tensor table = upload(slices.data(), slices.size() * sizeof(AdamWSlice));  // staged: no wait for the device
+  launch_adamw_multi<__nv_bfloat16>(static_cast<const AdamWSlice*>(table.storage->ptr), int(slices.size()), chunks, s,
+                                    nullptr);
+  check_launch("adamw kernel launch");
+}
+
 double sum_of_squares(const std::vector<const Tensor*>& ts) {
   // One partial per block of every tensor, in one buffer, so that the whole list costs one copy
   // back and one wait (the global gradient norm: ~150 tensors for a 1B model).
