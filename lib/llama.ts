@@ -7,7 +7,8 @@
 //
 // What is kept between the forward and the backward, per layer:
 //   checkpoint: true   only the layer's input x (M, C); the backward recomputes the layer
-//                      (ring attention included) before going back through it.
+//                      up to the FFN's input (ring attention included) before going back
+//                      through it (the FFN's output is never needed again).
 //   checkpoint: 'keep-attention'  x, and attention's output and lse: the recompute skips
 //                      the attention (and its ring transfers), the costliest part of a layer
 //                      at long context, for M·H·D + H·M values more per layer.
@@ -149,8 +150,12 @@ const softmaxScale = (ctx: RunContext, D: number) => ctx.rope.attentionFactor **
 
 /** The layer's forward: its activations and its output x2 = x1 + ffn(h2) (M, C). With `kept`,
  * attention's results from an earlier run of this forward stand in for running it again (they
- * become the activations' own). */
-function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext, kept?: KeptAttention): { acts: LayerActs; out: Tensor } {
+ * become the activations' own). The recompute before a layer's backward asks for the
+ * activations alone (`out` false): the backward never reads x2, and ffnBackward recomputes
+ * its own block products from h2, so the feed-forward's three products are not run. */
+function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext, kept?: KeptAttention, out?: true): { acts: LayerActs; out: Tensor };
+function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext, kept: KeptAttention | undefined, out: false): { acts: LayerActs; out: null };
+function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext, kept?: KeptAttention, wantOut = true): { acts: LayerActs; out: Tensor | null } {
   const c = model.config, M = x.shape[0]!, H = c.num_attention_heads, KVH = c.num_key_value_heads, D = c.head_dim;
   const { y: h, rstd: rstd1 } = rmsNorm(x, p.inputNorm, c.rms_norm_eps);
   const q = as(consume(as(linear(h, p.wq), [M, H, D]), (t) => rope(t, ctx.positions, ctx.rope.invFreq)), [1, M, H, D]);
@@ -165,9 +170,11 @@ function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: Ru
   att2.dispose();
   add(x1, x);
   const { y: h2, rstd: rstd2 } = rmsNorm(x1, p.postNorm, c.rms_norm_eps);
+  const acts = { x, h, rstd1, q, k, v, att, lse, x1, h2, rstd2 };
+  if (!wantOut) return { acts, out: null };
   const out = ffn(h2, p.wGate, p.wUp, p.wDown, ctx.ffnBlockRows);
   add(out, x1);
-  return { acts: { x, h, rstd1, q, k, v, att, lse, x1, h2, rstd2 }, out };
+  return { acts, out };
 }
 
 /** The layer's backward, opposite layerForward: dout (M, C) -> dx (M, C); weight grads +=. */
@@ -287,10 +294,8 @@ export function runLlama(
     for (let l = L - 1; l >= 0; --l) {
       let a = acts[l];
       if (!a) {
-        const re = layerForward(model, P.layers[l]!, xs[l]!, ctx, kept[l] ?? undefined); // recompute (checkpointing)
-        kept[l] = null; // re.acts owns them now
-        re.out.dispose(); // the same values as xs[l + 1]
-        a = re.acts;
+        a = layerForward(model, P.layers[l]!, xs[l]!, ctx, kept[l] ?? undefined, false).acts; // recompute (checkpointing)
+        kept[l] = null; // a owns them now
       }
       acts[l] = a;
       handOver();

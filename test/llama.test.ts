@@ -389,10 +389,10 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
     for (const [name, g] of Object.entries(a.out[2]!.grads)) expect(b.out[2]!.grads[name], name).toEqual(g);
   });
 
-  it("checkpoint 'keep-attention': the same bits as recomputing everything, with attention run once per layer, not twice", async () => {
+  it("checkpoint 'keep-attention': the same bits as recomputing everything, with attention run once per layer, not twice; no recompute runs the FFN", async () => {
     // Count attention's native calls (one thread: no group, so attention() runs, not the ring).
     const table = native as unknown as Record<string, (...a: unknown[]) => unknown>;
-    const calls = { attentionForward: 0, attentionBackward: 0 };
+    const calls = { attentionForward: 0, attentionBackward: 0, opsFfn: 0, opsFfnBackward: 0 };
     const saved = { ...table };
     for (const name of Object.keys(calls) as (keyof typeof calls)[])
       table[name] = (...a: unknown[]) => {
@@ -400,16 +400,18 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
         return saved[name]!(...a);
       };
     const counted = async (checkpoint: Checkpointing) => {
-      calls.attentionForward = calls.attentionBackward = 0;
+      calls.attentionForward = calls.attentionBackward = calls.opsFfn = calls.opsFfnBackward = 0;
       const r = await single(tiny, weights, seq, checkpoint);
       return { r, calls: { ...calls } };
     };
     try {
       const L = tiny.num_hidden_layers; // the forward with logits, then the backward's own forward
       const all = await counted(true), keep = await counted('keep-attention'), none = await counted(false);
-      expect(all.calls).toEqual({ attentionForward: 3 * L, attentionBackward: L });
-      expect(keep.calls).toEqual({ attentionForward: 2 * L, attentionBackward: L });
-      expect(none.calls).toEqual({ attentionForward: 2 * L, attentionBackward: L });
+      // The recompute stops at the FFN's input: its output is never read, and ffnBackward
+      // recomputes its own products.
+      expect(all.calls).toEqual({ attentionForward: 3 * L, attentionBackward: L, opsFfn: 2 * L, opsFfnBackward: L });
+      expect(keep.calls).toEqual({ attentionForward: 2 * L, attentionBackward: L, opsFfn: 2 * L, opsFfnBackward: L });
+      expect(none.calls).toEqual({ attentionForward: 2 * L, attentionBackward: L, opsFfn: 2 * L, opsFfnBackward: L });
       expect(keep.r.loss).toBe(all.r.loss);
       for (const [name, g] of all.r.grads) expect(keep.r.grads.get(name), name).toEqual(g);
     } finally {
