@@ -6,11 +6,15 @@
 # npx tsc -p tsconfig.json. Then carry [".gpu", "build/Release", "dist"]: the binary built here
 # (sm_90a, CUDA 13) runs there as it is (it did on 2026-12-04), so no device time goes on compiling.
 # The first session (2026-12-04, bench/results/gpu-session-2026-12-04-3f61040.md) ran tests,
-# attention, ring, mfu, memory and packed. Since then the Hopper backward takes dQ by bulk
-# reductions, unmeasured. What the next session needs, in this order:
+# attention, ring, mfu, memory and packed. Since then, all unmeasured: the Hopper backward takes
+# dQ by bulk reductions; the training step's AdamW, clipping and compute copies are one kernel
+# (adamwMulti, its GPU test in test/gpu/ops-cuda.test.ts); the checkpoint recompute no longer
+# runs the feed-forward. What the next session needs, in this order:
 #   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests sm90 sm90bench   # ~6-7 min, timeout_s 540
 #      (sm90bench's 'ours sm90' backward rows against attention-cuda-sm90-2026-12-04-3f61040.csv)
-#   2. at once, while the machine is warm (30 s): profile example (~5 min), or long1m (~3 min), or mfu.
+#   2. at once, while the machine is warm (30 s): mfu (~4 min; step ms and the breakdown's
+#      feed-forward and optimizer rows against mfu-cuda-2026-12-04-3f61040.csv), or profile
+#      example (~5 min), or long1m (~3 min).
 #   long512k (5-8 min) needs a session of its own. The parts' limits add up to more than a call's:
 #   they bound a part that hangs; typical times are what the plan counts, the last part the one at risk.
 # `check` rebuilds there only when the carried binary does not load or sees no GPU (~3 min).
