@@ -112,7 +112,7 @@ export class LlamaModel implements Disposable {
     return this.#copies?.get(name);
   }
 
-  /** Makes `compute` equal `params` again (rounded to computeDtype); the trainer calls it after each update. */
+  /** Makes `compute` equal `params` again (rounded to computeDtype): after a restore, or an update that did not write the copies itself. */
   syncCompute(): void {
     if (this.#copies) for (const [n, t] of this.tensors) copy(this.#copies.get(n)!, t);
   }

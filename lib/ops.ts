@@ -351,7 +351,7 @@ export function adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: A
 }
 
 function adamwScalars(opts: unknown) {
-  const o = checkOptions(opts, 'opts') as Partial<AdamWMultiOptions & AdamWOptions>;
+  const o = checkOptions(opts, 'opts') as Partial<AdamWOptions>;
   const beta = (x: unknown, name: string, dflt: number) => (x === undefined ? dflt : checkBeta(x, name));
   return {
     weightDecay: o.weightDecay,
@@ -360,7 +360,6 @@ function adamwScalars(opts: unknown) {
     beta1: beta(o.beta1, 'opts.beta1', 0.9),
     beta2: beta(o.beta2, 'opts.beta2', 0.999),
     eps: o.eps === undefined ? 1e-8 : checkFloat32(o.eps, 'opts.eps', 0, false),
-    gradScale: o.gradScale === undefined ? 1 : checkFloat32(o.gradScale, 'opts.gradScale', 0, false),
   };
 }
 
@@ -385,12 +384,15 @@ export interface AdamWMultiOptions extends Omit<AdamWOptions, 'weightDecay'> {
  * adamw() over many tensors in one native call, one kernel on CUDA (a training step's ~150
  * launches, a pass to scale the gradients for clipping and a pass to round the compute copies
  * become one pass). Per entry: grad *= gradScale (unless 1), adamw() with the entry's
- * weightDecay, copy = param; the same bits as those calls one by one. All float32 but the
- * copies; no two tensors may share memory.
+ * weightDecay, copy = param; the same bits as those calls one by one (on CUDA every rounding
+ * of the kernel is written out, so that no FMA contraction tells the two apart). All float32
+ * but the copies; no two tensors may share memory.
  */
 export function adamwMulti(entries: readonly AdamWEntry[], opts: AdamWMultiOptions): void {
   if (!Array.isArray(entries) || entries.length === 0) fail('type', `entries: expected a non-empty array of { param, grad, m, v }, got ${describe(entries)}`);
   const o = adamwScalars(opts);
+  const { gradScale } = opts as AdamWMultiOptions;
+  const scale = gradScale === undefined ? 1 : checkFloat32(gradScale, 'opts.gradScale', 0);
   const first = entries[0] as unknown;
   if (typeof first !== 'object' || first === null) fail('type', `entries[0]: expected { param, grad, m, v }, got ${describe(first)}`);
   const c = new Call((first as AdamWEntry).param, 'entries[0].param', 'f32');
@@ -413,7 +415,7 @@ export function adamwMulti(entries: readonly AdamWEntry[], opts: AdamWMultiOptio
       fail('range', `${at}.copy: expected ${at}.param's shape ${fmt(tp.shape)}, got ${fmt(tc.shape)}`);
     copies.push(tc.handle(`${at}.copy`));
   });
-  native.opsAdamWMulti(...lists, copies.some((h) => h !== null) ? copies : null, decays, o.step, o.lr, o.beta1, o.beta2, o.eps, o.gradScale);
+  native.opsAdamWMulti(...lists, copies.some((h) => h !== null) ? copies : null, decays, o.step, o.lr, o.beta1, o.beta2, o.eps, scale);
 }
 
 /**

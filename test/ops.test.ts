@@ -483,7 +483,7 @@ describe('adamwMulti', () => {
     expect(() => ops.adamwMulti([e(), { ...e(), m: zeros([5]) }], o)).toThrow(/^entries\[1\]\.m: expected shape entries\[1\]\.param's shape/);
     expect(() => ops.adamwMulti([e(), { ...e(), weightDecay: -1 }], o)).toThrow(/^entries\[1\]\.weightDecay: /);
     expect(() => ops.adamwMulti([e(), { ...e(), copy: zeros([3]) }], o)).toThrow(/^entries\[1\]\.copy: expected entries\[1\]\.param's shape/);
-    expect(() => ops.adamwMulti([e()], { ...o, gradScale: 0 })).toThrow(/^opts\.gradScale: /);
+    expect(() => ops.adamwMulti([e()], { ...o, gradScale: -1 })).toThrow(/^opts\.gradScale: expected a finite number >= 0/);
     expect(() => ops.adamwMulti([e()], { ...o, step: 0 })).toThrow(/^opts\.step: /);
     const a = e(), b = e();
     expect(() => ops.adamwMulti([a, { ...b, v: a.param }], o)).toThrow(/^entries\[1\]\.v: must not be the same memory as entries\[0\]\.param$/);

@@ -62,6 +62,13 @@ inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__nv_bfl
 inline __half2 __floats2half2_rn(float a, float b) { return {__half(a), __half(b)}; }
 inline float __bfloat162float(__nv_bfloat16 h) { return float(h); }
 inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
+// IEEE single operations, each rounded once (fma: once for the whole a*b + c), as on the GPU.
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
 struct CUstream_st;
 typedef CUstream_st* cudaStream_t;
 template <class T> inline float bits_to_f(uint16_t u);

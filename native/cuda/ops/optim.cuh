@@ -13,15 +13,18 @@ constexpr unsigned kSumBlocks = 256;  // most partials of sum_of_squares
 constexpr int kSumSmem = 32 * sizeof(double);
 
 // One element of torch.optim.AdamW, in place: the CPU op's formula (native/cpu/ops/optim.cpp).
+// Every rounding is written out (intrinsics, fused where nvcc fused the plain expression
+// before), so that each kernel calling this gets the same bits: nvcc contracts a plain
+// expression into FMAs differently from one surrounding loop to another.
 __device__ __forceinline__ void adamw_update(float& p, float g, float& m, float& v, float beta1, float beta2, float eps,
                                              float step_size, float bc2_sqrt, float lr_wd) {
-  m = beta1 * m + (1.f - beta1) * g;
-  v = beta2 * v + (1.f - beta2) * g * g;
-  const float denom = sqrtf(v) / bc2_sqrt + eps;
+  m = __fmaf_rn(1.f - beta1, g, __fmul_rn(beta1, m));                    // beta1 m + (1 - beta1) g
+  v = __fmaf_rn(g, __fmul_rn(1.f - beta2, g), __fmul_rn(beta2, v));      // beta2 v + (1 - beta2) g g
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), bc2_sqrt), eps);  // sqrt(v) / bc2_sqrt + eps
   // The decay joins the update before rounding: 1 - lr*wd would round lr*wd to float32's
   // spacing near 1 (6e-8), and lose it entirely below half of that. (torch's fused AdamW
   // also subtracts lr*wd*p as a term of its own, rounding it apart from the update.)
-  p = p - (lr_wd * p + step_size * (m / denom));
+  p = __fsub_rn(p, __fmaf_rn(lr_wd, p, __fmul_rn(step_size, __fdiv_rn(m, denom))));  // p - (lr_wd p + step_size m / denom)
 }
 
 template <typename F>  // a template only so that the header may be included anywhere
@@ -74,7 +77,7 @@ __global__ void adamw_multi_kernel(const AdamWSlice* slices, int count, AdamWSca
     for (int u = 0; u < kAdamWUnroll; ++u) {
       const int64_t i = base + u * int64_t(blockDim.x);
       if (i >= i1) continue;
-      if (s.grad_scale != 1.f) t.grad[i] = g[u] = g[u] * s.grad_scale;  // as scale_kernel rounds it
+      if (s.grad_scale != 1.f) t.grad[i] = g[u] = __fmul_rn(g[u], s.grad_scale);  // as scale_kernel rounds it
       adamw_update(p[u], g[u], m[u], v[u], s.beta1, s.beta2, s.eps, s.step_size, s.bc2_sqrt, t.lr_wd);
       t.param[i] = p[u], t.m[i] = m[u], t.v[i] = v[u];
       if (t.copy) static_cast<C*>(t.copy)[i] = from_f<C>(p[u]);
@@ -115,7 +118,7 @@ inline void launch_adamw(float* param, const float* grad, float* m, float* v, in
 // How many blocks a slice of n elements takes in launch_adamw_multi.
 inline int64_t adamw_chunks(int64_t n) { return (n + kAdamWChunk - 1) / kAdamWChunk; }
 // AdamW over `count` slices (on the device; first_chunk set by adamw_chunks) in one launch.
-// param, m, v (and grad when scaled) updated; copy =
+// param, m, v (and grad when scaled) updated; copy = param rounded
 template <typename C>
 void launch_adamw_multi(const AdamWSlice* slices, int count, int64_t chunks, const AdamWScalars& s, cudaStream_t stream) {
   RA_LAUNCH(adamw_multi_kernel<C>, dim3{unsigned(chunks)}, kOptimThreads, 0, stream, slices, count, s);
