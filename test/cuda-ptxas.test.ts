@@ -4,10 +4,11 @@
 // registers, which would make the kernels slow, or, for a register touched between
 // wgmma.fence and the wait, undefined; and no register spills (the backward at head dim 128
 // holds dK and dV, 128 registers a thread, beside S^T and dP^T: it fits 255 only in the order
-// it computes them). Also that the GPU session's unit check of wgmma builds. Skipped, with the
+// it computes them). Also that the GPU session's unit check of wgmma builds, and that AdamW's
+// kernels leave no rounding to nvcc's contraction. Skipped, with the
 // reason in the title, without nvcc.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -45,6 +46,22 @@ describe.skipIf(!nvcc)(nvcc ? 'Hopper kernels: ptxas report' : 'Hopper kernels: 
       }
     }
   }, 600_000);
+
+  it("AdamW's kernels (single and multi-tensor) write every rounding out, so that FMA contraction cannot tell them apart", () => {
+    // A plain expression shows in PTX as mul.f32 / add.f32 where nvcc did not contract it and as
+    // fma.rn.f32 where it did, differently from one kernel to another; the intrinsics give .rn forms.
+    const ptx = join(dir, 'optim.ptx');
+    const r = spawnSync(nvcc, ['-std=c++17', '-O3', '--expt-relaxed-constexpr', '-arch=sm_90a', '-ptx',
+      join(root, 'native', 'cuda', 'ops', 'optim.cu'), '-o', ptx], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const entries = readFileSync(ptx, 'utf8').split(/^\.visible \.entry /m).slice(1);
+    const adamw = entries.filter((e) => /^\w*adamw/.test(e));
+    expect(adamw.length).toBe(2);
+    for (const body of adamw) {
+      expect(body.match(/\bfma\.rn\.f32/g)?.length ?? 0, body.slice(0, 60)).toBeGreaterThanOrEqual(3);
+      expect(body.match(/\b(mul|add|div|fma)\.f32\b[^\n]*/g) ?? [], body.slice(0, 60)).toEqual([]);
+    }
+  }, 300_000);
 
   it("test/gpu/wgmma_unit.cu (the GPU session's check of each wgmma form, a swizzled TMA tile and bulk reductions) builds", () => {
     const r = spawnSync(nvcc, ['-std=c++17', '-O2', '-gencode', 'arch=compute_90a,code=sm_90a', `-I${root}`,
