@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { flopsPerToken, matmulParameters, minOverlapBlock, peakTflops } from '../dist/bench/flops.js';
+import { flopsPerToken, matmulParameters, minOverlapBlock, peakTflops, stepFlopsByFamily } from '../dist/bench/flops.js';
 import { fitLine } from '../dist/bench/memory.js';
 import { familyOf, profile } from '../dist/bench/profile.js';
 import { stepOverlap } from '../dist/bench/ring.js';
@@ -67,6 +67,26 @@ describe('FLOP accounting and peaks', () => {
   it('counts GQA (Llama-3.2-1B, tied head) by hand', () => {
     const layer = 2048 * 2048 + 2 * 2048 * 512 + 2048 * 2048 + 3 * 2048 * 8192;
     expect(matmulParameters(llamaPresets['1B'])).toBe(16 * layer + 128256 * 2048);
+  });
+
+  it("counts the FLOPs a 1B step's kernels run, by family, recomputation included, by hand", () => {
+    const S = 16384, L = 16;
+    const scores = (S * S) / 2; // causal
+    const attentionFwd = L * 4 * scores * 32 * 64; // QK^T and PV, 2 FLOPs a multiply-add each
+    const proj = L * 2 * S * (2048 * 2048 + 2 * 2048 * 512 + 2048 * 2048); // q, k, v, o
+    const ffnProduct = L * 2 * S * 2048 * 8192;
+    const want = (fwdRuns: number, projRuns: number) => ({
+      attention: attentionFwd * (fwdRuns + 2.5),
+      'feed-forward': ffnProduct * 11, // 3 forward; ffnBackward: gate and up again, then 6 for the gradients
+      'linear (q,k,v,o)': proj * (projRuns + 2),
+      'LM head + loss': 3 * 2 * S * 2048 * 128256,
+    });
+    expect(stepFlopsByFamily(llamaPresets['1B'], S, true)).toEqual(want(2, 2));
+    expect(stepFlopsByFamily(llamaPresets['1B'], S, 'keep-attention')).toEqual(want(1, 2));
+    expect(stepFlopsByFamily(llamaPresets['1B'], S, false)).toEqual(want(1, 1));
+    // The H200's 16K step of 2026-12-04 (bench/results/mfu-cuda-2026-12-04-3f61040.json):
+    // attention 601.45 ms -> 132 TFLOP/s, as the README says.
+    expect(stepFlopsByFamily(llamaPresets['1B'], S, true).attention / 0.60145 / 1e12).toBeCloseTo(131.7, 0);
   });
 
   it('looks up dense bfloat16 peaks from CUDA device names', () => {
@@ -199,13 +219,17 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
   it('mfu: tokens/s and TFLOP/s follow from the step time and the FLOP count', () => {
     const w = smoke('mfu');
     checkCommon(w, 'mfu');
-    for (const r of w.json.rows as unknown as { context: number; stepMs: number; tokensPerSecond: number; tflops: number; mfu: null; breakdownMs: Record<string, number> }[]) {
+    for (const r of w.json.rows as unknown as { context: number; stepMs: number; tokensPerSecond: number; tflops: number; mfu: null; breakdownMs: Record<string, number>; familyTflops: Record<string, number> }[]) {
       expect(r.tokensPerSecond).toBeCloseTo(r.context / (r.stepMs / 1e3), 6);
       expect(r.tflops).toBeCloseTo((flopsPerToken(llamaPresets.tiny, r.context) * r.context) / (r.stepMs / 1e3) / 1e12, 9);
       expect(r.mfu).toBeNull(); // no peak is known for a CPU
       expect(r.breakdownMs.attention).toBeGreaterThan(0);
+      const flops = stepFlopsByFamily(llamaPresets.tiny, r.context, true);
+      for (const f of ['attention', 'feed-forward', 'linear (q,k,v,o)', 'LM head + loss'])
+        expect(r.familyTflops[f], f).toBeCloseTo(flops[f]! / (r.breakdownMs[f]! / 1e3) / 1e12, 12);
     }
     expect(w.stdout).toMatch(/MFU not computed: no peak known/);
+    expect(w.stdout).toMatch(/the kernels' rates there \(FLOPs they run, recomputation included.*\): attention \d.*TFLOP\/s, feed-forward /);
     expect(w.stderr).toMatch(/\[mfu 1\/2\] context 64: /); // plain progress lines when not a terminal
   });
 

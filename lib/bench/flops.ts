@@ -21,6 +21,30 @@ export function flopsPerToken(c: LlamaConfig, seq: number, causal = true): numbe
   return 6 * matmulParameters(c) + (causal ? attention / 2 : attention);
 }
 
+/**
+ * The FLOPs a training step's kernels run, by op family, over a whole causal sequence of
+ * `seq` tokens (split over the ranks, each runs its share): recomputation included, unlike
+ * flopsPerToken, so that a family's FLOPs over its time is the rate its kernels reached.
+ * Per layer, with the forward's products F (attention: 2·seq²·H·D, half the scores):
+ * attention runs F, again in the recompute (checkpointing without 'keep-attention'), and a
+ * backward of 2.5 F (the attention suite's count); the q/k/v/o projections F, again in any
+ * recompute, and 2 F back; the feed-forward 3 products forward and 8 in ffnBackward (gate and
+ * up again, then 6 for the gradients), none in the recompute; the LM head 3 (logits, dh, dW).
+ */
+export function stepFlopsByFamily(c: LlamaConfig, seq: number, checkpoint: boolean | 'keep-attention'): Record<string, number> {
+  const d = c.head_dim ?? c.hidden_size / c.num_attention_heads;
+  const C = c.hidden_size, q = c.num_attention_heads * d, kv = c.num_key_value_heads * d, L = c.num_hidden_layers;
+  const attention = 2 * seq * seq * q; // 4·seq²·H·D, halved: causal
+  const linear = 2 * seq * (C * q + 2 * C * kv + q * C);
+  const product = 2 * seq * C * c.intermediate_size; // one of the feed-forward's products
+  return {
+    attention: L * attention * ((checkpoint === true ? 2 : 1) + 2.5),
+    'feed-forward': L * product * (3 + 8),
+    'linear (q,k,v,o)': L * linear * ((checkpoint ? 2 : 1) + 2),
+    'LM head + loss': 3 * 2 * seq * C * c.vocab_size,
+  };
+}
+
 /** Dense bfloat16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's data sheets; first match wins. */
 export const PEAK_TFLOPS: readonly (readonly [RegExp, number, string])[] = [
   [/H100.*PCIe/i, 756, 'H100 PCIe'],

@@ -5,7 +5,7 @@
 import { launch } from '../launch.js';
 import { initProcessGroup } from '../process-group.js';
 import { parameterCount } from '../llama-config.js';
-import { flopsPerToken, peakTflops } from './flops.js';
+import { flopsPerToken, peakTflops, stepFlopsByFamily } from './flops.js';
 import type { Breakdown } from './profile.js';
 import type { Column } from './report.js';
 import { intOption, MAX_CONTEXT, type Suite } from './suite.js';
@@ -24,6 +24,8 @@ export interface MfuRow {
   loss: number;
   peakBytes: number;
   breakdownMs: Breakdown | null;
+  /** Per op family of stepFlopsByFamily: its FLOPs on one rank over its profiled time, TFLOP/s (null without a breakdown). */
+  familyTflops: Record<string, number> | null;
 }
 
 const FAMILY_ORDER = ['attention', 'feed-forward', 'linear (q,k,v,o)', 'LM head + loss', 'RMSNorm', 'RoPE', 'embedding',
@@ -83,6 +85,7 @@ export const mfuSuite: Suite<MfuRow> = {
         const row: MfuRow = {
           model: String(o.model), context, ranks, stepMs, tokensPerSecond: context / (stepMs * 1e-3), tflops,
           mfu: peak ? tflops / (peak.tflops * ranks) : null, loss: m.loss, peakBytes: m.peakBytes, breakdownMs: m.breakdown,
+          familyTflops: m.breakdown && familyRates(stepFlopsByFamily(config, context, checkpoint), m.breakdown, ranks),
         };
         rows.push(row);
         progress.done(`${row.tokensPerSecond.toFixed(0)} tokens/s${row.mfu === null ? '' : `, MFU ${(row.mfu * 100).toFixed(1)}%`}`);
@@ -104,6 +107,9 @@ export const mfuSuite: Suite<MfuRow> = {
       const total = Object.values(last).reduce((a, b) => a + b, 0);
       notes.push(`where a step goes at context ${rows.at(-1)!.context} (one profiled step, device synced around each op): ` +
         FAMILY_ORDER.filter((f) => last[f]).map((f) => `${f} ${((100 * last[f]!) / total).toFixed(0)}%`).join(', '));
+      const rates = rows.at(-1)!.familyTflops!;
+      notes.push(`the kernels' rates there (FLOPs they run, recomputation included, over that step's times; ${peak ? `of ${peak.tflops} TFLOP/s peak` : 'TFLOP/s'}): ` +
+        Object.entries(rates).map(([f, t]) => `${f} ${t.toPrecision(3)} TFLOP/s${peak ? ` (${((100 * t) / peak.tflops).toFixed(0)}%)` : ''}`).join(', '));
     }
     return { suite: 'mfu', params: { ...o, ranks }, rows, notes, columns: COLUMNS, chart: {
       title: `Training-step ${peak ? 'MFU' : 'TFLOP/s'}, ${o.model}`,
@@ -127,6 +133,11 @@ const COLUMNS: Column<MfuRow>[] = [
   { header: 'ffn %', value: (r) => share(r, 'feed-forward'), digits: 0 },
   { header: 'loss', value: (r) => r.loss, digits: 3 },
 ];
+
+// A profiled rank's time per family against its share (1/ranks) of the step's FLOPs.
+function familyRates(flops: Record<string, number>, ms: Breakdown, ranks: number): Record<string, number> {
+  return Object.fromEntries(Object.entries(flops).filter(([f]) => ms[f]).map(([f, n]) => [f, n / ranks / (ms[f]! * 1e-3) / 1e12]));
+}
 
 function share(r: MfuRow, family: string): number | null {
   if (!r.breakdownMs) return null;
