@@ -15,7 +15,7 @@
 #   2. at once, while the machine is warm (30 s): mfu (~4 min; step ms and the breakdown's
 #      feed-forward and optimizer rows against mfu-cuda-2026-12-04-3f61040.csv), or profile
 #      example (~5 min), or long1m (~3 min).
-#   long512k (~8 min on the default kernels, ~5 with RING_ATTENTION_SM90=1) needs a session of its own. The parts' limits add up to more than a call's:
+#   long512k (~8 min on the default kernels, ~5-6 with RING_ATTENTION_SM90=1) needs a session of its own. The parts' limits add up to more than a call's:
 #   they bound a part that hangs; typical times are what the plan counts, the last part the one at risk.
 # `check` rebuilds there only when the carried binary does not load or sees no GPU (~3 min).
 # Every part has its own time limit, so a slow one costs its limit, not the call. Logs, JSON,
@@ -97,9 +97,11 @@ long512k() {
   # 5.8e16 model FLOPs, but the kernels run more: attention's forward is 1.8e16 FLOPs a pass at
   # 512K, run 3.5 times with 'keep-attention' (forward, backward at 2.5) and 4.5 times without
   # (the recompute's forward too). At the ~130 TFLOP/s the default kernels reached in the 1B
-  # step (head dim 64), that is ~490 s with 'keep-attention' and ~620 s without, past the limit:
-  # so 'keep-attention' (~33 GiB more at 512K, computed), and RING_ATTENTION_SM90=1 given to
-  # this part once the sm90 part's model tests pass.
+  # step (head dim 64), that is ~490 s with 'keep-attention' and ~620 s without, past the limit;
+  # the rest of the step adds ~10 s at the 16K rates, and the warm-up's first calls some more:
+  # ~50 s of margin. So 'keep-attention' (~33 GiB more at 512K, computed), and
+  # RING_ATTENTION_SM90=1 given to this part once the sm90 part's model tests pass (~5-6 min
+  # at their head-dim-128 rates; head dim 64 is unmeasured).
   step "a 1B training step at 512K tokens (issue #7's largest-context target), one step, checkpoint 'keep-attention'"
   timeout 560 node dist/cli.js bench mfu --model 1B --min-context 524288 --max-context 524288 --steps 0 --no-breakdown \
     --keep-attention --out-dir "$WORK/mfu-512k" 2>&1 | clean | tail -12

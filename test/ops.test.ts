@@ -452,7 +452,7 @@ describe('adamwMulti', () => {
     return { p: rand(n, seed + 10 * i), g: rand(n, seed + 10 * i + 1, 3), m: rand(n, seed + 10 * i + 2, 0.1), v: rand(n, seed + 10 * i + 3, 0.01).map(Math.abs) };
   });
 
-  for (const gradScale of [1, 0.37]) {
+  for (const gradScale of [1, 0.37, 0]) { // 0: a clipping coefficient that underflowed
     it(`the same bits as scale + adamw one tensor at a time (gradScale ${gradScale}); copies rounded to bfloat16`, async () => {
       const init = make(81), decays = [0, 0.1, 0.01, 0.3];
       const one = init.map((x, i) => ({ p: t(x.p, shapes[i]!), g: t(x.g, shapes[i]!), m: t(x.m, shapes[i]!), v: t(x.v, shapes[i]!) }));

@@ -59,6 +59,10 @@ export const mfuSuite: Suite<MfuRow> = {
     const peak = o['peak-tflops'] ? { tflops: given, matched: '--peak-tflops' } : peakTflops(ctx.machine.gpu);
     const rows: MfuRow[] = [];
     const notes: string[] = [];
+    // Rank 0's profile times its own calls, each between two waits for its device: a device that
+    // in-process ranks share runs their kernels inside those times too. And with the contiguous
+    // layout rank 0 runs far less of the causal attention than 1/N (and waits for the others).
+    const ratesMeasurable = ranks === 1 || (launched && o.layout === 'zigzag');
     const max = intOption(o, 'max-context', 0) || Infinity;
     const contexts: number[] = [];
     for (let c = intOption(o, 'min-context'); c <= Math.min(max, MAX_CONTEXT); c *= 2) contexts.push(c);
@@ -85,7 +89,7 @@ export const mfuSuite: Suite<MfuRow> = {
         const row: MfuRow = {
           model: String(o.model), context, ranks, stepMs, tokensPerSecond: context / (stepMs * 1e-3), tflops,
           mfu: peak ? tflops / (peak.tflops * ranks) : null, loss: m.loss, peakBytes: m.peakBytes, breakdownMs: m.breakdown,
-          familyTflops: m.breakdown && familyRates(stepFlopsByFamily(config, context, checkpoint), m.breakdown, ranks),
+          familyTflops: m.breakdown && ratesMeasurable ? familyRates(stepFlopsByFamily(config, context, checkpoint), m.breakdown, ranks) : null,
         };
         rows.push(row);
         progress.done(`${row.tokensPerSecond.toFixed(0)} tokens/s${row.mfu === null ? '' : `, MFU ${(row.mfu * 100).toFixed(1)}%`}`);
@@ -107,9 +111,12 @@ export const mfuSuite: Suite<MfuRow> = {
       const total = Object.values(last).reduce((a, b) => a + b, 0);
       notes.push(`where a step goes at context ${rows.at(-1)!.context} (one profiled step, device synced around each op): ` +
         FAMILY_ORDER.filter((f) => last[f]).map((f) => `${f} ${((100 * last[f]!) / total).toFixed(0)}%`).join(', '));
-      const rates = rows.at(-1)!.familyTflops!;
-      notes.push(`the kernels' rates there (FLOPs they run, recomputation included, over that step's times; ${peak ? `of ${peak.tflops} TFLOP/s peak` : 'TFLOP/s'}): ` +
-        Object.entries(rates).map(([f, t]) => `${f} ${t.toPrecision(3)} TFLOP/s${peak ? ` (${((100 * t) / peak.tflops).toFixed(0)}%)` : ''}`).join(', '));
+      const rates = rows.at(-1)!.familyTflops;
+      if (rates)
+        notes.push(`the kernels' rates there (FLOPs they run, recomputation included, over that step's times; ${peak ? `of ${peak.tflops} TFLOP/s peak` : 'TFLOP/s'}): ` +
+          Object.entries(rates).map(([f, t]) => `${f} ${t.toPrecision(3)} TFLOP/s${peak ? ` (${((100 * t) / peak.tflops).toFixed(0)}%)` : ''}`).join(', ') +
+          (ranks > 1 ? "; attention's time includes waiting for the ring's transfers" : ''));
+      else notes.push(`no rates per family: ${launched ? 'the contiguous layout gives rank 0 less than its share of the attention' : 'in-process ranks share one device, whose waits time them all'}`);
     }
     return { suite: 'mfu', params: { ...o, ranks }, rows, notes, columns: COLUMNS, chart: {
       title: `Training-step ${peak ? 'MFU' : 'TFLOP/s'}, ${o.model}`,

@@ -18,8 +18,8 @@ constexpr int kSumSmem = 32 * sizeof(double);
 // expression into FMAs differently from one surrounding loop to another.
 __device__ __forceinline__ void adamw_update(float& p, float g, float& m, float& v, float beta1, float beta2, float eps,
                                              float step_size, float bc2_sqrt, float lr_wd) {
-  m = __fmaf_rn(1.f - beta1, g, __fmul_rn(beta1, m));                    // beta1 m + (1 - beta1) g
-  v = __fmaf_rn(g, __fmul_rn(1.f - beta2, g), __fmul_rn(beta2, v));      // beta2 v + (1 - beta2) g g
+  m = __fmaf_rn(__fsub_rn(1.f, beta1), g, __fmul_rn(beta1, m));                // beta1 m + (1 - beta1) g
+  v = __fmaf_rn(g, __fmul_rn(__fsub_rn(1.f, beta2), g), __fmul_rn(beta2, v));  // beta2 v + (1 - beta2) g g
   const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), bc2_sqrt), eps);  // sqrt(v) / bc2_sqrt + eps
   // The decay joins the update before rounding: 1 - lr*wd would round lr*wd to float32's
   // spacing near 1 (6e-8), and lose it entirely below half of that. (torch's fused AdamW
