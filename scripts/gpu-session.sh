@@ -15,8 +15,9 @@
 #   2. at once, while the machine is warm (30 s): mfu (~4 min; step ms and the breakdown's
 #      feed-forward and optimizer rows against mfu-cuda-2026-12-04-3f61040.csv), or profile
 #      example (~5 min), or long1m (~3 min).
-#   long512k (~8 min on the default kernels, ~5-6 with RING_ATTENTION_SM90=1) needs a session of its own. The parts' limits add up to more than a call's:
-#   they bound a part that hangs; typical times are what the plan counts, the last part the one at risk.
+#   long512k (~8 min on the default kernels, ~5-6 with RING_ATTENTION_SM90=1) needs a session of
+#   its own. The parts' limits add up to more than a call's: they bound a part that hangs;
+#   typical times are what the plan counts, the last part the one at risk.
 # `check` rebuilds there only when the carried binary does not load or sees no GPU (~3 min).
 # Every part has its own time limit, so a slow one costs its limit, not the call. Logs, JSON,
 # CSV and SVG are written under $WORK and packed into $OUT/results.tgz after every part (at
