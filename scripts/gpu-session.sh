@@ -13,8 +13,9 @@
 #   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests sm90 sm90bench   # ~6-7 min, timeout_s 540
 #      (sm90bench's 'ours sm90' backward rows against attention-cuda-sm90-2026-12-04-3f61040.csv)
 #   2. at once, while the machine is warm (30 s): mfu (~4 min; step ms and the breakdown's
-#      feed-forward and optimizer rows against mfu-cuda-2026-12-04-3f61040.csv), or profile
-#      example (~5 min), or long1m (~3 min).
+#      feed-forward and optimizer rows against mfu-cuda-2026-12-04-3f61040.csv), or ring (~2 min;
+#      its new 'queued' ratios tell whether the ring's 15% is a per-call cost the host queues
+#      ahead of), or profile example (~5 min), or long1m (~3 min).
 #   long512k (~8 min on the default kernels, ~5-6 with RING_ATTENTION_SM90=1) needs a session of
 #   its own. The parts' limits add up to more than a call's: they bound a part that hangs;
 #   typical times are what the plan counts, the last part the one at risk.
@@ -68,7 +69,7 @@ attention() {
 
 ring() {
   step "ring overhead"
-  timeout 150 node dist/cli.js bench ring --ranks 2,4,8 --max-block "${MAX_BLOCK:-16384}" --reps 2 --out-dir "$WORK" 2>&1 | clean | tail -24
+  timeout 240 node dist/cli.js bench ring --ranks 2,4,8 --max-block "${MAX_BLOCK:-8192}" --reps 2 --out-dir "$WORK" 2>&1 | clean | tail -24
 }
 
 mfu() {

@@ -207,7 +207,7 @@ describe('bench ring across a launched job', () => {
     const results = await launch({ worldSize: 3 }, new URL('./fixtures/ring-gather.mjs', import.meta.url), { failing: 1 }) as
       { figures: unknown; allOk: boolean; oneFailed: boolean }[];
     const figures = (rank: number, pass: number) => ({
-      both: rank * 100 + pass + 0.5, compute: rank * 100 + pass + 0.25, transfers: rank * 100 + pass + 0.125,
+      both: rank * 100 + pass + 0.5, compute: rank * 100 + pass + 0.25, transfers: rank * 100 + pass + 0.125, queued: rank * 100 + pass + 0.375,
       steps: [0, 1, 2].map((i) => ({ computeMs: rank * 100 + pass + 10 * i + 1, transferMs: rank * 100 + pass + 10 * i + 2, wholeMs: rank * 100 + pass + 10 * i + 3 })),
     });
     const all = [0, 1, 2].map((r) => ({ forward: figures(r, 0), backward: figures(r, 50) }));
@@ -283,14 +283,18 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     expect(r.stderr).toMatch(/--sm90: the Hopper kernels run on CUDA devices only; this run is on the cpu/);
   });
 
-  it('ring: the whole call, its compute alone and its transfers alone, and each step inside the whole call', () => {
+  it('ring: the whole call, its compute alone and its transfers alone, calls queued back to back, and each step inside the whole call', () => {
     const w = smoke('ring');
     checkCommon(w, 'ring');
-    type Pass = { both: number; compute: number; transfers: number; steps: { computeMs: number; transferMs: number; wholeMs: number }[] };
-    type Row = { ranks: number; forward: Pass; backward: Pass; ratioForward: number; singleForwardMs: number; stepOverlapForward: number; stepOverlapBackward: number };
+    type Pass = { both: number; compute: number; transfers: number; queued: number; steps: { computeMs: number; transferMs: number; wholeMs: number }[] };
+    type Row = {
+      ranks: number; forward: Pass; backward: Pass; ratioForward: number; singleForwardMs: number; stepOverlapForward: number; stepOverlapBackward: number;
+      singleBackwardQueuedMs: number; ratioBackwardQueued: number;
+    };
     for (const r of w.json.rows as unknown as Row[]) {
+      expect(r.ratioBackwardQueued).toBeCloseTo(r.backward.queued / r.singleBackwardQueuedMs, 9);
       for (const p of [r.forward, r.backward]) {
-        for (const k of ['both', 'compute', 'transfers'] as const) expect(p[k]).toBeGreaterThan(0);
+        for (const k of ['both', 'compute', 'transfers', 'queued'] as const) expect(p[k]).toBeGreaterThan(0);
         expect(p.steps).toHaveLength(r.ranks);
         expect(p.steps.every((s) => s.wholeMs > 0 && s.computeMs > 0)).toBe(true); // zigzag: every step computes
       }
@@ -301,6 +305,8 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     expect(stepOverlap([{ computeMs: 2, transferMs: 1, wholeMs: 2 }, { computeMs: 1, transferMs: 2, wholeMs: 3 }, { computeMs: 0, transferMs: 0, wholeMs: 0.1 }])).toBe(1.25);
     expect(stepOverlap([])).toBeNull();
     expect(w.stdout).toMatch(/fwd per step whole\/max/);
+    expect(w.stdout).toMatch(/queued ring\/single fwd/);
+    expect(w.stdout).toMatch(/queued: the same ratio per call of 4 calls queued back to back/);
     // The README's table: H100 at 989 TFLOP/s over NVLink 4 (450 GB/s) and InfiniBand NDR (50 GB/s).
     expect(w.stdout).toMatch(/c >= F \/ B at 989 TFLOP\/s .*NVLink 4 .* at 450 GB\/s: c >= 2\.2K tokens per rank block, 13\.2K per rank \(backward, .*c >= 2\.6K\); InfiniBand .* at 50 GB\/s: c >= 19\.8K tokens per rank block, 118\.7K per rank \(backward, .*c >= 23\.7K\)/);
   });

@@ -1,7 +1,7 @@
 // One rank of `bench ring`: random shards, then the ring's forward and backward timed whole,
 // compute alone and transfers alone (median of `reps` after a warm-up; every rank waits for
 // its device and for the others before and after each run, so the slowest rank sets the time),
-// then each step of the whole call timed on its own.
+// then whole calls queued back to back, then each step of the whole call timed on its own.
 import type { ProcessGroup } from '../group.js';
 import { cudaSynchronize } from '../index.js';
 import { ringAttention, ringAttentionBackward, type RingAttentionOptions, type RingStepTime } from '../ring.js';
@@ -15,10 +15,18 @@ export interface RingRankArgs {
 }
 
 /**
- * Milliseconds of the whole ring call, of its compute alone and of its transfers alone; and,
- * per step of the whole call, its compute, transfers and whole (median over the runs).
+ * Milliseconds of the whole ring call, of its compute alone and of its transfers alone; per
+ * call of QUEUED whole calls run back to back (`queued`); and, per step of the whole call, its
+ * compute, transfers and whole (median over the runs).
  */
-export interface RingParts { both: number; compute: number; transfers: number; steps: RingStepTime[] }
+export interface RingParts { both: number; compute: number; transfers: number; queued: number; steps: RingStepTime[] }
+
+/**
+ * Calls queued back to back between one wait for the device: the host runs ahead of the
+ * device, as it does in a training step (other work before and after each call), so what the
+ * call costs the host before its first kernel starts hides, as it does not in a call timed alone.
+ */
+export const QUEUED = 4;
 
 export default ({ group, args }: { group: ProcessGroup; args: RingRankArgs }): { forward: RingParts; backward: RingParts } => {
   const { block, heads, kvHeads, dim, causal, layout, reps, device } = args;
@@ -59,7 +67,9 @@ export default ({ group, args }: { group: ProcessGroup; args: RingRankArgs }): {
   };
   const parts = (run: (o: RingAttentionOptions) => void): RingParts => ({
     both: time(() => run(ring)), compute: time(() => run({ ...ring, parts: 'compute' })),
-    transfers: time(() => run({ ...ring, parts: 'transfers' })), steps: steps(run),
+    transfers: time(() => run({ ...ring, parts: 'transfers' })),
+    queued: time(() => { for (let i = 0; i < QUEUED; ++i) run(ring); }) / QUEUED,
+    steps: steps(run),
   });
   try {
     return { forward: parts(runForward), backward: parts(runBackward) };

@@ -14,7 +14,7 @@ import { initProcessGroup } from '../process-group.js';
 import type { Layout } from '../shard.js';
 import { tensor, type Tensor } from '../tensor.js';
 import type { Column } from './report.js';
-import ringRank, { type RingParts, type RingRankArgs } from './ring-rank.js';
+import ringRank, { QUEUED, type RingParts, type RingRankArgs } from './ring-rank.js';
 import type { RingStepTime } from '../ring.js';
 import { LINKS, minOverlapBlock, peakTflops } from './flops.js';
 import { intList, intOption, type Suite } from './suite.js';
@@ -28,9 +28,15 @@ export interface RingRow {
   singleBackwardMs: number;
   forward: RingParts;
   backward: RingParts;
+  /** Single-device time per call of QUEUED calls back to back. */
+  singleForwardQueuedMs: number;
+  singleBackwardQueuedMs: number;
   /** Ring time / single-device time. */
   ratioForward: number;
   ratioBackward: number;
+  /** The same, per call of QUEUED calls queued back to back on both sides. */
+  ratioForwardQueued: number;
+  ratioBackwardQueued: number;
   /** Whole / max(compute alone, transfers alone): 1 when the transfers hide completely. */
   overlapForward: number;
   overlapBackward: number;
@@ -39,19 +45,25 @@ export interface RingRow {
   stepOverlapBackward: number | null;
 }
 
-function single(seq: number, a: RingRankArgs): { forwardMs: number; backwardMs: number } {
+type SingleTimes = { forwardMs: number; backwardMs: number; forwardQueuedMs: number; backwardQueuedMs: number };
+const NO_SINGLE: SingleTimes = { forwardMs: NaN, backwardMs: NaN, forwardQueuedMs: NaN, backwardQueuedMs: NaN };
+
+function single(seq: number, a: RingRankArgs): SingleTimes {
   const opts = a.device === 'cuda' ? { dtype: 'bfloat16' as const, device: 'cuda' as const } : {};
   const make = (h: number) => tensor(randomArray(seq * h * a.dim), [1, seq, h, a.dim], opts);
   const [q, k, v, dout] = [make(a.heads), make(a.kvHeads), make(a.kvHeads), make(a.heads)] as [Tensor, Tensor, Tensor, Tensor];
   const sync = a.device === 'cuda' ? cudaSynchronize : () => {};
   const fwd = attention(q, k, v, { causal: a.causal });
+  const forward = () => { const o = attention(q, k, v, { causal: a.causal }); o.out.dispose(); o.lse.dispose(); };
+  const backward = () => {
+    const g = attentionBackward(dout, q, k, v, fwd.out, fwd.lse, { causal: a.causal });
+    g.dq.dispose(); g.dk.dispose(); g.dv.dispose();
+  };
+  const queued = (fn: () => void) => medianMs(() => { for (let i = 0; i < QUEUED; ++i) fn(); }, a.reps, sync) / QUEUED;
   try {
     return {
-      forwardMs: medianMs(() => { const o = attention(q, k, v, { causal: a.causal }); o.out.dispose(); o.lse.dispose(); }, a.reps, sync),
-      backwardMs: medianMs(() => {
-        const g = attentionBackward(dout, q, k, v, fwd.out, fwd.lse, { causal: a.causal });
-        g.dq.dispose(); g.dk.dispose(); g.dv.dispose();
-      }, a.reps, sync),
+      forwardMs: medianMs(forward, a.reps, sync), backwardMs: medianMs(backward, a.reps, sync),
+      forwardQueuedMs: queued(forward), backwardQueuedMs: queued(backward),
     };
   } finally {
     for (const t of [q, k, v, dout, fwd.out, fwd.lse]) t.dispose();
@@ -63,6 +75,7 @@ const worst = (rs: { forward: RingParts; backward: RingParts }[], pass: 'forward
   both: Math.max(...rs.map((r) => r[pass].both)),
   compute: Math.max(...rs.map((r) => r[pass].compute)),
   transfers: Math.max(...rs.map((r) => r[pass].transfers)),
+  queued: Math.max(...rs.map((r) => r[pass].queued)),
   steps: rs[0]![pass].steps.map((_, i) => ({
     computeMs: Math.max(...rs.map((r) => r[pass].steps[i]!.computeMs)),
     transferMs: Math.max(...rs.map((r) => r[pass].steps[i]!.transferMs)),
@@ -74,7 +87,7 @@ type RankFigures = { forward: RingParts; backward: RingParts };
 
 /** Every rank's figures, on every rank, through one allReduce of one slot per rank. */
 export function gatherFigures(group: ProcessGroup, mine: RankFigures, device: 'cpu' | 'cuda'): RankFigures[] {
-  const flat = (p: RingParts) => [p.both, p.compute, p.transfers, ...p.steps.flatMap((s) => [s.computeMs, s.transferMs, s.wholeMs])];
+  const flat = (p: RingParts) => [p.both, p.compute, p.transfers, p.queued, ...p.steps.flatMap((s) => [s.computeMs, s.transferMs, s.wholeMs])];
   const values = [...flat(mine.forward), ...flat(mine.backward)];
   const n = values.length, all = new Float64Array(n * group.worldSize);
   all.set(values, n * group.rank);
@@ -85,8 +98,8 @@ export function gatherFigures(group: ProcessGroup, mine: RankFigures, device: 'c
     const sums = t.handle('t').toFloat32Array();
     const steps = mine.forward.steps.length;
     const parts = (at: number): RingParts => ({
-      both: sums[at]!, compute: sums[at + 1]!, transfers: sums[at + 2]!,
-      steps: Array.from({ length: steps }, (_, i) => ({ computeMs: sums[at + 3 + 3 * i]!, transferMs: sums[at + 4 + 3 * i]!, wholeMs: sums[at + 5 + 3 * i]! })),
+      both: sums[at]!, compute: sums[at + 1]!, transfers: sums[at + 2]!, queued: sums[at + 3]!,
+      steps: Array.from({ length: steps }, (_, i) => ({ computeMs: sums[at + 4 + 3 * i]!, transferMs: sums[at + 5 + 3 * i]!, wholeMs: sums[at + 6 + 3 * i]! })),
     });
     return Array.from({ length: group.worldSize }, (_, r) => ({ forward: parts(r * n), backward: parts(r * n + n / 2) }));
   } finally {
@@ -150,17 +163,17 @@ export const ringSuite: Suite<RingRow> = {
       for (const [ranks, block] of points) {
         progress.start(`${ranks} ranks x ${block} tokens`);
         const args: RingRankArgs = { ...base, block };
-        let results: { forward: RingParts; backward: RingParts }[], s: { forwardMs: number; backwardMs: number };
+        let results: { forward: RingParts; backward: RingParts }[], s: SingleTimes;
         try {
           if (group) {
             // Rank 0 alone times the whole sequence on its GPU (it may not fit there); every
             // rank learns whether it did, so that all skip the point together.
             let failed: unknown = null;
             try {
-              s = ctx.launchedRank === 0 ? single(ranks * block, args) : { forwardMs: NaN, backwardMs: NaN };
+              s = ctx.launchedRank === 0 ? single(ranks * block, args) : NO_SINGLE;
             } catch (e) {
               failed = e;
-              s = { forwardMs: NaN, backwardMs: NaN };
+              s = NO_SINGLE;
             }
             if (!allSucceeded(group, failed === null, ctx.device))
               throw new SkippedPoint(`one GPU alone cannot run the whole sequence${failed ? `: ${(failed as Error).message}` : ''}`);
@@ -178,14 +191,17 @@ export const ringSuite: Suite<RingRow> = {
         }
         const forward = worst(results, 'forward'), backward = worst(results, 'backward');
         const row: RingRow = {
-          ranks, block, total: ranks * block, singleForwardMs: s.forwardMs, singleBackwardMs: s.backwardMs, forward, backward,
+          ranks, block, total: ranks * block, singleForwardMs: s.forwardMs, singleBackwardMs: s.backwardMs,
+          singleForwardQueuedMs: s.forwardQueuedMs, singleBackwardQueuedMs: s.backwardQueuedMs, forward, backward,
           ratioForward: forward.both / (s.forwardMs * share), ratioBackward: backward.both / (s.backwardMs * share),
+          ratioForwardQueued: forward.queued / (s.forwardQueuedMs * share), ratioBackwardQueued: backward.queued / (s.backwardQueuedMs * share),
           overlapForward: forward.both / Math.max(forward.compute, forward.transfers),
           overlapBackward: backward.both / Math.max(backward.compute, backward.transfers),
           stepOverlapForward: stepOverlap(forward.steps), stepOverlapBackward: stepOverlap(backward.steps),
         };
         rows.push(row);
-        progress.done(`ring/single fwd ${row.ratioForward.toFixed(2)}, bwd ${row.ratioBackward.toFixed(2)}`);
+        progress.done(`ring/single fwd ${row.ratioForward.toFixed(2)}, bwd ${row.ratioBackward.toFixed(2)}; ` +
+          `${QUEUED} queued: fwd ${row.ratioForwardQueued.toFixed(2)}, bwd ${row.ratioBackwardQueued.toFixed(2)}`);
       }
     } finally {
       progress.stop();
@@ -194,6 +210,8 @@ export const ringSuite: Suite<RingRow> = {
     notes.push((launched
       ? `ring/single: ring time over 1/${ctx.launchedWorldSize} of one GPU's time for the same total sequence (a launched job, one GPU per rank; --ranks is ignored); `
       : `ring/single: ring time over single-device time for the same total sequence (the ranks share ${ctx.device === 'cuda' ? 'one GPU' : 'the CPU'}); `) +
+      `queued: the same ratio per call of ${QUEUED} calls queued back to back between one wait, on both sides (the host runs ahead ` +
+      'of the device, as in a training step, so what a call costs the host before its first kernel hides); ' +
       'whole/max: the whole ring call over the larger of its compute alone and its transfers alone (1.00: transfers fully hidden; ' +
       '(compute+transfers)/max: none hidden); per step: the same ratio for each step inside the whole call ' +
       '(its kernels, its block transfers, and the step from its compute\'s start to the next\'s), averaged over the steps ' +
@@ -228,6 +246,8 @@ const COLUMNS: Column<RingRow>[] = [
   { header: 'single bwd ms', value: (r) => r.singleBackwardMs, digits: 2 },
   { header: 'ring bwd ms', value: (r) => r.backward.both, digits: 2 },
   { header: 'ring/single bwd', value: (r) => r.ratioBackward, digits: 2 },
+  { header: 'queued ring/single fwd', value: (r) => r.ratioForwardQueued, digits: 2 },
+  { header: 'queued ring/single bwd', value: (r) => r.ratioBackwardQueued, digits: 2 },
   { header: 'fwd compute ms', value: (r) => r.forward.compute, digits: 2 },
   { header: 'fwd transfers ms', value: (r) => r.forward.transfers, digits: 2 },
   { header: 'fwd whole/max', value: (r) => r.overlapForward, digits: 2 },
