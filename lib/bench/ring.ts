@@ -211,7 +211,8 @@ export const ringSuite: Suite<RingRow> = {
       ? `ring/single: ring time over 1/${ctx.launchedWorldSize} of one GPU's time for the same total sequence (a launched job, one GPU per rank; --ranks is ignored); `
       : `ring/single: ring time over single-device time for the same total sequence (the ranks share ${ctx.device === 'cuda' ? 'one GPU' : 'the CPU'}); `) +
       `queued: the same ratio per call of ${QUEUED} calls queued back to back between one wait, on both sides (the host runs ahead ` +
-      'of the device, as in a training step, so what a call costs the host before its first kernel hides); ' +
+      'of the device, as in a training step, so what a call costs the host before its first kernel hides, but for the first ' +
+      `call of each batch: a fixed host cost per call shows at 1/${QUEUED}${launched ? '; over NCCL each call waits on the host for its transfers, which leaves less to queue' : ''}); ` +
       'whole/max: the whole ring call over the larger of its compute alone and its transfers alone (1.00: transfers fully hidden; ' +
       '(compute+transfers)/max: none hidden); per step: the same ratio for each step inside the whole call ' +
       '(its kernels, its block transfers, and the step from its compute\'s start to the next\'s), averaged over the steps ' +
