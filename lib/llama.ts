@@ -148,14 +148,11 @@ function freeActs(a: LayerActs, keep?: KeptAttention): void {
 // square: the same as a softmax scale of factor² / sqrt(D), with no pass over q and k.
 const softmaxScale = (ctx: RunContext, D: number) => ctx.rope.attentionFactor ** 2 / Math.sqrt(D);
 
-/** The layer's forward: its activations and its output x2 = x1 + ffn(h2) (M, C). With `kept`,
- * attention's results from an earlier run of this forward stand in for running it again (they
- * become the activations' own). The recompute before a layer's backward asks for the
- * activations alone (`out` false): the backward never reads x2, and ffnBackward recomputes
- * its own block products from h2, so the feed-forward's three products are not run. */
-function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext, kept?: KeptAttention, out?: true): { acts: LayerActs; out: Tensor };
-function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext, kept: KeptAttention | undefined, out: false): { acts: LayerActs; out: null };
-function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext, kept?: KeptAttention, wantOut = true): { acts: LayerActs; out: Tensor | null } {
+/** The layer's activations, up to the feed-forward's input h2: all its backward reads (which
+ * is what the recompute before a layer's backward runs; ffnBackward recomputes its own block
+ * products from h2). With `kept`, attention's results from an earlier run stand in for
+ * running it again (they become the activations' own). */
+function layerActs(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext, kept?: KeptAttention): LayerActs {
   const c = model.config, M = x.shape[0]!, H = c.num_attention_heads, KVH = c.num_key_value_heads, D = c.head_dim;
   const { y: h, rstd: rstd1 } = rmsNorm(x, p.inputNorm, c.rms_norm_eps);
   const q = as(consume(as(linear(h, p.wq), [M, H, D]), (t) => rope(t, ctx.positions, ctx.rope.invFreq)), [1, M, H, D]);
@@ -170,10 +167,14 @@ function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: Ru
   att2.dispose();
   add(x1, x);
   const { y: h2, rstd: rstd2 } = rmsNorm(x1, p.postNorm, c.rms_norm_eps);
-  const acts = { x, h, rstd1, q, k, v, att, lse, x1, h2, rstd2 };
-  if (!wantOut) return { acts, out: null };
-  const out = ffn(h2, p.wGate, p.wUp, p.wDown, ctx.ffnBlockRows);
-  add(out, x1);
+  return { x, h, rstd1, q, k, v, att, lse, x1, h2, rstd2 };
+}
+
+/** The layer's forward: its activations and its output x2 = x1 + ffn(h2) (M, C). */
+function layerForward(model: LlamaModel, p: LlamaLayerParams, x: Tensor, ctx: RunContext): { acts: LayerActs; out: Tensor } {
+  const acts = layerActs(model, p, x, ctx);
+  const out = ffn(acts.h2, p.wGate, p.wUp, p.wDown, ctx.ffnBlockRows);
+  add(out, acts.x1);
   return { acts, out };
 }
 
@@ -294,7 +295,7 @@ export function runLlama(
     for (let l = L - 1; l >= 0; --l) {
       let a = acts[l];
       if (!a) {
-        a = layerForward(model, P.layers[l]!, xs[l]!, ctx, kept[l] ?? undefined, false).acts; // recompute (checkpointing)
+        a = layerActs(model, P.layers[l]!, xs[l]!, ctx, kept[l] ?? undefined); // recompute (checkpointing)
         kept[l] = null; // a owns them now
       }
       acts[l] = a;

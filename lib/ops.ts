@@ -69,10 +69,12 @@ function matrix(c: Call, value: unknown, name: string, dims: string, kind: 'same
   return [t, t.shape[0]!, t.shape[1]!];
 }
 
+const sameShape = (a: readonly number[], b: readonly number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
+
 /** A tensor of exactly `shape`; `dims` names the sizes in the message. */
 function shaped(c: Call, value: unknown, name: string, shape: readonly number[], dims: string, kind: 'same' | 'f32' = 'same'): Tensor {
   const t = c.tensor(value, name, kind);
-  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
+  if (!sameShape(t.shape, shape))
     fail('range', `${name}: expected shape ${dims} = ${fmt(shape)}, got ${fmt(t.shape)}`);
   return t;
 }
@@ -346,7 +348,8 @@ export function adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: A
   const tm = shaped(c, m, 'm', tp.shape, "param's shape");
   const tv = shaped(c, v, 'v', tp.shape, "param's shape");
   const o = adamwScalars(opts);
-  const weightDecay = o.weightDecay === undefined ? 0.01 : checkFloat32(o.weightDecay, 'opts.weightDecay', 0);
+  const wd = (opts as AdamWOptions).weightDecay;
+  const weightDecay = wd === undefined ? 0.01 : checkFloat32(wd, 'opts.weightDecay', 0);
   native.opsAdamW(tp.handle('param'), tg.handle('grad'), tm.handle('m'), tv.handle('v'), o.step, o.lr, o.beta1, o.beta2, o.eps, weightDecay);
 }
 
@@ -354,7 +357,6 @@ function adamwScalars(opts: unknown) {
   const o = checkOptions(opts, 'opts') as Partial<AdamWOptions>;
   const beta = (x: unknown, name: string, dflt: number) => (x === undefined ? dflt : checkBeta(x, name));
   return {
-    weightDecay: o.weightDecay,
     step: checkInteger(o.step, 'opts.step', 1),
     lr: checkFloat32(o.lr, 'opts.lr', 0),
     beta1: beta(o.beta1, 'opts.beta1', 0.9),
@@ -411,7 +413,7 @@ export function adamwMulti(entries: readonly AdamWEntry[], opts: AdamWMultiOptio
     const tc = checkTensor(x.copy, `${at}.copy`);
     if (tc.device !== c.device) fail('type', `${at}.copy: device '${tc.device}' does not match ${at}.param's '${c.device}'`);
     if (c.device === 'cuda' && tc.dtype !== 'bfloat16') fail('type', `${at}.copy: expected bfloat16 on cuda, got ${tc.dtype}`);
-    if (tc.shape.length !== tp.shape.length || tc.shape.some((d, k) => d !== tp.shape[k]))
+    if (!sameShape(tc.shape, tp.shape))
       fail('range', `${at}.copy: expected ${at}.param's shape ${fmt(tp.shape)}, got ${fmt(tc.shape)}`);
     copies.push(tc.handle(`${at}.copy`));
   });

@@ -8,18 +8,23 @@
 
 namespace ra::cuda::ops {
 
+namespace {
+// The step's scalars exactly as the CPU op computes them: the bias corrections in double.
+AdamWScalars adamw_scalars(int64_t step, float lr, float beta1, float beta2, float eps, float grad_scale) {
+  const double bc1 = 1.0 - std::pow(double(beta1), double(step)), bc2 = 1.0 - std::pow(double(beta2), double(step));
+  return {beta1, beta2, eps, float(double(lr) / bc1), float(std::sqrt(bc2)), grad_scale};
+}
+float lr_wd(float lr, float weight_decay) { return float(double(lr) * weight_decay); }
+}  // namespace
+
 void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, int64_t step, float lr, float beta1, float beta2,
            float eps, float weight_decay) {
   expect(param, DType::F32, "param"), expect(grad, DType::F32, "grad"), expect(m, DType::F32, "m"), expect(v, DType::F32, "v");
   const int64_t n = param.numel();
   if (n == 0) return;
-  // the scalars exactly as the CPU op computes them
-  const double bc1 = 1.0 - std::pow(double(beta1), double(step));
-  const double bc2 = 1.0 - std::pow(double(beta2), double(step));
-  const float step_size = float(double(lr) / bc1), bc2_sqrt = float(std::sqrt(bc2)),
-              lr_wd = float(double(lr) * weight_decay);
-  launch_adamw(ptr<float>(param), ptr<float>(grad), ptr<float>(m), ptr<float>(v), n, beta1, beta2, eps, step_size,
-               bc2_sqrt, lr_wd, nullptr);
+  const AdamWScalars s = adamw_scalars(step, lr, beta1, beta2, eps, 1.f);
+  launch_adamw(ptr<float>(param), ptr<float>(grad), ptr<float>(m), ptr<float>(v), n, beta1, beta2, eps, s.step_size,
+               s.bc2_sqrt, lr_wd(lr, weight_decay), nullptr);
   check_launch("adamw kernel launch");
 }
 
@@ -28,21 +33,23 @@ void adamw_multi(const std::vector<Tensor*>& params, const std::vector<Tensor*>&
                  int64_t step, float lr, float beta1, float beta2, float eps, float grad_scale) {
   std::vector<AdamWSlice> slices;
   int64_t chunks = 0;
+  // Each step checks ~150 tensors: a name is made only for one that fails.
+  const auto need = [](const Tensor& t, DType dtype, size_t i, const char* what) {
+    if (t.device != Device::CUDA || t.dtype != dtype) expect(t, dtype, ("entries[" + std::to_string(i) + "]." + what).c_str());
+  };
   for (size_t i = 0; i < params.size(); ++i) {
-    const std::string at = "entries[" + std::to_string(i) + "].";
-    expect(*params[i], DType::F32, (at + "param").c_str()), expect(*grads[i], DType::F32, (at + "grad").c_str());
-    expect(*ms[i], DType::F32, (at + "m").c_str()), expect(*vs[i], DType::F32, (at + "v").c_str());
-    if (copies[i]) expect(*copies[i], DType::BF16, (at + "copy").c_str());
+    need(*params[i], DType::F32, i, "param"), need(*grads[i], DType::F32, i, "grad");
+    need(*ms[i], DType::F32, i, "m"), need(*vs[i], DType::F32, i, "v");
+    if (copies[i]) need(*copies[i], DType::BF16, i, "copy");
     const int64_t n = params[i]->numel();
     if (n == 0) continue;  // no chunk: the kernel's search never lands on it
     slices.push_back({ptr<float>(*params[i]), ptr<float>(*grads[i]), ptr<float>(*ms[i]), ptr<float>(*vs[i]),
-                      copies[i] ? copies[i]->storage->ptr : nullptr, n, chunks, float(double(lr) * weight_decay[i])});
+                      copies[i] ? copies[i]->storage->ptr : nullptr, n, chunks, lr_wd(lr, weight_decay[i])});
     chunks += adamw_chunks(n);
   }
   if (slices.empty()) return;
   if (chunks > 0x7fffffff) throw UserError("RangeError", "entries: more than 2^31 chunks of 4096 elements in one call");
-  const double bc1 = 1.0 - std::pow(double(beta1), double(step)), bc2 = 1.0 - std::pow(double(beta2), double(step));
-  const AdamWScalars s{beta1, beta2, eps, float(double(lr) / bc1), float(std::sqrt(bc2)), grad_scale};
+  const AdamWScalars s = adamw_scalars(step, lr, beta1, beta2, eps, grad_scale);
   Tensor table = upload(slices.data(), slices.size() * sizeof(AdamWSlice));  // staged: no wait for the device
   launch_adamw_multi<__nv_bfloat16>(static_cast<const AdamWSlice*>(table.storage->ptr), int(slices.size()), chunks, s,
                                     nullptr);
