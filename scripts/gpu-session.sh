@@ -9,9 +9,11 @@
 # attention, ring, mfu, memory and packed. Since then, all unmeasured: the Hopper backward takes
 # dQ by bulk reductions; the training step's AdamW, clipping and compute copies are one kernel
 # (adamwMulti, its GPU test in test/gpu/ops-cuda.test.ts); the checkpoint recompute no longer
-# runs the feed-forward. What the next session needs, in this order:
-#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests sm90 sm90bench   # ~6-7 min, timeout_s 540
-#      (sm90bench's 'ours sm90' backward rows against attention-cuda-sm90-2026-12-04-3f61040.csv)
+# runs the feed-forward; the default backward adds dQ from shared memory, whole rows per atomic
+# instruction (float4 atomics on sm_90). What the next session needs, in this order:
+#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests sm90 sm90bench   # ~7 min, timeout_s 540
+#      (sm90bench's backward rows, 'ours' and 'ours sm90', against
+#      attention-cuda-sm90-2026-12-04-3f61040.csv; its 'ours det' rows tell what the atomics cost)
 #   2. at once, while the machine is warm (30 s): mfu (~4 min; step ms and the breakdown's
 #      feed-forward and optimizer rows against mfu-cuda-2026-12-04-3f61040.csv), or ring (~2 min;
 #      its new 'queued' ratios tell whether the ring's 15% is a per-call cost the host queues
@@ -131,6 +133,9 @@ sm90bench() {
   step "the Hopper forward without its ping-pong (rows 'ours sm90' against the run above)"
   RING_ATTENTION_SM90_PINGPONG=0 timeout 45 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 128 --sm90 \
     --no-torch --reps 3 --out-dir "$WORK/sm90-no-pingpong" 2>&1 | clean | tail -12
+  step "the deterministic backward (dQ in its own pass, no atomics) beside the atomic one, 16K causal"
+  timeout 45 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 128 --causal yes --sm90 --deterministic \
+    --no-torch --reps 3 --out-dir "$WORK/deterministic" 2>&1 | clean | tail -12
 }
 
 profile() {

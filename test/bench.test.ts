@@ -277,6 +277,18 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     expect(bad.stderr).toMatch(/--documents: expected a divisor of every sequence length, got 3 for 64/);
   });
 
+  it("attention --deterministic: an 'ours det' row beside each 'ours' row, timed with the deterministic backward", () => {
+    const dir = join(out, 'attention-det');
+    const r = bench('attention', '--smoke', '--device', 'cpu', '--deterministic', '--no-torch', '--out-dir', dir);
+    expect(r.status, r.stderr).toBe(0);
+    const rows = JSON.parse(readFileSync(join(dir, readdirSync(dir).find((f) => f.endsWith('.json'))!), 'utf8')).rows as { impl: string; seq: number; causal: boolean; backwardTflops: number }[];
+    const key = (x: { seq: number; causal: boolean }) => `${x.seq} ${x.causal}`;
+    const det = rows.filter((x) => x.impl === 'ours det');
+    expect(det.map(key)).toEqual(rows.filter((x) => x.impl === 'ours').map(key));
+    for (const x of det) expect(x.backwardTflops).toBeGreaterThan(0);
+    expect(r.stdout).toMatch(/'ours det': the CPU backward is deterministic anyway/);
+  });
+
   it('attention --sm90 (the Hopper kernels) is refused by name on the CPU, where they cannot run', () => {
     const r = bench('attention', '--smoke', '--device', 'cpu', '--sm90', '--no-torch', '--out-dir', join(out, 'sm90'));
     expect(r.status).not.toBe(0);

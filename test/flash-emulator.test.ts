@@ -38,7 +38,7 @@ function run(exe: string, mode: string): Promise<{ code: number | null; out: str
 }
 
 describe.skipIf(!!why)(why ? `CUDA kernels on the CPU emulator (skipped: ${why})` : 'CUDA kernels on the CPU emulator', () => {
-  it('forward, ring merge, views at shifted offsets and backward (atomic and deterministic dQ) equal float64 in every case; packed documents skip tiles in each kernel; the Hopper (wgmma) kernels too', async () => {
+  it('forward, ring merge, views at shifted offsets and backward (atomic dQ, float and float4, and deterministic) equal float64 in every case; packed documents skip tiles in each kernel; the Hopper (wgmma) kernels too', async () => {
     const exe = build();
     const results = await Promise.all([run(exe, 'immediate'), run(exe, 'deferred')]);
     for (const r of results) {
@@ -46,6 +46,8 @@ describe.skipIf(!!why)(why ? `CUDA kernels on the CPU emulator (skipped: ${why})
       expect(r.out).not.toMatch(/FAIL|EMU/);
       expect(r.code).toBe(0);
       expect(r.out.match(/^ {2}ok /gm)?.length ?? 0).toBeGreaterThanOrEqual(134);
+      // dQ's atomics both ways: four floats each (sm_90, aligned rows) and one (head dims 1, 33)
+      expect(r.out).toMatch(/^dQ atomics: [1-9]\d* float4 launches, [1-9]\d* float launches$/m);
     }
   }, 1_200_000); // about 5 minutes alone on a 2-core machine, more beside other test files
 });

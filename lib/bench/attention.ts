@@ -41,14 +41,14 @@ const flops = (c: Config) => (4 * c.batch * (c.seq * c.seq / c.documents) * c.he
 const documentIds = (c: Config) => Int32Array.from({ length: c.batch * c.seq }, (_, i) => Math.floor((i % c.seq) / (c.seq / c.documents)));
 const tf = (f: number, ms: number | null | undefined) => (ms ? f / (ms * 1e-3) / 1e12 : null);
 
-function ours(c: Config, device: 'cpu' | 'cuda', reps: number): Timings {
+function ours(c: Config, device: 'cpu' | 'cuda', reps: number, deterministic: boolean): Timings {
   const shape = [c.batch, c.seq, c.heads, c.dim];
   const n = shape.reduce((a, b) => a * b, 1);
   const opts = device === 'cuda' ? { dtype: 'bfloat16' as const, device: 'cuda' as const } : {};
   const [q, k, v, dout] = [0, 1, 2, 3].map(() => tensor(randomArray(n), shape, opts)) as [Tensor, Tensor, Tensor, Tensor];
   const sync = device === 'cuda' ? cudaSynchronize : () => {};
   const dispose = (...ts: Tensor[]) => ts.forEach((t) => t.dispose());
-  const o = { causal: c.causal, ...(c.documents > 1 ? { documentIds: documentIds(c) } : {}) };
+  const o = { causal: c.causal, deterministic, ...(c.documents > 1 ? { documentIds: documentIds(c) } : {}) };
   resetPeakMemoryStats();
   const fwd = attention(q, k, v, o);
   try {
@@ -70,8 +70,8 @@ function ours(c: Config, device: 'cpu' | 'cuda', reps: number): Timings {
 }
 
 /** ours() with the peak memory of its runs. */
-function oursMeasured(c: Config, device: 'cpu' | 'cuda', reps: number): Timings {
-  const t = ours(c, device, reps);
+function oursMeasured(c: Config, device: 'cpu' | 'cuda', reps: number, deterministic = false): Timings {
+  const t = ours(c, device, reps, deterministic);
   return { ...t, peakBytes: (device === 'cuda' ? cudaMemoryStats() : hostMemoryStats()).peakBytesInUse };
 }
 
@@ -114,6 +114,7 @@ export const attentionSuite: Suite<AttentionRow> = {
     causal: { type: 'string', help: 'which masks to time: both, yes (causal only) or no', cpu: 'both', cuda: 'both', choices: ['both', 'yes', 'no'] },
     'no-torch': { type: 'boolean', help: 'do not run PyTorch' },
     sm90: { type: 'boolean', help: "also time the Hopper kernels (RING_ATTENTION_SM90=1; off by default), as rows 'ours sm90'" },
+    deterministic: { type: 'boolean', help: "also time the deterministic backward (dQ in a pass of its own, no atomics), as rows 'ours det' (and 'ours sm90 det' with --sm90)" },
   },
   async run(o, ctx) {
     const reps = intOption(o, 'reps'), width = intOption(o, 'head-width'), tokens = intOption(o, 'tokens');
@@ -145,12 +146,14 @@ export const attentionSuite: Suite<AttentionRow> = {
         });
         const mine = row('ours', oursMeasured(c, ctx.device, reps));
         const hopper = o.sm90 ? [row('ours sm90', withSm90(() => oursMeasured(c, ctx.device, reps)))] : [];
+        const det = !o.deterministic ? [] : [row('ours det', oursMeasured(c, ctx.device, reps, true)),
+          ...(o.sm90 ? [row('ours sm90 det', withSm90(() => oursMeasured(c, ctx.device, reps, true)))] : [])];
         const theirs = typeof torch === 'string' ? [] : torch.rows
           .filter((r) => r.id === id)
           .map((r) => row(`torch ${r.backend}`, r, r.error));
         const best = theirs.filter((r) => r.totalMs).sort((a, b) => a.totalMs! - b.totalMs!)[0];
-        if (best) for (const r of [mine, ...hopper]) r.ratioToBestTorch = best.totalMs! / r.totalMs!;
-        rows.push(mine, ...hopper, ...theirs);
+        if (best) for (const r of [mine, ...hopper, ...det]) r.ratioToBestTorch = best.totalMs! / r.totalMs!;
+        rows.push(mine, ...hopper, ...det, ...theirs);
         progress.done(`ours ${mine.totalTflops!.toFixed(3)} TFLOP/s fwd+bwd${best ? `, x${mine.ratioToBestTorch!.toFixed(2)} torch ${best.impl.slice(6)}` : ''}`);
       }
     } finally {
@@ -161,6 +164,7 @@ export const attentionSuite: Suite<AttentionRow> = {
       notes.push("'ours': RING_ATTENTION_SM90=1 was set, so the Hopper kernels ran wherever they apply (head dims 64 and 128 on sm_90)");
     if (o.sm90 && process.env.RING_ATTENTION_SM90_PINGPONG === '0')
       notes.push("'ours sm90': RING_ATTENTION_SM90_PINGPONG=0, the Hopper forward without its ping-pong");
+    if (o.deterministic && ctx.device === 'cpu') notes.push("'ours det': the CPU backward is deterministic anyway; these rows time the same code");
     if (documents > 1)
       notes.push(`packed: ${documents} equal documents end to end in each sequence (ours: documentIds; torch: a batch of ${documents}x as many separate sequences); FLOPs counted within documents`);
     return { suite: 'attention', params: o, rows, notes, columns: COLUMNS, chart: {

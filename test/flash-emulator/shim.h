@@ -56,6 +56,7 @@ struct __half {
 };
 struct float2 { float x, y; };
 inline float2 make_float2(float x, float y) { return {x, y}; }
+struct alignas(16) float4 { float x, y, z, w; };
 struct __nv_bfloat162 { __nv_bfloat16 x, y; };
 struct __half2 { __half x, y; };
 inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b) { return {__nv_bfloat16(a), __nv_bfloat16(b)}; }
@@ -206,6 +207,13 @@ inline unsigned __ballot_sync(unsigned, int pred) {
 }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline float atomicAdd(float* p, float v) { float o = *p; *p = o + v; return o; }
+// sm_90's vector atomic: 16-byte aligned global memory, each float added on its own.
+inline float4 atomicAdd(float4* p, float4 v) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) emu_fail("float4 atomicAdd not 16-byte aligned");
+  const float4 o = *p;
+  *p = {o.x + v.x, o.y + v.y, o.z + v.z, o.w + v.w};
+  return o;
+}
 
 inline void check_smem(const void* p, size_t n, const char* what) {
   auto a = (const unsigned char*)p;

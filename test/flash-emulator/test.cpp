@@ -26,6 +26,8 @@ Products products;
 // dispatch.cu would use them; sm90_launches counts that they did run.
 bool use_sm90 = false, sm90_pingpong = true;
 int sm90_launches = 0;
+// Backward launches whose dQ atomics were float4 / float (both paths must run).
+int dq_vec4_launches = 0, dq_scalar_launches = 0;
 template <class F> void counted(uint64_t& into, F&& launch) {
   const uint64_t before = emu_mma_count;
   launch();
@@ -39,10 +41,13 @@ template <class T, int D, bool C> void run_fwd_t(const FwdParams& p) {
 }
 template <class T, int D, bool C> void run_bwd_t(const BwdParams& p) {
   using Tr = BwdTraitsFor<D, T>;
+  // dQ's atomics as on sm_90 (dispatch.cu's dq_vec4), four floats each where rows are aligned.
+  const bool vec4 = !p.deterministic && dq_rows_aligned(p);
+  if (!p.deterministic) ++(vec4 ? dq_vec4_launches : dq_scalar_launches);
   dim3 gk{unsigned((p.fwd.seq_k + Tr::kBlockN - 1) / Tr::kBlockN), unsigned(p.fwd.kv_heads), unsigned(p.fwd.batch)};
   for (int col = 0; col < p.fwd.head_dim; col += Tr::kDAcc)
     counted(products.dkdv, [&] {
-      emu_launch(gk, Tr::kNThreads, Tr::kSmemBytes, [&] { bwd_dkdv_kernel<Tr, C>(p, col, !p.deterministic && col == 0); });
+      emu_launch(gk, Tr::kNThreads, Tr::kSmemBytes, [&] { bwd_dkdv_kernel<Tr, C>(p, col, !p.deterministic && col == 0, vec4); });
     });
   if (!p.deterministic) return;
   const int smem = (2 * Tr::kBlockM + 2 * Tr::kBlockN) * Tr::kStride * int(sizeof(T));
@@ -408,6 +413,7 @@ int random_sweep(unsigned seed, int n, bool sm90) {
   use_sm90 = sm90;
   int fails = 0;
   for (int t = 0; t < n; ++t) fails += run_modes(random_case(g, sm90), t % 2);
+  printf("dQ atomics: %d float4 launches, %d float launches\n", dq_vec4_launches, dq_scalar_launches);
   printf("%d failures\n", fails);
   return fails != 0;
 }
@@ -489,6 +495,7 @@ int main(int argc, char** argv) {
     fails += run_modes(sm90_cases[i], i % 2 == 0);
   }
   if (!only) fails += nan_row_case<__nv_bfloat16>();
+  printf("dQ atomics: %d float4 launches, %d float launches\n", dq_vec4_launches, dq_scalar_launches);
   printf("%d failures\n", fails);
   return fails != 0;
 }

@@ -44,16 +44,21 @@ void check_params(const FwdParams& p) {
 // on a GPU. Until both are checked there, they run only when asked for with
 // RING_ATTENTION_SM90=1, on an sm_90 device, for the shapes they take (and strides their TMA
 // maps and bulk reductions can take: {fwd,bwd}_tma_describable).
+// The current device's compute capability, major * 10 + minor.
+int current_cc() {
+  int dev = 0, major = 0, minor = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  return major * 10 + minor;
+}
+
 bool use_sm90(const FwdParams& p) {
 #ifdef RA_WITH_SM90A
   const char* opt = std::getenv("RING_ATTENTION_SM90");
   if (opt == nullptr || std::strcmp(opt, "1") != 0) return false;
   if (!p.vec_ok || (p.head_dim != 64 && p.head_dim != 128)) return false;
-  int dev = 0, major = 0, minor = 0;
-  check(cudaGetDevice(&dev), "cudaGetDevice");
-  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
-  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
-  return major == 9 && minor == 0;
+  return current_cc() == 90;
 #else
   return false;
 #endif
@@ -86,6 +91,8 @@ __global__ void delta_kernel(FwdParams p, const T* out, const T* dout, float* de
 }
 
 }  // namespace
+
+bool dq_vec4(const BwdParams& p) { return dq_rows_aligned(p) && current_cc() >= 90; }
 
 void forward(const FwdParams& p, DType dtype, bool causal, void* stream) {
   check_params(p);

@@ -53,6 +53,13 @@ struct BwdParams {
   bool deterministic;        // dQ in its own pass instead of atomics: same bits on every run
 };
 
+// Every head's run of dq_accum in every row starts 16-byte aligned: what vector atomics and
+// bulk reductions into dQ need.
+inline bool dq_rows_aligned(const BwdParams& p) {
+  return reinterpret_cast<uintptr_t>(p.dq_accum) % 16 == 0 && p.dq_row_stride % 4 == 0 && p.dq_batch_stride % 4 == 0 &&
+         p.fwd.head_dim % 4 == 0;
+}
+
 // Largest head dim the kernels are compiled for; head dims in between round up to the next
 // instantiation (64, 128, 256) with the extra columns zero-filled on chip.
 constexpr int kMaxHeadDim = 256;

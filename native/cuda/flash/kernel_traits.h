@@ -39,6 +39,11 @@ struct BwdTraits {
   // Q, dO (kBlockM rows), K, V (kBlockN rows), dS^T (kBlockN x kBlockM), lse and delta.
   static constexpr int kSmemBytes = (2 * kBlockM + 2 * kBlockN) * kStride * int(sizeof(T)) +
                                     kBlockN * kSdsStride * int(sizeof(T)) + 2 * kBlockM * int(sizeof(float));
+  // dQ's staging, in Q's and dO's place (free while dQ is made: bwd_kernel.cuh): per warp 16
+  // rows of the 32 columns a pass makes, float32, rows 8 floats longer than 32 so that a
+  // half-warp's float2 stores meet every bank once and each row stays 16-byte aligned.
+  static constexpr int kDqCols = 32, kDqStride = kDqCols + 8;
+  static_assert(kNWarps * 16 * kDqStride * sizeof(float) <= 2 * kBlockM * kStride * sizeof(T));
 };
 
 template <int kHeadDim, typename T>

@@ -32,8 +32,9 @@ void run_bwd(const BwdParams& p, cudaStream_t stream) {
   auto dkdv = bwd_dkdv_kernel<Tr, kCausal>;
   allow_smem(dkdv, Tr::kSmemBytes);
   const dim3 grid_k((p.fwd.seq_k + Tr::kBlockN - 1) / Tr::kBlockN, p.fwd.kv_heads, p.fwd.batch);
+  const bool vec4 = !p.deterministic && dq_vec4(p);
   for (int col = 0; col < p.fwd.head_dim; col += Tr::kDAcc) {
-    dkdv<<<grid_k, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, col, !p.deterministic && col == 0);
+    dkdv<<<grid_k, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, col, !p.deterministic && col == 0, vec4);
     check(cudaGetLastError(), "attention backward (dK/dV) launch");
   }
   if (p.deterministic) run_bwd_dq<T, kHeadDim, kCausal>(p, stream);

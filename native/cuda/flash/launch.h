@@ -16,5 +16,8 @@ template <typename T, int kHeadDim, bool kCausal>
 void run_bwd_sm90(const BwdParams& p, cudaStream_t stream);
 template <typename T, int kHeadDim, bool kCausal>
 void run_bwd(const BwdParams& p, cudaStream_t stream);
+// Whether the backward adds dQ four floats per atomic (dispatch.cu): sm_90 or later, and
+// every row of dq_accum 16-byte aligned.
+bool dq_vec4(const BwdParams& p);
 
 }  // namespace ra::cuda::flash

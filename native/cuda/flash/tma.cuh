@@ -86,9 +86,7 @@ inline bool fwd_tma_describable(const FwdParams& p) {
 // The backward also adds dQ's rows into dq_accum by bulk reductions (bulk_reduce_add), which
 // take 16-byte aligned runs (unless dQ is left to its deterministic pass).
 inline bool bwd_tma_describable(const BwdParams& bp) {
-  const bool dq_ok = bp.deterministic || (reinterpret_cast<uintptr_t>(bp.dq_accum) % 16 == 0 &&
-                                          bp.dq_row_stride % 4 == 0 && bp.dq_batch_stride % 4 == 0);
-  return dq_ok && fwd_tma_describable(bp.fwd) && tma_describable(dout_tma_shape(bp, 1));
+  return (bp.deterministic || dq_rows_aligned(bp)) && fwd_tma_describable(bp.fwd) && tma_describable(dout_tma_shape(bp, 1));
 }
 
 #ifdef RA_FLASH_EMULATOR
