@@ -10,10 +10,11 @@
 # dQ by bulk reductions; the training step's AdamW, clipping and compute copies are one kernel
 # (adamwMulti, its GPU test in test/gpu/ops-cuda.test.ts); the checkpoint recompute no longer
 # runs the feed-forward; the default backward adds dQ from shared memory, whole rows per atomic
-# instruction (float4 atomics on sm_90). What the next session needs, in this order:
+# instruction (float4 atomics on sm_90); the default forward's warps own two row tiles each.
+# What the next session needs, in this order:
 #   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests sm90 sm90bench   # ~7 min, timeout_s 540
-#      (sm90bench's backward rows, 'ours' and 'ours sm90', against
-#      attention-cuda-sm90-2026-12-04-3f61040.csv; its 'ours det' rows tell what the atomics cost)
+#      (sm90bench's rows against attention-cuda-sm90-2026-12-04-3f61040.csv: 'ours' forward and
+#      backward, 'ours sm90' backward; its 'ours det' rows tell what the atomics cost)
 #   2. at once, while the machine is warm (30 s): mfu (~4 min; step ms and the breakdown's
 #      feed-forward and optimizer rows against mfu-cuda-2026-12-04-3f61040.csv), or ring (~2 min;
 #      its new 'queued' ratios tell whether the ring's 15% is a per-call cost the host queues

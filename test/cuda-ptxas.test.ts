@@ -4,9 +4,9 @@
 // registers, which would make the kernels slow, or, for a register touched between
 // wgmma.fence and the wait, undefined; and no register spills (the backward at head dim 128
 // holds dK and dV, 128 registers a thread, beside S^T and dP^T: it fits 255 only in the order
-// it computes them). Also that the GPU session's unit check of wgmma builds, and that AdamW's
-// kernels leave no rounding to nvcc's contraction. Skipped, with the
-// reason in the title, without nvcc.
+// it computes them). The default forward at head dims 64 and 128 without spills either. Also
+// that the GPU session's unit check of wgmma builds, and that AdamW's kernels leave no
+// rounding to nvcc's contraction. Skipped, with the reason in the title, without nvcc.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -43,6 +43,18 @@ describe.skipIf(!nvcc)(nvcc ? 'Hopper kernels: ptxas report' : 'Hopper kernels: 
         const spills = [...r.matchAll(/(\d+) bytes spill stores/g)].map((m) => Number(m[1]));
         expect(spills.length, file).toBeGreaterThan(0);
         expect(Math.max(...spills), file).toBe(0);
+      }
+    }
+  }, 600_000);
+
+  it('the default forward at head dims 64 and 128 (two row tiles a warp, up to 255 registers) compiles for sm_90a without spills', async () => {
+    const fwd = ['fwd_bf16_hdim64.cu', 'fwd_bf16_hdim64_causal.cu', 'fwd_bf16_hdim128.cu', 'fwd_bf16_hdim128_causal.cu'];
+    for (let i = 0; i < fwd.length; i += 2) {
+      const reports = await Promise.all(fwd.slice(i, i + 2).map(compile));
+      for (const [j, r] of reports.entries()) {
+        const spills = [...r.matchAll(/(\d+) bytes spill stores/g)].map((m) => Number(m[1]));
+        expect(spills.length, fwd[i + j]).toBeGreaterThan(0);
+        expect(Math.max(...spills), fwd[i + j]).toBe(0);
       }
     }
   }, 600_000);

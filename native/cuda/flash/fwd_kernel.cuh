@@ -1,7 +1,7 @@
-// Forward: one block per (64-query tile, head, batch). Each warp owns 16 query rows; the
-// loop over key tiles computes S = Q K^T on tensor cores, updates the running max and sum
-// (online softmax, in registers), and accumulates O += P V with P taken straight from the
-// score registers. The next K tile streams into shared memory while P V(j) computes, V(j)
+// Forward: one block per (query tile, head, batch). Each warp owns kRowTiles tiles of 16
+// query rows (kernel_traits.h); the loop over key tiles computes S = Q K^T on tensor cores,
+// updates the running max and sum (online softmax, in registers), and accumulates O += P V with
+// P taken straight from the score registers. The next K tile streams into shared memory while P V(j) computes, V(j)
 // while S(j). Packed sequences: key tiles that share no document with the query tile are
 // skipped (documents.cuh).
 #pragma once
@@ -46,14 +46,19 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
                                       p.head_dim, p.vec_ok);
   cp_async_commit();
 
-  float acc[kDT][4] = {};
-  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.f, 0.f};
+  constexpr int kR = Tr::kRowTiles, kTileStep = 16 * Tr::kNWarps;  // row tile r: rows + r kTileStep
+  float acc[kR][kDT][4] = {};
+  float row_max[kR][2], row_sum[kR][2] = {};
   const float scale_log2 = p.scale * kLog2e;
-  const int row0 = m0 + warp * 16 + g;  // this lane's query rows: row0 and row0 + 8
+  const int row0 = m0 + warp * 16 + g;  // this lane's query rows: row0 + r kTileStep, and 8 more
   // Packed sequences: this lane's rows' documents, and the keys' (read where masked).
   const int* doc_k = p.doc_q ? p.doc_k + b * p.doc_k_batch_stride : nullptr;
-  int doc_row[2];
-  lane_documents(p.doc_q, p.doc_q_batch_stride, b, row0, p.seq_q, doc_row);
+  int doc_row[kR][2];
+#pragma unroll
+  for (int r = 0; r < kR; ++r) {
+    row_max[r][0] = row_max[r][1] = -INFINITY;
+    lane_documents(p.doc_q, p.doc_q_batch_stride, b, row0 + r * kTileStep, p.seq_q, doc_row[r]);
+  }
   const T* sQw = sQ + warp * 16 * kS;
 
   while (nb < n_blocks) {
@@ -64,14 +69,17 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
                                       p.head_dim, p.vec_ok);
     cp_async_commit();
 
-    float s[kNT][4] = {};
-    warp_mma_nt<T, kD>(s, sQw, sK, kS, lane);
+    float s[kR][kNT][4] = {};
+    warp_mma_nt<T, kD>(s, sQw, kTileStep, sK, kS, lane);
     // Only the ragged last tile, tiles crossing the diagonal and tiles holding several
     // documents need a mask.
     const bool mixed = doc_k && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
     if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed)
-      mask_scores<kCausal>(s, p, n0, row0, t, mixed ? doc_k : nullptr, doc_row);
-    online_softmax(s, acc, row_max, row_sum, scale_log2);
+#pragma unroll
+      for (int r = 0; r < kR; ++r)
+        mask_scores<kCausal>(s[r], p, n0, row0 + r * kTileStep, t, mixed ? doc_k : nullptr, doc_row[r]);
+#pragma unroll
+    for (int r = 0; r < kR; ++r) online_softmax(s[r], acc[r], row_max[r], row_sum[r], scale_log2);
 
     cp_async_wait_all();
     __syncthreads();  // V(nb) has landed, and every warp is done with K(nb)
@@ -86,7 +94,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
 
   cp_async_wait_all();  // a tile that sees no key never waited for its Q load
 
-  store_forward<T>(p, b, h, row0, t, acc, row_max, row_sum);
+#pragma unroll
+  for (int r = 0; r < kR; ++r) store_forward<T>(p, b, h, row0 + r * kTileStep, t, acc[r], row_max[r], row_sum[r]);
 }
 
 }  // namespace ra::cuda::flash

@@ -1,27 +1,34 @@
 // Compile-time tile shapes. Every warp owns 16 rows of the tile it iterates with (queries in
-// the forward and the dQ pass, keys in the dK/dV pass), so a block's tile is 16 x warps.
+// the forward and the dQ pass, keys in the dK/dV pass), or in the forward kRowTiles such
+// tiles, so a block's tile is 16 x warps (x kRowTiles).
 // Shared memory rows are padded by 8 elements (see load_tile). Chosen so that the largest
 // configuration fits the 99 KiB that sm_86/sm_89 allow per block; not yet tuned on a GPU.
 #pragma once
 
 namespace ra::cuda::flash {
 
-template <int kHeadDim_, int kBlockN_, typename T_>
+template <int kHeadDim_, int kBlockN_, int kRowTiles_, typename T_>
 struct FwdTraits {
   using T = T_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kNWarps = 4;
   static constexpr int kNThreads = kNWarps * 32;
-  static constexpr int kBlockM = 16 * kNWarps;
+  // Each warp owns kRowTiles tiles of 16 query rows, 16 kNWarps rows apart, so that each K and V
+  // fragment it reads from shared memory serves all of them: per product, half the bytes read
+  // from shared memory with two (an mma.sync kernel's products each need their B fragment).
+  static constexpr int kRowTiles = kRowTiles_;
+  static constexpr int kBlockM = 16 * kNWarps * kRowTiles;
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStride = kHeadDim + 8;
   static constexpr int kSmemBytes = (kBlockM + 2 * kBlockN) * kStride * int(sizeof(T));
 };
 
-// Head dims up to 128: 64 x 64 tiles. 256: 64 x 32, which keeps the float32 output
-// accumulator (16 x 256 per warp = 128 registers a lane) and the scores in registers.
+// Two row tiles per warp up to head dim 128: 128 x 64 tiles at 64, 128 x 32 at 128 (with 64
+// keys, ptxas spills in the causal kernels: 255 registers). 256: 64 x 32 and one row tile, which
+// keeps the float32 output accumulator (16 x 256 per warp = 128 registers a lane) and the
+// scores in registers.
 template <int kHeadDim, typename T>
-using FwdTraitsFor = FwdTraits<kHeadDim, (kHeadDim <= 128 ? 64 : 32), T>;
+using FwdTraitsFor = FwdTraits<kHeadDim, (kHeadDim <= 64 ? 64 : 32), (kHeadDim <= 128 ? 2 : 1), T>;
 
 // kDAcc: the dK/dV columns one pass accumulates in registers (two float32 16 x kDAcc tiles
 // per warp). Head dim 256 runs the dK/dV kernel twice, once per half of the columns.

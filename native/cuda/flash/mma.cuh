@@ -118,40 +118,56 @@ __device__ __forceinline__ void acc_to_a(uint32_t* a, const float* c0, const flo
   a[3] = MmaOp<T>::pack(c1[2], c1[3]);
 }
 
-// The two products a warp's 16 rows make in every kernel here, 16 deep per step: one loop,
-// told where the step's A fragment (a(kk, frag)) and each pair of B's 8-column tiles
-// (b(kk, n, frag)) come from.
-template <typename T, int kK, int kN, typename LoadA, typename LoadB>
-__device__ __forceinline__ void warp_mma(float (&acc)[kN][4], LoadA a, LoadB b) {
+// The two products a warp makes in every kernel here, 16 deep per step, for kR row tiles of 16
+// (the forward's warps own two: each B fragment then serves both, half the shared-memory reads
+// per product): one loop, told where row tile r's A fragment (a(kk, r, frag)) and each pair of
+// B's 8-column tiles (b(kk, n, frag)) come from.
+template <typename T, int kK, int kR, int kN, typename LoadA, typename LoadB>
+__device__ __forceinline__ void warp_mma(float (&acc)[kR][kN][4], LoadA a, LoadB b) {
 #pragma unroll
   for (int kk = 0; kk < kK / 16; ++kk) {
-    uint32_t af[4];
-    a(kk, af);
+    uint32_t af[kR][4];
+#pragma unroll
+    for (int r = 0; r < kR; ++r) a(kk, r, af[r]);
 #pragma unroll
     for (int n = 0; n < kN; n += 2) {
       uint32_t bf[4];
       b(kk, n, bf);
-      MmaOp<T>::run(acc[n], af, bf[0], bf[1]);
-      MmaOp<T>::run(acc[n + 1], af, bf[2], bf[3]);
+#pragma unroll
+      for (int r = 0; r < kR; ++r) {
+        MmaOp<T>::run(acc[r][n], af[r], bf[0], bf[1]);
+        MmaOp<T>::run(acc[r][n + 1], af[r], bf[2], bf[3]);
+      }
     }
   }
 }
-// acc[n] += A B^T: A (16 x kK) row-major at `a`, B's rows the n index (8 kN rows of kK) at
-// `b`, both `stride` elements per row; e.g. S = Q K^T.
-template <typename T, int kK, int kN>
-__device__ __forceinline__ void warp_mma_nt(float (&acc)[kN][4], const T* a, const T* b, int stride, int lane) {
+// acc[r][n] += A_r B^T: A_r (16 x kK) row-major at `a` + r a_row_step rows, B's rows the n
+// index (8 kN rows of kK) at `b`, all `stride` elements per row; e.g. S = Q K^T.
+template <typename T, int kK, int kR, int kN>
+__device__ __forceinline__ void warp_mma_nt(float (&acc)[kR][kN][4], const T* a, int a_row_step, const T* b,
+                                            int stride, int lane) {
   warp_mma<T, kK>(
-      acc, [&](int kk, uint32_t* af) { load_a(af, a + kk * 16, stride, lane); },
+      acc, [&](int kk, int r, uint32_t* af) { load_a(af, a + r * a_row_step * stride + kk * 16, stride, lane); },
       [&](int kk, int n, uint32_t* bf) { load_b(bf, b + n * 8 * stride + kk * 16, stride, lane); });
 }
-// acc[n] += P B: P (16 x kK) in accumulator tiles, as the previous product left it (acc_to_a),
-// B (kK x 8 kN) row-major at `b`; e.g. O += P V.
+template <typename T, int kK, int kN>
+__device__ __forceinline__ void warp_mma_nt(float (&acc)[kN][4], const T* a, const T* b, int stride, int lane) {
+  warp_mma_nt<T, kK>(reinterpret_cast<float(&)[1][kN][4]>(acc), a, 0, b, stride, lane);
+}
+// acc[r][n] += P_r B: P_r (16 x kK) in accumulator tiles, as the previous product left it
+// (acc_to_a), B (kK x 8 kN) row-major at `b`; e.g. O += P V.
+template <typename T, int kK, int kR, int kN>
+__device__ __forceinline__ void warp_mma_pb(float (&acc)[kR][kN][4], const float (&p)[kR][kK / 8][4], const T* b,
+                                            int stride, int lane) {
+  warp_mma<T, kK>(
+      acc, [&](int kk, int r, uint32_t* af) { acc_to_a<T>(af, p[r][2 * kk], p[r][2 * kk + 1]); },
+      [&](int kk, int n, uint32_t* bf) { load_b_trans(bf, b + kk * 16 * stride + n * 8, stride, lane); });
+}
 template <typename T, int kK, int kN>
 __device__ __forceinline__ void warp_mma_pb(float (&acc)[kN][4], const float (&p)[kK / 8][4], const T* b, int stride,
                                             int lane) {
-  warp_mma<T, kK>(
-      acc, [&](int kk, uint32_t* af) { acc_to_a<T>(af, p[2 * kk], p[2 * kk + 1]); },
-      [&](int kk, int n, uint32_t* bf) { load_b_trans(bf, b + kk * 16 * stride + n * 8, stride, lane); });
+  warp_mma_pb<T, kK>(reinterpret_cast<float(&)[1][kN][4]>(acc), reinterpret_cast<const float(&)[1][kK / 8][4]>(p), b,
+                     stride, lane);
 }
 
 // Rows [0, kRows) x columns [0, kCols) of a tile into shared memory (row stride kCols + 8,
