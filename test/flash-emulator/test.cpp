@@ -442,6 +442,9 @@ int main(int argc, char** argv) {
     {1, 65, 129, 8, 2, 100, true, true},
     {2, 129, 65, 2, 1, 160, false, false},
     {1, 97, 97, 4, 4, 48, true, false},
+    // a 128-query forward block whose first row tile sees no key and whose second does
+    {1, 100, 20, 2, 1, 128, true, true},
+    {1, 250, 30, 2, 2, 96, true, true, 3},
     // packed documents
     {1, 70, 100, 2, 2, 64, true, true, 3},
     {2, 100, 100, 4, 2, 64, true, false, 4},

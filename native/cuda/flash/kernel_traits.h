@@ -14,8 +14,9 @@ struct FwdTraits {
   static constexpr int kNWarps = 4;
   static constexpr int kNThreads = kNWarps * 32;
   // Each warp owns kRowTiles tiles of 16 query rows, 16 kNWarps rows apart, so that each K and V
-  // fragment it reads from shared memory serves all of them: with two, 0.56x the fragment reads
-  // per product of one at 128 x 64 tiles, 0.67x at 128 x 32 (each mma.sync needs its B fragment).
+  // fragment it reads from shared memory serves all of them (each mma.sync needs its B fragment):
+  // against one row tile in 64 x 64 tiles, 0.56x the fragment reads per product in 128 x 64
+  // tiles, 0.67x in 128 x 32. The cost: up to 255 registers, so 8 warps an SM.
   static constexpr int kRowTiles = kRowTiles_;
   static constexpr int kBlockM = 16 * kNWarps * kRowTiles;
   static constexpr int kBlockN = kBlockN_;
