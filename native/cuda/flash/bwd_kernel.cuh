@@ -43,12 +43,12 @@ __device__ __forceinline__ void store_dkdv(const BwdParams& bp, int b, int kvh, 
 }
 
 // dQ's float32 atomics from a warp's staged rows (`rows` of them, `cols` columns from c0, at
-// `stage`, kStride floats apart) into dq (its rows dq_row_stride apart): each warp instruction
-// adds one row's 32 columns, or with vec4 (sm_90 and later, aligned rows: dispatch.cu's
-// dq_vec4) four rows' 32 columns, four floats per atomic.
+// `stage`, kStride floats apart) into rows row0, row0 + 1, ... of dq (dq_row_stride apart):
+// each warp instruction adds one row's 32 columns, or with vec4 (sm_90 and later, aligned rows:
+// dispatch.cu's dq_vec4) four rows' 32 columns, four floats per atomic.
 template <int kStride>
-__device__ __forceinline__ void add_dq_rows(float* dq, int64_t dq_row_stride, const float* stage, int rows, int cols,
-                                            int c0, int lane, bool vec4) {
+__device__ __forceinline__ void add_dq_rows(float* dq, int64_t dq_row_stride, int row0, const float* stage, int rows,
+                                            int cols, int c0, int lane, bool vec4) {
 #if defined(RA_FLASH_EMULATOR) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
   if (vec4) {
     const int c = (lane % 8) * 4;
@@ -56,7 +56,7 @@ __device__ __forceinline__ void add_dq_rows(float* dq, int64_t dq_row_stride, co
     for (int r0 = 0; r0 < 16; r0 += 4) {
       const int r = r0 + lane / 8;
       if (r < rows && c < cols)
-        atomicAdd(reinterpret_cast<float4*>(dq + r * dq_row_stride + c0 + c),
+        atomicAdd(reinterpret_cast<float4*>(dq + (row0 + r) * dq_row_stride + c0 + c),
                   *reinterpret_cast<const float4*>(stage + r * kStride + c));
     }
     return;
@@ -64,11 +64,12 @@ __device__ __forceinline__ void add_dq_rows(float* dq, int64_t dq_row_stride, co
 #endif
 #pragma unroll 2
   for (int r = 0; r < 16; ++r)
-    if (r < rows && lane < cols) atomicAdd(dq + r * dq_row_stride + c0 + lane, stage[r * kStride + lane]);
+    if (r < rows && lane < cols) atomicAdd(dq + (row0 + r) * dq_row_stride + c0 + lane, stage[r * kStride + lane]);
 }
 
 template <typename Tr, bool kCausal>
-__global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams bp, int col_base, bool with_dq, bool dq_vec4) {
+__global__ void __launch_bounds__(Tr::kNThreads)
+    bwd_dkdv_kernel(const BwdParams bp, int col_base, bool with_dq, bool dq_vec4) {
   using T = typename Tr::T;
   const FwdParams& p = bp.fwd;
   constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kS = Tr::kStride;
@@ -160,9 +161,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
         *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * kSS + mt * 8 + 2 * t) = MmaOp<T>::pack(s[mt][2], s[mt][3]);
       }
       __syncthreads();  // also: no warp reads Q or dO again before the next step's load
-      float* dq = bp.dq_accum + b * bp.dq_batch_stride + int64_t(m0 + warp * 16) * bp.dq_row_stride +
-                  int64_t(hq) * p.head_dim;
-      const int dq_rows = min(16, p.seq_q - m0 - warp * 16);
+      float* dq = bp.dq_accum + b * bp.dq_batch_stride + int64_t(hq) * p.head_dim;
+      const int dq_row0 = m0 + warp * 16, dq_rows = min(16, p.seq_q - dq_row0);
       float* stage = reinterpret_cast<float*>(sQ) + warp * 16 * Tr::kDqStride;  // this warp's rows
 #pragma unroll 1
       for (int c0 = 0; c0 < kD && c0 < p.head_dim; c0 += Tr::kDqCols) {  // few registers at a time
@@ -190,8 +190,8 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dkdv_kernel(const BwdParams
             *reinterpret_cast<float2*>(stage + (g + 8 * r) * Tr::kDqStride + dt * 8 + 2 * t) =
                 make_float2(acc[dt][2 * r] * p.scale, acc[dt][2 * r + 1] * p.scale);
         __syncwarp();
-        add_dq_rows<Tr::kDqStride>(dq, bp.dq_row_stride, stage, dq_rows, min(Tr::kDqCols, p.head_dim - c0), c0, lane,
-                                   dq_vec4);
+        add_dq_rows<Tr::kDqStride>(dq, bp.dq_row_stride, dq_row0, stage, dq_rows, min(Tr::kDqCols, p.head_dim - c0), c0,
+                                   lane, dq_vec4);
       }
     }
   }

@@ -1,9 +1,9 @@
 // Forward: one block per (query tile, head, batch). Each warp owns kRowTiles tiles of 16
 // query rows (kernel_traits.h); the loop over key tiles computes S = Q K^T on tensor cores,
 // updates the running max and sum (online softmax, in registers), and accumulates O += P V with
-// P taken straight from the score registers. The next K tile streams into shared memory while P V(j) computes, V(j)
-// while S(j). Packed sequences: key tiles that share no document with the query tile are
-// skipped (documents.cuh).
+// P taken straight from the score registers. The next K tile streams into shared memory while
+// P V(j) computes, V(j) while S(j). Packed sequences: key tiles that share no document with the
+// query tile are skipped (documents.cuh).
 #pragma once
 #include "documents.cuh"
 #include "flash.h"

@@ -119,8 +119,8 @@ __device__ __forceinline__ void acc_to_a(uint32_t* a, const float* c0, const flo
 }
 
 // The two products a warp makes in every kernel here, 16 deep per step, for kR row tiles of 16
-// (the forward's warps own two: each B fragment then serves both, half the shared-memory reads
-// per product): one loop, told where row tile r's A fragment (a(kk, r, frag)) and each pair of
+// (the forward's warps own two: each B fragment then serves both, fewer shared-memory reads per
+// product): one loop, told where row tile r's A fragment (a(kk, r, frag)) and each pair of
 // B's 8-column tiles (b(kk, n, frag)) come from.
 template <typename T, int kK, int kR, int kN, typename LoadA, typename LoadB>
 __device__ __forceinline__ void warp_mma(float (&acc)[kR][kN][4], LoadA a, LoadB b) {
