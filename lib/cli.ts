@@ -34,6 +34,7 @@ function report(json: boolean): void {
     ['version', pkg.version],
     ['binary', `${i.binary} (${origin})`],
     ['backend', i.backend === 'cuda' ? 'cuda' : `cpu${i.cuda.reason ? ` (${i.cuda.reason})` : ''}`],
+    ['cpu kernels', i.cpuKernels === 'avx2+fma' ? 'compiled for AVX2 and FMA (this CPU has them)' : 'portable'],
     ['cuda', i.cuda.compiled ? `compiled in: runtime ${version(i.cuda.runtimeVersion)}, architectures ${i.cuda.architectures}` : 'not compiled in'],
     ['hopper kernels', hopperKernels(i.cuda.architectures)],
     ['driver', i.cuda.driverVersion ? `supports CUDA ${version(i.cuda.driverVersion)}` : 'none found'],

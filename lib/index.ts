@@ -46,6 +46,9 @@ export interface BuildInfo {
   build: 'prebuild' | 'cmake-js' | 'node-gyp';
   /** 'cuda' when a CUDA device can be used, else 'cpu'. */
   backend: 'cpu' | 'cuda';
+  /** The CPU backend's attention and matrix-product code in use: compiled for AVX2 and FMA
+   * (x86-64 CPUs that have them), or the portable build (`RING_ATTENTION_PORTABLE_CPU=1` forces it). */
+  cpuKernels: 'avx2+fma' | 'portable';
   cuda: CudaInfo;
 }
 
@@ -53,7 +56,7 @@ export interface BuildInfo {
 export function info(): BuildInfo {
   const cuda = native.cudaInfo();
   const build = /[\\/]prebuilds[\\/]/.test(nativePath) ? 'prebuild' : (native.buildSystem() as 'cmake-js' | 'node-gyp');
-  return { binary: nativePath, build, backend: cuda.available ? 'cuda' : 'cpu', cuda };
+  return { binary: nativePath, build, backend: cuda.available ? 'cuda' : 'cpu', cpuKernels: native.cpuKernels() as BuildInfo['cpuKernels'], cuda };
 }
 
 /**

@@ -96,6 +96,7 @@ interface Native {
   cudaInfo(): CudaInfo;
   /** 'cmake-js' or 'node-gyp'. */
   buildSystem(): string;
+  cpuKernels(): string;
   /** The file `nameOrPath` resolves to through the dynamic loader, or '' when it cannot be opened. */
   findLibrary(nameOrPath: string): string;
   cudaMemoryStats(): CudaMemoryStats;

@@ -165,6 +165,7 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
 // ---- facts about this binary and this machine ----
 
 Napi::Value BuildSystem(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), ra::build_system()); }
+Napi::Value CpuKernels(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), ra::cpu_kernels()); }
 
 // findLibrary(nameOrPath) -> the resolved path, or "" when the loader cannot open it
 Napi::Value FindLibrary(const Napi::CallbackInfo& info) {
@@ -256,6 +257,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionForward", Napi::Function::New(env, AttentionForward));
   exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
   exports.Set("buildSystem", Napi::Function::New(env, BuildSystem));
+  exports.Set("cpuKernels", Napi::Function::New(env, CpuKernels));
   exports.Set("findLibrary", Napi::Function::New(env, FindLibrary));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("cudaMemoryStats", Napi::Function::New(env, CudaMemoryStats));

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common.h"
+#include "cpu/vec.h"
 
 #ifndef RA_BUILD_SYSTEM
 #define RA_BUILD_SYSTEM "node-gyp"
@@ -13,6 +14,13 @@
 namespace ra {
 
 const char* build_system() { return RA_BUILD_SYSTEM; }
+
+const char* cpu_kernels() {
+#ifdef RA_CPU_AVX2
+  if (cpu::use_avx2_fma()) return "avx2+fma";
+#endif
+  return "portable";
+}
 
 // Opens `name` as the dynamic loader would (a bare soname searches LD_LIBRARY_PATH and the
 // ldconfig cache; a path is taken as is) and returns the file it resolved to, or "".

@@ -99,6 +99,8 @@ struct Tensor {
 // build_info.cpp: which build system made this binary ("cmake-js" or "node-gyp"), and the
 // file a library name resolves to through the dynamic loader ("" when it cannot be opened).
 const char* build_system();
+// "avx2+fma" or "portable": the CPU attention and matrix-product code this process runs.
+const char* cpu_kernels();
 std::string find_library(const std::string& name);
 
 }  // namespace ra

@@ -67,7 +67,7 @@ describe('linear', () => {
     expect(Array.from(await read(dw2))).toEqual(Array.from(await read(dw)));
   });
 
-  it('the portable kernel (forced by RING_ATTENTION_PORTABLE_GEMM) agrees with the reference', () => {
+  it('the portable kernel (forced by RING_ATTENTION_PORTABLE_CPU) agrees with the reference', () => {
     const [M, K, N] = [23, 270, 19];
     const code = `import('${new URL('../dist/index.js', import.meta.url).href}').then(async ({ ops, tensor }) => {
       const x = tensor(Float32Array.from(JSON.parse(process.argv[1])), [${M}, ${K}]);
@@ -78,7 +78,7 @@ describe('linear', () => {
     })`;
     const x = rand(M * K, 9), w = rand(N * K, 10);
     const r = spawnSync(process.execPath, ['-e', code, JSON.stringify(Array.from(x)), JSON.stringify(Array.from(w))], {
-      encoding: 'utf8', env: { ...process.env, RING_ATTENTION_PORTABLE_GEMM: '1' },
+      encoding: 'utf8', env: { ...process.env, RING_ATTENTION_PORTABLE_CPU: '1' },
     });
     expect(r.stderr).toBe('');
     const [y, dw] = JSON.parse(r.stdout) as [number[], number[]];

@@ -1,6 +1,6 @@
 // Tensors: values round-trip, half types round as IEEE says, dispose is deterministic.
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 
 import { hostMemoryStats, info, tensor, Tensor, zeros } from '../dist/index.js';
@@ -115,6 +115,16 @@ describe('info', () => {
       expect(i.backend).toBe('cpu');
       expect(i.cuda.reason.length).toBeGreaterThan(0);
     }
+    expect(['avx2+fma', 'portable']).toContain(i.cpuKernels);
+  });
+
+  it("the CPU kernels: AVX2 and FMA where an x86-64 CPU has them, the portable ones when RING_ATTENTION_PORTABLE_CPU=1 (the CLI's info says which)", () => {
+    const flags = process.arch === 'x64' && existsSync('/proc/cpuinfo') ? readFileSync('/proc/cpuinfo', 'utf8') : '';
+    const has = /^flags\s*:.*\bavx2\b/m.test(flags) && /^flags\s*:.*\bfma\b/m.test(flags);
+    if (process.arch === 'x64' && flags) expect(info().cpuKernels).toBe(has ? 'avx2+fma' : 'portable');
+    const cli = new URL('../dist/cli.js', import.meta.url).pathname;
+    const forced = spawnSync(process.execPath, [cli, 'info'], { encoding: 'utf8', env: { ...process.env, RING_ATTENTION_PORTABLE_CPU: '1' } });
+    expect(forced.stdout).toMatch(/^cpu kernels +portable$/m);
   });
 
   // Where CMake and nvcc are both found (CI's machine: nvcc, no GPU), the install must have

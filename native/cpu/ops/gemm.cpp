@@ -18,6 +18,7 @@
 
 #include "../ops.h"
 #include "../threads.h"
+#include "../vec.h"
 
 namespace ra::cpu::ops {
 
@@ -136,18 +137,10 @@ void tile_portable(const Operands& g, int64_t i0, int64_t j0, int64_t mc, int64_
   tile<4, 1>(g, i0, j0, mc, nc, ap, bp);
 }
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define RA_HAVE_AVX2_KERNEL 1
+#ifdef RA_CPU_AVX2
 __attribute__((target("avx2,fma"))) void tile_avx2(const Operands& g, int64_t i0, int64_t j0, int64_t mc,
                                                    int64_t nc, float* ap, float* bp) {
   tile<6, 2>(g, i0, j0, mc, nc, ap, bp);
-}
-bool cpu_has_avx2() {
-  static const bool yes = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
 }
 #endif
 
@@ -162,10 +155,8 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t 
     return;
   }
   const Operands g{M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, accumulate};
-#ifdef RA_HAVE_AVX2_KERNEL
-  // RING_ATTENTION_PORTABLE_GEMM=1 forces the portable kernel (for tests of that path).
-  static const bool avx2 = cpu_has_avx2() && !std::getenv("RING_ATTENTION_PORTABLE_GEMM");
-  if (avx2) return run<6, 2>(g, tile_avx2);
+#ifdef RA_CPU_AVX2
+  if (use_avx2_fma()) return run<6, 2>(g, tile_avx2);
 #endif
   run<4, 1>(g, tile_portable);
 }
