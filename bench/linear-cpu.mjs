@@ -2,7 +2,7 @@
 // CPU matrix-product throughput of ops.linear (y = x·wᵀ) and ops.linearBackward (dx = dy·w,
 // dw += dyᵀ·x) at square sizes, in GFLOP/s (2·M·N·K per product), best of --reps.
 //   node bench/linear-cpu.mjs [--sizes 256,512,1024] [--reps 5]
-// RING_ATTENTION_PORTABLE_GEMM=1 measures the portable kernel; RING_ATTENTION_NUM_THREADS caps threads.
+// RING_ATTENTION_PORTABLE_CPU=1 measures the portable kernel; RING_ATTENTION_NUM_THREADS caps threads.
 import { cpus } from 'node:os';
 import { parseArgs } from 'node:util';
 

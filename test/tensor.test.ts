@@ -121,10 +121,12 @@ describe('info', () => {
   it("the CPU kernels: AVX2 and FMA where an x86-64 CPU has them, the portable ones when RING_ATTENTION_PORTABLE_CPU=1 (the CLI's info says which)", () => {
     const flags = process.arch === 'x64' && existsSync('/proc/cpuinfo') ? readFileSync('/proc/cpuinfo', 'utf8') : '';
     const has = /^flags\s*:.*\bavx2\b/m.test(flags) && /^flags\s*:.*\bfma\b/m.test(flags);
-    if (process.arch === 'x64' && flags) expect(info().cpuKernels).toBe(has ? 'avx2+fma' : 'portable');
+    if (process.arch === 'x64' && flags && process.env.RING_ATTENTION_PORTABLE_CPU !== '1') expect(info().cpuKernels).toBe(has ? 'avx2+fma' : 'portable');
     const cli = new URL('../dist/cli.js', import.meta.url).pathname;
-    const forced = spawnSync(process.execPath, [cli, 'info'], { encoding: 'utf8', env: { ...process.env, RING_ATTENTION_PORTABLE_CPU: '1' } });
-    expect(forced.stdout).toMatch(/^cpu kernels +portable$/m);
+    const run = (value: string) =>
+      spawnSync(process.execPath, [cli, 'info'], { encoding: 'utf8', env: { ...process.env, RING_ATTENTION_PORTABLE_CPU: value } }).stdout;
+    expect(run('1')).toMatch(/^cpu kernels +portable$/m);
+    if (has) expect(run('0')).toMatch(/^cpu kernels +compiled for AVX2 and FMA/m);  // only 1 forces it
   });
 
   // Where CMake and nvcc are both found (CI's machine: nvcc, no GPU), the install must have

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 #include "threads.h"
 
@@ -31,7 +32,8 @@ namespace ra::cpu {
 inline bool use_avx2_fma() {
   static const bool yes = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !std::getenv("RING_ATTENTION_PORTABLE_CPU");
+    const char* portable = std::getenv("RING_ATTENTION_PORTABLE_CPU");
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !(portable && std::strcmp(portable, "1") == 0);
   }();
   return yes;
 }
