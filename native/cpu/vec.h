@@ -27,13 +27,14 @@ namespace ra::cpu {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define RA_CPU_AVX2 1
-// Whether kernels compiled for AVX2 and FMA run: the CPU has both, and
-// RING_ATTENTION_PORTABLE_CPU=1 (for tests of the portable code) does not force the other.
+// Whether the kernels compiled for AVX2 and FMA run: where the CPU has both, unless
+// RING_ATTENTION_PORTABLE_CPU=1 asks for the portable code (its tests do).
 inline bool use_avx2_fma() {
   static const bool yes = [] {
     __builtin_cpu_init();
     const char* portable = std::getenv("RING_ATTENTION_PORTABLE_CPU");
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !(portable && std::strcmp(portable, "1") == 0);
+    const bool forced = portable && std::strcmp(portable, "1") == 0;
+    return !forced && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   }();
   return yes;
 }
