@@ -211,13 +211,15 @@ describe('the portable CPU code (forced by RING_ATTENTION_PORTABLE_CPU; AVX2 and
     const inp = makeInputs(c, 57);
     const code = `import('${new URL('../dist/index.js', import.meta.url).href}').then(async (ra) => {
       const { readFileSync } = await import('node:fs');
-      const [q, k, v, dout] = JSON.parse(readFileSync(0, 'utf8')).map((a, i) => ra.tensor(Float32Array.from(a), i === 1 || i === 2 ? [1, 90, 2, 37] : [1, 90, 4, 37]));
+      const { arrays, shapes } = JSON.parse(readFileSync(0, 'utf8'));
+      const [q, k, v, dout] = arrays.map((a, i) => ra.tensor(Float32Array.from(a), shapes[i]));
       const { out, lse } = ra.attention(q, k, v, { causal: true });
       const g = ra.attentionBackward(dout, q, k, v, out, lse, { causal: true });
       const all = await Promise.all([out, g.dq, g.dk, g.dv].map((t) => t.toFloat32Array()));
       console.log(JSON.stringify([ra.info().cpuKernels, ...all.map((a) => Array.from(a))]));
     })`;
-    const input = JSON.stringify([inp.q, inp.k, inp.v, inp.dout].map((a) => Array.from(a)));
+    const qShape = [c.batch, c.seqQ, c.heads, c.dim], kShape = [c.batch, c.seqK, c.kvHeads, c.dim];
+    const input = JSON.stringify({ arrays: [inp.q, inp.k, inp.v, inp.dout].map((a) => Array.from(a)), shapes: [qShape, kShape, kShape, qShape] });
     const r = spawnSync(process.execPath, ['-e', code], { input, encoding: 'utf8', maxBuffer: 1 << 26, env: { ...process.env, RING_ATTENTION_PORTABLE_CPU: '1' } });
     expect(r.stderr).toBe('');
     const [kernels, out, dq, dk, dv] = JSON.parse(r.stdout) as [string, ...number[][]];

@@ -38,12 +38,6 @@ void check_params(const FwdParams& p) {
   if (p.doc_q && !(p.doc_k && p.doc_q_spans && p.doc_k_spans)) throw UserError("Error", "internal: attention got document ids without their spans");
 }
 
-// The Hopper kernels (fwd_sm90_kernel.cuh, bwd_sm90_kernel.cuh) matched float64, the CPU
-// backend and PyTorch on an H200 once (2026-12-04, commit 3f61040); since then their backward
-// has changed (dQ by bulk reductions), and the ring and the model have not yet run through them
-// on a GPU. Until both are checked there, they run only when asked for with
-// RING_ATTENTION_SM90=1, on an sm_90 device, for the shapes they take (and strides their TMA
-// maps and bulk reductions can take: {fwd,bwd}_tma_describable).
 // The current device's compute capability, major * 10 + minor.
 int current_cc() {
   int dev = 0, major = 0, minor = 0;
@@ -53,6 +47,12 @@ int current_cc() {
   return major * 10 + minor;
 }
 
+// The Hopper kernels (fwd_sm90_kernel.cuh, bwd_sm90_kernel.cuh) matched float64, the CPU
+// backend and PyTorch on an H200 once (2026-12-04, commit 3f61040); since then their backward
+// has changed (dQ by bulk reductions), and the ring and the model have not yet run through them
+// on a GPU. Until both are checked there, they run only when asked for with
+// RING_ATTENTION_SM90=1, on an sm_90 device, for the shapes they take (and strides their TMA
+// maps and bulk reductions can take: {fwd,bwd}_tma_describable).
 bool use_sm90(const FwdParams& p) {
 #ifdef RA_WITH_SM90A
   const char* opt = std::getenv("RING_ATTENTION_SM90");
