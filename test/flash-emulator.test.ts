@@ -38,7 +38,7 @@ function run(exe: string, mode: string): Promise<{ code: number | null; out: str
 }
 
 describe.skipIf(!!why)(why ? `CUDA kernels on the CPU emulator (skipped: ${why})` : 'CUDA kernels on the CPU emulator', () => {
-  it('forward, ring merge, views at shifted offsets and backward (atomic dQ, float and float4, and deterministic) equal float64 in every case; packed documents skip tiles in each kernel; the Hopper (wgmma) kernels too', async () => {
+  it('forward, ring merge, views at shifted offsets and backward (atomic dQ, float and float4, and deterministic; loads one tile ahead and not) equal float64 in every case; packed documents skip tiles in each kernel; the Hopper (wgmma) kernels too', async () => {
     const exe = build();
     const results = await Promise.all([run(exe, 'immediate'), run(exe, 'deferred')]);
     for (const r of results) {
@@ -48,6 +48,8 @@ describe.skipIf(!!why)(why ? `CUDA kernels on the CPU emulator (skipped: ${why})
       expect(r.out.match(/^ {2}ok /gm)?.length ?? 0).toBeGreaterThanOrEqual(134);
       // dQ's atomics both ways: four floats each (sm_90, aligned rows) and one (head dims 1, 33)
       expect(r.out).toMatch(/^dQ atomics: [1-9]\d* float4 launches, [1-9]\d* float launches$/m);
+      // the backward kernels with their second buffer and without (launch.cuh picks per GPU)
+      expect(r.out).toMatch(/^backward loads: [1-9]\d* launches one tile ahead, [1-9]\d* not$/m);
     }
   }, 1_200_000); // about 5 minutes alone on a 2-core machine, more beside other test files
 });

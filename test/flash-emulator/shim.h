@@ -18,6 +18,7 @@
 #include <random>
 #include <functional>
 #include <array>
+#include <deque>
 #include <algorithm>
 #include <memory>
 #include "native/common.h"
@@ -117,12 +118,23 @@ struct EmuWgmmaInFlight {
   std::function<void(const std::vector<float>&, std::vector<float>&)> product;  // from shared memory as it is then
   int group = 0;  // the commit group, counted from 1; 0 while not committed
 };
+struct EmuCp {
+  void* dst;
+  std::array<char, 16> data;
+  int bytes;
+};
+inline void emu_cp_land(const std::vector<EmuCp>& group) {
+  for (auto& c : group) memcpy(c.dst, c.data.data(), c.bytes);
+}
 struct Fiber {
   void* sp = nullptr;
   char* stack;
   bool done = false;
   unsigned tid;
-  std::vector<std::pair<void*, std::array<char, 16>>> pending, committed;
+  // cp.async copies not yet landed ("deferred"): those since the last commit, then the
+  // committed groups, oldest first (a wait_group N lands all but the newest N).
+  std::vector<EmuCp> pending;
+  std::deque<std::vector<EmuCp>> committed;
   std::vector<EmuWgmmaInFlight> wgmma;
   int wgmma_groups = 0;  // commit groups so far
   bool wgmma_fenced = false;  // a wgmma.fence since this thread's last wait_group
@@ -348,7 +360,7 @@ inline void emu_wgmma(float* d, const uint32_t* a_regs, uint64_t da, uint64_t db
   product(e.in, e.out);
   for (int i = 0; i < N / 2; ++i) memcpy(&d[i], &kEmuInFlightBits, 4);
   f.wgmma.push_back(std::move(e));
-  for (auto& [dst, c] : f.committed) memcpy(dst, c.data(), 16);
+  for (auto& g : f.committed) emu_cp_land(g);
   f.committed.clear();
 }
 inline void emu_wgmma_fence() { (*emu_fibers)[emu_cur].wgmma_fenced = true; }
@@ -391,24 +403,31 @@ inline void emu_wgmma_wait(int n) {
 }
 inline void emu_wgmma_wait_all() { emu_wgmma_wait(0); }
 
-inline void emu_cp_async16(void* dst, const void* src) {
-  if (uintptr_t(dst) % 16 || uintptr_t(src) % 16) emu_fail("cp.async address not 16-byte aligned");
-  check_smem(dst, 16, "cp.async dst outside dynamic smem");
+// cp.async of 16 bytes (.cg) or 4 (.ca): reads global memory at issue, lands at issue or, in
+// "deferred" mode, at the wait_group that covers its commit group.
+inline void emu_cp_async(void* dst, const void* src, int bytes) {
+  if (uintptr_t(dst) % bytes || uintptr_t(src) % bytes) emu_fail("cp.async address not aligned to its size");
+  check_smem(dst, bytes, "cp.async dst outside dynamic smem");
   auto& f = (*emu_fibers)[emu_cur];
-  std::array<char, 16> data;
-  memcpy(data.data(), src, 16);  // reads global now (ASan checks it)
-  if (!emu_deferred_cp) memcpy(dst, data.data(), 16);
-  else f.pending.push_back({dst, data});
+  EmuCp c{dst, {}, bytes};
+  memcpy(c.data.data(), src, bytes);  // reads global now (ASan checks it)
+  if (!emu_deferred_cp) memcpy(dst, c.data.data(), bytes);
+  else f.pending.push_back(c);
 }
 inline void emu_cp_commit() {
   auto& f = (*emu_fibers)[emu_cur];
-  for (auto& x : f.pending) f.committed.push_back(x);
+  f.committed.push_back(std::move(f.pending));  // an empty group counts too, as in PTX
   f.pending.clear();
 }
-inline void emu_cp_wait() {
+inline void emu_cp_wait(int newest_left) {
   auto& f = (*emu_fibers)[emu_cur];
-  for (auto& [dst, d] : f.committed) memcpy(dst, d.data(), 16);
-  f.committed.clear();
+  while (f.committed.size() > size_t(newest_left)) emu_cp_land(f.committed.front()), f.committed.pop_front();
+}
+inline bool emu_cp_outstanding(const Fiber& f) {
+  if (!f.pending.empty()) return true;
+  for (auto& g : f.committed)
+    if (!g.empty()) return true;
+  return false;
 }
 
 // TMA and mbarriers (native/cuda/flash/tma.cuh). A barrier's state lives here, keyed by its
@@ -631,7 +650,7 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
             if (fibers[i].done) {
               --live;
               // PTX leaves a block that exits with copies in flight undefined: the kernels wait.
-              if (!fibers[i].pending.empty() || !fibers[i].committed.empty()) emu_fail("thread exited with cp.async outstanding");
+              if (emu_cp_outstanding(fibers[i])) emu_fail("thread exited with cp.async outstanding");
               if (!fibers[i].wgmma.empty()) emu_fail("thread exited with a wgmma in flight");
               for (auto& r : emu_reduce_inflight)
                 if (r.owner == unsigned(i)) emu_fail("thread exited with a bulk reduction not waited for");

@@ -2,7 +2,10 @@
 // forward's lse, never stored. dK/dV: one block per (key tile, kv head, batch), looping over
 // the query tiles of every query head of its GQA group, so that dK/dV of a group sum in
 // registers without atomics. dQ: either float32 atomics from that same loop, or
-// (deterministic) a second kernel, one block per query tile, that owns its dQ rows.
+// (deterministic) a second kernel, one block per query tile, that owns its dQ rows. Both load
+// the tile they loop over one step ahead (cp.async into a second buffer), and the operand
+// needed second (dO, V) under the first product (FlashAttention-2's backward also loads its
+// next Q tile ahead).
 #pragma once
 #include <cmath>
 
@@ -69,19 +72,21 @@ __device__ __forceinline__ void add_dq_rows(float* dq, int64_t dq_row_stride, in
 
 template <typename Tr, bool kCausal>
 __global__ void __launch_bounds__(Tr::kNThreads)
-    bwd_dkdv_kernel(const BwdParams bp, int col_base, bool with_dq, bool dq_vec4) {
+    bwd_dkdv_kernel(const BwdParams bp, int col_base, bool with_dq, bool dq_vec4, bool prefetch) {
   using T = typename Tr::T;
   const FwdParams& p = bp.fwd;
   constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kS = Tr::kStride;
   constexpr int kDA = Tr::kDAcc, kSS = Tr::kSdsStride, kMT = kBM / 8;
   RA_DYNAMIC_SMEM(smem);
-  T* sQ = reinterpret_cast<T*>(smem);
-  T* sdO = sQ + kBM * kS;
+  T* sQ0 = reinterpret_cast<T*>(smem);
+  T* sdO = sQ0 + kBM * kS;
   T* sK = sdO + kBM * kS;
   T* sV = sK + kBN * kS;
   T* sdS = sV + kBN * kS;  // dS^T: [key][query]
-  float* sLse = reinterpret_cast<float*>(sdS + kBN * kSS);
-  float* sDelta = sLse + kBM;
+  float* sLse = reinterpret_cast<float*>(sdS + kBN * kSS);  // [2][kBM], as Q's buffers
+  float* sDelta = sLse + 2 * kBM;                            // [2][kBM]
+  T* sQ1 = reinterpret_cast<T*>(sDelta + 2 * kBM);  // only with `prefetch`: kernel_traits.h
+  auto sQs = [&](int buf) { return buf ? sQ1 : sQ0; };  // (an array of pointers would sit in local memory)
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int kvh = blockIdx.y, b = blockIdx.z, n0 = blockIdx.x * kBN;
@@ -102,57 +107,93 @@ __global__ void __launch_bounds__(Tr::kNThreads)
   const int* doc_q = p.doc_q ? p.doc_q + b * p.doc_q_batch_stride : nullptr;
   int doc_key[2];
   lane_documents(doc_q ? p.doc_k : nullptr, p.doc_k_batch_stride, b, key0, p.seq_k, doc_key);
-  // ... and query tiles that share no document with this key tile are skipped.
+  // ... and query tiles that share no document with this key tile are skipped. The tiles seen
+  // are the same for every query head of the group: the loop visits (head, tile) in order.
   auto next_tile = [&](int from) {
     return next_tile_with_documents(p, b, false, n0, min(kBN, p.seq_k - n0), from, m_blocks, kBM);
   };
+  const int mb_first = next_tile(m_begin), hq_end = (kvh + 1) * group;
+  auto advance = [&](int& hq, int& mb) {
+    mb = next_tile(mb + 1);
+    if (mb >= m_blocks) ++hq, mb = mb_first;
+  };
 
-  for (int hq = kvh * group; hq < (kvh + 1) * group; ++hq) {
-    for (int mb = next_tile(m_begin); mb < m_blocks; mb = next_tile(mb + 1)) {
-      const int m0 = mb * kBM;
-      __syncthreads();  // every warp is done with the previous Q, dO and dS tiles
-      const int64_t q_off = b * p.q_batch_stride + int64_t(m0) * p.q_row_stride + int64_t(hq) * p.head_dim;
-      const int64_t o_off = b * p.o_batch_stride + int64_t(m0) * p.o_row_stride + int64_t(hq) * p.head_dim;
-      load_tile<kBM, kD, Tr::kNThreads>(sQ, static_cast<const T*>(p.q) + q_off, p.q_row_stride, p.seq_q - m0,
-                                        p.head_dim, p.vec_ok);
-      load_tile<kBM, kD, Tr::kNThreads>(sdO, static_cast<const T*>(bp.dout) + o_off, p.o_row_stride, p.seq_q - m0,
-                                        p.head_dim, p.vec_ok);
-      const int64_t l_off = b * p.lse_batch_stride + int64_t(hq) * p.lse_head_stride + m0;
-      for (int i = threadIdx.x; i < kBM; i += Tr::kNThreads) {
-        const bool in = m0 + i < p.seq_q;
-        sLse[i] = in ? lse_log2(p.lse[l_off + i]) : INFINITY;
-        sDelta[i] = in ? bp.delta[l_off + i] : 0.f;
+  // Q, lse and delta of query tile mb of head hq into buffer `buf`, by cp.async; lse arrives
+  // in natural-log units (lse_log2 converts it once it lands), rows past seq_q get lse +inf
+  // (probabilities 0) and delta 0.
+  auto load_q = [&](int buf, int hq, int mb) {
+    const int m0 = mb * kBM;
+    load_tile<kBM, kD, Tr::kNThreads>(sQs(buf), static_cast<const T*>(p.q) + b * p.q_batch_stride +
+                                                    int64_t(m0) * p.q_row_stride + int64_t(hq) * p.head_dim,
+                                      p.q_row_stride, p.seq_q - m0, p.head_dim, p.vec_ok);
+    const int64_t l_off = b * p.lse_batch_stride + int64_t(hq) * p.lse_head_stride + m0;
+    for (int i = threadIdx.x; i < kBM; i += Tr::kNThreads) {
+      if (m0 + i < p.seq_q) {
+        cp_async4(sLse + buf * kBM + i, p.lse + l_off + i);
+        cp_async4(sDelta + buf * kBM + i, bp.delta + l_off + i);
+      } else {
+        sLse[buf * kBM + i] = INFINITY;
+        sDelta[buf * kBM + i] = 0.f;
       }
-      cp_async_commit();
-      cp_async_wait_all();
-      __syncthreads();
+    }
+  };
+  if (prefetch && mb_first < m_blocks) load_q(0, kvh * group, mb_first);
+  cp_async_commit();
 
-      // S^T = K Q^T for this warp's 16 keys, then P^T (0 where masked).
-      float s[kMT][4] = {};
-      warp_mma_nt<T, kD>(s, sK + warp * 16 * kS, sQ, kS, lane);
-      const bool mixed = doc_q && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
+  // Per tile, three commit groups are in flight at most: K/V (first tile only), this tile's Q
+  // (with `prefetch`, committed a tile earlier), its dO, and the next tile's Q (or nothing).
+  // Without `prefetch` (where two buffers would cost a block per SM: launch.cuh), Q loads here.
+  int buf = 0;
+  for (int hq = kvh * group, mb = mb_first; hq < hq_end && mb < m_blocks; buf ^= int(prefetch)) {
+    const int m0 = mb * kBM;
+    __syncthreads();  // every warp is done with the previous tile's dO, dS, Q and dQ staging
+    if (!prefetch) load_q(0, hq, mb);
+    cp_async_commit();
+    const int64_t o_off = b * p.o_batch_stride + int64_t(m0) * p.o_row_stride + int64_t(hq) * p.head_dim;
+    load_tile<kBM, kD, Tr::kNThreads>(sdO, static_cast<const T*>(bp.dout) + o_off, p.o_row_stride, p.seq_q - m0,
+                                      p.head_dim, p.vec_ok);
+    cp_async_commit();
+    if (prefetch) {
+      int hq_next = hq, mb_next = mb;
+      advance(hq_next, mb_next);
+      if (hq_next < hq_end) load_q(buf ^ 1, hq_next, mb_next);
+    }
+    cp_async_commit();
+    cp_async_wait<2>();  // K, V (first tile), and this tile's Q, lse and delta
+    const T* sQ = sQs(buf);
+    float* lse2 = sLse + buf * kBM;
+    const float* delta = sDelta + buf * kBM;
+    for (int i = threadIdx.x; i < kBM; i += Tr::kNThreads) lse2[i] = lse_log2(lse2[i]);  // this thread's copies
+    __syncthreads();
+
+    // S^T = K Q^T for this warp's 16 keys, then P^T (0 where masked).
+    float s[kMT][4] = {};
+    warp_mma_nt<T, kD>(s, sK + warp * 16 * kS, sQ, kS, lane);
+    const bool mixed = doc_q && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
+#pragma unroll
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = key0 + (e >> 1) * 8, qi = mt * 8 + 2 * t + (e & 1);
+        const bool masked = key >= p.seq_k || (kCausal && key > int64_t(m0 + qi) + p.causal_offset) ||
+                            (mixed && m0 + qi < p.seq_q && doc_q[m0 + qi] != doc_key[e >> 1]);
+        s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - lse2[qi]);
+      }
+    cp_async_wait<1>();  // this tile's dO
+    __syncthreads();
+    warp_mma_pb<T, kBM>(dv, s, sdO + col_base, kS, lane);  // dV += P^T dO
+    // dP^T = V dO^T, then dS^T = P^T * (dP^T - delta), in place of P^T.
+    {
+      float dp[kMT][4] = {};
+      warp_mma_nt<T, kD>(dp, sV + warp * 16 * kS, sdO, kS, lane);
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = key0 + (e >> 1) * 8, qi = mt * 8 + 2 * t + (e & 1);
-          const bool masked = key >= p.seq_k || (kCausal && key > int64_t(m0 + qi) + p.causal_offset) ||
-                              (mixed && m0 + qi < p.seq_q && doc_q[m0 + qi] != doc_key[e >> 1]);
-          s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - sLse[qi]);
-        }
-      warp_mma_pb<T, kBM>(dv, s, sdO + col_base, kS, lane);  // dV += P^T dO
-      // dP^T = V dO^T, then dS^T = P^T * (dP^T - delta), in place of P^T.
-      {
-        float dp[kMT][4] = {};
-        warp_mma_nt<T, kD>(dp, sV + warp * 16 * kS, sdO, kS, lane);
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[mt][e] *= dp[mt][e] - sDelta[mt * 8 + 2 * t + (e & 1)];
-      }
-      warp_mma_pb<T, kBM>(dk, s, sQ + col_base, kS, lane);  // dK += dS^T Q (scaled once, at the end)
-      if (!with_dq) continue;
+        for (int e = 0; e < 4; ++e) s[mt][e] *= dp[mt][e] - delta[mt * 8 + 2 * t + (e & 1)];
+    }
+    warp_mma_pb<T, kBM>(dk, s, sQ + col_base, kS, lane);  // dK += dS^T Q (scaled once, at the end)
 
+    if (with_dq) {
       // dQ = dS K for this query tile: dS^T goes through shared memory because each warp
       // needs every key of the tile; warp w then owns queries 16w .. 16w + 15.
 #pragma unroll
@@ -160,10 +201,11 @@ __global__ void __launch_bounds__(Tr::kNThreads)
         *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * kSS + mt * 8 + 2 * t) = MmaOp<T>::pack(s[mt][0], s[mt][1]);
         *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * kSS + mt * 8 + 2 * t) = MmaOp<T>::pack(s[mt][2], s[mt][3]);
       }
-      __syncthreads();  // also: no warp reads Q or dO again before the next step's load
+      __syncthreads();  // also: no warp reads this Q or dO again (the next tile's Q is in the other buffer)
       float* dq = bp.dq_accum + b * bp.dq_batch_stride + int64_t(hq) * p.head_dim;
       const int dq_row0 = m0 + warp * 16, dq_rows = min(16, p.seq_q - dq_row0);
-      float* stage = reinterpret_cast<float*>(sQ) + warp * 16 * Tr::kDqStride;  // this warp's rows
+      // This warp's rows, from this Q buffer on (kernel_traits.h: room enough after each).
+      float* stage = reinterpret_cast<float*>(sQs(buf)) + warp * 16 * Tr::kDqStride;
 #pragma unroll 1
       for (int c0 = 0; c0 < kD && c0 < p.head_dim; c0 += Tr::kDqCols) {  // few registers at a time
         float acc[4][4] = {};
@@ -194,6 +236,7 @@ __global__ void __launch_bounds__(Tr::kNThreads)
                                    lane, dq_vec4);
       }
     }
+    advance(hq, mb);  // again, rather than keep it in registers
   }
 
   cp_async_wait_all();  // a key tile that no query sees never waited for its K/V load
@@ -204,7 +247,7 @@ __global__ void __launch_bounds__(Tr::kNThreads)
 // Deterministic dQ: one block per (query tile, head, batch) owning its rows; the scores and
 // dP are recomputed once more (about 40% more backward FLOPs than the atomic path).
 template <typename Tr, bool kCausal>
-__global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams bp) {
+__global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams bp, bool prefetch) {
   using T = typename Tr::T;
   const FwdParams& p = bp.fwd;
   constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kS = Tr::kStride;
@@ -212,8 +255,10 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
   RA_DYNAMIC_SMEM(smem);
   T* sQ = reinterpret_cast<T*>(smem);
   T* sdO = sQ + kBM * kS;
-  T* sK = sdO + kBM * kS;
-  T* sV = sK + kBN * kS;
+  T* sK0 = sdO + kBM * kS;
+  T* sV = sK0 + kBN * kS;
+  T* sK1 = sV + kBN * kS;  // only with `prefetch`: kernel_traits.h
+  auto sKs = [&](int buf) { return buf ? sK1 : sK0; };
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / (p.heads / p.kv_heads), m0 = blockIdx.x * kBM;
@@ -247,21 +292,36 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
   const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + int64_t(kvh) * p.head_dim;
   const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + int64_t(kvh) * p.head_dim;
 
+  auto load_k = [&](int buf, int nb) {
+    load_tile<kBN, kD, Tr::kNThreads>(sKs(buf), k + int64_t(nb) * kBN * p.k_row_stride, p.k_row_stride,
+                                      p.seq_k - nb * kBN, p.head_dim, p.vec_ok);
+  };
+  int nb = next_tile(0);
+  if (prefetch && nb < n_blocks) load_k(0, nb);
+  cp_async_commit();
+
+  // Per tile: V (needed after S = Q K^T, so it loads under that product) and the next K (with
+  // `prefetch`; without, this tile's K loads here).
   float acc[kDT][4] = {};
-  for (int nb = next_tile(0); nb < n_blocks; nb = next_tile(nb + 1)) {
-    const int n0 = nb * kBN;
-    __syncthreads();  // every warp is done with the previous K/V
-    load_tile<kBN, kD, Tr::kNThreads>(sK, k + int64_t(n0) * p.k_row_stride, p.k_row_stride, p.seq_k - n0, p.head_dim,
-                                      p.vec_ok);
+  for (int buf = 0; nb < n_blocks; buf ^= int(prefetch)) {
+    const int n0 = nb * kBN, nb_next = next_tile(nb + 1);
+    __syncthreads();  // every warp is done with the previous V and K
+    if (!prefetch) load_k(0, nb);
+    cp_async_commit();
     load_tile<kBN, kD, Tr::kNThreads>(sV, v + int64_t(n0) * p.v_row_stride, p.v_row_stride, p.seq_k - n0, p.head_dim,
                                       p.vec_ok);
     cp_async_commit();
-    cp_async_wait_all();
+    if (prefetch && nb_next < n_blocks) load_k(buf ^ 1, nb_next);
+    cp_async_commit();
+    cp_async_wait<2>();  // Q and dO (first tile), and this tile's K
     __syncthreads();
+    const T* sK = sKs(buf);
 
     const bool mixed = doc_k && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
     float s[kNT][4] = {}, dp[kNT][4] = {};
     warp_mma_nt<T, kD>(s, sQ + warp * 16 * kS, sK, kS, lane);
+    cp_async_wait<1>();  // this tile's V
+    __syncthreads();
     warp_mma_nt<T, kD>(dp, sdO + warp * 16 * kS, sV, kS, lane);
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt)
@@ -274,6 +334,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
         s[nt][e] = prob * (dp[nt][e] - delta[r]);
       }
     warp_mma_pb<T, kBN>(acc, s, sK, kS, lane);  // dQ += dS K
+    nb = nb_next;
   }
   cp_async_wait_all();  // a query tile that sees no key never waited for its Q/dO load
 #pragma unroll

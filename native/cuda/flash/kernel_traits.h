@@ -44,14 +44,24 @@ struct BwdTraits {
   static constexpr int kDAcc = kHeadDim <= 128 ? kHeadDim : 128;
   static constexpr int kStride = kHeadDim + 8;
   static constexpr int kSdsStride = kBlockM + 8;
-  // Q, dO (kBlockM rows), K, V (kBlockN rows), dS^T (kBlockN x kBlockM), lse and delta.
-  static constexpr int kSmemBytes = (2 * kBlockM + 2 * kBlockN) * kStride * int(sizeof(T)) +
-                                    kBlockN * kSdsStride * int(sizeof(T)) + 2 * kBlockM * int(sizeof(float));
-  // dQ's staging, in Q's and dO's place (free while dQ is made: bwd_kernel.cuh): per warp 16
-  // rows of the 32 columns a pass makes, float32, rows 8 floats longer than 32 so that a
-  // half-warp's float2 stores meet every bank once and each row stays 16-byte aligned.
+  // dQ's staging (dK/dV kernel): per warp 16 rows of the 32 columns a pass makes, float32, rows
+  // 8 floats longer than 32 so that a half-warp's float2 stores meet every bank once and each
+  // row stays 16-byte aligned; it lies from the Q buffer in use on (that Q and dO, or the second
+  // Q buffer and the room after it), all free while dQ is made (bwd_kernel.cuh).
   static constexpr int kDqCols = 32, kDqStride = kDqCols + 8;
-  static_assert(kNWarps * 16 * kDqStride * sizeof(float) <= 2 * kBlockM * kStride * sizeof(T));
+  static constexpr int kTileBytes = kBlockM * kStride * int(sizeof(T));  // Q or dO
+  static constexpr int kStageBytes = kNWarps * 16 * kDqStride * int(sizeof(float));
+  static_assert(kStageBytes <= 2 * kTileBytes);
+  // dK/dV kernel: Q, dO (kBlockM rows), K, V (kBlockN rows), dS^T (kBlockN x kBlockM), lse and
+  // delta twice; with `prefetch` (the next query tile's Q, lse and delta load while this one
+  // computes), a second Q buffer after them, with room for the staging.
+  static constexpr int kPlainSmemBytes = 2 * kTileBytes + 2 * kBlockN * kStride * int(sizeof(T)) +
+                                         kBlockN * kSdsStride * int(sizeof(T)) + 4 * kBlockM * int(sizeof(float));
+  static constexpr int kSmemBytes = kPlainSmemBytes + (kStageBytes > kTileBytes ? kStageBytes : kTileBytes);
+  // The deterministic dQ kernel: Q, dO, K, V; with `prefetch` (the next key tile's K loads while
+  // this one computes), a second K buffer after them.
+  static constexpr int kDqPlainSmemBytes = (2 * kBlockM + 2 * kBlockN) * kStride * int(sizeof(T));
+  static constexpr int kDqSmemBytes = kDqPlainSmemBytes + kBlockN * kStride * int(sizeof(T));
 };
 
 template <int kHeadDim, typename T>

@@ -1,5 +1,7 @@
 // Launch templates: grid shapes, the shared-memory opt-in above 48 KiB, launch checks.
 #pragma once
+#include <atomic>
+
 #include "../check.h"
 #include "bwd_kernel.cuh"
 #include "fwd_kernel.cuh"
@@ -7,10 +9,32 @@
 
 namespace ra::cuda::flash {
 
+constexpr int kMaxDevices = 64;
+
 template <typename Kernel>
 void allow_smem(Kernel kernel, int bytes) {
   if (bytes > 48 * 1024)
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), "cudaFuncSetAttribute");
+}
+
+// Whether a backward kernel's second buffer (`prefetch`: bwd_kernel.cuh) leaves the current
+// device as many blocks per SM as without it. Where it would cost a block (an A100's 164 KiB
+// of shared memory per SM holds two head-dim-128 dK/dV blocks without it, one with), the loads
+// wait instead. Asked once per device and kernel (`known`, a static of each instantiation).
+template <typename Kernel>
+bool prefetch_keeps_occupancy(Kernel kernel, int threads, int plain_bytes, int prefetch_bytes,
+                              std::atomic<signed char> (&known)[kMaxDevices]) {
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  std::atomic<signed char>* slot = dev < kMaxDevices ? &known[dev] : nullptr;
+  if (slot && *slot != 0) return *slot > 0;
+  int with = 0, without = 0;
+  allow_smem(kernel, prefetch_bytes);
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&with, kernel, threads, prefetch_bytes), "cudaOccupancy");
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&without, kernel, threads, plain_bytes), "cudaOccupancy");
+  const bool keeps = with >= without && with > 0;
+  if (slot) *slot = keeps ? 1 : -1;
+  return keeps;
 }
 
 template <typename T, int kHeadDim, bool kCausal>
@@ -30,11 +54,14 @@ template <typename T, int kHeadDim, bool kCausal>
 void run_bwd(const BwdParams& p, cudaStream_t stream) {
   using Tr = BwdTraitsFor<kHeadDim, T>;
   auto dkdv = bwd_dkdv_kernel<Tr, kCausal>;
-  allow_smem(dkdv, Tr::kSmemBytes);
+  static std::atomic<signed char> known[kMaxDevices];
+  const bool prefetch = prefetch_keeps_occupancy(dkdv, Tr::kNThreads, Tr::kPlainSmemBytes, Tr::kSmemBytes, known);
+  const int smem = prefetch ? Tr::kSmemBytes : Tr::kPlainSmemBytes;
+  allow_smem(dkdv, smem);
   const dim3 grid_k((p.fwd.seq_k + Tr::kBlockN - 1) / Tr::kBlockN, p.fwd.kv_heads, p.fwd.batch);
   const bool vec4 = !p.deterministic && dq_vec4(p);
   for (int col = 0; col < p.fwd.head_dim; col += Tr::kDAcc) {
-    dkdv<<<grid_k, Tr::kNThreads, Tr::kSmemBytes, stream>>>(p, col, !p.deterministic && col == 0, vec4);
+    dkdv<<<grid_k, Tr::kNThreads, smem, stream>>>(p, col, !p.deterministic && col == 0, vec4, prefetch);
     check(cudaGetLastError(), "attention backward (dK/dV) launch");
   }
   if (p.deterministic) run_bwd_dq<T, kHeadDim, kCausal>(p, stream);
@@ -45,10 +72,12 @@ template <typename T, int kHeadDim, bool kCausal>
 void run_bwd_dq(const BwdParams& p, cudaStream_t stream) {
   using Tr = BwdTraitsFor<kHeadDim, T>;
   auto dq = bwd_dq_kernel<Tr, kCausal>;
-  const int smem = (2 * Tr::kBlockM + 2 * Tr::kBlockN) * Tr::kStride * int(sizeof(T));
+  static std::atomic<signed char> known[kMaxDevices];
+  const bool prefetch = prefetch_keeps_occupancy(dq, Tr::kNThreads, Tr::kDqPlainSmemBytes, Tr::kDqSmemBytes, known);
+  const int smem = prefetch ? Tr::kDqSmemBytes : Tr::kDqPlainSmemBytes;
   allow_smem(dq, smem);
   const dim3 grid_q((p.fwd.seq_q + Tr::kBlockM - 1) / Tr::kBlockM, p.fwd.heads, p.fwd.batch);
-  dq<<<grid_q, Tr::kNThreads, smem, stream>>>(p);
+  dq<<<grid_q, Tr::kNThreads, smem, stream>>>(p, prefetch);
   check(cudaGetLastError(), "attention backward (dQ) launch");
 }
 

@@ -23,9 +23,12 @@ template <typename T>
 inline void mma_m16n8k16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) { emu_mma<T>(c, a, b0, b1); }
 inline void ldmatrix_x4(uint32_t* r, const void* row) { emu_ldmatrix(r, row, false); }
 inline void ldmatrix_x4_trans(uint32_t* r, const void* row) { emu_ldmatrix(r, row, true); }
-inline void cp_async16(void* dst, const void* src) { emu_cp_async16(dst, src); }
+inline void cp_async16(void* dst, const void* src) { emu_cp_async(dst, src, 16); }
+inline void cp_async4(void* dst, const void* src) { emu_cp_async(dst, src, 4); }
 inline void cp_async_commit() { emu_cp_commit(); }
-inline void cp_async_wait_all() { emu_cp_wait(); }
+template <int kNewestLeft>
+inline void cp_async_wait() { emu_cp_wait(kNewestLeft); }
+inline void cp_async_wait_all() { emu_cp_wait(0); }
 #else
 // 128-byte aligned (the Hopper kernels align their tiles to 1024 bytes themselves: align_1024).
 #define RA_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
@@ -59,8 +62,14 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* row) 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
 }
+__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+// Waits for every commit group of this thread but the newest kNewestLeft.
+template <int kNewestLeft>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(kNewestLeft) : "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { cp_async_wait<0>(); }
 #endif
 
 template <typename T> struct MmaOp;
