@@ -10,11 +10,13 @@
 # dQ by bulk reductions; the training step's AdamW, clipping and compute copies are one kernel
 # (adamwMulti, its GPU test in test/gpu/ops-cuda.test.ts); the checkpoint recompute no longer
 # runs the feed-forward; the default backward adds dQ from shared memory, whole rows per atomic
-# instruction (float4 atomics on sm_90); the default forward's warps own two row tiles each.
+# instruction (float4 atomics on sm_90) and loads each step's tiles one step ahead where the
+# occupancy calculator allows (bwd_kernel.cuh); the default forward's warps own two row tiles each.
 # What the next session needs, in this order:
 #   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests sm90 sm90bench   # ~7 min, timeout_s 540
 #      (sm90bench's rows against attention-cuda-sm90-2026-12-04-3f61040.csv: 'ours' forward and
-#      backward, 'ours sm90' backward; its 'ours det' rows tell what the atomics cost)
+#      backward, 'ours sm90' backward; its 'ours det' rows tell what the atomics cost, and its
+#      RING_ATTENTION_BWD_PREFETCH=0 run what the default backward's loads ahead gain)
 #   2. at once, while the machine is warm (30 s): mfu (~4 min; step ms and the breakdown's
 #      feed-forward and optimizer rows against mfu-cuda-2026-12-04-3f61040.csv), or ring (~2 min;
 #      its new 'queued' ratios tell whether the ring's 15% is a per-call cost the host queues
@@ -134,6 +136,9 @@ sm90bench() {
   step "the Hopper forward without its ping-pong (rows 'ours sm90' against the run above)"
   RING_ATTENTION_SM90_PINGPONG=0 timeout 45 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 128 --sm90 \
     --no-torch --reps 3 --out-dir "$WORK/sm90-no-pingpong" 2>&1 | clean | tail -12
+  step "the default backward without its loads one step ahead (rows 'ours' and 'ours det' against the runs above and below)"
+  RING_ATTENTION_BWD_PREFETCH=0 timeout 45 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 64,128 --causal yes \
+    --deterministic --no-torch --reps 3 --out-dir "$WORK/no-prefetch" 2>&1 | clean | tail -12
   step "the deterministic backward (dQ in its own pass, no atomics) beside the atomic one, 16K causal"
   timeout 45 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 128 --causal yes --sm90 --deterministic \
     --no-torch --reps 3 --out-dir "$WORK/deterministic" 2>&1 | clean | tail -12

@@ -164,6 +164,9 @@ export const attentionSuite: Suite<AttentionRow> = {
       notes.push("'ours': RING_ATTENTION_SM90=1 was set, so the Hopper kernels ran wherever they apply (head dims 64 and 128 on sm_90)");
     if (o.sm90 && process.env.RING_ATTENTION_SM90_PINGPONG === '0')
       notes.push("'ours sm90': RING_ATTENTION_SM90_PINGPONG=0, the Hopper forward without its ping-pong");
+    const prefetch = process.env.RING_ATTENTION_BWD_PREFETCH;
+    if (ctx.device === 'cuda' && (prefetch === '0' || prefetch === '1'))
+      notes.push(`RING_ATTENTION_BWD_PREFETCH=${prefetch}: the default backward kernels ${prefetch === '0' ? 'never' : 'always, where it fits,'} loaded their next tile one step ahead`);
     if (o.deterministic && ctx.device === 'cpu') notes.push("'ours det': the CPU backward is deterministic anyway; these rows time the same code");
     if (documents > 1)
       notes.push(`packed: ${documents} equal documents end to end in each sequence (ours: documentIds; torch: a batch of ${documents}x as many separate sequences); FLOPs counted within documents`);

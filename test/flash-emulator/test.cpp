@@ -28,13 +28,12 @@ bool use_sm90 = false, sm90_pingpong = true;
 int sm90_launches = 0;
 // Backward launches whose dQ atomics were float4 / float (both paths must run).
 int dq_vec4_launches = 0, dq_scalar_launches = 0;
-// The backward kernels with and without `prefetch` (launch.cuh picks by the GPU's occupancy),
-// alternately; both must run.
-int prefetch_launches[2] = {};
-bool next_prefetch() {
-  static bool on = false;
-  on = !on;
-  ++prefetch_launches[on];
+// Each backward kernel with and without `prefetch` (launch.cuh picks by the GPU's occupancy),
+// alternately, each kernel on its own count; both ways must run for both.
+struct Prefetch { int launches[2] = {}; } dkdv_prefetch, dq_prefetch;
+bool next_prefetch(Prefetch& k) {
+  const bool on = k.launches[1] <= k.launches[0];
+  ++k.launches[on];
   return on;
 }
 template <class F> void counted(uint64_t& into, F&& launch) {
@@ -54,17 +53,17 @@ template <class T, int D, bool C> void run_bwd_t(const BwdParams& p) {
   const bool vec4 = !p.deterministic && dq_rows_aligned(p);
   if (!p.deterministic) ++(vec4 ? dq_vec4_launches : dq_scalar_launches);
   dim3 gk{unsigned((p.fwd.seq_k + Tr::kBlockN - 1) / Tr::kBlockN), unsigned(p.fwd.kv_heads), unsigned(p.fwd.batch)};
-  const bool prefetch = next_prefetch();
+  const bool prefetch = next_prefetch(dkdv_prefetch);
   for (int col = 0; col < p.fwd.head_dim; col += Tr::kDAcc)
     counted(products.dkdv, [&] {
       emu_launch(gk, Tr::kNThreads, prefetch ? Tr::kSmemBytes : Tr::kPlainSmemBytes,
                  [&] { bwd_dkdv_kernel<Tr, C>(p, col, !p.deterministic && col == 0, vec4, prefetch); });
     });
   if (!p.deterministic) return;
-  const bool dq_prefetch = next_prefetch();
-  const int smem = dq_prefetch ? Tr::kDqSmemBytes : Tr::kDqPlainSmemBytes;
+  const bool prefetch_dq = next_prefetch(dq_prefetch);
+  const int smem = prefetch_dq ? Tr::kDqSmemBytes : Tr::kDqPlainSmemBytes;
   dim3 gq{unsigned((p.fwd.seq_q + Tr::kBlockM - 1) / Tr::kBlockM), unsigned(p.fwd.heads), unsigned(p.fwd.batch)};
-  counted(products.dq, [&] { emu_launch(gq, Tr::kNThreads, smem, [&] { bwd_dq_kernel<Tr, C>(p, dq_prefetch); }); });
+  counted(products.dq, [&] { emu_launch(gq, Tr::kNThreads, smem, [&] { bwd_dq_kernel<Tr, C>(p, prefetch_dq); }); });
 }
 template <class T, int D, bool C> void run_fwd_sm90_t(const FwdParams& p) {
   using Tr = Sm90FwdTraits<D, T>;
@@ -97,10 +96,10 @@ template <class T, int D, bool C> void run_bwd_sm90_t(const BwdParams& p) {
   });
   if (!p.deterministic) return;
   using Ta = BwdTraitsFor<D, T>;
-  const bool dq_prefetch = next_prefetch();
-  const int smem = dq_prefetch ? Ta::kDqSmemBytes : Ta::kDqPlainSmemBytes;
+  const bool prefetch_dq = next_prefetch(dq_prefetch);
+  const int smem = prefetch_dq ? Ta::kDqSmemBytes : Ta::kDqPlainSmemBytes;
   dim3 gq{unsigned((p.fwd.seq_q + Ta::kBlockM - 1) / Ta::kBlockM), unsigned(p.fwd.heads), unsigned(p.fwd.batch)};
-  counted(products.dq, [&] { emu_launch(gq, Ta::kNThreads, smem, [&] { bwd_dq_kernel<Ta, C>(p, dq_prefetch); }); });
+  counted(products.dq, [&] { emu_launch(gq, Ta::kNThreads, smem, [&] { bwd_dq_kernel<Ta, C>(p, prefetch_dq); }); });
 }
 template <class T> void bwd(const BwdParams& p, bool c) {
   if (p.fwd.seq_q == 0 || p.fwd.seq_k == 0 || p.fwd.batch == 0) return;
@@ -427,7 +426,8 @@ int random_sweep(unsigned seed, int n, bool sm90) {
   int fails = 0;
   for (int t = 0; t < n; ++t) fails += run_modes(random_case(g, sm90), t % 2);
   printf("dQ atomics: %d float4 launches, %d float launches\n", dq_vec4_launches, dq_scalar_launches);
-  printf("backward loads: %d launches one tile ahead, %d not\n", prefetch_launches[1], prefetch_launches[0]);
+  printf("backward loads one tile ahead: dK/dV %d launches, not %d; dQ %d, not %d\n", dkdv_prefetch.launches[1],
+         dkdv_prefetch.launches[0], dq_prefetch.launches[1], dq_prefetch.launches[0]);
   printf("%d failures\n", fails);
   return fails != 0;
 }
@@ -513,7 +513,8 @@ int main(int argc, char** argv) {
   }
   if (!only) fails += nan_row_case<__nv_bfloat16>();
   printf("dQ atomics: %d float4 launches, %d float launches\n", dq_vec4_launches, dq_scalar_launches);
-  printf("backward loads: %d launches one tile ahead, %d not\n", prefetch_launches[1], prefetch_launches[0]);
+  printf("backward loads one tile ahead: dK/dV %d launches, not %d; dQ %d, not %d\n", dkdv_prefetch.launches[1],
+         dkdv_prefetch.launches[0], dq_prefetch.launches[1], dq_prefetch.launches[0]);
   printf("%d failures\n", fails);
   return fails != 0;
 }

@@ -135,6 +135,24 @@ describe.skipIf(!cuda.available)(title, () => {
     expect(relErr(fast.dq, a.dq)).toBeLessThan(1e-2);
     expect(Buffer.from(fast.dk.buffer).equals(Buffer.from(a.dk.buffer))).toBe(true);  // dK/dV never use atomics
   });
+
+  // Loading a tile one step ahead changes when the bytes arrive, not what is computed.
+  it('the backward with its tiles loaded one step ahead and without (RING_ATTENTION_BWD_PREFETCH=1, 0) gives the same bits', async () => {
+    const shapes = [dims(1, 700, 700, 4, 2, 128), dims(2, 300, 200, 4, 1, 64), dims(1, 200, 260, 2, 2, 256), dims(1, 130, 90, 3, 1, 80)];
+    try {
+      for (const x of shapes) {
+        process.env.RING_ATTENTION_BWD_PREFETCH = '1';
+        const a = await runCuda(x, 'bfloat16', true, 4, true);
+        process.env.RING_ATTENTION_BWD_PREFETCH = '0';
+        const b = await runCuda(x, 'bfloat16', true, 4, true);
+        for (const k of ['dq', 'dk', 'dv'] as const) expect(Buffer.from(a[k].buffer).equals(Buffer.from(b[k].buffer)), `${k} d${x.dim}`).toBe(true);
+        const gref = attentionBackwardRef(a.inp.dout, a.inp.q, a.inp.k, a.inp.v, x, { causal: true });
+        for (const k of ['dq', 'dk', 'dv'] as const) expect(relErr(a[k], gref[k]), `${k} d${x.dim}`).toBeLessThan(TOL.bfloat16.grad);
+      }
+    } finally {
+      delete process.env.RING_ATTENTION_BWD_PREFETCH;
+    }
+  });
 });
 
 // ---- PyTorch SDPA ----

@@ -3,9 +3,9 @@
 // the query tiles of every query head of its GQA group, so that dK/dV of a group sum in
 // registers without atomics. dQ: either float32 atomics from that same loop, or
 // (deterministic) a second kernel, one block per query tile, that owns its dQ rows. Both load
-// the tile they loop over one step ahead (cp.async into a second buffer), and the operand
-// needed second (dO, V) under the first product (FlashAttention-2's backward also loads its
-// next Q tile ahead).
+// the operand needed second (dO, V) under the first product and, with `prefetch` (where a
+// second buffer costs no block per SM: launch.cuh), the tile they loop over one step ahead
+// (FlashAttention-2's backward also loads its next Q tile ahead).
 #pragma once
 #include <cmath>
 
@@ -140,9 +140,9 @@ __global__ void __launch_bounds__(Tr::kNThreads)
   if (prefetch && mb_first < m_blocks) load_q(0, kvh * group, mb_first);
   cp_async_commit();
 
-  // Per tile, three commit groups are in flight at most: K/V (first tile only), this tile's Q
-  // (with `prefetch`, committed a tile earlier), its dO, and the next tile's Q (or nothing).
-  // Without `prefetch` (where two buffers would cost a block per SM: launch.cuh), Q loads here.
+  // Each step commits three groups: this tile's Q (or nothing: with `prefetch` it came a step
+  // earlier), its dO, and the next tile's Q (or nothing); wait<2> then leaves dO and the next Q
+  // in flight, wait<1> the next Q.
   int buf = 0;
   for (int hq = kvh * group, mb = mb_first; hq < hq_end && mb < m_blocks; buf ^= int(prefetch)) {
     const int m0 = mb * kBM;
@@ -201,7 +201,7 @@ __global__ void __launch_bounds__(Tr::kNThreads)
         *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g) * kSS + mt * 8 + 2 * t) = MmaOp<T>::pack(s[mt][0], s[mt][1]);
         *reinterpret_cast<uint32_t*>(sdS + (warp * 16 + g + 8) * kSS + mt * 8 + 2 * t) = MmaOp<T>::pack(s[mt][2], s[mt][3]);
       }
-      __syncthreads();  // also: no warp reads this Q or dO again (the next tile's Q is in the other buffer)
+      __syncthreads();  // also: no warp reads this Q or dO again (a next tile's Q is in the other buffer)
       float* dq = bp.dq_accum + b * bp.dq_batch_stride + int64_t(hq) * p.head_dim;
       const int dq_row0 = m0 + warp * 16, dq_rows = min(16, p.seq_q - dq_row0);
       // This warp's rows, from this Q buffer on (kernel_traits.h: room enough after each).

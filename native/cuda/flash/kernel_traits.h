@@ -62,6 +62,7 @@ struct BwdTraits {
   // this one computes), a second K buffer after them.
   static constexpr int kDqPlainSmemBytes = (2 * kBlockM + 2 * kBlockN) * kStride * int(sizeof(T));
   static constexpr int kDqSmemBytes = kDqPlainSmemBytes + kBlockN * kStride * int(sizeof(T));
+  static_assert(kSmemBytes <= 99 * 1024 && kDqSmemBytes <= 99 * 1024, "sm_86/sm_89 allow 99 KiB a block");
 };
 
 template <int kHeadDim, typename T>
