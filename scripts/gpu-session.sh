@@ -13,7 +13,7 @@
 # instruction (float4 atomics on sm_90) and loads each step's tiles one step ahead where the
 # occupancy calculator allows (bwd_kernel.cuh); the default forward's warps own two row tiles each.
 # What the next session needs, in this order:
-#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests sm90 sm90bench   # ~7 min, timeout_s 540
+#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests sm90 sm90bench   # ~7-8 min, timeout_s 540
 #      (sm90bench's rows against attention-cuda-sm90-2026-12-04-3f61040.csv: 'ours' forward and
 #      backward, 'ours sm90' backward; its 'ours det' rows tell what the atomics cost, and its
 #      RING_ATTENTION_BWD_PREFETCH=0 run what the default backward's loads ahead gain)

@@ -21,12 +21,13 @@ void allow_smem(Kernel kernel, int bytes) {
 
 // Whether a backward kernel uses its second buffer (`prefetch`: bwd_kernel.cuh): where it fits
 // the current device and leaves it as many blocks per SM as without it, as the occupancy
-// calculator counts them (e.g. an A100's 164 KiB of shared memory per SM holds two head-dim-128 dK/dV blocks
-// without it, one with). Where it does not, the loads wait instead. Also raises the kernel's
-// shared-memory limit, always to the same size for a device (the larger that fits), so that
-// ranks' threads launching it at once never lower it under each other. Asked once per device
-// and kernel (`known`, a static of each instantiation: 2 fits and keeps them, 1 fits only, -1 does not fit).
-// RING_ATTENTION_BWD_PREFETCH=0 never uses it, =1 wherever it fits (to measure what it gains).
+// calculator counts them (e.g. an A100's 164 KiB of shared memory per SM holds two
+// head-dim-128 dK/dV blocks without it, one with). Where it does not, the loads wait instead.
+// Also raises the kernel's shared-memory limit, always to the same size for a device (the
+// larger that fits), so that ranks' threads launching it at once never lower it under each
+// other. Asked once per device and kernel (`known`, a static of each instantiation: 2 fits and
+// keeps the blocks, 1 fits only, -1 does not fit). RING_ATTENTION_BWD_PREFETCH=0 never uses
+// it, =1 wherever it fits (to measure what it gains).
 template <typename Kernel>
 bool use_prefetch(Kernel kernel, int threads, int plain_bytes, int prefetch_bytes,
                   std::atomic<signed char> (&known)[kMaxDevices]) {
