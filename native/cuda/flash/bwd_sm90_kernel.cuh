@@ -1,14 +1,16 @@
 // Backward for Hopper (sm_90a): the dK/dV kernel of bwd_kernel.cuh with its five products on
 // warpgroup MMA (wgmma.cuh), warp-specialised as the forward is (fwd_sm90_kernel.cuh). One
 // block per (128-key tile, kv head, batch): a producer warp loads K and V once, then the
-// 64-query steps of every query head of the GQA group (Q and dO by TMA, lse and delta by its
-// lanes) through kStages buffers handed over by mbarriers; two consumer warpgroups, each
-// with 64 keys, so that dK/dV of a group sum in registers. Per query step:
+// query steps (64 queries at head dim 128, 128 at 64) of every query head of the GQA group
+// (Q and dO by TMA, lse and delta by its lanes) through kStages buffers handed over by
+// mbarriers; two consumer warpgroups, each with 64 keys, so that dK/dV of a group sum in
+// registers. Per query step:
 //   S^T = K Q^T, then dP^T = V dO^T  (two batches; K, V, Q, dO read from shared memory)
 //   P^T = exp(S^T - lse), masked, while dP^T's batch runs
 //   dS^T = P^T (dP^T - delta);      dV += P^T dO, dK += dS^T Q  (P^T, dS^T from registers)
 //   dQ = dS K, from dS^T in shared memory (two buffers, so that one named barrier per step
-//   suffices) read as an MN-major A; each warpgroup 64 columns, or at head dim 64 its own keys.
+//   suffices) read as an MN-major A, over all 128 keys; each warpgroup 64 columns of the 64
+//   queries at head dim 128, or all 64 columns of its half of the 128 queries at head dim 64.
 // dK's and dQ's batches are issued back to back. Each warp stages its 16 rows of dQ (scaled) in
 // shared memory and adds them into dq_accum with one bulk reduction per row (tma.cuh), which the
 // TMA unit carries out while the warp goes on, in place of 32 atomics per thread and step.
@@ -41,21 +43,30 @@ struct Sm90BwdTraits {
   static constexpr int kConsumers = 2;  // warpgroups of 64 keys
   static constexpr int kNThreads = 128 * (1 + kConsumers);
   static constexpr int kBlockN = 64 * kConsumers;  // keys
-  static constexpr int kBlockM = 64;               // queries per step
+  // Queries per step. At head dim 64, 128 (FlashAttention-3's choice there): twice the
+  // products per step's waits and barriers, in registers the smaller dK/dV leave free, and dQ
+  // split by rows between the warpgroups, so that no partial sums are reduced twice.
+  static constexpr int kBlockM = kHeadDim == 64 ? 128 : 64;
   static constexpr int kStages = 2;
   static constexpr int kTileKV = kBlockN * kHeadDim, kTileQ = kBlockM * kHeadDim, kTileDs = kBlockN * kBlockM;  // elements
-  // dQ's staging: per consumer warpgroup, the 64 columns it computes of kBlockM rows, float32,
-  // rows 8 floats longer than 64, so that the stores of a half-warp meet every bank once and
-  // each row stays a 16-byte aligned run for its bulk reduction.
-  static constexpr int kDqCols = 64, kDqStride = kDqCols + 8, kTileDq = kBlockM * kDqStride;  // floats
+  // dQ = dS K per consumer warpgroup: 64 rows (wgmma's M) by 64 columns; the warpgroups
+  // split the columns (head dim 128) or the rows (head dim 64, 128 queries).
+  static constexpr int kDqRows = 64, kDqCols = 64;
+  static constexpr bool kDqSplitRows = kBlockM == 2 * kDqRows;
+  static_assert(kDqSplitRows ? kHeadDim == kDqCols : kBlockM == kDqRows && kHeadDim == 2 * kDqCols);
+  // dQ's staging per consumer warpgroup, float32, rows 8 floats longer than 64, so that the
+  // stores of a half-warp meet every bank once and each row stays a 16-byte aligned run for its
+  // bulk reduction.
+  static constexpr int kDqStride = kDqCols + 8, kTileDq = kDqRows * kDqStride;  // floats
   // K, V, then per stage Q and dO, two dS^T (each a multiple of 1024 bytes, so all stay
   // aligned for the swizzle), dQ's staging, then per stage lse and delta, then the barriers;
-  // 1024 bytes more to align the start (align_1024): 198 KiB at head dim 128.
+  // 1024 bytes more to align the start (align_1024): 198 KiB at head dim 128, 199 at 64.
   static constexpr int kDqOffset = (2 * kTileKV + 2 * kStages * kTileQ + 2 * kTileDs) * int(sizeof(T));
   static constexpr int kFloatsOffset = kDqOffset + kConsumers * kTileDq * int(sizeof(float));
   static constexpr int kBarrierOffset = kFloatsOffset + 2 * kStages * kBlockM * int(sizeof(float));
   static constexpr int kSmemBytes = kBarrierOffset + (1 + 2 * kStages) * 8 + 1024;
   static constexpr int kProducerRegs = 24, kConsumerRegs = 240;  // as the forward's (Sm90FwdTraits)
+  static_assert(kSmemBytes <= 227 * 1024, "past sm_90's opt-in shared memory per block");
 };
 
 // The tensor maps of q, k, v and dout, made on the host (launch_sm90.cuh, the emulator's test).
@@ -77,6 +88,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
   const FwdParams& p = bp.fwd;
   constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kD = Tr::kHeadDim, kStages = Tr::kStages;
   constexpr int kMT = kBM / 8, kDT = kD / 8;
+  static_assert(2 * kMT <= 32, "a lane's queries of a step are bits of one word (other_doc)");
   // Bytes between the core matrices of dS^T (blocked): along its columns, along its rows.
   constexpr uint32_t kSdsColStep = 128, kSdsRowStep = kBM * 16;
   RA_DYNAMIC_SMEM(smem_unaligned);
@@ -109,10 +121,10 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
   init_pipeline(kv_full, full, empty, kStages, 32, 128 * Tr::kConsumers);
   __syncthreads();  // the last block-wide barrier: the roles part here
 
-  // dQ's columns in dq_accum that consumer warpgroup cw computes (at head dim 64, all of them,
-  // over its own keys).
-  constexpr bool kDqOwnKeys = kD == Tr::kDqCols;
-  auto dq_col0 = [](int cw) { return kDqOwnKeys ? 0 : cw * Tr::kDqCols; };
+  // The first of dQ's rows (of the step's queries) and columns that consumer warpgroup cw
+  // computes.
+  auto dq_row0 = [](int cw) { return Tr::kDqSplitRows ? cw * Tr::kDqRows : 0; };
+  auto dq_col0 = [](int cw) { return Tr::kDqSplitRows ? 0 : cw * Tr::kDqCols; };
 
   if (wg == 0) {
     setmaxnreg_dec<Tr::kProducerRegs>();
@@ -202,9 +214,22 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       // P^T (0 where masked)
       const bool mixed = doc_q && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
       // This lane's keys' documents, read here rather than held in registers across the loop
-      // (at head dim 128 the consumers' 240 registers would spill).
+      // (at head dim 128 the consumers' 240 registers would spill); then which of its
+      // queries' documents differ, a bit each (bit 2 mt + (e & 1) of other_doc[e >> 1]), in a
+      // loop that is not unrolled: unrolled, its 32 loads were hoisted into registers, and the
+      // consumers spilled at head dim 64.
       int doc_key[2];
       lane_documents(mixed ? p.doc_k : nullptr, p.doc_k_batch_stride, b, key0, p.seq_k, doc_key);
+      uint32_t other_doc[2] = {0, 0};
+      if (mixed) {
+#pragma unroll 1
+        for (int j = 0; j < 2 * kMT; ++j) {
+          const int q = m0 + (j >> 1) * 8 + 2 * t + (j & 1);
+          const int d = q < p.seq_q ? doc_q[q] : doc_key[0];
+          other_doc[0] |= uint32_t(q < p.seq_q && d != doc_key[0]) << j;
+          other_doc[1] |= uint32_t(q < p.seq_q && d != doc_key[1]) << j;
+        }
+      }
       // Causal: query m0 + qi sees key0 when qi >= first_q, key0 + 8 when qi >= first_q + 8
       // (clamped to [-8, kBM], which keeps both tests exact, so that it fits an int).
       const int first_q = int(max(int64_t(-8), min(int64_t(kBM), int64_t(key0) - p.causal_offset - m0)));
@@ -214,7 +239,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
         for (int e = 0; e < 4; ++e) {
           const int key = key0 + (e >> 1) * 8, qi = mt * 8 + 2 * t + (e & 1);
           const bool masked = key >= p.seq_k || (kCausal && qi < first_q + (e >> 1) * 8) ||
-                              (mixed && m0 + qi < p.seq_q && doc_q[m0 + qi] != doc_key[e >> 1]);
+                              (other_doc[e >> 1] >> (2 * mt + (e & 1)) & 1);
           s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - lse[qi]);
         }
 
@@ -226,13 +251,16 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dp[mt][e] = s[mt][e] * (dp[mt][e] - delta[mt * 8 + 2 * t + (e & 1)]);
 
-      // dV += P^T dO, then dK += dS^T Q, on the tensor cores, while dS^T is packed into A
-      // fragments and, for dQ, stored to shared memory (register j of pds[kk]: row g + 8 (j % 2),
-      // columns 16 kk + 8 (j / 2) + 2t). Packing dS^T only after dV's issue keeps fewer
-      // registers live. dO and Q are MN-major B operands (their rows, the queries, are k).
+      // P^T and dS^T packed into A fragments (register j of pds[kk]: row g + 8 (j % 2), columns
+      // 16 kk + 8 (j / 2) + 2t), then dV += P^T dO and dK += dS^T Q on the tensor cores while
+      // dS^T is stored to shared memory for dQ. Both packed before dV's issue: with dP^T's float
+      // registers live under dV's batch, ptxas serialised the batches at head dim 64 (C7512).
+      // dO and Q are MN-major B operands (their rows, the queries, are k).
       uint32_t pa[kBM / 16][4], pds[kBM / 16][4];
 #pragma unroll
       for (int kk = 0; kk < kBM / 16; ++kk) acc_to_a<T>(pa[kk], s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int kk = 0; kk < kBM / 16; ++kk) acc_to_a<T>(pds[kk], dp[2 * kk], dp[2 * kk + 1]);
       fence_operands<kDT * 4>(&dv[0][0]);
       fence_operands<kBM / 16 * 4>(&pa[0][0]);
       wgmma_fence();
@@ -240,8 +268,6 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       for (int kk = 0; kk < kBM / 16; ++kk)
         wgmma_rs<T, kD>(&dv[0][0], pa[kk], tile_desc_mn<kBM>(sdO(st), kk * 16, 0), 1);
       wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < kBM / 16; ++kk) acc_to_a<T>(pds[kk], dp[2 * kk], dp[2 * kk + 1]);
       if (with_dq) {
         const int r0 = cw * 64 + warp * 16 + g;
 #pragma unroll
@@ -263,11 +289,11 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
 
       // dQ = dS K: A = dS (queries x keys) read from dS^T as an MN-major operand, B = K read
       // as MN-major too, 64 columns of it (one swizzled box, so that every start lies on a box:
-      // no public kernel starts an MN-major read inside one). Head dim 128: warpgroup cw
-      // computes columns [64 cw, 64 cw + 64) over all keys; head dim 64: all columns over its
-      // own 64 keys, the two partial sums meeting in dq_accum. Buffer i % 2 is not written
-      // again before every consumer has passed the next step's barrier, so one barrier per
-      // step suffices.
+      // no public kernel starts an MN-major read inside one), over all keys. Head dim 128:
+      // warpgroup cw computes columns [64 cw, 64 cw + 64); head dim 64: every column of queries
+      // [64 cw, 64 cw + 64) of the step's 128 (an A that starts on a core matrix, as every
+      // no-swizzle start does). Buffer i % 2 is not written again before every consumer has
+      // passed the next step's barrier, so one barrier per step suffices.
       if (!with_dq) {
         wgmma_wait<0>();
         fence_operands<kDT * 4>(&dk[0][0]);
@@ -275,17 +301,16 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
         mbar_arrive(&empty[st]);  // Q, dO, lse and delta of the stage are read
         continue;
       }
-      constexpr int kDqCols = Tr::kDqCols, kDqKeys = kDqOwnKeys ? 64 : kBN;
+      constexpr int kDqCols = Tr::kDqCols;
       fence_proxy_async();
       named_barrier_sync(1, 128 * Tr::kConsumers);  // all of dS^T is written and visible to wgmma
-      const int dq_key0 = kDqOwnKeys ? cw * 64 : 0;
       float dq[kDqCols / 2];
       fence_operands<kDqCols / 2>(dq);
       wgmma_fence();
 #pragma unroll
-      for (int kk = 0; kk < kDqKeys / 16; ++kk)
-        wgmma_ss_tt<T, kDqCols>(dq, wgmma_desc(ds + blocked<kBM>(dq_key0 + kk * 16, 0), kSdsRowStep, kSdsColStep),
-                                tile_desc_mn<kBN>(sK, dq_key0 + kk * 16, dq_col0(cw)), kk > 0);
+      for (int kk = 0; kk < kBN / 16; ++kk)
+        wgmma_ss_tt<T, kDqCols>(dq, wgmma_desc(ds + blocked<kBM>(kk * 16, dq_row0(cw)), kSdsRowStep, kSdsColStep),
+                                tile_desc_mn<kBN>(sK, kk * 16, dq_col0(cw)), kk > 0);
       wgmma_commit();
       wgmma_wait<1>();  // dK's batch
       fence_operands<kDT * 4>(&dk[0][0]);
@@ -307,9 +332,9 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       fence_proxy_async();  // the stores made visible to the bulk reductions' reads
       __syncwarp();
       if (lane < 16) {
-        const int row = warp * 16 + lane;
-        if (m0 + row < p.seq_q)
-          bulk_reduce_add(bp.dq_accum + b * bp.dq_batch_stride + int64_t(m0 + row) * bp.dq_row_stride +
+        const int row = warp * 16 + lane, q = m0 + dq_row0(cw) + row;
+        if (q < p.seq_q)
+          bulk_reduce_add(bp.dq_accum + b * bp.dq_batch_stride + int64_t(q) * bp.dq_row_stride +
                               int64_t(hq) * p.head_dim + dq_col0(cw),
                           dq_stage + row * Tr::kDqStride, kDqCols * sizeof(float));
         bulk_commit();
