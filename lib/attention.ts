@@ -44,8 +44,10 @@ function check4d(t: Tensor, name: string): void {
     fail('range', `${name}: expected shape [batch, seq, heads, headDim] with every size >= 1, got ${fmt(t.shape)}`);
 }
 
-/** Checks q, k, v for attention and returns the resolved options (internal; the ring uses it too). */
-export function checkAttentionInputs(q: unknown, k: unknown, v: unknown, opts: unknown, optsName = 'opts') {
+export const ATTENTION_OPTION_KEYS = ['causal', 'scale', 'deterministic', 'documentIds'] as const;
+
+/** Checks q, k, v for attention and returns the resolved options (internal; the ring uses it too, with keys of its own). */
+export function checkAttentionInputs(q: unknown, k: unknown, v: unknown, opts: unknown, optionKeys: readonly string[] = ATTENTION_OPTION_KEYS, optsName = 'opts') {
   const tq = checkTensor(q, 'q'), tk = checkTensor(k, 'k'), tv = checkTensor(v, 'v');
   check4d(tq, 'q');
   check4d(tk, 'k');
@@ -63,7 +65,7 @@ export function checkAttentionInputs(q: unknown, k: unknown, v: unknown, opts: u
   if (dq > MAX_HEAD_DIM) fail('range', `q: headDim ${dq} exceeds the supported maximum of ${MAX_HEAD_DIM}`);
   if (tq.device === 'cuda' && tq.dtype === 'float32')
     fail('type', `q: attention on 'cuda' tensors takes dtype 'bfloat16' or 'float16' (the kernels use tensor cores), got 'float32'`);
-  const o = checkOptions(opts, optsName);
+  const o = checkOptions(opts, optsName, optionKeys);
   const causal = checkBoolean(o.causal, `${optsName}.causal`) ?? false;
   const scale = checkPositiveNumber(o.scale, `${optsName}.scale`) ?? 1 / Math.sqrt(dq);
   const deterministic = checkBoolean(o.deterministic, `${optsName}.deterministic`) ?? false;

@@ -3,7 +3,7 @@
 // its save. Tensors move one at a time between the files and the devices, so host memory holds
 // one tensor, not the model.
 import { randomUUID } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { checkInteger, describe, fail } from './errors.js';
@@ -11,7 +11,7 @@ import type { ProcessGroup } from './group.js';
 import { loadLlamaConfig } from './llama-config.js';
 import { hfConfigJson, llamaFiles, type LlamaModel } from './llama-model.js';
 import { copy, scale } from './ops.js';
-import { checkFloatEntry, openSafetensors, type SafetensorsEntry } from './safetensors.js';
+import { openSafetensors, readTextFile, type SafetensorsEntry } from './safetensors.js';
 import { SafetensorsWriter, sortedNames } from './safetensors-write.js';
 import { tensor, zeros, type Tensor } from './tensor.js';
 
@@ -28,6 +28,7 @@ export interface CheckpointState {
 }
 
 const TRAINER_FILE = 'trainer.json';
+const MAX_TRAINER_JSON_BYTES = 1_000_000; // a few hundred bytes when we write it
 const OPTIMIZER_FILE = 'optimizer.safetensors';
 const WEIGHTS_FILE = 'model.safetensors';
 const SAVE_KEY = 'ring_attention_save'; // the id of the save a checkpoint's safetensors file belongs to
@@ -129,14 +130,17 @@ async function withMoment(st: CheckpointState, map: Map<string, Tensor>, name: s
 /** restoreCheckpoint(): the step saved; the model and this rank's moments restored. */
 export async function restoreCheckpointFiles(dir: string, st: CheckpointState): Promise<number> {
   const trainerFile = join(dir, TRAINER_FILE);
+  const text = await readTextFile(trainerFile, MAX_TRAINER_JSON_BYTES);
   let meta: { format?: unknown; version?: unknown; save?: unknown; step?: unknown };
   try {
-    meta = JSON.parse(await readFile(trainerFile, 'utf8')) ?? {};
+    meta = JSON.parse(text) ?? {};
   } catch (e) {
     if (!(e instanceof SyntaxError)) throw e;
     throw new Error(`${trainerFile}: not valid JSON: ${e.message}`, { cause: e });
   }
   if (typeof meta !== 'object' || meta.format !== 'ring-attention-trainer') fail('range', `${trainerFile}: not a trainer checkpoint (format ${describe(meta.format)})`);
+  if (meta.version !== 1 && meta.version !== 2)
+    fail('range', `${trainerFile}: version ${describe(meta.version)}; this ring-attention reads versions 1 and 2 (a later version is a later release's)`);
   const step = checkInteger(meta.step, `${trainerFile}: step`, 0);
   const saved = hfConfigJson(await loadLlamaConfig(join(dir, 'config.json'))), mine = hfConfigJson(st.model.config);
   for (const key of Object.keys(mine))
@@ -159,7 +163,8 @@ export async function restoreCheckpointFiles(dir: string, st: CheckpointState): 
     const weights = weightsFile.header.tensors, moments = momentsFile.header.tensors;
     const want = (path: string, got: SafetensorsEntry | undefined, key: string, like: Tensor) => {
       if (!got) fail('range', `${path}: tensor '${key}' is missing`);
-      checkFloatEntry(path, key, got);
+      // Saves write float32 only; anything else would not restore the same bits.
+      if (got.dtype !== 'F32') fail('range', `${path}: '${key}' is ${got.dtype}; a checkpoint holds F32 tensors, restored bit for bit`);
       if (got.shape.length !== like.shape.length || got.shape.some((d, i) => d !== like.shape[i]))
         fail('range', `${path}: '${key}' has shape [${got.shape.join(', ')}], this model's is [${like.shape.join(', ')}]`);
     };
@@ -169,6 +174,8 @@ export async function restoreCheckpointFiles(dir: string, st: CheckpointState): 
     }
     const extra = [...weights.keys()].find((n) => !st.model.tensors.has(n));
     if (extra) fail('range', `${weightsPath}: unexpected tensor '${extra}' for this model`);
+    const extraMoment = [...moments.keys()].find((n) => !MOMENTS.some((kind) => n.startsWith(`${kind}.`) && st.model.tensors.has(n.slice(kind.length + 1))));
+    if (extraMoment) fail('range', `${momentsPath}: unexpected tensor '${extraMoment}' for this model`);
     // Then one tensor at a time from its file to its place (with shardOptimizer, only the
     // moments this rank holds).
     const plan: [Tensor, typeof weightsFile, string][] = [...st.model.tensors].map(([n, t]) => [t, weightsFile, n]);

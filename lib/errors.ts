@@ -51,11 +51,20 @@ export function checkOneOf<T extends string>(value: unknown, name: string, allow
   return value as T;
 }
 
-export function checkOptions(value: unknown, name: string): Record<string, unknown> {
+/**
+ * An options object (undefined reads as {}). A key outside `known` that holds a value is refused:
+ * a misspelt option (`casual: true`) would otherwise be ignored, and the call run without it.
+ */
+export function checkOptions(value: unknown, name: string, known: readonly string[]): Record<string, unknown> {
   if (value === undefined) return {};
   if (value === null || typeof value !== 'object') fail('type', `${name}: expected an options object, got ${describe(value)}`);
-  return value as Record<string, unknown>;
+  const o = value as Record<string, unknown>;
+  for (const key of Object.keys(o))
+    if (!known.includes(key) && o[key] !== undefined)
+      fail('type', `${name}.${key.length <= 40 ? key : `${key.slice(0, 40)}...`}: not an option here; expected ${known.join(', ')}`);
+  return o;
 }
+
 
 /** A JSON-style object: not null, not an array. */
 export const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
@@ -64,7 +73,8 @@ export function describe(value: unknown): string {
   if (value === undefined) return 'nothing';
   if (value === null) return 'null';
   if (Array.isArray(value)) return `an array of length ${value.length}`;
-  if (typeof value === 'string') return `'${value}'`;
+  // A string from a file (a hostile header's dtype of 50 MB) must not make the message as long.
+  if (typeof value === 'string') return value.length <= 100 ? `'${value}'` : `'${value.slice(0, 100)}...' (${value.length} characters)`;
   if (typeof value === 'object') {
     // From the prototype, not the value: parsed JSON may carry a 'constructor' key of its own.
     const name: unknown = Object.getPrototypeOf(value)?.constructor?.name;

@@ -56,7 +56,7 @@ function rebuild(e: { name: string; message: string; stack?: string }, rank: num
 /** Runs the module's default export once per rank and resolves with their return values in rank order. */
 export async function launch(opts: LaunchOptions, module: string | URL, args?: unknown): Promise<unknown[]> {
   if (opts === undefined) fail('type', 'opts: expected { worldSize }');
-  const o = checkOptions(opts, 'opts');
+  const o = checkOptions(opts, 'opts', ['worldSize', 'backend', 'device', 'timeoutMs']);
   const worldSize = checkInteger(o.worldSize, 'opts.worldSize', 1, MAX_WORLD_SIZE);
   checkOneOf(o.backend, 'opts.backend', ['local'] as const);
   const device = checkOneOf(o.device, 'opts.device', DEVICES) ?? 'cpu';

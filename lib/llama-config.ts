@@ -1,10 +1,11 @@
 // LLaMA-style model shapes, spelled as Hugging Face's config.json spells them, and the tensor
 // names and shapes of transformers' LlamaForCausalLM, so checkpoints can be checked against them.
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { MAX_HEAD_DIM } from './attention.js';
 import { checkBoolean, checkFloat32, checkInteger, checkOneOf, describe, fail, isObject } from './errors.js';
+import { readTextFile } from './safetensors.js';
 
 export interface LlamaConfig {
   hidden_size: number;
@@ -192,10 +193,10 @@ export function parseConfigFile(json: unknown, file: string): ResolvedLlamaConfi
 export async function readConfigJson(dirOrFile: string): Promise<{ file: string; json: unknown }> {
   if (typeof dirOrFile !== 'string' || dirOrFile === '') fail('type', `dirOrFile: expected a path, got ${describe(dirOrFile)}`);
   const file = (await stat(dirOrFile)).isDirectory() ? join(dirOrFile, 'config.json') : dirOrFile;
-  if ((await stat(file)).size > 10_000_000) fail('range', `${file}: larger than 10 MB; not a config.json`);
+  const text = await readTextFile(file, 10_000_000);
   let json: unknown;
   try {
-    json = JSON.parse(await readFile(file, 'utf8'));
+    json = JSON.parse(text);
   } catch (e) {
     throw new Error(`${file}: not valid JSON: ${(e as Error).message}`, { cause: e });
   }

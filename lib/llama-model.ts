@@ -237,7 +237,7 @@ export interface InitLlamaOptions extends LlamaDeviceOptions {
 export function initLlama(config: LlamaConfig, opts: InitLlamaOptions): LlamaModel {
   const c = checkModelConfig(config);
   if (opts === undefined) fail('type', 'opts: expected { seed }');
-  const o = checkOptions(opts, 'opts');
+  const o = checkOptions(opts, 'opts', ['seed', 'std', 'device']);
   const seed = checkInteger(o.seed, 'opts.seed', -(2 ** 31), 2 ** 32 - 1);
   const std = o.std === undefined ? (c.initializer_range ?? 0.02) : o.std;
   if (typeof std !== 'number' || !Number.isFinite(std) || std < 0) fail('range', `opts.std: expected a finite number >= 0, got ${describe(std)}`);
@@ -256,7 +256,7 @@ export function initLlama(config: LlamaConfig, opts: InitLlamaOptions): LlamaMod
 /** A model from arrays keyed by transformers' names (each checked: present, right size, nothing extra). */
 export function createLlama(config: LlamaConfig, arrays: ReadonlyMap<string, Float32Array>, opts?: LlamaDeviceOptions): LlamaModel {
   const c = checkModelConfig(config);
-  const device = deviceOption(checkOptions(opts, 'opts'), 'opts');
+  const device = deviceOption(checkOptions(opts, 'opts', ['device']), 'opts');
   if (!(arrays instanceof Map)) fail('type', `arrays: expected a Map of name -> Float32Array, got ${describe(arrays)}`);
   for (const [n, a] of arrays) if (!isFloat32Array(a)) fail('type', `arrays: '${n}': expected a Float32Array, got ${describe(a)}`);
   checkArrays(c, new Map([...arrays].map(([n, data]) => [n, { data }])), 'arrays');
@@ -268,7 +268,7 @@ export function createLlama(config: LlamaConfig, arrays: ReadonlyMap<string, Flo
 /** Loads config.json and the safetensors weights of a transformers LlamaForCausalLM checkpoint directory. */
 export async function loadLlama(dir: string, opts?: LlamaDeviceOptions): Promise<LlamaModel> {
   if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
-  const device = deviceOption(checkOptions(opts, 'opts'), 'opts');
+  const device = deviceOption(checkOptions(opts, 'opts', ['device']), 'opts');
   const { file, json } = await readConfigJson(dir);
   const c = checkModelConfig(json, file);
   // Every header checked first; then one tensor at a time, read as it is made (one in host
@@ -329,7 +329,7 @@ const SAFETENSORS_DTYPE: Record<DType, WritableDType> = { float32: 'F32', bfloat
 export async function saveLlama(dir: string, model: LlamaModel, opts?: SaveLlamaOptions): Promise<void> {
   if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
   if (!(model instanceof LlamaModel)) fail('type', `model: expected a LlamaModel, got ${describe(model)}`);
-  const dtype = checkOneOf(checkOptions(opts, 'opts').dtype, 'opts.dtype', DTYPES) ?? 'float32';
+  const dtype = checkOneOf(checkOptions(opts, 'opts', ['dtype']).dtype, 'opts.dtype', DTYPES) ?? 'float32';
   await mkdir(dir, { recursive: true });
   const files = llamaFiles(model, dtype);
   await files.writeWeights(join(dir, SINGLE_FILE), { format: 'pt' });

@@ -60,7 +60,7 @@ export function shardPositions(local: number, rank: number, worldSize: number, l
 export function shardTokens(tokens: Int32Array, opts: ShardTokensOptions): { tokens: Int32Array; positions: Int32Array } {
   if (!(tokens instanceof Int32Array)) fail('type', `tokens: expected an Int32Array, got ${describe(tokens)}`);
   if (opts === undefined) fail('type', 'opts: expected { rank, worldSize, layout }');
-  const o = checkOptions(opts, 'opts');
+  const o = checkOptions(opts, 'opts', ['rank', 'worldSize', 'layout']);
   const worldSize = checkInteger(o.worldSize, 'opts.worldSize', 1);
   const rank = checkInteger(o.rank, 'opts.rank', 0, worldSize - 1);
   const layout = checkOneOf(o.layout, 'opts.layout', LAYOUTS) ?? 'contiguous';

@@ -299,7 +299,7 @@ export function crossEntropyLoss(h: Tensor, wHead: Tensor, targets: Int32Array, 
   const [th, M, C] = matrix(c, h, 'h', '[M, C]');
   const [tw, V] = matrix(c, wHead, 'wHead', '[V, C]');
   shaped(c, tw, 'wHead', [V, C], "[V, C] (C: h's columns)");
-  const o = checkOptions(opts, 'opts');
+  const o = checkOptions(opts, 'opts', ['chunkRows', 'ignoreIndex', 'gradScale', 'dh', 'dwHead']);
   const chunkRows = checkInteger(o.chunkRows, 'opts.chunkRows', 1);
   const ignoreIndex = o.ignoreIndex === undefined ? -100 : checkInteger(o.ignoreIndex, 'opts.ignoreIndex', -(2 ** 31), 2 ** 31 - 1);
   const gradScale = o.gradScale === undefined ? 1 : checkFloat32(o.gradScale, 'opts.gradScale');
@@ -347,14 +347,14 @@ export function adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: A
   const tg = shaped(c, grad, 'grad', tp.shape, "param's shape");
   const tm = shaped(c, m, 'm', tp.shape, "param's shape");
   const tv = shaped(c, v, 'v', tp.shape, "param's shape");
-  const o = adamwScalars(opts);
+  const o = adamwScalars(opts, 'weightDecay');
   const wd = (opts as AdamWOptions).weightDecay;
   const weightDecay = wd === undefined ? 0.01 : checkFloat32(wd, 'opts.weightDecay', 0);
   native.opsAdamW(tp.handle('param'), tg.handle('grad'), tm.handle('m'), tv.handle('v'), o.step, o.lr, o.beta1, o.beta2, o.eps, weightDecay);
 }
 
-function adamwScalars(opts: unknown) {
-  const o = checkOptions(opts, 'opts') as Partial<AdamWOptions>;
+function adamwScalars(opts: unknown, last: 'weightDecay' | 'gradScale') {
+  const o = checkOptions(opts, 'opts', ['step', 'lr', 'beta1', 'beta2', 'eps', last]) as Partial<AdamWOptions>;
   const beta = (x: unknown, name: string, dflt: number) => (x === undefined ? dflt : checkBeta(x, name));
   return {
     step: checkInteger(o.step, 'opts.step', 1),
@@ -392,7 +392,7 @@ export interface AdamWMultiOptions extends Omit<AdamWOptions, 'weightDecay'> {
  */
 export function adamwMulti(entries: readonly AdamWEntry[], opts: AdamWMultiOptions): void {
   if (!Array.isArray(entries) || entries.length === 0) fail('type', `entries: expected a non-empty array of { param, grad, m, v }, got ${describe(entries)}`);
-  const o = adamwScalars(opts);
+  const o = adamwScalars(opts, 'gradScale');
   const { gradScale } = opts as AdamWMultiOptions;
   const scale = gradScale === undefined ? 1 : checkFloat32(gradScale, 'opts.gradScale', 0);
   const first = entries[0] as unknown;

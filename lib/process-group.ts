@@ -18,7 +18,7 @@ export interface InitProcessGroupOptions {
 
 /** Joins the job this process was started in and returns its NCCL group. Every rank must call it. */
 export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<ProcessGroup> {
-  const o = checkOptions(opts, 'opts');
+  const o = checkOptions(opts, 'opts', ['backend', 'timeoutMs', 'env']);
   if (o.backend !== 'nccl')
     fail(typeof o.backend === 'string' ? 'range' : 'type', `opts.backend: expected 'nccl' (groups of threads come from launch()), got ${JSON.stringify(o.backend)}`);
   const timeoutMs = o.timeoutMs === undefined ? DEFAULT_TIMEOUT_MS : checkInteger(o.timeoutMs, 'opts.timeoutMs', 1, MAX_TIMER_MS);

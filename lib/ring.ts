@@ -1,7 +1,7 @@
 // ringAttention(): collective attention over a launch() group. Each rank passes its shard
 // of the sequence (see shardSequence) and gets its shard of the result; K/V shards travel
 // around the ring in native code and partial results merge through the log-sum-exp.
-import { checkAttentionInputs, checkBackwardInputs, type AttentionGradients, type AttentionOptions, type AttentionResult } from './attention.js';
+import { ATTENTION_OPTION_KEYS, checkAttentionInputs, checkBackwardInputs, type AttentionGradients, type AttentionOptions, type AttentionResult } from './attention.js';
 import { checkInteger, checkOneOf, describe, fail } from './errors.js';
 import { ProcessGroup } from './group.js';
 import { native } from './native.js';
@@ -48,10 +48,11 @@ function stepTimes(a: ReturnType<typeof checkRing>, times: Float64Array | undefi
 }
 
 const PARTS = { compute: 1, transfers: 2 } as const;
+const RING_OPTION_KEYS = [...ATTENTION_OPTION_KEYS, 'group', 'layout', 'parts', 'onStepTimes', 'failAtStep'];
 
 function checkRing(q: unknown, k: unknown, v: unknown, opts: unknown) {
   if (opts === undefined) fail('type', 'opts: expected { group } from launch()');
-  const a = checkAttentionInputs(q, k, v, opts);
+  const a = checkAttentionInputs(q, k, v, opts, RING_OPTION_KEYS);
   const groupId = ProcessGroup.idOf(a.options.group, 'opts.group');
   const group = a.options.group as ProcessGroup;
   if (group.backend === 'nccl' && a.q.device !== 'cuda')

@@ -2,12 +2,12 @@
 // by `model.safetensors.index.json` ({ "weight_map": { tensor name: shard file } }). The index
 // is checked like a header: shard names must be plain file names in the directory, every shard
 // must exist, and every tensor must be in the shard the index names.
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 
 import { describe, fail } from './errors.js';
 import {
-  checkNames, checkPath, openFile, openSafetensors, readHeader,
+  checkNames, checkPath, openFile, openSafetensors, readHeader, readTextFile,
   type LoadedTensor, type ReadSafetensorsOptions, type SafetensorsContents, type SafetensorsEntry,
 } from './safetensors.js';
 
@@ -35,10 +35,10 @@ export async function safetensorsWeightMap(dir: string): Promise<Map<string, str
     const hint = pickled ? " (pytorch_model.bin is not read: save the model as safetensors, e.g. transformers' save_pretrained(dir, safe_serialization=True))" : '';
     throw new Error(`${dir}: neither ${SINGLE_FILE} nor ${INDEX_FILE} is there${hint}`);
   }
-  if ((await stat(index)).size > MAX_INDEX_BYTES) fail('range', `${index}: larger than ${MAX_INDEX_BYTES} bytes`);
+  const text = await readTextFile(index, MAX_INDEX_BYTES);
   let json: unknown;
   try {
-    json = JSON.parse(await readFile(index, 'utf8'));
+    json = JSON.parse(text);
   } catch (e) {
     throw new Error(`${index}: not valid JSON: ${(e as Error).message}`, { cause: e });
   }
@@ -129,6 +129,8 @@ export async function readSafetensorsDir(dir: string, opts?: ReadSafetensorsOpti
   }
 }
 
+// Anything by that name: a FIFO or a directory there is then refused by name (openFile), not
+// passed over as if the file were missing.
 async function exists(path: string): Promise<boolean> {
-  return stat(path).then((s) => s.isFile(), () => false);
+  return stat(path).then(() => true, () => false);
 }

@@ -148,6 +148,21 @@ export async function openFile(path: string): Promise<FileHandle> {
   return fh;
 }
 
+/**
+ * @internal A small text file (a config.json, an index, trainer.json) through openFile: a FIFO
+ * or device in its place is refused rather than waited on or read without end.
+ */
+export async function readTextFile(path: string, maxBytes: number): Promise<string> {
+  const fh = await openFile(path);
+  try {
+    const size = (await fh.stat()).size;
+    if (size > maxBytes) fail('range', `${path}: larger than ${maxBytes} bytes`);
+    return await fh.readFile('utf8');
+  } finally {
+    await fh.close();
+  }
+}
+
 /** @internal */
 export async function readHeader(fh: FileHandle, file: string): Promise<SafetensorsHeader> {
   const fileSize = (await fh.stat()).size;

@@ -46,7 +46,7 @@ function checkDim(dim: unknown, name: string, rank: number, tensorName: string):
 export function shardSequence(x: Tensor, opts: ShardOptions): Tensor {
   const t = checkTensor(x, 'x');
   if (opts === undefined) fail('type', 'opts: expected { rank, worldSize, layout }');
-  const o = checkOptions(opts, 'opts');
+  const o = checkOptions(opts, 'opts', ['rank', 'worldSize', 'layout', 'dim']);
   const worldSize = checkInteger(o.worldSize, 'opts.worldSize', 1);
   const rank = checkInteger(o.rank, 'opts.rank', 0, worldSize - 1);
   const layout = checkOneOf(o.layout, 'opts.layout', LAYOUTS) ?? 'contiguous';
@@ -68,7 +68,7 @@ export function gatherSequence(shards: Tensor[], opts?: GatherOptions): Tensor {
   if (!Array.isArray(shards) || shards.length === 0) fail('type', `shards: expected a non-empty array of tensors, got ${describe(shards)}`);
   const ts = Array.from(shards, (s, i) => checkTensor(s, `shards[${i}]`)); // holes too
   const first = ts[0]!;
-  const o = checkOptions(opts, 'opts');
+  const o = checkOptions(opts, 'opts', ['layout', 'dim']);
   const layout = checkOneOf(o.layout, 'opts.layout', LAYOUTS) ?? 'contiguous';
   const dim = checkDim(o.dim, 'opts.dim', first.shape.length, 'shards[0]');
   ts.forEach((t, i) => {

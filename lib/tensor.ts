@@ -28,7 +28,15 @@ export class Tensor implements Disposable {
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
     this.device = device;
+    // Frozen: the checks in this layer read these fields, and plain JavaScript could otherwise
+    // overwrite them (`t.shape = [...]`) and send the native code a shape its memory lacks.
+    Object.freeze(this);
     made?.push(this);
+  }
+
+  /** @internal Whether value was made by this class (not only given its prototype). */
+  static isTensor(value: unknown): value is Tensor {
+    return typeof value === 'object' && value !== null && #handle in value;
   }
 
   /** @internal */
@@ -91,7 +99,8 @@ export function freeOnThrow<T>(f: () => T): T {
 }
 
 export function checkTensor(value: unknown, name: string): Tensor {
-  if (!(value instanceof Tensor)) fail('type', `${name}: expected a Tensor, got ${describe(value)}`);
+  if (!Tensor.isTensor(value))
+    fail('type', `${name}: expected a Tensor, got ${value instanceof Tensor ? "an object with Tensor's prototype, not made by tensor() or zeros()" : describe(value)}`);
   value.handle(name);
   return value;
 }
@@ -120,7 +129,7 @@ export function checkDevice(device: DeviceName, name: string): void {
 }
 
 function dtypeAndDevice(opts: unknown): { dtype: DType; device: DeviceName } {
-  const o = checkOptions(opts, 'opts');
+  const o = checkOptions(opts, 'opts', ['dtype', 'device']);
   return { dtype: checkOneOf(o.dtype, 'opts.dtype', DTYPES) ?? 'float32', device: checkOneOf(o.device, 'opts.device', DEVICES) ?? 'cpu' };
 }
 

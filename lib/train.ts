@@ -58,6 +58,8 @@ export interface TrainerOptions {
    */
   shardOptimizer?: boolean;
 }
+const TRAINER_OPTION_KEYS = ['group', 'layout', 'lr', 'weightDecay', 'betas', 'eps', 'maxGradNorm', 'checkpoint', 'ffnBlockRows',
+  'ceChunkRows', 'deterministic', 'shardOptimizer'];
 
 export interface StepResult {
   /** Mean cross-entropy over every counted target of the whole sequence (all ranks). */
@@ -184,6 +186,12 @@ export class Trainer implements Disposable {
     if (!(targets instanceof Int32Array)) fail('type', `targets${at}: expected an Int32Array (this rank's shard), got ${describe(targets)}`);
     if (targets.length !== tokens.length) fail('range', `targets${at}: expected ${tokens.length} targets (one per token), got ${targets.length}`);
     if (tokens.length === 0) fail('range', `tokens${at}: this rank's shard is empty`);
+    // Checked here, before any micro-batch runs, not by the ops half-way through a step.
+    const V = this.model.config.vocab_size;
+    const token = tokens.findIndex((x) => x < 0 || x >= V);
+    if (token >= 0) fail('range', `tokens${at}[${token}]: ${tokens[token]} is outside the vocabulary [0, ${V})`);
+    const target = targets.findIndex((x) => x !== IGNORE_INDEX && (x < 0 || x >= V));
+    if (target >= 0) fail('range', `targets${at}[${target}]: ${targets[target]} is outside the vocabulary [0, ${V}) and not the ignore index ${IGNORE_INDEX}`);
     if (documentIds !== undefined) {
       if (!(documentIds instanceof Int32Array)) fail('type', `opts.documentIds${at}: expected an Int32Array (one document id per token), got ${describe(documentIds)}`);
       if (documentIds.length !== tokens.length) fail('range', `opts.documentIds${at}: expected ${tokens.length} ids (one per token), got ${documentIds.length}`);
@@ -201,7 +209,7 @@ export class Trainer implements Disposable {
 
   /** One sequence's shard, or a list of them (micro-batches), each checked and named by its index. */
   #microBatches(tokens: unknown, targets: unknown, opts: unknown): MicroBatch[] {
-    const documentIds = checkOptions(opts, 'opts').documentIds as unknown;
+    const documentIds = checkOptions(opts, 'opts', ['documentIds']).documentIds as unknown;
     if (!Array.isArray(tokens)) {
       if (Array.isArray(targets)) fail('type', `targets: expected an Int32Array, as tokens is one; got an array of ${targets.length}`);
       if (Array.isArray(documentIds)) fail('type', `opts.documentIds: expected an Int32Array, as tokens is one; got an array of ${documentIds.length}`);
@@ -264,7 +272,7 @@ export class Trainer implements Disposable {
 
   /** The loss of the whole sequence (every rank must call it with its shard); nothing is kept or changed. */
   forward(tokens: Int32Array, targets: Int32Array, opts?: ForwardOptions): ForwardResult {
-    const o = checkOptions(opts, 'opts');
+    const o = checkOptions(opts, 'opts', ['logits', 'documentIds']);
     const { ctx } = this.#context(tokens, targets, '', o.documentIds);
     const wantLogits = checkBoolean(o.logits, 'opts.logits') ?? false;
     const total = this.#totalCount([targets]);
@@ -462,7 +470,7 @@ export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer 
   if (!(model instanceof LlamaModel)) fail('type', `model: expected a LlamaModel from initLlama/loadLlama/createLlama, got ${describe(model)}`);
   if (model.disposed) fail('type', 'model: has been disposed');
   if (opts === undefined) fail('type', 'opts: expected { lr, ... }');
-  const o = checkOptions(opts, 'opts');
+  const o = checkOptions(opts, 'opts', TRAINER_OPTION_KEYS);
   if (o.group !== undefined) {
     ProcessGroup.idOf(o.group, 'opts.group');
     if ((o.group as ProcessGroup).backend === 'nccl' && model.device !== 'cuda')

@@ -116,6 +116,7 @@ void with_documents(ra::cpu::AttnParams& p, const int32_t* docs) {
 Napi::Value AttentionForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &q = unwrap(env, info[0], "q"), &k = unwrap(env, info[1], "k"), &v = unwrap(env, info[2], "v");
+    ra::check_attention_operands("attention", q, k, v);
     const bool causal = info[3].ToBoolean();
     const float scale = info[4].As<Napi::Number>().FloatValue();
     const int32_t* docs = documents(info, 5, q, k);
@@ -140,6 +141,7 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &dout = unwrap(env, info[0], "dout"), &q = unwrap(env, info[1], "q"), &k = unwrap(env, info[2], "k"),
                  &v = unwrap(env, info[3], "v"), &out = unwrap(env, info[4], "out"), &lse = unwrap(env, info[5], "lse");
+    ra::check_attention_operands("attentionBackward", q, k, v, &dout, &out, &lse);
     const bool causal = info[6].ToBoolean();
     const float scale = info[7].As<Napi::Number>().FloatValue();
     const int32_t* docs = documents(info, 9, q, k);

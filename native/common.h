@@ -96,6 +96,13 @@ struct Tensor {
   float* f32() { return static_cast<float*>(storage->ptr); }
 };
 
+// q, k and v of attention (with a backward's dout, out and lse), checked as the kernels will
+// read them: k of q's rank, dtype and device; v of k's shape; dout and out of q's; lse
+// [batch, heads, seqQ] float32. The TypeScript layer checks the same on the JS objects, whose
+// fields plain JavaScript can overwrite; a kernel that trusted them would read past a buffer.
+void check_attention_operands(const char* call, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor* dout = nullptr, const Tensor* out = nullptr, const Tensor* lse = nullptr);
+
 // build_info.cpp: which build system made this binary ("cmake-js" or "node-gyp"), and the
 // file a library name resolves to through the dynamic loader ("" when it cannot be opened).
 const char* build_system();

@@ -200,6 +200,7 @@ Napi::Value RingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info);
     const Tensor &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"), &v = unwrap(env, info[4], "v");
+    ra::check_attention_operands("ringAttention", q, k, v);
     std::vector<ra::ring::StepTime> times;
     auto s = ring_shape(info, 5, q, k, times);
     if (q.device == Device::CUDA) {
@@ -220,6 +221,7 @@ Napi::Value RingBackward(const Napi::CallbackInfo& info) {
     auto t = transport(info);
     const Tensor &dout = unwrap(env, info[2], "dout"), &q = unwrap(env, info[3], "q"), &k = unwrap(env, info[4], "k"),
                  &v = unwrap(env, info[5], "v"), &out = unwrap(env, info[6], "out"), &lse = unwrap(env, info[7], "lse");
+    ra::check_attention_operands("ringAttentionBackward", q, k, v, &dout, &out, &lse);
     std::vector<ra::ring::StepTime> times;
     auto s = ring_shape(info, 8, q, k, times);
     if (q.device == Device::CUDA) {
@@ -342,6 +344,7 @@ Napi::Value NcclBarrier(const Napi::CallbackInfo& info) {
 Napi::Value NcclRingForward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &q = unwrap(env, info[1], "q"), &k = unwrap(env, info[2], "k"), &v = unwrap(env, info[3], "v");
+    ra::check_attention_operands("ringAttention", q, k, v);
     std::vector<ra::ring::StepTime> times;
     auto s = ring_shape(info, 4, q, k, times);
     auto r = cuda_fwd_outputs(q, s);
@@ -355,6 +358,7 @@ Napi::Value NcclRingBackward(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     const Tensor &dout = unwrap(env, info[1], "dout"), &q = unwrap(env, info[2], "q"), &k = unwrap(env, info[3], "k"),
                  &v = unwrap(env, info[4], "v"), &out = unwrap(env, info[5], "out"), &lse = unwrap(env, info[6], "lse");
+    ra::check_attention_operands("ringAttentionBackward", q, k, v, &dout, &out, &lse);
     std::vector<ra::ring::StepTime> times;
     auto s = ring_shape(info, 7, q, k, times);
     auto r = cuda_bwd_outputs(q, k);

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <string>
 
 #include "common.h"
 #include "cuda/device.h"
@@ -30,6 +31,31 @@ void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
     auto* s = static_cast<const uint16_t*>(src);
     for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
   }
+}
+
+namespace {
+std::string describe(const std::vector<int64_t>& shape, DType dtype, Device device) {
+  std::string r = "[";
+  for (size_t i = 0; i < shape.size(); ++i) r += (i ? ", " : "") + std::to_string(shape[i]);
+  return r + "] " + dtype_name(dtype) + " on " + (device == Device::CPU ? "cpu" : "cuda");
+}
+void check_operand(const char* call, const char* name, const Tensor& t, const std::vector<int64_t>& shape, DType dtype,
+                   Device device) {
+  if (t.shape == shape && t.dtype == dtype && t.device == device) return;
+  throw UserError("RangeError", std::string(call) + ": " + name + " is " + describe(t.shape, t.dtype, t.device) +
+                                    ", expected " + describe(shape, dtype, device));
+}
+}  // namespace
+
+void check_attention_operands(const char* call, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor* dout,
+                              const Tensor* out, const Tensor* lse) {
+  if (q.shape.size() != 4 || k.shape.size() != 4)
+    throw UserError("RangeError", std::string(call) + ": q and k must be [batch, seq, heads, headDim]");
+  check_operand(call, "k", k, k.shape, q.dtype, q.device);
+  check_operand(call, "v", v, k.shape, q.dtype, q.device);
+  if (dout) check_operand(call, "dout", *dout, q.shape, q.dtype, q.device);
+  if (out) check_operand(call, "out", *out, q.shape, q.dtype, q.device);
+  if (lse) check_operand(call, "lse", *lse, {q.shape[0], q.shape[2], q.shape[1]}, DType::F32, q.device);
 }
 
 namespace {

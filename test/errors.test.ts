@@ -8,9 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import {
-  attention, attentionBackward, createTrainer, gatherSequence, initLlama, launch, llamaPresets, ops, parseLlamaConfig, ropeParameters,
-  shardSequence, tensor, zeros,
+  attention, attentionBackward, createTrainer, gatherSequence, initLlama, launch, llamaPresets, ops, parseLlamaConfig, ringAttention,
+  ropeParameters, shardSequence, Tensor, tensor, zeros,
 } from '../dist/index.js';
+import { native } from '../dist/native.js';
 
 const t = (shape: number[], dtype: 'float32' | 'bfloat16' | 'float16' = 'float32') =>
   tensor(new Float32Array(shape.reduce((a, b) => a * b, 1)), shape, { dtype });
@@ -142,5 +143,77 @@ describe('arguments other functions took unchecked', () => {
     await expect(launch({ worldSize: 1 }, file)).rejects.toThrow(/^rank 0 returned a Tensor/);
     writeFileSync(file, 'export default () => ({ data: new Float32Array(3).fill(2) });\n'); // what to return instead
     expect(await launch({ worldSize: 1 }, file)).toEqual([{ data: new Float32Array(3).fill(2) }]);
+  });
+});
+
+describe('misspelt options, rewritten fields and forged tensors (a review, 2026-12-05)', () => {
+  const q = t([2, 8, 4, 16]), kv = t([2, 8, 2, 16]);
+
+  // Each of these ran before, without the option: non-causal attention, a contiguous ring on
+  // zigzag shards, AdamW's default decay, a float32 tensor.
+  const cases: [string, () => unknown, RegExp][] = [
+    ['attention', () => attention(q, kv, kv, { casual: true } as never), /^opts\.casual: not an option here; expected causal, scale, deterministic, documentIds$/],
+    ['ringAttention', () => ringAttention(q, kv, kv, { Layout: 'zigzag' } as never), /^opts\.Layout: not an option here; expected causal, .*, group, layout, parts, onStepTimes, failAtStep$/],
+    ['ops.adamw', () => ops.adamw(zeros([4]), zeros([4]), zeros([4]), zeros([4]), { step: 1, lr: 1, weight_decay: 0 } as never), /^opts\.weight_decay: not an option here; expected step, lr, beta1, beta2, eps, weightDecay$/],
+    ['tensor', () => tensor(new Float32Array(6), [6], { dtyp: 'bfloat16' } as never), /^opts\.dtyp: not an option here; expected dtype, device$/],
+    ['createTrainer', () => createTrainer(initLlama(llamaPresets.tiny, { seed: 1 }), { lr: 1, weight_decay: 0.1 } as never), /^opts\.weight_decay: not an option here/],
+    ['a key of 10,000 characters', () => attention(q, kv, kv, { ['x'.repeat(1e4)]: 1 } as never), /^opts\.x{40}\.\.\.: not an option here/],
+  ];
+  for (const [name, call, message] of cases)
+    it(`an unknown option key is refused: ${name}`, () => {
+      expect(call).toThrow(TypeError);
+      expect(call).toThrow(message);
+    });
+
+  it('a long string in a message is cut to 100 characters, with its length', () => {
+    expect(() => attention(q, kv, kv, { causal: 'x'.repeat(1e6) as never })).toThrow(/^opts\.causal: expected a boolean, got 'x{100}\.\.\.' \(1000000 characters\)$/);
+  });
+
+  it('an unknown key that holds undefined is let through (spreads leave such keys)', () => {
+    expect(attention(q, kv, kv, { casual: undefined } as never).out.shape).toEqual([2, 8, 4, 16]);
+  });
+
+  it("a tensor's shape, dtype and device cannot be rewritten", () => {
+    const v = t([1]);
+    expect(Object.isFrozen(v)).toBe(true);
+    expect(() => { (v as { shape: number[] }).shape = [2, 8, 2, 16]; }).toThrow(TypeError);
+    expect(() => { (v as { dtype: string }).dtype = 'bfloat16'; }).toThrow(TypeError);
+    expect(v.shape).toEqual([1]);
+  });
+
+  it('an object that only has the Tensor prototype is not taken for one', () => {
+    expect(() => attention(Object.create(Tensor.prototype), kv, kv)).toThrow(/^q: expected a Tensor, got an object with Tensor's prototype, not made by tensor\(\) or zeros\(\)$/);
+  });
+
+  // The native layer checks the operands itself: it reads the handles' shapes, not the JS
+  // fields the TypeScript checks read.
+  it('native attention refuses a v, dout, out or lse its kernels would read past', () => {
+    const small = t([1]);
+    expect(() => native.attentionForward(q.handle('q'), kv.handle('k'), small.handle('v'), false, 0.25)).toThrow(
+      /^attention: v is \[1\] float32 on cpu, expected \[2, 8, 2, 16\] float32 on cpu$/);
+    const { out, lse } = attention(q, kv, kv);
+    const h = [q, q, kv, kv, out, lse].map((x) => x.handle('x'));
+    for (const [i, name, expected] of [[0, 'dout', '[2, 8, 4, 16] float32'], [4, 'out', '[2, 8, 4, 16] float32'], [5, 'lse', '[2, 4, 8] float32']] as const) {
+      const args = [...h];
+      args[i] = small.handle('x');
+      expect(() => (native.attentionBackward as (...a: unknown[]) => unknown)(...args, false, 0.25, false)).toThrow(
+        `attentionBackward: ${name} is [1] float32 on cpu, expected ${expected} on cpu`);
+    }
+  });
+
+  it('native ring attention refuses them too', async () => {
+    const file = join(tmpdir(), `ra-ring-operands-${process.pid}.mjs`);
+    const dist = (f: string) => JSON.stringify(new URL(`../dist/${f}`, import.meta.url).href);
+    writeFileSync(file, `import { zeros } from ${dist('index.js')};
+import { ProcessGroup } from ${dist('group.js')};
+import { native } from ${dist('native.js')};
+export default ({ group }) => {
+  const q = zeros([1, 4, 2, 8]), k = zeros([1, 4, 1, 8]), id = ProcessGroup.idOf(group, 'group');
+  try { native.ringForward(id, group.rank, q.handle('q'), k.handle('k'), zeros([3]).handle('v'), false, 0.25, false); }
+  catch (e) { return e.message; }
+  return 'not refused';
+};
+`);
+    expect(await launch({ worldSize: 1 }, file)).toEqual(['ringAttention: v is [3] float32 on cpu, expected [1, 4, 1, 8] float32 on cpu']);
   });
 });

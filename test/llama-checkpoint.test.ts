@@ -2,6 +2,7 @@
 // what a real checkpoint directory holds beside the model's tensors, the trainer's checkpoints
 // (weights, AdamW's moments and the step; restore then step as if never interrupted; sharded
 // moments), refusals that change nothing, and one step against a float64 AdamW reference.
+import { spawnSync } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import {
-  createLlama, createTrainer, hostMemoryStats, initLlama, launch, llamaTensorNames, loadLlama, readSafetensors, saveLlama,
+  createLlama, createTrainer, hostMemoryStats, initLlama, launch, llamaTensorNames, loadLlama, loadLlamaConfig, readSafetensors, saveLlama,
   writeSafetensors, type LlamaModel, type ResolvedLlamaConfig, type Trainer,
 } from '../dist/index.js';
 import { bits, llama3Tiny, randomWeights, rankModule, sequence, tiedTiny, tiny } from './llama-fixtures.js';
@@ -240,7 +241,18 @@ describe('saving, loading, checkpoints', () => {
     using c = initLlama(tiny, { seed: 6 });
     using tc = createTrainer(c, { lr: 1e-2 });
     const weightsBefore = c.toArrays();
-    await expect(tc.restoreCheckpoint(ints)).rejects.toThrow(/optimizer\.safetensors: '[mv]\..+' is I32, not a float type \(F32, BF16, F16, F64\)$/);
+    await expect(tc.restoreCheckpoint(ints)).rejects.toThrow(/optimizer\.safetensors: '[mv]\..+' is I32; a checkpoint holds F32 tensors, restored bit for bit$/);
+    // A version this release does not know, and a moment of no tensor of the model, likewise.
+    const meta = JSON.parse(await readFile(join(ck, 'trainer.json'), 'utf8'));
+    await writeFile(join(ints, 'trainer.json'), JSON.stringify({ ...meta, version: 3 }));
+    await expect(tc.restoreCheckpoint(ints)).rejects.toThrow(/trainer\.json: version number 3; this ring-attention reads versions 1 and 2/);
+    const extra = join(dir, 'ck-extra-moment');
+    await ta.saveCheckpoint(extra);
+    const moments = await readSafetensors(join(extra, 'optimizer.safetensors'));
+    const withExtra = Object.fromEntries([...moments.tensors].map(([n, e]) => [n, { data: e.data, shape: e.shape }]));
+    withExtra['m.bogus'] = { data: new Float32Array(2), shape: [2] };
+    await writeSafetensors(join(extra, 'optimizer.safetensors'), withExtra, moments.metadata);
+    await expect(tc.restoreCheckpoint(extra)).rejects.toThrow(/optimizer\.safetensors: unexpected tensor 'm\.bogus' for this model$/);
     expect(tc.stepCount).toBe(0);
     for (const [n, a] of c.toArrays()) expect(Buffer.compare(bits(a), bits(weightsBefore.get(n)!)), n).toBe(0);
     // A save that fails part-way leaves the checkpoint there as it was, and no partial files.
@@ -390,6 +402,26 @@ describe('saving, loading, checkpoints', () => {
     await expect(loadLlama(ints)).rejects.toThrow(/model.safetensors: 'model.norm.weight' is I32, not a float type \(F32, BF16, F16, F64\)$/);
   });
 
+  it('a FIFO in place of config.json, the shards\' index or trainer.json is refused, not waited on', async () => {
+    const fifos = join(dir, 'fifos');
+    using model = initLlama(tiny, { seed: 1 });
+    using tr = createTrainer(model, { lr: 1e-3 });
+    await tr.saveCheckpoint(fifos);
+    const fifo = async (name: string) => {
+      await rm(join(fifos, name));
+      expect(spawnSync('mkfifo', [join(fifos, name)]).status).toBe(0);
+      return join(fifos, name);
+    };
+    const trainerJson = await fifo('trainer.json');
+    await expect(tr.restoreCheckpoint(fifos)).rejects.toThrow(new TypeError(`${trainerJson}: not a regular file`));
+    await writeFile(join(fifos, 'model.safetensors.index.json'), '{}');
+    const index = await fifo('model.safetensors.index.json');
+    await rm(join(fifos, 'model.safetensors'));
+    await expect(loadLlama(fifos)).rejects.toThrow(new TypeError(`${index}: not a regular file`));
+    const config = await fifo('config.json');
+    await expect(loadLlamaConfig(fifos)).rejects.toThrow(new TypeError(`${config}: not a regular file`));
+  });
+
   it('trainer arguments are checked; dispose frees every tensor', () => {
     using model = initLlama(tiny, { seed: 1 });
     expect(() => createTrainer(model, {} as never)).toThrow(/opts.lr: missing/);
@@ -408,11 +440,14 @@ describe('saving, loading, checkpoints', () => {
     expect(() => tr.step([, new Int32Array(4)] as never, [new Int32Array(4), new Int32Array(4)])).toThrow(/tokens\[0\]: expected an Int32Array .*got nothing/);
     expect(() => tr.step([new Int32Array(4), new Int32Array(2)], [new Int32Array(4), new Int32Array(3)])).toThrow(/targets\[1\]: expected 2 targets/);
     expect(() => tr.step([new Int32Array(4), new Int32Array(4)], [new Int32Array(4).fill(-100), new Int32Array(4).fill(-100)])).toThrow(/every target of every micro-batch/);
-    expect(() => tr.step(new Int32Array(4).fill(300), new Int32Array(4))).toThrow(/ids\[0\]: 300 is outside/);
-    // a step that fails after the forward made its activations (a target outside the
-    // vocabulary is found by the loss) frees them at once, not at garbage collection
+    // Token ids and targets outside the vocabulary are refused before any micro-batch runs,
+    // named by micro-batch and position.
     const held = hostMemoryStats().bytesInUse;
-    expect(() => tr.step(new Int32Array(8), Int32Array.from([1, 2, 3, 4, 5, 6, 7, 999]))).toThrow(/targets\[7\]: 999 is outside/);
+    expect(() => tr.step(new Int32Array(4).fill(300), new Int32Array(4))).toThrow(/^tokens\[0\]: 300 is outside the vocabulary \[0, 256\)$/);
+    expect(() => tr.step([new Int32Array(4), Int32Array.of(1, 2, -1, 4)], [new Int32Array(4), new Int32Array(4)])).toThrow(/^tokens\[1\]\[2\]: -1 is outside/);
+    expect(() => tr.step(new Int32Array(8), Int32Array.from([1, 2, 3, 4, 5, 6, 7, 999]))).toThrow(/^targets\[7\]: 999 is outside the vocabulary \[0, 256\) and not the ignore index -100$/);
+    expect(() => tr.forward(new Int32Array(8), new Int32Array(8).fill(-2))).toThrow(/^targets\[0\]: -2 is outside/);
+    expect(tr.stepCount).toBe(0);
     expect(hostMemoryStats().bytesInUse).toBe(held);
     tr.dispose();
     expect([...tr.gradients.values()].every((g) => g.disposed)).toBe(true);

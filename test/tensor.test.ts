@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 
 import { hostMemoryStats, info, tensor, Tensor, zeros } from '../dist/index.js';
+import { freeOnThrow } from '../dist/tensor.js';
 import { roundTo } from './reference.js';
 
 describe('tensor', () => {
@@ -100,6 +101,20 @@ describe('tensor', () => {
 
   it.skipIf(info().cuda.available)("device 'cuda' without a usable GPU is refused with the reason", () => {
     expect(() => tensor(new Float32Array(2), [2], { device: 'cuda' })).toThrow(/^opts\.device: 'cuda' is not available here \(.+\); use 'cpu'/);
+  });
+
+  it('freeOnThrow frees what its function made when it throws (a failed training step holds nothing), and keeps it when it returns', () => {
+    const held = hostMemoryStats().bytesInUse;
+    expect(() => freeOnThrow(() => {
+      zeros([1000]);
+      freeOnThrow(() => zeros([10])); // an inner call's tensors are the outer one's to free
+      throw new Error('out of memory, say');
+    })).toThrow('out of memory, say');
+    expect(hostMemoryStats().bytesInUse).toBe(held);
+    const kept = freeOnThrow(() => zeros([1000]));
+    expect(kept.disposed).toBe(false);
+    expect(hostMemoryStats().bytesInUse).toBeGreaterThan(held);
+    kept.dispose();
   });
 });
 

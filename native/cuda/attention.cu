@@ -11,6 +11,7 @@
 namespace ra::cuda {
 namespace {
 
+// The operands' shapes, dtypes and devices are checked by the caller (check_attention_operands).
 flash::FwdParams whole(const Tensor& q, const Tensor& k, bool causal, float scale) {
   const auto &qs = q.shape, &ks = k.shape;
   if (qs.size() != 4 || ks.size() != 4 || qs[0] != ks[0] || qs[3] != ks[3] || ks[2] == 0 || qs[2] % ks[2] != 0)
@@ -30,12 +31,6 @@ flash::FwdParams whole(const Tensor& q, const Tensor& k, bool causal, float scal
   // Allocations are 256-byte aligned; with head_dim % 8 == 0 every row starts on 16 bytes.
   p.vec_ok = p.head_dim % 8 == 0;
   return p;
-}
-
-// The TS layer checks every argument; these checks only keep a bad call from reading out of bounds.
-void same(const Tensor& t, const std::vector<int64_t>& shape, DType dtype, const char* name) {
-  if (t.shape != shape || t.dtype != dtype || t.device != Device::CUDA)
-    throw UserError("RangeError", std::string("attention: ") + name + " does not match the expected shape, dtype or device");
 }
 
 // Packed sequences: the ids on the device (the same for queries and keys), then their spans,
@@ -65,8 +60,6 @@ AttnOut attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, boo
                           const int32_t* docs) {
   auto p = whole(q, k, causal, scale);
   auto doc_storage = with_documents(p, docs);
-  same(v, k.shape, q.dtype, "v");
-  same(k, k.shape, q.dtype, "k");
   AttnOut r{Tensor::empty(q.shape, q.dtype, Device::CUDA), Tensor::empty({p.batch, p.heads, p.seq_q}, DType::F32, Device::CUDA)};
   p.q = q.storage->ptr, p.k = k.storage->ptr, p.v = v.storage->ptr;
   p.out = r.out.storage->ptr, p.out_accum = nullptr, p.lse = r.lse.f32();
@@ -80,11 +73,6 @@ AttnGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& 
   bp.fwd = whole(q, k, causal, scale);
   auto& p = bp.fwd;
   auto doc_storage = with_documents(p, docs);
-  same(v, k.shape, q.dtype, "v");
-  same(k, k.shape, q.dtype, "k");
-  same(out, q.shape, q.dtype, "out");
-  same(dout, q.shape, q.dtype, "dout");
-  same(lse, {p.batch, p.heads, p.seq_q}, DType::F32, "lse");
   p.q = q.storage->ptr, p.k = k.storage->ptr, p.v = v.storage->ptr, p.lse = const_cast<float*>(lse.f32());
   Tensor delta = Tensor::empty({p.batch, p.heads, p.seq_q}, DType::F32, Device::CUDA);
   flash::compute_delta(p, out.storage->ptr, dout.storage->ptr, delta.f32(), q.dtype, nullptr);
