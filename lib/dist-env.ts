@@ -1,5 +1,7 @@
 // Where this process sits in a multi-process job, read from the variables that torchrun,
 // `ring-attention launch` (the same names) or Slurm's srun set.
+import { isIPv6 } from 'node:net';
+
 export interface DistributedEnv {
   rank: number;
   worldSize: number;
@@ -23,7 +25,7 @@ function intVar(env: Env, name: string, min: number, max = Number.MAX_SAFE_INTEG
   if (raw === undefined || raw === '') throw new RangeError(`environment: ${name} is not set`);
   if (typeof raw !== 'string') throw new TypeError(`environment: ${name} must be a string, got ${typeof raw}`);
   const value = Number(raw);
-  if (!/^\d+$/.test(raw.trim()) || value < min || value > max)
+  if (!/^\d+$/.test(raw) || value < min || value > max)
     throw new RangeError(`environment: ${name} must be an integer in [${min}, ${max}], got '${raw}'`);
   return value;
 }
@@ -35,6 +37,9 @@ function master(env: Env, launcher: string): { masterAddr: string; masterPort: n
   if (!env.MASTER_ADDR) throw new RangeError(`environment: MASTER_ADDR is not set${hint}`);
   // torchrun's help writes IPv6 addresses in brackets ([::1]); sockets take them without.
   const masterAddr = /^\[.*\]$/.test(env.MASTER_ADDR) ? env.MASTER_ADDR.slice(1, -1) : env.MASTER_ADDR;
+  // 'host:29500' would be looked up as a host name, and fail only at the rendezvous's deadline.
+  if (masterAddr === '' || (masterAddr.includes(':') && !isIPv6(masterAddr)))
+    throw new RangeError(`environment: MASTER_ADDR must be a host name or an IP address (the port goes in MASTER_PORT), got '${env.MASTER_ADDR}'${hint}`);
   try {
     return { masterAddr, masterPort: intVar(env, 'MASTER_PORT', 1, 65535) };
   } catch (e) {
@@ -53,7 +58,7 @@ function slurmTasksHere(env: Env): number {
     const counts: number[] = [];
     for (const part of layout.split(',')) {
       const m = /^(\d+)(?:\(x(\d+)\))?$/.exec(part.trim());
-      if (!m || Number(m[1]) < 1) throw new RangeError(`environment: ${name}: expected counts such as '4(x2),1', got '${layout}'`);
+      if (!m || Number(m[1]) < 1 || Number(m[2] ?? 1) < 1) throw new RangeError(`environment: ${name}: expected counts such as '4(x2),1', got '${layout}'`);
       for (let i = 0; i < Number(m[2] ?? 1) && counts.length < MAX_PROCESSES; ++i) counts.push(Number(m[1]));
     }
     const node = env.SLURM_NODEID ? intVar(env, 'SLURM_NODEID', 0, counts.length - 1) : 0;

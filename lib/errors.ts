@@ -1,5 +1,7 @@
 // Argument checks shared by the public functions. Each message names the argument and
 // says what was expected, as users see it.
+import { inspect } from 'node:util';
+
 /** The longest delay a Node.js timer honours (about 24.8 days); longer ones fire at once. */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 /** How long a rank waits for its peers, unless told otherwise: 5 minutes. */
@@ -65,6 +67,14 @@ export function checkOptions(value: unknown, name: string, known: readonly strin
   return o;
 }
 
+
+/**
+ * What a rank threw, as an Error: a thrown non-Error ({ code: 1 }, null, a string) is shown as
+ * inspect shows it, not '[object Object]', and gains a message and a stack to carry.
+ */
+export function rankError(e: unknown, rank: number): Error {
+  return e instanceof Error ? e : new Error(`rank ${rank} threw a non-Error value: ${inspect(e, { depth: 2, breakLength: Infinity })}`);
+}
 
 /** A JSON-style object: not null, not an array. */
 export const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);

@@ -6,7 +6,7 @@ import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Worker } from 'node:worker_threads';
 
-import { checkInteger, checkOneOf, checkOptions, describe, fail, MAX_TIMER_MS, DEFAULT_TIMEOUT_MS } from './errors.js';
+import { checkInteger, checkOneOf, checkOptions, describe, fail, MAX_TIMER_MS, DEFAULT_TIMEOUT_MS, rankError } from './errors.js';
 import type { ProcessGroup } from './group.js';
 import { native } from './native.js';
 import { checkDevice, DEVICES, type DeviceName } from './tensor.js';
@@ -107,7 +107,8 @@ export async function launch(opts: LaunchOptions, module: string | URL, args?: u
             else if (m.secondary) secondaryError ??= rebuild(m.error, rank);
             else failRank(rank, rebuild(m.error, rank));
           }));
-        w.on('error', (e) => report(() => failRank(rank, Object.assign(e, { rank }))));
+        // What a rank's callback threw after its function returned: any value, null too.
+        w.on('error', (e: unknown) => report(() => failRank(rank, Object.assign(rankError(e, rank), { rank }))));
         w.on('exit', (code) =>
           report(() => {
             if (!firstError && !secondaryError)

@@ -90,6 +90,8 @@ function deviceFor(localRank: number, n: number): string {
 }
 
 const TAIL_BYTES = 8 * 1024;
+// Ends a rank whose launcher died without stopping it (rank-watch.ts).
+const RANK_WATCH = new URL('./rank-watch.js', import.meta.url).href;
 
 /** Runs the job and resolves with the launcher's exit code. */
 export async function launchProcesses(argv: string[]): Promise<number> {
@@ -130,7 +132,8 @@ export async function launchProcesses(argv: string[]): Promise<number> {
   const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const;
   for (const s of FORWARDED) process.on(s, forward);
   // Whatever ends the launcher itself (a crash, process.exit) takes the ranks with it, so that
-  // none is left holding a GPU.
+  // none is left holding a GPU; a SIGKILL, which runs no handler, leaves it to each rank's
+  // watch (rank-watch.ts).
   const killAll = () => {
     for (const c of live()) c.kill('SIGKILL');
   };
@@ -144,14 +147,14 @@ export async function launchProcesses(argv: string[]): Promise<number> {
     let running = a.nprocPerNode;
     for (let local = 0; local < a.nprocPerNode; ++local) {
       const rank = a.nodeRank * a.nprocPerNode + local;
-      const child = spawn(process.execPath, [a.script, ...a.scriptArgs], {
+      const child = spawn(process.execPath, ['--import', RANK_WATCH, a.script, ...a.scriptArgs], {
         stdio: ['inherit', 'inherit', 'pipe'],
         env: {
           ...process.env,
           RANK: String(rank), WORLD_SIZE: String(worldSize),
           LOCAL_RANK: String(local), LOCAL_WORLD_SIZE: String(a.nprocPerNode), GROUP_RANK: String(a.nodeRank),
           MASTER_ADDR: a.masterAddr, MASTER_PORT: String(a.masterPort),
-          RING_ATTENTION_JOB_TOKEN: a.rdzvId, CUDA_VISIBLE_DEVICES: devices[local],
+          RING_ATTENTION_JOB_TOKEN: a.rdzvId, CUDA_VISIBLE_DEVICES: devices[local], RING_ATTENTION_LAUNCHER_PID: String(process.pid),
         },
       });
       tails[rank] = '';
@@ -182,8 +185,9 @@ export async function launchProcesses(argv: string[]): Promise<number> {
   for (const s of FORWARDED) process.off(s, forward);
   process.off('exit', killAll); // the 'error' listener stays: the failure report below writes to stderr too
   const bySignal = (signal: NodeJS.Signals) => 128 + constants.signals[signal];
-  if (interrupted) return bySignal(interrupted);
-  if (!failure) return 0;
+  // A failure first, then a signal while the others were being stopped: the failure is the
+  // job's outcome, reported and returned; the signal only cut the grace period short.
+  if (!failure) return interrupted ? bySignal(interrupted) : 0;
   const how = failure.signal ? `was killed by ${failure.signal}` : `exited with code ${failure.code}`;
   process.stderr.write(`\nring-attention launch: rank ${failure.rank} ${how}; the other ranks were stopped.\n` +
     (tails[failure.rank] ? `rank ${failure.rank}'s last error output:\n${tails[failure.rank]!.trimEnd()}\n` : ''));

@@ -1,7 +1,7 @@
 // The body of one rank's worker thread (see launch.ts).
-import { inspect } from 'node:util';
 import { parentPort, workerData } from 'node:worker_threads';
 
+import { rankError } from './errors.js';
 import { ProcessGroup } from './group.js';
 import type { RankMessage } from './launch.js';
 import { native } from './native.js';
@@ -55,8 +55,7 @@ try {
   native.groupLeave(groupId, rank); // peers still waiting on this rank now fail fast
   post({ ok: true, value });
 } catch (e) {
-  // A thrown non-Error ({ code: 1 }, undefined) is shown as inspect shows it, not '[object Object]'.
-  const error = e instanceof Error ? e : new Error(`rank ${rank} threw a non-Error value: ${inspect(e, { depth: 2, breakLength: Infinity })}`);
+  const error = rankError(e, rank);
   // Released because another rank failed (also when wrapped, as the cause of the error thrown):
   // that rank's error is the one to report.
   let secondary = false;

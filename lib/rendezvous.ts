@@ -23,6 +23,8 @@ export interface RendezvousOptions {
   timeoutMs: number;
   /** What rank 0 hands out; ignored on other ranks. */
   payload?: Uint8Array;
+  /** @internal How long rank 0 keeps a connection that has not said hello (default HELLO_MS; tests shorten it). */
+  helloMs?: number;
 }
 
 interface Hello {
@@ -118,9 +120,12 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
         socket.end();
         socket.destroy();
       };
-      socket.setTimeout(HELLO_MS, () => socket.destroy());
+      // A deadline, not an idle timeout: a connection that trickles a byte now and then must not
+      // hold one of the few places (the cap on connections) for the real ranks.
+      const hello = setTimeout(() => socket.destroy(), o.helloMs ?? HELLO_MS);
       socket.on('error', () => socket.destroy());
       socket.on('close', () => {
+        clearTimeout(hello);
         sockets.delete(socket);
         if (joined.get(rank) !== socket) return;
         joined.delete(rank); // it counts as missing again
@@ -135,7 +140,7 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
         if (!Number.isInteger(h.rank) || h.rank! < 1 || h.rank! >= o.worldSize) return refuse(`rank ${JSON.stringify(h.rank)} is not in [1, ${o.worldSize - 1}]`);
         if (joined.has(h.rank!)) return refuse(`rank ${h.rank} has already joined`);
         rank = h.rank!;
-        socket.setTimeout(0); // it waits for the others now
+        clearTimeout(hello); // it waits for the others now
         joined.set(rank, socket);
         left.delete(rank);
         if (joined.size === o.worldSize - 1) finish();

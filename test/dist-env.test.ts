@@ -56,4 +56,13 @@ describe('readDistributedEnv', () => {
     expect(() => readDistributedEnv({ ...torchrun, RANK: 5 as never })).toThrow(/^environment: RANK must be a string, got number/);
     expect(() => readDistributedEnv(null as never)).toThrow(/^env: expected an object of environment variables, got null/);
   });
+
+  it('refuses values that would pass a looser reading: padded integers, a port in MASTER_ADDR, a repeat of 0', () => {
+    for (const [name, value] of [['RANK', ' 1 '], ['RANK', '1\n'], ['MASTER_PORT', ' 29500']] as const)
+      expect(() => readDistributedEnv({ ...torchrun, [name]: value })).toThrow(new RegExp(`^environment: ${name} must be an integer`));
+    for (const addr of ['127.0.0.1:29500', 'node-a:29500', '[]'])
+      expect(() => readDistributedEnv({ ...torchrun, MASTER_ADDR: addr })).toThrow(/^environment: MASTER_ADDR must be a host name or an IP address \(the port goes in MASTER_PORT\), got/);
+    expect(readDistributedEnv({ ...torchrun, MASTER_ADDR: 'fe80::1' }).masterAddr).toBe('fe80::1');
+    expect(() => readDistributedEnv({ ...slurm, SLURM_STEP_TASKS_PER_NODE: '2(x0)' })).toThrow(/^environment: SLURM_STEP_TASKS_PER_NODE: expected counts such as/);
+  });
 });

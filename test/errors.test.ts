@@ -134,6 +134,9 @@ describe('arguments other functions took unchecked', () => {
     const file = join(tmpdir(), `ra-non-error-${process.pid}.mjs`);
     writeFileSync(file, "export default ({ rank }) => { if (rank === 1) throw { code: 7, why: 'custom' }; };\n");
     await expect(launch({ worldSize: 2 }, file)).rejects.toThrow("rank 1 threw a non-Error value: { code: 7, why: 'custom' }");
+    // thrown from a callback, outside the rank's function: this crashed the launching thread
+    writeFileSync(file, "export default async ({ rank, group }) => { if (rank === 1) { setTimeout(() => { throw null; }, 10); await new Promise(() => {}); } group.barrier(); };\n");
+    await expect(launch({ worldSize: 2 }, file)).rejects.toThrow(/^rank 1 threw a non-Error value: null$/);
     // A Tensor would arrive as its shape alone, without its data.
     writeFileSync(file, "import { zeros } from " + JSON.stringify(new URL('../dist/index.js', import.meta.url).href) + ";\nexport default () => ({ out: [zeros([2])] });\n");
     await expect(launch({ worldSize: 1 }, file)).rejects.toThrow(/^rank 0 returned a Tensor, whose native memory cannot travel between threads; return its data/);

@@ -112,6 +112,27 @@ describe('ring-attention launch', () => {
     expect(pids.filter(alive)).toEqual([]);
   });
 
+  it('a signal while the ranks are stopped after a failure still reports that rank, and exits with its code', async () => {
+    const { p, pids, exit } = await started('fail-stubborn', ['--grace-ms', '1000']);
+    let err = '';
+    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    await new Promise((r) => setTimeout(r, 700)); // rank 1 has failed; rank 0 ignores the SIGTERM
+    p.kill('SIGINT');
+    expect(await exit).toBe(3);
+    expect(err).toMatch(/rank 1 exited with code 3; the other ranks were stopped\.\nrank 1's last error output:\nrank 1 gives up/);
+    expect(pids.filter(alive)).toEqual([]);
+  });
+
+  it('ranks whose launcher is killed outright (SIGKILL, no handler runs) exit within seconds', async () => {
+    const { p, pids, exit } = await started('stubborn');
+    p.kill('SIGKILL');
+    expect(await exit).toBe(null);
+    const t0 = Date.now();
+    while (pids.some(alive) && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 100));
+    expect(pids.filter(alive)).toEqual([]);
+    expect(Date.now() - t0).toBeLessThan(5_000);
+  });
+
   it('a closed stderr does not end the launcher, nor orphan its ranks', async () => {
     const p = spawn(process.execPath, [cli, 'launch', '--nproc-per-node', '2', rankScript, 'noisy'], { env: { ...process.env, CUDA_VISIBLE_DEVICES: undefined } });
     await new Promise((resolve) => p.stderr.once('data', resolve));

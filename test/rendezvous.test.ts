@@ -115,6 +115,23 @@ describe('rendezvous', () => {
     for (const s of idle) s.destroy();
   });
 
+  it('a connection that never says hello is closed at its deadline, even while it trickles bytes', async () => {
+    const port = await freePort();
+    const zero = rank({ rank: 0, worldSize: 2, port, payload: id, helloMs: 1_000 });
+    await new Promise((r) => setTimeout(r, 300));
+    const started = Date.now();
+    const slow = connect(port, '127.0.0.1').on('error', () => {});
+    const closed = new Promise<number>((r) => slow.on('close', () => r(Date.now() - started)));
+    slow.write(frame('{"token":"job-1","rank":1,"worldSize":2}').subarray(0, 5)); // a length, then one byte of 41
+    const trickle = setInterval(() => slow.write(' '), 200); // an idle timeout would never fire
+    const after = await Promise.race([closed, new Promise<number>((r) => setTimeout(() => r(-1), 5_000))]);
+    clearInterval(trickle);
+    expect(after).toBeGreaterThanOrEqual(900);
+    expect(after).toBeLessThan(3_000);
+    expect(await rank({ rank: 1, worldSize: 2, port })).toEqual({ ok: true, payload: id });
+    expect(await zero).toEqual({ ok: true, payload: id });
+  });
+
   it('a joining rank refuses an answer that is not { ok, payload } or { ok, error } without crashing', async () => {
     for (const body of ['null', '{"ok":false,"error":{"x":1}}', '7']) {
       const server = createServer((s) => s.on('data', () => s.end(frame(body)))).listen(0, '127.0.0.1');
