@@ -7,6 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { constants } from 'node:os';
 import { resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import { MAX_TIMER_MS } from './errors.js';
 
@@ -90,8 +91,8 @@ function deviceFor(localRank: number, n: number): string {
 }
 
 const TAIL_BYTES = 8 * 1024;
-// Ends a rank whose launcher died without stopping it (rank-watch.ts).
-const RANK_WATCH = new URL('./rank-watch.js', import.meta.url).href;
+// Ends a rank whose launcher died without stopping it (rank-watch.cts).
+const RANK_WATCH = fileURLToPath(new URL('./rank-watch.cjs', import.meta.url));
 
 /** Runs the job and resolves with the launcher's exit code. */
 export async function launchProcesses(argv: string[]): Promise<number> {
@@ -133,7 +134,7 @@ export async function launchProcesses(argv: string[]): Promise<number> {
   for (const s of FORWARDED) process.on(s, forward);
   // Whatever ends the launcher itself (a crash, process.exit) takes the ranks with it, so that
   // none is left holding a GPU; a SIGKILL, which runs no handler, leaves it to each rank's
-  // watch (rank-watch.ts).
+  // watch (rank-watch.cts).
   const killAll = () => {
     for (const c of live()) c.kill('SIGKILL');
   };
@@ -147,7 +148,7 @@ export async function launchProcesses(argv: string[]): Promise<number> {
     let running = a.nprocPerNode;
     for (let local = 0; local < a.nprocPerNode; ++local) {
       const rank = a.nodeRank * a.nprocPerNode + local;
-      const child = spawn(process.execPath, ['--import', RANK_WATCH, a.script, ...a.scriptArgs], {
+      const child = spawn(process.execPath, ['--require', RANK_WATCH, a.script, ...a.scriptArgs], {
         stdio: ['inherit', 'inherit', 'pipe'],
         env: {
           ...process.env,

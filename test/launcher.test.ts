@@ -1,6 +1,6 @@
 // `ring-attention launch` with real processes.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -131,6 +131,18 @@ describe('ring-attention launch', () => {
     while (pids.some(alive) && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 100));
     expect(pids.filter(alive)).toEqual([]);
     expect(Date.now() - t0).toBeLessThan(5_000);
+  });
+
+  it("a script that only a require() hook loads (ts-node's way) runs: the ranks' watch is preloaded with --require, not --import", () => {
+    // Outside this package (whose "type": "module" would send any main script to the ES module loader).
+    const dir = mkdtempSync(join(tmpdir(), 'ring-attention-hook-'));
+    const hook = join(dir, 'ts-hook.cjs'), typed = join(dir, 'rank.ts');
+    writeFileSync(hook, "require.extensions['.ts'] = require.extensions['.js']; // as ts-node/register, without the compiling\n");
+    writeFileSync(typed, 'console.log(`typed rank ${process.env.RANK} ran`);\n');
+    const r = launch(['--nproc-per-node', '2', typed], { NODE_OPTIONS: `--require ${hook}` });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout.trim().split('\n').sort()).toEqual(['typed rank 0 ran', 'typed rank 1 ran']);
   });
 
   it('a closed stderr does not end the launcher, nor orphan its ranks', async () => {
