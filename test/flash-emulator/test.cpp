@@ -463,7 +463,6 @@ int main(int argc, char** argv) {
     {1, 70, 100, 2, 2, 64, true, true, 3},
     {2, 100, 100, 4, 2, 64, true, false, 4},
     {1, 90, 130, 2, 2, 128, false, true, 2},
-    {2, 200, 170, 4, 2, 64, false, false, 3},  // 128-query steps: a lane's 32 queries' documents
     {1, 77, 77, 2, 1, 128, true, false, 5},
     {1, 130, 90, 3, 1, 80, true, false, 3},
     {1, 66, 66, 2, 1, 256, false, false, 2},
@@ -496,6 +495,7 @@ int main(int argc, char** argv) {
     // packed documents: scattered ids, and runs whose tiles must be skipped
     {1, 90, 130, 2, 2, 128, false, true, 2},
     {2, 200, 170, 4, 2, 64, false, false, 3},  // 128-query steps: a lane's 32 queries' documents
+    {1, 200, 200, 2, 1, 64, true, true, 3},    // the same, causal, with dQ left to its own kernel
     {1, 300, 300, 2, 1, 64, true, false, 6, true},
     {2, 260, 260, 2, 2, 128, true, true, 9, true},
     {1, 640, 640, 1, 1, 64, true, false, 10, true},  // 128-key tiles: shorter documents to skip

@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
   auto sdS = [&](int j) { return sV + Tr::kTileKV + 2 * kStages * Tr::kTileQ + j * Tr::kTileDs; };  // [key][query]
   float* sLse = reinterpret_cast<float*>(smem + Tr::kFloatsOffset);  // [kStages][kBM], log2-scaled
   float* sDelta = sLse + kStages * kBM;                                // [kStages][kBM]
-  float* sDq = reinterpret_cast<float*>(smem + Tr::kDqOffset);  // [kConsumers][kBM][kDqStride]
+  float* sDq = reinterpret_cast<float*>(smem + Tr::kDqOffset);  // [kConsumers][kDqRows][kDqStride]
   uint64_t* kv_full = reinterpret_cast<uint64_t*>(smem + Tr::kBarrierOffset);
   uint64_t* full = kv_full + 1;       // [kStages]: the step's Q, dO, lse and delta are in
   uint64_t* empty = full + kStages;   // [kStages]: every consumer thread is done with them
@@ -216,13 +216,13 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       // This lane's keys' documents, read here rather than held in registers across the loop
       // (at head dim 128 the consumers' 240 registers would spill); then which of its
       // queries' documents differ, a bit each (bit 2 mt + (e & 1) of other_doc[e >> 1]), in a
-      // loop that is not unrolled: unrolled, its 32 loads were hoisted into registers, and the
-      // consumers spilled at head dim 64.
+      // loop unrolled 4 ways only (4 loads in flight): unrolled fully, its 32 loads were hoisted
+      // into registers, and the consumers spilled at head dim 64.
       int doc_key[2];
       lane_documents(mixed ? p.doc_k : nullptr, p.doc_k_batch_stride, b, key0, p.seq_k, doc_key);
       uint32_t other_doc[2] = {0, 0};
       if (mixed) {
-#pragma unroll 1
+#pragma unroll 4
         for (int j = 0; j < 2 * kMT; ++j) {
           const int q = m0 + (j >> 1) * 8 + 2 * t + (j & 1);
           const int d = q < p.seq_q ? doc_q[q] : doc_key[0];
