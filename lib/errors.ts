@@ -67,7 +67,6 @@ export function checkOptions(value: unknown, name: string, known: readonly strin
   return o;
 }
 
-
 /**
  * What a rank threw, as an Error: a thrown non-Error ({ code: 1 }, null, a string) is shown as
  * inspect shows it, not '[object Object]', and gains a message and a stack to carry.

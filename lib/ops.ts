@@ -353,8 +353,8 @@ export function adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: A
   native.opsAdamW(tp.handle('param'), tg.handle('grad'), tm.handle('m'), tv.handle('v'), o.step, o.lr, o.beta1, o.beta2, o.eps, weightDecay);
 }
 
-function adamwScalars(opts: unknown, last: 'weightDecay' | 'gradScale') {
-  const o = checkOptions(opts, 'opts', ['step', 'lr', 'beta1', 'beta2', 'eps', last]) as Partial<AdamWOptions>;
+function adamwScalars(opts: unknown, ownKey: 'weightDecay' | 'gradScale') {
+  const o = checkOptions(opts, 'opts', ['step', 'lr', 'beta1', 'beta2', 'eps', ownKey]) as Partial<AdamWOptions>;
   const beta = (x: unknown, name: string, dflt: number) => (x === undefined ? dflt : checkBeta(x, name));
   return {
     step: checkInteger(o.step, 'opts.step', 1),

@@ -5,7 +5,7 @@
 import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 
-import { describe, fail, isObject } from './errors.js';
+import { checkOptions, describe, fail, isObject } from './errors.js';
 import { fromBf16Bits, fromF16Bits } from './half.js';
 
 /** Every dtype the format defines, with its size in bytes; the header may name any of them. */
@@ -117,9 +117,7 @@ export async function readSafetensors(path: string, opts?: ReadSafetensorsOption
 
 /** @internal Also used by the sharded-checkpoint loader. */
 export function checkNames(opts: unknown): string[] | undefined {
-  if (opts === undefined) return undefined;
-  if (opts === null || typeof opts !== 'object') fail('type', `opts: expected an options object, got ${describe(opts)}`);
-  const names = (opts as ReadSafetensorsOptions).names;
+  const names = checkOptions(opts, 'opts', ['names']).names;
   if (names === undefined) return undefined;
   if (!Array.isArray(names)) fail('type', `opts.names: expected an array of strings, got ${describe(names)}`);
   names.forEach((n, i) => {

@@ -84,6 +84,7 @@ describe('reading', () => {
     expect([...tensors.keys()]).toEqual(['y']);
     expect([...tensors.get('y')!.data]).toEqual([4]);
     await expect(readSafetensors(path, { names: ['z'] })).rejects.toThrow(new RangeError(`opts.names: ${path} has no tensor 'z'`));
+    await expect(readSafetensors(path, { name: ['z'] } as never)).rejects.toThrow(new TypeError('opts.name: not an option here; expected names'));
     await expect(readSafetensors(path, { names: 'y' as any })).rejects.toThrow(/^opts\.names: expected an array of strings/);
   });
 
