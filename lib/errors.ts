@@ -63,7 +63,7 @@ export function checkOptions(value: unknown, name: string, known: readonly strin
   const o = value as Record<string, unknown>;
   for (const key of Object.keys(o))
     if (!known.includes(key) && o[key] !== undefined)
-      fail('type', `${name}.${key.length <= 40 ? key : `${key.slice(0, 40)}...`}: not an option here; expected ${known.join(', ')}`);
+      fail('type', `${name}.${clip(key, 40)}: not an option here; expected ${known.join(', ')}`);
   return o;
 }
 
@@ -75,6 +75,11 @@ export function rankError(e: unknown, rank: number): Error {
   return e instanceof Error ? e : new Error(`rank ${rank} threw a non-Error value: ${inspect(e, { depth: 2, breakLength: Infinity })}`);
 }
 
+/** At most n characters of s, then '...' if it was longer: what a message quotes of a string it did not choose. */
+function clip(s: string, n: number): string {
+  return s.length <= n ? s : `${s.slice(0, n)}...`;
+}
+
 /** A JSON-style object: not null, not an array. */
 export const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 
@@ -83,7 +88,7 @@ export function describe(value: unknown): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return `an array of length ${value.length}`;
   // A string from a file (a hostile header's dtype of 50 MB) must not make the message as long.
-  if (typeof value === 'string') return value.length <= 100 ? `'${value}'` : `'${value.slice(0, 100)}...' (${value.length} characters)`;
+  if (typeof value === 'string') return value.length <= 100 ? `'${value}'` : `'${clip(value, 100)}' (${value.length} characters)`;
   if (typeof value === 'object') {
     // From the prototype, not the value: parsed JSON may carry a 'constructor' key of its own.
     const name: unknown = Object.getPrototypeOf(value)?.constructor?.name;

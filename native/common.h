@@ -18,6 +18,7 @@ inline size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
 inline const char* dtype_name(DType t) {
   return t == DType::F32 ? "float32" : t == DType::BF16 ? "bfloat16" : "float16";
 }
+inline const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 
 // Thrown by native code for errors the caller can fix; the N-API layer turns it into a
 // JS exception of the named kind ("TypeError", "RangeError", "Error", or "Aborted": an

@@ -52,7 +52,6 @@ struct Args {
     return v.IsNull() || v.IsUndefined() ? nullptr : &(*this)(v, name, numel);
   }
   bool cuda() const { return first && first->device == Device::CUDA; }
-  static const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 };
 
 // A tensor of rank >= 1: rows = shape[0], cols = the product of the rest.

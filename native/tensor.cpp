@@ -37,7 +37,7 @@ namespace {
 std::string describe(const std::vector<int64_t>& shape, DType dtype, Device device) {
   std::string r = "[";
   for (size_t i = 0; i < shape.size(); ++i) r += (i ? ", " : "") + std::to_string(shape[i]);
-  return r + "] " + dtype_name(dtype) + " on " + (device == Device::CPU ? "cpu" : "cuda");
+  return r + "] " + dtype_name(dtype) + " on " + device_name(device);
 }
 void check_operand(const char* call, const char* name, const Tensor& t, const std::vector<int64_t>& shape, DType dtype,
                    Device device) {

@@ -31,7 +31,7 @@ inline std::string signature_value(size_t field, double v) {
     case 7: return v != 0 ? "true" : "false";
     case 8: return v != 0 ? "zigzag" : "contiguous";
     case 9: return v != 0 ? "given" : "none";
-    case 12: return v != 0 ? "cuda" : "cpu";
+    case 12: return device_name(Device(int(v)));
     default: {
       char buf[32];
       std::snprintf(buf, sizeof buf, field == 10 ? "%.7g" : "%.9g", v);  // the scale is a float

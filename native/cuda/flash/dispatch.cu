@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -38,12 +39,17 @@ void check_params(const FwdParams& p) {
   if (p.doc_q && !(p.doc_k && p.doc_q_spans && p.doc_k_spans)) throw UserError("Error", "internal: attention got document ids without their spans");
 }
 
-// The current device's compute capability, major * 10 + minor.
+// The current device's compute capability, major * 10 + minor: asked once per device, not on
+// every attention call (each step of a ring makes several).
 int current_cc() {
-  int dev = 0, major = 0, minor = 0;
+  static std::atomic<int> known[kMaxDevices];  // 0: not asked yet
+  int dev = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < kMaxDevices && known[dev].load() != 0) return known[dev].load();
+  int major = 0, minor = 0;
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "cudaDeviceGetAttribute");
   check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "cudaDeviceGetAttribute");
+  if (dev < kMaxDevices) known[dev] = major * 10 + minor;
   return major * 10 + minor;
 }
 

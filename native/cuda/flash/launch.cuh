@@ -11,8 +11,6 @@
 
 namespace ra::cuda::flash {
 
-constexpr int kMaxDevices = 64;
-
 template <typename Kernel>
 void allow_smem(Kernel kernel, int bytes) {
   if (bytes > 48 * 1024)

@@ -7,6 +7,10 @@
 
 namespace ra::cuda::flash {
 
+// Devices whose facts (compute capability, which kernels fit) are kept once asked; past it,
+// they are asked on every call.
+constexpr int kMaxDevices = 64;
+
 template <typename T, int kHeadDim, bool kCausal>
 void run_fwd(const FwdParams& p, cudaStream_t stream);
 // The Hopper kernels: head dims 64 and 128 only, sm_90a code only (see dispatch.cu).
