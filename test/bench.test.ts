@@ -94,6 +94,12 @@ describe('FLOP accounting and peaks', () => {
     expect(peakTflops('NVIDIA H100 PCIe')?.tflops).toBe(756);
     expect(peakTflops('NVIDIA H100 NVL')?.tflops).toBe(835);
     expect(peakTflops('NVIDIA H200')?.tflops).toBe(989);
+    expect(peakTflops('NVIDIA H200 NVL')?.tflops).toBe(835); // not the SXM part's 989
+    expect(peakTflops('NVIDIA H800 PCIe')?.tflops).toBe(756);
+    expect(peakTflops('NVIDIA GH200 480GB')?.tflops).toBe(989);
+    expect(peakTflops('NVIDIA GB200')?.tflops).toBe(2500);
+    expect(peakTflops('NVIDIA B200')?.tflops).toBe(2250);
+    expect(peakTflops('NVIDIA A100 80GB PCIe')?.tflops).toBe(312);
     expect(peakTflops('NVIDIA A100-SXM4-80GB')?.tflops).toBe(312);
     expect(peakTflops('NVIDIA GeForce GTX 1080')).toBeNull();
     expect(peakTflops(null)).toBeNull();
@@ -237,7 +243,8 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     const w = smoke('mfu', '--peak-tflops', '0.5', '--ranks', '2');
     const r = w.json.rows[0] as { tflops: number; mfu: number; ranks: number; familyTflops: unknown };
     expect(r.ranks).toBe(2);
-    expect(r.mfu).toBeCloseTo(r.tflops / (0.5 * 2), 12);
+    expect(r.mfu).toBeCloseTo(r.tflops / 0.5, 12); // both ranks ran on the one device
+    expect(w.stdout).toMatch(/2 in-process ranks share one device; MFU is against its peak/);
     expect(r.familyTflops).toBeNull(); // rank 0's profile would time the other rank's kernels too
     expect(w.stdout).toMatch(/no rates per family: in-process ranks share one device/);
   });

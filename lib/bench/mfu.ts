@@ -5,7 +5,7 @@
 import { launch } from '../launch.js';
 import { initProcessGroup } from '../process-group.js';
 import { parameterCount } from '../llama-config.js';
-import { flopsPerToken, peakTflops, stepFlopsByFamily } from './flops.js';
+import { flopsPerToken, matmulParameters, peakTflops, stepFlopsByFamily } from './flops.js';
 import type { Breakdown } from './profile.js';
 import type { Column } from './report.js';
 import { intOption, MAX_CONTEXT, type Suite } from './suite.js';
@@ -19,7 +19,7 @@ export interface MfuRow {
   tokensPerSecond: number;
   /** Model FLOPs per second over the whole group. */
   tflops: number;
-  /** tflops / (peak x ranks), null when the peak is unknown. */
+  /** tflops / (peak x devices: ranks when launched, else the one device in-process ranks share), null when the peak is unknown. */
   mfu: number | null;
   loss: number;
   peakBytes: number;
@@ -53,6 +53,7 @@ export const mfuSuite: Suite<MfuRow> = {
     const launched = ctx.launchedWorldSize > 1;
     const group = launched ? await initProcessGroup({ backend: 'nccl' }) : undefined;
     const ranks = launched ? ctx.launchedWorldSize : intOption(o, 'ranks');
+    const devices = launched ? ranks : 1; // in-process ranks share this one
     const steps = intOption(o, 'steps', 0);
     const given = Number(o['peak-tflops']);
     if (o['peak-tflops'] && !(given > 0)) throw new RangeError(`--peak-tflops: expected a number > 0, got '${o['peak-tflops']}'`);
@@ -88,7 +89,7 @@ export const mfuSuite: Suite<MfuRow> = {
         const tflops = (flopsPerToken(config, context) * context) / (stepMs * 1e-3) / 1e12;
         const row: MfuRow = {
           model: String(o.model), context, ranks, stepMs, tokensPerSecond: context / (stepMs * 1e-3), tflops,
-          mfu: peak ? tflops / (peak.tflops * ranks) : null, loss: m.loss, peakBytes: m.peakBytes, breakdownMs: m.breakdown,
+          mfu: peak ? tflops / (peak.tflops * devices) : null, loss: m.loss, peakBytes: m.peakBytes, breakdownMs: m.breakdown,
           familyTflops: m.breakdown && ratesMeasurable ? familyRates(stepFlopsByFamily(config, context, checkpoint), m.breakdown, ranks) : null,
         };
         rows.push(row);
@@ -101,11 +102,12 @@ export const mfuSuite: Suite<MfuRow> = {
     notes.push(`checkpointing ${checkpoint === true ? 'on' : checkpoint === false ? 'off' : "on, keeping attention's output (no attention in the recompute)"}`);
     if (steps === 0) notes.push('--steps 0: each time is the warm-up step\'s, first-call costs included');
     if (process.env.RING_ATTENTION_SM90 === '1') notes.push('RING_ATTENTION_SM90=1: attention ran on the Hopper kernels wherever they apply');
-    notes.push(`model ${o.model}: ${(parameterCount(config) / 1e6).toFixed(1)}M parameters; FLOPs per token = 6 x matmul parameters + ` +
+    notes.push(`model ${o.model}: ${(parameterCount(config) / 1e6).toFixed(1)}M parameters, ${(matmulParameters(config) / 1e6).toFixed(1)}M ` +
+      'of them in matrix products (the embedding lookup excluded, the LM head included); FLOPs per token = 6 x matmul parameters + ' +
       '12 x layers x heads x head dim x context / 2 (causal), recomputation not counted');
     notes.push(peak ? `peak ${peak.tflops} TFLOP/s per device (${peak.matched}, dense bfloat16)` :
       `MFU not computed: no peak known for ${ctx.machine.gpu ?? 'the CPU'} (give --peak-tflops)`);
-    if (ranks > 1 && !launched) notes.push(`${ranks} in-process ranks share one device; MFU is against one device's peak x ${ranks}`);
+    if (ranks > 1 && !launched) notes.push(`${ranks} in-process ranks share one device; MFU is against its peak`);
     const last = rows.at(-1)?.breakdownMs;
     if (last) {
       const total = Object.values(last).reduce((a, b) => a + b, 0);

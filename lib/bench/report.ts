@@ -1,7 +1,7 @@
 // What every benchmark result carries (machine, versions, commit, date, the exact command),
 // and writing it: a table on stdout, then JSON, CSV and an SVG chart under the output folder.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -70,11 +70,17 @@ export function describeMachine(device: 'cpu' | 'cuda'): Machine {
   };
 }
 
-/** HEAD of the checkout the package runs from, or the package version when it is not one. */
+/**
+ * HEAD of the checkout the package runs from, '-dirty' when tracked files differ from it; or
+ * the package version when the package is no checkout of its own (installed under a user's
+ * project, whose HEAD is not ours to report).
+ */
 export function commitOf(): string {
+  const git = (...args: string[]) => execFileSync('git', args, { cwd: packageRoot, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
   try {
-    return execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: packageRoot, stdio: ['ignore', 'pipe', 'ignore'] })
-      .toString().trim();
+    if (realpathSync(git('rev-parse', '--show-toplevel')) !== realpathSync(packageRoot)) throw new Error('not our checkout');
+    const changed = git('status', '--porcelain', '--untracked-files=no') !== '';
+    return git('rev-parse', '--short', 'HEAD') + (changed ? '-dirty' : '');
   } catch {
     const pkg = JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string };
     return `v${pkg.version}`;
