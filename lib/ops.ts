@@ -456,7 +456,6 @@ export function copy(dst: Tensor, src: Tensor): void {
   if (ts.numel !== td.numel) fail('range', `src: holds ${ts.numel} elements (${fmt(ts.shape)}), dst ${td.numel} (${fmt(td.shape)})`);
   if (td.device === 'cuda' && ts.dtype !== 'float32' && ts.dtype !== td.dtype)
     fail('type', `src: on cuda, copy takes a float32 source or one of dst's dtype '${td.dtype}', got '${ts.dtype}'`);
-  if (ts === td) return;
   native.opsCopy(td.handle('dst'), ts.handle('src'));
 }
 

@@ -3,13 +3,34 @@
 // that require() hooks such as ts-node add). A launcher killed without running its exit handler
 // (SIGKILL, the out-of-memory killer) cannot stop its ranks, so each rank checks once a second
 // that the launcher is still its parent, and exits when it is not, rather than hold its GPU.
-// The timer keeps no rank alive. A rank blocked in native code checks when it returns.
+// The timer keeps no rank alive. A rank blocked in native code (a kernel's or a collective's
+// wait) runs no timer, so a thread of its own watches too, and kills the rank when it is still
+// there 3 s after the launcher went.
+import { isMainThread, Worker } from 'node:worker_threads';
+
 const launcher = Number(process.env.RING_ATTENTION_LAUNCHER_PID);
-if (Number.isInteger(launcher) && launcher > 1 && process.ppid === launcher) {
+const rank = process.env.RANK ?? '?';
+// isMainThread: node preloads this into the rank's worker threads too.
+if (isMainThread && Number.isInteger(launcher) && launcher > 1 && process.ppid === launcher) {
   setInterval(() => {
     if (process.ppid === launcher) return;
-    process.stderr.write(`ring-attention: rank ${process.env.RANK ?? '?'}: its launcher (pid ${launcher}) has gone; exiting\n`);
+    process.stderr.write(`ring-attention: rank ${rank}: its launcher (pid ${launcher}) has gone; exiting\n`);
     process.exit(1);
   }, 1_000).unref();
+  const backstop = `
+    const { workerData: { launcher, rank } } = require('node:worker_threads');
+    let goneAt = 0;
+    setInterval(() => {
+      if (process.ppid === launcher) return;
+      goneAt ||= Date.now();
+      if (Date.now() - goneAt < 3000) return;
+      // fd 2 directly: the thread's process.stderr goes through the blocked main thread. With
+      // the launcher gone, a pipe to it has no reader (EPIPE): the kill must not depend on it.
+      try {
+        require('node:fs').writeSync(2, 'ring-attention: rank ' + rank + ': its launcher (pid ' + launcher + ') has gone and the rank is blocked; killing it\\n');
+      } catch {}
+      process.kill(process.pid, 'SIGKILL');
+    }, 1000);`;
+  new Worker(backstop, { eval: true, execArgv: [], workerData: { launcher, rank } }).unref();
 }
 export {};
