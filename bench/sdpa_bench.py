@@ -8,6 +8,7 @@ CPU (as ours), layout [batch, heads, seq, dim]. A backend that refuses a config 
 with its error instead of a time.
 """
 import json
+import statistics
 import sys
 import time
 
@@ -28,7 +29,7 @@ def timed_cpu(fn, reps):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
 
 
 def timed(fn, reps):
@@ -42,7 +43,7 @@ def timed(fn, reps):
         b.record()
         torch.cuda.synchronize()
         times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]
+    return statistics.median(times)
 
 
 def main(configs, reps, device):

@@ -9,6 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { flopsPerToken, matmulParameters, minOverlapBlock, peakTflops, stepFlopsByFamily } from '../dist/bench/flops.js';
 import { fitLine } from '../dist/bench/memory.js';
+import { median } from '../dist/bench/timing.js';
 import { familyOf, profile } from '../dist/bench/profile.js';
 import { stepOverlap } from '../dist/bench/ring.js';
 import { native } from '../dist/native.js';
@@ -103,6 +104,11 @@ describe('FLOP accounting and peaks', () => {
     expect(peakTflops('NVIDIA A100-SXM4-80GB')?.tflops).toBe(312);
     expect(peakTflops('NVIDIA GeForce GTX 1080')).toBeNull();
     expect(peakTflops(null)).toBeNull();
+  });
+
+  it('takes the median of an odd count, and the mean of the two middle values of an even one', () => {
+    expect(median([5, 1, 3])).toBe(3);
+    expect(median([4, 1, 3, 10])).toBe(3.5);
   });
 
   it('fits a line', () => {

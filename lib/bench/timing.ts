@@ -25,6 +25,8 @@ export function medianMs(fn: () => void, reps: number, sync: () => void = () => 
   return median(ts);
 }
 
+/** The middle value, or the mean of the two middle ones when there is an even count. */
 export function median(xs: number[]): number {
-  return [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const s = [...xs].sort((a, b) => a - b), m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
