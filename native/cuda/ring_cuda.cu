@@ -298,17 +298,32 @@ static void agree_on_call(int64_t group, const ring::RingShape& s, DType dtype, 
   ring::check_signatures(nccl::disagreement(group, ring::call_signature(s, dtype, Device::CUDA, backward),
                                             "comparing the ranks' ring arguments"));
 }
+// A failure inside the loop (its streams drained by then: DrainOnError) aborts the group, as
+// the in-process ring aborts its transport: the peers' transfers of this call are left posted.
+template <typename F>
+static void aborting_on_error(int64_t group, F&& loop) {
+  try {
+    loop();
+  } catch (...) {
+    nccl::abort_group(group);
+    throw;
+  }
+}
 void ring_forward_nccl(int64_t group, const ring::RingShape& s, const Tensor& q, const Tensor& k, const Tensor& v,
                        Tensor& out, Tensor& lse) {
   agree_on_call(group, s, q.dtype, false);
-  NcclLink link(group);
-  forward_loop(link, s, q, k, v, out, lse);
+  aborting_on_error(group, [&] {
+    NcclLink link(group);
+    forward_loop(link, s, q, k, v, out, lse);
+  });
 }
 void ring_backward_nccl(int64_t group, const ring::RingShape& s, const Tensor& dout, const Tensor& q, const Tensor& k,
                         const Tensor& v, const Tensor& out, const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv) {
   agree_on_call(group, s, q.dtype, true);
-  NcclLink link(group);
-  backward_loop(link, s, dout, q, k, v, out, lse, dq, dk, dv);
+  aborting_on_error(group, [&] {
+    NcclLink link(group);
+    backward_loop(link, s, dout, q, k, v, out, lse, dq, dk, dv);
+  });
 }
 
 }  // namespace ra::cuda

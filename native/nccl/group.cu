@@ -148,6 +148,9 @@ class Group {
     check(b, "ncclRecv");
   }
   void wait_stream(cudaStream_t stream, const std::string& what) { wait(what, stream); }
+  void abort_now() {
+    if (comm_) abort();
+  }
   // Gathers every rank's `values` through one float64 allReduce (each rank fills its own row
   // of zeros) and waits for it. Waiting costs the host its lead over the GPU, so values that
   // every rank has passed before are not gathered again; ranks that made the same calls so
@@ -427,6 +430,13 @@ void ring_exchange(int64_t g, const void* send, void* recv, size_t bytes, void* 
 }
 void wait_stream(int64_t g, void* stream, const std::string& what) {
   find(g).wait_stream(static_cast<cudaStream_t>(stream), what);
+}
+void abort_group(int64_t g) noexcept {
+  try {
+    find(g).abort_now();
+  } catch (...) {
+    // destroyed already: nothing left to abort
+  }
 }
 std::vector<std::vector<double>> disagreement(int64_t g, const std::vector<double>& values, const std::string& what) {
   return find(g).disagreement(values, what);

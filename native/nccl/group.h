@@ -35,6 +35,10 @@ void ring_exchange(int64_t group, const void* send, void* recv, size_t bytes, vo
 // Waits until `stream` is idle, polling NCCL's errors; past the group's timeout, or on an
 // error, the communicator is aborted and this throws.
 void wait_stream(int64_t group, void* stream, const std::string& what);
+// After a ring call failed part-way on this rank (its streams drained): the peers' transfers of
+// that call would pair with whatever this rank posts next, blocks of the same size taken for the
+// wrong ones. So the communicator is aborted, and later calls on the group throw.
+void abort_group(int64_t group) noexcept;
 // Whether every rank passed the same `values` (`what` they are, for errors): {} when they did,
 // else every rank's row. The first time values are seen this gathers them and waits (one
 // allReduce); values every rank has passed before cost nothing. Ranks that disagree each get

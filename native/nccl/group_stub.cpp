@@ -16,6 +16,7 @@ int group_rank(int64_t) { throw no_cuda(); }
 int group_world_size(int64_t) { throw no_cuda(); }
 void ring_exchange(int64_t, const void*, void*, size_t, void*) { throw no_cuda(); }
 void wait_stream(int64_t, void*, const std::string&) { throw no_cuda(); }
+void abort_group(int64_t) noexcept {}
 std::vector<std::vector<double>> disagreement(int64_t, const std::vector<double>&, const std::string&) { throw no_cuda(); }
 
 }  // namespace ra::nccl

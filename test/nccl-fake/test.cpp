@@ -404,6 +404,18 @@ int main() {
   fake::edit = nullptr;
   destroy_group(g);
 
+  // A ring call that failed part-way aborts its group (ring_cuda.cu): once, and later calls refuse.
+  reset();
+  g = create_group(id, 0, 2, 0, 1000);
+  abort_group(g);
+  abort_group(g);
+  fake_log.clear();
+  const std::string refused = thrown([&] { ring_exchange(g, a, b, 64, &ring_stream); }).first;
+  expect(fake::aborts == 1 && has(refused, "aborted after an earlier error") && fake_log.empty(),
+         "abort_group aborts once; the next exchange opens no group: " + refused + " / " + joined());
+  destroy_group(g);
+  abort_group(g);  // destroyed: nothing to abort, no throw
+
   // Destroying a healthy group waits for its sends and destroys the communicator.
   reset();
   g = create_group(id, 0, 2, 0, 1000);
