@@ -275,6 +275,10 @@ export class Trainer implements Disposable {
     const o = checkOptions(opts, 'opts', ['logits', 'documentIds']);
     const { ctx } = this.#context(tokens, targets, '', o.documentIds);
     const wantLogits = checkBoolean(o.logits, 'opts.logits') ?? false;
+    // A Float32Array holds at most 2^32 values: say so before the step, not after it.
+    const vocab = this.model.config.vocab_size;
+    if (wantLogits && tokens.length * vocab > 2 ** 32)
+      fail('range', `opts.logits: ${tokens.length} tokens x ${vocab} vocabulary entries is past the 2^32 values one Float32Array holds; ask for the logits of at most ${Math.floor(2 ** 32 / vocab)} tokens per rank at a time`);
     const total = this.#totalCount([targets]);
     const r = freeOnThrow(() => runLlama(this.model, null, tokens, targets, ctx, 1, wantLogits));
     const [lossSum] = this.#allReduceNumbers([r.lossSum]);

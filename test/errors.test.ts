@@ -115,6 +115,16 @@ describe('arguments other functions took unchecked', () => {
       expect(call).toThrow(message);
     });
 
+  it("logits past one Float32Array's 2^32 values are refused before the step runs", () => {
+    const config = { ...llamaPresets.tiny, hidden_size: 8, intermediate_size: 16, num_hidden_layers: 1, num_attention_heads: 2,
+      num_key_value_heads: 1, head_dim: 4, vocab_size: 2 ** 20, tie_word_embeddings: true, max_position_embeddings: 8192 };
+    using model = initLlama(config, { seed: 1 });
+    using tr = createTrainer(model, { lr: 1e-3 });
+    const n = 2 ** 12 + 1; // x 2^20 > 2^32
+    expect(() => tr.forward(new Int32Array(n), new Int32Array(n), { logits: true })).toThrow(
+      /^opts\.logits: 4097 tokens x 1048576 vocabulary entries is past the 2\^32 values one Float32Array holds; ask for the logits of at most 4096 tokens per rank at a time$/);
+  });
+
   it('a disposed trainer says so; a trainer.json of null is refused naming the file', async () => {
     const model = initLlama(llamaPresets.tiny, { seed: 1 });
     const tr = createTrainer(model, { lr: 1e-3 });
@@ -202,6 +212,12 @@ describe('misspelt options, rewritten fields and forged tensors (a review, 2026-
       expect(() => (native.attentionBackward as (...a: unknown[]) => unknown)(...args, false, 0.25, false)).toThrow(
         `attentionBackward: ${name} is [1] float32 on cpu, expected ${expected} on cpu`);
     }
+  });
+
+  it('native attention refuses a size past an int (the kernels take sizes as ints)', () => {
+    using big = zeros([0, 2 ** 31, 1, 1]); // no elements, so no memory, but a size of 2^31
+    expect(() => native.attentionForward(big.handle('q'), big.handle('k'), big.handle('v'), false, 1)).toThrow(
+      /^attention: q has a size of 2147483648; each size must be at most 2\^31 - 1$/);
   });
 
   it('native ring attention refuses them too', async () => {
