@@ -40,11 +40,18 @@ export interface RingStepTime {
   wholeMs: number;
 }
 
-function stepTimes(a: ReturnType<typeof checkRing>, times: Float64Array | undefined): void {
-  if (!a.onStepTimes || !times) return;
+/** `result`, after handing the steps' times to onStepTimes; a callback that throws leaves no result behind. */
+function withStepTimes<R extends Record<string, Tensor>>(a: ReturnType<typeof checkRing>, times: Float64Array | undefined, result: R): R {
+  if (!a.onStepTimes || !times) return result;
   const steps: RingStepTime[] = [];
   for (let i = 0; i < times.length; i += 3) steps.push({ computeMs: times[i]!, transferMs: times[i + 1]!, wholeMs: times[i + 2]! });
-  a.onStepTimes(steps);
+  try {
+    a.onStepTimes(steps);
+  } catch (e) {
+    for (const t of Object.values(result)) t.dispose();
+    throw e;
+  }
+  return result;
 }
 
 const PARTS = { compute: 1, transfers: 2 } as const;
@@ -80,8 +87,7 @@ export function ringAttention(q: Tensor, k: Tensor, v: Tensor, opts: RingAttenti
       false, a.documentIds, a.failAtStep);
   const [b, s, h] = a.q.shape as [number, number, number];
   const result = { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
-  stepTimes(a, times);
-  return result;
+  return withStepTimes(a, times, result);
 }
 
 /**
@@ -105,6 +111,5 @@ export function ringAttentionBackward(
     dk: Tensor.fromHandle(dk, a.k.shape, a.k.dtype, a.k.device),
     dv: Tensor.fromHandle(dv, a.v.shape, a.v.dtype, a.v.device),
   };
-  stepTimes(a, times);
-  return result;
+  return withStepTimes(a, times, result);
 }

@@ -208,9 +208,11 @@ describe('ring step times (benchmarks only)', () => {
     });
   });
 
-  it('refuses a callback that is not a function, by name', async () => {
-    const [r] = await launch({ worldSize: 1 }, new URL('./fixtures/ring-steps.mjs', import.meta.url), { badCallback: true }) as { error: string }[];
+  it('refuses a callback that is not a function, by name; one that throws leaves no result behind', async () => {
+    const [r] = await launch({ worldSize: 1 }, new URL('./fixtures/ring-steps.mjs', import.meta.url), { badCallback: true }) as Record<string, unknown>[];
     expect(r!.error).toBe('TypeError: opts.onStepTimes: expected a function, got number 5');
+    expect([r!.forwardThrown, r!.backwardThrown]).toEqual(['from the callback', 'from the callback']);
+    expect([r!.forwardKept, r!.backwardKept, r!.keptInAll]).toEqual([0, 0, 0]);
   });
 });
 

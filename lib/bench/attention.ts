@@ -11,7 +11,7 @@ import { join } from 'node:path';
 
 import { attention, attentionBackward } from '../attention.js';
 import { cudaMemoryStats, cudaSynchronize, hostMemoryStats, resetPeakMemoryStats } from '../index.js';
-import { tensor, type Tensor } from '../tensor.js';
+import { freeOnThrow, tensor, type Tensor } from '../tensor.js';
 import { medianMs, randomArray } from './timing.js';
 import { packageRoot, type Column } from './report.js';
 import { intList, intOption, type Suite } from './suite.js';
@@ -45,12 +45,14 @@ function ours(c: Config, device: 'cpu' | 'cuda', reps: number, deterministic: bo
   const shape = [c.batch, c.seq, c.heads, c.dim];
   const n = shape.reduce((a, b) => a * b, 1);
   const opts = device === 'cuda' ? { dtype: 'bfloat16' as const, device: 'cuda' as const } : {};
-  const [q, k, v, dout] = [0, 1, 2, 3].map(() => tensor(randomArray(n), shape, opts)) as [Tensor, Tensor, Tensor, Tensor];
+  const o = { causal: c.causal, deterministic, ...(c.documents > 1 ? { documentIds: documentIds(c) } : {}) };
   const sync = device === 'cuda' ? cudaSynchronize : () => {};
   const dispose = (...ts: Tensor[]) => ts.forEach((t) => t.dispose());
-  const o = { causal: c.causal, deterministic, ...(c.documents > 1 ? { documentIds: documentIds(c) } : {}) };
   resetPeakMemoryStats();
-  const fwd = attention(q, k, v, o);
+  const [q, k, v, dout, fwd] = freeOnThrow(() => {
+    const t = [0, 1, 2, 3].map(() => tensor(randomArray(n), shape, opts)) as [Tensor, Tensor, Tensor, Tensor];
+    return [...t, attention(t[0], t[1], t[2], o)] as const;
+  });
   try {
     return {
       forwardMs: medianMs(() => { const r = attention(q, k, v, o); dispose(r.out, r.lse); }, reps, sync),
@@ -58,11 +60,11 @@ function ours(c: Config, device: 'cpu' | 'cuda', reps: number, deterministic: bo
         const g = attentionBackward(dout, q, k, v, fwd.out, fwd.lse, o);
         dispose(g.dq, g.dk, g.dv);
       }, reps, sync),
-      totalMs: medianMs(() => {
+      totalMs: medianMs(() => freeOnThrow(() => {
         const r = attention(q, k, v, o);
         const g = attentionBackward(dout, q, k, v, r.out, r.lse, o);
         dispose(r.out, r.lse, g.dq, g.dk, g.dv);
-      }, reps, sync),
+      }), reps, sync),
     };
   } finally {
     dispose(q, k, v, dout, fwd.out, fwd.lse);

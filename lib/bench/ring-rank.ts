@@ -6,7 +6,7 @@ import type { ProcessGroup } from '../group.js';
 import { cudaSynchronize } from '../index.js';
 import { ringAttention, ringAttentionBackward, type RingAttentionOptions, type RingStepTime } from '../ring.js';
 import type { Layout } from '../shard.js';
-import { tensor, type Tensor } from '../tensor.js';
+import { freeOnThrow, tensor } from '../tensor.js';
 import { median, randomArray } from './timing.js';
 
 export interface RingRankArgs {
@@ -32,7 +32,11 @@ export default ({ group, args }: { group: ProcessGroup; args: RingRankArgs }): {
   const { block, heads, kvHeads, dim, causal, layout, reps, device } = args;
   const opts = device === 'cuda' ? { dtype: 'bfloat16' as const, device: 'cuda' as const } : {};
   const make = (h: number) => tensor(randomArray(block * h * dim), [1, block, h, dim], opts);
-  const [q, k, v, dout] = [make(heads), make(kvHeads), make(kvHeads), make(heads)] as [Tensor, Tensor, Tensor, Tensor];
+  const ring: RingAttentionOptions = { group, causal, layout };
+  const [q, k, v, dout, fwd] = freeOnThrow(() => {
+    const t = [make(heads), make(kvHeads), make(kvHeads), make(heads)] as const;
+    return [...t, ringAttention(t[0], t[1], t[2], ring)] as const;
+  });
   const sync = device === 'cuda' ? cudaSynchronize : () => {};
   const time = (fn: () => void) => {
     const ts: number[] = [];
@@ -58,8 +62,6 @@ export default ({ group, args }: { group: ProcessGroup; args: RingRankArgs }): {
       wholeMs: median(runsAfterWarmUp.map((r) => r[i]!.wholeMs)),
     }));
   };
-  const ring: RingAttentionOptions = { group, causal, layout };
-  const fwd = ringAttention(q, k, v, ring);
   const runForward = (o: RingAttentionOptions) => { const r = ringAttention(q, k, v, o); r.out.dispose(); r.lse.dispose(); };
   const runBackward = (o: RingAttentionOptions) => {
     const g = ringAttentionBackward(dout, q, k, v, fwd.out, fwd.lse, o);
