@@ -75,13 +75,19 @@ flash::FwdParams step_params(const ring::RingShape& s, const ring::Plan& pl, con
 
 // The loop's device buffers. On an error they would go back to the cache while our streams,
 // or a peer's copy, may still use them: DrainOnError (declared after them, so it runs first)
-// waits for our streams, and leaks the buffers when a peer may still read them (a cudaFree
-// under that copy, on a later out-of-memory, would break the whole CUDA context).
+// waits for our streams, and leaks the blocks that travel (K/V, dK/dV) when a peer may still
+// read them or a transfer the drain could not wait for may still write them (a cudaFree under
+// that copy, on a later out-of-memory, would break the whole CUDA context). The other buffers
+// only our own streams use, and the drain has synchronised those: they are freed.
 struct Buffers {
-  std::vector<std::unique_ptr<Storage>> all;
-  Storage& add(size_t bytes) {
-    all.push_back(std::make_unique<Storage>(Device::CUDA, bytes));
-    return *all.back();
+  std::vector<std::unique_ptr<Storage>> travelling, own;
+  Storage& block(size_t bytes) { return add(travelling, bytes); }
+  Storage& scratch(size_t bytes) { return add(own, bytes); }
+
+ private:
+  static Storage& add(std::vector<std::unique_ptr<Storage>>& to, size_t bytes) {
+    to.push_back(std::make_unique<Storage>(Device::CUDA, bytes));
+    return *to.back();
   }
 };
 struct DrainOnError {
@@ -92,7 +98,7 @@ struct DrainOnError {
   ~DrainOnError() {
     if (std::uncaught_exceptions() == exceptions) return;
     if (link.drain_after_error(compute, comm))
-      for (auto& b : buffers.all) (void)b.release();  // deliberately leaked
+      for (auto& b : buffers.travelling) (void)b.release();  // deliberately leaked
   }
 };
 
@@ -141,8 +147,8 @@ void forward_loop(Link& link, const ring::RingShape& s, const Tensor& q, const T
   const size_t esz = dtype_size(q.dtype), kv_bytes = 2 * k.storage->bytes + doc_bytes(s), n_q = size_t(q.numel());
   Stream compute, comm;
   Buffers buffers;
-  Storage &kv0 = buffers.add(kv_bytes), &kv1 = buffers.add(kv_bytes), &acc = buffers.add(n_q * 4);
-  Storage* own_docs = s.docs ? &buffers.add(doc_bytes(s)) : nullptr;
+  Storage &kv0 = buffers.block(kv_bytes), &kv1 = buffers.block(kv_bytes), &acc = buffers.scratch(n_q * 4);
+  Storage* own_docs = s.docs ? &buffers.scratch(doc_bytes(s)) : nullptr;
   Storage* kv[2] = {&kv0, &kv1};
   after_default_stream(compute.s, comm.s);  // after the allocations: see there
   DrainOnError drain{link, compute.s, comm.s, buffers};
@@ -194,10 +200,10 @@ void backward_loop(Link& link, const ring::RingShape& s, const Tensor& dout, con
   const int64_t qrow = int64_t(s.heads) * s.head_dim, krow = int64_t(s.kv_heads) * s.head_dim;
   Stream compute, comm;
   Buffers buffers;
-  Storage &kv0 = buffers.add(kv_bytes), &kv1 = buffers.add(kv_bytes), &dkv0 = buffers.add(dkv_bytes),
-          &dkv1 = buffers.add(dkv_bytes), &step_dkv = buffers.add(dkv_bytes), &dq_acc = buffers.add(n_q * 4),
-          &delta = buffers.add(size_t(lse.numel()) * 4);
-  Storage* own_docs = s.docs ? &buffers.add(doc_bytes(s)) : nullptr;
+  Storage &kv0 = buffers.block(kv_bytes), &kv1 = buffers.block(kv_bytes), &dkv0 = buffers.block(dkv_bytes),
+          &dkv1 = buffers.block(dkv_bytes), &step_dkv = buffers.scratch(dkv_bytes), &dq_acc = buffers.scratch(n_q * 4),
+          &delta = buffers.scratch(size_t(lse.numel()) * 4);
+  Storage* own_docs = s.docs ? &buffers.scratch(doc_bytes(s)) : nullptr;
   Storage* kv[2] = {&kv0, &kv1};
   Storage* dkv[2] = {&dkv0, &dkv1};
   after_default_stream(compute.s, comm.s);
