@@ -79,9 +79,8 @@ class LocalLink : public Link {
     auto o = std::make_shared<Offer>();
     o->ptr = send, o->bytes = bytes;
     o->ready.record(comm);
+    ++outstanding_[kind];  // before the post: if the post throws, the offer may still have gone
     t_.post(next_, kTag[kind], o);
-    offered_ = true;
-    ++outstanding_[kind];
     reclaim(kind, comm, 1);  // `recv` is the buffer offered last time: the next rank has copied it
     if (recv_free) recv_free->wait_on(comm);
     auto in = std::static_pointer_cast<Offer>(t_.take(prev_, kTag[kind]));
@@ -102,11 +101,12 @@ class LocalLink : public Link {
     reclaim(DKV, compute, 0);
   }
   // Our streams only wait on events already recorded, so they drain. A peer may have taken an
-  // offer and queued its copy from our buffer without our seeing the receipt.
+  // offer and queued its copy from our buffer without our seeing the receipt; an offer whose
+  // receipt we took, one of our streams waited on, and those streams are drained.
   bool drain_after_error(cudaStream_t compute, cudaStream_t comm) noexcept override {
     cudaStreamSynchronize(comm);
     cudaStreamSynchronize(compute);
-    return offered_;
+    return outstanding_[KV] + outstanding_[DKV] > 0;
   }
 
  private:
@@ -119,8 +119,7 @@ class LocalLink : public Link {
   }
   ring::LocalTransport& t_;
   const int next_, prev_;
-  int outstanding_[2] = {0, 0};
-  bool offered_ = false;
+  int outstanding_[2] = {0, 0};  // offers whose receipt we have not taken
 };
 
 // Processes over NCCL: a grouped send/recv on the ring's communication stream. NCCL errors
