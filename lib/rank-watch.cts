@@ -5,7 +5,8 @@
 // that the launcher is still its parent, and exits when it is not, rather than hold its GPU.
 // The timer keeps no rank alive. A rank blocked in native code (a kernel's or a collective's
 // wait) runs no timer, so a thread of its own watches too, and kills the rank when it is still
-// there 3 s after the launcher went.
+// there 3 s after the thread saw the launcher gone (3-5 s after it went; also a rank whose
+// exit hangs, once its exit has not yet stopped the thread).
 import { isMainThread, Worker } from 'node:worker_threads';
 
 const launcher = Number(process.env.RING_ATTENTION_LAUNCHER_PID);
@@ -31,6 +32,9 @@ if (isMainThread && Number.isInteger(launcher) && launcher > 1 && process.ppid =
       } catch {}
       process.kill(process.pid, 'SIGKILL');
     }, 1000);`;
-  new Worker(backstop, { eval: true, execArgv: [], workerData: { launcher, rank } }).unref();
+  // No flags and an empty environment: the user's NODE_OPTIONS preloads (a ts-node hook, a
+  // process.chdir, which threads may not call) are not the thread's business. A thread that
+  // fails to start must not take the rank down with it.
+  new Worker(backstop, { eval: true, execArgv: [], env: {}, workerData: { launcher, rank } }).on('error', () => {}).unref();
 }
 export {};

@@ -150,6 +150,16 @@ describe('ring-attention launch', () => {
     expect(r.stdout.trim().split('\n').sort()).toEqual(['typed rank 0 ran', 'typed rank 1 ran']);
   });
 
+  it("the ranks' watch thread leaves the user's NODE_OPTIONS preloads to the rank (one that calls process.chdir, which threads may not)", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ring-attention-chdir-'));
+    const preload = join(dir, 'chdir.cjs');
+    writeFileSync(preload, "require('node:fs').appendFileSync(__dirname + '/loaded', require('node:worker_threads').threadId + '\\n'); process.chdir(__dirname);\n");
+    const r = launch(['--nproc-per-node', '2', rankScript, 'linger'], { NODE_OPTIONS: `--require ${preload}` });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(readFileSync(join(dir, 'loaded'), 'utf8')).toBe('0\n0\n0\n'); // the launcher and each rank, in its main thread alone
+  });
+
   it('a closed stderr does not end the launcher, nor orphan its ranks', async () => {
     const p = spawn(process.execPath, [cli, 'launch', '--nproc-per-node', '2', rankScript, 'noisy'], { env: { ...process.env, CUDA_VISIBLE_DEVICES: undefined } });
     await new Promise((resolve) => p.stderr.once('data', resolve));
