@@ -79,7 +79,7 @@ export function commitOf(): string {
   const git = (...args: string[]) => execFileSync('git', args, { cwd: packageRoot, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
   try {
     if (realpathSync(git('rev-parse', '--show-toplevel')) !== realpathSync(packageRoot)) throw new Error('not our checkout');
-    const changed = git('status', '--porcelain', '--untracked-files=no') !== '';
+    const changed = git('--no-optional-locks', 'status', '--porcelain', '--untracked-files=no') !== ''; // takes no index lock
     return git('rev-parse', '--short', 'HEAD') + (changed ? '-dirty' : '');
   } catch {
     const pkg = JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string };
