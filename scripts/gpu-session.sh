@@ -13,7 +13,9 @@
 # instruction (float4 atomics on sm_90) and loads each step's tiles one step ahead where the
 # occupancy calculator allows (bwd_kernel.cuh); the default forward's warps own two row tiles each;
 # the Hopper backward at head dim 64 takes 128-query steps, dQ split by rows (no earlier Hopper
-# figure at dim 64: sm90bench's 'ours sm90' dim-64 rows against 'ours' and torch of the same run).
+# figure at dim 64: sm90bench's 'ours sm90' dim-64 rows against 'ours' and torch of the same run);
+# a failed CUDA ring call frees its non-travelling buffers, and over NCCL aborts its group (the
+# tests part runs both: ring-cuda's retry test, nccl's group of one).
 # What the next session needs, in this order:
 #   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests sm90 sm90bench   # ~7-8 min, timeout_s 540
 #      (sm90bench's rows against attention-cuda-sm90-2026-12-04-3f61040.csv: 'ours' forward and
