@@ -4,9 +4,8 @@
 // (SIGKILL, the out-of-memory killer) cannot stop its ranks, so each rank checks once a second
 // that the launcher is still its parent, and exits when it is not, rather than hold its GPU.
 // The timer keeps no rank alive. A rank blocked in native code (a kernel's or a collective's
-// wait) runs no timer, so a thread of its own watches too, and kills the rank when it is still
-// there 3 s after the thread saw the launcher gone (3-5 s after it went; also a rank whose
-// exit hangs, once its exit has not yet stopped the thread).
+// wait) runs no timer, so a thread of its own watches too, and kills the rank if it is still
+// there 3 s after the thread saw the launcher gone (3-5 s after the launcher went).
 import { isMainThread, Worker } from 'node:worker_threads';
 
 const launcher = Number(process.env.RING_ATTENTION_LAUNCHER_PID);

@@ -224,7 +224,7 @@ export const ringSuite: Suite<RingRow> = {
       'transfers between in-process GPU ranks are the copies alone; over NCCL and on the CPU they include waiting for the peer; ' +
       'every step\'s figures are in the JSON');
     if (ctx.device === 'cpu') notes.push('on the CPU, in-process transfers pass pointers: there is nothing to hide, and the ranks contend for the same cores');
-    const peak = peakTflops(ctx.machine.gpu) ?? { tflops: 989, matched: `H100/H200 SXM's (${ctx.machine.gpu ? `${ctx.machine.gpu} is not in the table` : 'no GPU detected'})` };
+    const peak = peakTflops(ctx.machine.gpu) ?? { tflops: 989, matched: `H100/H200 SXM's; ${ctx.machine.gpu ? `${ctx.machine.gpu} is not in the table` : 'no GPU detected'}` };
     const k = (tokens: number) => `${(tokens / 1e3).toFixed(1)}K`;
     notes.push(`the paper's rule for transfers to hide across GPUs, c >= F / B at ${peak.tflops} TFLOP/s (${peak.matched}): ` +
       LINKS.map(([link, gbs]) => `${link} at ${gbs} GB/s: c >= ${k(minOverlapBlock(peak.tflops, gbs))} tokens per rank block, ` +
