@@ -1,14 +1,15 @@
 // The benchmark suites: their arithmetic checked by hand, and each suite run end to end on the
 // CPU at --smoke sizes through the CLI (what `npm run bench -- <suite>` runs), its JSON, CSV
 // and SVG read back and checked for consistency.
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { flopsPerToken, matmulParameters, minOverlapBlock, peakTflops, stepFlopsByFamily } from '../dist/bench/flops.js';
 import { fitLine } from '../dist/bench/memory.js';
+import { commitOf } from '../dist/bench/report.js';
 import { median } from '../dist/bench/timing.js';
 import { familyOf, profile } from '../dist/bench/profile.js';
 import { stepOverlap } from '../dist/bench/ring.js';
@@ -104,6 +105,24 @@ describe('FLOP accounting and peaks', () => {
     expect(peakTflops('NVIDIA A100-SXM4-80GB')?.tflops).toBe(312);
     expect(peakTflops('NVIDIA GeForce GTX 1080')).toBeNull();
     expect(peakTflops(null)).toBeNull();
+  });
+
+  it("records the package's own commit, marked -dirty when tracked files differ; inside another project's checkout, its version", () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ra-commit-'));
+    const git = (...args: string[]) => execFileSync('git', ['-c', 'user.name=t', '-c', 'user.email=t@t', ...args], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] }).toString().trim();
+    mkdirSync(join(dir, 'pkg'));
+    writeFileSync(join(dir, 'pkg', 'package.json'), '{ "version": "9.8.7" }\n');
+    git('init', '-q');
+    git('add', '.');
+    git('commit', '-qm', 'x');
+    const head = git('rev-parse', '--short', 'HEAD');
+    expect(commitOf(dir)).toBe(head);
+    writeFileSync(join(dir, 'untracked.txt'), 'x');
+    expect(commitOf(dir)).toBe(head); // untracked files do not count
+    writeFileSync(join(dir, 'pkg', 'package.json'), '{ "version": "9.8.8" }\n');
+    expect(commitOf(dir)).toBe(`${head}-dirty`);
+    expect(commitOf(join(dir, 'pkg'))).toBe('v9.8.8'); // installed under a user's project: not that project's HEAD
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('takes the median of an odd count, and the mean of the two middle values of an even one', () => {

@@ -75,14 +75,14 @@ export function describeMachine(device: 'cpu' | 'cuda'): Machine {
  * the package version when the package is no checkout of its own (installed under a user's
  * project, whose HEAD is not ours to report).
  */
-export function commitOf(): string {
-  const git = (...args: string[]) => execFileSync('git', args, { cwd: packageRoot, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+export function commitOf(root = packageRoot): string {
+  const git = (...args: string[]) => execFileSync('git', args, { cwd: root, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
   try {
-    if (realpathSync(git('rev-parse', '--show-toplevel')) !== realpathSync(packageRoot)) throw new Error('not our checkout');
+    if (realpathSync(git('rev-parse', '--show-toplevel')) !== realpathSync(root)) throw new Error('not our checkout');
     const changed = git('--no-optional-locks', 'status', '--porcelain', '--untracked-files=no') !== ''; // takes no index lock
     return git('rev-parse', '--short', 'HEAD') + (changed ? '-dirty' : '');
   } catch {
-    const pkg = JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')) as { version: string };
+    const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string };
     return `v${pkg.version}`;
   }
 }
