@@ -6,7 +6,7 @@ import { checkInteger, checkOneOf, describe, fail } from './errors.js';
 import { ProcessGroup } from './group.js';
 import { native } from './native.js';
 import { LAYOUTS, type Layout } from './shard.js';
-import { Tensor } from './tensor.js';
+import { freeOnThrow, Tensor } from './tensor.js';
 
 export interface RingAttentionOptions extends AttentionOptions {
   /** The group that launch() passed to this rank. */
@@ -40,18 +40,11 @@ export interface RingStepTime {
   wholeMs: number;
 }
 
-/** `result`, after handing the steps' times to onStepTimes; a callback that throws leaves no result behind. */
-function withStepTimes<R extends Record<string, Tensor>>(a: ReturnType<typeof checkRing>, times: Float64Array | undefined, result: R): R {
-  if (!a.onStepTimes || !times) return result;
+function stepTimes(a: ReturnType<typeof checkRing>, times: Float64Array | undefined): void {
+  if (!a.onStepTimes || !times) return;
   const steps: RingStepTime[] = [];
   for (let i = 0; i < times.length; i += 3) steps.push({ computeMs: times[i]!, transferMs: times[i + 1]!, wholeMs: times[i + 2]! });
-  try {
-    a.onStepTimes(steps);
-  } catch (e) {
-    for (const t of Object.values(result)) t.dispose();
-    throw e;
-  }
-  return result;
+  a.onStepTimes(steps);
 }
 
 const PARTS = { compute: 1, transfers: 2 } as const;
@@ -86,8 +79,12 @@ export function ringAttention(q: Tensor, k: Tensor, v: Tensor, opts: RingAttenti
     : native.ringForward(a.groupId, a.group.rank, a.q.handle('q'), a.k.handle('k'), a.v.handle('v'), a.causal, a.scale, a.zigzag, a.parts, timed,
       false, a.documentIds, a.failAtStep);
   const [b, s, h] = a.q.shape as [number, number, number];
-  const result = { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
-  return withStepTimes(a, times, result);
+  // A callback that throws leaves no result behind.
+  return freeOnThrow(() => {
+    const result = { out: Tensor.fromHandle(out, a.q.shape, a.q.dtype, a.q.device), lse: Tensor.fromHandle(lse, [b, h, s], 'float32', a.q.device) };
+    stepTimes(a, times);
+    return result;
+  });
 }
 
 /**
@@ -106,10 +103,13 @@ export function ringAttentionBackward(
     ? native.ncclRingBackward(a.groupId, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic, a.documentIds, a.failAtStep)
     : native.ringBackward(a.groupId, a.group.rank, ...h, a.causal, a.scale, a.zigzag, a.parts, timed, a.deterministic, a.documentIds,
       a.failAtStep);
-  const result = {
-    dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),
-    dk: Tensor.fromHandle(dk, a.k.shape, a.k.dtype, a.k.device),
-    dv: Tensor.fromHandle(dv, a.v.shape, a.v.dtype, a.v.device),
-  };
-  return withStepTimes(a, times, result);
+  return freeOnThrow(() => {
+    const result = {
+      dq: Tensor.fromHandle(dq, a.q.shape, a.q.dtype, a.q.device),
+      dk: Tensor.fromHandle(dk, a.k.shape, a.k.dtype, a.k.device),
+      dv: Tensor.fromHandle(dv, a.v.shape, a.v.dtype, a.v.device),
+    };
+    stepTimes(a, times);
+    return result;
+  });
 }
