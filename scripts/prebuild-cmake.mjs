@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// prebuildify has no cmake-js backend: `npm run prebuild` points PREBUILD_NODE_GYP here.
+// prebuildify has no cmake-js backend: `npm run build:release` points PREBUILD_NODE_GYP here.
 // prebuildify calls this as it would call node-gyp ("rebuild --target=... --arch=...
 // --release"); we build the release binary with cmake-js instead (CUDA required, every
 // supported architecture, CUDA runtime linked statically) into build/Release, where

@@ -41,12 +41,12 @@ function npm(args: string[], cwd: string, env: NodeJS.ProcessEnv = process.env):
 
 function pack(withPrebuild: boolean): string {
   const stage = mkdtempSync(join(scratch, 'stage-'));
-  for (const f of ['package.json', 'package-lock.json', 'README.md', 'CMakeLists.txt', 'binding.gyp', 'native', 'scripts', 'dist'])
+  for (const f of ['package.json', 'package-lock.json', 'README.md', 'LICENSE', 'CMakeLists.txt', 'binding.gyp', 'native', 'scripts', 'dist'])
     cpSync(join(root, f), join(stage, f), { recursive: true });
   symlinkSync(join(root, 'node_modules'), join(stage, 'node_modules'));
   if (withPrebuild) {
-    // The release recipe (npm run prebuild) for one architecture, to keep CI's build short.
-    npm(['run', 'prebuild'], stage, { ...process.env, RING_ATTENTION_CUDA_ARCHS: '90a' });
+    // The release recipe (npm run build:release) for one architecture, to keep CI's build short.
+    npm(['run', 'build:release'], stage, { ...process.env, RING_ATTENTION_CUDA_ARCHS: '90a' });
     rmSync(join(stage, 'build'), { recursive: true });
   }
   const out = mkdtempSync(join(scratch, 'tgz-'));
@@ -74,7 +74,7 @@ describe.skipIf(!ready)(ready ? 'the packed package' : `the packed package (skip
   it('holds the prebuild, the compiled JS with types, and what a source build needs, nothing else', () => {
     const files = execFileSync('tar', ['tzf', tarball], { encoding: 'utf8' }).trim().split('\n').map((f) => f.replace(/^package\//, ''));
     expect(files).toContain('prebuilds/linux-x64/ring-attention.glibc.node');
-    for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/cli.js', 'dist/rank-watch.cjs', 'CMakeLists.txt', 'binding.gyp', 'scripts/build-native.mjs', 'native/addon.cpp', 'native/cuda/device.cu', 'package.json', 'README.md'])
+    for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/cli.js', 'dist/rank-watch.cjs', 'CMakeLists.txt', 'binding.gyp', 'scripts/build-native.mjs', 'native/addon.cpp', 'native/cuda/device.cu', 'package.json', 'README.md', 'LICENSE'])
       expect(files).toContain(f);
     const unwanted = files.filter((f) => /^(test|bench|lib|build|\.ci)\//.test(f) || f.endsWith('.map') || f.endsWith('.ts') && !f.endsWith('.d.ts'));
     expect(unwanted).toEqual([]);
