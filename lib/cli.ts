@@ -3,6 +3,7 @@
 // and how it was obtained, what CUDA it can use, and where NCCL and cuBLAS were found;
 // `launch` starts a job; `bench` runs a benchmark suite.
 import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
 
 import { runBench } from './bench/index.js';
 import { info } from './index.js';
@@ -35,13 +36,20 @@ function report(json: boolean): void {
     ['binary', `${i.binary} (${origin})`],
     ['backend', i.backend === 'cuda' ? 'cuda' : `cpu${i.cuda.reason ? ` (${i.cuda.reason})` : ''}`],
     ['cpu kernels', i.cpuKernels === 'avx2+fma' ? 'compiled for AVX2 and FMA (this CPU has them)' : 'portable'],
+    ['cpu threads', cpuThreads(i.cpuThreads)],
     ['cuda', i.cuda.compiled ? `compiled in: runtime ${version(i.cuda.runtimeVersion)}, architectures ${i.cuda.architectures}` : 'not compiled in'],
     ['hopper kernels', hopperKernels(i.cuda.architectures)],
     ['driver', i.cuda.driverVersion ? `supports CUDA ${version(i.cuda.driverVersion)}` : 'none found'],
     ...i.cuda.devices.map((d, n): [string, string] => [`gpu ${n}`, `${d.name} (sm_${d.computeCapability.replace('.', '')}, ${gib(d.totalMemory)}, ${d.multiprocessors} SMs)`]),
-    ...Object.values(libraries).map((l): [string, string] => [l.name, l.path ? `${l.path} (from ${l.from})` : `not found; searched ${l.searched.join(', ')}`]),
+    ...Object.values(libraries).map((l): [string, string] => [l.name, l.path ? `${l.path} (from ${l.from})` : l.skipped ?? `not found; searched ${l.searched.join(', ')}`]),
   ];
   for (const [key, value] of lines) console.log(`${key.padEnd(18)} ${value}`);
+}
+
+function cpuThreads(n: number): string {
+  const asked = process.env.RING_ATTENTION_NUM_THREADS?.trim();
+  if (!asked) return `${n} (the cores)`;
+  return Number(asked) === n ? `${n} (RING_ATTENTION_NUM_THREADS)` : `${n} (RING_ATTENTION_NUM_THREADS=${asked}, capped at 4x the cores)`;
 }
 
 /** Whether the opt-in Hopper kernels (native/cuda/flash/{fwd,bwd}_sm90_kernel.cuh) are there and asked for. */
@@ -54,7 +62,14 @@ function hopperKernels(architectures: string): string {
 
 const [command, ...rest] = process.argv.slice(2);
 if (command === 'info') {
-  report(rest.includes('--json'));
+  try {
+    const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } }, strict: true, allowPositionals: false });
+    report(values.json === true);
+  } catch (e) {
+    if ((e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') !== true) throw e;
+    console.error(`ring-attention info: ${(e as Error).message}; it takes only --json`);
+    process.exitCode = 1;
+  }
 } else if (command === 'launch') {
   if (rest[0] === '--help') process.stdout.write(LAUNCH_USAGE);
   else process.exitCode = await launchProcesses(rest);
@@ -65,7 +80,9 @@ if (command === 'info') {
     console.error(`ring-attention bench: ${(e as Error).message}`);
     process.exitCode = 1;
   }
-} else {
+} else if (command === undefined || command === '--help' || command === 'help') {
   process.stdout.write(HELP);
-  process.exitCode = command === undefined || command === '--help' || command === 'help' ? 0 : 1;
+} else {
+  process.stderr.write(`ring-attention: unknown command '${command}'\n${HELP}`);
+  process.exitCode = 1;
 }

@@ -49,6 +49,8 @@ export interface BuildInfo {
   /** The CPU backend's attention and matrix-product code in use: compiled for AVX2 and FMA
    * (x86-64 CPUs that have them), or the portable build (`RING_ATTENTION_PORTABLE_CPU=1` forces it). */
   cpuKernels: 'avx2+fma' | 'portable';
+  /** Threads each CPU kernel call may use: `RING_ATTENTION_NUM_THREADS` (at most 4x the cores), else the cores. */
+  cpuThreads: number;
   cuda: CudaInfo;
 }
 
@@ -56,7 +58,8 @@ export interface BuildInfo {
 export function info(): BuildInfo {
   const cuda = native.cudaInfo();
   const build = /[\\/]prebuilds[\\/]/.test(nativePath) ? 'prebuild' : (native.buildSystem() as 'cmake-js' | 'node-gyp');
-  return { binary: nativePath, build, backend: cuda.available ? 'cuda' : 'cpu', cpuKernels: native.cpuKernels() as BuildInfo['cpuKernels'], cuda };
+  return { binary: nativePath, build, backend: cuda.available ? 'cuda' : 'cpu', cpuKernels: native.cpuKernels() as BuildInfo['cpuKernels'],
+    cpuThreads: native.cpuThreads(), cuda };
 }
 
 /**

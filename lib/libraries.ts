@@ -17,6 +17,8 @@ export interface LibraryReport {
   from: string | null;
   /** Every place tried, in order, for error messages. */
   searched: string[];
+  /** Why it was not looked for, when searched is empty for that reason. */
+  skipped?: string;
 }
 
 interface LibrarySpec {
@@ -96,5 +98,5 @@ export function findCublas(lib: LibrarySpec = LIBRARIES.cublas, lt: LibrarySpec 
     return [found, besidePath ? { name: t.name, path: besidePath, from: found.from, searched: [beside] } : findLibrary(t)];
   }
   const none = (s: LibrarySpec, tried: string[]): LibraryReport => ({ name: `${s.name} (or .so.12)`, path: null, from: null, searched: tried });
-  return [none(lib, searched), none(lt, [])];
+  return [none(lib, searched), { ...none(lt, []), skipped: `not looked for: it is used only with ${lib.name}, which was not found` }];
 }

@@ -97,6 +97,8 @@ interface Native {
   /** 'cmake-js' or 'node-gyp'. */
   buildSystem(): string;
   cpuKernels(): string;
+  /** The CPU kernels' thread count (RING_ATTENTION_NUM_THREADS, capped at 4x the cores, else the cores). */
+  cpuThreads(): number;
   /** The file `nameOrPath` resolves to through the dynamic loader, or '' when it cannot be opened. */
   findLibrary(nameOrPath: string): string;
   cudaMemoryStats(): CudaMemoryStats;
@@ -150,6 +152,12 @@ interface Native {
 
 const require = createRequire(import.meta.url);
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+// Checked here, before the native code reads it (once, with atoi): a typo should not quietly mean
+// "all cores".
+const threads = process.env.RING_ATTENTION_NUM_THREADS;
+if (threads !== undefined && threads !== '' && !/^\s*[1-9][0-9]*\s*$/.test(threads))
+  throw new RangeError(`RING_ATTENTION_NUM_THREADS: expected a positive whole number of CPU threads, got '${threads}'`);
 
 export const native: Native = require('node-gyp-build')(packageRoot);
 /** Path of the binary that was loaded, for diagnostics. */

@@ -168,6 +168,7 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
 
 Napi::Value BuildSystem(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), ra::build_system()); }
 Napi::Value CpuKernels(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), ra::cpu_kernels()); }
+Napi::Value CpuThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), ra::cpu_threads()); }
 
 // findLibrary(nameOrPath) -> the resolved path, or "" when the loader cannot open it
 Napi::Value FindLibrary(const Napi::CallbackInfo& info) {
@@ -260,6 +261,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
   exports.Set("buildSystem", Napi::Function::New(env, BuildSystem));
   exports.Set("cpuKernels", Napi::Function::New(env, CpuKernels));
+  exports.Set("cpuThreads", Napi::Function::New(env, CpuThreads));
   exports.Set("findLibrary", Napi::Function::New(env, FindLibrary));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("cudaMemoryStats", Napi::Function::New(env, CudaMemoryStats));

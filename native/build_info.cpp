@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common.h"
+#include "cpu/threads.h"
 #include "cpu/vec.h"
 
 #ifndef RA_BUILD_SYSTEM
@@ -21,6 +22,8 @@ const char* cpu_kernels() {
 #endif
   return "portable";
 }
+
+int cpu_threads() { return cpu::hardware_threads(); }
 
 // Opens `name` as the dynamic loader would (a bare soname searches LD_LIBRARY_PATH and the
 // ldconfig cache; a path is taken as is) and returns the file it resolved to, or "".

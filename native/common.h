@@ -109,6 +109,8 @@ void check_attention_operands(const char* call, const Tensor& q, const Tensor& k
 const char* build_system();
 // "avx2+fma" or "portable": the CPU attention and matrix-product code this process runs.
 const char* cpu_kernels();
+// The threads a CPU kernel may use: RING_ATTENTION_NUM_THREADS (at most 4x the cores), else the cores.
+int cpu_threads();
 std::string find_library(const std::string& name);
 
 }  // namespace ra

@@ -3,7 +3,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { info, initProcessGroup } from '../dist/index.js';
-import { findLibrary, LIBRARIES } from '../dist/libraries.js';
+import { findCublas, findLibrary, LIBRARIES } from '../dist/libraries.js';
 
 const env = { RANK: '0', WORLD_SIZE: '2', LOCAL_RANK: '0', MASTER_ADDR: '127.0.0.1', MASTER_PORT: '29777' };
 const saved = process.env.RING_ATTENTION_NCCL_PATH;
@@ -34,6 +34,14 @@ describe('initProcessGroup', () => {
     expect(findLibrary(LIBRARIES.nccl).searched[0]).toBe('/opt/nowhere/libnccl.so.2');
     process.env.RING_ATTENTION_NCCL_PATH = '/opt/nowhere';
     expect(findLibrary(LIBRARIES.nccl).searched[0]).toBe('/opt/nowhere/libnccl.so.2');
+  });
+
+  it('without libcublas, libcublasLt says why it was not looked for (not an empty list of places)', () => {
+    const [cublas, lt] = findCublas({ ...LIBRARIES.cublas, name: 'libnocublas.so.13' });
+    expect(cublas.path).toBeNull();
+    expect(cublas.searched).toContain('libnocublas.so.12');
+    expect(lt.path).toBeNull();
+    expect(lt.skipped).toBe('not looked for: it is used only with libnocublas.so.13, which was not found');
   });
 
   it('a library that is not NCCL is refused, naming the missing symbol', async () => {

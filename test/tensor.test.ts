@@ -144,6 +144,38 @@ describe('info', () => {
     if (has) expect(run('0')).toMatch(/^cpu kernels +compiled for AVX2 and FMA/m);  // only 1 forces it
   });
 
+  it('the CPU thread count: RING_ATTENTION_NUM_THREADS, capped at 4x the cores; anything else is refused when the package loads', () => {
+    const cli = new URL('../dist/cli.js', import.meta.url).pathname;
+    const run = (args: string[], value?: string) =>
+      spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, RING_ATTENTION_NUM_THREADS: value } });
+    const cores: number = JSON.parse(run(['info', '--json']).stdout).cpuThreads;  // what the C++ runtime counts
+    expect(cores).toBeGreaterThan(0);
+    expect(run(['info']).stdout).toMatch(new RegExp(`^cpu threads +${cores} \\(the cores\\)$`, 'm'));
+    expect(run(['info'], '3').stdout).toMatch(/^cpu threads +3 \(RING_ATTENTION_NUM_THREADS\)$/m);
+    expect(JSON.parse(run(['info', '--json'], '3').stdout).cpuThreads).toBe(3);
+    expect(run(['info'], String(8 * cores)).stdout).toMatch(new RegExp(`^cpu threads +${4 * cores} \\(RING_ATTENTION_NUM_THREADS=${8 * cores}, capped at 4x the cores\\)$`, 'm'));
+    for (const bad of ['abc', '0', '-2', '1.5', '4x']) {
+      const r = run(['info'], bad);
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toContain(`RangeError: RING_ATTENTION_NUM_THREADS: expected a positive whole number of CPU threads, got '${bad}'`);
+    }
+  });
+
+  it('the CLI refuses what it does not take: an unknown command, or info with anything but --json', () => {
+    const cli = new URL('../dist/cli.js', import.meta.url).pathname;
+    const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8' });
+    for (const args of [['info', '--jsn'], ['info', 'extra']]) {
+      const r = run(...args);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/^ring-attention info: .*; it takes only --json$/m);
+      expect(r.stdout).toBe('');
+    }
+    const unknown = run('foo');
+    expect(unknown.status).toBe(1);
+    expect(unknown.stderr).toMatch(/^ring-attention: unknown command 'foo'\nusage: ring-attention <command>/);
+    expect(run('--help').status).toBe(0);
+  });
+
   // Where CMake and nvcc are both found (CI's machine: nvcc, no GPU), the install must have
   // compiled the CUDA part into the binary, and it must still load and run on the CPU.
   it.runIf(toolchain.cmake && toolchain.nvcc)('with CMake and nvcc present, the build has CUDA compiled in', () => {
