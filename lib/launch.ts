@@ -53,8 +53,11 @@ function rebuild(e: { name: string; message: string; stack?: string }, rank: num
   return Object.assign(error, { rank });
 }
 
-/** Runs the module's default export once per rank and resolves with their return values in rank order. */
-export async function launch(opts: LaunchOptions, module: string | URL, args?: unknown): Promise<unknown[]> {
+/**
+ * Runs the module's default export once per rank and resolves with their return values in rank
+ * order. `R` types those values for the caller; nothing checks them (they come from another module).
+ */
+export async function launch<R = unknown>(opts: LaunchOptions, module: string | URL, args?: unknown): Promise<R[]> {
   if (opts === undefined) fail('type', 'opts: expected { worldSize }');
   const o = checkOptions(opts, 'opts', ['worldSize', 'backend', 'device', 'timeoutMs']);
   const worldSize = checkInteger(o.worldSize, 'opts.worldSize', 1, MAX_WORLD_SIZE);
@@ -124,5 +127,5 @@ export async function launch(opts: LaunchOptions, module: string | URL, args?: u
     await Promise.all(workers.map((w) => w.terminate()));
   }
   if (firstError ?? secondaryError) throw firstError ?? secondaryError;
-  return results;
+  return results as R[];
 }

@@ -13,6 +13,11 @@ export default function rank({ group }: RankContext<{ n: number }>): Promise<Flo
   return ringAttention(q, q, q, { group, layout: 'zigzag' }).out.toFloat32Array();
 }
 void launch({ worldSize: 2 }, new URL('./rank.js', import.meta.url), { n: 1 });
+// launch<R> types the ranks' return values; without it they are unknown.
+void launch<Float32Array>({ worldSize: 2 }, new URL('./rank.js', import.meta.url)).then((shards) => shards.map((s) => s.length));
+void launch({ worldSize: 2 }, new URL('./rank.js', import.meta.url)).then((shards) =>
+  // @ts-expect-error: unknown values, not Float32Arrays
+  shards.map((s) => s.length));
 
 // @ts-expect-error: not a dtype
 tensor(new Float32Array(1), [1], { dtype: 'int8' });
