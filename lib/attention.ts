@@ -10,8 +10,9 @@ export interface AttentionOptions {
   /** Softmax scale; default 1/sqrt(headDim). */
   scale?: number;
   /**
-   * Backward only: the same bits on every run. On CUDA, dQ is computed in its own pass
-   * instead of with atomic adds (slower); the CPU backward is always deterministic.
+   * Backward only (a forward takes and ignores it, so that one options object serves both): the
+   * same bits on every run. On CUDA, dQ is computed in its own pass instead of with atomic adds
+   * (slower); the CPU backward is always deterministic.
    */
   deterministic?: boolean;
   /**
@@ -47,7 +48,9 @@ function check4d(t: Tensor, name: string): void {
 export const ATTENTION_OPTION_KEYS = ['causal', 'scale', 'deterministic', 'documentIds'] as const;
 
 /** Checks q, k, v for attention and returns the resolved options (internal; the ring uses it too, with keys of its own). */
-export function checkAttentionInputs(q: unknown, k: unknown, v: unknown, opts: unknown, optionKeys: readonly string[] = ATTENTION_OPTION_KEYS, optsName = 'opts') {
+export function checkAttentionInputs(
+  q: unknown, k: unknown, v: unknown, opts: unknown, optionKeys: readonly string[] = ATTENTION_OPTION_KEYS, optsName = 'opts', internalKeys: readonly string[] = [],
+) {
   const tq = checkTensor(q, 'q'), tk = checkTensor(k, 'k'), tv = checkTensor(v, 'v');
   check4d(tq, 'q');
   check4d(tk, 'k');
@@ -65,7 +68,7 @@ export function checkAttentionInputs(q: unknown, k: unknown, v: unknown, opts: u
   if (dq > MAX_HEAD_DIM) fail('range', `q: headDim ${dq} exceeds the supported maximum of ${MAX_HEAD_DIM}`);
   if (tq.device === 'cuda' && tq.dtype === 'float32')
     fail('type', `q: attention on 'cuda' tensors takes dtype 'bfloat16' or 'float16' (the kernels use tensor cores), got 'float32'`);
-  const o = checkOptions(opts, optsName, optionKeys);
+  const o = checkOptions(opts, optsName, optionKeys, internalKeys);
   const causal = checkBoolean(o.causal, `${optsName}.causal`) ?? false;
   const scale = checkPositiveNumber(o.scale, `${optsName}.scale`) ?? 1 / Math.sqrt(dq);
   const deterministic = checkBoolean(o.deterministic, `${optsName}.deterministic`) ?? false;

@@ -57,12 +57,13 @@ export function checkOneOf<T extends string>(value: unknown, name: string, allow
  * An options object (undefined reads as {}). A key outside `known` that holds a value is refused:
  * a misspelt option (`casual: true`) would otherwise be ignored, and the call run without it.
  */
-export function checkOptions(value: unknown, name: string, known: readonly string[]): Record<string, unknown> {
+export function checkOptions(value: unknown, name: string, known: readonly string[], internal: readonly string[] = []): Record<string, unknown> {
   if (value === undefined) return {};
   if (value === null || typeof value !== 'object') fail('type', `${name}: expected an options object, got ${describe(value)}`);
   const o = value as Record<string, unknown>;
+  // `internal` keys (for tests and benchmarks) are taken but not offered in the message.
   for (const key of Object.keys(o))
-    if (!known.includes(key) && o[key] !== undefined)
+    if (!known.includes(key) && !internal.includes(key) && o[key] !== undefined)
       fail('type', `${name}.${clip(key, 40)}: not an option here; expected ${known.join(', ')}`);
   return o;
 }

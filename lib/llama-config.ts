@@ -23,8 +23,9 @@ export interface LlamaConfig {
   tie_word_embeddings: boolean;
   /** Default hidden_size / num_attention_heads. */
   head_dim?: number;
+  /** Absent stays absent; RoPE scalings that read it, and saveLlama, then take transformers' default, 2048. */
   max_position_embeddings?: number;
-  /** The standard deviation of initLlama's random matrices. Default 0.02. */
+  /** The standard deviation of initLlama's random matrices; when absent (it stays absent), initLlama uses 0.02. */
   initializer_range?: number;
   /**
    * The padding token, as torch's nn.Embedding padding_idx: its embedding row gets no gradient
@@ -43,8 +44,9 @@ export interface LlamaConfig {
 }
 
 /**
- * A checked config with every default filled in, head_dim included; RoPE as rope_theta and
- * rope_scaling; pad_token_id, when there is one, as a row of the table.
+ * A checked config with every default filled in, head_dim included (max_position_embeddings and
+ * initializer_range stay absent when absent); RoPE as rope_theta and rope_scaling; pad_token_id,
+ * when there is one, as a row of the table.
  */
 export type ResolvedLlamaConfig = Omit<LlamaConfig, 'rope_parameters' | 'pad_token_id'> & { head_dim: number; pad_token_id?: number };
 

@@ -403,7 +403,8 @@ export function adamwMulti(entries: readonly AdamWEntry[], opts: AdamWMultiOptio
   entries.forEach((e: unknown, i) => {
     const at = `entries[${i}]`;
     if (typeof e !== 'object' || e === null) fail('type', `${at}: expected { param, grad, m, v }, got ${describe(e)}`);
-    const x = e as AdamWEntry;
+    // Keys checked: a misspelt weightDecay would decay at the default 0.01.
+    const x = checkOptions(e, at, ['param', 'grad', 'm', 'v', 'weightDecay', 'copy']) as unknown as AdamWEntry;
     const tp = c.tensor(x.param, `${at}.param`, 'f32');
     const same = (t: unknown, name: string) => shaped(c, t, `${at}.${name}`, tp.shape, `${at}.param's shape`, 'f32');
     (['grad', 'm', 'v'] as const).forEach((k, j) => lists[j + 1]!.push(same(x[k], k).handle(`${at}.${k}`)));

@@ -48,11 +48,12 @@ function stepTimes(a: ReturnType<typeof checkRing>, times: Float64Array | undefi
 }
 
 const PARTS = { compute: 1, transfers: 2 } as const;
-const RING_OPTION_KEYS = [...ATTENTION_OPTION_KEYS, 'group', 'layout', 'parts', 'onStepTimes', 'failAtStep'];
+const RING_OPTION_KEYS = [...ATTENTION_OPTION_KEYS, 'group', 'layout'];
+const RING_INTERNAL_KEYS = ['parts', 'onStepTimes', 'failAtStep'];  // benchmarks' and tests' (@internal above)
 
 function checkRing(q: unknown, k: unknown, v: unknown, opts: unknown) {
   if (opts === undefined) fail('type', 'opts: expected { group } from launch()');
-  const a = checkAttentionInputs(q, k, v, opts, RING_OPTION_KEYS);
+  const a = checkAttentionInputs(q, k, v, opts, RING_OPTION_KEYS, 'opts', RING_INTERNAL_KEYS);
   const groupId = ProcessGroup.idOf(a.options.group, 'opts.group');
   const group = a.options.group as ProcessGroup;
   if (group.backend === 'nccl' && a.q.device !== 'cuda')

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { isFloat32Array } from 'node:util/types';
 
-import { describe, fail } from './errors.js';
+import { checkOptions, describe, fail } from './errors.js';
 import { toBf16Bits, toF16Bits } from './half.js';
 import { checkPath, parseMetadata } from './safetensors.js';
 
@@ -137,6 +137,7 @@ function checkSpec(name: string, t: unknown): Planned {
   const where = `tensors['${name}']`;
   if (name === '__metadata__') fail('range', `${where}: the name '__metadata__' is reserved for the metadata`);
   if (t === null || typeof t !== 'object') fail('type', `${where}: expected { shape, data, dtype? }, got ${describe(t)}`);
+  checkOptions(t, where, ['shape', 'data', 'dtype']);  // a misspelt dtype would write F32 unasked
   const { shape, dtype = 'F32' } = t as TensorSpec;
   if (!Array.isArray(shape)) fail('type', `${where}.shape: expected an array of non-negative integers, got ${describe(shape)}`);
   Array.from(shape, (d: unknown, i) => { // holes too

@@ -352,6 +352,8 @@ describe('writing', () => {
     await expect(writeSafetensors(path, { w: { ...ok, data: [0, 0] as any } })).rejects.toThrow(/^tensors\['w'\]\.data: expected a Float32Array, got an array/);
     await expect(writeSafetensors(path, { w: { ...ok, shape: [-2] } })).rejects.toThrow(/^tensors\['w'\]\.shape\[0\]: expected a non-negative integer/);
     await expect(writeSafetensors(path, { w: { ...ok, dtype: 'F64' as any } })).rejects.toThrow(/^tensors\['w'\]\.dtype: expected one of 'F32', 'BF16', 'F16', got 'F64'/);
+    // A misspelt key would have written F32 unasked.
+    await expect(writeSafetensors(path, { w: { ...ok, dtyp: 'BF16' } as any })).rejects.toThrow(/^tensors\['w'\]\.dtyp: not an option here; expected shape, data, dtype$/);
     await expect(writeSafetensors(path, { __metadata__: ok })).rejects.toThrow(/reserved for the metadata/);
     await expect(writeSafetensors(path, { w: ok }, { step: 1 as any })).rejects.toThrow(new TypeError(`metadata['step']: expected a string, got number 1`));
     await expect(writeSafetensors(path, null as any)).rejects.toThrow(/^tensors: expected an object/);
