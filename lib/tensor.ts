@@ -17,6 +17,8 @@ export interface TensorOptions {
   device?: DeviceName;
 }
 
+let fromHandle = false;  // set by Tensor.fromHandle, the one way in
+
 export class Tensor implements Disposable {
   readonly shape: readonly number[];
   readonly dtype: DType;
@@ -24,6 +26,8 @@ export class Tensor implements Disposable {
   #handle: TensorHandle | null;
 
   private constructor(handle: TensorHandle, shape: readonly number[], dtype: DType, device: DeviceName) {
+    // JavaScript can call a private constructor: say what to call instead.
+    if (!fromHandle) fail('type', 'new Tensor(): tensors are made by tensor(), zeros() and the library\'s functions');
     this.#handle = handle;
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
@@ -41,7 +45,12 @@ export class Tensor implements Disposable {
 
   /** @internal */
   static fromHandle(handle: TensorHandle, shape: readonly number[], dtype: DType, device: DeviceName): Tensor {
-    return new Tensor(handle, shape, dtype, device);
+    fromHandle = true;
+    try {
+      return new Tensor(handle, shape, dtype, device);
+    } finally {
+      fromHandle = false;
+    }
   }
 
   /** @internal The native handle; throws, naming the argument, once disposed. */

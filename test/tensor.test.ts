@@ -97,6 +97,8 @@ describe('tensor', () => {
     expect(() => tensor(new Float32Array(2), [2], { dtype: 'int8' as any })).toThrow(/^opts\.dtype: expected one of 'float32', 'bfloat16', 'float16', got 'int8'/);
     expect(() => tensor(new Float32Array(2), [2], { device: 'tpu' as any })).toThrow(/^opts\.device: expected one of 'cpu', 'cuda'/);
     expect(() => tensor(new Float32Array(2), [2], 'cpu' as any)).toThrow(/^opts: expected an options object/);
+    // The constructor is private in TypeScript only; JavaScript is told what to call.
+    expect(() => new (Tensor as any)()).toThrow(new TypeError("new Tensor(): tensors are made by tensor(), zeros() and the library's functions"));
   });
 
   it.skipIf(info().cuda.available)("device 'cuda' without a usable GPU is refused with the reason", () => {
