@@ -10,6 +10,12 @@ export interface DistributedEnv {
   localWorldSize: number;
   masterAddr: string;
   masterPort: number;
+  /**
+   * Where rank 0 listens for the rendezvous: RING_ATTENTION_RDZV_PORT if set; under torchrun's
+   * agent store (TORCHELASTIC_USE_AGENT_STORE=True), whose server holds MASTER_PORT for the whole
+   * job, the port after it; else MASTER_PORT.
+   */
+  rendezvousPort: number;
   /** Identifies the job, so that two jobs on one port cannot join each other's rendezvous. */
   jobToken: string;
   launcher: 'torchrun' | 'slurm';
@@ -30,7 +36,7 @@ function intVar(env: Env, name: string, min: number, max = Number.MAX_SAFE_INTEG
   return value;
 }
 
-function master(env: Env, launcher: string): { masterAddr: string; masterPort: number } {
+function master(env: Env, launcher: string): { masterAddr: string; masterPort: number; rendezvousPort: number } {
   const hint = launcher === 'slurm'
     ? '; under srun, export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1) and MASTER_PORT=29500'
     : '';
@@ -38,13 +44,19 @@ function master(env: Env, launcher: string): { masterAddr: string; masterPort: n
   // torchrun's help writes IPv6 addresses in brackets ([::1]); sockets take them without.
   const masterAddr = /^\[.*\]$/.test(env.MASTER_ADDR) ? env.MASTER_ADDR.slice(1, -1) : env.MASTER_ADDR;
   // 'host:29500' would be looked up as a host name, and fail only at the rendezvous's deadline.
-  if (masterAddr === '' || (masterAddr.includes(':') && !isIPv6(masterAddr)))
-    throw new RangeError(`environment: MASTER_ADDR must be a host name or an IP address (the port goes in MASTER_PORT), got '${env.MASTER_ADDR}'${hint}`);
+  // A space or newline (a quoting slip) would also fail only at the deadline, as an unknown host.
+  if (masterAddr === '' || /\s/.test(masterAddr) || (masterAddr.includes(':') && !isIPv6(masterAddr)))
+    throw new RangeError(`environment: MASTER_ADDR must be a host name or an IP address (the port goes in MASTER_PORT), got ${JSON.stringify(env.MASTER_ADDR)}${hint}`);
+  let masterPort: number;
   try {
-    return { masterAddr, masterPort: intVar(env, 'MASTER_PORT', 1, 65535) };
+    masterPort = intVar(env, 'MASTER_PORT', 1, 65535);
   } catch (e) {
     throw new RangeError(`${(e as Error).message}${hint}`);
   }
+  const rendezvousPort = env.RING_ATTENTION_RDZV_PORT
+    ? intVar(env, 'RING_ATTENTION_RDZV_PORT', 1, 65535)
+    : env.TORCHELASTIC_USE_AGENT_STORE === 'True' ? (masterPort < 65535 ? masterPort + 1 : masterPort - 1) : masterPort;
+  return { masterAddr, masterPort, rendezvousPort };
 }
 
 /**

@@ -115,12 +115,22 @@ export async function launchProcesses(argv: string[]): Promise<number> {
   let killTimer: NodeJS.Timeout | undefined;
 
   const live = () => children.filter((c) => c.exitCode === null && c.signalCode === null);
+  // Each rank leads a process group of its own (as torchrun's workers do): a terminal's Ctrl-C
+  // reaches the launcher alone, which forwards it once, and a signal to the group reaches what
+  // the rank started too (a data loader, a helper), which would otherwise outlive the job.
+  const signalRank = (c: ChildProcess, signal: NodeJS.Signals) => {
+    try {
+      process.kill(-c.pid!, signal);
+    } catch {
+      c.kill(signal); // no group (yet): the rank itself
+    }
+  };
   // A rank that ignores the signal (a handler that never runs while NCCL blocks its thread)
   // is killed after the grace period, so that the launcher always ends.
   const signalAll = (signal: NodeJS.Signals, graceMs: number) => {
-    for (const c of live()) c.kill(signal);
+    for (const c of live()) signalRank(c, signal);
     killTimer ??= setTimeout(() => {
-      for (const c of live()) c.kill('SIGKILL');
+      for (const c of live()) signalRank(c, 'SIGKILL');
     }, graceMs);
   };
   const stopOthers = () => signalAll('SIGTERM', a.graceMs.failure);
@@ -136,7 +146,7 @@ export async function launchProcesses(argv: string[]): Promise<number> {
   // none is left holding a GPU; a SIGKILL, which runs no handler, leaves it to each rank's
   // watch (rank-watch.cts).
   const killAll = () => {
-    for (const c of live()) c.kill('SIGKILL');
+    for (const c of live()) signalRank(c, 'SIGKILL');
   };
   process.on('exit', killAll);
   // A closed stderr (`launch ... 2>&1 | head`) must not crash the launcher: the ranks' output
@@ -150,10 +160,12 @@ export async function launchProcesses(argv: string[]): Promise<number> {
       const rank = a.nodeRank * a.nprocPerNode + local;
       const child = spawn(process.execPath, ['--require', RANK_WATCH, a.script, ...a.scriptArgs], {
         stdio: ['inherit', 'inherit', 'pipe'],
+        detached: true, // its own process group: see signalRank
         env: {
           ...process.env,
           RANK: String(rank), WORLD_SIZE: String(worldSize),
-          LOCAL_RANK: String(local), LOCAL_WORLD_SIZE: String(a.nprocPerNode), GROUP_RANK: String(a.nodeRank),
+          LOCAL_RANK: String(local), LOCAL_WORLD_SIZE: String(a.nprocPerNode), GROUP_RANK: String(a.nodeRank), GROUP_WORLD_SIZE: String(a.nnodes),
+          ROLE_RANK: String(rank), ROLE_WORLD_SIZE: String(worldSize), ROLE_NAME: 'default', // torchrun's one role
           MASTER_ADDR: a.masterAddr, MASTER_PORT: String(a.masterPort),
           RING_ATTENTION_JOB_TOKEN: a.rdzvId, CUDA_VISIBLE_DEVICES: devices[local], RING_ATTENTION_LAUNCHER_PID: String(process.pid),
         },
@@ -169,6 +181,10 @@ export async function launchProcesses(argv: string[]): Promise<number> {
         ended = true;
         if ((code !== 0 || signal) && !failure && !interrupted) {
           failure = { rank, code, signal };
+          // What the failed rank started goes too; its group still exists while any of it lives.
+          try {
+            process.kill(-child.pid!, 'SIGTERM');
+          } catch {}
           stopOthers();
         }
         if (--running === 0) done();

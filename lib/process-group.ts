@@ -37,7 +37,7 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
   const device = cuda.deviceCount > 1 ? env.localRank % cuda.deviceCount : 0;
 
   const id = await rendezvous({
-    rank: env.rank, worldSize: env.worldSize, addr: env.masterAddr, port: env.masterPort, token: env.jobToken, timeoutMs,
+    rank: env.rank, worldSize: env.worldSize, addr: env.masterAddr, port: env.rendezvousPort, token: env.jobToken, timeoutMs,
     payload: env.rank === 0 ? native.ncclUniqueId() : undefined,
   });
   return ProcessGroup.attach(native.ncclGroupCreate(id, env.rank, env.worldSize, device, timeoutMs), env.rank, env.worldSize, 'nccl');

@@ -84,9 +84,11 @@ export function rankRanges(ranks: number[]): string {
 
 function serve(o: RendezvousOptions): Promise<Uint8Array> {
   const payload = o.payload ?? new Uint8Array();
+  if (o.worldSize === 1) return Promise.resolve(payload); // nobody to wait for: no port taken
   return new Promise((resolve, reject) => {
     const joined = new Map<number, Socket>();
     const left = new Set<number>(); // ranks that joined, then closed their connection
+    const refused = new Map<number, string>(); // ranks turned away (another job's, another world size), and why
     const sockets = new Set<Socket>(); // every connection, so that idle ones are closed at the end
     const server = createServer();
     server.maxConnections = o.worldSize + 64; // a flood of idle connections cannot exhaust file descriptors
@@ -107,15 +109,24 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
     };
     const timer = setTimeout(() => {
       const absent = Array.from({ length: o.worldSize - 1 }, (_, i) => i + 1).filter((r) => !joined.has(r));
-      const never = absent.filter((r) => !left.has(r)), gone = absent.filter((r) => left.has(r));
+      const turnedAway = absent.filter((r) => refused.has(r));
+      const never = absent.filter((r) => !left.has(r) && !refused.has(r)), gone = absent.filter((r) => left.has(r) && !refused.has(r));
       const ranks = (rs: number[]) => `rank${rs.length > 1 ? 's' : ''} ${rankRanges(rs)}`;
-      const why = [...(never.length ? [`${ranks(never)} never arrived`] : []), ...(gone.length ? [`${ranks(gone)} arrived, then closed the connection`] : [])];
+      const why = [
+        ...(never.length ? [`${ranks(never)} never arrived`] : []),
+        ...(gone.length ? [`${ranks(gone)} arrived, then closed the connection`] : []),
+        ...turnedAway.slice(0, 4).map((r) => `rank ${r} was refused (${refused.get(r)})`),
+        ...(turnedAway.length > 4 ? [`${turnedAway.length - 4} more ranks were refused`] : []),
+      ];
       finish(new Error(`rendezvous timed out after ${o.timeoutMs} ms at port ${o.port}: ${why.join('; ')}`));
     }, o.timeoutMs);
     server.on('connection', (socket) => {
       let rank = -1;
       sockets.add(socket);
-      const refuse = (why: string) => {
+      const refuse = (why: string, claimed?: unknown) => {
+        // Kept for the timeout's message: rank 0's log is the one people read.
+        if (Number.isInteger(claimed) && (claimed as number) >= 1 && (claimed as number) < o.worldSize && !joined.has(claimed as number))
+          refused.set(claimed as number, why);
         send(socket, { ok: false, error: `rendezvous refused: ${why}` });
         socket.end();
         socket.destroy();
@@ -135,8 +146,8 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
         const h = m as Partial<Hello>;
         if (rank !== -1) return refuse('one message per connection');
         if (typeof h !== 'object' || h === null || typeof h.token !== 'string') return refuse('expected { token, rank, worldSize }');
-        if (!sameToken(h.token, o.token)) return refuse('the job token does not match: this rendezvous belongs to another job');
-        if (h.worldSize !== o.worldSize) return refuse(`worldSize ${JSON.stringify(h.worldSize)} does not match rank 0's ${o.worldSize}`);
+        if (!sameToken(h.token, o.token)) return refuse('the job token does not match: this rendezvous belongs to another job', h.rank);
+        if (h.worldSize !== o.worldSize) return refuse(`worldSize ${JSON.stringify(h.worldSize)} does not match rank 0's ${o.worldSize}`, h.rank);
         if (!Number.isInteger(h.rank) || h.rank! < 1 || h.rank! >= o.worldSize) return refuse(`rank ${JSON.stringify(h.rank)} is not in [1, ${o.worldSize - 1}]`);
         if (joined.has(h.rank!)) return refuse(`rank ${h.rank} has already joined`);
         rank = h.rank!;
@@ -146,10 +157,9 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
         if (joined.size === o.worldSize - 1) finish();
       }, refuse);
     });
-    server.on('error', (e) => finish(new Error(`rendezvous: rank 0 cannot listen on port ${o.port}: ${e.message}`)));
-    server.listen({ port: o.port, host: isLoopback(o.addr) ? o.addr : undefined }, () => {
-      if (o.worldSize === 1) finish();
-    });
+    server.on('error', (e: NodeJS.ErrnoException) => finish(new Error(`rendezvous: rank 0 cannot listen on port ${o.port}: ${e.message}` +
+      (e.code === 'EADDRINUSE' ? '; another job (or a launcher\'s own store) holds it: give every rank the same free port in RING_ATTENTION_RDZV_PORT' : ''))));
+    server.listen({ port: o.port, host: isLoopback(o.addr) ? o.addr : undefined });
   });
 }
 

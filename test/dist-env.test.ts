@@ -9,16 +9,26 @@ const slurm = { SLURM_PROCID: '6', SLURM_NTASKS: '8', SLURM_LOCALID: '2', SLURM_
 describe('readDistributedEnv', () => {
   it("reads torchrun's variables", () => {
     expect(readDistributedEnv(torchrun)).toEqual({
-      rank: 5, worldSize: 16, localRank: 1, localWorldSize: 4, masterAddr: 'node-a', masterPort: 29500, jobToken: 'job7', launcher: 'torchrun' });
+      rank: 5, worldSize: 16, localRank: 1, localWorldSize: 4, masterAddr: 'node-a', masterPort: 29500, rendezvousPort: 29500, jobToken: 'job7', launcher: 'torchrun' });
   });
 
   it("reads Slurm's variables, the master from the environment", () => {
     expect(readDistributedEnv(slurm)).toEqual({
-      rank: 6, worldSize: 8, localRank: 2, localWorldSize: 4, masterAddr: 'gpu01', masterPort: 12345, jobToken: 'slurm-991.0', launcher: 'slurm' });
+      rank: 6, worldSize: 8, localRank: 2, localWorldSize: 4, masterAddr: 'gpu01', masterPort: 12345, rendezvousPort: 12345, jobToken: 'slurm-991.0', launcher: 'slurm' });
   });
 
   it('prefers torchrun variables when both are present (torchrun inside an allocation)', () => {
     expect(readDistributedEnv({ ...slurm, ...torchrun }).launcher).toBe('torchrun');
+  });
+
+  it("under torchrun's agent store, which holds MASTER_PORT for the whole job, the rendezvous takes the next port; RING_ATTENTION_RDZV_PORT wins", () => {
+    const agent = { ...torchrun, TORCHELASTIC_USE_AGENT_STORE: 'True' };
+    expect(readDistributedEnv(agent)).toMatchObject({ masterPort: 29500, rendezvousPort: 29501 });
+    expect(readDistributedEnv({ ...agent, MASTER_PORT: '65535' }).rendezvousPort).toBe(65534);
+    expect(readDistributedEnv({ ...torchrun, TORCHELASTIC_USE_AGENT_STORE: 'False' }).rendezvousPort).toBe(29500);
+    expect(readDistributedEnv({ ...agent, RING_ATTENTION_RDZV_PORT: '40000' }).rendezvousPort).toBe(40000);
+    expect(readDistributedEnv({ ...slurm, RING_ATTENTION_RDZV_PORT: '40000' }).rendezvousPort).toBe(40000);
+    expect(() => readDistributedEnv({ ...torchrun, RING_ATTENTION_RDZV_PORT: '0' })).toThrow(/^environment: RING_ATTENTION_RDZV_PORT must be an integer in \[1, 65535\], got '0'$/);
   });
 
   it('an explicit job token wins', () => {
@@ -60,7 +70,7 @@ describe('readDistributedEnv', () => {
   it('refuses values that would pass a looser reading: padded integers, a port in MASTER_ADDR, a repeat of 0', () => {
     for (const [name, value] of [['RANK', ' 1 '], ['RANK', '1\n'], ['MASTER_PORT', ' 29500']] as const)
       expect(() => readDistributedEnv({ ...torchrun, [name]: value })).toThrow(new RegExp(`^environment: ${name} must be an integer`));
-    for (const addr of ['127.0.0.1:29500', 'node-a:29500', '[]'])
+    for (const addr of ['127.0.0.1:29500', 'node-a:29500', '[]', '127.0.0.1 ', ' node-a', 'node-a\n', 'node a'])
       expect(() => readDistributedEnv({ ...torchrun, MASTER_ADDR: addr })).toThrow(/^environment: MASTER_ADDR must be a host name or an IP address \(the port goes in MASTER_PORT\), got/);
     expect(readDistributedEnv({ ...torchrun, MASTER_ADDR: 'fe80::1' }).masterAddr).toBe('fe80::1');
     expect(() => readDistributedEnv({ ...slurm, SLURM_STEP_TASKS_PER_NODE: '2(x0)' })).toThrow(/^environment: SLURM_STEP_TASKS_PER_NODE: expected counts such as/);

@@ -22,7 +22,8 @@ describe('ring-attention launch', () => {
     expect(r.status).toBe(0);
     const ranks = reports(r.stdout);
     expect(ranks.map((x) => x.env)).toEqual([0, 1, 2].map((i) => ({
-      RANK: String(i), WORLD_SIZE: '3', LOCAL_RANK: String(i), LOCAL_WORLD_SIZE: '3', GROUP_RANK: '0',
+      RANK: String(i), WORLD_SIZE: '3', LOCAL_RANK: String(i), LOCAL_WORLD_SIZE: '3', GROUP_RANK: '0', GROUP_WORLD_SIZE: '1',
+      ROLE_RANK: String(i), ROLE_WORLD_SIZE: '3', ROLE_NAME: 'default',
       MASTER_ADDR: '127.0.0.1', MASTER_PORT: '29611', RING_ATTENTION_JOB_TOKEN: ranks[0].env.RING_ATTENTION_JOB_TOKEN, CUDA_VISIBLE_DEVICES: String(i),
     })));
     expect(ranks[0].env.RING_ATTENTION_JOB_TOKEN).toMatch(/^[0-9a-f]{24}$/);
@@ -32,8 +33,8 @@ describe('ring-attention launch', () => {
   it('numbers ranks across nodes and maps CUDA_VISIBLE_DEVICES entries to local ranks', () => {
     const r = launch(['--nnodes=2', '--node-rank=1', '--nproc-per-node=2', '--rdzv-id=job42', '--master-addr=10.0.0.1', rankScript, 'report'], { CUDA_VISIBLE_DEVICES: '4,6' });
     expect(r.status).toBe(0);
-    expect(reports(r.stdout).map((x) => [x.env.RANK, x.env.WORLD_SIZE, x.env.LOCAL_RANK, x.env.GROUP_RANK, x.env.CUDA_VISIBLE_DEVICES, x.env.RING_ATTENTION_JOB_TOKEN]))
-      .toEqual([['2', '4', '0', '1', '4', 'job42'], ['3', '4', '1', '1', '6', 'job42']]);
+    expect(reports(r.stdout).map((x) => [x.env.RANK, x.env.WORLD_SIZE, x.env.LOCAL_RANK, x.env.GROUP_RANK, x.env.GROUP_WORLD_SIZE, x.env.ROLE_RANK, x.env.CUDA_VISIBLE_DEVICES, x.env.RING_ATTENTION_JOB_TOKEN]))
+      .toEqual([['2', '4', '0', '1', '2', '2', '4', 'job42'], ['3', '4', '1', '1', '2', '3', '6', 'job42']]);
   });
 
   it('a rank that throws takes the job down, and the launcher exits non-zero with its error', () => {
@@ -83,6 +84,44 @@ describe('ring-attention launch', () => {
       return false;
     }
   };
+
+  it("a Ctrl-C at a terminal (SIGINT to the launcher's process group) reaches each rank once, forwarded: ranks lead groups of their own", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ring-attention-launch-'));
+    // The launcher leads a group, as a terminal's foreground job does; the ranks used to be in it.
+    const p = spawn(process.execPath, [cli, 'launch', '--nproc-per-node', '2', rankScript, 'count-sigint', dir],
+      { env: { ...process.env, CUDA_VISIBLE_DEVICES: undefined }, detached: true });
+    let ready = 0;
+    await new Promise<void>((resolve) => p.stdout.on('data', (d: Buffer) => {
+      ready += d.toString().split('ready').length - 1;
+      if (ready === 2) resolve();
+    }));
+    process.kill(-p.pid!, 'SIGINT');
+    expect(await new Promise((resolve) => p.on('exit', resolve))).toBe(130);
+    for (const rank of [0, 1]) {
+      expect(readFileSync(join(dir, `rank-${rank}`), 'utf8')).toBe('SIGINT\n');
+      // Its own group, so the terminal's signal did not reach it directly (two SIGINTs that close
+      // together may arrive as one, so the count alone does not tell).
+      const [pid, pgrp] = readFileSync(join(dir, `group-${rank}`), 'utf8').split(' ');
+      expect(pgrp).toBe(pid);
+    }
+  });
+
+  it("when a rank fails, what the other ranks started is stopped with them (their process groups are signalled)", async () => {
+    const { pids, exit } = await started('helper', ['--grace-ms', '2000']);
+    const helper = pids.find((pid) => pid > 0)!;
+    // Dead, or a zombie left to an init that reaps slowly (as in some containers).
+    const running = (pid: number) => {
+      try {
+        return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+      } catch {
+        return false; // gone
+      }
+    };
+    expect(running(helper)).toBe(true);
+    expect(await exit).toBe(3);
+    await new Promise((r) => setTimeout(r, 200)); // its SIGTERM was sent before the launcher exited
+    expect(running(helper)).toBe(false);
+  });
 
   it('forwards SIGHUP too, and exits with 129', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'ring-attention-launch-'));

@@ -45,8 +45,18 @@ describe('rendezvous', () => {
     for (const o of all) expect(o).toEqual({ ok: true, payload: id });
   });
 
-  it('a world of one needs nobody', async () => {
-    expect(await rank({ rank: 0, worldSize: 1, port: await freePort(), payload: id })).toEqual({ ok: true, payload: id });
+  it('a world of one needs nobody, and takes no port (one held by another program is no error)', async () => {
+    const holder = createServer();
+    await new Promise<void>((resolve) => holder.listen(0, '127.0.0.1', resolve));
+    const port = (holder.address() as { port: number }).port;
+    try {
+      expect(await rank({ rank: 0, worldSize: 1, port, payload: id })).toEqual({ ok: true, payload: id });
+      // A larger world needs the port, and says what to do when it is taken.
+      const taken = await rank({ rank: 0, worldSize: 2, port, payload: id, timeoutMs: 2_000 });
+      expect(taken.error).toMatch(new RegExp(`^rendezvous: rank 0 cannot listen on port ${port}: listen EADDRINUSE.*; another job \\(or a launcher's own store\\) holds it: give every rank the same free port in RING_ATTENTION_RDZV_PORT$`));
+    } finally {
+      holder.close();
+    }
   });
 
   it('a rank with another job\'s token is refused, and the job still completes', async () => {
@@ -57,6 +67,14 @@ describe('rendezvous', () => {
     expect(intruder.error).toMatch(/rendezvous refused: the job token does not match/);
     expect(await rank({ rank: 1, worldSize: 2, port })).toEqual({ ok: true, payload: id });
     expect(await zero).toEqual({ ok: true, payload: id });
+  });
+
+  it("rank 0's timeout names the ranks it refused, and why, apart from those that never came", async () => {
+    const port = await freePort();
+    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 2_000 });
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await rank({ rank: 1, worldSize: 2, port })).error).toMatch(/rendezvous refused: worldSize 2 does not match rank 0's 3/);
+    expect((await zero).error).toBe(`rendezvous timed out after 2000 ms at port ${port}: rank 2 never arrived; rank 1 was refused (worldSize 2 does not match rank 0's 3)`);
   });
 
   it('a missing rank times out with an error naming it, on rank 0 and on those that came', async () => {
@@ -101,7 +119,8 @@ describe('rendezvous', () => {
     const both = Buffer.concat([frame(JSON.stringify({ token: 'job-2', rank: 1, worldSize: 2 })), frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 2 }))]);
     const s = connect(port, '127.0.0.1', () => s.write(both));
     s.on('error', () => {});
-    expect((await zero).error).toMatch(/: rank 1 never arrived$/);
+    // Refused for the first frame; the second, the right hello, was never read.
+    expect((await zero).error).toMatch(/: rank 1 was refused \(the job token does not match: this rendezvous belongs to another job\)$/);
   });
 
   it('rank 0 closes connections that never joined when it is done, and does not wait for them to leave', async () => {
