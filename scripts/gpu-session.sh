@@ -17,7 +17,9 @@
 # a failed CUDA ring call frees its non-travelling buffers, and over NCCL aborts its group (the
 # tests part runs both: ring-cuda's retry test, nccl's group of one).
 # What the next session needs, in this order:
-#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests sm90 sm90bench   # ~7-8 min, timeout_s 540
+#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check torchrun tests sm90 sm90bench   # ~7-8 min, timeout_s 540
+#      (torchrun, ~20 s, needs only torch: our rendezvous beside torchrun's agent store, which
+#      holds MASTER_PORT; reasoned from torchrun's source and simulated here, never run there)
 #      (sm90bench's rows against attention-cuda-sm90-2026-12-04-3f61040.csv: 'ours' forward and
 #      backward, 'ours sm90' backward; its 'ours det' rows tell what the atomics cost, and its
 #      RING_ATTENTION_BWD_PREFETCH=0 run what the default backward's loads ahead gain)
@@ -168,6 +170,15 @@ profile() {
   done
 }
 
+torchrun() {
+  # No GPU needed, only torch: our rendezvous beside torchrun's agent store (static and c10d).
+  step "torchrun: the rendezvous under torchrun's agent store"
+  for rdzv in "--master-port 29533" "--rdzv-backend c10d --rdzv-endpoint localhost:29544"; do
+    # shellcheck disable=SC2086
+    timeout 60 python3 -m torch.distributed.run --nproc-per-node 2 $rdzv --no-python node scripts/torchrun-rendezvous.mjs 2>&1 | grep -E "^rank|Error|error" | head -6
+  done
+}
+
 packed() {
   step "packed sequences: 16K tokens as 8 documents, beside torch on a batch of 8 x 2K"
   timeout 45 node dist/cli.js bench attention --min-seq 16384 --max-seq 16384 --dims 128 --documents 8 --reps 3 \
@@ -178,7 +189,7 @@ parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(check tests)
 for p in "${parts[@]}"; do
   case "$p" in
-    build | check | tests | example | attention | ring | mfu | memory | long1m | long512k | packed | sm90 | sm90bench | profile) "$p"; pack ;;
-    *) echo "unknown part '$p' (build, check, tests, example, attention, ring, mfu, memory, long1m, long512k, packed, sm90, sm90bench, profile)"; exit 2 ;;
+    build | check | tests | example | attention | ring | mfu | memory | long1m | long512k | packed | sm90 | sm90bench | profile | torchrun) "$p"; pack ;;
+    *) echo "unknown part '$p' (build, check, tests, example, attention, ring, mfu, memory, long1m, long512k, packed, sm90, sm90bench, profile, torchrun)"; exit 2 ;;
   esac
 done
