@@ -63,8 +63,9 @@ function hopperKernels(architectures: string): string {
 const [command, ...rest] = process.argv.slice(2);
 if (command === 'info') {
   try {
-    const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } }, strict: true, allowPositionals: false });
-    report(values.json === true);
+    const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' }, help: { type: 'boolean' } }, strict: true, allowPositionals: false });
+    if (values.help) process.stdout.write('usage: ring-attention info [--json]\n');
+    else report(values.json === true);
   } catch (e) {
     if ((e as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') !== true) throw e;
     console.error(`ring-attention info: ${(e as Error).message}; it takes only --json`);

@@ -126,11 +126,16 @@ export async function launchProcesses(argv: string[]): Promise<number> {
     }
   };
   // A rank that ignores the signal (a handler that never runs while NCCL blocks its thread)
-  // is killed after the grace period, so that the launcher always ends.
+  // is killed after the grace period, so that the launcher always ends; so is what the failed
+  // rank left behind (its group outlives it while any of it runs).
+  let failedGroup: number | undefined;
   const signalAll = (signal: NodeJS.Signals, graceMs: number) => {
     for (const c of live()) signalRank(c, signal);
     killTimer ??= setTimeout(() => {
       for (const c of live()) signalRank(c, 'SIGKILL');
+      if (failedGroup) try {
+        process.kill(-failedGroup, 'SIGKILL');
+      } catch {}
     }, graceMs);
   };
   const stopOthers = () => signalAll('SIGTERM', a.graceMs.failure);
@@ -184,6 +189,7 @@ export async function launchProcesses(argv: string[]): Promise<number> {
           // What the failed rank started goes too; its group still exists while any of it lives.
           try {
             process.kill(-child.pid!, 'SIGTERM');
+            failedGroup = child.pid;
           } catch {}
           stopOthers();
         }

@@ -151,13 +151,18 @@ interface Native {
 }
 
 const require = createRequire(import.meta.url);
+const MAX_THREADS_ASKED = 1_000_000; // far past any machine (the count is capped at 4x the cores), well inside an int
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 
-// Checked here, before the native code reads it (once, with atoi): a typo should not quietly mean
-// "all cores".
+// Checked here, before the native code reads it (once, with atoi, which gives 0, read as "all
+// cores", for text and for values past an int): a typo should not quietly mean all cores.
 const threads = process.env.RING_ATTENTION_NUM_THREADS;
-if (threads !== undefined && threads !== '' && !/^\s*[1-9][0-9]*\s*$/.test(threads))
-  throw new RangeError(`RING_ATTENTION_NUM_THREADS: expected a positive whole number of CPU threads, got '${threads}'`);
+if (threads !== undefined && threads !== '') {
+  const digits = /^[ \t]*\+?([0-9]+)[ \t]*$/.exec(threads)?.[1];
+  const n = digits === undefined ? NaN : Number(digits);
+  if (!(n >= 1 && n <= MAX_THREADS_ASKED))
+    throw new RangeError(`RING_ATTENTION_NUM_THREADS: expected a whole number of CPU threads from 1 to ${MAX_THREADS_ASKED}, got '${threads}'`);
+}
 
 export const native: Native = require('node-gyp-build')(packageRoot);
 /** Path of the binary that was loaded, for diagnostics. */

@@ -5,7 +5,9 @@
 // that the launcher is still its parent, and exits when it is not, rather than hold its GPU.
 // The timer keeps no rank alive. A rank blocked in native code (a kernel's or a collective's
 // wait) runs no timer, so a thread of its own watches too, and kills the rank if it is still
-// there 3 s after the thread saw the launcher gone (3-5 s after the launcher went).
+// there 3 s after the thread saw the launcher gone (3-5 s after the launcher went). The launcher
+// starts each rank as the leader of a process group of its own, so either way what the rank
+// started (a data loader, a helper) is signalled with it.
 import { isMainThread, Worker } from 'node:worker_threads';
 
 const launcher = Number(process.env.RING_ATTENTION_LAUNCHER_PID);
@@ -15,6 +17,10 @@ if (isMainThread && Number.isInteger(launcher) && launcher > 1 && process.ppid =
   setInterval(() => {
     if (process.ppid === launcher) return;
     process.stderr.write(`ring-attention: rank ${rank}: its launcher (pid ${launcher}) has gone; exiting\n`);
+    try {
+      process.on('SIGTERM', () => {}); // the group's SIGTERM is for the rest of it: this process exits below
+      process.kill(-process.pid, 'SIGTERM');
+    } catch {}
     process.exit(1);
   }, 1_000).unref();
   const backstop = `
@@ -29,7 +35,11 @@ if (isMainThread && Number.isInteger(launcher) && launcher > 1 && process.ppid =
       try {
         require('node:fs').writeSync(2, 'ring-attention: rank ' + rank + ': its launcher (pid ' + launcher + ') has gone and the rank is blocked; killing it\\n');
       } catch {}
-      process.kill(process.pid, 'SIGKILL');
+      try {
+        process.kill(-process.pid, 'SIGKILL');
+      } catch {
+        process.kill(process.pid, 'SIGKILL');
+      }
     }, 1000);`;
   // No flags and an empty environment: the user's NODE_OPTIONS preloads (a ts-node hook, a
   // process.chdir, which threads may not call) are not the thread's business. A thread that

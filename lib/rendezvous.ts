@@ -88,7 +88,7 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
   return new Promise((resolve, reject) => {
     const joined = new Map<number, Socket>();
     const left = new Set<number>(); // ranks that joined, then closed their connection
-    const refused = new Map<number, string>(); // ranks turned away (another job's, another world size), and why
+    const refused = new Map<number, string>(); // connections turned away by the rank they claimed, and why
     const sockets = new Set<Socket>(); // every connection, so that idle ones are closed at the end
     const server = createServer();
     server.maxConnections = o.worldSize + 64; // a flood of idle connections cannot exhaust file descriptors
@@ -109,14 +109,15 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
     };
     const timer = setTimeout(() => {
       const absent = Array.from({ length: o.worldSize - 1 }, (_, i) => i + 1).filter((r) => !joined.has(r));
+      // A refused connection only claimed its rank (another job's rank 1, say): ours may still be missing.
       const turnedAway = absent.filter((r) => refused.has(r));
-      const never = absent.filter((r) => !left.has(r) && !refused.has(r)), gone = absent.filter((r) => left.has(r) && !refused.has(r));
+      const never = absent.filter((r) => !left.has(r)), gone = absent.filter((r) => left.has(r));
       const ranks = (rs: number[]) => `rank${rs.length > 1 ? 's' : ''} ${rankRanges(rs)}`;
       const why = [
         ...(never.length ? [`${ranks(never)} never arrived`] : []),
         ...(gone.length ? [`${ranks(gone)} arrived, then closed the connection`] : []),
-        ...turnedAway.slice(0, 4).map((r) => `rank ${r} was refused (${refused.get(r)})`),
-        ...(turnedAway.length > 4 ? [`${turnedAway.length - 4} more ranks were refused`] : []),
+        ...turnedAway.slice(0, 4).map((r) => `a connection claiming rank ${r} was refused (${refused.get(r)})`),
+        ...(turnedAway.length > 4 ? [`${turnedAway.length - 4} more such connections were refused`] : []),
       ];
       finish(new Error(`rendezvous timed out after ${o.timeoutMs} ms at port ${o.port}: ${why.join('; ')}`));
     }, o.timeoutMs);
@@ -154,6 +155,7 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
         clearTimeout(hello); // it waits for the others now
         joined.set(rank, socket);
         left.delete(rank);
+        refused.delete(rank); // what is said of it now is what this connection does
         if (joined.size === o.worldSize - 1) finish();
       }, refuse);
     });

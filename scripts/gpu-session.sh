@@ -18,8 +18,9 @@
 # tests part runs both: ring-cuda's retry test, nccl's group of one).
 # What the next session needs, in this order:
 #   1. source .gpu/env.sh && bash scripts/gpu-session.sh check torchrun tests sm90 sm90bench   # ~7-8 min, timeout_s 540
-#      (torchrun, ~20 s, needs only torch: our rendezvous beside torchrun's agent store, which
-#      holds MASTER_PORT; reasoned from torchrun's source and simulated here, never run there)
+#      (torchrun needs only torch: our rendezvous beside torchrun's agent store, which holds
+#      MASTER_PORT; reasoned from torchrun's source, never run there; at most 2 x 30 s, expected
+#      a few seconds each)
 #      (sm90bench's rows against attention-cuda-sm90-2026-12-04-3f61040.csv: 'ours' forward and
 #      backward, 'ours sm90' backward; its 'ours det' rows tell what the atomics cost, and its
 #      RING_ATTENTION_BWD_PREFETCH=0 run what the default backward's loads ahead gain)
@@ -173,9 +174,12 @@ profile() {
 torchrun() {
   # No GPU needed, only torch: our rendezvous beside torchrun's agent store (static and c10d).
   step "torchrun: the rendezvous under torchrun's agent store"
+  # Under c10d, MASTER_PORT is the port the agent's store took (any free one); ours is the next.
   for rdzv in "--master-port 29533" "--rdzv-backend c10d --rdzv-endpoint localhost:29544"; do
     # shellcheck disable=SC2086
-    timeout 60 python3 -m torch.distributed.run --nproc-per-node 2 $rdzv --no-python node scripts/torchrun-rendezvous.mjs 2>&1 | grep -E "^rank|Error|error" | head -6
+    timeout 30 python3 -m torch.distributed.run --nproc-per-node 2 $rdzv --no-python node scripts/torchrun-rendezvous.mjs > "$WORK/torchrun.log" 2>&1
+    echo "torchrun $rdzv: exit $?"
+    grep -E "^rank|Error|error" "$WORK/torchrun.log" | head -6
   done
 }
 

@@ -76,6 +76,14 @@ describe('ring-attention launch', () => {
     }));
     return { p, pids, exit: new Promise<number | null>((resolve) => p.on('exit', resolve)) };
   }
+  // Running: not gone, nor a zombie left to an init that reaps slowly (as in some containers).
+  const running = (pid: number) => {
+    try {
+      return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    } catch {
+      return false;
+    }
+  };
   const alive = (pid: number) => {
     try {
       process.kill(pid, 0);
@@ -109,14 +117,6 @@ describe('ring-attention launch', () => {
   it("when a rank fails, what the other ranks started is stopped with them (their process groups are signalled)", async () => {
     const { pids, exit } = await started('helper', ['--grace-ms', '2000']);
     const helper = pids.find((pid) => pid > 0)!;
-    // Dead, or a zombie left to an init that reaps slowly (as in some containers).
-    const running = (pid: number) => {
-      try {
-        return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-      } catch {
-        return false; // gone
-      }
-    };
     expect(running(helper)).toBe(true);
     expect(await exit).toBe(3);
     await new Promise((r) => setTimeout(r, 200)); // its SIGTERM was sent before the launcher exited
@@ -166,6 +166,18 @@ describe('ring-attention launch', () => {
     ['stubborn', 'ranks whose launcher is killed outright (SIGKILL, no handler runs) exit within seconds', 5_000],
     ['blocked', 'ranks blocked in native code (no timer runs) whose launcher is killed outright are killed within seconds', 8_000],
   ];
+  for (const [mode, title, limitMs] of outright)
+    it(`${title}, and what they started goes with them`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'ring-attention-launch-'));
+      const { p, exit } = await started(mode, [], dir);
+      const helpers = [0, 1].map((rank) => Number(readFileSync(join(dir, `helper-${rank}`), 'utf8')));
+      expect(helpers.filter(running)).toEqual(helpers);
+      p.kill('SIGKILL');
+      expect(await exit).toBe(null);
+      const t0 = Date.now();
+      while (helpers.some(running) && Date.now() - t0 < 2 * limitMs) await new Promise((r) => setTimeout(r, 100));
+      expect(helpers.filter(running)).toEqual([]);
+    });
   for (const [mode, title, limitMs] of outright)
     it(title, async () => {
       const { p, pids, exit } = await started(mode);

@@ -69,12 +69,54 @@ describe('rendezvous', () => {
     expect(await zero).toEqual({ ok: true, payload: id });
   });
 
+  it("under torchrun's agent store, which holds MASTER_PORT, the ranks meet on the next port (torchrun's variables, a listener standing in for its store)", async () => {
+    const store = createServer();
+    let port = 0;
+    for (;;) { // a port whose next one is free too
+      await new Promise<void>((resolve) => store.listen(0, '127.0.0.1', resolve));
+      port = (store.address() as { port: number }).port;
+      const next = createServer();
+      const free = await new Promise<boolean>((resolve) => next.once('error', () => resolve(false)).listen(port + 1, '127.0.0.1', () => resolve(true)));
+      if (free) {
+        await new Promise((r) => next.close(r));
+        break;
+      }
+      await new Promise((r) => store.close(r));
+    }
+    const torchrunRank = (r: number) => new Promise<string>((resolve) => {
+      const env = { ...process.env, RANK: String(r), WORLD_SIZE: '2', LOCAL_RANK: String(r), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port),
+        TORCHELASTIC_USE_AGENT_STORE: 'True', TORCHELASTIC_RUN_ID: 'job-9', RING_ATTENTION_RDZV_PORT: undefined, RING_ATTENTION_JOB_TOKEN: undefined };
+      const p = spawn(process.execPath, [new URL('../scripts/torchrun-rendezvous.mjs', import.meta.url).pathname], { env });
+      let out = '';
+      p.stdout.on('data', (d) => (out += d));
+      p.on('exit', () => resolve(out.trim()));
+    });
+    try {
+      expect(await Promise.all([torchrunRank(0), torchrunRank(1)])).toEqual([0, 1].map((r) =>
+        `rank ${r}/2: ok; MASTER_PORT ${port}, rendezvous port ${port + 1}, agent store True`));
+    } finally {
+      store.close();
+    }
+  });
+
   it("rank 0's timeout names the ranks it refused, and why, apart from those that never came", async () => {
     const port = await freePort();
     const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 2_000 });
     await new Promise((r) => setTimeout(r, 300));
     expect((await rank({ rank: 1, worldSize: 2, port })).error).toMatch(/rendezvous refused: worldSize 2 does not match rank 0's 3/);
-    expect((await zero).error).toBe(`rendezvous timed out after 2000 ms at port ${port}: rank 2 never arrived; rank 1 was refused (worldSize 2 does not match rank 0's 3)`);
+    expect((await zero).error).toBe(`rendezvous timed out after 2000 ms at port ${port}: ranks 1, 2 never arrived; a connection claiming rank 1 was refused (worldSize 2 does not match rank 0's 3)`);
+  });
+
+  it('a rank refused, then joined for real and gone, is named for what it did last', async () => {
+    const port = await freePort();
+    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 2_000 });
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await rank({ rank: 1, worldSize: 3, port, token: 'job-2' })).error).toMatch(/rendezvous refused: the job token does not match/);
+    const s = connect(port, '127.0.0.1', () => s.write(frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 }))));
+    s.on('error', () => {});
+    await new Promise((r) => setTimeout(r, 300));
+    s.destroy();
+    expect((await zero).error).toBe(`rendezvous timed out after 2000 ms at port ${port}: rank 2 never arrived; rank 1 arrived, then closed the connection`);
   });
 
   it('a missing rank times out with an error naming it, on rank 0 and on those that came', async () => {
@@ -120,7 +162,7 @@ describe('rendezvous', () => {
     const s = connect(port, '127.0.0.1', () => s.write(both));
     s.on('error', () => {});
     // Refused for the first frame; the second, the right hello, was never read.
-    expect((await zero).error).toMatch(/: rank 1 was refused \(the job token does not match: this rendezvous belongs to another job\)$/);
+    expect((await zero).error).toMatch(/: rank 1 never arrived; a connection claiming rank 1 was refused \(the job token does not match: this rendezvous belongs to another job\)$/);
   });
 
   it('rank 0 closes connections that never joined when it is done, and does not wait for them to leave', async () => {

@@ -156,10 +156,12 @@ describe('info', () => {
     expect(run(['info'], '3').stdout).toMatch(/^cpu threads +3 \(RING_ATTENTION_NUM_THREADS\)$/m);
     expect(JSON.parse(run(['info', '--json'], '3').stdout).cpuThreads).toBe(3);
     expect(run(['info'], String(8 * cores)).stdout).toMatch(new RegExp(`^cpu threads +${4 * cores} \\(RING_ATTENTION_NUM_THREADS=${8 * cores}, capped at 4x the cores\\)$`, 'm'));
-    for (const bad of ['abc', '0', '-2', '1.5', '4x']) {
+    expect(run(['info'], ' +03 ').stdout).toMatch(/^cpu threads +3 \(RING_ATTENTION_NUM_THREADS\)$/m);  // as the native atoi reads it
+    // Each of these the native reading (atoi) took as 0, or wrapped past an int to 0: all cores.
+    for (const bad of ['abc', '0', '-2', '1.5', '4x', '4294967296', '99999999999999999999', '\u00a03']) {
       const r = run(['info'], bad);
       expect(r.status).not.toBe(0);
-      expect(r.stderr).toContain(`RangeError: RING_ATTENTION_NUM_THREADS: expected a positive whole number of CPU threads, got '${bad}'`);
+      expect(r.stderr).toContain(`RangeError: RING_ATTENTION_NUM_THREADS: expected a whole number of CPU threads from 1 to 1000000, got '${bad}'`);
     }
   });
 
@@ -176,6 +178,7 @@ describe('info', () => {
     expect(unknown.status).toBe(1);
     expect(unknown.stderr).toMatch(/^ring-attention: unknown command 'foo'\nusage: ring-attention <command>/);
     expect(run('--help').status).toBe(0);
+    expect(run('info', '--help').stdout).toBe('usage: ring-attention info [--json]\n');
   });
 
   // Where CMake and nvcc are both found (CI's machine: nvcc, no GPU), the install must have
