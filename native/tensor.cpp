@@ -10,7 +10,9 @@
 
 namespace ra {
 
+// An empty tensor's array may be null, and memcpy takes no null pointer even for 0 bytes (UBSan).
 void convert_from_f32(DType to, const float* src, void* dst, size_t n) {
+  if (n == 0) return;
   if (to == DType::F32) {
     std::memcpy(dst, src, n * 4);
   } else if (to == DType::BF16) {
@@ -23,6 +25,7 @@ void convert_from_f32(DType to, const float* src, void* dst, size_t n) {
 }
 
 void convert_to_f32(DType from, const void* src, float* dst, size_t n) {
+  if (n == 0) return;
   if (from == DType::F32) {
     std::memcpy(dst, src, n * 4);
   } else if (from == DType::BF16) {

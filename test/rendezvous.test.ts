@@ -35,6 +35,18 @@ function frame(body: string): Buffer {
 
 const id = randomBytes(128).toString('base64'); // the size of an NCCL unique id
 
+/** Resolves once rank 0 (a process just started, slow on a loaded machine) accepts connections. */
+async function listening(port: number): Promise<void> {
+  for (const t0 = Date.now(); Date.now() - t0 < 20_000; await new Promise((r) => setTimeout(r, 50))) {
+    const up = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1', () => resolve(true)).on('error', () => resolve(false));
+      s.on('connect', () => s.destroy());
+    });
+    if (up) return;
+  }
+  throw new Error(`nothing listens on port ${port}`);
+}
+
 describe('rendezvous', () => {
   it('every rank receives rank 0\'s id, whichever starts first', async () => {
     const port = await freePort();
@@ -102,7 +114,7 @@ describe('rendezvous', () => {
   it("rank 0's timeout names the ranks it refused, and why, apart from those that never came", async () => {
     const port = await freePort();
     const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 2_000 });
-    await new Promise((r) => setTimeout(r, 300));
+    await listening(port);
     expect((await rank({ rank: 1, worldSize: 2, port })).error).toMatch(/rendezvous refused: worldSize 2 does not match rank 0's 3/);
     expect((await zero).error).toBe(`rendezvous timed out after 2000 ms at port ${port}: ranks 1, 2 never arrived; a connection claiming rank 1 was refused (worldSize 2 does not match rank 0's 3)`);
   });
@@ -110,12 +122,10 @@ describe('rendezvous', () => {
   it('a rank refused, then joined for real and gone, is named for what it did last', async () => {
     const port = await freePort();
     const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 2_000 });
-    await new Promise((r) => setTimeout(r, 300));
+    await listening(port);
     expect((await rank({ rank: 1, worldSize: 3, port, token: 'job-2' })).error).toMatch(/rendezvous refused: the job token does not match/);
-    const s = connect(port, '127.0.0.1', () => s.write(frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 }))));
-    s.on('error', () => {});
-    await new Promise((r) => setTimeout(r, 300));
-    s.destroy();
+    // Joins, then closes: the end comes after the hello in the stream, so rank 0 reads both in order.
+    connect(port, '127.0.0.1', function (this: Socket) { this.end(frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 }))); }).on('error', () => {});
     expect((await zero).error).toBe(`rendezvous timed out after 2000 ms at port ${port}: rank 2 never arrived; rank 1 arrived, then closed the connection`);
   });
 
@@ -146,7 +156,7 @@ describe('rendezvous', () => {
   it('a rank that joined and left is named apart from those that never came; long lists are ranges', async () => {
     const port = await freePort();
     const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 1_500 });
-    await new Promise((r) => setTimeout(r, 300));
+    await listening(port);
     const s = connect(port, '127.0.0.1', () => s.end(frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 }))));
     s.on('error', () => {});
     expect((await zero).error).toMatch(/: rank 2 never arrived; rank 1 arrived, then closed the connection$/);
@@ -157,7 +167,7 @@ describe('rendezvous', () => {
   it('frames after a refused hello are not read: a wrong token cannot be followed by a rank\'s hello', async () => {
     const port = await freePort();
     const zero = rank({ rank: 0, worldSize: 2, port, payload: id, timeoutMs: 1_500 });
-    await new Promise((r) => setTimeout(r, 300));
+    await listening(port);
     const both = Buffer.concat([frame(JSON.stringify({ token: 'job-2', rank: 1, worldSize: 2 })), frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 2 }))]);
     const s = connect(port, '127.0.0.1', () => s.write(both));
     s.on('error', () => {});
@@ -168,7 +178,7 @@ describe('rendezvous', () => {
   it('rank 0 closes connections that never joined when it is done, and does not wait for them to leave', async () => {
     const port = await freePort();
     const zero = rank({ rank: 0, worldSize: 2, port, payload: id });
-    await new Promise((r) => setTimeout(r, 300));
+    await listening(port);
     const idle: Socket[] = Array.from({ length: 5 }, () => connect(port, '127.0.0.1').on('error', () => {}));
     expect(await rank({ rank: 1, worldSize: 2, port })).toEqual({ ok: true, payload: id });
     const exited = await Promise.race([zero.then(() => 'exited'), new Promise((r) => setTimeout(() => r('still running'), 5_000))]);
@@ -179,7 +189,7 @@ describe('rendezvous', () => {
   it('a connection that never says hello is closed at its deadline, even while it trickles bytes', async () => {
     const port = await freePort();
     const zero = rank({ rank: 0, worldSize: 2, port, payload: id, helloMs: 1_000 });
-    await new Promise((r) => setTimeout(r, 300));
+    await listening(port);
     const started = Date.now();
     const slow = connect(port, '127.0.0.1').on('error', () => {});
     const closed = new Promise<number>((r) => slow.on('close', () => r(Date.now() - started)));
@@ -207,7 +217,7 @@ describe('rendezvous', () => {
   it('oversized, garbled and wrong messages are refused without stopping rank 0', async () => {
     const port = await freePort();
     const zero = rank({ rank: 0, worldSize: 2, port, payload: id });
-    await new Promise((r) => setTimeout(r, 300));
+    await listening(port);
     const answer = (bytes: Buffer) =>
       new Promise<string>((resolve) => {
         const s = connect(port, '127.0.0.1', () => s.write(bytes));
