@@ -133,9 +133,9 @@ export async function launchProcesses(argv: string[]): Promise<number> {
     for (const c of live()) signalRank(c, signal);
     killTimer ??= setTimeout(() => {
       for (const c of live()) signalRank(c, 'SIGKILL');
-      if (failedGroup) try {
-        process.kill(-failedGroup, 'SIGKILL');
-      } catch {}
+      try {
+        if (failedGroup) process.kill(-failedGroup, 'SIGKILL');
+      } catch {} // none of it left
     }, graceMs);
   };
   const stopOthers = () => signalAll('SIGTERM', a.graceMs.failure);
