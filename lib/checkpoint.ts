@@ -176,6 +176,13 @@ export async function restoreCheckpointFiles(dir: string, st: CheckpointState): 
     if (extra) fail('range', `${weightsPath}: unexpected tensor '${extra}' for this model`);
     const extraMoment = [...moments.keys()].find((n) => !MOMENTS.some((kind) => n.startsWith(`${kind}.`) && st.model.tensors.has(n.slice(kind.length + 1))));
     if (extraMoment) fail('range', `${momentsPath}: unexpected tensor '${extraMoment}' for this model`);
+    // AdamW's second moments are finite and non-negative; a negative one (a damaged or edited
+    // file) would turn every later update to NaN. Checked before anything changes, at the cost
+    // of reading them twice.
+    for (const n of st.v.keys()) {
+      const d = (await momentsFile.read(`v.${n}`)).data, bad = d.findIndex((x) => !(x >= 0 && x < Infinity));
+      if (bad >= 0) fail('range', `${momentsPath}: 'v.${n}' holds ${d[bad]} at element ${bad}; AdamW's second moments are finite and non-negative`);
+    }
     // Then one tensor at a time from its file to its place (with shardOptimizer, only the
     // moments this rank holds).
     const plan: [Tensor, typeof weightsFile, string][] = [...st.model.tensors].map(([n, t]) => [t, weightsFile, n]);

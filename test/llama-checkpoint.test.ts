@@ -253,6 +253,15 @@ describe('saving, loading, checkpoints', () => {
     withExtra['m.bogus'] = { data: new Float32Array(2), shape: [2] };
     await writeSafetensors(join(extra, 'optimizer.safetensors'), withExtra, moments.metadata);
     await expect(tc.restoreCheckpoint(extra)).rejects.toThrow(/optimizer\.safetensors: unexpected tensor 'm\.bogus' for this model$/);
+    // A negative second moment (a damaged or edited file), found before anything is restored.
+    const negative = join(dir, 'ck-negative-v');
+    await ta.saveCheckpoint(negative);
+    const saved = await readSafetensors(join(negative, 'optimizer.safetensors'));
+    const edited = Object.fromEntries([...saved.tensors].map(([n, e]) => [n, { data: e.data, shape: e.shape }]));
+    const lastV = [...saved.tensors.keys()].filter((n) => n.startsWith('v.')).sort().pop()!; // read after every weight and m
+    edited[lastV]!.data[3] = -0.5;
+    await writeSafetensors(join(negative, 'optimizer.safetensors'), edited, saved.metadata);
+    await expect(tc.restoreCheckpoint(negative)).rejects.toThrow(new RegExp(`optimizer\\.safetensors: '${lastV.replace(/\./g, '\\.')}' holds -0.5 at element 3; AdamW's second moments are finite and non-negative$`));
     expect(tc.stepCount).toBe(0);
     for (const [n, a] of c.toArrays()) expect(Buffer.compare(bits(a), bits(weightsBefore.get(n)!)), n).toBe(0);
     // A save that fails part-way leaves the checkpoint there as it was, and no partial files.
