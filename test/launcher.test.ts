@@ -115,9 +115,11 @@ describe('ring-attention launch', () => {
   });
 
   it("when a rank fails, what the other ranks started is stopped with them (their process groups are signalled)", async () => {
-    const { pids, exit } = await started('helper', ['--grace-ms', '2000']);
+    const dir = mkdtempSync(join(tmpdir(), 'ring-attention-launch-'));
+    const { pids, exit } = await started('helper', ['--grace-ms', '2000'], dir);
     const helper = pids.find((pid) => pid > 0)!;
     expect(running(helper)).toBe(true);
+    writeFileSync(join(dir, 'go'), ''); // now rank 1 fails
     expect(await exit).toBe(3);
     await new Promise((r) => setTimeout(r, 200)); // its SIGTERM was sent before the launcher exited
     expect(running(helper)).toBe(false);

@@ -35,6 +35,17 @@ function frame(body: string): Buffer {
 
 const id = randomBytes(128).toString('base64'); // the size of an NCCL unique id
 
+/** What rank 0 answers to `bytes`, sent from this process: its error text, or '' for none. */
+function answer(port: number, bytes: Buffer): Promise<string> {
+  return new Promise<string>((resolve) => {
+    const s = connect(port, '127.0.0.1', () => s.write(bytes));
+    let got = Buffer.alloc(0);
+    s.on('data', (d) => (got = Buffer.concat([got, d])));
+    s.on('close', () => resolve(got.length > 4 ? got.subarray(4).toString() : ''));
+    s.on('error', () => {});
+  });
+}
+
 /** Resolves once rank 0 (a process just started, slow on a loaded machine) accepts connections. */
 async function listening(port: number): Promise<void> {
   for (const t0 = Date.now(); Date.now() - t0 < 20_000; await new Promise((r) => setTimeout(r, 50))) {
@@ -113,20 +124,20 @@ describe('rendezvous', () => {
 
   it("rank 0's timeout names the ranks it refused, and why, apart from those that never came", async () => {
     const port = await freePort();
-    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 2_000 });
+    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 3_000 });
     await listening(port);
-    expect((await rank({ rank: 1, worldSize: 2, port })).error).toMatch(/rendezvous refused: worldSize 2 does not match rank 0's 3/);
-    expect((await zero).error).toBe(`rendezvous timed out after 2000 ms at port ${port}: ranks 1, 2 never arrived; a connection claiming rank 1 was refused (worldSize 2 does not match rank 0's 3)`);
+    expect(await answer(port, frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 2 })))).toMatch(/rendezvous refused: worldSize 2 does not match rank 0's 3/);
+    expect((await zero).error).toBe(`rendezvous timed out after 3000 ms at port ${port}: ranks 1, 2 never arrived; a connection claiming rank 1 was refused (worldSize 2 does not match rank 0's 3)`);
   });
 
   it('a rank refused, then joined for real and gone, is named for what it did last', async () => {
     const port = await freePort();
-    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 2_000 });
+    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 3_000 });
     await listening(port);
-    expect((await rank({ rank: 1, worldSize: 3, port, token: 'job-2' })).error).toMatch(/rendezvous refused: the job token does not match/);
+    expect(await answer(port, frame(JSON.stringify({ token: 'job-2', rank: 1, worldSize: 3 })))).toMatch(/rendezvous refused: the job token does not match/);
     // Joins, then closes: the end comes after the hello in the stream, so rank 0 reads both in order.
     connect(port, '127.0.0.1', function (this: Socket) { this.end(frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 }))); }).on('error', () => {});
-    expect((await zero).error).toBe(`rendezvous timed out after 2000 ms at port ${port}: rank 2 never arrived; rank 1 arrived, then closed the connection`);
+    expect((await zero).error).toBe(`rendezvous timed out after 3000 ms at port ${port}: rank 2 never arrived; rank 1 arrived, then closed the connection`);
   });
 
   it('a missing rank times out with an error naming it, on rank 0 and on those that came', async () => {
@@ -146,11 +157,11 @@ describe('rendezvous', () => {
 
   it('a rank whose own deadline passes first still gets rank 0\'s answer, which names the missing rank', async () => {
     const port = await freePort();
-    const one = rank({ rank: 1, worldSize: 3, port, timeoutMs: 1_000 }); // before rank 0, and with a shorter timeout
-    await new Promise((r) => setTimeout(r, 300));
-    const zero = await rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 1_500 });
-    expect(zero.error).toMatch(/^rendezvous timed out after 1500 ms at port \d+: rank 2 never arrived$/);
-    expect((await one).error).toBe(zero.error);
+    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 3_000 });
+    await listening(port);
+    const one = rank({ rank: 1, worldSize: 3, port, timeoutMs: 1_000 }); // its deadline passes long before rank 0's
+    expect((await zero).error).toMatch(/^rendezvous timed out after 3000 ms at port \d+: rank 2 never arrived$/);
+    expect((await one).error).toBe((await zero).error);
   });
 
   it('a rank that joined and left is named apart from those that never came; long lists are ranges', async () => {
@@ -218,21 +229,13 @@ describe('rendezvous', () => {
     const port = await freePort();
     const zero = rank({ rank: 0, worldSize: 2, port, payload: id });
     await listening(port);
-    const answer = (bytes: Buffer) =>
-      new Promise<string>((resolve) => {
-        const s = connect(port, '127.0.0.1', () => s.write(bytes));
-        let got = Buffer.alloc(0);
-        s.on('data', (d) => (got = Buffer.concat([got, d])));
-        s.on('close', () => resolve(got.length > 4 ? got.subarray(4).toString() : ''));
-        s.on('error', () => {});
-      });
     const huge = Buffer.alloc(4);
     huge.writeUInt32BE(1 << 30);
-    expect(await answer(huge)).toMatch(/exceeds the limit of 65536/);
-    expect(await answer(frame('{not json'))).toMatch(/not valid JSON/);
-    expect(await answer(frame('[1,2]'))).toMatch(/expected \{ token, rank, worldSize \}/);
-    expect(await answer(frame(JSON.stringify({ token: 'job-1', rank: 7, worldSize: 2 })))).toMatch(/rank 7 is not in \[1, 1\]/);
-    expect(await answer(frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 })))).toMatch(/worldSize 3 does not match rank 0's 2/);
+    expect(await answer(port, huge)).toMatch(/exceeds the limit of 65536/);
+    expect(await answer(port, frame('{not json'))).toMatch(/not valid JSON/);
+    expect(await answer(port, frame('[1,2]'))).toMatch(/expected \{ token, rank, worldSize \}/);
+    expect(await answer(port, frame(JSON.stringify({ token: 'job-1', rank: 7, worldSize: 2 })))).toMatch(/rank 7 is not in \[1, 1\]/);
+    expect(await answer(port, frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 })))).toMatch(/worldSize 3 does not match rank 0's 2/);
     expect(await rank({ rank: 1, worldSize: 2, port })).toEqual({ ok: true, payload: id });
     expect(await zero).toEqual({ ok: true, payload: id });
   });
