@@ -129,7 +129,7 @@ describe('launch', () => {
       kind: "rank 1 is in barrier() while rank 0 is in ring attention's argument check",
     };
     for (const [mode, why] of Object.entries(expected)) {
-      const [zero, one] = (await launch({ worldSize: 2 }, fixture('collective-mismatch.mjs'), { mode })) as any[];
+      const [zero, one] = (await launch({ worldSize: 2 }, fixture('collective-mismatch.mjs'), { mode, sync: new SharedArrayBuffer(8) })) as any[];
       expect(one, mode).toEqual({ name: 'RangeError', message: why + order });
       expect(zero, mode).toEqual({ name: 'Error', message: 'group aborted: ' + why + order });
     }
@@ -168,7 +168,7 @@ describe('launch', () => {
 
   it('an allReduce that timed out is not retried into a wrong sum: the group is aborted', async () => {
     // rank 0 catches its timeout and retries; before the fix the retry returned 2 (its own value twice)
-    const [zero, one] = (await launch({ worldSize: 2, timeoutMs: 300 }, fixture('allreduce-retry.mjs'))) as any[];
+    const [zero, one] = (await launch({ worldSize: 2, timeoutMs: 300 }, fixture('allreduce-retry.mjs'), { sync: new SharedArrayBuffer(4) })) as any[];
     expect(zero.first).toMatch(/^rank 0 timed out after 300 ms waiting for every rank to join a collective/);
     expect(zero.second).toMatch(/^group aborted: rank 0 timed out/);
     expect(zero.retried).toBeUndefined();

@@ -157,7 +157,9 @@ describe('ring-attention launch', () => {
     const { p, pids, exit } = await started('fail-stubborn', ['--grace-ms', '1000']);
     let err = '';
     p.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    await new Promise((r) => setTimeout(r, 700)); // rank 1 has failed; rank 0 ignores the SIGTERM
+    // Once rank 1 is reaped, the launcher has taken its failure (in the same callback); rank 0
+    // ignores the SIGTERM, and its grace period runs.
+    while (pids.every(alive)) await new Promise((r) => setTimeout(r, 20));
     p.kill('SIGINT');
     expect(await exit).toBe(3);
     expect(err).toMatch(/rank 1 exited with code 3; the other ranks were stopped\.\nrank 1's last error output:\nrank 1 gives up/);
