@@ -1,7 +1,7 @@
 // attention() and attentionBackward() against the float64 reference.
 import { describe, expect, it } from 'vitest';
 
-import { attention, attentionBackward } from '../dist/index.js';
+import { attention, attentionBackward, tensor } from '../dist/index.js';
 import { attentionBackwardRef, attentionRef, worstError, type Dims } from './reference.js';
 import { asTensors, documentRuns, makeInputs, read } from './helpers.js';
 
@@ -119,6 +119,27 @@ describe('attention backward', () => {
     const dq = await read(g.dq);
     expect(Array.from(dq.slice(0, 16))).toEqual(new Array(16).fill(0));
     for (const x of [dq, await read(g.dk), await read(g.dv)]) expect(x.every(Number.isFinite)).toBe(true);
+  });
+
+  it("the backward's error grows with |lse| (it recomputes P from the float32 lse, as FlashAttention does), within the README's figures", async () => {
+    // Every score equal to s, so P is uniform and dV_j = mean_i dout_i exactly.
+    const n = 64, d = 16, inp = makeInputs({ batch: 1, seqQ: n, seqK: n, heads: 1, kvHeads: 1, dim: d }, 11);
+    const relErr = async (s: number) => {
+      const q = tensor(new Float32Array(n * d).fill(Math.sqrt(s / 4)), [1, n, 1, d]); // scale 1/4: q.q/4 = s
+      const v = tensor(inp.v, [1, n, 1, d]), dout = tensor(inp.dout, [1, n, 1, d]);
+      const { out, lse } = attention(q, q, v);
+      const dv = await read(attentionBackward(dout, q, q, v, out, lse).dv);
+      let err = 0, top = 0;
+      for (let e = 0; e < d; ++e) {
+        let ref = 0;
+        for (let i = 0; i < n; ++i) ref += inp.dout[i * d + e]! / n;
+        top = Math.max(top, Math.abs(ref));
+        for (let j = 0; j < n; ++j) err = Math.max(err, Math.abs(dv[j * d + e]! - ref));
+      }
+      return err / top;
+    };
+    expect(await relErr(16)).toBeLessThan(5e-6); // 1.0e-6 measured
+    expect(await relErr(14_400)).toBeLessThan(1e-3); // 3.0e-4 measured
   });
 });
 
