@@ -118,12 +118,16 @@ export async function launchProcesses(argv: string[]): Promise<number> {
   // Each rank leads a process group of its own (as torchrun's workers do): a terminal's Ctrl-C
   // reaches the launcher alone, which forwards it once, and a signal to the group reaches what
   // the rank started too (a data loader, a helper), which would otherwise outlive the job.
-  const signalRank = (c: ChildProcess, signal: NodeJS.Signals) => {
+  const signalGroup = (pid: number | undefined, signal: NodeJS.Signals) => {
     try {
-      process.kill(-c.pid!, signal);
+      process.kill(-pid!, signal);
+      return true;
     } catch {
-      c.kill(signal); // no group (yet): the rank itself
+      return false; // no such group (yet, or any more)
     }
+  };
+  const signalRank = (c: ChildProcess, signal: NodeJS.Signals) => {
+    if (!signalGroup(c.pid, signal)) c.kill(signal);
   };
   // A rank that ignores the signal (a handler that never runs while NCCL blocks its thread)
   // is killed after the grace period, so that the launcher always ends; so is what the failed
@@ -133,9 +137,7 @@ export async function launchProcesses(argv: string[]): Promise<number> {
     for (const c of live()) signalRank(c, signal);
     killTimer ??= setTimeout(() => {
       for (const c of live()) signalRank(c, 'SIGKILL');
-      try {
-        if (failedGroup) process.kill(-failedGroup, 'SIGKILL');
-      } catch {} // none of it left
+      if (failedGroup) signalGroup(failedGroup, 'SIGKILL');
     }, graceMs);
   };
   const stopOthers = () => signalAll('SIGTERM', a.graceMs.failure);
@@ -187,10 +189,7 @@ export async function launchProcesses(argv: string[]): Promise<number> {
         if ((code !== 0 || signal) && !failure && !interrupted) {
           failure = { rank, code, signal };
           // What the failed rank started goes too; its group still exists while any of it lives.
-          try {
-            process.kill(-child.pid!, 'SIGTERM');
-            failedGroup = child.pid;
-          } catch {}
+          if (signalGroup(child.pid, 'SIGTERM')) failedGroup = child.pid;
           stopOthers();
         }
         if (--running === 0) done();

@@ -126,8 +126,8 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
       sockets.add(socket);
       const refuse = (why: string, claimed?: unknown) => {
         // Kept for the timeout's message: rank 0's log is the one people read.
-        if (Number.isInteger(claimed) && (claimed as number) >= 1 && (claimed as number) < o.worldSize && !joined.has(claimed as number))
-          refused.set(claimed as number, why);
+        const r = claimed as number;
+        if (Number.isInteger(r) && r >= 1 && r < o.worldSize && !joined.has(r)) refused.set(r, why);
         send(socket, { ok: false, error: `rendezvous refused: ${why}` });
         socket.end();
         socket.destroy();

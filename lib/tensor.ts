@@ -17,7 +17,7 @@ export interface TensorOptions {
   device?: DeviceName;
 }
 
-let fromHandle = false;  // set by Tensor.fromHandle, the one way in
+const MAKE = Symbol('Tensor.fromHandle'); // the one way in: JavaScript can call a private constructor
 
 export class Tensor implements Disposable {
   readonly shape: readonly number[];
@@ -25,9 +25,8 @@ export class Tensor implements Disposable {
   readonly device: DeviceName;
   #handle: TensorHandle | null;
 
-  private constructor(handle: TensorHandle, shape: readonly number[], dtype: DType, device: DeviceName) {
-    // JavaScript can call a private constructor: say what to call instead.
-    if (!fromHandle) fail('type', 'new Tensor(): tensors are made by tensor(), zeros() and the library\'s functions');
+  private constructor(token: symbol, handle: TensorHandle, shape: readonly number[], dtype: DType, device: DeviceName) {
+    if (token !== MAKE) fail('type', 'new Tensor(): tensors are made by tensor(), zeros() and the library\'s functions');
     this.#handle = handle;
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
@@ -45,12 +44,7 @@ export class Tensor implements Disposable {
 
   /** @internal */
   static fromHandle(handle: TensorHandle, shape: readonly number[], dtype: DType, device: DeviceName): Tensor {
-    fromHandle = true;
-    try {
-      return new Tensor(handle, shape, dtype, device);
-    } finally {
-      fromHandle = false;
-    }
+    return new Tensor(MAKE, handle, shape, dtype, device);
   }
 
   /** @internal The native handle; throws, naming the argument, once disposed. */
