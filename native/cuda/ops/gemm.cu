@@ -48,6 +48,8 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const voi
   cb::cublasHandle_t& h = handles[device];
   if (!h) {
     ok(api, api.Create(&h), "cublasCreate");
+    // Default math: float32 accumulation; for bfloat16 outputs cuBLAS may still add split-K
+    // partial sums in bfloat16, as PyTorch lets it by default (allow_bf16_reduced_precision_reduction).
     ok(api, api.SetMathMode(h, cb::CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
   }
   ok(api, api.SetStream(h, nullptr), "cublasSetStream");
