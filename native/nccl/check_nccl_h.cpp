@@ -34,6 +34,7 @@ SAME_FN(CommInitRank, ncclCommInitRank);
 SAME_FN(CommInitRankConfig, ncclCommInitRankConfig);
 SAME_FN(CommDestroy, ncclCommDestroy);
 SAME_FN(CommAbort, ncclCommAbort);
+SAME_FN(CommFinalize, ncclCommFinalize);
 SAME_FN(CommGetAsyncError, ncclCommGetAsyncError);
 SAME_FN(GetErrorString, ncclGetErrorString);
 SAME_FN(Send, ncclSend);

@@ -66,6 +66,18 @@ class Group {
     } catch (...) {
       // wait() aborted the communicator; nothing more to flush
     }
+    // ncclCommDestroy alone would finalize inside it, waiting for every other rank of this node
+    // with no deadline (an intra-node collective); finalizing a nonblocking communicator
+    // returns at once, so that wait is polled against the group's timeout like any other, and
+    // a peer that never comes to it costs an abort, not a hang.
+    if (comm_) {
+      try {
+        check(api_.CommFinalize(comm_), "ncclCommFinalize");
+        settle("destroy (finalizing the communicator; every rank of this node destroys its group)");
+      } catch (...) {
+        // aborted: nothing left to destroy
+      }
+    }
     if (comm_) api_.CommDestroy(comm_);
     for (auto& f : inflight_) cudaEventDestroy(f.done);
     cudaEventDestroy(ready_);
@@ -76,15 +88,22 @@ class Group {
   // Sends are posted with the next recv (or before the next collective) inside one NCCL group,
   // so that the ring pattern send(next); recv(prev) progresses instead of each rank's send
   // blocking its stream while the peer's recv waits behind the peer's own send.
+  // What is sent is a copy, taken on the default stream now: the tensor as it is at send(), as
+  // a 'local' group sends it, whatever is written to it before the send is posted, and a
+  // send(t, next); recv(t, prev) shifts t around the ring (NCCL's send and recv of one group
+  // must not share a buffer).
   void send(const Tensor& t, int peer) {
     live();
     reap();
-    pending_.push_back({t.storage, size_t(t.numel()), nccl_type(t.dtype), peer});
+    const size_t bytes = size_t(t.numel()) * dtype_size(t.dtype);
+    auto copy = std::make_shared<Storage>(Device::CUDA, bytes);
+    check_cuda(cudaMemcpyAsync(copy->ptr, t.storage->ptr, bytes, cudaMemcpyDeviceToDevice, nullptr), "copying the sent tensor");
+    pending_.push_back({std::move(copy), size_t(t.numel()), nccl_type(t.dtype), peer});
   }
   void recv(Tensor& into, int peer) {
-    grouped([&] {
-      check(api_.Recv(into.storage->ptr, size_t(into.numel()), nccl_type(into.dtype), peer, live(), stream_), "ncclRecv");
-    });
+    const ncclComm_t comm = live();
+    grouped([&] { return api_.Recv(into.storage->ptr, size_t(into.numel()), nccl_type(into.dtype), peer, comm, stream_); },
+            "ncclRecv");
     wait("recv from rank " + std::to_string(peer));
   }
   void all_reduce_sum(const std::vector<Tensor*>& ts) {
@@ -132,7 +151,7 @@ class Group {
     wait("barrier");
   }
   void flush() {
-    if (!pending_.empty()) grouped([] {});
+    if (!pending_.empty()) grouped([] { return ncclSuccess; }, "");
   }
   int rank() const { return rank_; }
   int world() const { return world_; }
@@ -279,25 +298,23 @@ class Group {
       return state == ncclSuccess;  // an error is raised by poll()
     });
   }
-  // Posts the pending sends and whatever `more` posts as one NCCL group; each sent tensor's
-  // memory is kept until the stream passes the group.
+  // Posts the pending sends and the call `more` makes (named `more_what`) as one NCCL group;
+  // each sent copy's memory is kept until the stream passes the group. Errors are checked
+  // after ncclGroupEnd: an abort inside an open group would leave NCCL's group state half done.
   template <typename F>
-  void grouped(F&& more) {
+  void grouped(F&& more, const char* more_what) {
     after_default_stream();
+    const ncclComm_t comm = live();  // before the group opens: a throw inside would leave it open
     check(api_.GroupStart(), "ncclGroupStart");
     ncclResult_t first_error = ncclSuccess;
-    try {
-      for (const auto& p : pending_) {
-        ncclResult_t r = api_.Send(p.storage->ptr, p.count, p.type, p.peer, live(), stream_);
-        if (first_error == ncclSuccess && r != ncclSuccess && r != ncclInProgress) first_error = r;
-      }
-      more();
-    } catch (...) {
-      api_.GroupEnd();
-      throw;
-    }
+    const char* failed = "ncclSend";
+    auto note = [&](ncclResult_t r, const char* what) {
+      if (first_error == ncclSuccess && r != ncclSuccess && r != ncclInProgress) first_error = r, failed = what;
+    };
+    for (const auto& p : pending_) note(api_.Send(p.storage->ptr, p.count, p.type, p.peer, comm, stream_), "ncclSend");
+    note(more(), more_what);
     check(api_.GroupEnd(), "ncclGroupEnd");
-    check(first_error, "ncclSend");
+    check(first_error, failed);
     if (pending_.empty()) return;
     cudaEvent_t done;  // one point in the stream after which every buffer of this group is free
     check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
@@ -387,7 +404,10 @@ class Group {
 };
 
 std::mutex registry_mu;
-std::map<int64_t, std::unique_ptr<Group>> registry;
+// Never destroyed: a group left live at exit would otherwise be destroyed by a static
+// destructor, waiting for its peers (up to the timeout) after the CUDA runtime may be gone;
+// the process's end closes its connections, and its peers' waits fail or time out.
+std::map<int64_t, std::unique_ptr<Group>>& registry = *new std::map<int64_t, std::unique_ptr<Group>>;
 int64_t next_id = 1;
 
 Group& find(int64_t id) {

@@ -32,7 +32,7 @@ const Api& load(const std::string& path) {
 #define RESOLVE(fn) resolve(lib, path, "nccl" #fn, a.fn)
     RESOLVE(GetVersion), RESOLVE(GetUniqueId), RESOLVE(CommInitRank), RESOLVE(CommDestroy), RESOLVE(CommAbort);
     RESOLVE(CommGetAsyncError), RESOLVE(GetErrorString), RESOLVE(Send), RESOLVE(Recv), RESOLVE(AllReduce);
-    RESOLVE(GroupStart), RESOLVE(GroupEnd), RESOLVE(CommInitRankConfig);
+    RESOLVE(GroupStart), RESOLVE(GroupEnd), RESOLVE(CommInitRankConfig), RESOLVE(CommFinalize);
 #undef RESOLVE
   } catch (...) {
     dlclose(lib);

@@ -48,6 +48,7 @@ struct Api {
                             ncclComm_t comm, cudaStream_t stream);
   ncclResult_t (*GroupStart)();
   ncclResult_t (*GroupEnd)();
+  ncclResult_t (*CommFinalize)(ncclComm_t comm);  // 2.14, as CommInitRankConfig
 };
 
 // Opens libnccl at `path` once per process and resolves every symbol above; throws a

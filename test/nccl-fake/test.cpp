@@ -34,6 +34,8 @@ ncclResult_t init_result = ncclSuccess;   // what ncclCommInitRankConfig answers
 ncclResult_t async_state = ncclSuccess;   // what ncclCommGetAsyncError reports
 ncclResult_t send_result = ncclSuccess;   // what ncclSend answers
 ncclResult_t reduce_result = ncclSuccess; // what ncclAllReduce answers
+ncclResult_t recv_result = ncclSuccess;   // what ncclRecv answers
+float first_sent = 0;                     // the first float of the last float32 send's buffer, read when posted
 int aborts = 0, destroys = 0, comm_storage = 0, world = 1;
 // A float64 allReduce is disagreement()'s gather: every other rank's row is a copy of this
 // rank's (the one row not all zeros), then edit(rows, row length) changes them if set.
@@ -63,13 +65,14 @@ const Api api = {
     [](ncclComm_t) { ++aborts; log("abort"); return ncclSuccess; },
     [](ncclComm_t, ncclResult_t* e) { *e = async_state; return ncclSuccess; },
     [](ncclResult_t r) { return r == ncclRemoteError ? "remote process exited or there was a network error" : "fake"; },
-    [](const void*, size_t n, ncclDataType_t t, int peer, ncclComm_t, cudaStream_t s) {
+    [](const void* buf, size_t n, ncclDataType_t t, int peer, ncclComm_t, cudaStream_t s) {
+      if (t == ncclFloat32 && n > 0) first_sent = *static_cast<const float*>(buf);
       log("send " + std::to_string(n) + " type " + std::to_string(t) + " to " + std::to_string(peer) + " on " + stream(s));
       return send_result;
     },
     [](void*, size_t n, ncclDataType_t t, int peer, ncclComm_t, cudaStream_t s) {
       log("recv " + std::to_string(n) + " type " + std::to_string(t) + " from " + std::to_string(peer) + " on " + stream(s));
-      return ncclSuccess;
+      return recv_result;
     },
     [](const void*, void* recv, size_t n, ncclDataType_t t, ncclRedOp_t, ncclComm_t, cudaStream_t s) {
       log("allReduce " + std::to_string(n) + " on " + stream(s));
@@ -78,6 +81,7 @@ const Api api = {
     },
     [] { log("groupStart"); return ncclSuccess; },
     [] { log("groupEnd"); return ncclSuccess; },
+    [](ncclComm_t) { log("finalize"); return ncclInProgress; },  // nonblocking: settled through async_state
 };
 }  // namespace fake
 
@@ -113,6 +117,7 @@ static void reset() {
   fake_stream_idle = true;
   fake_pending_events.clear(), fake_records_done_at_once = 0, fake_event_error = cudaSuccess;
   fake::init_result = ncclSuccess, fake::async_state = ncclSuccess, fake::send_result = ncclSuccess, fake::reduce_result = ncclSuccess, fake::aborts = 0;
+  fake::recv_result = ncclSuccess;
   fake::edit = nullptr;
 }
 
@@ -143,10 +148,13 @@ int main() {
   // A user send is held and posted with the next recv in one group, after the default stream.
   fake_log.clear();
   ra::Tensor t = ra::Tensor::empty({8}, ra::DType::F32, ra::Device::CUDA), r = ra::Tensor::empty({8}, ra::DType::BF16, ra::Device::CUDA);
+  std::fill(t.f32(), t.f32() + 8, 1.f);
   send(g, t, 3);
-  expect(fake_log.empty(), "send alone posts nothing yet");
+  expect(joined() == "copy 32 bytes on default", "send alone posts nothing yet, and copies the tensor on the default stream: " + joined());
+  std::fill(t.f32(), t.f32() + 8, 2.f);  // written after send(): not what is sent
   recv(g, r, 3);
   const std::string l = joined();
+  expect(fake::first_sent == 1.f, "what is sent is the tensor as it was at send(): " + std::to_string(fake::first_sent));
   expect(has(l, "record event") && has(l, "on default") && l.find("waits event") < l.find("groupStart") &&
              l.find("groupStart") < l.find("send 8 type 7 to 3") && l.find("send 8 type 7 to 3") < l.find("recv 8 type 9 from 3") &&
              l.find("recv 8 type 9 from 3") < l.find("groupEnd"),
@@ -206,6 +214,20 @@ int main() {
   fake_log.clear();
   const std::string after = thrown([&] { ring_exchange(g, a, b, 64, &ring_stream); }).first;
   expect(has(after, "aborted after an earlier error") && fake_log.empty(), "exchange after the abort opens no group: " + joined());
+  destroy_group(g);
+
+  // A recv that fails (NCCL answers a peer's death there too): the group is closed before the
+  // communicator is aborted, and the error names the recv.
+  reset();
+  g = create_group(id, 0, 2, 0, 10000);
+  fake::recv_result = ncclRemoteError;
+  send(g, t, 1);
+  fake_log.clear();
+  const std::string recv_err = thrown([&] { recv(g, r, 1); }).first;
+  const std::string recv_log = joined();
+  expect(has(recv_err, "ncclRecv failed on rank 0: remote process exited") && fake::aborts == 1 &&
+             recv_log.find("groupEnd") < recv_log.find("abort"),
+         "failed recv: group closed, then aborted: " + recv_err + " / " + recv_log);
   destroy_group(g);
 
   // An allReduce that fails outright inside a list: the group is closed, the communicator
@@ -424,6 +446,22 @@ int main() {
   expect(fake::destroys == destroyed + 1 && fake_live_streams == streams && fake_live_events == events &&
              fake_live_buffers == buffers,
          "destroy: communicator destroyed, stream, events and buffers freed");
+
+  // Destroying finalizes first, polled against the timeout (ncclCommDestroy alone would wait
+  // for the node's other ranks without a deadline): a finalize that never completes aborts.
+  reset();
+  g = create_group(id, 0, 2, 0, 200);
+  fake_log.clear();
+  destroy_group(g);
+  const std::string fin = joined();
+  expect(has(fin, "finalize") && fake::destroys == destroyed + 2 && fake::aborts == 0, "destroy finalizes, then destroys: " + fin);
+  reset();
+  g = create_group(id, 0, 2, 0, 200);
+  fake::async_state = ncclInProgress;  // the finalize's barrier: a peer never comes
+  const int before_stuck = fake::destroys;
+  const double finalize_ms = thrown([&] { destroy_group(g); }).second;
+  expect(fake::aborts == 1 && fake::destroys == before_stuck && finalize_ms >= 200 && finalize_ms < 5000 && fake_live_streams == streams,
+         "a finalize that never completes: aborted after the timeout (" + std::to_string(finalize_ms) + " ms), not destroyed");
 
   printf("%d failures\n", failures);
   return failures != 0;
