@@ -66,9 +66,10 @@ export class ProcessGroup {
   }
 
   /**
-   * Sends `t` to rank `peer`, returning without waiting for the receiver. On an NCCL group the
-   * send is posted together with this rank's next recv() (one NCCL group) or before its next
-   * collective, so the ring pattern send(next); recv(prev) cannot deadlock.
+   * Sends `t` as it is now to rank `peer`, returning without waiting for the receiver: `t` may
+   * be written at once (on NCCL the send is of a copy), so send(t, next); recv(t, prev) shifts
+   * `t` around the ring. On an NCCL group the send is posted together with this rank's next
+   * recv() (one NCCL group) or before its next collective, so that pattern cannot deadlock.
    */
   send(t: Tensor, peer: number): void {
     const id = ProcessGroup.idOf(this, 'group'), h = this.#tensor(t, 't').handle('t'), p = this.#peer(peer);
@@ -76,7 +77,11 @@ export class ProcessGroup {
     else native.groupSend(id, this.rank, p, h);
   }
 
-  /** Waits for the matching send() from `peer` and writes it into `into` (same element count). */
+  /**
+   * Waits for the matching send() from `peer` and writes it into `into`, which must have the
+   * sent tensor's dtype and element count: a 'local' group refuses others; NCCL cannot check
+   * (its recv would hang until the timeout, or read the bytes as another type).
+   */
   recv(into: Tensor, peer: number): void {
     const id = ProcessGroup.idOf(this, 'group'), h = this.#tensor(into, 'into').handle('into'), p = this.#peer(peer);
     if (this.backend === 'nccl') native.ncclRecv(id, h, p);

@@ -81,11 +81,17 @@ ra::ring::LocalTransport transport(const Napi::CallbackInfo& info, bool has_peer
 }
 
 // groupSend(id, rank, peer, tensor); groupRecv(id, rank, peer, into)
+// The values travel as float32 with the sent dtype after them, so that recv() refuses another
+// dtype as it refuses another element count: over NCCL neither can be checked (the bytes just
+// differ: the recv hangs or reads them as another type), and a script tried on a 'local' group
+// should fail here first.
 Napi::Value GroupSend(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info, true);
     const Tensor& x = unwrap(env, info[3], "tensor");
-    t.send(info[2].As<Napi::Number>().Int32Value(), ra::ring::TAG_USER, std::make_shared<std::vector<float>>(x.to_f32()));
+    auto block = std::make_shared<std::vector<float>>(x.to_f32());
+    block->push_back(float(static_cast<int>(x.dtype)));
+    t.send(info[2].As<Napi::Number>().Int32Value(), ra::ring::TAG_USER, std::move(block));
     return env.Undefined();
   });
 }
@@ -93,10 +99,17 @@ Napi::Value GroupRecv(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info, true);
     const Tensor into = unwrap(env, info[3], "into");
-    auto block = t.recv(info[2].As<Napi::Number>().Int32Value(), ra::ring::TAG_USER);
+    const int peer = info[2].As<Napi::Number>().Int32Value();
+    auto block = t.recv(peer, ra::ring::TAG_USER);
+    const DType sent = static_cast<DType>(int(block->back()));
+    block->pop_back();
+    const std::string rule = "; send() and recv() must agree in dtype and element count (an NCCL group cannot check it)";
     if (block->size() != size_t(into.numel()))
-      throw UserError("RangeError", "into: received " + std::to_string(block->size()) + " elements, tensor holds " +
-                                        std::to_string(into.numel()));
+      throw UserError("RangeError", "into: rank " + std::to_string(peer) + " sent " + std::to_string(block->size()) +
+                                        " elements, this tensor holds " + std::to_string(into.numel()) + rule);
+    if (sent != into.dtype)
+      throw UserError("TypeError", "into: rank " + std::to_string(peer) + " sent " + ra::dtype_name(sent) + ", this tensor is " +
+                                       ra::dtype_name(into.dtype) + rule);
     if (into.device == Device::CPU) ra::convert_from_f32(into.dtype, block->data(), into.storage->ptr, block->size());
     else ra::cuda::upload_f32(block->data(), into.storage->ptr, into.dtype, block->size());
     return env.Undefined();

@@ -246,7 +246,9 @@ describe('launch', () => {
     expect(r.noOpts).toEqual({ name: 'TypeError', message: expect.stringMatching(/^opts: expected \{ group \}/) });
     expect(r.badLse).toEqual({ name: 'RangeError', message: expect.stringMatching(/^lse: expected shape \[batch, heads, seqQ\] = \[1, 1, 4\], got \[1, 4, 1, 4\]/) });
     expect(r.badPeer).toEqual({ name: 'RangeError', message: expect.stringMatching(/^peer: expected an integer in \[0, 0\], got 5/) });
-    expect(r.recvSize).toEqual({ name: 'RangeError', message: expect.stringMatching(/^into: received 16 elements, tensor holds 12/) });
+    expect(r.recvSize).toEqual({ name: 'RangeError', message: expect.stringMatching(/^into: rank 0 sent 16 elements, this tensor holds 12; send\(\) and recv\(\) must agree in dtype and element count/) });
+    // As over NCCL, where another dtype's bytes would hang the recv or be read as another type.
+    expect(r.recvDtype).toEqual({ name: 'TypeError', message: expect.stringMatching(/^into: rank 0 sent bfloat16, this tensor is float32; send\(\) and recv\(\) must agree/) });
     expect(r.lseOk).toBeNull();
   });
 });
