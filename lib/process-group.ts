@@ -39,7 +39,7 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
   // rank's GPU, where NCCL and the kernels would fail (or crowd it) far from the cause.
   const madeEarlier = () => {
     const inUse = native.cudaMemoryStats().bytesInUse;
-    if (device !== 0 && inUse > 0)
+    if (device !== 0 && device !== chosenDevice && inUse > 0)
       throw new Error(`initProcessGroup: ${inUse} bytes of CUDA tensors were made before this process's GPU was chosen; ` +
         `they are on GPU 0, and this rank's GPU is ${device} (LOCAL_RANK ${env.localRank}). ` +
         `Call initProcessGroup, and await it, before making CUDA tensors`);
@@ -51,5 +51,9 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
     payload: env.rank === 0 ? native.ncclUniqueId() : undefined,
   });
   madeEarlier(); // e.g. weights loaded while the rendezvous was awaited
-  return ProcessGroup.attach(native.ncclGroupCreate(id, env.rank, env.worldSize, device, timeoutMs), env.rank, env.worldSize, 'nccl');
+  const group = native.ncclGroupCreate(id, env.rank, env.worldSize, device, timeoutMs);
+  chosenDevice = device; // a later group (after destroy()) finds its tensors already there
+  return ProcessGroup.attach(group, env.rank, env.worldSize, 'nccl');
 }
+
+let chosenDevice: number | undefined;

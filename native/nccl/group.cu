@@ -305,7 +305,12 @@ class Group {
   void grouped(F&& more, const char* more_what) {
     after_default_stream();
     const ncclComm_t comm = live();  // before the group opens: a throw inside would leave it open
-    check(api_.GroupStart(), "ncclGroupStart");
+    cudaEvent_t done = nullptr;      // one point in the stream after which every sent copy is free
+    if (!pending_.empty()) check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+    if (const ncclResult_t r = api_.GroupStart(); r != ncclSuccess) {
+      if (done) cudaEventDestroy(done);
+      check(r, "ncclGroupStart");
+    }
     ncclResult_t first_error = ncclSuccess;
     const char* failed = "ncclSend";
     auto note = [&](ncclResult_t r, const char* what) {
@@ -313,16 +318,24 @@ class Group {
     };
     for (const auto& p : pending_) note(api_.Send(p.storage->ptr, p.count, p.type, p.peer, comm, stream_), "ncclSend");
     note(more(), more_what);
-    check(api_.GroupEnd(), "ncclGroupEnd");
-    check(first_error, failed);
-    if (pending_.empty()) return;
-    cudaEvent_t done;  // one point in the stream after which every buffer of this group is free
-    check_cuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
-    check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
+    // The sends are posted: whatever fails below, they must not be posted again, and their
+    // copies stay until the stream passes them (after an abort, until the group is destroyed).
     std::vector<std::shared_ptr<Storage>> buffers;
     for (auto& p : pending_) buffers.push_back(std::move(p.storage));
-    inflight_.push_back({done, std::move(buffers), 0});
     pending_.clear();
+    try {
+      check(api_.GroupEnd(), "ncclGroupEnd");  // settles first: the event must follow the enqueue
+      check(first_error, failed);
+      if (done) {
+        check_cuda(cudaEventRecord(done, stream_), "cudaEventRecord");
+        inflight_.push_back({done, std::move(buffers), 0});
+      }
+    } catch (...) {
+      if (done) cudaEventDestroy(done);
+      if (comm_) abort();  // copies that nothing can wait for: end their sends
+      for (auto& b : buffers) aborted_copies_.push_back(std::move(b));
+      throw;
+    }
   }
   void abort() {
     try {
@@ -391,6 +404,7 @@ class Group {
     int peer;
   };
   std::vector<PendingSend> pending_;
+  std::vector<std::shared_ptr<Storage>> aborted_copies_;  // sent copies of a group that failed
   // Work on stream_ whose buffers must outlive it: held sends (ticket 0), asynchronous sums.
   struct Inflight {
     cudaEvent_t done;

@@ -45,7 +45,9 @@ inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) { return fake_destroy(s, fake_live_streams); }
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return fake_create(e, fake_live_events); }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) { return fake_destroy(e, fake_live_events); }
+inline cudaError_t fake_record_error = cudaSuccess;  // what cudaEventRecord answers on a non-default stream
 inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  if (s && fake_record_error != cudaSuccess) return fake_record_error;
   fake_log.push_back("record event" + std::to_string(e->id) + " on " + fake_name(s));
   fake_pending_events.erase(e->id);
   if (s && !fake_stream_idle) {

@@ -115,7 +115,7 @@ static bool has(const std::string& s, const std::string& part) { return s.find(p
 static void reset() {
   fake_log.clear();
   fake_stream_idle = true;
-  fake_pending_events.clear(), fake_records_done_at_once = 0, fake_event_error = cudaSuccess;
+  fake_pending_events.clear(), fake_records_done_at_once = 0, fake_event_error = cudaSuccess, fake_record_error = cudaSuccess;
   fake::init_result = ncclSuccess, fake::async_state = ncclSuccess, fake::send_result = ncclSuccess, fake::reduce_result = ncclSuccess, fake::aborts = 0;
   fake::recv_result = ncclSuccess;
   fake::edit = nullptr;
@@ -229,6 +229,21 @@ int main() {
              recv_log.find("groupEnd") < recv_log.find("abort"),
          "failed recv: group closed, then aborted: " + recv_err + " / " + recv_log);
   destroy_group(g);
+
+  // The sends' event cannot be recorded after their group was posted: aborted, and the sends
+  // are not posted again by a later call or the destroy.
+  reset();
+  g = create_group(id, 0, 2, 0, 10000);
+  const int events_before = fake_live_events;
+  send(g, t, 1);
+  fake_record_error = cudaErrorIllegalAddress;
+  const std::string rec_err = thrown([&] { recv(g, r, 1); }).first;
+  fake_record_error = cudaSuccess;
+  destroy_group(g);
+  size_t posted = 0;
+  for (const auto& line : fake_log) posted += line.rfind("send 8 type 7 to 1", 0) == 0;
+  expect(has(rec_err, "cudaEventRecord failed") && fake::aborts == 1 && posted == 1 && fake_live_events < events_before,
+         "a failed record after the group: aborted, the send posted once, its event freed: " + rec_err + " / " + joined());
 
   // An allReduce that fails outright inside a list: the group is closed, the communicator
   // aborted, the error named.
