@@ -258,11 +258,39 @@ export class Trainer implements Disposable {
     return xs.map((_, i) => all.reduce((s, r) => s + r[i]!, 0));
   }
 
+  /**
+   * This rank's checked inputs (`check`) and the counted targets of the whole group. A rank
+   * whose inputs are refused still joins the count, saying so, and every rank throws at the
+   * same call: had it thrown alone, its peers would wait in the count (over NCCL until the
+   * timeout) and, were its error caught, it would run a step behind them ever after.
+   */
+  #agreed<T>(check: () => T, targets: (value: T) => Int32Array[]): { value: T; total: number } {
+    this.#live(); // this rank's own state (disposed, busy): said before any collective
+    let value: T | undefined, error: unknown, refused = false;
+    try {
+      value = check();
+    } catch (e) {
+      error = e;
+      refused = true;
+    }
+    try {
+      const total = this.#totalCount(refused ? [] : targets(value!), refused);
+      if (!refused) return { value: value!, total };
+    } catch (e) {
+      if (!refused) throw e;
+    }
+    throw error; // this rank's own reason, whatever the count said
+  }
+
   /** Counted targets over every rank and micro-batch; also checks that the ranks pass as many micro-batches. */
-  #totalCount(targets: Int32Array[]): number {
+  #totalCount(targets: Int32Array[], refused = false): number {
     let count = 0;
     for (const ts of targets) for (const t of ts) if (t !== IGNORE_INDEX) ++count;
-    const all = this.#gatherNumbers([count, targets.length]);
+    const all = this.#gatherNumbers([count, targets.length, refused ? 1 : 0]);
+    if (refused) return 0;
+    const others = all.flatMap((r, k) => (r[2] ? [k] : []));
+    if (others.length > 0)
+      throw new Error(`trainer: ${others.length > 1 ? `ranks ${others.join(', ')} refused their` : `rank ${others[0]} refused its`} inputs to this call (see ${others.length > 1 ? 'their errors' : 'its error'}); every rank stops here alike`);
     const batches = all.map((r) => r[1]!), total = all.reduce((s, r) => s + r[0]!, 0);
     if (batches.some((b) => b !== targets.length)) // every rank sees the same list, so every rank throws
       fail('range', `tokens: the ranks passed different numbers of micro-batches (${batches.join(', ')}, in rank order); every rank must pass as many (its shard of each sequence)`);
@@ -272,14 +300,16 @@ export class Trainer implements Disposable {
 
   /** The loss of the whole sequence (every rank must call it with its shard); nothing is kept or changed. */
   forward(tokens: Int32Array, targets: Int32Array, opts?: ForwardOptions): ForwardResult {
-    const o = checkOptions(opts, 'opts', ['logits', 'documentIds']);
-    const { ctx } = this.#context(tokens, targets, '', o.documentIds);
-    const wantLogits = checkBoolean(o.logits, 'opts.logits') ?? false;
-    // A Float32Array holds at most 2^32 values: say so before the step, not after it.
-    const vocab = this.model.config.vocab_size;
-    if (wantLogits && tokens.length * vocab > 2 ** 32)
-      fail('range', `opts.logits: ${tokens.length} tokens x ${vocab} vocabulary entries is past the 2^32 values one Float32Array holds; ask for the logits of at most ${Math.floor(2 ** 32 / vocab)} tokens per rank at a time`);
-    const total = this.#totalCount([targets]);
+    const { value: { ctx, wantLogits }, total } = this.#agreed(() => {
+      const o = checkOptions(opts, 'opts', ['logits', 'documentIds']);
+      const { ctx } = this.#context(tokens, targets, '', o.documentIds);
+      const wantLogits = checkBoolean(o.logits, 'opts.logits') ?? false;
+      // A Float32Array holds at most 2^32 values: say so before the step, not after it.
+      const vocab = this.model.config.vocab_size;
+      if (wantLogits && tokens.length * vocab > 2 ** 32)
+        fail('range', `opts.logits: ${tokens.length} tokens x ${vocab} vocabulary entries is past the 2^32 values one Float32Array holds; ask for the logits of at most ${Math.floor(2 ** 32 / vocab)} tokens per rank at a time`);
+      return { ctx, wantLogits };
+    }, () => [targets]);
     const r = freeOnThrow(() => runLlama(this.model, null, tokens, targets, ctx, 1, wantLogits));
     const [lossSum] = this.#allReduceNumbers([r.lossSum]);
     return { loss: lossSum! / total, count: total, ...(r.logits ? { logits: r.logits } : {}) };
@@ -292,8 +322,7 @@ export class Trainer implements Disposable {
    * as one batch of those sequences would give, not a mean of per-sequence means.
    */
   backward(tokens: Int32Array | readonly Int32Array[], targets: Int32Array | readonly Int32Array[], opts?: StepOptions): number {
-    const batches = this.#microBatches(tokens, targets, opts);
-    const total = this.#totalCount(batches.map((b) => b.targets));
+    const { value: batches, total } = this.#agreed(() => this.#microBatches(tokens, targets, opts), (bs) => bs.map((b) => b.targets));
     zeroGrads(this.#grads);
     // Gradients are summed over the group under the rest of the last micro-batch's backward,
     // as runLlama hands them over (on NCCL; a 'local' group sums at once): only then are they

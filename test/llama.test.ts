@@ -497,6 +497,18 @@ describe('sharded over a ring: the same loss and the same gradients', () => {
     expect(losses[3]).toBeLessThan(losses[0]!);
     r0!.losses.forEach((l, i) => expect(Math.abs(l - losses[i]!), `step ${i + 1}`).toBeLessThan(1e-5 * losses[i]!));
   });
+
+  it('inputs one rank refuses: every rank throws at that call, and the ranks stay in step after it (the error caught)', async () => {
+    const args = { config: tiny, weights: Object.fromEntries(weights), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag', steps: 3, badToken: { rank: 1, step: 0 } };
+    const [r0, r1] = (await launch({ worldSize: 2 }, rankModule, args)) as { losses: (number | null)[]; errors: (string | null)[] }[];
+    expect(r1!.errors[0]).toMatch(/^tokens\[1\]: 1000000 is outside the vocabulary/);
+    expect(r0!.errors[0]).toBe('trainer: rank 1 refused its inputs to this call (see its error); every rank stops here alike');
+    // Before, rank 1 went on alone: its next count met rank 0's first, and the ranks trained
+    // one step apart (each sequence made of shards of two steps) with no error.
+    expect(r0!.errors.slice(1)).toEqual([null, null]);
+    expect(r1!.errors.slice(1)).toEqual([null, null]);
+    expect(r1!.losses).toEqual(r0!.losses);
+  });
 });
 
 describe('shardTokens', () => {
