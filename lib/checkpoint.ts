@@ -67,23 +67,42 @@ export async function saveCheckpointFiles(dir: string, st: CheckpointState): Pro
   const metadata = { format: 'pt', [SAVE_KEY]: save };
   const files = ['config.json', WEIGHTS_FILE, OPTIMIZER_FILE, TRAINER_FILE];
   const specs = Object.fromEntries([...st.model.tensors].flatMap(([n, p]) => MOMENTS.map((k) => [`${k}.${n}`, { shape: [...p.shape] }])));
+  // While rank 0 writes alone, the others wait in a collective, and a whole save can outlast
+  // the group's timeout (a 7B model's weights and moments are 84 GB): so rank 0 joins a
+  // one-float sum before each tensor (`beat`), and ends the phase with a sum that says so,
+  // which the others take part in until then. Each of their waits spans one tensor's write.
+  const beats = !!group && group.worldSize > 1;
+  const phase = async (write: (beat: () => void) => Promise<void>) => {
+    if (!writer) {
+      while (!anyRankSays(st, group!, false));
+      return;
+    }
+    await attempt(() => write(() => void (beats && anyRankSays(st, group!, false))));
+    if (beats) anyRankSays(st, group!, true); // after a failure too: the others are waiting for it
+  };
   let moments: SafetensorsWriter | undefined;
-  if (writer)
-    await attempt(async () => {
-      await mkdir(dir, { recursive: true });
-      const model = llamaFiles(st.model);
-      await writeSynced(part('config.json'), model.config);
-      await model.writeWeights(part(WEIGHTS_FILE), metadata);
-      moments = await SafetensorsWriter.open(part(OPTIMIZER_FILE), specs, metadata);
+  await phase(async (beat) => {
+    await mkdir(dir, { recursive: true });
+    const model = llamaFiles(st.model);
+    await writeSynced(part('config.json'), model.config);
+    await model.writeWeights(part(WEIGHTS_FILE), metadata, beat);
+    moments = await SafetensorsWriter.open(part(OPTIMIZER_FILE), specs, metadata);
+  });
+  // In the file's order on every rank.
+  const keys = sortedNames(Object.keys(specs)), momentOf = (key: string) => [(key.slice(0, 1) as Moment) === 'm' ? st.m : st.v, key.slice(2)] as const;
+  if (st.shared) // each moment gathered from the rank that holds it: collective, every wait one tensor's
+    for (const key of keys)
+      await withMoment(st, ...momentOf(key), async (t) => {
+        if (writer) await attempt(() => moments!.write(key, t.handle(key).toFloat32Array()));
+      });
+  else
+    await phase(async (beat) => {
+      for (const key of keys) {
+        const [map, name] = momentOf(key);
+        beat();
+        await moments!.write(key, map.get(name)!.handle(key).toFloat32Array());
+      }
     });
-  // In the file's order on every rank (the gathers are collective).
-  for (const key of sortedNames(Object.keys(specs))) {
-    if (!st.shared && (!writer || failed)) break;
-    const [kind, name] = [key.slice(0, 1) as Moment, key.slice(2)];
-    await withMoment(st, kind === 'm' ? st.m : st.v, name, async (t) => {
-      if (writer) await attempt(() => moments!.write(key, t.handle(key).toFloat32Array()));
-    });
-  }
   if (writer)
     await attempt(async () => {
       await moments!.commit();
@@ -92,13 +111,13 @@ export async function saveCheckpointFiles(dir: string, st: CheckpointState): Pro
     });
   if (failed) // the write's error is the one to report, not the cleanup's
     await Promise.allSettled([moments?.abort(), ...files.map((f) => rm(part(f), { force: true }))]);
-  if (group && anyRankFailed(st, group, failed !== undefined) && !failed)
+  if (group && anyRankSays(st, group, failed !== undefined) && !failed)
     throw new Error(`saveCheckpoint: rank 0 could not write ${dir} (its error says why); no checkpoint was saved`);
   if (failed) throw failed.error;
 }
 
-/** Whether any rank says it failed (collective: a sum over the group, which also waits for every rank). */
-function anyRankFailed(st: CheckpointState, group: ProcessGroup, mine: boolean): boolean {
+/** Whether any rank says yes (collective: a sum over the group, which also waits for every rank). */
+function anyRankSays(st: CheckpointState, group: ProcessGroup, mine: boolean): boolean {
   const flag = tensor(Float32Array.of(mine ? 1 : 0), [1], { device: st.model.device }); // NCCL sums cuda tensors only
   try {
     group.allReduce(flag);

@@ -344,9 +344,13 @@ export function llamaFiles(model: LlamaModel, dtype: DType = 'float32') {
   const stored = SAFETENSORS_DTYPE[dtype];
   return {
     config: `${JSON.stringify(hfConfigJson(model.config, dtype), null, 2)}\n`,
-    writeWeights(path: string, metadata: Record<string, string>): Promise<void> {
+    /** `each` runs before each tensor is written. */
+    writeWeights(path: string, metadata: Record<string, string>, each?: () => void): Promise<void> {
       const specs = Object.fromEntries([...model.tensors].map(([n, t]) => [n, { shape: [...t.shape], dtype: stored }]));
-      return writeSafetensorsFrom(path, specs, (n) => model.tensors.get(n)!.handle(`model '${n}'`).toFloat32Array(), metadata);
+      return writeSafetensorsFrom(path, specs, (n) => {
+        each?.();
+        return model.tensors.get(n)!.handle(`model '${n}'`).toFloat32Array();
+      }, metadata);
     },
   };
 }

@@ -160,6 +160,18 @@ describe('saving, loading, checkpoints', () => {
     }
   });
 
+  it("while rank 0 writes, the other ranks wait one tensor at a time: a sum before each tensor rank 0 writes alone, so that no wait spans the whole save (the group's timeout)", async () => {
+    const base = { config: tiny, weights: Object.fromEntries(randomWeights(tiny, 23)), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag', steps: 1, countSave: true };
+    for (const shardOptimizer of [false, true]) {
+      const out = (await launch({ worldSize: 2 }, rankModule, { ...base, shardOptimizer, saveDir: join(dir, `ck-beats-${shardOptimizer}`) })) as { saveSums: number; tensorCount: number }[];
+      const T = out[0]!.tensorCount;
+      // weights: T + the phase's end; moments: 2T + the end (without shardOptimizer, beats; with
+      // it, the gathers, which end no phase); then whether every rank's save landed
+      const want = shardOptimizer ? T + 1 + 2 * T + 1 : T + 1 + 2 * T + 1 + 1;
+      expect(out.map((r) => r.saveSums), `shardOptimizer ${shardOptimizer}`).toEqual([want, want]);
+    }
+  });
+
   it('a save or restore not yet awaited: other calls are refused until it ends, and dispose() waits for it', async () => {
     using a = initLlama(tiny, { seed: 8 });
     const ta = createTrainer(a, { lr: 1e-2 });
