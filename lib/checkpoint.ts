@@ -146,8 +146,8 @@ async function withMoment(st: CheckpointState, map: Map<string, Tensor>, name: s
   }
 }
 
-/** restoreCheckpoint(): the step saved; the model and this rank's moments restored. */
-export async function restoreCheckpointFiles(dir: string, st: CheckpointState): Promise<number> {
+/** restoreCheckpoint(): the step saved and the save's id ('' for version 1); the model and this rank's moments restored. */
+export async function restoreCheckpointFiles(dir: string, st: CheckpointState): Promise<{ step: number; save: string }> {
   const trainerFile = join(dir, TRAINER_FILE);
   const text = await readTextFile(trainerFile, MAX_TRAINER_JSON_BYTES);
   let meta: { format?: unknown; version?: unknown; save?: unknown; step?: unknown };
@@ -218,5 +218,5 @@ export async function restoreCheckpointFiles(dir: string, st: CheckpointState): 
     await Promise.allSettled([weightsFile.close(), momentsFile?.close()]);
   }
   st.model.syncCompute();
-  return step;
+  return { step, save: typeof meta.save === 'string' ? meta.save : '' };
 }

@@ -469,8 +469,45 @@ export class Trainer implements Disposable {
     this.#live();
     if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
     await this.#exclusive('restoreCheckpoint', async () => {
-      this.#step = await restoreCheckpointFiles(dir, this.#checkpointState());
+      let restored: { step: number; save: string } | undefined, error: unknown;
+      try {
+        restored = await restoreCheckpointFiles(dir, this.#checkpointState());
+      } catch (e) {
+        error = e;
+      }
+      this.#sameRestoreEverywhere(dir, restored, error);
+      this.#step = restored!.step;
     });
+  }
+
+  /**
+   * Each rank restores from its own files: over several nodes, perhaps other ones. Before any
+   * goes on, the ranks compare whether each restored, which step and which save, and all throw
+   * alike if not, rather than train from different weights, or wait at the next step for a rank
+   * that failed here. (Throws this rank's own error first, if it has one.)
+   */
+  #sameRestoreEverywhere(dir: string, restored: { step: number; save: string } | undefined, error: unknown): void {
+    const group = this.#o.group;
+    if (!group || group.worldSize === 1) {
+      if (error !== undefined) throw error;
+      return;
+    }
+    let hash = 0x811c9dc5; // FNV-1a of the save's id, as two 16-bit halves (exact through #gatherNumbers)
+    for (const c of restored?.save ?? '') hash = Math.imul(hash ^ c.codePointAt(0)!, 0x01000193) >>> 0;
+    let rows: number[][];
+    try {
+      rows = this.#gatherNumbers(restored ? [0, restored.step, hash >>> 16, hash & 0xffff] : [1, 0, 0, 0]);
+    } catch (e) {
+      throw error ?? e;
+    }
+    if (error !== undefined) throw error;
+    const failed = rows.flatMap((r, k) => (r[0] ? [k] : []));
+    const stopped = 'the weights and moments here are restored, the step count is not; restore again';
+    if (failed.length > 0)
+      throw new Error(`restoreCheckpoint: ${failed.length > 1 ? `ranks ${failed.join(', ')}` : `rank ${failed[0]}`} could not restore ${dir} (see ${failed.length > 1 ? 'their errors' : 'its error'}); ${stopped}`);
+    const other = rows.findIndex((r) => r.some((x, i) => x !== rows[0]![i]));
+    if (other > 0)
+      throw new Error(`restoreCheckpoint: the ranks restored different checkpoints (rank 0 step ${rows[0]![1]}, rank ${other} step ${rows[other]![1]}${rows[other]![1] === rows[0]![1] ? ', another save' : ''}); every rank must restore the same save (over several nodes, a directory each node sees the same); ${stopped}`);
   }
 
   /**

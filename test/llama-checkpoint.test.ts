@@ -172,6 +172,26 @@ describe('saving, loading, checkpoints', () => {
     }
   });
 
+  it('ranks that restore different saves, or one that cannot restore, throw on every rank (the step count unchanged) rather than train apart', async () => {
+    const base = { config: tiny, weights: Object.fromEntries(randomWeights(tiny, 24)), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag' };
+    const one = join(dir, 'ck-restore-1'), two = join(dir, 'ck-restore-2'), again = join(dir, 'ck-restore-2-again');
+    await launch({ worldSize: 2 }, rankModule, { ...base, steps: 1, saveDir: one });
+    await launch({ worldSize: 2 }, rankModule, { ...base, steps: 2, saveDir: two });
+    await launch({ worldSize: 2 }, rankModule, { ...base, steps: 2, saveDir: again });
+    type Out = { restoreError: string | null; stepCount: number };
+    const run = async (dirs: string[]) => (await launch({ worldSize: 2 }, rankModule, { ...base, steps: 1, restoreFrom: dirs })) as Out[];
+    const tail = 'the weights and moments here are restored, the step count is not; restore again';
+    const same = await run([two, two]);
+    expect(same).toEqual([{ restoreError: null, stepCount: 2 }, { restoreError: null, stepCount: 2 }]);
+    for (const r of await run([one, two]))
+      expect(r).toEqual({ restoreError: expect.stringMatching(/^restoreCheckpoint: the ranks restored different checkpoints \(rank 0 step 1, rank 1 step 2\); every rank must restore the same save/), stepCount: 0 });
+    for (const r of await run([two, again])) // the same step of two saves
+      expect(r.restoreError).toBe(`restoreCheckpoint: the ranks restored different checkpoints (rank 0 step 2, rank 1 step 2, another save); every rank must restore the same save (over several nodes, a directory each node sees the same); ${tail}`);
+    const [r0, r1] = await run([two, join(dir, 'ck-restore-missing')]);
+    expect(r1!.restoreError).toMatch(/ENOENT/);
+    expect(r0).toEqual({ restoreError: `restoreCheckpoint: rank 1 could not restore ${two} (see its error); ${tail}`, stepCount: 0 });
+  });
+
   it('a save or restore not yet awaited: other calls are refused until it ends, and dispose() waits for it', async () => {
     using a = initLlama(tiny, { seed: 8 });
     const ta = createTrainer(a, { lr: 1e-2 });
