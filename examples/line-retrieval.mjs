@@ -9,15 +9,18 @@
 // against 6% chance and the 25% of guessing among the values in context: the retrieval
 // circuit (an induction head) has formed.
 //
-// The same script trains on a GPU with --device cuda (bfloat16 compute; the ranks share it; not
-// yet run on one: scripts/gpu-session.sh has it as the part `example`).
+// The same script trains on a GPU with --device cuda (bfloat16 compute; the ranks share it),
+// or on several, one process per GPU, under `ring-attention launch` or torchrun (an NCCL
+// group; --ranks is then the job's). Neither has run on a GPU yet: scripts/gpu-session.sh has
+// both in its part `example`.
 //
 //   node examples/line-retrieval.mjs [--ranks 2] [--steps 3000] [--batch 4] [--accumulate] [--lr 0.001] [--lines 4] [--layout zigzag] [--device cpu|cuda]
+//   npx ring-attention launch --nproc-per-node 8 examples/line-retrieval.mjs --device cuda
 import { writeSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isMainThread } from 'node:worker_threads';
 
-import { createTrainer, initLlama, launch, shardTokens, tensor } from '../dist/index.js';
+import { createTrainer, initLlama, initProcessGroup, launch, shardTokens, tensor } from '../dist/index.js';
 
 // ---- the task's vocabulary and sequences ----
 const PAD = 0, BOS = 1, END = 2, ASK = 3, KEYS = 4, NKEYS = 16, VALUES = KEYS + NKEYS, NVALUES = 16;
@@ -118,7 +121,7 @@ export default async function rank({ rank, worldSize, group, args }) {
         counts[1] += 1;
       });
     }
-    const t = tensor(counts, [3]);
+    const t = tensor(counts, [3], { device: group.backend === 'nccl' ? 'cuda' : 'cpu' }); // NCCL sums cuda tensors only
     group.allReduce(t);
     const [correct, asked, lossSum] = t.handle('counts').toFloat32Array();
     t.dispose();
@@ -212,5 +215,18 @@ if (isMainThread && import.meta.url === new URL(process.argv[1], 'file:').href) 
     console.error(`--lines: at most ${NKEYS} (the number of distinct keys), got ${args.lines}`);
     process.exit(2);
   }
-  await launch({ worldSize: int('ranks', 1), device: o.device }, new URL(import.meta.url), args);
+  if (process.env.WORLD_SIZE === undefined) await launch({ worldSize: int('ranks', 1), device: o.device }, new URL(import.meta.url), args);
+  else {
+    // One rank of a job of processes (ring-attention launch, torchrun): an NCCL group.
+    if (o.device !== 'cuda') {
+      console.error("--device: a job of processes (WORLD_SIZE is set) trains on GPUs, one each: pass --device cuda (a CPU run's ranks are threads: --ranks, without a launcher)");
+      process.exit(2);
+    }
+    const group = await initProcessGroup({ backend: 'nccl' });
+    try {
+      await rank({ rank: group.rank, worldSize: group.worldSize, group, args });
+    } finally {
+      group.destroy();
+    }
+  }
 }

@@ -126,6 +126,10 @@ example() {
   timeout 150 node examples/line-retrieval.mjs --device cuda > "$WORK/example-cuda.txt" 2>&1
   echo "example exit code $? (124: cut off at its limit)"
   clean < "$WORK/example-cuda.txt" | tail -8
+  step "the same as a job of one process (ring-attention launch: an NCCL group of one; 300 steps)"
+  timeout 90 node dist/cli.js launch --nproc-per-node 1 examples/line-retrieval.mjs --device cuda --steps 300 > "$WORK/example-launch.txt" 2>&1
+  echo "example (launch) exit code $? (124: cut off at its limit)"
+  clean < "$WORK/example-launch.txt" | tail -4
 }
 
 sm90() {

@@ -39,5 +39,9 @@ describe('examples/line-retrieval.mjs', () => {
     expect(r.stderr).toMatch(/--layout: expected 'contiguous' or 'zigzag', got 'ring'/);
     expect(run('--steps', '0').stderr).toMatch(/--steps: expected an integer >= 1/);
     expect(run('--batch', '0').stderr).toMatch(/--batch: expected an integer >= 1/);
+    // one rank of a job of processes (as ring-attention launch starts it): GPUs only
+    const rank = spawnSync(process.execPath, [script, '--steps', '1'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, WORLD_SIZE: '2', RANK: '0' } });
+    expect(rank.status).toBe(2);
+    expect(rank.stderr).toMatch(/^--device: a job of processes \(WORLD_SIZE is set\) trains on GPUs, one each: pass --device cuda/);
   });
 });
