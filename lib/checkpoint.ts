@@ -53,9 +53,22 @@ function canonical(v: unknown): string {
   return `{${Object.keys(v).sort().map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`).join(',')}}`;
 }
 
-/** saveCheckpoint(): rank 0 writes; with shardOptimizer every rank takes part. */
-export async function saveCheckpointFiles(dir: string, st: CheckpointState): Promise<void> {
+/**
+ * saveCheckpoint(): rank 0 writes; with shardOptimizer every rank takes part. `refused`: this
+ * rank's arguments were refused (the error), which every rank hears of before anything else.
+ */
+export async function saveCheckpointFiles(dir: string, st: CheckpointState, refused?: unknown): Promise<void> {
   const group = st.group, writer = !group || group.rank === 0;
+  if (group && group.worldSize > 1) {
+    let anyRefused: boolean;
+    try {
+      anyRefused = anyRankSays(st, group, refused !== undefined);
+    } catch (e) {
+      throw refused ?? e;
+    }
+    if (anyRefused && refused === undefined) throw new Error('saveCheckpoint: another rank refused its arguments (see its error); nothing was saved');
+  }
+  if (refused !== undefined) throw refused;
   // Rank 0 writes, one tensor in host memory at a time. Every rank still takes part in what
   // is collective (with shardOptimizer, gathering each moment; then whether the save landed)
   // after a failed write, so that a full disk fails the save on every rank, none left waiting.
@@ -78,15 +91,20 @@ export async function saveCheckpointFiles(dir: string, st: CheckpointState): Pro
       return;
     }
     await attempt(() => write(() => void (beats && anyRankSays(st, group!, false))));
-    if (beats) anyRankSays(st, group!, true); // after a failure too: the others are waiting for it
+    if (beats) // after a failure too: the others wait for it
+      try {
+        anyRankSays(st, group!, true);
+      } catch (error) {
+        failed ??= { error }; // the group has failed: the files are cleaned up below, then the next collective throws
+      }
   };
   let moments: SafetensorsWriter | undefined;
   await phase(async (beat) => {
     await mkdir(dir, { recursive: true });
     const model = llamaFiles(st.model);
     await writeSynced(part('config.json'), model.config);
-    await model.writeWeights(part(WEIGHTS_FILE), metadata, beat);
-    moments = await SafetensorsWriter.open(part(OPTIMIZER_FILE), specs, metadata);
+    await model.writeWeights(part(WEIGHTS_FILE), metadata, beats ? beat : undefined);
+    moments = await SafetensorsWriter.open(part(OPTIMIZER_FILE), specs, metadata, { syncEach: beats });
   });
   // In the file's order on every rank.
   const keys = sortedNames(Object.keys(specs)), momentOf = (key: string) => [(key.slice(0, 1) as Moment) === 'm' ? st.m : st.v, key.slice(2)] as const;

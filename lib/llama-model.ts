@@ -344,13 +344,16 @@ export function llamaFiles(model: LlamaModel, dtype: DType = 'float32') {
   const stored = SAFETENSORS_DTYPE[dtype];
   return {
     config: `${JSON.stringify(hfConfigJson(model.config, dtype), null, 2)}\n`,
-    /** `each` runs before each tensor is written. */
+    /**
+     * `each` runs before each tensor is written, and the file is then flushed to disk tensor by
+     * tensor: between two calls, one tensor's write (a checkpoint's other ranks wait on each).
+     */
     writeWeights(path: string, metadata: Record<string, string>, each?: () => void): Promise<void> {
       const specs = Object.fromEntries([...model.tensors].map(([n, t]) => [n, { shape: [...t.shape], dtype: stored }]));
       return writeSafetensorsFrom(path, specs, (n) => {
         each?.();
         return model.tensors.get(n)!.handle(`model '${n}'`).toFloat32Array();
-      }, metadata);
+      }, metadata, { syncEach: each !== undefined });
     },
   };
 }

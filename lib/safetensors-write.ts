@@ -38,8 +38,9 @@ export async function writeSafetensors(
 /** @internal writeSafetensors, taking each tensor's values from valueOf only as its turn comes. */
 export async function writeSafetensorsFrom(
   path: string, specs: Record<string, TensorSpec>, valueOf: (name: string) => Float32Array, metadata?: Record<string, string>,
+  opts?: { syncEach?: boolean },
 ): Promise<void> {
-  const w = await SafetensorsWriter.open(path, specs, metadata);
+  const w = await SafetensorsWriter.open(path, specs, metadata, opts);
   try {
     for (const name of w.names) await w.write(name, valueOf(name));
     await w.commit();
@@ -65,11 +66,17 @@ export class SafetensorsWriter {
   readonly names: readonly string[];
   #next = 0;
 
-  private constructor(readonly path: string, private readonly tmp: string, private readonly fh: FileHandle, private readonly plan: Planned[]) {
+  private constructor(readonly path: string, private readonly tmp: string, private readonly fh: FileHandle, private readonly plan: Planned[],
+    private readonly syncEach: boolean) {
     this.names = plan.map((t) => t.name);
   }
 
-  static async open(path: string, specs: Record<string, TensorSpec>, metadata?: Record<string, string>): Promise<SafetensorsWriter> {
+  /**
+   * `syncEach`: each tensor flushed to disk as it is written, so that no single wait (the
+   * commit's included) flushes the whole file: a checkpoint's other ranks wait on each.
+   */
+  static async open(path: string, specs: Record<string, TensorSpec>, metadata?: Record<string, string>,
+    { syncEach = false }: { syncEach?: boolean } = {}): Promise<SafetensorsWriter> {
     checkPath(path, 'path');
     if (specs === null || typeof specs !== 'object' || Array.isArray(specs))
       fail('type', `tensors: expected an object of name -> { shape, dtype? }, got ${describe(specs)}`);
@@ -77,7 +84,7 @@ export class SafetensorsWriter {
     const plan = sortedNames(Object.keys(specs)).map((name) => checkSpec(name, specs[name]));
     const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
     const fh = await open(tmp, 'wx');
-    const w = new SafetensorsWriter(path, tmp, fh, plan);
+    const w = new SafetensorsWriter(path, tmp, fh, plan, syncEach);
     try {
       await writeAll(fh, header(plan, meta));
     } catch (e) {
@@ -93,6 +100,7 @@ export class SafetensorsWriter {
     if (t?.name !== name) throw new Error(`${this.path}: '${name}' written out of order; expected ${t ? `'${t.name}'` : 'no more tensors'}`);
     checkData(name, { shape: t.shape, data }, t.numel);
     await writeData(this.fh, data, t.dtype);
+    if (this.syncEach) await this.fh.datasync();
     ++this.#next;
   }
 

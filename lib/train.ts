@@ -104,6 +104,20 @@ interface MicroBatch {
 
 type Exclusive = 'saveCheckpoint' | 'restoreCheckpoint'; // calls that hold the trainer across awaits
 
+function checkDir(dir: unknown): void {
+  if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
+}
+
+/** What f throws, or undefined. */
+function thrownBy(f: () => void): unknown {
+  try {
+    f();
+    return undefined;
+  } catch (e) {
+    return e;
+  }
+}
+
 // AdamW's settings reach the native optimizer as float32s.
 function positiveNumber(v: unknown, name: string, dflt: number, min = 0, inclusive = true): number {
   return v === undefined ? dflt : checkFloat32(v, name, min, inclusive);
@@ -414,8 +428,8 @@ export class Trainer implements Disposable {
    */
   async saveCheckpoint(dir: string): Promise<void> {
     this.#live();
-    if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
-    await this.#exclusive('saveCheckpoint', () => saveCheckpointFiles(dir, this.#checkpointState()));
+    const refused = thrownBy(() => checkDir(dir)); // said to the other ranks first (saveCheckpointFiles)
+    await this.#exclusive('saveCheckpoint', () => saveCheckpointFiles(dir, this.#checkpointState(), refused));
   }
 
   #checkpointState(): CheckpointState {
@@ -467,10 +481,10 @@ export class Trainer implements Disposable {
    */
   async restoreCheckpoint(dir: string): Promise<void> {
     this.#live();
-    if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
     await this.#exclusive('restoreCheckpoint', async () => {
       let restored: { step: number; save: string } | undefined, error: unknown;
       try {
+        checkDir(dir);
         restored = await restoreCheckpointFiles(dir, this.#checkpointState());
       } catch (e) {
         error = e;

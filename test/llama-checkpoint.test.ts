@@ -165,9 +165,10 @@ describe('saving, loading, checkpoints', () => {
     for (const shardOptimizer of [false, true]) {
       const out = (await launch({ worldSize: 2 }, rankModule, { ...base, shardOptimizer, saveDir: join(dir, `ck-beats-${shardOptimizer}`) })) as { saveSums: number; tensorCount: number }[];
       const T = out[0]!.tensorCount;
-      // weights: T + the phase's end; moments: 2T + the end (without shardOptimizer, beats; with
-      // it, the gathers, which end no phase); then whether every rank's save landed
-      const want = shardOptimizer ? T + 1 + 2 * T + 1 : T + 1 + 2 * T + 1 + 1;
+      // whether every rank's arguments passed; weights: T + the phase's end; moments: 2T + the
+      // end (without shardOptimizer, beats; with it, the gathers, which end no phase); then
+      // whether every rank's save landed
+      const want = shardOptimizer ? 1 + T + 1 + 2 * T + 1 : 1 + T + 1 + 2 * T + 1 + 1;
       expect(out.map((r) => r.saveSums), `shardOptimizer ${shardOptimizer}`).toEqual([want, want]);
     }
   });
@@ -190,6 +191,15 @@ describe('saving, loading, checkpoints', () => {
     const [r0, r1] = await run([two, join(dir, 'ck-restore-missing')]);
     expect(r1!.restoreError).toMatch(/ENOENT/);
     expect(r0).toEqual({ restoreError: `restoreCheckpoint: rank 1 could not restore ${two} (see its error); ${tail}`, stepCount: 0 });
+    // an argument one rank refuses is a failed restore like any other
+    const [s0, s1] = await run([two, '']);
+    expect(s1!.restoreError).toBe("dir: expected a path, got ''");
+    expect(s0!.restoreError).toBe(`restoreCheckpoint: rank 1 could not restore ${two} (see its error); ${tail}`);
+    // and a save's: every rank hears of it before anything is written
+    const saved = join(dir, 'ck-refused-save');
+    const out = (await launch({ worldSize: 2 }, rankModule, { ...base, steps: 1, saveDir: ['', saved], catchSave: true })) as { saveError: string | null }[];
+    expect(out.map((r) => r.saveError)).toEqual(["dir: expected a path, got ''", 'saveCheckpoint: another rank refused its arguments (see its error); nothing was saved']);
+    await expect(readdir(saved)).rejects.toThrow(/ENOENT/);
   });
 
   it('a save or restore not yet awaited: other calls are refused until it ends, and dispose() waits for it', async () => {
