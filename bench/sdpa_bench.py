@@ -54,7 +54,12 @@ def main(configs, reps, device):
     for c in configs:
         shape = (c["batch"], c["heads"], c["seq"], c["dim"])
         dtype = torch.bfloat16 if cuda else torch.float32
-        q, k, v, dout = (torch.randn(shape, device=device, dtype=dtype) for _ in range(4))
+        try:
+            q, k, v, dout = (torch.randn(shape, device=device, dtype=dtype) for _ in range(4))
+        except torch.OutOfMemoryError as e:  # this shape's rows only, not every later one
+            for name in BACKENDS[device]:
+                print(json.dumps(dict(c, backend=name, error=str(e).splitlines()[0][:200])), flush=True)
+            continue
         for x in (q, k, v):
             x.requires_grad_()
         for name, backend in BACKENDS[device].items():

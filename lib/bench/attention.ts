@@ -91,12 +91,15 @@ function withSm90<R>(f: () => R): R {
 
 type TorchRow = Partial<Timings> & { id: number; backend: string; error?: string };
 
+const TORCH_TIMEOUT_MS = 30 * 60_000; // far past what a sweep needs: only a hung torch (a wedged GPU) meets it
+
 /** Torch's rows (`id`: the index of their config), or why there are none. Packed documents run
  * as a batch of separate sequences. */
 function torchRows(configs: Config[], reps: number, device: string): { rows: TorchRow[]; meta: unknown } | string {
   const script = join(packageRoot, 'bench', 'sdpa_bench.py');
   const plain = configs.map((c, id) => ({ id, batch: c.batch * c.documents, seq: c.seq / c.documents, heads: c.heads, dim: c.dim, causal: c.causal }));
-  const r = spawnSync('python3', [script, JSON.stringify(plain), String(reps), device], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  // Bounded: a hung torch (a wedged GPU) costs its rows, not the suite.
+  const r = spawnSync('python3', [script, JSON.stringify(plain), String(reps), device], { encoding: 'utf8', maxBuffer: 1 << 26, timeout: TORCH_TIMEOUT_MS, killSignal: 'SIGKILL' });
   if (r.status !== 0) return (r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').pop()!;
   const [meta, ...rows] = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
   return { meta, rows };

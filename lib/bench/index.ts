@@ -85,5 +85,9 @@ export async function runBench(argv: string[]): Promise<Written | null> {
     progress: (points) => (quiet ? { start() {}, done() {}, stop() {} } : createProgress(suite.name, points)),
   });
   if (quiet) return null;
+  if (worldSize > 1) { // the command recorded is this process's: say what ran it
+    const by = process.env.RING_ATTENTION_LAUNCHER_PID ? 'ring-attention launch' : process.env.TORCHELASTIC_RUN_ID ? 'torchrun' : 'a launcher that set WORLD_SIZE';
+    result.notes.push(`run as rank 0 of ${worldSize} processes, started by ${by} (LOCAL_WORLD_SIZE ${process.env.LOCAL_WORLD_SIZE ?? 'not set'})`);
+  }
   return writeResult(result, machine, (values['out-dir'] as string | undefined) ?? 'bench/results', argv);
 }

@@ -2,7 +2,9 @@
 // one does not fit (or --max-context), with tokens/s, achieved TFLOP/s and MFU per length,
 // and a breakdown of the step by op family at each. On one device, on N in-process ranks
 // (--ranks), or on every process of a launched NCCL job (each GPU holds 1/N of the context).
+import type { ProcessGroup } from '../group.js';
 import { launch } from '../launch.js';
+import { tensor } from '../tensor.js';
 import { initProcessGroup } from '../process-group.js';
 import { parameterCount } from '../llama-config.js';
 import { flopsPerToken, matmulParameters, peakTflops, stepFlopsByFamily } from './flops.js';
@@ -51,6 +53,7 @@ export const mfuSuite: Suite<MfuRow> = {
     const checkpoint = o['no-checkpoint'] ? false : o['keep-attention'] ? 'keep-attention' : true;
     const config = await ctx.modelConfig(o.model as string);
     const launched = ctx.launchedWorldSize > 1;
+    if (launched && ctx.device !== 'cuda') throw new RangeError('--device: a launched job trains over NCCL, which needs cuda');
     const group = launched ? await initProcessGroup({ backend: 'nccl' }) : undefined;
     const ranks = launched ? ctx.launchedWorldSize : intOption(o, 'ranks');
     const devices = launched ? ranks : 1; // in-process ranks share this one
@@ -75,7 +78,7 @@ export const mfuSuite: Suite<MfuRow> = {
           steps, breakdown: !o['no-breakdown'] };
         let m: StepMeasure;
         try {
-          m = group ? measureStep(args, group)
+          m = group ? largestPeak(measureStep(args, group), group, ctx.device)
             : ranks === 1 ? measureStep(args)
             : (await launch({ worldSize: ranks, device: ctx.device }, new URL('./train-step.js', import.meta.url), args))[0] as StepMeasure;
         } catch (e) {
@@ -108,6 +111,7 @@ export const mfuSuite: Suite<MfuRow> = {
     notes.push(peak ? `peak ${peak.tflops} TFLOP/s per device (${peak.matched}, dense bfloat16)` :
       `MFU not computed: no peak known for ${ctx.machine.gpu ?? 'the CPU'} (give --peak-tflops)`);
     if (ranks > 1 && !launched) notes.push(`${ranks} in-process ranks share one device; MFU is against its peak`);
+    if (launched) notes.push(`a launched job of ${ranks} processes, one GPU each; peak MiB is the largest rank's`);
     const last = rows.at(-1)?.breakdownMs;
     if (last) {
       const total = Object.values(last).reduce((a, b) => a + b, 0);
@@ -144,6 +148,19 @@ const COLUMNS: Column<MfuRow>[] = [
 ];
 
 // A profiled rank's time per family against its share (1/ranks) of the step's FLOPs.
+/** The step with the largest of the ranks' peaks (each rank's in its slot of a sum, in MiB so that float32 holds it). */
+function largestPeak(m: StepMeasure, group: ProcessGroup, device: 'cpu' | 'cuda'): StepMeasure {
+  const slots = new Float32Array(group.worldSize);
+  slots[group.rank] = m.peakBytes / 2 ** 20;
+  const t = tensor(slots, [slots.length], { device });
+  try {
+    group.allReduce(t);
+    return { ...m, peakBytes: Math.max(...t.handle('t').toFloat32Array()) * 2 ** 20 };
+  } finally {
+    t.dispose();
+  }
+}
+
 function familyRates(flops: Record<string, number>, ms: Breakdown, ranks: number): Record<string, number> {
   return Object.fromEntries(Object.entries(flops).filter(([f]) => ms[f]).map(([f, n]) => [f, n / ranks / (ms[f]! * 1e-3) / 1e12]));
 }

@@ -181,7 +181,8 @@ export const ringSuite: Suite<RingRow> = {
             }
             if (!allSucceeded(group, failed === null, ctx.device))
               throw new SkippedPoint(`one GPU alone cannot run the whole sequence${failed ? `: ${(failed as Error).message}` : ''}`);
-            // A rank failing inside the ring leaves the others waiting in it: the job ends (below).
+            // A rank failing inside the ring leaves the others waiting in it until the group's
+            // timeout; then each stops the suite (below) and rank 0 writes what it has.
             results = gatherFigures(group, ringRank({ group, args }), ctx.device);
           } else {
             s = single(ranks * block, args);

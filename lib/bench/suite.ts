@@ -18,7 +18,7 @@ export interface OptionSpec {
 export interface SuiteContext {
   device: 'cpu' | 'cuda';
   machine: Machine;
-  /** Processes in the launched job (torchrun / srun / ring-attention launch); 1 when not launched. */
+  /** Processes in the launched job (ring-attention launch, torchrun: WORLD_SIZE); 1 when not launched. */
   launchedWorldSize: number;
   /** This process's rank in that job; only rank 0 prints and writes. */
   launchedRank: number;
