@@ -56,9 +56,10 @@ def main(configs, reps, device):
         dtype = torch.bfloat16 if cuda else torch.float32
         try:
             q, k, v, dout = (torch.randn(shape, device=device, dtype=dtype) for _ in range(4))
-        except torch.OutOfMemoryError as e:  # this shape's rows only, not every later one
+        except torch.cuda.OutOfMemoryError as e:  # this shape's rows only, not every later one
             for name in BACKENDS[device]:
                 print(json.dumps(dict(c, backend=name, error=str(e).splitlines()[0][:200])), flush=True)
+            torch.cuda.empty_cache()
             continue
         for x in (q, k, v):
             x.requires_grad_()

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 
 import { checkInteger, describe, fail } from './errors.js';
 import type { ProcessGroup } from './group.js';
+import { anyRankSays } from './group-values.js';
 import { loadLlamaConfig } from './llama-config.js';
 import { hfConfigJson, llamaFiles, type LlamaModel } from './llama-model.js';
 import { copy, scale } from './ops.js';
@@ -62,7 +63,7 @@ export async function saveCheckpointFiles(dir: string, st: CheckpointState, refu
   if (group && group.worldSize > 1) {
     let anyRefused: boolean;
     try {
-      anyRefused = anyRankSays(st, group, refused !== undefined);
+      anyRefused = anyRankSays(group, refused !== undefined, st.model.device);
     } catch (e) {
       throw refused ?? e;
     }
@@ -87,13 +88,13 @@ export async function saveCheckpointFiles(dir: string, st: CheckpointState, refu
   const beats = !!group && group.worldSize > 1;
   const phase = async (write: (beat: () => void) => Promise<void>) => {
     if (!writer) {
-      while (!anyRankSays(st, group!, false));
+      while (!anyRankSays(group!, false, st.model.device));
       return;
     }
-    await attempt(() => write(() => void (beats && anyRankSays(st, group!, false))));
+    await attempt(() => write(() => void (beats && anyRankSays(group!, false, st.model.device))));
     if (beats) // after a failure too: the others wait for it
       try {
-        anyRankSays(st, group!, true);
+        anyRankSays(group!, true, st.model.device);
       } catch (error) {
         failed ??= { error }; // the group has failed: the files are cleaned up below, then the next collective throws
       }
@@ -103,16 +104,20 @@ export async function saveCheckpointFiles(dir: string, st: CheckpointState, refu
     await mkdir(dir, { recursive: true });
     const model = llamaFiles(st.model);
     await writeSynced(part('config.json'), model.config);
-    await model.writeWeights(part(WEIGHTS_FILE), metadata, beats ? beat : undefined);
+    await model.writeWeights(part(WEIGHTS_FILE), metadata, beats ? { beforeEach: beat, syncEach: true } : {});
     moments = await SafetensorsWriter.open(part(OPTIMIZER_FILE), specs, metadata, { syncEach: beats });
   });
   // In the file's order on every rank.
   const keys = sortedNames(Object.keys(specs)), momentOf = (key: string) => [(key.slice(0, 1) as Moment) === 'm' ? st.m : st.v, key.slice(2)] as const;
   if (st.shared) // each moment gathered from the rank that holds it: collective, every wait one tensor's
-    for (const key of keys)
-      await withMoment(st, ...momentOf(key), async (t) => {
-        if (writer) await attempt(() => moments!.write(key, t.handle(key).toFloat32Array()));
-      });
+    try {
+      for (const key of keys)
+        await withMoment(st, ...momentOf(key), async (t) => {
+          if (writer) await attempt(() => moments!.write(key, t.handle(key).toFloat32Array()));
+        });
+    } catch (error) {
+      failed ??= { error }; // the group has failed: the files are cleaned up below, then the next collective throws
+    }
   else
     await phase(async (beat) => {
       for (const key of keys) {
@@ -129,20 +134,9 @@ export async function saveCheckpointFiles(dir: string, st: CheckpointState, refu
     });
   if (failed) // the write's error is the one to report, not the cleanup's
     await Promise.allSettled([moments?.abort(), ...files.map((f) => rm(part(f), { force: true }))]);
-  if (group && anyRankSays(st, group, failed !== undefined) && !failed)
+  if (group && anyRankSays(group, failed !== undefined, st.model.device) && !failed)
     throw new Error(`saveCheckpoint: rank 0 could not write ${dir} (its error says why); no checkpoint was saved`);
   if (failed) throw failed.error;
-}
-
-/** Whether any rank says yes (collective: a sum over the group, which also waits for every rank). */
-function anyRankSays(st: CheckpointState, group: ProcessGroup, mine: boolean): boolean {
-  const flag = tensor(Float32Array.of(mine ? 1 : 0), [1], { device: st.model.device }); // NCCL sums cuda tensors only
-  try {
-    group.allReduce(flag);
-    return flag.handle('flag').toFloat32Array()[0] !== 0;
-  } finally {
-    flag.dispose();
-  }
 }
 
 /**

@@ -344,16 +344,13 @@ export function llamaFiles(model: LlamaModel, dtype: DType = 'float32') {
   const stored = SAFETENSORS_DTYPE[dtype];
   return {
     config: `${JSON.stringify(hfConfigJson(model.config, dtype), null, 2)}\n`,
-    /**
-     * `each` runs before each tensor is written, and the file is then flushed to disk tensor by
-     * tensor: between two calls, one tensor's write (a checkpoint's other ranks wait on each).
-     */
-    writeWeights(path: string, metadata: Record<string, string>, each?: () => void): Promise<void> {
+    /** `beforeEach` runs before each tensor is written; `syncEach` flushes each to disk as it is written. */
+    writeWeights(path: string, metadata: Record<string, string>, { beforeEach, syncEach }: { beforeEach?: () => void; syncEach?: boolean } = {}): Promise<void> {
       const specs = Object.fromEntries([...model.tensors].map(([n, t]) => [n, { shape: [...t.shape], dtype: stored }]));
       return writeSafetensorsFrom(path, specs, (n) => {
-        each?.();
+        beforeEach?.();
         return model.tensors.get(n)!.handle(`model '${n}'`).toFloat32Array();
-      }, metadata, { syncEach: each !== undefined });
+      }, metadata, { syncEach });
     },
   };
 }

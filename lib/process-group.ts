@@ -37,20 +37,20 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
   const device = cuda.deviceCount > 1 ? env.localRank % cuda.deviceCount : 0;
   // The group makes `device` current; CUDA tensors made before then are on GPU 0, another
   // rank's GPU, where NCCL and the kernels would fail (or crowd it) far from the cause.
-  const madeEarlier = () => {
+  const refuseTensorsOnOtherGpus = () => {
     const inUse = native.cudaMemoryStats().bytesInUse;
     if (device !== 0 && device !== chosenDevice && inUse > 0)
       throw new Error(`initProcessGroup: ${inUse} bytes of CUDA tensors were made before this process's GPU was chosen; ` +
         `they are on GPU 0, and this rank's GPU is ${device} (LOCAL_RANK ${env.localRank}). ` +
         `Call initProcessGroup, and await it, before making CUDA tensors`);
   };
-  madeEarlier();
+  refuseTensorsOnOtherGpus();
 
   const id = await rendezvous({
     rank: env.rank, worldSize: env.worldSize, addr: env.masterAddr, port: env.rendezvousPort, token: env.jobToken, timeoutMs,
     payload: env.rank === 0 ? native.ncclUniqueId() : undefined,
   });
-  madeEarlier(); // e.g. weights loaded while the rendezvous was awaited
+  refuseTensorsOnOtherGpus(); // e.g. weights loaded while the rendezvous was awaited
   const group = native.ncclGroupCreate(id, env.rank, env.worldSize, device, timeoutMs);
   chosenDevice = device; // a later group (after destroy()) finds its tensors already there
   return ProcessGroup.attach(group, env.rank, env.worldSize, 'nccl');

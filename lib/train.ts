@@ -5,6 +5,7 @@
 import { restoreCheckpointFiles, saveCheckpointFiles, type CheckpointState } from './checkpoint.js';
 import { checkBeta, checkBoolean, checkFloat32, checkInteger, checkOneOf, checkOptions, describe, fail } from './errors.js';
 import { ProcessGroup, type AllReduceWork } from './group.js';
+import { gatherNumbers } from './group-values.js';
 import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type Checkpointing, type RunContext } from './llama.js';
 import { LlamaModel, paramsFromMap, type LlamaParams } from './llama-model.js';
 import { adamwMulti, scale, sumOfSquares, zero, type AdamWEntry } from './ops.js';
@@ -243,27 +244,10 @@ export class Trainer implements Disposable {
     });
   }
 
-  /**
-   * Every rank's numbers, in rank order: each rank writes its values, split into float32 pairs
-   * (hi + lo, so doubles keep ~14 digits), into its own slot of a zeroed buffer; the allReduce
-   * then adds only zeros to each value (exact in any arrival order).
-   */
+  /** Every rank's numbers, in rank order (gatherNumbers; this rank's alone without a group). */
   #gatherNumbers(xs: number[]): number[][] {
     const group = this.#o.group;
-    if (!group || group.worldSize === 1) return [xs];
-    const n = 2 * xs.length, a = new Float32Array(n * group.worldSize), base = n * group.rank;
-    xs.forEach((x, i) => {
-      a[base + 2 * i] = x;
-      a[base + 2 * i + 1] = x - a[base + 2 * i]!;
-    });
-    const t = tensor(a, [a.length], { device: this.model.device }); // an NCCL group reduces cuda tensors only
-    try {
-      group.allReduce(t);
-      const r = t.handle('t').toFloat32Array();
-      return Array.from({ length: group.worldSize }, (_, k) => xs.map((_, i) => r[k * n + 2 * i]! + r[k * n + 2 * i + 1]!));
-    } finally {
-      t.dispose();
-    }
+    return !group || group.worldSize === 1 ? [xs] : gatherNumbers(group, xs, this.model.device); // an NCCL group reduces cuda tensors only
   }
 
   /** Sums numbers over the group with the same bits on every run: summed in rank order, in double. */
@@ -476,8 +460,10 @@ export class Trainer implements Disposable {
    * restores them from the checkpoint). Every file is checked before anything changes; then the
    * tensors are read one at a time, so that only one is in host memory. Should a read still
    * fail then (an I/O error, host memory exhausted), the model is
-   * partly restored and the step count is unchanged: restore again. Await it before any other
-   * call on this trainer.
+   * partly restored and the step count is unchanged: restore again. Over a group, every rank
+   * throws, the step count unchanged, when any rank could not restore or the ranks restored
+   * different saves (each rank reads its own files). Await it before any other call on this
+   * trainer.
    */
   async restoreCheckpoint(dir: string): Promise<void> {
     this.#live();
@@ -506,11 +492,11 @@ export class Trainer implements Disposable {
       if (error !== undefined) throw error;
       return;
     }
-    let hash = 0x811c9dc5; // FNV-1a of the save's id, as two 16-bit halves (exact through #gatherNumbers)
+    let hash = 0x811c9dc5; // FNV-1a of the save's id: 32 bits, exact through gatherNumbers
     for (const c of restored?.save ?? '') hash = Math.imul(hash ^ c.codePointAt(0)!, 0x01000193) >>> 0;
     let rows: number[][];
     try {
-      rows = this.#gatherNumbers(restored ? [0, restored.step, hash >>> 16, hash & 0xffff] : [1, 0, 0, 0]);
+      rows = this.#gatherNumbers(restored ? [0, restored.step, hash] : [1, 0, 0]);
     } catch (e) {
       throw error ?? e;
     }

@@ -89,8 +89,11 @@ Napi::Value GroupSend(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto t = transport(info, true);
     const Tensor& x = unwrap(env, info[3], "tensor");
-    auto block = std::make_shared<std::vector<float>>(x.to_f32());
-    block->push_back(float(static_cast<int>(x.dtype)));
+    const size_t n = size_t(x.numel());
+    auto block = std::make_shared<std::vector<float>>(n + 1);  // the values, then the dtype
+    if (x.device == Device::CPU) ra::convert_to_f32(x.dtype, x.storage->ptr, block->data(), n);
+    else ra::cuda::download_f32(x.storage->ptr, x.dtype, block->data(), n);
+    block->back() = float(static_cast<int>(x.dtype));
     t.send(info[2].As<Napi::Number>().Int32Value(), ra::ring::TAG_USER, std::move(block));
     return env.Undefined();
   });

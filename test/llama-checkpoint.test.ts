@@ -160,7 +160,7 @@ describe('saving, loading, checkpoints', () => {
     }
   });
 
-  it("while rank 0 writes, the other ranks wait one tensor at a time: a sum before each tensor rank 0 writes alone, so that no wait spans the whole save (the group's timeout)", async () => {
+  it("while rank 0 writes alone, every rank joins a sum per tensor it writes and one per phase's end, so that no wait need span the whole save (the group's timeout)", async () => {
     const base = { config: tiny, weights: Object.fromEntries(randomWeights(tiny, 23)), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag', steps: 1, countSave: true };
     for (const shardOptimizer of [false, true]) {
       const out = (await launch({ worldSize: 2 }, rankModule, { ...base, shardOptimizer, saveDir: join(dir, `ck-beats-${shardOptimizer}`) })) as { saveSums: number; tensorCount: number }[];

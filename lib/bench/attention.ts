@@ -100,7 +100,8 @@ function torchRows(configs: Config[], reps: number, device: string): { rows: Tor
   const plain = configs.map((c, id) => ({ id, batch: c.batch * c.documents, seq: c.seq / c.documents, heads: c.heads, dim: c.dim, causal: c.causal }));
   // Bounded: a hung torch (a wedged GPU) costs its rows, not the suite.
   const r = spawnSync('python3', [script, JSON.stringify(plain), String(reps), device], { encoding: 'utf8', maxBuffer: 1 << 26, timeout: TORCH_TIMEOUT_MS, killSignal: 'SIGKILL' });
-  if (r.status !== 0) return (r.stderr || r.error?.message || `exit ${r.status}`).trim().split('\n').pop()!;
+  if (r.error) return r.error.message; // not started, or killed at the limit (ETIMEDOUT)
+  if (r.status !== 0) return (r.stderr || `exit ${r.status}`).trim().split('\n').pop()!;
   const [meta, ...rows] = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
   return { meta, rows };
 }

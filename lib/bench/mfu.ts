@@ -4,7 +4,7 @@
 // (--ranks), or on every process of a launched NCCL job (each GPU holds 1/N of the context).
 import type { ProcessGroup } from '../group.js';
 import { launch } from '../launch.js';
-import { tensor } from '../tensor.js';
+import { gatherNumbers } from '../group-values.js';
 import { initProcessGroup } from '../process-group.js';
 import { parameterCount } from '../llama-config.js';
 import { flopsPerToken, matmulParameters, peakTflops, stepFlopsByFamily } from './flops.js';
@@ -147,20 +147,12 @@ const COLUMNS: Column<MfuRow>[] = [
   { header: 'loss', value: (r) => r.loss, digits: 3 },
 ];
 
-// A profiled rank's time per family against its share (1/ranks) of the step's FLOPs.
-/** The step with the largest of the ranks' peaks (each rank's in its slot of a sum, in MiB so that float32 holds it). */
+/** The step with the largest of the ranks' peaks. */
 function largestPeak(m: StepMeasure, group: ProcessGroup, device: 'cpu' | 'cuda'): StepMeasure {
-  const slots = new Float32Array(group.worldSize);
-  slots[group.rank] = m.peakBytes / 2 ** 20;
-  const t = tensor(slots, [slots.length], { device });
-  try {
-    group.allReduce(t);
-    return { ...m, peakBytes: Math.max(...t.handle('t').toFloat32Array()) * 2 ** 20 };
-  } finally {
-    t.dispose();
-  }
+  return { ...m, peakBytes: Math.max(...gatherNumbers(group, [m.peakBytes], device).map(([b]) => b!)) };
 }
 
+// A profiled rank's time per family against its share (1/ranks) of the step's FLOPs.
 function familyRates(flops: Record<string, number>, ms: Breakdown, ranks: number): Record<string, number> {
   return Object.fromEntries(Object.entries(flops).filter(([f]) => ms[f]).map(([f, n]) => [f, n / ranks / (ms[f]! * 1e-3) / 1e12]));
 }

@@ -9,6 +9,7 @@
 import { attention, attentionBackward } from '../attention.js';
 import { cudaSynchronize } from '../index.js';
 import type { ProcessGroup } from '../group.js';
+import { anyRankSays, gatherNumbers } from '../group-values.js';
 import { launch } from '../launch.js';
 import { initProcessGroup } from '../process-group.js';
 import type { Layout } from '../shard.js';
@@ -89,26 +90,16 @@ const worst = (rs: { forward: RingParts; backward: RingParts }[], pass: 'forward
 
 type RankFigures = { forward: RingParts; backward: RingParts };
 
-/** Every rank's figures, on every rank, through one allReduce of one slot per rank. */
+/** Every rank's figures, on every rank (gatherNumbers). */
 export function gatherFigures(group: ProcessGroup, mine: RankFigures, device: 'cpu' | 'cuda'): RankFigures[] {
   const flat = (p: RingParts) => [p.both, p.compute, p.transfers, p.queued, ...p.steps.flatMap((s) => [s.computeMs, s.transferMs, s.wholeMs])];
-  const values = [...flat(mine.forward), ...flat(mine.backward)];
-  const n = values.length, all = new Float64Array(n * group.worldSize);
-  all.set(values, n * group.rank);
-  // float32 holds milliseconds to ~7 digits, and every other slot adds zeros: exact enough
-  const t = tensor(Float32Array.from(all), [all.length], { device });
-  try {
-    group.allReduce(t);
-    const sums = t.handle('t').toFloat32Array();
-    const steps = mine.forward.steps.length;
-    const parts = (at: number): RingParts => ({
-      both: sums[at]!, compute: sums[at + 1]!, transfers: sums[at + 2]!, queued: sums[at + 3]!,
-      steps: Array.from({ length: steps }, (_, i) => ({ computeMs: sums[at + 4 + 3 * i]!, transferMs: sums[at + 5 + 3 * i]!, wholeMs: sums[at + 6 + 3 * i]! })),
-    });
-    return Array.from({ length: group.worldSize }, (_, r) => ({ forward: parts(r * n), backward: parts(r * n + n / 2) }));
-  } finally {
-    t.dispose();
-  }
+  const rows = gatherNumbers(group, [...flat(mine.forward), ...flat(mine.backward)], device);
+  const steps = mine.forward.steps.length, half = rows[0]!.length / 2;
+  const parts = (v: number[], at: number): RingParts => ({
+    both: v[at]!, compute: v[at + 1]!, transfers: v[at + 2]!, queued: v[at + 3]!,
+    steps: Array.from({ length: steps }, (_, i) => ({ computeMs: v[at + 4 + 3 * i]!, transferMs: v[at + 5 + 3 * i]!, wholeMs: v[at + 6 + 3 * i]! })),
+  });
+  return rows.map((v) => ({ forward: parts(v, 0), backward: parts(v, half) }));
 }
 
 /** A point that every rank of a launched job skips together (still in step). */
@@ -116,13 +107,7 @@ class SkippedPoint extends Error {}
 
 /** Whether every rank says `ok` (one allReduce: a rank that is not in step fails it). */
 export function allSucceeded(group: ProcessGroup, ok: boolean, device: 'cpu' | 'cuda'): boolean {
-  const t = tensor(new Float32Array([ok ? 0 : 1]), [1], { device });
-  try {
-    group.allReduce(t);
-    return t.handle('t').toFloat32Array()[0] === 0;
-  } finally {
-    t.dispose();
-  }
+  return !anyRankSays(group, !ok, device);
 }
 
 /** Mean over steps of whole / max(compute, transfers), measured inside the whole call (steps doing neither left out). */

@@ -72,8 +72,9 @@ class Group {
     // a peer that never comes to it costs an abort, not a hang.
     if (comm_) {
       try {
-        check(api_.CommFinalize(comm_), "ncclCommFinalize");
-        settle("destroy (finalizing the communicator; every rank of this node destroys its group)");
+        const ncclResult_t r = api_.CommFinalize(comm_);
+        if (r != ncclSuccess && r != ncclInProgress) abort();
+        else settle("destroy (finalizing the communicator; every rank of this node destroys its group)");
       } catch (...) {
         // aborted: nothing left to destroy
       }
