@@ -93,6 +93,8 @@ struct Tensor {
   static Tensor empty(std::vector<int64_t> shape, DType dtype, Device device);
   // Float32 copy (or the data itself when already float32) of a CPU tensor.
   std::vector<float> to_f32() const;
+  // The same, into numel() floats at `out` (from either device).
+  void read_f32(float* out) const;
   const float* f32() const { return static_cast<const float*>(storage->ptr); }
   float* f32() { return static_cast<float*>(storage->ptr); }
 };

@@ -91,8 +91,7 @@ Napi::Value GroupSend(const Napi::CallbackInfo& info) {
     const Tensor& x = unwrap(env, info[3], "tensor");
     const size_t n = size_t(x.numel());
     auto block = std::make_shared<std::vector<float>>(n + 1);  // the values, then the dtype
-    if (x.device == Device::CPU) ra::convert_to_f32(x.dtype, x.storage->ptr, block->data(), n);
-    else ra::cuda::download_f32(x.storage->ptr, x.dtype, block->data(), n);
+    x.read_f32(block->data());
     block->back() = float(static_cast<int>(x.dtype));
     t.send(info[2].As<Napi::Number>().Int32Value(), ra::ring::TAG_USER, std::move(block));
     return env.Undefined();
@@ -129,10 +128,8 @@ Napi::Value GroupAllReduce(const Napi::CallbackInfo& info) {
     std::vector<float> values(total);  // every tensor, one after the other
     float* at = values.data();
     for (const Tensor* x : ts) {
-      const size_t n = size_t(x->numel());
-      if (x->device == Device::CPU) ra::convert_to_f32(x->dtype, x->storage->ptr, at, n);
-      else ra::cuda::download_f32(x->storage->ptr, x->dtype, at, n);
-      at += n;
+      x->read_f32(at);
+      at += x->numel();
     }
     ra::ring::Collective call{"allReduce", {}};
     for (const Tensor* x : ts) call.parts.push_back(std::to_string(x->numel()) + " " + ra::dtype_name(x->dtype) + " elements");

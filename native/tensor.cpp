@@ -119,9 +119,14 @@ Tensor Tensor::empty(std::vector<int64_t> shape, DType dtype, Device device) {
 
 std::vector<float> Tensor::to_f32() const {
   std::vector<float> out(static_cast<size_t>(numel()));
-  if (device == Device::CPU) convert_to_f32(dtype, storage->ptr, out.data(), out.size());
-  else cuda::download_f32(storage->ptr, dtype, out.data(), out.size());
+  read_f32(out.data());
   return out;
+}
+
+void Tensor::read_f32(float* out) const {
+  const size_t n = static_cast<size_t>(numel());
+  if (device == Device::CPU) convert_to_f32(dtype, storage->ptr, out, n);
+  else cuda::download_f32(storage->ptr, dtype, out, n);
 }
 
 }  // namespace ra
