@@ -102,6 +102,10 @@ interface Native {
   /** The file `nameOrPath` resolves to through the dynamic loader, or '' when it cannot be opened. */
   findLibrary(nameOrPath: string): string;
   cudaMemoryStats(): CudaMemoryStats;
+  /** Bytes of the CUDA tensors alive on that GPU (0 without CUDA). */
+  cudaBytesInUseOn(device: number): number;
+  /** Makes `device` the GPU of this thread's later tensors and kernels. */
+  cudaSetDevice(device: number): void;
   hostMemoryStats(): HostMemoryStats;
   resetPeakMemoryStats(): void;
   cudaEmptyCache(): void;

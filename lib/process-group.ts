@@ -35,25 +35,22 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
   // (Slurm may also give each task a few GPUs of its own: the modulo keeps their sets apart, and
   // NCCL itself refuses two ranks on one GPU.)
   const device = cuda.deviceCount > 1 ? env.localRank % cuda.deviceCount : 0;
-  // The group makes `device` current; CUDA tensors made before then are on GPU 0, another
-  // rank's GPU, where NCCL and the kernels would fail (or crowd it) far from the cause.
-  const refuseTensorsOnOtherGpus = () => {
-    const inUse = native.cudaMemoryStats().bytesInUse;
-    if (device !== 0 && device !== chosenDevice && inUse > 0)
-      throw new Error(`initProcessGroup: ${inUse} bytes of CUDA tensors were made before this process's GPU was chosen; ` +
-        `they are on GPU 0, and this rank's GPU is ${device} (LOCAL_RANK ${env.localRank}). ` +
-        `Call initProcessGroup, and await it, before making CUDA tensors`);
-  };
-  refuseTensorsOnOtherGpus();
+  // This process's GPU becomes current now, before the first await, so that tensors made while
+  // the rendezvous is awaited (weights being loaded, say) are made there. Tensors made before
+  // this call are on GPU 0, another rank's GPU, where NCCL and the kernels would fail (or crowd
+  // it) far from the cause.
+  const onGpu0 = device === 0 ? 0 : native.cudaBytesInUseOn(0);
+  if (onGpu0 > 0)
+    throw new Error(`initProcessGroup: ${onGpu0} bytes of CUDA tensors were made on GPU 0 before this process's GPU was chosen; ` +
+      `this rank's GPU is ${device} (LOCAL_RANK ${env.localRank}), and GPU 0 is another rank's. ` +
+      `Call initProcessGroup, and await it, before making CUDA tensors`);
+  native.cudaSetDevice(device);
 
   const id = await rendezvous({
     rank: env.rank, worldSize: env.worldSize, addr: env.masterAddr, port: env.rendezvousPort, token: env.jobToken, timeoutMs,
     payload: env.rank === 0 ? native.ncclUniqueId() : undefined,
   });
-  refuseTensorsOnOtherGpus(); // e.g. weights loaded while the rendezvous was awaited
   const group = native.ncclGroupCreate(id, env.rank, env.worldSize, device, timeoutMs);
-  chosenDevice = device; // a later group (after destroy()) finds its tensors already there
   return ProcessGroup.attach(group, env.rank, env.worldSize, 'nccl');
 }
 
-let chosenDevice: number | undefined;

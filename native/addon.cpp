@@ -216,6 +216,21 @@ Napi::Value CudaMemoryStats(const Napi::CallbackInfo& info) {
   });
 }
 
+// cudaBytesInUseOn(device): bytes of the tensors alive on that GPU
+Napi::Value CudaBytesInUseOn(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    return Napi::Number::New(env, double(ra::cuda::bytes_in_use_on(info[0].As<Napi::Number>().Int32Value())));
+  });
+}
+
+// cudaSetDevice(device): the GPU this process's later tensors and kernels use
+Napi::Value CudaSetDevice(const Napi::CallbackInfo& info) {
+  return guard(info, [&](Napi::Env env) -> Napi::Value {
+    ra::cuda::set_device(info[0].As<Napi::Number>().Int32Value());
+    return env.Undefined();
+  });
+}
+
 Napi::Value HostMemoryStats(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
     auto s = ra::host_memory_stats();
@@ -265,6 +280,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("findLibrary", Napi::Function::New(env, FindLibrary));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
   exports.Set("cudaMemoryStats", Napi::Function::New(env, CudaMemoryStats));
+  exports.Set("cudaBytesInUseOn", Napi::Function::New(env, CudaBytesInUseOn));
+  exports.Set("cudaSetDevice", Napi::Function::New(env, CudaSetDevice));
   exports.Set("hostMemoryStats", Napi::Function::New(env, HostMemoryStats));
   exports.Set("resetPeakMemoryStats", Napi::Function::New(env, ResetPeakMemoryStats));
   exports.Set("cudaEmptyCache", Napi::Function::New(env, CudaEmptyCache));

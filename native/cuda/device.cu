@@ -165,6 +165,16 @@ AllocatorStats allocator_stats() {
   return cache().stats;
 }
 
+size_t bytes_in_use_on(int device) {
+  std::lock_guard<std::mutex> lock(cache().mu);
+  size_t bytes = 0;
+  for (const auto& [ptr, block] : cache().live)
+    if (block.device == device) bytes += block.size;
+  return bytes;
+}
+
+void set_device(int device) { check(cudaSetDevice(device), "cudaSetDevice"); }
+
 void reset_peak() {
   std::lock_guard<std::mutex> lock(cache().mu);
   cache().stats.peak_bytes_in_use = cache().stats.bytes_in_use;

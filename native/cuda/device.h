@@ -40,6 +40,9 @@ RuntimeInfo query();
 void* alloc(size_t bytes);
 void release(void* ptr);
 AllocatorStats allocator_stats();
+size_t bytes_in_use_on(int device);  // of the tensors alive on that GPU
+// Makes `device` current for this thread: the GPU its later tensors, kernels and handles use.
+void set_device(int device);
 void reset_peak();  // peak_bytes_in_use := bytes_in_use
 void empty_cache();
 

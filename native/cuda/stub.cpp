@@ -18,6 +18,8 @@ RuntimeInfo query() {
 void* alloc(size_t) { throw not_compiled(); }
 void release(void*) {}
 AllocatorStats allocator_stats() { return {}; }
+size_t bytes_in_use_on(int) { return 0; }
+void set_device(int) { throw not_compiled(); }
 void reset_peak() {}
 void empty_cache() {}
 void upload_f32(const float*, void*, DType, size_t) { throw not_compiled(); }

@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 
 import { attention, cudaMemoryStats, info, tensor } from '../../dist/index.js';
+import { native } from '../../dist/native.js';
 import { randomArray, roundTo } from '../reference.js';
 
 const cuda = info().cuda;
@@ -40,6 +41,16 @@ describe.skipIf(!cuda.available)(title, () => {
     expect(after.cudaMallocCalls).toBe(before.cudaMallocCalls);
     expect(after.cacheHits).toBeGreaterThan(before.cacheHits);
     expect(after.bytesInUse).toBe(before.bytesInUse);
+  });
+
+  it("bytes in use are counted per GPU (initProcessGroup refuses a rank's tensors on GPU 0 by this count)", () => {
+    const before = native.cudaBytesInUseOn(0), elsewhere = native.cudaBytesInUseOn(cuda.deviceCount);
+    const t = tensor(new Float32Array(1 << 20), [1 << 20], { device: 'cuda' });
+    expect(native.cudaBytesInUseOn(0)).toBe(before + 4 * (1 << 20));
+    expect(native.cudaBytesInUseOn(cuda.deviceCount)).toBe(elsewhere);
+    expect(elsewhere).toBe(0); // no such GPU
+    t.dispose();
+    expect(native.cudaBytesInUseOn(0)).toBe(before);
   });
 
   it('attention on float32 cuda tensors is refused: the kernels take bfloat16/float16', () => {
