@@ -65,6 +65,8 @@ export function parseLaunchArgs(argv: string[]): LaunchArgs {
   const nnodes = integer('nnodes', opts.get('nnodes') ?? '1', 1);
   if (nnodes > 1 && !opts.get('rdzv-id') && !process.env.RING_ATTENTION_JOB_TOKEN)
     throw new UsageError('--rdzv-id is required with --nnodes > 1: give every node the same job id');
+  if (nnodes > 1 && !opts.has('node-rank'))
+    throw new UsageError('--node-rank is required with --nnodes > 1: 0 on the node of rank 0, then 1, 2, ... (two nodes both taking 0 would claim the same ranks)');
   if (nnodes > 1 && !opts.get('master-addr'))
     throw new UsageError("--master-addr is required with --nnodes > 1: the address of node 0, where rank 0 runs (127.0.0.1 would be each node's own)");
   return {

@@ -82,12 +82,13 @@ export function rankRanges(ranks: number[]): string {
   return runs.length > 16 ? `${runs.slice(0, 16).join(', ')}, ... (${ranks.length} in all)` : runs.join(', ');
 }
 
+const ranks = (rs: number[]) => `rank${rs.length > 1 ? 's' : ''} ${rankRanges(rs)}`;
+
 function serve(o: RendezvousOptions): Promise<Uint8Array> {
   const payload = o.payload ?? new Uint8Array();
   if (o.worldSize === 1) return Promise.resolve(payload); // nobody to wait for: no port taken
   return new Promise((resolve, reject) => {
     const joined = new Map<number, Socket>();
-    const left = new Set<number>(); // ranks that joined, then closed their connection
     const refused = new Map<number, string>(); // connections turned away by the rank they claimed, and why
     const sockets = new Set<Socket>(); // every connection, so that idle ones are closed at the end
     const server = createServer();
@@ -111,11 +112,8 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
       const absent = Array.from({ length: o.worldSize - 1 }, (_, i) => i + 1).filter((r) => !joined.has(r));
       // A refused connection only claimed its rank (another job's rank 1, say): ours may still be missing.
       const turnedAway = absent.filter((r) => refused.has(r));
-      const never = absent.filter((r) => !left.has(r)), gone = absent.filter((r) => left.has(r));
-      const ranks = (rs: number[]) => `rank${rs.length > 1 ? 's' : ''} ${rankRanges(rs)}`;
       const why = [
-        ...(never.length ? [`${ranks(never)} never arrived`] : []),
-        ...(gone.length ? [`${ranks(gone)} arrived, then closed the connection`] : []),
+        `${ranks(absent)} never arrived`,
         ...turnedAway.slice(0, 4).map((r) => `a connection claiming rank ${r} was refused (${refused.get(r)})`),
         ...(turnedAway.length > 4 ? [`${turnedAway.length - 4} more such connections were refused`] : []),
       ];
@@ -140,8 +138,13 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
         clearTimeout(hello);
         sockets.delete(socket);
         if (joined.get(rank) !== socket) return;
-        joined.delete(rank); // it counts as missing again
-        left.add(rank);
+        joined.delete(rank);
+        // Its process ended (a launcher on its node takes a failed rank's siblings down too), or
+        // it gave up: the job cannot start, and the ranks still waiting, on any node, hear it now
+        // rather than at the deadline.
+        const absent = Array.from({ length: o.worldSize - 1 }, (_, i) => i + 1).filter((r) => r !== rank && !joined.has(r));
+        finish(new Error(`rendezvous failed at port ${o.port}: rank ${rank} joined, then closed its connection (did its process end?)` +
+          (absent.length ? `; ${ranks(absent)} had not arrived` : '')));
       });
       readMessages(socket, (m) => {
         const h = m as Partial<Hello>;
@@ -154,7 +157,6 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
         rank = h.rank!;
         clearTimeout(hello); // it waits for the others now
         joined.set(rank, socket);
-        left.delete(rank);
         refused.delete(rank); // what is said of it now is what this connection does
         if (joined.size === o.worldSize - 1) finish();
       }, refuse);
@@ -176,7 +178,9 @@ function answer(m: unknown, where: string): Uint8Array | Error {
 
 // Connects to rank 0, retrying while it is not listening yet, until the deadline. Once its
 // hello is sent, a rank waits a little past its own deadline: rank 0's timer, started no
-// earlier, answers every rank that came with the names of those that did not.
+// earlier, answers every rank that came with the names of those that did not. A connection
+// that rank 0 accepted and then lost is final: its process ended, and a new one would be another
+// job's rank 0 (a rendezvous is one round).
 function join(o: RendezvousOptions): Promise<Uint8Array> {
   const deadline = Date.now() + o.timeoutMs, grace = Math.max(5_000, o.timeoutMs / 10);
   const where = `${o.addr}:${o.port}`;
@@ -193,11 +197,20 @@ function join(o: RendezvousOptions): Promise<Uint8Array> {
         clearTimeout(timer);
         then();
       };
-      const retry = (why: string) => end(() => setTimeout(() => attempt(why), 100));
+      let connected = false;
+      const retry = (why: string) => end(() => {
+        if (!connected) return void setTimeout(() => attempt(why), 100);
+        socket.destroy();
+        reject(new Error(`rendezvous: rank 0 at ${where} closed the connection without answering (${why}; did its process end?)`));
+      });
       socket.on('connect', () => {
+        connected = true;
         clearTimeout(timer);
         // Longer delays than a timer holds would fire at once (and reconnect in a loop).
-        timer = setTimeout(() => socket.destroy(new Error('connected, but rank 0 sent no answer')), Math.min(MAX_TIMER_MS, deadline + grace - Date.now()));
+        timer = setTimeout(() => end(() => {
+          socket.destroy();
+          reject(new Error(`rendezvous: rank ${o.rank} reached rank 0 at ${where}, which sent no answer within ${o.timeoutMs} ms and ${grace} ms of grace`));
+        }), Math.min(MAX_TIMER_MS, deadline + grace - Date.now()));
         send(socket, { token: o.token, rank: o.rank, worldSize: o.worldSize });
       });
       readMessages(socket, (m) => end(() => {
@@ -210,7 +223,7 @@ function join(o: RendezvousOptions): Promise<Uint8Array> {
         reject(new Error(`rendezvous: bad answer from ${where}: ${why}`));
       }));
       socket.on('error', (e: NodeJS.ErrnoException) => retry(e.code ?? e.message));
-      socket.on('close', () => retry('rank 0 closed the connection without answering'));
+      socket.on('close', () => retry('closed'));
     };
     attempt('never tried');
   });

@@ -231,7 +231,8 @@ describe('ring-attention launch', () => {
       [['--nproc-per-node', '2', '--bogus', '1', rankScript], /unknown option --bogus/],
       [['--nproc-per-node', '2', '--grace-ms', '3000000000', rankScript], /--grace-ms: expected an integer in \[0, 2147483647\]/],
       [['--nproc-per-node', '2', '--nnodes', '2', rankScript], /--rdzv-id is required with --nnodes > 1/],
-      [['--nproc-per-node', '2', '--nnodes', '2', '--rdzv-id', 'a', rankScript], /--master-addr is required with --nnodes > 1/],
+      [['--nproc-per-node', '2', '--nnodes', '2', '--rdzv-id', 'a', rankScript], /--node-rank is required with --nnodes > 1/],
+      [['--nproc-per-node', '2', '--nnodes', '2', '--node-rank', '0', '--rdzv-id', 'a', rankScript], /--master-addr is required with --nnodes > 1/],
       [['--nproc-per-node', '2', '--nnodes', '2', '--node-rank', '2', '--rdzv-id', 'a', '--master-addr', 'n0', rankScript], /--node-rank: expected an integer in \[0, 1\]/],
       [['--nproc-per-node', '3', rankScript], /CUDA_VISIBLE_DEVICES lists 2 device\(s\), fewer than --nproc-per-node 3/, { CUDA_VISIBLE_DEVICES: '0,1' }],
     ];

@@ -130,14 +130,16 @@ describe('rendezvous', () => {
     expect((await zero).error).toBe(`rendezvous timed out after 3000 ms at port ${port}: ranks 1, 2 never arrived; a connection claiming rank 1 was refused (worldSize 2 does not match rank 0's 3)`);
   });
 
-  it('a rank refused, then joined for real and gone, is named for what it did last', async () => {
+  it('a rank refused, then joined for real and gone, fails the rendezvous at once, named for what it did last', async () => {
     const port = await freePort();
-    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 3_000 });
+    const t0 = Date.now();
+    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 20_000 });
     await listening(port);
     expect(await answer(port, frame(JSON.stringify({ token: 'job-2', rank: 1, worldSize: 3 })))).toMatch(/rendezvous refused: the job token does not match/);
     // Joins, then closes: the end comes after the hello in the stream, so rank 0 reads both in order.
     connect(port, '127.0.0.1', function (this: Socket) { this.end(frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 }))); }).on('error', () => {});
-    expect((await zero).error).toBe(`rendezvous timed out after 3000 ms at port ${port}: rank 2 never arrived; rank 1 arrived, then closed the connection`);
+    expect((await zero).error).toBe(`rendezvous failed at port ${port}: rank 1 joined, then closed its connection (did its process end?); rank 2 had not arrived`);
+    expect(Date.now() - t0).toBeLessThan(15_000); // not its 20 s deadline
   });
 
   it('a missing rank times out with an error naming it, on rank 0 and on those that came', async () => {
@@ -164,15 +166,33 @@ describe('rendezvous', () => {
     expect((await one).error).toBe((await zero).error);
   });
 
-  it('a rank that joined and left is named apart from those that never came; long lists are ranges', async () => {
+  it('a rank that joined and left ends the rendezvous at once, naming the ranks still absent as ranges', async () => {
+    // Rank 0 answers the ranks waiting through the same path as its timeout (tested above with a
+    // rank that came): here, only its own error and how soon it comes.
     const port = await freePort();
-    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, timeoutMs: 1_500 });
+    const t0 = Date.now();
+    const zero = rank({ rank: 0, worldSize: 5, port, payload: id, timeoutMs: 20_000 });
     await listening(port);
-    const s = connect(port, '127.0.0.1', () => s.end(frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 }))));
+    const s = connect(port, '127.0.0.1', () => s.end(frame(JSON.stringify({ token: 'job-1', rank: 3, worldSize: 5 }))));
     s.on('error', () => {});
-    expect((await zero).error).toMatch(/: rank 2 never arrived; rank 1 arrived, then closed the connection$/);
+    expect((await zero).error).toBe(`rendezvous failed at port ${port}: rank 3 joined, then closed its connection (did its process end?); ranks 1, 2, 4 had not arrived`);
+    expect(Date.now() - t0).toBeLessThan(15_000);
     expect(rankRanges([1, 2, 3, 4, 5, 7, 9, 10])).toBe('1-5, 7, 9, 10');
     expect(rankRanges(Array.from({ length: 40 }, (_, i) => 2 * i))).toMatch(/^0, 2, .*, 30, \.\.\. \(40 in all\)$/);
+  });
+
+  it('a rank whose rank 0 accepted its hello and then went away fails at once, not at its deadline', async () => {
+    const port = await freePort();
+    const fakeZero = createServer((c) => c.once('data', () => c.destroy())); // reads the hello, then "dies"
+    await new Promise<void>((r) => fakeZero.listen(port, '127.0.0.1', r));
+    try {
+      const t0 = Date.now();
+      const one = await rank({ rank: 1, worldSize: 2, port, timeoutMs: 20_000 });
+      expect(one.error).toMatch(/^rendezvous: rank 0 at 127\.0\.0\.1:\d+ closed the connection without answering \((closed|ECONNRESET); did its process end\?\)$/);
+      expect(Date.now() - t0).toBeLessThan(15_000);
+    } finally {
+      fakeZero.close();
+    }
   });
 
   it('frames after a refused hello are not read: a wrong token cannot be followed by a rank\'s hello', async () => {
