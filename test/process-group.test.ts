@@ -19,6 +19,7 @@ describe('initProcessGroup', () => {
     await expect(initProcessGroup({ backend: 'gloo' } as any)).rejects.toThrow(/^opts\.backend: expected 'nccl' \(groups of threads come from launch\(\)\), got "gloo"/);
     await expect(initProcessGroup(undefined as any)).rejects.toThrow(TypeError);
     await expect(initProcessGroup({ backend: 'nccl', timeoutMs: 0, env })).rejects.toThrow(/^opts\.timeoutMs/);
+    await expect(initProcessGroup({ backend: 'nccl', rendezvousTimeoutMs: 1.5, env })).rejects.toThrow(/^opts\.rendezvousTimeoutMs/);
     await expect(initProcessGroup({ backend: 'nccl', env: {} })).rejects.toThrow(/no RANK\/WORLD_SIZE/);
   });
 
