@@ -69,7 +69,9 @@ export class ProcessGroup {
    * Sends `t` as it is now to rank `peer`, returning without waiting for the receiver: `t` may
    * be written at once (on NCCL the send is of a copy), so send(t, next); recv(t, prev) shifts
    * `t` around the ring. On an NCCL group the send is posted together with this rank's next
-   * recv() (one NCCL group) or before its next collective, so that pattern cannot deadlock.
+   * recv() (one NCCL group) or before its next collective, so that pattern cannot deadlock; the
+   * receiver must recv() it before its own next collective or ring call (a 'local' group
+   * refuses one received after, which over NCCL would hang).
    */
   send(t: Tensor, peer: number): void {
     const id = ProcessGroup.idOf(this, 'group'), h = this.#tensor(t, 't').handle('t'), p = this.#peer(peer);

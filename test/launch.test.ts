@@ -142,6 +142,15 @@ describe('launch', () => {
     expect(Date.now() - started).toBeLessThan(20_000); // not the 60 s timeout
   });
 
+  for (const [mode, call] of [['across-allreduce', 'allReduce'], ['across-ring', "ring attention's argument check"]] as const)
+    it(`a send() received only after a later collective (${mode}) is refused, as over NCCL it would hang`, async () => {
+      const out = (await launch({ worldSize: 2 }, fixture('recv-misuse.mjs'), { mode })) as string[];
+      const why = `rank 0 sent rank 1 a tensor that rank 1 had not received when every rank joined ${call}; over NCCL that send ` +
+        'would go out before the collective and hang (or meet its traffic): recv() it before the collective, or send() it after';
+      // The last rank to arrive throws it; the other, released by the abort, says so.
+      expect(out.slice().sort()).toEqual(['group aborted: ' + why, why]);
+    });
+
   // Only rank threads send, so once every rank still in the group waits and none can be met the
   // group aborts at once, naming each wait (before, only the timeout ended it).
   const rule = '; a recv() needs a send() from its peer, and every rank must make the same collective calls in the same order';

@@ -152,6 +152,20 @@ void LocalGroup::all_reduce_sum(int rank, float* data, size_t n, const Collectiv
   arrived_mask_[size_t(rank)] = 1;
   const int64_t gen = generation_;
   if (++arrived_ == world_) {
+    // Every rank is here, so a send() still in a mailbox came before its sender's collective and
+    // is received after its receiver's. Over NCCL that send goes out before the collective (or a
+    // ring call's first block), and the receiver, not yet at its recv(), leaves it unmatched (a
+    // hang until the timeout) or matches it with the other call's traffic. Refused here, where
+    // the CPU tests run.
+    for (const auto& [key, box] : mail_) {
+      const auto& [from, to, tag] = key;
+      if (tag != TAG_USER || box.empty()) continue;
+      const std::string why = "rank " + std::to_string(from) + " sent rank " + std::to_string(to) +
+                              " a tensor that rank " + std::to_string(to) + " had not received when every rank joined " +
+                              call.name + "; over NCCL that send would go out before the collective and hang (or meet its traffic): recv() it before the collective, or send() it after";
+      abort_locked(why);
+      throw UserError("Error", why);
+    }
     // Summed in rank order, not arrival order: the same bits on every run.
     result_ = contrib_[0];
     for (int r = 1; r < world_; ++r)
