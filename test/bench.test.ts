@@ -9,6 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { flopsPerToken, matmulParameters, minOverlapBlock, peakTflops, stepFlopsByFamily } from '../dist/bench/flops.js';
 import { fitLine } from '../dist/bench/memory.js';
+import { predictedNotToFit } from '../dist/bench/suite.js';
 import { commitOf } from '../dist/bench/report.js';
 import { median } from '../dist/bench/timing.js';
 import { familyOf, profile } from '../dist/bench/profile.js';
@@ -136,6 +137,17 @@ describe('FLOP accounting and peaks', () => {
     expect(f.intercept).toBeCloseTo(3, 12);
     expect(f.r2).toBeCloseTo(1, 12);
     expect(fitLine([1, 2, 3], [1, 3, 2]).r2).toBeLessThan(0.5);
+  });
+
+  it("a doubling search skips a context whose peak, on the line through the last two, is over the GPU's memory", () => {
+    const GiB = 2 ** 30;
+    // 20.7 GiB of weights and state plus 0.18 GiB a 1K tokens (the 1B preset's shape, computed)
+    const rows = [256, 512].map((k) => ({ context: k * 1024, peakBytes: (20.7 + 0.18 * k) * GiB }));
+    expect(predictedNotToFit(rows, 1024 * 1024, 139 * GiB)).toBe(
+      'not tried: contexts 262144 and 524288 predict a peak of 205.0 GiB, over the GPU\'s 139.0 GiB');
+    expect(predictedNotToFit(rows, 1024 * 1024, 210 * GiB)).toBeNull(); // fits: tried
+    expect(predictedNotToFit(rows.slice(1), 1024 * 1024, 139 * GiB)).toBeNull(); // one point draws no line
+    expect(predictedNotToFit(rows, 1024 * 1024, null)).toBeNull(); // the CPU: no limit known
   });
 });
 

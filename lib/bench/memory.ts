@@ -5,7 +5,7 @@
 // layer plus one layer's working set when checkpointing (the paper's Table 1). The suite fits
 // that line and prints its slope in hidden-sized vectors (of the compute dtype) per token per layer.
 import type { Column } from './report.js';
-import { intOption, MAX_CONTEXT, type Suite } from './suite.js';
+import { intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
 import { measureStep, type StepArgs } from './train-step.js';
 import type { LlamaConfig } from '../llama-config.js';
 import { COMPUTE_DTYPE } from '../llama-model.js';
@@ -62,6 +62,13 @@ export const memorySuite: Suite<MemoryRow> = {
       for (const checkpoint of modes)
         for (const context of contexts) {
           progress.start(`context ${context}, checkpointing ${label(checkpoint)}`);
+          const skip = Number.isFinite(max) ? null
+            : predictedNotToFit(rows.filter((r) => r.checkpoint === checkpoint), context, ctx.machine.gpuMemoryBytes);
+          if (skip) {
+            notes.push(`context ${context}, checkpointing ${label(checkpoint)}: ${skip}`);
+            progress.done('not tried');
+            break;
+          }
           const args: StepArgs = { config, device: ctx.device, context, checkpoint, layout: 'contiguous', steps: 0, breakdown: false };
           let m;
           try {

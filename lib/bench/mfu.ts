@@ -10,7 +10,7 @@ import { parameterCount } from '../llama-config.js';
 import { flopsPerToken, matmulParameters, peakTflops, stepFlopsByFamily } from './flops.js';
 import type { Breakdown } from './profile.js';
 import type { Column } from './report.js';
-import { intOption, MAX_CONTEXT, type Suite } from './suite.js';
+import { intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
 import { measureStep, type StepArgs, type StepMeasure } from './train-step.js';
 
 export interface MfuRow {
@@ -74,6 +74,13 @@ export const mfuSuite: Suite<MfuRow> = {
     try {
       for (const context of contexts) {
         progress.start(`context ${context}`);
+        // Only where the search doubles on its own: a context asked for outright is tried.
+        const skip = Number.isFinite(max) ? null : predictedNotToFit(rows, context, ctx.machine.gpuMemoryBytes);
+        if (skip) {
+          notes.push(`context ${context}: ${skip}`);
+          progress.done('not tried');
+          break;
+        }
         const args: StepArgs = { config, device: ctx.device, context, checkpoint, layout: o.layout as never,
           steps, breakdown: !o['no-breakdown'] };
         let m: StepMeasure;

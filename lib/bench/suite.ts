@@ -53,3 +53,20 @@ export function intList(o: SuiteOptions, name: string): number[] {
 
 /** Where "double until it does not fit" stops at the latest: 64M tokens. */
 export const MAX_CONTEXT = 2 ** 26;
+
+/**
+ * Why a doubling search should not try `context`: the peak memory that a line through the last
+ * two steps measured predicts for it (training memory grows linearly with the context) exceeds
+ * the GPU's, or null to try it. A step that cannot fit would otherwise run for minutes (its
+ * attention grows as the square) before running out of memory near its end.
+ */
+export function predictedNotToFit(measured: readonly { context: number; peakBytes: number }[], context: number,
+  deviceBytes: number | null): string | null {
+  if (deviceBytes === null || measured.length < 2) return null;
+  const [a, b] = measured.slice(-2) as [{ context: number; peakBytes: number }, { context: number; peakBytes: number }];
+  if (b.context === a.context) return null;
+  const predicted = b.peakBytes + ((b.peakBytes - a.peakBytes) / (b.context - a.context)) * (context - b.context);
+  if (predicted <= deviceBytes) return null;
+  const gib = (x: number) => `${(x / 2 ** 30).toFixed(1)} GiB`;
+  return `not tried: contexts ${a.context} and ${b.context} predict a peak of ${gib(predicted)}, over the GPU's ${gib(deviceBytes)}`;
+}
