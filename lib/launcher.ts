@@ -16,7 +16,7 @@ export const LAUNCH_USAGE = `usage: ring-attention launch --nproc-per-node N [--
 
   --nproc-per-node N   processes on this node, one per GPU (required)
   --nnodes M           nodes in the job (default 1); run the same command on each node
-  --node-rank R        this node's index in [0, M) (default 0)
+  --node-rank R        this node's index in [0, M) (0 with one node; required with --nnodes > 1)
   --master-addr HOST   where rank 0 runs (default 127.0.0.1; required with --nnodes > 1)
   --master-port PORT   rank 0's rendezvous port (default 29500)
   --rdzv-id ID         the job's token, the same on every node (required with --nnodes > 1)

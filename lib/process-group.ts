@@ -53,7 +53,11 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
     throw new Error(`initProcessGroup: ${onGpu0} bytes of CUDA tensors were made on GPU 0 before this process's GPU was chosen; ` +
       `this rank's GPU is ${device} (LOCAL_RANK ${env.localRank}), and GPU 0 is another rank's. ` +
       `Call initProcessGroup, and await it, before making CUDA tensors`);
-  native.cudaSetDevice(device);
+  try {
+    native.cudaSetDevice(device);
+  } catch (e) {
+    throw new Error(`initProcessGroup: cannot use GPU ${device} (LOCAL_RANK ${env.localRank} of ${cuda.deviceCount} visible): ${(e as Error).message}`);
+  }
 
   const id = await rendezvous({
     rank: env.rank, worldSize: env.worldSize, addr: env.masterAddr, port: env.rendezvousPort, token: env.jobToken, timeoutMs: rendezvousTimeoutMs,
@@ -63,7 +67,8 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
   try {
     group = native.ncclGroupCreate(id, env.rank, env.worldSize, device, timeoutMs);
   } catch (e) {
-    if (sharedGpus && e instanceof Error)
+    // NCCL's answer to two ranks on one GPU ("Duplicate GPU detected" in its log)
+    if (sharedGpus && e instanceof Error && /invalid usage/.test(e.message))
       e.message += `; this process sees ${cuda.deviceCount} GPUs for the ${env.localWorldSize} ranks of its node and took GPU ` +
         `${device} (LOCAL_RANK ${env.localRank} mod ${cuda.deviceCount}), which another rank may have taken too when tasks are ` +
         `not laid out in blocks: give each rank its own GPU (srun --gpus-per-task 1) or all of the node's`;

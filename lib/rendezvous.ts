@@ -32,7 +32,10 @@ interface Hello {
   rank: number;
   worldSize: number;
 }
-type Reply = { ok: true; payload: string } | { ok: false; error: string };
+// `joined`: rank 0 took the hello (the answer comes once every rank has); a connection lost
+// after it is final for the joining rank, one lost before it is retried (anything may accept a
+// connection: a proxy on the port before rank 0 listens, or rank 0 over its connection cap).
+type Reply = { ok: true; payload: string } | { ok: false; error: string } | { joined: true };
 
 function send(socket: Socket, message: Hello | Reply): void {
   const body = Buffer.from(JSON.stringify(message));
@@ -143,7 +146,7 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
         // it gave up: the job cannot start, and the ranks still waiting, on any node, hear it now
         // rather than at the deadline.
         const absent = Array.from({ length: o.worldSize - 1 }, (_, i) => i + 1).filter((r) => r !== rank && !joined.has(r));
-        finish(new Error(`rendezvous failed at port ${o.port}: rank ${rank} joined, then closed its connection (did its process end?)` +
+        finish(new Error(`rendezvous failed at port ${o.port}: rank ${rank} joined, then closed its connection (its process ended, or it gave up at its own deadline)` +
           (absent.length ? `; ${ranks(absent)} had not arrived` : '')));
       });
       readMessages(socket, (m) => {
@@ -157,6 +160,7 @@ function serve(o: RendezvousOptions): Promise<Uint8Array> {
         rank = h.rank!;
         clearTimeout(hello); // it waits for the others now
         joined.set(rank, socket);
+        send(socket, { joined: true });
         refused.delete(rank); // what is said of it now is what this connection does
         if (joined.size === o.worldSize - 1) finish();
       }, refuse);
@@ -179,8 +183,8 @@ function answer(m: unknown, where: string): Uint8Array | Error {
 // Connects to rank 0, retrying while it is not listening yet, until the deadline. Once its
 // hello is sent, a rank waits a little past its own deadline: rank 0's timer, started no
 // earlier, answers every rank that came with the names of those that did not. A connection
-// that rank 0 accepted and then lost is final: its process ended, and a new one would be another
-// job's rank 0 (a rendezvous is one round).
+// lost after rank 0 said it joined is final: rank 0's process ended, and a new one would be
+// another job's rank 0 (a rendezvous is one round).
 function join(o: RendezvousOptions): Promise<Uint8Array> {
   const deadline = Date.now() + o.timeoutMs, grace = Math.max(5_000, o.timeoutMs / 10);
   const where = `${o.addr}:${o.port}`;
@@ -197,14 +201,13 @@ function join(o: RendezvousOptions): Promise<Uint8Array> {
         clearTimeout(timer);
         then();
       };
-      let connected = false;
+      let accepted = false; // rank 0 said this rank joined
       const retry = (why: string) => end(() => {
-        if (!connected) return void setTimeout(() => attempt(why), 100);
+        if (!accepted) return void setTimeout(() => attempt(why), 100);
         socket.destroy();
         reject(new Error(`rendezvous: rank 0 at ${where} closed the connection without answering (${why}; did its process end?)`));
       });
       socket.on('connect', () => {
-        connected = true;
         clearTimeout(timer);
         // Longer delays than a timer holds would fire at once (and reconnect in a loop).
         timer = setTimeout(() => end(() => {
@@ -213,12 +216,15 @@ function join(o: RendezvousOptions): Promise<Uint8Array> {
         }), Math.min(MAX_TIMER_MS, deadline + grace - Date.now()));
         send(socket, { token: o.token, rank: o.rank, worldSize: o.worldSize });
       });
-      readMessages(socket, (m) => end(() => {
-        socket.end();
-        const got = answer(m, where);
-        if (got instanceof Error) reject(got);
-        else resolve(got);
-      }), (why) => end(() => {
+      readMessages(socket, (m) => {
+        if (!accepted && typeof m === 'object' && m !== null && (m as { joined?: unknown }).joined === true) return void (accepted = true);
+        end(() => {
+          socket.end();
+          const got = answer(m, where);
+          if (got instanceof Error) reject(got);
+          else resolve(got);
+        });
+      }, (why) => end(() => {
         socket.destroy();
         reject(new Error(`rendezvous: bad answer from ${where}: ${why}`));
       }));

@@ -138,7 +138,7 @@ describe('rendezvous', () => {
     expect(await answer(port, frame(JSON.stringify({ token: 'job-2', rank: 1, worldSize: 3 })))).toMatch(/rendezvous refused: the job token does not match/);
     // Joins, then closes: the end comes after the hello in the stream, so rank 0 reads both in order.
     connect(port, '127.0.0.1', function (this: Socket) { this.end(frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 }))); }).on('error', () => {});
-    expect((await zero).error).toBe(`rendezvous failed at port ${port}: rank 1 joined, then closed its connection (did its process end?); rank 2 had not arrived`);
+    expect((await zero).error).toBe(`rendezvous failed at port ${port}: rank 1 joined, then closed its connection (its process ended, or it gave up at its own deadline); rank 2 had not arrived`);
     expect(Date.now() - t0).toBeLessThan(15_000); // not its 20 s deadline
   });
 
@@ -175,15 +175,16 @@ describe('rendezvous', () => {
     await listening(port);
     const s = connect(port, '127.0.0.1', () => s.end(frame(JSON.stringify({ token: 'job-1', rank: 3, worldSize: 5 }))));
     s.on('error', () => {});
-    expect((await zero).error).toBe(`rendezvous failed at port ${port}: rank 3 joined, then closed its connection (did its process end?); ranks 1, 2, 4 had not arrived`);
+    expect((await zero).error).toBe(`rendezvous failed at port ${port}: rank 3 joined, then closed its connection (its process ended, or it gave up at its own deadline); ranks 1, 2, 4 had not arrived`);
     expect(Date.now() - t0).toBeLessThan(15_000);
     expect(rankRanges([1, 2, 3, 4, 5, 7, 9, 10])).toBe('1-5, 7, 9, 10');
     expect(rankRanges(Array.from({ length: 40 }, (_, i) => 2 * i))).toMatch(/^0, 2, .*, 30, \.\.\. \(40 in all\)$/);
   });
 
-  it('a rank whose rank 0 accepted its hello and then went away fails at once, not at its deadline', async () => {
+  it('a rank that rank 0 said joined fails at once when rank 0 goes away, not at its deadline', async () => {
     const port = await freePort();
-    const fakeZero = createServer((c) => c.once('data', () => c.destroy())); // reads the hello, then "dies"
+    // Reads the hello, says "joined" as rank 0 does, then "dies".
+    const fakeZero = createServer((c) => c.once('data', () => c.end(frame(JSON.stringify({ joined: true })), () => c.destroy())));
     await new Promise<void>((r) => fakeZero.listen(port, '127.0.0.1', r));
     try {
       const t0 = Date.now();
@@ -192,6 +193,20 @@ describe('rendezvous', () => {
       expect(Date.now() - t0).toBeLessThan(15_000);
     } finally {
       fakeZero.close();
+    }
+  });
+
+  it('a connection closed before rank 0 said "joined" (a proxy on the port, a full connection cap) is retried', async () => {
+    const port = await freePort();
+    let accepted = 0;
+    const closer = createServer((c) => (++accepted, c.destroy())); // accepts, reads nothing, closes
+    await new Promise<void>((r) => closer.listen(port, '127.0.0.1', r));
+    try {
+      const one = await rank({ rank: 1, worldSize: 2, port, timeoutMs: 1_500 });
+      expect(one.error).toMatch(/^rendezvous: rank 1 could not reach rank 0 at 127\.0\.0\.1:\d+ within 1500 ms \((closed|ECONNRESET)\)/);
+      expect(accepted).toBeGreaterThan(1); // it came back
+    } finally {
+      closer.close();
     }
   });
 

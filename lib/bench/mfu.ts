@@ -72,10 +72,13 @@ export const mfuSuite: Suite<MfuRow> = {
     for (let c = intOption(o, 'min-context'); c <= Math.min(max, MAX_CONTEXT); c *= 2) contexts.push(c);
     const progress = ctx.progress(contexts.length);
     try {
+      // The smallest GPU of the job (0: unknown), so that every rank stops its search at one context.
+      const deviceBytes = group ? Math.min(...gatherNumbers(group, [ctx.machine.gpuMemoryBytes ?? 0], ctx.device).map(([b]) => b!)) || null
+        : ctx.machine.gpuMemoryBytes;
       for (const context of contexts) {
         progress.start(`context ${context}`);
         // Only where the search doubles on its own: a context asked for outright is tried.
-        const skip = Number.isFinite(max) ? null : predictedNotToFit(rows, context, ctx.machine.gpuMemoryBytes);
+        const skip = Number.isFinite(max) ? null : predictedNotToFit(rows, context, deviceBytes);
         if (skip) {
           notes.push(`context ${context}: ${skip}`);
           progress.done('not tried');
