@@ -175,7 +175,8 @@ export async function restoreCheckpointFiles(dir: string, st: CheckpointState): 
   const step = checkInteger(meta.step, `${trainerFile}: step`, 0);
   const saved = hfConfigJson(await loadLlamaConfig(join(dir, 'config.json'))), mine = hfConfigJson(st.model.config);
   for (const key of Object.keys(mine))
-    if (key !== 'initializer_range' && canonical(saved[key]) !== canonical(mine[key])) // that one only seeds a new model
+    // initializer_range only seeds a new model, and the token ids only guide generate(): neither changes training
+    if (!['initializer_range', 'bos_token_id', 'eos_token_id'].includes(key) && canonical(saved[key]) !== canonical(mine[key]))
       fail('range', `${join(dir, 'config.json')}: ${key} is ${canonical(saved[key])}, this model's is ${canonical(mine[key])}; a checkpoint restores into a model of the config it was saved from`);
   // Each file opened once: its header checked before anything changes, then its tensors read
   // one at a time from the same handle (the file checked, even if a save replaces it meanwhile).

@@ -33,6 +33,13 @@ export interface LlamaConfig {
    * row). Null or absent: none. A parsed config holds it in [0, vocab_size).
    */
   pad_token_id?: number | null;
+  /**
+   * The tokens that begin and end a sequence (eos: one id, or several as Llama 3.1 lists them).
+   * Not used here; kept so that saveLlama writes them back, since transformers' generate()
+   * stops where they say (absent, transformers takes 1 and 2). Null or absent: none.
+   */
+  bos_token_id?: number | null;
+  eos_token_id?: number | number[] | null;
   /** Passed through unchecked (e.g. Llama 3's { rope_type: 'llama3', factor, ... }); null or absent: plain RoPE. */
   rope_scaling?: Record<string, unknown> | null;
   /**
@@ -48,7 +55,8 @@ export interface LlamaConfig {
  * initializer_range stay absent when absent); RoPE as rope_theta and rope_scaling; pad_token_id,
  * when there is one, as a row of the table.
  */
-export type ResolvedLlamaConfig = Omit<LlamaConfig, 'rope_parameters' | 'pad_token_id'> & { head_dim: number; pad_token_id?: number };
+export type ResolvedLlamaConfig = Omit<LlamaConfig, 'rope_parameters' | 'pad_token_id' | 'bos_token_id' | 'eos_token_id'> &
+  { head_dim: number; pad_token_id?: number; bos_token_id?: number; eos_token_id?: number | number[] };
 
 /**
  * Checks a parsed config.json (keys as HF spells them; unknown keys ignored) and fills HF's
@@ -113,6 +121,15 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   if (given(c.initializer_range)) config.initializer_range = checkFloat32(c.initializer_range, `${where}initializer_range`, 0);
   if (given(c.pad_token_id)) config.pad_token_id = padRow(c.pad_token_id, config.vocab_size, `${where}pad_token_id`);
   if (rope.scaling !== undefined) config.rope_scaling = rope.scaling;
+  const tokenId = (v: unknown, key: string) => checkInteger(v, key, 0, 2 ** 31 - 1);
+  if (given(c.bos_token_id)) config.bos_token_id = tokenId(c.bos_token_id, `${where}bos_token_id`);
+  if (given(c.eos_token_id)) {
+    const eos = c.eos_token_id;
+    if (Array.isArray(eos)) {
+      if (eos.length === 0) fail('range', `${where}eos_token_id: expected an integer or a non-empty list of them, got []`);
+      config.eos_token_id = eos.map((id, i) => tokenId(id, `${where}eos_token_id[${i}]`));
+    } else config.eos_token_id = tokenId(eos, `${where}eos_token_id`);
+  }
   return config;
 }
 

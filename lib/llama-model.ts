@@ -15,7 +15,7 @@ import {
 import { native } from './native.js';
 import { copy } from './ops.js';
 import { ropeDependsOnLength, ropeParameters, type RopeParameters } from './rope-freq.js';
-import { dirReader, safetensorsDirEntries, SINGLE_FILE } from './safetensors-dir.js';
+import { dirReader, refuseShardedDir, safetensorsDirEntries, SINGLE_FILE } from './safetensors-dir.js';
 import { checkFloatEntry } from './safetensors.js';
 import { writeSafetensorsFrom, type WritableDType } from './safetensors-write.js';
 import { checkDevice, DEVICES, DTYPES, tensor, zeros, type DeviceName, type DType, type Tensor } from './tensor.js';
@@ -310,7 +310,23 @@ export function hfConfigJson(c: ResolvedLlamaConfig, dtype: DType = 'float32'): 
     rope_parameters: rope5(c),
     tie_word_embeddings: c.tie_word_embeddings, max_position_embeddings: c.max_position_embeddings ?? DEFAULT_MAX_POSITIONS,
     pad_token_id: c.pad_token_id ?? null,
+    // Only when known: absent, transformers takes its own defaults, as it did for the source.
+    ...(c.bos_token_id !== undefined ? { bos_token_id: c.bos_token_id } : {}),
+    ...(c.eos_token_id !== undefined ? { eos_token_id: c.eos_token_id } : {}),
   };
+}
+
+// RoPE's float keys, which transformers checks with isinstance(x, float): JSON.stringify writes
+// 8.0 as 8, which transformers 4.43+ warns of and 4.31-4.42 refused (linear and dynamic scaling).
+const ROPE_FLOATS = new Set(['factor', 'low_freq_factor', 'high_freq_factor', 'beta_fast', 'beta_slow', 'attention_factor',
+  'mscale', 'mscale_all_dim', 'rope_theta']);
+
+/** config.json's text: 2-space JSON, whole-number RoPE floats written as 8.0, as Python writes them. */
+export function hfConfigText(json: Record<string, unknown>): string {
+  const marker = '\u0001float:';
+  const text = JSON.stringify(json, (key, v) =>
+    ROPE_FLOATS.has(key) && typeof v === 'number' && Number.isInteger(v) && Math.abs(v) < 1e15 ? `${marker}${v}` : v, 2);
+  return `${text.replace(/"\\u0001float:(-?\d+)"/g, '$1.0')}\n`;
 }
 
 export interface SaveLlamaOptions {
@@ -330,6 +346,7 @@ export async function saveLlama(dir: string, model: LlamaModel, opts?: SaveLlama
   if (typeof dir !== 'string' || dir === '') fail('type', `dir: expected a path, got ${describe(dir)}`);
   if (!(model instanceof LlamaModel)) fail('type', `model: expected a LlamaModel, got ${describe(model)}`);
   const dtype = checkOneOf(checkOptions(opts, 'opts', ['dtype']).dtype, 'opts.dtype', DTYPES) ?? 'float32';
+  refuseShardedDir(dir, 'saveLlama');
   await mkdir(dir, { recursive: true });
   const files = llamaFiles(model, dtype);
   await files.writeWeights(join(dir, SINGLE_FILE), { format: 'pt' });
@@ -343,7 +360,7 @@ export async function saveLlama(dir: string, model: LlamaModel, opts?: SaveLlama
 export function llamaFiles(model: LlamaModel, dtype: DType = 'float32') {
   const stored = SAFETENSORS_DTYPE[dtype];
   return {
-    config: `${JSON.stringify(hfConfigJson(model.config, dtype), null, 2)}\n`,
+    config: hfConfigText(hfConfigJson(model.config, dtype)),
     /** `beforeEach` runs before each tensor is written; `syncEach` flushes each to disk as it is written. */
     writeWeights(path: string, metadata: Record<string, string>, { beforeEach, syncEach }: { beforeEach?: () => void; syncEach?: boolean } = {}): Promise<void> {
       const specs = Object.fromEntries([...model.tensors].map(([n, t]) => [n, { shape: [...t.shape], dtype: stored }]));

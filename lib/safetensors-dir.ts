@@ -2,6 +2,7 @@
 // by `model.safetensors.index.json` ({ "weight_map": { tensor name: shard file } }). The index
 // is checked like a header: shard names must be plain file names in the directory, every shard
 // must exist, and every tensor must be in the shard the index names.
+import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 
@@ -14,6 +15,16 @@ import {
 export const SINGLE_FILE = 'model.safetensors';
 export const INDEX_FILE = 'model.safetensors.index.json';
 const MAX_INDEX_BYTES = 100_000_000;
+
+/**
+ * Refuses to save into a directory that holds a sharded checkpoint: a model.safetensors written
+ * beside its index is what transformers and this library read, but tools that follow the index
+ * (vLLM, SGLang) and uploads to the Hub would go on with the old shards.
+ */
+export function refuseShardedDir(dir: string, what: string): void {
+  if (existsSync(join(dir, INDEX_FILE)))
+    fail('range', `${what}: ${dir} holds a sharded checkpoint (${INDEX_FILE}), which tools that follow the index would go on reading instead of the ${SINGLE_FILE} saved beside it; save into another directory`);
+}
 
 /** Which files hold which tensors: the single file, or the shards the index names. */
 export async function safetensorsWeightMap(dir: string): Promise<Map<string, string>> {

@@ -7,7 +7,7 @@ import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { isFloat32Array } from 'node:util/types';
 
 import { checkOptions, describe, fail } from './errors.js';
-import { toBf16Bits, toF16Bits } from './half.js';
+import { f32sToBf16Bits, toBf16Bits, toF16Bits } from './half.js';
 import { checkPath, parseMetadata } from './safetensors.js';
 
 export type WritableDType = 'F32' | 'BF16' | 'F16';
@@ -174,6 +174,7 @@ async function writeData(fh: FileHandle, data: Float32Array, dtype: WritableDTyp
   for (let i = 0; i < data.length; i += CHUNK_ELEMS) {
     const m = Math.min(CHUNK_ELEMS, data.length - i);
     if (dtype === 'F32') for (let j = 0; j < m; ++j) view.setFloat32(4 * j, data[i + j]!, true);
+    else if (dtype === 'BF16' && LITTLE_ENDIAN) f32sToBf16Bits(data.subarray(i, i + m), new Uint16Array(buf.buffer, 0, m));
     else if (dtype === 'BF16') for (let j = 0; j < m; ++j) view.setUint16(2 * j, toBf16Bits(data[i + j]!), true);
     else for (let j = 0; j < m; ++j) view.setUint16(2 * j, toF16Bits(data[i + j]!), true);
     await writeAll(fh, buf.subarray(0, m * size));

@@ -6,7 +6,7 @@ import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 
 import { checkOptions, describe, fail, isObject } from './errors.js';
-import { fromBf16Bits, fromF16Bits } from './half.js';
+import { bf16BitsToF32s, fromBf16Bits, fromF16Bits } from './half.js';
 
 /** Every dtype the format defines, with its size in bytes; the header may name any of them. */
 const ITEM_SIZE = {
@@ -299,6 +299,7 @@ export async function readTensor(fh: FileHandle, file: string, name: string, ent
       await readFully(fh, buf.subarray(0, m * itemSize), start + i * itemSize, file, where);
       if (dtype === 'F32') for (let j = 0; j < m; ++j) data[i + j] = view.getFloat32(4 * j, true);
       else if (dtype === 'F64') for (let j = 0; j < m; ++j) data[i + j] = view.getFloat64(8 * j, true);
+      else if (dtype === 'BF16' && LITTLE_ENDIAN) bf16BitsToF32s(new Uint16Array(buf.buffer, 0, m), data.subarray(i, i + m));
       else if (dtype === 'BF16') for (let j = 0; j < m; ++j) data[i + j] = fromBf16Bits(view.getUint16(2 * j, true));
       else for (let j = 0; j < m; ++j) data[i + j] = fromF16Bits(view.getUint16(2 * j, true));
     }

@@ -9,6 +9,7 @@ import { gatherNumbers } from './group-values.js';
 import { IGNORE_INDEX, runLlama, shardPositions, zeroGrads, type Checkpointing, type RunContext } from './llama.js';
 import { LlamaModel, paramsFromMap, type LlamaParams } from './llama-model.js';
 import { adamwMulti, scale, sumOfSquares, zero, type AdamWEntry } from './ops.js';
+import { refuseShardedDir } from './safetensors-dir.js';
 import { LAYOUTS, type Layout } from './shard.js';
 import { freeOnThrow, tensor, zeros, type Tensor } from './tensor.js';
 
@@ -412,7 +413,7 @@ export class Trainer implements Disposable {
    */
   async saveCheckpoint(dir: string): Promise<void> {
     this.#live();
-    const refused = thrownBy(() => checkDir(dir)); // said to the other ranks first (saveCheckpointFiles)
+    const refused = thrownBy(() => (checkDir(dir), refuseShardedDir(dir, 'saveCheckpoint'))); // said to the other ranks first (saveCheckpointFiles)
     await this.#exclusive('saveCheckpoint', () => saveCheckpointFiles(dir, this.#checkpointState(), refused));
   }
 

@@ -49,6 +49,18 @@ describe('saving, loading, checkpoints', () => {
     });
   }
 
+  it("saving into a sharded checkpoint's directory is refused (tools that follow its index would read the old shards)", async () => {
+    const sharded = join(dir, 'sharded');
+    await mkdir(sharded, { recursive: true });
+    await writeFile(join(sharded, 'model.safetensors.index.json'), '{"weight_map": {}}');
+    using model = initLlama(tiny, { seed: 4 });
+    const why = `${sharded} holds a sharded checkpoint (model.safetensors.index.json), which tools that follow the index would go on reading instead of the model.safetensors saved beside it; save into another directory`;
+    await expect(saveLlama(sharded, model)).rejects.toThrow(new RangeError(`saveLlama: ${why}`));
+    using tr = createTrainer(model, { lr: 1e-2 });
+    await expect(tr.saveCheckpoint(sharded)).rejects.toThrow(new RangeError(`saveCheckpoint: ${why}`));
+    expect((await readdir(sharded)).sort()).toEqual(['model.safetensors.index.json']); // nothing written
+  });
+
   it("saveLlama({ dtype: 'bfloat16' }): half the bytes, each value rounded to bfloat16, torch_dtype says so; loads back", async () => {
     using model = initLlama(tiny, { seed: 4 });
     const where = join(dir, 'saved-bf16'), full = join(dir, 'saved-f32');

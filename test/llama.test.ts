@@ -274,6 +274,20 @@ describe("pad_token_id: the padding row's embedding gets no gradient from the lo
     using plain = initLlama(tiny, { seed: 3 });
     expect(JSON.parse(llamaFiles(plain).config).pad_token_id).toBe(null);
   });
+
+  it("config.json keeps the source's bos and eos ids (generate() stops on them) and writes RoPE's whole-number floats as 8.0", () => {
+    const rope_scaling = { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 };
+    using model = initLlama({ ...tiny, bos_token_id: 1, eos_token_id: [2, 3], rope_theta: 500000, rope_scaling }, { seed: 3 });
+    const text = llamaFiles(model).config, json = JSON.parse(text);
+    expect([json.bos_token_id, json.eos_token_id]).toEqual([1, [2, 3]]);
+    // transformers checks isinstance(factor, float): 4.43+ warns of an int, 4.31-4.42 refused linear and dynamic ones
+    expect(text).toMatch(/"factor": 8\.0,/);
+    expect(text).toMatch(/"low_freq_factor": 1\.0,/);
+    expect(text).toMatch(/"rope_theta": 500000\.0,/);
+    expect(text).toMatch(/"original_max_position_embeddings": 64\b(?!\.)/); // an int stays one
+    using plain = initLlama(tiny, { seed: 3 });
+    expect(JSON.parse(llamaFiles(plain).config)).not.toHaveProperty('eos_token_id'); // transformers' defaults, as for the source
+  });
 });
 
 describe('sharded over a ring: the same loss and the same gradients', () => {

@@ -10,6 +10,7 @@ import {
   bfloat16BitsToFloat32, float16BitsToFloat32, float32ToBfloat16Bits, float32ToFloat16Bits,
   readSafetensors, readSafetensorsDir, readSafetensorsHeader, writeSafetensors,
 } from '../dist/index.js';
+import { bf16BitsToF32s, f32sToBf16Bits, fromBf16Bits, toBf16Bits } from '../dist/half.js';
 import { SafetensorsWriter, writeSafetensorsFrom } from '../dist/safetensors-write.js';
 import { randomArray, roundTo } from './reference.js';
 
@@ -281,6 +282,25 @@ describe('writing', () => {
       if (Number.isNaN(bf16)) expect(Number.isNaN(bfloat16BitsToFloat32(float32ToBfloat16Bits(bf16)))).toBe(true);
       else if (float32ToBfloat16Bits(bf16) !== h) expect.fail(`bfloat16 0x${h.toString(16)} round trip`);
     }
+  });
+
+  it("the checkpoint loops' bulk bfloat16 conversions give the single-value functions' bits: every pattern in, rounding edges and random words out", () => {
+    const all = Uint16Array.from({ length: 65536 }, (_, h) => h), got = new Float32Array(65536);
+    bf16BitsToF32s(all, got);
+    const bits = new Uint32Array(got.buffer);
+    for (let h = 0; h < 65536; ++h) {
+      const x = fromBf16Bits(h); // through a JavaScript number, which need not keep a NaN's payload: the bulk form keeps the file's bits
+      if (Number.isNaN(x) ? !Number.isNaN(got[h]) || bits[h] !== h << 16 >>> 0 : got[h] !== x || bits[h] !== h << 16 >>> 0)
+        expect.fail(`0x${h.toString(16)}: ${got[h]} (0x${bits[h]!.toString(16)})`);
+    }
+    const words = new Uint32Array(1 << 16);
+    for (let i = 0; i < words.length; ++i) words[i] = (Math.imul(i, 2654435761) ^ (i << 7)) >>> 0;
+    // ties to even both ways, the largest finite values rounding to infinity, NaNs with low-bit payloads, subnormals
+    words.set([0x3f808000, 0x3f818000, 0x7f7fffff, 0xff7fffff, 0x7f800001, 0xff800001, 0x7fc00000, 0x00008000, 0x00018000, 0x80000001]);
+    const xs = new Float32Array(words.buffer), out = new Uint16Array(words.length);
+    f32sToBf16Bits(xs, out);
+    for (let i = 0; i < words.length; ++i) if (out[i] !== toBf16Bits(xs[i]!)) expect.fail(`0x${words[i]!.toString(16)}: 0x${out[i]!.toString(16)}`);
+    expect(Array.from(out.subarray(0, 10))).toEqual([0x3f80, 0x3f82, 0x7f80, 0xff80, 0x7fc0, 0xffc0, 0x7fc0, 0x0000, 0x0002, 0x8000]);
   });
 
   it('half conversions refuse what is not a number, or not 16 bits, naming the argument', () => {
