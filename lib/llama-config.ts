@@ -1,5 +1,6 @@
 // LLaMA-style model shapes, spelled as Hugging Face's config.json spells them, and the tensor
 // names and shapes of transformers' LlamaForCausalLM, so checkpoints can be checked against them.
+import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
@@ -211,7 +212,13 @@ export function parseConfigFile(json: unknown, file: string): ResolvedLlamaConfi
 /** @internal A config.json's path (from a directory or the file) and its JSON, unchecked. */
 export async function readConfigJson(dirOrFile: string): Promise<{ file: string; json: unknown }> {
   if (typeof dirOrFile !== 'string' || dirOrFile === '') fail('type', `dirOrFile: expected a path, got ${describe(dirOrFile)}`);
-  const file = (await stat(dirOrFile)).isDirectory() ? join(dirOrFile, 'config.json') : dirOrFile;
+  const info = await stat(dirOrFile).catch((e: NodeJS.ErrnoException) => {
+    throw e.code === 'ENOENT' ? new Error(`${dirOrFile}: no such directory or file`, { cause: e }) : e;
+  });
+  const file = info.isDirectory() ? join(dirOrFile, 'config.json') : dirOrFile;
+  // Meta's original/ folder (consolidated.*.pth, params.json) and other layouts have none.
+  if (info.isDirectory() && !existsSync(file))
+    throw new Error(`${dirOrFile}: no config.json there; expected a Hugging Face model directory (config.json and model.safetensors, or its shards)`);
   const text = await readTextFile(file, 10_000_000);
   let json: unknown;
   try {

@@ -1,6 +1,6 @@
 // LlamaConfig: HF's defaults, every bad key named, presets with their published parameter
 // counts, and LlamaForCausalLM's tensor names and shapes.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -168,7 +168,12 @@ describe('loadLlamaConfig', () => {
     await expect(loadLlamaConfig(file)).rejects.toThrow(`${file}: vocab_size: expected an integer in [1, 2147483647], got -1`);
     writeFileSync(file, '{"hidden_size": ');
     await expect(loadLlamaConfig(file)).rejects.toThrow(`${file}: not valid JSON`);
-    await expect(loadLlamaConfig(join(dir, 'missing'))).rejects.toThrow(/ENOENT/);
+    await expect(loadLlamaConfig(join(dir, 'missing'))).rejects.toThrow(`${join(dir, 'missing')}: no such directory or file`);
+    const original = join(dir, 'original'); // Meta's own layout: params.json and consolidated.00.pth
+    mkdirSync(original);
+    writeFileSync(join(original, 'params.json'), '{}');
+    await expect(loadLlamaConfig(original)).rejects.toThrow(
+      `${original}: no config.json there; expected a Hugging Face model directory (config.json and model.safetensors, or its shards)`);
   });
 });
 
