@@ -15,7 +15,9 @@
 # the Hopper backward at head dim 64 takes 128-query steps, dQ split by rows (no earlier Hopper
 # figure at dim 64: sm90bench's 'ours sm90' dim-64 rows against 'ours' and torch of the same run);
 # a failed CUDA ring call frees its non-travelling buffers, and over NCCL aborts its group (the
-# tests part runs both: ring-cuda's retry test, nccl's group of one).
+# tests part runs both: ring-cuda's retry test, nccl's group of one); every backward kernel
+# (default dK/dV and dQ, Hopper) tests the mask element by element only on tiles that need it,
+# as the forwards already did.
 # What the next session needs, in this order:
 #   1. source .gpu/env.sh && bash scripts/gpu-session.sh check torchrun tests sm90 sm90bench   # ~7-8 min, timeout_s 540
 #      (torchrun needs only torch: our rendezvous beside torchrun's agent store, which holds

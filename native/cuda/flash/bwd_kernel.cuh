@@ -170,15 +170,24 @@ __global__ void __launch_bounds__(Tr::kNThreads)
     float s[kMT][4] = {};
     warp_mma_nt<T, kD>(s, sK + warp * 16 * kS, sQ, kS, lane);
     const bool mixed = doc_q && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
+    // Only the ragged last key tile, tiles crossing the diagonal and tiles holding several
+    // documents need the mask (rows past seq_q have lse +inf: P is 0 there anyway).
+    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed) {
 #pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
+      for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = key0 + (e >> 1) * 8, qi = mt * 8 + 2 * t + (e & 1);
-        const bool masked = key >= p.seq_k || (kCausal && key > int64_t(m0 + qi) + p.causal_offset) ||
-                            (mixed && m0 + qi < p.seq_q && doc_q[m0 + qi] != doc_key[e >> 1]);
-        s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - lse2[qi]);
-      }
+        for (int e = 0; e < 4; ++e) {
+          const int key = key0 + (e >> 1) * 8, qi = mt * 8 + 2 * t + (e & 1);
+          const bool masked = key >= p.seq_k || (kCausal && key > int64_t(m0 + qi) + p.causal_offset) ||
+                              (mixed && m0 + qi < p.seq_q && doc_q[m0 + qi] != doc_key[e >> 1]);
+          s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - lse2[qi]);
+        }
+    } else {
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][e] = exp2f(s[mt][e] * scale_log2 - lse2[mt * 8 + 2 * t + (e & 1)]);
+    }
     cp_async_wait<1>();  // this tile's dO
     __syncthreads();
     warp_mma_pb<T, kBM>(dv, s, sdO + col_base, kS, lane);  // dV += P^T dO
@@ -323,16 +332,24 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
     cp_async_wait<1>();  // this tile's V
     __syncthreads();
     warp_mma_nt<T, kD>(dp, sdO + warp * 16 * kS, sV, kS, lane);
+    // As in the dK/dV kernel: the mask's tests only where a tile needs them.
+    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed) {
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt)
+      for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = n0 + nt * 8 + 2 * t + (e & 1), r = e >> 1;
-        const bool masked = col >= p.seq_k || (kCausal && col > int64_t(row0 + 8 * r) + p.causal_offset) ||
-                            (mixed && doc_k[col] != doc_row[r]);
-        const float prob = masked ? 0.f : exp2f(s[nt][e] * scale_log2 - lse2[r]);
-        s[nt][e] = prob * (dp[nt][e] - delta[r]);
-      }
+        for (int e = 0; e < 4; ++e) {
+          const int col = n0 + nt * 8 + 2 * t + (e & 1), r = e >> 1;
+          const bool masked = col >= p.seq_k || (kCausal && col > int64_t(row0 + 8 * r) + p.causal_offset) ||
+                              (mixed && doc_k[col] != doc_row[r]);
+          const float prob = masked ? 0.f : exp2f(s[nt][e] * scale_log2 - lse2[r]);
+          s[nt][e] = prob * (dp[nt][e] - delta[r]);
+        }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] = exp2f(s[nt][e] * scale_log2 - lse2[e >> 1]) * (dp[nt][e] - delta[e >> 1]);
+    }
     warp_mma_pb<T, kBN>(acc, s, sK, kS, lane);  // dQ += dS K
     nb = nb_next;
   }

@@ -211,8 +211,11 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       wgmma_wait<1>();
       fence_operands<kMT * 4>(&s[0][0]);
 
-      // P^T (0 where masked)
+      // P^T (0 where masked). Only the ragged last key tile, tiles crossing the diagonal and
+      // tiles holding several documents need the mask (queries past the end have lse = +inf, so
+      // P is 0 there anyway); the others, most of a long sequence, skip its per-element tests.
       const bool mixed = doc_q && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
+      const bool need_mask = n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed;
       // This lane's keys' documents, read here rather than held in registers across the loop
       // (at head dim 128 the consumers' 240 registers would spill); then which of its
       // queries' documents differ, a bit each (bit 2 mt + (e & 1) of other_doc[e >> 1]), in a
@@ -233,15 +236,22 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       // Causal: query m0 + qi sees key0 when qi >= first_q, key0 + 8 when qi >= first_q + 8
       // (clamped to [-8, kBM], which keeps both tests exact, so that it fits an int).
       const int first_q = int(max(int64_t(-8), min(int64_t(kBM), int64_t(key0) - p.causal_offset - m0)));
+      if (need_mask) {
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
+        for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = key0 + (e >> 1) * 8, qi = mt * 8 + 2 * t + (e & 1);
-          const bool masked = key >= p.seq_k || (kCausal && qi < first_q + (e >> 1) * 8) ||
-                              (other_doc[e >> 1] >> (2 * mt + (e & 1)) & 1);
-          s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - lse[qi]);
-        }
+          for (int e = 0; e < 4; ++e) {
+            const int key = key0 + (e >> 1) * 8, qi = mt * 8 + 2 * t + (e & 1);
+            const bool masked = key >= p.seq_k || (kCausal && qi < first_q + (e >> 1) * 8) ||
+                                (other_doc[e >> 1] >> (2 * mt + (e & 1)) & 1);
+            s[mt][e] = masked ? 0.f : exp2f(s[mt][e] * scale_log2 - lse[qi]);
+          }
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mt][e] = exp2f(s[mt][e] * scale_log2 - lse[mt * 8 + 2 * t + (e & 1)]);
+      }
 
       // dS^T = P^T (dP^T - delta), in place of dP^T.
       wgmma_wait<0>();
