@@ -36,8 +36,9 @@ export interface LlamaConfig {
   pad_token_id?: number | null;
   /**
    * The tokens that begin and end a sequence (eos: one id, or several as Llama 3.1 lists them).
-   * Not used here; kept so that saveLlama writes them back, since transformers' generate()
-   * stops where they say (absent, transformers takes 1 and 2). Null or absent: none.
+   * Not used here; kept (an integer, a list of them, or null; anything else is dropped) so that
+   * saveLlama writes them back, since transformers' generate() stops where they say (absent,
+   * transformers takes 1 and 2).
    */
   bos_token_id?: number | null;
   eos_token_id?: number | number[] | null;
@@ -57,7 +58,7 @@ export interface LlamaConfig {
  * when there is one, as a row of the table.
  */
 export type ResolvedLlamaConfig = Omit<LlamaConfig, 'rope_parameters' | 'pad_token_id' | 'bos_token_id' | 'eos_token_id'> &
-  { head_dim: number; pad_token_id?: number; bos_token_id?: number; eos_token_id?: number | number[] };
+  { head_dim: number; pad_token_id?: number; bos_token_id?: number | null; eos_token_id?: number | number[] | null };
 
 /**
  * Checks a parsed config.json (keys as HF spells them; unknown keys ignored) and fills HF's
@@ -122,15 +123,11 @@ function parse(json: unknown, what: string, where: string): ResolvedLlamaConfig 
   if (given(c.initializer_range)) config.initializer_range = checkFloat32(c.initializer_range, `${where}initializer_range`, 0);
   if (given(c.pad_token_id)) config.pad_token_id = padRow(c.pad_token_id, config.vocab_size, `${where}pad_token_id`);
   if (rope.scaling !== undefined) config.rope_scaling = rope.scaling;
-  const tokenId = (v: unknown, key: string) => checkInteger(v, key, 0, 2 ** 31 - 1);
-  if (given(c.bos_token_id)) config.bos_token_id = tokenId(c.bos_token_id, `${where}bos_token_id`);
-  if (given(c.eos_token_id)) {
-    const eos = c.eos_token_id;
-    if (Array.isArray(eos)) {
-      if (eos.length === 0) fail('range', `${where}eos_token_id: expected an integer or a non-empty list of them, got []`);
-      config.eos_token_id = eos.map((id, i) => tokenId(id, `${where}eos_token_id[${i}]`));
-    } else config.eos_token_id = tokenId(eos, `${where}eos_token_id`);
-  }
+  // Unused here, so not refused: kept when transformers could read them back, else dropped.
+  const ids = (v: unknown) => v === null || Number.isSafeInteger(v) ||
+    (Array.isArray(v) && v.length > 0 && v.every((x) => Number.isSafeInteger(x)));
+  if (ids(c.bos_token_id) && !Array.isArray(c.bos_token_id)) config.bos_token_id = c.bos_token_id as number | null;
+  if (ids(c.eos_token_id)) config.eos_token_id = Array.isArray(c.eos_token_id) ? [...c.eos_token_id as number[]] : c.eos_token_id as number | null;
   return config;
 }
 

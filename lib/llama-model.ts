@@ -310,7 +310,7 @@ export function hfConfigJson(c: ResolvedLlamaConfig, dtype: DType = 'float32'): 
     rope_parameters: rope5(c),
     tie_word_embeddings: c.tie_word_embeddings, max_position_embeddings: c.max_position_embeddings ?? DEFAULT_MAX_POSITIONS,
     pad_token_id: c.pad_token_id ?? null,
-    // Only when known: absent, transformers takes its own defaults, as it did for the source.
+    // As the source gave them (null too); absent stays absent, so transformers takes its defaults, as it did for the source.
     ...(c.bos_token_id !== undefined ? { bos_token_id: c.bos_token_id } : {}),
     ...(c.eos_token_id !== undefined ? { eos_token_id: c.eos_token_id } : {}),
   };
@@ -324,6 +324,9 @@ const ROPE_FLOATS = new Set(['factor', 'low_freq_factor', 'high_freq_factor', 'b
 /** config.json's text: 2-space JSON, whole-number RoPE floats written as 8.0, as Python writes them. */
 export function hfConfigText(json: Record<string, unknown>): string {
   const marker = '\u0001float:';
+  // A passed-through value (rope_scaling is unchecked) holding the marker's first character
+  // would be rewritten too: such a config is written as it is, whole floats as ints.
+  if (JSON.stringify(json).includes('\\u0001')) return `${JSON.stringify(json, null, 2)}\n`;
   const text = JSON.stringify(json, (key, v) =>
     ROPE_FLOATS.has(key) && typeof v === 'number' && Number.isInteger(v) && Math.abs(v) < 1e15 ? `${marker}${v}` : v, 2);
   return `${text.replace(/"\\u0001float:(-?\d+)"/g, '$1.0')}\n`;

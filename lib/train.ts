@@ -413,7 +413,9 @@ export class Trainer implements Disposable {
    */
   async saveCheckpoint(dir: string): Promise<void> {
     this.#live();
-    const refused = thrownBy(() => (checkDir(dir), refuseShardedDir(dir, 'saveCheckpoint'))); // said to the other ranks first (saveCheckpointFiles)
+    // Said to the other ranks first (saveCheckpointFiles). The index matters where rank 0 writes.
+    const writer = !this.#o.group || this.#o.group.rank === 0;
+    const refused = thrownBy(() => (checkDir(dir), writer && refuseShardedDir(dir, 'saveCheckpoint')));
     await this.#exclusive('saveCheckpoint', () => saveCheckpointFiles(dir, this.#checkpointState(), refused));
   }
 

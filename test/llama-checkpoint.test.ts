@@ -276,6 +276,11 @@ describe('saving, loading, checkpoints', () => {
     using ts = createTrainer(spread, { lr: 1e-2 });
     await ts.restoreCheckpoint(ck);
     expect(ts.stepCount).toBe(1);
+    // ... nor the token ids, which a checkpoint saved before they were kept lacks
+    using withIds = initLlama({ ...tiny, bos_token_id: 1, eos_token_id: [2, 3] }, { seed: 5 });
+    using ti = createTrainer(withIds, { lr: 1e-2 });
+    await ti.restoreCheckpoint(ck);
+    expect(ti.stepCount).toBe(1);
     // A save cut short between its renames: the moments of an older save beside newer weights.
     await writeFile(join(ck, 'optimizer.safetensors'), await readFile(join(older, 'optimizer.safetensors')));
     using b = initLlama(tiny, { seed: 5 });

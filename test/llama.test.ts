@@ -287,6 +287,8 @@ describe("pad_token_id: the padding row's embedding gets no gradient from the lo
     expect(text).toMatch(/"original_max_position_embeddings": 64\b(?!\.)/); // an int stays one
     using plain = initLlama(tiny, { seed: 3 });
     expect(JSON.parse(llamaFiles(plain).config)).not.toHaveProperty('eos_token_id'); // transformers' defaults, as for the source
+    using none = initLlama({ ...tiny, eos_token_id: null }, { seed: 3 });
+    expect(JSON.parse(llamaFiles(none).config).eos_token_id).toBe(null); // None stays None
   });
 });
 
