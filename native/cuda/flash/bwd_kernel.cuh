@@ -170,9 +170,7 @@ __global__ void __launch_bounds__(Tr::kNThreads)
     float s[kMT][4] = {};
     warp_mma_nt<T, kD>(s, sK + warp * 16 * kS, sQ, kS, lane);
     const bool mixed = doc_q && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
-    // Only the ragged last key tile, tiles crossing the diagonal and tiles holding several
-    // documents need the mask (rows past seq_q have lse +inf: P is 0 there anyway).
-    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed) {
+    if (tile_needs_mask<kCausal>(p, m0, n0, kBN, mixed)) {
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
@@ -332,8 +330,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) bwd_dq_kernel(const BwdParams b
     cp_async_wait<1>();  // this tile's V
     __syncthreads();
     warp_mma_nt<T, kD>(dp, sdO + warp * 16 * kS, sV, kS, lane);
-    // As in the dK/dV kernel: the mask's tests only where a tile needs them.
-    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed) {
+    if (tile_needs_mask<kCausal>(p, m0, n0, kBN, mixed)) {
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll

@@ -211,11 +211,9 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       wgmma_wait<1>();
       fence_operands<kMT * 4>(&s[0][0]);
 
-      // P^T (0 where masked). Only the ragged last key tile, tiles crossing the diagonal and
-      // tiles holding several documents need the mask (queries past the end have lse = +inf, so
-      // P is 0 there anyway); the others, most of a long sequence, skip its per-element tests.
+      // P^T (0 where masked; element by element only where the tile needs it)
       const bool mixed = doc_q && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
-      const bool need_mask = n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed;
+      const bool need_mask = tile_needs_mask<kCausal>(p, m0, n0, kBN, mixed);
       // This lane's keys' documents, read here rather than held in registers across the loop
       // (at head dim 128 the consumers' 240 registers would spill); then which of its
       // queries' documents differ, a bit each (bit 2 mt + (e & 1) of other_doc[e >> 1]), in a

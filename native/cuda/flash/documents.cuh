@@ -19,6 +19,15 @@ __device__ __forceinline__ int key_tiles_seen(const FwdParams& p, int m0, int kB
   return int((end + kBN - 1) / kBN);
 }
 
+// Whether the tile of queries from m0 and keys [n0, n0 + kBN) needs its mask tested element by
+// element: the ragged last key tile, a tile crossing the causal diagonal, or a tile of several
+// documents (`mixed`). The others, most of a long sequence, skip those tests (rows past seq_q
+// need none: the forward never stores them, the backward gives them lse +inf).
+template <bool kCausal>
+__device__ __forceinline__ bool tile_needs_mask(const FwdParams& p, int m0, int n0, int kBN, bool mixed) {
+  return n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed;
+}
+
 // Causal: the first query tile (kBM queries each, m_blocks of them) with a query that sees
 // key n0; the tiles before it see none of keys n0 on.
 template <bool kCausal>

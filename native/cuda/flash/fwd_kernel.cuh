@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(Tr::kNThreads) fwd_kernel(const FwdParams p) {
     // Only the ragged last tile, tiles crossing the diagonal and tiles holding several
     // documents need a mask.
     const bool mixed = doc_k && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
-    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed)
+    if (tile_needs_mask<kCausal>(p, m0, n0, kBN, mixed))
 #pragma unroll
       for (int r = 0; r < kR; ++r)
         mask_scores<kCausal>(s[r], p, n0, row0 + r * kTileStep, t, mixed ? doc_k : nullptr, doc_row[r]);

@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
   auto softmax_tile = [&](int nb) {
     const int n0 = nb * kBN;
     const bool mixed = doc_k && mixed_documents(p, b, m0, min(kBM, p.seq_q - m0), n0, min(kBN, p.seq_k - n0));
-    if (n0 + kBN > p.seq_k || (kCausal && int64_t(n0) + kBN - 1 > int64_t(m0) + p.causal_offset) || mixed)
+    if (tile_needs_mask<kCausal>(p, m0, n0, kBN, mixed))
       mask_scores<kCausal>(s, p, n0, row0, t, mixed ? doc_k : nullptr, doc_row);
     softmax_scores(s, row_max, row_sum, scale_log2, corr);
   };
