@@ -157,6 +157,8 @@ describe('profiling by op family', () => {
     expect(familyOf('opsFfnBackward')).toBe('feed-forward');
     expect(familyOf('opsCrossEntropy')).toBe('LM head + loss');
     expect(familyOf('opsAdamW')).toBe('optimizer + clipping');
+    expect(familyOf('opsAdamWMulti')).toBe('optimizer + clipping');
+    expect(familyOf('opsAdd')).toBe('residual adds');
     expect(familyOf('groupAllReduce')).toBe('gradient all-reduce');
     for (const f of ['ncclAllReduceAsync', 'ncclWaitAllReduce']) expect(familyOf(f), f).toBe('gradient all-reduce');
     expect(familyOf('createTensor')).toBeNull();
@@ -169,7 +171,7 @@ describe('profiling by op family', () => {
     const t = Int32Array.from({ length: 64 }, (_, i) => (i * 7) % 256);
     const ms = profile(() => void trainer.step(t, t), () => {});
     expect(native.opsLinear).toBe(before);
-    for (const f of ['attention', 'linear (q,k,v,o)', 'feed-forward', 'LM head + loss', 'RMSNorm', 'RoPE', 'embedding', 'optimizer + clipping'])
+    for (const f of ['attention', 'linear (q,k,v,o)', 'feed-forward', 'LM head + loss', 'RMSNorm', 'RoPE', 'embedding', 'residual adds', 'optimizer + clipping'])
       expect(ms[f], f).toBeGreaterThan(0);
     expect(ms.other).toBeGreaterThanOrEqual(0);
   });

@@ -31,7 +31,7 @@ export interface MfuRow {
 }
 
 const FAMILY_ORDER = ['attention', 'feed-forward', 'linear (q,k,v,o)', 'LM head + loss', 'RMSNorm', 'RoPE', 'embedding',
-  'optimizer + clipping', 'gradient all-reduce', 'other'];
+  'residual adds', 'optimizer + clipping', 'gradient all-reduce', 'other'];
 
 export const mfuSuite: Suite<MfuRow> = {
   name: 'mfu',

@@ -13,7 +13,10 @@ const FAMILIES: readonly (readonly [RegExp, string])[] = [
   [/^opsRmsNorm/, 'RMSNorm'],
   [/^opsRope/, 'RoPE'],
   [/^opsEmbedding/, 'embedding'],
-  [/^ops(AdamW|SumOfSquares|Scale|Add|Zero|Copy)/, 'optimizer + clipping'],
+  // The model's residual adds and the sums of its gradient paths (bandwidth alone), apart from
+  // the optimizer, whose family they had swelled.
+  [/^opsAdd$/, 'residual adds'],
+  [/^ops(AdamW|SumOfSquares|Scale|Zero|Copy)/, 'optimizer + clipping'],
   [/^(groupAllReduce|groupBarrier|ncclAllReduce|ncclWaitAllReduce|ncclBarrier)/, 'gradient all-reduce'],
 ];
 
