@@ -75,8 +75,8 @@ describe.skipIf(!!why)(title, () => {
       const [r0] = (await launch({ worldSize: 4, device: 'cuda' }, rankModule, { ...common, layout, checkpoint })) as Out[];
       // The ring changes the order of the softmax merges and of the gradient sums; the bfloat16
       // roundings of the activations stay where they were: a few bfloat16 steps at most.
-      expect(Math.abs(r0!.loss - one!.loss), `${layout} loss`).toBeLessThan(1e-2 * one!.loss);
-      for (const [n, g] of Object.entries(one!.grads)) expect(relErr(r0!.grads[n]!, g), `${layout} ${n}`).toBeLessThan(3e-2);
+      expect(Math.abs(r0!.loss - one!.loss), `${layout}, checkpoint ${checkpoint}: loss`).toBeLessThan(1e-2 * one!.loss);
+      for (const [n, g] of Object.entries(one!.grads)) expect(relErr(r0!.grads[n]!, g), `${layout}, checkpoint ${checkpoint}: ${n}`).toBeLessThan(3e-2);
     }
     // Deterministic kernels recompute the same bits, so keeping attention's output changes none.
     const det = { ...common, layout: 'zigzag', deterministic: true };

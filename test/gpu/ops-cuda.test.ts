@@ -217,8 +217,9 @@ describe.skipIf(!!why)(title, () => {
       ops.adamwMulti(all.map(([param, grad, m, v], i) => ({ param: param!, grad: grad!, m: m!, v: v!, weightDecay: decays[i], copy: copies[i] })),
         { step: 2, lr: 1e-2, beta2: 0.95, gradScale });
       for (let i = 0; i < shapes.length; ++i) {
-        for (let k = 0; k < 4; ++k) expect(await all[i]![k]!.toFloat32Array()).toEqual(await one[i]![k]!.toFloat32Array());
-        expect(await copies[i]!.toFloat32Array()).toEqual(await ref[i]!.toFloat32Array());
+        for (let k = 0; k < 4; ++k)
+          expect(await all[i]![k]!.toFloat32Array(), `gradScale ${gradScale}, entry ${i}, ${['param', 'grad', 'm', 'v'][k]}`).toEqual(await one[i]![k]!.toFloat32Array());
+        expect(await copies[i]!.toFloat32Array(), `gradScale ${gradScale}, entry ${i}, copy`).toEqual(await ref[i]!.toFloat32Array());
       }
     }
   });
