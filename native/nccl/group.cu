@@ -24,6 +24,12 @@ ncclDataType_t nccl_type(DType t) {
   return t == DType::F32 ? ncclFloat32 : t == DType::BF16 ? ncclBfloat16 : ncclFloat16;
 }
 
+// A wait covers the GPU work queued before it (a ring call's last transfer follows its
+// attention; a gradient sum, the backward before it), so a long sequence can outlast the timeout.
+constexpr const char* kSlowHint =
+    "a peer may have died, the ranks called different collectives, or the GPU work queued before it took longer "
+    "than the group's timeoutMs (long sequences: raise it)";
+
 class Group {
  public:
   Group(const ncclUniqueId& id, int rank, int world, int device, int64_t timeout_ms)
@@ -141,7 +147,7 @@ class Group {
     if (ticket > valid_upto_) live();  // the abort ended these sums early: their results are not sums
     reap();
     if (reduced_ >= ticket) return;
-    poll("allReduce", "a peer may have died, or the ranks called different collectives", [&] {
+    poll("allReduce", kSlowHint, [&] {
       reap();
       return reduced_ >= ticket;
     });
@@ -349,7 +355,7 @@ class Group {
   }
   // Polls until the stream is idle; an NCCL error or the deadline aborts the communicator.
   void wait(const std::string& what, cudaStream_t stream = nullptr) {
-    poll(what, "a peer may have died, or the ranks called different collectives", [&] {
+    poll(what, kSlowHint, [&] {
       const cudaError_t e = cudaStreamQuery(stream ? stream : stream_);
       if (e != cudaSuccess && e != cudaErrorNotReady) check_cuda(e, what);
       return e == cudaSuccess;
