@@ -7,7 +7,6 @@
 #include <cstdlib>
 #include <exception>
 #include <mutex>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -46,9 +45,12 @@ void parallel_for(int64_t n, F&& fn) {
   };
   std::vector<std::thread> pool;
   try {
+    pool.reserve(size_t(threads));
     for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-  } catch (const std::system_error&) {
-    // the system gave fewer threads than asked: the ones we have share the work
+  } catch (...) {
+    // The system gave fewer threads than asked (std::system_error), or no memory for their
+    // handles (std::bad_alloc, the vector left as it was): the ones we have share the work. Any
+    // other escape would destroy joinable threads (std::terminate) and leave active_callers up.
   }
   worker();
   for (auto& t : pool) t.join();
