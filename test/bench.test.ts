@@ -426,6 +426,8 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     expect(bench('mfu', '--bogus').stderr).toMatch(/bench mfu: .*--bogus/);
     expect(bench('mfu', '--model', 'huge', '--device', 'cpu').stderr).toMatch(/--model: expected one of tiny, 125M, 1B, 7B/);
     expect(bench('ring', '--reps', '0', '--device', 'cpu').stderr).toMatch(/--reps: expected an integer >= 1/);
+    expect(bench('mfu', '--timeout-minutes', '0', '--device', 'cpu').stderr).toMatch(/--timeout-minutes: expected an integer >= 1 and <= 35791, got '0'/);
+    expect(bench('ring', '--timeout-minutes', '1e9', '--device', 'cpu').stderr).toMatch(/--timeout-minutes: expected an integer >= 1 and <= 35791/);
     expect(bench('mfu', '--layout', 'spiral', '--device', 'cpu').stderr).toMatch(/--layout: expected one of contiguous, zigzag, got 'spiral'/);
     expect(bench('ring', '--device', 'tpu').stderr).toMatch(/--device: expected cpu or cuda/);
     expect(bench('ring', '--device', 'tpu').status).toBe(1);

@@ -10,7 +10,7 @@ import { parameterCount } from '../llama-config.js';
 import { flopsPerToken, matmulParameters, peakTflops, stepFlopsByFamily } from './flops.js';
 import type { Breakdown } from './profile.js';
 import type { Column } from './report.js';
-import { intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
+import { groupTimeoutMs, intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
 import { measureStep, type StepArgs, type StepMeasure } from './train-step.js';
 
 export interface MfuRow {
@@ -47,6 +47,7 @@ export const mfuSuite: Suite<MfuRow> = {
     'no-checkpoint': { type: 'boolean', help: 'keep every activation instead of recomputing each layer' },
     'keep-attention': { type: 'boolean', help: "checkpoint 'keep-attention': keep attention's output, so the recompute skips the attention" },
     'no-breakdown': { type: 'boolean', help: 'skip the extra profiled step (where the time goes by op family)' },
+    'timeout-minutes': { type: 'string', help: "launched: the NCCL group's timeout, which a ring call at long context must not outlast", cpu: '5', cuda: '5' },
   },
   async run(o, ctx) {
     if (o['no-checkpoint'] && o['keep-attention']) throw new RangeError('--keep-attention keeps checkpointing on: give it or --no-checkpoint, not both');
@@ -54,7 +55,8 @@ export const mfuSuite: Suite<MfuRow> = {
     const config = await ctx.modelConfig(o.model as string);
     const launched = ctx.launchedWorldSize > 1;
     if (launched && ctx.device !== 'cuda') throw new RangeError('--device: a launched job trains over NCCL, which needs cuda');
-    const group = launched ? await initProcessGroup({ backend: 'nccl' }) : undefined;
+    const timeoutMs = groupTimeoutMs(o);
+    const group = launched ? await initProcessGroup({ backend: 'nccl', timeoutMs }) : undefined;
     const ranks = launched ? ctx.launchedWorldSize : intOption(o, 'ranks');
     const devices = launched ? ranks : 1; // in-process ranks share this one
     const steps = intOption(o, 'steps', 0);

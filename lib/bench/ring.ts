@@ -18,7 +18,7 @@ import type { Column } from './report.js';
 import ringRank, { QUEUED, type RingParts, type RingRankArgs } from './ring-rank.js';
 import type { RingStepTime } from '../ring.js';
 import { LINKS, minOverlapBlock, peakTflops } from './flops.js';
-import { intList, intOption, type Suite } from './suite.js';
+import { groupTimeoutMs, intList, intOption, type Suite } from './suite.js';
 import { medianMs, randomArray } from './timing.js';
 
 export interface RingRow {
@@ -129,6 +129,7 @@ export const ringSuite: Suite<RingRow> = {
     layout: { type: 'string', help: 'contiguous or zigzag', cpu: 'zigzag', cuda: 'zigzag', choices: ['contiguous', 'zigzag'] },
     reps: { type: 'string', help: 'timed runs per figure (median)', cpu: '3', cuda: '5', smoke: '1' },
     'no-causal': { type: 'boolean', help: 'full attention instead of causal' },
+    'timeout-minutes': { type: 'string', help: "launched: the NCCL group's timeout (the other ranks wait while rank 0 times one GPU alone)", cpu: '30', cuda: '30' },
   },
   async run(o, ctx) {
     const base = {
@@ -143,8 +144,9 @@ export const ringSuite: Suite<RingRow> = {
     for (const n of launched ? [ctx.launchedWorldSize] : intList(o, 'ranks'))
       for (let b = intOption(o, 'min-block'); b <= intOption(o, 'max-block'); b *= 2) points.push([n, b]);
     // Launched, the other ranks wait in a collective while rank 0 times one GPU alone on the
-    // whole sequence: a generous timeout.
-    const group = launched ? await initProcessGroup({ backend: 'nccl', timeoutMs: 30 * 60_000 }) : undefined;
+    // whole sequence: a generous timeout by default.
+    const timeoutMs = groupTimeoutMs(o);
+    const group = launched ? await initProcessGroup({ backend: 'nccl', timeoutMs }) : undefined;
     const rows: RingRow[] = [];
     const notes: string[] = [];
     const progress = ctx.progress(points.length);

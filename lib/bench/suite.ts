@@ -1,5 +1,6 @@
 // What a benchmark suite is: named options with defaults per device (and smaller ones for
 // --smoke, CI's run), and a run that returns rows, table columns, a chart and notes.
+import { MAX_TIMER_MS } from '../errors.js';
 import type { LlamaConfig } from '../llama-config.js';
 import type { Progress } from './progress.js';
 import type { Machine, SuiteResult } from './report.js';
@@ -37,10 +38,19 @@ export interface Suite<R> {
 }
 
 /** A positive integer option, or a RangeError that names it. */
-export function intOption(o: SuiteOptions, name: string, min = 1): number {
+export function intOption(o: SuiteOptions, name: string, min = 1, max = Number.MAX_SAFE_INTEGER): number {
   const v = Number(o[name]);
-  if (!Number.isSafeInteger(v) || v < min) throw new RangeError(`--${name}: expected an integer >= ${min}, got '${o[name]}'`);
+  if (!Number.isSafeInteger(v) || v < min || v > max)
+    throw new RangeError(`--${name}: expected an integer >= ${min}${max < Number.MAX_SAFE_INTEGER ? ` and <= ${max}` : ''}, got '${o[name]}'`);
   return v;
+}
+
+/**
+ * --timeout-minutes of the suites that join a launched job: the NCCL group's timeoutMs, which
+ * bounds every wait, a ring call's GPU work included (README: long sequences need more).
+ */
+export function groupTimeoutMs(o: SuiteOptions): number {
+  return intOption(o, 'timeout-minutes', 1, Math.floor(MAX_TIMER_MS / 60_000)) * 60_000;
 }
 
 /** A comma-separated list of positive integers. */
