@@ -60,6 +60,13 @@ export interface TrainerOptions {
    */
   shardOptimizer?: boolean;
 }
+/**
+ * ffnBlockRows and ceChunkRows by default. Larger blocks on a GPU keep its matrix products large
+ * (not yet tuned on one); the (block, F) and (chunk, V) intermediates stay small beside the
+ * weights either way. @internal (the benchmarks record them)
+ */
+export const BLOCK_ROWS = { cpu: { ffn: 256, ce: 256 }, cuda: { ffn: 4096, ce: 1024 } } as const;
+
 const TRAINER_OPTION_KEYS = ['group', 'layout', 'lr', 'weightDecay', 'betas', 'eps', 'maxGradNorm', 'checkpoint', 'ffnBlockRows',
   'ceChunkRows', 'deterministic', 'shardOptimizer'];
 
@@ -567,9 +574,7 @@ export function createTrainer(model: LlamaModel, opts: TrainerOptions): Trainer 
     checkpoint: checkCheckpointing(o.checkpoint),
     deterministic: checkBoolean(o.deterministic, 'opts.deterministic') ?? false,
     shardOptimizer: checkBoolean(o.shardOptimizer, 'opts.shardOptimizer') ?? false,
-    // Larger blocks on a GPU keep its matrix products large (not yet tuned on one); the
-    // (block, F) and (chunk, V) intermediates stay small beside the weights either way.
-    ffnBlockRows: o.ffnBlockRows === undefined ? (onCuda ? 4096 : 256) : checkInteger(o.ffnBlockRows, 'opts.ffnBlockRows', 1),
-    ceChunkRows: o.ceChunkRows === undefined ? (onCuda ? 1024 : 256) : checkInteger(o.ceChunkRows, 'opts.ceChunkRows', 1),
+    ffnBlockRows: o.ffnBlockRows === undefined ? BLOCK_ROWS[onCuda ? 'cuda' : 'cpu'].ffn : checkInteger(o.ffnBlockRows, 'opts.ffnBlockRows', 1),
+    ceChunkRows: o.ceChunkRows === undefined ? BLOCK_ROWS[onCuda ? 'cuda' : 'cpu'].ce : checkInteger(o.ceChunkRows, 'opts.ceChunkRows', 1),
   });
 }

@@ -13,6 +13,7 @@ import { predictedNotToFit } from '../dist/bench/suite.js';
 import { commitOf } from '../dist/bench/report.js';
 import { median } from '../dist/bench/timing.js';
 import { familyOf, profile } from '../dist/bench/profile.js';
+import { measureStep, type StepArgs } from '../dist/bench/train-step.js';
 import { stepOverlap } from '../dist/bench/ring.js';
 import { native } from '../dist/native.js';
 import {
@@ -419,6 +420,33 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     expect(mfu.status, mfu.stderr).toBe(0);
     expect(mfu.stdout).toMatch(/checkpointing on, keeping attention's output/);
     expect(bench('mfu', '--smoke', '--device', 'cpu', '--keep-attention', '--no-checkpoint').stderr).toMatch(/--keep-attention keeps checkpointing on: give it or --no-checkpoint, not both/);
+  });
+
+  it("mfu and memory pass the step's block sizes to the trainer (given, else its defaults) and note which ran", () => {
+    // The CPU ops keep their block temporaries off the counted tensors, so the peak cannot show
+    // them here: the native calls' block arguments are read instead.
+    const seen: Record<string, number[]> = { opsFfn: [], opsFfnBackward: [], opsCrossEntropy: [] };
+    const table = native as unknown as Record<string, (...a: unknown[]) => unknown>;
+    const saved = Object.keys(seen).map((n) => [n, table[n]!] as const);
+    for (const [n, f] of saved) table[n] = (...a: unknown[]) => (seen[n]!.push(a[n === 'opsFfnBackward' ? 5 : n === 'opsFfn' ? 4 : 3] as number), f(...a));
+    try {
+      const step = (extra: Partial<StepArgs>) => {
+        for (const k in seen) seen[k] = [];
+        measureStep({ config: llamaPresets.tiny, device: 'cpu', context: 64, checkpoint: true, layout: 'contiguous', steps: 0, breakdown: false, ...extra });
+        return Object.fromEntries(Object.entries(seen).map(([n, xs]) => [n, [...new Set(xs)]]));
+      };
+      expect(step({ ffnBlockRows: 16, ceChunkRows: 8 })).toEqual({ opsFfn: [16], opsFfnBackward: [16], opsCrossEntropy: [8] });
+      expect(step({})).toEqual({ opsFfn: [256], opsFfnBackward: [256], opsCrossEntropy: [256] });
+    } finally {
+      for (const [n, f] of saved) table[n] = f;
+    }
+    const mfu = bench('mfu', '--smoke', '--device', 'cpu', '--ffn-block-rows', '32', '--out-dir', join(out, 'mfu-blocks'));
+    expect(mfu.status, mfu.stderr).toBe(0);
+    expect(mfu.stdout).toMatch(/feed-forward blocks of 32 tokens, cross-entropy chunks of 256/);
+    const memory = bench('memory', '--smoke', '--device', 'cpu', '--ce-chunk-rows', '8', '--out-dir', join(out, 'memory-blocks'));
+    expect(memory.status, memory.stderr).toBe(0);
+    expect(memory.stdout).toMatch(/feed-forward blocks of 256 tokens, cross-entropy chunks of 8/);
+    expect(bench('mfu', '--smoke', '--device', 'cpu', '--ce-chunk-rows', '0').stderr).toMatch(/--ce-chunk-rows: expected an integer >= 1, got '0'/);
   });
 
   it('refuses bad arguments with messages that name them', () => {

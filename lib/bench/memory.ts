@@ -5,7 +5,7 @@
 // layer plus one layer's working set when checkpointing (the paper's Table 1). The suite fits
 // that line and prints its slope in hidden-sized vectors (of the compute dtype) per token per layer.
 import type { Column } from './report.js';
-import { intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
+import { BLOCK_OPTIONS, blockRows, intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
 import { measureStep, type StepArgs } from './train-step.js';
 import type { LlamaConfig } from '../llama-config.js';
 import { COMPUTE_DTYPE } from '../llama-model.js';
@@ -47,6 +47,7 @@ export const memorySuite: Suite<MemoryRow> = {
     'min-context': { type: 'string', help: 'first context length', cpu: '256', cuda: '4096', smoke: '64' },
     'max-context': { type: 'string', help: 'last context length; 0: double until a step does not fit', cpu: '4096', cuda: '0', smoke: '256' },
     'keep-attention': { type: 'boolean', help: "also checkpoint 'keep-attention' (attention's output kept, not recomputed)" },
+    ...BLOCK_OPTIONS,
   },
   async run(o, ctx) {
     const config: LlamaConfig = await ctx.modelConfig(o.model as string);
@@ -55,7 +56,8 @@ export const memorySuite: Suite<MemoryRow> = {
     const contexts: number[] = [];
     for (let c = intOption(o, 'min-context'); c <= Math.min(max, MAX_CONTEXT); c *= 2) contexts.push(c);
     const rows: MemoryRow[] = [];
-    const notes: string[] = [];
+    const blocks = blockRows(o, ctx.device);
+    const notes: string[] = [blocks.note];
     const modes: Checkpointing[] = o['keep-attention'] ? [true, 'keep-attention', false] : [true, false];
     const progress = ctx.progress(modes.length * contexts.length);
     try {
@@ -69,7 +71,8 @@ export const memorySuite: Suite<MemoryRow> = {
             progress.done('not tried');
             break;
           }
-          const args: StepArgs = { config, device: ctx.device, context, checkpoint, layout: 'contiguous', steps: 0, breakdown: false };
+          const args: StepArgs = { config, device: ctx.device, context, checkpoint, layout: 'contiguous', steps: 0, breakdown: false,
+            ffnBlockRows: blocks.ffnBlockRows, ceChunkRows: blocks.ceChunkRows };
           let m;
           try {
             m = measureStep(args);

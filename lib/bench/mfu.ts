@@ -10,7 +10,7 @@ import { parameterCount } from '../llama-config.js';
 import { flopsPerToken, matmulParameters, peakTflops, stepFlopsByFamily } from './flops.js';
 import type { Breakdown } from './profile.js';
 import type { Column } from './report.js';
-import { groupTimeoutMs, intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
+import { BLOCK_OPTIONS, blockRows, groupTimeoutMs, intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
 import { measureStep, type StepArgs, type StepMeasure } from './train-step.js';
 
 export interface MfuRow {
@@ -48,6 +48,7 @@ export const mfuSuite: Suite<MfuRow> = {
     'keep-attention': { type: 'boolean', help: "checkpoint 'keep-attention': keep attention's output, so the recompute skips the attention" },
     'no-breakdown': { type: 'boolean', help: 'skip the extra profiled step (where the time goes by op family)' },
     'timeout-minutes': { type: 'string', help: "launched: the NCCL group's timeout, which a ring call at long context must not outlast", cpu: '5', cuda: '5' },
+    ...BLOCK_OPTIONS,
   },
   async run(o, ctx) {
     if (o['no-checkpoint'] && o['keep-attention']) throw new RangeError('--keep-attention keeps checkpointing on: give it or --no-checkpoint, not both');
@@ -60,6 +61,7 @@ export const mfuSuite: Suite<MfuRow> = {
     const ranks = launched ? ctx.launchedWorldSize : intOption(o, 'ranks');
     const devices = launched ? ranks : 1; // in-process ranks share this one
     const steps = intOption(o, 'steps', 0);
+    const blocks = blockRows(o, ctx.device);
     const given = Number(o['peak-tflops']);
     if (o['peak-tflops'] && !(given > 0)) throw new RangeError(`--peak-tflops: expected a number > 0, got '${o['peak-tflops']}'`);
     const peak = o['peak-tflops'] ? { tflops: given, matched: '--peak-tflops' } : peakTflops(ctx.machine.gpu);
@@ -87,7 +89,7 @@ export const mfuSuite: Suite<MfuRow> = {
           break;
         }
         const args: StepArgs = { config, device: ctx.device, context, checkpoint, layout: o.layout as never,
-          steps, breakdown: !o['no-breakdown'] };
+          steps, breakdown: !o['no-breakdown'], ffnBlockRows: blocks.ffnBlockRows, ceChunkRows: blocks.ceChunkRows };
         let m: StepMeasure;
         try {
           m = group ? largestPeak(measureStep(args, group), group, ctx.device)
@@ -116,6 +118,7 @@ export const mfuSuite: Suite<MfuRow> = {
     }
     notes.push(`checkpointing ${checkpoint === true ? 'on' : checkpoint === false ? 'off' : "on, keeping attention's output (no attention in the recompute)"}`);
     if (steps === 0) notes.push('--steps 0: each time is the warm-up step\'s, first-call costs included');
+    notes.push(blocks.note);
     if (process.env.RING_ATTENTION_SM90 === '1') notes.push('RING_ATTENTION_SM90=1: attention ran on the Hopper kernels wherever they apply');
     notes.push(`model ${o.model}: ${(parameterCount(config) / 1e6).toFixed(1)}M parameters, ${(matmulParameters(config) / 1e6).toFixed(1)}M ` +
       'of them in matrix products (the embedding lookup excluded, the LM head included); FLOPs per token = 6 x matmul parameters + ' +

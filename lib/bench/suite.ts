@@ -1,6 +1,7 @@
 // What a benchmark suite is: named options with defaults per device (and smaller ones for
 // --smoke, CI's run), and a run that returns rows, table columns, a chart and notes.
 import { MAX_TIMER_MS } from '../errors.js';
+import { BLOCK_ROWS } from '../train.js';
 import type { LlamaConfig } from '../llama-config.js';
 import type { Progress } from './progress.js';
 import type { Machine, SuiteResult } from './report.js';
@@ -79,4 +80,17 @@ export function predictedNotToFit(measured: readonly { context: number; peakByte
   if (predicted <= deviceBytes) return null;
   const gib = (x: number) => `${(x / 2 ** 30).toFixed(1)} GiB`;
   return `not tried: contexts ${a.context} and ${b.context} predict a peak of ${gib(predicted)}, over the GPU's ${gib(deviceBytes)}`;
+}
+
+/** The step's block sizes, for the suites that train (mfu, memory): untuned on a GPU, so they can be swept. */
+export const BLOCK_OPTIONS: Record<string, OptionSpec> = {
+  'ffn-block-rows': { type: 'string', help: `tokens per feed-forward row block (default ${BLOCK_ROWS.cpu.ffn} on cpu, ${BLOCK_ROWS.cuda.ffn} on cuda)`, cpu: '', cuda: '' },
+  'ce-chunk-rows': { type: 'string', help: `tokens per cross-entropy chunk (default ${BLOCK_ROWS.cpu.ce} on cpu, ${BLOCK_ROWS.cuda.ce} on cuda)`, cpu: '', cuda: '' },
+};
+
+/** The block sizes a training step runs with (given, else the trainer's defaults) and the note that records them. */
+export function blockRows(o: SuiteOptions, device: 'cpu' | 'cuda'): { ffnBlockRows: number; ceChunkRows: number; note: string } {
+  const ffnBlockRows = o['ffn-block-rows'] ? intOption(o, 'ffn-block-rows') : BLOCK_ROWS[device].ffn;
+  const ceChunkRows = o['ce-chunk-rows'] ? intOption(o, 'ce-chunk-rows') : BLOCK_ROWS[device].ce;
+  return { ffnBlockRows, ceChunkRows, note: `feed-forward blocks of ${ffnBlockRows} tokens, cross-entropy chunks of ${ceChunkRows}` };
 }

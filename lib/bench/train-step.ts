@@ -22,6 +22,9 @@ export interface StepArgs {
   steps: number;
   /** Also run one step with every op timed. */
   breakdown: boolean;
+  /** The trainer's block sizes (its defaults when absent). */
+  ffnBlockRows?: number;
+  ceChunkRows?: number;
 }
 
 export interface StepMeasure {
@@ -59,6 +62,7 @@ export function measureStep(args: StepArgs, group?: ProcessGroup): StepMeasure {
   using model = initLlama(args.config, { seed: 1, device: args.device });
   using trainer = createTrainer(model, {
     group, layout: args.layout, lr: 1e-4, maxGradNorm: 1, checkpoint: args.checkpoint,
+    ffnBlockRows: args.ffnBlockRows, ceChunkRows: args.ceChunkRows,
   });
   const whole = randomTokens(args.context + 1, args.config.vocab_size, 7);
   const shard = (a: Int32Array) => shardTokens(a, { rank, worldSize, layout: args.layout }).tokens;
