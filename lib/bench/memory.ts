@@ -5,8 +5,8 @@
 // layer plus one layer's working set when checkpointing (the paper's Table 1). The suite fits
 // that line and prints its slope in hidden-sized vectors (of the compute dtype) per token per layer.
 import type { Column } from './report.js';
-import { BLOCK_OPTIONS, blockRows, intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
-import { measureStep, type StepArgs } from './train-step.js';
+import { BLOCK_OPTIONS, blockNote, blockRows, intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
+import { measureStep, type StepArgs, type StepMeasure } from './train-step.js';
 import type { LlamaConfig } from '../llama-config.js';
 import { COMPUTE_DTYPE } from '../llama-model.js';
 import type { Checkpointing } from '../llama.js';
@@ -56,8 +56,9 @@ export const memorySuite: Suite<MemoryRow> = {
     const contexts: number[] = [];
     for (let c = intOption(o, 'min-context'); c <= Math.min(max, MAX_CONTEXT); c *= 2) contexts.push(c);
     const rows: MemoryRow[] = [];
-    const blocks = blockRows(o, ctx.device);
-    const notes: string[] = [blocks.note];
+    const blocks = blockRows(o);
+    const notes: string[] = [];
+    let ran: StepMeasure['blocks'] | undefined; // what the trainer was given (the notes)
     const modes: Checkpointing[] = o['keep-attention'] ? [true, 'keep-attention', false] : [true, false];
     const progress = ctx.progress(modes.length * contexts.length);
     try {
@@ -71,8 +72,7 @@ export const memorySuite: Suite<MemoryRow> = {
             progress.done('not tried');
             break;
           }
-          const args: StepArgs = { config, device: ctx.device, context, checkpoint, layout: 'contiguous', steps: 0, breakdown: false,
-            ffnBlockRows: blocks.ffnBlockRows, ceChunkRows: blocks.ceChunkRows };
+          const args: StepArgs = { config, device: ctx.device, context, checkpoint, layout: 'contiguous', steps: 0, breakdown: false, ...blocks };
           let m;
           try {
             m = measureStep(args);
@@ -82,6 +82,7 @@ export const memorySuite: Suite<MemoryRow> = {
             if (rows.length === 0) throw e;
             break;
           }
+          ran ??= m.blocks;
           const activationBytes = m.peakBytes - m.baseBytes;
           rows.push({ model: String(o.model), context, checkpoint, baseBytes: m.baseBytes, peakBytes: m.peakBytes, activationBytes,
             vectorsPerTokenLayer: activationBytes / (context * config.num_hidden_layers * config.hidden_size * elementBytes) });
@@ -90,6 +91,7 @@ export const memorySuite: Suite<MemoryRow> = {
     } finally {
       progress.stop();
     }
+    if (ran) notes.push(blockNote(ran));
     for (const checkpoint of modes) {
       const rs = rows.filter((r) => r.checkpoint === checkpoint);
       if (rs.length < 2) continue;

@@ -5,12 +5,13 @@
 import type { ProcessGroup } from '../group.js';
 import { launch } from '../launch.js';
 import { gatherNumbers } from '../group-values.js';
+import { DEFAULT_TIMEOUT_MS } from '../errors.js';
 import { initProcessGroup } from '../process-group.js';
 import { parameterCount } from '../llama-config.js';
 import { flopsPerToken, matmulParameters, peakTflops, stepFlopsByFamily } from './flops.js';
 import type { Breakdown } from './profile.js';
 import type { Column } from './report.js';
-import { BLOCK_OPTIONS, blockRows, groupTimeoutMs, intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
+import { BLOCK_OPTIONS, blockNote, blockRows, groupTimeoutMs, intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
 import { measureStep, type StepArgs, type StepMeasure } from './train-step.js';
 
 export interface MfuRow {
@@ -56,17 +57,20 @@ export const mfuSuite: Suite<MfuRow> = {
     const config = await ctx.modelConfig(o.model as string);
     const launched = ctx.launchedWorldSize > 1;
     if (launched && ctx.device !== 'cuda') throw new RangeError('--device: a launched job trains over NCCL, which needs cuda');
+    // Every option checked before the rendezvous, so that a bad one fails the job at once.
     const timeoutMs = groupTimeoutMs(o);
-    const group = launched ? await initProcessGroup({ backend: 'nccl', timeoutMs }) : undefined;
-    const ranks = launched ? ctx.launchedWorldSize : intOption(o, 'ranks');
-    const devices = launched ? ranks : 1; // in-process ranks share this one
+    const blocks = blockRows(o);
     const steps = intOption(o, 'steps', 0);
-    const blocks = blockRows(o, ctx.device);
+    const ranks = launched ? ctx.launchedWorldSize : intOption(o, 'ranks');
+    // The rendezvous keeps its 5 minutes (a rank that never starts) whatever the steps need.
+    const group = launched ? await initProcessGroup({ backend: 'nccl', timeoutMs, rendezvousTimeoutMs: DEFAULT_TIMEOUT_MS }) : undefined;
+    const devices = launched ? ranks : 1; // in-process ranks share this one
     const given = Number(o['peak-tflops']);
     if (o['peak-tflops'] && !(given > 0)) throw new RangeError(`--peak-tflops: expected a number > 0, got '${o['peak-tflops']}'`);
     const peak = o['peak-tflops'] ? { tflops: given, matched: '--peak-tflops' } : peakTflops(ctx.machine.gpu);
     const rows: MfuRow[] = [];
     const notes: string[] = [];
+    let ran: StepMeasure['blocks'] | undefined; // what the trainer was given (the notes)
     // Rank 0's profile times its own calls, each between two waits for its device: a device that
     // in-process ranks share runs their kernels inside those times too. And with the contiguous
     // layout rank 0 runs far less of the causal attention than 1/N (and waits for the others).
@@ -89,7 +93,7 @@ export const mfuSuite: Suite<MfuRow> = {
           break;
         }
         const args: StepArgs = { config, device: ctx.device, context, checkpoint, layout: o.layout as never,
-          steps, breakdown: !o['no-breakdown'], ffnBlockRows: blocks.ffnBlockRows, ceChunkRows: blocks.ceChunkRows };
+          steps, breakdown: !o['no-breakdown'], ...blocks };
         let m: StepMeasure;
         try {
           m = group ? largestPeak(measureStep(args, group), group, ctx.device)
@@ -102,6 +106,7 @@ export const mfuSuite: Suite<MfuRow> = {
           if (rows.length === 0) throw e;
           break;
         }
+        ran ??= m.blocks;
         const stepMs = m.stepMs ?? m.warmupMs;
         const tflops = (flopsPerToken(config, context) * context) / (stepMs * 1e-3) / 1e12;
         const row: MfuRow = {
@@ -118,7 +123,7 @@ export const mfuSuite: Suite<MfuRow> = {
     }
     notes.push(`checkpointing ${checkpoint === true ? 'on' : checkpoint === false ? 'off' : "on, keeping attention's output (no attention in the recompute)"}`);
     if (steps === 0) notes.push('--steps 0: each time is the warm-up step\'s, first-call costs included');
-    notes.push(blocks.note);
+    if (ran) notes.push(blockNote(ran));
     if (process.env.RING_ATTENTION_SM90 === '1') notes.push('RING_ATTENTION_SM90=1: attention ran on the Hopper kernels wherever they apply');
     notes.push(`model ${o.model}: ${(parameterCount(config) / 1e6).toFixed(1)}M parameters, ${(matmulParameters(config) / 1e6).toFixed(1)}M ` +
       'of them in matrix products (the embedding lookup excluded, the LM head included); FLOPs per token = 6 x matmul parameters + ' +

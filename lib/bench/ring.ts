@@ -146,7 +146,7 @@ export const ringSuite: Suite<RingRow> = {
     // Launched, the other ranks wait in a collective while rank 0 times one GPU alone on the
     // whole sequence: a generous timeout by default.
     const timeoutMs = groupTimeoutMs(o);
-    const group = launched ? await initProcessGroup({ backend: 'nccl', timeoutMs }) : undefined;
+    const group = launched ? await initProcessGroup({ backend: 'nccl', timeoutMs, rendezvousTimeoutMs: 30 * 60_000 }) : undefined;  // as before the option
     const rows: RingRow[] = [];
     const notes: string[] = [];
     const progress = ctx.progress(points.length);

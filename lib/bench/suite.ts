@@ -88,9 +88,18 @@ export const BLOCK_OPTIONS: Record<string, OptionSpec> = {
   'ce-chunk-rows': { type: 'string', help: `tokens per cross-entropy chunk (default ${BLOCK_ROWS.cpu.ce} on cpu, ${BLOCK_ROWS.cuda.ce} on cuda)`, cpu: '', cuda: '' },
 };
 
-/** The block sizes a training step runs with (given, else the trainer's defaults) and the note that records them. */
-export function blockRows(o: SuiteOptions, device: 'cpu' | 'cuda'): { ffnBlockRows: number; ceChunkRows: number; note: string } {
-  const ffnBlockRows = o['ffn-block-rows'] ? intOption(o, 'ffn-block-rows') : BLOCK_ROWS[device].ffn;
-  const ceChunkRows = o['ce-chunk-rows'] ? intOption(o, 'ce-chunk-rows') : BLOCK_ROWS[device].ce;
-  return { ffnBlockRows, ceChunkRows, note: `feed-forward blocks of ${ffnBlockRows} tokens, cross-entropy chunks of ${ceChunkRows}` };
+export interface BlockRows {
+  ffnBlockRows?: number;
+  ceChunkRows?: number;
 }
+
+/** The block sizes given (checked); absent ones are left to the trainer's defaults. */
+export function blockRows(o: SuiteOptions): BlockRows {
+  return {
+    ...(o['ffn-block-rows'] ? { ffnBlockRows: intOption(o, 'ffn-block-rows') } : {}),
+    ...(o['ce-chunk-rows'] ? { ceChunkRows: intOption(o, 'ce-chunk-rows') } : {}),
+  };
+}
+
+/** The note of the block sizes a step ran with (StepMeasure.blocks). */
+export const blockNote = (b: Required<BlockRows>) => `feed-forward blocks of ${b.ffnBlockRows} tokens, cross-entropy chunks of ${b.ceChunkRows}`;

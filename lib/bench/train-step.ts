@@ -8,7 +8,7 @@ import type { LlamaConfig } from '../llama-config.js';
 import { shardTokens, type Checkpointing } from '../llama.js';
 import { initLlama } from '../llama-model.js';
 import type { Layout } from '../shard.js';
-import { createTrainer } from '../train.js';
+import { BLOCK_ROWS, createTrainer } from '../train.js';
 import { profile, type Breakdown } from './profile.js';
 
 export interface StepArgs {
@@ -39,6 +39,8 @@ export interface StepMeasure {
   /** Most bytes held during the warm-up step (this rank's device). */
   peakBytes: number;
   loss: number;
+  /** The block sizes the trainer was given (its defaults where the args had none), for the notes. */
+  blocks: { ffnBlockRows: number; ceChunkRows: number };
 }
 
 /** A seeded stream of token ids in [0, vocab). */
@@ -59,10 +61,10 @@ export function measureStep(args: StepArgs, group?: ProcessGroup): StepMeasure {
   const sync = args.device === 'cuda' ? cudaSynchronize : () => {};
   const rank = group?.rank ?? 0, worldSize = group?.worldSize ?? 1;
 
+  const blocks = { ffnBlockRows: args.ffnBlockRows ?? BLOCK_ROWS[args.device].ffn, ceChunkRows: args.ceChunkRows ?? BLOCK_ROWS[args.device].ce };
   using model = initLlama(args.config, { seed: 1, device: args.device });
   using trainer = createTrainer(model, {
-    group, layout: args.layout, lr: 1e-4, maxGradNorm: 1, checkpoint: args.checkpoint,
-    ffnBlockRows: args.ffnBlockRows, ceChunkRows: args.ceChunkRows,
+    group, layout: args.layout, lr: 1e-4, maxGradNorm: 1, checkpoint: args.checkpoint, ...blocks,
   });
   const whole = randomTokens(args.context + 1, args.config.vocab_size, 7);
   const shard = (a: Int32Array) => shardTokens(a, { rank, worldSize, layout: args.layout }).tokens;
@@ -87,7 +89,7 @@ export function measureStep(args: StepArgs, group?: ProcessGroup): StepMeasure {
     times.push(performance.now() - t0);
   }
   const breakdown = args.breakdown ? profile(() => void trainer.step(tokens, targets), sync) : null;
-  return { stepMs: times.length ? median(times) : null, warmupMs, breakdown, baseBytes, peakBytes, loss };
+  return { stepMs: times.length ? median(times) : null, warmupMs, breakdown, baseBytes, peakBytes, loss, blocks };
 }
 
 export default ({ group, args }: { group: ProcessGroup; args: StepArgs }): StepMeasure => measureStep(args, group);

@@ -169,7 +169,7 @@ function runTorch(x: Dims, dtype: Half, causal: boolean, inp: ReturnType<typeof 
   try {
     writeFileSync(join(dir, 'meta.json'), JSON.stringify({ ...x, causal, dtype, scale: 1 / Math.sqrt(x.dim) }));
     for (const k of ['q', 'k', 'v', 'dout'] as const) writeFileSync(join(dir, `${k}.f32`), inp[k]);
-    const r = spawnSync('python3', [join(here, 'sdpa_oracle.py'), dir], { encoding: 'utf8', timeout: 100_000 }); // a hang fails the test, not the whole run
+    const r = spawnSync('python3', [join(here, 'sdpa_oracle.py'), dir], { encoding: 'utf8', timeout: 100_000, killSignal: 'SIGKILL' }); // a hang fails the test, not the whole run
     if (r.status !== 0) throw new Error(`sdpa_oracle.py failed${r.signal ? ` (cut off at 100 s: ${r.signal})` : ''}: ${r.stderr}`);
     const load = (name: string) => { const b = readFileSync(join(dir, `${name}.f32`)); return new Float32Array(b.buffer, b.byteOffset, b.length / 4); };
     const get = (tag: string) => ({ out: load(`out_${tag}`), dq: load(`dq_${tag}`), dk: load(`dk_${tag}`), dv: load(`dv_${tag}`) });

@@ -50,7 +50,7 @@ describe.skipIf(!!why)(title, () => {
         await saveLlama(dir, model);
         writeFileSync(join(dir, 'tokens.i32'), tokens);
         writeFileSync(join(dir, 'targets.i32'), targets);
-        const r = spawnSync('python3', [join(here, 'hf_llama_oracle.py'), dir], { encoding: 'utf8', timeout: 100_000 }); // a hang fails the test, not the whole run
+        const r = spawnSync('python3', [join(here, 'hf_llama_oracle.py'), dir], { encoding: 'utf8', timeout: 100_000, killSignal: 'SIGKILL' }); // a hang fails the test, not the whole run
         if (r.status !== 0) throw new Error(`hf_llama_oracle.py failed${r.signal ? ` (cut off at 100 s: ${r.signal})` : ''}: ${r.stderr}`);
 
         using trainer = createTrainer(model, { lr: 1e-3 });

@@ -28,12 +28,12 @@ describe.skipIf(!!why)(why ? `wgmma on the GPU (skipped: ${why})` : 'wgmma on th
     const exe = join(dir, 'wgmma-unit');
     const build = spawnSync(nvcc, ['-std=c++17', '-O2', '-gencode', 'arch=compute_90a,code=sm_90a', `-I${root}`,
       join(root, 'test', 'gpu', 'wgmma_unit.cu'),
-      join(root, 'native', 'cuda', 'flash', 'tma_map.cu'), '-o', exe], { encoding: 'utf8', timeout: 120_000 });
+      join(root, 'native', 'cuda', 'flash', 'tma_map.cu'), '-o', exe], { encoding: 'utf8', timeout: 120_000, killSignal: 'SIGKILL' });
     expect(build.signal, 'nvcc cut off at 120 s').toBeNull();
     expect(build.status, build.stderr).toBe(0);
     // Bounded: vitest's limit cannot interrupt a blocking spawnSync, so a kernel that hangs
     // (an mbarrier or bulk wait never met) would otherwise hold the whole GPU run.
-    const r = spawnSync(exe, { encoding: 'utf8', timeout: 30_000 });
+    const r = spawnSync(exe, { encoding: 'utf8', timeout: 30_000, killSignal: 'SIGKILL' });
     expect(r.signal, `the unit program cut off at 30 s (a hang?); it printed: ${r.stdout}`).toBeNull();
     for (const [form, n] of [['wgmma_ss', 64], ['wgmma_rs', 64], ['wgmma_ss_tt', 64],
       ['wgmma_ss (swizzled)', 64], ['wgmma_rs (swizzled)', 64], ['wgmma_ss_tt (swizzled)', 64], ['wgmma_ss', 128], ['wgmma_rs', 128],
