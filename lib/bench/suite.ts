@@ -1,7 +1,7 @@
 // What a benchmark suite is: named options with defaults per device (and smaller ones for
 // --smoke, CI's run), and a run that returns rows, table columns, a chart and notes.
 import { MAX_TIMER_MS } from '../errors.js';
-import { BLOCK_ROWS } from '../train.js';
+import { BLOCK_ROWS, type TrainerOptions } from '../train.js';
 import type { LlamaConfig } from '../llama-config.js';
 import type { Progress } from './progress.js';
 import type { Machine, SuiteResult } from './report.js';
@@ -88,10 +88,8 @@ export const BLOCK_OPTIONS: Record<string, OptionSpec> = {
   'ce-chunk-rows': { type: 'string', help: `tokens per cross-entropy chunk (default ${BLOCK_ROWS.cpu.ce} on cpu, ${BLOCK_ROWS.cuda.ce} on cuda)`, cpu: '', cuda: '' },
 };
 
-export interface BlockRows {
-  ffnBlockRows?: number;
-  ceChunkRows?: number;
-}
+/** The trainer's block-size options, as the suites pass them on. */
+export type BlockRows = Pick<TrainerOptions, 'ffnBlockRows' | 'ceChunkRows'>;
 
 /** The block sizes given (checked); absent ones are left to the trainer's defaults. */
 export function blockRows(o: SuiteOptions): BlockRows {

@@ -10,8 +10,10 @@ import { initLlama } from '../llama-model.js';
 import type { Layout } from '../shard.js';
 import { BLOCK_ROWS, createTrainer } from '../train.js';
 import { profile, type Breakdown } from './profile.js';
+import type { BlockRows } from './suite.js';
 
-export interface StepArgs {
+/** The step's block sizes (BlockRows) are the trainer's, its defaults where absent. */
+export interface StepArgs extends BlockRows {
   config: LlamaConfig;
   device: 'cpu' | 'cuda';
   /** Whole sequence length, over all ranks. */
@@ -22,9 +24,6 @@ export interface StepArgs {
   steps: number;
   /** Also run one step with every op timed. */
   breakdown: boolean;
-  /** The trainer's block sizes (its defaults when absent). */
-  ffnBlockRows?: number;
-  ceChunkRows?: number;
 }
 
 export interface StepMeasure {
@@ -40,7 +39,7 @@ export interface StepMeasure {
   peakBytes: number;
   loss: number;
   /** The block sizes the trainer was given (its defaults where the args had none), for the notes. */
-  blocks: { ffnBlockRows: number; ceChunkRows: number };
+  blocks: Required<BlockRows>;
 }
 
 /** A seeded stream of token ids in [0, vocab). */
