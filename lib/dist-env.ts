@@ -80,7 +80,7 @@ function slurmTasksHere(env: Env): number {
 }
 
 /** Reads torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, ...) or, failing those, Slurm's (SLURM_PROCID, ...). */
-export function readDistributedEnv(env: Env = process.env): DistributedEnv {
+export function readDistributedEnv(env: Record<string, string | undefined> = process.env): DistributedEnv {
   if (env === null || typeof env !== 'object') throw new TypeError(`env: expected an object of environment variables, got ${env === null ? 'null' : typeof env}`);
   // An sbatch script may export WORLD_SIZE for srun's tasks, and a shell may hold an empty
   // RANK: only a RANK with a value means torchrun (or our launcher) when Slurm's are there.

@@ -8,12 +8,14 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { checkOptions, describe, fail, isObject } from './errors.js';
 import { bf16BitsToF32s, fromBf16Bits, fromF16Bits } from './half.js';
 
-/** Every dtype the format defines, with its size in bytes; the header may name any of them. */
-const ITEM_SIZE = {
+/** Every dtype the format defines; the header may name any of them. */
+export type SafetensorsDType =
+  'BOOL' | 'U8' | 'I8' | 'F8_E4M3' | 'F8_E5M2' | 'I16' | 'U16' | 'F16' | 'BF16' | 'I32' | 'U32' | 'F32' | 'I64' | 'U64' | 'F64';
+/** Each dtype's size in bytes. */
+const ITEM_SIZE: Readonly<Record<SafetensorsDType, number>> = {
   BOOL: 1, U8: 1, I8: 1, F8_E4M3: 1, F8_E5M2: 1, I16: 2, U16: 2, F16: 2, BF16: 2,
   I32: 4, U32: 4, F32: 4, I64: 8, U64: 8, F64: 8,
-} as const;
-export type SafetensorsDType = keyof typeof ITEM_SIZE;
+};
 /** The dtypes whose values can be read (as float32). */
 export type FloatDType = 'F32' | 'BF16' | 'F16' | 'F64';
 const READABLE: readonly string[] = ['F32', 'BF16', 'F16', 'F64'];
