@@ -1,6 +1,6 @@
 // ring-attention: exact attention over sequences split across devices (Ring Attention with
 // Blockwise Transformers, Liu, Zaharia & Abbeel 2023), for TypeScript.
-import { native, nativePath, type CudaInfo, type CudaMemoryStats, type HostMemoryStats } from './native.js';
+import { cudaInfo, native, nativePath, type CudaInfo, type CudaMemoryStats, type HostMemoryStats } from './native.js';
 
 export { attention, attentionBackward, MAX_HEAD_DIM } from './attention.js';
 export type { AttentionGradients, AttentionOptions, AttentionResult } from './attention.js';
@@ -56,7 +56,7 @@ export interface BuildInfo {
 
 /** What was loaded and what it can use here. */
 export function info(): BuildInfo {
-  const cuda = native.cudaInfo();
+  const cuda = cudaInfo();
   const build = /[\\/]prebuilds[\\/]/.test(nativePath) ? 'prebuild' : (native.buildSystem() as 'cmake-js' | 'node-gyp');
   return { binary: nativePath, build, backend: cuda.available ? 'cuda' : 'cpu', cpuKernels: native.cpuKernels() as BuildInfo['cpuKernels'],
     cpuThreads: native.cpuThreads(), cuda };

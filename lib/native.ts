@@ -3,6 +3,7 @@
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { checkArchitectures } from './cuda-arch.js';
 
 export interface TensorHandle {
   toFloat32Array(): Float32Array;
@@ -93,6 +94,7 @@ interface Native {
     causal: boolean, scale: number, zigzag: boolean, parts?: number, timeSteps?: boolean, deterministic?: boolean,
     documentIds?: Int32Array, failAtStep?: number,
   ): [TensorHandle, TensorHandle, TensorHandle, Float64Array?];
+  /** What the CUDA runtime reports; the library asks cudaInfo() below, which also checks the architectures. */
   cudaInfo(): CudaInfo;
   /** 'cmake-js' or 'node-gyp'. */
   buildSystem(): string;
@@ -171,3 +173,8 @@ if (threads !== undefined && threads !== '') {
 export const native: Native = require('node-gyp-build')(packageRoot);
 /** Path of the binary that was loaded, for diagnostics. */
 export const nativePath: string = require('node-gyp-build').resolve(packageRoot);
+
+/** The CUDA runtime's report, with CUDA unavailable (and why) where a GPU here cannot run the compiled code. */
+export function cudaInfo(): CudaInfo {
+  return checkArchitectures(native.cudaInfo());
+}

@@ -5,7 +5,7 @@ import { readDistributedEnv } from './dist-env.js';
 import { checkInteger, checkOptions, fail, MAX_TIMER_MS, DEFAULT_TIMEOUT_MS } from './errors.js';
 import { ProcessGroup } from './group.js';
 import { findLibrary, LIBRARIES } from './libraries.js';
-import { native } from './native.js';
+import { cudaInfo, native } from './native.js';
 import { rendezvous } from './rendezvous.js';
 
 export interface InitProcessGroupOptions {
@@ -37,7 +37,7 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
     throw new Error(`initProcessGroup: NCCL (${nccl.name}) was not found; looked in ${nccl.searched.join(', ')}. ` +
       `Install it (pip install nvidia-nccl-cu13, or the system package libnccl2), or set ${LIBRARIES.nccl.envVar} to the library or its directory.`);
   native.ncclLoad(nccl.path);
-  const cuda = native.cudaInfo();
+  const cuda = cudaInfo();
   if (!cuda.available) throw new Error(`initProcessGroup: the 'nccl' backend needs a CUDA device (${cuda.reason})`);
   // `ring-attention launch` leaves each process one visible GPU; under torchrun all are visible.
   // (Slurm may also give each task a few GPUs of its own: the modulo keeps their sets apart when

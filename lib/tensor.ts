@@ -2,7 +2,7 @@
 import { isFloat32Array } from 'node:util/types';
 
 import { checkOneOf, checkOptions, describe, fail } from './errors.js';
-import { native, type TensorHandle } from './native.js';
+import { cudaInfo, native, type TensorHandle } from './native.js';
 
 export type DType = 'float32' | 'bfloat16' | 'float16';
 export type DeviceName = 'cpu' | 'cuda';
@@ -127,7 +127,7 @@ function checkShape(given: unknown, name: string): readonly number[] {
 
 export function checkDevice(device: DeviceName, name: string): void {
   if (device !== 'cuda') return;
-  const cuda = native.cudaInfo();
+  const cuda = cudaInfo();
   if (!cuda.available) fail('range', `${name}: 'cuda' is not available here (${cuda.reason}); use 'cpu'`);
 }
 

@@ -5,9 +5,11 @@
 //   RING_ATTENTION_BUILD=source  only cmake-js      RING_ATTENTION_BUILD=cpu  only node-gyp
 //   --force                      rebuild even when a binary loads
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { detectArchs } from './cuda-archs.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
@@ -35,10 +37,28 @@ function run(cmd, args) {
 
 const has = (tool) => spawnSync(tool, ['--version'], { stdio: 'ignore' }).status === 0;
 
+// The CUDA architectures build/ was configured for ('' for CMakeLists.txt's default), or null when it is not configured.
+function configuredArchs() {
+  try {
+    const cache = readFileSync(join(root, 'build', 'CMakeCache.txt'), 'utf8');
+    return /^CMAKE_CUDA_ARCHITECTURES:\w+=(.*)$/m.exec(cache)?.[1] ?? '';
+  } catch {
+    return null;
+  }
+}
+
 function cmakeBuild() {
   if (!has('cmake')) return false;
-  const args = [require.resolve('cmake-js/bin/cmake-js'), 'compile', '--out', 'build'];
+  const archs = process.env.CUDAARCHS || detectArchs();
+  // compile keeps a configured build/ as it was: one made for other architectures starts afresh.
+  const configured = configuredArchs();
+  const verb = configured !== null && configured !== (archs ?? '') ? 'rebuild' : 'compile';
+  const args = [require.resolve('cmake-js/bin/cmake-js'), verb, '--out', 'build'];
   if (has('ninja')) args.push('--generator', 'Ninja');
+  if (archs) {
+    console.log(`ring-attention: CUDA code for ${archs}${process.env.CUDAARCHS ? ' (CUDAARCHS)' : ', the GPUs here (set CUDAARCHS to choose)'}`);
+    args.push(`--CDCMAKE_CUDA_ARCHITECTURES=${archs}`);
+  }
   return run(process.execPath, args);
 }
 

@@ -74,7 +74,7 @@ describe.skipIf(!ready)(ready ? 'the packed package' : `the packed package (skip
   it('holds the prebuild, the compiled JS with types, and what a source build needs, nothing else', () => {
     const files = execFileSync('tar', ['tzf', tarball], { encoding: 'utf8' }).trim().split('\n').map((f) => f.replace(/^package\//, ''));
     expect(files).toContain('prebuilds/linux-x64/ring-attention.glibc.node');
-    for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/cli.js', 'dist/rank-watch.cjs', 'CMakeLists.txt', 'binding.gyp', 'scripts/build-native.mjs', 'native/addon.cpp', 'native/cuda/device.cu', 'package.json', 'README.md', 'LICENSE'])
+    for (const f of ['dist/index.js', 'dist/index.d.ts', 'dist/cli.js', 'dist/rank-watch.cjs', 'CMakeLists.txt', 'binding.gyp', 'scripts/build-native.mjs', 'scripts/cuda-archs.mjs', 'native/addon.cpp', 'native/cuda/device.cu', 'package.json', 'README.md', 'LICENSE'])
       expect(files).toContain(f);
     const unwanted = files.filter((f) => /^(test|bench|lib|build|\.ci)\//.test(f) || f.endsWith('.map') || f.endsWith('.ts') && !f.endsWith('.d.ts'));
     expect(unwanted).toEqual([]);
