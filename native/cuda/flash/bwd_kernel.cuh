@@ -52,7 +52,9 @@ __device__ __forceinline__ void store_dkdv(const BwdParams& bp, int b, int kvh, 
 template <int kStride>
 __device__ __forceinline__ void add_dq_rows(float* dq, int64_t dq_row_stride, int row0, const float* stage, int rows,
                                             int cols, int c0, int lane, bool vec4) {
-#if defined(RA_FLASH_EMULATOR) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+// float4 atomics came with CUDA 12.1; before it, vec4 falls back to the row-wise loop below.
+#if defined(RA_FLASH_EMULATOR) || \
+    (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && __CUDACC_VER_MAJOR__ * 100 + __CUDACC_VER_MINOR__ >= 1201)
   if (vec4) {
     const int c = (lane % 8) * 4;
 #pragma unroll 1

@@ -17,8 +17,13 @@ TmaMap tma_map(const TmaShape& s, DType dtype) {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050
     check(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found),
           "cudaGetDriverEntryPointByVersion(cuTensorMapEncodeTiled)");
+#else  // CUDA 12.0-12.4 (R535/R550 drivers' toolkits) have only this form, deprecated since
+    check(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &found),
+          "cudaGetDriverEntryPoint(cuTensorMapEncodeTiled)");
+#endif
     if (found != cudaDriverEntryPointSuccess || fn == nullptr)
       throw UserError("Error", "the CUDA driver has no cuTensorMapEncodeTiled (the Hopper kernels need CUDA 12 or later)");
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
