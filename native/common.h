@@ -42,15 +42,21 @@ inline float bf16_to_f32(uint16_t h) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-// float16 through the compiler's _Float16 (IEEE binary16, round to nearest even).
+// float16 through the compiler's IEEE binary16 type (round to nearest even): _Float16, or on
+// AArch64 __fp16, since GCC before 13 has no _Float16 in C++ there (GH200, GB200 builds).
+#if defined(__aarch64__)
+using f16_t = __fp16;
+#else
+using f16_t = _Float16;
+#endif
 inline uint16_t f32_to_f16(float f) {
-  _Float16 h = static_cast<_Float16>(f);
+  f16_t h = static_cast<f16_t>(f);
   uint16_t u;
   std::memcpy(&u, &h, 2);
   return u;
 }
 inline float f16_to_f32(uint16_t u) {
-  _Float16 h;
+  f16_t h;
   std::memcpy(&h, &u, 2);
   return static_cast<float>(h);
 }
