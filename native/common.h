@@ -42,23 +42,45 @@ inline float bf16_to_f32(uint16_t h) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-// float16 through the compiler's IEEE binary16 type (round to nearest even): _Float16, or on
-// AArch64 __fp16, since GCC before 13 has no _Float16 in C++ there (GH200, GB200 builds).
-#if defined(__aarch64__)
-using f16_t = __fp16;
-#else
-using f16_t = _Float16;
-#endif
+// float16 (IEEE binary16), rounded to nearest even; NaN stays NaN. Written out rather than
+// through the compiler's _Float16, which GCC before 12 lacks in C++ (Ubuntu 22.04's 11), and
+// before 13 on AArch64. test/fixtures/f16-check.cpp compares every half and 44M floats with
+// _Float16 where the compiler has it.
 inline uint16_t f32_to_f16(float f) {
-  f16_t h = static_cast<f16_t>(f);
-  uint16_t u;
-  std::memcpy(&u, &h, 2);
-  return u;
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = uint16_t((x >> 16) & 0x8000u);
+  const uint32_t a = x & 0x7fffffffu;
+  if (a > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  // NaN: quiet, payload's top bits
+  if (a >= 0x477ff000u) return uint16_t(sign | 0x7c00u);                         // >= 65520 rounds to infinity
+  if (a >= 0x38800000u) {                                                          // >= 2^-14: a normal half
+    const uint32_t r = a - 0x38000000u;                                            // rebias the exponent (127 - 15)
+    return uint16_t(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));              // to nearest even; a carry bumps the exponent
+  }
+  // Below 2^-14: adding 0.5 leaves |f| in units of 2^-24 (the half's subnormal step) in the
+  // sum's low mantissa bits, rounded to nearest even by the float addition itself.
+  float t;
+  std::memcpy(&t, &a, 4);
+  t += 0.5f;
+  uint32_t u;
+  std::memcpy(&u, &t, 4);
+  return uint16_t(sign | (u - 0x3f000000u));
 }
-inline float f16_to_f32(uint16_t u) {
-  f16_t h;
-  std::memcpy(&h, &u, 2);
-  return static_cast<float>(h);
+inline float f16_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16, e = h & 0x7c00u, m = h & 0x3ffu;
+  uint32_t x;
+  if (e == 0x7c00u) {
+    x = sign | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0u);  // infinity, or a quiet NaN
+  } else if (e != 0) {
+    x = sign | ((uint32_t(h & 0x7fffu) << 13) + 0x38000000u);
+  } else {
+    const float f = float(m) * 5.9604644775390625e-8f;  // subnormal: m x 2^-24, exact
+    std::memcpy(&x, &f, 4);
+    x |= sign;
+  }
+  float f;
+  std::memcpy(&f, &x, 4);
+  return f;
 }
 
 void convert_from_f32(DType to, const float* src, void* dst, size_t n);
