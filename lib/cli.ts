@@ -40,7 +40,7 @@ function report(json: boolean): void {
     ['cuda', i.cuda.compiled ? `compiled in: runtime ${version(i.cuda.runtimeVersion)}, architectures ${i.cuda.architectures}` : 'not compiled in'],
     ['hopper kernels', hopperKernels(i.cuda.architectures)],
     ['driver', i.cuda.driverVersion ? `supports CUDA ${version(i.cuda.driverVersion)}` : 'none found'],
-    ...i.cuda.devices.map((d, n): [string, string] => [`gpu ${n}`, `${d.name} (sm_${d.computeCapability.replace('.', '')}, ${gib(d.totalMemory)}, ${d.multiprocessors} SMs)`]),
+    ...i.cuda.devices.map((d, n): [string, string] => [`gpu ${n}`, `${d.name} (sm_${d.computeCapability.replace('.', '')}, ${gib(d.totalMemory)}, ${d.multiprocessors} SMs)${d.supported ? '' : ': cannot run this binary\'s CUDA code'}`]),
     ...Object.values(libraries).map((l): [string, string] => [l.name, l.path ? `${l.path} (from ${l.from})` : l.skipped ?? `not found; searched ${l.searched.join(', ')}`]),
   ];
   for (const [key, value] of lines) console.log(`${key.padEnd(18)} ${value}`);

@@ -1,6 +1,6 @@
 // ring-attention: exact attention over sequences split across devices (Ring Attention with
 // Blockwise Transformers, Liu, Zaharia & Abbeel 2023), for TypeScript.
-import { cudaInfo, native, nativePath, type CudaInfo, type CudaMemoryStats, type HostMemoryStats } from './native.js';
+import { cudaInfo, native, nativePath, type CudaDevice, type CudaInfo, type CudaMemoryStats, type HostMemoryStats } from './native.js';
 
 export { attention, attentionBackward, MAX_HEAD_DIM } from './attention.js';
 export type { AttentionGradients, AttentionOptions, AttentionResult } from './attention.js';
@@ -37,7 +37,7 @@ export { writeSafetensors } from './safetensors-write.js';
 export type { TensorToWrite, WritableDType } from './safetensors-write.js';
 export { Tensor, tensor, zeros } from './tensor.js';
 export type { DeviceName, DType, TensorOptions } from './tensor.js';
-export type { CudaInfo, CudaMemoryStats, HostMemoryStats };
+export type { CudaDevice, CudaInfo, CudaMemoryStats, HostMemoryStats };
 
 export interface BuildInfo {
   /** The .node file that was loaded. */

@@ -18,8 +18,20 @@ export interface CudaInfo {
   runtimeVersion: number;
   architectures: string;
   reason: string;
-  devices: { name: string; computeCapability: string; totalMemory: number; multiprocessors: number }[];
+  devices: CudaDevice[];
 }
+
+export interface CudaDevice {
+  name: string;
+  computeCapability: string;
+  totalMemory: number;
+  multiprocessors: number;
+  /** Whether this binary's CUDA code runs on it: compiled for its architecture, and compute capability 8.0 or newer. */
+  supported: boolean;
+}
+
+/** What the native code reports; cudaInfo() adds each device's `supported`. */
+export type RawCudaInfo = Omit<CudaInfo, 'devices'> & { devices: Omit<CudaDevice, 'supported'>[] };
 
 export interface CudaMemoryStats {
   cudaMallocCalls: number;
@@ -95,7 +107,7 @@ interface Native {
     documentIds?: Int32Array, failAtStep?: number,
   ): [TensorHandle, TensorHandle, TensorHandle, Float64Array?];
   /** What the CUDA runtime reports; the library asks cudaInfo() below, which also checks the architectures. */
-  cudaInfo(): CudaInfo;
+  cudaInfo(): RawCudaInfo;
   /** 'cmake-js' or 'node-gyp'. */
   buildSystem(): string;
   cpuKernels(): string;

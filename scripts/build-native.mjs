@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { detectArchs } from './cuda-archs.mjs';
+import { buildVerb, detectArchs } from './cuda-archs.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
@@ -37,22 +37,14 @@ function run(cmd, args) {
 
 const has = (tool) => spawnSync(tool, ['--version'], { stdio: 'ignore' }).status === 0;
 
-// The CUDA architectures build/ was configured for ('' for CMakeLists.txt's default), or null when it is not configured.
-function configuredArchs() {
-  try {
-    const cache = readFileSync(join(root, 'build', 'CMakeCache.txt'), 'utf8');
-    return /^CMAKE_CUDA_ARCHITECTURES:\w+=(.*)$/m.exec(cache)?.[1] ?? '';
-  } catch {
-    return null;
-  }
-}
-
 function cmakeBuild() {
   if (!has('cmake')) return false;
   const archs = process.env.CUDAARCHS || detectArchs();
-  // compile keeps a configured build/ as it was: one made for other architectures starts afresh.
-  const configured = configuredArchs();
-  const verb = configured !== null && configured !== (archs ?? '') ? 'rebuild' : 'compile';
+  let cache = null;
+  try {
+    cache = readFileSync(join(root, 'build', 'CMakeCache.txt'), 'utf8');
+  } catch {}
+  const verb = buildVerb({ mode, archs, cache });
   const args = [require.resolve('cmake-js/bin/cmake-js'), verb, '--out', 'build'];
   if (has('ninja')) args.push('--generator', 'Ninja');
   if (archs) {

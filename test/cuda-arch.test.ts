@@ -1,16 +1,19 @@
 // Which GPUs a binary's CUDA code runs on (lib/cuda-arch.ts), and which architectures a source
 // build picks for the GPUs on its machine (scripts/cuda-archs.mjs).
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
 import { archFor, archsRunOn, checkArchitectures } from '../dist/cuda-arch.js';
-import type { CudaInfo } from '../dist/native.js';
+import type { RawCudaInfo } from '../dist/native.js';
 // @ts-expect-error: a plain ES module of the install scripts, without declarations
-import { archsFor, detectArchs } from '../scripts/cuda-archs.mjs';
+import { archsFor, buildVerb, detectArchs } from '../scripts/cuda-archs.mjs';
 
-const RELEASE = '80-real,86-real,89-real,90a-real,100-real,103-real,120-real,80-virtual';  // CMakeLists.txt's
+const root = join(import.meta.dirname, '..');
+// CMakeLists.txt's release list, as the binary reports it.
+const RELEASE = /set\(RING_ATTENTION_RELEASE_ARCHS ([^)]*)\)/.exec(readFileSync(join(root, 'CMakeLists.txt'), 'utf8'))![1]!.split(' ').join(',');
 
 describe('archsRunOn', () => {
   it.each([
@@ -32,29 +35,45 @@ describe('archsRunOn', () => {
 
 describe('checkArchitectures', () => {
   const gpu = (name: string, computeCapability: string) => ({ name, computeCapability, totalMemory: 80e9, multiprocessors: 108 });
-  const info = (architectures: string, devices: CudaInfo['devices']): CudaInfo => ({
+  const info = (architectures: string, devices: RawCudaInfo['devices']): RawCudaInfo => ({
     compiled: true, available: true, deviceCount: devices.length, driverVersion: 13000, runtimeVersion: 13000, architectures, reason: '', devices });
 
-  it('marks CUDA unavailable, naming the GPU and the rebuild, when a GPU cannot run the code', () => {
+  it('the release list is the one CMakeLists.txt builds', () => {
+    expect(RELEASE).toBe('80-real,86-real,89-real,90a-real,100-real,103-real,120-real,80-virtual');
+  });
+
+  it('marks CUDA unavailable, naming the GPU and the rebuild, when no GPU can run the code', () => {
     const r = checkArchitectures(info('90a', [gpu('NVIDIA A100-SXM4-80GB', '8.0')]));
     expect(r.available).toBe(false);
+    expect(r.devices[0]!.supported).toBe(false);
     expect(r.reason).toBe("this binary's CUDA code is for 90a, and GPU 0 (NVIDIA A100-SXM4-80GB) is compute capability 8.0: " +
       'rebuild it for this machine with CUDAARCHS="80" RING_ATTENTION_BUILD=source npm rebuild ring-attention');
   });
 
-  it('names only the GPUs that cannot run it, and asks for every GPU here', () => {
-    const r = checkArchitectures(info('90a', [gpu('NVIDIA H100', '9.0'), gpu('NVIDIA L40S', '8.9'), gpu('NVIDIA H100', '9.0')]));
+  it('asks for every GPU here that the code supports, and no rebuild for GPUs older than 8.0', () => {
+    const r = checkArchitectures(info('90a', [gpu('NVIDIA L40S', '8.9'), gpu('Tesla T4', '7.5'), gpu('NVIDIA A100', '8.0')]));
     expect(r.available).toBe(false);
-    expect(r.reason).toContain('and GPU 1 (NVIDIA L40S) is compute capability 8.9: ');
-    expect(r.reason).not.toContain('GPU 0');
-    expect(r.reason).toContain('CUDAARCHS="90a;89"');
+    expect(r.reason).toContain('GPU 0 (NVIDIA L40S) is compute capability 8.9, GPU 1 (Tesla T4) is compute capability 7.5, GPU 2');
+    expect(r.reason).toContain('CUDAARCHS="89;80"');
+    const old = checkArchitectures(info(RELEASE, [gpu('Tesla T4', '7.5')]));
+    expect(old.available).toBe(false);
+    expect(old.reason).toBe("GPU 0 (Tesla T4) is compute capability 7.5: this library's CUDA code needs compute capability 8.0 or newer");
   });
 
-  it('leaves a report alone when every GPU runs the code, or when CUDA was unavailable already', () => {
+  it('flags a GPU that cannot run the code beside others that can, and leaves CUDA available', () => {
+    const r = checkArchitectures(info(RELEASE, [gpu('NVIDIA A100', '8.0'), gpu('NVIDIA T400', '7.5'), gpu('NVIDIA A100', '8.0')]));
+    expect(r.available).toBe(true);
+    expect(r.reason).toBe('');
+    expect(r.devices.map((d) => d.supported)).toEqual([true, false, true]);
+    const hopper = checkArchitectures(info('90a', [gpu('NVIDIA H100', '9.0'), gpu('NVIDIA L40S', '8.9')]));
+    expect([hopper.available, ...hopper.devices.map((d) => d.supported)]).toEqual([true, true, false]);
+  });
+
+  it('leaves a report alone, beside each device supported, when every GPU runs the code or CUDA was unavailable already', () => {
     const fits = info(RELEASE, [gpu('NVIDIA A100', '8.0'), gpu('NVIDIA B200', '10.0')]);
-    expect(checkArchitectures(fits)).toBe(fits);
+    expect(checkArchitectures(fits)).toEqual({ ...fits, devices: fits.devices.map((d) => ({ ...d, supported: true })) });
     const none = { ...info('90a', []), available: false, reason: 'no CUDA device found' };
-    expect(checkArchitectures(none)).toBe(none);
+    expect(checkArchitectures(none)).toEqual(none);
   });
 
   it('archFor names 9.0 as 90a (the Hopper kernels) and others as they are', () => {
@@ -66,11 +85,25 @@ describe('the architectures of a source build', () => {
   const cuda13 = ['sm_75', 'sm_80', 'sm_86', 'sm_87', 'sm_88', 'sm_89', 'sm_90', 'sm_100', 'sm_110', 'sm_103', 'sm_120', 'sm_121'];
   const cuda12_4 = ['sm_50', 'sm_52', 'sm_60', 'sm_70', 'sm_75', 'sm_80', 'sm_86', 'sm_87', 'sm_89', 'sm_90'];
 
-  it('archsFor: machine code for each GPU, 9.0 as 90a, PTX below a GPU newer than nvcc', () => {
+  it('archsFor: machine code for each GPU, 9.0 as 90a, the newest below a GPU newer than nvcc; nothing below 8.0', () => {
     expect(archsFor(['8.0', '8.0', '8.9'], cuda13)).toEqual(['80', '89']);
     expect(archsFor(['9.0'], cuda13)).toEqual(['90a']);
     expect(archsFor(['12.0', '10.0'], cuda12_4)).toEqual(['90-virtual']);
-    expect(archsFor(['7.0', 'N/A', ''], cuda13)).toEqual([]);
+    expect(archsFor(['12.1'], cuda13.filter((c) => c !== 'sm_121'))).toEqual(['120']);
+    expect(archsFor(['8.0', '7.5', '7.0', 'N/A', ''], cuda13)).toEqual(['80']);
+  });
+
+  it('buildVerb: build/ is configured afresh for a source build, or when it was for other architectures', () => {
+    const cache = (lines: string) => `# CMakeCache\nCMAKE_BUILD_TYPE:STRING=Release\n${lines}`;
+    expect(buildVerb({ mode: 'auto', archs: undefined, cache: null })).toBe('compile');
+    expect(buildVerb({ mode: 'source', archs: undefined, cache: null })).toBe('compile');
+    expect(buildVerb({ mode: 'source', archs: undefined, cache: cache('') })).toBe('rebuild');
+    expect(buildVerb({ mode: 'auto', archs: undefined, cache: cache('') })).toBe('compile');
+    expect(buildVerb({ mode: 'auto', archs: '90a', cache: cache('') })).toBe('compile');
+    expect(buildVerb({ mode: 'auto', archs: '80', cache: cache('') })).toBe('rebuild');
+    expect(buildVerb({ mode: 'auto', archs: '80', cache: cache('CMAKE_CUDA_ARCHITECTURES:STRING=80\n') })).toBe('compile');
+    expect(buildVerb({ mode: 'auto', archs: undefined, cache: cache('CMAKE_CUDA_ARCHITECTURES:UNINITIALIZED=80;86\n') })).toBe('rebuild');
+    expect(buildVerb({ mode: 'auto', archs: undefined, cache: cache('RING_ATTENTION_FAT_BINARY:UNINITIALIZED=ON\n') })).toBe('rebuild');
   });
 
   const dir = mkdtempSync(join(tmpdir(), 'ra-archs-'));
@@ -95,4 +128,33 @@ describe('the architectures of a source build', () => {
     expect(detectArchs({ PATH: `${dir}:${process.env.PATH}`, CUDACXX: join(dir, 'missing-nvcc') })).toBeUndefined();
     expect(detectArchs({ PATH: join(dir, 'empty'), CUDACXX: nvcc })).toBeUndefined();
   });
+});
+
+// CMake before 3.25 (Ubuntu 22.04 has 3.22) takes the arch-specific architectures as nvcc flags;
+// forced here on this machine's CMake, configured only (no compile: ~10 s).
+const cmakeAndNvcc = spawnSync('cmake', ['--version']).status === 0 &&
+  (spawnSync('nvcc', ['--version']).status === 0 || spawnSync('/usr/local/cuda/bin/nvcc', ['--version']).status === 0);
+describe.skipIf(!cmakeAndNvcc)(cmakeAndNvcc ? 'CMakeLists.txt architectures' : 'CMakeLists.txt architectures (skipped: no cmake or nvcc)', () => {
+  const configure = (args: string[]) => {
+    const build = mkdtempSync(join(tmpdir(), 'ra-cmake-'));
+    try {
+      const r = spawnSync('cmake', ['-S', root, '-B', build, '-G', 'Ninja', ...args], { encoding: 'utf8', timeout: 120_000 });
+      expect(r.status, r.stdout + r.stderr).toBe(0);
+      const ninja = readFileSync(join(build, 'build.ninja'), 'utf8');
+      const line = ninja.split('\n').find((l) => l.includes('FLAGS') && l.includes('--generate-code')) ?? '';
+      return { flags: line.match(/--generate-code=\S+/g) ?? [], sm90a: /RA_WITH_SM90A=1/.test(ninja), archs: /RA_CUDA_ARCHS=\\"([^\\]*)\\"/.exec(ninja)?.[1] };
+    } finally {
+      rmSync(build, { recursive: true, force: true });
+    }
+  };
+
+  it("passes 'a' entries to nvcc itself on request (as before CMake 3.25), and 'f' entries always", () => {
+    const forced = configure(['-DRING_ATTENTION_GENCODE_FLAGS=ON', '-DCMAKE_CUDA_ARCHITECTURES=80;90a-real;100f']);
+    expect(forced.flags.sort()).toEqual(['--generate-code=arch=compute_100f,code=[compute_100f,sm_100f]',
+      '--generate-code=arch=compute_80,code=[compute_80,sm_80]', '--generate-code=arch=compute_90a,code=sm_90a']);
+    expect([forced.sm90a, forced.archs]).toEqual([true, '80,90a-real,100f']);
+    const alone = configure(['-DRING_ATTENTION_GENCODE_FLAGS=ON']);
+    expect(alone.flags).toEqual(['--generate-code=arch=compute_90a,code=[compute_90a,sm_90a]']);
+    expect([alone.sm90a, alone.archs]).toEqual([true, '90a']);
+  }, 300_000);
 });
