@@ -80,6 +80,23 @@ describe.skipIf(!ready)(ready ? 'the packed package' : `the packed package (skip
     expect(unwanted).toEqual([]);
   });
 
+  it("the prebuild needs no newer glibc than 2.34 and no newer libstdc++ or libgcc than GCC 11's (RHEL 9, Ubuntu 22.04)", () => {
+    // Built here against newer ones: what it links decides where it loads (elsewhere install builds from source).
+    const dir = mkdtempSync(join(scratch, 'prebuild-'));
+    const file = 'package/prebuilds/linux-x64/ring-attention.glibc.node';
+    execFileSync('tar', ['xzf', tarball, '-C', dir, file]);
+    const symbols = execFileSync('objdump', ['-T', join(dir, file)], { encoding: 'utf8' });
+    const newer = (a: number[], b: number[]) => {  // a > b, as versions
+      for (let i = 0; i < Math.max(a.length, b.length); ++i) if ((a[i] ?? 0) !== (b[i] ?? 0)) return (a[i] ?? 0) > (b[i] ?? 0);
+      return false;
+    };
+    for (const [lib, limit] of [['GLIBC', '2.34'], ['GLIBCXX', '3.4.29'], ['CXXABI', '1.3.13'], ['GCC', '7.0.0']] as const) {
+      const versions = [...symbols.matchAll(new RegExp(`\\(${lib}_([0-9.]+)\\)`, 'g'))].map((m) => m[1]!);
+      expect(versions.length, lib).toBeGreaterThan(0);
+      expect(versions.filter((v) => newer(v.split('.').map(Number), limit.split('.').map(Number))), lib).toEqual([]);
+    }
+  });
+
   it('installs with no compiler, CMake or nvcc on PATH and runs from ESM, CommonJS, the CLI and TypeScript', () => {
     const bare = pathWith(['node', 'sh']);
     for (const tool of ['cc', 'gcc', 'g++', 'make', 'cmake', 'nvcc']) expect(existsSync(join(bare, tool))).toBe(false);
