@@ -68,10 +68,21 @@ export function checkArchitectures(info: RawCudaInfo): CudaInfo {
   if (!info.available || devices.some((d) => d.supported)) return { ...info, devices };
   const gpus = devices.map((d, i) => `GPU ${i} (${d.name}) is compute capability ${d.computeCapability}`).join(', ');
   const fit = devices.filter((d) => supportedCapability(d.computeCapability));
-  const wanted = [...new Set(fit.map((d) => archFor(d.computeCapability)))].join(';');
+  const wanted = [...new Set(fit.map((d) => archFor(d.computeCapability)))].join(', ');
   const reason = fit.length === 0
     ? `${gpus}: this library's CUDA code needs compute capability ${MIN_COMPUTE_CAPABILITY} or newer`
     : `this binary's CUDA code is for ${info.architectures.replaceAll(',', ', ')}, and ${gpus}: ` +
-      `rebuild it for this machine with CUDAARCHS="${wanted}" RING_ATTENTION_BUILD=source npm rebuild ring-attention`;
+      `rebuild it on this machine (for ${wanted}) with RING_ATTENTION_BUILD=source npm rebuild ring-attention`;
   return { ...info, devices, available: false, reason };
+}
+
+/** Why GPU `device` cannot run the compiled code (a GPU beside others that can), or null. */
+export function deviceProblem(info: CudaInfo, device: number): string | null {
+  const d = info.devices[device];
+  if (!d || d.supported) return null;
+  const why = supportedCapability(d.computeCapability)
+    ? `this binary's CUDA code is for ${info.architectures.replaceAll(',', ', ')}`
+    : `the CUDA code needs compute capability ${MIN_COMPUTE_CAPABILITY} or newer`;
+  return `GPU ${device} (${d.name}, compute capability ${d.computeCapability}) cannot run it: ${why}; ` +
+    'leave it out with CUDA_VISIBLE_DEVICES';
 }

@@ -190,3 +190,15 @@ export const nativePath: string = require('node-gyp-build').resolve(packageRoot)
 export function cudaInfo(): CudaInfo {
   return checkArchitectures(native.cudaInfo());
 }
+
+// The GPU this thread's CUDA work goes to: CUDA's default, 0, until initProcessGroup chooses one.
+// Module state is per thread here as CUDA's current device is (launch() ranks are worker threads).
+let currentDevice = 0;
+/** Makes `device` current for this thread's later tensors and kernels. */
+export function setCudaDevice(device: number): void {
+  native.cudaSetDevice(device);
+  currentDevice = device;
+}
+export function currentCudaDevice(): number {
+  return currentDevice;
+}

@@ -5,7 +5,8 @@ import { readDistributedEnv } from './dist-env.js';
 import { checkInteger, checkOptions, fail, MAX_TIMER_MS, DEFAULT_TIMEOUT_MS } from './errors.js';
 import { ProcessGroup } from './group.js';
 import { findLibrary, LIBRARIES } from './libraries.js';
-import { cudaInfo, native } from './native.js';
+import { deviceProblem } from './cuda-arch.js';
+import { cudaInfo, native, setCudaDevice } from './native.js';
 import { rendezvous } from './rendezvous.js';
 
 export interface InitProcessGroupOptions {
@@ -53,8 +54,10 @@ export async function initProcessGroup(opts: InitProcessGroupOptions): Promise<P
     throw new Error(`initProcessGroup: ${onGpu0} bytes of CUDA tensors were made on GPU 0 before this process's GPU was chosen; ` +
       `this rank's GPU is ${device} (LOCAL_RANK ${env.localRank}), and GPU 0 is another rank's. ` +
       `Call initProcessGroup, and await it, before making CUDA tensors`);
+  const problem = deviceProblem(cuda, device);
+  if (problem) throw new Error(`initProcessGroup: this rank's GPU (LOCAL_RANK ${env.localRank}): ${problem}`);
   try {
-    native.cudaSetDevice(device);
+    setCudaDevice(device);
   } catch (e) {
     throw new Error(`initProcessGroup: cannot use GPU ${device} (LOCAL_RANK ${env.localRank} of ${cuda.deviceCount} visible): ${(e as Error).message}`);
   }

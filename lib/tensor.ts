@@ -2,7 +2,8 @@
 import { isFloat32Array } from 'node:util/types';
 
 import { checkOneOf, checkOptions, describe, fail } from './errors.js';
-import { cudaInfo, native, type TensorHandle } from './native.js';
+import { deviceProblem } from './cuda-arch.js';
+import { cudaInfo, currentCudaDevice, native, type TensorHandle } from './native.js';
 
 export type DType = 'float32' | 'bfloat16' | 'float16';
 export type DeviceName = 'cpu' | 'cuda';
@@ -129,6 +130,8 @@ export function checkDevice(device: DeviceName, name: string): void {
   if (device !== 'cuda') return;
   const cuda = cudaInfo();
   if (!cuda.available) fail('range', `${name}: 'cuda' is not available here (${cuda.reason}); use 'cpu'`);
+  const problem = deviceProblem(cuda, currentCudaDevice());
+  if (problem) fail('range', `${name}: ${problem}`);
 }
 
 function dtypeAndDevice(opts: unknown): { dtype: DType; device: DeviceName } {

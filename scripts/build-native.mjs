@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildVerb, detectArchs } from './cuda-archs.mjs';
+import { buildVerb, detectArchs, findNvcc } from './cuda-archs.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(import.meta.url);
@@ -44,7 +44,7 @@ function cmakeBuild() {
   try {
     cache = readFileSync(join(root, 'build', 'CMakeCache.txt'), 'utf8');
   } catch {}
-  const verb = buildVerb({ mode, archs, cache });
+  const verb = buildVerb({ archs, cache, nvcc: findNvcc() });
   const args = [require.resolve('cmake-js/bin/cmake-js'), verb, '--out', 'build'];
   if (has('ninja')) args.push('--generator', 'Ninja');
   if (archs) {

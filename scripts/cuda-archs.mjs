@@ -4,7 +4,7 @@
 // seen, no nvcc, or the GPUs here are what the default covers). And whether cmake-js may reuse
 // a configured build/ (compile) or must configure afresh (rebuild).
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 
 export const DEFAULT_ARCHS = '90a';  // CMakeLists.txt's, for a build without CUDAARCHS
 
@@ -38,28 +38,44 @@ function lines(cmd, args, env) {
   return r.status === 0 ? r.stdout.split('\n').map((l) => l.trim()).filter(Boolean) : null;
 }
 
+/** The nvcc CMake would find (CUDACXX, else PATH, else the CUDA install), as a path; null if none. */
+export function findNvcc(env = process.env) {
+  if (env.CUDACXX) return env.CUDACXX;
+  for (const dir of (env.PATH ?? '').split(':').filter(Boolean)) if (existsSync(`${dir}/nvcc`)) return `${dir}/nvcc`;
+  return existsSync('/usr/local/cuda/bin/nvcc') ? '/usr/local/cuda/bin/nvcc' : null;
+}
+
 /** CUDAARCHS for this machine's GPUs, or undefined to keep CMakeLists.txt's default. */
 export function detectArchs(env = process.env) {
   const caps = lines('nvidia-smi', ['--query-gpu=compute_cap', '--format=csv,noheader'], env);
   if (!caps || caps.length === 0) return undefined;
-  // The nvcc CMake would find: CUDACXX, else PATH, else the CUDA install.
-  const nvcc = env.CUDACXX || (lines('nvcc', ['--version'], env) ? 'nvcc' : existsSync('/usr/local/cuda/bin/nvcc') ? '/usr/local/cuda/bin/nvcc' : null);
+  const nvcc = findNvcc(env);
   const codes = nvcc ? lines(nvcc, ['--list-gpu-code'], env) : null;
   if (!codes) return undefined;
   const archs = archsFor(caps, codes).join(';');
   return archs === '' || archs === DEFAULT_ARCHS ? undefined : archs;
 }
 
+const real = (p) => {
+  try {
+    return realpathSync(p);
+  } catch {
+    return p;
+  }
+};
+
 /**
  * 'compile' (cmake-js reuses build/ as configured, or configures it when it is not) or
- * 'rebuild' (configures afresh): afresh when asked for a source build (RING_ATTENTION_BUILD=source,
- * which may follow a new toolkit on PATH, and compile would keep the cached compiler), or when
- * build/ was configured for other architectures (`cache`: its CMakeCache.txt, null if none).
+ * 'rebuild' (configures afresh): afresh when build/ (`cache`: its CMakeCache.txt, null if none)
+ * was configured for other architectures, or with another nvcc than `nvcc` (the one found now,
+ * null if none), or with none (a toolkit put on PATH since: compile would keep both cached).
  */
-export function buildVerb({ mode, archs, cache }) {
+export function buildVerb({ archs, cache, nvcc }) {
   if (cache === null) return 'compile';
-  if (mode === 'source') return 'rebuild';
   const fat = /^RING_ATTENTION_FAT_BINARY:\w+=(ON|TRUE|1|YES)$/im.test(cache);
   const configured = fat ? 'release' : /^CMAKE_CUDA_ARCHITECTURES:\w+=(.*)$/m.exec(cache)?.[1] || DEFAULT_ARCHS;
-  return configured === (archs || DEFAULT_ARCHS) ? 'compile' : 'rebuild';
+  if (configured !== (archs || DEFAULT_ARCHS)) return 'rebuild';
+  if (/^RING_ATTENTION_CUDA:\w+=(OFF|FALSE|0|NO)$/im.test(cache)) return 'compile';  // CPU only, as asked
+  const compiler = /^CMAKE_CUDA_COMPILER:\w+=(.*)$/m.exec(cache)?.[1] ?? '';
+  return nvcc && (compiler === '' || compiler.endsWith('NOTFOUND') || real(compiler) !== real(nvcc)) ? 'rebuild' : 'compile';
 }

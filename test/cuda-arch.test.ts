@@ -1,12 +1,12 @@
 // Which GPUs a binary's CUDA code runs on (lib/cuda-arch.ts), and which architectures a source
 // build picks for the GPUs on its machine (scripts/cuda-archs.mjs).
 import { spawnSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 
-import { archFor, archsRunOn, checkArchitectures } from '../dist/cuda-arch.js';
+import { archFor, archsRunOn, checkArchitectures, deviceProblem } from '../dist/cuda-arch.js';
 import type { RawCudaInfo } from '../dist/native.js';
 // @ts-expect-error: a plain ES module of the install scripts, without declarations
 import { archsFor, buildVerb, detectArchs } from '../scripts/cuda-archs.mjs';
@@ -47,14 +47,14 @@ describe('checkArchitectures', () => {
     expect(r.available).toBe(false);
     expect(r.devices[0]!.supported).toBe(false);
     expect(r.reason).toBe("this binary's CUDA code is for 90a, and GPU 0 (NVIDIA A100-SXM4-80GB) is compute capability 8.0: " +
-      'rebuild it for this machine with CUDAARCHS="80" RING_ATTENTION_BUILD=source npm rebuild ring-attention');
+      'rebuild it on this machine (for 80) with RING_ATTENTION_BUILD=source npm rebuild ring-attention');
   });
 
   it('asks for every GPU here that the code supports, and no rebuild for GPUs older than 8.0', () => {
     const r = checkArchitectures(info('90a', [gpu('NVIDIA L40S', '8.9'), gpu('Tesla T4', '7.5'), gpu('NVIDIA A100', '8.0')]));
     expect(r.available).toBe(false);
     expect(r.reason).toContain('GPU 0 (NVIDIA L40S) is compute capability 8.9, GPU 1 (Tesla T4) is compute capability 7.5, GPU 2');
-    expect(r.reason).toContain('CUDAARCHS="89;80"');
+    expect(r.reason).toContain('(for 89, 80)');
     const old = checkArchitectures(info(RELEASE, [gpu('Tesla T4', '7.5')]));
     expect(old.available).toBe(false);
     expect(old.reason).toBe("GPU 0 (Tesla T4) is compute capability 7.5: this library's CUDA code needs compute capability 8.0 or newer");
@@ -67,6 +67,15 @@ describe('checkArchitectures', () => {
     expect(r.devices.map((d) => d.supported)).toEqual([true, false, true]);
     const hopper = checkArchitectures(info('90a', [gpu('NVIDIA H100', '9.0'), gpu('NVIDIA L40S', '8.9')]));
     expect([hopper.available, ...hopper.devices.map((d) => d.supported)]).toEqual([true, true, false]);
+  });
+
+  it('deviceProblem names a GPU that cannot run the code, and why, for tensors and process groups to refuse it', () => {
+    const r = checkArchitectures(info('90a', [gpu('NVIDIA H100', '9.0'), gpu('NVIDIA L40S', '8.9'), gpu('Tesla T4', '7.5')]));
+    expect(deviceProblem(r, 0)).toBeNull();
+    expect(deviceProblem(r, 1)).toBe("GPU 1 (NVIDIA L40S, compute capability 8.9) cannot run it: this binary's CUDA code is for 90a; " +
+      'leave it out with CUDA_VISIBLE_DEVICES');
+    expect(deviceProblem(r, 2)).toContain('the CUDA code needs compute capability 8.0 or newer');
+    expect(deviceProblem(r, 3)).toBeNull();  // no such GPU: CUDA's own error says so
   });
 
   it('leaves a report alone, beside each device supported, when every GPU runs the code or CUDA was unavailable already', () => {
@@ -93,17 +102,27 @@ describe('the architectures of a source build', () => {
     expect(archsFor(['8.0', '7.5', '7.0', 'N/A', ''], cuda13)).toEqual(['80']);
   });
 
-  it('buildVerb: build/ is configured afresh for a source build, or when it was for other architectures', () => {
-    const cache = (lines: string) => `# CMakeCache\nCMAKE_BUILD_TYPE:STRING=Release\n${lines}`;
-    expect(buildVerb({ mode: 'auto', archs: undefined, cache: null })).toBe('compile');
-    expect(buildVerb({ mode: 'source', archs: undefined, cache: null })).toBe('compile');
-    expect(buildVerb({ mode: 'source', archs: undefined, cache: cache('') })).toBe('rebuild');
-    expect(buildVerb({ mode: 'auto', archs: undefined, cache: cache('') })).toBe('compile');
-    expect(buildVerb({ mode: 'auto', archs: '90a', cache: cache('') })).toBe('compile');
-    expect(buildVerb({ mode: 'auto', archs: '80', cache: cache('') })).toBe('rebuild');
-    expect(buildVerb({ mode: 'auto', archs: '80', cache: cache('CMAKE_CUDA_ARCHITECTURES:STRING=80\n') })).toBe('compile');
-    expect(buildVerb({ mode: 'auto', archs: undefined, cache: cache('CMAKE_CUDA_ARCHITECTURES:UNINITIALIZED=80;86\n') })).toBe('rebuild');
-    expect(buildVerb({ mode: 'auto', archs: undefined, cache: cache('RING_ATTENTION_FAT_BINARY:UNINITIALIZED=ON\n') })).toBe('rebuild');
+  it('buildVerb: build/ is configured afresh for other architectures, another nvcc, or an nvcc where it had none', () => {
+    const nvcc = '/usr/local/cuda/bin/nvcc';
+    const cache = (lines: string) => `# CMakeCache\nCMAKE_BUILD_TYPE:STRING=Release\nCMAKE_CUDA_COMPILER:STRING=${nvcc}\n${lines}`;
+    expect(buildVerb({ archs: undefined, cache: null, nvcc })).toBe('compile');
+    expect(buildVerb({ archs: undefined, cache: cache(''), nvcc })).toBe('compile');
+    expect(buildVerb({ archs: '90a', cache: cache(''), nvcc })).toBe('compile');
+    expect(buildVerb({ archs: '80', cache: cache(''), nvcc })).toBe('rebuild');
+    expect(buildVerb({ archs: '80', cache: cache('CMAKE_CUDA_ARCHITECTURES:STRING=80\n'), nvcc })).toBe('compile');
+    expect(buildVerb({ archs: undefined, cache: cache('CMAKE_CUDA_ARCHITECTURES:UNINITIALIZED=80;86\n'), nvcc })).toBe('rebuild');
+    expect(buildVerb({ archs: undefined, cache: cache('RING_ATTENTION_FAT_BINARY:UNINITIALIZED=ON\n'), nvcc })).toBe('rebuild');
+    // The compiler: another toolkit now first on PATH, one where there was none, or none now.
+    expect(buildVerb({ archs: undefined, cache: cache(''), nvcc: '/opt/cuda-12.4/bin/nvcc' })).toBe('rebuild');
+    const none = 'CMAKE_BUILD_TYPE:STRING=Release\nCMAKE_CUDA_COMPILER:FILEPATH=CMAKE_CUDA_COMPILER-NOTFOUND\n';
+    expect(buildVerb({ archs: undefined, cache: none, nvcc })).toBe('rebuild');
+    expect(buildVerb({ archs: undefined, cache: none, nvcc: null })).toBe('compile');
+    expect(buildVerb({ archs: undefined, cache: 'RING_ATTENTION_CUDA:BOOL=OFF\n', nvcc })).toBe('compile');
+    // The same nvcc through a link (PATH's /usr/local/bin/nvcc to the CUDA install's) is the same.
+    const installed = join(dir, 'nvcc-installed'), link = join(dir, 'nvcc-link');
+    writeFileSync(installed, '');
+    symlinkSync(installed, link);
+    expect(buildVerb({ archs: undefined, cache: `CMAKE_CUDA_COMPILER:STRING=${link}\n`, nvcc: installed })).toBe('compile');
   });
 
   const dir = mkdtempSync(join(tmpdir(), 'ra-archs-'));
@@ -138,7 +157,7 @@ describe.skipIf(!cmakeAndNvcc)(cmakeAndNvcc ? 'CMakeLists.txt architectures' : '
   const configure = (args: string[]) => {
     const build = mkdtempSync(join(tmpdir(), 'ra-cmake-'));
     try {
-      const r = spawnSync('cmake', ['-S', root, '-B', build, '-G', 'Ninja', ...args], { encoding: 'utf8', timeout: 120_000 });
+      const r = spawnSync('cmake', ['-S', root, '-B', build, '-G', 'Ninja', ...args], { encoding: 'utf8', timeout: 300_000 });  // ~10 s alone; far more beside CI's builds
       expect(r.status, r.stdout + r.stderr).toBe(0);
       const ninja = readFileSync(join(build, 'build.ninja'), 'utf8');
       const line = ninja.split('\n').find((l) => l.includes('FLAGS') && l.includes('--generate-code')) ?? '';
@@ -156,5 +175,5 @@ describe.skipIf(!cmakeAndNvcc)(cmakeAndNvcc ? 'CMakeLists.txt architectures' : '
     const alone = configure(['-DRING_ATTENTION_GENCODE_FLAGS=ON']);
     expect(alone.flags).toEqual(['--generate-code=arch=compute_90a,code=[compute_90a,sm_90a]']);
     expect([alone.sm90a, alone.archs]).toEqual([true, '90a']);
-  }, 300_000);
+  }, 660_000);
 });
