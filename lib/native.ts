@@ -186,9 +186,20 @@ export const native: Native = require('node-gyp-build')(packageRoot);
 /** Path of the binary that was loaded, for diagnostics. */
 export const nativePath: string = require('node-gyp-build').resolve(packageRoot);
 
-/** The CUDA runtime's report, with CUDA unavailable (and why) where a GPU here cannot run the compiled code. */
+let info: CudaInfo | undefined;
+/**
+ * The CUDA runtime's report, with CUDA unavailable (and why) where a GPU here cannot run the
+ * compiled code. Asked once (devices do not come and go, and the native side asks the driver
+ * once too): tensors check it at every 'cuda' allocation. Frozen, as it is shared.
+ */
 export function cudaInfo(): CudaInfo {
-  return checkArchitectures(native.cudaInfo());
+  if (!info) {
+    const checked = checkArchitectures(native.cudaInfo());
+    checked.devices.forEach((d) => Object.freeze(d));
+    Object.freeze(checked.devices);
+    info = Object.freeze(checked);
+  }
+  return info;
 }
 
 // The GPU this thread's CUDA work goes to: CUDA's default, 0, until initProcessGroup chooses one.

@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { archFor, archsRunOn, checkArchitectures, deviceProblem } from '../dist/cuda-arch.js';
 import type { RawCudaInfo } from '../dist/native.js';
 // @ts-expect-error: a plain ES module of the install scripts, without declarations
-import { archsFor, buildVerb, detectArchs } from '../scripts/cuda-archs.mjs';
+import { archsFor, buildVerb, detectArchs, findNvcc } from '../scripts/cuda-archs.mjs';
 
 const root = join(import.meta.dirname, '..');
 // CMakeLists.txt's release list, as the binary reports it.
@@ -151,8 +151,7 @@ describe('the architectures of a source build', () => {
 
 // CMake before 3.25 (Ubuntu 22.04 has 3.22) takes the arch-specific architectures as nvcc flags;
 // forced here on this machine's CMake, configured only (no compile: ~10 s).
-const cmakeAndNvcc = spawnSync('cmake', ['--version']).status === 0 &&
-  (spawnSync('nvcc', ['--version']).status === 0 || spawnSync('/usr/local/cuda/bin/nvcc', ['--version']).status === 0);
+const cmakeAndNvcc = spawnSync('cmake', ['--version']).status === 0 && findNvcc() !== null;
 describe.skipIf(!cmakeAndNvcc)(cmakeAndNvcc ? 'CMakeLists.txt architectures' : 'CMakeLists.txt architectures (skipped: no cmake or nvcc)', () => {
   const configure = (args: string[]) => {
     const build = mkdtempSync(join(tmpdir(), 'ra-cmake-'));
