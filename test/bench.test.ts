@@ -1,7 +1,7 @@
 // The benchmark suites: their arithmetic checked by hand, and each suite run end to end on the
 // CPU at --smoke sizes through the CLI (what `npm run bench -- <suite>` runs), its JSON, CSV
 // and SVG read back and checked for consistency.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -55,6 +55,8 @@ function checkCommon(w: Written, suite: string): void {
   expect(w.csv.length).toBe(w.json.rows.length + 1); // a header, then one line per row
   expect(w.svg.startsWith('<svg')).toBe(true);
   expect(w.svg).toContain('<path'); // lines were drawn
+  expect(w.json.partial).toBeUndefined(); // the end rewrote the files written after each point
+  expect((w.json.notes as string[]).some((n) => n.startsWith('partial'))).toBe(false);
 }
 
 describe('FLOP accounting and peaks', () => {
@@ -396,6 +398,33 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
       expect(on.activationBytes).toBeLessThan(off.activationBytes);
     }
   });
+
+  it('a run stopped from outside (as by a time limit) leaves the points it measured, marked partial', async () => {
+    const dir = join(out, 'stopped');
+    const p = spawn(process.execPath, [join(root, 'dist', 'cli.js'), 'bench', 'memory', '--device', 'cpu', '--model', 'tiny',
+      '--min-context', '2048', '--max-context', '4096', '--out-dir', dir]);
+    let err = '';
+    // Point 2 (context 4096) takes seconds on the CPU: stopped as it starts, point 1 is all there is.
+    const signal = await new Promise<NodeJS.Signals | null>((resolve) => {
+      p.stderr.on('data', (d) => {
+        err += d;
+        if (err.includes('[memory 2/4] context 4096')) p.kill('SIGTERM');
+      });
+      p.on('close', (_code, sig) => resolve(sig));
+    });
+    expect(signal, err).toBe('SIGTERM');
+    const files = readdirSync(dir);
+    expect(files.some((f) => f.endsWith('.svg'))).toBe(false); // the chart is drawn at the end only
+    const json = JSON.parse(readFileSync(join(dir, files.find((f) => f.endsWith('.json'))!), 'utf8'));
+    expect(json.partial).toEqual({ points: 1, of: 4 });
+    expect(json.notes[0]).toMatch(/^partial: written after point 1 of 4; the run stopped before its end/);
+    expect(json.rows).toHaveLength(1);
+    expect(json.rows[0]).toMatchObject({ context: 2048, checkpoint: true });
+    expect(json.rows[0].peakBytes).toBeGreaterThan(json.rows[0].baseBytes);
+    const csv = readFileSync(join(dir, files.find((f) => f.endsWith('.csv'))!), 'utf8').trim().split('\n');
+    expect(csv).toHaveLength(2);
+    expect(csv[1]).toMatch(/^2048,on,/);
+  }, 60_000);
 
   it('attention --causal yes: causal rows only (the 1M-token run needs no full-mask pass); a wrong value is refused', () => {
     const dir = join(out, 'attention-causal');

@@ -13,7 +13,7 @@ import { attention, attentionBackward } from '../attention.js';
 import { cudaMemoryStats, cudaSynchronize, hostMemoryStats, resetPeakMemoryStats } from '../index.js';
 import { freeOnThrow, tensor, type Tensor } from '../tensor.js';
 import { medianMs, randomArray } from './timing.js';
-import { packageRoot, type Column } from './report.js';
+import { packageRoot, type Column, type SuiteResult } from './report.js';
 import { intList, intOption, type Suite } from './suite.js';
 
 interface Config { batch: number; seq: number; heads: number; dim: number; causal: boolean; documents: number }
@@ -140,6 +140,27 @@ export const attentionSuite: Suite<AttentionRow> = {
     else notes.push(`PyTorch: ${JSON.stringify(torch.meta)}`);
 
     const rows: AttentionRow[] = [];
+    // The result of the rows so far: after each point (partial), and at the end.
+    const result = (): SuiteResult<AttentionRow> => {
+      const all = [...notes];
+      all.push(`ours/torch: the fastest torch backend's fwd+bwd time over ours, per row (above 1: ours is faster); ${ctx.device === 'cuda' ? 'bfloat16' : 'float32'}`);
+      if (process.env.RING_ATTENTION_SM90 === '1')
+        all.push("'ours': RING_ATTENTION_SM90=1 was set, so the Hopper kernels ran wherever they apply (head dims 64 and 128 on sm_90)");
+      if (o.sm90 && process.env.RING_ATTENTION_SM90_PINGPONG === '0')
+        all.push("'ours sm90': RING_ATTENTION_SM90_PINGPONG=0, the Hopper forward without its ping-pong");
+      const prefetch = process.env.RING_ATTENTION_BWD_PREFETCH;
+      if (ctx.device === 'cuda' && (prefetch === '0' || prefetch === '1'))
+        all.push(`RING_ATTENTION_BWD_PREFETCH=${prefetch}: the default backward kernels ${prefetch === '0' ? 'never' : 'always, where it fits,'} loaded their next tile one step ahead`);
+      if (o.deterministic && ctx.device === 'cpu') all.push("'ours det': the CPU backward is deterministic anyway; these rows time the same code");
+      if (documents > 1)
+        all.push(`packed: ${documents} equal documents end to end in each sequence (ours: documentIds; torch: a batch of ${documents}x as many separate sequences); FLOPs counted within documents`);
+      return { suite: 'attention', params: o, rows, notes: all, columns: COLUMNS, chart: {
+        title: 'Attention forward+backward TFLOP/s',
+        x: { title: 'sequence length', value: (r) => r.seq, log2: true },
+        y: { title: 'TFLOP/s (fwd+bwd)', value: (r) => r.totalTflops },
+        series: (r) => `${r.impl}, d${r.dim}${r.causal ? ', causal' : ''}${r.documents > 1 ? `, ${r.documents} documents` : ''}`,
+      } };
+    };
     const progress = ctx.progress(configs.length);
     try {
       for (const [id, c] of configs.entries()) {
@@ -160,28 +181,13 @@ export const attentionSuite: Suite<AttentionRow> = {
         const best = theirs.filter((r) => r.totalMs).sort((a, b) => a.totalMs! - b.totalMs!)[0];
         if (best) for (const r of [mine, ...hopper, ...det]) r.ratioToBestTorch = best.totalMs! / r.totalMs!;
         rows.push(mine, ...hopper, ...det, ...theirs);
+        ctx.partial(result(), id + 1, configs.length);
         progress.done(`ours ${mine.totalTflops!.toFixed(3)} TFLOP/s fwd+bwd${best ? `, x${mine.ratioToBestTorch!.toFixed(2)} torch ${best.impl.slice(6)}` : ''}`);
       }
     } finally {
       progress.stop();
     }
-    notes.push(`ours/torch: the fastest torch backend's fwd+bwd time over ours, per row (above 1: ours is faster); ${ctx.device === 'cuda' ? 'bfloat16' : 'float32'}`);
-    if (process.env.RING_ATTENTION_SM90 === '1')
-      notes.push("'ours': RING_ATTENTION_SM90=1 was set, so the Hopper kernels ran wherever they apply (head dims 64 and 128 on sm_90)");
-    if (o.sm90 && process.env.RING_ATTENTION_SM90_PINGPONG === '0')
-      notes.push("'ours sm90': RING_ATTENTION_SM90_PINGPONG=0, the Hopper forward without its ping-pong");
-    const prefetch = process.env.RING_ATTENTION_BWD_PREFETCH;
-    if (ctx.device === 'cuda' && (prefetch === '0' || prefetch === '1'))
-      notes.push(`RING_ATTENTION_BWD_PREFETCH=${prefetch}: the default backward kernels ${prefetch === '0' ? 'never' : 'always, where it fits,'} loaded their next tile one step ahead`);
-    if (o.deterministic && ctx.device === 'cpu') notes.push("'ours det': the CPU backward is deterministic anyway; these rows time the same code");
-    if (documents > 1)
-      notes.push(`packed: ${documents} equal documents end to end in each sequence (ours: documentIds; torch: a batch of ${documents}x as many separate sequences); FLOPs counted within documents`);
-    return { suite: 'attention', params: o, rows, notes, columns: COLUMNS, chart: {
-      title: 'Attention forward+backward TFLOP/s',
-      x: { title: 'sequence length', value: (r) => r.seq, log2: true },
-      y: { title: 'TFLOP/s (fwd+bwd)', value: (r) => r.totalTflops },
-      series: (r) => `${r.impl}, d${r.dim}${r.causal ? ', causal' : ''}${r.documents > 1 ? `, ${r.documents} documents` : ''}`,
-    } };
+    return result();
   },
 };
 

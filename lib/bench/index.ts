@@ -8,7 +8,7 @@ import { attentionSuite } from './attention.js';
 import { memorySuite } from './memory.js';
 import { mfuSuite } from './mfu.js';
 import { createProgress } from './progress.js';
-import { describeMachine, writeResult, type Written } from './report.js';
+import { describeMachine, resultWriter, type Written } from './report.js';
 import { ringSuite } from './ring.js';
 import type { Suite, SuiteOptions } from './suite.js';
 
@@ -80,14 +80,16 @@ export async function runBench(argv: string[]): Promise<Written | null> {
     throw new Error(`bench ${suite.name}: runs in one process; only the mfu and ring suites run across a launched job`);
   const machine = describeMachine(device);
   const quiet = rank !== 0;
+  const out = resultWriter(suite.name, machine, (values['out-dir'] as string | undefined) ?? 'bench/results', argv);
   const result = await suite.run(values, {
     device, machine, launchedWorldSize: worldSize, launchedRank: rank, modelConfig,
     progress: (points) => (quiet ? { start() {}, done() {}, stop() {} } : createProgress(suite.name, points)),
+    partial: (r, done, of) => { if (!quiet) out.partial(r, done, of); },
   });
   if (quiet) return null;
   if (worldSize > 1) { // the command recorded is this process's: say what ran it
     const by = process.env.RING_ATTENTION_LAUNCHER_PID ? 'ring-attention launch' : process.env.TORCHELASTIC_RUN_ID ? 'torchrun' : 'a launcher that set WORLD_SIZE';
     result.notes.push(`run as rank 0 of ${worldSize} processes, started by ${by} (LOCAL_WORLD_SIZE ${process.env.LOCAL_WORLD_SIZE ?? 'not set'})`);
   }
-  return writeResult(result, machine, (values['out-dir'] as string | undefined) ?? 'bench/results', argv);
+  return out.final(result);
 }

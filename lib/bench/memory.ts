@@ -4,7 +4,7 @@
 // seq x seq or seq x ffn tensors), with a slope of about one hidden-sized vector per token per
 // layer plus one layer's working set when checkpointing (the paper's Table 1). The suite fits
 // that line and prints its slope in hidden-sized vectors (of the compute dtype) per token per layer.
-import type { Column } from './report.js';
+import type { Column, SuiteResult } from './report.js';
 import { BLOCK_OPTIONS, blockNote, blockRows, intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
 import { measureStep, type StepArgs, type StepMeasure } from './train-step.js';
 import type { LlamaConfig } from '../llama-config.js';
@@ -60,10 +60,33 @@ export const memorySuite: Suite<MemoryRow> = {
     const notes: string[] = [];
     let ran: StepMeasure['blocks'] | undefined; // what the trainer was given (the notes)
     const modes: Checkpointing[] = o['keep-attention'] ? [true, 'keep-attention', false] : [true, false];
-    const progress = ctx.progress(modes.length * contexts.length);
+    // The result of the rows so far: after each point (partial), and at the end.
+    const result = (): SuiteResult<MemoryRow> => {
+      const all = [...notes];
+      if (ran) all.push(blockNote(ran));
+      for (const checkpoint of modes) {
+        const rs = rows.filter((r) => r.checkpoint === checkpoint);
+        if (rs.length < 2) continue;
+        const f = fitLine(rs.map((r) => r.context), rs.map((r) => r.activationBytes));
+        const mib = Math.round((10 * f.intercept) / 2 ** 20) / 10 || 0;  // no "-0.0" from rounding noise
+        all.push(`checkpointing ${label(checkpoint)}: activations = ${mib.toFixed(1)} MiB + ` +
+          `${(f.slope / 1024).toFixed(1)} KiB x context (r² ${f.r2.toFixed(4)}); ` +
+          `${(f.slope / (config.num_hidden_layers * config.hidden_size * elementBytes)).toFixed(2)} ${dtype} hidden vectors per token per layer`);
+      }
+      all.push(ctx.device === 'cuda' ? 'bytes from the CUDA caching allocator (tensors in use, not the cache)'
+        : 'bytes of CPU tensor storage (op workspaces, bounded by their block sizes, are not counted)');
+      return { suite: 'memory', params: o, rows, notes: all, columns: COLUMNS, chart: {
+        title: `Peak memory of a training step, ${o.model}`,
+        x: { title: 'context length (tokens)', value: (r) => r.context, log2: true },
+        y: { title: 'peak memory (GiB)', value: (r) => r.peakBytes / 2 ** 30 },
+        series: (r) => `checkpointing ${label(r.checkpoint)}`,
+      } };
+    };
+    const points = modes.length * contexts.length;
+    const progress = ctx.progress(points);
     try {
-      for (const checkpoint of modes)
-        for (const context of contexts) {
+      for (const [i, checkpoint] of modes.entries())
+        for (const [j, context] of contexts.entries()) {
           progress.start(`context ${context}, checkpointing ${label(checkpoint)}`);
           const skip = Number.isFinite(max) ? null
             : predictedNotToFit(rows.filter((r) => r.checkpoint === checkpoint), context, ctx.machine.gpuMemoryBytes);
@@ -86,29 +109,13 @@ export const memorySuite: Suite<MemoryRow> = {
           const activationBytes = m.peakBytes - m.baseBytes;
           rows.push({ model: String(o.model), context, checkpoint, baseBytes: m.baseBytes, peakBytes: m.peakBytes, activationBytes,
             vectorsPerTokenLayer: activationBytes / (context * config.num_hidden_layers * config.hidden_size * elementBytes) });
+          ctx.partial(result(), i * contexts.length + j + 1, points);
           progress.done(`peak ${(m.peakBytes / 2 ** 20).toFixed(1)} MiB`);
         }
     } finally {
       progress.stop();
     }
-    if (ran) notes.push(blockNote(ran));
-    for (const checkpoint of modes) {
-      const rs = rows.filter((r) => r.checkpoint === checkpoint);
-      if (rs.length < 2) continue;
-      const f = fitLine(rs.map((r) => r.context), rs.map((r) => r.activationBytes));
-      const mib = Math.round((10 * f.intercept) / 2 ** 20) / 10 || 0;  // no "-0.0" from rounding noise
-      notes.push(`checkpointing ${label(checkpoint)}: activations = ${mib.toFixed(1)} MiB + ` +
-        `${(f.slope / 1024).toFixed(1)} KiB x context (r² ${f.r2.toFixed(4)}); ` +
-        `${(f.slope / (config.num_hidden_layers * config.hidden_size * elementBytes)).toFixed(2)} ${dtype} hidden vectors per token per layer`);
-    }
-    notes.push(ctx.device === 'cuda' ? 'bytes from the CUDA caching allocator (tensors in use, not the cache)'
-      : 'bytes of CPU tensor storage (op workspaces, bounded by their block sizes, are not counted)');
-    return { suite: 'memory', params: o, rows, notes, columns: COLUMNS, chart: {
-      title: `Peak memory of a training step, ${o.model}`,
-      x: { title: 'context length (tokens)', value: (r) => r.context, log2: true },
-      y: { title: 'peak memory (GiB)', value: (r) => r.peakBytes / 2 ** 30 },
-      series: (r) => `checkpointing ${label(r.checkpoint)}`,
-    } };
+    return result();
   },
 };
 

@@ -10,7 +10,7 @@ import { initProcessGroup } from '../process-group.js';
 import { parameterCount } from '../llama-config.js';
 import { flopsPerToken, matmulParameters, peakTflops, stepFlopsByFamily } from './flops.js';
 import type { Breakdown } from './profile.js';
-import type { Column } from './report.js';
+import type { Column, SuiteResult } from './report.js';
 import { BLOCK_OPTIONS, blockNote, blockRows, groupTimeoutMs, intOption, MAX_CONTEXT, predictedNotToFit, type Suite } from './suite.js';
 import { measureStep, type StepArgs, type StepMeasure } from './train-step.js';
 
@@ -78,6 +78,40 @@ export const mfuSuite: Suite<MfuRow> = {
     const max = intOption(o, 'max-context', 0) || Infinity;
     const contexts: number[] = [];
     for (let c = intOption(o, 'min-context'); c <= Math.min(max, MAX_CONTEXT); c *= 2) contexts.push(c);
+    // The result of the rows so far: after each point (partial), and at the end.
+    const result = (): SuiteResult<MfuRow> => {
+      const all = [...notes];
+      all.push(`checkpointing ${checkpoint === true ? 'on' : checkpoint === false ? 'off' : "on, keeping attention's output (no attention in the recompute)"}`);
+      if (steps === 0) all.push('--steps 0: each time is the warm-up step\'s, first-call costs included');
+      if (ran) all.push(blockNote(ran));
+      if (process.env.RING_ATTENTION_SM90 === '1') all.push('RING_ATTENTION_SM90=1: attention ran on the Hopper kernels wherever they apply');
+      all.push(`model ${o.model}: ${(parameterCount(config) / 1e6).toFixed(1)}M parameters, ${(matmulParameters(config) / 1e6).toFixed(1)}M ` +
+        'of them in matrix products (the embedding lookup excluded, the LM head included); FLOPs per token = 6 x matmul parameters + ' +
+        '12 x layers x heads x head dim x context / 2 (causal), recomputation not counted');
+      all.push(peak ? `peak ${peak.tflops} TFLOP/s per device (${peak.matched}, dense bfloat16)` :
+        `MFU not computed: no peak known for ${ctx.machine.gpu ?? 'the CPU'} (give --peak-tflops)`);
+      if (ranks > 1 && !launched) all.push(`${ranks} in-process ranks share one device; MFU is against its peak`);
+      if (launched) all.push(`a launched job of ${ranks} processes, one GPU each; peak MiB is the largest rank's`);
+      const last = rows.at(-1)?.breakdownMs;
+      if (last) {
+        const total = Object.values(last).reduce((a, b) => a + b, 0);
+        all.push(`where a step goes at context ${rows.at(-1)!.context} (one profiled step, device synced around each op): ` +
+          FAMILY_ORDER.filter((f) => last[f]).map((f) => `${f} ${((100 * last[f]!) / total).toFixed(0)}%`).join(', '));
+        const rates = rows.at(-1)!.familyTflops;
+        if (rates)
+          all.push(`the kernels' rates there (FLOPs they run, recomputation included, over that step's times; ${peak ? `of ${peak.tflops} TFLOP/s peak` : 'TFLOP/s'}): ` +
+            Object.entries(rates).map(([f, t]) => `${f} ${t.toPrecision(3)} TFLOP/s${peak ? ` (${((100 * t) / peak.tflops).toFixed(0)}%)` : ''}`).join(', ') +
+            (ranks > 1 ? "; attention's time includes waiting for the ring's transfers" : ''));
+        else all.push(`no rates per family: ${launched ? 'the contiguous layout gives rank 0 less than its share of the attention' : 'in-process ranks share one device, whose waits time them all'}`);
+      }
+      return { suite: 'mfu', params: { ...o, ranks }, rows, notes: all, columns: COLUMNS, chart: {
+        title: `Training-step ${peak ? 'MFU' : 'TFLOP/s'}, ${o.model}`,
+        x: { title: 'context length (tokens)', value: (r) => r.context, log2: true },
+        y: peak ? { title: 'MFU', value: (r) => r.mfu, format: '%' } : { title: 'model TFLOP/s', value: (r) => r.tflops },
+        series: (r) => `${r.model}, ${r.ranks} rank${r.ranks > 1 ? 's' : ''}`,
+        ...(peak ? { rule: { y: 0.5, label: 'target 50%' } } : {}),
+      } };
+    };
     const progress = ctx.progress(contexts.length);
     try {
       // The smallest GPU of the job (0: unknown), so that every rank stops its search at one context.
@@ -115,42 +149,14 @@ export const mfuSuite: Suite<MfuRow> = {
           familyTflops: m.breakdown && ratesMeasurable ? familyRates(stepFlopsByFamily(config, context, checkpoint), m.breakdown, ranks) : null,
         };
         rows.push(row);
+        ctx.partial(result(), contexts.indexOf(context) + 1, contexts.length);
         progress.done(`${row.tokensPerSecond.toFixed(0)} tokens/s${row.mfu === null ? '' : `, MFU ${(row.mfu * 100).toFixed(1)}%`}`);
       }
     } finally {
       progress.stop();
       group?.destroy();
     }
-    notes.push(`checkpointing ${checkpoint === true ? 'on' : checkpoint === false ? 'off' : "on, keeping attention's output (no attention in the recompute)"}`);
-    if (steps === 0) notes.push('--steps 0: each time is the warm-up step\'s, first-call costs included');
-    if (ran) notes.push(blockNote(ran));
-    if (process.env.RING_ATTENTION_SM90 === '1') notes.push('RING_ATTENTION_SM90=1: attention ran on the Hopper kernels wherever they apply');
-    notes.push(`model ${o.model}: ${(parameterCount(config) / 1e6).toFixed(1)}M parameters, ${(matmulParameters(config) / 1e6).toFixed(1)}M ` +
-      'of them in matrix products (the embedding lookup excluded, the LM head included); FLOPs per token = 6 x matmul parameters + ' +
-      '12 x layers x heads x head dim x context / 2 (causal), recomputation not counted');
-    notes.push(peak ? `peak ${peak.tflops} TFLOP/s per device (${peak.matched}, dense bfloat16)` :
-      `MFU not computed: no peak known for ${ctx.machine.gpu ?? 'the CPU'} (give --peak-tflops)`);
-    if (ranks > 1 && !launched) notes.push(`${ranks} in-process ranks share one device; MFU is against its peak`);
-    if (launched) notes.push(`a launched job of ${ranks} processes, one GPU each; peak MiB is the largest rank's`);
-    const last = rows.at(-1)?.breakdownMs;
-    if (last) {
-      const total = Object.values(last).reduce((a, b) => a + b, 0);
-      notes.push(`where a step goes at context ${rows.at(-1)!.context} (one profiled step, device synced around each op): ` +
-        FAMILY_ORDER.filter((f) => last[f]).map((f) => `${f} ${((100 * last[f]!) / total).toFixed(0)}%`).join(', '));
-      const rates = rows.at(-1)!.familyTflops;
-      if (rates)
-        notes.push(`the kernels' rates there (FLOPs they run, recomputation included, over that step's times; ${peak ? `of ${peak.tflops} TFLOP/s peak` : 'TFLOP/s'}): ` +
-          Object.entries(rates).map(([f, t]) => `${f} ${t.toPrecision(3)} TFLOP/s${peak ? ` (${((100 * t) / peak.tflops).toFixed(0)}%)` : ''}`).join(', ') +
-          (ranks > 1 ? "; attention's time includes waiting for the ring's transfers" : ''));
-      else notes.push(`no rates per family: ${launched ? 'the contiguous layout gives rank 0 less than its share of the attention' : 'in-process ranks share one device, whose waits time them all'}`);
-    }
-    return { suite: 'mfu', params: { ...o, ranks }, rows, notes, columns: COLUMNS, chart: {
-      title: `Training-step ${peak ? 'MFU' : 'TFLOP/s'}, ${o.model}`,
-      x: { title: 'context length (tokens)', value: (r) => r.context, log2: true },
-      y: peak ? { title: 'MFU', value: (r) => r.mfu, format: '%' } : { title: 'model TFLOP/s', value: (r) => r.tflops },
-      series: (r) => `${r.model}, ${r.ranks} rank${r.ranks > 1 ? 's' : ''}`,
-      ...(peak ? { rule: { y: 0.5, label: 'target 50%' } } : {}),
-    } };
+    return result();
   },
 };
 

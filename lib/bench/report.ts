@@ -126,35 +126,53 @@ export interface Written {
   chartSkipped?: string;
 }
 
-/** Prints the table and notes, writes JSON, CSV and (when vega is installed) the SVG chart. */
-export async function writeResult<R>(result: SuiteResult<R>, machine: Machine, outDir: string, argv: string[]): Promise<Written> {
+export interface ResultWriter {
+  /**
+   * Rewrites the JSON and CSV with the rows so far, marked partial (no table, no chart), after
+   * each point: a run stopped from outside (a time limit's kill) keeps what it measured.
+   */
+  partial<R>(result: SuiteResult<R>, done: number, of: number): void;
+  /** Prints the table and notes, writes JSON, CSV and (when vega is installed) the SVG chart over the partial files. */
+  final<R>(result: SuiteResult<R>): Promise<Written>;
+}
+
+/** Where a run's results go: one set of file names, from its start's date and the commit, for its partial and final writes. */
+export function resultWriter(suite: string, machine: Machine, outDir: string, argv: string[]): ResultWriter {
   const commit = commitOf();
-  const date = new Date().toISOString();
-  const base = join(outDir, `${result.suite}-${machine.device}-${date.slice(0, 10)}-${commit}`);
-  mkdirSync(outDir, { recursive: true });
-  console.log(formatTable(result.columns, result.rows));
-  for (const n of result.notes) console.log(n);
-
-  const json = `${base}.json`;
-  writeFileSync(json, JSON.stringify({
-    suite: result.suite, date, commit, command: ['ring-attention', 'bench', ...argv].join(' '), machine,
-    params: result.params, notes: result.notes, rows: result.rows,
-  }, null, 2) + '\n');
-  const csv = `${base}.csv`;
-  writeFileSync(csv, stringify([result.columns.map((c) => c.header), ...result.rows.map((r) => result.columns.map((c) => c.value(r)))]));
-
-  const written: Written = { json, csv, svg: null };
-  if (result.chart) {
-    const title = `${result.chart.title} — ${machine.gpu ?? machine.cpu}, ${date.slice(0, 10)}, ${commit}`;
-    const chart = await renderChart({ ...result.chart, title }, result.rows);
-    if (typeof chart === 'string') {
-      written.svg = `${base}.svg`;
-      writeFileSync(written.svg, chart);
-    } else {
-      written.chartSkipped = chart.skipped;
-    }
-  }
-  console.log(`wrote ${[written.json, written.csv, written.svg].filter(Boolean).join(', ')}`);
-  if (written.chartSkipped) console.log(`no chart: ${written.chartSkipped}`);
-  return written;
+  const base = join(outDir, `${suite}-${machine.device}-${new Date().toISOString().slice(0, 10)}-${commit}`);
+  const json = `${base}.json`, csv = `${base}.csv`;
+  const write = <R>(result: SuiteResult<R>, partial: { points: number; of: number } | null) => {
+    mkdirSync(outDir, { recursive: true });
+    writeFileSync(json, JSON.stringify({
+      suite: result.suite, date: new Date().toISOString(), commit, command: ['ring-attention', 'bench', ...argv].join(' '), machine,
+      ...(partial ? { partial } : {}), params: result.params, notes: result.notes, rows: result.rows,
+    }, null, 2) + '\n');
+    writeFileSync(csv, stringify([result.columns.map((c) => c.header), ...result.rows.map((r) => result.columns.map((c) => c.value(r)))]));
+  };
+  return {
+    partial(result, done, of) {
+      write({ ...result, notes: [`partial: written after point ${done} of ${of}; the run stopped before its end, which rewrites this file without this line`, ...result.notes] },
+        { points: done, of });
+    },
+    async final(result) {
+      console.log(formatTable(result.columns, result.rows));
+      for (const n of result.notes) console.log(n);
+      write(result, null);
+      const written: Written = { json, csv, svg: null };
+      if (result.chart) {
+        const date = new Date().toISOString().slice(0, 10);
+        const title = `${result.chart.title} — ${machine.gpu ?? machine.cpu}, ${date}, ${commit}`;
+        const chart = await renderChart({ ...result.chart, title }, result.rows);
+        if (typeof chart === 'string') {
+          written.svg = `${base}.svg`;
+          writeFileSync(written.svg, chart);
+        } else {
+          written.chartSkipped = chart.skipped;
+        }
+      }
+      console.log(`wrote ${[written.json, written.csv, written.svg].filter(Boolean).join(', ')}`);
+      if (written.chartSkipped) console.log(`no chart: ${written.chartSkipped}`);
+      return written;
+    },
+  };
 }

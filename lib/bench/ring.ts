@@ -14,7 +14,7 @@ import { launch } from '../launch.js';
 import { initProcessGroup } from '../process-group.js';
 import type { Layout } from '../shard.js';
 import { freeOnThrow, tensor } from '../tensor.js';
-import type { Column } from './report.js';
+import type { Column, SuiteResult } from './report.js';
 import ringRank, { QUEUED, type RingParts, type RingRankArgs } from './ring-rank.js';
 import type { RingStepTime } from '../ring.js';
 import { LINKS, minOverlapBlock, peakTflops } from './flops.js';
@@ -149,9 +149,40 @@ export const ringSuite: Suite<RingRow> = {
     const group = launched ? await initProcessGroup({ backend: 'nccl', timeoutMs, rendezvousTimeoutMs: 30 * 60_000 }) : undefined;  // as before the option
     const rows: RingRow[] = [];
     const notes: string[] = [];
+    // The result of the rows so far: after each point (partial), and at the end.
+    const result = (): SuiteResult<RingRow> => {
+      const all = [...notes];
+      all.push((launched
+        ? `ring/single: ring time over 1/${ctx.launchedWorldSize} of one GPU's time for the same total sequence (a launched job, one GPU per rank; --ranks is ignored); `
+        : `ring/single: ring time over single-device time for the same total sequence (the ranks share ${ctx.device === 'cuda' ? 'one GPU' : 'the CPU'}); `) +
+        `queued: the same ratio per call of ${QUEUED} calls queued back to back between one wait, on both sides (the host runs ahead ` +
+        'of the device, as in a training step, so what a call costs the host before its first kernel hides, but for the first ' +
+        `call of each batch: a fixed host cost per call shows at 1/${QUEUED}${launched ? '; over NCCL each call waits on the host for its transfers, which leaves less to queue' : ''}); ` +
+        'whole/max: the whole ring call over the larger of its compute alone and its transfers alone (1.00: transfers fully hidden; ' +
+        '(compute+transfers)/max: none hidden); per step: the same ratio for each step inside the whole call ' +
+        '(its kernels, its block transfers, and the step from its compute\'s start to the next\'s), averaged over the steps ' +
+        '(the backward\'s steps also hold the add of their dK/dV share, so they stay a little above 1.00); ' +
+        'transfers between in-process GPU ranks are the copies alone; over NCCL and on the CPU they include waiting for the peer; ' +
+        'every step\'s figures are in the JSON');
+      if (ctx.device === 'cpu') all.push('on the CPU, in-process transfers pass pointers: there is nothing to hide, and the ranks contend for the same cores');
+      const peak = peakTflops(ctx.machine.gpu) ?? { tflops: 989, matched: `H100/H200 SXM's; ${ctx.machine.gpu ? `${ctx.machine.gpu} is not in the table` : 'no GPU detected'}` };
+      const k = (tokens: number) => `${(tokens / 1e3).toFixed(1)}K`;
+      all.push(`the paper's rule for transfers to hide across GPUs, c >= F / B at ${peak.tflops} TFLOP/s (${peak.matched}): ` +
+        LINKS.map(([link, gbs]) => `${link} at ${gbs} GB/s: c >= ${k(minOverlapBlock(peak.tflops, gbs))} tokens per rank block, ` +
+          `${k(6 * minOverlapBlock(peak.tflops, gbs))} per rank (backward, whose float32 dK/dV travel too: c >= ` +
+          `${k(minOverlapBlock(peak.tflops, gbs, 'backward'))})`).join('; '));
+      return { suite: 'ring', params: o, rows, notes: all, columns: COLUMNS, chart: {
+        title: 'Ring overhead: ring / single-device time (forward+backward)',
+        x: { title: 'ranks', value: (r) => r.ranks, log2: true },
+        y: { title: launched ? `ring time / (single-GPU time / ${ctx.launchedWorldSize})` : 'ring time / single-device time',
+          value: (r) => (r.forward.both + r.backward.both) / ((r.singleForwardMs + r.singleBackwardMs) * share) },
+        series: (r) => `block ${r.block}`,
+        rule: { y: 1.05, label: 'target 1.05' },
+      } };
+    };
     const progress = ctx.progress(points.length);
     try {
-      for (const [ranks, block] of points) {
+      for (const [i, [ranks, block]] of points.entries()) {
         progress.start(`${ranks} ranks x ${block} tokens`);
         const args: RingRankArgs = { ...base, block };
         let results: { forward: RingParts; backward: RingParts }[], s: SingleTimes;
@@ -192,6 +223,7 @@ export const ringSuite: Suite<RingRow> = {
           stepOverlapForward: stepOverlap(forward.steps), stepOverlapBackward: stepOverlap(backward.steps),
         };
         rows.push(row);
+        ctx.partial(result(), i + 1, points.length);
         progress.done(`ring/single fwd ${row.ratioForward.toFixed(2)}, bwd ${row.ratioBackward.toFixed(2)}; ` +
           `${QUEUED} queued: fwd ${row.ratioForwardQueued.toFixed(2)}, bwd ${row.ratioBackwardQueued.toFixed(2)}`);
       }
@@ -199,33 +231,7 @@ export const ringSuite: Suite<RingRow> = {
       progress.stop();
       group?.destroy();
     }
-    notes.push((launched
-      ? `ring/single: ring time over 1/${ctx.launchedWorldSize} of one GPU's time for the same total sequence (a launched job, one GPU per rank; --ranks is ignored); `
-      : `ring/single: ring time over single-device time for the same total sequence (the ranks share ${ctx.device === 'cuda' ? 'one GPU' : 'the CPU'}); `) +
-      `queued: the same ratio per call of ${QUEUED} calls queued back to back between one wait, on both sides (the host runs ahead ` +
-      'of the device, as in a training step, so what a call costs the host before its first kernel hides, but for the first ' +
-      `call of each batch: a fixed host cost per call shows at 1/${QUEUED}${launched ? '; over NCCL each call waits on the host for its transfers, which leaves less to queue' : ''}); ` +
-      'whole/max: the whole ring call over the larger of its compute alone and its transfers alone (1.00: transfers fully hidden; ' +
-      '(compute+transfers)/max: none hidden); per step: the same ratio for each step inside the whole call ' +
-      '(its kernels, its block transfers, and the step from its compute\'s start to the next\'s), averaged over the steps ' +
-      '(the backward\'s steps also hold the add of their dK/dV share, so they stay a little above 1.00); ' +
-      'transfers between in-process GPU ranks are the copies alone; over NCCL and on the CPU they include waiting for the peer; ' +
-      'every step\'s figures are in the JSON');
-    if (ctx.device === 'cpu') notes.push('on the CPU, in-process transfers pass pointers: there is nothing to hide, and the ranks contend for the same cores');
-    const peak = peakTflops(ctx.machine.gpu) ?? { tflops: 989, matched: `H100/H200 SXM's; ${ctx.machine.gpu ? `${ctx.machine.gpu} is not in the table` : 'no GPU detected'}` };
-    const k = (tokens: number) => `${(tokens / 1e3).toFixed(1)}K`;
-    notes.push(`the paper's rule for transfers to hide across GPUs, c >= F / B at ${peak.tflops} TFLOP/s (${peak.matched}): ` +
-      LINKS.map(([link, gbs]) => `${link} at ${gbs} GB/s: c >= ${k(minOverlapBlock(peak.tflops, gbs))} tokens per rank block, ` +
-        `${k(6 * minOverlapBlock(peak.tflops, gbs))} per rank (backward, whose float32 dK/dV travel too: c >= ` +
-        `${k(minOverlapBlock(peak.tflops, gbs, 'backward'))})`).join('; '));
-    return { suite: 'ring', params: o, rows, notes, columns: COLUMNS, chart: {
-      title: 'Ring overhead: ring / single-device time (forward+backward)',
-      x: { title: 'ranks', value: (r) => r.ranks, log2: true },
-      y: { title: launched ? `ring time / (single-GPU time / ${ctx.launchedWorldSize})` : 'ring time / single-device time',
-        value: (r) => (r.forward.both + r.backward.both) / ((r.singleForwardMs + r.singleBackwardMs) * share) },
-      series: (r) => `block ${r.block}`,
-      rule: { y: 1.05, label: 'target 1.05' },
-    } };
+    return result();
   },
 };
 

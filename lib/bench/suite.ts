@@ -25,6 +25,8 @@ export interface SuiteContext {
   /** This process's rank in that job; only rank 0 prints and writes. */
   launchedRank: number;
   progress(points: number): Progress;
+  /** The result so far, after each point (written as partial JSON and CSV by rank 0; see ResultWriter). */
+  partial<R>(result: SuiteResult<R>, done: number, of: number): void;
   /** A preset's config, or a config.json file's. */
   modelConfig(nameOrPath: string): Promise<LlamaConfig>;
 }
