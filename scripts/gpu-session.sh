@@ -19,17 +19,25 @@
 # (default dK/dV and dQ, Hopper) tests the mask element by element only on tiles that need it,
 # as the forwards already did.
 # What the next session needs, in this order:
-#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check torchrun tests sm90 sm90bench   # ~7-8 min, timeout_s 540
+#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests example memory   # ~6-7 min, timeout_s 560
+#      What issue #6 still lacks, so that it can close: every GPU test at this commit (the model
+#      against the CPU model and transformers, each op's backward on CUDA, adamwMulti), the
+#      example on a GPU (in-process ranks, then a launched job of one), and the 1B memory curve's
+#      files (suites now write their points as they go, marked partial, so a part cut off at its
+#      limit keeps them).
+#   2. at once, while the machine is warm (30 s): sm90bench torchrun   # ~5 min, timeout_s 420
+#      (sm90bench's rows against attention-cuda-sm90-2026-12-04-3f61040.csv on an H200, or against
+#      torch's rows of the same run on an H100: 'ours' forward and backward, 'ours sm90' backward;
+#      its 'ours det' rows tell what the atomics cost, and its RING_ATTENTION_BWD_PREFETCH=0 run
+#      what the default backward's loads ahead gain)
 #      (torchrun needs only torch: our rendezvous beside torchrun's agent store, which holds
 #      MASTER_PORT; reasoned from torchrun's source, never run there; at most 2 x 30 s, expected
 #      a few seconds each)
-#      (sm90bench's rows against attention-cuda-sm90-2026-12-04-3f61040.csv: 'ours' forward and
-#      backward, 'ours sm90' backward; its 'ours det' rows tell what the atomics cost, and its
-#      RING_ATTENTION_BWD_PREFETCH=0 run what the default backward's loads ahead gain)
-#   2. at once, while the machine is warm (30 s): mfu (~4 min; step ms and the breakdown's
-#      feed-forward and optimizer rows against mfu-cuda-2026-12-04-3f61040.csv), or ring (~2 min;
-#      its new 'queued' ratios tell whether the ring's 15% is a per-call cost the host queues
-#      ahead of), or profile example (~5 min), or long1m (~3 min).
+#   Then, in later sessions: sm90 (every attention, ring and model test through the Hopper
+#   kernels, ~4 min, before they can be the default), mfu (~4 min; step ms and the breakdown's
+#   feed-forward and optimizer rows against mfu-cuda-2026-12-04-3f61040.csv), ring (~2 min; its
+#   'queued' ratios tell whether the ring's 15% is a per-call cost the host queues ahead of),
+#   profile (~5 min), long1m (~3 min).
 #   long512k (~8 min on the default kernels, ~5-6 with RING_ATTENTION_SM90=1) needs a session of
 #   its own. The parts' limits add up to more than a call's: they bound a part that hangs;
 #   typical times are what the plan counts, the last part the one at risk.
@@ -43,8 +51,18 @@ set -u
 OUT=${OUT:-/tmp/ring-attention-gpu}
 WORK=${WORK:-/tmp/ring-attention-gpu-work}
 mkdir -p "$OUT" "$WORK"
-pack() { tar czf "$OUT/results.tgz" -C "$WORK" . 2>/dev/null; cp "$WORK"/build.log "$WORK"/info.txt "$OUT"/ 2>/dev/null; true; }
-trap pack EXIT
+# Through a temporary name and a rename, so that two packs at once never leave a broken archive.
+pack() {
+  tar czf "$OUT/results.tgz.$BASHPID" -C "$WORK" . 2>/dev/null && mv -f "$OUT/results.tgz.$BASHPID" "$OUT/results.tgz"
+  rm -f "$OUT/results.tgz.$BASHPID"
+  cp "$WORK"/build.log "$WORK"/info.txt "$OUT"/ 2>/dev/null; true
+}
+# Also every 30 s: a call killed at its limit runs no EXIT trap, and keeps what the last pack
+# held (the suites write their points as they go).
+# Its output goes nowhere, so that its last sleep holds no pipe of the caller's open.
+( while sleep 30; do kill -0 $$ 2>/dev/null || exit; pack; done ) > /dev/null 2>&1 &
+packer=$!
+trap 'kill $packer 2>/dev/null; pack' EXIT
 step() { echo "== $1 ($(date +%T))"; }
 clean() { sed 's/\x1b\[[0-9;]*m//g'; }
 
