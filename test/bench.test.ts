@@ -401,6 +401,9 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
 
   it('a run stopped from outside (as by a time limit) leaves the points it measured, marked partial', async () => {
     const dir = join(out, 'stopped');
+    // A whole run first, under the same file names (suite, device, date, commit): its chart must go.
+    expect(bench('memory', '--smoke', '--device', 'cpu', '--out-dir', dir).status).toBe(0);
+    expect(readdirSync(dir).filter((f) => f.endsWith('.svg'))).toHaveLength(1);
     const p = spawn(process.execPath, [join(root, 'dist', 'cli.js'), 'bench', 'memory', '--device', 'cpu', '--model', 'tiny',
       '--min-context', '2048', '--max-context', '4096', '--out-dir', dir]);
     let err = '';
@@ -414,7 +417,7 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     });
     expect(signal, err).toBe('SIGTERM');
     const files = readdirSync(dir);
-    expect(files.some((f) => f.endsWith('.svg'))).toBe(false); // the chart is drawn at the end only
+    expect(files.some((f) => f.endsWith('.svg'))).toBe(false); // the chart is drawn at the end only; the earlier one is gone
     const json = JSON.parse(readFileSync(join(dir, files.find((f) => f.endsWith('.json'))!), 'utf8'));
     expect(json.partial).toEqual({ points: 1, of: 4 });
     expect(json.notes[0]).toMatch(/^partial: written after point 1 of 4; the run stopped before its end/);

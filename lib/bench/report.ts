@@ -1,7 +1,7 @@
 // What every benchmark result carries (machine, versions, commit, date, the exact command),
 // and writing it: a table on stdout, then JSON, CSV and an SVG chart under the output folder.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -149,8 +149,12 @@ export function resultWriter(suite: string, machine: Machine, outDir: string, ar
     }, null, 2) + '\n');
     writeFileSync(csv, stringify([result.columns.map((c) => c.header), ...result.rows.map((r) => result.columns.map((c) => c.value(r)))]));
   };
+  let first = true;
   return {
     partial(result, done, of) {
+      // A chart of an earlier run under these names would not match what follows.
+      if (first) rmSync(`${base}.svg`, { force: true });
+      first = false;
       write({ ...result, notes: [`partial: written after point ${done} of ${of}; the run stopped before its end, which rewrites this file without this line`, ...result.notes] },
         { points: done, of });
     },
