@@ -19,13 +19,14 @@
 # (default dK/dV and dQ, Hopper) tests the mask element by element only on tiles that need it,
 # as the forwards already did.
 # What the next session needs, in this order:
-#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests example memory   # ~6-7 min, timeout_s 560
+#   1. source .gpu/env.sh && bash scripts/gpu-session.sh check tests example memory   # ~6-7 min, timeout_s 480
 #      What issue #6 still lacks, so that it can close: every GPU test at this commit (the model
 #      against the CPU model and transformers, each op's backward on CUDA, adamwMulti), the
 #      example on a GPU (in-process ranks, then a launched job of one), and the 1B memory curve's
-#      files (suites now write their points as they go, marked partial, so a part cut off at its
-#      limit keeps them).
-#   2. at once, while the machine is warm (30 s): sm90bench torchrun   # ~5 min, timeout_s 420
+#      files (suites now write their points as they go, marked partial, and the script packs them
+#      every 30 s, so a memory part cut off by the call's limit keeps what it measured).
+#   2. at once, while the machine is warm (30 s): sm90bench torchrun   # ~5 min, timeout_s 300
+#      (the two calls' limits and a machine's start fit the 15 minutes of device time)
 #      (sm90bench's rows against attention-cuda-sm90-2026-12-04-3f61040.csv on an H200, or against
 #      torch's rows of the same run on an H100: 'ours' forward and backward, 'ours sm90' backward;
 #      its 'ours det' rows tell what the atomics cost, and its RING_ATTENTION_BWD_PREFETCH=0 run
@@ -52,17 +53,21 @@ OUT=${OUT:-/tmp/ring-attention-gpu}
 WORK=${WORK:-/tmp/ring-attention-gpu-work}
 mkdir -p "$OUT" "$WORK"
 # Through a temporary name and a rename, so that two packs at once never leave a broken archive.
+# tar's exit 1 says a file changed while it read it (a log being written): the archive is whole.
 pack() {
-  tar czf "$OUT/results.tgz.$BASHPID" -C "$WORK" . 2>/dev/null && mv -f "$OUT/results.tgz.$BASHPID" "$OUT/results.tgz"
-  rm -f "$OUT/results.tgz.$BASHPID"
+  local tmp="$OUT/results.tgz.$BASHPID"
+  tar czf "$tmp" --warning=no-file-changed -C "$WORK" . 2>/dev/null
+  [ $? -le 1 ] && mv -f "$tmp" "$OUT/results.tgz"
+  rm -f "$tmp"
   cp "$WORK"/build.log "$WORK"/info.txt "$OUT"/ 2>/dev/null; true
 }
 # Also every 30 s: a call killed at its limit runs no EXIT trap, and keeps what the last pack
-# held (the suites write their points as they go).
-# Its output goes nowhere, so that its last sleep holds no pipe of the caller's open.
+# held (the suites write their points as they go). Its output goes nowhere, so that its last
+# sleep holds no pipe of the caller's open. At exit it is stopped with its children (a tar it
+# may be running) before the last pack, and any archive it left half-written is removed.
 ( while sleep 30; do kill -0 $$ 2>/dev/null || exit; pack; done ) > /dev/null 2>&1 &
 packer=$!
-trap 'kill $packer 2>/dev/null; pack' EXIT
+trap 'pkill -P $packer 2>/dev/null; kill $packer 2>/dev/null; wait $packer 2>/dev/null; rm -f "$OUT"/results.tgz.*; pack' EXIT
 step() { echo "== $1 ($(date +%T))"; }
 clean() { sed 's/\x1b\[[0-9;]*m//g'; }
 

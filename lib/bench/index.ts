@@ -79,17 +79,16 @@ export async function runBench(argv: string[]): Promise<Written | null> {
   if (worldSize > 1 && suite.name !== 'mfu' && suite.name !== 'ring')
     throw new Error(`bench ${suite.name}: runs in one process; only the mfu and ring suites run across a launched job`);
   const machine = describeMachine(device);
-  const quiet = rank !== 0;
-  const out = resultWriter(suite.name, machine, (values['out-dir'] as string | undefined) ?? 'bench/results', argv);
+  const quiet = rank !== 0;  // only rank 0 prints and writes
+  const out = quiet ? null : resultWriter(suite.name, machine, (values['out-dir'] as string | undefined) ?? 'bench/results', argv);
+  // The command recorded is this process's: say what ran it.
+  const by = process.env.RING_ATTENTION_LAUNCHER_PID ? 'ring-attention launch' : process.env.TORCHELASTIC_RUN_ID ? 'torchrun' : 'a launcher that set WORLD_SIZE';
+  const launched = worldSize > 1 ? [`run as rank 0 of ${worldSize} processes, started by ${by} (LOCAL_WORLD_SIZE ${process.env.LOCAL_WORLD_SIZE ?? 'not set'})`] : [];
   const result = await suite.run(values, {
     device, machine, launchedWorldSize: worldSize, launchedRank: rank, modelConfig,
     progress: (points) => (quiet ? { start() {}, done() {}, stop() {} } : createProgress(suite.name, points)),
-    partial: (r, done, of) => { if (!quiet) out.partial(r, done, of); },
+    partial: (r, done, of) => out?.partial({ ...r, notes: [...r.notes, ...launched] }, done, of),
   });
-  if (quiet) return null;
-  if (worldSize > 1) { // the command recorded is this process's: say what ran it
-    const by = process.env.RING_ATTENTION_LAUNCHER_PID ? 'ring-attention launch' : process.env.TORCHELASTIC_RUN_ID ? 'torchrun' : 'a launcher that set WORLD_SIZE';
-    result.notes.push(`run as rank 0 of ${worldSize} processes, started by ${by} (LOCAL_WORLD_SIZE ${process.env.LOCAL_WORLD_SIZE ?? 'not set'})`);
-  }
-  return out.final(result);
+  if (!out) return null;
+  return out.final({ ...result, notes: [...result.notes, ...launched] });
 }

@@ -84,10 +84,12 @@ export const memorySuite: Suite<MemoryRow> = {
     };
     const points = modes.length * contexts.length;
     const progress = ctx.progress(points);
+    let started = 0;  // as the progress lines count (a mode that stops early skips the rest of its contexts)
     try {
-      for (const [i, checkpoint] of modes.entries())
-        for (const [j, context] of contexts.entries()) {
+      for (const checkpoint of modes)
+        for (const context of contexts) {
           progress.start(`context ${context}, checkpointing ${label(checkpoint)}`);
+          ++started;
           const skip = Number.isFinite(max) ? null
             : predictedNotToFit(rows.filter((r) => r.checkpoint === checkpoint), context, ctx.machine.gpuMemoryBytes);
           if (skip) {
@@ -109,7 +111,7 @@ export const memorySuite: Suite<MemoryRow> = {
           const activationBytes = m.peakBytes - m.baseBytes;
           rows.push({ model: String(o.model), context, checkpoint, baseBytes: m.baseBytes, peakBytes: m.peakBytes, activationBytes,
             vectorsPerTokenLayer: activationBytes / (context * config.num_hidden_layers * config.hidden_size * elementBytes) });
-          ctx.partial(result(), i * contexts.length + j + 1, points);
+          ctx.partial(result(), started, points);
           progress.done(`peak ${(m.peakBytes / 2 ** 20).toFixed(1)} MiB`);
         }
     } finally {

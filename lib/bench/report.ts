@@ -149,14 +149,22 @@ export function resultWriter(suite: string, machine: Machine, outDir: string, ar
     }, null, 2) + '\n');
     writeFileSync(csv, stringify([result.columns.map((c) => c.header), ...result.rows.map((r) => result.columns.map((c) => c.value(r)))]));
   };
-  let first = true;
+  let first = true, failed = false;
   return {
     partial(result, done, of) {
-      // A chart of an earlier run under these names would not match what follows.
-      if (first) rmSync(`${base}.svg`, { force: true });
-      first = false;
-      write({ ...result, notes: [`partial: written after point ${done} of ${of}; the run stopped before its end, which rewrites this file without this line`, ...result.notes] },
-        { points: done, of });
+      if (failed) return;
+      try {
+        // A chart of an earlier run under these names would not match what follows.
+        if (first) rmSync(`${base}.svg`, { force: true });
+        first = false;
+        write({ ...result, notes: [`partial: written after point ${done} of ${of}; the run stopped before its end, which rewrites this file without this line`, ...result.notes] },
+          { points: done, of });
+      } catch (e) {
+        // A safeguard, not the result: the run goes on (in a launched job the other ranks would
+        // otherwise wait in their next collective), and the end's write says what is wrong.
+        failed = true;
+        console.error(`bench: could not write the partial results (${(e as Error).message}); going on`);
+      }
     },
     async final(result) {
       console.log(formatTable(result.columns, result.rows));
