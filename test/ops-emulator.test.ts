@@ -20,8 +20,8 @@ function build(): string {
   const args = ['-std=c++20', '-O2', '-DRA_FLASH_EMULATOR', `-I${root}`, `-I${join(root, 'test', 'flash-emulator')}`,
     join(root, 'test', 'ops-emulator', 'test.cpp'), '-o', exe];
   // UndefinedBehaviorSanitizer too (it found a memcmp on null in this test once); each where the
-  // toolchain has it. (The attention emulator runs under AddressSanitizer alone: UBSan makes it
-  // over three times slower.)
+  // toolchain has it. (The attention emulator runs under AddressSanitizer alone: with UBSan too,
+  // one of its two modes took about 17 minutes on the 2-core machine, beside other jobs.)
   let r = spawnSync('g++', ['-fsanitize=address,undefined', '-fno-sanitize-recover=undefined', ...args], { encoding: 'utf8' });
   if (r.status !== 0) r = spawnSync('g++', ['-fsanitize=address', ...args], { encoding: 'utf8' });
   if (r.status !== 0) r = spawnSync('g++', args, { encoding: 'utf8' });
