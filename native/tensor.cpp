@@ -55,12 +55,14 @@ void check_attention_operands(const char* call, const Tensor& q, const Tensor& k
                               const Tensor* out, const Tensor* lse) {
   if (q.shape.size() != 4 || k.shape.size() != 4)
     throw UserError("RangeError", std::string(call) + ": q and k must be [batch, seq, heads, headDim]");
-  // The kernels take each size as an int (their offsets are 64-bit).
+  // The kernels take each size as an int (their offsets are 64-bit) and round lengths up to
+  // whole tiles (at most 128 rows) in ints too, so a size leaves that much room below 2^31.
+  constexpr int64_t kMaxSize = (int64_t(1) << 31) - 1024;
   for (const auto* t : {&q, &k})
     for (const int64_t d : t->shape)
-      if (d > INT32_MAX)
+      if (d > kMaxSize)
         throw UserError("RangeError", std::string(call) + ": " + (t == &q ? "q" : "k") + " has a size of " +
-                                          std::to_string(d) + "; each size must be at most 2^31 - 1");
+                                          std::to_string(d) + "; each size must be at most 2^31 - 1024");
   check_operand(call, "k", k, k.shape, q.dtype, q.device);
   check_operand(call, "v", v, k.shape, q.dtype, q.device);
   if (dout) check_operand(call, "dout", *dout, q.shape, q.dtype, q.device);

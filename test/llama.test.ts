@@ -538,6 +538,10 @@ describe('shardTokens', () => {
     expect(() => shardTokens(new Int32Array(6), { rank: 0, worldSize: 2, layout: 'zigzag' })).toThrow(/tokens: the zigzag layout cuts the sequence into 4/);
     expect(() => shardTokens([1, 2] as unknown as Int32Array, { rank: 0, worldSize: 1 })).toThrow(/tokens: expected an Int32Array/);
     expect(() => shardTokens(new Int32Array(4), { rank: 2, worldSize: 2 })).toThrow(/opts.rank/);
+    // Positions are int32: a whole sequence of 2^31 tokens is refused, not wrapped to negative angles.
+    expect(() => shardPositions(2 ** 28, 0, 8, 'contiguous')).toThrow(
+      new RangeError('tokens: a whole sequence of 8 shards of 268435456 tokens is past 2^31 - 1 tokens (positions are int32)'));
+    expect(shardPositions(1, 2 ** 31 - 2, 2 ** 31 - 1, 'contiguous')).toEqual(Int32Array.from([2 ** 31 - 2]));
   });
 });
 
