@@ -165,7 +165,7 @@ function checkData(name: string, t: { shape: number[]; data: unknown }, numel: n
 
 async function writeData(fh: FileHandle, data: Float32Array, dtype: WritableDType): Promise<void> {
   if (dtype === 'F32' && LITTLE_ENDIAN) {
-    await writeAll(fh, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    await writeAll(fh, data);
     return;
   }
   const size = ITEM_SIZE[dtype];
@@ -181,10 +181,12 @@ async function writeData(fh: FileHandle, data: Float32Array, dtype: WritableDTyp
   }
 }
 
-// Appends at the current position; fs writes may be short and are capped near 2 GiB.
-async function writeAll(fh: FileHandle, buf: Uint8Array): Promise<void> {
-  for (let done = 0; done < buf.length;) {
-    const { bytesWritten } = await fh.write(buf, done, Math.min(buf.length - done, 1 << 30));
+// Appends at the current position; fs writes may be short and are capped near 2 GiB. Each
+// write goes through its own byte view (see safetensors.ts' readFully).
+async function writeAll(fh: FileHandle, buf: ArrayBufferView): Promise<void> {
+  for (let done = 0; done < buf.byteLength;) {
+    const len = Math.min(buf.byteLength - done, 1 << 30);
+    const { bytesWritten } = await fh.write(new Uint8Array(buf.buffer, buf.byteOffset + done, len), 0, len);
     done += bytesWritten;
   }
 }

@@ -291,7 +291,7 @@ export async function readTensor(fh: FileHandle, file: string, name: string, ent
   }
   const where = `tensor '${name}'`, start = dataStart + dataOffsets[0];
   if (dtype === 'F32' && LITTLE_ENDIAN) {
-    await readFully(fh, new Uint8Array(data.buffer), start, file, where);
+    await readFully(fh, data, start, file, where);
   } else {
     const buf = new Uint8Array(Math.min(numel * itemSize, CHUNK_BYTES));
     const view = new DataView(buf.buffer);
@@ -310,10 +310,12 @@ export async function readTensor(fh: FileHandle, file: string, name: string, ent
 }
 
 // fs reads are capped near 2 GiB and may return short; loop, and refuse a file that shrank.
-async function readFully(fh: FileHandle, buf: Uint8Array, position: number, file: string, what: string): Promise<void> {
-  for (let done = 0; done < buf.length;) {
-    const len = Math.min(buf.length - done, 1 << 30);
-    const { bytesRead } = await fh.read(buf, done, len, position + done);
+// Each read goes through its own byte view: one Uint8Array over a whole Float32Array of more
+// than 2^30 values would be past a typed array's 2^32 elements.
+async function readFully(fh: FileHandle, buf: ArrayBufferView, position: number, file: string, what: string): Promise<void> {
+  for (let done = 0; done < buf.byteLength;) {
+    const len = Math.min(buf.byteLength - done, 1 << 30);
+    const { bytesRead } = await fh.read(new Uint8Array(buf.buffer, buf.byteOffset + done, len), 0, len, position + done);
     if (bytesRead === 0) throw new Error(`${file}: ${what}: file ended at byte ${position + done}; was it changed while being read?`);
     done += bytesRead;
   }
