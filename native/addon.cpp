@@ -177,6 +177,17 @@ Napi::Value FindLibrary(const Napi::CallbackInfo& info) {
   });
 }
 
+// attentionLaunches() -> { forward, backward, hopperForward, hopperBackward }: CUDA attention
+// kernel launches so far in this process (for tests: which kernels ran)
+Napi::Value AttentionLaunches(const Napi::CallbackInfo& info) {
+  const auto n = ra::cuda::kernel_launches();
+  auto o = Napi::Object::New(info.Env());
+  o.Set("forward", double(n.forward));
+  o.Set("backward", double(n.backward));
+  o.Set("hopperForward", double(n.hopper_forward));
+  o.Set("hopperBackward", double(n.hopper_backward));
+  return o;
+}
 
 Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   return guard(info, [&](Napi::Env env) -> Napi::Value {
@@ -279,6 +290,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuThreads", Napi::Function::New(env, CpuThreads));
   exports.Set("findLibrary", Napi::Function::New(env, FindLibrary));
   exports.Set("cudaInfo", Napi::Function::New(env, CudaInfo));
+  exports.Set("attentionLaunches", Napi::Function::New(env, AttentionLaunches));
   exports.Set("cudaMemoryStats", Napi::Function::New(env, CudaMemoryStats));
   exports.Set("cudaBytesInUseOn", Napi::Function::New(env, CudaBytesInUseOn));
   exports.Set("cudaSetDevice", Napi::Function::New(env, CudaSetDevice));

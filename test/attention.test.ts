@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { attention, attentionBackward, tensor } from '../dist/index.js';
 import { attentionBackwardRef, attentionRef, worstError, type Dims } from './reference.js';
 import { asTensors, documentRuns, makeInputs, read } from './helpers.js';
+import { native } from '../dist/native.js';
 
 // float32 compute over <= 300 keys: the per-element error of the blockwise result stays
 // near 1e-6; 2e-5 absolute + 1e-4 relative leaves room without hiding a wrong mask or merge.
@@ -28,6 +29,19 @@ const cases: Case[] = [
 ];
 
 describe('attention forward', () => {
+  // The GPU tests (test/gpu/hopper.ts) tell which CUDA kernels ran by these counts.
+  it('counts CUDA attention launches only: none for the CPU', async () => {
+    const before = native.attentionLaunches();
+    expect(Object.keys(before).sort()).toEqual(['backward', 'forward', 'hopperBackward', 'hopperForward']);
+    const x: Dims = { batch: 1, seqQ: 8, seqK: 8, heads: 2, kvHeads: 1, dim: 4 };
+    const inp = makeInputs(x, 1);
+    const t = asTensors(x, inp);
+    const { out, lse } = attention(t.q, t.k, t.v, { causal: true });
+    const g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal: true });
+    for (const tt of [...Object.values(t), out, lse, g.dq, g.dk, g.dv]) tt.dispose();
+    expect(native.attentionLaunches()).toEqual(before);
+  });
+
   for (const c of cases) {
     it(c.name, async () => {
       const inp = makeInputs(c, 11);

@@ -43,6 +43,7 @@ void ring_backward_nccl(int64_t, const ring::RingShape&, const Tensor&, const Te
                         const Tensor&, const Tensor&, Tensor&, Tensor&, Tensor&) {
   throw not_compiled();
 }
+KernelLaunches kernel_launches() { return {}; }
 AttnOut attention_forward(const Tensor&, const Tensor&, const Tensor&, bool, float, const int32_t*) { throw not_compiled(); }
 AttnGrads attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool,
                              float, bool, const int32_t*) {

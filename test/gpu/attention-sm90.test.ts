@@ -1,25 +1,18 @@
 // The Hopper kernels (native/cuda/flash/{fwd,bwd}_sm90_kernel.cuh, wgmma), which run only when
 // asked for with RING_ATTENTION_SM90=1 until they have been validated on a GPU: forward and
 // backward against the float64 reference, with the tolerances of attention-cuda.test.ts, and
-// against the default kernels on the same inputs. That the two differ in some bits shows that
-// the Hopper kernels did run (their tiles differ, so their roundings do). scripts/gpu-session.sh
-// also runs the whole of attention-cuda and ring-cuda with the variable set. Skipped, with the
-// reason in the title, without an sm_90 device or without sm_90a code in this build.
+// against the default kernels on the same inputs. The launch counts (hopper.ts) show that the
+// Hopper kernels did run, and so do the bits where the two differ (their tiles differ, so their
+// roundings do). scripts/gpu-session.sh also runs attention-cuda, ring-cuda and llama-cuda with
+// the variable set (the last two check by the counts that their calls ran these kernels).
+// Skipped, with the reason in the title, without an sm_90 device or without sm_90a code here.
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { attention, attentionBackward, info } from '../../dist/index.js';
+import { attention, attentionBackward, type Tensor } from '../../dist/index.js';
 import { asTensors, makeInputs, read } from '../helpers.js';
 import { attentionBackwardRef, attentionRef, relErr, type Dims } from '../reference.js';
+import { hopperUnavailable as why, launchesDuring } from './hopper.js';
 
-const cuda = info().cuda;
-const device = cuda.devices[0];
-const why = !cuda.available
-  ? cuda.reason
-  : !cuda.architectures.split(',').some((a) => a.startsWith('90a'))
-    ? `this build has no sm_90a code (architectures ${cuda.architectures})`
-    : device?.computeCapability !== '9.0'
-      ? `the GPU is not sm_90 (compute capability ${device?.computeCapability})`
-      : '';
 const title = why ? `Hopper kernels (skipped: ${why})` : 'Hopper kernels (RING_ATTENTION_SM90=1)';
 
 const TOL = { bfloat16: { out: 1.5e-2, grad: 2e-2 }, float16: { out: 2e-3, grad: 3e-3 } } as const;
@@ -44,9 +37,12 @@ async function run(x: Dims, dtype: Half, causal: boolean, seed: number, sm90: bo
   else delete process.env.RING_ATTENTION_SM90;
   const inp = makeInputs(x, seed, dtype);
   const t = asTensors(x, inp, dtype, 'cuda');
-  const { out, lse } = attention(t.q, t.k, t.v, { causal });
-  const g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal, deterministic });
-  const r = { inp, out: await read(out), lse: await read(lse), dq: await read(g.dq), dk: await read(g.dk), dv: await read(g.dv) };
+  let out!: Tensor, lse!: Tensor, g!: ReturnType<typeof attentionBackward>;
+  const launches = await launchesDuring(() => {
+    ({ out, lse } = attention(t.q, t.k, t.v, { causal }));
+    g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal, deterministic });
+  });
+  const r = { inp, launches, out: await read(out), lse: await read(lse), dq: await read(g.dq), dk: await read(g.dk), dv: await read(g.dv) };
   for (const tt of [...Object.values(t), out, lse, g.dq, g.dk, g.dv]) tt.dispose();
   return r;
 }
@@ -74,6 +70,8 @@ describe.skipIf(!!why)(title, () => {
       }
       expect(same(h.out, d.out), 'the Hopper forward ran').toBe(false);
       expect(same(h.dk, d.dk), 'the Hopper backward ran').toBe(false);
+      expect(h.launches).toEqual({ forward: 1, backward: 1, hopperForward: 1, hopperBackward: 1 });
+      expect(d.launches).toEqual({ forward: 1, backward: 1, hopperForward: 0, hopperBackward: 0 });
     });
 
   it('deterministic backward: the same bits on every run, equal to float64 (head dims 128 and 64)', async () => {

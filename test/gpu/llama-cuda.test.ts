@@ -25,6 +25,7 @@ import {
 } from '../../dist/index.js';
 import { findCublas } from '../../dist/libraries.js';
 import { relErr } from '../reference.js';
+import { allHopper, hopperNotAsked, launchesDuring } from './hopper.js';
 
 const cuda = info().cuda;
 const [blas] = cuda.available ? findCublas() : [null];
@@ -37,7 +38,11 @@ const rankModule = new URL('../fixtures/llama-rank.mjs', import.meta.url);
 const bytes = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
 const tiny = llamaPresets.tiny as ResolvedLlamaConfig; // C 64, F 176, L 2, H 4, KVH 2, D 16, V 256
-const configs: Record<string, ResolvedLlamaConfig> = { 'GQA, separate head': tiny, 'tied embeddings': { ...tiny, tie_word_embeddings: true } };
+const configs: Record<string, ResolvedLlamaConfig> = {
+  'GQA, separate head': tiny, 'tied embeddings': { ...tiny, tie_word_embeddings: true },
+  // A head dim the Hopper kernels take (64 or 128), for the run with RING_ATTENTION_SM90=1.
+  'head dim 64': { ...tiny, hidden_size: 128, num_attention_heads: 2, num_key_value_heads: 1, head_dim: 64 },
+};
 const S = 64; // whole sequence; a multiple of 2 * 4 for zigzag over 4 ranks
 const tokens = Int32Array.from({ length: S }, (_, i) => (i * 37 + 11) % tiny.vocab_size);
 const targets = Int32Array.from({ length: S }, (_, i) => (i % 7 === 3 ? -100 : (i * 53 + 5) % tiny.vocab_size));
@@ -58,7 +63,11 @@ describe.skipIf(!!why)(title, () => {
       using cpuModel = initLlama(config, { seed: 5, std: 0.1 });
       using gpuModel = createLlama(config, cpuModel.toArrays(), { device: 'cuda' });
       expect(gpuModel.computeDtype).toBe('bfloat16');
-      const [c, g] = [await run(cpuModel), await run(gpuModel)];
+      const c = await run(cpuModel);
+      let g!: Awaited<ReturnType<typeof run>>;
+      const launches = await launchesDuring(async () => (g = await run(gpuModel)));
+      // Run with RING_ATTENTION_SM90=1 (scripts/gpu-session.sh), the model's attention takes the Hopper kernels where they apply.
+      if (!hopperNotAsked && config.head_dim === 64) expect(allHopper(launches), `Hopper kernels: ${JSON.stringify(launches)}`).toBe(true);
       expect(relErr(g.logits, c.logits)).toBeLessThan(3e-2);
       expect(Math.abs(g.loss - c.loss)).toBeLessThan(3e-2 * c.loss);
       expect(g.forwardLoss).toBe(g.loss); // the recomputed forward of the backward is the same forward

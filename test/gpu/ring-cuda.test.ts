@@ -7,6 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { attention, attentionBackward, gatherSequence, info, launch, tensor } from '../../dist/index.js';
 import { asTensors, documentRuns, makeInputs, read } from '../helpers.js';
 import { attentionBackwardRef, attentionRef, relErr, type Dims } from '../reference.js';
+import { allHopper, hopperNotAsked, launchesDuring } from './hopper.js';
 
 const cuda = info().cuda;
 const title = cuda.available ? 'ring attention on CUDA (virtual ranks on one GPU)' : `ring attention on CUDA (skipped: ${cuda.reason})`;
@@ -34,7 +35,10 @@ describe.skipIf(!cuda.available)(title, () => {
         it(`N=${worldSize} ${layout} causal=${causal}: equals single-device CUDA attention and float64`, async () => {
           // 2N chunks of 40 tokens: tiles are ragged in every shard.
           const x: Dims = { batch: 1, seqQ: 80 * worldSize, seqK: 80 * worldSize, heads: 4, kvHeads: 2, dim: 64 };
-          const r = await runRing(x, worldSize, causal, layout);
+          let r!: Awaited<ReturnType<typeof runRing>>;
+          const launches = await launchesDuring(async () => (r = await runRing(x, worldSize, causal, layout)));
+          // Run with RING_ATTENTION_SM90=1 (scripts/gpu-session.sh), every ring step takes the Hopper kernels.
+          if (!hopperNotAsked) expect(allHopper(launches), `Hopper kernels: ${JSON.stringify(launches)}`).toBe(true);
           const t = asTensors(x, r.inputs, 'bfloat16', 'cuda');
           const one = attention(t.q, t.k, t.v, { causal });
           const g = attentionBackward(t.dout, t.q, t.k, t.v, one.out, one.lse, { causal });

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../attention.h"
 #include "../check.h"
 #include "doc_spans_kernel.cuh"
 #include "launch.h"
@@ -100,30 +101,43 @@ __global__ void delta_kernel(FwdParams p, const T* out, const T* dout, float* de
 
 bool dq_vec4(const BwdParams& p) { return dq_rows_aligned(p) && current_cc() >= 90; }
 
+namespace {
+// What kernel_launches() reports: calls that launched, and those on the Hopper kernels.
+std::atomic<uint64_t> n_forward{0}, n_backward{0}, n_hopper_forward{0}, n_hopper_backward{0};
+
+void check_half(DType dtype) {
+  if (dtype != DType::BF16 && dtype != DType::F16) throw UserError("TypeError", "CUDA attention takes bfloat16 or float16 tensors");
+}
+}  // namespace
+
 void forward(const FwdParams& p, DType dtype, bool causal, void* stream) {
   check_params(p);
   if (p.seq_q == 0 || p.batch == 0) return;
+  check_half(dtype);
   auto s = static_cast<cudaStream_t>(stream);
-  if ((dtype == DType::BF16 || dtype == DType::F16) && use_sm90(p) && fwd_tma_describable(p)) {
-    dtype == DType::BF16 ? forward_sm90<__nv_bfloat16>(p, causal, s) : forward_sm90<__half>(p, causal, s);
+  ++n_forward;
+  const bool bf16 = dtype == DType::BF16;
+  if (use_sm90(p) && fwd_tma_describable(p)) {
+    ++n_hopper_forward;
+    bf16 ? forward_sm90<__nv_bfloat16>(p, causal, s) : forward_sm90<__half>(p, causal, s);
     return;
   }
-  if (dtype == DType::BF16) by_dim<__nv_bfloat16, Fwd>(p, p.head_dim, causal, s);
-  else if (dtype == DType::F16) by_dim<__half, Fwd>(p, p.head_dim, causal, s);
-  else throw UserError("TypeError", "CUDA attention takes bfloat16 or float16 tensors");
+  bf16 ? by_dim<__nv_bfloat16, Fwd>(p, p.head_dim, causal, s) : by_dim<__half, Fwd>(p, p.head_dim, causal, s);
 }
 
 void backward(const BwdParams& p, DType dtype, bool causal, void* stream) {
   check_params(p.fwd);
   if (p.fwd.seq_q == 0 || p.fwd.seq_k == 0 || p.fwd.batch == 0) return;
+  check_half(dtype);
   auto s = static_cast<cudaStream_t>(stream);
-  if ((dtype == DType::BF16 || dtype == DType::F16) && use_sm90(p.fwd) && bwd_tma_describable(p)) {
-    dtype == DType::BF16 ? backward_sm90<__nv_bfloat16>(p, causal, s) : backward_sm90<__half>(p, causal, s);
+  ++n_backward;
+  const bool bf16 = dtype == DType::BF16;
+  if (use_sm90(p.fwd) && bwd_tma_describable(p)) {
+    ++n_hopper_backward;
+    bf16 ? backward_sm90<__nv_bfloat16>(p, causal, s) : backward_sm90<__half>(p, causal, s);
     return;
   }
-  if (dtype == DType::BF16) by_dim<__nv_bfloat16, Bwd>(p, p.fwd.head_dim, causal, s);
-  else if (dtype == DType::F16) by_dim<__half, Bwd>(p, p.fwd.head_dim, causal, s);
-  else throw UserError("TypeError", "CUDA attention takes bfloat16 or float16 tensors");
+  bf16 ? by_dim<__nv_bfloat16, Bwd>(p, p.fwd.head_dim, causal, s) : by_dim<__half, Bwd>(p, p.fwd.head_dim, causal, s);
 }
 
 void document_spans(const int* ids, int batch, int seq, int* spans, void* stream) {
@@ -148,3 +162,9 @@ void compute_delta(const FwdParams& p, const void* out, const void* dout, float*
 }
 
 }  // namespace ra::cuda::flash
+
+namespace ra::cuda {
+KernelLaunches kernel_launches() {
+  return {flash::n_forward.load(), flash::n_backward.load(), flash::n_hopper_forward.load(), flash::n_hopper_backward.load()};
+}
+}  // namespace ra::cuda
