@@ -330,15 +330,22 @@ describe('saving, loading, checkpoints', () => {
     expect((await readdir(older)).sort()).toEqual(before); // the three partial files written first are gone
   });
 
-  it('a step is clip_grad_norm_ then AdamW, decaying matrices only: weights and clipped gradients as a float64 reference', async () => {
-    const opts = { lr: 1e-2, weightDecay: 0.1, maxGradNorm: 0.05, betas: [0.9, 0.95] as [number, number], eps: 1e-8 };
+  // maxGradNorm 0.05 clips; 1e3 leaves the gradients as they are (torch clamps the coefficient at 1).
+  for (const maxGradNorm of [0.05, 1e3])
+  it(`a step is clip_grad_norm_ then AdamW, decaying matrices only: weights and ${maxGradNorm < 1 ? 'clipped' : 'unclipped'} gradients as a float64 reference`, async () => {
+    const opts = { lr: 1e-2, weightDecay: 0.1, maxGradNorm, betas: [0.9, 0.95] as [number, number], eps: 1e-8 };
     using a = initLlama(tiny, { seed: 12 }), b = initLlama(tiny, { seed: 12 });
     using ta = createTrainer(a, opts), tb = createTrainer(b, opts);
     const before = a.toArrays();
     ta.backward(seq.tokens, seq.targets);
-    const norm = ta.gradNorm(), coef = opts.maxGradNorm / (norm + 1e-6);
-    expect(coef).toBeLessThan(0.5); // clipping acts
+    const norm = ta.gradNorm(), coef = Math.min(1, opts.maxGradNorm / (norm + 1e-6));
     const raw = new Map(await Promise.all([...ta.gradients].map(async ([n, g]) => [n, await g.toFloat32Array()] as const)));
+    // The norm itself, from the gradients' values: sqrt of the sum of squares over every tensor.
+    let squares = 0;
+    for (const g of raw.values()) for (const x of g) squares += x * x;
+    expect(Math.abs(norm - Math.sqrt(squares))).toBeLessThan(1e-6 * norm);
+    expect(coef).toBe(maxGradNorm < 1 ? opts.maxGradNorm / (norm + 1e-6) : 1);
+    if (maxGradNorm < 1) expect(coef).toBeLessThan(0.5); // clipping acts
     expect(tb.step(seq.tokens, seq.targets).gradNorm).toBe(norm);
     for (const [name, p] of b.toArrays()) {
       const g = raw.get(name)!.map((x) => x * coef), p0 = before.get(name)!;
