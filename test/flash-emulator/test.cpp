@@ -16,6 +16,7 @@
 #include "native/cuda/flash/bwd_sm90_kernel.cuh"
 #include "native/cuda/flash/bwd_kernel.cuh"
 #include "native/cuda/flash/doc_spans_kernel.cuh"
+#include <cstring>
 #include <string>
 using namespace ra::cuda::flash;
 
@@ -28,6 +29,11 @@ bool use_sm90 = false, sm90_pingpong = true;
 int sm90_launches = 0;
 // Backward launches whose dQ atomics were float4 / float (both paths must run).
 int dq_vec4_launches = 0, dq_scalar_launches = 0;
+// Row-by-row errors (see cmp): a row's largest error over its largest value, floored at kRowFloor
+// of the whole tensor's, within the whole tensor's tolerance. Measured over every case here (both
+// modes): at most 0.27 of it for out, 0.21 for the gradients; a row wrong whole is 1/tol of it.
+constexpr double kRowFloor = 0.05;
+struct { double out = 0, grad = 0; } worst_row_seen;  // the largest, over the tolerance, printed at the end
 // Each backward kernel with and without `prefetch` (launch.cuh picks by the GPU's occupancy),
 // alternately, each kernel on its own count; both ways must run for both.
 struct Prefetch { int launches[2] = {}; } dkdv_prefetch, dq_prefetch;
@@ -237,8 +243,24 @@ bool run_case(const Case& c, int mode) {
       if (std::isnan(a)) { if (bad == SIZE_MAX) bad = i; continue; }
       mx = std::max(mx, std::fabs(a - r)); mr = std::max(mr, std::fabs(r));
     }
-    const bool pass = bad == SIZE_MAX && mx <= tol * mr;
-    if (!pass) { ok = false; printf("  FAIL %s %s: max err %.3g (ref max %.3g)%s", name, what, mx, mr, bad != SIZE_MAX ? " nan/inf mismatch at " : "");
+    // Row by row too (D values: one query's or one key's head): against the tensor's largest
+    // value alone, a small row could be wrong whole (a key tile's last key dropped) and pass.
+    // A row is measured against its own largest value, floored at kRowFloor of the tensor's.
+    double worst_row = 0; size_t bad_row = SIZE_MAX;
+    if (!std::strstr(what, "lse") && (n == nq || n == nk))
+      for (size_t r0 = 0; r0 < n; r0 += c.D) {
+        double e = 0, m = 0;
+        for (size_t i = r0; i < r0 + c.D; ++i) {
+          const double a = get(i), r = ref(i);
+          if (std::isfinite(a) && std::isfinite(r)) e = std::max(e, std::fabs(a - r)), m = std::max(m, std::fabs(r));
+        }
+        const double ratio = e / std::max(m, kRowFloor * mr);
+        if (ratio > worst_row) worst_row = ratio, bad_row = r0 / c.D;
+      }
+    double& seen = std::strstr(what, "out") ? worst_row_seen.out : worst_row_seen.grad;
+    seen = std::max(seen, worst_row / tol);
+    const bool pass = bad == SIZE_MAX && mx <= tol * mr && worst_row <= tol;
+    if (!pass) { ok = false; printf("  FAIL %s %s: max err %.3g (ref max %.3g), worst row %zu at %.3g of its size%s", name, what, mx, mr, bad_row, worst_row, bad != SIZE_MAX ? " nan/inf mismatch at " : "");
       if (bad != SIZE_MAX) printf("%zu (got %g want %g)", bad, double(get(bad)), double(ref(bad))); printf("\n"); }
   };
   const double tol = std::is_same<T, __half>::value ? 4e-3 : 2e-2;
@@ -428,6 +450,7 @@ int random_sweep(unsigned seed, int n, bool sm90) {
   printf("dQ atomics: %d float4 launches, %d float launches\n", dq_vec4_launches, dq_scalar_launches);
   printf("backward loads one tile ahead: dK/dV %d launches, not %d; dQ %d, not %d\n", dkdv_prefetch.launches[1],
          dkdv_prefetch.launches[0], dq_prefetch.launches[1], dq_prefetch.launches[0]);
+  printf("worst row error, over the tolerance: out %.3g, gradients %.3g\n", worst_row_seen.out, worst_row_seen.grad);
   printf("%d failures\n", fails);
   return fails != 0;
 }
@@ -517,6 +540,7 @@ int main(int argc, char** argv) {
   printf("dQ atomics: %d float4 launches, %d float launches\n", dq_vec4_launches, dq_scalar_launches);
   printf("backward loads one tile ahead: dK/dV %d launches, not %d; dQ %d, not %d\n", dkdv_prefetch.launches[1],
          dkdv_prefetch.launches[0], dq_prefetch.launches[1], dq_prefetch.launches[0]);
+  printf("worst row error, over the tolerance: out %.3g, gradients %.3g\n", worst_row_seen.out, worst_row_seen.grad);
   printf("%d failures\n", fails);
   return fails != 0;
 }
