@@ -143,6 +143,28 @@ export function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return diff / scale;
 }
 
+/**
+ * relErr row by row: each run of `row` values (one token's head) against its own largest value,
+ * floored at `floor` of the whole tensor's. Against the tensor's largest value alone, a small row
+ * could be wrong whole (a ragged tile's last key dropped) and pass; never less than relErr.
+ */
+export function rowErr(a: ArrayLike<number>, b: ArrayLike<number>, row: number, floor = 0.05): number {
+  if (a.length !== b.length || b.length % row !== 0) throw new Error(`rowErr: lengths ${a.length}, ${b.length} in rows of ${row}`);
+  let whole = 1e-30;
+  for (let i = 0; i < b.length; ++i) whole = Math.max(whole, Math.abs(b[i]!));
+  let worst = 0;
+  for (let r0 = 0; r0 < b.length; r0 += row) {
+    let diff = 0, size = 0;
+    for (let i = r0; i < r0 + row; ++i) {
+      if (Number.isNaN(a[i]!)) return Infinity;
+      diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+      size = Math.max(size, Math.abs(b[i]!));
+    }
+    worst = Math.max(worst, diff / Math.max(size, floor * whole));
+  }
+  return worst;
+}
+
 /** Rounds float32 values to bfloat16 or float16 as the library's storage does (via the typed arrays). */
 export function roundTo(dtype: 'float32' | 'bfloat16' | 'float16', x: Float32Array): Float32Array {
   if (dtype === 'float32') return x;

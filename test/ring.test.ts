@@ -136,6 +136,7 @@ describe('bfloat16 across the ring: float32 accumulation, one rounding at the en
       const g = attentionBackwardRef(r.inputs.dout, r.inputs.q, r.inputs.k, r.inputs.v, x, { causal: true }, r.out);
       const oneRounding = 2 ** -8;
       expect(worstError(r.out, ref.out, 1e-5, oneRounding), 'out').toBeLessThan(1);
+      expect(worstError(r.lse, ref.lse, 1e-5, 1e-5), 'lse (float32 throughout)').toBeLessThan(1);
       expect(worstError(r.dq, g.dq, 1e-4, oneRounding), 'dq').toBeLessThan(1);
       expect(worstError(r.dk, g.dk, 1e-4, oneRounding), 'dk').toBeLessThan(1);
       expect(worstError(r.dv, g.dv, 1e-4, oneRounding), 'dv').toBeLessThan(1);

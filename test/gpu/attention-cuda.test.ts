@@ -9,8 +9,11 @@
 // before dS K and dS^T Q, and the results once more on the way out. bfloat16 keeps 8
 // significant bits (relative step 2^-8 = 3.9e-3), float16 11 (4.9e-4); with values in
 // [-1, 1] and errors that partly average over a row, we allow about four steps of each
-// relative to the largest reference value: 1.5e-2 (bf16) and 2e-3 (f16) for out, 2e-2 and
-// 3e-3 for gradients. Against torch the rule is flash-attention's own: our error from float64
+// relative to each row's largest reference value (one token's head; floored at 5% of the
+// tensor's: rowErr): 1.5e-2 (bf16) and 2e-3 (f16) for out, 2e-2 and 3e-3 for gradients. The
+// same kernels on the CPU emulator stay per row within 0.27 (out) and 0.21 (gradients) of its
+// own, looser, tolerances over its cases (test/flash-emulator): at most 5.3e-3 and 6.1e-3 for
+// bf16, 1.1e-3 and 1.2e-3 for f16. Row by row, a small row that is wrong whole cannot pass. Against torch the rule is flash-attention's own: our error from float64
 // may be at most twice torch's low-precision error from float64 (plus a hair for ties).
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -21,7 +24,7 @@ import { describe, expect, it } from 'vitest';
 
 import { attention, attentionBackward, info, type DType } from '../../dist/index.js';
 import { asTensors, documentRuns, makeInputs, read } from '../helpers.js';
-import { attentionBackwardRef, attentionRef, relErr, type Dims } from '../reference.js';
+import { attentionBackwardRef, attentionRef, relErr, rowErr, type Dims } from '../reference.js';
 
 const cuda = info().cuda;
 const title = cuda.available ? 'CUDA attention kernels' : `CUDA attention kernels (skipped: ${cuda.reason})`;
@@ -86,12 +89,12 @@ describe.skipIf(!cuda.available)(title, () => {
       const t = asTensors(x, inp, 'bfloat16', 'cuda');
       const { out, lse } = attention(t.q, t.k, t.v, { causal: true, documentIds: ids });
       const ref = attentionRef(inp.q, inp.k, inp.v, x, { causal: true, documentIds: ids });
-      expect(relErr(await read(out), ref.out), 'out').toBeLessThan(TOL.bfloat16.out);
+      expect(rowErr(await read(out), ref.out, x.dim), 'out').toBeLessThan(TOL.bfloat16.out);
       expect(lseErr(await read(lse), ref.lse), 'lse').toBeLessThan(1e-4);
       for (const deterministic of [false, true]) {
         const g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal: true, deterministic, documentIds: ids });
         const gref = attentionBackwardRef(inp.dout, inp.q, inp.k, inp.v, x, { causal: true, documentIds: ids });
-        for (const k of ['dq', 'dk', 'dv'] as const) expect(relErr(await read(g[k]), gref[k]), `${k} deterministic=${deterministic}`).toBeLessThan(TOL.bfloat16.grad);
+        for (const k of ['dq', 'dk', 'dv'] as const) expect(rowErr(await read(g[k]), gref[k], x.dim), `${k} deterministic=${deterministic}`).toBeLessThan(TOL.bfloat16.grad);
       }
     });
 
@@ -100,18 +103,16 @@ describe.skipIf(!cuda.available)(title, () => {
       const c = await runCuda(x, dtype, causal, 11);
       const ref = attentionRef(c.inp.q, c.inp.k, c.inp.v, x, { causal });
       const gref = attentionBackwardRef(c.inp.dout, c.inp.q, c.inp.k, c.inp.v, x, { causal });
-      expect(relErr(c.out, ref.out)).toBeLessThan(TOL[dtype].out);
+      expect(rowErr(c.out, ref.out, x.dim)).toBeLessThan(TOL[dtype].out);
       expect(lseErr(c.lse, ref.lse)).toBeLessThan(1e-4);
-      for (const k of ['dq', 'dk', 'dv'] as const) expect(relErr(c[k], gref[k]), k).toBeLessThan(TOL[dtype].grad);
+      for (const k of ['dq', 'dk', 'dv'] as const) expect(rowErr(c[k], gref[k], x.dim), k).toBeLessThan(TOL[dtype].grad);
 
       const t = asTensors(x, c.inp, dtype);
       const cpu = attention(t.q, t.k, t.v, { causal });
       const cg = attentionBackward(t.dout, t.q, t.k, t.v, cpu.out, cpu.lse, { causal });
-      expect(relErr(c.out, await read(cpu.out))).toBeLessThan(TOL[dtype].out);
+      expect(rowErr(c.out, await read(cpu.out), x.dim)).toBeLessThan(TOL[dtype].out);
       expect(lseErr(c.lse, await read(cpu.lse))).toBeLessThan(1e-4);
-      expect(relErr(c.dq, await read(cg.dq))).toBeLessThan(TOL[dtype].grad);
-      expect(relErr(c.dk, await read(cg.dk))).toBeLessThan(TOL[dtype].grad);
-      expect(relErr(c.dv, await read(cg.dv))).toBeLessThan(TOL[dtype].grad);
+      for (const k of ['dq', 'dk', 'dv'] as const) expect(rowErr(c[k], await read(cg[k]), x.dim), `${k} vs the CPU`).toBeLessThan(TOL[dtype].grad);
     });
 
   it('rows that see no key (causal, seqQ > seqK): out 0, lse -Infinity, finite gradients, no NaN', async () => {
@@ -122,8 +123,9 @@ describe.skipIf(!cuda.available)(title, () => {
       for (let i = 0; i < x.seqQ; ++i) expect(c.lse[h * x.seqQ + i] === -Infinity).toBe(i < hidden);
     for (let i = 0; i < hidden * x.heads * x.dim; ++i) expect(c.out[i]).toBe(0);
     for (const k of ['out', 'dq', 'dk', 'dv'] as const) expect(c[k].every(Number.isFinite), k).toBe(true);
+    for (let i = 0; i < hidden * x.heads * x.dim; ++i) expect(c.dq[i]).toBe(0);
     const gref = attentionBackwardRef(c.inp.dout, c.inp.q, c.inp.k, c.inp.v, x, { causal: true });
-    expect(relErr(c.dk, gref.dk)).toBeLessThan(TOL.bfloat16.grad);
+    for (const k of ['dq', 'dk', 'dv'] as const) expect(rowErr(c[k], gref[k], x.dim), k).toBeLessThan(TOL.bfloat16.grad);
   });
 
   it('deterministic backward gives the same bits on every run and agrees with the atomic one', async () => {
@@ -147,7 +149,7 @@ describe.skipIf(!cuda.available)(title, () => {
         const b = await runCuda(x, 'bfloat16', true, 4, true);
         for (const k of ['dq', 'dk', 'dv'] as const) expect(Buffer.from(a[k].buffer).equals(Buffer.from(b[k].buffer)), `${k} d${x.dim}`).toBe(true);
         const gref = attentionBackwardRef(a.inp.dout, a.inp.q, a.inp.k, a.inp.v, x, { causal: true });
-        for (const k of ['dq', 'dk', 'dv'] as const) expect(relErr(a[k], gref[k]), `${k} d${x.dim}`).toBeLessThan(TOL.bfloat16.grad);
+        for (const k of ['dq', 'dk', 'dv'] as const) expect(rowErr(a[k], gref[k], x.dim), `${k} d${x.dim}`).toBeLessThan(TOL.bfloat16.grad);
       }
     } finally {
       delete process.env.RING_ATTENTION_BWD_PREFETCH;
