@@ -82,18 +82,18 @@ describe.skipIf(!ready)(ready ? 'the packed package' : `the packed package (skip
     expect(unwanted).toEqual([]);
   });
 
-  it("the prebuild needs no newer glibc than 2.34 and no newer libstdc++ or libgcc than GCC 11's (RHEL 9's)", () => {
+  it("the prebuild needs no newer glibc than 2.34 and no newer libstdc++ or libgcc than GCC 11's (RHEL 9's)", (ctx) => {
+    // The check itself: what a build against GCC 12's libgcc or glibc 2.38 would ask for.
+    expect(tooNew('0000 DF *UND* 0000 (GCC_12.0.0) __truncsfhf2\n0000 DF *UND* 0000 (GLIBC_2.38) __isoc23_strtol\n'))
+      .toEqual(['GCC_12.0.0 __truncsfhf2', 'GLIBC_2.38 __isoc23_strtol']);
     // Built here against newer ones: what it links decides where it loads (elsewhere install builds from source).
     const dir = mkdtempSync(join(scratch, 'prebuild-'));
     const file = 'package/prebuilds/linux-x64/ring-attention.glibc.node';
     execFileSync('tar', ['xzf', tarball, '-C', dir, file]);
     const symbols = dynamicSymbols(join(dir, file));
-    if (symbols === null) return;  // no objdump: the release build warns of it too
+    if (symbols === null) return ctx.skip('objdump not found: the prebuild\'s symbol versions cannot be read (the release build warns of it too)');
     expect(symbols).toMatch(/\(GLIBC_2\.[0-9.]+\)/);
     expect(tooNew(symbols)).toEqual([]);
-    // The check itself: what a build against GCC 12's libgcc or glibc 2.38 would ask for.
-    expect(tooNew('0000 DF *UND* 0000 (GCC_12.0.0) __truncsfhf2\n0000 DF *UND* 0000 (GLIBC_2.38) __isoc23_strtol\n'))
-      .toEqual(['GCC_12.0.0 __truncsfhf2', 'GLIBC_2.38 __isoc23_strtol']);
   });
 
   it('installs with no compiler, CMake or nvcc on PATH and runs from ESM, CommonJS, the CLI and TypeScript', () => {
