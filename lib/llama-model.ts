@@ -159,8 +159,16 @@ export function checkModelConfig(config: unknown, file?: string): ResolvedLlamaC
 // from the config, and so do we.
 const ROPE_BUFFER = /^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$/;
 
-const sameBits = (a: Float32Array, b: Float32Array) =>
-  a.length === b.length && Buffer.compare(Buffer.from(a.buffer, a.byteOffset, a.byteLength), Buffer.from(b.buffer, b.byteOffset, b.byteLength)) === 0;
+// In pieces of 2^28 values: one Buffer over a Float32Array of more than 2^30 values is past its 2^32 bytes.
+function sameBits(a: Float32Array, b: Float32Array): boolean {
+  if (a.length !== b.length) return false;
+  const bytes = (x: Float32Array, i: number, n: number) => Buffer.from(x.buffer, x.byteOffset + 4 * i, 4 * n);
+  for (let i = 0; i < a.length; i += 2 ** 28) {
+    const n = Math.min(2 ** 28, a.length - i);
+    if (Buffer.compare(bytes(a, i, n), bytes(b, i, n)) !== 0) return false;
+  }
+  return true;
+}
 
 /**
  * Checks `tensors` (a shape, or the values, of each) against llamaTensorNames(config): every

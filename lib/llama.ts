@@ -43,9 +43,9 @@ export interface ShardTokensOptions {
 
 /** Positions (in the whole sequence) of the `local` tokens that `rank` holds. */
 export function shardPositions(local: number, rank: number, worldSize: number, layout: Layout): Int32Array {
-  // RoPE takes positions as int32s: past that they would wrap to negative angles.
-  if (local * worldSize > 2 ** 31 - 1)
-    fail('range', `tokens: a whole sequence of ${worldSize} shards of ${local} tokens is past 2^31 - 1 tokens (positions are int32)`);
+  // RoPE takes positions as int32s (0 to 2^31 - 1): past that they would wrap to negative angles.
+  if (local * worldSize > 2 ** 31)
+    fail('range', `tokens: a whole sequence of ${worldSize} shards of ${local} tokens is past 2^31 tokens (positions are int32)`);
   const pos = new Int32Array(local);
   if (layout === 'contiguous') for (let i = 0; i < local; ++i) pos[i] = rank * local + i;
   else {

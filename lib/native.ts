@@ -108,7 +108,7 @@ interface Native {
   ): [TensorHandle, TensorHandle, TensorHandle, Float64Array?];
   /** What the CUDA runtime reports; the library asks cudaInfo() below, which also checks the architectures. */
   cudaInfo(): RawCudaInfo;
-  /** CUDA attention kernel launches so far in this process, and those on the Hopper kernels (for tests). */
+  /** CUDA attention forward and backward calls whose kernels were launched so far in this process, and those on the Hopper kernels (for tests). */
   attentionLaunches(): { forward: number; backward: number; hopperForward: number; hopperBackward: number };
   /** 'cmake-js' or 'node-gyp'. */
   buildSystem(): string;

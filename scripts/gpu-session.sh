@@ -34,8 +34,8 @@
 #      (torchrun needs only torch: our rendezvous beside torchrun's agent store, which holds
 #      MASTER_PORT; reasoned from torchrun's source, never run there; at most 2 x 30 s, expected
 #      a few seconds each)
-#   Then, in later sessions: sm90 (every attention, ring and model test through the Hopper
-#   kernels, ~4 min, before they can be the default), mfu (~4 min; step ms and the breakdown's
+#   Then, in later sessions: sm90 (every attention, ring and model test with the Hopper kernels
+#   asked for, those at head dims 64 and 128 checking by call counts that they ran; ~4 min, before they can be the default), mfu (~4 min; step ms and the breakdown's
 #   feed-forward and optimizer rows against mfu-cuda-2026-12-04-3f61040.csv), ring (~2 min; its
 #   'queued' ratios tell whether the ring's 15% is a per-call cost the host queues ahead of),
 #   profile (~5 min), long1m (~3 min).
@@ -158,7 +158,7 @@ example() {
 }
 
 sm90() {
-  step "every CUDA attention, ring and model test through the Hopper kernels (RING_ATTENTION_SM90=1), with their own tests"
+  step "every CUDA attention, ring and model test with RING_ATTENTION_SM90=1 (the Hopper kernels where they apply: head dims 64 and 128), with their own tests"
   RING_ATTENTION_SM90=1 timeout 240 node node_modules/vitest/vitest.mjs run test/gpu/wgmma-unit.test.ts test/gpu/attention-sm90.test.ts \
     test/gpu/attention-cuda.test.ts test/gpu/ring-cuda.test.ts test/gpu/llama-cuda.test.ts > "$WORK/test-sm90.txt" 2>&1
   echo "sm90 tests exit code $? (124: cut off at its limit)"

@@ -217,7 +217,7 @@ describe('misspelt options, rewritten fields and forged tensors (a review, 2026-
   });
 
   it('native attention refuses a size near 2^31 (the kernels round lengths up to whole tiles in ints)', () => {
-    // No elements, so no memory, but these sizes. Below 2^31 - 64 the CPU kernels' tile
+    // No elements, so no memory, but these sizes. Within 64 of 2^31 the CPU kernels' tile
     // counts went negative and they returned at once, with nothing written (an audit's probe).
     using big = zeros([0, 2 ** 31 - 1023, 1, 1]);
     expect(() => native.attentionForward(big.handle('q'), big.handle('k'), big.handle('v'), false, 1)).toThrow(

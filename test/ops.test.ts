@@ -167,7 +167,7 @@ describe('rmsNorm', () => {
       const { y, rstd } = ops.rmsNorm(t(x, [M, C]), t(w, [C]), eps);
       const ref = rmsNormRef(x, w, eps, M, C);
       expect(rstd.shape).toEqual([M]);
-      expect(worstError(await read(y), ref.y, FWD.atol * size, FWD.rtol)).toBeLessThan(1);
+      expect(worstError(await read(y), ref.y, FWD.atol, FWD.rtol)).toBeLessThan(1); // y is of size 1 whatever x's
       expect(worstError(await read(rstd), ref.rstd, 0, FWD.rtol)).toBeLessThan(1);
     });
 

@@ -59,6 +59,6 @@ describe('initProcessGroup', () => {
     const script = `const { initProcessGroup } = await import(${index});
 initProcessGroup({ backend: 'nccl', env: ${JSON.stringify(env)} }).then(() => console.log('not refused'), (e) => console.log(e.message));`;
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, CUDA_VISIBLE_DEVICES: '' } });
-    expect(r.stdout).toMatch(/the 'nccl' backend needs a CUDA device/);
+    expect(r.stdout, `exit ${r.status}, stderr: ${r.stderr}`).toMatch(/the 'nccl' backend needs a CUDA device/);
   });
 });

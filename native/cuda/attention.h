@@ -20,10 +20,10 @@ AttnOut attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, boo
 AttnGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                              const Tensor& lse, bool causal, float scale, bool deterministic, const int32_t* docs = nullptr);
 
-// Attention kernel launches in this process since it started: every call that launched, and
-// those that ran the Hopper kernels (RING_ATTENTION_SM90=1 falls back to the default ones where
-// they cannot run: a head dim other than 64 or 128, rows TMA cannot describe), so that tests can
-// tell which ran.
+// Attention forward and backward calls in this process whose kernels were launched (a backward
+// launches several: it counts once), and those that ran the Hopper kernels, so that tests can
+// tell which ran: RING_ATTENTION_SM90=1 falls back to the default kernels where the Hopper ones
+// cannot run (a head dim other than 64 or 128, rows TMA cannot describe).
 struct KernelLaunches {
   uint64_t forward = 0, backward = 0, hopper_forward = 0, hopper_backward = 0;
 };

@@ -4,7 +4,8 @@
 // against the default kernels on the same inputs. The launch counts (hopper.ts) show that the
 // Hopper kernels did run, and so do the bits where the two differ (their tiles differ, so their
 // roundings do). scripts/gpu-session.sh also runs attention-cuda, ring-cuda and llama-cuda with
-// the variable set (the last two check by the counts that their calls ran these kernels).
+// the variable set; their float64 comparisons at head dims 64 and 128 (the model's head-dim-64
+// case) check by the counts that their calls ran these kernels (hopper.ts).
 // Skipped, with the reason in the title, without an sm_90 device or without sm_90a code here.
 import { afterEach, describe, expect, it } from 'vitest';
 

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import { attention, attentionBackward, gatherSequence, info, launch, tensor } from '../../dist/index.js';
 import { asTensors, documentRuns, makeInputs, read } from '../helpers.js';
 import { attentionBackwardRef, attentionRef, relErr, rowErr, type Dims } from '../reference.js';
-import { allHopper, hopperNotAsked, launchesDuring } from './hopper.js';
+import { expectHopperWhereAsked, launchCounter, launchesDuring } from './hopper.js';
 
 const cuda = info().cuda;
 const title = cuda.available ? 'ring attention on CUDA (virtual ranks on one GPU)' : `ring attention on CUDA (skipped: ${cuda.reason})`;
@@ -38,7 +38,7 @@ describe.skipIf(!cuda.available)(title, () => {
           let r!: Awaited<ReturnType<typeof runRing>>;
           const launches = await launchesDuring(async () => (r = await runRing(x, worldSize, causal, layout)));
           // Run with RING_ATTENTION_SM90=1 (scripts/gpu-session.sh), every ring step takes the Hopper kernels.
-          if (!hopperNotAsked) expect(allHopper(launches), `Hopper kernels: ${JSON.stringify(launches)}`).toBe(true);
+          expectHopperWhereAsked(launches, x.dim);
           const t = asTensors(x, r.inputs, 'bfloat16', 'cuda');
           const one = attention(t.q, t.k, t.v, { causal });
           const g = attentionBackward(t.dout, t.q, t.k, t.v, one.out, one.lse, { causal });
@@ -60,7 +60,9 @@ describe.skipIf(!cuda.available)(title, () => {
     const x: Dims = { batch: 1, seqQ: 640, seqK: 640, heads: 4, kvHeads: 2, dim: 64 };
     const ids = documentRuns([[150, 1, 300, 189]]);
     const inputs = makeInputs(x, 77, 'bfloat16');
+    const since = launchCounter();
     const results = (await launch({ worldSize: 4 }, rankModule, { x, inputs, causal: true, layout: 'zigzag', dtype: 'bfloat16', device: 'cuda', documentIds: ids })) as Record<Name, Float32Array>[];
+    expectHopperWhereAsked(since(), x.dim);
     const local = x.seqQ / 4;
     const gather = (name: Name, heads: number) => read(gatherSequence(results.map((r) => tensor(r[name], [1, local, heads, x.dim])), { layout: 'zigzag' }));
     const ref = attentionRef(inputs.q, inputs.k, inputs.v, x, { causal: true, documentIds: ids });
@@ -79,7 +81,9 @@ describe.skipIf(!cuda.available)(title, () => {
     // dozens would round the other way (a last-bit float32 change is ~1/30000 of a bfloat16 step).
     const x: Dims = { batch: 1, seqQ: 2048, seqK: 2048, heads: 8, kvHeads: 2, dim: 64 };
     const runs = [];
+    const since = launchCounter();
     for (let i = 0; i < 3; ++i) runs.push(await runRing(x, 4, true, 'zigzag', true));
+    expectHopperWhereAsked(since(), x.dim);
     const a = runs[0]!;
     for (const b of runs.slice(1)) for (const k of ['dq', 'dk', 'dv'] as const) expect(b[k], k).toEqual(a[k]);
     const gref = attentionBackwardRef(a.inputs.dout, a.inputs.q, a.inputs.k, a.inputs.v, x, { causal: true });

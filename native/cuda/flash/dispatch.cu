@@ -102,7 +102,7 @@ __global__ void delta_kernel(FwdParams p, const T* out, const T* dout, float* de
 bool dq_vec4(const BwdParams& p) { return dq_rows_aligned(p) && current_cc() >= 90; }
 
 namespace {
-// What kernel_launches() reports: calls that launched, and those on the Hopper kernels.
+// What kernel_launches() reports: calls whose kernels were launched, and those on the Hopper kernels.
 std::atomic<uint64_t> n_forward{0}, n_backward{0}, n_hopper_forward{0}, n_hopper_backward{0};
 
 void check_half(DType dtype) {
@@ -115,14 +115,14 @@ void forward(const FwdParams& p, DType dtype, bool causal, void* stream) {
   if (p.seq_q == 0 || p.batch == 0) return;
   check_half(dtype);
   auto s = static_cast<cudaStream_t>(stream);
-  ++n_forward;
   const bool bf16 = dtype == DType::BF16;
   if (use_sm90(p) && fwd_tma_describable(p)) {
-    ++n_hopper_forward;
     bf16 ? forward_sm90<__nv_bfloat16>(p, causal, s) : forward_sm90<__half>(p, causal, s);
+    ++n_hopper_forward, ++n_forward;
     return;
   }
   bf16 ? by_dim<__nv_bfloat16, Fwd>(p, p.head_dim, causal, s) : by_dim<__half, Fwd>(p, p.head_dim, causal, s);
+  ++n_forward;
 }
 
 void backward(const BwdParams& p, DType dtype, bool causal, void* stream) {
@@ -130,14 +130,14 @@ void backward(const BwdParams& p, DType dtype, bool causal, void* stream) {
   if (p.fwd.seq_q == 0 || p.fwd.seq_k == 0 || p.fwd.batch == 0) return;
   check_half(dtype);
   auto s = static_cast<cudaStream_t>(stream);
-  ++n_backward;
   const bool bf16 = dtype == DType::BF16;
   if (use_sm90(p.fwd) && bwd_tma_describable(p)) {
-    ++n_hopper_backward;
     bf16 ? backward_sm90<__nv_bfloat16>(p, causal, s) : backward_sm90<__half>(p, causal, s);
+    ++n_hopper_backward, ++n_backward;
     return;
   }
   bf16 ? by_dim<__nv_bfloat16, Bwd>(p, p.fwd.head_dim, causal, s) : by_dim<__half, Bwd>(p, p.fwd.head_dim, causal, s);
+  ++n_backward;
 }
 
 void document_spans(const int* ids, int batch, int seq, int* spans, void* stream) {
