@@ -24,6 +24,12 @@ static int failures = 0;
 static std::mt19937 rng(7);
 static float U(float a = 1.f) { return std::uniform_real_distribution<float>(-a, a)(rng); }
 
+static std::string fmt(double x) {
+  char b[32];
+  snprintf(b, sizeof b, "%g", x);
+  return b;
+}
+
 template <class T> const char* tname() { return std::is_same_v<T, float> ? "f32" : "bf16"; }
 // A value exactly representable in T, so the float64 reference sees what the kernel sees.
 template <class T> float rnd(float v) { return float(T(v)); }
@@ -82,11 +88,12 @@ void embedding(int64_t M, int64_t C, int64_t V, int32_t skip) {  // skip: the pa
 }
 
 template <class T>
-void rmsnorm(int64_t M, int64_t C) {
+// x up to `size`: at 3e-3 its mean square is below eps, so where eps goes shows.
+void rmsnorm(int64_t M, int64_t C, float size = 2) {
   const float eps = 1e-5f;
   std::vector<T> x(M * C), w(C), y(M * C, T(NAN)), dy(M * C), dx(M * C, T(NAN));
   std::vector<float> rstd(M, NAN), dw(C);
-  for (auto& v : x) v = T(U(2));
+  for (auto& v : x) v = T(U(size));
   for (auto& v : w) v = T(1 + U(0.5f));
   for (auto& v : dy) v = T(U());
   for (auto& v : dw) v = U();
@@ -111,7 +118,8 @@ void rmsnorm(int64_t M, int64_t C) {
   std::vector<float> partial(rmsnorm_dw_chunks(M) * C, NAN);
   std::vector<float> rstd_in(wr.begin(), wr.end());
   launch_rmsnorm_bwd<T>(dy.data(), x.data(), w.data(), rstd_in.data(), dx.data(), dw.data(), partial.data(), M, C, nullptr);
-  const std::string n = std::string("rmsNorm ") + tname<T>() + " M" + std::to_string(M) + " C" + std::to_string(C);
+  const std::string n = std::string("rmsNorm ") + tname<T>() + " M" + std::to_string(M) + " C" + std::to_string(C) +
+                        (size != 2 ? " x up to " + fmt(size) : "");
   check(n + " y", y, wy, tol<T>(2e-6));
   check(n + " rstd", rstd, wr, 2e-6);
   check(n + " dx", dx, wdx, tol<T>(1e-5), dx_terms);
@@ -199,9 +207,10 @@ void cross_entropy(int64_t rows, int64_t V, bool in_place) {
   else check(n + " dlogits", dl, wd, tol<T>(0));
 }
 
-void adamw(int64_t n) {
+// Gradients (and moments) of size `size`: at 1e-7, sqrt(v) is near eps, so where eps goes shows.
+void adamw(int64_t n, float size = 1) {
   std::vector<float> p(n), g(n), m(n), v(n);
-  for (int64_t i = 0; i < n; ++i) p[i] = U(), g[i] = U(), m[i] = U(0.1f), v[i] = std::fabs(U(0.01f));
+  for (int64_t i = 0; i < n; ++i) p[i] = U(), g[i] = U(size), m[i] = U(0.1f * size), v[i] = std::fabs(U(0.01f * size * size));
   const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
   const int step = 3;
   const double bc1 = 1 - std::pow(double(b1), step), bc2 = 1 - std::pow(double(b2), step);
@@ -212,10 +221,10 @@ void adamw(int64_t n) {
   }
   launch_adamw(p.data(), g.data(), m.data(), v.data(), n, b1, b2, eps, float(lr / bc1), float(std::sqrt(bc2)),
                float(double(lr) * wd), nullptr);
-  const std::string nm = "adamw n" + std::to_string(n);
+  const std::string nm = "adamw n" + std::to_string(n) + (size != 1 ? " gradients up to " + fmt(size) : "");
   check(nm + " param", p, wp, 2e-6);
-  check(nm + " m", m, wm, 2e-6);
-  check(nm + " v", v, wv, 2e-6);
+  check(nm + " m", m, wm, 2e-6, 1e-3 * size);
+  check(nm + " v", v, wv, 2e-6, 1e-3 * double(size) * size);
 }
 
 // The multi-tensor AdamW against launch_adamw (and launch_scale) one tensor at a time: the
@@ -290,6 +299,7 @@ void all() {
   for (auto [M, C, V] : {std::array<int64_t, 3>{1, 1, 1}, {37, 70, 11}, {300, 5, 7}, {9, 300, 4}, {5000, 3, 2}, {40, 9, 1000}})
     for (int32_t skip : {-1, 0}) embedding<T>(M, C, V, skip);  // 0: every id of a 1-row table is padding
   for (auto [M, C] : {std::array<int64_t, 2>{1, 1}, {3, 257}, {130, 64}, {300, 33}, {5, 1000}}) rmsnorm<T>(M, C);
+  rmsnorm<T>(130, 64, 3e-3f);
   for (auto [M, H, D] : {std::array<int64_t, 3>{1, 1, 2}, {77, 3, 10}, {300, 2, 128}})
     for (bool inv : {false, true}) rope<T>(M, H, D, inv, M == 77);
   for (int64_t n : {1, 1000, 4099}) swiglu<T>(n);
@@ -334,7 +344,8 @@ int main() {
   staging_ring();
   all<float>();
   all<__nv_bfloat16>();
-  for (int64_t n : {1, 1000, 270000}) adamw(n);  // 270000: more than one grid-stride pass (1024 x 256)
+  for (int64_t n : {1, 1000, 270000}) adamw(n);
+  adamw(1000, 1e-7f);  // 270000: more than one grid-stride pass (1024 x 256)
   adamw_multi(1.f);
   adamw_multi(0.37f);
   printf("%d failures\n", failures);
