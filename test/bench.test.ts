@@ -451,6 +451,16 @@ describe('ring-attention bench (CPU, smoke sizes)', () => {
     const mfu = bench('mfu', '--smoke', '--device', 'cpu', '--keep-attention', '--out-dir', join(out, 'mfu-keep'));
     expect(mfu.status, mfu.stderr).toBe(0);
     expect(mfu.stdout).toMatch(/checkpointing on, keeping attention's output/);
+    // its kernels' rates count the FLOPs of that recompute (attention's forward not run again)
+    const md = join(out, 'mfu-keep');
+    const mrows = JSON.parse(readFileSync(join(md, readdirSync(md).find((f) => f.endsWith('.json'))!), 'utf8')).rows as
+      { context: number; breakdownMs: Record<string, number>; familyTflops: Record<string, number> }[];
+    expect(mrows.length).toBeGreaterThan(0);
+    for (const r of mrows) {
+      const flops = stepFlopsByFamily(llamaPresets.tiny, r.context, 'keep-attention');
+      for (const f of ['attention', 'feed-forward'])
+        expect(r.familyTflops[f], f).toBeCloseTo(flops[f]! / (r.breakdownMs[f]! / 1e3) / 1e12, 12);
+    }
     expect(bench('mfu', '--smoke', '--device', 'cpu', '--keep-attention', '--no-checkpoint').stderr).toMatch(/--keep-attention keeps checkpointing on: give it or --no-checkpoint, not both/);
   });
 

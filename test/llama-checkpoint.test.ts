@@ -119,6 +119,19 @@ describe('saving, loading, checkpoints', () => {
     expect(unscaled).toMatchObject({ rope_scaling: null, rope_parameters: { rope_type: 'default', rope_theta: 10000 } });
   });
 
+  // Tied: one tensor is both the embedding and the head, whose gradient is summed once; clipping
+  // that acts (0.05) scales every gradient, whichever rank updates its tensor.
+  it('shardOptimizer with tied embeddings and clipping: the same weights and clipped gradients as without, bit for bit', async () => {
+    const base = { config: tiedTiny, weights: Object.fromEntries(randomWeights(tiedTiny, 21)), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag', lr: 3e-3, maxGradNorm: 0.05, steps: 2 };
+    type Ranks = { losses: number[]; weights: Record<string, Float32Array>; grads: Record<string, Float32Array> }[];
+    const [plain, sharded] = await Promise.all([false, true].map(async (shardOptimizer) => (await launch({ worldSize: 4 }, rankModule, { ...base, shardOptimizer })) as Ranks));
+    for (let r = 0; r < 4; ++r) {
+      expect(sharded[r]!.losses).toEqual(plain[r]!.losses);
+      for (const n of Object.keys(plain[r]!.weights)) expect(Buffer.compare(bits(sharded[r]!.weights[n]!), bits(plain[r]!.weights[n]!)), `rank ${r} ${n}`).toBe(0);
+      for (const n of Object.keys(plain[r]!.grads)) expect(Buffer.compare(bits(sharded[r]!.grads[n]!), bits(plain[r]!.grads[n]!)), `rank ${r} gradient ${n}`).toBe(0);
+    }
+  });
+
   it('shardOptimizer: each rank holds the moments of its tensors only, training gives the same bits as without, checkpoints are the same files', async () => {
     const weights = randomWeights(tiny, 21);
     // Embedding rows of tokens the sequence lacks keep their values, -0 too (a sum with +0 would not)
@@ -126,7 +139,7 @@ describe('saving, loading, checkpoints', () => {
     const unused = [...Array(tiny.vocab_size).keys()].filter((id) => !seq.tokens.includes(id)).slice(0, 3);
     for (const id of unused) embed.fill(-0, id * C, (id + 1) * C);
     const base = { config: tiny, weights: Object.fromEntries(weights), tokens: seq.tokens, targets: seq.targets, layout: 'zigzag', lr: 3e-3, maxGradNorm: 0.5 };
-    type Ranks = { losses: number[]; weights: Record<string, Float32Array>; momentNames: string[] }[];
+    type Ranks = { losses: number[]; weights: Record<string, Float32Array>; grads: Record<string, Float32Array>; momentNames: string[] }[];
     const run = async (args: object) => (await launch({ worldSize: 4 }, rankModule, { ...base, ...args })) as Ranks;
     const plain = await run({ steps: 3 }), sharded = await run({ steps: 3, shardOptimizer: true });
     const names = [...llamaTensorNames(tiny).keys()].sort();
@@ -141,6 +154,8 @@ describe('saving, loading, checkpoints', () => {
       for (const n of names) expect(Buffer.compare(bits(a.weights[n]!), bits(b.weights[n]!)), n).toBe(0);
     };
     sharded.forEach((r, i) => same(r, plain[i]!));
+    // and the last step's gradients, clipped alike on every rank whoever holds the moments
+    sharded.forEach((r, i) => { for (const n of names) expect(Buffer.compare(bits(r.grads[n]!), bits(plain[i]!.grads[n]!)), `rank ${i} gradient ${n}`).toBe(0); });
     expect(Object.is(plain[0]!.weights['model.embed_tokens.weight']![unused[0]! * C], -0)).toBe(true); // the case above occurs
     // A save of either kind restores into either: one step, saved, then two more give the three steps' bits.
     for (const [from, into] of [[true, false], [false, true]]) {
@@ -357,6 +372,15 @@ describe('saving, loading, checkpoints', () => {
     }
   });
 
+  // The defaults are torch.optim.AdamW's, as the options' documentation says.
+  it("createTrainer's defaults: betas [0.9, 0.999], eps 1e-8, weight decay 0.01 (torch's AdamW)", () => {
+    using a = initLlama(tiny, { seed: 3 }), b = initLlama(tiny, { seed: 3 });
+    using ta = createTrainer(a, { lr: 1e-2 }), tb = createTrainer(b, { lr: 1e-2, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0.01 });
+    for (let i = 0; i < 2; ++i) expect(ta.step(seq.tokens, seq.targets)).toEqual(tb.step(seq.tokens, seq.targets));
+    const wb = b.toArrays();
+    for (const [n, w] of a.toArrays()) expect(Buffer.compare(bits(w), bits(wb.get(n)!)), n).toBe(0);
+  });
+
   it('a step refused for its learning rate changes nothing: the next one is still step 1', async () => {
     using a = initLlama(tiny, { seed: 6 }), b = initLlama(tiny, { seed: 6 });
     let refuse = true;
@@ -519,6 +543,9 @@ describe('saving, loading, checkpoints', () => {
     // named by micro-batch and position.
     const held = hostMemoryStats().bytesInUse;
     expect(() => tr.step(new Int32Array(4).fill(300), new Int32Array(4))).toThrow(/^tokens\[0\]: 300 is outside the vocabulary \[0, 256\)$/);
+    // the first id past the table, and the last target past it: the trainer's, not a native op's
+    expect(() => tr.step(Int32Array.from([1, 2, 3, 256]), new Int32Array(4))).toThrow(/^tokens\[3\]: 256 is outside the vocabulary \[0, 256\)$/);
+    expect(() => tr.step(new Int32Array(4), Int32Array.from([1, 2, 3, 256]))).toThrow(/^targets\[3\]: 256 is outside the vocabulary/);
     expect(() => tr.step([new Int32Array(4), Int32Array.of(1, 2, -1, 4)], [new Int32Array(4), new Int32Array(4)])).toThrow(/^tokens\[1\]\[2\]: -1 is outside/);
     expect(() => tr.step(new Int32Array(8), Int32Array.from([1, 2, 3, 4, 5, 6, 7, 999]))).toThrow(/^targets\[7\]: 999 is outside the vocabulary \[0, 256\) and not the ignore index -100$/);
     expect(() => tr.forward(new Int32Array(8), new Int32Array(8).fill(-2))).toThrow(/^targets\[0\]: -2 is outside/);

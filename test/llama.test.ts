@@ -183,14 +183,15 @@ async function ranks(worldSize: number, layout: 'contiguous' | 'zigzag', c: Reso
 // ---------------- tests ----------------
 
 // |Σ g·r - finite difference| over Σ |g·r| (see the directional test): at most 4.8e-7 measured
-// here over the five configs; an embedding gradient missing one token's row gave 1e-3 to 8e-3 (tried with
+// here over the six configs; an embedding gradient missing one token's row gave 1e-3 to 8e-3 (tried with
 // the directions of an earlier seed).
 const DIRECTION_TOLERANCE = 1e-5;
 
 describe('against the independent float64 model', () => {
-  for (const c of [tiny, tiedTiny, llama3Tiny, yarnTiny, dynamicTiny]) {
+  // rms_norm_eps 1e-2: the config's own, in every norm (the others share 1e-6, which a constant would match)
+  for (const c of [tiny, tiedTiny, llama3Tiny, yarnTiny, dynamicTiny, { ...tiny, rms_norm_eps: 1e-2 }]) {
     const rope = (c.rope_scaling as { rope_type?: string } | undefined)?.rope_type;
-    const what = rope ? `${rope} rope scaling` : c.tie_word_embeddings ? 'tied embeddings' : 'separate lm_head';
+    const what = rope ? `${rope} rope scaling` : c.tie_word_embeddings ? 'tied embeddings' : c.rms_norm_eps !== 1e-6 ? `rms_norm_eps ${c.rms_norm_eps}` : 'separate lm_head';
     const weights = randomWeights(c, 10), seq = sequence(77, c.vocab_size);
     const ref = referenceModel(c, f64Map(weights), seq.tokens, seq.targets);
 
