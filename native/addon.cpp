@@ -178,7 +178,7 @@ Napi::Value FindLibrary(const Napi::CallbackInfo& info) {
 }
 
 // attentionLaunches() -> { forward, backward, hopperForward, hopperBackward }: CUDA attention
-// kernel launches so far in this process (for tests: which kernels ran)
+// calls whose kernels were launched so far in this process (for tests: which kernels ran)
 Napi::Value AttentionLaunches(const Napi::CallbackInfo& info) {
   const auto n = ra::cuda::kernel_launches();
   auto o = Napi::Object::New(info.Env());

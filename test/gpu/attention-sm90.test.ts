@@ -9,10 +9,10 @@
 // Skipped, with the reason in the title, without an sm_90 device or without sm_90a code here.
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { attention, attentionBackward, type Tensor } from '../../dist/index.js';
+import { attention, attentionBackward } from '../../dist/index.js';
 import { asTensors, makeInputs, read } from '../helpers.js';
 import { attentionBackwardRef, attentionRef, rowErr, type Dims } from '../reference.js';
-import { hopperUnavailable as why, launchesDuring } from './hopper.js';
+import { hopperUnavailable as why, launchCounter } from './hopper.js';
 
 const title = why ? `Hopper kernels (skipped: ${why})` : 'Hopper kernels (RING_ATTENTION_SM90=1)';
 
@@ -38,12 +38,10 @@ async function run(x: Dims, dtype: Half, causal: boolean, seed: number, sm90: bo
   else delete process.env.RING_ATTENTION_SM90;
   const inp = makeInputs(x, seed, dtype);
   const t = asTensors(x, inp, dtype, 'cuda');
-  let out!: Tensor, lse!: Tensor, g!: ReturnType<typeof attentionBackward>;
-  const launches = await launchesDuring(() => {
-    ({ out, lse } = attention(t.q, t.k, t.v, { causal }));
-    g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal, deterministic });
-  });
-  const r = { inp, launches, out: await read(out), lse: await read(lse), dq: await read(g.dq), dk: await read(g.dk), dv: await read(g.dv) };
+  const since = launchCounter();
+  const { out, lse } = attention(t.q, t.k, t.v, { causal });
+  const g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal, deterministic });
+  const r = { inp, launches: since(), out: await read(out), lse: await read(lse), dq: await read(g.dq), dk: await read(g.dk), dv: await read(g.dv) };
   for (const tt of [...Object.values(t), out, lse, g.dq, g.dk, g.dv]) tt.dispose();
   return r;
 }

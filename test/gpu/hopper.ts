@@ -19,7 +19,7 @@ export const hopperUnavailable = !cuda.available
       : '';
 
 /** Why a check that calls ran the Hopper kernels is skipped: they cannot run, or RING_ATTENTION_SM90=1 is not set; '' otherwise. */
-export const hopperNotAsked = hopperUnavailable || (process.env.RING_ATTENTION_SM90 === '1' ? '' : 'RING_ATTENTION_SM90=1 is not set');
+const hopperNotAsked = hopperUnavailable || (process.env.RING_ATTENTION_SM90 === '1' ? '' : 'RING_ATTENTION_SM90=1 is not set');
 
 export type Launches = ReturnType<typeof native.attentionLaunches>;
 
@@ -32,15 +32,8 @@ export function launchCounter(): () => Launches {
   };
 }
 
-/** The CUDA attention calls during f(). */
-export async function launchesDuring(f: () => unknown): Promise<Launches> {
-  const since = launchCounter();
-  await f();
-  return since();
-}
-
 /** Calls all on the Hopper kernels, at least one forward and one backward. */
-export const allHopper = (n: Launches) =>
+const allHopper = (n: Launches) =>
   n.forward > 0 && n.backward > 0 && n.hopperForward === n.forward && n.hopperBackward === n.backward;
 
 /** With RING_ATTENTION_SM90=1 on an sm_90 GPU, calls at a head dim the Hopper kernels take must all have run them. */
