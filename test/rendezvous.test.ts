@@ -58,7 +58,33 @@ async function listening(port: number): Promise<void> {
   throw new Error(`nothing listens on port ${port}`);
 }
 
+/** Whether something accepts a connection on host:port. */
+function accepts(port: number, host: string): Promise<boolean> {
+  return new Promise<boolean>((resolve) => {
+    const s = connect(port, host, () => (s.destroy(), resolve(true))).on('error', () => resolve(false));
+  });
+}
+
 describe('rendezvous', () => {
+  it('rank 0 listens only on a loopback MASTER_ADDR, and on every interface for any other', async () => {
+    // 127.0.0.2 is loopback too (all of 127/8 is, on Linux), but another address than 127.0.0.1.
+    const port = await freePort();
+    const local = rank({ rank: 0, worldSize: 2, port, payload: id });
+    await listening(port);
+    expect(await accepts(port, '127.0.0.2')).toBe(false);
+    expect(await rank({ rank: 1, worldSize: 2, port })).toEqual({ ok: true, payload: id });
+    expect(await local).toEqual({ ok: true, payload: id });
+
+    // A rank 0 told its address is 192.0.2.1 (a documentation address, not this machine's)
+    // listens on every interface of this one: loopback included.
+    const port2 = await freePort();
+    const every = rank({ rank: 0, worldSize: 2, port: port2, payload: id, addr: '192.0.2.1' });
+    await listening(port2);
+    expect(await accepts(port2, '127.0.0.2')).toBe(true);
+    expect(await rank({ rank: 1, worldSize: 2, port: port2, addr: '127.0.0.2' })).toEqual({ ok: true, payload: id });
+    expect(await every).toEqual({ ok: true, payload: id });
+  });
+
   it('every rank receives rank 0\'s id, whichever starts first', async () => {
     const port = await freePort();
     const others = [1, 2, 3].map((r) => rank({ rank: r, worldSize: 4, port })); // before rank 0 listens
