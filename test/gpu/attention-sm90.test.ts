@@ -9,7 +9,7 @@
 // Skipped, with the reason in the title, without an sm_90 device or without sm_90a code here.
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { attention, attentionBackward } from '../../dist/index.js';
+import { attention, attentionBackward, tensor } from '../../dist/index.js';
 import { asTensors, makeInputs, read } from '../helpers.js';
 import { attentionBackwardRef, attentionRef, rowErr, type Dims } from '../reference.js';
 import { hopperUnavailable as why, launchCounter } from './hopper.js';
@@ -32,17 +32,24 @@ const CASES: [string, Dims, boolean, Half][] = [
   ['GQA d64 causal, ragged 333', dims(1, 333, 333, 8, 2, 64), true, 'bfloat16'],
 ];
 
-/** Forward and backward, with the Hopper kernels asked for or not. */
-async function run(x: Dims, dtype: Half, causal: boolean, seed: number, sm90: boolean, deterministic = false) {
+/**
+ * Forward and backward, with the Hopper kernels asked for or not. With `from`, the backward
+ * takes that out and lse instead of this forward's, so that two kernels' gradients compare on
+ * the same inputs (delta = rowsum(dO * out) from outs that differ in bits differs by more than
+ * the backward's own error: attention-cuda.test.ts).
+ */
+async function run(x: Dims, dtype: Half, causal: boolean, seed: number, sm90: boolean, deterministic = false,
+  from?: { out: Float32Array; lse: Float32Array }) {
   if (sm90) process.env.RING_ATTENTION_SM90 = '1';
   else delete process.env.RING_ATTENTION_SM90;
   const inp = makeInputs(x, seed, dtype);
   const t = asTensors(x, inp, dtype, 'cuda');
   const since = launchCounter();
   const { out, lse } = attention(t.q, t.k, t.v, { causal });
-  const g = attentionBackward(t.dout, t.q, t.k, t.v, out, lse, { causal, deterministic });
+  const given = from && { out: tensor(from.out, out.shape, { dtype, device: 'cuda' }), lse: tensor(from.lse, lse.shape, { device: 'cuda' }) };
+  const g = attentionBackward(t.dout, t.q, t.k, t.v, given?.out ?? out, given?.lse ?? lse, { causal, deterministic });
   const r = { inp, launches: since(), out: await read(out), lse: await read(lse), dq: await read(g.dq), dk: await read(g.dk), dv: await read(g.dv) };
-  for (const tt of [...Object.values(t), out, lse, g.dq, g.dk, g.dv]) tt.dispose();
+  for (const tt of [...Object.values(t), out, lse, g.dq, g.dk, g.dv, ...(given ? [given.out, given.lse] : [])]) tt.dispose();
   return r;
 }
 
@@ -57,9 +64,9 @@ describe.skipIf(!!why)(title, () => {
   for (const [name, x, causal, dtype] of CASES)
     it(`${name} (${dtype}${causal ? ', causal' : ''}): forward and backward equal float64, and differ in bits from the default kernels`, async () => {
       const h = await run(x, dtype, causal, 41, true);
-      const d = await run(x, dtype, causal, 41, false);
+      const d = await run(x, dtype, causal, 41, false, false, h); // its backward from the Hopper forward's out and lse
       const ref = attentionRef(h.inp.q, h.inp.k, h.inp.v, x, { causal });
-      const gref = attentionBackwardRef(h.inp.dout, h.inp.q, h.inp.k, h.inp.v, x, { causal });
+      const gref = attentionBackwardRef(h.inp.dout, h.inp.q, h.inp.k, h.inp.v, x, { causal }, h.out);
       expect(rowErr(h.out, ref.out, x.dim), 'out').toBeLessThan(TOL[dtype].out);
       for (let i = 0; i < h.lse.length; ++i) expect(Math.abs(h.lse[i]! - ref.lse[i]!) / (1 + Math.abs(ref.lse[i]!))).toBeLessThan(1e-4);
       expect(rowErr(h.out, d.out, x.dim), 'out vs the default kernel').toBeLessThan(TOL[dtype].out);
@@ -78,7 +85,7 @@ describe.skipIf(!!why)(title, () => {
       const a = await run(x, 'bfloat16', true, 3, true, true);
       const b = await run(x, 'bfloat16', true, 3, true, true);
       for (const k of ['dq', 'dk', 'dv'] as const) expect(same(a[k], b[k]), `${k} d${x.dim}`).toBe(true);
-      const gref = attentionBackwardRef(a.inp.dout, a.inp.q, a.inp.k, a.inp.v, x, { causal: true });
+      const gref = attentionBackwardRef(a.inp.dout, a.inp.q, a.inp.k, a.inp.v, x, { causal: true }, a.out);
       for (const k of ['dq', 'dk', 'dv'] as const) expect(rowErr(a[k], gref[k], x.dim), `${k} d${x.dim}`).toBeLessThan(TOL.bfloat16.grad);
     }
   });
@@ -106,7 +113,7 @@ describe.skipIf(!!why)(title, () => {
     for (const k of ['out', 'dq', 'dk', 'dv'] as const) expect(h[k].every(Number.isFinite), k).toBe(true);
     const ref = attentionRef(h.inp.q, h.inp.k, h.inp.v, x, { causal: true });
     expect(rowErr(h.out, ref.out, x.dim)).toBeLessThan(TOL.bfloat16.out);
-    const gref = attentionBackwardRef(h.inp.dout, h.inp.q, h.inp.k, h.inp.v, x, { causal: true });
+    const gref = attentionBackwardRef(h.inp.dout, h.inp.q, h.inp.k, h.inp.v, x, { causal: true }, h.out);
     expect(rowErr(h.dk, gref.dk, x.dim)).toBeLessThan(TOL.bfloat16.grad);
   });
 });
