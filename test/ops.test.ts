@@ -7,6 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 
 import { info, ops, tensor, zeros as zerosOn, type Tensor } from '../dist/index.js';
+import { native } from '../dist/native.js';
 import {
   adamwRef, crossEntropyRef, ffnBackwardRef, ffnRef, finiteDiff, linearBackwardRef, linearRef, project,
   rmsNormBackwardRef, rmsNormRef, ropeRef,
@@ -129,6 +130,20 @@ describe('embedding', () => {
     expect(worstError(await read(dtable), fd.map((g, i) => g + init[i]!), 1e-6, 1e-5)).toBeLessThan(1);
   });
 
+  it('backward with many tokens on few ids, split between threads: the same bits as float32 sums in token order', async () => {
+    // Work split by token would race on repeated ids (and add in another order); 7 tokens never
+    // split at all. Enough tokens that the threads' work overlaps in time even on a loaded machine.
+    const [v, c, m] = [4, 64, 200_000];
+    const many = Int32Array.from({ length: m }, (_, i) => (i * 3) % v), dy = rand(m * c, 14);
+    const want = new Float32Array(v * c);
+    for (let i = 0; i < m; ++i) for (let j = 0; j < c; ++j) want[many[i]! * c + j] = Math.fround(want[many[i]! * c + j]! + dy[i * c + j]!);
+    for (let rep = 0; rep < 3; ++rep) {
+      const dtable = zeros([v, c]);
+      ops.embeddingBackward(many, t(dy, [m, c]), dtable);
+      expect(Array.from(await read(dtable))).toEqual(Array.from(want));
+    }
+  });
+
   it('backward with paddingIdx: that row gets nothing, the others what they get without it (torch padding_idx)', async () => {
     const dy = t(rand(ids.length * C, 12), [ids.length, C]);
     const init = rand(V * C, 13);
@@ -232,6 +247,14 @@ describe('rope', () => {
     expect(worstError(await read(y), ropeRef(x, positions, theta, M, H, D), 1e-6, 1e-6)).toBeLessThan(1);
   });
 
+  it('over many tokens, split between threads: each token at its own position, on every call', async () => {
+    // 7 tokens are one chunk of work; 2048 are several (a table of angles shared between threads passed at 7).
+    const [m, h, d] = [2048, 4, 64];
+    const x = rand(m * h * d, 32), pos = Int32Array.from({ length: m }, (_, i) => (i * 7919) % 100_000);
+    for (let rep = 0; rep < 5; ++rep)
+      expect(worstError(await read(ops.rope(t(x, [m, h, d]), pos, theta)), ropeRef(x, pos, theta, m, h, d), 1e-6, 1e-6)).toBeLessThan(1);
+  });
+
   it('given inverse frequencies (e.g. rescaled by rope_scaling): the same rotation at those frequencies', async () => {
     const x = rand(M * H * D, 34);
     const invFreq = Float64Array.from([1, 0.3, 1e-2, 1e-4, 2.5e-6]); // arbitrary, not a power series
@@ -293,11 +316,13 @@ describe('ffn (SwiGLU)', () => {
       if (dx0) expect(dx).toEqual(dx0);
       dx0 = dx;
       // a second call adds the gradient again: exactly twice with one block, else within rounding
-      const once = await read(g.dwDown);
+      const once = { dwGate: await read(g.dwGate), dwUp: await read(g.dwUp), dwDown: await read(g.dwDown) };
       ops.ffnBackward(t(dy, [M, C]), ...args(), b, g.dx, g.dwGate, g.dwUp, g.dwDown);
-      const twice = await read(g.dwDown);
-      if (b === M) expect(Array.from(twice)).toEqual(Array.from(once, (v) => 2 * v));
-      expect(worstError(twice, ref.dwDown.map((v) => 2 * v), GRAD.atol, GRAD.rtol)).toBeLessThan(1);
+      for (const k of ['dwGate', 'dwUp', 'dwDown'] as const) {
+        const twice = await read(g[k]);
+        if (b === M) expect(Array.from(twice), k).toEqual(Array.from(once[k], (v) => 2 * v));
+        expect(worstError(twice, ref[k].map((v) => 2 * v), GRAD.atol, GRAD.rtol), k).toBeLessThan(1);
+      }
     }
   });
 
@@ -332,6 +357,22 @@ describe('crossEntropyLoss (fused LM head)', () => {
     expect(results[0]!.count).toBe(11);
     expect(Math.abs(results[0]!.loss - ref.loss) / ref.loss).toBeLessThan(1e-6);
     for (const r of results.slice(1)) expect(r).toEqual(results[0]);
+  });
+
+  it('the loss of a confident prediction (about 2e-6) is exact: its sum of exponentials is in double', () => {
+    const v = 1000, wc = new Float32Array(v); // logits 20 at the target, 0 elsewhere: loss = log(1 + 999 e^-20)
+    wc[7] = 20;
+    const r = ops.crossEntropyLoss(t(Float32Array.of(1), [1, 1]), t(wc, [v, 1]), Int32Array.of(7), { chunkRows: 1 });
+    const ref = crossEntropyRef(Float32Array.of(1), wc, Int32Array.of(7), 1, 1, v).loss;
+    expect(ref).toBeGreaterThan(2e-6);
+    expect(Math.abs(r.loss - ref) / ref).toBeLessThan(1e-6);
+  });
+
+  it('with logits exact in float32, the loss equals float64 to 1e-12: each row\'s loss is kept in double', () => {
+    const hx = Float32Array.of(1, 2, -1, 0.5, 3, -2), wx = Float32Array.of(1, 0, 0, 1, -1, 0.5, 2, -1, 0.25, 0.75);
+    const tg = Int32Array.of(0, 3, 4);
+    const r = ops.crossEntropyLoss(t(hx, [3, 2]), t(wx, [5, 2]), tg, { chunkRows: 2 });
+    expect(Math.abs(r.loss - crossEntropyRef(hx, wx, tg, 3, 2, 5).loss) / r.loss).toBeLessThan(1e-12);
   });
 
   it('logits() against float64', async () => {
@@ -548,12 +589,20 @@ describe('zeros and copy', () => {
   });
 
   it('copy converts to the destination dtype (round to nearest even) and refuses what does not fit', async () => {
-    const x = rand(1001, 81, 3);
+    // Random values are almost never halfway between two of a half type's: 8 that are end the
+    // tensor, to round down to an even neighbour and up to one (bfloat16's, then float16's).
+    const bits = (u: number) => new Float32Array(Uint32Array.of(u).buffer)[0]!;
+    const halfway = [bits(0x3f808000), bits(0x3f818000), bits(0xbf808000), bits(0xbf818000), 1 + 2 ** -11, 1 + 3 * 2 ** -11, -(1 + 2 ** -11), -(1 + 3 * 2 ** -11)];
+    const evenNeighbours = { bfloat16: [1, bits(0x3f820000), -1, -bits(0x3f820000)], float16: [1, 1 + 2 ** -9, -1, -(1 + 2 ** -9)] }; // of the 4 of each
+    const x = Float32Array.from([...rand(1001 - 8, 81, 3), ...halfway]);
     using src = t(x, [7, 143]);
     for (const dtype of ['float32', 'bfloat16', 'float16'] as const) {
       using dst = tensor(new Float32Array(1001).fill(9), [1001], { dtype }); // another shape, same count
       ops.copy(dst, src);
       expect(Array.from(await read(dst)), dtype).toEqual(Array.from(roundTo(dtype, x)));
+      const tail = Array.from(await read(dst)).slice(-8);
+      if (dtype === 'bfloat16') expect(tail.slice(0, 4), 'bfloat16 halfway').toEqual(evenNeighbours.bfloat16);
+      if (dtype === 'float16') expect(tail.slice(4), 'float16 halfway').toEqual(evenNeighbours.float16);
       using back = t(new Float32Array(1001), [1001]);
       ops.copy(back, dst); // and from a half type into float32: exact
       expect(Array.from(await read(back)), `${dtype} -> float32`).toEqual(Array.from(roundTo(dtype, x)));
@@ -566,5 +615,42 @@ describe('zeros and copy', () => {
     ops.copy(view, src);
     ops.copy(src, src);
     expect(Array.from(await read(view))).toEqual(Array.from(x));
+  });
+});
+
+describe('randomNormal (initialisation)', () => {
+  // An independent reference of native/cpu/ops/random.cpp's stream (splitmix64 in BigInt,
+  // Box-Muller in double), so that a change of the values, which would change every model's
+  // initial weights, fails here; the init tests check only their mean, spread and thread count.
+  const M64 = (1n << 64n) - 1n;
+  const splitmix64 = (x: bigint) => {
+    x = (x + 0x9e3779b97f4a7c15n) & M64;
+    x = ((x ^ (x >> 30n)) * 0xbf58476d1ce4e5b9n) & M64;
+    x = ((x ^ (x >> 27n)) * 0x94d049bb133111ebn) & M64;
+    return x ^ (x >> 31n);
+  };
+  function reference(n: number, seed: bigint, stream: bigint, std: number): Float64Array {
+    const key = splitmix64(seed ^ splitmix64((stream + 0x632be59bd9b4e019n) & M64));
+    const z = new Float64Array(n);
+    for (let p = 0; 2 * p < n; ++p) {
+      const u1 = Number((splitmix64((key + 2n * BigInt(p)) & M64) >> 11n) + 1n) * 2 ** -53; // (0, 1]
+      const u2 = Number(splitmix64((key + 2n * BigInt(p) + 1n) & M64) >> 11n) * 2 ** -53;
+      const r = std * Math.sqrt(-2 * Math.log(u1)), a = 2 * Math.PI * u2;
+      z[2 * p] = r * Math.cos(a);
+      if (2 * p + 1 < n) z[2 * p + 1] = r * Math.sin(a);
+    }
+    return z;
+  }
+
+  it('element i of a stream is the reference\'s (pairs from two counters each); an odd length writes nothing past its end', () => {
+    const n = 257;
+    const z = new Float32Array(n + 1);
+    z[n] = 42;
+    native.randomNormal(z.subarray(0, n), 11, 3, 0.05);
+    expect(worstError(z.subarray(0, n), reference(n, 11n, 3n, 0.05), 1e-9, 1e-6)).toBeLessThan(1);
+    expect(z[n]).toBe(42);
+    const other = new Float32Array(n);
+    native.randomNormal(other, 11, 4, 0.05); // another stream: other values
+    expect(worstError(other, reference(n, 11n, 4n, 0.05), 1e-9, 1e-6)).toBeLessThan(1);
   });
 });
