@@ -108,6 +108,13 @@ describe('rendezvous', () => {
     }
   });
 
+  it('a token beyond ASCII is framed by its bytes, not its characters', async () => {
+    const port = await freePort();
+    const others = [1, 2].map((r) => rank({ rank: r, worldSize: 3, port, token: 'jöb-✓-1' }));
+    const zero = rank({ rank: 0, worldSize: 3, port, payload: id, token: 'jöb-✓-1' });
+    for (const o of await Promise.all([zero, ...others])) expect(o).toEqual({ ok: true, payload: id });
+  });
+
   it('a rank with another job\'s token is refused, and the job still completes', async () => {
     const port = await freePort();
     const zero = rank({ rank: 0, worldSize: 2, port, payload: id });
@@ -293,9 +300,16 @@ describe('rendezvous', () => {
     const huge = Buffer.alloc(4);
     huge.writeUInt32BE(1 << 30);
     expect(await answer(port, huge)).toMatch(/exceeds the limit of 65536/);
+    const justOver = Buffer.alloc(4); // the size is refused from the header, one byte past the limit
+    justOver.writeUInt32BE(65537);
+    expect(await answer(port, justOver)).toMatch(/a message of 65537 bytes exceeds the limit of 65536/);
+    // At the limit the size passes, and the message is read (and refused for what it holds).
+    expect(await answer(port, frame(`"${'x'.repeat(65534)}"`))).toMatch(/expected \{ token, rank, worldSize \}/);
     expect(await answer(port, frame('{not json'))).toMatch(/not valid JSON/);
     expect(await answer(port, frame('[1,2]'))).toMatch(/expected \{ token, rank, worldSize \}/);
     expect(await answer(port, frame(JSON.stringify({ token: 'job-1', rank: 7, worldSize: 2 })))).toMatch(/rank 7 is not in \[1, 1\]/);
+    expect(await answer(port, frame(JSON.stringify({ token: 'job-1', rank: 2, worldSize: 2 })))).toMatch(/rank 2 is not in \[1, 1\]/);
+    expect(await answer(port, frame(JSON.stringify({ token: 'job-1', rank: 0, worldSize: 2 })))).toMatch(/rank 0 is not in \[1, 1\]/);
     expect(await answer(port, frame(JSON.stringify({ token: 'job-1', rank: 1, worldSize: 3 })))).toMatch(/worldSize 3 does not match rank 0's 2/);
     expect(await rank({ rank: 1, worldSize: 2, port })).toEqual({ ok: true, payload: id });
     expect(await zero).toEqual({ ok: true, payload: id });
