@@ -41,6 +41,24 @@ describe('readDistributedEnv', () => {
     expect(() => readDistributedEnv({ WORLD_SIZE: '8', MASTER_ADDR: 'a', MASTER_PORT: '1' })).toThrow(/^environment: RANK is not set$/);
   });
 
+  it("without LOCAL_RANK (launchers that set only RANK), the local rank is RANK modulo LOCAL_WORLD_SIZE", () => {
+    const { LOCAL_RANK: _, ...noLocal } = torchrun;
+    expect(readDistributedEnv(noLocal)).toMatchObject({ rank: 5, localRank: 1, localWorldSize: 4 });
+  });
+
+  it("Slurm's tasks on this node: the step's layout first, then the job's, then SLURM_NTASKS_PER_NODE, at most SLURM_NTASKS", () => {
+    const node1 = { ...slurm, SLURM_NTASKS: '4', SLURM_PROCID: '3', SLURM_NODEID: '1', SLURM_LOCALID: '2' };
+    const { SLURM_STEP_TASKS_PER_NODE: _, ...noStep } = node1;
+    // srun in an allocation of 4(x2) that starts a step of 1,3: the step's counts hold.
+    expect(readDistributedEnv({ ...node1, SLURM_STEP_TASKS_PER_NODE: '1,3', SLURM_TASKS_PER_NODE: '4(x2)' }).localWorldSize).toBe(3);
+    expect(readDistributedEnv({ ...noStep, SLURM_TASKS_PER_NODE: '1,3' }).localWorldSize).toBe(3);
+    expect(readDistributedEnv({ ...noStep, SLURM_NTASKS_PER_NODE: '3' }).localWorldSize).toBe(3);
+    // Nothing says how tasks spread over nodes: all of them may be here.
+    expect(readDistributedEnv({ ...noStep, SLURM_NTASKS: '2', SLURM_PROCID: '1', SLURM_NODEID: '0', SLURM_LOCALID: '1' }).localWorldSize).toBe(2);
+    for (const bad of ['4(x2', '4junk', '4(x0)', '0'])
+      expect(() => readDistributedEnv({ ...node1, SLURM_STEP_TASKS_PER_NODE: bad }), bad).toThrow(/expected counts such as '4\(x2\),1'/);
+  });
+
   it("Slurm's tasks on this node come from the step's layout at SLURM_NODEID", () => {
     const uneven = { ...slurm, SLURM_NTASKS: '4', SLURM_PROCID: '3', SLURM_STEP_TASKS_PER_NODE: '1,3', SLURM_NODEID: '1', SLURM_LOCALID: '2', SLURM_NTASKS_PER_NODE: '1' };
     expect(readDistributedEnv(uneven)).toMatchObject({ localRank: 2, localWorldSize: 3 });
