@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { flopsPerToken, matmulParameters, minOverlapBlock, peakTflops, stepFlopsByFamily } from '../dist/bench/flops.js';
 import { fitLine } from '../dist/bench/memory.js';
 import { predictedNotToFit } from '../dist/bench/suite.js';
-import { commitOf } from '../dist/bench/report.js';
+import { commitOf, formatTable } from '../dist/bench/report.js';
 import { median } from '../dist/bench/timing.js';
 import { familyOf, profile } from '../dist/bench/profile.js';
 import { measureStep, type StepArgs } from '../dist/bench/train-step.js';
@@ -107,8 +107,17 @@ describe('FLOP accounting and peaks', () => {
     expect(peakTflops('NVIDIA B200')?.tflops).toBe(2250);
     expect(peakTflops('NVIDIA A100 80GB PCIe')?.tflops).toBe(312);
     expect(peakTflops('NVIDIA A100-SXM4-80GB')?.tflops).toBe(312);
+    expect(peakTflops('nvidia h100 80gb pcie')?.tflops).toBe(756); // any case, words between
+    expect(peakTflops('NVIDIA L4')?.tflops).toBe(121);
+    expect(peakTflops('NVIDIA L40')?.tflops).toBe(181); // not L4's, nor L40S's
+    expect(peakTflops('NVIDIA L40S')?.tflops).toBe(362);
     expect(peakTflops('NVIDIA GeForce GTX 1080')).toBeNull();
     expect(peakTflops(null)).toBeNull();
+  });
+
+  it('the table shows a missing, infinite or NaN value as -, and numbers to their digits', () => {
+    const table = formatTable([{ header: 'x', value: (r: number | null) => r, digits: 1 }], [Infinity, NaN, null, 2.25]);
+    expect(table.split('\n').map((l) => l.trim())).toEqual(['x', '---', '-', '-', '-', '2.3']);
   });
 
   it("records the package's own commit, marked -dirty when tracked files differ; inside another project's checkout, its version", () => {

@@ -59,6 +59,7 @@ export const PEAK_TFLOPS: readonly (readonly [RegExp, number, string])[] = [
   [/B100/i, 1750, 'B100'],
   [/A100|A800/i, 312, 'A100/A800'],
   [/L40S/i, 362, 'L40S'],
+  [/\bL40\b/i, 181, 'L40'],
   [/A10G/i, 70, 'A10G'],
   [/\bL4\b/i, 121, 'L4'],
 ];
