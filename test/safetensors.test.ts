@@ -106,13 +106,17 @@ describe('malformed files are refused, naming the file and field', () => {
   it('a header length beyond the end of the file', async () => {
     const path = rawFile('long.safetensors', '{}', bytes(), 1000n);
     await expect(readSafetensorsHeader(path)).rejects.toThrow(new RangeError(`${path}: header length 1000 bytes is beyond the end of the file (10 bytes)`));
+    const byOne = rawFile('long1.safetensors', '{}', bytes(), 3n); // one byte past the file's 2
+    await expect(readSafetensorsHeader(byOne)).rejects.toThrow(new RangeError(`${byOne}: header length 3 bytes is beyond the end of the file (10 bytes)`));
   });
 
   it('a hostile header length (2^64 - 1, and 200 MB) is refused before anything is allocated', async () => {
-    for (const n of [2n ** 64n - 1n, 200_000_000n]) {
+    for (const n of [2n ** 64n - 1n, 200_000_000n, 100_000_001n]) {
       const path = rawFile('huge.safetensors', '{}', bytes(), n);
       await expect(readSafetensors(path)).rejects.toThrow(new RangeError(`${path}: header length ${n} bytes exceeds the limit of 100000000`));
     }
+    const atLimit = rawFile('limit.safetensors', '{}', bytes(), 100_000_000n); // allowed, but past this file's end
+    await expect(readSafetensors(atLimit)).rejects.toThrow(new RangeError(`${atLimit}: header length 100000000 bytes is beyond the end of the file (10 bytes)`));
   });
 
   it('a header that is not UTF-8, not JSON, or not an object', async () => {
@@ -155,7 +159,9 @@ describe('malformed files are refused, naming the file and field', () => {
       [[0, 8.5], /tensor 'w': data_offsets: expected two non-negative integers/],
       [['0', 8], /tensor 'w': data_offsets: expected two non-negative integers/],
       [[8, 0], /tensor 'w': data_offsets: begin 8 is after end 0$/],
+      [[9, 8], /tensor 'w': data_offsets: begin 9 is after end 8$/],
       [[8, 16], /tensor 'w': data_offsets: end 16 is beyond the data section \(8 bytes\)$/],
+      [[1, 9], /tensor 'w': data_offsets: end 9 is beyond the data section \(8 bytes\)$/],
       [[0, 4], /tensor 'w': data_offsets span 4 bytes, but F32 \[2\] needs 8$/],
     ];
     for (const [offsets, message] of cases) {
@@ -179,6 +185,8 @@ describe('malformed files are refused, naming the file and field', () => {
     await expect(readSafetensorsHeader(inside)).rejects.toThrow(`${inside}: tensor 'e': data_offsets [4, 4] overlap tensor 'a', which ends at 8`);
     const gap = file('gap.safetensors', { a: [0, 4], b: [6, 8] }, 8);
     await expect(readSafetensorsHeader(gap)).rejects.toThrow(`${gap}: tensor 'b': data_offsets [6, 8] leave bytes 4 to 6 after tensor 'a' unused`);
+    const oneByte = file('gap1.safetensors', { a: [0, 4], b: [5, 8] }, 8);
+    await expect(readSafetensorsHeader(oneByte)).rejects.toThrow(`${oneByte}: tensor 'b': data_offsets [5, 8] leave bytes 4 to 5 after tensor 'a' unused`);
     const late = file('late.safetensors', { a: [4, 8] }, 8);
     await expect(readSafetensorsHeader(late)).rejects.toThrow(`${late}: tensor 'a': data_offsets [4, 8] leave bytes 0 to 4 after the start of the data section unused`);
     const trailing = file('trailing.safetensors', { a: [0, 4] }, 8);
