@@ -153,6 +153,16 @@ describe('ring-attention launch', () => {
     expect(pids.filter(alive)).toEqual([]);
   });
 
+  it('after a failure, a rank that ignores SIGTERM keeps the launcher until the failure grace (5 s by default, not the 30 s of a signal), then is killed', async () => {
+    const { pids, exit } = await started('fail-stubborn');
+    const t0 = Date.now(); // rank 1 exits 0.3 s from now
+    expect(await exit).toBe(3);
+    const waited = Date.now() - t0;
+    expect(waited).toBeGreaterThanOrEqual(4_500); // it waited for rank 0 to end
+    expect(waited).toBeLessThan(20_000);
+    expect(pids.filter(alive)).toEqual([]);
+  });
+
   it('a signal while the ranks are stopped after a failure still reports that rank, and exits with its code', async () => {
     const { p, pids, exit } = await started('fail-stubborn', ['--grace-ms', '1000']);
     let err = '';
