@@ -9,6 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import { flopsPerToken, matmulParameters, minOverlapBlock, peakTflops, stepFlopsByFamily } from '../dist/bench/flops.js';
 import { fitLine } from '../dist/bench/memory.js';
+import { familyRates, jobShape } from '../dist/bench/mfu.js';
 import { predictedNotToFit } from '../dist/bench/suite.js';
 import { commitOf, formatTable } from '../dist/bench/report.js';
 import { median } from '../dist/bench/timing.js';
@@ -113,6 +114,16 @@ describe('FLOP accounting and peaks', () => {
     expect(peakTflops('NVIDIA L40S')?.tflops).toBe(362);
     expect(peakTflops('NVIDIA GeForce GTX 1080')).toBeNull();
     expect(peakTflops(null)).toBeNull();
+  });
+
+  it("a launched job's MFU is against all its GPUs, its family rates per rank and only with zigzag; in-process ranks share one GPU and give no rates", () => {
+    // Only a launched NCCL job (GPUs) reaches the launched cases through the suite itself.
+    expect(jobShape(4, true, 'zigzag')).toEqual({ devices: 4, ratesMeasurable: true });
+    expect(jobShape(4, true, 'contiguous')).toEqual({ devices: 4, ratesMeasurable: false });
+    expect(jobShape(4, false, 'zigzag')).toEqual({ devices: 1, ratesMeasurable: false });
+    expect(jobShape(1, false, 'contiguous')).toEqual({ devices: 1, ratesMeasurable: true });
+    expect(familyRates({ attention: 8e12, 'feed-forward': 2e12, embedding: 1e9 }, { attention: 1000, 'feed-forward': 250 }, 4))
+      .toEqual({ attention: 2, 'feed-forward': 2 });
   });
 
   it('the table shows a missing, infinite or NaN value as -, and numbers to their digits', () => {

@@ -64,17 +64,13 @@ export const mfuSuite: Suite<MfuRow> = {
     const ranks = launched ? ctx.launchedWorldSize : intOption(o, 'ranks');
     // The rendezvous keeps its 5 minutes (a rank that never starts) whatever the steps need.
     const group = launched ? await initProcessGroup({ backend: 'nccl', timeoutMs, rendezvousTimeoutMs: DEFAULT_TIMEOUT_MS }) : undefined;
-    const devices = launched ? ranks : 1; // in-process ranks share this one
+    const { devices, ratesMeasurable } = jobShape(ranks, launched, o.layout as string);
     const given = Number(o['peak-tflops']);
     if (o['peak-tflops'] && !(given > 0)) throw new RangeError(`--peak-tflops: expected a number > 0, got '${o['peak-tflops']}'`);
     const peak = o['peak-tflops'] ? { tflops: given, matched: '--peak-tflops' } : peakTflops(ctx.machine.gpu);
     const rows: MfuRow[] = [];
     const notes: string[] = [];
     let ran: StepMeasure['blocks'] | undefined; // what the trainer was given (the notes)
-    // Rank 0's profile times its own calls, each between two waits for its device: a device that
-    // in-process ranks share runs their kernels inside those times too. And with the contiguous
-    // layout rank 0 runs far less of the causal attention than 1/N (and waits for the others).
-    const ratesMeasurable = ranks === 1 || (launched && o.layout === 'zigzag');
     const max = intOption(o, 'max-context', 0) || Infinity;
     const contexts: number[] = [];
     for (let c = intOption(o, 'min-context'); c <= Math.min(max, MAX_CONTEXT); c *= 2) contexts.push(c);
@@ -178,8 +174,19 @@ function largestPeak(m: StepMeasure, group: ProcessGroup, device: 'cpu' | 'cuda'
   return { ...m, peakBytes: Math.max(...gatherNumbers(group, [m.peakBytes], device).map(([b]) => b!)) };
 }
 
-// A profiled rank's time per family against its share (1/ranks) of the step's FLOPs.
-function familyRates(flops: Record<string, number>, ms: Breakdown, ranks: number): Record<string, number> {
+/**
+ * @internal How a run's figures divide: MFU against the peak of `devices` GPUs (a launched job's
+ * each, in-process ranks share one); rates per op family only where rank 0's profile times its
+ * own share. It times its calls, each between two waits for its device: a device that in-process
+ * ranks share runs their kernels inside those times too. And with the contiguous layout rank 0
+ * runs far less of the causal attention than 1/N (and waits for the others).
+ */
+export function jobShape(ranks: number, launched: boolean, layout: string): { devices: number; ratesMeasurable: boolean } {
+  return { devices: launched ? ranks : 1, ratesMeasurable: ranks === 1 || (launched && layout === 'zigzag') };
+}
+
+/** @internal TFLOP/s of each family's kernels on a profiled rank: its share (1/ranks) of the step's FLOPs over its time; families not timed left out. */
+export function familyRates(flops: Record<string, number>, ms: Breakdown, ranks: number): Record<string, number> {
   return Object.fromEntries(Object.entries(flops).filter(([f]) => ms[f]).map(([f, n]) => [f, n / ranks / (ms[f]! * 1e-3) / 1e12]));
 }
 
