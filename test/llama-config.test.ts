@@ -301,6 +301,30 @@ describe('ropeParameters', () => {
       .toBeCloseTo((0.1 * Math.log(40) + 1) / (0.0707 * Math.log(40) + 1), 14);
   });
 
+  it("yarn's range at its edges, worked out by hand as transformers' find_correction_range computes it", () => {
+    // D 16, theta 10000: dimension d turns original / (2π · 10000^(d/8)) times over the original context.
+    const base = plain(16, 10000);
+    const ratios = (s: Record<string, unknown>, maxPos = 64) =>
+      Array.from(ropeParameters({ head_dim: 16, rope_theta: 10000, rope_scaling: { rope_type: 'yarn', ...s }, max_position_embeddings: maxPos }).invFreq, (f, i) => f / base[i]!);
+    // beta_fast 8 at d = 0.21 (floor: 0), beta_slow 2 at d = 1.41 (ceil: 2): frequency 1 ramps halfway.
+    expect(ratios({ factor: 2, beta_fast: 8, beta_slow: 2 })[1]).toBeCloseTo(0.75, 14);
+    // Original context 65536: beta_fast 32 at d = 5.03 (floor 5), beta_slow 1 at d = 8.04 (ceil 9),
+    // clamped to D - 1 = 15, not D/2 - 1: frequencies 5, 6, 7 keep 1, 3/4, 1/2 of themselves.
+    const wide = ratios({ factor: 4, original_max_position_embeddings: 65536 });
+    [1, 0.8125, 0.625].forEach((w, j) => expect(wide[5 + j], `i ${5 + j}`).toBeCloseTo(w, 14));
+    // beta_slow 16 at d = -0.39 (ceil: 0) meets beta_fast 32 at d = -0.99 (0): the range is [0, 0.001].
+    expect(ratios({ factor: 4, beta_slow: 16 })).toEqual([1, ...Array(7).fill(0.25)]);
+    // A beta of 0 means its default (Python's `or`), as a missing one does.
+    expect(ratios({ factor: 4, beta_fast: 0, beta_slow: 0 })).toEqual(ratios({ factor: 4 }));
+    // mscale and mscale_all_dim divide only when both are given and non-zero; else 0.1 ln(factor) + 1.
+    for (const m of [{ mscale: 1 }, { mscale_all_dim: 1 }, { mscale: 0.707, mscale_all_dim: 0 }])
+      expect(ropeParameters({ head_dim: 16, rope_theta: 10000, rope_scaling: { rope_type: 'yarn', factor: 40, ...m }, max_position_embeddings: 4096 }).attentionFactor, JSON.stringify(m))
+        .toBeCloseTo(0.1 * Math.log(40) + 1, 14);
+    // llama3 with equal factors has no blend to divide by: refused.
+    expect(() => inv(16, 10000, { rope_type: 'llama3', factor: 8, low_freq_factor: 2, high_freq_factor: 2, original_max_position_embeddings: 64 }))
+      .toThrow(/^rope_scaling.high_freq_factor: expected more than low_freq_factor 2, got 2/);
+  });
+
   it('dynamic NTK: plain up to max_position_embeddings, then theta · (factor · len / max - (factor - 1))^(D / (D - 2))', () => {
     const s = { rope_type: 'dynamic', factor: 2 };
     expect(Array.from(inv(16, 10000, s, 64, 64))).toEqual(Array.from(inv(16, 10000, null)));
