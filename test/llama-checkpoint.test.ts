@@ -336,6 +336,10 @@ describe('saving, loading, checkpoints', () => {
     edited[lastV]!.data[3] = -0.5;
     await writeSafetensors(join(negative, 'optimizer.safetensors'), edited, saved.metadata);
     await expect(tc.restoreCheckpoint(negative)).rejects.toThrow(new RegExp(`optimizer\\.safetensors: '${lastV.replace(/\./g, '\\.')}' holds -0.5 at element 3; AdamW's second moments are finite and non-negative$`));
+    // An infinite one too (the check is not only for sign).
+    edited[lastV]!.data[3] = Infinity;
+    await writeSafetensors(join(negative, 'optimizer.safetensors'), edited, saved.metadata);
+    await expect(tc.restoreCheckpoint(negative)).rejects.toThrow(new RegExp(`optimizer\\.safetensors: '${lastV.replace(/\./g, '\\.')}' holds Infinity at element 3; AdamW's second moments are finite and non-negative$`));
     expect(tc.stepCount).toBe(0);
     for (const [n, a] of c.toArrays()) expect(Buffer.compare(bits(a), bits(weightsBefore.get(n)!)), n).toBe(0);
     // A save that fails part-way leaves the checkpoint there as it was, and no partial files.

@@ -49,6 +49,8 @@ describe('parseLlamaConfig', () => {
     expect(bad({ hidden_size: 66 })).toThrow(new RangeError('num_attention_heads: 4 does not divide hidden_size 66 (give head_dim to decouple them)'));
     expect(bad({ hidden_size: 12, num_attention_heads: 4 })).toThrow(new RangeError('head_dim: expected an even number (RoPE rotates pairs), got 3'));
     expect(bad({ head_dim: 0 })).toThrow(/^head_dim: expected an integer in \[1/);
+    expect(bad({ head_dim: 258 })).toThrow(new RangeError("head_dim: 258 exceeds the attention kernels' maximum of 256"));
+    expect(parseLlamaConfig({ ...minimal, hidden_size: 512, num_attention_heads: 2 }).head_dim).toBe(256); // the maximum itself
     for (const key of ['rms_norm_eps', 'rope_theta']) {
       expect(bad({ [key]: 0 })).toThrow(new RangeError(`${key}: expected a finite number > 0, got 0`));
       expect(bad({ [key]: -1e-5 })).toThrow(RangeError);

@@ -465,7 +465,7 @@ describe('checkpoint directories', () => {
     await expect(readSafetensorsDir(dir, { names: ['a'] })).rejects.toThrow(/weight_map names model-00003-of-00002\.safetensors, which does not exist/);
     await sharded({ ...goodMap, d: 'model-00002-of-00002.safetensors' });
     await expect(readSafetensorsDir(dir)).rejects.toThrow(`${join(dir, 'model-00002-of-00002.safetensors')}: tensor 'd' is not in this file, though the index puts it there`);
-    for (const evil of ['../model-00001-of-00002.safetensors', '/etc/passwd', '..', 7]) {
+    for (const evil of ['../model-00001-of-00002.safetensors', '..\\model-00001-of-00002.safetensors', '/etc/passwd', '..', 7]) {
       await sharded({ ...goodMap, a: evil as string });
       await expect(readSafetensorsDir(dir)).rejects.toThrow(/weight_map\['a'\]: expected a file name in the directory/);
     }
