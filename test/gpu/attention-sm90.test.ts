@@ -2,8 +2,8 @@
 // asked for with RING_ATTENTION_SM90=1 until they have been validated on a GPU: forward and
 // backward against the float64 reference, with the tolerances of attention-cuda.test.ts, and
 // against the default kernels on the same inputs. The launch counts (hopper.ts) show that the
-// Hopper kernels did run, and so do the bits where the two differ (their tiles differ, so their
-// roundings do). scripts/gpu-session.sh also runs attention-cuda, ring-cuda and llama-cuda with
+// Hopper kernels did run, and so do the forward's bits (its tiles differ, so its roundings do;
+// the two backwards, given the same out and lse, may add in the same order). scripts/gpu-session.sh also runs attention-cuda, ring-cuda and llama-cuda with
 // the variable set; their float64 comparisons at head dims 64 and 128 (the model's head-dim-64
 // case) check by the counts that their calls ran these kernels (hopper.ts).
 // Skipped, with the reason in the title, without an sm_90 device or without sm_90a code here.
@@ -62,7 +62,7 @@ describe.skipIf(!!why)(title, () => {
   });
 
   for (const [name, x, causal, dtype] of CASES)
-    it(`${name} (${dtype}${causal ? ', causal' : ''}): forward and backward equal float64, and differ in bits from the default kernels`, async () => {
+    it(`${name} (${dtype}${causal ? ', causal' : ''}): forward and backward equal float64 and the default kernels; the forward differs in bits`, async () => {
       const h = await run(x, dtype, causal, 41, true);
       const d = await run(x, dtype, causal, 41, false, false, h); // its backward from the Hopper forward's out and lse
       const ref = attentionRef(h.inp.q, h.inp.k, h.inp.v, x, { causal });
@@ -75,7 +75,6 @@ describe.skipIf(!!why)(title, () => {
         expect(rowErr(h[k], d[k], x.dim), `${k} vs the default kernel`).toBeLessThan(TOL[dtype].grad);
       }
       expect(same(h.out, d.out), 'the Hopper forward ran').toBe(false);
-      expect(same(h.dk, d.dk), 'the Hopper backward ran').toBe(false);
       expect(h.launches).toEqual({ forward: 1, backward: 1, hopperForward: 1, hopperBackward: 1 });
       expect(d.launches).toEqual({ forward: 1, backward: 1, hopperForward: 0, hopperBackward: 0 });
     });
