@@ -22,6 +22,9 @@
 #include <algorithm>
 #include <memory>
 #include "native/common.h"
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 #define __global__
 #define __device__
@@ -614,6 +617,10 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
         emu_smem_window = 128 * uint32_t(emu_rng() % 16);
         emu_smem = (unsigned char*)aligned_alloc(128, (smem_bytes + 127) / 128 * 128 + 128);
         memset(emu_smem, 0xff, smem_bytes);
+#if defined(__SANITIZE_ADDRESS__)  // shared memory past the launch size is off limits
+        const size_t emu_alloc = (smem_bytes + 127) / 128 * 128 + 128;
+        ASAN_POISON_MEMORY_REGION(emu_smem + smem_bytes, emu_alloc - smem_bytes);
+#endif
         emu_block_bar = Barrier{nthreads};
         for (auto& nb : emu_named) nb = Barrier{};
         for (int w = 0; w < nthreads / 32; ++w) emu_warps[w].bar = Barrier{32};
@@ -667,6 +674,9 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
         // arrivals and waits that do not pair up show.
         for (auto& nb : emu_named)
           if (nb.count) emu_fail("block exited with a named barrier partly arrived at");
+#if defined(__SANITIZE_ADDRESS__)
+        ASAN_UNPOISON_MEMORY_REGION(emu_smem, emu_alloc);
+#endif
         free(emu_smem);
         emu_smem = nullptr;
       }

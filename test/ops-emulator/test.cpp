@@ -207,6 +207,41 @@ void cross_entropy(int64_t rows, int64_t V, bool in_place) {
   else check(n + " dlogits", dl, wd, tol<T>(0));
 }
 
+// Cross-entropy rows at logits where the max and its precision matter (from a mutation run:
+// without them, a kernel without its max subtraction, one whose max loop missed the last logit,
+// exp(l - float(lse)), and a block_max whose scratch block_sum reused too early, all passed).
+// Rows by kind: 1e4 + U(4) (float(lse) loses 6e-4 of each probability); U(4) with the max, 200,
+// at the last column; 95 + U(4) (expf overflows without the max); -1e4 + U(4) (underflows to 0
+// without it); U(4). A third of the targets are V - 1. 200 rows: more blocks for a race to show.
+void cross_entropy_large(int64_t rows, int64_t V, bool in_place) {
+  const float gs = 0.37f;
+  std::vector<float> logits(rows * V);
+  std::vector<int32_t> t(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int kind = int(r % 5);
+    const float off = kind == 0 ? 1e4f : kind == 2 ? 95.f : kind == 3 ? -1e4f : 0.f;
+    for (int64_t j = 0; j < V; ++j) logits[r * V + j] = off + U(4);
+    if (kind == 1) logits[r * V + V - 1] = 200.f;
+    t[r] = r % 3 == 0 ? int32_t(V - 1) : int32_t(rng() % V);
+  }
+  std::vector<double> loss(rows, NAN), wl(rows), wd(rows * V);
+  for (int64_t r = 0; r < rows; ++r) {
+    double mx = -INFINITY, s = 0;
+    for (int64_t j = 0; j < V; ++j) mx = std::max(mx, double(logits[r * V + j]));
+    for (int64_t j = 0; j < V; ++j) s += std::exp(double(logits[r * V + j]) - mx);
+    const double lse = mx + std::log(s);
+    wl[r] = lse - logits[r * V + t[r]];
+    for (int64_t j = 0; j < V; ++j) wd[r * V + j] = gs * (std::exp(double(logits[r * V + j]) - lse) - (j == t[r]));
+  }
+  std::vector<float> dl(rows * V, NAN);
+  float* dst = in_place ? logits.data() : dl.data();
+  launch_ce_rows<float>(logits.data(), t.data(), rows, V, -100, gs, loss.data(), dst, nullptr);
+  const std::string n = "cross-entropy rows large logits" + std::string(in_place ? " in place" : "") + " rows" +
+                        std::to_string(rows) + " V" + std::to_string(V);
+  check(n + " loss", loss, wl, 2e-6, 1);
+  check(n + " dlogits", in_place ? logits : dl, wd, 2e-6, gs);
+}
+
 // Gradients (and moments) of size `size`: at 1e-7, sqrt(v) is near eps, so where eps goes shows.
 void adamw(int64_t n, float size = 1) {
   std::vector<float> p(n), g(n), m(n), v(n);
@@ -344,6 +379,9 @@ int main() {
   staging_ring();
   all<float>();
   all<__nv_bfloat16>();
+  for (auto [rows, V] : {std::array<int64_t, 2>{5, 37}, {10, 1000}, {200, 300}})
+    for (bool in_place : {false, true}) cross_entropy_large(rows, V, in_place);
+  rmsnorm<float>(400, 300);  // many blocks, for a race in block_sum's scratch to show
   for (int64_t n : {1, 1000, 270000}) adamw(n);
   adamw(1000, 1e-7f);  // 270000: more than one grid-stride pass (1024 x 256)
   adamw_multi(1.f);
