@@ -589,8 +589,8 @@ describe('zeros and copy', () => {
   });
 
   it('copy converts to the destination dtype (round to nearest even) and refuses what does not fit', async () => {
-    // Random values are almost never halfway between two of a half type's: 8 that are end the
-    // tensor, to round down to an even neighbour and up to one (bfloat16's, then float16's).
+    // Random values are almost never halfway between two of a half type's: the last 8 are, two
+    // rounding down to an even neighbour and two up to one, for bfloat16 and then for float16.
     const bits = (u: number) => new Float32Array(Uint32Array.of(u).buffer)[0]!;
     const halfway = [bits(0x3f808000), bits(0x3f818000), bits(0xbf808000), bits(0xbf818000), 1 + 2 ** -11, 1 + 3 * 2 ** -11, -(1 + 2 ** -11), -(1 + 3 * 2 ** -11)];
     const evenNeighbours = { bfloat16: [1, bits(0x3f820000), -1, -bits(0x3f820000)], float16: [1, 1 + 2 ** -9, -1, -(1 + 2 ** -9)] }; // of the 4 of each
