@@ -61,8 +61,9 @@ function master(env: Env, launcher: string): { masterAddr: string; masterPort: n
 
 /**
  * This node's task count in the step: SLURM_STEP_TASKS_PER_NODE ("2(x3),1": 2 on each of the
- * first three nodes, then 1) at SLURM_NODEID; SLURM_NTASKS_PER_NODE (set only with
- * --ntasks-per-node, and inherited from sbatch) when the step's is absent.
+ * first three nodes, then 1) at SLURM_NODEID, else the job's SLURM_TASKS_PER_NODE alike; else
+ * SLURM_NTASKS_PER_NODE (set only with --ntasks-per-node, and inherited from sbatch); else no
+ * bound (the caller caps it at SLURM_NTASKS).
  */
 function slurmTasksHere(env: Env): number {
   const name = env.SLURM_STEP_TASKS_PER_NODE ? 'SLURM_STEP_TASKS_PER_NODE' : 'SLURM_TASKS_PER_NODE', layout = env[name];

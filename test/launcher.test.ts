@@ -154,8 +154,10 @@ describe('ring-attention launch', () => {
   });
 
   it('after a failure, a rank that ignores SIGTERM keeps the launcher until the failure grace (5 s by default, not the 30 s of a signal), then is killed', async () => {
-    const { pids, exit } = await started('fail-stubborn');
-    const t0 = Date.now(); // rank 1 exits 0.3 s from now
+    const dir = mkdtempSync(join(tmpdir(), 'ring-attention-launch-'));
+    const { pids, exit } = await started('go-stubborn', [], dir); // every rank ready: rank 0 ignores SIGTERM
+    const t0 = Date.now();
+    writeFileSync(join(dir, 'go'), ''); // now rank 1 fails
     expect(await exit).toBe(3);
     const waited = Date.now() - t0;
     expect(waited).toBeGreaterThanOrEqual(4_500); // it waited for rank 0 to end

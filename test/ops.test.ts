@@ -137,9 +137,10 @@ describe('embedding', () => {
     const many = Int32Array.from({ length: m }, (_, i) => (i * 3) % v), dy = rand(m * c, 14);
     const want = new Float32Array(v * c);
     for (let i = 0; i < m; ++i) for (let j = 0; j < c; ++j) want[many[i]! * c + j] = Math.fround(want[many[i]! * c + j]! + dy[i * c + j]!);
+    using dyt = t(dy, [m, c]);
     for (let rep = 0; rep < 3; ++rep) {
-      const dtable = zeros([v, c]);
-      ops.embeddingBackward(many, t(dy, [m, c]), dtable);
+      using dtable = zeros([v, c]);
+      ops.embeddingBackward(many, dyt, dtable);
       expect(Array.from(await read(dtable))).toEqual(Array.from(want));
     }
   });

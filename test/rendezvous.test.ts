@@ -58,10 +58,11 @@ async function listening(port: number): Promise<void> {
   throw new Error(`nothing listens on port ${port}`);
 }
 
-/** Whether something accepts a connection on host:port. */
+/** Whether something accepts a connection on host:port (within 5 s: a dropped SYN is no answer). */
 function accepts(port: number, host: string): Promise<boolean> {
   return new Promise<boolean>((resolve) => {
     const s = connect(port, host, () => (s.destroy(), resolve(true))).on('error', () => resolve(false));
+    s.setTimeout(5_000, () => (s.destroy(), resolve(false)));
   });
 }
 

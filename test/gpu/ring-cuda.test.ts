@@ -41,9 +41,7 @@ describe.skipIf(!cuda.available)(title, () => {
           expectHopperWhereAsked(since(), x.dim);
           const t = asTensors(x, r.inputs, 'bfloat16', 'cuda');
           const one = attention(t.q, t.k, t.v, { causal });
-          // The single-device backward and the float64 one from the ring's out (and lse): delta =
-          // rowsum(dO * out) from outs that differ in bits differs by more than a backward's own
-          // error in rows with little dQ (attention-cuda.test.ts).
+          // The single-device backward and the float64 one from the ring's out (and lse): attention-cuda.test.ts says why.
           const ringOut = tensor(r.out, one.out.shape, { dtype: 'bfloat16', device: 'cuda' }), ringLse = tensor(r.lse, one.lse.shape, { device: 'cuda' });
           const g = attentionBackward(t.dout, t.q, t.k, t.v, ringOut, ringLse, { causal });
           const single = { out: await read(one.out), lse: await read(one.lse), dq: await read(g.dq), dk: await read(g.dk), dv: await read(g.dv) };
