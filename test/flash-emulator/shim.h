@@ -615,10 +615,10 @@ inline void emu_launch(dim3 grid, int nthreads, size_t smem_bytes, std::function
         blockIdx = dim3{x, y, z};
         emu_smem_bytes = smem_bytes;
         emu_smem_window = 128 * uint32_t(emu_rng() % 16);
-        emu_smem = (unsigned char*)aligned_alloc(128, (smem_bytes + 127) / 128 * 128 + 128);
+        const size_t emu_alloc = (smem_bytes + 127) / 128 * 128 + 128;
+        emu_smem = (unsigned char*)aligned_alloc(128, emu_alloc);
         memset(emu_smem, 0xff, smem_bytes);
 #if defined(__SANITIZE_ADDRESS__)  // shared memory past the launch size is off limits
-        const size_t emu_alloc = (smem_bytes + 127) / 128 * 128 + 128;
         ASAN_POISON_MEMORY_REGION(emu_smem + smem_bytes, emu_alloc - smem_bytes);
 #endif
         emu_block_bar = Barrier{nthreads};

@@ -178,6 +178,20 @@ void swiglu(int64_t n) {
   }
 }
 
+// Each row's loss and gradient (times gs) in float64; an ignored row's are 0.
+void ce_reference(const std::vector<float>& logits, const std::vector<int32_t>& t, int64_t V, int32_t ignore, float gs,
+                  std::vector<double>& wl, std::vector<double>& wd) {
+  for (size_t r = 0; r < t.size(); ++r) {
+    if (t[r] == ignore) { wl[r] = 0; continue; }
+    double mx = -INFINITY, s = 0;
+    for (int64_t j = 0; j < V; ++j) mx = std::max(mx, double(logits[r * V + j]));
+    for (int64_t j = 0; j < V; ++j) s += std::exp(logits[r * V + j] - mx);
+    const double lse = mx + std::log(s);
+    wl[r] = lse - logits[r * V + t[r]];
+    for (int64_t j = 0; j < V; ++j) wd[r * V + j] = gs * (std::exp(logits[r * V + j] - lse) - (j == t[r]));
+  }
+}
+
 template <class T>
 void cross_entropy(int64_t rows, int64_t V, bool in_place) {
   const int32_t ignore = -100;
@@ -187,15 +201,7 @@ void cross_entropy(int64_t rows, int64_t V, bool in_place) {
   std::vector<int32_t> t(rows);
   for (auto& x : t) x = rng() % 4 == 0 ? ignore : int32_t(rng() % V);
   std::vector<double> loss(rows, NAN), wl(rows), wd(rows * V);
-  for (int64_t r = 0; r < rows; ++r) {
-    if (t[r] == ignore) { wl[r] = 0; continue; }
-    double mx = -INFINITY, s = 0;
-    for (int64_t j = 0; j < V; ++j) mx = std::max(mx, double(logits[r * V + j]));
-    for (int64_t j = 0; j < V; ++j) s += std::exp(logits[r * V + j] - mx);
-    const double lse = mx + std::log(s);
-    wl[r] = lse - logits[r * V + t[r]];
-    for (int64_t j = 0; j < V; ++j) wd[r * V + j] = gs * (std::exp(logits[r * V + j] - lse) - (j == t[r]));
-  }
+  ce_reference(logits, t, V, ignore, gs, wl, wd);
   std::vector<T> dl(rows * V, T(NAN));
   T* dst = dl.data();
   if constexpr (std::is_same_v<T, float>) if (in_place) dst = logits.data();
@@ -225,14 +231,7 @@ void cross_entropy_large(int64_t rows, int64_t V, bool in_place) {
     t[r] = r % 3 == 0 ? int32_t(V - 1) : int32_t(rng() % V);
   }
   std::vector<double> loss(rows, NAN), wl(rows), wd(rows * V);
-  for (int64_t r = 0; r < rows; ++r) {
-    double mx = -INFINITY, s = 0;
-    for (int64_t j = 0; j < V; ++j) mx = std::max(mx, double(logits[r * V + j]));
-    for (int64_t j = 0; j < V; ++j) s += std::exp(double(logits[r * V + j]) - mx);
-    const double lse = mx + std::log(s);
-    wl[r] = lse - logits[r * V + t[r]];
-    for (int64_t j = 0; j < V; ++j) wd[r * V + j] = gs * (std::exp(double(logits[r * V + j]) - lse) - (j == t[r]));
-  }
+  ce_reference(logits, t, V, -100, gs, wl, wd);
   std::vector<float> dl(rows * V, NAN);
   float* dst = in_place ? logits.data() : dl.data();
   launch_ce_rows<float>(logits.data(), t.data(), rows, V, -100, gs, loss.data(), dst, nullptr);
